@@ -1,0 +1,184 @@
+"""Append-only, hash-chained audit log: who did what, when, why, to how many records.
+
+Each entry stores the previous entry's hash and its own hash over its content and sequence
+number, so `verify` can name the first entry that was modified, deleted, inserted or
+reordered. Entries never hold an identifier: pseudonyms, extract ids and counts only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from governance.schema import audit_head, audit_log
+
+GENESIS = "0" * 64
+_DIGIT_RUN = re.compile(r"\d[\d \-]{8,}\d")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting, in which role and organisation, for which purpose."""
+
+    user: str
+    role: str
+    org: str
+    purpose: str = "administration"
+
+
+SYSTEM = Actor(user="haven", role="system", org="HAVEN", purpose="administration")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The first break in the chain: which entry and what kind of tampering it shows."""
+
+    seq: int
+    problem: str  # modified | deleted | inserted | reordered | truncated
+
+    def __str__(self) -> str:
+        return f"audit entry {self.seq}: {self.problem}"
+
+
+@dataclass
+class Verification:
+    ok: bool
+    entries: int
+    head: str
+    finding: Finding | None = None
+    details: list[str] = field(default_factory=list)
+
+
+def _canonical_time(at: datetime) -> str:
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
+    """SHA-256 over the previous hash and the entry's canonical JSON (sequence number included)."""
+    content = {
+        "seq": int(entry["seq"]), "at": _canonical_time(entry["at"]),
+        "actor": entry["actor"], "role": entry["role"], "org": entry["org"],
+        "purpose": entry["purpose"], "action": entry["action"], "resource": entry["resource"],
+        "n_records": int(entry["n_records"]), "outcome": entry["outcome"],
+        "detail": entry["detail"],
+    }
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256((prev_hash + text).encode()).hexdigest()
+
+
+def _refuse_identifiers(*texts: str) -> None:
+    for text in texts:
+        if _DIGIT_RUN.search(text):
+            raise ValueError("audit entries may not contain identifier-like digit runs")
+
+
+def record(
+    connection: Connection,
+    actor: Actor,
+    action: str,
+    resource: str,
+    *,
+    n_records: int = 0,
+    outcome: str = "ok",
+    detail: dict[str, Any] | None = None,
+    purpose: str | None = None,
+    at: datetime | None = None,
+) -> int:
+    """Append one entry inside the caller's transaction; returns its sequence number."""
+    detail = detail or {}
+    _refuse_identifiers(resource, json.dumps(detail, default=str))
+    # Lock the head row first so concurrent appends serialise on both backends.
+    locked = connection.execute(
+        update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
+    if locked.rowcount == 0:
+        connection.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
+    head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).one()
+    entry = {
+        "seq": head.seq + 1, "at": at or datetime.now(UTC), "actor": actor.user,
+        "role": actor.role, "org": actor.org, "purpose": purpose or actor.purpose,
+        "action": action, "resource": resource, "n_records": n_records, "outcome": outcome,
+        "detail": detail,
+    }
+    entry["prev_hash"] = head.hash
+    entry["hash"] = entry_hash(head.hash, entry)
+    connection.execute(insert(audit_log).values(**entry))
+    connection.execute(
+        update(audit_head).where(audit_head.c.id == 1).values(seq=entry["seq"],
+                                                              hash=entry["hash"]))
+    return entry["seq"]
+
+
+def log(engine: Engine, actor: Actor, action: str, resource: str, **kwargs: Any) -> int:
+    """Append one entry in its own transaction (for reads and refusals)."""
+    with engine.begin() as connection:
+        return record(connection, actor, action, resource, **kwargs)
+
+
+def head(engine: Engine) -> dict[str, Any]:
+    """The chain head (sequence and hash) to keep outside the database."""
+    with engine.connect() as connection:
+        row = connection.execute(select(audit_head).where(audit_head.c.id == 1)).first()
+    if row is None:
+        return {"seq": 0, "hash": GENESIS}
+    return {"seq": int(row.seq), "hash": row.hash}
+
+
+def verify(engine: Engine, expected_head: dict[str, Any] | None = None) -> Verification:
+    """Walk the chain and name the first entry that was modified, deleted, inserted or reordered.
+
+    Args:
+        expected_head: a head exported earlier (`haven audit head`); when given, a chain cut
+            short or rewritten from the end is caught too.
+    """
+    prev_hash, expected_seq, count = GENESIS, 1, 0
+    rows_by_hash: dict[str, int] = {}
+    with engine.connect() as connection:
+        rows = connection.execute(select(audit_log).order_by(audit_log.c.seq)).mappings().all()
+        stored_head = connection.execute(
+            select(audit_head).where(audit_head.c.id == 1)).first()
+    for row in rows:
+        rows_by_hash[row["hash"]] = row["seq"]
+    for row in rows:
+        seq = int(row["seq"])
+        recomputed = entry_hash(row["prev_hash"], dict(row))
+        if recomputed != row["hash"]:
+            return _broken(count, prev_hash, Finding(seq, "modified"))
+        if row["prev_hash"] != prev_hash:
+            if seq > expected_seq:
+                problem = "deleted"
+            elif row["prev_hash"] in rows_by_hash and rows_by_hash[row["prev_hash"]] > seq:
+                problem = "reordered"
+            else:
+                problem = "inserted"
+            return _broken(count, prev_hash, Finding(seq, problem))
+        if seq != expected_seq:
+            return _broken(count, prev_hash, Finding(seq, "reordered"))
+        prev_hash, expected_seq, count = row["hash"], seq + 1, count + 1
+    stored = {"seq": int(stored_head.seq), "hash": stored_head.hash} if stored_head else None
+    for label, wanted in (("stored", stored), ("exported", expected_head)):
+        if wanted and wanted["seq"] > 0 and (
+                int(wanted["seq"]) >= expected_seq or
+                (int(wanted["seq"]) == expected_seq - 1 and wanted["hash"] != prev_hash)):
+            return _broken(count, prev_hash,
+                           Finding(min(int(wanted["seq"]), expected_seq), "truncated"),
+                           f"the {label} head does not match the last entry")
+        if wanted and int(wanted["seq"]) < expected_seq - 1:
+            matched = any(int(r["seq"]) == int(wanted["seq"]) and r["hash"] == wanted["hash"]
+                          for r in rows)
+            if not matched:
+                return _broken(count, prev_hash, Finding(int(wanted["seq"]), "modified"),
+                               f"the {label} head is not in the chain")
+    return Verification(ok=True, entries=count, head=prev_hash)
+
+
+def _broken(count: int, head_hash: str, finding: Finding, *details: str) -> Verification:
+    return Verification(ok=False, entries=count, head=head_hash, finding=finding,
+                        details=list(details))

@@ -1,0 +1,168 @@
+"""The relational part of Haven's storage: one SQLAlchemy metadata for SQLite and PostgreSQL.
+
+Row-level pseudonymised data lives in Parquet under the data directory (see `store.py`); these
+tables hold what must be transactional: extract receipts, the re-identification vault, the
+audit chain, destruction certificates, users and tokens, opt-outs and run metadata.
+Migrations in `governance/migrations/` create exactly this schema.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# One row per file offered for landing, whatever became of it.
+extracts = Table(
+    "extracts",
+    metadata,
+    Column("extract_id", String(40), primary_key=True),
+    Column("source", String(32), nullable=False, index=True),
+    Column("sender", String(16), nullable=False, index=True),
+    Column("period_start", Date),
+    Column("period_end", Date),
+    Column("sha256", String(64), nullable=False, index=True),
+    # Set only while landed: the same file sent twice is recognised by this unique value.
+    Column("landed_sha256", String(64), unique=True),
+    Column("status", String(16), nullable=False),  # landed | refused | destroyed
+    Column("reason", Text),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("retention_date", Date),
+    Column("destroyed_at", DateTime(timezone=True)),
+    Column("uploaded_by_org", String(16)),
+    Column("uploaded_by_user", String(64)),
+    Column("key_id", String(32)),
+    Column("counts", JSON, nullable=False),
+    Column("rows_landed", BigInteger, nullable=False, default=0),
+)
+
+# Rejected rows: the 1-based data row and a reason that never quotes an identifier.
+rejected_rows = Table(
+    "rejected_rows",
+    metadata,
+    Column("extract_id", String(40), primary_key=True),
+    Column("row", BigInteger, primary_key=True),
+    Column("reason", Text, nullable=False),
+)
+
+# Re-identification vault: NHS numbers encrypted (AES-GCM) under the vault key, by pseudonym.
+vault = Table(
+    "vault",
+    metadata,
+    Column("person_id", String(64), primary_key=True),
+    Column("key_id", String(32), nullable=False),
+    Column("vault_key_id", String(32), nullable=False),
+    Column("nonce", LargeBinary(12), nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+)
+
+# Append-only, hash-chained audit log. Never an identifier: pseudonyms and counts only.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("org", String(16), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("resource", String(200), nullable=False),
+    Column("n_records", BigInteger, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+)
+
+# Single-row table holding the chain head; updating it serialises concurrent appends.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+destruction_certificates = Table(
+    "destruction_certificates",
+    metadata,
+    Column("certificate_id", String(40), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("schedule", String(64), nullable=False),
+    Column("extract_ids", JSON, nullable=False),
+    Column("counts", JSON, nullable=False),
+    Column("manifest_digest", String(64), nullable=False),
+    Column("audit_seq", BigInteger),
+)
+
+# Opt-out register: one row per landed opt-out, pseudonymised like any other extract row.
+optouts = Table(
+    "optouts",
+    metadata,
+    Column("person_id", String(64), nullable=False, index=True),
+    Column("optout_type", String(32), nullable=False),
+    Column("effective_date", Date, nullable=False),
+    Column("withdrawn", Boolean, nullable=False),
+    Column("sender", String(16), nullable=False),
+    Column("extract_id", String(40), nullable=False, index=True),
+    Column("row", BigInteger, nullable=False),
+    UniqueConstraint("extract_id", "row"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("org", String(16), nullable=False),
+    Column("roles", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("active", Boolean, nullable=False, default=True),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", String(64), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+# Runs of linkage and scoring: what they used, so destruction can find and void them.
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(40), primary_key=True),
+    Column("kind", String(16), nullable=False),  # link | score
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),  # complete | void
+    Column("extract_ids", JSON, nullable=False),
+    Column("summary", JSON, nullable=False),
+)
+
+# Policy tables an IG lead has changed (the shipped defaults live in policies/ as files).
+policy_overrides = Table(
+    "policy_overrides",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("content", Text, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("changed_by", String(64), nullable=False),
+)

@@ -1,0 +1,94 @@
+"""Haven's settings, read once from the environment (or a settings file) and passed explicitly.
+
+Nothing in Haven reads the environment deep inside: the command line and the app factory build
+a `Settings` and hand it down, so every path can be tested without patching globals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where Haven keeps its data and which database holds the relational part.
+
+    Args:
+        home: the data directory (`HAVEN_HOME`); the embedded default keeps everything here.
+        database_url: SQLAlchemy URL (`HAVEN_DATABASE_URL`); blank means SQLite under `home`.
+        key_env: key material passed as environment variables (`HAVEN_KEY_*`), if any.
+        batch_rows: rows per landing batch: memory is bounded by a batch, not by a file.
+    """
+
+    home: Path
+    database_url: str = ""
+    key_env: Mapping[str, str] = field(default_factory=dict)
+    batch_rows: int = 200_000
+
+    @property
+    def db_url(self) -> str:
+        """The database URL in force: PostgreSQL when configured, else SQLite under home."""
+        return self.database_url or f"sqlite:///{self.home / 'haven.db'}"
+
+    @property
+    def embedded(self) -> bool:
+        return self.db_url.startswith("sqlite")
+
+    @property
+    def extracts_dir(self) -> Path:
+        return self.home / "extracts"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.home / "staging"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / "keys.json"
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from `HAVEN_*` variables, then an optional `HAVEN_SETTINGS` JSON file.
+
+        Environment variables win over the file, so a deployment can override one value.
+        """
+        values: dict[str, str] = {}
+        settings_file = environ.get("HAVEN_SETTINGS")
+        if settings_file:
+            path = Path(settings_file)
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"settings file {path} could not be read: {exc}") from exc
+            values.update({str(k).lower(): str(v) for k, v in loaded.items()})
+        for name in ("home", "database_url", "batch_rows"):
+            env_name = f"HAVEN_{name.upper()}"
+            if environ.get(env_name):
+                values[name] = environ[env_name]
+        home = Path(values.get("home") or Path(environ.get("PWD", os.getcwd())) / "haven-home")
+        key_env = {k: v for k, v in environ.items() if k.startswith("HAVEN_KEY_")}
+        return cls(
+            home=home.expanduser().resolve(),
+            database_url=values.get("database_url", ""),
+            key_env=key_env,
+            batch_rows=int(values.get("batch_rows", 200_000)),
+        )

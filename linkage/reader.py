@@ -1,0 +1,180 @@
+"""Stream an extract (CSV or Parquet) as batches of text columns, with 1-based data row numbers.
+
+Every column is read as text: type inference would turn identifiers into integers and drop
+leading zeros. Rows the CSV parser cannot split are reported by row number, never by content.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+
+class FileRefused(ValueError):
+    """The whole file is refused; the message says why and where, never what a value was."""
+
+
+@dataclass
+class Batch:
+    """A batch of text columns and the 1-based data row number of each of its rows."""
+
+    table: pa.Table
+    rows: pa.Array
+
+
+@dataclass
+class ReadStats:
+    rows_seen: int = 0
+    unsplittable: list[int] = field(default_factory=list)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_parquet(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4) == b"PAR1"
+
+
+def first_bad_utf8_row(path: Path) -> int | None:
+    """The 1-based data row holding the first byte that is not UTF-8, or None if all is."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 0
+    with path.open("rb") as handle:
+        for raw in handle:
+            try:
+                decoder.decode(raw)
+            except UnicodeDecodeError:
+                return max(line, 0)
+            line += 1
+    return None
+
+
+def read_header(path: Path) -> list[str]:
+    """The CSV header's column names, or FileRefused when there is none."""
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 16)
+    if not first.strip():
+        raise FileRefused("the file is empty: no header row")
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FileRefused("the header row is not UTF-8") from exc
+    names = [n.strip().strip('"').strip().lower() for n in text.rstrip("\r\n").split(",")]
+    if len(set(names)) != len(names):
+        raise FileRefused("the header row names a column twice")
+    return names
+
+
+def csv_batches(path: Path, names: list[str], batch_rows: int,
+                stats: ReadStats) -> Iterator[Batch]:
+    """Yield batches from a CSV whose header is `names`; unsplittable rows go to stats."""
+    line_of_invalid: list[int] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        line_of_invalid.append((row.number or 0) - 1)
+        return "skip"
+
+    read_options = pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False,
+                                     block_size=1 << 22, encoding="utf8")
+    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                   strings_can_be_null=False, quoted_strings_can_be_null=False)
+    parse = pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=False)
+    try:
+        reader = pacsv.open_csv(path, read_options=read_options, parse_options=parse,
+                                convert_options=convert)
+    except pa.ArrowInvalid as exc:
+        raise _refusal(path, exc) from None
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    try:
+        for record_batch in reader:
+            pending.append(record_batch)
+            pending_rows += record_batch.num_rows
+            if pending_rows >= batch_rows:
+                yield _numbered(pending, stats, line_of_invalid)
+                pending, pending_rows = [], 0
+    except pa.ArrowInvalid as exc:
+        raise _refusal(path, exc) from None
+    if pending:
+        yield _numbered(pending, stats, line_of_invalid)
+    stats.unsplittable.extend(line_of_invalid)
+    stats.rows_seen += len(line_of_invalid)
+    line_of_invalid.clear()
+
+
+def _numbered(batches: list[pa.RecordBatch], stats: ReadStats,
+              invalid: list[int]) -> Batch:
+    """Number rows 1.. in file order, skipping the numbers of rows the parser could not split."""
+    table = pa.Table.from_batches(batches)
+    n = table.num_rows
+    start = stats.rows_seen + 1
+    # Each unsplittable row seen so far occupies a row number.
+    skipped = sorted(r for r in invalid if r >= start)
+    numbers = []
+    current = start
+    skip_iter = iter(skipped)
+    next_skip = next(skip_iter, None)
+    while len(numbers) < n:
+        while next_skip is not None and next_skip == current:
+            current += 1
+            stats.unsplittable.append(next_skip)
+            invalid.remove(next_skip)
+            next_skip = next(skip_iter, None)
+        numbers.append(current)
+        current += 1
+    stats.rows_seen = current - 1
+    return Batch(table, pa.array(numbers, pa.int64()))
+
+
+def _refusal(path: Path, exc: Exception) -> FileRefused:
+    message = str(exc)
+    if "UTF8" in message or "utf8" in message.lower():
+        row = first_bad_utf8_row(path)
+        where = f" (data row {row})" if row else ""
+        return FileRefused(f"the file is not valid UTF-8{where}")
+    return FileRefused("the file could not be parsed as CSV")
+
+
+def parquet_batches(path: Path, batch_rows: int, stats: ReadStats) -> Iterator[Batch]:
+    """Yield batches from a Parquet file with every column cast to text."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise FileRefused("the file could not be read as Parquet") from exc
+    for record_batch in parquet.iter_batches(batch_size=batch_rows):
+        columns, names = [], []
+        for name, column in zip(record_batch.schema.names, record_batch.columns, strict=True):
+            names.append(name.strip().lower())
+            if pa.types.is_date(column.type):
+                column = column.cast(pa.string())
+            elif not pa.types.is_string(column.type):
+                try:
+                    column = column.cast(pa.string())
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise FileRefused(f"column {name}: type {column.type} cannot be read as "
+                                      "text") from exc
+            columns.append(column.fill_null(""))
+        table = pa.Table.from_arrays(columns, names=names)
+        start = stats.rows_seen + 1
+        stats.rows_seen += table.num_rows
+        yield Batch(table, pa.array(range(start, start + table.num_rows), pa.int64()))
+
+
+def parquet_columns(path: Path) -> list[str]:
+    try:
+        return [n.strip().lower() for n in pq.read_schema(path).names]
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise FileRefused("the file could not be read as Parquet") from exc

@@ -1,0 +1,180 @@
+"""Check a batch of text columns against its contract, row by row, with Arrow compute.
+
+Each failing row gets one reason naming the field and the rule it broke, never the value:
+reasons are stored and shown, and a value may be an identifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import nhs_number
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from linkage import contracts as c
+from linkage.contracts import Contract
+
+MIN_BIRTH = "1890-01-01"
+_ICD = r"[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?"
+
+
+@dataclass
+class Checked:
+    """The outcome of checking one batch."""
+
+    table: pa.Table          # cleaned text columns (trimmed, blanks as null)
+    rows: pa.Array           # 1-based data row numbers
+    reasons: list[str | None]  # per row: None when the row is good
+    nhs_valid: np.ndarray    # per row: NHS number present and valid
+    nhs_invalid: np.ndarray  # per row: NHS number present but fails the check
+    nhs_normalised: pa.Array | None = None  # 10-digit text where valid, else null
+    parsed: dict[str, pa.Array] = field(default_factory=dict)  # typed columns (dates, numbers)
+
+    @property
+    def good(self) -> np.ndarray:
+        return np.array([r is None for r in self.reasons], dtype=bool)
+
+
+def _blank_to_null(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    trimmed = pc.utf8_trim_whitespace(column)
+    return pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+
+
+def _parse_dates(column: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Parse `YYYY-MM-DD` text; returns (dates, bad mask where text was given but is no date)."""
+    shaped = pc.match_substring_regex(column, r"^\d{4}-\d{2}-\d{2}$")
+    parsed = pc.strptime(pc.if_else(shaped, column, pa.scalar(None, pa.string())),
+                         format="%Y-%m-%d", unit="s", error_is_null=True)
+    dates = pc.cast(parsed, pa.date32())
+    # strptime accepts 2023-02-30 on some platforms; round-trip to be sure.
+    roundtrip = pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), column)
+    dates = pc.if_else(pc.fill_null(roundtrip, False), dates, pa.scalar(None, pa.date32()))
+    bad = pc.and_(pc.is_valid(column), pc.is_null(dates))
+    return dates, bad
+
+
+def _parse_datetimes(column: pa.Array) -> tuple[pa.Array, pa.Array]:
+    text = pc.replace_substring(column, " ", "T")
+    text = pc.replace_substring_regex(text, r"(Z|[+-]\d{2}:?\d{2})$", "")
+    shaped = pc.match_substring_regex(text, r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
+    text = pc.if_else(shaped, text, pa.scalar(None, pa.string()))
+    text = pc.replace_substring_regex(text, r"\.\d+$", "")
+    text = pc.if_else(pc.equal(pc.utf8_length(text), 16), pc.binary_join_element_wise(
+        text, ":00", ""), text)
+    parsed = pc.strptime(text, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
+    bad = pc.and_(pc.is_valid(column), pc.is_null(parsed))
+    return parsed, bad
+
+
+def _nhs(column: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Normalise NHS numbers (spaces and hyphens allowed) and check them with `nhs-number`."""
+    digits = pc.replace_substring_regex(column, r"[ \-]", "")
+    values = digits.to_numpy(zero_copy_only=False)
+    present = ~pc.is_null(column).to_numpy(zero_copy_only=False)
+    uniques, inverse = np.unique(values[present].astype(str), return_inverse=True) \
+        if present.any() else (np.array([], dtype=str), np.array([], dtype=np.int64))
+    unique_ok = np.array([len(u) == 10 and u.isdigit() and nhs_number.is_valid(u)
+                          for u in uniques], dtype=bool)
+    valid = np.zeros(len(values), dtype=bool)
+    valid[present] = unique_ok[inverse] if len(uniques) else False
+    invalid = present & ~valid
+    normalised = pc.if_else(pa.array(valid), digits, pa.scalar(None, pa.string()))
+    return normalised, valid, invalid
+
+
+def check_batch(table: pa.Table, rows: pa.Array, contract: Contract) -> Checked:
+    """Check every contract column of a batch; the first failure of each row is its reason."""
+    n = table.num_rows
+    reasons: list[str | None] = [None] * n
+    cleaned: dict[str, pa.Array] = {}
+    parsed: dict[str, pa.Array] = {}
+    nhs_valid = np.zeros(n, dtype=bool)
+    nhs_invalid = np.zeros(n, dtype=bool)
+    nhs_normalised = None
+
+    def fail(mask: pa.Array | np.ndarray, reason: str) -> None:
+        flags = mask if isinstance(mask, np.ndarray) else \
+            pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+        for i in np.flatnonzero(flags):
+            if reasons[i] is None:
+                reasons[i] = reason
+
+    for col in contract.columns:
+        raw = table.column(col.name)
+        too_long = pc.greater(pc.utf8_length(raw), col.max_length)
+        fail(too_long, f"{col.name}: longer than {col.max_length} characters")
+        value = _blank_to_null(raw)
+        value = pc.if_else(pc.fill_null(too_long, False), pa.scalar(None, pa.string()), value)
+        cleaned[col.name] = value
+        if col.required and col.kind != c.NHS:
+            fail(pc.and_(pc.is_null(value), pc.invert(too_long)), f"{col.name}: required but blank")
+        if col.kind == c.NHS:
+            nhs_normalised, nhs_valid, nhs_invalid = _nhs(value)
+            if col.required:
+                fail(np.asarray(pc.is_null(value)), f"{col.name}: required but blank")
+                fail(nhs_invalid, f"{col.name}: fails the modulus-11 check")
+        elif col.kind in (c.DATE, c.DOB):
+            dates, bad = _parse_dates(value)
+            fail(bad, f"{col.name}: not a date (YYYY-MM-DD)")
+            if col.kind == c.DOB:
+                implausible = pc.or_(pc.less(dates, pa.scalar(_date(MIN_BIRTH))),
+                                     pc.greater(dates, pc.cast(pc.strptime(
+                                         pa.scalar("2100-01-01"), "%Y-%m-%d", "s"),
+                                         pa.date32())))
+                fail(implausible, f"{col.name}: not a plausible date of birth")
+            parsed[col.name] = dates
+        elif col.kind == c.DATETIME:
+            stamps, bad = _parse_datetimes(value)
+            fail(bad, f"{col.name}: not an ISO 8601 date-time")
+            parsed[col.name] = stamps
+        elif col.kind == c.NUMBER:
+            numbers = pc.cast(pc.if_else(pc.match_substring_regex(
+                value, r"^-?\d+(\.\d+)?$"), value, pa.scalar(None, pa.string())), pa.float64())
+            fail(pc.and_(pc.is_valid(value), pc.is_null(numbers)), f"{col.name}: not a number")
+            parsed[col.name] = numbers
+        elif col.kind in (c.SEX, c.CODE, c.INTEGER) and col.values is not None:
+            if col.kind == c.CODE:
+                value = pc.if_else(pc.is_in(value, pa.array(sorted(col.values))), value,
+                                   _case_folded(value, col.values))
+                cleaned[col.name] = value
+            fail(pc.and_(pc.is_valid(value),
+                         pc.invert(pc.is_in(value, pa.array(sorted(col.values))))),
+                 f"{col.name}: not one of the allowed codes")
+        elif col.kind == c.ICD10 or col.kind == c.PRACTICE or col.kind == c.ODS \
+                or col.kind == c.TEXT:
+            upper = pc.utf8_upper(value) if col.kind != c.TEXT or col.pattern else value
+            if col.pattern is not None:
+                ok = pc.match_substring_regex(upper, col.pattern.pattern)
+                fail(pc.and_(pc.is_valid(value), pc.invert(ok)),
+                     f"{col.name}: not a valid {_describe(col)}")
+            cleaned[col.name] = upper
+        elif col.kind == c.ICD10_LIST:
+            upper = pc.utf8_upper(value)
+            pattern = rf"^{_ICD}(;{_ICD}){{0,19}}$"
+            ok = pc.match_substring_regex(pc.replace_substring(upper, " ", ""), pattern)
+            fail(pc.and_(pc.is_valid(value), pc.invert(ok)),
+                 f"{col.name}: not up to 20 ICD-10 codes separated by ';'")
+            cleaned[col.name] = pc.replace_substring(upper, " ", "")
+    return Checked(pa.table(cleaned), rows, reasons, nhs_valid, nhs_invalid, nhs_normalised,
+                   parsed)
+
+
+def _case_folded(value: pa.Array, allowed: frozenset[str]) -> pa.Array:
+    """Accept codes in another case (`Y`/`y`, `Ambulance`) by mapping to the contract's case."""
+    lower = {v.lower(): v for v in allowed}
+    folded = pc.utf8_lower(value)
+    keys = pa.array(list(lower))
+    index = pc.index_in(folded, keys)
+    mapped = pc.take(pa.array(list(lower.values())), index)
+    return pc.if_else(pc.is_valid(mapped), mapped, value)
+
+
+def _describe(col: c.Column) -> str:
+    return {c.ICD10: "ICD-10 code", c.PRACTICE: "practice code (letter and 5 digits)",
+            c.ODS: "ODS code"}.get(col.kind, "code")
+
+
+def _date(text: str) -> pa.Scalar:
+    return pc.cast(pc.strptime(pa.scalar(text), "%Y-%m-%d", "s"), pa.date32())
