@@ -1,0 +1,82 @@
+"""The data directory: where landed extracts, the person index, runs and exports live as files.
+
+Landed rows are Parquet, one folder per extract, so an analyst's own tools can read them and
+destruction is the removal of one folder. Writes go to `staging/` first and are moved into
+place in one rename, under a lock, so an extract is present whole or not at all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from governance.settings import Settings
+
+ROWS_FILE = "rows.parquet"
+
+
+def extract_dir(settings: Settings, extract_id: str) -> Path:
+    return settings.extracts_dir / extract_id
+
+
+def rows_path(settings: Settings, extract_id: str) -> Path:
+    return extract_dir(settings, extract_id) / ROWS_FILE
+
+
+def staging_dir(settings: Settings, extract_id: str) -> Path:
+    return settings.staging_dir / extract_id
+
+
+@contextmanager
+def data_lock(settings: Settings, name: str = "data") -> Iterator[None]:
+    """An exclusive lock on the data directory for one writer at a time."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    path = settings.home / f"{name}.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def publish(settings: Settings, extract_id: str) -> Path:
+    """Move a staged extract into place in one rename (atomic on one filesystem)."""
+    source = staging_dir(settings, extract_id)
+    target = extract_dir(settings, extract_id)
+    settings.extracts_dir.mkdir(parents=True, exist_ok=True)
+    _fsync_tree(source)
+    os.replace(source, target)
+    return target
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def landed_folders(settings: Settings) -> list[str]:
+    if not settings.extracts_dir.exists():
+        return []
+    return sorted(p.name for p in settings.extracts_dir.iterdir() if p.is_dir())
+
+
+def clear_staging(settings: Settings) -> int:
+    """Remove whatever an interrupted landing left in staging; returns how many folders."""
+    if not settings.staging_dir.exists():
+        return 0
+    removed = 0
+    for path in settings.staging_dir.iterdir():
+        remove_tree(path)
+        removed += 1
+    return removed
+
+
+def _fsync_tree(path: Path) -> None:
+    for file in path.rglob("*"):
+        if file.is_file():
+            with file.open("rb") as handle:
+                os.fsync(handle.fileno())

@@ -1,0 +1,352 @@
+"""Land an extract: check it against its manifest and contract, pseudonymise it, keep nothing raw.
+
+An extract lands whole or not at all. Rows are checked and pseudonymised batch by batch into a
+staging folder; the folder is moved into place and the receipt, vault entries and audit event
+are committed in one transaction. After a crash the next landing clears what was left, so a
+re-run lands the file exactly once; a file already landed (same SHA-256) is a `duplicate`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sqlalchemy import Engine, insert, select
+
+from governance import audit, store, vault
+from governance.audit import Actor
+from governance.keys import KeyProvider
+from governance.policy_tables import retention_date
+from governance.schema import extracts, optouts, rejected_rows
+from governance.settings import Settings
+from linkage.contracts import CONTRACTS, Contract
+from linkage.manifest import Manifest, ManifestError, read_manifest
+from linkage.pseudonymise import pseudonymise
+from linkage.reader import (
+    FileRefused,
+    ReadStats,
+    csv_batches,
+    is_parquet,
+    parquet_batches,
+    parquet_columns,
+    read_header,
+    sha256_of,
+)
+from linkage.validate import check_batch
+
+# More rejected rows than this share means the file itself is wrong (e.g. columns shifted).
+MAX_REJECTED_FRACTION = 0.5
+MAX_REASONS_SHOWN = 10_000
+
+# Given a landed batch and its source, a mask of rows that no purpose may use (opt-outs).
+Exclusion = Callable[[pa.Table, str], np.ndarray]
+
+
+@dataclass
+class Receipt:
+    """What became of one file: returned to the sender and stored with the extract."""
+
+    extract_id: str
+    source: str | None
+    sender: str | None
+    status: str  # landed | refused | duplicate
+    file: str
+    reason: str | None = None
+    counts: dict[str, Any] = field(default_factory=dict)
+    retention_date: str | None = None
+    ignored_columns: list[str] = field(default_factory=list)
+    rejected_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.reason is None:
+            data.pop("reason")
+        return data
+
+
+@dataclass
+class LandingContext:
+    """What landing needs, passed in explicitly."""
+
+    settings: Settings
+    engine: Engine
+    keys: KeyProvider
+    actor: Actor = audit.SYSTEM
+    exclusion: Exclusion | None = None
+    uploaded_by_org: str | None = None
+
+
+def new_extract_id(source: str | None) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%d")
+    return f"{stamp}-{source or 'unknown'}-{secrets.token_hex(4)}"
+
+
+def recover(ctx: LandingContext) -> int:
+    """Clear what an interrupted landing left: staging folders and unreceipted extract folders."""
+    removed = store.clear_staging(ctx.settings)
+    with ctx.engine.connect() as connection:
+        landed = set(connection.scalars(
+            select(extracts.c.extract_id).where(extracts.c.status == "landed")))
+    for folder in store.landed_folders(ctx.settings):
+        if folder not in landed:
+            store.remove_tree(store.extract_dir(ctx.settings, folder))
+            removed += 1
+    return removed
+
+
+def inbound_files(path: Path) -> list[Path]:
+    """The extracts at `path`: the file itself, or every data file in a folder (manifests aside)."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir()
+                      if p.is_file() and not p.name.endswith(".manifest.json")
+                      and p.suffix.lower() in (".csv", ".parquet"))
+    return [path]
+
+
+def land_path(ctx: LandingContext, path: Path, remove: bool = False) -> list[Receipt]:
+    """Land a file (with its manifest beside it) or every extract in a folder."""
+    receipts = []
+    for file in inbound_files(path):
+        receipts.append(land_file(ctx, file, remove=remove))
+    return receipts
+
+
+def land_file(ctx: LandingContext, path: Path, manifest: Manifest | None = None,
+              remove: bool = False, display_name: str | None = None) -> Receipt:
+    """Land one extract file; returns its receipt (landed, refused or duplicate)."""
+    name = display_name or path.name
+    with store.data_lock(ctx.settings):
+        recover(ctx)
+        try:
+            if manifest is None:
+                manifest = read_manifest(path)
+            receipt = _land_locked(ctx, path, manifest, name)
+        except (ManifestError, FileRefused) as exc:
+            receipt = _refuse(ctx, name, manifest, str(exc))
+        finally:
+            if remove:
+                path.unlink(missing_ok=True)
+                path.with_name(path.name + ".manifest.json").unlink(missing_ok=True)
+    return receipt
+
+
+def _land_locked(ctx: LandingContext, path: Path, manifest: Manifest, name: str) -> Receipt:
+    if not path.exists():
+        raise FileRefused("the file does not exist")
+    digest = sha256_of(path)
+    if digest != manifest.sha256:
+        raise FileRefused("sha256 does not match the manifest: the file differs from what was sent")
+    with ctx.engine.connect() as connection:
+        existing = connection.execute(
+            select(extracts.c.extract_id, extracts.c.counts)
+            .where(extracts.c.landed_sha256 == digest)).first()
+    if existing is not None:
+        with ctx.engine.begin() as connection:
+            audit.record(connection, ctx.actor, "extract.duplicate",
+                         f"extract/{existing.extract_id}", outcome="duplicate",
+                         detail={"source": manifest.source, "sender": manifest.sender})
+        return Receipt(existing.extract_id, manifest.source, manifest.sender, "duplicate", name,
+                       reason="this file (same sha256) has already landed",
+                       counts=existing.counts)
+    contract = CONTRACTS[manifest.source]
+    extract_id = new_extract_id(manifest.source)
+    staging = store.staging_dir(ctx.settings, extract_id)
+    staging.mkdir(parents=True)
+    try:
+        return _stage_and_commit(ctx, path, manifest, contract, extract_id, digest, name)
+    finally:
+        store.remove_tree(staging)
+
+
+def _columns_of(path: Path, parquet: bool) -> list[str]:
+    return parquet_columns(path) if parquet else read_header(path)
+
+
+def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contract: Contract,
+                      extract_id: str, digest: str, name: str) -> Receipt:
+    parquet = is_parquet(path)
+    columns = _columns_of(path, parquet)
+    missing = [c for c in contract.names if c not in columns]
+    if missing:
+        raise FileRefused(f"missing columns for source {contract.source}: {', '.join(missing)}")
+    ignored = [c for c in columns if c not in contract.names]
+    stats = ReadStats()
+    batches = (parquet_batches(path, ctx.settings.batch_rows, stats) if parquet
+               else csv_batches(path, columns, ctx.settings.batch_rows, stats))
+    staging = store.staging_dir(ctx.settings, extract_id)
+    keys = {p: ctx.keys.current(p) for p in ("pseudonym", "linkage", "vault")}
+    counts: Counter[str] = Counter()
+    reasons: list[tuple[int, str]] = []
+    seen_ids: set[str] = set()
+    writer: pq.ParquetWriter | None = None
+    vault_writer: pq.ParquetWriter | None = None
+    optout_rows: list[dict[str, Any]] = []
+    try:
+        for batch in batches:
+            checked = check_batch(batch.table.select(contract.names), batch.rows, contract)
+            counts["nhs_invalid"] += int(checked.nhs_invalid.sum())
+            if "nhs_number" in contract.names:
+                counts["nhs_missing"] += int(
+                    pc.sum(pc.is_null(checked.table.column("nhs_number"))).as_py() or 0)
+            good = checked.good
+            if contract.consent_column:
+                consent = pc.fill_null(pc.equal(checked.table.column(contract.consent_column),
+                                                "Y"), False).to_numpy(zero_copy_only=False)
+                dropped = good & ~consent
+                counts["dropped_no_consent"] += int(dropped.sum())
+                good &= consent
+            rows_np = batch.rows.to_numpy()
+            for i in np.flatnonzero(~checked.good):
+                reasons.append((int(rows_np[i]), checked.reasons[i] or "rejected"))
+            if not good.any():
+                continue
+            mask = pa.array(good)
+            kept = type(checked)(
+                table=checked.table.filter(mask), rows=pc.filter(batch.rows, mask),
+                reasons=[None] * int(good.sum()), nhs_valid=checked.nhs_valid[good],
+                nhs_invalid=checked.nhs_invalid[good],
+                nhs_normalised=pc.filter(checked.nhs_normalised, mask)
+                if checked.nhs_normalised is not None else None,
+                parsed={k: pc.filter(v, mask) for k, v in checked.parsed.items()})
+            result = pseudonymise(kept, contract, extract_id, keys, manifest.sender)
+            table = result.table
+            counts["encoded"] += result.encoded_rows
+            if contract.unique and "record_key" in table.column_names:
+                table = _drop_duplicate_ids(table, seen_ids, contract.unique, reasons)
+            if ctx.exclusion is not None:
+                excluded = ctx.exclusion(table, contract.source)
+                if excluded.any():
+                    counts["excluded_by_optout"] += int(excluded.sum())
+                    table = table.filter(pa.array(~excluded))
+            if writer is None:
+                writer = pq.ParquetWriter(staging / store.ROWS_FILE, table.schema,
+                                          compression="zstd")
+            writer.write_table(table.cast(writer.schema))
+            counts["landed"] += table.num_rows
+            if result.vault_entries:
+                sealed = pa.Table.from_pylist(vault.seal(result.vault_entries, keys["vault"]))
+                if vault_writer is None:
+                    vault_writer = pq.ParquetWriter(staging / "vault.parquet", sealed.schema)
+                vault_writer.write_table(sealed)
+            if contract.source == "optouts":
+                optout_rows.extend(_optout_register_rows(table, manifest.sender))
+    finally:
+        if writer is not None:
+            writer.close()
+        if vault_writer is not None:
+            vault_writer.close()
+    for row in stats.unsplittable:
+        reasons.append((row, "row could not be split into the header's columns"))
+    received = stats.rows_seen
+    if received != manifest.rows:
+        raise FileRefused(f"row count {received} does not match the manifest's {manifest.rows}")
+    if received and len(reasons) > MAX_REJECTED_FRACTION * received:
+        raise FileRefused(f"{len(reasons)} of {received} rows failed the contract for "
+                          f"{contract.source}: the file is refused whole (first: row "
+                          f"{min(reasons)[0]}, {min(reasons)[1]})")
+    if writer is None:  # no row landed: still an extract, with an empty table
+        empty = pa.table({"extract_id": pa.array([], pa.string()),
+                          "row": pa.array([], pa.int64())})
+        pq.write_table(empty, staging / store.ROWS_FILE)
+    reasons.sort()
+    by_reason = Counter(reason for _, reason in reasons)
+    counts_out: dict[str, Any] = {
+        "received": received, "landed": counts["landed"], "rejected": len(reasons),
+        "rejected_by_reason": dict(sorted(by_reason.items())),
+        "dropped_no_consent": counts["dropped_no_consent"],
+        "excluded_by_optout": counts["excluded_by_optout"],
+        "nhs_missing": counts["nhs_missing"], "nhs_invalid": counts["nhs_invalid"],
+        "encoded_for_linkage": counts["encoded"],
+    }
+    if ignored:
+        counts_out["ignored_columns"] = len(ignored)
+    retain = retention_date(contract.source, manifest.period_end, ctx.engine)
+    vault_file = staging / "vault.parquet"
+    vault_table = pq.read_table(vault_file) if vault_file.exists() else None
+    if vault_file.exists():
+        vault_file.unlink()
+    store.publish(ctx.settings, extract_id)
+    try:
+        with ctx.engine.begin() as connection:
+            connection.execute(insert(extracts).values(
+                extract_id=extract_id, source=contract.source, sender=manifest.sender,
+                period_start=manifest.period_start, period_end=manifest.period_end,
+                sha256=digest, landed_sha256=digest, status="landed", reason=None,
+                received_at=datetime.now(UTC), retention_date=retain,
+                uploaded_by_org=ctx.uploaded_by_org, uploaded_by_user=ctx.actor.user,
+                key_id=keys["pseudonym"].key_id, counts=counts_out,
+                rows_landed=counts["landed"]))
+            for start in range(0, len(reasons), 10_000):
+                connection.execute(insert(rejected_rows), [
+                    {"extract_id": extract_id, "row": r, "reason": why}
+                    for r, why in reasons[start:start + 10_000]])
+            new_vault = 0
+            if vault_table is not None:
+                for chunk in vault_table.to_batches(50_000):
+                    new_vault += vault.store(connection, chunk.to_pylist(),
+                                             keys["pseudonym"].key_id)
+            if optout_rows:
+                connection.execute(insert(optouts), optout_rows)
+            audit.record(connection, ctx.actor, "extract.land", f"extract/{extract_id}",
+                         n_records=counts["landed"],
+                         detail={"source": contract.source, "sender": manifest.sender,
+                                 "rejected": len(reasons), "vault_new": new_vault})
+    except Exception:
+        store.remove_tree(store.extract_dir(ctx.settings, extract_id))
+        raise
+    return Receipt(extract_id, contract.source, manifest.sender, "landed", name,
+                   counts=counts_out, retention_date=retain.isoformat(),
+                   ignored_columns=ignored,
+                   rejected_rows=[{"row": r, "reason": why}
+                                  for r, why in reasons[:MAX_REASONS_SHOWN]])
+
+
+def _drop_duplicate_ids(table: pa.Table, seen: set[str], id_name: str,
+                        reasons: list[tuple[int, str]]) -> pa.Table:
+    """Reject rows whose record id appeared earlier in the file (kept: the first)."""
+    keys = table.column("record_key").to_pylist()
+    rows = table.column("row").to_pylist()
+    keep = np.ones(len(keys), dtype=bool)
+    for i, key in enumerate(keys):
+        if key in seen:
+            keep[i] = False
+            reasons.append((rows[i], f"{id_name}: duplicate of an earlier row"))
+        else:
+            seen.add(key)
+    return table if keep.all() else table.filter(pa.array(keep))
+
+
+def _optout_register_rows(table: pa.Table, sender: str) -> Iterable[dict[str, Any]]:
+    for row in table.select(["person_id", "optout_type", "effective_date", "withdrawn",
+                             "extract_id", "row"]).to_pylist():
+        yield dict(row, sender=sender)
+
+
+def _refuse(ctx: LandingContext, name: str, manifest: Manifest | None, reason: str) -> Receipt:
+    source = manifest.source if manifest else None
+    sender = manifest.sender if manifest else None
+    extract_id = new_extract_id(source)
+    with ctx.engine.begin() as connection:
+        connection.execute(insert(extracts).values(
+            extract_id=extract_id, source=source or "unknown", sender=sender or "unknown",
+            period_start=manifest.period_start if manifest else None,
+            period_end=manifest.period_end if manifest else None,
+            sha256=manifest.sha256 if manifest else "", landed_sha256=None, status="refused",
+            reason=reason, received_at=datetime.now(UTC), uploaded_by_org=ctx.uploaded_by_org,
+            uploaded_by_user=ctx.actor.user, counts={}, rows_landed=0))
+        audit.record(connection, ctx.actor, "extract.refuse", f"extract/{extract_id}",
+                     outcome="refused", detail={"source": source, "reason": reason})
+    return Receipt(extract_id, source, sender, "refused", name, reason=reason)
+
+
+def today() -> date:
+    return datetime.now(UTC).date()

@@ -1,0 +1,167 @@
+"""The pseudonymisation boundary: the one place where clear identifiers become what Haven keeps.
+
+In: a checked batch of text columns (identifiers in clear, in memory only).
+Out: an Arrow table in the landed schema (docs/landed-schema.md) and the vault entries.
+- NHS number -> `person_id`, HMAC-SHA256 under the pseudonymisation key (one hash per distinct
+  number), and an AES-GCM copy in the vault (see governance/vault.py).
+- Date of birth -> `birth_ym`; postcode -> `postcode_district`, `postcode_sector`.
+- Names, full date of birth, sex and full postcode -> keyed linkage encodings (`lk_*`), made only
+  where probabilistic linkage may need them: every row of the registers (`gp_patients`,
+  `social_care`) and the rows of other sources that lack a valid NHS number. Rows with a valid
+  NHS number link on it, so nothing more about them is kept.
+- Sender record and client ids -> `record_key`, keyed, so resent rows can be recognised.
+Free text is never kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from cryptography.hazmat.primitives import hashes, hmac
+
+from governance.keys import Key
+from linkage import contracts as c
+from linkage.contracts import Contract
+from linkage.validate import Checked
+
+ENCODED_SOURCES = frozenset({"gp_patients", "social_care"})
+POSTCODE_RE = r"^[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}$"
+LINKAGE_FIELDS = ("forename", "surname", "date_of_birth", "sex", "postcode")
+
+
+def keyed_hashes(values: pa.Array, key: Key, domain: str = "", length: int = 64) -> pa.Array:
+    """HMAC-SHA256 (hex) of each value under `key`; one hash per distinct value, nulls stay null.
+
+    `domain` separates uses of one key (NHS numbers, record ids) so their outputs never collide.
+    """
+    if len(values) == 0:
+        return pa.array([], pa.string())
+    encoded = pc.dictionary_encode(values)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    base = hmac.HMAC(key.secret, hashes.SHA256())
+    if domain:
+        base.update(domain.encode() + b"\x00")
+    digests = []
+    for value in encoded.dictionary.to_pylist():
+        h = base.copy()
+        h.update(value.encode())
+        digests.append(h.finalize().hex()[:length])
+    return pc.take(pa.array(digests, pa.string()), encoded.indices)
+
+
+def pseudonymise_nhs(normalised: pa.Array, key: Key) -> pa.Array:
+    """The person pseudonym: HMAC-SHA256 of the 10-digit NHS number."""
+    return keyed_hashes(normalised, key, domain="nhs_number")
+
+
+def generalise_postcode(postcode: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Postcode district (`LS1`) and sector (`LS1 4`); null where blank or not a UK postcode."""
+    compact = pc.replace_substring_regex(pc.utf8_upper(postcode), r"\s+", "")
+    ok = pc.fill_null(pc.match_substring_regex(compact, POSTCODE_RE), False)
+    compact = pc.if_else(ok, compact, pa.scalar(None, pa.string()))
+    district = pc.utf8_slice_codeunits(compact, 0, -3)
+    sector_digit = pc.utf8_slice_codeunits(compact, -3, -2)
+    sector = pc.binary_join_element_wise(district, sector_digit, " ")
+    return district, sector
+
+
+def birth_year_month(dates: pa.Array) -> pa.Array:
+    return pc.strftime(pc.cast(dates, pa.timestamp("s")), format="%Y-%m")
+
+
+@dataclass
+class Pseudonymised:
+    table: pa.Table
+    vault_entries: list[tuple[str, str]]
+    encoded_rows: int
+
+
+def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: dict[str, Key],
+                 sender: str) -> Pseudonymised:
+    """Turn the good rows of a checked batch into the landed form. Only good rows may be passed."""
+    t = checked.table
+    n = t.num_rows
+    pkey, lkey = keys["pseudonym"], keys["linkage"]
+    out: dict[str, pa.Array] = {
+        "extract_id": pa.array([extract_id] * n, pa.string()),
+        "row": checked.rows,
+    }
+    vault_entries: list[tuple[str, str]] = []
+    names = contract.names
+    if "nhs_number" in names:
+        normalised = checked.nhs_normalised
+        person_id = pseudonymise_nhs(normalised, pkey)
+        out["person_id"] = person_id
+        out["key_id"] = pa.array([pkey.key_id] * n, pa.string())
+        status = np.where(checked.nhs_valid, "valid",
+                          np.where(checked.nhs_invalid, "invalid", "missing"))
+        out["nhs_status"] = pa.array(status, pa.string())
+        mask = checked.nhs_valid
+        if mask.any():
+            pids = np.asarray(person_id.to_numpy(zero_copy_only=False))[mask]
+            nhs = np.asarray(normalised.to_numpy(zero_copy_only=False))[mask]
+            frame = pd.DataFrame({"p": pids, "n": nhs}).drop_duplicates("p")
+            vault_entries = list(zip(frame["p"], frame["n"], strict=True))
+    for col in contract.columns:
+        name = col.name
+        value = t.column(name)
+        if col.kind in (c.NHS, c.NAME):
+            continue
+        if col.kind == c.DOB:
+            out["birth_ym"] = birth_year_month(checked.parsed[name])
+        elif col.kind == c.POSTCODE:
+            out["postcode_district"], out["postcode_sector"] = generalise_postcode(value)
+        elif col.kind == c.RECORD_ID:
+            out["record_key"] = keyed_hashes(value, pkey, domain=f"{contract.source}|{sender}",
+                                             length=32)
+        elif col.kind in (c.DATE, c.DATETIME, c.NUMBER):
+            out[name] = checked.parsed[name]
+        elif col.kind == c.INTEGER:
+            out[name] = pc.cast(value, pa.int8())
+        elif col.kind in (c.ICD10, c.ICD10_LIST):
+            out[name] = pc.replace_substring(value, ".", "")
+        elif col.kind == c.FLAG or name == "withdrawn":
+            out[name] = pc.equal(value, "Y")
+        elif name == contract.consent_column:
+            continue  # only consented rows land; the flag itself says nothing more
+        elif name == "code" and contract.source == "gp_events":
+            out[name] = pc.replace_substring(pc.utf8_upper(value), ".", "")
+        else:
+            out[name] = value
+    encoded_rows = 0
+    wanted = [f for f in LINKAGE_FIELDS if f in names]
+    if wanted and any(f in names for f in ("date_of_birth", "forename")):
+        if contract.source in ENCODED_SOURCES or "nhs_number" not in names:
+            selector = np.ones(n, dtype=bool)
+        else:
+            selector = ~checked.nhs_valid
+        encoded_rows = int(selector.sum())
+        lk = _encode(t, checked, wanted, selector, lkey)
+        for name in lk.column_names:
+            out[name] = lk.column(name)
+    return Pseudonymised(pa.table(out), vault_entries, encoded_rows)
+
+
+def _encode(t: pa.Table, checked: Checked, fields: list[str], selector: np.ndarray,
+            key: Key) -> pa.Table:
+    """Keyed linkage encodings for the selected rows; other rows get nulls."""
+    from linkage.encodings import encode_identifiers  # the linkage engine's own encoder
+
+    frame = pd.DataFrame({f: t.column(f).to_pandas() for f in fields})
+    if "date_of_birth" in fields:
+        frame["date_of_birth"] = pc.strftime(
+            pc.cast(checked.parsed["date_of_birth"], pa.timestamp("s")),
+            format="%Y-%m-%d").to_pandas()
+    encoded = encode_identifiers(frame.loc[selector].reset_index(drop=True), key.secret)
+    table = pa.Table.from_pandas(encoded, preserve_index=False)
+    # Spread the encoded rows back to their places; unselected rows get nulls.
+    indices = np.full(len(frame), -1, dtype=np.int64)
+    indices[np.flatnonzero(selector)] = np.arange(int(selector.sum()))
+    take = pa.array(indices, mask=indices < 0)
+    return pa.table({name: pc.take(table.column(name).combine_chunks(), take)
+                     for name in table.column_names})

@@ -1,0 +1,86 @@
+"""Shared fixtures: a fresh Haven (data directory, database, keys) on each storage backend.
+
+PostgreSQL tests need HAVEN_TEST_POSTGRES_URL (an admin URL; `.ci/run` sets it). Without it they
+are skipped on a laptop, but never in CI: with CI=true a missing server fails the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from cli.context import Haven
+from governance.settings import Settings
+from linkage.landing import LandingContext
+
+POSTGRES_URL = os.environ.get("HAVEN_TEST_POSTGRES_URL", "")
+
+
+def key_environment() -> dict[str, str]:
+    """Fresh random keys for one test, passed the way a deployment would pass them."""
+    return {f"HAVEN_KEY_{p.upper()}": f"{p[0]}t1:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+            for p in ("pseudonym", "linkage", "vault", "release")}
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    if not POSTGRES_URL:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but HAVEN_TEST_POSTGRES_URL is not set: PostgreSQL tests must run")
+        pytest.skip("no PostgreSQL (set HAVEN_TEST_POSTGRES_URL)")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"haven_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    base, _, _ = postgres_admin_url.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The storage backends every governance and landing test runs on."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return ""
+
+
+@pytest.fixture
+def haven(tmp_path: Path, backend: str) -> Iterator[Haven]:
+    settings = Settings(home=tmp_path / "home", database_url=backend,
+                        key_env=key_environment(), batch_rows=1000)
+    handle = Haven(settings)
+    yield handle
+    if "engine" in handle.__dict__:
+        handle.engine.dispose()
+
+
+@pytest.fixture
+def landing(haven: Haven) -> LandingContext:
+    return LandingContext(haven.settings, haven.engine, haven.keys, haven.actor)
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    return folder
