@@ -25,8 +25,10 @@ POSTGRES_URL = os.environ.get("HAVEN_TEST_POSTGRES_URL", "")
 
 def key_environment() -> dict[str, str]:
     """Fresh random keys for one test, passed the way a deployment would pass them."""
-    return {f"HAVEN_KEY_{p.upper()}": f"{p[0]}t1:{base64.b64encode(secrets.token_bytes(32)).decode()}"
-            for p in ("pseudonym", "linkage", "vault", "release")}
+    return {
+        f"HAVEN_KEY_{p.upper()}": f"{p[0]}t1:" + base64.b64encode(secrets.token_bytes(32)).decode()
+        for p in ("pseudonym", "linkage", "vault", "release")
+    }
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Landing: contracts, per-row reasons, whole-file refusals, duplicates and receipts (both backends)."""
+"""Landing: contracts, per-row reasons, whole-file refusals, duplicates and receipts."""
 
 from __future__ import annotations
 
