@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import nhs_number
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from governance.schema import audit_head, audit_log
 
 GENESIS = "0" * 64
-_DIGIT_RUN = re.compile(r"\d[\d \-]{8,}\d")
+_NHS_LIKE = re.compile(r"(?<![\d])(\d{3})[ \-]?(\d{3})[ \-]?(\d{4})(?![\d])")
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,11 @@ def entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
 
 
 def _refuse_identifiers(*texts: str) -> None:
+    """Refuse text holding anything shaped like a valid NHS number (10 digits, modulus 11)."""
     for text in texts:
-        if _DIGIT_RUN.search(text):
-            raise ValueError("audit entries may not contain identifier-like digit runs")
+        for match in _NHS_LIKE.finditer(text):
+            if nhs_number.is_valid("".join(match.groups())):
+                raise ValueError("audit entries may not contain an NHS number")
 
 
 def record(

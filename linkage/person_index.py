@@ -1,0 +1,270 @@
+"""The person index: every landed row mapped to one person key, built and then updated in place.
+
+How a row is linked, strongest first:
+1. `nhs_number`: rows with a valid NHS number share their pseudonym's person.
+2. `client`: social care rows of one council client (same keyed `client_id`) are one person,
+   and take the pseudonym any of them carries.
+3. `probabilistic`: rows with no valid NHS number are compared, on their keyed encodings only,
+   with the person profiles (register rows that carry both a pseudonym and encodings:
+   `gp_patients`, `social_care`) by the engine in `linkage/probabilistic.py`. Links above the
+   upper threshold are taken; those in the review band go to the review list, never silently in.
+4. `unlinked`: anything else keeps a person key of its own.
+A person key is `P` + a keyed hash of the person's pseudonym (or, for unlinked rows, of their
+first row), so it is stable while nothing it depends on changes.
+
+Incremental: `update` links only the extracts not yet indexed, plus rows still unlinked (a new
+register may now place them); `forget_extracts` drops destroyed extracts' rows and re-links
+the rows whose probabilistic link rested on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sqlalchemy import Engine, select
+
+from governance import store
+from governance.keys import Key
+from governance.schema import extracts
+from governance.settings import Settings
+from linkage.pseudonymise import keyed_hashes
+
+LINK_MAP = "link_map.parquet"
+REVIEW = "review.parquet"
+REPORT = "quality.json"
+PROFILE_SOURCES = ("gp_patients", "social_care")
+MAP_SCHEMA = pa.schema([
+    ("extract_id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
+    ("person_id", pa.string()), ("person_key", pa.string()), ("method", pa.string()),
+    ("weight", pa.float64()), ("via_extract", pa.string()), ("client_key", pa.string()),
+])
+
+# Given query rows and profile rows (both with `lk_*` encodings; profiles with person_id),
+# return matches: query index, profile index, weight, probability, band ("link"/"review").
+Matcher = Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]
+
+
+@dataclass
+class LinkSummary:
+    """What a linkage run did, per source and method, and its quality estimates."""
+
+    extracts_added: list[str] = field(default_factory=list)
+    extracts_removed: list[str] = field(default_factory=list)
+    rows: int = 0
+    by_source_method: dict[str, dict[str, int]] = field(default_factory=dict)
+    review_pairs: int = 0
+    quality: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def index_dir(settings: Settings) -> Path:
+    return settings.index_dir
+
+
+def read_link_map(settings: Settings, columns: list[str] | None = None) -> pd.DataFrame:
+    """The current link map (empty frame with the schema when nothing is indexed yet)."""
+    path = settings.index_dir / LINK_MAP
+    if not path.exists():
+        return MAP_SCHEMA.empty_table().to_pandas()
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+def person_keys(person_ids: pa.Array, key: Key) -> pa.Array:
+    """Person key of each pseudonym: `P` + 20 hex of a keyed hash (a second pseudonym domain)."""
+    hashed = keyed_hashes(person_ids, key, domain="person_key", length=20)
+    return pc.binary_join_element_wise(pa.scalar("P"), hashed, "")
+
+
+def landed_extracts(engine: Engine) -> pd.DataFrame:
+    with engine.connect() as connection:
+        rows = connection.execute(select(extracts.c.extract_id, extracts.c.source,
+                                         extracts.c.sender)
+                                  .where(extracts.c.status == "landed")).all()
+    return pd.DataFrame(rows, columns=["extract_id", "source", "sender"])
+
+
+def _read_rows(settings: Settings, extract_id: str, encodings: bool) -> pd.DataFrame:
+    path = store.rows_path(settings, extract_id)
+    names = pq.read_schema(path).names
+    wanted = ["extract_id", "row"] + [c for c in ("person_id", "record_key") if c in names]
+    if encodings:
+        wanted += [c for c in names if c.startswith("lk_")]
+    return pq.read_table(path, columns=wanted).to_pandas()
+
+
+def _write(settings: Settings, name: str, table: pa.Table) -> None:
+    settings.index_dir.mkdir(parents=True, exist_ok=True)
+    target = settings.index_dir / name
+    tmp = target.with_suffix(".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, target)
+
+
+def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None = None,
+           progress: Callable[[str], None] | None = None) -> LinkSummary:
+    """Bring the index up to date with what is landed: add new extracts, drop gone ones."""
+    say = progress or (lambda _message: None)
+    with store.data_lock(settings, "index"):
+        current = read_link_map(settings)
+        landed = landed_extracts(engine)
+        indexed = set(current["extract_id"].unique())
+        wanted = set(landed["extract_id"])
+        gone = sorted(indexed - wanted)
+        new = landed[~landed["extract_id"].isin(indexed)]
+        summary = LinkSummary(extracts_added=sorted(new["extract_id"]), extracts_removed=gone)
+        if gone:
+            current = current[~current["extract_id"].isin(gone)]
+            # Rows whose probabilistic link rested on a destroyed extract are linked again.
+            relink = current["via_extract"].isin(gone)
+            current.loc[relink, ["method", "person_id"]] = ["unlinked", None]
+        parts = [current]
+        for item in new.itertuples():
+            say(f"indexing {item.extract_id} ({item.source})")
+            rows = _read_rows(settings, item.extract_id, encodings=False)
+            frame = pd.DataFrame({
+                "extract_id": rows["extract_id"], "source": item.source, "row": rows["row"],
+                "person_id": rows.get("person_id"),
+                "person_key": None, "method": "unlinked", "weight": np.nan,
+                "via_extract": None, "client_key": None,
+            })
+            has_id = frame["person_id"].notna()
+            frame.loc[has_id, "method"] = "nhs_number"
+            if item.source == "social_care" and "record_key" in rows:
+                frame["client_key"] = rows["record_key"].to_numpy()
+            parts.append(frame)
+        combined = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(
+            len(p) for p in parts) else read_link_map(settings)
+        combined = _link_clients(combined)
+        review = pd.DataFrame()
+        if matcher is not None:
+            combined, review = _link_probabilistic(settings, combined, landed, matcher, say)
+        combined = _assign_keys(combined, key)
+        summary.rows = len(combined)
+        summary.by_source_method = {
+            source: group["method"].value_counts().to_dict()
+            for source, group in combined.groupby("source")}
+        summary.review_pairs = len(review)
+        table = pa.Table.from_pandas(combined[[f.name for f in MAP_SCHEMA]],
+                                     schema=MAP_SCHEMA, preserve_index=False)
+        _write(settings, LINK_MAP, table)
+        if len(review):
+            _write(settings, REVIEW, pa.Table.from_pandas(review, preserve_index=False))
+        (settings.index_dir / REPORT).write_text(json.dumps(
+            {**summary.to_json(), "at": datetime.now(UTC).isoformat()}, default=str))
+    return summary
+
+
+def _link_clients(frame: pd.DataFrame) -> pd.DataFrame:
+    """Social care rows of one client share the pseudonym any of them carries."""
+    clients = frame["client_key"]
+    known = frame.loc[clients.notna() & frame["person_id"].notna(), ["client_key", "person_id"]]
+    by_client = known.drop_duplicates("client_key").set_index("client_key")["person_id"]
+    fill = clients.map(by_client)
+    take = frame["person_id"].isna() & fill.notna()
+    frame.loc[take, "person_id"] = fill[take]
+    frame.loc[take, "method"] = "client"
+    return frame
+
+
+def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.DataFrame,
+                        matcher: Matcher, say: Callable[[str], None]
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Link rows without a pseudonym to person profiles on their encodings."""
+    todo = frame["person_id"].isna()
+    if not todo.any():
+        return frame, pd.DataFrame()
+    wanted_extracts = set(frame.loc[todo, "extract_id"])
+    queries, profiles = [], []
+    for item in landed.itertuples():
+        is_profile = item.source in PROFILE_SOURCES
+        if not is_profile and item.extract_id not in wanted_extracts:
+            continue
+        rows = _read_rows(settings, item.extract_id, encodings=True)
+        lk = [c for c in rows.columns if c.startswith("lk_")]
+        if not lk:
+            continue
+        if is_profile:
+            profiles.append(rows[rows["person_id"].notna()].assign(source=item.source))
+        if item.extract_id in wanted_extracts:
+            queries.append(rows[rows["person_id"].isna()].assign(source=item.source))
+    if not queries or not profiles:
+        return frame, pd.DataFrame()
+    query = pd.concat(queries, ignore_index=True)
+    profile = pd.concat(profiles, ignore_index=True)
+    say(f"probabilistic linkage: {len(query):,} rows against {len(profile):,} profiles")
+    matches = matcher(query, profile)
+    review = matches[matches["band"] == "review"]
+    links = matches[matches["band"] == "link"].sort_values("weight", ascending=False)
+    links = links.drop_duplicates("query")
+    position = pd.MultiIndex.from_frame(frame[["extract_id", "row"]])
+    target = pd.MultiIndex.from_frame(query.loc[links["query"], ["extract_id", "row"]])
+    where = position.get_indexer(target)
+    ok = where >= 0
+    frame.loc[frame.index[where[ok]], "person_id"] = profile.loc[
+        links["profile"].to_numpy()[ok], "person_id"].to_numpy()
+    frame.loc[frame.index[where[ok]], "method"] = "probabilistic"
+    frame.loc[frame.index[where[ok]], "weight"] = links["weight"].to_numpy()[ok]
+    frame.loc[frame.index[where[ok]], "via_extract"] = profile.loc[
+        links["profile"].to_numpy()[ok], "extract_id"].to_numpy()
+    review_out = pd.DataFrame({
+        "query_extract": query.loc[review["query"], "extract_id"].to_numpy(),
+        "query_row": query.loc[review["query"], "row"].to_numpy(),
+        "profile_extract": profile.loc[review["profile"], "extract_id"].to_numpy(),
+        "profile_row": profile.loc[review["profile"], "row"].to_numpy(),
+        "weight": review["weight"].to_numpy(),
+    })
+    for column in review.columns:
+        if column.startswith("cmp_"):
+            review_out[column] = review[column].to_numpy()
+    return frame, review_out
+
+
+def _assign_keys(frame: pd.DataFrame, key: Key) -> pd.DataFrame:
+    """Person keys from pseudonyms; unlinked rows get a key of their own first row."""
+    ids = frame["person_id"].astype(object).where(frame["person_id"].notna(), None)
+    anchor = ids.copy()
+    lonely = ids.isna()
+    client = frame["client_key"].astype(object)
+    anchor[lonely & client.notna()] = "client:" + client[lonely & client.notna()]
+    lonely = anchor.isna()
+    anchor[lonely] = ("row:" + frame.loc[lonely, "extract_id"].astype(str) + ":" +
+                      frame.loc[lonely, "row"].astype(str))
+    frame["person_key"] = person_keys(pa.array(anchor.to_numpy(), pa.string()),
+                                      key).to_numpy(zero_copy_only=False)
+    return frame
+
+
+def forget_extracts(settings: Settings, engine: Engine, key: Key, extract_ids: list[str],
+                    matcher: Matcher | None = None) -> dict[str, int]:
+    """Drop destroyed extracts' rows from the index and re-link what rested on them."""
+    before = read_link_map(settings, columns=["extract_id"])
+    removed = int(before["extract_id"].isin(extract_ids).sum())
+    summary = update(settings, engine, key, matcher)
+    return {"index_rows_removed": removed, "index_rows": summary.rows}
+
+
+def export(settings: Settings, out: Path) -> int:
+    """Write the linkage map an IG lead can audit, as Parquet or CSV (by the file's extension)."""
+    frame = read_link_map(settings, columns=["extract_id", "source", "row", "person_key",
+                                              "method", "weight"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".csv":
+        frame.to_csv(out, index=False)
+    elif out.suffix.lower() == ".parquet":
+        frame.to_parquet(out, index=False)
+    else:
+        raise ValueError(f"--out must end in .csv or .parquet, not {out.suffix or 'nothing'}")
+    return len(frame)
