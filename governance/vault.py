@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 
+import pyarrow as pa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, select, update
 
 from governance.keys import Key, KeyProvider
 from governance.schema import vault
@@ -33,26 +34,37 @@ def seal(entries: Iterable[tuple[str, str]], key: Key) -> list[dict]:
 
 
 def store(connection: Connection, rows: Sequence[dict], key_id: str) -> int:
-    """Insert vault rows not already present; returns how many were new."""
+    """Insert vault rows whose pseudonym is not there yet; returns how many were new.
+
+    One driver-level statement per chunk with ON CONFLICT DO NOTHING (SQLite and PostgreSQL):
+    the ORM's per-row processing would make this the slowest step of landing.
+    """
     if not rows:
         return 0
-    wanted = {r["person_id"] for r in rows}
-    present: set[str] = set()
-    ids = list(wanted)
-    for start in range(0, len(ids), 5000):
-        chunk = ids[start:start + 5000]
-        present.update(connection.scalars(
-            select(vault.c.person_id).where(vault.c.person_id.in_(chunk))))
-    new = [dict(r, key_id=key_id) for r in rows if r["person_id"] not in present]
-    seen: set[str] = set()
-    unique = []
-    for row in new:
-        if row["person_id"] not in seen:
-            seen.add(row["person_id"])
-            unique.append(row)
-    if unique:
-        connection.execute(insert(vault), unique)
-    return len(unique)
+    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    statement = (
+        "INSERT INTO vault (person_id, key_id, vault_key_id, nonce, ciphertext) "
+        f"VALUES ({', '.join([marker] * 5)}) ON CONFLICT (person_id) DO NOTHING")
+    before = connection.scalar(select(func.count()).select_from(vault)) or 0
+    params = [(r["person_id"], key_id, r["vault_key_id"], r["nonce"], r["ciphertext"])
+              for r in rows]
+    connection.exec_driver_sql(statement, params)
+    after = connection.scalar(select(func.count()).select_from(vault)) or 0
+    return int(after - before)
+
+
+def store_table(connection: Connection, table: pa.Table, key_id: str,
+                chunk: int = 100_000) -> int:
+    """Store sealed rows held as an Arrow table (columns as `seal` makes them), in chunks."""
+    new = 0
+    for start in range(0, table.num_rows, chunk):
+        part = table.slice(start, chunk)
+        columns = [part.column(c).to_pylist()
+                   for c in ("person_id", "vault_key_id", "nonce", "ciphertext")]
+        rows = [{"person_id": p, "vault_key_id": k, "nonce": n, "ciphertext": c}
+                for p, k, n, c in zip(*columns, strict=True)]
+        new += store(connection, rows, key_id)
+    return new
 
 
 def reveal(connection: Connection, keys: KeyProvider, person_ids: Sequence[str]) -> dict[str, str]:

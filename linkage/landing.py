@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -186,7 +187,9 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
     keys = {p: ctx.keys.current(p) for p in ("pseudonym", "linkage", "vault")}
     counts: Counter[str] = Counter()
     reasons: list[tuple[int, str]] = []
-    seen_ids: set[str] = set()
+    seen_ids: list[np.ndarray] = []
+    sealed_ids: set[str] = set()
+    memo: dict[str, str] = {}
     writer: pq.ParquetWriter | None = None
     vault_writer: pq.ParquetWriter | None = None
     optout_rows: list[dict[str, Any]] = []
@@ -197,7 +200,8 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
             if "nhs_number" in contract.names:
                 counts["nhs_missing"] += int(
                     pc.sum(pc.is_null(checked.table.column("nhs_number"))).as_py() or 0)
-            good = checked.good
+            checked_good = checked.good
+            good = checked_good.copy()
             if contract.consent_column:
                 consent = pc.fill_null(pc.equal(checked.table.column(contract.consent_column),
                                                 "Y"), False).to_numpy(zero_copy_only=False)
@@ -205,23 +209,26 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
                 counts["dropped_no_consent"] += int(dropped.sum())
                 good &= consent
             rows_np = batch.rows.to_numpy()
-            for i in np.flatnonzero(~checked.good):
-                reasons.append((int(rows_np[i]), checked.reasons[i] or "rejected"))
+            bad = np.flatnonzero(~checked_good)
+            reasons.extend(zip(rows_np[bad].tolist(), checked.reasons[bad].tolist(),
+                               strict=True))
+            if contract.unique:
+                good &= ~_duplicate_ids(checked.table.column(contract.unique), good, seen_ids,
+                                        rows_np, contract.unique, reasons)
             if not good.any():
                 continue
             mask = pa.array(good)
             kept = type(checked)(
                 table=checked.table.filter(mask), rows=pc.filter(batch.rows, mask),
-                reasons=[None] * int(good.sum()), nhs_valid=checked.nhs_valid[good],
+                reasons=np.full(int(good.sum()), None, dtype=object),
+                nhs_valid=checked.nhs_valid[good],
                 nhs_invalid=checked.nhs_invalid[good],
                 nhs_normalised=pc.filter(checked.nhs_normalised, mask)
                 if checked.nhs_normalised is not None else None,
                 parsed={k: pc.filter(v, mask) for k, v in checked.parsed.items()})
-            result = pseudonymise(kept, contract, extract_id, keys, manifest.sender)
+            result = pseudonymise(kept, contract, extract_id, keys, manifest.sender, memo)
             table = result.table
             counts["encoded"] += result.encoded_rows
-            if contract.unique and "record_key" in table.column_names:
-                table = _drop_duplicate_ids(table, seen_ids, contract.unique, reasons)
             if ctx.exclusion is not None:
                 excluded = ctx.exclusion(table, contract.source)
                 if excluded.any():
@@ -232,8 +239,9 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
                                           compression="zstd")
             writer.write_table(table.cast(writer.schema))
             counts["landed"] += table.num_rows
-            if result.vault_entries:
-                sealed = pa.Table.from_pylist(vault.seal(result.vault_entries, keys["vault"]))
+            fresh = _unsealed(result.vault_entries, sealed_ids)
+            if fresh:
+                sealed = pa.Table.from_pylist(vault.seal(fresh, keys["vault"]))
                 if vault_writer is None:
                     vault_writer = pq.ParquetWriter(staging / "vault.parquet", sealed.schema)
                 vault_writer.write_table(sealed)
@@ -291,9 +299,7 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
                     for r, why in reasons[start:start + 10_000]])
             new_vault = 0
             if vault_table is not None:
-                for chunk in vault_table.to_batches(50_000):
-                    new_vault += vault.store(connection, chunk.to_pylist(),
-                                             keys["pseudonym"].key_id)
+                new_vault = vault.store_table(connection, vault_table, keys["pseudonym"].key_id)
             if optout_rows:
                 connection.execute(insert(optouts), optout_rows)
             audit.record(connection, ctx.actor, "extract.land", f"extract/{extract_id}",
@@ -310,19 +316,35 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
                                   for r, why in reasons[:MAX_REASONS_SHOWN]])
 
 
-def _drop_duplicate_ids(table: pa.Table, seen: set[str], id_name: str,
-                        reasons: list[tuple[int, str]]) -> pa.Table:
-    """Reject rows whose record id appeared earlier in the file (kept: the first)."""
-    keys = table.column("record_key").to_pylist()
-    rows = table.column("row").to_pylist()
-    keep = np.ones(len(keys), dtype=bool)
-    for i, key in enumerate(keys):
-        if key in seen:
-            keep[i] = False
-            reasons.append((rows[i], f"{id_name}: duplicate of an earlier row"))
-        else:
-            seen.add(key)
-    return table if keep.all() else table.filter(pa.array(keep))
+def _duplicate_ids(ids: pa.Array, good: np.ndarray, seen: list[np.ndarray],
+                   rows: np.ndarray, id_name: str, reasons: list[tuple[int, str]]) -> np.ndarray:
+    """Rows whose record id appeared earlier in the file (the first is kept), as a mask.
+
+    Ids are compared by a 64-bit hash held in a sorted array: 8 bytes a row, never the id.
+    """
+    hashed = pd.util.hash_array(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object))
+    earlier = np.zeros(len(hashed), dtype=bool)
+    if seen:
+        known = seen[0]
+        at = np.minimum(np.searchsorted(known, hashed), len(known) - 1)
+        earlier = known[at] == hashed
+    within = np.zeros(len(hashed), dtype=bool)
+    candidates = np.flatnonzero(good)
+    within[candidates] = pd.Series(hashed[candidates]).duplicated(keep="first").to_numpy()
+    duplicate = good & (earlier | within)
+    for row in rows[duplicate].tolist():
+        reasons.append((row, f"{id_name}: duplicate of an earlier row"))
+    merged = np.concatenate([*seen, hashed[good & ~duplicate]])
+    merged.sort(kind="stable")
+    seen[:] = [merged]
+    return duplicate
+
+
+def _unsealed(entries: list[tuple[str, str]], sealed: set[str]) -> list[tuple[str, str]]:
+    """Vault entries of persons not yet sealed in this landing (each person sealed once)."""
+    fresh = [entry for entry in entries if entry[0] not in sealed]
+    sealed.update(entry[0] for entry in fresh)
+    return fresh
 
 
 def _optout_register_rows(table: pa.Table, sender: str) -> Iterable[dict[str, Any]]:

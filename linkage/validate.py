@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import nhs_number
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,7 +26,7 @@ class Checked:
 
     table: pa.Table          # cleaned text columns (trimmed, blanks as null)
     rows: pa.Array           # 1-based data row numbers
-    reasons: list[str | None]  # per row: None when the row is good
+    reasons: np.ndarray      # per row: None when the row is good, else why not
     nhs_valid: np.ndarray    # per row: NHS number present and valid
     nhs_invalid: np.ndarray  # per row: NHS number present but fails the check
     nhs_normalised: pa.Array | None = None  # 10-digit text where valid, else null
@@ -34,7 +34,7 @@ class Checked:
 
     @property
     def good(self) -> np.ndarray:
-        return np.array([r is None for r in self.reasons], dtype=bool)
+        return pd.isna(self.reasons)
 
 
 def _blank_to_null(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -45,12 +45,14 @@ def _blank_to_null(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 def _parse_dates(column: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Parse `YYYY-MM-DD` text; returns (dates, bad mask where text was given but is no date)."""
     shaped = pc.match_substring_regex(column, r"^\d{4}-\d{2}-\d{2}$")
-    parsed = pc.strptime(pc.if_else(shaped, column, pa.scalar(None, pa.string())),
-                         format="%Y-%m-%d", unit="s", error_is_null=True)
-    dates = pc.cast(parsed, pa.date32())
-    # strptime accepts 2023-02-30 on some platforms; round-trip to be sure.
-    roundtrip = pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), column)
-    dates = pc.if_else(pc.fill_null(roundtrip, False), dates, pa.scalar(None, pa.date32()))
+    text = pc.if_else(shaped, column, pa.scalar(None, pa.string()))
+    parsed = pc.strptime(text, format="%Y-%m-%d", unit="s", error_is_null=True)
+    # strptime rolls 2023-02-30 over to 2023-03-02: the day and month must survive parsing.
+    same_day = pc.equal(pc.day(parsed), pc.cast(pc.utf8_slice_codeunits(text, 8, 10), pa.int64()))
+    same_month = pc.equal(pc.month(parsed),
+                          pc.cast(pc.utf8_slice_codeunits(text, 5, 7), pa.int64()))
+    real = pc.fill_null(pc.and_(same_day, same_month), False)
+    dates = pc.if_else(real, pc.cast(parsed, pa.date32()), pa.scalar(None, pa.date32()))
     bad = pc.and_(pc.is_valid(column), pc.is_null(dates))
     return dates, bad
 
@@ -68,17 +70,34 @@ def _parse_datetimes(column: pa.Array) -> tuple[pa.Array, pa.Array]:
     return parsed, bad
 
 
+def nhs_checksum_ok(digits: pa.Array) -> np.ndarray:
+    """Modulus-11 check of 10-digit text, vectorised; False where not 10 digits.
+
+    Same rule as the `nhs-number` package (a property test holds them equal); that package
+    checks one value per call, too slow for a million rows, so landing uses this.
+    """
+    shaped = pc.fill_null(pc.match_substring_regex(digits, r"^[0-9]{10}$"), False)
+    flags = shaped.to_numpy(zero_copy_only=False)
+    out = np.zeros(len(digits), dtype=bool)
+    if not flags.any():
+        return out
+    values = pc.filter(digits, shaped)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset:]
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
+    matrix = data[offsets[0]:offsets[0] + 10 * len(values)].reshape(-1, 10).astype(np.int64) - 48
+    check = 11 - (matrix[:, :9] @ np.arange(10, 1, -1)) % 11
+    check[check == 11] = 0
+    out[flags] = (check != 10) & (check == matrix[:, 9])
+    return out
+
+
 def _nhs(column: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """Normalise NHS numbers (spaces and hyphens allowed) and check them with `nhs-number`."""
+    """Normalise NHS numbers (spaces and hyphens allowed) and check their modulus 11."""
     digits = pc.replace_substring_regex(column, r"[ \-]", "")
-    values = digits.to_numpy(zero_copy_only=False)
-    present = ~pc.is_null(column).to_numpy(zero_copy_only=False)
-    uniques, inverse = np.unique(values[present].astype(str), return_inverse=True) \
-        if present.any() else (np.array([], dtype=str), np.array([], dtype=np.int64))
-    unique_ok = np.array([len(u) == 10 and u.isdigit() and nhs_number.is_valid(u)
-                          for u in uniques], dtype=bool)
-    valid = np.zeros(len(values), dtype=bool)
-    valid[present] = unique_ok[inverse] if len(uniques) else False
+    present = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    valid = nhs_checksum_ok(digits) & present
     invalid = present & ~valid
     normalised = pc.if_else(pa.array(valid), digits, pa.scalar(None, pa.string()))
     return normalised, valid, invalid
@@ -87,7 +106,7 @@ def _nhs(column: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
 def check_batch(table: pa.Table, rows: pa.Array, contract: Contract) -> Checked:
     """Check every contract column of a batch; the first failure of each row is its reason."""
     n = table.num_rows
-    reasons: list[str | None] = [None] * n
+    reasons = np.full(n, None, dtype=object)
     cleaned: dict[str, pa.Array] = {}
     parsed: dict[str, pa.Array] = {}
     nhs_valid = np.zeros(n, dtype=bool)
@@ -97,9 +116,8 @@ def check_batch(table: pa.Table, rows: pa.Array, contract: Contract) -> Checked:
     def fail(mask: pa.Array | np.ndarray, reason: str) -> None:
         flags = mask if isinstance(mask, np.ndarray) else \
             pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
-        for i in np.flatnonzero(flags):
-            if reasons[i] is None:
-                reasons[i] = reason
+        first = flags & pd.isna(reasons)
+        reasons[first] = reason
 
     for col in contract.columns:
         raw = table.column(col.name)
