@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import nhs_number
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -17,6 +18,7 @@ from linkage import contracts as c
 from linkage.contracts import Contract
 
 MIN_BIRTH = "1890-01-01"
+CHI_FIRST, CHI_LAST = 10101, 311299  # Scotland's CHI range, as its first six digits
 _ICD = r"[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?"
 
 
@@ -90,6 +92,15 @@ def nhs_checksum_ok(digits: pa.Array) -> np.ndarray:
     check = 11 - (matrix[:, :9] @ np.arange(10, 1, -1)) % 11
     check[check == 11] = 0
     out[flags] = (check != 10) & (check == matrix[:, 9])
+    # Numbers in Scotland's CHI range must also start with a real date (DDMMYY): that rule is
+    # the package's own, so it decides the few such numbers, one distinct value at a time.
+    first6 = matrix[:, :6] @ (10 ** np.arange(5, -1, -1))
+    chi = (first6 >= CHI_FIRST) & (first6 <= CHI_LAST) & out[flags]
+    if chi.any():
+        where = np.flatnonzero(flags)[chi]
+        texts = np.asarray(values.to_numpy(zero_copy_only=False), dtype=object)[chi]
+        verdict = {t: nhs_number.is_valid(t) for t in set(texts.tolist())}
+        out[where] = [verdict[t] for t in texts.tolist()]
     return out
 
 
