@@ -18,7 +18,9 @@ from linkage import contracts as c
 from linkage.contracts import Contract
 
 MIN_BIRTH = "1890-01-01"
-CHI_FIRST, CHI_LAST = 10101, 311299  # Scotland's CHI range, as its first six digits
+# Scotland's CHI range as first six digits, from the nhs-number package itself.
+CHI_FIRST = min(r.start for r in nhs_number.REGION_SCOTLAND.ranges) // 10_000
+CHI_LAST = max(r.end for r in nhs_number.REGION_SCOTLAND.ranges) // 10_000
 _ICD = r"[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?"
 
 
