@@ -14,22 +14,14 @@ from cli.context import Haven
 from governance import audit
 from governance.schema import runs
 from linkage import person_index
-
-
-def default_matcher():  # noqa: ANN201 - the engine's matcher, or None while it is absent
-    """The probabilistic matcher used by `haven link` (see linkage/probabilistic.py)."""
-    try:
-        from linkage.index_matcher import match_profiles
-    except ImportError:  # pragma: no cover - the engine ships with Haven
-        return None
-    return match_profiles
+from linkage.index_matcher import estimate_quality, match_profiles
 
 
 def run_link(haven: Haven, console: Console | None = None) -> person_index.LinkSummary:
     """Update the index, record the run and audit it; shared by the CLI, demo and API jobs."""
     say = console.print if console else None
     summary = person_index.update(haven.settings, haven.engine, haven.keys.current("linkage"),
-                                  default_matcher(), progress=say)
+                                  match_profiles, progress=say, quality=estimate_quality)
     run_id = f"link-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
     with haven.engine.begin() as connection:
         connection.execute(insert(runs).values(

@@ -102,6 +102,8 @@ def _read_rows(settings: Settings, extract_id: str, encodings: bool) -> pd.DataF
     wanted = ["extract_id", "row"] + [c for c in ("person_id", "record_key") if c in names]
     if encodings:
         wanted += [c for c in names if c.startswith("lk_")]
+        # Keyed encodings are int64 with nulls: Arrow dtypes keep them exact.
+        return pq.read_table(path, columns=wanted).to_pandas(types_mapper=pd.ArrowDtype)
     return pq.read_table(path, columns=wanted).to_pandas()
 
 
@@ -114,7 +116,8 @@ def _write(settings: Settings, name: str, table: pa.Table) -> None:
 
 
 def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None = None,
-           progress: Callable[[str], None] | None = None) -> LinkSummary:
+           progress: Callable[[str], None] | None = None,
+           quality: Callable[[pd.DataFrame], dict] | None = None) -> LinkSummary:
     """Bring the index up to date with what is landed: add new extracts, drop gone ones."""
     say = progress or (lambda _message: None)
     with store.data_lock(settings, "index"):
@@ -150,7 +153,11 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         combined = _link_clients(combined)
         review = pd.DataFrame()
         if matcher is not None:
-            combined, review = _link_probabilistic(settings, combined, landed, matcher, say)
+            combined, review, profile = _link_probabilistic(settings, combined, landed,
+                                                            matcher, say)
+            if quality is not None and profile is not None:
+                say("estimating linkage quality on rows whose NHS number is known")
+                summary.quality = quality(profile)
         combined = _assign_keys(combined, key)
         summary.rows = len(combined)
         summary.by_source_method = {
@@ -181,11 +188,9 @@ def _link_clients(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.DataFrame,
                         matcher: Matcher, say: Callable[[str], None]
-                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
     """Link rows without a pseudonym to person profiles on their encodings."""
     todo = frame["person_id"].isna()
-    if not todo.any():
-        return frame, pd.DataFrame()
     wanted_extracts = set(frame.loc[todo, "extract_id"])
     queries, profiles = [], []
     for item in landed.itertuples():
@@ -200,10 +205,10 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
             profiles.append(rows[rows["person_id"].notna()].assign(source=item.source))
         if item.extract_id in wanted_extracts:
             queries.append(rows[rows["person_id"].isna()].assign(source=item.source))
-    if not queries or not profiles:
-        return frame, pd.DataFrame()
+    profile = pd.concat(profiles, ignore_index=True) if profiles else None
+    if not queries or profile is None:
+        return frame, pd.DataFrame(), profile
     query = pd.concat(queries, ignore_index=True)
-    profile = pd.concat(profiles, ignore_index=True)
     say(f"probabilistic linkage: {len(query):,} rows against {len(profile):,} profiles")
     matches = matcher(query, profile)
     review = matches[matches["band"] == "review"]
@@ -214,11 +219,11 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
     where = position.get_indexer(target)
     ok = where >= 0
     frame.loc[frame.index[where[ok]], "person_id"] = profile.loc[
-        links["profile"].to_numpy()[ok], "person_id"].to_numpy()
+        links["profile"].to_numpy()[ok], "person_id"].to_numpy(dtype=object)
     frame.loc[frame.index[where[ok]], "method"] = "probabilistic"
     frame.loc[frame.index[where[ok]], "weight"] = links["weight"].to_numpy()[ok]
     frame.loc[frame.index[where[ok]], "via_extract"] = profile.loc[
-        links["profile"].to_numpy()[ok], "extract_id"].to_numpy()
+        links["profile"].to_numpy()[ok], "extract_id"].to_numpy(dtype=object)
     review_out = pd.DataFrame({
         "query_extract": query.loc[review["query"], "extract_id"].to_numpy(),
         "query_row": query.loc[review["query"], "row"].to_numpy(),
@@ -229,7 +234,7 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
     for column in review.columns:
         if column.startswith("cmp_"):
             review_out[column] = review[column].to_numpy()
-    return frame, review_out
+    return frame, review_out, profile
 
 
 def _assign_keys(frame: pd.DataFrame, key: Key) -> pd.DataFrame:
@@ -249,7 +254,9 @@ def _assign_keys(frame: pd.DataFrame, key: Key) -> pd.DataFrame:
 
 def forget_extracts(settings: Settings, engine: Engine, key: Key, extract_ids: list[str],
                     matcher: Matcher | None = None) -> dict[str, int]:
-    """Drop destroyed extracts' rows from the index and re-link what rested on them."""
+    """Drop destroyed extracts' rows from the index and re-link what rested on them.
+
+    Called by destruction after the extracts are marked destroyed."""
     before = read_link_map(settings, columns=["extract_id"])
     removed = int(before["extract_id"].isin(extract_ids).sum())
     summary = update(settings, engine, key, matcher)
