@@ -1,0 +1,209 @@
+"""Evaluation of a run on the year after its reference date, overall and by subgroup.
+
+Discrimination (AUROC with a DeLong 95% CI, AUPRC), accuracy (Brier), calibration (curve by
+risk decile; slope and intercept from logistic recalibration), and what a team acting on the list
+gets: PPV and sensitivity in the top 0.5%, 5% and 20%, events among the top 1,000, and false-
+positive / false-negative rates at the tier thresholds, for every candidate model and by sex, age
+band and source coverage (known to social care or not, community data or not).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+
+from stratify.models import expit, logit
+from stratify.outcomes import OUTCOME_MONTHS, build_outcomes
+from stratify.run import ScoreRun
+from stratify.tiers import TIERS
+
+TOP_SHARES = (0.005, 0.05, 0.20)
+TOP_COUNT = 1000
+
+
+@dataclass
+class Evaluation:
+    """The figures of one evaluation; `write_report` turns it into Markdown and plots."""
+
+    run_id: str
+    at: dt.date
+    outcome: str
+    chosen: str
+    overall: pd.DataFrame            # one row per model
+    subgroups: pd.DataFrame          # one row per model x subgroup
+    error_rates: pd.DataFrame        # FPR/FNR per subgroup x tier threshold (chosen model)
+    calibration: dict[str, pd.DataFrame]  # per model: decile, mean predicted, observed, n
+    frame: pd.DataFrame              # person-level: outcome, model probabilities, subgroups
+    notes: list[str] = field(default_factory=list)
+
+
+def delong(y: np.ndarray, score: np.ndarray) -> tuple[float, float, float]:
+    """AUROC and its 95% CI by DeLong's method (fast midrank form, Sun and Xu 2014)."""
+    y = np.asarray(y).astype(bool)
+    score = np.asarray(score, dtype=float)
+    pos, neg = score[y], score[~y]
+    m, n = len(pos), len(neg)
+    if m == 0 or n == 0:
+        return float("nan"), float("nan"), float("nan")
+    tx, ty = rankdata(pos), rankdata(neg)
+    tz = rankdata(np.concatenate([pos, neg]))
+    auc = (tz[:m].sum() - m * (m + 1) / 2) / (m * n)
+    v01 = (tz[:m] - tx) / n
+    v10 = 1 - (tz[m:] - ty) / m
+    var = (v01.var(ddof=1) / m if m > 1 else 0.0) + (v10.var(ddof=1) / n if n > 1 else 0.0)
+    se = math.sqrt(max(var, 0.0))
+    return float(auc), float(max(auc - 1.96 * se, 0.0)), float(min(auc + 1.96 * se, 1.0))
+
+
+def calibration_fit(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """Calibration slope (y ~ a + b logit p) and intercept (y ~ a + offset(logit p))."""
+    y = np.asarray(y, dtype=float)
+    z = logit(p)
+    if len(y) == 0 or y.min() == y.max():
+        return float("nan"), float("nan")
+    slope = float(LogisticRegression(C=1e8, max_iter=1000).fit(z.reshape(-1, 1), y).coef_[0, 0])
+    a = 0.0
+    for _ in range(50):  # Newton steps for the intercept with the log-odds as offset
+        q = expit(a + z)
+        step = (y - q).sum() / max((q * (1 - q)).sum(), 1e-12)
+        a += step
+        if abs(step) < 1e-10:
+            break
+    return slope, float(a)
+
+
+def top_share(p: np.ndarray, share: float | None = None, count: int | None = None) -> np.ndarray:
+    """Mask of the highest-risk persons: a share of the population or a count (stable order)."""
+    n = len(p)
+    k = count if count is not None else int(math.ceil((share or 0) * n))
+    mask = np.zeros(n, dtype=bool)
+    if k > 0 and n:
+        mask[np.argsort(-np.asarray(p, dtype=float), kind="stable")[:min(k, n)]] = True
+    return mask
+
+
+def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """All headline figures of one model on one group of persons."""
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    out: dict[str, float] = {"persons": float(len(y)), "events": float(y.sum()),
+                             "event_rate": float(y.mean()) if len(y) else float("nan")}
+    auc, lo, hi = delong(y, p)
+    out.update(auroc=auc, auroc_lo=lo, auroc_hi=hi)
+    both = 0 < y.sum() < len(y)
+    out["auprc"] = float(average_precision_score(y, p)) if both else float("nan")
+    out["brier"] = float(np.mean((p - y) ** 2)) if len(y) else float("nan")
+    out["mean_predicted"] = float(p.mean()) if len(y) else float("nan")
+    out["calibration_slope"], out["calibration_intercept"] = calibration_fit(y, p)
+    for share in TOP_SHARES:
+        top = top_share(p, share)
+        label = f"{share * 100:g}".replace(".", "_")
+        hits = float(y[top].sum())
+        out[f"ppv_top{label}"] = hits / top.sum() if top.sum() else float("nan")
+        out[f"sensitivity_top{label}"] = hits / y.sum() if y.sum() else float("nan")
+        out[f"events_top{label}"] = hits
+    out["events_top1000"] = float(y[top_share(p, count=TOP_COUNT)].sum())
+    return out
+
+
+def calibration_curve(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Mean predicted and observed rate by risk decile (equal-sized groups)."""
+    frame = pd.DataFrame({"y": np.asarray(y, dtype=float), "p": np.asarray(p, dtype=float)})
+    frame["bin"] = pd.qcut(frame["p"].rank(method="first"), bins, labels=False)
+    return frame.groupby("bin").agg(predicted=("p", "mean"), observed=("y", "mean"),
+                                    persons=("y", "size")).reset_index()
+
+
+def subgroup_columns(scores: pd.DataFrame) -> pd.DataFrame:
+    """Subgroup labels per person: sex, age band, social care known, community data."""
+    sex = scores["sex"].map({"1": "male", "2": "female"}).fillna("unknown")
+    sources = scores["sources"].fillna("")
+    return pd.DataFrame({
+        "sex": sex,
+        "age_band": scores["age_band"].fillna("unknown").astype(str),
+        "social_care": np.where(scores["social_care_known"].astype(bool), "with social care",
+                                "without social care"),
+        "community": np.where(sources.str.contains("community"), "with community data",
+                              "without community data"),
+    }, index=scores.index)
+
+
+def error_rates(y: np.ndarray, p: np.ndarray, groups: pd.DataFrame,
+                cut: dict[str, float]) -> pd.DataFrame:
+    """False-positive and false-negative rates when flagging p >= each tier threshold."""
+    rows = []
+    y = np.asarray(y).astype(bool)
+    labelled = [("all", "all", np.ones(len(y), dtype=bool))]
+    for column in groups.columns:
+        for value in sorted(groups[column].unique()):
+            labelled.append((column, value, (groups[column] == value).to_numpy()))
+    for tier, _ in TIERS:
+        flagged = np.asarray(p) >= cut[tier]
+        for column, value, mask in labelled:
+            yy, ff = y[mask], flagged[mask]
+            negatives, positives = (~yy).sum(), yy.sum()
+            rows.append({"threshold": tier, "probability": cut[tier], "subgroup": column,
+                         "value": value, "persons": int(mask.sum()),
+                         "flagged": int(ff.sum()),
+                         "fpr": (ff & ~yy).sum() / negatives if negatives else float("nan"),
+                         "fnr": (~ff & yy).sum() / positives if positives else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def evaluate(run: ScoreRun, sources: dict[str, pd.DataFrame] | None = None,
+             outcomes: pd.Series | None = None, outcome: str = "emergency",
+             extra_scores: dict[str, pd.Series] | None = None,
+             months: int = OUTCOME_MONTHS) -> Evaluation:
+    """Judge `run` on what happened in the `months` after its date.
+
+    Outcomes come from `outcomes` (0/1 by person_key) or are read from `sources`, which must
+    then reach past `run.at + months`. `extra_scores` (by person_key) are compared alongside the
+    candidate models, e.g. a reference risk known only in synthetic data.
+    """
+    scores = run.scores.set_index("person_key")
+    if outcomes is None:
+        if sources is None:
+            raise ValueError("give outcomes or sources to read them from")
+        outcomes = build_outcomes(sources, scores.index, run.at, months)[outcome]
+    y = outcomes.reindex(scores.index).fillna(0).astype(int).to_numpy()
+    probabilities = run.candidates.set_index("person_key").reindex(scores.index)
+    models = {name: probabilities[name].to_numpy() for name in probabilities.columns}
+    models["chosen"] = scores["probability"].to_numpy()
+    for name, values in (extra_scores or {}).items():
+        models[name] = values.reindex(scores.index).astype(float).to_numpy()
+    groups = subgroup_columns(scores)
+    overall = pd.DataFrame([{"model": name, **metrics(y, p)} for name, p in models.items()])
+    rows = []
+    for column in groups.columns:
+        for value in sorted(groups[column].unique()):
+            mask = (groups[column] == value).to_numpy()
+            for name, p in models.items():
+                rows.append({"model": name, "subgroup": column, "value": value,
+                             **metrics(y[mask], p[mask])})
+    subgroups = pd.DataFrame(rows)
+    frame = pd.DataFrame({"outcome": y, **{f"p_{k}": v for k, v in models.items()}},
+                         index=scores.index).join(groups)
+    frame["tier"] = scores["tier"]
+    notes = [f"Outcome: {outcome} in the {months} months from {run.at.isoformat()}; "
+             f"{int(y.sum()):,} events among {len(y):,} persons."]
+    return Evaluation(run_id=run.run_id, at=run.at, outcome=outcome, chosen=run.model,
+                      overall=overall, subgroups=subgroups,
+                      error_rates=error_rates(y, models["chosen"], groups, run.thresholds),
+                      calibration={k: calibration_curve(y, p) for k, p in models.items()},
+                      frame=frame, notes=notes)
+
+
+def summary(evaluation: Evaluation) -> dict[str, Any]:
+    """The headline figures as plain numbers (for run.json, logs and tests)."""
+    table = evaluation.overall.set_index("model")
+    keep = ["auroc", "auroc_lo", "auroc_hi", "auprc", "brier", "calibration_slope",
+            "calibration_intercept", "ppv_top5", "events_top5", "events_top1000"]
+    return {model: {k: float(table.loc[model, k]) for k in keep} for model in table.index}

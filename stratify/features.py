@@ -1,0 +1,358 @@
+"""Person-level features at a reference date, computed with DuckDB over the landed frames.
+
+`build_features(sources, at)` returns one row per person alive and registered at `at`, using
+only records dated before `at` (windows are `[at - N months, at)`). Every feature is described in
+`stratify.catalogue.FEATURES` (rendered to `FEATURES.md`). The work is set-based SQL, no
+per-person Python, so the same function can run on one partition (e.g. a person-key hash
+bucket) at a time; persons never span partitions when partitioned by `person_key`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import pandas as pd
+
+from stratify import codelists
+from stratify.catalogue import DAYS_CAP, FEATURES, NAMES, YEARS_CAP
+from stratify.sources import (
+    COLUMNS,
+    DATES,
+    DIED_DESTINATION,
+    ELECTIVE_METHODS,
+    EMERGENCY_METHODS,
+    NUMBERS,
+    PERSON_FIELDS,
+    add_months,
+    prepare,
+)
+
+CHARLSON_LOOKBACK_MONTHS = 60
+HFRS_LOOKBACK_MONTHS = 24
+COMMUNITY_SERVICES = ("district_nursing", "therapy", "rapid_response", "reablement", "other")
+
+
+def _ts(day: dt.date) -> str:
+    return f"TIMESTAMP '{day.isoformat()}'"
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
+def connect(sources: dict[str, pd.DataFrame], threads: int | None = None
+            ) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with one typed view per source (`v_apc`, ...); absent ones empty."""
+    con = duckdb.connect()
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    frames = prepare(sources)
+    for name, columns in COLUMNS.items():
+        wanted = ["person_key", *columns, *PERSON_FIELDS]
+        types = {c: "TIMESTAMP" if c in DATES else "DOUBLE" if c in NUMBERS else
+                 "BOOLEAN" if c == "withdrawn" else "VARCHAR" for c in wanted}
+        if name in frames:
+            frame = frames[name]
+            con.register(f"raw_{name}", frame)
+            select = ", ".join(
+                f"CAST({c} AS {t}) AS {c}" if c in frame.columns else f"CAST(NULL AS {t}) AS {c}"
+                for c, t in types.items())
+            con.execute(f"CREATE VIEW v_{name} AS SELECT {select} FROM raw_{name}")
+        else:
+            ddl = ", ".join(f"{c} {t}" for c, t in types.items())
+            con.execute(f"CREATE TABLE v_{name} ({ddl})")
+    return con
+
+
+def _codelist_tables(con: duckdb.DuckDBPyConnection) -> None:
+    icd = codelists.ltc_icd10().rename(columns={"icd10_prefix": "prefix"})
+    icd["plen"] = icd["prefix"].str.len()
+    con.register("cl_ltc_icd", icd[["condition", "prefix", "plen"]])
+    con.register("cl_ltc_snomed", codelists.ltc_snomed()[["condition", "snomed_id"]])
+    cci = codelists.charlson().rename(columns={"icd10_prefix": "prefix"})
+    cci["plen"] = cci["prefix"].str.len()
+    con.register("cl_charlson", cci[["category", "prefix", "plen", "weight"]])
+    con.register("cl_hfrs", codelists.hfrs()[["icd10_3", "weight"]])
+
+
+def population(con: duckdb.DuckDBPyConnection, at: dt.date) -> None:
+    """Table `pop`: persons registered on or before `at` and not dead before `at`.
+
+    Without GP registrations, persons with any dated record before `at` stand in.
+    """
+    at_ = _ts(at)
+    has_gp = con.execute("SELECT count(*) FROM v_gp_patients").fetchone()[0] > 0
+    if has_gp:
+        base = f"SELECT DISTINCT person_key FROM v_gp_patients WHERE registration_date <= {at_}"
+    else:
+        seen = [f"SELECT person_key FROM v_{s} WHERE {d} < {at_}" for s, d in (
+            ("apc", "admission_date"), ("ae", "arrival_datetime"), ("op", "appointment_date"),
+            ("gp_events", "event_date"), ("gp_medications", "issue_date"),
+            ("community", "contact_date"), ("social_care", "start_date"))]
+        base = "SELECT DISTINCT person_key FROM (" + " UNION ALL ".join(seen) + ")"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE pop AS
+        WITH base AS ({base}),
+        dead AS (
+            SELECT person_key FROM v_deaths WHERE date_of_death < {at_}
+            UNION SELECT person_key FROM v_apc
+            WHERE discharge_destination = '{DIED_DESTINATION}' AND discharge_date < {at_})
+        SELECT person_key FROM base WHERE person_key IS NOT NULL
+        AND person_key NOT IN (SELECT person_key FROM dead WHERE person_key IS NOT NULL)
+    """)
+
+
+def _demographics(con: duckdb.DuckDBPyConnection, at: dt.date) -> str:
+    has_gp = con.execute("SELECT count(*) FROM v_gp_patients").fetchone()[0] > 0
+    parts = ["SELECT person_key, birth_ym, sex, 0 AS pri FROM v_gp_patients"]
+    if not has_gp:
+        parts += [f"SELECT person_key, birth_ym, sex, 1 AS pri FROM v_{s}"
+                  for s in ("apc", "ae", "op", "community", "social_care")]
+    union = " UNION ALL ".join(parts)
+    months = at.year * 12 + at.month
+    return f"""
+        CREATE TEMP TABLE f_demo AS
+        SELECT person_key,
+            floor(({months} - (TRY_CAST(substr(ym, 1, 4) AS INTEGER) * 12
+                + TRY_CAST(substr(ym, 6, 2) AS INTEGER))) / 12) AS age,
+            CASE WHEN sx = '2' THEN 1 ELSE 0 END AS sex_female
+        FROM (SELECT person_key,
+                  split_part(min(pri::VARCHAR || '|' || birth_ym), '|', 2) AS ym,
+                  split_part(min(pri::VARCHAR || '|' || sex), '|', 2) AS sx
+              FROM ({union}) u SEMI JOIN pop USING (person_key)
+              WHERE birth_ym IS NOT NULL GROUP BY person_key)
+    """
+
+
+def _activity_sql(at: dt.date) -> list[str]:
+    at_ = _ts(at)
+    m = {n: _ts(add_months(at, -n)) for n in (6, 12, 24, CHARLSON_LOOKBACK_MONTHS)}
+    emergency, elective = _in(EMERGENCY_METHODS), _in(ELECTIVE_METHODS)
+
+    def since(column: str, where: str = "TRUE") -> str:
+        return f"least(min(date_diff('day', {column}, {at_})) FILTER (WHERE {where}), {DAYS_CAP})"
+
+    sections = codelists.bnf_sections()
+    bnf = ",\n".join(
+        f"count(DISTINCT left(bnf_code, 9)) FILTER (WHERE left(bnf_code, 4) = '{s}') "
+        f"AS bnf_{s}_6m" for s in sections.loc[sections["feature"], "section"])
+    community = ",\n".join(
+        f"count(*) FILTER (WHERE service = '{s}' AND contact_date >= {m[12]}) "
+        f"AS community_{s}_12m" for s in COMMUNITY_SERVICES)
+    return [f"""
+        CREATE TEMP TABLE f_apc AS
+        WITH s AS (
+            SELECT person_key, CAST(admission_date AS DATE) AS adm, admission_date,
+                admission_method IN {emergency} AS emerg,
+                admission_method IN {elective} AS elective,
+                discharge_date IS NULL OR discharge_date >= {at_} AS open,
+                greatest(date_diff('day', admission_date,
+                    least(coalesce(discharge_date, {at_}), {at_})), 0) AS los
+            FROM v_apc WHERE admission_date < {at_} AND admission_date >= {m[24]})
+        SELECT person_key,
+            count(*) FILTER (WHERE emerg AND admission_date >= {m[6]}) AS emergency_admissions_6m,
+            count(*) FILTER (WHERE emerg AND admission_date >= {m[12]})
+                AS emergency_admissions_12m,
+            count(*) FILTER (WHERE emerg) AS emergency_admissions_24m,
+            coalesce(sum(los) FILTER (WHERE emerg AND admission_date >= {m[12]}), 0)
+                AS emergency_bed_days_12m,
+            coalesce(sum(los) FILTER (WHERE emerg), 0) AS emergency_bed_days_24m,
+            {since('admission_date', 'emerg')} AS days_since_emergency_admission,
+            count(*) FILTER (WHERE elective AND admission_date >= {m[12]})
+                AS elective_admissions_12m,
+            count(*) FILTER (WHERE elective) AS elective_admissions_24m,
+            sum(los) AS bed_days_24m,
+            {since('admission_date')} AS days_since_admission,
+            max(CASE WHEN open THEN 1 ELSE 0 END) AS in_hospital
+        FROM s GROUP BY person_key
+    """, f"""
+        CREATE TEMP TABLE f_ae AS
+        SELECT person_key,
+            count(*) FILTER (WHERE arrival_datetime >= {m[6]}) AS ae_attendances_6m,
+            count(*) FILTER (WHERE arrival_datetime >= {m[12]}) AS ae_attendances_12m,
+            count(*) FILTER (WHERE arrival_mode = 'ambulance' AND arrival_datetime >= {m[6]})
+                AS ambulance_arrivals_6m,
+            count(*) FILTER (WHERE arrival_mode = 'ambulance' AND arrival_datetime >= {m[12]})
+                AS ambulance_arrivals_12m,
+            count(*) FILTER (WHERE discharge_status = 'admitted'
+                AND arrival_datetime >= {m[12]}) AS ae_admitted_12m,
+            least(min(date_diff('day', CAST(arrival_datetime AS DATE), CAST({at_} AS DATE))),
+                {DAYS_CAP}) AS days_since_ae
+        FROM v_ae WHERE arrival_datetime < {at_} AND arrival_datetime >= {m[24]}
+        GROUP BY person_key
+    """, f"""
+        CREATE TEMP TABLE f_op AS
+        SELECT person_key,
+            count(*) FILTER (WHERE attendance_status IN ('5', '6')
+                AND appointment_date >= {m[12]}) AS op_attendances_12m,
+            count(DISTINCT treatment_function_code) FILTER (WHERE attendance_status IN ('5', '6')
+                AND appointment_date >= {m[12]}) AS op_specialties_12m,
+            count(*) FILTER (WHERE attendance_status = '3' AND appointment_date >= {m[12]})
+                AS op_dna_12m,
+            {since('appointment_date', "attendance_status IN ('5', '6')")} AS days_since_op
+        FROM v_op WHERE appointment_date < {at_} AND appointment_date >= {m[24]}
+        GROUP BY person_key
+    """, f"""
+        CREATE TEMP TABLE f_gp AS
+        SELECT person_key,
+            count(DISTINCT event_date) FILTER (WHERE event_date >= {m[12]}) AS gp_event_days_12m,
+            {since('event_date')} AS days_since_gp_event
+        FROM v_gp_events WHERE event_date < {at_} AND event_date >= {m[24]}
+        GROUP BY person_key
+    """, f"""
+        CREATE TEMP TABLE f_meds AS
+        SELECT person_key,
+            count(DISTINCT left(bnf_code, 9)) AS distinct_medicines_6m,
+            count(*) AS medicine_issues_6m,
+            {bnf}
+        FROM v_gp_medications WHERE issue_date < {at_} AND issue_date >= {m[6]}
+        GROUP BY person_key
+    """, f"""
+        CREATE TEMP TABLE f_sc AS
+        WITH s AS (SELECT *, end_date IS NULL OR end_date >= {at_} AS active
+                   FROM v_social_care WHERE start_date < {at_})
+        SELECT person_key, 1 AS sc_known,
+            max(CASE WHEN active THEN 1 ELSE 0 END) AS sc_active,
+            max(CASE WHEN active AND service_type = 'home_care' THEN 1 ELSE 0 END)
+                AS sc_home_care,
+            max(CASE WHEN active AND service_type IN ('residential', 'nursing') THEN 1 ELSE 0 END)
+                AS sc_care_home,
+            max(CASE WHEN active AND service_type = 'reablement' THEN 1 ELSE 0 END)
+                AS sc_reablement,
+            max(CASE WHEN active AND service_type NOT IN
+                ('home_care', 'residential', 'nursing', 'reablement') THEN 1 ELSE 0 END)
+                AS sc_other_service,
+            coalesce(sum(weekly_cost) FILTER (WHERE active), 0) AS sc_weekly_cost,
+            count(*) FILTER (WHERE start_date >= {m[12]}) AS sc_started_12m
+        FROM s GROUP BY person_key
+    """, f"""
+        CREATE TEMP TABLE f_community AS
+        SELECT person_key,
+            {community},
+            {since('contact_date')} AS days_since_community
+        FROM v_community WHERE contact_date < {at_} AND contact_date >= {m[24]}
+        GROUP BY person_key
+    """]
+
+
+def _diagnosis_sql(at: dt.date) -> list[str]:
+    at_ = _ts(at)
+    hfrs_from = _ts(add_months(at, -HFRS_LOOKBACK_MONTHS))
+    cci_from = _ts(add_months(at, -CHARLSON_LOOKBACK_MONTHS))
+    conditions = codelists.conditions()
+    pivot = ",\n".join(
+        f"max(CASE WHEN condition = '{c}' THEN date_diff('day', first, {at_}) END) AS d_{c}"
+        for c in conditions["condition"])
+
+    def prefix_join(table: str, columns: str, where: str = "TRUE") -> str:
+        return " UNION ALL ".join(
+            f"SELECT dx.person_key, dx.d, {columns} FROM dx JOIN "
+            f"(SELECT * FROM {table} WHERE plen = {n}) l ON left(dx.code, {n}) = l.prefix "
+            f"WHERE {where}" for n in (3, 4))
+
+    return [f"""
+        CREATE TEMP TABLE dx AS
+        SELECT person_key, admission_date AS d, replace(upper(primary_diagnosis), '.', '') AS code,
+            TRUE AS hospital
+        FROM v_apc WHERE admission_date < {at_} AND primary_diagnosis IS NOT NULL
+        UNION ALL
+        SELECT person_key, d, code, TRUE FROM (
+            SELECT person_key, admission_date AS d,
+                replace(upper(trim(unnest(string_split(secondary_diagnoses, ';')))), '.', '')
+                    AS code
+            FROM v_apc WHERE admission_date < {at_} AND secondary_diagnoses IS NOT NULL)
+        WHERE code <> ''
+        UNION ALL
+        SELECT person_key, event_date, replace(upper(code), '.', ''), FALSE
+        FROM v_gp_events WHERE code_system = 'icd10' AND event_date < {at_}
+    """, f"""
+        CREATE TEMP TABLE ltc_first AS
+        SELECT person_key, condition, min(d) AS first FROM (
+            {prefix_join('cl_ltc_icd', 'l.condition')}
+            UNION ALL
+            SELECT g.person_key, g.event_date, s.condition FROM v_gp_events g
+            JOIN cl_ltc_snomed s ON g.code = s.snomed_id
+            WHERE g.code_system = 'snomed' AND g.event_date < {at_})
+        GROUP BY person_key, condition
+    """, f"""
+        CREATE TEMP TABLE f_ltc AS
+        SELECT person_key, {pivot} FROM ltc_first GROUP BY person_key
+    """, f"""
+        CREATE TEMP TABLE f_cci AS
+        WITH c AS (
+            SELECT DISTINCT person_key, category, weight FROM (
+                {prefix_join('cl_charlson', 'l.category, l.weight', f'dx.d >= {cci_from}')})),
+        h AS (
+            SELECT *, bool_or(category = 'diabwc') OVER w AS has_diabwc,
+                bool_or(category = 'msld') OVER w AS has_msld,
+                bool_or(category = 'metacanc') OVER w AS has_metacanc
+            FROM c WINDOW w AS (PARTITION BY person_key))
+        SELECT person_key, sum(weight) AS charlson_index FROM h
+        WHERE NOT ((category = 'diab' AND has_diabwc) OR (category = 'mld' AND has_msld)
+                   OR (category = 'canc' AND has_metacanc))
+        GROUP BY person_key
+    """, f"""
+        CREATE TEMP TABLE f_hfrs AS
+        SELECT person_key, sum(weight) AS hfrs FROM (
+            SELECT DISTINCT person_key, left(code, 3) AS c3 FROM dx
+            WHERE hospital AND d >= {hfrs_from}) x
+        JOIN cl_hfrs h ON x.c3 = h.icd10_3
+        GROUP BY person_key
+    """]
+
+
+def _final_sql() -> str:
+    conditions = codelists.conditions()
+    tables = ["f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds", "f_sc", "f_community",
+              "f_ltc", "f_cci", "f_hfrs"]
+    exprs: list[str] = []
+    counted = [c for c, k in zip(conditions["condition"], conditions["counted"], strict=True)
+               if k]
+    for feature in FEATURES:
+        name = feature.name
+        if name.startswith("ltc_") and name != "ltc_count":
+            cond = name[4:].removesuffix("_years")
+            if name.endswith("_years"):
+                exprs.append(f"CASE WHEN d_{cond} IS NULL THEN 0 ELSE least(d_{cond} / 365.25, "
+                             f"{YEARS_CAP}) END AS {name}")
+            else:
+                exprs.append(f"CASE WHEN d_{cond} IS NULL THEN 0 ELSE 1 END AS {name}")
+        elif name == "ltc_count":
+            exprs.append("(" + " + ".join(f"CASE WHEN d_{c} IS NULL THEN 0 ELSE 1 END"
+                                          for c in counted) + ") AS ltc_count")
+        elif name == "age":
+            exprs.append("age")
+        else:
+            exprs.append(f"coalesce({name}, {feature.default}) AS {name}")
+    joins = " ".join(f"LEFT JOIN {t} USING (person_key)" for t in tables)
+    return f"SELECT person_key, {', '.join(exprs)} FROM pop {joins} ORDER BY person_key"
+
+
+def build_features(sources: dict[str, pd.DataFrame], at: dt.date,
+                   threads: int | None = None) -> pd.DataFrame:
+    """Features of every person alive and registered at `at`, from records before `at`.
+
+    Returns a float32 frame indexed by `person_key` with the columns of `catalogue.NAMES`
+    (age is NaN when no birth year-month is known). See `FEATURES.md` for each column.
+    """
+    con = connect(sources, threads)
+    try:
+        return features_from(con, at)
+    finally:
+        con.close()
+
+
+def features_from(con: duckdb.DuckDBPyConnection, at: dt.date) -> pd.DataFrame:
+    """`build_features` on a connection made by `connect` (reused for several dates)."""
+    for table in ("pop", "f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds", "f_sc",
+                  "f_community", "dx", "ltc_first", "f_ltc", "f_cci", "f_hfrs"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    _codelist_tables(con)
+    population(con, at)
+    for sql in [_demographics(con, at), *_activity_sql(at), *_diagnosis_sql(at)]:
+        con.execute(sql)
+    frame = con.execute(_final_sql()).df()
+    frame = frame.set_index("person_key")
+    frame.index = frame.index.astype(str)
+    return frame[NAMES].astype("float32")

@@ -1,0 +1,211 @@
+"""A score run: train, score everyone registered at `at`, tier, explain, compare with last run.
+
+`score(sources, at)` returns a `ScoreRun`; `save_run`/`load_run` write and read it as
+`scores.parquet` (layout in docs/landed-schema.md, "Score runs"), `candidates.parquet` (each
+candidate model's probability, for evaluation), `run.json` (metadata, thresholds, extract ids,
+metrics) and `model.joblib` (the fitted models, calibrators and feature list).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from stratify import codelists, explain
+from stratify.features import _ts, connect, features_from
+from stratify.sources import active_optouts, extract_ids
+from stratify.tiers import assign, thresholds, tier_change
+from stratify.train import ModelBundle, train
+
+AGE_BANDS = ((0, "0-17"), (18, "18-44"), (45, "45-64"), (65, "65-74"), (75, "75-84"),
+             (85, "85+"))
+SOURCE_DATES = (("apc", "admission_date"), ("ae", "arrival_datetime"), ("op", "appointment_date"),
+                ("gp_events", "event_date"), ("gp_medications", "issue_date"),
+                ("community", "contact_date"), ("social_care", "start_date"))
+
+
+@dataclass
+class ScoreRun:
+    """One run: metadata, one row per scored person, and the fitted models."""
+
+    run_id: str
+    at: dt.date
+    model_version: str
+    model: str
+    seed: int
+    thresholds: dict[str, float]
+    extract_ids: dict[str, list[str]]
+    metrics: dict[str, Any]
+    scores: pd.DataFrame
+    candidates: pd.DataFrame
+    bundle: ModelBundle | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Run metadata as written to `run.json`."""
+        return {"run_id": self.run_id, "at": self.at.isoformat(),
+                "model_version": self.model_version, "model": self.model, "seed": self.seed,
+                "thresholds": self.thresholds, "extract_ids": self.extract_ids,
+                "metrics": self.metrics, **self.meta}
+
+
+def age_band(age: pd.Series) -> pd.Series:
+    """The release age bands (`0-17` ... `85+`); null where age is unknown."""
+    edges = [lower for lower, _ in AGE_BANDS] + [200]
+    labels = [label for _, label in AGE_BANDS]
+    return pd.cut(age, bins=edges, labels=labels, right=False).astype(object)
+
+
+def _attributes(con: Any, at: dt.date, persons: pd.Index) -> pd.DataFrame:
+    """Practice, sex and the sources each person appears in before `at`, for filters."""
+    at_ = _ts(at)
+    practice = con.execute(f"""
+        SELECT person_key, arg_max(gp_practice_code, registration_date) AS gp_practice_code,
+            arg_max(sex, registration_date) AS sex
+        FROM v_gp_patients WHERE registration_date <= {at_} GROUP BY person_key
+    """).df().set_index("person_key")
+    union = " UNION ALL ".join(
+        f"SELECT DISTINCT person_key, '{s}' AS source FROM v_{s} WHERE {d} < {at_}"
+        for s, d in SOURCE_DATES)
+    seen = con.execute(f"""
+        SELECT person_key, string_agg(source, ';' ORDER BY source) AS sources
+        FROM ({union}) GROUP BY person_key
+    """).df().set_index("person_key")
+    out = pd.DataFrame(index=persons)
+    out["gp_practice_code"] = practice["gp_practice_code"].reindex(persons)
+    out["sex"] = practice["sex"].reindex(persons)
+    out["sources"] = seen["sources"].reindex(persons).fillna("")
+    return out
+
+
+def _conditions(X: pd.DataFrame) -> pd.Series:
+    table = codelists.conditions()
+    result = pd.Series("", index=X.index, dtype=object)
+    for condition, label in zip(table["condition"], table["label"], strict=True):
+        column = f"ltc_{condition}"
+        if column in X.columns:
+            has = X[column].to_numpy() > 0
+            result[has] = result[has] + np.where(result[has] == "", "", ";") + label
+    return result
+
+
+def _run_id(at: dt.date, seed: int, ids: dict[str, list[str]], version: str) -> str:
+    digest = hashlib.sha256(json.dumps([at.isoformat(), seed, ids, version],
+                                       sort_keys=True).encode()).hexdigest()[:12]
+    return f"score-{at.isoformat()}-{digest}"
+
+
+def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
+          previous: pd.DataFrame | None = None, bundle: ModelBundle | None = None,
+          respect_optouts: bool = True, max_train_persons: int | None = 400_000,
+          threads: int | None = None) -> ScoreRun:
+    """Score everyone alive and registered at `at`; see the module docstring.
+
+    `previous`: an earlier run's scores (`person_key`, `probability`, `tier`) to report change.
+    `bundle`: a fitted model to reuse (else one is trained for `at`). Persons with a type 1 or
+    national data opt-out in force are left out, and social care rows of persons who withdrew
+    consent are not read, unless `respect_optouts` is False.
+    """
+    sources = dict(sources)
+    excluded: set[str] = set()
+    if respect_optouts:
+        excluded = active_optouts(sources, at)
+        withdrawn = active_optouts(sources, at, types=("consent_withdrawn",))
+        if withdrawn and "social_care" in sources:
+            care = sources["social_care"]
+            sources["social_care"] = care[~care["person_key"].astype(str).isin(withdrawn)]
+    con = connect(sources, threads)
+    try:
+        if bundle is None:
+            bundle = train(con, at, seed, max_train_persons=max_train_persons)
+        X = features_from(con, at)
+        if excluded:
+            X = X[~X.index.isin(excluded)]
+        attributes = _attributes(con, at, X.index)
+    finally:
+        con.close()
+    probability = {name: bundle.probability(X, name) for name in bundle.models}
+    chosen = probability[bundle.chosen]
+    cut = thresholds(chosen)
+    contributions = bundle.models[bundle.chosen].contributions(X[bundle.features])
+    why = explain.reasons(contributions, X)
+    scores = pd.DataFrame({"person_key": X.index.to_numpy(), "probability": chosen},
+                          index=X.index)
+    scores["tier"] = assign(chosen, cut)
+    scores["reasons"] = explain.joined(why)
+    scores = scores.join(why[["reason_group_1", "reason_group_2", "reason_group_3"]])
+    scores["previous_probability"] = np.nan
+    scores["previous_tier"] = None
+    if previous is not None and len(previous):
+        before = previous.drop_duplicates("person_key").set_index("person_key")
+        scores["previous_probability"] = before["probability"].reindex(X.index).astype(float)
+        scores["previous_tier"] = before["tier"].reindex(X.index).astype(object)
+    scores["change"] = scores["probability"] - scores["previous_probability"]
+    scores["tier_change"] = tier_change(scores["tier"], scores["previous_tier"])
+    scores = scores.join(attributes)
+    scores["age"] = X["age"]
+    scores["age_band"] = age_band(X["age"])
+    scores["conditions"] = _conditions(X)
+    scores["social_care_known"] = X["sc_known"].astype(bool)
+    scores = scores.reset_index(drop=True)
+    candidates = pd.DataFrame({"person_key": X.index.to_numpy(),
+                               **{name: p for name, p in probability.items()}})
+    ids = extract_ids(sources)
+    tier_counts = scores["tier"].value_counts().to_dict()
+    metrics = {"persons": int(len(scores)), "optouts_excluded": int(len(excluded)),
+               "mean_probability": float(np.mean(chosen)) if len(chosen) else float("nan"),
+               "tiers": {k: int(v) for k, v in tier_counts.items()},
+               "selection": bundle.selection, "training": bundle.metrics}
+    return ScoreRun(run_id=_run_id(at, seed, ids, bundle.version), at=at,
+                    model_version=bundle.version, model=bundle.chosen, seed=seed,
+                    thresholds=cut, extract_ids=ids, metrics=metrics, scores=scores,
+                    candidates=candidates, bundle=bundle,
+                    meta={"train_at": bundle.train_at, "train_window": list(bundle.train_window),
+                          "training_thresholds": bundle.thresholds,
+                          "features": bundle.features,
+                          "codelists_digest": bundle.codelists_digest,
+                          "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+
+
+def save_run(run: ScoreRun, directory: Path | str) -> Path:
+    """Write the run to `directory` (created): scores, candidates, run.json, model.joblib."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    run.scores.to_parquet(folder / "scores.parquet", index=False)
+    run.candidates.to_parquet(folder / "candidates.parquet", index=False)
+    (folder / "run.json").write_text(json.dumps(run.to_json(), indent=2, default=_json),
+                                     encoding="utf-8")
+    if run.bundle is not None:
+        joblib.dump(run.bundle, folder / "model.joblib", compress=3)
+    return folder
+
+
+def load_run(directory: Path | str) -> ScoreRun:
+    """Read a run written by `save_run` (the model too, when `model.joblib` is there)."""
+    folder = Path(directory)
+    meta = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    bundle = joblib.load(folder / "model.joblib") if (folder / "model.joblib").exists() else None
+    known = {"run_id", "at", "model_version", "model", "seed", "thresholds", "extract_ids",
+             "metrics"}
+    return ScoreRun(run_id=meta["run_id"], at=dt.date.fromisoformat(meta["at"]),
+                    model_version=meta["model_version"], model=meta["model"], seed=meta["seed"],
+                    thresholds=meta["thresholds"], extract_ids=meta["extract_ids"],
+                    metrics=meta["metrics"], scores=pd.read_parquet(folder / "scores.parquet"),
+                    candidates=pd.read_parquet(folder / "candidates.parquet"), bundle=bundle,
+                    meta={k: v for k, v in meta.items() if k not in known})
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    raise TypeError(type(value))
