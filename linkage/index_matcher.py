@@ -2,9 +2,8 @@
 
 A query row (no pseudonym) may belong to any profile (a register row with a pseudonym), and
 several query rows may belong to one person, so this is not one-to-one linkage: each query
-takes its best-scoring profile when that profile is clearly the best. A query whose best
-probability is in the review band, or whose best two profiles belong to different persons with
-weights within `AMBIGUITY_BITS` of each other, goes to the review list instead.
+takes its most probable person when that probability reaches `UPPER`; a best probability
+between `LOWER` and `UPPER` (weak evidence, or two persons alike) goes to the review list.
 
 `estimate_quality` measures the method on labels the data gives for free: profile rows that do
 carry a pseudonym are linked as if they did not, and their links are checked against it.
@@ -19,7 +18,8 @@ from linkage.probabilistic import Encoded, candidate_pairs, compare, fit_model
 
 UPPER = 0.95
 LOWER = 0.5
-AMBIGUITY_BITS = 2.0
+DEFAULT_COVERAGE = 0.95
+RANDOM_PAIRS = 200_000
 
 
 def _score_pairs(query: pd.DataFrame, profile: pd.DataFrame) -> pd.DataFrame:
@@ -28,7 +28,14 @@ def _score_pairs(query: pd.DataFrame, profile: pd.DataFrame) -> pd.DataFrame:
     if len(pairs) == 0:
         return pd.DataFrame(columns=["query", "profile", "weight", "probability"])
     vectors = compare(q, p, pairs)
-    model = fit_model(vectors, None, method="ecm")
+    # Blocking keeps only pairs that already agree on something, so EM fitted on them alone
+    # mistakes that agreement for chance (u near 1). Random pairs show what chance looks like.
+    rng = np.random.default_rng(0)
+    size = min(RANDOM_PAIRS, len(query) * len(profile))
+    random_pairs = pd.DataFrame({"left": rng.integers(0, len(query), size),
+                                 "right": rng.integers(0, len(profile), size)})
+    training = pd.concat([vectors, compare(q, p, random_pairs)], ignore_index=True)
+    model = fit_model(training, None, method="ecm")
     weight = model.weight(vectors)
     scored = pd.DataFrame({"query": pairs["left"].to_numpy(), "profile": pairs["right"].to_numpy(),
                            "weight": weight, "probability": model.probability(weight)})
@@ -37,56 +44,69 @@ def _score_pairs(query: pd.DataFrame, profile: pd.DataFrame) -> pd.DataFrame:
     return scored
 
 
-def match_profiles(query: pd.DataFrame, profile: pd.DataFrame) -> pd.DataFrame:
-    """Best profile per query row: columns query, profile, weight, probability, band, cmp_*."""
+def match_profiles(query: pd.DataFrame, profile: pd.DataFrame,
+                   coverage: float = DEFAULT_COVERAGE) -> pd.DataFrame:
+    """Best profile per query row: columns query, profile, weight, probability, band, cmp_*.
+
+    `weight` is the pair's Fellegi-Sunter match weight (log2 Bayes factor). `probability` is
+    the posterior that the row belongs to that profile's person, given that it belongs to some
+    person of the register with probability `coverage` (measured by the caller on rows that do
+    carry an NHS number) and to each of the register's N persons alike a priori:
+        p_i = c BF_i / N / (c sum_j BF_j / N + 1 - c)
+    so the same agreement is conclusive in a small register and not in a national one, and two
+    similar candidates share the probability between them (and go to review).
+    """
     scored = _score_pairs(query, profile)
     if scored.empty:
         return scored.assign(band=pd.Series(dtype=str))
     person = profile["person_id"].astype(object).to_numpy()
     scored["person"] = person[scored["profile"].to_numpy()]
     scored = scored.sort_values(["query", "weight"], ascending=[True, False], kind="stable")
-    # Best weight per (query, person), then the best and runner-up persons per query.
-    per_person = scored.drop_duplicates(["query", "person"])
-    best = per_person.drop_duplicates("query", keep="first").set_index("query")
-    runner = per_person[per_person.duplicated("query", keep="first")] \
-        .drop_duplicates("query", keep="first").set_index("query")["weight"]
-    gap = best["weight"] - runner.reindex(best.index).fillna(-np.inf)
-    band = np.where(best["probability"] < LOWER, "none",
-                    np.where((best["probability"] >= UPPER) & (gap >= AMBIGUITY_BITS), "link",
-                             "review"))
-    out = best.reset_index().assign(band=band)
-    return out[out["band"] != "none"].drop(columns=["person"]).reset_index(drop=True)
+    # The best pair per (query, person) speaks for that person.
+    per_person = scored.drop_duplicates(["query", "person"]).copy()
+    persons = max(len(pd.unique(person)), 1)
+    factor = np.exp2(np.clip(per_person["weight"].to_numpy(), -60, 60)) / persons
+    per_person["factor"] = factor
+    total = per_person.groupby("query")["factor"].transform("sum").to_numpy()
+    per_person["probability"] = coverage * factor / (coverage * total + (1 - coverage))
+    best = per_person.drop_duplicates("query", keep="first")
+    band = np.where(best["probability"] >= UPPER, "link",
+                    np.where(best["probability"] >= LOWER, "review", "none"))
+    out = best.assign(band=band)
+    return out[out["band"] != "none"].drop(columns=["person", "factor"]).reset_index(drop=True)
 
 
 def estimate_quality(profile: pd.DataFrame, sample: int = 5000, seed: int = 0) -> dict:
-    """False-match and missed-match rates on profile rows whose pseudonym is known.
+    """False-match and missed-match rates, measured on rows whose pseudonym is known.
 
-    A sample of profile rows is linked against the other profiles with its pseudonym hidden;
-    a link to a profile of another person is a false match, no link where the person has
-    another profile is a missed match. Rows whose person has no other profile are left out.
+    Social care rows that carry an NHS number are linked as if they did not (pseudonym hidden,
+    the row itself left out of the profiles), once with every encoding (the social care task)
+    and once with only date of birth, sex and postcode (the task of hospital and community
+    rows, which carry no names). A link to another person's profile is a false match; no link
+    (or a wrong one) where the person has another profile is a missed match.
     """
-    if len(profile) < 2 or "person_id" not in profile:
+    if "source" not in profile or "person_id" not in profile:
         return {}
     counts = profile["person_id"].value_counts()
-    has_twin = profile["person_id"].map(counts).to_numpy() > 1
-    candidates = np.flatnonzero(has_twin)
+    twin = profile["person_id"].map(counts).to_numpy() > 1
+    candidates = np.flatnonzero(twin & (profile["source"] == "social_care").to_numpy())
     if len(candidates) == 0:
         return {"evaluated_rows": 0}
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(candidates, size=min(sample, len(candidates)), replace=False)
+    chosen = np.sort(rng.choice(candidates, size=min(sample, len(candidates)), replace=False))
     query = profile.iloc[chosen].reset_index(drop=True)
     rest = profile.drop(index=profile.index[chosen]).reset_index(drop=True)
-    matches = match_profiles(query.drop(columns=["person_id"]), rest)
-    linked = matches[matches["band"] == "link"]
-    truth = query["person_id"].to_numpy(dtype=object)
-    found = rest["person_id"].to_numpy(dtype=object)[linked["profile"].to_numpy()]
-    correct = int((truth[linked["query"].to_numpy()] == found).sum())
-    false_matches = len(linked) - correct
-    evaluated = len(query)
-    return {
-        "evaluated_rows": evaluated,
-        "linked": len(linked),
-        "false_match_rate": round(false_matches / max(len(linked), 1), 5),
-        "missed_match_rate": round((evaluated - correct) / evaluated, 5),
-        "review": int((matches["band"] == "review").sum()),
-    }
+    names = [c for c in query.columns if c.startswith(("lk_forename", "lk_surname"))]
+    out: dict[str, float | int] = {"evaluated_rows": len(query)}
+    for task, columns in (("all_fields", []), ("dob_sex_postcode", names)):
+        q = query.drop(columns=["person_id", *columns])
+        r = rest.drop(columns=columns)
+        matches = match_profiles(q, r, coverage=1.0 - 1e-3)
+        linked = matches[matches["band"] == "link"]
+        truth = query["person_id"].to_numpy(dtype=object)[linked["query"].to_numpy()]
+        found = rest["person_id"].to_numpy(dtype=object)[linked["profile"].to_numpy()]
+        correct = int((truth == found).sum())
+        out[f"{task}_false_match_rate"] = round((len(linked) - correct) / max(len(linked), 1), 5)
+        out[f"{task}_missed_match_rate"] = round(1 - correct / len(query), 5)
+        out[f"{task}_review"] = int((matches["band"] == "review").sum())
+    return out

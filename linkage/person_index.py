@@ -50,9 +50,10 @@ MAP_SCHEMA = pa.schema([
     ("weight", pa.float64()), ("via_extract", pa.string()), ("client_key", pa.string()),
 ])
 
-# Given query rows and profile rows (both with `lk_*` encodings; profiles with person_id),
-# return matches: query index, profile index, weight, probability, band ("link"/"review").
-Matcher = Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]
+# Given query rows and profile rows (both with `lk_*` encodings; profiles with person_id) and
+# the prior that a query row belongs to a registered person, return matches: query index,
+# profile index, weight, probability, band ("link"/"review").
+Matcher = Callable[[pd.DataFrame, pd.DataFrame, float], pd.DataFrame]
 
 
 @dataclass
@@ -210,7 +211,20 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
         return frame, pd.DataFrame(), profile
     query = pd.concat(queries, ignore_index=True)
     say(f"probabilistic linkage: {len(query):,} rows against {len(profile):,} profiles")
-    matches = matcher(query, profile)
+    # One model per source: sources carry different fields (names only in social care), and
+    # a model fitted on a mixture would under-weight the fields a source does carry.
+    registered = set(profile["person_id"].astype(object))
+    found = []
+    for source, rows in query.groupby("source", sort=True):
+        carried = [c for c in rows.columns if c.startswith("lk_") and rows[c].notna().any()]
+        coverage = _coverage(frame, str(source), registered)
+        say(f"  {source}: {len(rows):,} rows; {coverage:.1%} of its rows with an NHS number "
+            "belong to a registered person")
+        part = matcher(rows[["extract_id", "row", *carried]].reset_index(drop=True),
+                       profile[["extract_id", "row", "person_id", *carried]], coverage)
+        part["query"] = rows.index.to_numpy()[part["query"].to_numpy()]
+        found.append(part)
+    matches = pd.concat(found, ignore_index=True)
     review = matches[matches["band"] == "review"]
     links = matches[matches["band"] == "link"].sort_values("weight", ascending=False)
     links = links.drop_duplicates("query")
@@ -235,6 +249,16 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
         if column.startswith("cmp_"):
             review_out[column] = review[column].to_numpy()
     return frame, review_out, profile
+
+
+def _coverage(frame: pd.DataFrame, source: str, registered: set) -> float:
+    """Share of a source's rows with a pseudonym whose person is in the register (the prior
+    that a row without one belongs to a registered person), kept within [0.5, 0.999]."""
+    known = frame.loc[(frame["source"] == source) & frame["person_id"].notna(), "person_id"]
+    if len(known) < 20:
+        return 0.95
+    share = float(known.astype(object).isin(registered).mean())
+    return min(max(share, 0.5), 0.999)
 
 
 def _assign_keys(frame: pd.DataFrame, key: Key) -> pd.DataFrame:
