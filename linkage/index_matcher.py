@@ -14,34 +14,89 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from linkage.probabilistic import Encoded, candidate_pairs, compare, fit_model
+from linkage.probabilistic import MISSING, Encoded, MatchModel, candidate_pairs, compare, fit_model
 
 UPPER = 0.95
 LOWER = 0.5
 DEFAULT_COVERAGE = 0.95
 RANDOM_PAIRS = 200_000
+MIN_LABELLED = 50
 
 
-def _score_pairs(query: pd.DataFrame, profile: pd.DataFrame) -> pd.DataFrame:
+def fit_supervised(query: Encoded, profile: Encoded, person_q: np.ndarray,
+                   person_p: np.ndarray, exclude_self: np.ndarray | None = None,
+                   seed: int = 0) -> MatchModel | None:
+    """Fellegi-Sunter m and u from labels the data gives for free (recordlinkage NaiveBayes).
+
+    m: levels among candidate pairs of the same person (pseudonyms equal); u: levels among
+    random pairs of different persons, so u is what chance agreement looks like in the whole
+    register, not among blocked pairs (which already agree on something). None when there are
+    too few labelled matches to fit.
+    """
+    import recordlinkage
+
+    pairs = candidate_pairs(query, profile)
+    if exclude_self is not None and len(pairs):
+        pairs = pairs[exclude_self[pairs["left"].to_numpy()] != pairs["right"].to_numpy()]
+    same = person_q[pairs["left"].to_numpy()] == person_p[pairs["right"].to_numpy()]
+    positives = pairs[same]
+    if len(positives) < MIN_LABELLED:
+        return None
+    rng = np.random.default_rng(seed)
+    size = min(RANDOM_PAIRS, len(person_q) * len(person_p))
+    random_pairs = pd.DataFrame({"left": rng.integers(0, len(person_q), size),
+                                 "right": rng.integers(0, len(person_p), size)})
+    different = person_q[random_pairs["left"]] != person_p[random_pairs["right"]]
+    negatives = random_pairs[different]
+    vectors = pd.concat([compare(query, profile, positives), compare(query, profile, negatives)],
+                        ignore_index=True).astype(np.int8)
+    ids = np.arange(len(vectors))
+    vectors.index = pd.MultiIndex.from_arrays([ids, ids])  # recordlinkage wants pair indexes
+    classifier = recordlinkage.NaiveBayesClassifier(binarize=None, alpha=1.0)
+    classifier.fit(vectors, vectors.index[:len(positives)])
+    log_m, log_u = classifier.log_m_probs, classifier.log_u_probs
+    weights: dict[str, dict[int, float]] = {}
+    for name in vectors.columns:
+        weights[name] = {int(level): 0.0 if int(level) == MISSING
+                         else float((log_m[name][level] - log_u[name][level]) / np.log(2))
+                         for level in log_m[name]}
+    return MatchModel(fields=tuple(vectors.columns), level_weights=weights,
+                      prior=len(positives) / max(len(positives) + len(negatives), 1),
+                      method="supervised")
+
+
+def _score_pairs(query: pd.DataFrame, profile: pd.DataFrame,
+                 model: MatchModel | None = None) -> pd.DataFrame:
     q, p = Encoded(query), Encoded(profile)
     pairs = candidate_pairs(q, p)
     if len(pairs) == 0:
         return pd.DataFrame(columns=["query", "profile", "weight", "probability"])
     vectors = compare(q, p, pairs)
-    # Blocking keeps only pairs that already agree on something, so EM fitted on them alone
-    # mistakes that agreement for chance (u near 1). Random pairs show what chance looks like.
-    rng = np.random.default_rng(0)
-    size = min(RANDOM_PAIRS, len(query) * len(profile))
-    random_pairs = pd.DataFrame({"left": rng.integers(0, len(query), size),
-                                 "right": rng.integers(0, len(profile), size)})
-    training = pd.concat([vectors, compare(q, p, random_pairs)], ignore_index=True)
-    model = fit_model(training, None, method="ecm")
+    if model is None:
+        model = fit_model(q, p, pairs, vectors, method="ecm")
     weight = model.weight(vectors)
     scored = pd.DataFrame({"query": pairs["left"].to_numpy(), "profile": pairs["right"].to_numpy(),
                            "weight": weight, "probability": model.probability(weight)})
     for name in vectors.columns:
         scored[f"cmp_{name}"] = vectors[name].to_numpy()
     return scored
+
+
+def train_on_profiles(profile: pd.DataFrame, fields: list[str]) -> MatchModel | None:
+    """A supervised model for queries carrying `fields`, trained on profiles with twins.
+
+    Profiles of persons who have more than one (a social care row with an NHS number and the
+    person's GP registration) are linked against the others with their own row left out.
+    """
+    person = profile["person_id"].astype(object).to_numpy()
+    counts = pd.Series(person).value_counts()
+    twins = np.flatnonzero(pd.Series(person).map(counts).to_numpy() > 1)
+    if len(twins) < MIN_LABELLED:
+        return None
+    columns = ["extract_id", "row", *fields]
+    query = profile.iloc[twins][columns].reset_index(drop=True)
+    return fit_supervised(Encoded(query), Encoded(profile[columns]), person[twins], person,
+                          exclude_self=twins)
 
 
 def match_profiles(query: pd.DataFrame, profile: pd.DataFrame,
@@ -56,7 +111,8 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame,
     so the same agreement is conclusive in a small register and not in a national one, and two
     similar candidates share the probability between them (and go to review).
     """
-    scored = _score_pairs(query, profile)
+    fields = [c for c in query.columns if c.startswith("lk_")]
+    scored = _score_pairs(query, profile, train_on_profiles(profile, fields))
     if scored.empty:
         return scored.assign(band=pd.Series(dtype=str))
     person = profile["person_id"].astype(object).to_numpy()
