@@ -32,7 +32,7 @@ from cli.link_cmd import run_link  # noqa: E402
 from governance.settings import Settings  # noqa: E402
 from linkage.landing import LandingContext, land_path  # noqa: E402
 from linkage.person_index import read_link_map  # noqa: E402
-from synth.generate import generate  # noqa: E402
+from synth import generate  # noqa: E402
 
 
 def peak_mb() -> float:

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
             meta = json.loads(meta_path.read_text())
             fresh = (meta.get("persons"), meta.get("seed")) != (persons, seed)
         if fresh:
-            from synth.generate import generate
+            from synth import generate
 
             console.rule("1. synthetic extracts")
             generate(persons, seed, out, progress=True)

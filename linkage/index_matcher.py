@@ -14,13 +14,26 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from linkage.probabilistic import MISSING, Encoded, MatchModel, candidate_pairs, compare, fit_model
+from linkage.probabilistic import (
+    DEFAULT_PASSES,
+    MISSING,
+    Encoded,
+    MatchModel,
+    candidate_pairs,
+    compare,
+    fit_model,
+)
 
 UPPER = 0.95
 LOWER = 0.5
 DEFAULT_COVERAGE = 0.95
 RANDOM_PAIRS = 200_000
 MIN_LABELLED = 50
+# The engine's passes, with the registered practice (`identifier`) paired with parts of the
+# date of birth instead of alone (a practice alone is a block of thousands).
+INDEX_PASSES = tuple(p for p in DEFAULT_PASSES if p != ("identifier",)) + (
+    ("identifier", "date_of_birth__ym"), ("identifier", "date_of_birth__md"),
+    ("identifier", "date_of_birth__yd"), ("identifier", "sex", "postcode__sector"))
 
 
 def fit_supervised(query: Encoded, profile: Encoded, person_q: np.ndarray,
@@ -35,7 +48,7 @@ def fit_supervised(query: Encoded, profile: Encoded, person_q: np.ndarray,
     """
     import recordlinkage
 
-    pairs = candidate_pairs(query, profile)
+    pairs = candidate_pairs(query, profile, INDEX_PASSES)
     if exclude_self is not None and len(pairs):
         pairs = pairs[exclude_self[pairs["left"].to_numpy()] != pairs["right"].to_numpy()]
     same = person_q[pairs["left"].to_numpy()] == person_p[pairs["right"].to_numpy()]
@@ -68,7 +81,7 @@ def fit_supervised(query: Encoded, profile: Encoded, person_q: np.ndarray,
 def _score_pairs(query: pd.DataFrame, profile: pd.DataFrame,
                  model: MatchModel | None = None) -> pd.DataFrame:
     q, p = Encoded(query), Encoded(profile)
-    pairs = candidate_pairs(q, p)
+    pairs = candidate_pairs(q, p, INDEX_PASSES)
     if len(pairs) == 0:
         return pd.DataFrame(columns=["query", "profile", "weight", "probability"])
     vectors = compare(q, p, pairs)
@@ -100,7 +113,8 @@ def train_on_profiles(profile: pd.DataFrame, fields: list[str]) -> MatchModel | 
 
 
 def match_profiles(query: pd.DataFrame, profile: pd.DataFrame,
-                   coverage: float = DEFAULT_COVERAGE) -> pd.DataFrame:
+                   coverage: float = DEFAULT_COVERAGE,
+                   examples: pd.DataFrame | None = None) -> pd.DataFrame:
     """Best profile per query row: columns query, profile, weight, probability, band, cmp_*.
 
     `weight` is the pair's Fellegi-Sunter match weight (log2 Bayes factor). `probability` is
@@ -110,9 +124,23 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame,
         p_i = c BF_i / N / (c sum_j BF_j / N + 1 - c)
     so the same agreement is conclusive in a small register and not in a national one, and two
     similar candidates share the probability between them (and go to review).
+    The model is trained on `examples` (labelled rows of the query's own source) when there
+    are enough, else on profile twins, else fitted unsupervised (ECM).
     """
-    fields = [c for c in query.columns if c.startswith("lk_")]
-    scored = _score_pairs(query, profile, train_on_profiles(profile, fields))
+    # Compare only the fields the query rows carry (an all-null column is not evidence).
+    fields = [c for c in query.columns if c.startswith("lk_") and query[c].notna().any()]
+    query = query[["extract_id", "row", *fields]]
+    profile = profile[["extract_id", "row", "person_id", *fields]]
+    model = None
+    if examples is not None and len(examples) >= MIN_LABELLED:
+        columns = ["extract_id", "row", *fields]
+        model = fit_supervised(Encoded(examples[columns].reset_index(drop=True)),
+                               Encoded(profile[columns]),
+                               examples["person_id"].astype(object).to_numpy(),
+                               profile["person_id"].astype(object).to_numpy())
+    if model is None:
+        model = train_on_profiles(profile, fields)
+    scored = _score_pairs(query, profile, model)
     if scored.empty:
         return scored.assign(band=pd.Series(dtype=str))
     person = profile["person_id"].astype(object).to_numpy()
@@ -132,37 +160,56 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame,
     return out[out["band"] != "none"].drop(columns=["person", "factor"]).reset_index(drop=True)
 
 
-def estimate_quality(profile: pd.DataFrame, sample: int = 5000, seed: int = 0) -> dict:
+def _rates(matches: pd.DataFrame, truth: np.ndarray, found_person: np.ndarray,
+           evaluated: int) -> dict[str, float | int]:
+    linked = matches[matches["band"] == "link"]
+    correct = int((truth[linked["query"].to_numpy()] ==
+                   found_person[linked["profile"].to_numpy()]).sum())
+    return {"evaluated_rows": evaluated,
+            "false_match_rate": round((len(linked) - correct) / max(len(linked), 1), 5),
+            "missed_match_rate": round(1 - correct / max(evaluated, 1), 5),
+            "review": int((matches["band"] == "review").sum())}
+
+
+def estimate_quality(profile: pd.DataFrame, examples: pd.DataFrame | None = None,
+                     sample: int = 5000, seed: int = 0) -> dict:
     """False-match and missed-match rates, measured on rows whose pseudonym is known.
 
-    Social care rows that carry an NHS number are linked as if they did not (pseudonym hidden,
-    the row itself left out of the profiles), once with every encoding (the social care task)
-    and once with only date of birth, sex and postcode (the task of hospital and community
-    rows, which carry no names). A link to another person's profile is a false match; no link
-    (or a wrong one) where the person has another profile is a missed match.
+    Per source with labelled examples (the sampled NHS-numbered rows): half the persons train
+    the model, the other half are linked with their pseudonym hidden. For social care, rows
+    that carry an NHS number are linked against the other profiles with their own row left
+    out. A link to another person is a false match; a row not linked to its own person is a
+    missed match.
     """
-    if "source" not in profile or "person_id" not in profile:
-        return {}
-    counts = profile["person_id"].value_counts()
-    twin = profile["person_id"].map(counts).to_numpy() > 1
-    candidates = np.flatnonzero(twin & (profile["source"] == "social_care").to_numpy())
-    if len(candidates) == 0:
-        return {"evaluated_rows": 0}
+    out: dict[str, dict] = {}
+    person_p = profile["person_id"].astype(object).to_numpy()
     rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(candidates, size=min(sample, len(candidates)), replace=False))
-    query = profile.iloc[chosen].reset_index(drop=True)
-    rest = profile.drop(index=profile.index[chosen]).reset_index(drop=True)
-    names = [c for c in query.columns if c.startswith(("lk_forename", "lk_surname"))]
-    out: dict[str, float | int] = {"evaluated_rows": len(query)}
-    for task, columns in (("all_fields", []), ("dob_sex_postcode", names)):
-        q = query.drop(columns=["person_id", *columns])
-        r = rest.drop(columns=columns)
-        matches = match_profiles(q, r, coverage=1.0 - 1e-3)
-        linked = matches[matches["band"] == "link"]
-        truth = query["person_id"].to_numpy(dtype=object)[linked["query"].to_numpy()]
-        found = rest["person_id"].to_numpy(dtype=object)[linked["profile"].to_numpy()]
-        correct = int((truth == found).sum())
-        out[f"{task}_false_match_rate"] = round((len(linked) - correct) / max(len(linked), 1), 5)
-        out[f"{task}_missed_match_rate"] = round(1 - correct / len(query), 5)
-        out[f"{task}_review"] = int((matches["band"] == "review").sum())
+    if examples is not None and len(examples):
+        for source, rows in examples.groupby("source", sort=True):
+            fields = [c for c in rows.columns if c.startswith("lk_") and rows[c].notna().any()]
+            person = rows["person_id"].astype(object)
+            half = person.map(lambda p: int(str(p)[6:10], 16) % 2 == 0).to_numpy()
+            train, test = rows[half], rows[~half].reset_index(drop=True)
+            if len(train) < MIN_LABELLED or len(test) == 0:
+                continue
+            if len(test) > sample:
+                test = test.iloc[np.sort(rng.choice(len(test), sample, replace=False))]
+                test = test.reset_index(drop=True)
+            matches = match_profiles(test[["extract_id", "row", *fields]],
+                                     profile[["extract_id", "row", "person_id", *fields]],
+                                     1.0 - 1e-3, train)
+            out[str(source)] = _rates(matches, test["person_id"].astype(object).to_numpy(),
+                                      person_p, len(test))
+    if "source" in profile:
+        counts = pd.Series(person_p).value_counts()
+        twin = pd.Series(person_p).map(counts).to_numpy() > 1
+        candidates = np.flatnonzero(twin & (profile["source"] == "social_care").to_numpy())
+        if len(candidates):
+            chosen = np.sort(rng.choice(candidates, size=min(sample, len(candidates)),
+                                        replace=False))
+            query = profile.iloc[chosen].reset_index(drop=True)
+            rest = profile.drop(index=profile.index[chosen]).reset_index(drop=True)
+            matches = match_profiles(query.drop(columns=["person_id"]), rest, 1.0 - 1e-3)
+            out["social_care"] = _rates(matches, query["person_id"].astype(object).to_numpy(),
+                                        rest["person_id"].astype(object).to_numpy(), len(query))
     return out

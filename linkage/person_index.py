@@ -50,10 +50,11 @@ MAP_SCHEMA = pa.schema([
     ("weight", pa.float64()), ("via_extract", pa.string()), ("client_key", pa.string()),
 ])
 
-# Given query rows and profile rows (both with `lk_*` encodings; profiles with person_id) and
-# the prior that a query row belongs to a registered person, return matches: query index,
-# profile index, weight, probability, band ("link"/"review").
-Matcher = Callable[[pd.DataFrame, pd.DataFrame, float], pd.DataFrame]
+# Given query rows and profile rows (both with `lk_*` encodings; profiles with person_id), the
+# prior that a query row belongs to a registered person, and labelled examples of the query's
+# source (encoded rows with person_id, or None), return matches: query index, profile index,
+# weight, probability, band ("link"/"review").
+Matcher = Callable[[pd.DataFrame, pd.DataFrame, float, pd.DataFrame | None], pd.DataFrame]
 
 
 @dataclass
@@ -118,7 +119,8 @@ def _write(settings: Settings, name: str, table: pa.Table) -> None:
 
 def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None = None,
            progress: Callable[[str], None] | None = None,
-           quality: Callable[[pd.DataFrame], dict] | None = None) -> LinkSummary:
+           quality: Callable[[pd.DataFrame, pd.DataFrame | None], dict] | None = None,
+           ) -> LinkSummary:
     """Bring the index up to date with what is landed: add new extracts, drop gone ones."""
     say = progress or (lambda _message: None)
     with store.data_lock(settings, "index"):
@@ -154,11 +156,11 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         combined = _link_clients(combined)
         review = pd.DataFrame()
         if matcher is not None:
-            combined, review, profile = _link_probabilistic(settings, combined, landed,
-                                                            matcher, say)
+            combined, review, profile, examples = _link_probabilistic(
+                settings, combined, landed, matcher, say)
             if quality is not None and profile is not None:
                 say("estimating linkage quality on rows whose NHS number is known")
-                summary.quality = quality(profile)
+                summary.quality = quality(profile, examples)
         combined = _assign_keys(combined, key)
         summary.rows = len(combined)
         summary.by_source_method = {
@@ -189,11 +191,12 @@ def _link_clients(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.DataFrame,
                         matcher: Matcher, say: Callable[[str], None]
-                        ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+                        ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None,
+                                   pd.DataFrame | None]:
     """Link rows without a pseudonym to person profiles on their encodings."""
     todo = frame["person_id"].isna()
     wanted_extracts = set(frame.loc[todo, "extract_id"])
-    queries, profiles = [], []
+    queries, profiles, training = [], [], []
     for item in landed.itertuples():
         is_profile = item.source in PROFILE_SOURCES
         if not is_profile and item.extract_id not in wanted_extracts:
@@ -206,10 +209,14 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
             profiles.append(rows[rows["person_id"].notna()].assign(source=item.source))
         if item.extract_id in wanted_extracts:
             queries.append(rows[rows["person_id"].isna()].assign(source=item.source))
-    profile = pd.concat(profiles, ignore_index=True) if profiles else None
+            if not is_profile:  # the sampled NHS-numbered rows: labelled examples
+                encoded = rows[lk].notna().any(axis=1) & rows["person_id"].notna()
+                training.append(rows[encoded].assign(source=item.source))
+    profile = _concat(profiles) if profiles else None
+    examples = _concat(training) if training else None
     if not queries or profile is None:
-        return frame, pd.DataFrame(), profile
-    query = pd.concat(queries, ignore_index=True)
+        return frame, pd.DataFrame(), profile, examples
+    query = _concat(queries)
     say(f"probabilistic linkage: {len(query):,} rows against {len(profile):,} profiles")
     # One model per source: sources carry different fields (names only in social care), and
     # a model fitted on a mixture would under-weight the fields a source does carry.
@@ -220,8 +227,13 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
         coverage = _coverage(frame, str(source), registered)
         say(f"  {source}: {len(rows):,} rows; {coverage:.1%} of its rows with an NHS number "
             "belong to a registered person")
+        labelled = None
+        if examples is not None and set(carried) <= set(examples.columns):
+            labelled = examples.loc[examples["source"] == source,
+                                    ["extract_id", "row", "person_id", *carried]]
         part = matcher(rows[["extract_id", "row", *carried]].reset_index(drop=True),
-                       profile[["extract_id", "row", "person_id", *carried]], coverage)
+                       profile[["extract_id", "row", "person_id", *carried]], coverage,
+                       labelled)
         part["query"] = rows.index.to_numpy()[part["query"].to_numpy()]
         found.append(part)
     matches = pd.concat(found, ignore_index=True)
@@ -248,7 +260,15 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
     for column in review.columns:
         if column.startswith("cmp_"):
             review_out[column] = review[column].to_numpy()
-    return frame, review_out, profile
+    return frame, review_out, profile, examples
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate frames of encodings through Arrow, so a column some frames lack keeps its
+    type (fixed-size binary Bloom filters, int64 keys) with nulls, instead of turning object."""
+    tables = [pa.Table.from_pandas(f, preserve_index=False) for f in frames]
+    return pa.concat_tables(tables, promote_options="default").to_pandas(
+        types_mapper=pd.ArrowDtype)
 
 
 def _coverage(frame: pd.DataFrame, source: str, registered: set) -> float:

@@ -5,10 +5,12 @@ Out: an Arrow table in the landed schema (docs/landed-schema.md) and the vault e
 - NHS number -> `person_id`, HMAC-SHA256 under the pseudonymisation key (one hash per distinct
   number), and an AES-GCM copy in the vault (see governance/vault.py).
 - Date of birth -> `birth_ym`; postcode -> `postcode_district`, `postcode_sector`.
-- Names, full date of birth, sex and full postcode -> keyed linkage encodings (`lk_*`), made only
-  where probabilistic linkage may need them: every row of the registers (`gp_patients`,
-  `social_care`) and the rows of other sources that lack a valid NHS number. Rows with a valid
-  NHS number link on it, so nothing more about them is kept.
+- Names, full date of birth, sex, full postcode and registered practice -> keyed linkage
+  encodings (`lk_*`), made only where probabilistic linkage may need them: every row of the
+  registers (`gp_patients`, `social_care`), the rows of other sources that lack a valid NHS
+  number, and a fixed 2% sample of persons' NHS-numbered rows (chosen by pseudonym), which are
+  the labelled examples that train and measure linkage for that source. Other rows with a
+  valid NHS number link on it, so nothing more about them is kept.
 - Sender record and client ids -> `record_key`, keyed, so resent rows can be recognised.
 Free text is never kept.
 """
@@ -32,7 +34,10 @@ from linkage.validate import Checked
 
 ENCODED_SOURCES = frozenset({"gp_patients", "social_care"})
 POSTCODE_RE = r"^[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}$"
-LINKAGE_FIELDS = ("forename", "surname", "date_of_birth", "sex", "postcode")
+LINKAGE_FIELDS = ("forename", "surname", "date_of_birth", "sex", "postcode", "gp_practice_code")
+# The registered practice is encoded as the engine's `identifier` kind (exact + Bloom filter).
+ENCODER_NAMES = {"gp_practice_code": "identifier"}
+TRAINING_SHARE = 50  # one person in 50: their NHS-numbered rows are encoded as labelled examples
 
 
 MEMO_LIMIT = 2_000_000
@@ -186,16 +191,27 @@ def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: di
             out[name] = value
     encoded_rows = 0
     wanted = [f for f in LINKAGE_FIELDS if f in names]
-    if wanted and any(f in names for f in ("date_of_birth", "forename")):
+    if any(f in names for f in ("date_of_birth", "forename")):
         if contract.source in ENCODED_SOURCES or "nhs_number" not in names:
             selector = np.ones(n, dtype=bool)
         else:
-            selector = ~checked.nhs_valid
+            selector = ~checked.nhs_valid | training_sample(out["person_id"])
         encoded_rows = int(selector.sum())
         lk = _encode(t, checked, wanted, selector, lkey)
         for name in lk.column_names:
             out[name] = lk.column(name)
     return Pseudonymised(pa.table(out), vault_entries, encoded_rows)
+
+
+def training_sample(person_id: pa.Array) -> np.ndarray:
+    """The fixed sample of persons whose rows are encoded as labelled linkage examples."""
+    encoded = pc.dictionary_encode(person_id)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    chosen = np.array([int(p[:6], 16) % TRAINING_SHARE == 0
+                       for p in encoded.dictionary.to_pylist()] + [False], dtype=bool)
+    indices = pc.fill_null(encoded.indices, len(encoded.dictionary))
+    return chosen[indices.to_numpy(zero_copy_only=False)]
 
 
 def _encode(t: pa.Table, checked: Checked, fields: list[str], selector: np.ndarray,
@@ -210,7 +226,7 @@ def _encode(t: pa.Table, checked: Checked, fields: list[str], selector: np.ndarr
         if f == "date_of_birth":  # checked text, null where it did not parse
             value = pc.if_else(pc.is_valid(checked.parsed[f]), value,
                                pa.scalar(None, pa.string()))
-        columns[f] = pc.filter(value, chosen).to_pandas()
+        columns[ENCODER_NAMES.get(f, f)] = pc.filter(value, chosen).to_pandas()
     frame = pd.DataFrame(columns)
     encoded = encode_identifiers(frame, key.secret)
     table = pa.Table.from_pandas(encoded, preserve_index=False)

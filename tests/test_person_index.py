@@ -89,7 +89,8 @@ def test_probabilistic_links_and_review_band_go_where_the_matcher_says(haven, la
         row["nhs_number"] = ""
     land_file(landing, write_extract(inbox / "b", "apc", apc))
 
-    def matcher(query: pd.DataFrame, profile: pd.DataFrame, coverage: float) -> pd.DataFrame:
+    def matcher(query: pd.DataFrame, profile: pd.DataFrame, coverage: float,
+                examples: pd.DataFrame | None) -> pd.DataFrame:
         assert 0.5 <= coverage <= 0.999
         assert "person_id" not in query and profile["person_id"].notna().all()
         return pd.DataFrame({"query": [0, 1], "profile": [0, 1], "weight": [25.0, 4.0],
