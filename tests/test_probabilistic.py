@@ -1,0 +1,272 @@
+"""The linkage engine on keyed encodings: blocking, comparison, scoring and decisions."""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from linkage import probabilistic as P
+from linkage.encodings import column, encode_identifiers
+
+SYLLABLES = ["an", "ber", "ca", "dor", "el", "fi", "gan", "ha", "is", "jo", "ka", "li", "mar",
+             "ne", "o", "pel", "ri", "son", "ta", "vi", "wen", "zel", "ston", "ley", "worth"]
+
+
+def people(n: int, seed: int) -> pd.DataFrame:
+    """Generated people (syllable names, random dates and UK-format postcodes)."""
+    rng = np.random.default_rng(seed)
+
+    def name() -> str:
+        return "".join(rng.choice(SYLLABLES, size=int(rng.integers(2, 4)))).capitalize()
+
+    days = rng.integers(0, 365 * 80, size=n)
+    dob = (np.datetime64("1930-01-01") + days.astype("timedelta64[D]")).astype(str)
+    letters = "ABDEFGHJLNPRSTUWY"
+    return pd.DataFrame({
+        "forename": [name() for _ in range(n)],
+        "surname": [name() for _ in range(n)],
+        "date_of_birth": dob,
+        "sex": rng.choice(["1", "2"], size=n),
+        "postcode": [f"{rng.choice(list(letters))}{rng.choice(list(letters))}"
+                     f"{rng.integers(1, 30)} {rng.integers(1, 10)}"
+                     f"{rng.choice(list(letters))}{rng.choice(list(letters))}"
+                     for _ in range(n)],
+    })
+
+
+def typo(text: str, rng: np.random.Generator) -> str:
+    i = int(rng.integers(1, len(text) - 1))
+    return text[:i] + text[i + 1] + text[i] + text[i + 2:]  # transposition
+
+
+def corrupt(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Copies with realistic errors: name typos, day/month swap, moved house, blanks."""
+    rng = np.random.default_rng(seed)
+    out = frame.copy().reset_index(drop=True)
+    for i in range(len(out)):
+        kind = i % 6
+        if kind == 0:
+            out.loc[i, "surname"] = typo(out.loc[i, "surname"], rng)
+        elif kind == 1:
+            y, m, d = out.loc[i, "date_of_birth"].split("-")
+            if int(d) <= 12:
+                out.loc[i, "date_of_birth"] = f"{y}-{d}-{m}"
+        elif kind == 2:
+            out.loc[i, "postcode"] = None
+            out.loc[i, "forename"] = typo(out.loc[i, "forename"], rng)
+        elif kind == 3:
+            out.loc[i, "postcode"] = "ZZ9 9ZZ"  # moved
+        elif kind == 4:
+            out.loc[i, "forename"] = out.loc[i, "forename"].upper()
+            out.loc[i, "date_of_birth"] = str(int(out.loc[i, "date_of_birth"][:4]) + 1) + \
+                out.loc[i, "date_of_birth"][4:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def key() -> bytes:
+    return secrets.token_bytes(32)
+
+
+@pytest.fixture(scope="module")
+def two_files(key: bytes) -> tuple[pd.DataFrame, pd.DataFrame, set[tuple[int, int]]]:
+    """Left 600 people; right = 300 corrupted copies of left[0:300] then 300 new people."""
+    left = people(600, seed=1)
+    right = pd.concat([corrupt(left.iloc[:300], seed=2), people(300, seed=3)],
+                      ignore_index=True).sample(frac=1.0, random_state=4)
+    truth = {(int(i), int(pos)) for pos, i in enumerate(right.index) if i < 300}
+    return (encode_identifiers(left, key), encode_identifiers(right.reset_index(drop=True), key),
+            truth)
+
+
+def f1(found: set, truth: set) -> tuple[float, float]:
+    tp = len(found & truth)
+    return tp / max(1, len(found)), tp / max(1, len(truth))
+
+
+def test_link_finds_planted_matches_and_rejects_non_matches(two_files: tuple) -> None:
+    left, right, truth = two_files
+    result = P.link(left, right)
+    found = set(zip(result.matches["left"], result.matches["right"], strict=True))
+    precision, recall = f1(found, truth)
+    assert precision >= 0.99, precision
+    assert recall >= 0.95, recall
+    assert not result.warnings
+    # every right record that is a new person stays unlinked
+    new_people = {pos for pos in range(len(right))} - {r for _, r in truth}
+    assert not new_people & set(result.matches["right"])
+    assert result.matches["weight"].min() > 0
+    assert result.matches["probability"].min() >= 0.9
+
+
+def test_disjoint_files_make_no_links(key: bytes) -> None:
+    left = encode_identifiers(people(400, seed=11), key)
+    right = encode_identifiers(people(400, seed=12), key)
+    result = P.link(left, right)
+    assert len(result.matches) == 0
+
+
+def test_review_band_is_never_linked(two_files: tuple) -> None:
+    left, right, _ = two_files
+    result = P.link(left, right, upper=1.0, lower=0.5)  # nothing can reach p >= 1.0
+    assert len(result.matches) == 0
+    assert len(result.review) > 250
+    assert result.review["probability"].between(0.5, 1.0, inclusive="left").all()
+    strict = P.link(left, right, upper=0.9, lower=0.5)
+    both = set(zip(strict.matches["left"], strict.matches["right"], strict=True)) & set(
+        zip(strict.review["left"], strict.review["right"], strict=True))
+    assert not both
+
+
+def test_dedupe_clusters_planted_duplicates(key: bytes) -> None:
+    base = people(400, seed=21)
+    frame = pd.concat([base, corrupt(base.iloc[:150], seed=22)], ignore_index=True)
+    result = P.dedupe(encode_identifiers(frame, key))
+    assert result.clusters is not None
+    labels = result.clusters
+    same = sum(labels[i] == labels[400 + i] for i in range(150))
+    assert same >= 142
+    assert len(np.unique(labels)) == pytest.approx(400, abs=8)
+    pairs = P.cluster_pairs(labels)
+    assert (pairs["left"] < pairs["right"]).all()
+    assert not pairs.duplicated().any()
+
+
+def test_block_pairs_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    lk = rng.integers(0, 6, 80)
+    rk = rng.integers(0, 6, 70)
+    a, b, skipped = P.block_pairs(lk, rk, max_block_pairs=10**6)
+    got = set(zip(a.tolist(), b.tolist(), strict=True))
+    want = {(i, j) for i in range(80) for j in range(70) if lk[i] == rk[j] and lk[i] != 0}
+    assert got == want and skipped == 0
+    a, b, _ = P.block_pairs(lk, None, max_block_pairs=10**6)
+    got = set(zip(a.tolist(), b.tolist(), strict=True))
+    want = {(i, j) for i in range(80) for j in range(i + 1, 80) if lk[i] == lk[j] != 0}
+    assert got == want
+    # oversized blocks are skipped and counted
+    a, b, skipped = P.block_pairs(lk, rk, max_block_pairs=50)
+    sizes = {k: (lk == k).sum() * (rk == k).sum() for k in range(1, 6)}
+    assert skipped == sum(1 for s in sizes.values() if s > 50)
+    assert all(lk[i] not in {k for k, s in sizes.items() if s > 50} for i in a)
+
+
+def test_candidate_pairs_union_is_unique_and_bounded(two_files: tuple) -> None:
+    left, right, truth = two_files
+    stats = P.BlockingStats()
+    pairs = P.candidate_pairs(left, right, stats=stats)
+    assert not pairs.duplicated().any()
+    assert stats.pairs == len(pairs) <= sum(stats.per_pass.values())
+    assert truth <= set(zip(pairs["left"], pairs["right"], strict=True))
+    with pytest.raises(MemoryError):
+        P.candidate_pairs(left, right, max_pairs=10)
+
+
+def test_one_to_one_is_greedy() -> None:
+    rng = np.random.default_rng(1)
+    left, right = rng.integers(0, 30, 300), rng.integers(0, 30, 300)
+    weight = rng.normal(size=300)
+    chosen = P.one_to_one(left, right, weight)
+    used_l, used_r, greedy = set(), set(), np.zeros(300, dtype=bool)
+    for i in np.lexsort((right, left, -weight)):
+        if left[i] not in used_l and right[i] not in used_r:
+            greedy[i] = True
+            used_l.add(left[i])
+            used_r.add(right[i])
+    assert (chosen == greedy).all()
+
+
+def test_comparison_levels(key: bytes) -> None:
+    frame = pd.DataFrame({
+        "forename": ["Anna", "Anna", "Bloggs", "Anna", None],
+        "surname": ["Bloggs", "Blogss", "Anna", "Zyxwvut", "Bloggs"],
+        "date_of_birth": ["1970-03-05", "1970-05-03", "1970-03-06", "1971-03-05", "1970-03-05"],
+        "sex": ["2", "2", "2", "1", None],
+    })
+    enc = encode_identifiers(frame, key)
+    pairs = pd.DataFrame({"left": [0, 0, 0, 0], "right": [1, 2, 3, 4]})
+    levels = P.compare(enc, None, pairs)
+    top = P.TOP_LEVEL
+    # pairs: (0,1) d/m swapped and surname typo, (0,2) names swapped and one date component,
+    # (0,3) surname and sex differ, another date component, (0,4) forename and sex missing
+    assert levels["date_of_birth"].tolist() == [3, 2, 2, top["date_of_birth"]]
+    assert levels["forename"].tolist() == [top["forename"], top["forename"] - 1,
+                                           top["forename"], P.MISSING]
+    assert 1 < levels["surname"][0] < top["surname"]  # typo: a fuzzy level
+    assert levels["surname"].tolist()[1:] == [top["surname"] - 1, P.DIFFERENT, top["surname"]]
+    assert levels["sex"].tolist() == [2, 2, P.DIFFERENT, P.MISSING]
+
+
+def test_model_weights_are_sensible_and_serialisable(two_files: tuple) -> None:
+    left, right, _ = two_files
+    result = P.link(left, right)
+    model = result.model
+    for f in model.fields:
+        w = model.level_weights[f]
+        assert w[max(w)] > 0 > w[P.DIFFERENT], f
+        assert w[P.MISSING] == 0
+    assert 0 < model.prior < 0.01
+    again = P.MatchModel.from_dict(model.to_dict())
+    vectors = P.compare(left, right, result.matches[["left", "right"]])
+    assert np.allclose(again.weight(vectors), model.weight(vectors))
+    assert np.allclose(result.matches["weight"], model.weight(vectors))
+
+
+def test_logistic_with_nhs_labels(two_files: tuple) -> None:
+    left, right, truth = two_files
+    # person_id pseudonyms on half the records: equal for true pairs, distinct otherwise
+    lids = pd.array([f"p{i}" if i % 2 else None for i in range(len(left))], dtype=object)
+    rids = [None] * len(right)
+    for i, j in truth:
+        if i % 2:
+            rids[j] = f"p{i}"
+    for j in range(len(right)):
+        if rids[j] is None and j % 3 == 0:
+            rids[j] = f"q{j}"
+    lf, rf = left.assign(person_id=lids), right.assign(person_id=rids)
+    pairs = P.candidate_pairs(lf, rf)
+    labels = P.nhs_labels(lf, rf, pairs)
+    assert labels is not None and (labels == 1).sum() > 50 and (labels == -1).any()
+    result = P.link(lf, rf, method="logistic")
+    assert result.model.method == "logistic"
+    found = set(zip(result.matches["left"], result.matches["right"], strict=True))
+    precision, recall = f1(found, truth)
+    assert precision >= 0.98 and recall >= 0.9
+
+
+def test_engine_reads_encodings_back_from_arrow(two_files: tuple) -> None:
+    left, right, _ = two_files
+    pairs = P.candidate_pairs(left, right).head(500)
+    direct = P.compare(left, right, pairs)
+    back = [pa.Table.from_pandas(f, preserve_index=False).replace_schema_metadata(None)
+            for f in (left, right)]
+    for frame in (back[0].to_pandas(), back[0].to_pandas(types_mapper=pd.ArrowDtype)):
+        via = P.compare(frame, back[1].to_pandas(), pairs)
+        pd.testing.assert_frame_equal(direct, via)
+
+
+def test_missing_fields_compare_as_missing(two_files: tuple) -> None:
+    left, right, _ = two_files
+    pairs = P.candidate_pairs(left, right).head(50)
+    slim = right.drop(columns=[c for c in right.columns if c.startswith(column("postcode"))])
+    levels = P.compare(left, slim, pairs, fields=["surname", "postcode"])
+    assert (levels["postcode"] == P.MISSING).all()
+    assert (levels["surname"] > P.MISSING).all()
+
+
+def test_implausible_model_makes_no_links(two_files: tuple) -> None:
+    left, right, _ = two_files
+    good = P.link(left, right).model
+    weights = {f: dict(w) for f, w in good.level_weights.items()}
+    top = max(weights["date_of_birth"])
+    weights["date_of_birth"][top] = -10.0  # agreeing on date of birth "makes a match unlikely"
+    bad = P.MatchModel(fields=good.fields, level_weights=weights, prior=good.prior, method="ecm")
+    assert bad.implausible_fields() == ["date_of_birth"]
+    assert good.implausible_fields() == []
+    result = P.link(left, right, model=bad)
+    assert len(result.matches) == 0 and len(result.review) == 0
+    assert result.warnings and "date_of_birth" in result.warnings[0]
