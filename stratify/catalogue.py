@@ -13,6 +13,7 @@ from pathlib import Path
 
 from stratify import codelists
 
+HISTORY = "all history before the reference date (as far back as the training date's)"
 DAYS_CAP = 730  # "days since last ..." is capped at 2 years (also the value when never seen)
 YEARS_CAP = 20.0  # "years since first record" is capped at 20
 
@@ -144,15 +145,15 @@ def _features() -> list[Feature]:
     for row in counted.itertuples():
         f.append(Feature(f"ltc_{row.condition}", f"{row.label}: recorded in GP events (SNOMED CT or"
                          " ICD-10) or in a spell's diagnoses (ICD-10)",
-                         "gp_events, apc", "all history before the reference date",
+                         "gp_events, apc", HISTORY,
                          f"ltc_{row.condition}", "flag", row.label))
         f.append(Feature(f"ltc_{row.condition}_years", f"years since {row.label} was first "
                          f"recorded (capped at {YEARS_CAP:.0f}; 0 when never)", "gp_events, apc",
-                         "all history before the reference date", f"ltc_{row.condition}",
+                         HISTORY, f"ltc_{row.condition}",
                          "years", f"{row.label} first recorded {{n}} year{{s}} ago"))
     f += [
         Feature("ltc_count", "number of the counted long-term conditions recorded",
-                "gp_events, apc", "all history before the reference date", "ltc_count", "count",
+                "gp_events, apc", HISTORY, "ltc_count", "count",
                 "{n} long-term condition{s}"),
         Feature("charlson_index", "Charlson comorbidity index (Quan 2005 ICD-10 coding, original "
                 "Charlson weights, hierarchy applied)", "apc, gp_events (ICD-10)", _window(60),
@@ -161,7 +162,7 @@ def _features() -> list[Feature]:
                 "3-character ICD-10 codes in spells", "apc", _window(24), "frailty", "number",
                 "hospital frailty risk score {n}"),
         Feature("sc_known", "1 when any social care service started before the reference date",
-                "social_care", "all history before the reference date", "social_care", "flag",
+                "social_care", HISTORY, "social_care", "flag",
                 "known to adult social care"),
         Feature("sc_active", "1 when a social care service is active at the reference date",
                 "social_care", "at the reference date", "social_care", "flag",

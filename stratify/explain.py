@@ -17,6 +17,7 @@ TOP = 3
 # Marks a listed factor that lowers risk: persons at low risk may have fewer than three factors
 # that raise it, and their list is then filled with the least lowering ones, said as such.
 LOWERS = " (lowers risk)"
+MISSING = -1e12  # stands for an unknown value (e.g. age without a birth year-month)
 
 
 def reasons(contributions: pd.DataFrame, X: pd.DataFrame, top: int = TOP) -> pd.DataFrame:
@@ -44,10 +45,11 @@ def reasons(contributions: pd.DataFrame, X: pd.DataFrame, top: int = TOP) -> pd.
             feature[rows] = np.array(cols, dtype=object)[first]
             value[rows] = block[np.arange(len(first)), first]
         lowers = values[np.arange(len(X)), chosen] < 0
-        keyed = pd.DataFrame({"feature": feature, "value": np.round(value, 1),
+        keyed = pd.DataFrame({"feature": feature, "value": np.nan_to_num(np.round(value, 1),
+                                                                          nan=MISSING),
                               "lowers": lowers})
         unique = keyed.drop_duplicates()
-        words = {(f, v, low): (BY_NAME[f].words(v) if not np.isnan(v) else f"{f} not recorded")
+        words = {(f, v, low): (BY_NAME[f].words(v) if v != MISSING else f"{f} not recorded")
                  + (LOWERS if low else "")
                  for f, v, low in zip(unique["feature"], unique["value"], unique["lowers"],
                                       strict=True)}

@@ -76,6 +76,18 @@ def _codelist_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.register("cl_hfrs", codelists.hfrs()[["icd10_3", "weight"]])
 
 
+def history_months(con: duckdb.DuckDBPyConnection, at: dt.date) -> int | None:
+    """Whole months of hospital and GP history before `at` (None when there is none)."""
+    first = con.execute("""SELECT least(
+        (SELECT min(admission_date) FROM v_apc), (SELECT min(event_date) FROM v_gp_events))
+    """).fetchone()[0]
+    if first is None:
+        return None
+    first = pd.Timestamp(first).date()
+    months = (at.year - first.year) * 12 + at.month - first.month - (at.day < first.day)
+    return max(months, 0)
+
+
 def population(con: duckdb.DuckDBPyConnection, at: dt.date) -> None:
     """Table `pop`: persons registered on or before `at` and not dead before `at`.
 
@@ -236,10 +248,12 @@ def _activity_sql(at: dt.date) -> list[str]:
     """]
 
 
-def _diagnosis_sql(at: dt.date) -> list[str]:
+def _diagnosis_sql(at: dt.date, lookback: int | None) -> list[str]:
     at_ = _ts(at)
     hfrs_from = _ts(add_months(at, -HFRS_LOOKBACK_MONTHS))
-    cci_from = _ts(add_months(at, -CHARLSON_LOOKBACK_MONTHS))
+    cci_months = min(CHARLSON_LOOKBACK_MONTHS, lookback or CHARLSON_LOOKBACK_MONTHS)
+    cci_from = _ts(add_months(at, -cci_months))
+    ltc_from = _ts(add_months(at, -lookback)) if lookback else "TIMESTAMP '1800-01-01'"
     conditions = codelists.conditions()
     pivot = ",\n".join(
         f"max(CASE WHEN condition = '{c}' THEN date_diff('day', first, {at_}) END) AS d_{c}"
@@ -269,11 +283,12 @@ def _diagnosis_sql(at: dt.date) -> list[str]:
     """, f"""
         CREATE TEMP TABLE ltc_first AS
         SELECT person_key, condition, min(d) AS first FROM (
-            {prefix_join('cl_ltc_icd', 'l.condition')}
+            {prefix_join('cl_ltc_icd', 'l.condition', f'dx.d >= {ltc_from}')}
             UNION ALL
             SELECT g.person_key, g.event_date, s.condition FROM v_gp_events g
             JOIN cl_ltc_snomed s ON g.code = s.snomed_id
-            WHERE g.code_system = 'snomed' AND g.event_date < {at_})
+            WHERE g.code_system = 'snomed' AND g.event_date < {at_}
+            AND g.event_date >= {ltc_from})
         GROUP BY person_key, condition
     """, f"""
         CREATE TEMP TABLE f_ltc AS
@@ -330,27 +345,31 @@ def _final_sql() -> str:
 
 
 def build_features(sources: dict[str, pd.DataFrame], at: dt.date,
-                   threads: int | None = None) -> pd.DataFrame:
+                   lookback_months: int | None = None, threads: int | None = None
+                   ) -> pd.DataFrame:
     """Features of every person alive and registered at `at`, from records before `at`.
 
     Returns a float32 frame indexed by `person_key` with the columns of `catalogue.NAMES`
     (age is NaN when no birth year-month is known). See `FEATURES.md` for each column.
+    `lookback_months` limits how far back conditions and the Charlson index look (None: all
+    history); training sets it so that training and scoring dates see equally long histories.
     """
     con = connect(sources, threads)
     try:
-        return features_from(con, at)
+        return features_from(con, at, lookback_months)
     finally:
         con.close()
 
 
-def features_from(con: duckdb.DuckDBPyConnection, at: dt.date) -> pd.DataFrame:
+def features_from(con: duckdb.DuckDBPyConnection, at: dt.date,
+                  lookback_months: int | None = None) -> pd.DataFrame:
     """`build_features` on a connection made by `connect` (reused for several dates)."""
     for table in ("pop", "f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds", "f_sc",
                   "f_community", "dx", "ltc_first", "f_ltc", "f_cci", "f_hfrs"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     _codelist_tables(con)
     population(con, at)
-    for sql in [_demographics(con, at), *_activity_sql(at), *_diagnosis_sql(at)]:
+    for sql in [_demographics(con, at), *_activity_sql(at), *_diagnosis_sql(at, lookback_months)]:
         con.execute(sql)
     frame = con.execute(_final_sql()).df()
     frame = frame.set_index("person_key")

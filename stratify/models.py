@@ -173,7 +173,8 @@ class Logistic:
         self.fill = X.astype("float64").median().fillna(0)
         design = self._design(X)
         self.scaler = StandardScaler().fit(design)
-        self.model = LogisticRegression(C=self.C, max_iter=2000, random_state=seed)
+        self.model = LogisticRegression(C=self.C, solver="newton-cholesky", max_iter=200,
+                                        random_state=seed)
         self.model.fit(self.scaler.transform(design), np.asarray(y))
         return self
 

@@ -126,7 +126,7 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
     try:
         if bundle is None:
             bundle = train(con, at, seed, max_train_persons=max_train_persons)
-        X = features_from(con, at)
+        X = features_from(con, at, bundle.lookback_months)
         if excluded:
             X = X[~X.index.isin(excluded)]
         attributes = _attributes(con, at, X.index)
@@ -170,6 +170,7 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
                     candidates=candidates, bundle=bundle,
                     meta={"train_at": bundle.train_at, "train_window": list(bundle.train_window),
                           "training_thresholds": bundle.thresholds,
+                          "lookback_months": bundle.lookback_months,
                           "features": bundle.features,
                           "codelists_digest": bundle.codelists_digest,
                           "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})

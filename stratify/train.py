@@ -25,13 +25,14 @@ from sklearn.metrics import roc_auc_score
 
 from stratify import codelists
 from stratify.catalogue import NAMES
-from stratify.features import _ts, features_from
+from stratify.features import _ts, features_from, history_months
 from stratify.models import CANDIDATES, Calibrator, Model, make
 from stratify.outcomes import outcomes_from
 from stratify.sources import add_months
 from stratify.tiers import thresholds
 
 MODEL_VERSION = "haven-score-1.0"
+LIFETIME_MONTHS = 240  # with 20 years of history or more, conditions use all of it
 CALIBRATION_SHARE = 0.2
 
 
@@ -51,6 +52,7 @@ class ModelBundle:
     metrics: dict[str, Any]
     seed: int
     codelists_digest: str = ""
+    lookback_months: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def probability(self, X: pd.DataFrame, name: str | None = None) -> np.ndarray:
@@ -96,13 +98,17 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
     """Fit, choose and calibrate the candidates for a run at `at` (see the module docstring)."""
     t1 = add_months(at, -12)
     t0 = add_months(at, -24)
-    X1 = features_from(con, t1)
+    # Conditions look back only as far as the training date's history reaches, at every date,
+    # so a longer history at scoring time does not shift what "has diabetes" means.
+    history = history_months(con, t1)
+    lookback = history if history is not None and history < LIFETIME_MONTHS else None
+    X1 = features_from(con, t1, lookback)
     y1 = outcomes_from(con, X1.index, t1)["emergency"].to_numpy()
     fraction = person_fraction(X1.index, seed)
     held = fraction < CALIBRATION_SHARE
     selection: dict[str, Any] = {}
     if _has_history(con, t0):
-        X0 = features_from(con, t0)
+        X0 = features_from(con, t0, lookback)
         y0 = outcomes_from(con, X0.index, t0)["emergency"].to_numpy()
         Xs, ys = _subsample(X0, y0, max_train_persons, seed)
         selection["method"] = "backtest"
@@ -136,4 +142,5 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
         features=list(NAMES), train_at=t1.isoformat(),
         train_window=(t1.isoformat(), add_months(t1, 12).isoformat()), selection=selection,
         thresholds=thresholds(p_train), metrics=metrics, seed=seed,
-        codelists_digest=_digest(), extra={"candidates": list(CANDIDATES)})
+        codelists_digest=_digest(), lookback_months=lookback,
+        extra={"candidates": list(CANDIDATES)})

@@ -39,11 +39,13 @@ def _district(postcode: pd.Series) -> pd.Series:
     return compact.str[:-3].where(ok, None)
 
 
-def landed(source: str, raw: pd.DataFrame, people: pd.Series | None) -> pd.DataFrame:
+def landed(source: str, raw: pd.DataFrame, people: pd.Series | None,
+           extract_id: str | None = None) -> pd.DataFrame:
     """One contract CSV (all text) in landed form; `people` maps 1-based row -> true person."""
     contract = CONTRACTS[source]
     raw = raw.apply(lambda s: s.str.strip()).replace("", None)
-    out = pd.DataFrame({"extract_id": f"synth-{source}", "row": np.arange(1, len(raw) + 1)},
+    out = pd.DataFrame({"extract_id": extract_id or f"synth-{source}",
+                        "row": np.arange(1, len(raw) + 1)},
                        index=raw.index)
     keep = pd.Series(True, index=raw.index)
     for col in contract.columns:
@@ -88,19 +90,22 @@ def load_synth(folder: Path | str) -> SynthData:
     """Read a synth output folder into landed-form sources keyed by true person."""
     folder = Path(folder)
     rows = pd.read_parquet(folder / "truth" / "rows.parquet")
-    rows["source"] = rows["file"].astype(str).str.replace(r"\.(csv|parquet)$", "", regex=True)
+    rows["file"] = rows["file"].astype(str)
     rows["person"] = rows["person"].astype(str)
     base = 0 if rows["row"].min() == 0 else 1  # 1-based data rows, as landing counts them
-    sources: dict[str, pd.DataFrame] = {}
-    for source in CONTRACTS:
-        path = folder / f"{source}.csv"
-        if not path.exists():
+    parts: dict[str, list[pd.DataFrame]] = {}
+    for manifest in sorted(folder.glob("*.manifest.json")):
+        info = json.loads(manifest.read_text())
+        path = manifest.with_name(manifest.name.removesuffix(".manifest.json"))
+        if info.get("source") not in CONTRACTS or path.suffix != ".csv":
             continue
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-        mapping = rows[rows["source"] == source]
+        mapping = rows[rows["file"] == path.name]
         people = pd.Series(mapping["person"].to_numpy(),
                            index=mapping["row"].to_numpy() - base + 1)
-        sources[source] = landed(source, raw, people)
+        parts.setdefault(info["source"], []).append(
+            landed(info["source"], raw, people, extract_id=f"synth-{path.stem}"))
+    sources = {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
     persons = pd.read_parquet(folder / "truth" / "persons.parquet")
     persons["person"] = persons["person"].astype(str)
     meta_path = folder / "truth" / "meta.json"
@@ -114,7 +119,7 @@ def generate_synth(persons: int, seed: int, out: Path) -> Path | None:
         import synth
     except ImportError:  # pragma: no cover - synth is part of the repository
         return None
-    generate = getattr(synth, "generate", None)
+    generate = getattr(synth, "generate", None)  # absent while synth is being written
     if generate is None:
         return None
     if not (out / "truth" / "persons.parquet").exists():
