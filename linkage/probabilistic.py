@@ -273,6 +273,18 @@ def block_pairs(left_keys: np.ndarray, right_keys: np.ndarray | None,
     return first, second, skipped
 
 
+def usable_passes(left: Encoded, right: Encoded | None, passes: Iterable[Sequence[str]]
+                  ) -> list[tuple[str, ...]]:
+    """The passes whose columns both frames have; if none, one pass per shared exact encoding
+    (so a file mapped with unusual fields still gets candidates, oversized blocks capped)."""
+    other = left if right is None else right
+    usable = [tuple(cols) for cols in passes
+              if all(left.has(c) and other.has(c) for c in _pass_columns(cols))]
+    if usable:
+        return usable
+    return [(f,) for f in compared_fields(left, other)]
+
+
 def candidate_pairs(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None = None,
                     passes: Iterable[Sequence[str]] = DEFAULT_PASSES, *,
                     max_block_pairs: int = 100_000, max_pairs: int = 50_000_000,
@@ -280,7 +292,7 @@ def candidate_pairs(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded 
     """Union of blocking passes: DataFrame `left`, `right` of positions, sorted, each pair once.
 
     With `right` None the pairs are within `left` (left < right). Passes whose columns are not all
-    present (in both frames) are skipped.
+    present (in both frames) are skipped (see `usable_passes`).
     """
     lenc = left if isinstance(left, Encoded) else Encoded(left)
     renc = None if right is None else (right if isinstance(right, Encoded) else Encoded(right))
@@ -288,11 +300,7 @@ def candidate_pairs(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded 
     width = np.int64(renc.n if renc is not None else lenc.n)
     codes: list[np.ndarray] = []
     total = 0
-    for cols in passes:
-        needed = _pass_columns(cols)
-        if not all(lenc.has(c) for c in needed) or (renc is not None
-                                                     and not all(renc.has(c) for c in needed)):
-            continue
+    for cols in usable_passes(lenc, renc, passes):
         name = "+".join(cols)
         lk = _pass_key(lenc, cols)
         rk = None if renc is None else _pass_key(renc, cols)
@@ -694,11 +702,9 @@ def pass_membership(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded 
     R = L if right is None else (right if isinstance(right, Encoded) else Encoded(right))
     li, ri = pairs["left"].to_numpy(), pairs["right"].to_numpy()
     out = {}
-    for cols in passes:
-        needed = _pass_columns(cols)
-        if all(L.has(c) and R.has(c) for c in needed):
-            lk, rk = _pass_key(L, cols)[li], _pass_key(R, cols)[ri]
-            out[tuple(cols)] = (lk == rk) & (lk != 0)
+    for cols in usable_passes(L, R, passes):
+        lk, rk = _pass_key(L, cols)[li], _pass_key(R, cols)[ri]
+        out[cols] = (lk == rk) & (lk != 0)
     return out
 
 
@@ -924,9 +930,10 @@ def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, passes: Iterable[Se
     pairs = candidate_pairs(L, R, passes, max_block_pairs=max_block_pairs, max_pairs=max_pairs,
                             stats=stats)
     vectors = compare(L, R, pairs)
+    if model is None and len(pairs) == 0:  # nothing to fit on, nothing to decide
+        model = MatchModel(fields=tuple(vectors.columns), prior=1e-9, method="none",
+                           level_weights={f: {} for f in vectors.columns})
     if model is None:
-        if len(pairs) == 0:
-            raise ValueError("no candidate pairs: nothing to fit a model on")
         labels = nhs_labels(left, right, pairs) if method in ("auto", "logistic") else None
         model = fit_model(L, R, pairs, vectors, labels=labels, method=method, passes=passes)
     w = model.weight(vectors)
@@ -979,6 +986,8 @@ def dedupe(frame: pd.DataFrame, *, upper: float = 0.9, lower: float = 0.5,
 
 
 def _model_warnings(model: MatchModel) -> list[str]:
+    if model.method == "none":
+        return ["no candidate pairs: no two records agree on any blocking pass"]
     bad = model.implausible_fields()
     if not bad:
         return []

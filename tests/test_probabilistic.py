@@ -270,3 +270,20 @@ def test_implausible_model_makes_no_links(two_files: tuple) -> None:
     result = P.link(left, right, model=bad)
     assert len(result.matches) == 0 and len(result.review) == 0
     assert result.warnings and "date_of_birth" in result.warnings[0]
+
+
+def test_no_candidate_pairs_is_a_warning_not_an_error(key: bytes) -> None:
+    a = encode_identifiers(pd.DataFrame({"surname": ["Hargreaves"], "forename": ["Amelia"]}), key)
+    b = encode_identifiers(pd.DataFrame({"surname": ["Adeyemi"], "forename": ["Seun"]}), key)
+    result = P.link(a, b)
+    assert len(result.matches) == 0 and result.warnings
+    assert P.dedupe(a).clusters.tolist() == [0]
+
+
+def test_fields_outside_the_default_passes_still_block(key: bytes) -> None:
+    frame = encode_identifiers(pd.DataFrame({"address_2": ["1 Mill Rd", "1 mill road", "2 Elm"]}),
+                               key)
+    enc = P.Encoded(frame)
+    assert P.usable_passes(enc, None, P.DEFAULT_PASSES) == [("address_2",)]
+    pairs = P.candidate_pairs(frame)
+    assert list(zip(pairs["left"], pairs["right"], strict=True)) == [(0, 1)]
