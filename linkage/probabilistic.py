@@ -2,7 +2,11 @@
 
 Everything here works on frames of `lk_*` columns made by `linkage.encodings` (never on clear
 values) and on record *positions* (0..n-1 within the frames given), so a caller can run one
-partition at a time and map positions back to its own ids.
+partition at a time and map positions back to its own ids. Partitioned use: fit one
+`MatchModel` (on a sample or the first partition; it serialises with `to_dict`), then pass it as
+`model=` to `link`/`dedupe`, or call `candidate_pairs` + `score` per partition. Its `prior` is
+P(match) for two random records of the space it was fitted on; for a space of another size
+re-estimate it (`estimate_prior` on the new weights, `dataclasses.replace(model, prior=...)`).
 
 Pipeline (what `link` and `dedupe` do; each step is also public):
 1. `candidate_pairs` - union of blocking passes. A pass is a tuple of encoding columns that must
@@ -51,7 +55,8 @@ Pipeline (what `link` and `dedupe` do; each step is also public):
 4. Decisions, on the posterior probability (from the weight and the model's prior, which is fixed
    once fitted, so decisions are consistent across partitions):
    * two files: `one_to_one` greedy assignment by weight (vectorised as rounds of mutually-best
-     pairs, which is exactly greedy matching with ties broken by position);
+     pairs, which is exactly greedy matching with ties broken by position), or `best_right`
+     (each left record's best candidate; for episode records against a register of persons);
    * one file: `clusters` = connected components of pairs at or above `upper`;
    * a review band: pairs with `lower <= probability < upper` that would otherwise be linked
      (assigned one-to-one, or joining two different clusters) are returned in `review`, never
@@ -865,6 +870,17 @@ def one_to_one(left: np.ndarray, right: np.ndarray, weight: np.ndarray) -> np.nd
     return chosen
 
 
+def best_right(left: np.ndarray, right: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Each left record's highest-weight pair (ties by position): boolean mask of chosen pairs."""
+    chosen = np.zeros(len(weight), dtype=bool)
+    if len(weight) == 0:
+        return chosen
+    order = np.lexsort((right, -np.asarray(weight, dtype=np.float64), left))
+    first = np.concatenate(([True], left[order][1:] != left[order][:-1]))
+    chosen[order[first]] = True
+    return chosen
+
+
 def clusters(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Connected components of the graph of pairs: a cluster label for each of `n` records."""
     from scipy.sparse import coo_matrix
@@ -945,8 +961,13 @@ def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, passes: Iterable[Se
 def link(left: pd.DataFrame, right: pd.DataFrame, *, upper: float = 0.9, lower: float = 0.5,
          passes: Iterable[Sequence[str]] = DEFAULT_PASSES, model: MatchModel | None = None,
          method: str = "ecm", max_block_pairs: int = 100_000, max_pairs: int = 50_000_000,
-         keep_scored: bool = False) -> LinkResult:
-    """Two-file linkage: one-to-one matches (probability >= upper) and a review band."""
+         keep_scored: bool = False, assignment: str = "one_to_one") -> LinkResult:
+    """Two-file linkage: matches (probability >= upper) and a review band.
+
+    `assignment`: "one_to_one" (each record in at most one pair; two files of distinct people)
+    or "best_right" (each left record's best right record; many left records may share one,
+    as when records of episodes are linked to a register of persons).
+    """
     scored, model, stats = _prepare(left, right, passes, model, method, max_block_pairs,
                                     max_pairs)
     warnings = _model_warnings(model)
@@ -955,8 +976,11 @@ def link(left: pd.DataFrame, right: pd.DataFrame, *, upper: float = 0.9, lower: 
         return LinkResult(matches=scored.iloc[:0], review=scored.iloc[:0], model=model,
                           blocking=stats, scored=scored_out, warnings=warnings)
     eligible = scored[scored["probability"] >= lower]
-    chosen = eligible[one_to_one(eligible["left"].to_numpy(), eligible["right"].to_numpy(),
-                                 eligible["weight"].to_numpy())]
+    pick = {"one_to_one": one_to_one, "best_right": best_right}.get(assignment)
+    if pick is None:
+        raise ValueError(f"unknown assignment {assignment!r}")
+    chosen = eligible[pick(eligible["left"].to_numpy(), eligible["right"].to_numpy(),
+                           eligible["weight"].to_numpy())]
     matches = chosen[chosen["probability"] >= upper].reset_index(drop=True)
     review = chosen[chosen["probability"] < upper].reset_index(drop=True)
     return LinkResult(matches=matches, review=review, model=model, blocking=stats,
@@ -996,8 +1020,9 @@ def _model_warnings(model: MatchModel) -> list[str]:
 
 
 __all__ = [
-    "DEFAULT_PASSES", "BlockingStats", "Encoded", "LinkResult", "MatchModel", "block_pairs",
+    "DEFAULT_PASSES", "BlockingStats", "Encoded", "LinkResult", "MatchModel", "best_right",
+    "block_pairs",
     "candidate_pairs", "cluster_pairs", "clusters", "compare", "dedupe", "estimate_prior",
     "estimate_u", "fit_ecm", "fit_fellegi_sunter", "fit_logistic", "fit_model", "link",
-    "nhs_labels", "one_to_one", "pass_membership", "random_pairs", "score",
+    "nhs_labels", "one_to_one", "pass_membership", "random_pairs", "score", "usable_passes",
 ]

@@ -287,3 +287,17 @@ def test_fields_outside_the_default_passes_still_block(key: bytes) -> None:
     assert P.usable_passes(enc, None, P.DEFAULT_PASSES) == [("address_2",)]
     pairs = P.candidate_pairs(frame)
     assert list(zip(pairs["left"], pairs["right"], strict=True)) == [(0, 1)]
+
+
+def test_best_right_lets_many_left_records_share_a_right_record(two_files: tuple) -> None:
+    left, right, truth = two_files
+    doubled = pd.concat([right, right], ignore_index=True)  # every person twice on the left
+    result = P.link(doubled, left, assignment="best_right")
+    found = set(zip(result.matches["left"], result.matches["right"], strict=True))
+    want = {(j, i) for i, j in truth} | {(j + len(right), i) for i, j in truth}
+    precision, recall = f1(found, want)
+    assert precision >= 0.99 and recall >= 0.95
+    assert not result.matches["left"].duplicated().any()
+    assert result.matches["right"].duplicated().any()
+    chosen = P.best_right(np.array([0, 0, 1]), np.array([5, 6, 5]), np.array([1.0, 2.0, 0.5]))
+    assert chosen.tolist() == [False, True, True]
