@@ -439,8 +439,10 @@ class MatchModel:
     """Fellegi-Sunter style scores: a log2 Bayes factor for each level of each field.
 
     `weight(vectors)` = bias + sum of level weights (log2 of P(levels | match) / P(levels |
-    non-match)); `probability` adds the prior log-odds of a match among candidate pairs.
-    Serialisable with `to_dict`/`from_dict`, so one fitted model can score every partition.
+    non-match)); `probability` adds the prior log-odds (ecm: P(match) for two random records;
+    logistic: the labelled candidates' match rate) and gives P(match | candidate pair).
+    Serialisable with `to_dict`/`from_dict`, so one fitted model can score every partition;
+    `notes` lists blocking passes whose ECM fit was set aside as implausible.
     """
 
     fields: tuple[str, ...]
@@ -493,7 +495,8 @@ class MatchModel:
                 "level_weights": {f: {str(k): v for k, v in w.items()}
                                   for f, w in self.level_weights.items()},
                 "m": {f: {str(k): v for k, v in w.items()} for f, w in self.m.items()},
-                "u": {f: {str(k): v for k, v in w.items()} for f, w in self.u.items()}}
+                "u": {f: {str(k): v for k, v in w.items()} for f, w in self.u.items()},
+                "notes": list(self.notes)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MatchModel:
@@ -502,7 +505,7 @@ class MatchModel:
         return cls(fields=tuple(data["fields"]), prior=float(data["prior"]),
                    method=data["method"], bias=float(data.get("bias", 0.0)),
                    level_weights=levels(data["level_weights"]), m=levels(data.get("m", {})),
-                   u=levels(data.get("u", {})))
+                   u=levels(data.get("u", {})), notes=list(data.get("notes", [])))
 
 
 def _seeded_ecm_kernel(max_iter: int, atol: float) -> Any:
