@@ -43,9 +43,10 @@ Pipeline (what `link` and `dedupe` do; each step is also public):
    Choice, by the figures of bench/linkage.py (encoded only; logistic trained on true labels of
    half the candidate pairs, an optimistic stand-in for NHS-number labels):
      FEBRL4 F1: ecm 1.0000, logistic 0.9994; FEBRL3: both 0.9997.
-     Generated 50k x 50k with planted typo'd copies, 50% shared: ecm 0.9943, logistic 0.9938,
-     one ECM over all candidates 0.9552; 2% shared: ecm 0.9930, logistic 0.9701, one ECM over
-     all candidates finds no plausible match class.
+     Generated 50k x 50k with planted typo'd copies, 50% shared: ecm 0.994, logistic 0.993,
+     one ECM over all candidates 0.955; 2% shared: ecm 0.993, logistic 0.970, one ECM over all
+     candidates finds no plausible match class. (Third decimals move by about 0.001 with the
+     random key, through Bloom-filter collisions.)
    So ECM is the default for `link-files` and the person index: as good as labels where labels
    are plentiful, better where matches are rare, and NHS-labelled pairs are biased anyway
    (records carrying an NHS number are better recorded than the ones linkage is for).
