@@ -1,0 +1,151 @@
+"""The app factory: `create_app(settings)` builds Haven's API with nothing global.
+
+Every request goes through the audit middleware (one entry each, written before the response)
+and the `authorise` dependency (authentication, then Casbin); errors are problem details.
+
+Examples:
+    >>> from governance.settings import Settings
+    >>> app = create_app(Settings(home=Path("/srv/haven")))  # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from sqlalchemy import Engine
+
+from api import problems, reid
+from api.aggregates import SuppressionRule
+from api.authz import AccessPolicy
+from api.config import ApiConfig
+from api.guard import authorise
+from api.identity import Authenticator
+from api.jobs import JobRunner
+from api.release import ReleaseStore
+from api.routes import admin, extracts, governance, jobs, meta, reidentify, release
+from api.trail import AuditMiddleware, AuditWriter
+from governance.db import open_database
+from governance.keys import KeyProvider
+from governance.settings import Settings
+
+DESCRIPTION = """Haven's release API. Every request is authenticated (a Haven bearer token, or an
+OIDC access token from the configured issuer), decided by Casbin on the caller's role,
+organisation, purpose of use (header `X-Purpose-Of-Use`; by default the role's own) and the
+data source, and written to the tamper-evident audit log. Person-level answers are
+pseudonymised (person keys) except the MDT re-identification and reverse lookup answers, and
+hold only the sources the caller's role may see. Errors are `application/problem+json`."""
+
+
+@dataclass
+class Services:
+    """What the routes use, built once per app and reached through `app.state.services`."""
+
+    settings: Settings
+    engine: Engine
+    keys: KeyProvider
+    config: ApiConfig
+    policy: AccessPolicy
+    auth: Authenticator
+    releases: ReleaseStore
+    audit: AuditWriter
+    jobs: JobRunner
+    reidentifier: Callable[..., dict[str, str]] = reid.reidentify
+    looker_up: Callable[..., dict[str, str]] = reid.lookup_by_nhs_numbers
+    _rule: tuple[float, SuppressionRule] | None = None
+    _rule_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def suppression_rule(self) -> SuppressionRule:
+        """The small-number rule in force (an IG lead's change applies within seconds)."""
+        now = time.monotonic()
+        cached = self._rule
+        if cached is not None and now - cached[0] < max(self.config.refresh_seconds, 1.0):
+            return cached[1]
+        with self._rule_lock:
+            self._rule = (now, SuppressionRule.load(self.engine))
+            return self._rule[1]
+
+    def forget_suppression_rule(self) -> None:
+        self._rule = None
+
+
+def _problem_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The generated description, with every operation's errors as problem details."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes, tags=app.openapi_tags)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        if "ProblemModel" not in components:
+            from api.problems import ProblemModel
+
+            components["ProblemModel"] = ProblemModel.model_json_schema(
+                ref_template="#/components/schemas/{model}")
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                answers = operation.setdefault("responses", {})
+                for status, entry in problems.responses(401, 403, 422).items():
+                    answers.setdefault(str(status), entry)
+                    if str(status) == "422":
+                        answers["422"] = entry
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None,
+               keys: KeyProvider | None = None, config: ApiConfig | None = None) -> FastAPI:
+    """Haven's API over one data directory and database.
+
+    Args:
+        settings: where the data is (as for every `haven` command).
+        engine: an open database (default: `open_database(settings)`, which migrates).
+        keys: the key provider (default: from `settings`).
+        config: upload limit, caches and OIDC (default: `ApiConfig()`, tokens only).
+    """
+    engine = engine or open_database(settings)
+    keys = keys or KeyProvider(settings.key_file, settings.key_env)
+    config = config or ApiConfig()
+    policy = AccessPolicy(engine, settings, config.refresh_seconds)
+    writer = AuditWriter(engine)
+    services = Services(
+        settings=settings, engine=engine, keys=keys, config=config, policy=policy,
+        auth=Authenticator(engine, config, policy.roles()),
+        releases=ReleaseStore(settings, engine, config.refresh_seconds), audit=writer,
+        jobs=JobRunner(settings, engine, keys))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        writer.close()
+
+    app = FastAPI(title="Haven", version="0.1.0", description=DESCRIPTION,
+                  docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
+                  dependencies=[Depends(authorise)])
+    app.state.services = services
+    for module in (meta, release, reidentify, extracts, jobs, governance, admin):
+        app.include_router(module.router)
+    problems.install(app)
+    app.add_middleware(AuditMiddleware, writer=writer)
+    app.openapi = _problem_openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def create_app_from_environ() -> FastAPI:  # pragma: no cover - used by uvicorn workers
+    """Factory for `uvicorn --factory` (several workers): settings from this process's
+    environment, read once here, at the process's entry point."""
+    return create_app(Settings.from_environ(os.environ),
+                      config=ApiConfig.from_environ(os.environ))

@@ -1,0 +1,228 @@
+"""Casbin decides every request: the model and seed rules live in `policies/`, the rules in force
+live in the database (`casbin_rule`, through `sqlalchemy_adapter`).
+
+On first start the table is empty and is seeded from `policies/casbin_policy.csv`; from then on
+the database is the policy, changed by admins through the API (each change audited). Decisions
+are remembered per request tuple until the policy changes, because Casbin's own evaluation
+(hundreds of microseconds in Python) would otherwise be paid on every request; another process's
+change is noticed within `refresh_seconds` (the row count and highest id of `casbin_rule`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import casbin
+from casbin.util import key_match
+from sqlalchemy import Column, Engine, Integer, String, func, select
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy_adapter import Adapter
+
+from governance import audit, store
+from governance.audit import Actor
+from governance.settings import Settings
+from policies import POLICIES_DIR
+
+MODEL_PATH = POLICIES_DIR / "casbin_model.conf"
+SEED_PATH = POLICIES_DIR / "casbin_policy.csv"
+# Roles every caller has implicitly; never assigned to a user.
+BUILT_IN = frozenset({"anonymous", "authenticated"})
+NONE = "-"
+CACHE_LIMIT = 100_000
+# Data sources a person's record can draw on, and the category the rules name them by.
+SOURCE_CATEGORY = {
+    "apc": "hospital", "ae": "hospital", "op": "hospital",
+    "gp_patients": "gp", "gp_events": "gp", "gp_medications": "gp",
+    "community": "community", "social_care": "social_care",
+    "deaths": "registry", "optouts": "registry",
+}
+SOURCES = tuple(SOURCE_CATEGORY)
+
+
+def policy_source(source: str) -> str:
+    """How the rules name a data source: `<category>/<source>` (e.g. `gp/gp_events`)."""
+    return f"{SOURCE_CATEGORY.get(source, 'other')}/{source}"
+
+# Casbin logs every decision (denials as warnings) with the request values; Haven audits them.
+logging.getLogger("casbin").setLevel(logging.ERROR)
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class CasbinRule(_Base):
+    """The adapter's rule table with a seventh value column: Haven's `p` rules have seven
+    fields (role, org, resource, action, purpose, source, scope); the adapter's own class
+    stops at six."""
+
+    __tablename__ = "casbin_rule"
+    id = Column(Integer, primary_key=True)
+    ptype = Column(String(255))
+    v0 = Column(String(255))
+    v1 = Column(String(255))
+    v2 = Column(String(255))
+    v3 = Column(String(255))
+    v4 = Column(String(255))
+    v5 = Column(String(255))
+    v6 = Column(String(255))
+
+    def __str__(self) -> str:
+        values = (self.v0, self.v1, self.v2, self.v3, self.v4, self.v5, self.v6)
+        return ", ".join([self.ptype] + [v for v in values if v is not None])
+
+
+class PolicyError(ValueError):
+    """A rule cannot be added or removed; the message names the field."""
+
+
+class AccessPolicy:
+    """The Casbin enforcer over the database policy, with a decision cache."""
+
+    def __init__(self, engine: Engine, settings: Settings, refresh_seconds: float = 2.0) -> None:
+        self.engine = engine
+        self.refresh_seconds = refresh_seconds
+        self.adapter = Adapter(engine, db_class=CasbinRule)
+        self._table = CasbinRule.__table__
+        self._seed(settings)
+        self._lock = threading.RLock()
+        self._cache: dict[tuple[str, ...], bool] = {}
+        self.enforcer = casbin.Enforcer(str(MODEL_PATH), self.adapter)
+        self._matching()
+        self._version = self._stored_version()
+        self._checked = time.monotonic()
+
+    # -- storage ---------------------------------------------------------------------------
+    def _stored_version(self) -> tuple[int, int]:
+        with self.engine.connect() as connection:
+            n, top = connection.execute(
+                select(func.count(), func.max(self._table.c.id))).one()
+        return int(n or 0), int(top or 0)
+
+    def _seed(self, settings: Settings) -> None:
+        """Copy the shipped rules into an empty table (once, whichever process starts first)."""
+        if self._stored_version()[0]:
+            return
+        with store.data_lock(settings, "access-policy"):
+            if self._stored_version()[0]:
+                return
+            seed = casbin.Enforcer(str(MODEL_PATH), str(SEED_PATH))
+            self.adapter.save_policy(seed.get_model())
+            rules = len(seed.get_policy()) + len(seed.get_grouping_policy())
+            audit.log(self.engine, audit.SYSTEM, "access_policy.seed", "access_policy",
+                      n_records=rules, detail={"from": SEED_PATH.name})
+
+    def _matching(self) -> None:
+        # Role inheritance written for domain `*` holds in every organisation.
+        self.enforcer.add_named_domain_matching_func("g", key_match)
+
+    def refresh_due(self) -> bool:
+        return time.monotonic() - self._checked >= self.refresh_seconds
+
+    def refresh(self, force: bool = False) -> None:
+        """Reload when another process changed the rules (checked every refresh_seconds)."""
+        if not force and not self.refresh_due():
+            return
+        self._checked = time.monotonic()
+        version = self._stored_version()
+        if force or version != self._version:
+            with self._lock:
+                self.enforcer.load_policy()
+                self._matching()
+                self._cache.clear()
+                self._version = version
+
+    # -- decisions -------------------------------------------------------------------------
+    def allowed(self, role: str, org: str, obj: str, act: str, purpose: str,
+                source: str = NONE, owner: str = NONE) -> bool:
+        """Casbin's decision for one role (see policies/casbin_model.conf for the fields)."""
+        key = (role, org, obj, act, purpose, source, owner)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        with self._lock:
+            decision = bool(self.enforcer.enforce(*key))
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = decision
+        return decision
+
+    def granting_role(self, roles: Sequence[str], org: str, obj: str, act: str, purpose: str,
+                      source: str = NONE, owner: str = NONE) -> str | None:
+        """The first of the caller's roles that allows the request, or None."""
+        for role in roles:
+            if self.allowed(role, org, obj, act, purpose, source, owner):
+                return role
+        return None
+
+    # -- what the policy says --------------------------------------------------------------
+    def roles(self) -> set[str]:
+        """Roles that may be given to users (every role named in the rules, built-ins aside)."""
+        with self._lock:
+            named = {rule[0] for rule in self.enforcer.get_policy()}
+            for rule in self.enforcer.get_grouping_policy():
+                named.update(rule[:2])
+        return named - BUILT_IN
+
+    def purposes(self, role: str) -> list[str]:
+        """Purposes of use the role (with what it inherits) has any rule for."""
+        with self._lock:
+            inherited = {role}
+            frontier = [role]
+            grouping = self.enforcer.get_grouping_policy()
+            while frontier:
+                current = frontier.pop()
+                for member, parent, *_ in grouping:
+                    if member == current and parent not in inherited:
+                        inherited.add(parent)
+                        frontier.append(parent)
+            found = {rule[4] for rule in self.enforcer.get_policy() if rule[0] in inherited}
+        return sorted(found - {"*"})
+
+    def default_purpose(self, roles: Sequence[str]) -> str:
+        """The purpose assumed when a caller asserts none: their first role's only purpose."""
+        for role in roles:
+            purposes = self.purposes(role)
+            if len(purposes) == 1:
+                return purposes[0]
+        return NONE
+
+    def rules(self) -> dict[str, list[list[str]]]:
+        with self._lock:
+            return {"p": [list(r) for r in self.enforcer.get_policy()],
+                    "g": [list(r) for r in self.enforcer.get_grouping_policy()]}
+
+    # -- changes (admins, through the API) ---------------------------------------------------
+    def change(self, actor: Actor, ptype: str, rule: Sequence[str], add: bool) -> bool:
+        """Add or remove one rule; audited. Returns False when nothing changed."""
+        rule = [str(part).strip() for part in rule]
+        expected = {"p": 7, "g": 3}.get(ptype)
+        if expected is None:
+            raise PolicyError("ptype: must be p (a permission) or g (a role inheritance)")
+        if len(rule) != expected or any(not part or "," in part for part in rule):
+            raise PolicyError(f"rule: a {ptype} rule has {expected} non-empty fields")
+        if ptype == "p" and rule[6] not in ("any", "own"):
+            raise PolicyError("rule: scope (the last field) must be any or own")
+        with self._lock:
+            if add:
+                changed = (self.enforcer.add_policy(*rule) if ptype == "p"
+                           else self.enforcer.add_grouping_policy(*rule))
+            else:
+                changed = (self.enforcer.remove_policy(*rule) if ptype == "p"
+                           else self.enforcer.remove_grouping_policy(*rule))
+            self._cache.clear()
+            self._version = self._stored_version()
+        if changed:
+            audit.log(self.engine, actor, "access_policy.add" if add else "access_policy.remove",
+                      "access_policy", n_records=1, detail={"ptype": ptype, "rule": rule})
+        return bool(changed)
+
+    def sources_allowed(self, roles: Sequence[str], org: str, purpose: str,
+                        owner: str) -> frozenset[str]:
+        """The data sources whose person-level data these roles may see for this owner."""
+        return frozenset(s for s in SOURCES
+                         if self.granting_role(roles, org, "person_data", "read", purpose,
+                                               policy_source(s), owner))

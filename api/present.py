@@ -1,0 +1,123 @@
+"""How a scored person is shown: only the sources the caller may see, and only the reasons and
+conditions that rest on at least one of them.
+
+A reason's group names the features it was phrased from (`stratify.catalogue`), and so the
+sources behind it; a reason drawn only from hidden sources is left out. Conditions come from GP
+events and hospital diagnoses: they are shown when either source is visible. Where a run holds
+no reason groups and some source is hidden, reasons are left out altogether (fail closed).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+from api.authz import SOURCES
+from api.release import CONDITION_SOURCES, DEMOGRAPHIC_GROUPS, TIER_RANK, reason_group_sources
+
+ALL_SOURCES = frozenset(SOURCES)
+FHIR_PERSON_KEY_SYSTEM = "https://haven.nhs.uk/Id/person-key"
+RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
+FHIR_RISK = {"very_high": "high", "high": "high", "moderate": "moderate", "low": "low"}
+OUTCOME = "emergency hospital admission within 12 months"
+
+
+@lru_cache(maxsize=1)
+def _group_sources() -> dict[str, frozenset[str]]:
+    return reason_group_sources()
+
+
+def _split(text: str | None, sep: str = ";") -> list[str]:
+    return [part.strip() for part in (text or "").split(sep) if part.strip()]
+
+
+def visible_reasons(row: dict[str, Any], visible: frozenset[str]) -> list[str]:
+    reasons = _split(row.get("reasons"), "; ")
+    if visible >= ALL_SOURCES:
+        return reasons
+    groups = [row.get(f"reason_group_{i}") for i in range(1, len(reasons) + 1)]
+    if not reasons or any(g is None for g in groups):
+        return []
+    by_group = _group_sources()
+    shown = []
+    for reason, group in zip(reasons, groups, strict=True):
+        behind = by_group.get(group)
+        if group in DEMOGRAPHIC_GROUPS or (behind is not None and behind & visible):
+            shown.append(reason)
+    return shown
+
+
+def _number(value: Any, digits: int = 4) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(float(value), digits)
+
+
+def _tier_change(row: dict[str, Any]) -> int | None:
+    value = row.get("tier_change")
+    if value is not None and not (isinstance(value, float) and math.isnan(value)):
+        return int(value)
+    before = row.get("previous_tier")
+    if before in TIER_RANK and row.get("tier") in TIER_RANK:
+        return TIER_RANK[row["tier"]] - TIER_RANK[before]
+    return None
+
+
+def person(row: dict[str, Any], visible: frozenset[str], rank: int | None = None
+           ) -> dict[str, Any]:
+    """One scored person as the caller may see them (pseudonymised: person_key only)."""
+    out: dict[str, Any] = {}
+    if rank is not None:
+        out["rank"] = rank
+    out.update({
+        "person_key": row["person_key"],
+        "probability": _number(row.get("probability")),
+        "tier": row.get("tier"),
+        "previous_tier": row.get("previous_tier"),
+        "change": _number(row.get("change")),
+        "tier_change": _tier_change(row),
+        "practice": row.get("gp_practice_code"),
+        "age_band": row.get("age_band"),
+        "sex": row.get("sex"),
+        "conditions": _split(row.get("conditions")) if visible & CONDITION_SOURCES else [],
+        "reasons": visible_reasons(row, visible),
+        "sources": [s for s in _split(row.get("sources")) if s in visible],
+    })
+    return out
+
+
+def risk_assessment(row: dict[str, Any], visible: frozenset[str], run: Any) -> dict[str, Any]:
+    """A FHIR R4 RiskAssessment for one person, checked with the R4B model.
+
+    The subject is the person's key (a pseudonym), not an NHS number: a clinician's system
+    matches it to a patient through authorised re-identification.
+    """
+    from fhir.resources.R4B.riskassessment import RiskAssessment
+
+    shown = person(row, visible)
+    tier = shown["tier"] or "low"
+    prediction: dict[str, Any] = {
+        "outcome": {"text": OUTCOME},
+        "qualitativeRisk": {"coding": [{"system": RISK_PROBABILITY, "code": FHIR_RISK[tier]}],
+                            "text": tier.replace("_", " ")},
+        "whenRange": {"high": {"value": 12, "unit": "months",
+                               "system": "http://unitsofmeasure.org", "code": "mo"}},
+    }
+    if shown["probability"] is not None:
+        prediction["probabilityDecimal"] = shown["probability"]
+    resource: dict[str, Any] = {
+        "resourceType": "RiskAssessment",
+        "id": f"{run.run_id}-{shown['person_key']}"[:64].replace("_", "-"),
+        "status": "final",
+        "subject": {"identifier": {"system": FHIR_PERSON_KEY_SYSTEM,
+                                   "value": shown["person_key"]}},
+        "method": {"text": f"Haven risk model {run.model or 'unknown'} "
+                           f"{run.model_version}".strip()},
+        "prediction": [prediction],
+    }
+    if run.at:
+        resource["occurrenceDateTime"] = run.at
+    if shown["reasons"]:
+        resource["note"] = [{"text": f"Reason: {reason}"} for reason in shown["reasons"]]
+    return RiskAssessment.model_validate(resource).model_dump(mode="json", exclude_none=True)

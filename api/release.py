@@ -1,0 +1,348 @@
+"""The current score run, held in memory in the shape the API's questions need.
+
+The newest complete score run (`runs` table, `kind` = `score`) is read once with DuckDB from
+`$HAVEN_HOME/runs/<run_id>/scores.parquet`, in rank order (highest probability first), and kept
+as a few numeric arrays: tier, age band, sex and practice as small codes, conditions and sources
+as bit masks, and a per-practice index of row positions. A case-finding page is then a slice of
+one practice's positions filtered with NumPy, and text (person keys, reasons) is taken only for
+the rows of the page. Persons with a national data opt-out or type 1 objection in force that
+landed after the run was scored are left out of everything served (the run itself already
+leaves out those known when it was scored).
+
+`ReleaseStore.current()` notices a new run or new opt-outs (checked at most every
+`refresh_seconds`) and reloads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from sqlalchemy import Engine, func, select
+
+from api.authz import SOURCES
+from governance.schema import optouts, runs
+from governance.settings import Settings
+from linkage.person_index import read_link_map
+
+TIERS = ("very_high", "high", "moderate", "low")
+TIER_RANK = {"low": 0, "moderate": 1, "high": 2, "very_high": 3}
+AGE_BANDS = ("0-17", "18-44", "45-64", "65-74", "75-84", "85+")
+SEXES = ("1", "2", "9", "0")
+# Conditions are read from GP events and hospital diagnoses (stratify.catalogue: ltc_*).
+CONDITION_SOURCES = frozenset({"gp_events", "apc"})
+# Reason groups every role may see: they restate the person's age band and sex.
+DEMOGRAPHIC_GROUPS = frozenset({"age", "sex"})
+EXCLUDING_OPTOUTS = ("ndoo", "type1")
+COLUMNS = ("person_key", "probability", "tier", "reasons", "previous_probability",
+           "previous_tier", "change", "gp_practice_code", "age_band", "sex", "conditions",
+           "sources")
+OPTIONAL = ("reason_group_1", "reason_group_2", "reason_group_3", "tier_change")
+
+
+class NoRun(Exception):
+    """There is no complete score run to serve yet."""
+
+
+def reason_group_sources() -> dict[str, frozenset[str]]:
+    """Sources each reason group is derived from, from the feature catalogue."""
+    try:
+        from stratify.catalogue import FEATURES
+    except ImportError:  # pragma: no cover - stratify ships with the API today
+        return {}
+    out: dict[str, set[str]] = {}
+    for feature in FEATURES:
+        named = {s for s in SOURCES if s in feature.source.replace(",", " ").split()}
+        out.setdefault(feature.group, set()).update(named)
+    return {group: frozenset(found) for group, found in out.items()}
+
+
+def _encoded(values: pa.ChunkedArray) -> tuple[list[str | None], np.ndarray]:
+    """Distinct values and each row's index into them (-1 for null)."""
+    encoded = values.combine_chunks().dictionary_encode()
+    indices = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return encoded.dictionary.to_pylist(), indices
+
+
+def _bits(values: pa.ChunkedArray, vocabulary: Sequence[str]) -> np.ndarray:
+    """`;`-joined labels -> int64 bit masks over `vocabulary` (one pass per distinct string)."""
+    distinct, indices = _encoded(values)
+    position = {label: i for i, label in enumerate(vocabulary)}
+    masks = []
+    for text in distinct:
+        mask = 0
+        for label in (text or "").split(";"):
+            if label.strip() in position:
+                mask |= 1 << position[label.strip()]
+        masks.append(mask)
+    lookup = np.array(masks + [0], dtype=np.int64)  # index -1 (null) reads the final 0
+    return lookup[indices]
+
+
+def _codes(values: pa.ChunkedArray, vocabulary: Sequence[str]) -> np.ndarray:
+    """Labels -> int8 codes into `vocabulary` (-1 for null or unknown)."""
+    text = np.asarray(values.to_numpy(zero_copy_only=False), dtype=object)
+    out = np.full(len(text), -1, dtype=np.int8)
+    for code, label in enumerate(vocabulary):
+        out[text == label] = code
+    return out
+
+
+@dataclass
+class Release:
+    """One score run, loaded: numeric columns for filtering, text only for the rows served."""
+
+    run_id: str
+    at: str
+    model: str
+    model_version: str
+    table: pa.Table  # text columns, in rank order
+    tier: np.ndarray
+    age_band: np.ndarray
+    sex: np.ndarray
+    practice: np.ndarray
+    practices: list[str]
+    conditions: list[str]
+    condition_bits: np.ndarray
+    source_bits: np.ndarray
+    probability: np.ndarray
+    change: np.ndarray
+    previous_tier: np.ndarray
+    keys_sorted: np.ndarray
+    keys_order: np.ndarray
+    practice_rows: dict[str, np.ndarray]
+    withheld: dict[str, str] = field(default_factory=dict)  # person key -> practice
+    cache: OrderedDict = field(default_factory=OrderedDict)
+    cache_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def persons(self) -> int:
+        return len(self.tier)
+
+    def position(self, person_key: str) -> int | None:
+        """Row of a person key, or None when the run does not hold it."""
+        try:
+            wanted = np.array([person_key], dtype=self.keys_sorted.dtype)
+        except (UnicodeEncodeError, ValueError):
+            return None
+        at = int(np.searchsorted(self.keys_sorted, wanted)[0])
+        if at < len(self.keys_sorted) and self.keys_sorted[at] == wanted[0]:
+            return int(self.keys_order[at])
+        return None
+
+    def practice_of(self, row: int) -> str:
+        code = int(self.practice[row])
+        return self.practices[code] if code >= 0 else "-"
+
+    def owner_of(self, person_key: str) -> str:
+        """The practice of a person key, withheld persons included ("-" when unknown)."""
+        row = self.position(person_key)
+        if row is not None:
+            return self.practice_of(row)
+        return self.withheld.get(person_key, "-")
+
+    def select(self, rows: np.ndarray | None, *, tiers: Iterable[str] = (),
+               age_bands: Iterable[str] = (), sexes: Iterable[str] = (),
+               conditions: Iterable[str] = ()) -> np.ndarray:
+        """Positions (rank order) among `rows` (None: everyone) matching every filter given."""
+        positions = np.arange(self.persons) if rows is None else rows
+        mask: np.ndarray | None = None
+
+        def narrow(column: np.ndarray, wanted: Iterable[str], vocabulary: Sequence[str]) -> None:
+            nonlocal mask
+            codes = [vocabulary.index(v) for v in wanted if v in vocabulary]
+            values = column[positions]
+            hit = np.isin(values, np.array(codes, dtype=column.dtype)) if len(codes) > 1 \
+                else values == (codes[0] if codes else -99)
+            mask = hit if mask is None else mask & hit
+
+        if tiers := list(tiers):
+            narrow(self.tier, tiers, TIERS)
+        if age_bands := list(age_bands):
+            narrow(self.age_band, age_bands, AGE_BANDS)
+        if sexes := list(sexes):
+            narrow(self.sex, sexes, SEXES)
+        if conditions := list(conditions):
+            bits = 0
+            for name in conditions:
+                if name in self.conditions:
+                    bits |= 1 << self.conditions.index(name)
+            hit = (self.condition_bits[positions] & bits) != 0 if bits \
+                else np.zeros(len(positions), dtype=bool)
+            mask = hit if mask is None else mask & hit
+        return positions if mask is None else positions[mask]
+
+    def rows(self, positions: np.ndarray) -> list[dict[str, Any]]:
+        """The text and numbers of the given rows, in the order given."""
+        if len(positions) == 0:
+            return []
+        return self.table.take(pa.array(positions, pa.int64())).to_pylist()
+
+    def cached(self, key: tuple, compute: Any) -> Any:
+        """Answers that depend only on this run (aggregates), kept for the next caller."""
+        with self.cache_lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+        value = compute()
+        with self.cache_lock:
+            self.cache[key] = value
+            while len(self.cache) > 256:
+                self.cache.popitem(last=False)
+        return value
+
+
+def load_release(settings: Settings, run_id: str, summary: dict[str, Any],
+                 excluded_keys: set[str] | frozenset[str] = frozenset()) -> Release:
+    """Read a score run with DuckDB in rank order and index it (see the module docstring)."""
+    path = settings.runs_dir / run_id / "scores.parquet"
+    if not path.exists():
+        raise NoRun(f"score run {run_id} has no scores file")
+    con = duckdb.connect()
+    try:
+        present = {row[0] for row in con.execute(
+            "SELECT name FROM parquet_schema(?)", [str(path)]).fetchall()}
+        wanted = [c for c in COLUMNS + OPTIONAL if c in present]
+        missing = [c for c in ("person_key", "probability", "tier") if c not in present]
+        if missing:
+            raise NoRun(f"score run {run_id} lacks columns {', '.join(missing)}")
+        select_list = ", ".join(f'"{c}"' for c in wanted)
+        con.register("excluded", pa.table({"person_key": pa.array(sorted(excluded_keys),
+                                                                  pa.string())}))
+        table = con.sql(
+            f"SELECT {select_list} FROM read_parquet($path) "
+            "WHERE person_key NOT IN (SELECT person_key FROM excluded) "
+            "ORDER BY probability DESC, person_key", params={"path": str(path)}
+        ).to_arrow_table()
+        practice = '"gp_practice_code"' if "gp_practice_code" in present else "NULL"
+        withheld = dict(con.execute(
+            f"SELECT person_key, coalesce(CAST({practice} AS VARCHAR), '-') "
+            "FROM read_parquet(?) WHERE person_key IN (SELECT person_key FROM excluded)",
+            [str(path)]).fetchall())
+    finally:
+        con.close()
+    for name in COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
+    for name in ("sex", "gp_practice_code", "age_band", "tier", "previous_tier"):
+        table = table.set_column(table.column_names.index(name), name,
+                                 table.column(name).cast(pa.string()))
+    distinct, practice_index = _encoded(table.column("gp_practice_code"))
+    practices = [p if p is not None else "-" for p in distinct]
+    practice = practice_index.astype(np.int32)
+    order = np.argsort(practice, kind="stable")
+    boundaries = np.flatnonzero(np.diff(practice[order])) + 1
+    practice_rows = {}
+    for chunk in np.split(order, boundaries):
+        if len(chunk) and practice[chunk[0]] >= 0:
+            practice_rows[practices[practice[chunk[0]]]] = chunk
+    condition_names = sorted({label.strip() for text in _encoded(table.column("conditions"))[0]
+                              for label in (text or "").split(";") if label.strip()})
+    keys = np.asarray(table.column("person_key").to_numpy(zero_copy_only=False)).astype("S")
+    keys_order = np.argsort(keys, kind="stable")
+    change = table.column("change").to_numpy(zero_copy_only=False)
+    return Release(
+        run_id=run_id, at=str(summary.get("at", "")), model=str(summary.get("model", "")),
+        model_version=str(summary.get("model_version", "")), table=table,
+        tier=_codes(table.column("tier"), TIERS),
+        age_band=_codes(table.column("age_band"), AGE_BANDS),
+        sex=_codes(table.column("sex"), SEXES), practice=practice, practices=practices,
+        conditions=condition_names,
+        condition_bits=_bits(table.column("conditions"), condition_names),
+        source_bits=_bits(table.column("sources"), SOURCES),
+        probability=table.column("probability").to_numpy(zero_copy_only=False)
+        .astype(np.float64),
+        change=np.asarray(change, dtype=np.float64),
+        previous_tier=_codes(table.column("previous_tier"), TIERS),
+        keys_sorted=keys[keys_order], keys_order=keys_order, practice_rows=practice_rows,
+        withheld=withheld)
+
+
+def active_optout_person_ids(engine: Engine, today: dt.date | None = None,
+                             types: Sequence[str] = EXCLUDING_OPTOUTS) -> set[str]:
+    """Pseudonyms whose latest opt-out of one of `types` is in force (effective, not withdrawn).
+
+    A later row with `withdrawn` set means the person opted back in.
+    """
+    today = today or dt.datetime.now(dt.UTC).date()
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(optouts.c.person_id, optouts.c.optout_type, optouts.c.effective_date,
+                   optouts.c.withdrawn).where(optouts.c.optout_type.in_(list(types)),
+                                              optouts.c.effective_date <= today)).all()
+    latest: dict[tuple[str, str], tuple[dt.date, bool]] = {}
+    for person_id, kind, effective, withdrawn in rows:
+        key = (person_id, kind)
+        seen = latest.get(key)
+        # Same day: the withdrawal wins (the person opted back in).
+        if seen is None or (effective, bool(withdrawn)) > seen:
+            latest[key] = (effective, bool(withdrawn))
+    return {person_id for (person_id, _), (_, withdrawn) in latest.items() if not withdrawn}
+
+
+def person_keys_of(settings: Settings, person_ids: set[str]) -> set[str]:
+    """Person keys the person index gives these pseudonyms."""
+    if not person_ids:
+        return set()
+    link = read_link_map(settings, columns=["person_id", "person_key"])
+    hit = link["person_id"].isin(person_ids)
+    return set(link.loc[hit, "person_key"].astype(str))
+
+
+class ReleaseStore:
+    """The release in force, reloaded when a newer run or a new opt-out appears."""
+
+    def __init__(self, settings: Settings, engine: Engine, refresh_seconds: float) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.refresh_seconds = refresh_seconds
+        self._release: Release | None = None
+        self._signature: tuple | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    def _current_signature(self) -> tuple:
+        with self.engine.connect() as connection:
+            run = connection.execute(
+                select(runs.c.run_id, runs.c.summary).where(
+                    runs.c.kind == "score", runs.c.status == "complete")
+                .order_by(runs.c.at.desc(), runs.c.run_id.desc()).limit(1)).first()
+            marks = connection.execute(select(func.count(), func.max(optouts.c.extract_id),
+                                              func.min(optouts.c.extract_id))).one()
+        return (run.run_id if run else None, tuple(marks), run.summary if run else None)
+
+    def fresh(self) -> Release | None:
+        """The loaded release when it was checked within `refresh_seconds` (no I/O), else None."""
+        release = self._release
+        if release is not None and time.monotonic() - self._checked < self.refresh_seconds:
+            return release
+        return None
+
+    def current(self) -> Release:
+        """The release to answer from; raises NoRun when no complete run exists."""
+        release = self.fresh()
+        if release is not None:
+            return release
+        with self._lock:
+            signature = self._current_signature()
+            self._checked = time.monotonic()
+            if signature[:2] != (self._signature or (None, None))[:2] or self._release is None:
+                run_id, _, summary = signature
+                if run_id is None:
+                    self._release, self._signature = None, signature
+                    raise NoRun("no score run has completed yet")
+                excluded = person_keys_of(self.settings,
+                                          active_optout_person_ids(self.engine))
+                self._release = load_release(self.settings, run_id, summary or {}, excluded)
+                self._signature = signature
+            if self._release is None:
+                raise NoRun("no score run has completed yet")
+            return self._release

@@ -1,0 +1,31 @@
+"""The API's routes, one module per audience: release (analysts, MDTs), reidentify (MDTs),
+extracts (councils, IG), jobs and exports (super users), governance (IG leads), admin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from api.problems import Problem
+from api.release import NoRun, Release
+
+
+def current_release(services: Any) -> Release:
+    """The release in force, or 409 when no score run has completed."""
+    try:
+        return services.releases.current()
+    except NoRun as exc:
+        raise Problem(409, str(exc), slug="no-score-run") from None
+
+
+def ok(body: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+def example_response(model: type, description: str = "OK",
+                     media_type: str = "application/json") -> dict[str, Any]:
+    """The documented success answer of a route, with the model's example."""
+    examples = (model.model_config.get("json_schema_extra") or {}).get("examples") or [None]
+    return {"model": model, "description": description,
+            "content": {media_type: {"example": examples[0]}}}

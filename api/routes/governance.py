@@ -1,0 +1,366 @@
+"""Oversight for IG leads, with no patient-level data: the audit log (search, export, verify),
+destruction certificates, retention, opt-out counts and the policy tables."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import importlib
+import io
+import json
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import func, insert, select, update
+from starlette.concurrency import run_in_threadpool
+
+from api.exports import neutralise
+from api.guard import Access, authorise, permission
+from api.problems import Problem, responses
+from api.reid import ALL_OPTOUTS
+from api.release import active_optout_person_ids
+from api.routes import example_response, ok
+from api.schemas import (
+    AuditPage,
+    Certificate,
+    CertificateList,
+    OptoutReport,
+    PolicyTable,
+    PolicyTableList,
+    PolicyTableUpdate,
+    RetentionAnswer,
+    RetentionRequest,
+    Verification,
+)
+from governance import audit
+from governance.policy_tables import policy_text
+from governance.schema import (
+    audit_log,
+    destruction_certificates,
+    extracts,
+    optouts,
+    policy_overrides,
+)
+from policies import POLICIES_DIR
+
+router = APIRouter(tags=["governance"])
+AUDIT_COLUMNS = ("seq", "at", "actor", "role", "org", "purpose", "action", "resource",
+                 "n_records", "outcome", "detail")
+# Policy tables an IG lead may read and change (the access rules have their own endpoints).
+NOT_TABLES = {"casbin_model.conf", "casbin_policy.csv"}
+TABLE_NAME = r"^[a-z0-9_]{1,60}\.(csv|json)$"
+Text = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:@/-]*$")]
+
+
+def _entry(row: Any) -> dict[str, Any]:
+    data = {c: row[c] for c in AUDIT_COLUMNS}
+    data["at"] = row["at"].isoformat()
+    return data
+
+
+def _audit_query(actor: str | None, action: str | None, outcome: str | None,
+                 since: dt.datetime | None, until: dt.datetime | None, after: int) -> Any:
+    query = select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq)
+    for column, value in ((audit_log.c.actor, actor), (audit_log.c.action, action),
+                          (audit_log.c.outcome, outcome)):
+        if value:
+            query = query.where(column == value)
+    if since:
+        query = query.where(audit_log.c.at >= since)
+    if until:
+        query = query.where(audit_log.c.at < until)
+    return query
+
+
+def audit_filters(actor: Text = None, action: Text = None, outcome: Text = None,
+                  since: Annotated[dt.datetime | None, Query(examples=["2025-04-01T00:00:00Z"])]
+                  = None,
+                  until: Annotated[dt.datetime | None, Query()] = None,
+                  after: Annotated[int, Query(ge=0, le=2**62, description="Entries after this "
+                                              "sequence number.")] = 0) -> dict[str, Any]:
+    return {"actor": actor, "action": action, "outcome": outcome, "since": since,
+            "until": until, "after": after}
+
+
+@router.get("/audit", summary="Search the audit log",
+            responses={200: example_response(AuditPage), **responses(401, 403, 422)})
+@permission("audit_log", "read")
+def audit_search(access: Annotated[Access, Depends(authorise)],
+                 filters: Annotated[dict, Depends(audit_filters)],
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONResponse:
+    """Entries in order; page with `after` = the last `seq` seen (`next_after`)."""
+    with access.services.engine.connect() as connection:
+        rows = connection.execute(_audit_query(**filters).limit(limit)).mappings().all()
+    items = [_entry(r) for r in rows]
+    access.answered(len(items))
+    return ok({"items": items, "next_after": items[-1]["seq"] if len(items) == limit else None})
+
+
+@router.get("/audit/export", summary="Export the audit log",
+            responses={200: {"description": "CSV or JSON lines.", "content": {
+                "text/csv": {"schema": {"type": "string"},
+                             "example": "seq,at,actor,role,org,purpose,action,resource,"
+                                        "n_records,outcome,detail\n"},
+                "application/x-ndjson": {"schema": {"type": "string"}}}},
+                **responses(401, 403, 422)})
+@permission("audit_log", "export")
+def audit_export(access: Annotated[Access, Depends(authorise)],
+                 filters: Annotated[dict, Depends(audit_filters)],
+                 format: Annotated[Literal["csv", "jsonl"], Query()] = "csv"
+                 ) -> StreamingResponse:
+    """Every matching entry, streamed; CSV cells that could start a formula are neutralised."""
+    engine = access.services.engine
+    with engine.connect() as connection:
+        total = connection.scalar(select(func.count()).select_from(
+            _audit_query(**filters).subquery()))
+    access.answered(int(total or 0), format=format)
+
+    def lines() -> Iterator[str]:
+        after = filters["after"]
+        if format == "csv":
+            buffer = io.StringIO()
+            csv.writer(buffer).writerow(AUDIT_COLUMNS)
+            yield buffer.getvalue()
+        while True:
+            with engine.connect() as connection:
+                rows = connection.execute(_audit_query(**{**filters, "after": after})
+                                          .limit(5000)).mappings().all()
+            if not rows:
+                return
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            for row in rows:
+                entry = _entry(row)
+                if format == "csv":
+                    entry["detail"] = json.dumps(entry["detail"], sort_keys=True)
+                    writer.writerow([neutralise(entry[c]) for c in AUDIT_COLUMNS])
+                else:
+                    buffer.write(json.dumps(entry, sort_keys=True) + "\n")
+            after = rows[-1]["seq"]
+            yield buffer.getvalue()
+
+    media = "text/csv" if format == "csv" else "application/x-ndjson"
+    return StreamingResponse(lines(), media_type=media, headers={
+        "Content-Disposition": f'attachment; filename="audit.{format}"'})
+
+
+@router.get("/audit/verify", summary="Verify the audit chain",
+            responses={200: example_response(Verification), **responses(401, 403, 422)})
+@permission("audit_log", "verify")
+async def audit_verify(access: Annotated[Access, Depends(authorise)],
+                       head_seq: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+                       head_hash: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")]
+                       = None) -> JSONResponse:
+    """Walk the hash chain and name the first entry modified, deleted, inserted or reordered;
+    give a head exported earlier (`head_seq`, `head_hash`) to catch a chain cut short."""
+    expected = {"seq": head_seq, "hash": head_hash} if head_seq is not None and head_hash \
+        else None
+    result = await run_in_threadpool(audit.verify, access.services.engine, expected)
+    access.answered(result.entries, ok=result.ok)
+    finding = {"seq": result.finding.seq, "problem": result.finding.problem} \
+        if result.finding else None
+    return ok({"ok": result.ok, "entries": result.entries, "head": result.head,
+               "finding": finding, "details": result.details})
+
+
+def _certificate(row: Any) -> dict[str, Any]:
+    return {"certificate_id": row.certificate_id, "at": row.at.isoformat(), "actor": row.actor,
+            "schedule": row.schedule, "extract_ids": list(row.extract_ids or []),
+            "counts": row.counts or {}, "manifest_digest": row.manifest_digest,
+            "audit_seq": row.audit_seq}
+
+
+@router.get("/destruction-certificates", summary="Destruction certificates",
+            responses={200: example_response(CertificateList), **responses(401, 403)})
+@permission("destruction_certificate", "read")
+def certificates(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
+    """Every certificate of destruction, newest first."""
+    with access.services.engine.connect() as connection:
+        rows = connection.execute(select(destruction_certificates)
+                                  .order_by(destruction_certificates.c.at.desc())).all()
+    access.answered(len(rows))
+    return ok({"items": [_certificate(r) for r in rows]})
+
+
+@router.get("/destruction-certificates/{certificate_id}", summary="One certificate",
+            responses={200: example_response(Certificate), **responses(401, 403, 404, 422)})
+@permission("destruction_certificate", "read")
+def certificate(certificate_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,40}$",
+                                                    examples=["dc-20250402-1a2b"])],
+                access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
+    with access.services.engine.connect() as connection:
+        row = connection.execute(select(destruction_certificates).where(
+            destruction_certificates.c.certificate_id == certificate_id)).first()
+    if row is None:
+        raise Problem(404, "no such certificate")
+    access.answered(1)
+    return ok(_certificate(row))
+
+
+def _retention_function() -> Any:
+    """The governance stage's destruction of what is due, when it is installed."""
+    try:
+        module = importlib.import_module("governance.retention")
+    except ImportError:
+        return None
+    for name in ("run_retention", "apply_retention", "destroy_due"):
+        if callable(getattr(module, name, None)):
+            return getattr(module, name)
+    return None
+
+
+@router.post("/retention/run", summary="Run retention",
+             responses={200: example_response(RetentionAnswer), **responses(401, 403, 409,
+                                                                            422)})
+@permission("retention", "run")
+async def retention_run(body: RetentionRequest,
+                        access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
+    """List the extracts past their retention date; unless `dry_run`, destroy them (and what
+    was derived from them) through the governance stage, which issues the certificates."""
+    today = dt.datetime.now(dt.UTC).date()
+    services = access.services
+    with services.engine.connect() as connection:
+        rows = connection.execute(select(extracts.c.extract_id, extracts.c.source,
+                                         extracts.c.retention_date)
+                                  .where(extracts.c.status == "landed",
+                                         extracts.c.retention_date < today)
+                                  .order_by(extracts.c.retention_date)).all()
+    due = [{"extract_id": r.extract_id, "source": r.source,
+            "retention_date": r.retention_date.isoformat()} for r in rows]
+    result = None
+    if not body.dry_run:
+        function = _retention_function()
+        if function is None:
+            raise Problem(409, "retention is not installed in this deployment yet",
+                          slug="retention-unavailable")
+        principal = access.principal
+        actor = audit.Actor(principal.user, access.role, principal.org, access.purpose)
+        outcome = await run_in_threadpool(function, services.settings, services.engine,
+                                          services.keys, actor)
+        result = outcome if isinstance(outcome, dict) else {"done": True}
+    access.answered(len(due), dry_run=body.dry_run)
+    return ok({"dry_run": body.dry_run, "due": due, "result": result})
+
+
+@router.get("/optouts/report", summary="Opt-out counts",
+            responses={200: example_response(OptoutReport), **responses(401, 403)})
+@permission("optout_report", "read")
+def optout_report(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
+    """How many opt-outs are registered and in force, by kind and sender, and how many
+    persons the current run leaves out because of them: counts, never persons."""
+    engine = access.services.engine
+    with engine.connect() as connection:
+        registered = connection.scalar(select(func.count()).select_from(optouts)) or 0
+        withdrawn = connection.scalar(select(func.count()).select_from(optouts)
+                                      .where(optouts.c.withdrawn.is_(True))) or 0
+        by_sender = dict(connection.execute(select(optouts.c.sender, func.count())
+                                            .group_by(optouts.c.sender)).all())
+    in_force = {kind: len(active_optout_person_ids(engine, types=(kind,)))
+                for kind in ALL_OPTOUTS}
+    release = access.services.releases.fresh()
+    scored = None
+    if release is not None:
+        try:
+            meta = json.loads((access.services.settings.runs_dir / release.run_id / "run.json")
+                              .read_text(encoding="utf-8"))
+            scored = (meta.get("metrics") or {}).get("optouts_excluded")
+        except (OSError, ValueError):
+            scored = None
+    access.answered(0)
+    return ok({"registered": int(registered), "in_force": in_force, "withdrawn": int(withdrawn),
+               "by_sender": {k: int(v) for k, v in by_sender.items()},
+               "withheld_from_current_run": len(release.withheld) if release else None,
+               "excluded_when_scored": scored})
+
+
+def _tables() -> list[str]:
+    return sorted(p.name for p in POLICIES_DIR.iterdir()
+                  if p.suffix in (".csv", ".json") and p.name not in NOT_TABLES)
+
+
+@router.get("/policy-tables", summary="Policy tables",
+            responses={200: example_response(PolicyTableList), **responses(401, 403)})
+@permission("policy_table", "read")
+def policy_tables(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
+    """Retention, suppression, purposes and the other tables Haven runs by."""
+    with access.services.engine.connect() as connection:
+        overridden = set(connection.scalars(select(policy_overrides.c.name)))
+    items = [{"name": n, "overridden": n in overridden} for n in _tables()]
+    access.answered(len(items))
+    return ok({"items": items})
+
+
+TableName = Annotated[str, Path(pattern=TABLE_NAME, examples=["retention.csv"])]
+
+
+@router.get("/policy-tables/{name}", summary="One policy table",
+            responses={200: example_response(PolicyTable), **responses(401, 403, 404, 422)})
+@permission("policy_table", "read")
+def policy_table(name: TableName, access: Annotated[Access, Depends(authorise)]
+                 ) -> JSONResponse:
+    if name not in _tables():
+        raise Problem(404, "no such policy table")
+    engine = access.services.engine
+    with engine.connect() as connection:
+        overridden = connection.scalar(select(func.count()).select_from(policy_overrides)
+                                       .where(policy_overrides.c.name == name))
+    access.answered(1)
+    return ok({"name": name, "overridden": bool(overridden),
+               "content": policy_text(name, engine)})
+
+
+def _check_table(name: str, content: str) -> None:
+    """A changed table must keep the shipped table's form (same CSV columns, valid JSON)."""
+    shipped = (POLICIES_DIR / name).read_text(encoding="utf-8")
+    if name.endswith(".json"):
+        try:
+            json.loads(content)
+        except ValueError:
+            raise Problem(422, "content: not valid JSON") from None
+        return
+
+    def header(text: str) -> list[str]:
+        lines = [line for line in text.splitlines() if line.strip()
+                 and not line.lstrip().startswith("#")]
+        return [c.strip() for c in next(csv.reader(lines[:1]), [])]
+
+    if header(content) != header(shipped):
+        raise Problem(422, f"content: the header must be {','.join(header(shipped))}")
+    if re.search(r"\d{10}", content.replace(" ", "")):
+        raise Problem(422, "content: a policy table may not hold a 10-digit number")
+
+
+@router.put("/policy-tables/{name}", summary="Change a policy table",
+            responses={200: example_response(PolicyTable), **responses(401, 403, 404, 422)})
+@permission("policy_table", "update")
+def change_policy_table(name: TableName, body: PolicyTableUpdate,
+                        access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
+    """Store a new version of a table (it takes precedence over the shipped one); audited
+    with the digest of old and new content in the same transaction."""
+    if name not in _tables():
+        raise Problem(404, "no such policy table")
+    _check_table(name, body.content)
+    engine = access.services.engine
+    principal = access.principal
+    old = policy_text(name, engine)
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as connection:
+        changed = connection.execute(update(policy_overrides)
+                                     .where(policy_overrides.c.name == name)
+                                     .values(content=body.content, changed_at=now,
+                                             changed_by=principal.user)).rowcount
+        if not changed:
+            connection.execute(insert(policy_overrides).values(
+                name=name, content=body.content, changed_at=now, changed_by=principal.user))
+        audit.record(connection, audit.Actor(principal.user, access.role, principal.org,
+                                             access.purpose),
+                     "policy_table.change", f"policy/{name}",
+                     detail={"before": hashlib.sha256(old.encode()).hexdigest(),
+                             "after": hashlib.sha256(body.content.encode()).hexdigest()})
+    access.services.forget_suppression_rule()
+    access.answered(1)
+    return ok({"name": name, "overridden": True, "content": body.content})

@@ -1,0 +1,216 @@
+"""Risk data: the MDT case-finding list, the analysts' risk list, a person, FHIR, aggregates."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import JSONResponse
+
+from api import present
+from api.aggregates import aggregate
+from api.guard import Access, authorise, permission
+from api.problems import Problem, responses
+from api.release import CONDITION_SOURCES, Release
+from api.routes import current_release, example_response, ok
+from api.schemas import ODS, PERSON_KEY, Aggregate, PersonDetail, PersonPage, RunInfo
+
+router = APIRouter(tags=["risk"])
+Tier = Literal["very_high", "high", "moderate", "low"]
+AgeBand = Literal["0-17", "18-44", "45-64", "65-74", "75-84", "85+"]
+Sex = Literal["1", "2", "9", "0"]
+Dimension = Literal["practice", "age_band", "sex", "tier", "condition"]
+EMPTY = np.empty(0, dtype=np.int64)
+
+TierQ = Annotated[list[Tier], Query(description="Tiers to keep (repeat for several).",
+                                    examples=[["very_high", "high"]])]
+AgeQ = Annotated[list[AgeBand], Query(description="Age bands to keep.", examples=[["75-84"]])]
+SexQ = Annotated[list[Sex], Query(description="Sex codes to keep (1 male, 2 female, 9 not "
+                                              "specified, 0 not known).", examples=[["2"]])]
+ConditionQ = Annotated[list[Annotated[str, Query(max_length=64)]],
+                       Query(description="Long-term conditions (any of them).",
+                             examples=[["COPD"]], max_length=20)]
+LimitQ = Annotated[int, Query(ge=1, le=500, description="Page size.", examples=[50])]
+OffsetQ = Annotated[int, Query(ge=0, le=100_000_000, description="Rows to skip.",
+                               examples=[0])]
+PersonKey = Annotated[str, Path(pattern=PERSON_KEY, description="A person key (pseudonym).",
+                                examples=["P3f2a9c41d0b7e6a58c13"])]
+
+
+def _conditions_allowed(access: Access, owner: str, asked: bool) -> None:
+    if asked and not access.visible_sources(owner) & CONDITION_SOURCES:
+        raise Problem(403, "conditions come from sources this role may not see")
+
+
+def _page(release: Release, access: Access, selected: np.ndarray, offset: int, limit: int,
+          ranked: bool) -> dict:
+    chosen = selected[offset:offset + limit]
+    items = []
+    for i, row in enumerate(release.rows(chosen)):
+        visible = access.visible_sources(row.get("gp_practice_code") or "-")
+        items.append(present.person(row, visible, offset + i + 1 if ranked else None))
+    nxt = offset + limit if offset + limit < len(selected) else None
+    access.answered(len(items), run_id=release.run_id)
+    return {"run_id": release.run_id, "total": int(len(selected)), "offset": offset,
+            "limit": limit, "next_offset": nxt, "items": items}
+
+
+@router.get("/practices/{ods}/case-finding", summary="Case-finding list of a practice",
+            responses={200: example_response(PersonPage), **responses(401, 403, 409, 422)})
+@permission("case_finding", "read", owner="path:ods")
+def case_finding(
+    ods: Annotated[str, Path(pattern=ODS, description="The practice's ODS code.",
+                             examples=["B86001"])],
+    access: Annotated[Access, Depends(authorise)],
+    tier: TierQ = [],  # noqa: B006 - FastAPI copies defaults
+    age_band: AgeQ = [],  # noqa: B006
+    sex: SexQ = [],  # noqa: B006
+    condition: ConditionQ = [],  # noqa: B006
+    limit: LimitQ = 50, offset: OffsetQ = 0,
+) -> JSONResponse:
+    """The practice's scored patients, highest risk first: tier, reasons and change since the
+    last run, pseudonymised (re-identify with `POST /reidentify`). MDT clinicians of that
+    practice only."""
+    _conditions_allowed(access, ods, bool(condition))
+    release = current_release(access.services)
+    selected = release.select(release.practice_rows.get(ods, EMPTY), tiers=tier,
+                              age_bands=age_band, sexes=sex, conditions=condition)
+    return ok(_page(release, access, selected, offset, limit, ranked=True))
+
+
+@router.get("/risk/persons", summary="Pseudonymised risk list",
+            responses={200: example_response(PersonPage), **responses(401, 403, 409, 422)})
+@permission("risk_list", "read")
+def risk_list(
+    access: Annotated[Access, Depends(authorise)],
+    practice: Annotated[list[Annotated[str, Query(pattern=ODS)]],
+                        Query(description="Practices to keep.", examples=[["B86001"]],
+                              max_length=500)] = [],  # noqa: B006
+    tier: TierQ = [],  # noqa: B006
+    age_band: AgeQ = [],  # noqa: B006
+    sex: SexQ = [],  # noqa: B006
+    condition: ConditionQ = [],  # noqa: B006
+    limit: LimitQ = 50, offset: OffsetQ = 0,
+) -> JSONResponse:
+    """Record-level risk for commissioning: person keys only, highest risk first."""
+    _conditions_allowed(access, "-", bool(condition))
+    release = current_release(access.services)
+    rows = None
+    if practice:
+        found = [release.practice_rows[p] for p in dict.fromkeys(practice)
+                 if p in release.practice_rows]
+        rows = np.sort(np.concatenate(found)) if found else EMPTY
+    selected = release.select(rows, tiers=tier, age_bands=age_band, sexes=sex,
+                              conditions=condition)
+    return ok(_page(release, access, selected, offset, limit, ranked=True))
+
+
+def _person_row(access: Access) -> tuple[Release, dict]:
+    release, row = access.context.get("release"), access.context.get("row")
+    if release is None:
+        current_release(access.services)  # 409 when there is no run
+    if row is None:
+        raise Problem(404, "no such person in the current run")
+    return release, release.rows(np.array([row]))[0]
+
+
+@router.get("/persons/{person_key}", summary="One person's risk",
+            responses={200: example_response(PersonDetail), **responses(401, 403, 404, 409,
+                                                                        422)})
+@permission("person", "read", owner="person")
+def person_detail(person_key: PersonKey,
+                  access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
+    """Tier, probability, reasons, change and the sources visible to the caller."""
+    release, row = _person_row(access)
+    visible = access.visible_sources(row.get("gp_practice_code") or "-")
+    access.answered(1, person_key=person_key)
+    return ok({**present.person(row, visible), "run_id": release.run_id})
+
+
+FHIR_EXAMPLE = {
+    "resourceType": "RiskAssessment", "id": "score-2025-04-01-9a1c2e3f4b5d-P3f2a9c41d0b7e6a58c13",
+    "status": "final", "subject": {"identifier": {"system": present.FHIR_PERSON_KEY_SYSTEM,
+                                                  "value": "P3f2a9c41d0b7e6a58c13"}},
+    "occurrenceDateTime": "2025-04-01", "method": {"text": "Haven risk model boosting 1.0"},
+    "prediction": [{"outcome": {"text": present.OUTCOME}, "probabilityDecimal": 0.4127,
+                    "qualitativeRisk": {"coding": [{"system": present.RISK_PROBABILITY,
+                                                    "code": "high"}], "text": "very high"},
+                    "whenRange": {"high": {"value": 12, "unit": "months",
+                                           "system": "http://unitsofmeasure.org",
+                                           "code": "mo"}}}],
+    "note": [{"text": "Reason: 3 emergency admissions in 12 months"}],
+}
+
+
+@router.get("/persons/{person_key}/fhir", summary="FHIR R4 RiskAssessment",
+            response_class=JSONResponse,
+            responses={200: {"description": "A FHIR R4 RiskAssessment resource.",
+                             "content": {"application/fhir+json": {
+                                 "schema": {"type": "object",
+                                            "required": ["resourceType", "status",
+                                                         "subject"]},
+                                 "example": FHIR_EXAMPLE}}},
+                       **responses(401, 403, 404, 409, 422)})
+@permission("fhir_risk_assessment", "read", owner="person")
+def person_fhir(person_key: PersonKey,
+                access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
+    """The person's risk as a FHIR R4 `RiskAssessment` (subject: the person key)."""
+    release, row = _person_row(access)
+    visible = access.visible_sources(row.get("gp_practice_code") or "-")
+    access.answered(1, person_key=person_key)
+    return JSONResponse(present.risk_assessment(row, visible, release),
+                        media_type="application/fhir+json")
+
+
+@router.get("/aggregates", summary="Counts with small-number suppression",
+            responses={200: example_response(Aggregate), **responses(401, 403, 409, 422)})
+@permission("aggregate", "read")
+def aggregates(
+    access: Annotated[Access, Depends(authorise)],
+    by: Annotated[list[Dimension], Query(description="Dimensions to count by (1 to 3).",
+                                         examples=[["practice", "tier"]], min_length=1,
+                                         max_length=3)],
+    practice: Annotated[list[Annotated[str, Query(pattern=ODS)]],
+                        Query(examples=[["B86001"]], max_length=500)] = [],  # noqa: B006
+    tier: TierQ = [],  # noqa: B006
+    age_band: AgeQ = [],  # noqa: B006
+    sex: SexQ = [],  # noqa: B006
+    condition: ConditionQ = [],  # noqa: B006
+) -> JSONResponse:
+    """Persons by practice, age band, sex, tier or condition. Counts of 1-7 are suppressed,
+    others rounded to the nearest 5 below national level, and further cells suppressed where a
+    total would give a suppressed one away."""
+    by = list(dict.fromkeys(by))
+    _conditions_allowed(access, "-", bool(condition) or "condition" in by)
+    release = current_release(access.services)
+    filters = {name: sorted(set(values)) for name, values in (
+        ("practice", practice), ("tier", tier), ("age_band", age_band), ("sex", sex),
+        ("condition", condition)) if values}
+    rule = access.services.suppression_rule()
+
+    def compute() -> dict:
+        rows = None
+        if practice:
+            found = [release.practice_rows[p] for p in filters["practice"]
+                     if p in release.practice_rows]
+            rows = np.sort(np.concatenate(found)) if found else EMPTY
+        selected = release.select(rows, tiers=tier, age_bands=age_band, sexes=sex,
+                                  conditions=condition)
+        return aggregate(release, selected, by, rule, national=not filters)
+
+    key = ("aggregate", tuple(by), tuple((k, tuple(v)) for k, v in filters.items()), rule)
+    answer = release.cached(key, compute)
+    access.answered(len(answer["cells"]), by=by)
+    return ok({"run_id": release.run_id, "filters": filters, **answer})
+
+
+@router.get("/runs/current", summary="The score run being served",
+            responses={200: example_response(RunInfo), **responses(401, 403, 409)})
+@permission("run", "read")
+def run_info(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
+    """Which run answers the risk endpoints: its date, model and size."""
+    release = current_release(access.services)
+    return ok({"run_id": release.run_id, "at": release.at, "model": release.model,
+               "model_version": release.model_version, "persons": release.persons,
+               "withheld_for_optouts": len(release.withheld)})
