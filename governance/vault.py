@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 
 import pyarrow as pa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -31,6 +32,67 @@ def seal(entries: Iterable[tuple[str, str]], key: Key) -> list[dict]:
             "ciphertext": aead.encrypt(nonce, nhs_number.encode(), person_id.encode()),
         })
     return rows
+
+
+def seal_columns(person_ids: Sequence[str], nhs_numbers: Sequence[str],
+                 key: Key) -> tuple[list[bytes], list[bytes]]:
+    """`seal` for columns: the nonces and ciphertexts of (person_id, nhs_number) pairs."""
+    encrypt = AESGCM(key.secret).encrypt
+    pool = os.urandom(12 * len(person_ids))
+    nonces = [pool[i:i + 12] for i in range(0, len(pool), 12)]
+    ciphertexts = [encrypt(nonce, nhs.encode(), pid.encode())
+                   for nonce, pid, nhs in zip(nonces, person_ids, nhs_numbers, strict=True)]
+    return nonces, ciphertexts
+
+
+# Sealed entries of a landing wait in a temporary table of the landing's own connection: writing
+# it takes no lock on the database, and `store_staged` moves them into the vault in one
+# statement inside the landing's commit, so the vault changes only if the extract lands.
+_STAGE_COLUMNS = "person_id, key_id, vault_key_id, nonce, ciphertext"
+
+
+def _stage_name(connection: Connection) -> str:
+    schema = "pg_temp" if connection.dialect.name == "postgresql" else "temp"
+    return f"{schema}.haven_vault_stage"
+
+
+def stage_open(connection: Connection) -> None:
+    """Create (empty) the connection's temporary staging table for sealed vault entries."""
+    blob = "BYTEA" if connection.dialect.name == "postgresql" else "BLOB"
+    connection.exec_driver_sql(f"DROP TABLE IF EXISTS {_stage_name(connection)}")
+    connection.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE {_stage_name(connection).split('.')[1]} (person_id TEXT, "
+        f"key_id TEXT, vault_key_id TEXT, nonce {blob}, ciphertext {blob})")
+
+
+def stage(connection: Connection, person_ids: Sequence[str], key_id: str, vault_key_id: str,
+          nonces: Sequence[bytes], ciphertexts: Sequence[bytes]) -> None:
+    """Add sealed entries (from `seal_columns`) to the staging table made by `stage_open`."""
+    if not person_ids:
+        return
+    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    connection.exec_driver_sql(
+        f"INSERT INTO {_stage_name(connection)} ({_STAGE_COLUMNS}) "
+        f"VALUES ({', '.join([marker] * 5)})",
+        list(zip(person_ids, repeat(key_id), repeat(vault_key_id), nonces, ciphertexts,
+                 strict=False)))
+
+
+def store_staged(connection: Connection) -> int:
+    """Insert the staged entries whose pseudonym is not in the vault yet; returns how many.
+
+    One statement, in pseudonym order (the primary key's order: far fewer pages touched).
+    """
+    result = connection.exec_driver_sql(
+        f"INSERT INTO vault ({_STAGE_COLUMNS}) SELECT {_STAGE_COLUMNS} "
+        f"FROM {_stage_name(connection)} WHERE true ORDER BY person_id "
+        "ON CONFLICT (person_id) DO NOTHING")
+    return max(int(result.rowcount or 0), 0)
+
+
+def stage_close(connection: Connection) -> None:
+    """Drop the staging table (a no-op when there is none)."""
+    connection.exec_driver_sql(f"DROP TABLE IF EXISTS {_stage_name(connection)}")
 
 
 def store(connection: Connection, rows: Sequence[dict], key_id: str) -> int:

@@ -8,20 +8,24 @@ re-run lands the file exactly once; a file already landed (same SHA-256) is a `d
 
 from __future__ import annotations
 
+import queue
 import secrets
+import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from governance import audit, store, vault
 from governance.audit import Actor
@@ -31,7 +35,7 @@ from governance.schema import extracts, optouts, rejected_rows
 from governance.settings import Settings
 from linkage.contracts import CONTRACTS, Contract
 from linkage.manifest import Manifest, ManifestError, read_manifest
-from linkage.pseudonymise import pseudonymise
+from linkage.pseudonymise import HashMemo, pseudonymise, record_keys
 from linkage.reader import (
     FileRefused,
     ReadStats,
@@ -180,21 +184,129 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
     if missing:
         raise FileRefused(f"missing columns for source {contract.source}: {', '.join(missing)}")
     ignored = [c for c in columns if c not in contract.names]
+    keys = {p: ctx.keys.current(p) for p in ("pseudonym", "linkage", "vault")}
+    with ctx.engine.connect() as connection:
+        vault.stage_open(connection)
+        connection.commit()
+        try:
+            return _land_batches(ctx, connection, path, parquet, columns, manifest, contract,
+                                 extract_id, digest, name, keys, ignored)
+        finally:
+            with suppress(SQLAlchemyError):
+                vault.stage_close(connection)
+                connection.commit()
+
+
+class _Worker:
+    """One thread running jobs in order (Parquet and SQLite release the GIL while they work).
+
+    The queue is short, so memory stays bounded by a batch or two. After a failed job the rest
+    are skipped and `finish` raises the failure.
+    """
+
+    def __init__(self, name: str, depth: int = 1) -> None:
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as exc:  # noqa: BLE001 - handed to the landing thread
+                    self._error = exc
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._jobs.put(job)
+
+    def finish(self) -> None:
+        """Wait for every job; raise the first failure."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def finish_quietly(self) -> None:
+        """Wait for every job, leaving any failure to the caller's own exception."""
+        with suppress(BaseException):
+            self.finish()
+
+
+def _prefetched(items: Iterator[Any]) -> Iterator[Any]:
+    """Iterate `items` one step ahead on a thread (CSV parsing releases the GIL)."""
+    slot: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                slot.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
+            put((None, exc))
+
+    thread = threading.Thread(target=run, name="landing-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slot.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parquet: bool,
+                  columns: list[str], manifest: Manifest, contract: Contract, extract_id: str,
+                  digest: str, name: str, keys: dict[str, Any], ignored: list[str]) -> Receipt:
     stats = ReadStats()
     batches = (parquet_batches(path, ctx.settings.batch_rows, stats) if parquet
                else csv_batches(path, columns, ctx.settings.batch_rows, stats))
     staging = store.staging_dir(ctx.settings, extract_id)
-    keys = {p: ctx.keys.current(p) for p in ("pseudonym", "linkage", "vault")}
     counts: Counter[str] = Counter()
     reasons: list[tuple[int, str]] = []
     seen_ids: list[np.ndarray] = []
-    sealed_ids: set[str] = set()
-    memo: dict[str, str] = {}
-    writer: pq.ParquetWriter | None = None
-    vault_writer: pq.ParquetWriter | None = None
+    sealed = 0
+    memo = HashMemo()  # persons pseudonymised so far: each is sealed once, when first seen
+    writer: list[pq.ParquetWriter] = []
     optout_rows: list[dict[str, Any]] = []
+    output = _Worker("landing-write")
+
+    def write(table: pa.Table) -> None:
+        if not writer:
+            writer.append(pq.ParquetWriter(staging / store.ROWS_FILE, table.schema,
+                                           compression="zstd",
+                                           use_dictionary=_dictionary_columns(table)))
+        writer[0].write_table(table.cast(writer[0].schema))
+
+    def seal(person_ids: list[str], nhs: list[str]) -> None:
+        nonces, ciphertexts = vault.seal_columns(person_ids, nhs, keys["vault"])
+        vault.stage(connection, person_ids, keys["pseudonym"].key_id, keys["vault"].key_id,
+                    nonces, ciphertexts)
+        connection.commit()
+
     try:
-        for batch in batches:
+        for batch in _prefetched(batches):
             checked = check_batch(batch.table.select(contract.names), batch.rows, contract)
             counts["nhs_invalid"] += int(checked.nhs_invalid.sum())
             if "nhs_number" in contract.names:
@@ -212,9 +324,13 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
             bad = np.flatnonzero(~checked_good)
             reasons.extend(zip(rows_np[bad].tolist(), checked.reasons[bad].tolist(),
                                strict=True))
+            record_key = None
             if contract.unique:
-                good &= ~_duplicate_ids(checked.table.column(contract.unique), good, seen_ids,
-                                        rows_np, contract.unique, reasons)
+                record_key, fingerprints = record_keys(
+                    checked.table.column(contract.unique), keys["pseudonym"],
+                    f"{contract.source}|{manifest.sender}")
+                good &= ~_duplicate_ids(fingerprints, good, seen_ids, rows_np, contract.unique,
+                                        reasons)
             if not good.any():
                 continue
             mask = pa.array(good)
@@ -226,7 +342,10 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
                 nhs_normalised=pc.filter(checked.nhs_normalised, mask)
                 if checked.nhs_normalised is not None else None,
                 parsed={k: pc.filter(v, mask) for k, v in checked.parsed.items()})
-            result = pseudonymise(kept, contract, extract_id, keys, manifest.sender, memo)
+            del checked
+            result = pseudonymise(kept, contract, extract_id, keys, manifest.sender, memo,
+                                  pc.filter(record_key, mask) if record_key is not None
+                                  else None)
             table = result.table
             counts["encoded"] += result.encoded_rows
             if ctx.exclusion is not None:
@@ -234,24 +353,18 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
                 if excluded.any():
                     counts["excluded_by_optout"] += int(excluded.sum())
                     table = table.filter(pa.array(~excluded))
-            if writer is None:
-                writer = pq.ParquetWriter(staging / store.ROWS_FILE, table.schema,
-                                          compression="zstd")
-            writer.write_table(table.cast(writer.schema))
+            output.submit(partial(write, table))
             counts["landed"] += table.num_rows
-            fresh = _unsealed(result.vault_entries, sealed_ids)
-            if fresh:
-                sealed = pa.Table.from_pylist(vault.seal(fresh, keys["vault"]))
-                if vault_writer is None:
-                    vault_writer = pq.ParquetWriter(staging / "vault.parquet", sealed.schema)
-                vault_writer.write_table(sealed)
+            if result.vault_entries[0]:
+                sealed += len(result.vault_entries[0])
+                output.submit(partial(seal, *result.vault_entries))
             if contract.source == "optouts":
                 optout_rows.extend(_optout_register_rows(table, manifest.sender))
+        output.finish()
     finally:
-        if writer is not None:
-            writer.close()
-        if vault_writer is not None:
-            vault_writer.close()
+        output.finish_quietly()
+        if writer:
+            writer[0].close()
     for row in stats.unsplittable:
         reasons.append((row, "row could not be split into the header's columns"))
     received = stats.rows_seen
@@ -261,7 +374,7 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
         raise FileRefused(f"{len(reasons)} of {received} rows failed the contract for "
                           f"{contract.source}: the file is refused whole (first: row "
                           f"{min(reasons)[0]}, {min(reasons)[1]})")
-    if writer is None:  # no row landed: still an extract, with an empty table
+    if not writer:  # no row landed: still an extract, with an empty table
         empty = pa.table({"extract_id": pa.array([], pa.string()),
                           "row": pa.array([], pa.int64())})
         pq.write_table(empty, staging / store.ROWS_FILE)
@@ -278,13 +391,9 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
     if ignored:
         counts_out["ignored_columns"] = len(ignored)
     retain = retention_date(contract.source, manifest.period_end, ctx.engine)
-    vault_file = staging / "vault.parquet"
-    vault_table = pq.read_table(vault_file) if vault_file.exists() else None
-    if vault_file.exists():
-        vault_file.unlink()
     store.publish(ctx.settings, extract_id)
     try:
-        with ctx.engine.begin() as connection:
+        with connection.begin():
             connection.execute(insert(extracts).values(
                 extract_id=extract_id, source=contract.source, sender=manifest.sender,
                 period_start=manifest.period_start, period_end=manifest.period_end,
@@ -297,9 +406,7 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
                 connection.execute(insert(rejected_rows), [
                     {"extract_id": extract_id, "row": r, "reason": why}
                     for r, why in reasons[start:start + 10_000]])
-            new_vault = 0
-            if vault_table is not None:
-                new_vault = vault.store_table(connection, vault_table, keys["pseudonym"].key_id)
+            new_vault = vault.store_staged(connection) if sealed else 0
             if optout_rows:
                 connection.execute(insert(optouts), optout_rows)
             audit.record(connection, ctx.actor, "extract.land", f"extract/{extract_id}",
@@ -316,35 +423,36 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
                                   for r, why in reasons[:MAX_REASONS_SHOWN]])
 
 
-def _duplicate_ids(ids: pa.Array, good: np.ndarray, seen: list[np.ndarray],
+def _dictionary_columns(table: pa.Table) -> list[str]:
+    """Columns worth dictionary-encoding in Parquet: not the keyed, near-unique ones."""
+    return [f.name for f in table.schema
+            if not (f.name in ("person_id", "record_key") or f.name.startswith("lk_"))]
+
+
+def _duplicate_ids(fingerprints: np.ndarray, good: np.ndarray, seen: list[np.ndarray],
                    rows: np.ndarray, id_name: str, reasons: list[tuple[int, str]]) -> np.ndarray:
     """Rows whose record id appeared earlier in the file (the first is kept), as a mask.
 
-    Ids are compared by a 64-bit hash held in a sorted array: 8 bytes a row, never the id.
+    Ids are compared by their 64-bit keyed fingerprint (see `record_keys`) held in a sorted
+    array: 8 bytes a row, never the id.
     """
-    hashed = pd.util.hash_array(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object))
-    earlier = np.zeros(len(hashed), dtype=bool)
-    if seen:
+    earlier = np.zeros(len(fingerprints), dtype=bool)
+    if seen and len(seen[0]):
         known = seen[0]
-        at = np.minimum(np.searchsorted(known, hashed), len(known) - 1)
-        earlier = known[at] == hashed
-    within = np.zeros(len(hashed), dtype=bool)
+        at = np.minimum(np.searchsorted(known, fingerprints), len(known) - 1)
+        earlier = known[at] == fingerprints
+    within = np.zeros(len(fingerprints), dtype=bool)
     candidates = np.flatnonzero(good)
-    within[candidates] = pd.Series(hashed[candidates]).duplicated(keep="first").to_numpy()
+    _, first = np.unique(fingerprints[candidates], return_index=True)
+    within[candidates] = True
+    within[candidates[first]] = False
     duplicate = good & (earlier | within)
     for row in rows[duplicate].tolist():
         reasons.append((row, f"{id_name}: duplicate of an earlier row"))
-    merged = np.concatenate([*seen, hashed[good & ~duplicate]])
+    merged = np.concatenate([*seen, fingerprints[good & ~duplicate]])
     merged.sort(kind="stable")
     seen[:] = [merged]
     return duplicate
-
-
-def _unsealed(entries: list[tuple[str, str]], sealed: set[str]) -> list[tuple[str, str]]:
-    """Vault entries of persons not yet sealed in this landing (each person sealed once)."""
-    fresh = [entry for entry in entries if entry[0] not in sealed]
-    sealed.update(entry[0] for entry in fresh)
-    return fresh
 
 
 def _optout_register_rows(table: pa.Table, sender: str) -> Iterable[dict[str, Any]]:

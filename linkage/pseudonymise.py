@@ -43,8 +43,44 @@ TRAINING_SHARE = 50  # one person in 50: their NHS-numbered rows are encoded as 
 MEMO_LIMIT = 2_000_000
 
 
+class HashMemo:
+    """Keyed hashes already made (e.g. in one landing), held as Arrow arrays.
+
+    Compact, and looked up for a whole batch at once; cleared past `limit` values. A value is
+    new exactly when it is not in the memo, which is how landing seals each person only once.
+    """
+
+    def __init__(self, limit: int = MEMO_LIMIT) -> None:
+        self.limit = limit
+        self._values: list[pa.Array] = []
+        self._digests: list[pa.Array] = []
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def lookup(self, distinct: pa.Array) -> tuple[pa.Array, np.ndarray]:
+        """The known digests of distinct values (null where unknown) and an unknown mask."""
+        if not self._size:
+            return pa.nulls(len(distinct), pa.string()), np.ones(len(distinct), dtype=bool)
+        if len(self._values) > 1:
+            self._values = [pa.concat_arrays(self._values)]
+            self._digests = [pa.concat_arrays(self._digests)]
+        where = pc.index_in(distinct, value_set=self._values[0])
+        return (pc.take(self._digests[0], where),
+                pc.is_null(where).to_numpy(zero_copy_only=False))
+
+    def add(self, values: pa.Array, digests: pa.Array) -> None:
+        if self._size + len(values) > self.limit:
+            self._values, self._digests, self._size = [], [], 0
+        if len(values):
+            self._values.append(values)
+            self._digests.append(digests)
+            self._size += len(values)
+
+
 def keyed_hashes(values: pa.Array, key: Key, domain: str = "", length: int = 64,
-                 memo: dict[str, str] | None = None) -> pa.Array:
+                 memo: dict[str, str] | HashMemo | None = None) -> pa.Array:
     """HMAC-SHA256 (hex) of each value under `key`; one hash per distinct value, nulls stay null.
 
     `domain` separates uses of one key (NHS numbers, record ids) so their outputs never collide.
@@ -52,25 +88,55 @@ def keyed_hashes(values: pa.Array, key: Key, domain: str = "", length: int = 64,
     """
     if len(values) == 0:
         return pa.array([], pa.string())
+    distinct = _distinct_keyed_hashes(values, key, domain, length, memo)
+    return pc.take(distinct.digests, distinct.indices)
+
+
+@dataclass
+class _Distinct:
+    indices: pa.Array  # per row: index of its value among the distinct ones (null for null)
+    values: pa.Array   # the distinct values
+    digests: pa.Array  # their keyed hashes
+    new: np.ndarray    # per distinct value: hashed here, not found in the memo
+
+
+def _distinct_keyed_hashes(values: pa.Array, key: Key, domain: str, length: int,
+                           memo: dict[str, str] | HashMemo | None) -> _Distinct:
+    """Keyed hashes of the distinct values; only values the memo lacks are hashed."""
     encoded = pc.dictionary_encode(values)
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.combine_chunks()
+    distinct = encoded.dictionary
     base = hmac.HMAC(key.secret, hashes.SHA256())
     if domain:
         base.update(domain.encode() + b"\x00")
+
+    def digest(value: str) -> str:
+        h = base.copy()
+        h.update(value.encode())
+        return h.finalize().hex()[:length]
+
+    if isinstance(memo, HashMemo):
+        known, new = memo.lookup(distinct)
+        fresh = pc.filter(distinct, pa.array(new))
+        made = pa.array([digest(v) for v in fresh.to_pylist()], pa.string())
+        memo.add(fresh, made)
+        digests = pc.replace_with_mask(known, pa.array(new), made) if new.any() else known
+        return _Distinct(encoded.indices, distinct, digests, new)
     if memo is None:
         memo = {}
     elif len(memo) > MEMO_LIMIT:
         memo.clear()
-    digests = []
-    for value in encoded.dictionary.to_pylist():
-        digest = memo.get(value)
-        if digest is None:
-            h = base.copy()
-            h.update(value.encode())
-            digest = memo[value] = h.finalize().hex()[:length]
-        digests.append(digest)
-    return pc.take(pa.array(digests, pa.string()), encoded.indices)
+    get = memo.get
+    out = []
+    new = np.zeros(len(distinct), dtype=bool)
+    for i, value in enumerate(distinct.to_pylist()):
+        found = get(value)
+        if found is None:
+            found = memo[value] = digest(value)
+            new[i] = True
+        out.append(found)
+    return _Distinct(encoded.indices, distinct, pa.array(out, pa.string()), new)
 
 
 def keyed_record_ids(values: pa.Array, key: Key, domain: str) -> pa.Array:
@@ -80,19 +146,30 @@ def keyed_record_ids(values: pa.Array, key: Key, domain: str) -> pa.Array:
     `domain` (a keyed permutation: as unlinkable without the key as an HMAC, and a thousand
     times faster over a million ids); longer ids fall back to HMAC-SHA256.
     """
-    if len(values) == 0:
-        return pa.array([], pa.string())
+    return record_keys(values, key, domain)[0]
+
+
+def record_keys(values: pa.Array, key: Key, domain: str) -> tuple[pa.Array, np.ndarray]:
+    """`keyed_record_ids`, and per row a 64-bit fingerprint of the id for finding duplicates.
+
+    The fingerprint is part of the keyed pseudonym, so equal ids have equal fingerprints and
+    different ids collide with odds of about one in 2**64 a pair. Nothing of the id itself.
+    """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
+    n = len(values)
+    fingerprints = np.zeros(n, dtype=np.uint64)
+    if n == 0:
+        return pa.array([], pa.string()), fingerprints
     derive = hmac.HMAC(key.secret, hashes.SHA256())
     derive.update(b"record-id\x00" + domain.encode())
     cipher = Cipher(algorithms.AES(derive.finalize()), modes.ECB()).encryptor()
-    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False)
-    ascii_ok = pc.string_is_ascii(values).to_numpy(zero_copy_only=False)
-    short = np.nan_to_num(lengths, nan=99) <= 16
-    short &= np.asarray(ascii_ok, dtype=bool) & ~pc.is_null(values).to_numpy(
-        zero_copy_only=False)
-    out = np.full(len(values), None, dtype=object)
+    valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.binary_length(values), 99).to_numpy(zero_copy_only=False)
+    ascii_ok = pc.fill_null(pc.string_is_ascii(values), False).to_numpy(zero_copy_only=False)
+    short = (lengths <= 16) & ascii_ok & valid
+    long_ids = valid & ~short
+    parts, order = [], np.full(n, -1, dtype=np.int64)
     if short.any():
         padded = pc.utf8_rpad(pc.filter(values, pa.array(short)), width=16, padding="\x00")
         if isinstance(padded, pa.ChunkedArray):
@@ -101,18 +178,24 @@ def keyed_record_ids(values: pa.Array, key: Key, domain: str) -> pa.Array:
         start = int(offsets[0])
         block = padded.buffers()[2].to_pybytes()[start:start + 16 * len(padded)]
         encrypted = cipher.update(block) + cipher.finalize()
-        hexed = np.frombuffer(binascii.hexlify(encrypted), dtype="S32").astype(str)
-        out[short] = hexed
-    long_ids = ~short & pc.is_valid(values).to_numpy(zero_copy_only=False)
+        parts.append(pa.array(np.frombuffer(binascii.hexlify(encrypted), dtype="S32"))
+                     .cast(pa.string()))
+        fingerprints[short] = np.frombuffer(encrypted, dtype=np.uint64)[::2]
+        order[short] = np.arange(int(short.sum()))
     if long_ids.any():
-        out[long_ids] = keyed_hashes(pc.filter(values, pa.array(long_ids)), key,
-                                     domain="record-id|" + domain, length=32).to_numpy(
-                                         zero_copy_only=False)
-    return pa.array(out, pa.string())
+        hashed = keyed_hashes(pc.filter(values, pa.array(long_ids)), key,
+                              domain="record-id|" + domain, length=32)
+        parts.append(hashed)
+        fingerprints[long_ids] = [int(h[:16], 16) for h in hashed.to_pylist()]
+        order[long_ids] = np.arange(int(long_ids.sum())) + int(short.sum())
+    if not parts:
+        return pa.nulls(n, pa.string()), fingerprints
+    keyed = pa.concat_arrays(parts) if len(parts) > 1 else parts[0]
+    return pc.take(keyed, pa.array(order, mask=order < 0)), fingerprints
 
 
 def pseudonymise_nhs(normalised: pa.Array, key: Key,
-                     memo: dict[str, str] | None = None) -> pa.Array:
+                     memo: dict[str, str] | HashMemo | None = None) -> pa.Array:
     """The person pseudonym: HMAC-SHA256 of the 10-digit NHS number."""
     return keyed_hashes(normalised, key, domain="nhs_number", memo=memo)
 
@@ -131,13 +214,19 @@ def generalise_postcode(postcode: pa.Array) -> tuple[pa.Array, pa.Array]:
 @dataclass
 class Pseudonymised:
     table: pa.Table
-    vault_entries: list[tuple[str, str]]
+    vault_entries: tuple[list[str], list[str]]  # (person_ids, nhs_numbers), distinct
     encoded_rows: int
 
 
 def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: dict[str, Key],
-                 sender: str, memo: dict[str, str] | None = None) -> Pseudonymised:
-    """Turn the good rows of a checked batch into the landed form. Only good rows may be passed."""
+                 sender: str, memo: dict[str, str] | HashMemo | None = None,
+                 record_key: pa.Array | None = None) -> Pseudonymised:
+    """Turn the good rows of a checked batch into the landed form. Only good rows may be passed.
+
+    `vault_entries` are the persons whose pseudonym was made here rather than found in `memo`
+    (with a memo shared by a landing's batches: each person once). `record_key`, when given, is
+    the keyed record id already made for these rows (see `record_keys`).
+    """
     t = checked.table
     n = t.num_rows
     pkey, lkey = keys["pseudonym"], keys["linkage"]
@@ -145,22 +234,24 @@ def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: di
         "extract_id": pa.repeat(pa.scalar(extract_id, pa.string()), n),
         "row": checked.rows,
     }
-    vault_entries: list[tuple[str, str]] = []
+    vault_entries: tuple[list[str], list[str]] = ([], [])
     names = contract.names
+    chosen: np.ndarray | None = None
     if "nhs_number" in names:
-        normalised = checked.nhs_normalised
-        person_id = pseudonymise_nhs(normalised, pkey, memo)
-        out["person_id"] = person_id
+        # Normalised numbers are null unless valid: each distinct one is a person to vault.
+        distinct = _distinct_keyed_hashes(checked.nhs_normalised, pkey, "nhs_number", 64, memo)
+        out["person_id"] = pc.take(distinct.digests, distinct.indices)
         out["key_id"] = pa.repeat(pa.scalar(pkey.key_id, pa.string()), n)
         status = np.where(checked.nhs_valid, "valid",
                           np.where(checked.nhs_invalid, "invalid", "missing"))
         out["nhs_status"] = pa.array(status, pa.string())
-        mask = checked.nhs_valid
-        if mask.any():
-            pids = np.asarray(person_id.to_numpy(zero_copy_only=False))[mask]
-            nhs = np.asarray(normalised.to_numpy(zero_copy_only=False))[mask]
-            frame = pd.DataFrame({"p": pids, "n": nhs}).drop_duplicates("p")
-            vault_entries = list(zip(frame["p"], frame["n"], strict=True))
+        if distinct.new.any():
+            new = pa.array(distinct.new)
+            vault_entries = (pc.filter(distinct.digests, new).to_pylist(),
+                             pc.filter(distinct.values, new).to_pylist())
+        sampled = np.append(_sampled(distinct.digests), False)
+        chosen = sampled[pc.fill_null(distinct.indices, len(distinct.values))
+                         .to_numpy(zero_copy_only=False)]
     for col in contract.columns:
         name = col.name
         value = t.column(name)
@@ -174,7 +265,8 @@ def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: di
         elif col.kind == c.POSTCODE:
             out["postcode_district"], out["postcode_sector"] = generalise_postcode(value)
         elif col.kind == c.RECORD_ID:
-            out["record_key"] = keyed_record_ids(value, pkey, f"{contract.source}|{sender}")
+            out["record_key"] = record_key if record_key is not None else keyed_record_ids(
+                value, pkey, f"{contract.source}|{sender}")
         elif col.kind in (c.DATE, c.DATETIME, c.NUMBER):
             out[name] = checked.parsed[name]
         elif col.kind == c.INTEGER:
@@ -195,7 +287,7 @@ def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: di
         if contract.source in ENCODED_SOURCES or "nhs_number" not in names:
             selector = np.ones(n, dtype=bool)
         else:
-            selector = ~checked.nhs_valid | training_sample(out["person_id"])
+            selector = ~checked.nhs_valid | chosen
         encoded_rows = int(selector.sum())
         lk = _encode(t, checked, wanted, selector, lkey)
         for name in lk.column_names:
@@ -208,10 +300,26 @@ def training_sample(person_id: pa.Array) -> np.ndarray:
     encoded = pc.dictionary_encode(person_id)
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.combine_chunks()
-    chosen = np.array([int(p[:6], 16) % TRAINING_SHARE == 0
-                       for p in encoded.dictionary.to_pylist()] + [False], dtype=bool)
+    chosen = np.append(_sampled(encoded.dictionary), False)
     indices = pc.fill_null(encoded.indices, len(encoded.dictionary))
     return chosen[indices.to_numpy(zero_copy_only=False)]
+
+
+def _sampled(person_ids: pa.Array) -> np.ndarray:
+    """Per distinct pseudonym (64 hex): is it in the training sample (first 6 hex mod 50 == 0)."""
+    if isinstance(person_ids, pa.ChunkedArray):
+        person_ids = person_ids.combine_chunks()
+    if len(person_ids) == 0:
+        return np.zeros(0, dtype=bool)
+    if person_ids.null_count or pc.any(pc.not_equal(pc.binary_length(person_ids), 64)).as_py():
+        return np.array([p is not None and int(p[:6], 16) % TRAINING_SHARE == 0
+                         for p in person_ids.to_pylist()], dtype=bool)
+    head = pc.utf8_slice_codeunits(person_ids, 0, 6)
+    data = np.frombuffer(head.buffers()[2], dtype=np.uint8)
+    offsets = np.frombuffer(head.buffers()[1], dtype=np.int32)[head.offset:]
+    digits = data[offsets[0]:offsets[0] + 6 * len(head)].reshape(-1, 6).astype(np.int64)
+    nibbles = np.where(digits >= ord("a"), digits - ord("a") + 10, digits - ord("0"))
+    return (nibbles @ (16 ** np.arange(5, -1, -1))) % TRAINING_SHARE == 0
 
 
 def _encode(t: pa.Table, checked: Checked, fields: list[str], selector: np.ndarray,

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -122,20 +123,14 @@ def _numbered(batches: list[pa.RecordBatch], stats: ReadStats,
     n = table.num_rows
     start = stats.rows_seen + 1
     # Each unsplittable row seen so far occupies a row number.
-    skipped = sorted(r for r in invalid if r >= start)
-    numbers = []
-    current = start
-    skip_iter = iter(skipped)
-    next_skip = next(skip_iter, None)
-    while len(numbers) < n:
-        while next_skip is not None and next_skip == current:
-            current += 1
-            stats.unsplittable.append(next_skip)
-            invalid.remove(next_skip)
-            next_skip = next(skip_iter, None)
-        numbers.append(current)
-        current += 1
-    stats.rows_seen = current - 1
+    skipped = np.array(sorted(r for r in invalid if r >= start), dtype=np.int64)
+    candidates = np.arange(start, start + n + len(skipped), dtype=np.int64)
+    numbers = candidates[~np.isin(candidates, skipped)][:n]
+    last = int(numbers[-1]) if n else start - 1
+    for row in skipped[skipped < last].tolist():  # passed over while numbering this batch
+        stats.unsplittable.append(row)
+        invalid.remove(row)
+    stats.rows_seen = last
     return Batch(table, pa.array(numbers, pa.int64()))
 
 
