@@ -131,11 +131,20 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         gone = sorted(indexed - wanted)
         new = landed[~landed["extract_id"].isin(indexed)]
         summary = LinkSummary(extracts_added=sorted(new["extract_id"]), extracts_removed=gone)
+        if not gone and new.empty and len(current):
+            say("the person index is up to date: nothing landed or destroyed since the last run")
+            summary.rows = len(current)
+            summary.by_source_method = {
+                source: group["method"].value_counts().to_dict()
+                for source, group in current.groupby("source")}
+            return summary
+        gone_sources = set(current.loc[current["extract_id"].isin(gone), "source"])
+        profiles_changed = bool((set(new["source"]) | gone_sources) & set(PROFILE_SOURCES))
+        retry = current["via_extract"].isin(gone)
         if gone:
             current = current[~current["extract_id"].isin(gone)]
             # Rows whose probabilistic link rested on a destroyed extract are linked again.
-            relink = current["via_extract"].isin(gone)
-            current.loc[relink, ["method", "person_id"]] = ["unlinked", None]
+            current.loc[retry, ["method", "person_id"]] = ["unlinked", None]
         parts = [current]
         for item in new.itertuples():
             say(f"indexing {item.extract_id} ({item.source})")
@@ -154,10 +163,17 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         combined = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(
             len(p) for p in parts) else read_link_map(settings)
         combined = _link_clients(combined)
+        # Rows worth (re)trying: those of new extracts, those whose link rested on a destroyed
+        # extract, and, when the registers changed, every row still unlinked.
+        scope = combined["extract_id"].isin(set(new["extract_id"]))
+        scope |= combined.index.isin(retry[retry].index) if len(retry) else False
+        if profiles_changed:
+            scope |= combined["method"] == "unlinked"
         review = pd.DataFrame()
         if matcher is not None:
             combined, review, profile, examples = _link_probabilistic(
-                settings, combined, landed, matcher, say)
+                settings, combined, landed, matcher, say, scope.to_numpy())
+            review = _merge_review(settings, review, combined, scope.to_numpy())
             if quality is not None and profile is not None:
                 say("estimating linkage quality on rows whose NHS number is known")
                 summary.quality = quality(profile, examples)
@@ -170,8 +186,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         table = pa.Table.from_pandas(combined[[f.name for f in MAP_SCHEMA]],
                                      schema=MAP_SCHEMA, preserve_index=False)
         _write(settings, LINK_MAP, table)
-        if len(review):
-            _write(settings, REVIEW, pa.Table.from_pandas(review, preserve_index=False))
+        _write(settings, REVIEW, pa.Table.from_pandas(review, preserve_index=False))
         (settings.index_dir / REPORT).write_text(json.dumps(
             {**summary.to_json(), "at": datetime.now(UTC).isoformat()}, default=str))
     return summary
@@ -189,13 +204,31 @@ def _link_clients(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _merge_review(settings: Settings, fresh: pd.DataFrame, frame: pd.DataFrame,
+                  scope: np.ndarray) -> pd.DataFrame:
+    """The review list: this run's pairs, plus earlier pairs of rows it did not retry."""
+    path = settings.index_dir / REVIEW
+    if not path.exists():
+        return fresh
+    earlier = pq.read_table(path).to_pandas()
+    if earlier.empty:
+        return fresh
+    retried = pd.MultiIndex.from_frame(frame.loc[scope, ["extract_id", "row"]])
+    still = pd.MultiIndex.from_frame(frame[["extract_id", "row"]])
+    keys = pd.MultiIndex.from_arrays([earlier["query_extract"], earlier["query_row"]])
+    keep = keys.isin(still) & ~keys.isin(retried) & earlier["profile_extract"].isin(
+        set(frame["extract_id"]))
+    return pd.concat([earlier[keep], fresh], ignore_index=True)
+
+
 def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.DataFrame,
-                        matcher: Matcher, say: Callable[[str], None]
+                        matcher: Matcher, say: Callable[[str], None], scope: np.ndarray,
                         ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None,
                                    pd.DataFrame | None]:
-    """Link rows without a pseudonym to person profiles on their encodings."""
-    todo = frame["person_id"].isna()
-    wanted_extracts = set(frame.loc[todo, "extract_id"])
+    """Link rows without a pseudonym, within `scope`, to person profiles on their encodings."""
+    todo = frame["person_id"].isna() & scope
+    todo_rows = frame.loc[todo].groupby("extract_id")["row"].apply(set).to_dict()
+    wanted_extracts = set(todo_rows)
     queries, profiles, training = [], [], []
     for item in landed.itertuples():
         is_profile = item.source in PROFILE_SOURCES
@@ -208,7 +241,8 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
         if is_profile:
             profiles.append(rows[rows["person_id"].notna()].assign(source=item.source))
         if item.extract_id in wanted_extracts:
-            queries.append(rows[rows["person_id"].isna()].assign(source=item.source))
+            pending = todo_rows[item.extract_id]
+            queries.append(rows[rows["row"].isin(pending)].assign(source=item.source))
             if not is_profile:  # the sampled NHS-numbered rows: labelled examples
                 encoded = rows[lk].notna().any(axis=1) & rows["person_id"].notna()
                 training.append(rows[encoded].assign(source=item.source))
@@ -234,7 +268,7 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
         part = matcher(rows[["extract_id", "row", *carried]].reset_index(drop=True),
                        profile[["extract_id", "row", "person_id", *carried]], coverage,
                        labelled)
-        part["query"] = rows.index.to_numpy()[part["query"].to_numpy()]
+        part["query"] = rows.index.to_numpy()[part["query"].to_numpy(dtype=np.int64)]
         found.append(part)
     matches = pd.concat(found, ignore_index=True)
     review = matches[matches["band"] == "review"]

@@ -115,3 +115,31 @@ def test_link_command_and_export(haven, landing, inbox, tmp_path):
                                       "weight"]
     assert len(exported) == 7
     assert main(["link", "export", "--out", str(tmp_path / "map.txt")], env) == 2
+
+
+def test_only_new_rows_are_retried_unless_the_registers_change(haven, landing, inbox):
+    land_file(landing, write_extract(inbox, "gp_patients", rows_for("gp_patients", 5, seed=4)))
+    first = rows_for("apc", 3, seed=4)
+    for row in first:
+        row["nhs_number"] = ""
+    land_file(landing, write_extract(inbox / "a", "apc", first))
+    seen: list[int] = []
+
+    def matcher(query, profile, coverage, examples):
+        seen.append(len(query))
+        return pd.DataFrame(columns=["query", "profile", "weight", "probability", "band"])
+
+    _index(haven, matcher)
+    assert seen == [3]
+    summary = _index(haven, matcher)  # nothing new: no work at all
+    assert seen == [3] and summary.rows == 8
+    second = rows_for("ae", 2, seed=8)
+    for row in second:
+        row["nhs_number"] = ""
+    land_file(landing, write_extract(inbox / "b", "ae", second))
+    _index(haven, matcher)
+    assert seen == [3, 2]  # the apc rows were tried already against the same registers
+    land_file(landing, write_extract(inbox / "c", "gp_patients", rows_for("gp_patients", 2,
+                                                                           seed=12)))
+    _index(haven, matcher)
+    assert sorted(seen[2:]) == [2, 3]  # a new register: every unlinked row is tried again
