@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from stratify import codelists
@@ -147,8 +148,8 @@ def _activity_sql(at: dt.date) -> list[str]:
 
     sections = codelists.bnf_sections()
     bnf = ",\n".join(
-        f"count(DISTINCT left(bnf_code, 9)) FILTER (WHERE left(bnf_code, 4) = '{s}') "
-        f"AS bnf_{s}_6m" for s in sections.loc[sections["feature"], "section"])
+        f"count(*) FILTER (WHERE left(chemical, 4) = '{s}') AS bnf_{s}_6m"
+        for s in sections.loc[sections["feature"], "section"])
     community = ",\n".join(
         f"count(*) FILTER (WHERE service = '{s}' AND contact_date >= {m[12]}) "
         f"AS community_{s}_12m" for s in COMMUNITY_SERVICES)
@@ -214,12 +215,15 @@ def _activity_sql(at: dt.date) -> list[str]:
         GROUP BY person_key
     """, f"""
         CREATE TEMP TABLE f_meds AS
+        WITH chemicals AS (
+            SELECT person_key, left(bnf_code, 9) AS chemical, count(*) AS issues
+            FROM v_gp_medications WHERE issue_date < {at_} AND issue_date >= {m[6]}
+            GROUP BY person_key, chemical)
         SELECT person_key,
-            count(DISTINCT left(bnf_code, 9)) AS distinct_medicines_6m,
-            count(*) AS medicine_issues_6m,
+            count(*) AS distinct_medicines_6m,
+            sum(issues) AS medicine_issues_6m,
             {bnf}
-        FROM v_gp_medications WHERE issue_date < {at_} AND issue_date >= {m[6]}
-        GROUP BY person_key
+        FROM chemicals GROUP BY person_key
     """, f"""
         CREATE TEMP TABLE f_sc AS
         WITH s AS (SELECT *, end_date IS NULL OR end_date >= {at_} AS active
@@ -364,14 +368,19 @@ def build_features(sources: dict[str, pd.DataFrame], at: dt.date,
 def features_from(con: duckdb.DuckDBPyConnection, at: dt.date,
                   lookback_months: int | None = None) -> pd.DataFrame:
     """`build_features` on a connection made by `connect` (reused for several dates)."""
-    for table in ("pop", "f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds", "f_sc",
+    for table in ("features_out", "pop", "f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds", "f_sc",
                   "f_community", "dx", "ltc_first", "f_ltc", "f_cci", "f_hfrs"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     _codelist_tables(con)
     population(con, at)
     for sql in [_demographics(con, at), *_activity_sql(at), *_diagnosis_sql(at, lookback_months)]:
         con.execute(sql)
-    frame = con.execute(_final_sql()).df()
-    frame = frame.set_index("person_key")
-    frame.index = frame.index.astype(str)
-    return frame[NAMES].astype("float32")
+    # Materialise in person_key order (row order feeds model fitting, so it must not vary),
+    # then fetch column arrays: much faster than a row-wise DataFrame conversion.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE features_out AS {_final_sql()}")
+    arrays = con.execute("SELECT * FROM features_out").fetchnumpy()
+    keys = np.asarray(arrays.pop("person_key"), dtype=object)
+    columns = {name: np.ma.asarray(arrays[name]).astype(np.float32).filled(np.nan)
+               for name in NAMES}
+    index = pd.Index(keys, name="person_key", dtype=object)
+    return pd.DataFrame(columns, index=index, copy=False)
