@@ -368,8 +368,8 @@ def build_features(sources: dict[str, pd.DataFrame], at: dt.date,
 def features_from(con: duckdb.DuckDBPyConnection, at: dt.date,
                   lookback_months: int | None = None) -> pd.DataFrame:
     """`build_features` on a connection made by `connect` (reused for several dates)."""
-    for table in ("features_out", "pop", "f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds", "f_sc",
-                  "f_community", "dx", "ltc_first", "f_ltc", "f_cci", "f_hfrs"):
+    for table in ("features_out", "pop", "f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds",
+                  "f_sc", "f_community", "dx", "ltc_first", "f_ltc", "f_cci", "f_hfrs"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     _codelist_tables(con)
     population(con, at)
