@@ -186,6 +186,6 @@ async def authorise(
     if not principal.authenticated:
         raise Problem(401, "a bearer token is required")
     named = rule.owner is not None and rule.owner.startswith("path:")  # the caller named it
-    whose = f" of {owners[-1]}" if named else ""
+    whose = f" of {owners[-1]}" if named else ""  # problem details are scrubbed
     raise Problem(403, f"role {', '.join(principal.roles)} may not {rule.act} {rule.obj}"
                        f"{whose} for purpose {purpose}")

@@ -4,6 +4,7 @@ stack trace: the detail names the field or rule, not the value the caller sent."
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +14,8 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
+# Ten digits, spaced or not: whatever a caller sent that could be an NHS number.
+NHS_SHAPED = re.compile(r"(?<!\d)\d{3}[ -]?\d{3}[ -]?\d{4}(?!\d)")
 TYPE_BASE = "https://haven.nhs.uk/problems/"
 logger = logging.getLogger("haven.api")
 
@@ -56,9 +59,15 @@ class Problem(Exception):
         self.extra = extra
 
 
+def scrub(text: str) -> str:
+    """Text fit to answer with: anything shaped like an NHS number is withheld."""
+    return NHS_SHAPED.sub("(withheld)", text)
+
+
 def problem_body(status: int, detail: str | None = None, slug: str | None = None,
                  **extra: Any) -> dict[str, Any]:
     title = TITLES.get(status, "error")
+    detail = scrub(detail) if detail else detail
     body: dict[str, Any] = {"type": TYPE_BASE + (slug or title.replace(" ", "-")),
                             "title": title, "status": status}
     if detail:
@@ -103,7 +112,8 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     errors = []
     for error in exc.errors():
         location = ".".join(str(part) for part in error.get("loc", ()))
-        errors.append({"location": location, "message": str(error.get("msg", "invalid"))})
+        errors.append({"location": scrub(location),
+                       "message": scrub(str(error.get("msg", "invalid")))})
     return errors
 
 

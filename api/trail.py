@@ -112,7 +112,12 @@ class AuditWriter:
             for entry, future in batch:
                 try:
                     with self.engine.begin() as connection:
-                        _record(connection, entry)
+                        try:
+                            _record(connection, entry)
+                        except ValueError:  # the detail held an identifier: keep the rest
+                            _record(connection, {**entry, "detail": {
+                                key: entry["detail"].get(key) for key in ("method", "status")}
+                                | {"detail_withheld": "it held an identifier"}})
                 except Exception as exc:  # noqa: BLE001 - reported to the waiting request
                     logger.error("audit entry could not be written: %s", type(exc).__name__)
                     future.set_exception(exc)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.authz import policy_source
 from api.guard import Access, authorise, permission
-from api.problems import PROBLEM_JSON, Problem, responses
+from api.problems import PROBLEM_JSON, Problem, problem_body, responses, scrub
 from api.routes import example_response, ok
 from api.schemas import Receipt, ReceiptList
 from api.uploads import received
@@ -98,9 +98,8 @@ async def upload(request: Request, access: Annotated[Access, Depends(authorise)]
     access.answered(int(receipt.counts.get("landed", 0)), extract_id=receipt.extract_id,
                     status=receipt.status)
     if receipt.status == "refused":
-        return JSONResponse({"type": "https://haven.nhs.uk/problems/extract-refused",
-                             "title": "unprocessable content", "status": 422,
-                             "detail": receipt.reason, "receipt": body},
+        body["reason"] = scrub(body.get("reason") or "")
+        return JSONResponse(problem_body(422, receipt.reason, "extract-refused", receipt=body),
                             status_code=422, media_type=PROBLEM_JSON)
     return ok(body, 201 if receipt.status == "landed" else 200)
 

@@ -22,7 +22,7 @@ from api.exports import neutralise
 from api.guard import Access, authorise, permission
 from api.problems import Problem, responses
 from api.reid import ALL_OPTOUTS
-from api.release import active_optout_person_ids
+from api.release import NoRun, active_optout_person_ids
 from api.routes import example_response, ok
 from api.schemas import (
     AuditPage,
@@ -261,7 +261,10 @@ def optout_report(access: Annotated[Access, Depends(authorise)]) -> JSONResponse
                                             .group_by(optouts.c.sender)).all())
     in_force = {kind: len(active_optout_person_ids(engine, types=(kind,)))
                 for kind in ALL_OPTOUTS}
-    release = access.services.releases.fresh()
+    try:
+        release = access.services.releases.current()
+    except NoRun:
+        release = None
     scored = None
     if release is not None:
         try:

@@ -1,0 +1,133 @@
+"""Super users: linkage and scoring jobs in the background, and exports for a named recipient
+in that recipient's own pseudonyms, CSV cells neutralised."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from api_matrix import OWN_PRACTICE, World, build_world, score_rows, write_score_run
+
+from api import jobs
+from api.users import add_user
+from governance.audit import SYSTEM
+
+
+@pytest.fixture
+def world(haven, tmp_path) -> World:
+    return build_world(haven, tmp_path)
+
+
+def wait(world: World, job_id: str) -> dict:
+    for _ in range(200):
+        job = world.call("super_user", "GET", f"/jobs/{job_id}").json()
+        if job["status"] in ("complete", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError("the job did not finish")
+
+
+def test_link_job_runs_the_linkage_stage(world: World) -> None:
+    started = world.call("super_user", "POST", "/jobs/link")
+    assert started.status_code == 202
+    job = wait(world, started.json()["job_id"])
+    assert job["status"] == "complete", job
+    assert job["result"]["rows"] == 40
+    assert world.call("analyst", "GET", f"/jobs/{job['job_id']}").status_code == 403
+    assert world.call("super_user", "GET", "/jobs/job-20250101000000-abcdef").status_code == 404
+
+
+def test_score_job_passes_date_and_seed_and_reports_failure_by_kind(world: World,
+                                                                    monkeypatch) -> None:
+    seen = {}
+
+    def run_score(haven, at, seed=0, console=None):
+        seen.update(at=at, seed=seed, actor=haven.actor)
+        raise RuntimeError("details that must not leave the job")
+
+    monkeypatch.setattr(jobs, "stage", lambda kind: run_score)
+    started = world.call("super_user", "POST", "/jobs/score", json={"at": "2025-04-01",
+                                                                    "seed": 3})
+    job = wait(world, started.json()["job_id"])
+    assert seen["at"] == dt.date(2025, 4, 1) and seen["seed"] == 3
+    assert seen["actor"].user == "super-user" and seen["actor"].org == "X26"
+    assert job["status"] == "failed" and job["error"] == "RuntimeError in the score stage"
+    chosen = world.call("super_user", "POST", "/jobs/score",
+                        json={"at": "2025-04-01", "model": "boosting"})
+    assert chosen.status_code == 409 and "model" in chosen.json()["detail"]
+
+
+def test_one_job_at_a_time(world: World, monkeypatch) -> None:
+    release = __import__("threading").Event()
+    monkeypatch.setattr(jobs, "stage", lambda kind: lambda haven, **_: release.wait(5))
+    first = world.call("super_user", "POST", "/jobs/link")
+    second = world.call("super_user", "POST", "/jobs/link")
+    release.set()
+    assert first.status_code == 202 and second.status_code == 409
+    wait(world, first.json()["job_id"])
+
+
+def _export(world: World, recipient: str, fmt: str = "csv", **extra) -> dict:
+    response = world.call("super_user", "POST", "/exports",
+                          json={"recipient": recipient, "format": fmt, **extra})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _csv(world: World, export_id: str) -> list[dict]:
+    response = world.call("super_user", "GET", f"/exports/{export_id}/file")
+    assert response.status_code == 200
+    return list(csv.DictReader(io.StringIO(response.text)))
+
+
+def test_exports_use_the_recipient_s_own_pseudonyms(world: World) -> None:
+    first = _export(world, "RR8")
+    second = _export(world, "RAJ")
+    a, b = _csv(world, first["export_id"]), _csv(world, second["export_id"])
+    assert len(a) == len(b) == first["rows"] == 40
+    keys_a = {r["recipient_key"] for r in a}
+    assert not keys_a & {r["recipient_key"] for r in b}
+    assert not keys_a & set(world.practice)
+    assert all(k.startswith("R") and len(k) == 21 for k in keys_a)
+    again = _csv(world, _export(world, "RR8")["export_id"])
+    assert {r["recipient_key"] for r in again} == keys_a  # stable for one recipient
+    parquet = _export(world, "RR8", "parquet", tiers=["very_high"], practice=OWN_PRACTICE)
+    path = (world.haven.settings.exports_dir / parquet["export_id"] /
+            "export.parquet")
+    table = pq.read_table(path).to_pylist()
+    assert table and all(r["tier"] == "very_high" and r["practice"] == OWN_PRACTICE
+                         for r in table)
+    assert {r["recipient_key"] for r in table} <= keys_a
+
+
+def test_csv_cells_that_could_run_as_formulas_are_neutralised(world: World) -> None:
+    keys = world.keys_in(OWN_PRACTICE)
+    rows = score_rows(keys, [OWN_PRACTICE] * len(keys))
+    rows["reasons"] = "=HYPERLINK(\"http://x\"); +1+1; @SUM(A1)"
+    rows["conditions"] = "-2+3;COPD"
+    write_score_run(world.haven, rows, run_id="score-hostile",
+                    when=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5))
+    exported = _csv(world, _export(world, "RR8")["export_id"])
+    assert exported
+    for row in exported:
+        for name, value in row.items():
+            assert not value.startswith(("=", "+", "-", "@")), (name, value)
+        assert row["reasons"].startswith("'=HYPERLINK")
+        assert row["conditions"].startswith("'-2+3")
+
+
+def test_exports_are_seen_only_by_their_organisation(world: World) -> None:
+    export_id = _export(world, "RR8")["export_id"]
+    token = add_user(world.haven.engine, SYSTEM, "su-elsewhere", "Y01234", ["super_user"],
+                     ["super_user"])
+    elsewhere = {"Authorization": f"Bearer {token}"}
+    assert world.client.get(f"/exports/{export_id}", headers=elsewhere).status_code == 404
+    assert world.client.get(f"/exports/{export_id}/file", headers=elsewhere).status_code == 404
+    info = world.call("super_user", "GET", f"/exports/{export_id}").json()
+    assert info["recipient"] == "RR8" and info["rows"] == 40
+    assert world.call("analyst", "POST", "/exports", json={"recipient": "RR8"}).status_code \
+        == 403
