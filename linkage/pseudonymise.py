@@ -41,42 +41,44 @@ TRAINING_SHARE = 50  # one person in 50: their NHS-numbered rows are encoded as 
 
 
 MEMO_LIMIT = 2_000_000
+_POWERS = 10 ** np.arange(9, -1, -1, dtype=np.int64)
+NHS_STATUS = pa.array(["missing", "invalid", "valid"], pa.string())
 
 
 class HashMemo:
-    """Keyed hashes already made (e.g. in one landing), held as Arrow arrays.
+    """Keyed hashes of 10-digit numbers (NHS numbers) already made, e.g. in one landing.
 
-    Compact, and looked up for a whole batch at once; cleared past `limit` values. A value is
-    new exactly when it is not in the memo, which is how landing seals each person only once.
+    Held as a sorted int64 array of the numbers and their hex digests, so a whole batch is
+    looked up at once; cleared past `limit` numbers. A number is new exactly when it is not
+    in the memo, which is how landing seals each person only once.
     """
 
     def __init__(self, limit: int = MEMO_LIMIT) -> None:
         self.limit = limit
-        self._values: list[pa.Array] = []
-        self._digests: list[pa.Array] = []
-        self._size = 0
+        self._numbers = np.zeros(0, dtype=np.int64)
+        self._digests = np.zeros(0, dtype="S64")
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._numbers)
 
-    def lookup(self, distinct: pa.Array) -> tuple[pa.Array, np.ndarray]:
-        """The known digests of distinct values (null where unknown) and an unknown mask."""
-        if not self._size:
-            return pa.nulls(len(distinct), pa.string()), np.ones(len(distinct), dtype=bool)
-        if len(self._values) > 1:
-            self._values = [pa.concat_arrays(self._values)]
-            self._digests = [pa.concat_arrays(self._digests)]
-        where = pc.index_in(distinct, value_set=self._values[0])
-        return (pc.take(self._digests[0], where),
-                pc.is_null(where).to_numpy(zero_copy_only=False))
+    def lookup(self, numbers: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Digests of distinct `numbers` (blank where unknown) and a mask of the unknown."""
+        digests = np.zeros(len(numbers), dtype=f"S{width}")
+        if not len(self._numbers) or self._digests.dtype != digests.dtype:
+            return digests, np.ones(len(numbers), dtype=bool)
+        at = np.minimum(np.searchsorted(self._numbers, numbers), len(self._numbers) - 1)
+        found = self._numbers[at] == numbers
+        digests[found] = self._digests[at[found]]
+        return digests, ~found
 
-    def add(self, values: pa.Array, digests: pa.Array) -> None:
-        if self._size + len(values) > self.limit:
-            self._values, self._digests, self._size = [], [], 0
-        if len(values):
-            self._values.append(values)
-            self._digests.append(digests)
-            self._size += len(values)
+    def add(self, numbers: np.ndarray, digests: np.ndarray) -> None:
+        if len(self._numbers) + len(numbers) > self.limit or (
+                len(self._numbers) and self._digests.dtype != digests.dtype):
+            self._numbers, self._digests = self._numbers[:0], digests[:0]
+        order = np.argsort(numbers)
+        at = np.searchsorted(self._numbers, numbers[order])
+        self._numbers = np.insert(self._numbers, at, numbers[order])
+        self._digests = np.insert(self._digests.astype(digests.dtype), at, digests[order])
 
 
 def keyed_hashes(values: pa.Array, key: Key, domain: str = "", length: int = 64,
@@ -103,10 +105,6 @@ class _Distinct:
 def _distinct_keyed_hashes(values: pa.Array, key: Key, domain: str, length: int,
                            memo: dict[str, str] | HashMemo | None) -> _Distinct:
     """Keyed hashes of the distinct values; only values the memo lacks are hashed."""
-    encoded = pc.dictionary_encode(values)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
-    distinct = encoded.dictionary
     base = hmac.HMAC(key.secret, hashes.SHA256())
     if domain:
         base.update(domain.encode() + b"\x00")
@@ -117,12 +115,14 @@ def _distinct_keyed_hashes(values: pa.Array, key: Key, domain: str, length: int,
         return h.finalize().hex()[:length]
 
     if isinstance(memo, HashMemo):
-        known, new = memo.lookup(distinct)
-        fresh = pc.filter(distinct, pa.array(new))
-        made = pa.array([digest(v) for v in fresh.to_pylist()], pa.string())
-        memo.add(fresh, made)
-        digests = pc.replace_with_mask(known, pa.array(new), made) if new.any() else known
-        return _Distinct(encoded.indices, distinct, digests, new)
+        numbered = _distinct_numbers(values, base, length, memo)
+        if numbered is not None:
+            return numbered
+        memo = None
+    encoded = pc.dictionary_encode(values)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    distinct = encoded.dictionary
     if memo is None:
         memo = {}
     elif len(memo) > MEMO_LIMIT:
@@ -137,6 +137,49 @@ def _distinct_keyed_hashes(values: pa.Array, key: Key, domain: str, length: int,
             new[i] = True
         out.append(found)
     return _Distinct(encoded.indices, distinct, pa.array(out, pa.string()), new)
+
+
+def _distinct_numbers(values: pa.Array, base: hmac.HMAC, length: int,
+                      memo: HashMemo) -> _Distinct | None:
+    """`_distinct_keyed_hashes` for 10-digit numbers, found and memoised as integers.
+
+    None when some value is not 10 ASCII digits (the caller then takes the general path).
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+    present = pc.filter(values, pa.array(valid)) if not valid.all() else values
+    m = len(present)
+    offsets = np.frombuffer(present.buffers()[1], dtype=np.int32)[
+        present.offset:present.offset + m + 1]
+    if m and not (np.diff(offsets) == 10).all():
+        return None
+    data = np.frombuffer(present.buffers()[2], dtype=np.uint8)[
+        offsets[0]:offsets[0] + 10 * m].reshape(m, 10)
+    if m and not ((data >= ord("0")) & (data <= ord("9"))).all():
+        return None
+    numbers = (data - ord("0")).astype(np.int64) @ _POWERS
+    codes, distinct = pd.factorize(numbers, sort=True)
+    digits = ((distinct[:, None] // _POWERS) % 10 + ord("0")).astype(np.uint8)
+    texts = pa.array(np.ascontiguousarray(digits).view("S10").ravel(), pa.binary(10))
+    digests, new = memo.lookup(distinct, length)
+    if new.any():
+        blob = digits[new].tobytes()
+        made = []
+        for start in range(0, len(blob), 10):
+            h = base.copy()
+            h.update(blob[start:start + 10])
+            made.append(h.finalize())
+        hexed = np.frombuffer(binascii.hexlify(b"".join(made)), dtype=np.uint8)
+        digests[new] = np.ascontiguousarray(hexed.reshape(-1, 64)[:, :length]).view(
+            f"S{length}").ravel()
+        memo.add(distinct[new], digests[new])
+    rows = np.zeros(len(values), dtype=np.int64)
+    rows[valid] = codes
+    return _Distinct(pa.array(rows, mask=~valid),
+                     texts.cast(pa.binary()).cast(pa.string()),
+                     pa.array(digests, pa.binary(length)).cast(pa.binary()).cast(pa.string()),
+                     new)
 
 
 def keyed_record_ids(values: pa.Array, key: Key, domain: str) -> pa.Array:
@@ -202,8 +245,18 @@ def pseudonymise_nhs(normalised: pa.Array, key: Key,
 
 def generalise_postcode(postcode: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Postcode district (`LS1`) and sector (`LS1 4`); null where blank or not a UK postcode."""
-    compact = pc.replace_substring_regex(pc.utf8_upper(postcode), r"\s+", "")
+    if isinstance(postcode, pa.ChunkedArray):
+        postcode = postcode.combine_chunks()
+    upper = pc.utf8_upper(postcode)
+    # Removing spaces is enough for nearly every postcode; other whitespace takes the regex.
+    compact = pc.replace_substring(upper, " ", "")
     ok = pc.fill_null(pc.match_substring_regex(compact, POSTCODE_RE), False)
+    retry = pc.and_(pc.is_valid(compact), pc.invert(ok))
+    if pc.any(retry).as_py():
+        again = pc.replace_substring_regex(pc.filter(upper, retry), r"\s+", "")
+        compact = pc.replace_with_mask(compact, retry, again)
+        ok = pc.replace_with_mask(ok, retry, pc.fill_null(
+            pc.match_substring_regex(again, POSTCODE_RE), False))
     compact = pc.if_else(ok, compact, pa.scalar(None, pa.string()))
     district = pc.utf8_slice_codeunits(compact, 0, -3)
     sector_digit = pc.utf8_slice_codeunits(compact, -3, -2)
@@ -242,9 +295,8 @@ def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: di
         distinct = _distinct_keyed_hashes(checked.nhs_normalised, pkey, "nhs_number", 64, memo)
         out["person_id"] = pc.take(distinct.digests, distinct.indices)
         out["key_id"] = pa.repeat(pa.scalar(pkey.key_id, pa.string()), n)
-        status = np.where(checked.nhs_valid, "valid",
-                          np.where(checked.nhs_invalid, "invalid", "missing"))
-        out["nhs_status"] = pa.array(status, pa.string())
+        status = checked.nhs_valid * 2 + (checked.nhs_invalid & ~checked.nhs_valid)
+        out["nhs_status"] = pc.take(NHS_STATUS, pa.array(status.astype(np.int8)))
         if distinct.new.any():
             new = pa.array(distinct.new)
             vault_entries = (pc.filter(distinct.digests, new).to_pylist(),

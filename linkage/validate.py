@@ -80,17 +80,25 @@ def nhs_checksum_ok(digits: pa.Array) -> np.ndarray:
     Same rule as the `nhs-number` package (a property test holds them equal); that package
     checks one value per call, too slow for a million rows, so landing uses this.
     """
-    shaped = pc.fill_null(pc.match_substring_regex(digits, r"^[0-9]{10}$"), False)
-    flags = shaped.to_numpy(zero_copy_only=False)
     out = np.zeros(len(digits), dtype=bool)
+    # Ten bytes that are all ASCII digits (read from the Arrow buffers: no regex, no objects).
+    flags = pc.fill_null(pc.equal(pc.binary_length(digits), 10), False).to_numpy(
+        zero_copy_only=False)
     if not flags.any():
         return out
-    values = pc.filter(digits, shaped)
+    values = pc.filter(digits, pa.array(flags))
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset:]
     data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
     matrix = data[offsets[0]:offsets[0] + 10 * len(values)].reshape(-1, 10).astype(np.int64) - 48
+    numeric = ((matrix >= 0) & (matrix <= 9)).all(axis=1)
+    if not numeric.all():
+        flags[np.flatnonzero(flags)[~numeric]] = False
+        values = pc.filter(values, pa.array(numeric))
+        matrix = matrix[numeric]
+    if not flags.any():
+        return out
     check = 11 - (matrix[:, :9] @ np.arange(10, 1, -1)) % 11
     check[check == 11] = 0
     out[flags] = (check != 10) & (check == matrix[:, 9])
@@ -108,7 +116,7 @@ def nhs_checksum_ok(digits: pa.Array) -> np.ndarray:
 
 def _nhs(column: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """Normalise NHS numbers (spaces and hyphens allowed) and check their modulus 11."""
-    digits = pc.replace_substring_regex(column, r"[ \-]", "")
+    digits = pc.replace_substring(pc.replace_substring(column, " ", ""), "-", "")
     present = pc.is_valid(column).to_numpy(zero_copy_only=False)
     valid = nhs_checksum_ok(digits) & present
     invalid = present & ~valid
@@ -116,80 +124,134 @@ def _nhs(column: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     return normalised, valid, invalid
 
 
+# Columns with at most this share of distinct values are checked once per distinct value.
+DISTINCT_SHARE = 0.5
+
+
+@dataclass
+class _Column:
+    """One column checked: cleaned text, typed values, and its failures in the order checked."""
+
+    cleaned: pa.Array
+    parsed: pa.Array | None
+    failures: list[tuple[np.ndarray, str]]
+
+
 def check_batch(table: pa.Table, rows: pa.Array, contract: Contract) -> Checked:
-    """Check every contract column of a batch; the first failure of each row is its reason."""
+    """Check every contract column of a batch; the first failure of each row is its reason.
+
+    A column's checks depend on each value alone, so a column with few distinct values (codes,
+    dates) is checked once per distinct value and the outcome spread back to its rows.
+    """
     n = table.num_rows
     reasons = np.full(n, None, dtype=object)
+    unset = np.ones(n, dtype=bool)
     cleaned: dict[str, pa.Array] = {}
     parsed: dict[str, pa.Array] = {}
     nhs_valid = np.zeros(n, dtype=bool)
     nhs_invalid = np.zeros(n, dtype=bool)
     nhs_normalised = None
+    for col in contract.columns:
+        raw = table.column(col.name)
+        if isinstance(raw, pa.ChunkedArray):
+            raw = raw.combine_chunks()
+        if col.kind == c.NHS:
+            checked = _check_column(col, raw)
+            value = checked.cleaned
+            nhs_normalised, nhs_valid, nhs_invalid = _nhs(value)
+            if col.required:
+                checked.failures.append((pc.is_null(value).to_numpy(zero_copy_only=False),
+                                         f"{col.name}: required but blank"))
+                checked.failures.append((nhs_invalid, f"{col.name}: fails the modulus-11 check"))
+        else:
+            checked = _check_distinct(col, raw)
+        cleaned[col.name] = checked.cleaned
+        if checked.parsed is not None:
+            parsed[col.name] = checked.parsed
+        for flags, reason in checked.failures:
+            first = flags & unset
+            if first.any():
+                reasons[first] = reason
+                unset &= ~first
+    return Checked(pa.table(cleaned), rows, reasons, nhs_valid, nhs_invalid, nhs_normalised,
+                   parsed)
+
+
+def _check_distinct(col: c.Column, raw: pa.Array) -> _Column:
+    """`_check_column` once per distinct value when there are few, else on every row."""
+    if col.kind in (c.RECORD_ID, c.POSTCODE) or len(raw) < 64:
+        return _check_column(col, raw)
+    encoded = pc.dictionary_encode(raw, null_encoding="encode")
+    if len(encoded.dictionary) > DISTINCT_SHARE * len(raw):
+        return _check_column(col, raw)
+    distinct = _check_column(col, encoded.dictionary)
+    indices = encoded.indices
+    at = indices.to_numpy(zero_copy_only=False)
+    return _Column(pc.take(distinct.cleaned, indices),
+                   pc.take(distinct.parsed, indices) if distinct.parsed is not None else None,
+                   [(flags[at], reason) for flags, reason in distinct.failures if flags.any()])
+
+
+def _check_column(col: c.Column, raw: pa.Array) -> _Column:
+    """The checks of one column, value by value (the NHS number's own checks aside)."""
+    failures: list[tuple[np.ndarray, str]] = []
+    parsed = None
 
     def fail(mask: pa.Array | np.ndarray, reason: str) -> None:
         flags = mask if isinstance(mask, np.ndarray) else \
             pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
-        first = flags & pd.isna(reasons)
-        reasons[first] = reason
+        failures.append((np.asarray(flags, dtype=bool), reason))
 
-    for col in contract.columns:
-        raw = table.column(col.name)
-        too_long = pc.greater(pc.utf8_length(raw), col.max_length)
-        fail(too_long, f"{col.name}: longer than {col.max_length} characters")
-        value = _blank_to_null(raw)
+    too_long = pc.greater(pc.utf8_length(raw), col.max_length)
+    fail(too_long, f"{col.name}: longer than {col.max_length} characters")
+    value = _blank_to_null(raw)
+    if failures[-1][0].any():
         value = pc.if_else(pc.fill_null(too_long, False), pa.scalar(None, pa.string()), value)
-        cleaned[col.name] = value
-        if col.required and col.kind != c.NHS:
-            fail(pc.and_(pc.is_null(value), pc.invert(too_long)), f"{col.name}: required but blank")
-        if col.kind == c.NHS:
-            nhs_normalised, nhs_valid, nhs_invalid = _nhs(value)
-            if col.required:
-                fail(np.asarray(pc.is_null(value)), f"{col.name}: required but blank")
-                fail(nhs_invalid, f"{col.name}: fails the modulus-11 check")
-        elif col.kind in (c.DATE, c.DOB):
-            dates, bad = _parse_dates(value)
-            fail(bad, f"{col.name}: not a date (YYYY-MM-DD)")
-            if col.kind == c.DOB:
-                implausible = pc.or_(pc.less(dates, pa.scalar(_date(MIN_BIRTH))),
-                                     pc.greater(dates, pc.cast(pc.strptime(
-                                         pa.scalar("2100-01-01"), "%Y-%m-%d", "s"),
-                                         pa.date32())))
-                fail(implausible, f"{col.name}: not a plausible date of birth")
-            parsed[col.name] = dates
-        elif col.kind == c.DATETIME:
-            stamps, bad = _parse_datetimes(value)
-            fail(bad, f"{col.name}: not an ISO 8601 date-time")
-            parsed[col.name] = stamps
-        elif col.kind == c.NUMBER:
-            numbers = pc.cast(pc.if_else(pc.match_substring_regex(
-                value, r"^-?\d+(\.\d+)?$"), value, pa.scalar(None, pa.string())), pa.float64())
-            fail(pc.and_(pc.is_valid(value), pc.is_null(numbers)), f"{col.name}: not a number")
-            parsed[col.name] = numbers
-        elif col.kind in (c.SEX, c.CODE, c.INTEGER) and col.values is not None:
-            if col.kind == c.CODE:
-                value = pc.if_else(pc.is_in(value, pa.array(sorted(col.values))), value,
-                                   _case_folded(value, col.values))
-                cleaned[col.name] = value
-            fail(pc.and_(pc.is_valid(value),
-                         pc.invert(pc.is_in(value, pa.array(sorted(col.values))))),
-                 f"{col.name}: not one of the allowed codes")
-        elif col.kind == c.ICD10 or col.kind == c.PRACTICE or col.kind == c.ODS \
-                or col.kind == c.TEXT:
-            upper = pc.utf8_upper(value) if col.kind != c.TEXT or col.pattern else value
-            if col.pattern is not None:
-                ok = pc.match_substring_regex(upper, col.pattern.pattern)
-                fail(pc.and_(pc.is_valid(value), pc.invert(ok)),
-                     f"{col.name}: not a valid {_describe(col)}")
-            cleaned[col.name] = upper
-        elif col.kind == c.ICD10_LIST:
-            upper = pc.utf8_upper(value)
-            pattern = rf"^{_ICD}(;{_ICD}){{0,19}}$"
-            ok = pc.match_substring_regex(pc.replace_substring(upper, " ", ""), pattern)
+    cleaned = value
+    if col.required and col.kind != c.NHS:
+        fail(pc.and_(pc.is_null(value), pc.invert(too_long)), f"{col.name}: required but blank")
+    if col.kind in (c.DATE, c.DOB):
+        dates, bad = _parse_dates(value)
+        fail(bad, f"{col.name}: not a date (YYYY-MM-DD)")
+        if col.kind == c.DOB:
+            implausible = pc.or_(pc.less(dates, pa.scalar(_date(MIN_BIRTH))),
+                                 pc.greater(dates, pc.cast(pc.strptime(
+                                     pa.scalar("2100-01-01"), "%Y-%m-%d", "s"),
+                                     pa.date32())))
+            fail(implausible, f"{col.name}: not a plausible date of birth")
+        parsed = dates
+    elif col.kind == c.DATETIME:
+        stamps, bad = _parse_datetimes(value)
+        fail(bad, f"{col.name}: not an ISO 8601 date-time")
+        parsed = stamps
+    elif col.kind == c.NUMBER:
+        numbers = pc.cast(pc.if_else(pc.match_substring_regex(
+            value, r"^-?\d+(\.\d+)?$"), value, pa.scalar(None, pa.string())), pa.float64())
+        fail(pc.and_(pc.is_valid(value), pc.is_null(numbers)), f"{col.name}: not a number")
+        parsed = numbers
+    elif col.kind in (c.SEX, c.CODE, c.INTEGER) and col.values is not None:
+        if col.kind == c.CODE:
+            value = pc.if_else(pc.is_in(value, pa.array(sorted(col.values))), value,
+                               _case_folded(value, col.values))
+            cleaned = value
+        fail(pc.and_(pc.is_valid(value),
+                     pc.invert(pc.is_in(value, pa.array(sorted(col.values))))),
+             f"{col.name}: not one of the allowed codes")
+    elif col.kind in (c.ICD10, c.PRACTICE, c.ODS, c.TEXT):
+        upper = pc.utf8_upper(value) if col.kind != c.TEXT or col.pattern else value
+        if col.pattern is not None:
+            ok = pc.match_substring_regex(upper, col.pattern.pattern)
             fail(pc.and_(pc.is_valid(value), pc.invert(ok)),
-                 f"{col.name}: not up to 20 ICD-10 codes separated by ';'")
-            cleaned[col.name] = pc.replace_substring(upper, " ", "")
-    return Checked(pa.table(cleaned), rows, reasons, nhs_valid, nhs_invalid, nhs_normalised,
-                   parsed)
+                 f"{col.name}: not a valid {_describe(col)}")
+        cleaned = upper
+    elif col.kind == c.ICD10_LIST:
+        upper = pc.utf8_upper(value)
+        pattern = rf"^{_ICD}(;{_ICD}){{0,19}}$"
+        ok = pc.match_substring_regex(pc.replace_substring(upper, " ", ""), pattern)
+        fail(pc.and_(pc.is_valid(value), pc.invert(ok)),
+             f"{col.name}: not up to 20 ICD-10 codes separated by ';'")
+        cleaned = pc.replace_substring(upper, " ", "")
+    return _Column(cleaned, parsed, failures)
 
 
 def _case_folded(value: pa.Array, allowed: frozenset[str]) -> pa.Array:
