@@ -138,6 +138,9 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
                 source: group["method"].value_counts().to_dict()
                 for source, group in current.groupby("source")}
             return summary
+        # Keys already given to persons stay theirs (also across a pseudonym key rotation).
+        known = current[current["person_id"].notna()].drop_duplicates("person_id")
+        kept_keys = dict(zip(known["person_id"], known["person_key"], strict=True))
         gone_sources = set(current.loc[current["extract_id"].isin(gone), "source"])
         profiles_changed = bool((set(new["source"]) | gone_sources) & set(PROFILE_SOURCES))
         retry = current["via_extract"].isin(gone)
@@ -177,7 +180,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
             if quality is not None and profile is not None:
                 say("estimating linkage quality on rows whose NHS number is known")
                 summary.quality = quality(profile, examples)
-        combined = _assign_keys(combined, key)
+        combined = _assign_keys(combined, key, kept_keys)
         summary.rows = len(combined)
         summary.by_source_method = {
             source: group["method"].value_counts().to_dict()
@@ -315,8 +318,10 @@ def _coverage(frame: pd.DataFrame, source: str, registered: set) -> float:
     return min(max(share, 0.5), 0.999)
 
 
-def _assign_keys(frame: pd.DataFrame, key: Key) -> pd.DataFrame:
-    """Person keys from pseudonyms; unlinked rows get a key of their own first row."""
+def _assign_keys(frame: pd.DataFrame, key: Key,
+                 kept: dict[str, str] | None = None) -> pd.DataFrame:
+    """Person keys from pseudonyms (a person keeps a key once given); unlinked rows get a key
+    of their own first row."""
     ids = frame["person_id"].astype(object).where(frame["person_id"].notna(), None)
     anchor = ids.copy()
     lonely = ids.isna()
@@ -325,9 +330,26 @@ def _assign_keys(frame: pd.DataFrame, key: Key) -> pd.DataFrame:
     lonely = anchor.isna()
     anchor[lonely] = ("row:" + frame.loc[lonely, "extract_id"].astype(str) + ":" +
                       frame.loc[lonely, "row"].astype(str))
-    frame["person_key"] = person_keys(pa.array(anchor.to_numpy(), pa.string()),
-                                      key).to_numpy(zero_copy_only=False)
+    fresh = person_keys(pa.array(anchor.to_numpy(), pa.string()), key).to_numpy(
+        zero_copy_only=False)
+    if kept:
+        existing = ids.map(kept)
+        fresh = np.where(existing.notna(), existing.to_numpy(dtype=object), fresh)
+    frame["person_key"] = fresh
     return frame
+
+
+def rekey(settings: Settings, mapping: dict[str, str]) -> int:
+    """After a pseudonym key rotation: the index's pseudonyms mapped old -> new, keys kept."""
+    path = settings.index_dir / LINK_MAP
+    if not path.exists():
+        return 0
+    frame = read_link_map(settings)
+    changed = frame["person_id"].isin(set(mapping))
+    frame.loc[changed, "person_id"] = frame.loc[changed, "person_id"].map(mapping)
+    _write(settings, LINK_MAP, pa.Table.from_pandas(frame[[f.name for f in MAP_SCHEMA]],
+                                                    schema=MAP_SCHEMA, preserve_index=False))
+    return int(changed.sum())
 
 
 def forget_extracts(settings: Settings, engine: Engine, key: Key, extract_ids: list[str],
