@@ -436,22 +436,21 @@ def _duplicate_ids(fingerprints: np.ndarray, good: np.ndarray, seen: list[np.nda
     Ids are compared by their 64-bit keyed fingerprint (see `record_keys`) held in a sorted
     array: 8 bytes a row, never the id.
     """
-    earlier = np.zeros(len(fingerprints), dtype=bool)
-    if seen and len(seen[0]):
-        known = seen[0]
-        at = np.minimum(np.searchsorted(known, fingerprints), len(known) - 1)
-        earlier = known[at] == fingerprints
-    within = np.zeros(len(fingerprints), dtype=bool)
     candidates = np.flatnonzero(good)
-    _, first = np.unique(fingerprints[candidates], return_index=True)
-    within[candidates] = True
-    within[candidates[first]] = False
-    duplicate = good & (earlier | within)
+    order = np.argsort(fingerprints[candidates], kind="stable")  # first occurrence first
+    ordered = fingerprints[candidates][order]
+    repeated = np.zeros(len(ordered), dtype=bool)
+    repeated[1:] = ordered[1:] == ordered[:-1]
+    known = seen[0] if seen else np.zeros(0, dtype=fingerprints.dtype)
+    if len(known):
+        at = np.minimum(np.searchsorted(known, ordered), len(known) - 1)
+        repeated |= known[at] == ordered
+    duplicate = np.zeros(len(fingerprints), dtype=bool)
+    duplicate[candidates[order[repeated]]] = True
     for row in rows[duplicate].tolist():
         reasons.append((row, f"{id_name}: duplicate of an earlier row"))
-    merged = np.concatenate([*seen, fingerprints[good & ~duplicate]])
-    merged.sort(kind="stable")
-    seen[:] = [merged]
+    fresh = ordered[~repeated]
+    seen[:] = [np.insert(known, np.searchsorted(known, fresh), fresh)]
     return duplicate
 
 

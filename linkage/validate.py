@@ -116,7 +116,14 @@ def nhs_checksum_ok(digits: pa.Array) -> np.ndarray:
 
 def _nhs(column: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """Normalise NHS numbers (spaces and hyphens allowed) and check their modulus 11."""
-    digits = pc.replace_substring(pc.replace_substring(column, " ", ""), "-", "")
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    # Only values not already 10 characters long can become 10 digits by losing separators.
+    other = pc.fill_null(pc.not_equal(pc.binary_length(column), 10), False)
+    digits = column
+    if pc.any(other).as_py():
+        digits = pc.replace_with_mask(column, other, pc.replace_substring(
+            pc.replace_substring(pc.filter(column, other), " ", ""), "-", ""))
     present = pc.is_valid(column).to_numpy(zero_copy_only=False)
     valid = nhs_checksum_ok(digits) & present
     invalid = present & ~valid
@@ -187,7 +194,8 @@ def _check_distinct(col: c.Column, raw: pa.Array) -> _Column:
     distinct = _check_column(col, encoded.dictionary)
     indices = encoded.indices
     at = indices.to_numpy(zero_copy_only=False)
-    return _Column(pc.take(distinct.cleaned, indices),
+    unchanged = pc.all(pc.fill_null(pc.equal(distinct.cleaned, encoded.dictionary), False))
+    return _Column(raw if unchanged.as_py() else pc.take(distinct.cleaned, indices),
                    pc.take(distinct.parsed, indices) if distinct.parsed is not None else None,
                    [(flags[at], reason) for flags, reason in distinct.failures if flags.any()])
 
