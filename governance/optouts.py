@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,10 +78,17 @@ def active_optouts(engine: Engine, at: dt.date) -> pd.DataFrame:
     return live[["person_id", "optout_type", "sender"]].reset_index(drop=True)
 
 
+LOCAL_AUTHORITY = re.compile(r"^[EWSN]\d{8}$")  # ONS codes councils send under
+
+
 def _social_care_senders(engine: Engine) -> set[str]:
     with engine.connect() as connection:
         return set(connection.scalars(
             select(extracts.c.sender).where(extracts.c.source == "social_care")))
+
+
+def _is_council(sender: str, care_senders: set[str]) -> bool:
+    return sender in care_senders or bool(LOCAL_AUTHORITY.match(sender or ""))
 
 
 def excluded(frame: pd.DataFrame, source: str, purpose: str, live: pd.DataFrame,
@@ -99,8 +107,8 @@ def excluded(frame: pd.DataFrame, source: str, purpose: str, live: pd.DataFrame,
         if rule.sender_scope and "sender" in frame:
             # An opt-out from a council covers that council's data; one from elsewhere
             # (e.g. a national feed) covers the source from every sender.
-            everywhere = set(objections.loc[~objections["sender"].isin(care_senders),
-                                            "person_id"])
+            council = objections["sender"].map(lambda s: _is_council(s, care_senders))
+            everywhere = set(objections.loc[~council.astype(bool), "person_id"])
             pairs = set(zip(objections["person_id"], objections["sender"], strict=True))
             mask |= person.isin(everywhere).to_numpy()
             mask |= np.fromiter(((p, s) in pairs for p, s in
