@@ -56,7 +56,9 @@ class Verification:
     details: list[str] = field(default_factory=list)
 
 
-def _canonical_time(at: datetime) -> str:
+def _canonical_time(at: datetime | str) -> str:
+    if isinstance(at, str):  # a raw SQLite read
+        at = datetime.fromisoformat(at)
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,152 @@
+"""The audit chain: verify names the first entry modified, deleted, inserted or reordered."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from cli.main import main
+from governance import audit
+from governance.audit import Actor
+
+ANALYST = Actor("ana", "analyst", "X26", "commissioning")
+
+
+def write_entries(haven, n: int = 6) -> None:
+    for i in range(n):
+        audit.log(haven.engine, ANALYST, "release.read", f"run/r{i}", n_records=i * 10)
+
+
+def tamper(haven, *statements: str) -> None:
+    """Edit the table as an attacker with direct access would, past the append-only guard."""
+    engine = haven.engine
+    with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            connection.execute(text("DROP TRIGGER IF EXISTS audit_log_no_update"))
+            connection.execute(text("DROP TRIGGER IF EXISTS audit_log_no_delete"))
+        else:
+            connection.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+        for statement in statements:
+            connection.execute(text(statement))
+
+
+def test_intact_chain_verifies(haven):
+    write_entries(haven)
+    result = audit.verify(haven.engine)
+    assert result.ok and result.entries == 6 and result.head == audit.head(haven.engine)["hash"]
+
+
+@pytest.mark.parametrize("attack, seq, problem", [
+    ("UPDATE audit_log SET n_records = 999 WHERE seq = 3", 3, "modified"),
+    ("DELETE FROM audit_log WHERE seq = 4", 5, "deleted"),
+    ("UPDATE audit_log SET seq = seq + 100 WHERE seq >= 2", None, None),
+])
+def test_tampering_is_found(haven, attack, seq, problem):
+    write_entries(haven)
+    tamper(haven, attack)
+    result = audit.verify(haven.engine)
+    assert not result.ok
+    if seq is not None:
+        assert (result.finding.seq, result.finding.problem) == (seq, problem)
+
+
+def test_inserted_entry_is_found(haven):
+    write_entries(haven)
+    with haven.engine.connect() as connection:
+        row = dict(connection.execute(text("SELECT * FROM audit_log WHERE seq = 3")).mappings()
+                   .one())
+    tamper(haven, "UPDATE audit_log SET seq = seq + 1000 WHERE seq >= 3",
+           "UPDATE audit_log SET seq = seq - 999 WHERE seq >= 1000")
+    # A forged entry in the gap, hashed correctly on its own, chained from entry 2.
+    forged = dict(row, seq=3, n_records=1)
+    forged["hash"] = audit.entry_hash(row["prev_hash"], forged)
+    columns = ", ".join(forged)
+    values = ", ".join(f":{k}" for k in forged)
+    with haven.engine.begin() as connection:
+        connection.execute(text(f"INSERT INTO audit_log ({columns}) VALUES ({values})"),
+                           dict(forged, detail=json.dumps(row["detail"])))
+    result = audit.verify(haven.engine)
+    assert not result.ok and result.finding.seq == 4
+    assert result.finding.problem in ("inserted", "modified")
+
+
+def test_reordered_entries_are_found(haven):
+    write_entries(haven)
+    tamper(haven, "UPDATE audit_log SET seq = -1 WHERE seq = 2",
+           "UPDATE audit_log SET seq = 2 WHERE seq = 3",
+           "UPDATE audit_log SET seq = 3 WHERE seq = -1")
+    result = audit.verify(haven.engine)
+    assert not result.ok and result.finding.seq == 2
+    assert result.finding.problem in ("reordered", "modified")
+
+
+def test_truncation_is_found_against_an_exported_head(haven):
+    write_entries(haven)
+    exported = audit.head(haven.engine)
+    tamper(haven, "DELETE FROM audit_log WHERE seq >= 5",
+           "UPDATE audit_head SET seq = 4, hash = (SELECT hash FROM audit_log WHERE seq = 4)")
+    assert audit.verify(haven.engine).ok  # the database alone cannot tell
+    result = audit.verify(haven.engine, exported)
+    assert not result.ok and result.finding.problem == "truncated"
+
+
+def test_the_database_refuses_update_and_delete(haven):
+    write_entries(haven, 2)
+    for statement in ("UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log"):
+        with pytest.raises(Exception, match="append-only"), haven.engine.begin() as connection:
+            connection.execute(text(statement))
+
+
+def test_no_identifier_enters_the_log(haven):
+    with pytest.raises(ValueError, match="NHS number"):
+        audit.log(haven.engine, ANALYST, "lookup", "person/943 476 5919")
+    with pytest.raises(ValueError, match="NHS number"):
+        audit.log(haven.engine, ANALYST, "lookup", "x", detail={"q": "9434765919"})
+    audit.log(haven.engine, ANALYST, "lookup", "run/20261125120000-ab12")
+
+
+def test_verify_and_head_commands(haven, tmp_path, capsys):
+    write_entries(haven, 3)
+    env = {"HAVEN_HOME": str(haven.settings.home),
+           "HAVEN_DATABASE_URL": haven.settings.database_url, **haven.settings.key_env}
+    head_file = tmp_path / "head.json"
+    assert main(["audit", "head", "--out", str(head_file)], env) == 0
+    assert main(["audit", "verify", "--head", str(head_file)], env) == 0
+    tamper(haven, "UPDATE audit_log SET outcome = 'ok!' WHERE seq = 2")
+    assert main(["audit", "verify"], env) == 1
+    assert "audit entry 2: modified" in capsys.readouterr().out
+
+
+def test_application_role_cannot_update_or_delete_on_postgres(postgres_url):
+    """Production runs the app as a role that may insert and read, not rewrite, the log."""
+    from governance.db import migrate
+
+    owner = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://")
+                          if postgres_url.startswith("postgresql://") else postgres_url)
+    migrate(owner)
+    role = f"haven_app_{uuid.uuid4().hex[:8]}"
+    with owner.begin() as connection:
+        connection.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'app'"))
+        connection.execute(text(f"GRANT SELECT, INSERT ON audit_log, audit_head TO {role}"))
+        connection.execute(text(f"GRANT UPDATE ON audit_head TO {role}"))
+        connection.execute(text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"))
+    url = owner.url.set(username=role, password="app")
+    app = create_engine(url)
+    try:
+        audit.log(app, ANALYST, "release.read", "run/r1")
+        for statement in ("UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log",
+                          "TRUNCATE audit_log"):
+            with pytest.raises(Exception, match="permission denied|append-only"), \
+                    app.begin() as connection:
+                connection.execute(text(statement))
+        assert audit.verify(app).ok
+    finally:
+        app.dispose()
+        with owner.begin() as connection:
+            connection.execute(text(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}"))
+            connection.execute(text(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}"))
+            connection.execute(text(f"DROP ROLE {role}"))
+        owner.dispose()
