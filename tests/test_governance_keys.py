@@ -1,0 +1,179 @@
+"""Key rotation without losing a link, recipient pseudonyms, re-identification and lookup."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import select
+
+from cli.main import main
+from factories import invalid_nhs, nhs_numbers, rows_for, write_extract
+from governance import audit, release, rotation, store, vault
+from governance.audit import Actor
+from governance.keys import KeyProvider
+from governance.pseudonyms import nhs_pseudonym
+from governance.reidentify import Refused, lookup_by_nhs_numbers, reidentify
+from governance.schema import audit_log
+from linkage import person_index
+from linkage.landing import LandingContext, land_file
+from linkage.pseudonymise import pseudonymise_nhs
+
+MDT = Actor("dr.mdt", "mdt_clinician", "B86001", "case_finding")
+
+
+@pytest.fixture
+def file_keys(haven):
+    """Rotation needs keys it can write: a key file rather than environment keys."""
+    haven.__dict__["keys"] = KeyProvider(haven.settings.key_file)
+    return haven.keys
+
+
+@pytest.fixture
+def file_landing(haven, file_keys):
+    return LandingContext(haven.settings, haven.engine, file_keys, haven.actor)
+
+
+def landed_ids(haven, extract_id: str) -> list[str | None]:
+    return pq.read_table(store.rows_path(haven.settings, extract_id)).column(
+        "person_id").to_pylist()
+
+
+def test_single_value_pseudonym_equals_the_bulk_one(file_keys):
+    key = file_keys.current("pseudonym")
+    number = nhs_numbers(1)[0]
+    assert nhs_pseudonym(key, number) == pseudonymise_nhs(pa.array([number]), key)[0].as_py()
+
+
+def test_rotating_the_pseudonym_key_keeps_every_link(haven, file_landing, file_keys, inbox):
+    apc = land_file(file_landing, write_extract(inbox / "a", "apc", rows_for("apc", 6, seed=2)))
+    gp = land_file(file_landing, write_extract(inbox / "b", "gp_patients",
+                                          rows_for("gp_patients", 6, seed=2)))
+    person_index.update(haven.settings, haven.engine, file_keys.current("linkage"))
+    before = person_index.read_link_map(haven.settings)
+    old_ids = landed_ids(haven, apc.extract_id)
+    counts = rotation.rotate_pseudonym_key(
+        haven.settings, haven.engine, file_keys, haven.actor,
+        [lambda mapping: person_index.rekey(haven.settings, mapping)])
+    assert counts["pseudonyms"] == 6 and counts["files"] == 2 and counts["derived_rows"] == 12
+    new_ids = landed_ids(haven, apc.extract_id)
+    assert set(new_ids).isdisjoint(old_ids) and landed_ids(haven, gp.extract_id) == new_ids
+    key = file_keys.current("pseudonym")
+    numbers = nhs_numbers(6, seed=2)
+    assert new_ids == [nhs_pseudonym(key, n) for n in numbers]
+    after = person_index.read_link_map(haven.settings)
+    assert (after["person_key"] == before["person_key"]).all()  # same persons, same keys
+    assert set(after["person_id"]) == set(new_ids)
+    with haven.engine.connect() as connection:
+        revealed = vault.reveal(connection, file_keys, new_ids)
+    assert sorted(revealed.values()) == sorted(numbers)
+    # A new extract after rotation links to the same persons.
+    land_file(file_landing, write_extract(inbox / "c", "ae", rows_for("ae", 6, seed=2)))
+    person_index.update(haven.settings, haven.engine, file_keys.current("linkage"))
+    latest = person_index.read_link_map(haven.settings)
+    assert latest.groupby("person_id")["person_key"].nunique().max() == 1
+    assert latest["person_key"].nunique() == 6
+
+
+def test_rotating_the_vault_key_reencrypts(haven, file_landing, file_keys, inbox):
+    land_file(file_landing, write_extract(inbox, "deaths", rows_for("deaths", 3)))
+    old = file_keys.current("vault").key_id
+    assert rotation.rotate_vault_key(haven.engine, file_keys, haven.actor) == 3
+    with haven.engine.connect() as connection:
+        rows = connection.execute(select(vault.vault.c.vault_key_id)).scalars().all()
+        revealed = vault.reveal(connection, file_keys, [r for r in connection.execute(
+            select(vault.vault.c.person_id)).scalars()])
+    assert set(rows) == {file_keys.current("vault").key_id} != {old}
+    assert sorted(revealed.values()) == sorted(nhs_numbers(3))
+
+
+def test_keys_rotate_command(haven, file_landing, file_keys, inbox, capsys):
+    land_file(file_landing, write_extract(inbox, "deaths", rows_for("deaths", 2)))
+    env = {"HAVEN_HOME": str(haven.settings.home),
+           "HAVEN_DATABASE_URL": haven.settings.database_url}
+    assert main(["keys", "rotate", "vault"], env) == 0
+    assert main(["keys", "rotate", "pseudonym"], env) == 0
+    assert "re-keyed 2 pseudonyms" in capsys.readouterr().out
+    assert main(["keys", "rotate", "other"], env) == 2
+    assert audit.verify(haven.engine).ok
+
+
+def test_recipient_pseudonyms_cannot_be_joined_but_map_back(file_keys):
+    keys = ["P" + "a" * 20, "P" + "b" * 20]
+    first = release.recipient_pseudonyms(file_keys, "RECIPIENT-A", keys)
+    second = release.recipient_pseudonyms(file_keys, "recipient-b", keys)
+    assert set(first.values()).isdisjoint(second.values())
+    assert all(v.startswith("R") and len(v) == 21 for v in first.values())
+    assert release.resolve(file_keys, "recipient-a", [first[keys[1]]], keys) == {
+        first[keys[1]]: keys[1]}
+    with pytest.raises(ValueError, match="named recipient"):
+        release.recipient_pseudonym(file_keys, " ", keys[0])
+
+
+def _landed_gp(haven, landing, inbox, practice: str = "B86001"):
+    rows = rows_for("gp_patients", 4, seed=8)
+    for row in rows:
+        row["gp_practice_code"] = practice
+    rows[3]["gp_practice_code"] = "C81002"
+    receipt = land_file(landing, write_extract(inbox, "gp_patients", rows))
+    ids = landed_ids(haven, receipt.extract_id)
+    practices = dict(zip(ids, [r["gp_practice_code"] for r in rows], strict=True))
+    return ids, practices
+
+
+def test_reidentification_for_own_practice_with_a_reason(haven, landing, inbox):
+    ids, practices = _landed_gp(haven, landing, inbox)
+    found = reidentify(haven.engine, haven.keys, MDT, ids[:2], "MDT review of frail patients",
+                       practices.get)
+    assert sorted(found.values()) == sorted(nhs_numbers(4, seed=8)[:2])
+
+
+@pytest.mark.parametrize("case, rule", [
+    ("other_practice", "practice"), ("no_reason", "reason"), ("wrong_purpose", "purpose"),
+    ("opted_out", "opt_out"), ("nobody", "empty")])
+def test_reidentification_is_refused_and_audited(haven, landing, inbox, case, rule):
+    ids, practices = _landed_gp(haven, landing, inbox)
+    requester, chosen, reason = MDT, ids[:2], "MDT review of frail patients"
+    if case == "other_practice":
+        chosen = ids[2:]
+    elif case == "no_reason":
+        reason = " "
+    elif case == "wrong_purpose":
+        requester = Actor("dr.mdt", "mdt_clinician", "B86001", "commissioning")
+    elif case == "opted_out":
+        number = nhs_numbers(4, seed=8)[0]
+        land_file(landing, write_extract(inbox / "o", "optouts", [
+            {"nhs_number": number, "optout_type": "type1", "effective_date": "2020-01-01",
+             "withdrawn": "N"}], sender="X26"))
+    elif case == "nobody":
+        chosen = []
+    with pytest.raises(Refused) as refused:
+        reidentify(haven.engine, haven.keys, requester, chosen, reason, practices.get,
+                   at=dt.date(2026, 1, 1))
+    assert refused.value.rule == rule
+    with haven.engine.connect() as connection:
+        entry = connection.execute(select(audit_log).where(audit_log.c.action == "reidentify")
+                                   ).mappings().one()
+    assert entry["outcome"] == "refused" and entry["detail"]["rule"] == rule
+    assert not any(n in repr(dict(entry)) for n in nhs_numbers(4, seed=8))
+
+
+def test_reason_holding_an_nhs_number_is_not_written_to_the_log(haven, landing, inbox):
+    ids, practices = _landed_gp(haven, landing, inbox)
+    number = nhs_numbers(4, seed=8)[0]
+    reidentify(haven.engine, haven.keys, MDT, ids[:1], f"patient {number} seen today",
+               practices.get)
+    with haven.engine.connect() as connection:
+        detail = connection.execute(select(audit_log.c.detail).where(
+            audit_log.c.action == "reidentify")).scalar_one()
+    assert detail["reason"] == "[withheld: contained an identifier]"
+
+
+def test_reverse_lookup_gives_pseudonyms_of_valid_numbers_only(haven, landing, inbox):
+    ids, _ = _landed_gp(haven, landing, inbox)
+    numbers = nhs_numbers(4, seed=8)
+    spaced = f"{numbers[1][:3]} {numbers[1][3:6]} {numbers[1][6:]}"
+    found = lookup_by_nhs_numbers(haven.keys, [numbers[0], spaced, invalid_nhs(numbers[2]), ""])
+    assert found == {0: ids[0], 1: ids[1], 2: None, 3: None}
