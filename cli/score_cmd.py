@@ -12,7 +12,7 @@ from rich.console import Console
 from sqlalchemy import insert, select
 
 from cli.context import Haven
-from governance import audit
+from governance import audit, optouts
 from governance.schema import runs
 from linkage.linked_view import load_sources
 
@@ -28,13 +28,19 @@ def latest_run_id(haven: Haven) -> str | None:
 
 
 def run_score(haven: Haven, at: dt.date, seed: int = 0,
-              console: Console | None = None) -> dict:
-    """Score everyone at `at` and record the run; shared by the CLI, demo and API jobs."""
+              console: Console | None = None, purpose: str = "commissioning") -> dict:
+    """Score everyone at `at` and record the run; shared by the CLI, demo and API jobs.
+
+    Rows the purpose may not use (opt-outs in force at `at`, by the policy table) are left out
+    before anything is read by the model: for commissioning, a national data opt-out removes
+    the person; a type 1 objection removes their GP data.
+    """
     from stratify.run import save_run, score
 
     say = console.print if console else (lambda *_a, **_k: None)
-    say(f"reading linked, pseudonymised data for {at.isoformat()}")
-    sources = load_sources(haven.settings, haven.engine)
+    say(f"reading linked, pseudonymised data for {at.isoformat()} ({purpose})")
+    sources = load_sources(haven.settings, haven.engine,
+                           row_filter=optouts.purpose_filter(haven.engine, purpose, at))
     previous_id = latest_run_id(haven)
     previous = None
     if previous_id is not None:
@@ -42,7 +48,8 @@ def run_score(haven: Haven, at: dt.date, seed: int = 0,
                                    columns=["person_key", "probability", "tier"])
     say(f"training on history before {at.isoformat()} and scoring "
         f"{sum(len(f) for f in sources.values()):,} linked rows")
-    run = score(sources, at, seed=seed, previous=previous)
+    # Opt-outs were applied above, by the policy table, so the model reads only what it may.
+    run = score(sources, at, seed=seed, previous=previous, respect_optouts=False)
     folder = save_run(run, haven.settings.runs_dir / run.run_id)
     used = sorted({e for ids in run.extract_ids.values() for e in ids})
     with haven.engine.begin() as connection:
@@ -50,11 +57,12 @@ def run_score(haven: Haven, at: dt.date, seed: int = 0,
         connection.execute(insert(runs).values(
             run_id=run.run_id, kind="score", at=dt.datetime.now(dt.UTC), status="complete",
             extract_ids=used, summary={"at": at.isoformat(), "model": run.model,
+                                       "purpose": purpose,
                                        "model_version": run.model_version,
                                        "persons": int(len(run.scores)),
                                        "thresholds": run.thresholds}))
         audit.record(connection, haven.actor, "score.run", f"run/{run.run_id}",
-                     n_records=int(len(run.scores)), purpose="commissioning",
+                     n_records=int(len(run.scores)), purpose=purpose,
                      detail={"model": run.model, "extracts": len(used)})
     return {"run_id": run.run_id, "folder": str(folder), "persons": int(len(run.scores)),
             "model": run.model, "tiers": run.metrics.get("tiers", {}),
@@ -71,7 +79,9 @@ def write_model_report(haven: Haven, run_id: str | None, out: Path | None) -> Pa
     if run_id is None:
         raise typer.BadParameter("no score run yet: run `haven score` first")
     run = load_run(haven.settings.runs_dir / run_id)
-    sources = load_sources(haven.settings, haven.engine)
+    sources = load_sources(haven.settings, haven.engine,
+                           row_filter=optouts.purpose_filter(haven.engine, "commissioning",
+                                                             run.at))
     evaluation = evaluate(run, sources)
     target = out or haven.settings.home / "reports" / run_id
     path = write_report(evaluation, target, run=run)
