@@ -156,7 +156,12 @@ else:
     assert receipt.status == "landed", receipt.reason
     rows = receipt.counts["received"]
 end = time.perf_counter()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM belongs to this program alone; ru_maxrss can carry the parent's peak across fork/exec.
+status = Path("/proc/self/status")
+hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")] \
+    if status.exists() else []
+peak = (int(hwm[0].split()[1]) if hwm
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 print(json.dumps({"rows": rows, "seconds": end - ready, "startup": ready - start,
                   "peak_mb": peak}))
 """
