@@ -64,10 +64,8 @@ def suppress_table(table: pd.DataFrame, rule: Rule | None = None) -> pd.DataFram
                 if line.sum() != 1 or len(line) < 2:
                     continue
                 others = data.loc[label][~line & (data.loc[label] > 0)]
-                if others.empty:
+                if others.empty:  # only zeros beside it: suppress one of them all the same
                     others = data.loc[label][~line]
-                if others.empty:
-                    continue
                 victim = others.idxmin()
                 if axis == 0:
                     hidden.loc[victim, label] = True

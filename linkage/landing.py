@@ -52,8 +52,8 @@ from linkage.validate import check_batch
 MAX_REJECTED_FRACTION = 0.5
 MAX_REASONS_SHOWN = 10_000
 
-# Given a landed batch and its source, a mask of rows that no purpose may use (opt-outs).
-Exclusion = Callable[[pa.Table, str], np.ndarray]
+# Given a landed batch, its source and sender, a mask of rows no purpose may use (opt-outs).
+Exclusion = Callable[[pa.Table, str, str], np.ndarray]
 
 
 @dataclass
@@ -349,7 +349,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
             table = result.table
             counts["encoded"] += result.encoded_rows
             if ctx.exclusion is not None:
-                excluded = ctx.exclusion(table, contract.source)
+                excluded = ctx.exclusion(table, contract.source, manifest.sender)
                 if excluded.any():
                     counts["excluded_by_optout"] += int(excluded.sum())
                     table = table.filter(pa.array(~excluded))

@@ -67,15 +67,13 @@ def test_withdrawn_social_care_consent_is_not_landed_and_later_ones_are_purged(
         (0, "consent_withdrawn", "2023-01-01", "N")]), sender="E08000035"))
     exclusion = optouts.landing_exclusion(haven.engine)
 
-    def guarded(sender: str) -> LandingContext:
-        return LandingContext(haven.settings, haven.engine, haven.keys, haven.actor,
-                              exclusion=lambda table, source: exclusion(table, source, sender))
-
-    first = land_rows(guarded("E08000035"), inbox / "a", "social_care", 4, sender="E08000035")
+    guarded = LandingContext(haven.settings, haven.engine, haven.keys, haven.actor,
+                             exclusion=exclusion)
+    first = land_rows(guarded, inbox / "a", "social_care", 4, sender="E08000035")
     assert first.counts["excluded_by_optout"] == 1 and first.counts["landed"] == 3
-    other = land_rows(guarded("E08000036"), inbox / "b", "social_care", 4, sender="E08000036")
+    other = land_rows(guarded, inbox / "b", "social_care", 4, sender="E08000036")
     assert other.counts["excluded_by_optout"] == 0  # another council's data: not covered
-    hospital = land_rows(guarded("RR8"), inbox / "c", "apc", 4)
+    hospital = land_rows(guarded, inbox / "c", "apc", 4)
     assert hospital.counts["landed"] == 4
     # An objection registered after landing: person 1 withdraws consent from council 36.
     land_file(landing, write_extract(inbox / "d", "optouts", optout_rows([
