@@ -22,7 +22,7 @@ from linkage.landing import LandingContext, land_path
 DEMO_USERS = (
     ("ana.analyst", "X26", "analyst"),
     ("sam.superuser", "X26", "super_user"),
-    ("dr.mdt", "B86001", "mdt_clinician"),
+    ("dr.mdt", "PRACTICE", "mdt_clinician"),  # the synthetic population's first practice
     ("ivy.iglead", "X26", "ig_lead"),
     ("ada.admin", "X26", "admin"),
     ("carl.council", "E08000035", "council_uploader"),
@@ -82,6 +82,9 @@ def register(app: typer.Typer) -> None:
         environ = {"HAVEN_HOME": str(haven.settings.home),
                    "HAVEN_DATABASE_URL": haven.settings.database_url,
                    **haven.settings.key_env}
+        from synth.population import PRACTICES
+
         for name, org, role in DEMO_USERS:
+            org = PRACTICES[0].code if org == "PRACTICE" else org
             main(["users", "add", name, "--org", org, "--role", role, "--replace"], environ)
         main(["serve", "--port", str(port)], environ)
