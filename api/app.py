@@ -11,6 +11,8 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import threading
 import time
@@ -20,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.routing import iter_route_contexts
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
 from api import problems, reid
 from api.aggregates import SuppressionRule
@@ -29,7 +33,7 @@ from api.config import ApiConfig
 from api.guard import authorise
 from api.identity import Authenticator
 from api.jobs import JobRunner
-from api.release import ReleaseStore
+from api.release import NoRun, ReleaseStore
 from api.routes import admin, extracts, governance, jobs, meta, reidentify, release
 from api.trail import AuditMiddleware, AuditWriter
 from governance.db import open_database
@@ -129,6 +133,23 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Load the current run now rather than on the first request, then keep everything
+        # built so far (modules, FHIR models, pyarrow's compute functions: a few hundred
+        # thousand objects) out of the cyclic collector's full passes, which otherwise pause
+        # a busy server for 100 ms or more.
+        import fhir.resources.R4B.riskassessment  # noqa: F401 - imported now, frozen below
+        import pyarrow.compute  # noqa: F401
+
+        from api.present import group_sources
+
+        group_sources()  # stratify's catalogue (imports the modelling stack, once)
+        with contextlib.suppress(NoRun):
+            await run_in_threadpool(services.releases.current)
+        for context in iter_route_contexts(_app.routes):  # FastAPI builds routes on first use
+            _ = context.route
+        _app.openapi()
+        gc.collect()
+        gc.freeze()
         yield
         writer.close()
 

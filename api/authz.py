@@ -90,6 +90,8 @@ class AccessPolicy:
         self._seed(settings)
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, ...], bool] = {}
+        self._sources: dict[tuple, frozenset[str]] = {}
+        self._purposes: dict[tuple[str, ...], str] = {}
         self.enforcer = casbin.Enforcer(str(MODEL_PATH), self.adapter)
         self._matching()
         self._version = self._stored_version()
@@ -132,8 +134,13 @@ class AccessPolicy:
             with self._lock:
                 self.enforcer.load_policy()
                 self._matching()
-                self._cache.clear()
+                self._forget()
                 self._version = version
+
+    def _forget(self) -> None:
+        self._cache.clear()
+        self._sources.clear()
+        self._purposes.clear()
 
     # -- decisions -------------------------------------------------------------------------
     def allowed(self, role: str, org: str, obj: str, act: str, purpose: str,
@@ -184,11 +191,12 @@ class AccessPolicy:
 
     def default_purpose(self, roles: Sequence[str]) -> str:
         """The purpose assumed when a caller asserts none: their first role's only purpose."""
-        for role in roles:
-            purposes = self.purposes(role)
-            if len(purposes) == 1:
-                return purposes[0]
-        return NONE
+        key = tuple(roles)
+        found = self._purposes.get(key)
+        if found is None:
+            found = next((p[0] for p in map(self.purposes, roles) if len(p) == 1), NONE)
+            self._purposes[key] = found
+        return found
 
     def rules(self) -> dict[str, list[list[str]]]:
         with self._lock:
@@ -213,7 +221,7 @@ class AccessPolicy:
             else:
                 changed = (self.enforcer.remove_policy(*rule) if ptype == "p"
                            else self.enforcer.remove_grouping_policy(*rule))
-            self._cache.clear()
+            self._forget()
             self._version = self._stored_version()
         if changed:
             audit.log(self.engine, actor, "access_policy.add" if add else "access_policy.remove",
@@ -223,6 +231,13 @@ class AccessPolicy:
     def sources_allowed(self, roles: Sequence[str], org: str, purpose: str,
                         owner: str) -> frozenset[str]:
         """The data sources whose person-level data these roles may see for this owner."""
-        return frozenset(s for s in SOURCES
-                         if self.granting_role(roles, org, "person_data", "read", purpose,
-                                               policy_source(s), owner))
+        key = (tuple(roles), org, purpose, owner)
+        found = self._sources.get(key)
+        if found is None:
+            found = frozenset(s for s in SOURCES
+                              if self.granting_role(roles, org, "person_data", "read", purpose,
+                                                    policy_source(s), owner))
+            if len(self._sources) >= CACHE_LIMIT:
+                self._sources.clear()
+            self._sources[key] = found
+        return found

@@ -9,7 +9,6 @@ no reason groups and some source is hidden, reasons are left out altogether (fai
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Any
 
@@ -24,39 +23,51 @@ OUTCOME = "emergency hospital admission within 12 months"
 
 
 @lru_cache(maxsize=1)
-def _group_sources() -> dict[str, frozenset[str]]:
+def group_sources() -> dict[str, frozenset[str]]:
+    """Reason group -> the sources it is drawn from (read once from stratify's catalogue)."""
     return reason_group_sources()
 
 
-def _split(text: str | None, sep: str = ";") -> list[str]:
-    return [part.strip() for part in (text or "").split(sep) if part.strip()]
+@lru_cache(maxsize=256)
+def _hidden_groups(visible: frozenset[str]) -> frozenset[str] | None:
+    """Reason groups drawn only from sources outside `visible` (None: unknown groups hide)."""
+    groups = group_sources()
+    if not groups:
+        return None
+    return frozenset(g for g, behind in groups.items()
+                     if g not in DEMOGRAPHIC_GROUPS and not behind & visible)
+
+
+def _split(text: str | None, separator: str = ";") -> list[str]:
+    """A stored `;`-joined list (written by the score run without stray spaces)."""
+    return text.split(separator) if text else []
+
+
+def needs_reason_groups(visible: frozenset[str]) -> bool:
+    """Whether some reason could rest only on sources outside `visible`."""
+    return not visible >= ALL_SOURCES and _hidden_groups(visible) != frozenset()
 
 
 def visible_reasons(row: dict[str, Any], visible: frozenset[str]) -> list[str]:
     reasons = _split(row.get("reasons"), "; ")
-    if visible >= ALL_SOURCES:
+    if not reasons or not needs_reason_groups(visible):
         return reasons
+    hidden = _hidden_groups(visible)
     groups = [row.get(f"reason_group_{i}") for i in range(1, len(reasons) + 1)]
-    if not reasons or any(g is None for g in groups):
-        return []
-    by_group = _group_sources()
-    shown = []
-    for reason, group in zip(reasons, groups, strict=True):
-        behind = by_group.get(group)
-        if group in DEMOGRAPHIC_GROUPS or (behind is not None and behind & visible):
-            shown.append(reason)
-    return shown
+    if hidden is None or any(g is None for g in groups):
+        return []  # cannot tell what a reason rests on: fail closed
+    known = group_sources()
+    return [reason for reason, group in zip(reasons, groups, strict=True)
+            if group in known and group not in hidden]
 
 
-def _number(value: Any, digits: int = 4) -> float | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return round(float(value), digits)
+def _number(value: Any) -> float | None:
+    return None if value is None or value != value else round(value, 4)  # NaN != NaN
 
 
 def _tier_change(row: dict[str, Any]) -> int | None:
     value = row.get("tier_change")
-    if value is not None and not (isinstance(value, float) and math.isnan(value)):
+    if value is not None and value == value:
         return int(value)
     before = row.get("previous_tier")
     if before in TIER_RANK and row.get("tier") in TIER_RANK:
@@ -66,7 +77,10 @@ def _tier_change(row: dict[str, Any]) -> int | None:
 
 def person(row: dict[str, Any], visible: frozenset[str], rank: int | None = None
            ) -> dict[str, Any]:
-    """One scored person as the caller may see them (pseudonymised: person_key only)."""
+    """One scored person (a row from `Release.rows`) as the caller may see them,
+    pseudonymised: person_key only."""
+    everything = visible >= ALL_SOURCES
+    sources = _split(row.get("sources"))
     out: dict[str, Any] = {}
     if rank is not None:
         out["rank"] = rank
@@ -82,7 +96,7 @@ def person(row: dict[str, Any], visible: frozenset[str], rank: int | None = None
         "sex": row.get("sex"),
         "conditions": _split(row.get("conditions")) if visible & CONDITION_SOURCES else [],
         "reasons": visible_reasons(row, visible),
-        "sources": [s for s in _split(row.get("sources")) if s in visible],
+        "sources": sources if everything else [s for s in sources if s in visible],
     })
     return out
 

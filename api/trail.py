@@ -18,13 +18,15 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert, select, update
 
 from api.problems import PROBLEM_JSON, problem_body
 from governance import audit
 from governance.audit import Actor
+from governance.schema import audit_head, audit_log
 
 logger = logging.getLogger("haven.api")
 BATCH = 256
@@ -106,8 +108,7 @@ class AuditWriter:
     def _commit(self, batch: list[tuple[dict[str, Any], Future]]) -> None:
         try:
             with self.engine.begin() as connection:
-                for entry, _ in batch:
-                    _record(connection, entry)
+                record_many(connection, [entry for entry, _ in batch])
         except Exception:  # one bad entry must not lose the others: write them one by one
             for entry, future in batch:
                 try:
@@ -126,6 +127,33 @@ class AuditWriter:
             return
         for _, future in batch:
             future.set_result(None)
+
+
+def record_many(connection: Any, entries: list[dict[str, Any]]) -> None:
+    """Append entries to the chain in one transaction, with the hashes `audit.record` would
+    give them one by one: the head row is locked and moved once, and the rows are inserted in
+    one statement (one `record` call costs about half a millisecond of statement building,
+    which at hundreds of requests a second is the API's largest cost).
+
+    Raises ValueError, writing nothing, when any entry holds an identifier.
+    """
+    for entry in entries:
+        audit._refuse_identifiers(entry["resource"], json.dumps(entry["detail"], default=str))
+    locked = connection.execute(
+        update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
+    if locked.rowcount == 0:
+        connection.execute(insert(audit_head).values(id=1, seq=0, hash=audit.GENESIS))
+    head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).one()
+    seq, previous, now = head.seq, head.hash, datetime.now(UTC)
+    rows = []
+    for entry in entries:
+        seq += 1
+        row = {"seq": seq, "at": now, **entry, "prev_hash": previous}
+        row["hash"] = previous = audit.entry_hash(previous, row)
+        rows.append(row)
+    connection.execute(insert(audit_log), rows)
+    connection.execute(update(audit_head).where(audit_head.c.id == 1)
+                       .values(seq=seq, hash=previous))
 
 
 def _record(connection: Any, entry: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from api import present
 from api.aggregates import aggregate
@@ -46,10 +47,15 @@ def _conditions_allowed(access: Access, owner: str, asked: bool) -> None:
 def _page(release: Release, access: Access, selected: np.ndarray, offset: int, limit: int,
           ranked: bool) -> dict:
     chosen = selected[offset:offset + limit]
+    visible = {release.practices[code] if code >= 0 else "-": None
+               for code in np.unique(release.practice[chosen]).tolist()}
+    for practice in visible:
+        visible[practice] = access.visible_sources(practice)
+    groups = any(present.needs_reason_groups(v) for v in visible.values())
     items = []
-    for i, row in enumerate(release.rows(chosen)):
-        visible = access.visible_sources(row.get("gp_practice_code") or "-")
-        items.append(present.person(row, visible, offset + i + 1 if ranked else None))
+    for i, row in enumerate(release.rows(chosen, reason_groups=groups)):
+        shown = visible[row.get("gp_practice_code") or "-"]
+        items.append(present.person(row, shown, offset + i + 1 if ranked else None))
     nxt = offset + limit if offset + limit < len(selected) else None
     access.answered(len(items), run_id=release.run_id)
     return {"run_id": release.run_id, "total": int(len(selected)), "offset": offset,
@@ -59,7 +65,7 @@ def _page(release: Release, access: Access, selected: np.ndarray, offset: int, l
 @router.get("/practices/{ods}/case-finding", summary="Case-finding list of a practice",
             responses={200: example_response(PersonPage), **responses(401, 403, 409, 422)})
 @permission("case_finding", "read", owner="path:ods")
-def case_finding(
+async def case_finding(
     ods: Annotated[str, Path(pattern=ODS, description="The practice's ODS code.",
                              examples=["B86001"])],
     access: Annotated[Access, Depends(authorise)],
@@ -71,9 +77,13 @@ def case_finding(
 ) -> JSONResponse:
     """The practice's scored patients, highest risk first: tier, reasons and change since the
     last run, pseudonymised (re-identify with `POST /reidentify`). MDT clinicians of that
-    practice only."""
+    practice only.
+
+    Runs on the event loop: one practice's list is a slice of a few thousand rows, cheaper to
+    filter than a hop to a worker thread."""
     _conditions_allowed(access, ods, bool(condition))
-    release = current_release(access.services)
+    release = access.services.releases.fresh() or await run_in_threadpool(
+        current_release, access.services)
     selected = release.select(release.practice_rows.get(ods, EMPTY), tiers=tier,
                               age_bands=age_band, sexes=sex, conditions=condition)
     return ok(_page(release, access, selected, offset, limit, ranked=True))
