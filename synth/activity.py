@@ -54,7 +54,7 @@ EMERGENCY_METHOD_P = np.array([p for _, p in codes.EMERGENCY_METHODS])
 EMERGENCY_METHOD_P = EMERGENCY_METHOD_P / EMERGENCY_METHOD_P.sum()
 
 
-def _table(lists: list[tuple[str, ...]], lookup: dict[str, int]) -> tuple[np.ndarray,
+def code_table(lists: list[tuple[str, ...]], lookup: dict[str, int]) -> tuple[np.ndarray,
                                                                            np.ndarray]:
     """Ragged lists of codes as a padded index table and lengths."""
     width = max(len(x) for x in lists)
@@ -65,8 +65,8 @@ def _table(lists: list[tuple[str, ...]], lookup: dict[str, int]) -> tuple[np.nda
     return table, np.array([len(x) for x in lists])
 
 
-ACUTE_TABLE, ACUTE_LEN = _table([c.icd10_acute for c in CONDITIONS], ICD)
-CHRONIC_TABLE, CHRONIC_LEN = _table([c.icd10_chronic for c in CONDITIONS], ICD)
+ACUTE_TABLE, ACUTE_LEN = code_table([c.icd10_acute for c in CONDITIONS], ICD)
+CHRONIC_TABLE, CHRONIC_LEN = code_table([c.icd10_chronic for c in CONDITIONS], ICD)
 ACUTE_WEIGHT = np.array([c.acute_weight for c in CONDITIONS])
 FRAILTY_PRIMARY = np.array([ICD[c] for c in codes.FRAILTY_PRIMARY])
 FRAILTY_SECONDARY = np.array([ICD[c] for c in codes.FRAILTY_SECONDARY])

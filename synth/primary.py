@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from synth import codes
-from synth.activity import COND_INDEX, Rows, poisson_rows
+from synth.activity import COND_INDEX, Rows, code_table, poisson_rows
 from synth.codes import CONDITIONS
 from synth.population import (
     DAYS_PER_YEAR,
@@ -41,18 +41,8 @@ ICD_GP = {k: len(_SNOMED) + i for i, k in enumerate(_ICD_GP)}
 ICD_UNDOTTED = len(_ICD_GP)
 
 
-def _table(lists: list[tuple[str, ...]], lookup: dict[str, int]) -> tuple[np.ndarray,
-                                                                           np.ndarray]:
-    width = max(len(x) for x in lists)
-    table = np.zeros((len(lists), width), dtype=np.int64)
-    for i, x in enumerate(lists):
-        table[i, :len(x)] = [lookup[c] for c in x]
-        table[i, len(x):] = lookup[x[0]]
-    return table, np.array([len(x) for x in lists])
-
-
-SNOMED_TABLE, SNOMED_LEN = _table([c.snomed for c in CONDITIONS], SNO)
-ICD_TABLE, ICD_LEN = _table([c.icd10_chronic for c in CONDITIONS], ICD_GP)
+SNOMED_TABLE, SNOMED_LEN = code_table([c.snomed for c in CONDITIONS], SNO)
+ICD_TABLE, ICD_LEN = code_table([c.icd10_chronic for c in CONDITIONS], ICD_GP)
 
 
 def _window_events(person: np.ndarray, lo: np.ndarray, hi: np.ndarray, rate: float,
