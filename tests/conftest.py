@@ -86,3 +86,12 @@ def inbox(tmp_path: Path) -> Path:
     folder = tmp_path / "inbox"
     folder.mkdir()
     return folder
+
+
+def unguard_audit(connection, dialect: str) -> None:
+    """Lift the append-only guard, as an attacker with direct database access could."""
+    if dialect == "sqlite":
+        connection.execute(text("DROP TRIGGER IF EXISTS audit_log_no_update"))
+        connection.execute(text("DROP TRIGGER IF EXISTS audit_log_no_delete"))
+    else:
+        connection.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))

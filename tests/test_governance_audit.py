@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from cli.main import main
+from conftest import unguard_audit
 from governance import audit
 from governance.audit import Actor
 
@@ -24,11 +25,7 @@ def tamper(haven, *statements: str) -> None:
     """Edit the table as an attacker with direct access would, past the append-only guard."""
     engine = haven.engine
     with engine.begin() as connection:
-        if engine.dialect.name == "sqlite":
-            connection.execute(text("DROP TRIGGER IF EXISTS audit_log_no_update"))
-            connection.execute(text("DROP TRIGGER IF EXISTS audit_log_no_delete"))
-        else:
-            connection.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+        unguard_audit(connection, haven.engine.dialect.name)
         for statement in statements:
             connection.execute(text(statement))
 

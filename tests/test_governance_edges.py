@@ -10,6 +10,7 @@ import pytest
 from alembic import command
 from sqlalchemy import select, text
 
+from conftest import unguard_audit
 from factories import nhs_numbers, rows_for, write_extract
 from governance import audit, optouts, retention, rotation, store, vault
 from governance.audit import SYSTEM, Actor
@@ -36,10 +37,7 @@ def test_heads_that_do_not_match_the_chain(haven):
     assert not result.ok and result.finding.problem == "modified"
     assert "exported head is not in the chain" in result.details[0]
     with haven.engine.begin() as connection:
-        if haven.engine.dialect.name == "sqlite":
-            connection.execute(text("DROP TRIGGER audit_log_no_delete"))
-        else:
-            connection.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+        unguard_audit(connection, haven.engine.dialect.name)
         connection.execute(text("DELETE FROM audit_log WHERE seq = 3"))
     result = audit.verify(haven.engine)
     assert not result.ok and result.finding.problem == "truncated"
@@ -172,10 +170,7 @@ def test_chain_breaks_of_every_shape(haven, statements, problem):
     for i in range(4):
         audit.log(haven.engine, SYSTEM, "x", f"r{i}")
     with haven.engine.begin() as connection:
-        if haven.engine.dialect.name == "sqlite":
-            connection.execute(text("DROP TRIGGER audit_log_no_update"))
-        else:
-            connection.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+        unguard_audit(connection, haven.engine.dialect.name)
         for statement in statements:
             connection.execute(text(statement))
     result = audit.verify(haven.engine)
@@ -191,10 +186,7 @@ def _rewrite(haven, at_seq: int, changes: dict) -> None:
     new = dict(row, detail=detail, **changes)
     new["hash"] = audit.entry_hash(new["prev_hash"], new)
     with haven.engine.begin() as connection:
-        if haven.engine.dialect.name == "sqlite":
-            connection.execute(text("DROP TRIGGER IF EXISTS audit_log_no_update"))
-        else:
-            connection.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+        unguard_audit(connection, haven.engine.dialect.name)
         connection.execute(text("UPDATE audit_log SET seq = :new_seq, n_records = :n, "
                                 "hash = :h WHERE seq = :s"),
                            {"new_seq": new["seq"], "n": new["n_records"], "h": new["hash"],
@@ -225,10 +217,7 @@ def test_two_entries_swapped_are_found_as_reordered(haven):
     for i in range(4):
         audit.log(haven.engine, SYSTEM, "x", f"r{i}")
     with haven.engine.begin() as connection:
-        if haven.engine.dialect.name == "sqlite":
-            connection.execute(text("DROP TRIGGER IF EXISTS audit_log_no_update"))
-        else:
-            connection.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+        unguard_audit(connection, haven.engine.dialect.name)
         connection.execute(text("UPDATE audit_log SET seq = 100 WHERE seq = 2"))
     _rewrite(haven, 3, {"seq": 2})  # entry 3 now claims place 2, its own hash made good
     with haven.engine.begin() as connection:
