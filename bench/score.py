@@ -217,12 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     con = connect(sources)
     X = stage("features at reference date", timings, lambda: features_from(con, AT))
     print(f"persons scored: {len(X):,}; features: {X.shape[1]}", flush=True)
-    bundle = stage("training (2 dates, 3 models)", timings,
+    bundle = stage("training (2 dates, 4 candidates)", timings,
                    lambda: train(con, AT, args.seed, max_train_persons=args.train))
     con.close()
     run = stage("score run (features+score+reasons)", timings,
                 lambda: score(sources, AT, args.seed, bundle=bundle))
     print(f"chosen model: {bundle.chosen}; tiers: {run.metrics['tiers']}", flush=True)
+    print("score run stages (s):", run.metrics["seconds"], flush=True)
     print(f"features + scoring for {len(run.scores):,} persons: {timings[-1][1]:.1f} s "
           f"(target < 120 s)")
     return 0

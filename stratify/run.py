@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,21 +123,34 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
         if withdrawn and "social_care" in sources:
             care = sources["social_care"]
             sources["social_care"] = care[~care["person_key"].astype(str).isin(withdrawn)]
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = round(now - clock, 2)
+        clock = now
+
     con = connect(sources, threads)
     try:
         if bundle is None:
             bundle = train(con, at, seed, max_train_persons=max_train_persons)
+            lap("train")
         X = features_from(con, at, bundle.lookback_months)
         if excluded:
             X = X[~X.index.isin(excluded)]
         attributes = _attributes(con, at, X.index)
+        lap("features")
     finally:
         con.close()
-    probability = {name: bundle.probability(X, name) for name in bundle.models}
+    probability = bundle.probabilities(X)
     chosen = probability[bundle.chosen]
     cut = thresholds(chosen)
+    lap("predict")
     contributions = bundle.models[bundle.chosen].contributions(X[bundle.features])
     why = explain.reasons(contributions, X)
+    lap("reasons")
     scores = pd.DataFrame({"person_key": X.index.to_numpy(), "probability": chosen},
                           index=X.index)
     scores["tier"] = assign(chosen, cut)
@@ -163,7 +177,8 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
     metrics = {"persons": int(len(scores)), "optouts_excluded": int(len(excluded)),
                "mean_probability": float(np.mean(chosen)) if len(chosen) else float("nan"),
                "tiers": {k: int(v) for k, v in tier_counts.items()},
-               "selection": bundle.selection, "training": bundle.metrics}
+               "selection": bundle.selection, "training": bundle.metrics,
+               "seconds": seconds}
     return ScoreRun(run_id=_run_id(at, seed, ids, bundle.version), at=at,
                     model_version=bundle.version, model=bundle.chosen, seed=seed,
                     thresholds=cut, extract_ids=ids, metrics=metrics, scores=scores,

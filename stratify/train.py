@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from stratify import codelists
 from stratify.catalogue import NAMES
 from stratify.features import _ts, features_from, history_months
-from stratify.models import CANDIDATES, Calibrator, Model, make
+from stratify.models import CANDIDATES, Blend, Calibrator, Model, make
 from stratify.outcomes import outcomes_from
 from stratify.sources import add_months
 from stratify.tiers import thresholds
@@ -54,6 +54,20 @@ class ModelBundle:
     codelists_digest: str = ""
     lookback_months: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def probabilities(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Calibrated probability from every candidate; a blend reuses its parts' log-odds."""
+        decisions: dict[str, np.ndarray] = {}
+        for name, model in self.models.items():
+            if not isinstance(model, Blend):
+                decisions[name] = model.decision(X[self.features])
+        for name, model in self.models.items():
+            if isinstance(model, Blend):
+                known = {id(m): decisions[n] for n, m in self.models.items() if n in decisions}
+                parts = [known.get(id(p)) for p in model.parts]
+                decisions[name] = np.mean(parts, axis=0) if all(
+                    p is not None for p in parts) else model.decision(X[self.features])
+        return {name: self.calibrators[name](d) for name, d in decisions.items()}
 
     def probability(self, X: pd.DataFrame, name: str | None = None) -> np.ndarray:
         """Calibrated probability of an emergency admission in 12 months."""
@@ -92,8 +106,21 @@ def _subsample(X: pd.DataFrame, y: np.ndarray, limit: int | None, seed: int
     return X[keep], y[keep]
 
 
+def _fit_all(candidates: tuple[str, ...], X: pd.DataFrame, y: np.ndarray, seed: int
+             ) -> dict[str, Model]:
+    """Fit each candidate once; a blend reuses the fitted logistic and boosting models."""
+    fitted: dict[str, Model] = {}
+    for name in candidates:
+        if name != "blend":
+            fitted[name] = make(name).fit(X, y, seed)
+    if "blend" in candidates:
+        parts = [fitted.get(n) or make(n).fit(X, y, seed) for n in ("logistic", "boosting")]
+        fitted["blend"] = Blend.of(parts)
+    return fitted
+
+
 def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
-          candidates: tuple[str, ...] = ("rule", "logistic", "boosting"),
+          candidates: tuple[str, ...] = ("rule", "logistic", "boosting", "blend"),
           calibration: str = "platt", max_train_persons: int | None = 400_000) -> ModelBundle:
     """Fit, choose and calibrate the candidates for a run at `at` (see the module docstring)."""
     t1 = add_months(at, -12)
@@ -113,15 +140,13 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
         Xs, ys = _subsample(X0, y0, max_train_persons, seed)
         selection["method"] = "backtest"
         selection["fit_at"], selection["validate_at"] = t0.isoformat(), t1.isoformat()
-        for name in candidates:
-            model = make(name).fit(Xs, ys, seed)
-            selection[name] = _auc(y1, model.decision(X1))
+        Xv, yv = X1, y1
     else:
         Xs, ys = _subsample(X1[~held], y1[~held], max_train_persons, seed)
         selection["method"] = "holdout"
-        for name in candidates:
-            model = make(name).fit(Xs, ys, seed)
-            selection[name] = _auc(y1[held], model.decision(X1[held]))
+        Xv, yv = X1[held], y1[held]
+    for name, model in _fit_all(candidates, Xs, ys, seed).items():
+        selection[name] = _auc(yv, model.decision(Xv))
     scored = {n: selection[n] for n in candidates if not np.isnan(selection[n])}
     chosen = max(scored, key=scored.__getitem__) if scored else candidates[-1]
 
@@ -130,8 +155,7 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
     calibrators: dict[str, Calibrator] = {}
     metrics: dict[str, Any] = {"train_persons": int(len(Xf)), "calibration_persons":
                                int(held.sum()), "train_event_rate": float(y1.mean())}
-    for name in candidates:
-        model = make(name).fit(Xf, yf, seed)
+    for name, model in _fit_all(candidates, Xf, yf, seed).items():
         decision = model.decision(X1[held])
         calibrator = Calibrator(calibration).fit(decision, y1[held])
         models[name], calibrators[name] = model, calibrator

@@ -75,8 +75,8 @@ def test_time_split_and_metadata(run: ScoreRun) -> None:
     assert run.meta["train_at"] == "2024-04-01"
     assert run.meta["train_window"] == ["2024-04-01", "2025-04-01"]
     assert run.metrics["selection"]["method"] == "backtest"
-    assert run.model in {"rule", "logistic", "boosting"}
-    assert run.model == max(("rule", "logistic", "boosting"),
+    assert run.model in {"rule", "logistic", "boosting", "blend"}
+    assert run.model == max(("rule", "logistic", "boosting", "blend"),
                             key=lambda m: run.metrics["selection"][m])
     assert set(run.extract_ids) >= {"apc", "gp_patients"}
     assert run.extract_ids["apc"] == ["bench-apc"]
