@@ -1,70 +1,25 @@
-"""Aggregates of the current run with small-number suppression, primary and secondary.
+"""Aggregates of the current run, published through `governance.suppression`.
 
-Primary: a count of 1-7 is shown as suppressed; every other count below national level is
-rounded to the nearest 5 (the rule is `policies/suppression.json` when present). Secondary:
-an answer also carries the totals the cells add up to (each dimension's margin and the grand
-total), so wherever a published total has exactly one suppressed part, the next smallest part is
-suppressed too, until no suppressed cell can be recovered by subtraction.
+Counts are taken with NumPy over the run's codes; what is shown is governance's rule
+(`policies/suppression.json`, or an IG lead's override): counts 1-7 suppressed, others rounded
+to the nearest 5, and secondary suppression so that no suppressed count can be recovered from
+the totals published beside it. A table by two dimensions is suppressed along its rows and
+columns (`suppress_table`), and each margin against the grand total (`suppress`); by one
+dimension, the cells against the total.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine
+import pandas as pd
 
 from api.release import AGE_BANDS, SEXES, TIERS, Release
+from governance.suppression import Rule, suppress, suppress_table
 
 UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class SuppressionRule:
-    """Counts from `low` to `high` are suppressed; others are rounded to `base` unless national."""
-
-    low: int = 1
-    high: int = 7
-    base: int = 5
-
-    @classmethod
-    def load(cls, engine: Engine | None = None) -> SuppressionRule:
-        """The rule in `policies/suppression.json` (or an IG lead's override), else the default.
-
-        Keys understood: `suppress_min`/`suppress_max` (or `min`/`max`) and `round_to`.
-        """
-        try:
-            from governance.policy_tables import policy_text
-
-            data = json.loads(policy_text("suppression.json", engine))
-        except (OSError, ValueError):
-            return cls()
-        if not isinstance(data, dict):
-            return cls()
-        low = data.get("suppress_min", data.get("min", cls.low))
-        high = data.get("suppress_max", data.get("max", cls.high))
-        base = data.get("round_to", data.get("rounding", cls.base))
-        try:
-            return cls(int(low), int(high), int(base))
-        except (TypeError, ValueError):
-            return cls()
-
-    def publish(self, count: int, national: bool = False) -> int | None:
-        """The figure shown for a true count: None when suppressed."""
-        if count == 0:
-            return 0
-        if self.low <= count <= self.high:
-            return None
-        if national or self.base <= 1:
-            return count
-        return int((2 * count + self.base) // (2 * self.base) * self.base)  # halves round up
-
-    def to_json(self) -> dict[str, Any]:
-        return {"suppressed": f"{self.low}-{self.high}", "rounded_to": self.base,
-                "rounding": "below national level"}
 
 
 def _dimension(release: Release, name: str, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -86,6 +41,7 @@ def count(release: Release, rows: np.ndarray, by: Sequence[str]) -> dict[tuple[s
     A person with several conditions counts once under each when `by` includes condition.
     """
     rows = np.asarray(rows)
+    condition = np.empty(0, dtype=np.int64)
     if "condition" in by:
         expanded, condition_codes = [], []
         for i in range(len(release.conditions)):
@@ -93,20 +49,19 @@ def count(release: Release, rows: np.ndarray, by: Sequence[str]) -> dict[tuple[s
             expanded.append(hit)
             condition_codes.append(np.full(len(hit), i, dtype=np.int64))
         rows = np.concatenate(expanded) if expanded else np.empty(0, dtype=np.int64)
-        condition = np.concatenate(condition_codes) if condition_codes \
-            else np.empty(0, dtype=np.int64)
+        condition = np.concatenate(condition_codes) if condition_codes else condition
+    if not by:
+        return {(): int(len(rows))}
     codes, labels = [], []
     for name in by:
         if name == "condition":
             codes.append(condition)
             labels.append(list(release.conditions))
         else:
-            c, lab = _dimension(release, name, rows)
-            codes.append(c)
-            labels.append(lab)
-    if not by:
-        return {(): int(len(rows))}
-    sizes = [len(lab) for lab in labels]
+            found, named = _dimension(release, name, rows)
+            codes.append(found)
+            labels.append(named)
+    sizes = [len(named) for named in labels]
     flat = np.ravel_multi_index(codes, sizes) if len(rows) else np.empty(0, dtype=np.int64)
     tallies = np.bincount(flat, minlength=int(np.prod(sizes)))
     out = {}
@@ -116,64 +71,45 @@ def count(release: Release, rows: np.ndarray, by: Sequence[str]) -> dict[tuple[s
     return out
 
 
-@dataclass
-class _Figure:
-    true: int
-    shown: int | None
-
-    @property
-    def suppressed(self) -> bool:
-        return self.shown is None
+def _figure(shown: Any, rule: Rule) -> dict[str, Any]:
+    hidden = shown == rule.symbol
+    return {"count": None if hidden else int(shown), "suppressed": bool(hidden)}
 
 
-def protect(groups: list[tuple[_Figure, list[_Figure]]]) -> None:
-    """Secondary suppression: no published total may have exactly one suppressed part."""
-    changed = True
-    while changed:
-        changed = False
-        for total, parts in groups:
-            if total.suppressed:
-                continue
-            hidden = [p for p in parts if p.suppressed]
-            if len(hidden) != 1:
-                continue
-            candidates = [p for p in parts if not p.suppressed and p.true > 0]
-            if candidates:
-                min(candidates, key=lambda p: p.true).shown = None
-            else:
-                total.shown = None
-            changed = True
+def rule_json(rule: Rule) -> dict[str, Any]:
+    return {"suppressed": f"{rule.suppress_from}-{rule.suppress_to}",
+            "rounded_to": rule.round_to, "secondary": "rows, columns and totals"}
 
 
-def aggregate(release: Release, rows: np.ndarray, by: Sequence[str], rule: SuppressionRule,
-              national: bool) -> dict[str, Any]:
-    """Cells, margins and total of the persons at `rows`, suppressed and rounded."""
+def aggregate(release: Release, rows: np.ndarray, by: Sequence[str], rule: Rule
+              ) -> dict[str, Any]:
+    """Cells, margins and total of the persons at `rows` (by one or two dimensions), as
+    published."""
     by = list(by)
-    cells = {key: _Figure(n, rule.publish(n)) for key, n in count(release, rows, by).items()}
-    total = _Figure(int(len(rows)), rule.publish(int(len(rows)), national=national))
-    groups: list[tuple[_Figure, list[_Figure]]] = []
-    margins: dict[str, dict[str, _Figure]] = {}
-    if len(by) > 1:
-        for d, name in enumerate(by):
-            single = count(release, rows, [name])
-            margins[name] = {key[0]: _Figure(n, rule.publish(n)) for key, n in single.items()}
-            for label, figure in margins[name].items():
-                groups.append((figure, [c for k, c in cells.items() if k[d] == label]))
-            groups.append((total, list(margins[name].values())))
+    true = count(release, rows, by)
+    total_true = int(len(rows))
+    margins: dict[str, list[dict[str, Any]]] = {}
+    if len(by) == 1:
+        shown = suppress({key[0]: n for key, n in true.items()}, rule)
+        total = _figure(shown.pop("total"), rule)
+        cells = [{by[0]: label, **_figure(value, rule)} for label, value in sorted(shown.items())]
     else:
-        groups.append((total, list(cells.values())))
-    protect(groups)
-
-    def shown(figure: _Figure) -> dict[str, Any]:
-        return {"count": figure.shown, "suppressed": figure.suppressed}
-
-    return {
-        "by": by,
-        "cells": [{**dict(zip(by, key, strict=True)), **shown(figure)}
-                  for key, figure in sorted(cells.items())],
-        "margins": {name: [{name: label, **shown(figure)}
-                           for label, figure in sorted(values.items())]
-                    for name, values in margins.items()},
-        "total": shown(total),
-        "rule": rule.to_json(),
-    }
+        table = pd.Series({key: n for key, n in true.items()}, dtype="int64")
+        grid = table.unstack(fill_value=0) if len(table) else pd.DataFrame(dtype="int64")
+        shown_grid = suppress_table(grid, rule) if len(grid) else grid
+        cells = []
+        for row_label in shown_grid.index:
+            for column_label in shown_grid.columns:
+                value = shown_grid.loc[row_label, column_label]
+                if grid.loc[row_label, column_label] == 0 and value != rule.symbol:
+                    continue  # a true zero, not hidden: left out
+                cells.append({by[0]: row_label, by[1]: column_label, **_figure(value, rule)})
+        total = _figure(rule.show(total_true), rule)
+        for axis, name in enumerate(by):
+            sums = grid.sum(axis=1 - axis) if len(grid) else pd.Series(dtype="int64")
+            published = suppress({k: int(v) for k, v in sums.items() if v}, rule)
+            published.pop("total")  # the grand total is published once, below the margins
+            margins[name] = [{name: label, **_figure(value, rule)}
+                             for label, value in sorted(published.items())]
+    return {"by": by, "cells": cells, "margins": margins, "total": total,
+            "rule": rule_json(rule)}

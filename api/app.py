@@ -5,6 +5,7 @@ and the `authorise` dependency (authentication, then Casbin); errors are problem
 
 Examples:
     >>> from governance.settings import Settings
+from governance.suppression import Rule
     >>> app = create_app(Settings(home=Path("/srv/haven")))  # doctest: +SKIP
     >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
 """
@@ -26,8 +27,7 @@ from fastapi.routing import iter_route_contexts
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from api import problems, reid
-from api.aggregates import SuppressionRule
+from api import problems
 from api.authz import AccessPolicy
 from api.config import ApiConfig
 from api.guard import authorise
@@ -38,7 +38,9 @@ from api.routes import admin, extracts, governance, jobs, meta, reidentify, rele
 from api.trail import AuditMiddleware, AuditWriter
 from governance.db import open_database
 from governance.keys import KeyProvider
+from governance.policy_tables import policy_text
 from governance.settings import Settings
+from governance.suppression import Rule
 
 DESCRIPTION = """Haven's release API. Every request is authenticated (a Haven bearer token, or an
 OIDC access token from the configured issuer), decided by Casbin on the caller's role,
@@ -61,19 +63,17 @@ class Services:
     releases: ReleaseStore
     audit: AuditWriter
     jobs: JobRunner
-    reidentifier: Callable[..., dict[str, str]] = reid.reidentify
-    looker_up: Callable[..., dict[str, str]] = reid.lookup_by_nhs_numbers
-    _rule: tuple[float, SuppressionRule] | None = None
+    _rule: tuple[float, Rule] | None = None
     _rule_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def suppression_rule(self) -> SuppressionRule:
+    def suppression_rule(self) -> Rule:
         """The small-number rule in force (an IG lead's change applies within seconds)."""
         now = time.monotonic()
         cached = self._rule
         if cached is not None and now - cached[0] < max(self.config.refresh_seconds, 1.0):
             return cached[1]
         with self._rule_lock:
-            self._rule = (now, SuppressionRule.load(self.engine))
+            self._rule = (now, Rule.load(policy_text("suppression.json", self.engine)))
             return self._rule[1]
 
     def forget_suppression_rule(self) -> None:
@@ -143,8 +143,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         from api.present import group_sources
 
         group_sources()  # stratify's catalogue (imports the modelling stack, once)
-        with contextlib.suppress(NoRun):
-            await run_in_threadpool(services.releases.current)
+        for purpose in ("commissioning", "case_finding"):
+            with contextlib.suppress(NoRun):
+                await run_in_threadpool(services.releases.current, purpose)
         for context in iter_route_contexts(_app.routes):  # FastAPI builds routes on first use
             _ = context.route
         _app.openapi()

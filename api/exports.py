@@ -1,9 +1,11 @@
 """Exports of the current run for a named recipient, in that recipient's own pseudonyms.
 
-Each row's person key is replaced by a recipient pseudonym: HMAC-SHA256 under the release key
-with the recipient's ODS code as the domain, so two recipients' files cannot be joined on the
-person and neither holds Haven's person key. CSV text cells that a spreadsheet would run as a
-formula (starting with `=`, `+`, `-`, `@`, tab or carriage return) are prefixed with `'`.
+Each row's person key is replaced by the recipient's own pseudonym
+(`governance.release.recipient_pseudonym`: HMAC under the release key in the recipient's
+domain), so two recipients' files cannot be joined on the person and neither holds Haven's
+person key. CSV text cells that a spreadsheet would run as a formula (starting with `=`, `+`,
+`-`, `@`, tab or carriage return) are prefixed with `'`. An export is kept under its run's
+folder in `exports/`, so destroying the run (retention) destroys the export too.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from governance.keys import KeyProvider
+from governance.release import recipient_pseudonyms
 from governance.settings import Settings
-from linkage.pseudonymise import keyed_hashes
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_ID = re.compile(r"^exp-\d{14}-[0-9a-f]{8}$")
@@ -37,21 +39,15 @@ def neutralise(value: Any) -> Any:
     return value
 
 
-def recipient_keys(person_keys: list[str], recipient: str, keys: KeyProvider) -> list[str]:
-    hashed = keyed_hashes(pa.array(person_keys, pa.string()), keys.current("release"),
-                          domain=f"recipient:{recipient}", length=20)
-    return ["R" + h for h in hashed.to_pylist()]
-
-
 def write(settings: Settings, keys: KeyProvider, people: list[dict[str, Any]], *,
           recipient: str, fmt: str, run_id: str, org: str, user: str) -> dict[str, Any]:
     """Write the export and its description; returns the description."""
     export_id = f"exp-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
-    folder = settings.exports_dir / export_id
+    folder = settings.exports_dir / run_id / export_id
     folder.mkdir(parents=True)
-    pseudonyms = recipient_keys([p["person_key"] for p in people], recipient, keys)
-    rows = [{"recipient_key": pseudonym, **{c: p.get(c) for c in COLUMNS[1:]}}
-            for pseudonym, p in zip(pseudonyms, people, strict=True)]
+    pseudonyms = recipient_pseudonyms(keys, recipient, [p["person_key"] for p in people])
+    rows = [{"recipient_key": pseudonyms[p["person_key"]], **{c: p.get(c) for c in COLUMNS[1:]}}
+            for p in people]
     for row in rows:
         for name in ("conditions", "sources"):
             row[name] = ";".join(row[name] or [])
@@ -83,11 +79,14 @@ def write(settings: Settings, keys: KeyProvider, people: list[dict[str, Any]], *
 
 def describe(settings: Settings, export_id: str) -> tuple[dict[str, Any], Path] | None:
     """An export's description and file, or None."""
-    if not EXPORT_ID.match(export_id):
+    if not EXPORT_ID.match(export_id) or not settings.exports_dir.exists():
         return None
-    folder = settings.exports_dir / export_id
+    found = sorted(settings.exports_dir.glob(f"*/{export_id}/export.json"))
+    if len(found) != 1:
+        return None
+    folder = found[0].parent
     try:
-        description = json.loads((folder / "export.json").read_text(encoding="utf-8"))
+        description = json.loads(found[0].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     path = folder / f"export.{description['format']}"

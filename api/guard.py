@@ -117,7 +117,7 @@ async def _principal(services: Any, credentials: HTTPAuthorizationCredentials | 
 
 
 async def _owner(rule: Permission, request: Request, access_context: dict[str, Any],
-                 services: Any, principal: Principal) -> list[str]:
+                 services: Any, principal: Principal, purpose: str) -> list[str]:
     """Owners to try, in order (a collection tries everyone's first, then the caller's own)."""
     if rule.owner is None:
         return [NONE]
@@ -129,8 +129,8 @@ async def _owner(rule: Permission, request: Request, access_context: dict[str, A
         return [str(request.path_params.get(rule.owner[5:], NONE)).upper()]
     if rule.owner == "person":
         try:
-            release = services.releases.fresh() or await run_in_threadpool(
-                services.releases.current)
+            release = services.releases.fresh(purpose) or await run_in_threadpool(
+                services.releases.current, purpose)
         except NoRun:
             return [NONE]
         row = release.position(str(request.path_params.get("person_key", "")))
@@ -173,7 +173,7 @@ async def authorise(
     note.purpose = purpose
     context: dict[str, Any] = {}
     sources = [policy_source(s) for s in SOURCES] if rule.any_source else [NONE]
-    owners = await _owner(rule, request, context, services, principal)
+    owners = await _owner(rule, request, context, services, principal, purpose)
     for index, owner in enumerate(owners):
         for source in sources:
             role = services.policy.granting_role(principal.roles, principal.org, rule.obj,

@@ -35,7 +35,7 @@ class JobRefused(Exception):
     """The job cannot start (another is running, or the stage is not installed)."""
 
 
-class _JobHaven(Haven):
+class ApiHaven(Haven):
     """The command line's handle, with the API's engine and keys and the caller as actor."""
 
     def __init__(self, settings: Settings, engine: Engine, keys: KeyProvider,
@@ -132,7 +132,7 @@ class JobRunner:
                    "created_at": _now(), "finished_at": None, "result": None, "error": None,
                    "pid": os.getpid()}
             self._save(job)
-        haven = _JobHaven(self.settings, self.engine, self.keys, actor)
+        haven = ApiHaven(self.settings, self.engine, self.keys, actor)
         arguments = {k: v for k, v in params.items() if v is not None}
         thread = threading.Thread(target=self._run, args=(job, function, haven, arguments),
                                   name=f"haven-{job['job_id']}", daemon=True)

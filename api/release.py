@@ -5,11 +5,16 @@ The newest complete score run (`runs` table, `kind` = `score`) is read once with
 as a few numeric arrays: tier, age band, sex and practice as small codes, conditions and sources
 as bit masks, and a per-practice index of row positions. A case-finding page is then a slice of
 one practice's positions filtered with NumPy, and text (person keys, reasons) is taken only for
-the rows of the page. Persons with a national data opt-out or type 1 objection in force that
-landed after the run was scored are left out of everything served (the run itself already
-leaves out those known when it was scored).
+the rows of the page.
 
-`ReleaseStore.current()` notices a new run or new opt-outs (checked at most every
+Runs are scored for a purpose of use (`summary.purpose`, commissioning by default), whose
+opt-out rules (`policies/optout_purposes.csv`, through `governance.optouts`) decided what the
+model read. Each purpose is answered from the newest run scored for it; a case-finding caller
+may be answered from a commissioning run when commissioning's rules leave out at least as much.
+A person whose opt-out covering the purpose arrived after the run was scored is withheld from
+that purpose's answers until the next run.
+
+`ReleaseStore.current(purpose)` notices a new run or new opt-outs (checked at most every
 `refresh_seconds`) and reloads.
 """
 
@@ -20,7 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -30,7 +35,9 @@ import pyarrow as pa
 from sqlalchemy import Engine, func, select
 
 from api.authz import SOURCES
-from governance.schema import optouts, runs
+from governance import optouts
+from governance.schema import extracts, runs
+from governance.schema import optouts as optout_register
 from governance.settings import Settings
 from linkage.person_index import read_link_map
 
@@ -42,7 +49,7 @@ SEXES = ("1", "2", "9", "0")
 CONDITION_SOURCES = frozenset({"gp_events", "apc"})
 # Reason groups every role may see: they restate the person's age band and sex.
 DEMOGRAPHIC_GROUPS = frozenset({"age", "sex"})
-EXCLUDING_OPTOUTS = ("ndoo", "type1")
+DEFAULT_RUN_PURPOSE = "commissioning"  # what `haven score` scores for unless told
 COLUMNS = ("person_key", "probability", "tier", "reasons", "previous_probability",
            "previous_tier", "change", "gp_practice_code", "age_band", "sex", "conditions",
            "sources")
@@ -120,6 +127,8 @@ class Release:
     keys_sorted: np.ndarray
     keys_order: np.ndarray
     practice_rows: dict[str, np.ndarray]
+    purpose: str = "commissioning"
+    live: np.ndarray | None = None  # False where a person is withheld from this purpose
     withheld: dict[str, str] = field(default_factory=dict)  # person key -> practice
     cache: OrderedDict = field(default_factory=OrderedDict)
     cache_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -127,7 +136,25 @@ class Release:
 
     @property
     def persons(self) -> int:
-        return len(self.tier)
+        return len(self.everyone)
+
+    @cached_property
+    def everyone(self) -> np.ndarray:
+        """Positions of every person served (rank order)."""
+        return np.arange(len(self.tier)) if self.live is None else np.flatnonzero(self.live)
+
+    def withholding(self, purpose: str, withheld: set[str]) -> Release:
+        """This run as answered for `purpose`, without the persons `withheld` (shares the
+        arrays; only the masks and the per-practice index are new)."""
+        rows = [self.position(key) for key in withheld]
+        live = np.ones(len(self.tier), dtype=bool)
+        live[[r for r in rows if r is not None]] = False
+        practice_rows = {p: r[live[r]] for p, r in self.practice_rows.items()}
+        return replace(self, purpose=purpose, live=live, practice_rows=practice_rows,
+                       withheld={k: self.practice_of(r) for k, r in zip(withheld, rows,
+                                                                         strict=True)
+                                 if r is not None},
+                       cache=OrderedDict(), cache_lock=threading.Lock(), computing={})
 
     def position(self, person_key: str) -> int | None:
         """Row of a person key, or None when the run does not hold it."""
@@ -137,7 +164,8 @@ class Release:
             return None
         at = int(np.searchsorted(self.keys_sorted, wanted)[0])
         if at < len(self.keys_sorted) and self.keys_sorted[at] == wanted[0]:
-            return int(self.keys_order[at])
+            row = int(self.keys_order[at])
+            return row if self.live is None or self.live[row] else None
         return None
 
     def practice_of(self, row: int) -> str:
@@ -155,7 +183,7 @@ class Release:
                age_bands: Iterable[str] = (), sexes: Iterable[str] = (),
                conditions: Iterable[str] = ()) -> np.ndarray:
         """Positions (rank order) among `rows` (None: everyone) matching every filter given."""
-        positions = np.arange(self.persons) if rows is None else rows
+        positions = self.everyone if rows is None else rows
         mask: np.ndarray | None = None
 
         def narrow(column: np.ndarray, wanted: Iterable[str], vocabulary: Sequence[str]) -> None:
@@ -219,8 +247,7 @@ class Release:
         return value
 
 
-def load_release(settings: Settings, run_id: str, summary: dict[str, Any],
-                 excluded_keys: set[str] | frozenset[str] = frozenset()) -> Release:
+def load_release(settings: Settings, run_id: str, summary: dict[str, Any]) -> Release:
     """Read a score run with DuckDB in rank order and index it (see the module docstring)."""
     path = settings.runs_dir / run_id / "scores.parquet"
     if not path.exists():
@@ -234,18 +261,10 @@ def load_release(settings: Settings, run_id: str, summary: dict[str, Any],
         if missing:
             raise NoRun(f"score run {run_id} lacks columns {', '.join(missing)}")
         select_list = ", ".join(f'"{c}"' for c in wanted)
-        con.register("excluded", pa.table({"person_key": pa.array(sorted(excluded_keys),
-                                                                  pa.string())}))
         table = con.sql(
             f"SELECT {select_list} FROM read_parquet($path) "
-            "WHERE person_key NOT IN (SELECT person_key FROM excluded) "
             "ORDER BY probability DESC, person_key", params={"path": str(path)}
         ).to_arrow_table()
-        practice = '"gp_practice_code"' if "gp_practice_code" in present else "NULL"
-        withheld = dict(con.execute(
-            f"SELECT person_key, coalesce(CAST({practice} AS VARCHAR), '-') "
-            "FROM read_parquet(?) WHERE person_key IN (SELECT person_key FROM excluded)",
-            [str(path)]).fetchall())
     finally:
         con.close()
     for name in COLUMNS:
@@ -283,29 +302,56 @@ def load_release(settings: Settings, run_id: str, summary: dict[str, Any],
         change=np.asarray(change, dtype=np.float64),
         previous_tier=_codes(table.column("previous_tier"), TIERS),
         keys_sorted=keys[keys_order], keys_order=keys_order, practice_rows=practice_rows,
-        withheld=withheld)
+        purpose=str(summary.get("purpose") or DEFAULT_RUN_PURPOSE))
 
 
-def active_optout_person_ids(engine: Engine, today: dt.date | None = None,
-                             types: Sequence[str] = EXCLUDING_OPTOUTS) -> set[str]:
-    """Pseudonyms whose latest opt-out of one of `types` is in force (effective, not withdrawn).
+def run_purpose(summary: dict[str, Any] | None) -> str:
+    return str((summary or {}).get("purpose") or DEFAULT_RUN_PURPOSE)
 
-    A later row with `withdrawn` set means the person opted back in.
-    """
-    today = today or dt.datetime.now(dt.UTC).date()
+
+def _covered_types(rules: list[optouts.Coverage], purpose: str) -> dict[str, frozenset[str]]:
+    """Opt-out type -> the sources it takes from `purpose` (`*` as every source)."""
+    out: dict[str, set[str]] = {}
+    for rule in rules:
+        if rule.purpose == purpose:
+            out.setdefault(rule.optout_type, set()).update(rule.sources or {"*"})
+    return {kind: frozenset(found) for kind, found in out.items()}
+
+
+def runs_for(purpose: str, rules: list[optouts.Coverage]) -> list[str]:
+    """Run purposes that may answer `purpose`: its own, and commissioning for case finding
+    while the policy table makes commissioning leave out at least as much."""
+    answer = [purpose]
+    if purpose == "case_finding":
+        mine, theirs = _covered_types(rules, purpose), _covered_types(rules, "commissioning")
+        if all("*" in theirs.get(k, ()) or sources <= theirs.get(k, frozenset())
+               for k, sources in mine.items()):
+            answer.append("commissioning")
+    return answer
+
+
+def withheld_person_ids(engine: Engine, purpose: str, scored_at: dt.datetime,
+                        today: dt.date | None = None) -> set[str]:
+    """Pseudonyms with an opt-out covering `purpose` in force that arrived after the run was
+    scored (those known before were applied when it was scored)."""
+    rules = optouts.coverage(engine)
+    types = set(_covered_types(rules, purpose))
+    live = optouts.active_optouts(engine, today or dt.datetime.now(dt.UTC).date())
+    live = live[live["optout_type"].isin(types)]
+    if live.empty:
+        return set()
+    if scored_at.tzinfo is None:
+        scored_at = scored_at.replace(tzinfo=dt.UTC)
     with engine.connect() as connection:
-        rows = connection.execute(
-            select(optouts.c.person_id, optouts.c.optout_type, optouts.c.effective_date,
-                   optouts.c.withdrawn).where(optouts.c.optout_type.in_(list(types)),
-                                              optouts.c.effective_date <= today)).all()
-    latest: dict[tuple[str, str], tuple[dt.date, bool]] = {}
-    for person_id, kind, effective, withdrawn in rows:
-        key = (person_id, kind)
-        seen = latest.get(key)
-        # Same day: the withdrawal wins (the person opted back in).
-        if seen is None or (effective, bool(withdrawn)) > seen:
-            latest[key] = (effective, bool(withdrawn))
-    return {person_id for (person_id, _), (_, withdrawn) in latest.items() if not withdrawn}
+        arrived = connection.execute(
+            select(optout_register.c.person_id, optout_register.c.optout_type,
+                   extracts.c.received_at)
+            .join(extracts, extracts.c.extract_id == optout_register.c.extract_id)
+            .where(optout_register.c.optout_type.in_(sorted(types)))).all()
+    late = {(p, k) for p, k, at in arrived
+            if (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) >= scored_at}
+    return {p for p, k in zip(live["person_id"], live["optout_type"], strict=True)
+            if (p, k) in late}
 
 
 def person_keys_of(settings: Settings, person_ids: set[str]) -> set[str]:
@@ -318,54 +364,66 @@ def person_keys_of(settings: Settings, person_ids: set[str]) -> set[str]:
 
 
 class ReleaseStore:
-    """The release in force, reloaded when a newer run or a new opt-out appears."""
+    """The release in force for each purpose, reloaded when a newer run or opt-out appears."""
 
     def __init__(self, settings: Settings, engine: Engine, refresh_seconds: float) -> None:
         self.settings = settings
         self.engine = engine
         self.refresh_seconds = refresh_seconds
-        self._release: Release | None = None
-        self._signature: tuple | None = None
-        self._checked = 0.0
+        self._runs: dict[str, Release] = {}  # run id -> the run, every person
+        self._views: dict[str, tuple[float, tuple, Release | None]] = {}
         self._lock = threading.Lock()
 
-    def _current_signature(self) -> tuple:
+    def _signature(self, purpose: str) -> tuple:
+        """(run id, when scored, summary) of the run answering `purpose`, and opt-out marks."""
+        wanted = runs_for(purpose, optouts.coverage(self.engine))
         with self.engine.connect() as connection:
-            run = connection.execute(
-                select(runs.c.run_id, runs.c.summary).where(
+            listed = connection.execute(
+                select(runs.c.run_id, runs.c.at, runs.c.summary).where(
                     runs.c.kind == "score", runs.c.status == "complete")
-                .order_by(runs.c.at.desc(), runs.c.run_id.desc()).limit(1)).first()
-            marks = connection.execute(select(func.count(), func.max(optouts.c.extract_id),
-                                              func.min(optouts.c.extract_id))).one()
-        return (run.run_id if run else None, tuple(marks), run.summary if run else None)
+                .order_by(runs.c.at.desc(), runs.c.run_id.desc())).all()
+            marks = connection.execute(select(func.count(), func.max(optout_register.c.extract_id),
+                                              func.min(optout_register.c.extract_id))).one()
+        for choice in wanted:  # the purpose's own run first, then what may stand in for it
+            for run in listed:
+                if run_purpose(run.summary) == choice:
+                    return run.run_id, run.at, run.summary, tuple(marks)
+        return None, None, None, tuple(marks)
 
-    def fresh(self) -> Release | None:
-        """The loaded release when it was checked within `refresh_seconds` (no I/O), else None."""
-        release = self._release
-        if release is not None and time.monotonic() - self._checked < self.refresh_seconds:
-            return release
+    def fresh(self, purpose: str) -> Release | None:
+        """The release checked within `refresh_seconds` (no I/O), else None."""
+        found = self._views.get(purpose)
+        if found is not None and found[2] is not None \
+                and time.monotonic() - found[0] < self.refresh_seconds:
+            return found[2]
         return None
 
-    def current(self) -> Release:
-        """The release to answer from; raises NoRun when no complete run exists."""
-        release = self.fresh()
+    def current(self, purpose: str) -> Release:
+        """The release answering `purpose`; raises NoRun when no run may answer it."""
+        release = self.fresh(purpose)
         if release is not None:
             return release
         with self._lock:
-            release = self.fresh()  # another thread checked while this one waited
+            release = self.fresh(purpose)  # another thread checked while this one waited
             if release is not None:
                 return release
-            signature = self._current_signature()
-            self._checked = time.monotonic()
-            if signature[:2] != (self._signature or (None, None))[:2] or self._release is None:
-                run_id, _, summary = signature
-                if run_id is None:
-                    self._release, self._signature = None, signature
-                    raise NoRun("no score run has completed yet")
-                excluded = person_keys_of(self.settings,
-                                          active_optout_person_ids(self.engine))
-                self._release = load_release(self.settings, run_id, summary or {}, excluded)
-                self._signature = signature
-            if self._release is None:
-                raise NoRun("no score run has completed yet")
-            return self._release
+            signature = self._signature(purpose)
+            run_id, scored_at, summary, marks = signature
+            previous = self._views.get(purpose)
+            if previous is not None and previous[1][0] == run_id and previous[1][3] == marks:
+                release = previous[2]
+            elif run_id is None:
+                release = None
+            else:
+                base = self._runs.get(run_id) or load_release(self.settings, run_id,
+                                                              summary or {})
+                in_use = {v[1][0] for k, v in self._views.items() if k != purpose}
+                self._runs = {r: b for r, b in self._runs.items() if r in in_use}
+                self._runs[run_id] = base
+                withheld = person_keys_of(self.settings, withheld_person_ids(
+                    self.engine, purpose, scored_at))
+                release = base.withholding(purpose, withheld)
+            self._views[purpose] = (time.monotonic(), signature, release)
+            if release is None:
+                raise NoRun(f"no score run for the {purpose} purpose has completed yet")
+            return release

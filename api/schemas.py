@@ -101,7 +101,8 @@ class Aggregate(BaseModel):
         "margins": {"practice": [{"practice": "B86001", "count": 610, "suppressed": False}],
                     "tier": [{"tier": "high", "count": 45, "suppressed": False}]},
         "total": {"count": 610, "suppressed": False},
-        "rule": {"suppressed": "1-7", "rounded_to": 5, "rounding": "below national level"}}]})
+        "rule": {"suppressed": "1-7", "rounded_to": 5,
+                 "secondary": "rows, columns and totals"}}]})
     run_id: str
     by: list[str]
     filters: dict[str, list[str]]
@@ -187,11 +188,14 @@ class ReceiptList(BaseModel):
 
 class ScoreJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "at": "2025-04-01", "seed": 0, "model": None}]})
+        "at": "2025-04-01", "seed": 0, "model": None, "purpose": "commissioning"}]})
     at: dt.date
     seed: int = Field(0, ge=0, le=2**31 - 1)
     model: Literal["rule", "logistic", "boosting"] | None = Field(
         None, description="Candidate model to score with; by default the best on validation.")
+    purpose: Literal["commissioning", "case_finding"] = Field(
+        "commissioning", description="Purpose the run is scored for: its opt-out rules decide "
+                                     "what the model may read, and which callers it answers.")
 
 
 class Job(BaseModel):
@@ -301,25 +305,25 @@ class RetentionRequest(BaseModel):
 
 class RetentionAnswer(BaseModel):
     model_config = example({"dry_run": True, "due": [
-        {"extract_id": "20220401-apc-0a1b2c3d", "source": "apc",
-         "retention_date": "2025-03-31"}], "result": None})
+        {"extract_id": "20220401-apc-0a1b2c3d", "source": "apc"}], "result": {
+        "certificate_id": "dc-20250402-1a2b", "counts": {"extracts": 1, "rows": 120443},
+        "manifest_digest": "e3b0c4..."}})
     dry_run: bool
     due: list[dict[str, Any]]
     result: dict[str, Any] | None
 
 
 class OptoutReport(BaseModel):
-    model_config = example({"registered": 412, "in_force": {"ndoo": 301, "type1": 88,
-                                                            "consent_withdrawn": 9},
-                            "withdrawn": 14, "by_sender": {"E08000035": 9, "X26": 403},
-                            "withheld_from_current_run": 3,
-                            "excluded_when_scored": 389})
-    registered: int
-    in_force: dict[str, int]
-    withdrawn: int
-    by_sender: dict[str, int]
-    withheld_from_current_run: int | None
-    excluded_when_scored: int | None
+    model_config = example({"as_of": "2025-04-02",
+                            "by_type": {"consent_withdrawn": "*", "ndoo": 300, "type1": 90},
+                            "by_type_and_purpose": {"ndoo": {"commissioning": 300,
+                                                             "case_finding": 0}},
+                            "withheld_from_current_runs": {"commissioning": {
+                                "run_id": "score-2025-04-01-9a1c2e3f4b5d", "persons": 3}}})
+    as_of: str
+    by_type: dict[str, int | str]
+    by_type_and_purpose: dict[str, dict[str, int | str]]
+    withheld_from_current_runs: dict[str, dict[str, Any]]
 
 
 class PolicyTable(BaseModel):

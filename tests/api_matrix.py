@@ -101,7 +101,9 @@ def score_rows(keys: list[str], practices: list[str]) -> pd.DataFrame:
 
 
 def write_score_run(haven: Haven, scores: pd.DataFrame, run_id: str = "score-2025-04-01-test",
-                    at: str = "2025-04-01", when: dt.datetime | None = None) -> str:
+                    at: str = "2025-04-01", when: dt.datetime | None = None,
+                    purpose: str = "commissioning", extract_ids: list[str] | None = None
+                    ) -> str:
     """A score run as `haven score` leaves it: scores.parquet, run.json and a `runs` row."""
     folder = haven.settings.runs_dir / run_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,8 +114,9 @@ def write_score_run(haven: Haven, scores: pd.DataFrame, run_id: str = "score-202
     with haven.engine.begin() as connection:
         connection.execute(insert(runs).values(
             run_id=run_id, kind="score", at=when or dt.datetime.now(dt.UTC), status="complete",
-            extract_ids=[], summary={"at": at, "model": "rule", "model_version": "test",
-                                     "persons": len(scores)}))
+            extract_ids=extract_ids or [],
+            summary={"at": at, "model": "rule", "model_version": "test", "purpose": purpose,
+                     "persons": len(scores)}))
     return run_id
 
 
@@ -129,7 +132,8 @@ def build_world(haven: Haven, tmp_path: Path, config: ApiConfig | None = None) -
     by_row = dict(zip(link["row"], link["person_key"], strict=True))
     keys = [by_row[i + 1] for i in range(PERSONS)]
     practices = [person(i, rows[i]["nhs_number"])["gp_practice_code"] for i in range(PERSONS)]
-    run_id = write_score_run(haven, score_rows(keys, practices))
+    run_id = write_score_run(haven, score_rows(keys, practices),
+                             extract_ids=[receipt.extract_id])
     tokens = {role: add_user(haven.engine, SYSTEM, role.replace("_", "-"), ORGS[role], [role],
                              ROLES) for role in ROLES}
     app = create_app(haven.settings, engine=haven.engine, keys=haven.keys,
@@ -208,5 +212,5 @@ MATRIX: tuple[Endpoint, ...] = (
        {"ptype": "g", "rule": ["analyst", "authenticated", "*"]}),
     _e("GET", "/users", {"admin"}),
     _e("POST", "/users/analyst/tokens", {"admin"}),
-    _e("POST", "/keys/release/rotate", {"admin"}),
+    _e("POST", "/keys/vault/rotate", {"admin"}),
 )

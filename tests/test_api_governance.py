@@ -114,9 +114,17 @@ def test_destruction_certificates_and_retention(world: World) -> None:
         "counts"] == {"rows": 3}
     assert world.call("ig_lead", "GET", "/destruction-certificates/nope").status_code == 404
     due = world.call("ig_lead", "POST", "/retention/run", json={"dry_run": True}).json()
-    assert [d["source"] for d in due["due"]] == ["gp_patients"] and due["result"] is None
-    real = world.call("ig_lead", "POST", "/retention/run", json={"dry_run": False})
-    assert real.status_code in (200, 409)
+    assert [d["source"] for d in due["due"]] == ["gp_patients"]
+    assert world.call("analyst", "GET", "/risk/persons").status_code == 200
+    export = world.call("super_user", "POST", "/exports", json={"recipient": "RR8"}).json()
+    real = world.call("ig_lead", "POST", "/retention/run", json={"dry_run": False}).json()
+    certificate = real["result"]["certificate_id"]
+    assert real["due"] == due["due"] and real["result"]["counts"]["runs_voided"] == 1
+    listed = world.call("ig_lead", "GET", "/destruction-certificates").json()["items"]
+    assert certificate in [c["certificate_id"] for c in listed]
+    # Everything made from the destroyed register goes with it: the run and its export.
+    assert world.call("analyst", "GET", "/risk/persons").status_code == 409
+    assert world.call("super_user", "GET", f"/exports/{export['export_id']}").status_code == 404
 
 
 def test_optout_report_counts_without_persons(world: World) -> None:
@@ -125,10 +133,10 @@ def test_optout_report_counts_without_persons(world: World) -> None:
     land_optout(world, own[1], "type1")
     world.call("mdt_clinician", "GET", f"/practices/{OWN_PRACTICE}/case-finding")
     report = world.call("ig_lead", "GET", "/optouts/report").json()
-    assert report["registered"] == 2 and report["withdrawn"] == 0
-    assert report["in_force"] == {"ndoo": 1, "type1": 1, "consent_withdrawn": 0}
-    assert report["by_sender"] == {"X26": 2}
-    assert report["withheld_from_current_run"] == 2
+    assert report["by_type"] == {"consent_withdrawn": 0, "ndoo": "*", "type1": "*"}
+    assert report["withheld_from_current_runs"] == {
+        "commissioning": {"run_id": world.run_id, "persons": 2},
+        "case_finding": {"run_id": world.run_id, "persons": 1}}
     assert not any(k in json.dumps(report) for k in own)
 
 

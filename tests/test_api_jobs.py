@@ -18,6 +18,12 @@ from governance.audit import SYSTEM
 
 
 @pytest.fixture
+def backend() -> str:
+    """SQLite only: jobs and exports are files; the access matrix covers PostgreSQL."""
+    return ""
+
+
+@pytest.fixture
 def world(haven, tmp_path) -> World:
     return build_world(haven, tmp_path)
 
@@ -45,15 +51,16 @@ def test_score_job_passes_date_and_seed_and_reports_failure_by_kind(world: World
                                                                     monkeypatch) -> None:
     seen = {}
 
-    def run_score(haven, at, seed=0, console=None):
-        seen.update(at=at, seed=seed, actor=haven.actor)
+    def run_score(haven, at, seed=0, console=None, purpose="commissioning"):
+        seen.update(at=at, seed=seed, actor=haven.actor, purpose=purpose)
         raise RuntimeError("details that must not leave the job")
 
     monkeypatch.setattr(jobs, "stage", lambda kind: run_score)
-    started = world.call("super_user", "POST", "/jobs/score", json={"at": "2025-04-01",
-                                                                    "seed": 3})
+    started = world.call("super_user", "POST", "/jobs/score", json={
+        "at": "2025-04-01", "seed": 3, "purpose": "case_finding"})
     job = wait(world, started.json()["job_id"])
     assert seen["at"] == dt.date(2025, 4, 1) and seen["seed"] == 3
+    assert seen["purpose"] == "case_finding"
     assert seen["actor"].user == "super-user" and seen["actor"].org == "X26"
     assert job["status"] == "failed" and job["error"] == "RuntimeError in the score stage"
     chosen = world.call("super_user", "POST", "/jobs/score",
@@ -96,7 +103,7 @@ def test_exports_use_the_recipient_s_own_pseudonyms(world: World) -> None:
     again = _csv(world, _export(world, "RR8")["export_id"])
     assert {r["recipient_key"] for r in again} == keys_a  # stable for one recipient
     parquet = _export(world, "RR8", "parquet", tiers=["very_high"], practice=OWN_PRACTICE)
-    path = (world.haven.settings.exports_dir / parquet["export_id"] /
+    path = (world.haven.settings.exports_dir / parquet["run_id"] / parquet["export_id"] /
             "export.parquet")
     table = pq.read_table(path).to_pylist()
     assert table and all(r["tier"] == "very_high" and r["practice"] == OWN_PRACTICE

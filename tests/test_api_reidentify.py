@@ -66,16 +66,18 @@ def test_refusals_are_audited(world: World, case: str) -> None:
 
 
 def test_opted_out_person_is_refused(world: World) -> None:
+    """An opt-out covering case finding refuses (type 1 objection, withdrawn social care
+    consent); a national data opt-out does not cover individual care."""
     own = world.keys_in(OWN_PRACTICE)
-    land_optout(world, own[1], "ndoo")
+    land_optout(world, own[1], "type1")
     response = reidentify(world, own[:2])
     assert response.status_code == 403
     assert "opt-out" in response.json()["detail"]
     entry = last_entry(world)
-    assert entry["outcome"] == "denied" and entry["detail"]["refused"] == "opt-out in force"
-    # A withdrawn social care consent refuses re-identification too.
+    assert entry["outcome"] == "denied" and entry["detail"]["refused"] == "opt_out"
     land_optout(world, own[2], "consent_withdrawn")
     assert reidentify(world, own[2:3]).status_code == 403
+    land_optout(world, own[3], "ndoo")
     assert reidentify(world, own[3:4]).status_code == 200
 
 

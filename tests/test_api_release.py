@@ -3,7 +3,6 @@ showing only the sources (and reasons, conditions) the caller may see."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from api_matrix import (
     OTHER_PRACTICE,
@@ -16,10 +15,11 @@ from api_matrix import (
 )
 from fastapi.testclient import TestClient
 
-from api.aggregates import SuppressionRule, aggregate, protect
+from api.aggregates import aggregate
 from api.app import create_app
 from api.config import ApiConfig
 from api.release import load_release
+from governance.suppression import Rule
 
 
 @pytest.fixture
@@ -159,14 +159,35 @@ def test_fhir_risk_assessment(world: World) -> None:
     assert world.nhs[key] not in response.text
 
 
-def test_optouts_landing_after_the_run_are_withheld(world: World) -> None:
-    key = world.keys_in(OWN_PRACTICE)[0]
-    land_optout(world, key, "ndoo")
-    keys = [i["person_key"] for i in case_finding(world).json()["items"]]
-    assert key not in keys
-    assert world.call("analyst", "GET", f"/persons/{key}").status_code == 404
-    info = world.call("analyst", "GET", "/runs/current").json()
-    assert info["withheld_for_optouts"] == 1
+def test_optouts_landing_after_the_run_are_withheld_by_purpose(world: World) -> None:
+    """A national data opt-out covers commissioning, not the person's own care team's case
+    finding; a type 1 objection covers both (policies/optout_purposes.csv)."""
+    ndoo, type1 = world.keys_in(OWN_PRACTICE)[:2]
+    land_optout(world, ndoo, "ndoo")
+    assert world.call("analyst", "GET", f"/persons/{ndoo}").status_code == 404
+    listed = [i["person_key"] for i in case_finding(world).json()["items"]]
+    assert ndoo in listed
+    assert world.call("analyst", "GET", "/runs/current").json()["withheld_for_optouts"] == 1
+    land_optout(world, type1, "type1")
+    listed = [i["person_key"] for i in case_finding(world).json()["items"]]
+    assert type1 not in listed and ndoo in listed
+    assert world.call("mdt_clinician", "GET", "/runs/current").json()[
+        "withheld_for_optouts"] == 1
+    analyst_keys = [i["person_key"] for i in
+                    world.call("analyst", "GET", "/risk/persons?limit=500").json()["items"]]
+    assert ndoo not in analyst_keys and type1 not in analyst_keys
+
+
+def test_each_purpose_is_answered_from_a_run_scored_for_it(world: World) -> None:
+    import datetime as dt
+
+    keys = world.keys_in(OWN_PRACTICE)[:3]
+    rows = score_rows(keys, [OWN_PRACTICE] * 3)
+    write_score_run(world.haven, rows, run_id="score-case-finding",
+                    when=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5),
+                    purpose="case_finding")
+    assert case_finding(world).json()["run_id"] == "score-case-finding"
+    assert world.call("analyst", "GET", "/risk/persons").json()["run_id"] == world.run_id
 
 
 def test_newest_complete_run_is_served(world: World) -> None:
@@ -193,27 +214,6 @@ def test_no_run_yet_is_a_conflict(haven) -> None:
 
 
 # -- suppression --------------------------------------------------------------------------
-def test_primary_suppression_and_rounding() -> None:
-    rule = SuppressionRule()
-    assert [rule.publish(n) for n in (0, 1, 7, 8, 12, 13, 102)] == [0, None, None, 10, 10,
-                                                                      15, 100]
-    assert rule.publish(102, national=True) == 102
-    assert rule.publish(5, national=True) is None
-
-
-def test_secondary_suppression_protects_every_published_total() -> None:
-    from api.aggregates import _Figure
-
-    cells = [_Figure(3, None), _Figure(40, 40), _Figure(9, 10)]
-    total = _Figure(52, 50)
-    protect([(total, cells)])
-    assert cells[2].shown is None and cells[1].shown == 40  # the smallest other cell
-    alone = [_Figure(3, None), _Figure(0, 0)]
-    total = _Figure(3, None)
-    protect([(total, alone)])
-    assert total.shown is None
-
-
 def _release(haven, counts: dict[tuple[str, str], int]):
     keys, practices, tiers = [], [], []
     n = 0
@@ -233,8 +233,7 @@ def test_aggregate_cells_cannot_be_recovered_from_totals(haven) -> None:
     release = _release(haven, {("A00001", "high"): 3, ("A00001", "low"): 40,
                                ("A00001", "moderate"): 12, ("A00002", "high"): 30,
                                ("A00002", "low"): 25})
-    answer = aggregate(release, np.arange(release.persons), ["practice", "tier"],
-                       SuppressionRule(), national=False)
+    answer = aggregate(release, release.everyone, ["practice", "tier"], Rule())
     cells = {(c["practice"], c["tier"]): c for c in answer["cells"]}
     assert cells[("A00001", "high")]["suppressed"]
     # A00001's total is published, so one more of its cells is hidden (the smallest),
@@ -243,27 +242,38 @@ def test_aggregate_cells_cannot_be_recovered_from_totals(haven) -> None:
     assert cells[("A00002", "high")]["suppressed"]
     for cell in answer["cells"]:
         assert cell["suppressed"] or cell["count"] % 5 == 0
-    margins = answer["margins"]
-    for name, values in margins.items():
+    for name, values in answer["margins"].items():
         for margin in values:
             if margin["suppressed"]:
                 continue
             parts = [c for c in answer["cells"] if c[name] == margin[name]]
             assert sum(c["suppressed"] for c in parts) != 1
-    assert not answer["total"]["suppressed"]
+    assert answer["total"] == {"count": 110, "suppressed": False}
+    one = aggregate(release, release.everyone, ["tier"], Rule())
+    hidden = [c for c in one["cells"] if c["suppressed"]]
+    assert len(hidden) != 1  # the total is published: no lone suppressed cell
 
 
-def test_aggregates_endpoint_suppresses_and_marks_national_totals(world: World) -> None:
+def test_aggregates_endpoint_suppresses(world: World) -> None:
     answer = world.call("analyst", "GET", "/aggregates?by=practice&by=tier").json()
     shown = [c for c in answer["cells"] if not c["suppressed"]]
-    assert all(c["count"] == 0 or c["count"] >= 8 for c in shown)
+    assert all(c["count"] % 5 == 0 and c["count"] >= 10 for c in shown)
     assert any(c["suppressed"] for c in answer["cells"])
-    assert answer["total"] == {"count": 40, "suppressed": False}  # national: not rounded
+    assert answer["total"] == {"count": 40, "suppressed": False}
     filtered = world.call("analyst", "GET", "/aggregates?by=tier&sex=2").json()
-    assert filtered["total"]["count"] % 5 == 0  # below national level: rounded
+    assert filtered["total"]["count"] % 5 == 0
     assert filtered["filters"] == {"sex": ["2"]}
     by_condition = world.call("analyst", "GET", "/aggregates?by=condition").json()
     assert {c["condition"] for c in by_condition["cells"]} <= {"COPD", "diabetes",
                                                                "heart failure"}
-    assert world.call("analyst", "GET", "/aggregates").status_code == 422
-    assert world.call("analyst", "GET", "/aggregates?by=nothing").status_code == 422
+    for query in ("", "?by=nothing", "?by=tier&by=sex&by=practice"):
+        assert world.call("analyst", "GET", f"/aggregates{query}").status_code == 422
+
+
+def test_an_ig_lead_s_suppression_rule_applies(world: World) -> None:
+    table = world.call("ig_lead", "GET", "/policy-tables/suppression.json").json()["content"]
+    changed = table.replace('"suppress_to": 7', '"suppress_to": 11')
+    assert world.call("ig_lead", "PUT", "/policy-tables/suppression.json",
+                      json={"content": changed}).status_code == 200
+    answer = world.call("analyst", "GET", "/aggregates?by=sex").json()
+    assert answer["rule"]["suppressed"] == "1-11"

@@ -11,10 +11,10 @@ from api.problems import Problem
 from api.release import NoRun, Release
 
 
-def current_release(services: Any) -> Release:
-    """The release in force, or 409 when no score run has completed."""
+def current_release(access: Any) -> Release:
+    """The release answering the caller's purpose, or 409 when no score run may answer it."""
     try:
-        return services.releases.current()
+        return access.services.releases.current(access.purpose)
     except NoRun as exc:
         raise Problem(409, str(exc), slug="no-score-run") from None
 

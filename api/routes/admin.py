@@ -23,9 +23,10 @@ from api.schemas import (
     UserList,
 )
 from api.users import UserError, add_user, issue_token, list_users, revoke_user
-from governance import audit, vault
+from governance import rotation
 from governance.audit import Actor
 from governance.keys import KeyError_
+from linkage import person_index
 
 router = APIRouter(tags=["administration"])
 UserId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._@-]{1,63}$", examples=["dr.mdt"])]
@@ -95,29 +96,30 @@ def new_token(user_id: UserId, access: Annotated[Access, Depends(authorise)]) ->
 @router.post("/keys/{purpose}/rotate", summary="Rotate a key",
              responses={200: example_response(KeyRotated), **responses(401, 403, 409, 422)})
 @permission("key", "rotate")
-async def rotate_key(purpose: Annotated[Literal["pseudonym", "linkage", "vault", "release"],
-                                        Path(examples=["vault"])],
+async def rotate_key(purpose: Annotated[Literal["pseudonym", "vault"], Path(examples=["vault"])],
                      access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
-    """Make a new key the active one; rotating the vault key re-encrypts the vault under it.
-    Keys passed in the environment are rotated where they are kept (409)."""
+    """Rotate a key as `haven keys rotate` does (`governance.rotation`): a new pseudonymisation
+    key re-keys every pseudonym (landed rows, opt-outs, vault, person index); a new vault key
+    re-encrypts the vault. Keys passed in the environment are rotated where they are kept
+    (409)."""
     services = access.services
+    actor = _actor(access)
 
-    def rotate() -> tuple[str, int]:
-        key = services.keys.rotate(purpose)
-        again = 0
-        with services.engine.begin() as connection:
-            if purpose == "vault":
-                again = vault.reencrypt(connection, services.keys)
-            audit.record(connection, _actor(access), "key.rotate", f"key/{purpose}",
-                         n_records=again, detail={"key_id": key.key_id})
-        return key.key_id, again
+    def rotate() -> int:
+        if purpose == "vault":
+            return rotation.rotate_vault_key(services.engine, services.keys, actor)
+        counts = rotation.rotate_pseudonym_key(
+            services.settings, services.engine, services.keys, actor,
+            [lambda mapping: person_index.rekey(services.settings, mapping)])
+        return int(counts["pseudonyms"])
 
     try:
-        key_id, again = await run_in_threadpool(rotate)
+        changed = await run_in_threadpool(rotate)
     except KeyError_ as exc:
         raise Problem(409, str(exc), slug="key-rotation-refused") from None
-    access.answered(again)
-    return ok({"purpose": purpose, "key_id": key_id, "reencrypted": again})
+    access.answered(changed)
+    return ok({"purpose": purpose, "key_id": services.keys.current(purpose).key_id,
+               "reencrypted": changed})
 
 
 @router.get("/access-policy", summary="The access rules",

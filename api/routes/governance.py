@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
-import importlib
 import io
 import json
 import re
@@ -20,9 +19,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.exports import neutralise
 from api.guard import Access, authorise, permission
+from api.jobs import ApiHaven
 from api.problems import Problem, responses
-from api.reid import ALL_OPTOUTS
-from api.release import NoRun, active_optout_person_ids
+from api.release import NoRun
 from api.routes import example_response, ok
 from api.schemas import (
     AuditPage,
@@ -36,15 +35,11 @@ from api.schemas import (
     RetentionRequest,
     Verification,
 )
-from governance import audit
+from cli.govern_cmd import dependents
+from governance import audit, optouts, retention
+from governance.audit import Actor
 from governance.policy_tables import policy_text
-from governance.schema import (
-    audit_log,
-    destruction_certificates,
-    extracts,
-    optouts,
-    policy_overrides,
-)
+from governance.schema import audit_log, policy_overrides
 from policies import POLICIES_DIR
 
 router = APIRouter(tags=["governance"])
@@ -167,11 +162,13 @@ async def audit_verify(access: Annotated[Access, Depends(authorise)],
                "finding": finding, "details": result.details})
 
 
-def _certificate(row: Any) -> dict[str, Any]:
-    return {"certificate_id": row.certificate_id, "at": row.at.isoformat(), "actor": row.actor,
-            "schedule": row.schedule, "extract_ids": list(row.extract_ids or []),
-            "counts": row.counts or {}, "manifest_digest": row.manifest_digest,
-            "audit_seq": row.audit_seq}
+def _certificate(row: dict[str, Any]) -> dict[str, Any]:
+    at = row["at"]
+    return {"certificate_id": row["certificate_id"],
+            "at": at.isoformat() if hasattr(at, "isoformat") else str(at),
+            "actor": row["actor"], "schedule": row["schedule"],
+            "extract_ids": list(row["extract_ids"] or []), "counts": row["counts"] or {},
+            "manifest_digest": row["manifest_digest"], "audit_seq": row["audit_seq"]}
 
 
 @router.get("/destruction-certificates", summary="Destruction certificates",
@@ -179,11 +176,9 @@ def _certificate(row: Any) -> dict[str, Any]:
 @permission("destruction_certificate", "read")
 def certificates(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     """Every certificate of destruction, newest first."""
-    with access.services.engine.connect() as connection:
-        rows = connection.execute(select(destruction_certificates)
-                                  .order_by(destruction_certificates.c.at.desc())).all()
-    access.answered(len(rows))
-    return ok({"items": [_certificate(r) for r in rows]})
+    items = [_certificate(r) for r in retention.list_certificates(access.services.engine)]
+    access.answered(len(items))
+    return ok({"items": items})
 
 
 @router.get("/destruction-certificates/{certificate_id}", summary="One certificate",
@@ -192,92 +187,57 @@ def certificates(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
 def certificate(certificate_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,40}$",
                                                     examples=["dc-20250402-1a2b"])],
                 access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
-    with access.services.engine.connect() as connection:
-        row = connection.execute(select(destruction_certificates).where(
-            destruction_certificates.c.certificate_id == certificate_id)).first()
-    if row is None:
+    found = [r for r in retention.list_certificates(access.services.engine)
+             if r["certificate_id"] == certificate_id]
+    if not found:
         raise Problem(404, "no such certificate")
     access.answered(1)
-    return ok(_certificate(row))
-
-
-def _retention_function() -> Any:
-    """The governance stage's destruction of what is due, when it is installed."""
-    try:
-        module = importlib.import_module("governance.retention")
-    except ImportError:
-        return None
-    for name in ("run_retention", "apply_retention", "destroy_due"):
-        if callable(getattr(module, name, None)):
-            return getattr(module, name)
-    return None
+    return ok(_certificate(found[0]))
 
 
 @router.post("/retention/run", summary="Run retention",
-             responses={200: example_response(RetentionAnswer), **responses(401, 403, 409,
-                                                                            422)})
+             responses={200: example_response(RetentionAnswer), **responses(401, 403, 422)})
 @permission("retention", "run")
 async def retention_run(body: RetentionRequest,
                         access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
-    """List the extracts past their retention date; unless `dry_run`, destroy them (and what
-    was derived from them) through the governance stage, which issues the certificates."""
-    today = dt.datetime.now(dt.UTC).date()
+    """Destroy every extract past its retention date, with the person index rows, runs and
+    exports made from it, and issue a destruction certificate (`governance.retention.run`, as
+    `haven retention run`); with `dry_run`, only say what would go."""
+
     services = access.services
-    with services.engine.connect() as connection:
-        rows = connection.execute(select(extracts.c.extract_id, extracts.c.source,
-                                         extracts.c.retention_date)
-                                  .where(extracts.c.status == "landed",
-                                         extracts.c.retention_date < today)
-                                  .order_by(extracts.c.retention_date)).all()
-    due = [{"extract_id": r.extract_id, "source": r.source,
-            "retention_date": r.retention_date.isoformat()} for r in rows]
-    result = None
-    if not body.dry_run:
-        function = _retention_function()
-        if function is None:
-            raise Problem(409, "retention is not installed in this deployment yet",
-                          slug="retention-unavailable")
-        principal = access.principal
-        actor = audit.Actor(principal.user, access.role, principal.org, access.purpose)
-        outcome = await run_in_threadpool(function, services.settings, services.engine,
-                                          services.keys, actor)
-        result = outcome if isinstance(outcome, dict) else {"done": True}
-    access.answered(len(due), dry_run=body.dry_run)
-    return ok({"dry_run": body.dry_run, "due": due, "result": result})
+    principal = access.principal
+    actor = Actor(principal.user, access.role, principal.org, access.purpose)
+    today = dt.datetime.now(dt.UTC).date()
+    haven = ApiHaven(services.settings, services.engine, services.keys, actor)
+    certificate = await run_in_threadpool(retention.run, services.settings, services.engine,
+                                          actor, today, dependents(haven), body.dry_run)
+    result = certificate.to_json()
+    access.answered(len(result["extract_ids"]), dry_run=body.dry_run,
+                    certificate_id=result["certificate_id"])
+    return ok({"dry_run": body.dry_run, "due": [
+        {"extract_id": e, "source": result["sources"].get(e)} for e in result["extract_ids"]],
+        "result": {k: result[k] for k in ("certificate_id", "counts", "manifest_digest")}})
 
 
 @router.get("/optouts/report", summary="Opt-out counts",
             responses={200: example_response(OptoutReport), **responses(401, 403)})
 @permission("optout_report", "read")
 def optout_report(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
-    """How many opt-outs are registered and in force, by kind and sender, and how many
-    persons the current run leaves out because of them: counts, never persons."""
-    engine = access.services.engine
-    with engine.connect() as connection:
-        registered = connection.scalar(select(func.count()).select_from(optouts)) or 0
-        withdrawn = connection.scalar(select(func.count()).select_from(optouts)
-                                      .where(optouts.c.withdrawn.is_(True))) or 0
-        by_sender = dict(connection.execute(select(optouts.c.sender, func.count())
-                                            .group_by(optouts.c.sender)).all())
-    in_force = {kind: len(active_optout_person_ids(engine, types=(kind,)))
-                for kind in ALL_OPTOUTS}
-    try:
-        release = access.services.releases.current()
-    except NoRun:
-        release = None
-    scored = None
-    if release is not None:
+    """Persons with an opt-out in force, by type and by the purpose it restricts (suppressed,
+    `governance.optouts.report`), and how many each purpose's current run withholds because
+    their opt-out arrived after it was scored: counts, never persons."""
+    services = access.services
+    report = optouts.report(services.engine, dt.datetime.now(dt.UTC).date(),
+                            services.suppression_rule())
+    withheld = {}
+    for purpose in ("commissioning", "case_finding"):
         try:
-            meta = json.loads((access.services.settings.runs_dir / release.run_id / "run.json")
-                              .read_text(encoding="utf-8"))
-            scored = (meta.get("metrics") or {}).get("optouts_excluded")
-        except (OSError, ValueError):
-            scored = None
+            release = services.releases.current(purpose)
+        except NoRun:
+            continue
+        withheld[purpose] = {"run_id": release.run_id, "persons": len(release.withheld)}
     access.answered(0)
-    return ok({"registered": int(registered), "in_force": in_force, "withdrawn": int(withdrawn),
-               "by_sender": {k: int(v) for k, v in by_sender.items()},
-               "withheld_from_current_run": len(release.withheld) if release else None,
-               "excluded_when_scored": scored})
+    return ok({**report, "withheld_from_current_runs": withheld})
 
 
 def _tables() -> list[str]:
@@ -359,7 +319,7 @@ def change_policy_table(name: TableName, body: PolicyTableUpdate,
         if not changed:
             connection.execute(insert(policy_overrides).values(
                 name=name, content=body.content, changed_at=now, changed_by=principal.user))
-        audit.record(connection, audit.Actor(principal.user, access.role, principal.org,
+        audit.record(connection, Actor(principal.user, access.role, principal.org,
                                              access.purpose),
                      "policy_table.change", f"policy/{name}",
                      detail={"before": hashlib.sha256(old.encode()).hexdigest(),

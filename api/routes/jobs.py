@@ -54,7 +54,8 @@ def start_link(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
 def start_score(body: ScoreJobRequest,
                 access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     """Train and score at a date (`haven score --at`), optionally with a chosen model."""
-    return _start(access, "score", at=body.at, seed=body.seed, model=body.model)
+    return _start(access, "score", at=body.at, seed=body.seed, model=body.model,
+                  purpose=body.purpose)
 
 
 @router.get("/jobs/{job_id}", summary="Job status",
@@ -77,7 +78,7 @@ def create_export(body: ExportRequest,
                   access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     """Write the current run (optionally some tiers or one practice) as Parquet or CSV, with
     the recipient's own pseudonyms in place of person keys."""
-    release = current_release(access.services)
+    release = current_release(access)
     rows = None
     if body.practice:
         rows = release.practice_rows.get(body.practice, np.empty(0, dtype=np.int64))

@@ -20,37 +20,47 @@ from api.schemas import (
     ReverseLookup,
     ReverseLookupRequest,
 )
+from governance import reidentify as governance_reid
+from governance.audit import Actor
 
 router = APIRouter(tags=["re-identification"])
 
 
 @router.post("/reidentify", summary="Re-identify listed persons",
              responses={200: example_response(Reidentified),
-                        **responses(401, 403, 409, 422)})
+                        **responses(401, 403, 404, 409, 422)})
 @permission("reidentify", "create", owner="caller")
 async def reidentify(body: ReidentifyRequest,
                      access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     """NHS numbers of persons on the caller's own practice's list, for individual care
     (`case_finding` purpose), with a reason. Refused whole when any person is not the
-    practice's, is unknown, or has an opt-out in force."""
+    practice's or unknown (Casbin, here) or when governance's rules refuse it: purpose, reason,
+    an opt-out covering case finding (`governance.reidentify`, which audits the attempt)."""
     keys = list(dict.fromkeys(body.person_keys))
     access.note.detail.update(reason=body.reason, requested=len(keys))
-    release = current_release(access.services)
+    release = current_release(access)
+    owner = {key: release.owner_of(key) for key in keys}
     for key in keys:
-        access.require("reidentify", "create", owner=release.owner_of(key),
+        access.require("reidentify", "create", owner=owner[key],
                        detail="person_keys: not all are listed for your practice")
     services = access.services
-    opted = await run_in_threadpool(reid.opted_out, services.engine, services.settings, keys)
-    if opted:
-        access.note.detail["refused"] = "opt-out in force"
-        access.note.detail["opted_out"] = len(opted)
-        raise Problem(403, "an opt-out is in force for at least one of these persons",
-                      slug="opted-out")
-    found = await run_in_threadpool(services.reidentifier, services.settings, services.engine,
-                                    services.keys, keys)
-    access.answered(len(found), person_keys=keys)
-    return ok({"items": [{"person_key": k, "nhs_number": found[k]} for k in keys
-                         if k in found]})
+    ids = await run_in_threadpool(reid.person_ids_of, services.settings, keys)
+    key_of = {pid: key for key, found in ids.items() for pid in found}
+    principal = access.principal
+    requester = Actor(principal.user, access.role, principal.org, access.purpose)
+    try:
+        found = await run_in_threadpool(
+            governance_reid.reidentify, services.engine, services.keys, requester,
+            sorted(key_of), body.reason, lambda pid: owner.get(key_of.get(pid, ""), "-"))
+    except governance_reid.Refused as exc:
+        access.note.detail["refused"] = exc.rule
+        status = {"not_found": 404, "empty": 404}.get(exc.rule, 403)
+        raise Problem(status, str(exc), slug=f"reidentification-refused-{exc.rule}") \
+            from None
+    numbers = {key: found[pids[0]] for key, pids in ids.items() if pids and pids[0] in found}
+    access.answered(len(numbers), person_keys=keys)
+    return ok({"items": [{"person_key": k, "nhs_number": numbers[k]} for k in keys
+                         if k in numbers]})
 
 
 @router.post("/reverse-lookup", summary="Risk of own patients by NHS number",
@@ -62,23 +72,23 @@ async def reverse_lookup(body: ReverseLookupRequest,
     """The current risk of the caller's own practice's patients, by NHS number. A number that
     is not valid, not known, or not a patient of the caller's practice is `found: false`:
     nobody learns anything about anyone else's patients."""
-    release = current_release(access.services)
+    release = current_release(access)
     services = access.services
-    numbers = {text: reid.normalise(text) for text in body.nhs_numbers}
-    valid = sorted({n for n in numbers.values() if n})
-    keys = await run_in_threadpool(services.looker_up, services.settings, services.keys, valid)
+    pseudonyms = governance_reid.lookup_by_nhs_numbers(services.keys, body.nhs_numbers)
+    known = await run_in_threadpool(reid.person_keys_of_ids, services.settings,
+                                    sorted({p for p in pseudonyms.values() if p}))
     items, answered = [], []
-    for text, number in numbers.items():
-        person = None
-        key = keys.get(number) if number else None
+    for i, text in enumerate(body.nhs_numbers):
+        number = governance_reid.normalise(text)
+        key = known.get(pseudonyms.get(i) or "")
         row = release.position(key) if key else None
+        person = None
         if row is not None:
             owner = release.practice_of(row)
             if access.allows("reverse_lookup", "create", owner=owner):
-                data = release.rows([row])[0]
-                person = present.person(data, access.visible_sources(owner))
+                person = present.person(release.rows([row])[0], access.visible_sources(owner))
                 answered.append(key)
         items.append({"nhs_number": number or text, "found": person is not None,
                       "person": person})
-    access.answered(len(answered), asked=len(numbers), person_keys=answered)
+    access.answered(len(answered), asked=len(items), person_keys=answered)
     return ok({"run_id": release.run_id, "items": items})

@@ -82,8 +82,8 @@ async def case_finding(
     Runs on the event loop: one practice's list is a slice of a few thousand rows, cheaper to
     filter than a hop to a worker thread."""
     _conditions_allowed(access, ods, bool(condition))
-    release = access.services.releases.fresh() or await run_in_threadpool(
-        current_release, access.services)
+    release = access.services.releases.fresh(access.purpose) or await run_in_threadpool(
+        current_release, access)
     selected = release.select(release.practice_rows.get(ods, EMPTY), tiers=tier,
                               age_bands=age_band, sexes=sex, conditions=condition)
     return ok(_page(release, access, selected, offset, limit, ranked=True))
@@ -105,7 +105,7 @@ def risk_list(
 ) -> JSONResponse:
     """Record-level risk for commissioning: person keys only, highest risk first."""
     _conditions_allowed(access, "-", bool(condition))
-    release = current_release(access.services)
+    release = current_release(access)
     rows = None
     if practice:
         found = [release.practice_rows[p] for p in dict.fromkeys(practice)
@@ -119,7 +119,7 @@ def risk_list(
 def _person_row(access: Access) -> tuple[Release, dict]:
     release, row = access.context.get("release"), access.context.get("row")
     if release is None:
-        current_release(access.services)  # 409 when there is no run
+        current_release(access)  # 409 when there is no run
     if row is None:
         raise Problem(404, "no such person in the current run")
     return release, release.rows(np.array([row]))[0]
@@ -178,9 +178,9 @@ def person_fhir(person_key: PersonKey,
 @permission("aggregate", "read")
 def aggregates(
     access: Annotated[Access, Depends(authorise)],
-    by: Annotated[list[Dimension], Query(description="Dimensions to count by (1 to 3).",
+    by: Annotated[list[Dimension], Query(description="Dimensions to count by (one or two).",
                                          examples=[["practice", "tier"]], min_length=1,
-                                         max_length=3)],
+                                         max_length=2)],
     practice: Annotated[list[Annotated[str, Query(pattern=ODS)]],
                         Query(examples=[["B86001"]], max_length=500)] = [],  # noqa: B006
     tier: TierQ = [],  # noqa: B006
@@ -189,11 +189,11 @@ def aggregates(
     condition: ConditionQ = [],  # noqa: B006
 ) -> JSONResponse:
     """Persons by practice, age band, sex, tier or condition. Counts of 1-7 are suppressed,
-    others rounded to the nearest 5 below national level, and further cells suppressed where a
-    total would give a suppressed one away."""
+    others rounded to the nearest 5, and further cells suppressed where a published total
+    would give a suppressed one away (`governance.suppression`)."""
     by = list(dict.fromkeys(by))
     _conditions_allowed(access, "-", bool(condition) or "condition" in by)
-    release = current_release(access.services)
+    release = current_release(access)
     filters = {name: sorted(set(values)) for name, values in (
         ("practice", practice), ("tier", tier), ("age_band", age_band), ("sex", sex),
         ("condition", condition)) if values}
@@ -207,7 +207,7 @@ def aggregates(
             rows = np.sort(np.concatenate(found)) if found else EMPTY
         selected = release.select(rows, tiers=tier, age_bands=age_band, sexes=sex,
                                   conditions=condition)
-        return aggregate(release, selected, by, rule, national=not filters)
+        return aggregate(release, selected, by, rule)
 
     key = ("aggregate", tuple(by), tuple((k, tuple(v)) for k, v in filters.items()), rule)
     answer = release.cached(key, compute)
@@ -220,7 +220,7 @@ def aggregates(
 @permission("run", "read")
 def run_info(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     """Which run answers the risk endpoints: its date, model and size."""
-    release = current_release(access.services)
+    release = current_release(access)
     return ok({"run_id": release.run_id, "at": release.at, "model": release.model,
                "model_version": release.model_version, "persons": release.persons,
                "withheld_for_optouts": len(release.withheld)})
