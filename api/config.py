@@ -17,7 +17,6 @@ class ApiConfig:
 
     Args:
         max_upload_bytes: largest extract accepted by `POST /extracts` (larger: 413).
-        max_page_size: largest `limit` of a paginated list.
         refresh_seconds: how often the current score run, opt-outs and the access policy are
             checked for changes made by another process (0: on every request).
         token_cache_seconds: how long a bearer token's user is remembered in this process
@@ -31,7 +30,6 @@ class ApiConfig:
     """
 
     max_upload_bytes: int = 1 << 30
-    max_page_size: int = 500
     refresh_seconds: float = 2.0
     token_cache_seconds: float = 5.0
     oidc_issuer: str = ""
