@@ -32,7 +32,7 @@ def _bench() -> Any:
 
 @pytest.fixture(scope="module")
 def sources() -> dict[str, pd.DataFrame]:
-    return _bench().make_sources(4000, seed=3)
+    return _bench().make_sources(2500, seed=3)
 
 
 @pytest.fixture(scope="module")
