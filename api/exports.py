@@ -4,8 +4,9 @@ Each row's person key is replaced by the recipient's own pseudonym
 (`governance.release.recipient_pseudonym`: HMAC under the release key in the recipient's
 domain), so two recipients' files cannot be joined on the person and neither holds Haven's
 person key. CSV text cells that a spreadsheet would run as a formula (starting with `=`, `+`,
-`-`, `@`, tab or carriage return) are prefixed with `'`. An export is kept under its run's
-folder in `exports/`, so destroying the run (retention) destroys the export too.
+`-`, `@`, tab or carriage return) are prefixed with `'`. An export is a folder
+`exports/<export_id>/` whose `export.json` names its run, so destroying the run (retention,
+`governance.retention.void_runs`) destroys the export too.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def write(settings: Settings, keys: KeyProvider, people: list[dict[str, Any]], *
           recipient: str, fmt: str, run_id: str, org: str, user: str) -> dict[str, Any]:
     """Write the export and its description; returns the description."""
     export_id = f"exp-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
-    folder = settings.exports_dir / run_id / export_id
+    folder = settings.exports_dir / export_id
     folder.mkdir(parents=True)
     pseudonyms = recipient_pseudonyms(keys, recipient, [p["person_key"] for p in people])
     rows = [{"recipient_key": pseudonyms[p["person_key"]], **{c: p.get(c) for c in COLUMNS[1:]}}
@@ -79,14 +80,11 @@ def write(settings: Settings, keys: KeyProvider, people: list[dict[str, Any]], *
 
 def describe(settings: Settings, export_id: str) -> tuple[dict[str, Any], Path] | None:
     """An export's description and file, or None."""
-    if not EXPORT_ID.match(export_id) or not settings.exports_dir.exists():
+    if not EXPORT_ID.match(export_id):
         return None
-    found = sorted(settings.exports_dir.glob(f"*/{export_id}/export.json"))
-    if len(found) != 1:
-        return None
-    folder = found[0].parent
+    folder = settings.exports_dir / export_id
     try:
-        description = json.loads(found[0].read_text(encoding="utf-8"))
+        description = json.loads((folder / "export.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     path = folder / f"export.{description['format']}"

@@ -103,8 +103,7 @@ def test_exports_use_the_recipient_s_own_pseudonyms(world: World) -> None:
     again = _csv(world, _export(world, "RR8")["export_id"])
     assert {r["recipient_key"] for r in again} == keys_a  # stable for one recipient
     parquet = _export(world, "RR8", "parquet", tiers=["very_high"], practice=OWN_PRACTICE)
-    path = (world.haven.settings.exports_dir / parquet["run_id"] / parquet["export_id"] /
-            "export.parquet")
+    path = world.haven.settings.exports_dir / parquet["export_id"] / "export.parquet"
     table = pq.read_table(path).to_pylist()
     assert table and all(r["tier"] == "very_high" and r["practice"] == OWN_PRACTICE
                          for r in table)
