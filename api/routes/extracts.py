@@ -17,6 +17,7 @@ from api.routes import example_response, ok
 from api.schemas import Receipt, ReceiptList
 from api.uploads import received
 from governance.audit import Actor
+from governance.optouts import landing_exclusion
 from governance.schema import extracts
 from linkage.landing import LandingContext, land_file
 from linkage.manifest import ManifestError, parse_manifest
@@ -45,15 +46,6 @@ UPLOAD_BODY = {
         "encoding": {"file": {"contentType": "text/csv, application/octet-stream"}},
     }},
 }
-
-
-def _exclusion(engine: Any) -> Any:
-    """The opt-out hook `haven land` uses, when governance provides it."""
-    try:
-        from governance.optouts import landing_exclusion
-    except ImportError:
-        return None
-    return landing_exclusion(engine)
 
 
 def _receipt_row(row: Any) -> dict[str, Any]:
@@ -91,7 +83,7 @@ async def upload(request: Request, access: Annotated[Access, Depends(authorise)]
         context = LandingContext(
             services.settings, services.engine, services.keys,
             Actor(principal.user, access.role, principal.org, access.purpose),
-            exclusion=_exclusion(services.engine), uploaded_by_org=principal.org)
+            exclusion=landing_exclusion(services.engine), uploaded_by_org=principal.org)
         receipt = await run_in_threadpool(land_file, context, upload.path, manifest,
                                           False, upload.filename)
     body = receipt.to_json()
