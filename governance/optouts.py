@@ -1,21 +1,32 @@
 """Opt-outs honoured by purpose: which person's data each purpose of use may not use, and when.
 
-The register is the `optouts` table (landed from `optouts` extracts, pseudonymised). For each
-person, opt-out type and sender, the row with the latest effective date on or before a day is
-in force unless it says `withdrawn` (the person opted back in from that date). The policy table
-`policies/optout_purposes.csv` says which type covers which purpose and data.
+The register is the `optouts` table (landed from `optouts` extracts, pseudonymised). Which row
+is in force for a person (the rule, also in governance/README.md):
 
-Applied three ways: at landing (rows no purpose may use are not kept), after landing (`purge`
-removes such rows from landed extracts when an opt-out arrives later), and at use
-(`purpose_filter` drops what a given purpose may not use, for scoring and release).
+- Rows are grouped by person and opt-out type; for a type the policy table scopes to its sender
+  (`consent_withdrawn`: a council's consent covers only that council's data), by sender too.
+- In each group the row with the latest `effective_date` on or before the day asked about
+  wins. Rows dated later are not in force yet.
+- If that row says `withdrawn`, the person opted back in from that date and nothing of the
+  group is in force; otherwise the opt-out is. Two rows of one group on the same date that
+  disagree resolve to the objection: a withdrawal must be dated after the objection it ends.
+
+The policy table `policies/optout_purposes.csv` (or an IG lead's override, see
+`set_purposes`) says which type covers which purpose and which data. Opt-outs are applied
+three ways: at landing (`landing_exclusion`: rows no purpose may use are never kept), after
+landing (`purge` removes such rows from landed extracts when the opt-out arrives later), and at
+use (`purpose_filter` drops what one purpose may not use, for scoring and release). The
+register's own rows are never excluded by any of them: they are how objections are honoured.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,17 +34,26 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select, update
 
 from governance import audit, store
-from governance.audit import Actor
-from governance.policy_tables import read_table
+from governance.audit import SYSTEM, Actor
+from governance.policy_tables import read_table, set_policy
 from governance.schema import extracts, optouts
 from governance.settings import Settings
-from governance.suppression import Rule, suppress_table
+from governance.suppression import Rule, suppress
 
 POLICY = "optout_purposes.csv"
 PURPOSES = ("commissioning", "case_finding", "research", "direct_care")
+TYPES = ("ndoo", "type1", "consent_withdrawn")
+SCOPES = ("all", "sender")
+REGISTER = "optouts"  # the source that carries the register itself: never excluded
+LOCAL_AUTHORITY = re.compile(r"^[EWSN]\d{8}$")  # ONS codes councils send under
+
+# Given a source's rows (person_id, and sender where known), a mask of the rows to keep.
+RowFilter = Callable[[pd.DataFrame, str], pd.Series]
+# After a purge: {extract_id: rows removed} -> counts of what the dependent removed.
+PurgeDependent = Callable[[dict[str, list[int]]], dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -42,43 +62,82 @@ class Coverage:
 
     optout_type: str
     purpose: str
-    sources: frozenset[str] | None  # None: every source
+    sources: frozenset[str] | None  # None: every data source (never the register itself)
     sender_scope: bool
 
     def covers(self, source: str) -> bool:
+        if source == REGISTER:
+            return False
         return self.sources is None or source in self.sources
+
+
+def parse_coverage(text_rows: Iterable[dict[str, str]]) -> list[Coverage]:
+    """Policy-table rows as `Coverage`, refusing unknown types, purposes and scopes."""
+    out = []
+    for number, row in enumerate(text_rows, start=1):
+        kind, purpose = row.get("optout_type", ""), row.get("purpose", "")
+        scope = (row.get("scope") or "").strip()
+        if kind not in TYPES:
+            raise ValueError(f"{POLICY} line {number}: unknown opt-out type {kind!r}")
+        if purpose not in PURPOSES:
+            raise ValueError(f"{POLICY} line {number}: unknown purpose {purpose!r}")
+        if scope not in SCOPES:
+            raise ValueError(f"{POLICY} line {number}: scope must be all or sender")
+        listed = (row.get("sources") or "").strip()
+        sources = None if listed == "*" else frozenset(
+            s.strip() for s in listed.split(";") if s.strip())
+        if sources is not None and not sources:
+            raise ValueError(f"{POLICY} line {number}: name the sources, or * for all")
+        out.append(Coverage(kind, purpose, sources, scope == "sender"))
+    return out
 
 
 def coverage(engine: Engine | None = None) -> list[Coverage]:
     """The policy table in force (an IG lead's override, else the shipped default)."""
-    rows = read_table(POLICY, engine)
-    out = []
-    for row in rows:
-        sources = None if row["sources"].strip() == "*" else frozenset(
-            s.strip() for s in row["sources"].split(";") if s.strip())
-        out.append(Coverage(row["optout_type"], row["purpose"], sources,
-                            row["scope"].strip() == "sender"))
-    return out
+    return parse_coverage(read_table(POLICY, engine))
 
 
-def active_optouts(engine: Engine, at: dt.date) -> pd.DataFrame:
-    """Opt-outs in force on `at`: person_id, optout_type, sender (latest row wins)."""
+def validate_purposes(content: str, engine: Engine | None = None) -> None:
+    """Raise ValueError unless `content` is a usable opt-out purposes table."""
+    lines = [line for line in io.StringIO(content) if not line.lstrip().startswith("#")]
+    rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k}
+            for row in csv.DictReader(lines)]
+    known = {row["source"] for row in read_table("retention.csv", engine)} - {"derived",
+                                                                             "audit"}
+    for rule in parse_coverage(rows):
+        unknown = sorted((rule.sources or frozenset()) - known)
+        if unknown:
+            raise ValueError(f"{POLICY}: unknown source {unknown[0]!r}")
+
+
+def set_purposes(engine: Engine, content: str, actor: Actor) -> dict[str, Any]:
+    """An IG lead's new opt-out purposes table, checked, stored and audited."""
+    return set_policy(engine, POLICY, content, actor)
+
+
+def active_optouts(engine: Engine, at: dt.date,
+                   rules: Sequence[Coverage] | None = None) -> pd.DataFrame:
+    """Opt-outs in force on `at`: person_id, optout_type, sender, effective_date.
+
+    One row per person and type (and sender, for sender-scoped types); see the module
+    docstring for which register row wins.
+    """
+    rules = coverage(engine) if rules is None else rules
+    scoped = sorted({r.optout_type for r in rules if r.sender_scope})
     with engine.connect() as connection:
         rows = connection.execute(select(
             optouts.c.person_id, optouts.c.optout_type, optouts.c.sender,
-            optouts.c.effective_date, optouts.c.withdrawn, optouts.c.row)
+            optouts.c.effective_date, optouts.c.withdrawn)
             .where(optouts.c.effective_date <= at)).all()
-    frame = pd.DataFrame(rows, columns=["person_id", "optout_type", "sender", "effective_date",
-                                        "withdrawn", "row"])
+    columns = ["person_id", "optout_type", "sender", "effective_date"]
+    frame = pd.DataFrame(rows, columns=[*columns, "withdrawn"])
     if frame.empty:
-        return frame[["person_id", "optout_type", "sender"]]
-    latest = frame.sort_values(["effective_date", "row"]).drop_duplicates(
-        ["person_id", "optout_type", "sender"], keep="last")
-    live = latest[~latest["withdrawn"].astype(bool)]
-    return live[["person_id", "optout_type", "sender"]].reset_index(drop=True)
-
-
-LOCAL_AUTHORITY = re.compile(r"^[EWSN]\d{8}$")  # ONS codes councils send under
+        return frame[columns]
+    frame["objection"] = ~frame["withdrawn"].astype(bool)
+    frame["group"] = frame["sender"].where(frame["optout_type"].isin(scoped), "")
+    latest = frame.sort_values(["effective_date", "objection"], kind="stable").drop_duplicates(
+        ["person_id", "optout_type", "group"], keep="last")
+    return latest.loc[latest["objection"], columns].reset_index(drop=True)
 
 
 def _social_care_senders(engine: Engine) -> set[str]:
@@ -91,9 +150,14 @@ def _is_council(sender: str, care_senders: set[str]) -> bool:
     return sender in care_senders or bool(LOCAL_AUTHORITY.match(sender or ""))
 
 
-def excluded(frame: pd.DataFrame, source: str, purpose: str, live: pd.DataFrame,
-             rules: list[Coverage], care_senders: set[str]) -> np.ndarray:
-    """Mask of rows of `frame` (with person_id, and sender where scoped) `purpose` may not use."""
+def excluded_rows(frame: pd.DataFrame, source: str, purpose: str, live: pd.DataFrame,
+                  rules: Sequence[Coverage], care_senders: set[str]) -> np.ndarray:
+    """Mask of rows of `frame` (person_id, and sender where known) `purpose` may not use.
+
+    A sender-scoped opt-out sent by a council covers that council's data only; one sent by
+    anyone else (a national feed) covers the source from every sender. When the rows' sender
+    is not known, a sender-scoped opt-out covers them whoever sent it (the objection wins).
+    """
     mask = np.zeros(len(frame), dtype=bool)
     if live.empty or len(frame) == 0 or "person_id" not in frame:
         return mask
@@ -105,114 +169,205 @@ def excluded(frame: pd.DataFrame, source: str, purpose: str, live: pd.DataFrame,
         if objections.empty:
             continue
         if rule.sender_scope and "sender" in frame:
-            # An opt-out from a council covers that council's data; one from elsewhere
-            # (e.g. a national feed) covers the source from every sender.
             council = objections["sender"].map(lambda s: _is_council(s, care_senders))
             everywhere = set(objections.loc[~council.astype(bool), "person_id"])
-            pairs = set(zip(objections["person_id"], objections["sender"], strict=True))
+            pairs = pd.MultiIndex.from_frame(objections.loc[council.astype(bool),
+                                                            ["person_id", "sender"]])
             mask |= person.isin(everywhere).to_numpy()
-            mask |= np.fromiter(((p, s) in pairs for p, s in
-                                 zip(person, frame["sender"].astype(object), strict=True)),
-                                dtype=bool, count=len(frame))
+            rows = pd.MultiIndex.from_arrays([person, frame["sender"].astype(object)])
+            mask |= rows.isin(pairs)
         else:
             mask |= person.isin(set(objections["person_id"])).to_numpy()
     return mask
 
 
-def unusable(frame: pd.DataFrame, source: str, live: pd.DataFrame, rules: list[Coverage],
-             care_senders: set[str]) -> np.ndarray:
+def unusable(frame: pd.DataFrame, source: str, live: pd.DataFrame,
+             rules: Sequence[Coverage], care_senders: set[str]) -> np.ndarray:
     """Rows that no purpose may use: every purpose excludes them."""
     mask = np.ones(len(frame), dtype=bool)
     for purpose in PURPOSES:
-        mask &= excluded(frame, source, purpose, live, rules, care_senders)
-        if not mask.any():
-            break
+        mask &= excluded_rows(frame, source, purpose, live, rules, care_senders)
     return mask
+
+
+def _check_purpose(purpose: str) -> None:
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown purpose {purpose!r} (expected one of {', '.join(PURPOSES)})")
+
+
+def excluded(engine: Engine, person_ids: Sequence[str | None], purpose: str, source: str,
+             sender: str | None, at: dt.date) -> np.ndarray:
+    """Per pseudonym: may `purpose` not use its `source` data sent by `sender`, on `at`?
+
+    `sender` None means not known: a sender-scoped opt-out then applies whoever sent it.
+    """
+    _check_purpose(purpose)
+    rules = coverage(engine)
+    frame = pd.DataFrame({"person_id": pd.Series(list(person_ids), dtype=object)})
+    if sender is not None:
+        frame["sender"] = sender
+    return excluded_rows(frame, source, purpose, active_optouts(engine, at, rules), rules,
+                         _social_care_senders(engine))
+
+
+def opted_out(engine: Engine, person_ids: Sequence[str], purpose: str,
+              at: dt.date) -> np.ndarray:
+    """Per pseudonym: is an opt-out in force that covers `purpose` for any data at all?"""
+    _check_purpose(purpose)
+    rules = coverage(engine)
+    types = {r.optout_type for r in rules if r.purpose == purpose}
+    live = active_optouts(engine, at, rules)
+    objecting = set(live.loc[live["optout_type"].isin(types), "person_id"])
+    return np.fromiter((p in objecting for p in person_ids), dtype=bool,
+                       count=len(person_ids))
+
+
+def _register_mark(engine: Engine) -> tuple:
+    """Changes whenever the register or the policy table does (cheap to ask per batch)."""
+    with engine.connect() as connection:
+        marks = connection.execute(select(func.count(), func.max(optouts.c.extract_id),
+                                          func.min(optouts.c.extract_id))).one()
+    return (*marks, tuple(coverage(engine)))
 
 
 def landing_exclusion(engine: Engine, today: dt.date | None = None
                       ) -> Callable[..., np.ndarray]:
-    """For landing: given a pseudonymised batch, its source and sender, the rows not to keep."""
-    day = today or dt.date.today()
-    live = active_optouts(engine, day)
-    rules = coverage(engine)
-    care_senders = _social_care_senders(engine)
+    """For landing: given a pseudonymised batch, its source and sender, the rows not to keep.
+
+    Rows no purpose may use (with the shipped table: social care data of a person who withdrew
+    consent from that council) are dropped before anything is written. The register is
+    re-read when it changes, so an opt-out landed earlier in the same run applies at once.
+    """
+    state: dict[str, Any] = {}
+
+    def current() -> dict[str, Any]:
+        mark = _register_mark(engine)
+        if state.get("mark") != mark:
+            rules = coverage(engine)
+            state.update(mark=mark, rules=rules, care=_social_care_senders(engine),
+                         live=active_optouts(engine, today or dt.date.today(), rules))
+        return state
 
     def exclude(table: pa.Table, source: str, sender: str | None = None) -> np.ndarray:
-        if live.empty or "person_id" not in table.column_names:
+        if source == REGISTER or "person_id" not in table.column_names:
+            return np.zeros(table.num_rows, dtype=bool)
+        now = current()
+        if now["live"].empty:
             return np.zeros(table.num_rows, dtype=bool)
         frame = pd.DataFrame({"person_id": table.column("person_id").to_pandas()})
-        senders = set(care_senders)
+        senders = set(now["care"])
         if sender is not None:
             frame["sender"] = sender
             if source == "social_care":
                 senders.add(sender)
-        return unusable(frame, source, live, rules, senders)
+        return unusable(frame, source, now["live"], now["rules"], senders)
 
     return exclude
 
 
-def purpose_filter(engine: Engine, purpose: str, at: dt.date
-                   ) -> Callable[[pd.DataFrame, str], pd.Series]:
+def purpose_filter(engine: Engine, purpose: str, at: dt.date) -> RowFilter:
     """For a stage: given a source's rows (person_id, sender), the rows `purpose` may use."""
-    if purpose not in PURPOSES:
-        raise ValueError(f"unknown purpose {purpose!r} (expected one of {', '.join(PURPOSES)})")
-    live = active_optouts(engine, at)
+    _check_purpose(purpose)
     rules = coverage(engine)
+    live = active_optouts(engine, at, rules)
     care_senders = _social_care_senders(engine)
 
     def keep(frame: pd.DataFrame, source: str) -> pd.Series:
-        return pd.Series(~excluded(frame, source, purpose, live, rules, care_senders),
+        return pd.Series(~excluded_rows(frame, source, purpose, live, rules, care_senders),
                          index=frame.index)
 
     return keep
 
 
-def purge(settings: Settings, engine: Engine, actor: Actor, at: dt.date) -> dict[str, int]:
-    """Remove from landed extracts the rows no purpose may use any more (later opt-outs)."""
-    live = active_optouts(engine, at)
+def purge(settings: Settings, engine: Engine, at: dt.date, actor: Actor = SYSTEM,
+          dependents: Sequence[PurgeDependent] = ()) -> dict[str, int]:
+    """Remove from landed extracts the rows no purpose may use any more (later opt-outs).
+
+    Each changed `rows.parquet` is rewritten beside itself and moved into place in one rename;
+    the extract's row count is updated, dependents (e.g. the person index) are told which rows
+    went, and the purge is audited with counts. Returns rows removed per extract.
+    """
     rules = coverage(engine)
+    live = active_optouts(engine, at, rules)
     care_senders = _social_care_senders(engine)
-    removed: dict[str, int] = {}
+    removed: dict[str, list[int]] = {}
     with engine.connect() as connection:
         landed = connection.execute(select(extracts.c.extract_id, extracts.c.source,
                                            extracts.c.sender)
                                     .where(extracts.c.status == "landed")).all()
     with store.data_lock(settings):
         for item in landed:
-            if item.source == "optouts":
-                continue
             path = store.rows_path(settings, item.extract_id)
-            if not path.exists() or "person_id" not in pq.read_schema(path).names:
+            if (live.empty or item.source == REGISTER or not path.exists()
+                    or "person_id" not in pq.read_schema(path).names):
                 continue
             ids = pq.read_table(path, columns=["person_id"]).column("person_id").to_pandas()
             frame = pd.DataFrame({"person_id": ids, "sender": item.sender})
             drop = unusable(frame, item.source, live, rules, care_senders)
             if not drop.any():
                 continue
-            table = pq.read_table(path).filter(pa.array(~drop))
-            tmp = path.with_suffix(".purge")
-            pq.write_table(table, tmp, compression="zstd")
+            table = pq.read_table(path)
+            removed[item.extract_id] = table.column("row").filter(
+                pa.array(drop)).to_pylist()
+            kept = table.filter(pa.array(~drop))
+            tmp = path.with_name(path.name + ".purge")
+            pq.write_table(kept, tmp, compression="zstd")
             os.replace(tmp, path)
-            removed[item.extract_id] = int(drop.sum())
-    with engine.begin() as connection:
-        audit.record(connection, actor, "optouts.purge", "extracts",
-                     n_records=sum(removed.values()),
-                     detail={"extracts": len(removed), "as_of": at.isoformat()})
-    return removed
+            with engine.begin() as connection:
+                counts = dict(connection.scalar(select(extracts.c.counts).where(
+                    extracts.c.extract_id == item.extract_id)) or {})
+                counts["purged_by_optout"] = int(counts.get("purged_by_optout", 0)) + int(
+                    drop.sum())
+                connection.execute(update(extracts).where(
+                    extracts.c.extract_id == item.extract_id).values(
+                    rows_landed=kept.num_rows, counts=counts))
+        derived: dict[str, int] = {}
+        if removed:
+            for dependent in dependents:
+                for name, value in dependent(removed).items():
+                    derived[name] = derived.get(name, 0) + int(value)
+    result = {extract_id: len(rows) for extract_id, rows in removed.items()}
+    audit.log(engine, actor, "optouts.purge", "extracts", n_records=sum(result.values()),
+              detail={"extracts": len(result), "as_of": at.isoformat(), **derived})
+    return result
 
 
-def report(engine: Engine, at: dt.date, rule: Rule | None = None) -> dict[str, Any]:
-    """Persons with an opt-out in force, by type and by purpose it restricts; suppressed."""
-    live = active_optouts(engine, at)
+def optouts_report(engine: Engine, at: dt.date, rule: Rule | None = None) -> dict[str, Any]:
+    """Counts of opt-outs in force by type and by purpose, suppressed; never who.
+
+    - `by_type`: persons with an opt-out of each type in force (1-7 shown as `*`, others
+      rounded; secondary suppression as if the total were published).
+    - `by_type_and_purpose`: the same figures placed under each purpose the policy table says
+      the type restricts (0 where it does not). They are copied from `by_type`, never counted
+      apart, so no cell can be shown in one place and hidden in another.
+    - `by_purpose`: distinct persons a purpose must leave out, in part or whole. Where one
+      type alone restricts a purpose, the figure is that type's, as published in `by_type`;
+      where a type it depends on is suppressed, so is it.
+    """
     rules = coverage(engine)
-    types = sorted({r.optout_type for r in rules})
-    table = pd.DataFrame(0, index=types, columns=list(PURPOSES), dtype="int64")
+    rule = rule or Rule.load(engine=engine)
+    live = active_optouts(engine, at, rules)
+    types = sorted({r.optout_type for r in rules} | set(live["optout_type"]))
     persons = live.drop_duplicates(["person_id", "optout_type"])
     counts = persons["optout_type"].value_counts()
-    for r in rules:
-        table.loc[r.optout_type, r.purpose] = int(counts.get(r.optout_type, 0))
-    by_type = pd.DataFrame({"persons": [int(counts.get(t, 0)) for t in types]}, index=types)
-    return {"as_of": at.isoformat(),
-            "by_type": suppress_table(by_type, rule)["persons"].to_dict(),
-            "by_type_and_purpose": suppress_table(table, rule).to_dict(orient="index")}
+    by_type = suppress({t: int(counts.get(t, 0)) for t in types}, rule)
+    by_type.pop("total")
+    restricting = {p: sorted({r.optout_type for r in rules if r.purpose == p})
+                   for p in PURPOSES}
+    grid = {t: {p: (by_type[t] if t in restricting[p] else 0) for p in PURPOSES}
+            for t in types}
+    by_purpose: dict[str, int | str] = {}
+    for purpose, kinds in restricting.items():
+        if len(kinds) == 1:
+            by_purpose[purpose] = by_type[kinds[0]]
+        elif any(by_type[k] == rule.symbol for k in kinds):
+            by_purpose[purpose] = rule.symbol  # else a union could give a hidden part away
+        else:
+            n = live.loc[live["optout_type"].isin(kinds), "person_id"].nunique()
+            by_purpose[purpose] = rule.show(int(n))
+    return {"as_of": at.isoformat(), "by_type": by_type, "by_type_and_purpose": grid,
+            "by_purpose": by_purpose, "types_by_purpose": restricting,
+            "rule": rule.describe()}
+
+
+report = optouts_report  # the name the API and CLI first used

@@ -78,7 +78,7 @@ def test_withdrawn_social_care_consent_is_not_landed_and_later_ones_are_purged(
     # An objection registered after landing: person 1 withdraws consent from council 36.
     land_file(landing, write_extract(inbox / "d", "optouts", optout_rows([
         (1, "consent_withdrawn", "2024-01-01", "N")]), sender="E08000036"))
-    removed = optouts.purge(haven.settings, haven.engine, SYSTEM, dt.date(2024, 2, 1))
+    removed = optouts.purge(haven.settings, haven.engine, dt.date(2024, 2, 1), SYSTEM)
     assert removed == {other.extract_id: 1}
     table = pq.read_table(store.rows_path(haven.settings, other.extract_id))
     assert table.num_rows == 3 and 2 not in table.column("row").to_pylist()
