@@ -1,9 +1,10 @@
-"""Re-identification for direct care, and the reverse lookup MDTs use most.
+"""Re-identification for case finding by a person's own practice, and the reverse lookup MDTs use.
 
 `reidentify` reveals NHS numbers from the vault only for the `case_finding` purpose, only for
 persons registered with the requester's own practice, never for a person whose opt-out covers
 case finding, and only with a stated reason. Every attempt, allowed or refused, is audited
-with counts and the rule that decided it, never an NHS number.
+with counts, the rule that decided it and the category of the reason, never an NHS number
+(nor the reason's text, which could name someone).
 
 `lookup_by_nhs_numbers` turns NHS numbers a clinician already holds into pseudonyms, so the
 API can answer with those patients' risk without revealing anyone else.
@@ -20,11 +21,21 @@ from sqlalchemy import Engine
 from governance import audit, vault
 from governance.audit import Actor
 from governance.keys import KeyProvider
-from governance.optouts import active_optouts, coverage
+from governance.optouts import opted_out
 from governance.pseudonyms import nhs_pseudonym
 
 PURPOSE = "case_finding"
 MIN_REASON = 10
+# The reason is free text and may name someone, so the audit log keeps only its category: the
+# first whose words it contains (lower case), else `other`.
+REASON_CATEGORIES = (
+    ("mdt_review", ("mdt", "multidisciplinary", "multi-disciplinary", "huddle")),
+    ("safeguarding", ("safeguard",)),
+    ("medication_review", ("medication", "medicine", "polypharmacy", "prescri")),
+    ("care_planning", ("care plan", "anticipatory", "planning")),
+    ("contact", ("contact", "invite", "call", "appointment", "visit", "outreach")),
+    ("case_review", ("review", "case find", "frail", "risk")),
+)
 
 
 class Refused(PermissionError):
@@ -35,22 +46,35 @@ class Refused(PermissionError):
         self.rule = rule
 
 
+def reason_category(reason: str) -> str:
+    """The category of a stated reason, for the audit log (never the text itself)."""
+    text = reason.lower()
+    for category, words in REASON_CATEGORIES:
+        if any(word in text for word in words):
+            return category
+    return "other" if text.strip() else "none"
+
+
 def _record(engine: Engine, requester: Actor, n: int, outcome: str, rule: str,
             reason: str) -> None:
-    detail = {"rule": rule, "reason": reason[:200]}
-    try:
-        audit.log(engine, requester, "reidentify", f"persons/{n}", n_records=n,
-                  outcome=outcome, purpose=requester.purpose, detail=detail)
-    except ValueError:  # the reason itself held an NHS number: keep the attempt, not the text
-        detail["reason"] = "[withheld: contained an identifier]"
-        audit.log(engine, requester, "reidentify", f"persons/{n}", n_records=n,
-                  outcome=outcome, purpose=requester.purpose, detail=detail)
+    audit.log(engine, requester, "reidentify", f"persons/{n}", n_records=n, outcome=outcome,
+              purpose=requester.purpose,
+              detail={"rule": rule, "reason_category": reason_category(reason),
+                      "reason_chars": len(reason)})
 
 
 def reidentify(engine: Engine, keys: KeyProvider, requester: Actor, person_ids: Sequence[str],
                reason: str, practice_of: Callable[[str], str | None],
                at: dt.date | None = None) -> dict[str, str]:
-    """NHS numbers of `person_ids` for an authorised MDT clinician, or `Refused`."""
+    """NHS numbers of `person_ids` (pseudonyms) for an authorised MDT clinician, or `Refused`.
+
+    Rules, checked in this order, each refusal naming its rule: the requester acts for
+    `case_finding` (`purpose`); states a reason of at least MIN_REASON characters (`reason`);
+    names someone (`empty`); every person is registered with the requester's own practice,
+    as `practice_of` (from landed GP registrations) says (`practice`); no person has an
+    opt-out in force covering case finding for any of their data (`opt_out`); every person is
+    in the vault (`not_found`). The whole request is refused if one person fails a rule.
+    """
     reason = (reason or "").strip()
     n = len(person_ids)
 
@@ -68,10 +92,7 @@ def reidentify(engine: Engine, keys: KeyProvider, requester: Actor, person_ids: 
     if elsewhere:
         raise refuse("practice", f"{elsewhere} of {n} persons are not registered with the "
                                  "requester's practice")
-    live = active_optouts(engine, at or dt.date.today())
-    covering = {r.optout_type for r in coverage(engine) if r.purpose == PURPOSE}
-    objecting = set(live.loc[live["optout_type"].isin(covering), "person_id"])
-    opted = sum(p in objecting for p in person_ids)
+    opted = int(opted_out(engine, list(person_ids), PURPOSE, at or dt.date.today()).sum())
     if opted:
         raise refuse("opt_out", f"{opted} of {n} persons have an opt-out covering {PURPOSE}")
     with engine.connect() as connection:

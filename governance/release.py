@@ -1,39 +1,58 @@
 """Pseudonymisation domains: record-level releases carry recipient-specific pseudonyms.
 
-A release to a named recipient replaces each person key with `R` + 20 hex of an HMAC under the
-release key, in that recipient's domain: two recipients' releases cannot be joined on it, and
-neither can be joined to Haven's own keys. Haven maps it back for an authorised query by
-recomputing it over candidate person keys (the keyed hash is one-way).
+A release to a named recipient replaces each person key with `R` + 20 hex of an HMAC-SHA256
+under the release key, in that recipient's domain (`recipient|<ID>`): two recipients' releases
+cannot be joined on it, and neither can be joined to Haven's own pseudonyms or person keys.
+Haven maps it back for an authorised query by recomputing it over candidate person keys (the
+keyed hash is one-way), under every release key in the ring, so releases made before a
+release key rotation still resolve.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from governance.keys import KeyProvider
+from governance.keys import Key, KeyProvider
 from governance.pseudonyms import keyed_hash
 
 
-def recipient_pseudonym(keys: KeyProvider, recipient: str, person_key: str) -> str:
-    if not recipient.strip():
+def _domain(recipient: str) -> str:
+    name = recipient.strip().upper()
+    if not name:
         raise ValueError("a release needs a named recipient")
-    key = keys.current("release")
-    return "R" + keyed_hash(key, f"recipient|{recipient.strip().upper()}", person_key, 20)
+    return f"recipient|{name}"
+
+
+def _pseudonym(key: Key, domain: str, person_key: str) -> str:
+    return "R" + keyed_hash(key, domain, person_key, 20)
+
+
+def recipient_pseudonym(keys: KeyProvider, recipient: str, person_key: str) -> str:
+    """The pseudonym `recipient` sees for `person_key` (recipient ids ignore case)."""
+    return _pseudonym(keys.current("release"), _domain(recipient), person_key)
 
 
 def recipient_pseudonyms(keys: KeyProvider, recipient: str,
                          person_keys: Iterable[str]) -> dict[str, str]:
     """person_key -> the recipient's pseudonym, for a whole release."""
-    return {k: recipient_pseudonym(keys, recipient, k) for k in person_keys}
+    key, domain = keys.current("release"), _domain(recipient)
+    return {k: _pseudonym(key, domain, k) for k in person_keys}
 
 
-def resolve(keys: KeyProvider, recipient: str, pseudonyms: Iterable[str],
-            candidates: Iterable[str]) -> dict[str, str]:
-    """Map a recipient's pseudonyms back to person keys, among `candidates` (e.g. a run)."""
+def resolve_recipient_pseudonym(keys: KeyProvider, recipient: str, pseudonyms: Iterable[str],
+                                candidates: Iterable[str]) -> dict[str, str]:
+    """Map a recipient's pseudonyms back to person keys, among `candidates` (e.g. a run's
+    persons the query is authorised for); pseudonyms matching none are left out."""
     wanted = set(pseudonyms)
-    found = {}
+    domain = _domain(recipient)
+    ring = keys.ring("release")
+    found: dict[str, str] = {}
     for person_key in candidates:
-        p = recipient_pseudonym(keys, recipient, person_key)
-        if p in wanted:
-            found[p] = person_key
+        for key_id in ring.keys:
+            p = _pseudonym(ring.get(key_id), domain, person_key)
+            if p in wanted:
+                found[p] = person_key
     return found
+
+
+resolve = resolve_recipient_pseudonym  # the first name, kept for callers

@@ -160,15 +160,16 @@ def test_reidentification_is_refused_and_audited(haven, landing, inbox, case, ru
     assert not any(n in repr(dict(entry)) for n in nhs_numbers(4, seed=8))
 
 
-def test_reason_holding_an_nhs_number_is_not_written_to_the_log(haven, landing, inbox):
+def test_the_log_keeps_the_reason_category_never_its_text(haven, landing, inbox):
     ids, practices = _landed_gp(haven, landing, inbox)
     number = nhs_numbers(4, seed=8)[0]
-    reidentify(haven.engine, haven.keys, MDT, ids[:1], f"patient {number} seen today",
+    reidentify(haven.engine, haven.keys, MDT, ids[:1], f"MDT: Ann Smith {number} seen today",
                practices.get)
     with haven.engine.connect() as connection:
         detail = connection.execute(select(audit_log.c.detail).where(
             audit_log.c.action == "reidentify")).scalar_one()
-    assert detail["reason"] == "[withheld: contained an identifier]"
+    assert detail == {"rule": "ok", "reason_category": "mdt_review", "reason_chars": 36}
+    assert "Smith" not in repr(detail) and number not in repr(detail)
 
 
 def test_reverse_lookup_gives_pseudonyms_of_valid_numbers_only(haven, landing, inbox):
