@@ -1,20 +1,26 @@
-"""Governance commands: opt-outs, retention and destruction, the audit chain, keys, policies."""
+"""Governance commands: opt-outs, retention and destruction, the audit chain, keys, policies.
+
+Governance does not import the stages; where destruction, a purge or a key rotation must reach
+what the stages derived (the person index, score runs, exports), the callbacks are made here,
+importing the stages lazily, and handed down.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
-from sqlalchemy import delete, insert
 
 from cli.context import Haven
 from governance import audit, optouts, retention, rotation
-from governance.policy_tables import policy_text
-from governance.schema import policy_overrides
-from policies import POLICIES_DIR
+from governance.keys import KeyError_
+from governance.policy_tables import policy_names, policy_text, reset_policy, set_policy
 
 
 def _day(value: str | None, option: str) -> dt.date:
@@ -26,43 +32,77 @@ def _day(value: str | None, option: str) -> dt.date:
         raise typer.BadParameter("expected a date YYYY-MM-DD", param_hint=option) from exc
 
 
+def _stage_function(module: str, name: str) -> Callable[..., Any] | None:
+    """A stage's function when that stage provides it (imported only when asked for)."""
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:  # a slim deployment without that stage
+        return None
+
+
 def dependents(haven: Haven) -> list[retention.Dependent]:
-    """What destruction must also destroy: the person index's rows and derived runs."""
+    """What destruction must also destroy: the person index's rows, runs and their exports."""
     from linkage import person_index
-    from linkage.index_matcher import match_profiles
 
     def index(ids: list[str]) -> dict[str, int]:
+        if not (haven.settings.index_dir / person_index.LINK_MAP).exists():
+            return {"index_rows_removed": 0}  # no index yet: nothing derived, nothing to build
+        from linkage.index_matcher import match_profiles
+
         return person_index.forget_extracts(haven.settings, haven.engine,
                                             haven.keys.current("linkage"), ids, match_profiles)
 
+    void = _stage_function("stratify.run", "void_runs")
+
     def derived(ids: list[str]) -> dict[str, int]:
+        if void is not None:  # stratify's own, once it provides one
+            return void(haven.settings, haven.engine, ids)
         return retention.void_runs(haven.settings, haven.engine, ids)
 
     return [index, derived]
 
 
+def purge_dependents() -> list[optouts.PurgeDependent]:
+    """What a purge must also reach: the person index's rows for purged rows, when linkage
+    offers a way to drop single rows (`forget_rows`)."""
+    forget_rows = _stage_function("linkage.person_index", "forget_rows")
+    return [] if forget_rows is None else [forget_rows]
+
+
+def rekeyers(haven: Haven) -> list[rotation.Rekeyer]:
+    """What a pseudonym key rotation must also re-key: the person index."""
+    from linkage import person_index
+
+    return [lambda mapping: person_index.rekey(haven.settings, mapping)]
+
+
 def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per command
-    opt = typer.Typer(help="Opt-outs honoured by purpose.")
-    ret = typer.Typer(help="Retention and destruction.")
-    aud = typer.Typer(help="The tamper-evident audit log.")
-    keys = typer.Typer(help="Keys and their rotation.")
-    pol = typer.Typer(help="Policy tables (data, not code).")
+    opt = typer.Typer(help="Opt-outs honoured by purpose.", no_args_is_help=True)
+    ret = typer.Typer(help="Retention and destruction.", no_args_is_help=True)
+    aud = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+    keys = typer.Typer(help="Keys and their rotation.", no_args_is_help=True)
+    pol = typer.Typer(help="Policy tables (data, not code).", no_args_is_help=True)
 
     @opt.command("report")
     def optouts_report(ctx: typer.Context, as_of: str = typer.Option(None, "--as-of")) -> None:
-        """Persons with an opt-out in force, by type and purpose (suppressed; never who)."""
+        """Opt-outs in force by type and purpose (suppressed counts; never who)."""
         haven: Haven = ctx.obj
-        result = optouts.report(haven.engine, _day(as_of, "--as-of"))
-        audit.log(haven.engine, haven.actor, "optouts.report", "optouts")
+        result = optouts.optouts_report(haven.engine, _day(as_of, "--as-of"))
+        audit.log(haven.engine, haven.actor, "optouts.report", "optouts",
+                  detail={"as_of": result["as_of"]})
         typer.echo(json.dumps(result, indent=2))
 
     @opt.command("purge")
     def optouts_purge(ctx: typer.Context, as_of: str = typer.Option(None, "--as-of")) -> None:
-        """Remove landed rows that no purpose may use since later opt-outs."""
+        """Remove landed rows that no purpose may use since opt-outs registered after landing."""
         haven: Haven = ctx.obj
-        removed = optouts.purge(haven.settings, haven.engine, haven.actor,
-                                _day(as_of, "--as-of"))
-        Console().print(f"removed {sum(removed.values()):,} rows from {len(removed)} extracts")
+        removed = optouts.purge(haven.settings, haven.engine, _day(as_of, "--as-of"),
+                                haven.actor, purge_dependents())
+        console = Console()
+        for extract_id, n in sorted(removed.items()):
+            console.print(f"  {extract_id}: {n:,} rows removed")
+        console.print(f"removed {sum(removed.values()):,} rows from {len(removed)} extracts "
+                      f"in {haven.settings.extracts_dir}")
 
     @ret.command("run")
     def retention_run(ctx: typer.Context, dry_run: bool = typer.Option(False, "--dry-run"),
@@ -72,12 +112,15 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
         haven: Haven = ctx.obj
         certificate = retention.run(haven.settings, haven.engine, haven.actor,
                                     _day(as_of, "--as-of"), dependents(haven), dry_run)
+        console = Console()
         verb = "would destroy" if dry_run else "destroyed"
-        Console().print(f"{verb} {len(certificate.extract_ids)} extracts: "
-                        f"{json.dumps(certificate.counts)}")
+        for extract_id in certificate.extract_ids:
+            console.print(f"  {extract_id} ({certificate.sources[extract_id]})")
+        console.print(f"{verb} {len(certificate.extract_ids)} extracts: "
+                      f"{json.dumps(certificate.counts, sort_keys=True)}")
         if not dry_run and certificate.extract_ids:
-            Console().print(f"certificate {certificate.certificate_id}, digest "
-                            f"{certificate.manifest_digest}, audit entry {certificate.audit_seq}")
+            console.print(f"certificate {certificate.certificate_id}, digest "
+                          f"{certificate.manifest_digest}, audit entry {certificate.audit_seq}")
 
     @ret.command("certificates")
     def certificates(ctx: typer.Context) -> None:
@@ -87,6 +130,20 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
         audit.log(haven.engine, haven.actor, "retention.certificates", "certificates",
                   n_records=len(listed))
         typer.echo(json.dumps(listed, indent=2, default=str))
+
+    @ret.command("verify")
+    def verify_certificate(ctx: typer.Context, certificate_id: str) -> None:
+        """Recompute a certificate's digest and check the audit entry it names."""
+        haven: Haven = ctx.obj
+        try:
+            good = retention.verify_certificate(haven.engine, certificate_id)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="CERTIFICATE_ID") from exc
+        if not good:
+            Console().print(f"[red]certificate {certificate_id} does not match its digest or "
+                            "audit entry[/]")
+            raise typer.Exit(code=1)
+        Console().print(f"certificate {certificate_id} matches its digest and audit entry")
 
     @aud.command("verify")
     def verify(ctx: typer.Context,
@@ -104,7 +161,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
 
     @aud.command("head")
     def head_command(ctx: typer.Context, out: Path = typer.Option(None, "--out")) -> None:
-        """The chain head, to keep outside the database."""
+        """The chain head, to keep outside the database (give it to `verify --head`)."""
         haven: Haven = ctx.obj
         value = json.dumps(audit.head(haven.engine))
         if out:
@@ -118,40 +175,58 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
                ) -> None:
         """Rotate a key: pseudonym re-keys every pseudonym; vault re-encrypts the vault."""
         haven: Haven = ctx.obj
-        if purpose == "pseudonym":
-            from linkage import person_index
-
-            counts = rotation.rotate_pseudonym_key(
-                haven.settings, haven.engine, haven.keys, haven.actor,
-                [lambda mapping: person_index.rekey(haven.settings, mapping)])
-            Console().print(f"re-keyed {counts['pseudonyms']:,} pseudonyms in "
-                            f"{counts['files']} extracts ({counts['rows']:,} rows)")
-        elif purpose == "vault":
-            changed = rotation.rotate_vault_key(haven.engine, haven.keys, haven.actor)
-            Console().print(f"re-encrypted {changed:,} vault entries")
-        else:
+        if purpose not in ("pseudonym", "vault"):
             raise typer.BadParameter("expected pseudonym or vault", param_hint="PURPOSE")
+        try:
+            if purpose == "pseudonym":
+                counts = rotation.rotate_pseudonym_key(haven.settings, haven.engine,
+                                                       haven.keys, haven.actor, rekeyers(haven))
+                Console().print(f"re-keyed {counts['pseudonyms']:,} pseudonyms in "
+                                f"{counts['files']} extracts ({counts['rows']:,} rows) and "
+                                f"{counts['derived_rows']:,} person index rows; key now "
+                                f"{haven.keys.current('pseudonym').key_id}")
+            else:
+                changed = rotation.rotate_vault_key(haven.engine, haven.keys, haven.actor)
+                Console().print(f"re-encrypted {changed:,} vault entries; key now "
+                                f"{haven.keys.current('vault').key_id}")
+        except KeyError_ as exc:
+            Console().print(f"[red]not rotated[/]: {exc}")
+            raise typer.Exit(code=1) from None
+
+    @pol.command("list")
+    def list_policies(ctx: typer.Context) -> None:
+        """The policy tables an IG lead may change."""
+        for name in policy_names():
+            typer.echo(name)
 
     @pol.command("show")
     def show(ctx: typer.Context, name: str) -> None:
         """Print a policy table in force (an override, else the shipped default)."""
+        if name not in policy_names():
+            raise typer.BadParameter(f"no policy table {name}", param_hint="NAME")
         typer.echo(policy_text(name, ctx.obj.engine))
 
     @pol.command("set")
-    def set_policy(ctx: typer.Context, name: str, file: Path) -> None:
-        """Replace a policy table with FILE (the change is audited)."""
+    def set_command(ctx: typer.Context, name: str, file: Path) -> None:
+        """Replace a policy table with FILE (checked first; the change is audited)."""
         haven: Haven = ctx.obj
-        if not (POLICIES_DIR / name).exists():
+        try:
+            changed = set_policy(haven.engine, name, file.read_text(encoding="utf-8"),
+                                 haven.actor)
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="NAME or FILE") from exc
+        Console().print(f"policy {name} replaced (sha256 {changed['after'][:12]}…, was "
+                        f"{changed['before'][:12]}…); change audited")
+
+    @pol.command("reset")
+    def reset_command(ctx: typer.Context, name: str) -> None:
+        """Go back to the shipped table (audited)."""
+        haven: Haven = ctx.obj
+        if name not in policy_names():
             raise typer.BadParameter(f"no policy table {name}", param_hint="NAME")
-        content = file.read_text(encoding="utf-8")
-        with haven.engine.begin() as connection:
-            connection.execute(delete(policy_overrides).where(policy_overrides.c.name == name))
-            connection.execute(insert(policy_overrides).values(
-                name=name, content=content, changed_at=dt.datetime.now(dt.UTC),
-                changed_by=haven.actor.user))
-            audit.record(connection, haven.actor, "policy.change", f"policy/{name}",
-                         detail={"bytes": len(content)})
-        Console().print(f"policy {name} replaced ({len(content)} bytes); change audited")
+        done = reset_policy(haven.engine, name, haven.actor)
+        Console().print(f"policy {name}: " + ("shipped table restored" if done
+                                               else "already the shipped table"))
 
     app.add_typer(opt, name="optouts")
     app.add_typer(ret, name="retention")
