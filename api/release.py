@@ -49,6 +49,7 @@ SEXES = ("1", "2", "9", "0")
 CONDITION_SOURCES = frozenset({"gp_events", "apc"})
 # Reason groups every role may see: they restate the person's age band and sex.
 DEMOGRAPHIC_GROUPS = frozenset({"age", "sex"})
+FRAGMENTS_KEPT = 300_000
 DEFAULT_RUN_PURPOSE = "commissioning"  # what `haven score` scores for unless told
 COLUMNS = ("person_key", "probability", "tier", "reasons", "previous_probability",
            "previous_tier", "change", "gp_practice_code", "age_band", "sex", "conditions",
@@ -133,6 +134,8 @@ class Release:
     cache: OrderedDict = field(default_factory=OrderedDict)
     cache_lock: threading.Lock = field(default_factory=threading.Lock)
     computing: dict[tuple, threading.Lock] = field(default_factory=dict)
+    # (row, sources visible) -> the person's JSON without its opening brace (lists' pages)
+    fragments: dict[tuple[int, frozenset[str]], bytes] = field(default_factory=dict)
 
     @property
     def persons(self) -> int:
@@ -154,7 +157,8 @@ class Release:
                        withheld={k: self.practice_of(r) for k, r in zip(withheld, rows,
                                                                          strict=True)
                                  if r is not None},
-                       cache=OrderedDict(), cache_lock=threading.Lock(), computing={})
+                       cache=OrderedDict(), cache_lock=threading.Lock(), computing={},
+                       fragments={})
 
     def position(self, person_key: str) -> int | None:
         """Row of a person key, or None when the run does not hold it."""
@@ -225,6 +229,12 @@ class Release:
         return self.table.select([c for c in self.table.column_names
                                   if c not in ("reason_group_1", "reason_group_2",
                                                "reason_group_3", "previous_probability")])
+
+    def remember(self, fragments: dict[tuple[int, frozenset[str]], bytes]) -> None:
+        """Keep persons' JSON for the next page that shows them (bounded: ~100 MB)."""
+        if len(self.fragments) + len(fragments) > FRAGMENTS_KEPT:
+            self.fragments.clear()
+        self.fragments.update(fragments)
 
     def cached(self, key: tuple, compute: Any) -> Any:
         """Answers that depend only on this run (aggregates), kept for the next caller; callers

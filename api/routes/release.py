@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import present
@@ -44,22 +45,33 @@ def _conditions_allowed(access: Access, owner: str, asked: bool) -> None:
         raise Problem(403, "conditions come from sources this role may not see")
 
 
-def _page(release: Release, access: Access, selected: np.ndarray, offset: int, limit: int,
-          ranked: bool) -> dict:
-    chosen = selected[offset:offset + limit]
-    visible = {release.practices[code] if code >= 0 else "-": None
-               for code in np.unique(release.practice[chosen]).tolist()}
-    for practice in visible:
-        visible[practice] = access.visible_sources(practice)
-    groups = any(present.needs_reason_groups(v) for v in visible.values())
-    items = []
-    for i, row in enumerate(release.rows(chosen, reason_groups=groups)):
-        shown = visible[row.get("gp_practice_code") or "-"]
-        items.append(present.person(row, shown, offset + i + 1 if ranked else None))
+def _page(release: Release, access: Access, selected: np.ndarray, offset: int, limit: int
+          ) -> Response:
+    """One page of persons, ranked, as JSON. Each person's JSON (as this caller's sources
+    allow) is kept on the release once made: a list served again costs a join, not a
+    conversion per row."""
+    chosen = selected[offset:offset + limit].tolist()
+    codes = release.practice[chosen].tolist()
+    visible = {code: access.visible_sources(release.practices[code] if code >= 0 else "-")
+               for code in set(codes)}
+    keys = [(position, visible[code]) for position, code in zip(chosen, codes, strict=True)]
+    found = {key: release.fragments.get(key) for key in keys}
+    missing = [key for key, fragment in found.items() if fragment is None]
+    if missing:
+        groups = any(present.needs_reason_groups(v) for _, v in missing)
+        rows = release.rows([position for position, _ in missing], reason_groups=groups)
+        made = {key: json.dumps(present.person(row, key[1]), separators=(",", ":"))[1:].encode()
+                for key, row in zip(missing, rows, strict=True)}
+        found.update(made)
+        release.remember(made)
+    items = b",".join(b'{"rank":%d,' % (offset + i + 1) + found[key]
+                      for i, key in enumerate(keys))
     nxt = offset + limit if offset + limit < len(selected) else None
-    access.answered(len(items), run_id=release.run_id)
-    return {"run_id": release.run_id, "total": int(len(selected)), "offset": offset,
-            "limit": limit, "next_offset": nxt, "items": items}
+    access.answered(len(keys), run_id=release.run_id)
+    head = json.dumps({"run_id": release.run_id, "total": int(len(selected)),
+                       "offset": offset, "limit": limit, "next_offset": nxt},
+                      separators=(",", ":"))[:-1].encode()
+    return Response(head + b',"items":[' + items + b"]}", media_type="application/json")
 
 
 @router.get("/practices/{ods}/case-finding", summary="Case-finding list of a practice",
@@ -86,7 +98,7 @@ async def case_finding(
         current_release, access)
     selected = release.select(release.practice_rows.get(ods, EMPTY), tiers=tier,
                               age_bands=age_band, sexes=sex, conditions=condition)
-    return ok(_page(release, access, selected, offset, limit, ranked=True))
+    return _page(release, access, selected, offset, limit)
 
 
 @router.get("/risk/persons", summary="Pseudonymised risk list",
@@ -113,7 +125,7 @@ def risk_list(
         rows = np.sort(np.concatenate(found)) if found else EMPTY
     selected = release.select(rows, tiers=tier, age_bands=age_band, sexes=sex,
                               conditions=condition)
-    return ok(_page(release, access, selected, offset, limit, ranked=True))
+    return _page(release, access, selected, offset, limit)
 
 
 def _person_row(access: Access) -> tuple[Release, dict]:
