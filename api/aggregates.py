@@ -3,9 +3,9 @@
 Counts are taken with NumPy over the run's codes; what is shown is governance's rule
 (`policies/suppression.json`, or an IG lead's override): counts 1-7 suppressed, others rounded
 to the nearest 5, and secondary suppression so that no suppressed count can be recovered from
-the totals published beside it. A table by two dimensions is suppressed along its rows and
-columns (`suppress_table`), and each margin against the grand total (`suppress`); by one
-dimension, the cells against the total.
+the totals published beside it. By one dimension the cells are suppressed with their total
+(`suppress`); by two, the cells with their row, column and grand totals (`suppress_grid`).
+Haven holds one area's data, never a nation's, so every count is below national level.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from api.release import AGE_BANDS, SEXES, TIERS, Release
-from governance.suppression import Rule, suppress, suppress_table
+from governance.suppression import Rule, suppress, suppress_grid
 
 UNKNOWN = "unknown"
 
@@ -87,29 +87,25 @@ def aggregate(release: Release, rows: np.ndarray, by: Sequence[str], rule: Rule
     published."""
     by = list(by)
     true = count(release, rows, by)
-    total_true = int(len(rows))
     margins: dict[str, list[dict[str, Any]]] = {}
     if len(by) == 1:
         shown = suppress({key[0]: n for key, n in true.items()}, rule)
         total = _figure(shown.pop("total"), rule)
         cells = [{by[0]: label, **_figure(value, rule)} for label, value in sorted(shown.items())]
-    else:
-        table = pd.Series({key: n for key, n in true.items()}, dtype="int64")
-        grid = table.unstack(fill_value=0) if len(table) else pd.DataFrame(dtype="int64")
-        shown_grid = suppress_table(grid, rule) if len(grid) else grid
-        cells = []
-        for row_label in shown_grid.index:
-            for column_label in shown_grid.columns:
-                value = shown_grid.loc[row_label, column_label]
-                if grid.loc[row_label, column_label] == 0 and value != rule.symbol:
-                    continue  # a true zero, not hidden: left out
-                cells.append({by[0]: row_label, by[1]: column_label, **_figure(value, rule)})
-        total = _figure(rule.show(total_true), rule)
-        for axis, name in enumerate(by):
-            sums = grid.sum(axis=1 - axis) if len(grid) else pd.Series(dtype="int64")
-            published = suppress({k: int(v) for k, v in sums.items() if v}, rule)
-            published.pop("total")  # the grand total is published once, below the margins
-            margins[name] = [{name: label, **_figure(value, rule)}
-                             for label, value in sorted(published.items())]
-    return {"by": by, "cells": cells, "margins": margins, "total": total,
+        return {"by": by, "cells": cells, "margins": margins, "total": total,
+                "rule": rule_json(rule)}
+    table = pd.Series(true, dtype="int64")
+    grid_true = table.unstack(fill_value=0) if len(table) else pd.DataFrame(dtype="int64")
+    grid = suppress_grid(grid_true, rule)
+    cells = []
+    for row_label in grid.cells.index:
+        for column_label in grid.cells.columns:
+            value = grid.cells.loc[row_label, column_label]
+            if grid_true.loc[row_label, column_label] == 0 and value != rule.symbol:
+                continue  # a true zero, not hidden: left out
+            cells.append({by[0]: row_label, by[1]: column_label, **_figure(value, rule)})
+    for name, shown in ((by[0], grid.rows), (by[1], grid.columns)):
+        margins[name] = [{name: label, **_figure(value, rule)}
+                         for label, value in sorted(shown.items())]
+    return {"by": by, "cells": cells, "margins": margins, "total": _figure(grid.total, rule),
             "rule": rule_json(rule)}

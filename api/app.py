@@ -38,7 +38,6 @@ from api.routes import admin, extracts, governance, jobs, meta, reidentify, rele
 from api.trail import AuditMiddleware, AuditWriter
 from governance.db import open_database
 from governance.keys import KeyProvider
-from governance.policy_tables import policy_text
 from governance.settings import Settings
 from governance.suppression import Rule
 
@@ -73,7 +72,7 @@ class Services:
         if cached is not None and now - cached[0] < max(self.config.refresh_seconds, 1.0):
             return cached[1]
         with self._rule_lock:
-            self._rule = (now, Rule.load(policy_text("suppression.json", self.engine)))
+            self._rule = (now, Rule.load(engine=self.engine))
             return self._rule[1]
 
     def forget_suppression_rule(self) -> None:

@@ -161,6 +161,8 @@ def test_policy_tables_are_read_and_changed_with_an_audit_entry(world: World) ->
         changes = connection.execute(select(audit_log.c.actor, audit_log.c.resource).where(
             audit_log.c.action == "policy_table.change")).all()
     assert changes == [("ig-lead", "policy/retention.csv")]
+    restored = world.call("ig_lead", "DELETE", "/policy-tables/retention.csv").json()
+    assert restored["overridden"] is False and restored["content"] == shipped["content"]
 
 
 @pytest.mark.parametrize("role", ["ig_lead", "admin", "council_uploader"])

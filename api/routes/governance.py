@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import hashlib
 import io
 import json
-import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from api.exports import neutralise
@@ -38,15 +36,12 @@ from api.schemas import (
 from cli.govern_cmd import dependents
 from governance import audit, optouts, retention
 from governance.audit import Actor
-from governance.policy_tables import policy_text
+from governance.policy_tables import policy_names, policy_text, reset_policy, set_policy
 from governance.schema import audit_log, policy_overrides
-from policies import POLICIES_DIR
 
 router = APIRouter(tags=["governance"])
 AUDIT_COLUMNS = ("seq", "at", "actor", "role", "org", "purpose", "action", "resource",
                  "n_records", "outcome", "detail")
-# Policy tables an IG lead may read and change (the access rules have their own endpoints).
-NOT_TABLES = {"casbin_model.conf", "casbin_policy.csv"}
 TABLE_NAME = r"^[a-z0-9_]{1,60}\.(csv|json)$"
 Text = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:@/-]*$")]
 
@@ -240,19 +235,14 @@ def optout_report(access: Annotated[Access, Depends(authorise)]) -> JSONResponse
     return ok({**report, "withheld_from_current_runs": withheld})
 
 
-def _tables() -> list[str]:
-    return sorted(p.name for p in POLICIES_DIR.iterdir()
-                  if p.suffix in (".csv", ".json") and p.name not in NOT_TABLES)
-
-
 @router.get("/policy-tables", summary="Policy tables",
             responses={200: example_response(PolicyTableList), **responses(401, 403)})
 @permission("policy_table", "read")
 def policy_tables(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
-    """Retention, suppression, purposes and the other tables Haven runs by."""
+    """Retention, suppression, opt-out purposes and the other tables Haven runs by."""
     with access.services.engine.connect() as connection:
         overridden = set(connection.scalars(select(policy_overrides.c.name)))
-    items = [{"name": n, "overridden": n in overridden} for n in _tables()]
+    items = [{"name": n, "overridden": n in overridden} for n in policy_names()]
     access.answered(len(items))
     return ok({"items": items})
 
@@ -260,41 +250,24 @@ def policy_tables(access: Annotated[Access, Depends(authorise)]) -> JSONResponse
 TableName = Annotated[str, Path(pattern=TABLE_NAME, examples=["retention.csv"])]
 
 
+def _table(access: Access, name: str) -> dict[str, Any]:
+    engine = access.services.engine
+    with engine.connect() as connection:
+        overridden = connection.scalar(select(func.count()).select_from(policy_overrides)
+                                       .where(policy_overrides.c.name == name))
+    return {"name": name, "overridden": bool(overridden), "content": policy_text(name, engine)}
+
+
 @router.get("/policy-tables/{name}", summary="One policy table",
             responses={200: example_response(PolicyTable), **responses(401, 403, 404, 422)})
 @permission("policy_table", "read")
 def policy_table(name: TableName, access: Annotated[Access, Depends(authorise)]
                  ) -> JSONResponse:
-    if name not in _tables():
+    """The table in force: an IG lead's version, else the shipped one."""
+    if name not in policy_names():
         raise Problem(404, "no such policy table")
-    engine = access.services.engine
-    with engine.connect() as connection:
-        overridden = connection.scalar(select(func.count()).select_from(policy_overrides)
-                                       .where(policy_overrides.c.name == name))
     access.answered(1)
-    return ok({"name": name, "overridden": bool(overridden),
-               "content": policy_text(name, engine)})
-
-
-def _check_table(name: str, content: str) -> None:
-    """A changed table must keep the shipped table's form (same CSV columns, valid JSON)."""
-    shipped = (POLICIES_DIR / name).read_text(encoding="utf-8")
-    if name.endswith(".json"):
-        try:
-            json.loads(content)
-        except ValueError:
-            raise Problem(422, "content: not valid JSON") from None
-        return
-
-    def header(text: str) -> list[str]:
-        lines = [line for line in text.splitlines() if line.strip()
-                 and not line.lstrip().startswith("#")]
-        return [c.strip() for c in next(csv.reader(lines[:1]), [])]
-
-    if header(content) != header(shipped):
-        raise Problem(422, f"content: the header must be {','.join(header(shipped))}")
-    if re.search(r"\d{10}", content.replace(" ", "")):
-        raise Problem(422, "content: a policy table may not hold a 10-digit number")
+    return ok(_table(access, name))
 
 
 @router.put("/policy-tables/{name}", summary="Change a policy table",
@@ -302,28 +275,33 @@ def _check_table(name: str, content: str) -> None:
 @permission("policy_table", "update")
 def change_policy_table(name: TableName, body: PolicyTableUpdate,
                         access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
-    """Store a new version of a table (it takes precedence over the shipped one); audited
-    with the digest of old and new content in the same transaction."""
-    if name not in _tables():
+    """Store a new version of a table (it takes precedence over the shipped one), checked and
+    audited with digests of old and new content (`governance.policy_tables.set_policy`)."""
+    if name not in policy_names():
         raise Problem(404, "no such policy table")
-    _check_table(name, body.content)
-    engine = access.services.engine
     principal = access.principal
-    old = policy_text(name, engine)
-    now = dt.datetime.now(dt.UTC)
-    with engine.begin() as connection:
-        changed = connection.execute(update(policy_overrides)
-                                     .where(policy_overrides.c.name == name)
-                                     .values(content=body.content, changed_at=now,
-                                             changed_by=principal.user)).rowcount
-        if not changed:
-            connection.execute(insert(policy_overrides).values(
-                name=name, content=body.content, changed_at=now, changed_by=principal.user))
-        audit.record(connection, Actor(principal.user, access.role, principal.org,
-                                             access.purpose),
-                     "policy_table.change", f"policy/{name}",
-                     detail={"before": hashlib.sha256(old.encode()).hexdigest(),
-                             "after": hashlib.sha256(body.content.encode()).hexdigest()})
+    try:
+        set_policy(access.services.engine, name, body.content,
+                   Actor(principal.user, access.role, principal.org, access.purpose))
+    except ValueError as exc:
+        raise Problem(422, f"content: {exc}") from None
     access.services.forget_suppression_rule()
     access.answered(1)
-    return ok({"name": name, "overridden": True, "content": body.content})
+    return ok(_table(access, name))
+
+
+@router.delete("/policy-tables/{name}", summary="Restore a shipped policy table",
+               responses={200: example_response(PolicyTable), **responses(401, 403, 404,
+                                                                          422)})
+@permission("policy_table", "update")
+def reset_policy_table(name: TableName, access: Annotated[Access, Depends(authorise)]
+                       ) -> JSONResponse:
+    """Drop the IG lead's version so the shipped table applies again (audited)."""
+    if name not in policy_names():
+        raise Problem(404, "no such policy table")
+    principal = access.principal
+    reset_policy(access.services.engine, name,
+                 Actor(principal.user, access.role, principal.org, access.purpose))
+    access.services.forget_suppression_rule()
+    access.answered(1)
+    return ok(_table(access, name))
