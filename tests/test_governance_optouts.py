@@ -5,11 +5,16 @@ from __future__ import annotations
 import datetime as dt
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import select
 
+from cli.main import main
 from factories import nhs_numbers, rows_for, write_extract
 from governance import optouts, store
 from governance.audit import SYSTEM
+from governance.schema import audit_log, extracts
 from governance.suppression import Rule, suppress, suppress_table
 from linkage.landing import LandingContext, land_file
 
@@ -106,3 +111,133 @@ def test_suppression_rule_and_secondary_suppression():
                                         index=["r1", "r2", "r3"]))
     hidden = table == "*"
     assert (hidden.sum(axis=0) != 1).all() and (hidden.sum(axis=1) != 1).all()
+
+
+def land_optouts(landing, folder, entries, sender):
+    receipt = land_file(landing, write_extract(folder, "optouts", optout_rows(entries),
+                                               sender=sender))
+    assert receipt.status == "landed"
+    return receipt
+
+
+def ids_of(haven, receipt) -> list[str]:
+    return pq.read_table(store.rows_path(haven.settings, receipt.extract_id)).column(
+        "person_id").to_pylist()
+
+
+def test_which_register_row_is_in_force(haven, landing, inbox):
+    land_optouts(landing, inbox / "a", [
+        (0, "ndoo", "2023-01-01", "N"), (0, "ndoo", "2023-01-01", "Y"),  # same day: objection
+        (1, "ndoo", "2023-01-01", "N"),
+        (2, "consent_withdrawn", "2023-01-01", "N")], sender="E08000035")
+    land_optouts(landing, inbox / "b", [
+        (1, "ndoo", "2024-01-01", "Y"),  # a national type: any sender's later row decides
+        (2, "consent_withdrawn", "2024-01-01", "Y")], sender="E08000036")  # another council
+    live = optouts.active_optouts(haven.engine, dt.date(2024, 6, 1))
+    ids = ids_of(haven, land_rows(landing, inbox / "c", "apc", 3))
+    found = {(ids.index(p), t, s) for p, t, s in
+             zip(live["person_id"], live["optout_type"], live["sender"], strict=True)}
+    assert found == {(0, "ndoo", "E08000035"), (2, "consent_withdrawn", "E08000035")}
+    at = dt.date(2024, 6, 1)
+    assert optouts.excluded(haven.engine, ids, "commissioning", "apc", "RR8", at).tolist() == [
+        True, False, False]
+    # Council 35's social care data stays excluded; council 36's is not covered; sender unknown:
+    # the objection covers it whoever sent it.
+    for sender, expected in (("E08000035", [False, False, True]),
+                             ("E08000036", [False, False, False]),
+                             (None, [False, False, True])):
+        assert optouts.excluded(haven.engine, ids, "direct_care", "social_care", sender,
+                                at).tolist() == expected
+    assert optouts.opted_out(haven.engine, ids, "direct_care", at).tolist() == [
+        False, False, True]
+    with pytest.raises(ValueError, match="unknown purpose"):
+        optouts.excluded(haven.engine, ids, "marketing", "apc", None, at)
+
+
+def test_the_register_itself_is_never_excluded(haven, landing, inbox):
+    everything = "optout_type,purpose,sources,scope\n" + "".join(
+        f"ndoo,{p},*,all\n" for p in optouts.PURPOSES)
+    optouts.set_purposes(haven.engine, everything, SYSTEM)
+    guarded = LandingContext(haven.settings, haven.engine, haven.keys, haven.actor,
+                             exclusion=optouts.landing_exclusion(haven.engine))
+    register = land_optouts(guarded, inbox / "a", [(0, "ndoo", "2020-01-01", "N")],
+                            sender="X26")
+    # The exclusion sees the register change at once: person 0's hospital rows are not kept ...
+    apc = land_rows(guarded, inbox / "b", "apc", 3)
+    assert apc.counts["excluded_by_optout"] == 1 and apc.counts["landed"] == 2
+    # ... but their later withdrawal is, as is every register row.
+    back = land_optouts(guarded, inbox / "c", [(0, "ndoo", "2021-01-01", "Y")], sender="X26")
+    assert back.counts["landed"] == 1 and back.counts["excluded_by_optout"] == 0
+    assert optouts.active_optouts(haven.engine, dt.date(2022, 1, 1)).empty
+    assert not any(rule.covers("optouts") for rule in optouts.coverage(haven.engine))
+    # Between objection and withdrawal, a batch whose sender is not given is judged the same.
+    early = optouts.landing_exclusion(haven.engine, today=dt.date(2020, 6, 1))
+    batch = pa.table({"person_id": [ids_of(haven, register)[0], None]})
+    assert early(batch, "apc").tolist() == [True, False]
+
+
+def test_purge_rewrites_counts_and_tells_dependents(haven, landing, inbox):
+    care = land_rows(landing, inbox / "a", "social_care", 5, sender="E08000035")
+    land_optouts(landing, inbox / "b", [(1, "consent_withdrawn", "2024-01-01", "N"),
+                                        (3, "consent_withdrawn", "2024-01-01", "N")],
+                 sender="E08000035")
+    told = []
+
+    def index(rows: dict[str, list[int]]) -> dict[str, int]:
+        told.append(rows)
+        return {"index_rows_removed": sum(len(r) for r in rows.values())}
+
+    before = optouts.purge(haven.settings, haven.engine, dt.date(2023, 12, 31), SYSTEM, [index])
+    assert before == {} and told == []  # not in force yet
+    assert optouts.purge(haven.settings, haven.engine, dt.date(2024, 1, 1), SYSTEM,
+                         [index]) == {care.extract_id: 2}
+    assert told == [{care.extract_id: [2, 4]}]  # persons 1 and 3: data rows 2 and 4
+    assert optouts.purge(haven.settings, haven.engine, dt.date(2024, 1, 1)) == {}
+    with haven.engine.connect() as connection:
+        row = connection.execute(select(extracts.c.rows_landed, extracts.c.counts).where(
+            extracts.c.extract_id == care.extract_id)).one()
+        details = connection.execute(select(audit_log.c.detail).where(
+            audit_log.c.action == "optouts.purge").order_by(audit_log.c.seq)).scalars().all()
+    assert row.rows_landed == 3 and row.counts["purged_by_optout"] == 2
+    assert [d.get("index_rows_removed") for d in details] == [None, 2, None]
+
+
+def test_report_figures_agree_wherever_they_appear(haven, landing, inbox):
+    entries = ([(i, "ndoo", "2023-01-01", "N") for i in range(24)]
+               + [(24 + i, "type1", "2023-01-01", "N") for i in range(12)]
+               + [(i, "consent_withdrawn", "2023-01-01", "N") for i in range(3)])
+    land_optouts(landing, inbox, entries, sender="X26")
+    result = optouts.optouts_report(haven.engine, dt.date(2024, 1, 1))
+    by_type = result["by_type"]
+    assert by_type == {"consent_withdrawn": "*", "ndoo": 25, "type1": "*"}  # 12: secondary
+    for kind, row in result["by_type_and_purpose"].items():
+        for purpose, shown in row.items():
+            covers = kind in result["types_by_purpose"][purpose]
+            assert shown == (by_type[kind] if covers else 0)
+    # Direct care: consent withdrawals alone; the rest depend on a suppressed type.
+    assert result["by_purpose"] == {"commissioning": "*", "case_finding": "*",
+                                    "research": "*", "direct_care": "*"}
+    assert result["rule"]["suppressed"] == "1-7"
+    land_optouts(landing, inbox / "more", [(36 + i, "type1", "2023-01-01", "N")
+                                           for i in range(4)]
+                 + [(30 + i, "consent_withdrawn", "2023-01-01", "N") for i in range(10)],
+                 sender="X27")
+    shown = optouts.optouts_report(haven.engine, dt.date(2024, 1, 1))
+    assert shown["by_type"] == {"consent_withdrawn": 15, "ndoo": 25, "type1": 15}
+    # Distinct persons: research (ndoo or type1) 24 + 16; commissioning adds no one (the 13
+    # consent withdrawals all have another type); case finding: 16 type1 and 3 more.
+    assert shown["by_purpose"] == {"commissioning": 40, "case_finding": 20, "research": 40,
+                                   "direct_care": 15}
+
+
+def test_optouts_commands(haven, landing, inbox, capsys):
+    land_rows(landing, inbox / "a", "social_care", 3, sender="E08000035")
+    land_optouts(landing, inbox / "b", [(0, "consent_withdrawn", "2024-01-01", "N")],
+                 sender="E08000035")
+    env = {"HAVEN_HOME": str(haven.settings.home),
+           "HAVEN_DATABASE_URL": haven.settings.database_url, **haven.settings.key_env}
+    assert main(["optouts", "report", "--as-of", "2024-02-01"], env) == 0
+    assert '"consent_withdrawn": "*"' in capsys.readouterr().out
+    assert main(["optouts", "purge", "--as-of", "2024-02-01"], env) == 0
+    assert "removed 1 rows from 1 extracts" in capsys.readouterr().out
+    assert main(["optouts", "purge", "--as-of", "2024"], env) == 2
