@@ -167,10 +167,9 @@ def unreferenced_vault_entries(settings: Settings, engine: Engine,
     return held.filter(pa.array(~keep)).to_pylist()
 
 
-def _iso(at: dt.datetime | str) -> str:
-    """A time as the certificate states it (UTC, microseconds), whatever the backend gave."""
-    if isinstance(at, str):
-        at = dt.datetime.fromisoformat(at)
+def _iso(at: dt.datetime) -> str:
+    """A time as the certificate states it (UTC, microseconds), whatever the backend gave
+    (SQLite returns it without a zone)."""
     if at.tzinfo is None:
         at = at.replace(tzinfo=dt.UTC)
     return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
