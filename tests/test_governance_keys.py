@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 
 import pyarrow as pa
@@ -11,11 +12,11 @@ from sqlalchemy import select
 
 from cli.main import main
 from factories import invalid_nhs, nhs_numbers, rows_for, write_extract
-from governance import audit, release, rotation, store, vault
+from governance import audit, optouts, release, rotation, store, vault
 from governance.audit import Actor
-from governance.keys import KeyProvider
+from governance.keys import KeyError_, KeyProvider
 from governance.pseudonyms import nhs_pseudonym
-from governance.reidentify import Refused, lookup_by_nhs_numbers, reidentify
+from governance.reidentify import Refused, lookup_by_nhs_numbers, reason_category, reidentify
 from governance.schema import audit_log
 from linkage import person_index
 from linkage.landing import LandingContext, land_file
@@ -178,3 +179,105 @@ def test_reverse_lookup_gives_pseudonyms_of_valid_numbers_only(haven, landing, i
     spaced = f"{numbers[1][:3]} {numbers[1][3:6]} {numbers[1][6:]}"
     found = lookup_by_nhs_numbers(haven.keys, [numbers[0], spaced, invalid_nhs(numbers[2]), ""])
     assert found == {0: ids[0], 1: ids[1], 2: None, 3: None}
+
+
+def test_an_interrupted_rotation_is_finished_not_repeated(haven, file_landing, file_keys, inbox):
+    apc = land_file(file_landing, write_extract(inbox / "a", "apc", rows_for("apc", 5, seed=4)))
+    land_file(file_landing, write_extract(inbox / "o", "optouts", [
+        {"nhs_number": nhs_numbers(5, seed=4)[0], "optout_type": "ndoo",
+         "effective_date": "2020-01-01", "withdrawn": "N"}], sender="X26"))
+    person_index.update(haven.settings, haven.engine, file_keys.current("linkage"))
+    before = person_index.read_link_map(haven.settings)
+
+    def broken(_mapping: dict[str, str]) -> int:
+        raise RuntimeError("the index is unavailable")
+
+    with pytest.raises(RuntimeError):
+        rotation.rotate_pseudonym_key(haven.settings, haven.engine, file_keys, haven.actor,
+                                      [broken])
+    second = file_keys.current("pseudonym")
+    with haven.engine.connect() as connection:
+        held = connection.execute(select(vault.vault.c.key_id)).scalars().all()
+    assert set(held) != {second.key_id}  # the vault still holds the old pseudonyms
+    counts = rotation.rotate_pseudonym_key(
+        haven.settings, haven.engine, file_keys, haven.actor,
+        [lambda mapping: person_index.rekey(haven.settings, mapping)])
+    assert file_keys.current("pseudonym") == second and len(file_keys.ring("pseudonym").keys) == 2
+    assert counts["files"] == 0 and counts["pseudonyms"] == 5  # files were already done
+    numbers = nhs_numbers(5, seed=4)
+    assert landed_ids(haven, apc.extract_id) == [nhs_pseudonym(second, n) for n in numbers]
+    after = person_index.read_link_map(haven.settings)
+    assert set(after["person_id"]) == set(landed_ids(haven, apc.extract_id))
+    assert (after["person_key"] == before["person_key"]).all()
+    # The opt-out follows its person to the new pseudonym.
+    excluded = optouts.excluded(haven.engine, landed_ids(haven, apc.extract_id),
+                                "commissioning", "apc", "RR8", dt.date(2024, 1, 1))
+    assert excluded.tolist() == [True, False, False, False, False]
+    assert audit.verify(haven.engine).ok
+
+
+def test_a_pseudonym_without_a_vault_entry_keeps_its_old_key_id(haven, file_landing, file_keys,
+                                                                inbox):
+    deaths = land_file(file_landing, write_extract(inbox, "deaths", rows_for("deaths", 3)))
+    old_ids = landed_ids(haven, deaths.extract_id)
+    with haven.engine.begin() as connection:
+        vault.forget(connection, old_ids[:1])
+    counts = rotation.rotate_pseudonym_key(haven.settings, haven.engine, file_keys, haven.actor)
+    assert counts["unmapped_rows"] == 1
+    table = pq.read_table(store.rows_path(haven.settings, deaths.extract_id))
+    key_ids = table.column("key_id").to_pylist()
+    assert table.column("person_id").to_pylist()[0] == old_ids[0]
+    assert key_ids[0] != key_ids[1] == key_ids[2] == file_keys.current("pseudonym").key_id
+
+
+def test_environment_keys_are_rotated_where_they_are_kept(haven, landing, inbox, capsys):
+    land_file(landing, write_extract(inbox, "deaths", rows_for("deaths", 2)))
+    with pytest.raises(KeyError_, match="environment"):
+        rotation.rotate_pseudonym_key(haven.settings, haven.engine, haven.keys, haven.actor)
+    env = {"HAVEN_HOME": str(haven.settings.home),
+           "HAVEN_DATABASE_URL": haven.settings.database_url, **haven.settings.key_env}
+    assert main(["keys", "rotate", "vault"], env) == 1
+    assert "not rotated" in capsys.readouterr().out
+    # The operator puts a new pseudonymisation key (a new id) in the environment: re-keyed.
+    changed = {**haven.settings.key_env,
+               "HAVEN_KEY_PSEUDONYM": "pt2:" + base64.b64encode(b"k" * 32).decode()}
+    keys = KeyProvider(haven.settings.key_file, changed)
+    counts = rotation.rotate_pseudonym_key(haven.settings, haven.engine, keys, haven.actor)
+    assert counts["pseudonyms"] == 2 and counts["files"] == 1
+    with haven.engine.connect() as connection:
+        revealed = vault.reveal(connection, keys, [nhs_pseudonym(keys.current("pseudonym"), n)
+                                                   for n in nhs_numbers(2)])
+    assert sorted(revealed.values()) == sorted(nhs_numbers(2))
+
+
+def test_an_interrupted_vault_rotation_is_finished_not_repeated(haven, file_landing, file_keys,
+                                                               inbox):
+    land_file(file_landing, write_extract(inbox, "deaths", rows_for("deaths", 2)))
+    file_keys.rotate("vault")  # as if the process stopped before re-encrypting
+    assert rotation.rotate_vault_key(haven.engine, file_keys, haven.actor) == 2
+    assert len(file_keys.ring("vault").keys) == 2
+
+
+def test_releases_made_before_a_release_key_rotation_still_resolve(file_keys):
+    person_keys = ["P" + "c" * 20, "P" + "d" * 20]
+    before = release.recipient_pseudonym(file_keys, "RX1", person_keys[0])
+    file_keys.rotate("release")
+    after = release.recipient_pseudonym(file_keys, "rx1", person_keys[0])
+    assert before != after
+    assert release.resolve_recipient_pseudonym(file_keys, "RX1", [before, after, "Rnone"],
+                                               person_keys) == {before: person_keys[0],
+                                                                after: person_keys[0]}
+
+
+@pytest.mark.parametrize("reason, category", [
+    ("Discussed at the practice MDT huddle", "mdt_review"),
+    ("safeguarding concern raised", "safeguarding"),
+    ("structured medication review", "medication_review"),
+    ("anticipatory care planning", "care_planning"),
+    ("invite for a visit", "contact"),
+    ("frailty case finding review", "case_review"),
+    ("because", "other"),
+    ("   ", "none"),
+])
+def test_reason_categories(reason, category):
+    assert reason_category(reason) == category
