@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -155,15 +156,20 @@ def verify(engine: Engine, expected_head: dict[str, Any] | None = None) -> Verif
         seq = int(row["seq"])
         recomputed = entry_hash(row["prev_hash"], dict(row))
         if recomputed != row["hash"]:
-            return _broken(count, prev_hash, Finding(seq, "modified"))
+            return _broken(count, prev_hash, _altered(row, prev_hash, rows, rows_by_hash))
         if row["prev_hash"] != prev_hash:
+            earlier = rows_by_hash.get(row["prev_hash"])
             if seq > expected_seq:
-                problem = "deleted"
-            elif row["prev_hash"] in rows_by_hash and rows_by_hash[row["prev_hash"]] > seq:
-                problem = "reordered"
+                finding = Finding(seq, "deleted")
+            elif earlier is not None and earlier > seq:
+                finding = Finding(seq, "reordered")
+            elif earlier is None and count:
+                # Its own hash holds and its place is right, but its predecessor is gone: the
+                # entry before it was replaced (rewritten with a hash of its own).
+                finding = Finding(seq - 1, "modified")
             else:
-                problem = "inserted"
-            return _broken(count, prev_hash, Finding(seq, problem))
+                finding = Finding(seq, "inserted")
+            return _broken(count, prev_hash, finding)
         if seq != expected_seq:
             return _broken(count, prev_hash, Finding(seq, "reordered"))
         prev_hash, expected_seq, count = row["hash"], seq + 1, count + 1
@@ -182,6 +188,31 @@ def verify(engine: Engine, expected_head: dict[str, Any] | None = None) -> Verif
                 return _broken(count, prev_hash, Finding(int(wanted["seq"]), "modified"),
                                f"the {label} head is not in the chain")
     return Verification(ok=True, entries=count, head=prev_hash)
+
+
+# How far from its place `verify` looks for the number an entry was hashed with.
+RENUMBER_WINDOW = 10_000
+
+
+def _altered(row: Any, prev_hash: str, rows: Sequence[Any],
+             rows_by_hash: dict[str, int]) -> Finding:
+    """An entry whose hash does not hold: modified, or intact but renumbered (moved by an
+    insertion before it, a deletion before it, or a reordering)."""
+    seq = int(row["seq"])
+    entry = dict(row)
+    original = next((t for d in range(1, RENUMBER_WINDOW + 1) for t in (seq - d, seq + d)
+                     if t > 0 and entry_hash(row["prev_hash"], {**entry, "seq": t}) ==
+                     row["hash"]), None)
+    if original is None:
+        return Finding(seq, "modified")
+    later = rows_by_hash.get(row["prev_hash"])
+    if row["prev_hash"] == prev_hash or (later is not None and later > seq):
+        return Finding(seq, "reordered")
+    if original < seq:  # pushed down: the entry now holding its predecessor's link was added
+        intruders = [int(r["seq"]) for r in rows
+                     if r["prev_hash"] == row["prev_hash"] and r["hash"] != row["hash"]]
+        return Finding(min(intruders, default=seq), "inserted")
+    return Finding(seq, "deleted")  # pulled up: entries before it were removed
 
 
 def _broken(count: int, head_hash: str, finding: Finding, *details: str) -> Verification:
