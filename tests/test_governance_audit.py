@@ -122,29 +122,54 @@ def test_verify_and_head_commands(haven, tmp_path, capsys):
     assert "audit entry 2: modified" in capsys.readouterr().out
 
 
-def test_application_role_cannot_update_or_delete_on_postgres(postgres_url):
-    """Production runs the app as a role that may insert and read, not rewrite, the log."""
-    from governance.db import migrate
+# What the application role is granted in production (governance/README.md): everything it
+# needs to land, link, score and govern, but on the audit log only reading and appending.
+APP_GRANTS = (
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON extracts, rejected_rows, vault, optouts, runs, "
+    "users, tokens, policy_overrides TO {role}",
+    "GRANT SELECT, INSERT ON audit_log, destruction_certificates TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON audit_head TO {role}",
+    "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+)
 
-    owner = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://")
-                          if postgres_url.startswith("postgresql://") else postgres_url)
+
+def test_application_role_cannot_update_or_delete_on_postgres(postgres_url, tmp_path):
+    """Production runs the app as a role that may land data and append to the log, but not
+    rewrite it: the grants withhold UPDATE, DELETE and TRUNCATE, and the triggers refuse them
+    even to a role that was granted them by mistake."""
+    from conftest import key_environment
+    from factories import rows_for, write_extract
+    from governance.db import engine_for, migrate
+    from governance.keys import KeyProvider
+    from governance.settings import Settings
+    from linkage.landing import LandingContext, land_file
+
+    owner = engine_for(Settings(home=tmp_path, database_url=postgres_url))
     migrate(owner)
     role = f"haven_app_{uuid.uuid4().hex[:8]}"
     with owner.begin() as connection:
         connection.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'app'"))
-        connection.execute(text(f"GRANT SELECT, INSERT ON audit_log, audit_head TO {role}"))
-        connection.execute(text(f"GRANT UPDATE ON audit_head TO {role}"))
-        connection.execute(text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"))
-    url = owner.url.set(username=role, password="app")
-    app = create_engine(url)
+        for grant in APP_GRANTS:
+            connection.execute(text(grant.format(role=role)))
+    app = create_engine(owner.url.set(username=role, password="app"))
+    settings = Settings(home=tmp_path / "home", database_url=str(app.url))
     try:
+        landing = LandingContext(settings, app, KeyProvider(settings.key_file,
+                                                            key_environment()), ANALYST)
+        receipt = land_file(landing, write_extract(tmp_path / "in", "apc",
+                                                   rows_for("apc", 3)))
+        assert receipt.status == "landed"  # the app role can do its work ...
         audit.log(app, ANALYST, "release.read", "run/r1")
         for statement in ("UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log",
-                          "TRUNCATE audit_log"):
-            with pytest.raises(Exception, match="permission denied|append-only"), \
+                          "TRUNCATE audit_log"):  # ... but not rewrite the log
+            with pytest.raises(Exception, match="permission denied"), \
                     app.begin() as connection:
                 connection.execute(text(statement))
-        assert audit.verify(app).ok
+        assert audit.verify(app).ok and audit.verify(app).entries == 2
+        with owner.begin() as connection:  # granted by mistake: the trigger still refuses
+            connection.execute(text(f"GRANT UPDATE, DELETE ON audit_log TO {role}"))
+        with pytest.raises(Exception, match="append-only"), app.begin() as connection:
+            connection.execute(text("DELETE FROM audit_log"))
     finally:
         app.dispose()
         with owner.begin() as connection:
