@@ -108,6 +108,13 @@ def test_no_identifier_enters_the_log(haven):
     with pytest.raises(ValueError, match="NHS number"):
         audit.log(haven.engine, ANALYST, "lookup", "x", detail={"q": "9434765919"})
     audit.log(haven.engine, ANALYST, "lookup", "run/20261125120000-ab12")
+    for glued in ("nhs9434765919", "NHS:943-476-5919", "A9434765919B"):
+        with pytest.raises(ValueError, match="NHS number"):
+            audit.log(haven.engine, ANALYST, "lookup", "x", detail={"q": glued})
+    # A digest or pseudonym whose digits happen to pass modulus 11 is not an identifier.
+    digest = "ab9434765919" + "cd" * 26
+    audit.log(haven.engine, ANALYST, "lookup", f"person/P{digest[:20]}",
+              detail={"digest": digest})
 
 
 def test_verify_and_head_commands(haven, tmp_path, capsys):
