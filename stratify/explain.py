@@ -29,6 +29,8 @@ def reasons(contributions: pd.DataFrame, X: pd.DataFrame, top: int = TOP) -> pd.
     order = np.argsort(-values, axis=1, kind="stable")[:, :top]
     group_index = {g: i for i, g in enumerate(names)}
     out = pd.DataFrame(index=X.index)
+    matrix = X.to_numpy(dtype=float)
+    position = {name: i for i, name in enumerate(X.columns)}
     for slot in range(min(top, len(names))):
         chosen = order[:, slot]
         feature = np.empty(len(X), dtype=object)
@@ -37,8 +39,8 @@ def reasons(contributions: pd.DataFrame, X: pd.DataFrame, top: int = TOP) -> pd.
             rows = chosen == group_index[group]
             if not rows.any():
                 continue
-            cols = [n for n in members[group] if n in X.columns]
-            block = X.loc[rows, cols].to_numpy(dtype=float)
+            cols = [n for n in members[group] if n in position]
+            block = matrix[np.ix_(rows, [position[n] for n in cols])]
             defaults = np.array([BY_NAME[n].default for n in cols])
             recorded = ~np.isclose(block, defaults) & ~np.isnan(block)
             first = np.where(recorded.any(axis=1), recorded.argmax(axis=1), 0)

@@ -98,6 +98,33 @@ def _conditions(X: pd.DataFrame) -> pd.Series:
     return result
 
 
+EXACT_TIERS = ("very_high", "high")
+
+
+def _contributions(bundle: ModelBundle, X: pd.DataFrame, tiers: np.ndarray
+                   ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Per-group contributions behind each person's reasons.
+
+    Linear and points models are exact and cheap for everyone. For tree models the exact
+    contributions (prediction with each group at its baseline) cost one prediction per group,
+    so they are worked out for the very high and high tiers, the persons teams act on; the rest
+    get the logistic model's coefficient x (value - mean) contributions.
+    """
+    model = bundle.models[bundle.chosen]
+    features = X[bundle.features]
+    linear = bundle.models.get("logistic")
+    if bundle.chosen in ("rule", "logistic") or linear is None:
+        return model.contributions(features), {"all": bundle.chosen}
+    exact = np.isin(tiers, EXACT_TIERS)
+    parts = []
+    if exact.any():
+        parts.append(model.contributions(features[exact]))
+    if (~exact).any():
+        parts.append(linear.contributions(features[~exact]))
+    combined = pd.concat(parts).reindex(X.index).fillna(0.0)
+    return combined, {"very_high, high": bundle.chosen, "moderate, low": "logistic"}
+
+
 def _run_id(at: dt.date, seed: int, ids: dict[str, list[str]], version: str) -> str:
     digest = hashlib.sha256(json.dumps([at.isoformat(), seed, ids, version],
                                        sort_keys=True).encode()).hexdigest()[:12]
@@ -148,12 +175,13 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
     chosen = probability[bundle.chosen]
     cut = thresholds(chosen)
     lap("predict")
-    contributions = bundle.models[bundle.chosen].contributions(X[bundle.features])
+    tiers = assign(chosen, cut)
+    contributions, reasons_method = _contributions(bundle, X, tiers)
     why = explain.reasons(contributions, X)
     lap("reasons")
     scores = pd.DataFrame({"person_key": X.index.to_numpy(), "probability": chosen},
                           index=X.index)
-    scores["tier"] = assign(chosen, cut)
+    scores["tier"] = tiers
     scores["reasons"] = explain.joined(why)
     scores = scores.join(why[["reason_group_1", "reason_group_2", "reason_group_3"]])
     scores["previous_probability"] = np.nan
@@ -178,7 +206,7 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
                "mean_probability": float(np.mean(chosen)) if len(chosen) else float("nan"),
                "tiers": {k: int(v) for k, v in tier_counts.items()},
                "selection": bundle.selection, "training": bundle.metrics,
-               "seconds": seconds}
+               "seconds": seconds, "reasons_method": reasons_method}
     return ScoreRun(run_id=_run_id(at, seed, ids, bundle.version), at=at,
                     model_version=bundle.version, model=bundle.chosen, seed=seed,
                     thresholds=cut, extract_ids=ids, metrics=metrics, scores=scores,
