@@ -173,8 +173,8 @@ def verify(engine: Engine, expected_head: dict[str, Any] | None = None) -> Verif
                 # Its own hash holds and its place is right, but its predecessor is gone: the
                 # entry before it was replaced (rewritten with a hash of its own).
                 finding = Finding(seq - 1, "modified")
-            else:
-                finding = Finding(seq, "inserted")
+            else:  # another entry claims its predecessor: that one was put in between
+                finding = Finding(_claimant(row, rows), "inserted")
             return _broken(count, prev_hash, finding)
         if seq != expected_seq:
             return _broken(count, prev_hash, Finding(seq, "reordered"))
@@ -215,10 +215,15 @@ def _altered(row: Any, prev_hash: str, rows: Sequence[Any],
     if row["prev_hash"] == prev_hash or (later is not None and later > seq):
         return Finding(seq, "reordered")
     if original < seq:  # pushed down: the entry now holding its predecessor's link was added
-        intruders = [int(r["seq"]) for r in rows
-                     if r["prev_hash"] == row["prev_hash"] and r["hash"] != row["hash"]]
-        return Finding(min(intruders, default=seq), "inserted")
+        return Finding(_claimant(row, rows), "inserted")
     return Finding(seq, "deleted")  # pulled up: entries before it were removed
+
+
+def _claimant(row: Any, rows: Sequence[Any]) -> int:
+    """The first other entry chained to the same predecessor as `row` (else `row` itself)."""
+    return min((int(r["seq"]) for r in rows
+                if r["prev_hash"] == row["prev_hash"] and r["hash"] != row["hash"]),
+               default=int(row["seq"]))
 
 
 def _broken(count: int, head_hash: str, finding: Finding, *details: str) -> Verification:

@@ -230,3 +230,23 @@ def test_two_entries_swapped_are_found_as_reordered(haven):
         connection.execute(text("UPDATE audit_log SET seq = 3 WHERE seq = 100"))
     result = audit.verify(haven.engine)
     assert not result.ok and (result.finding.seq, result.finding.problem) == (2, "reordered")
+
+
+def test_an_entry_slipped_in_before_a_renumbered_one_is_named(haven):
+    for i in range(3):
+        audit.log(haven.engine, SYSTEM, "x", f"r{i}")
+    with haven.engine.connect() as connection:
+        second = dict(connection.execute(text("SELECT * FROM audit_log WHERE seq = 2"))
+                      .mappings().one())
+    _rewrite(haven, 3, {"seq": 4})  # entry 3 moved to 4, its own hash made good
+    forged = dict(second, seq=3, prev_hash=second["hash"], resource="forged")
+    forged["detail"] = forged["detail"] if isinstance(forged["detail"], dict) \
+        else json.loads(forged["detail"])
+    forged["hash"] = audit.entry_hash(forged["prev_hash"], forged)
+    columns = ", ".join(forged)
+    with haven.engine.begin() as connection:
+        connection.execute(text(f"INSERT INTO audit_log ({columns}) VALUES "
+                                f"({', '.join(':' + k for k in forged)})"),
+                           dict(forged, detail=json.dumps(forged["detail"])))
+    result = audit.verify(haven.engine)
+    assert not result.ok and (result.finding.seq, result.finding.problem) == (3, "inserted")
