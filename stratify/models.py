@@ -65,12 +65,13 @@ class Model(Protocol):
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame: ...
 
 
-def _perturbation_contributions(model: Model, X: pd.DataFrame, baseline: pd.Series
-                                ) -> pd.DataFrame:
+def _perturbation_contributions(model: Model, X: pd.DataFrame, baseline: pd.Series,
+                                candidates: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per group: log-odds now minus log-odds with the group's features at their baseline.
 
     Rows already at the baseline contribute 0 and are not re-predicted, which keeps this fast
-    for the many persons without, say, any A&E attendance.
+    for the many persons without, say, any A&E attendance. `candidates` (persons x groups,
+    bool) limits the work to the groups worth checking for each person; others get 0.
     """
     full = model.decision(X)
     matrix = X.to_numpy(dtype=np.float32)
@@ -98,6 +99,8 @@ def _perturbation_contributions(model: Model, X: pd.DataFrame, baseline: pd.Seri
         base = baseline[[n for n in names if n in position]].to_numpy(dtype=np.float32)
         values = matrix[:, columns]
         differs = ~np.isclose(values, base).all(axis=1) & ~np.isnan(values).all(axis=1)
+        if candidates is not None:
+            differs &= candidates[group].to_numpy(dtype=bool) if group in candidates else False
         out[group] = np.zeros(len(X))
         rows = np.flatnonzero(differs)
         if len(rows):
@@ -247,9 +250,10 @@ class Boosting:
         assert self.model is not None
         return self.model.decision_function(X[self.features])
 
-    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+    def contributions(self, X: pd.DataFrame, candidates: pd.DataFrame | None = None
+                      ) -> pd.DataFrame:
         assert self.baseline is not None
-        return _perturbation_contributions(self, X[self.features], self.baseline)
+        return _perturbation_contributions(self, X[self.features], self.baseline, candidates)
 
 
 @dataclass
@@ -304,9 +308,11 @@ class Blend:
     def decision(self, X: pd.DataFrame) -> np.ndarray:
         return np.mean([part.decision(X) for part in self.parts], axis=0)
 
-    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+    def contributions(self, X: pd.DataFrame, candidates: pd.DataFrame | None = None
+                      ) -> pd.DataFrame:
         """The mean of the parts' contributions (each in log-odds, like the blend itself)."""
-        frames = [part.contributions(X) for part in self.parts]
+        frames = [part.contributions(X, candidates) if isinstance(part, Boosting)
+                  else part.contributions(X) for part in self.parts]
         total = frames[0]
         for frame in frames[1:]:
             total = total.add(frame, fill_value=0.0)

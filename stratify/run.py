@@ -99,6 +99,7 @@ def _conditions(X: pd.DataFrame) -> pd.Series:
 
 
 EXACT_TIERS = ("very_high", "high")
+CANDIDATE_GROUPS = 8
 
 
 def _contributions(bundle: ModelBundle, X: pd.DataFrame, tiers: np.ndarray
@@ -107,8 +108,9 @@ def _contributions(bundle: ModelBundle, X: pd.DataFrame, tiers: np.ndarray
 
     Linear and points models are exact and cheap for everyone. For tree models the exact
     contributions (prediction with each group at its baseline) cost one prediction per group,
-    so they are worked out for the very high and high tiers, the persons teams act on; the rest
-    get the logistic model's coefficient x (value - mean) contributions.
+    so they are worked out for the very high and high tiers, the persons teams act on, over each
+    person's 8 most likely groups by the logistic contributions (plus age); the rest get the
+    logistic model's coefficient x (value - mean) contributions.
     """
     model = bundle.models[bundle.chosen]
     features = X[bundle.features]
@@ -118,7 +120,12 @@ def _contributions(bundle: ModelBundle, X: pd.DataFrame, tiers: np.ndarray
     exact = np.isin(tiers, EXACT_TIERS)
     parts = []
     if exact.any():
-        parts.append(model.contributions(features[exact]))
+        # Trees are re-predicted only for each person's most likely groups (by the linear
+        # contributions): a ranking refined exactly where it matters, at a fraction of the cost.
+        rough = linear.contributions(features[exact])
+        rank = rough.rank(axis=1, ascending=False, method="first")
+        candidates = (rank <= CANDIDATE_GROUPS) | rough.columns.isin(["age"])
+        parts.append(model.contributions(features[exact], candidates))
     if (~exact).any():
         parts.append(linear.contributions(features[~exact]))
     combined = pd.concat(parts).reindex(X.index).fillna(0.0)
