@@ -140,14 +140,15 @@ def _run_id(at: dt.date, seed: int, ids: dict[str, list[str]], version: str) -> 
 
 def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
           previous: pd.DataFrame | None = None, bundle: ModelBundle | None = None,
-          respect_optouts: bool = True, max_train_persons: int | None = 400_000,
+          respect_optouts: bool = False, max_train_persons: int | None = 400_000,
           threads: int | None = None) -> ScoreRun:
     """Score everyone alive and registered at `at`; see the module docstring.
 
     `previous`: an earlier run's scores (`person_key`, `probability`, `tier`) to report change.
-    `bundle`: a fitted model to reuse (else one is trained for `at`). Persons with a type 1 or
-    national data opt-out in force are left out, and social care rows of persons who withdrew
-    consent are not read, unless `respect_optouts` is False.
+    `bundle`: a fitted model to reuse (else one is trained for `at`). Opt-outs are applied
+    before this by governance's `purpose_filter` (which rows each purpose may use); only when
+    called without it, `respect_optouts=True` leaves out persons with a type 1 or national data
+    opt-out in force and social care rows of persons who withdrew consent.
     """
     sources = dict(sources)
     excluded: set[str] = set()
