@@ -11,7 +11,6 @@ import os
 from collections.abc import Iterable, Sequence
 from itertools import repeat
 
-import pyarrow as pa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, delete, func, select, update
 
@@ -113,20 +112,6 @@ def store(connection: Connection, rows: Sequence[dict], key_id: str) -> int:
     connection.exec_driver_sql(statement, params)
     after = connection.scalar(select(func.count()).select_from(vault)) or 0
     return int(after - before)
-
-
-def store_table(connection: Connection, table: pa.Table, key_id: str,
-                chunk: int = 100_000) -> int:
-    """Store sealed rows held as an Arrow table (columns as `seal` makes them), in chunks."""
-    new = 0
-    for start in range(0, table.num_rows, chunk):
-        part = table.slice(start, chunk)
-        columns = [part.column(c).to_pylist()
-                   for c in ("person_id", "vault_key_id", "nonce", "ciphertext")]
-        rows = [{"person_id": p, "vault_key_id": k, "nonce": n, "ciphertext": c}
-                for p, k, n, c in zip(*columns, strict=True)]
-        new += store(connection, rows, key_id)
-    return new
 
 
 def reveal(connection: Connection, keys: KeyProvider, person_ids: Sequence[str]) -> dict[str, str]:
