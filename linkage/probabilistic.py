@@ -66,8 +66,12 @@ Pipeline (what `link` and `dedupe` do; each step is also public):
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,13 +119,16 @@ M_PSEUDO = 1.0  # pseudo-matches per level when averaging m (see fit_fellegi_sun
 # Reading encodings
 
 class Encoded:
-    """A frame of encodings with cached numpy views: int64 keys (0 = missing), Bloom bits."""
+    """A frame of encodings with cached numpy views: int64 keys (0 = missing), Bloom bits,
+    blocking-pass keys. Safe to share between threads (the caches are filled under a lock)."""
 
     def __init__(self, frame: pd.DataFrame):
         self.frame = frame
         self.n = len(frame)
         self._keys: dict[str, np.ndarray] = {}
         self._bits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._pass_keys: dict[tuple[str, ...], np.ndarray] = {}
+        self._lock = threading.RLock()
 
     def has(self, name: str) -> bool:
         return PREFIX + name in self.frame.columns
@@ -129,15 +136,29 @@ class Encoded:
     def key(self, name: str) -> np.ndarray:
         """int64 keyed hashes of column `lk_<name>`; 0 where missing."""
         if name not in self._keys:
-            self._keys[name] = _as_keys(self.frame[PREFIX + name], name)
+            with self._lock:
+                if name not in self._keys:
+                    self._keys[name] = _as_keys(self.frame[PREFIX + name], name)
         return self._keys[name]
 
     def bits(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(n, words) uint64 Bloom filter of column `lk_<name>` (zeros where missing), popcounts."""
         if name not in self._bits:
-            bits = _as_bits(self.frame[PREFIX + name])
-            self._bits[name] = (bits, np.bitwise_count(bits).sum(axis=1, dtype=np.int32))
+            with self._lock:
+                if name not in self._bits:
+                    bits = _as_bits(self.frame[PREFIX + name])
+                    self._bits[name] = (bits, np.bitwise_count(bits).sum(axis=1,
+                                                                         dtype=np.int32))
         return self._bits[name]
+
+    def pass_key(self, columns: Sequence[str]) -> np.ndarray:
+        """Combined int64 key of a blocking pass (0 where any element is missing)."""
+        cols = tuple(columns)
+        if cols not in self._pass_keys:
+            with self._lock:
+                if cols not in self._pass_keys:
+                    self._pass_keys[cols] = _pass_key(self, cols)
+        return self._pass_keys[cols]
 
 
 def _as_keys(series: pd.Series, name: str) -> np.ndarray:
@@ -185,6 +206,7 @@ class BlockingStats:
     per_pass: dict[str, int] = field(default_factory=dict)
     skipped_blocks: dict[str, int] = field(default_factory=dict)
     pairs: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 def _mix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -220,14 +242,6 @@ def _pass_key(enc: Encoded, columns: Sequence[str]) -> np.ndarray:
     return key
 
 
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (sort-based: numpy 2's hash-based np.unique is slow on int64)."""
-    if len(values) == 0:
-        return values
-    ordered = np.sort(values)
-    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
-
-
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenation of arange(s, s + c) for each (s, c), vectorised."""
     total = int(counts.sum())
@@ -237,12 +251,40 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return offsets + np.arange(total, dtype=np.int64)
 
 
-def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+Groups = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _groups(keys: np.ndarray) -> Groups:
     """Records with a key, sorted by key: (order, distinct keys, starts, counts)."""
     present = np.flatnonzero(keys != 0)
     order = present[np.argsort(keys[present], kind="stable")]
-    uniq, starts, counts = np.unique(keys[order], return_index=True, return_counts=True)
-    return order, uniq, starts, counts
+    ordered = keys[order]
+    if len(ordered) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return order, ordered, empty, empty
+    first = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    counts = np.diff(np.append(first, len(ordered)))
+    return order, ordered[first], first, counts
+
+
+def _join(left_groups: Groups, right_groups: Groups, max_block_pairs: int | None = None
+          ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every (left, right) pair of records sharing a key; blocks over the cap skipped."""
+    lo, lu, ls, lc = left_groups
+    ro, ru, rs, rc = right_groups
+    _, li, ri = np.intersect1d(lu, ru, assume_unique=True, return_indices=True)
+    lstart, lcount, rstart, rcount = ls[li], lc[li], rs[ri], rc[ri]
+    skipped = 0
+    if max_block_pairs is not None:
+        keep = lcount * rcount <= max_block_pairs
+        skipped = int((~keep).sum())
+        lstart, lcount, rstart, rcount = lstart[keep], lcount[keep], rstart[keep], rcount[keep]
+    members = _ranges(lstart, lcount)
+    reps = np.repeat(rcount, lcount)
+    first = np.repeat(lo[members], reps)
+    starts = np.repeat(np.repeat(rstart, lcount), reps)
+    within = np.arange(len(first), dtype=np.int64) - np.repeat(np.cumsum(reps) - reps, reps)
+    return first, ro[starts + within], skipped
 
 
 def block_pairs(left_keys: np.ndarray, right_keys: np.ndarray | None,
@@ -263,20 +305,7 @@ def block_pairs(left_keys: np.ndarray, right_keys: np.ndarray | None,
         second = lo[block_start + within]
         mask = first < second
         return first[mask], second[mask], skipped
-    ro, ru, rs, rc = _groups(right_keys)
-    common, li, ri = np.intersect1d(lu, ru, assume_unique=True, return_indices=True)
-    lstart, lcount, rstart, rcount = ls[li], lc[li], rs[ri], rc[ri]
-    sizes = lcount * rcount
-    keep = sizes <= max_block_pairs
-    skipped = int((~keep).sum())
-    lstart, lcount, rstart, rcount = lstart[keep], lcount[keep], rstart[keep], rcount[keep]
-    members = _ranges(lstart, lcount)
-    reps = np.repeat(rcount, lcount)
-    first = np.repeat(lo[members], reps)
-    starts = np.repeat(np.repeat(rstart, lcount), reps)
-    within = np.arange(len(first), dtype=np.int64) - np.repeat(np.cumsum(reps) - reps, reps)
-    second = ro[starts + within]
-    return first, second, skipped
+    return _join((lo, lu, ls, lc), _groups(right_keys), max_block_pairs)
 
 
 def usable_passes(left: Encoded, right: Encoded | None, passes: Iterable[Sequence[str]]
@@ -291,6 +320,113 @@ def usable_passes(left: Encoded, right: Encoded | None, passes: Iterable[Sequenc
     return [(f,) for f in compared_fields(left, other)]
 
 
+@dataclass
+class BlockingPlan:
+    """Blocking keys of every usable pass, decided once on the whole inputs.
+
+    A block over `max_block_pairs` (counted on the whole inputs) has its left keys zeroed, so
+    any subset of left rows yields exactly its share of the unpartitioned candidate pairs
+    (`pairs_for_rows`): partitions together make the same candidate set as one run, and the
+    same pairs are skipped. `estimated_pairs` is the sum of kept block sizes over passes (an
+    upper bound of the union), which the drivers use to size partitions.
+    """
+
+    passes: list[tuple[str, ...]]
+    left: list[np.ndarray]
+    right: list[np.ndarray]
+    right_groups: list[Groups]
+    within: bool
+    n_left: int
+    n_right: int
+    estimated_pairs: int
+    stats: BlockingStats
+
+
+def plan_blocking(left: Encoded, right: Encoded | None, passes: Iterable[Sequence[str]], *,
+                  max_block_pairs: int = 100_000, stats: BlockingStats | None = None
+                  ) -> BlockingPlan:
+    """Keys and right-side groups of every usable pass, oversized blocks removed."""
+    stats = stats if stats is not None else BlockingStats()
+    usable = usable_passes(left, right, passes)
+    lefts, rights, groups = [], [], []
+    estimated = 0
+    for cols in usable:
+        name = "+".join(cols)
+        lk = left.pass_key(cols)
+        rk = lk if right is None else right.pass_key(cols)
+        lgroups = _groups(lk)
+        rgroups = lgroups if right is None else _groups(rk)
+        _, lu, _, lc = lgroups
+        if right is None:
+            sizes, keys = lc * (lc - 1) // 2, lu
+        else:
+            keys, li, ri = np.intersect1d(lu, rgroups[1], assume_unique=True,
+                                          return_indices=True)
+            sizes = lc[li] * rgroups[3][ri]
+        big = keys[sizes > max_block_pairs]
+        stats.skipped_blocks[name] = int(((sizes > max_block_pairs) & (sizes > 0)).sum())
+        stats.per_pass[name] = 0
+        estimated += int(sizes[sizes <= max_block_pairs].sum())
+        if len(big):
+            lk = np.where(np.isin(lk, big), 0, lk)
+            if right is None:
+                rk = lk
+                rgroups = _groups(lk)
+        lefts.append(lk)
+        rights.append(rk)
+        groups.append(rgroups)
+    return BlockingPlan(passes=usable, left=lefts, right=rights, right_groups=groups,
+                        within=right is None, n_left=left.n,
+                        n_right=left.n if right is None else right.n,
+                        estimated_pairs=estimated, stats=stats)
+
+
+def pairs_for_rows(plan: BlockingPlan, rows: np.ndarray | None = None, *,
+                   max_pairs: int = 50_000_000, sort: bool = False) -> pd.DataFrame:
+    """Candidate pairs of the left records at positions `rows` (all when None): DataFrame
+    `left`, `right` of positions in the whole inputs, each pair once.
+
+    The union of passes needs no sort: a pass keeps only the pairs that no earlier pass made
+    (they disagree on every earlier pass's key). Pairs come pass by pass, block by block;
+    `sort=True` orders them by (left, right). Deduplication (`plan.within`) keeps left < right.
+    """
+    stats = plan.stats
+    lefts: list[np.ndarray] = []
+    rights: list[np.ndarray] = []
+    total = 0
+    for i, cols in enumerate(plan.passes):
+        keys = plan.left[i] if rows is None else plan.left[i][rows]
+        a, b, _ = _join(_groups(keys), plan.right_groups[i])
+        if rows is not None:
+            a = rows[a]
+        if plan.within:
+            keep = a < b
+            a, b = a[keep], b[keep]
+        name = "+".join(cols)
+        with stats.lock:
+            stats.per_pass[name] = stats.per_pass.get(name, 0) + len(a)
+        for j in range(i):  # made by an earlier pass already?
+            if len(a) == 0:
+                break
+            earlier = plan.left[j][a]
+            fresh = (earlier != plan.right[j][b]) | (earlier == 0)
+            a, b = a[fresh], b[fresh]
+        total += len(a)
+        if total > max_pairs:
+            raise MemoryError("blocking produced too many candidate pairs; partition the input")
+        lefts.append(a)
+        rights.append(b)
+    a = np.concatenate(lefts) if lefts else np.zeros(0, dtype=np.int64)
+    b = np.concatenate(rights) if rights else np.zeros(0, dtype=np.int64)
+    if sort and len(a):
+        order = np.argsort(a * np.int64(plan.n_right) + b)
+        a, b = a[order], b[order]
+    with stats.lock:
+        stats.pairs += len(a)
+    return pd.DataFrame({"left": a.astype(np.int64, copy=False),
+                         "right": b.astype(np.int64, copy=False)})
+
+
 def candidate_pairs(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None = None,
                     passes: Iterable[Sequence[str]] = DEFAULT_PASSES, *,
                     max_block_pairs: int = 100_000, max_pairs: int = 50_000_000,
@@ -298,30 +434,13 @@ def candidate_pairs(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded 
     """Union of blocking passes: DataFrame `left`, `right` of positions, sorted, each pair once.
 
     With `right` None the pairs are within `left` (left < right). Passes whose columns are not all
-    present (in both frames) are skipped (see `usable_passes`).
+    present (in both frames) are skipped (see `usable_passes`). For inputs too large to block
+    at once, use `plan_blocking` and `pairs_for_rows` one partition of left rows at a time.
     """
     lenc = left if isinstance(left, Encoded) else Encoded(left)
     renc = None if right is None else (right if isinstance(right, Encoded) else Encoded(right))
-    stats = stats if stats is not None else BlockingStats()
-    width = np.int64(renc.n if renc is not None else lenc.n)
-    codes: list[np.ndarray] = []
-    total = 0
-    for cols in usable_passes(lenc, renc, passes):
-        name = "+".join(cols)
-        lk = _pass_key(lenc, cols)
-        rk = None if renc is None else _pass_key(renc, cols)
-        a, b, skipped = block_pairs(lk, rk, max_block_pairs)
-        stats.per_pass[name] = len(a)
-        stats.skipped_blocks[name] = skipped
-        total += len(a)
-        if total > max_pairs * 2:
-            raise MemoryError("blocking produced too many candidate pairs; partition the input")
-        codes.append(_sorted_unique(a * width + b))
-    merged = _sorted_unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
-    if len(merged) > max_pairs:
-        raise MemoryError("blocking produced too many candidate pairs; partition the input")
-    stats.pairs = len(merged)
-    return pd.DataFrame({"left": merged // width, "right": merged % width})
+    plan = plan_blocking(lenc, renc, passes, max_block_pairs=max_block_pairs, stats=stats)
+    return pairs_for_rows(plan, max_pairs=max_pairs, sort=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,7 +528,9 @@ def compare(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None,
     names = list(fields) if fields is not None else compared_fields(L, R)
     li_all = pairs["left"].to_numpy(dtype=np.int64)
     ri_all = pairs["right"].to_numpy(dtype=np.int64)
-    out = {f: np.zeros(len(li_all), dtype=np.int8) for f in names}
+    # one (fields, pairs) block: a DataFrame over its transpose needs no copy
+    block = np.zeros((len(names), len(li_all)), dtype=np.int8)
+    out = dict(zip(names, block, strict=True))
     for lo in range(0, len(li_all), COMPARE_CHUNK):
         li, ri = li_all[lo:lo + COMPARE_CHUNK], ri_all[lo:lo + COMPARE_CHUNK]
         for f in names:
@@ -425,7 +546,7 @@ def compare(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None,
                 top = 2 + len(DICE_CUTS[f])
                 part = out[f][lo:lo + len(li)]
                 part[swapped] = np.maximum(part[swapped], top - 1)
-    return pd.DataFrame(out, index=pairs.index)
+    return pd.DataFrame(block.T, index=pairs.index, columns=names, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -712,7 +833,7 @@ def pass_membership(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded 
     li, ri = pairs["left"].to_numpy(), pairs["right"].to_numpy()
     out = {}
     for cols in usable_passes(L, R, passes):
-        lk, rk = _pass_key(L, cols)[li], _pass_key(R, cols)[ri]
+        lk, rk = L.pass_key(cols)[li], R.pass_key(cols)[ri]
         out[cols] = (lk == rk) & (lk != 0)
     return out
 
@@ -738,7 +859,7 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
                        passes: Iterable[Sequence[str]] = DEFAULT_PASSES,
                        u: dict[str, dict[int, float]] | None = None,
                        max_pairs_per_pass: int = 100_000, min_pass_pairs: int = 30,
-                       seed: int = 0) -> MatchModel:
+                       seed: int = 0, comparisons: float | None = None) -> MatchModel:
     """Unsupervised Fellegi-Sunter: u from random pairs, m from ECM within each blocking pass.
 
     Within one pass the blocked fields agree by construction, so recordlinkage's ECM is run on
@@ -748,6 +869,8 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
     blocked field looks common among non-matches, and the union of passes makes fields look
     negatively correlated), which underweights exactly the agreements that matter and, when
     matches are a small share of candidates, can make EM pick the wrong class entirely.
+    `comparisons`: the size of the space `pairs` were drawn from, when they are the candidates
+    of a sample of left records (the prior is P(match) for two random records).
     """
     L = left if isinstance(left, Encoded) else Encoded(left)
     R = None if right is None else (right if isinstance(right, Encoded) else Encoded(right))
@@ -802,7 +925,7 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
     model = MatchModel(fields=tuple(fields), level_weights=weights, prior=0.5, method="ecm",
                        m=m_all, u=u, notes=notes)
     space = L.n * (L.n - 1) / 2 if R is None else float(L.n) * R.n
-    model.prior = estimate_prior(model.weight(vectors), space)
+    model.prior = estimate_prior(model.weight(vectors), comparisons or space)
     return model
 
 
@@ -940,40 +1063,110 @@ def score(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None,
                          "weight": w, "probability": model.probability(w)})
 
 
+PARTITION_PAIRS = 4_000_000  # candidate pairs per partition: bounds memory, feeds the threads
+
+
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _partitions(plan: BlockingPlan, partition_pairs: int) -> list[np.ndarray]:
+    """Left row ranges with about `partition_pairs` candidate pairs each."""
+    k = max(1, min(plan.n_left, math.ceil(plan.estimated_pairs / max(1, partition_pairs))))
+    bounds = np.linspace(0, plan.n_left, k + 1).astype(np.int64)
+    parts = [np.arange(lo, hi, dtype=np.int64) for lo, hi in zip(bounds[:-1], bounds[1:],
+                                                                 strict=True) if hi > lo]
+    return parts or [np.zeros(0, dtype=np.int64)]
+
+
+def _scored_frame(pairs: pd.DataFrame, model: MatchModel, vectors: pd.DataFrame,
+                  lower: float | None) -> pd.DataFrame:
+    w = model.weight(vectors)
+    p = model.probability(w)
+    keep = np.ones(len(p), dtype=bool) if lower is None else p >= lower
+    return pd.DataFrame({"left": pairs["left"].to_numpy()[keep],
+                         "right": pairs["right"].to_numpy()[keep], "weight": w[keep],
+                         "probability": p[keep]})
+
+
 def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, passes: Iterable[Sequence[str]],
              model: MatchModel | None, method: str, max_block_pairs: int, max_pairs: int,
+             *, lower: float | None = None, partition_pairs: int = PARTITION_PAIRS,
+             workers: int | None = None, seed: int = 0,
              ) -> tuple[pd.DataFrame, MatchModel, BlockingStats]:
+    """Scored candidate pairs (only those with probability >= `lower` unless it is None).
+
+    Blocking is planned once on the whole inputs; the left records are then taken one
+    partition at a time (about `partition_pairs` candidate pairs each), `workers` partitions at
+    once in threads (numpy releases the GIL in the heavy steps). A model not given is fitted on
+    the candidates of one partition's worth of randomly chosen left records (all of them when
+    one partition holds everything), then scores every partition, so decisions do not depend
+    on the partitioning.
+    """
     passes = tuple(tuple(p) for p in passes)
     L = Encoded(left)
     R = None if right is None else Encoded(right)
     stats = BlockingStats()
-    pairs = candidate_pairs(L, R, passes, max_block_pairs=max_block_pairs, max_pairs=max_pairs,
-                            stats=stats)
-    vectors = compare(L, R, pairs)
-    if model is None and len(pairs) == 0:  # nothing to fit on, nothing to decide
-        model = MatchModel(fields=tuple(vectors.columns), prior=1e-9, method="none",
-                           level_weights={f: {} for f in vectors.columns})
+    plan = plan_blocking(L, R, passes, max_block_pairs=max_block_pairs, stats=stats)
+    parts = _partitions(plan, partition_pairs)
+    fields = compared_fields(L, L if R is None else R)
+    done: pd.DataFrame | None = None
     if model is None:
-        labels = nhs_labels(left, right, pairs) if method in ("auto", "logistic") else None
-        model = fit_model(L, R, pairs, vectors, labels=labels, method=method, passes=passes)
-    w = model.weight(vectors)
-    scored = pd.DataFrame({"left": pairs["left"].to_numpy(), "right": pairs["right"].to_numpy(),
-                           "weight": w, "probability": model.probability(w)})
-    return scored, model, stats
+        whole = len(parts) == 1
+        rows = None if whole else np.sort(np.random.default_rng(seed).choice(
+            plan.n_left, size=len(parts[0]), replace=False))
+        sample_stats = BlockingStats()
+        sample_plan = plan if whole else dataclasses.replace(plan, stats=sample_stats)
+        pairs = pairs_for_rows(sample_plan, rows, max_pairs=max_pairs)
+        vectors = compare(L, R, pairs, fields=fields)
+        if len(pairs) == 0:  # nothing to fit on, nothing to decide
+            model = MatchModel(fields=tuple(fields), prior=1e-9, method="none",
+                               level_weights={f: {} for f in fields})
+        else:
+            labels = nhs_labels(left, right, pairs) if method in ("auto", "logistic") else None
+            extra: dict[str, Any] = {}
+            if not whole and method != "logistic":
+                n_rows = len(rows) if rows is not None else plan.n_left
+                extra["comparisons"] = (n_rows * (plan.n_left - 1) / 2 if R is None
+                                        else float(n_rows) * plan.n_right)
+            model = fit_model(L, R, pairs, vectors, labels=labels, method=method,
+                              passes=passes, **extra)
+        if whole:
+            done = _scored_frame(pairs, model, vectors, lower)
+            del vectors
+    if done is None:
+        fitted = model
+
+        def one(rows: np.ndarray) -> pd.DataFrame:
+            pairs = pairs_for_rows(plan, rows, max_pairs=max_pairs)
+            return _scored_frame(pairs, fitted, compare(L, R, pairs, fields=fitted.fields),
+                                 lower)
+
+        workers = workers or _default_workers()
+        if workers == 1 or len(parts) == 1:
+            frames = [one(rows) for rows in parts]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="haven-link") as pool:
+                frames = list(pool.map(one, parts))
+        done = pd.concat(frames, ignore_index=True)
+    return done, model, stats
 
 
 def link(left: pd.DataFrame, right: pd.DataFrame, *, upper: float = 0.9, lower: float = 0.5,
          passes: Iterable[Sequence[str]] = DEFAULT_PASSES, model: MatchModel | None = None,
          method: str = "ecm", max_block_pairs: int = 100_000, max_pairs: int = 50_000_000,
-         keep_scored: bool = False, assignment: str = "one_to_one") -> LinkResult:
+         keep_scored: bool = False, assignment: str = "one_to_one",
+         partition_pairs: int = PARTITION_PAIRS, workers: int | None = None) -> LinkResult:
     """Two-file linkage: matches (probability >= upper) and a review band.
 
     `assignment`: "one_to_one" (each record in at most one pair; two files of distinct people)
     or "best_right" (each left record's best right record; many left records may share one,
-    as when records of episodes are linked to a register of persons).
+    as when records of episodes are linked to a register of persons). Inputs of any size:
+    the left file is taken in partitions (`partition_pairs`, `workers`: see `_prepare`).
     """
     scored, model, stats = _prepare(left, right, passes, model, method, max_block_pairs,
-                                    max_pairs)
+                                    max_pairs, lower=None if keep_scored else lower,
+                                    partition_pairs=partition_pairs, workers=workers)
     warnings = _model_warnings(model)
     if warnings:
         scored_out = scored if keep_scored else None
@@ -994,11 +1187,13 @@ def link(left: pd.DataFrame, right: pd.DataFrame, *, upper: float = 0.9, lower: 
 def dedupe(frame: pd.DataFrame, *, upper: float = 0.9, lower: float = 0.5,
            passes: Iterable[Sequence[str]] = DEFAULT_PASSES, model: MatchModel | None = None,
            method: str = "ecm", max_block_pairs: int = 100_000, max_pairs: int = 50_000_000,
-           keep_scored: bool = False) -> LinkResult:
+           keep_scored: bool = False, partition_pairs: int = PARTITION_PAIRS,
+           workers: int | None = None) -> LinkResult:
     """Deduplication: clusters of records joined by pairs at or above `upper`, and a review band
     of pairs between `lower` and `upper` whose records ended up in different clusters."""
     scored, model, stats = _prepare(frame, None, passes, model, method, max_block_pairs,
-                                    max_pairs)
+                                    max_pairs, lower=None if keep_scored else lower,
+                                    partition_pairs=partition_pairs, workers=workers)
     warnings = _model_warnings(model)
     if warnings:  # no plausible match class: every record is its own cluster
         return LinkResult(matches=scored.iloc[:0], review=scored.iloc[:0], model=model,

@@ -301,3 +301,75 @@ def test_best_right_lets_many_left_records_share_a_right_record(two_files: tuple
     assert result.matches["right"].duplicated().any()
     chosen = P.best_right(np.array([0, 0, 1]), np.array([5, 6, 5]), np.array([1.0, 2.0, 0.5]))
     assert chosen.tolist() == [False, True, True]
+
+
+def _pair_set(frame: pd.DataFrame) -> set[tuple[int, int]]:
+    return set(zip(frame["left"].tolist(), frame["right"].tolist(), strict=True))
+
+
+@pytest.mark.parametrize("within", [False, True])
+def test_partitions_make_exactly_the_unpartitioned_candidates(two_files: tuple,
+                                                              within: bool) -> None:
+    left, right, _ = two_files
+    if within:  # exact copies and corrupted copies: blocks of three, over the cap below
+        left = pd.concat([left, left.iloc[:100], right], ignore_index=True)
+    L, R = P.Encoded(left), None if within else P.Encoded(right)
+    # a low block cap, so blocks skipped on the whole inputs must be skipped in every part
+    whole_stats = P.BlockingStats()
+    whole = P.candidate_pairs(L, R, max_block_pairs=1, stats=whole_stats)
+    assert sum(whole_stats.skipped_blocks.values()) > 0
+    assert not whole.duplicated().any()
+    width = len(left) if within else len(right)
+    assert (np.diff(whole["left"].to_numpy() * width + whole["right"].to_numpy()) > 0).all()
+    plan = P.plan_blocking(L, R, P.DEFAULT_PASSES, max_block_pairs=1)
+    parts = [P.pairs_for_rows(plan, rows) for rows in np.array_split(np.arange(L.n), 7)]
+    together = pd.concat(parts, ignore_index=True)
+    assert not together.duplicated().any()
+    assert _pair_set(together) == _pair_set(whole)
+    if within:
+        assert (together["left"] < together["right"]).all()
+    # brute force: a pair is a candidate iff some pass agrees and its block was not skipped
+    other = L if within else R
+    agree = np.zeros((L.n, other.n), dtype=bool)
+    for cols in P.usable_passes(L, R, P.DEFAULT_PASSES):
+        a, b = L.pass_key(cols), other.pass_key(cols)
+        same = (a[:, None] == b[None, :]) & (a[:, None] != 0)
+        size = {k: int((a == k).sum()) * int((b == k).sum()) for k in set(a[a != 0].tolist())}
+        if within:
+            size = {k: n * (n - 1) // 2 for k, n in ((k, int((a == k).sum())) for k in size)}
+        small = np.array([size.get(k, 0) <= 1 for k in a.tolist()])
+        agree |= same & small[:, None]
+    if within:
+        agree = np.triu(agree, 1)
+    assert _pair_set(whole) == {(int(i), int(j)) for i, j in zip(*np.nonzero(agree),
+                                                                 strict=True)}
+
+
+def test_partitioned_link_decides_as_one_run(two_files: tuple) -> None:
+    left, right, truth = two_files
+    one = P.link(left, right)
+    model = one.model
+    for workers in (1, 2):
+        parts = P.link(left, right, model=model, partition_pairs=500, workers=workers)
+        pd.testing.assert_frame_equal(
+            parts.matches.sort_values(["left", "right"]).reset_index(drop=True),
+            one.matches.sort_values(["left", "right"]).reset_index(drop=True))
+        assert parts.blocking.pairs == one.blocking.pairs
+    # fitted on a sample of left records when partitioned: as good, same prior scale
+    fitted = P.link(left, right, partition_pairs=500, workers=2)
+    precision, recall = f1(_pair_set(fitted.matches), truth)
+    assert precision >= 0.99 and recall >= 0.95
+    assert fitted.model.prior == pytest.approx(model.prior, rel=0.5)
+
+
+def test_partitioned_dedupe_clusters_as_one_run(key: bytes) -> None:
+    base = people(300, seed=31)
+    frame = encode_identifiers(pd.concat([base, corrupt(base.iloc[:100], seed=32)],
+                                         ignore_index=True), key)
+    one = P.dedupe(frame)
+    parts = P.dedupe(frame, model=one.model, partition_pairs=200, workers=2)
+    assert parts.blocking.pairs == one.blocking.pairs
+    assert _pair_set(parts.matches) == _pair_set(one.matches)
+    fitted = P.dedupe(frame, partition_pairs=200)
+    same = sum(fitted.clusters[i] == fitted.clusters[300 + i] for i in range(100))
+    assert same >= 94
