@@ -2,12 +2,10 @@
 
 Two person files are generated deterministically from `--seed` (vectorised numpy; every value
 synthetic), written as all-text CSV, then linked in the same run by
-* Haven (keyed encodings only, fresh key, ECM): by default (`--haven partitioned`) the engine
-  functions one left partition of `--chunk` rows at a time against all of right (see
-  `run_haven`), because `link_files` at 1M x 1M stops with "blocking produced too many candidate
-  pairs; partition the input" (default passes: 120M blocked pairs > 2 x max_pairs);
-  `--haven files` runs `linkage.link_files.link_files` itself (fine up to a few 100k rows).
-  `--passes lean` (default) drops DEFAULT_PASSES' forename-Soundex + birth month-day pass;
+* Haven (keyed encodings only, fresh key, ECM): `linkage.link_files.link_files`, the code of
+  `haven link-files`, with its default blocking passes. It plans blocking on the whole files,
+  then scores the left file in partitions of about 4M candidate pairs, two at a time in
+  threads (2 cores);
 * Splink (DuckDB backend, plaintext; the `bench` extra; written against Splink 4's API, run
   with the installed 5.0), a standard setup: NameComparison on forename and surname (term
   frequency adjusted), DateOfBirthComparison, PostcodeComparison, ExactMatch on sex; blocking
@@ -47,7 +45,7 @@ right errors, each independent, per record (realised rates are printed by each r
 * sex: unknown (`U`) 1%, wrong 0.2%.
 
 Usage: .venv/bin/python bench/linkage_1m.py [--rows 1000000] [--seed 1] [--no-splink]
-       [--haven partitioned|files] [--passes lean|default] [--chunk 100000] [--keep DIR]
+       [--only haven|splink] [--splink-memory 8GB] [--keep DIR]
 Target (the issue): Haven F1 > Splink's, time <= 1/2 and peak memory <= 1/3 of Splink's.
 """
 
@@ -55,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -67,7 +66,6 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from linkage.probabilistic import DEFAULT_PASSES  # noqa: E402
 from synth.names import (  # noqa: E402
     FEMALE_NAMES,
     FEMALE_OLDER,
@@ -371,86 +369,23 @@ def score_pairs(left_ids: np.ndarray, right_ids: np.ndarray, n_true: int) -> dic
             "matches": found, "true_positives": tp}
 
 
-# DEFAULT_PASSES without forename Soundex + birth month-day: at 1M x 1M that pass makes 31M of
-# the 120M blocked pairs and adds 0.00006 to blocking recall (0.99953 -> 0.99959 of true pairs).
-LEAN_PASSES = tuple(p for p in DEFAULT_PASSES if p != ("forename__ph", "date_of_birth__md"))
-PASS_SETS = {"default": DEFAULT_PASSES, "lean": LEAN_PASSES}
+def run_haven(left: Path, right: Path, out: Path) -> dict:
+    """Haven: `linkage.link_files.link_files`, the function behind `haven link-files` (fresh
+    key, keyed encodings only, ECM; it partitions the left file and scores partitions in
+    threads). Decisions read back from its two outputs: matches (p >= UPPER) and the review
+    list (LOWER <= p < UPPER), both after its one-to-one assignment."""
+    from linkage.link_files import link_files
 
-
-def run_haven(left: Path, right: Path, out: Path, mode: str, chunk: int,
-              passes: str = "default") -> dict:
-    """Haven: `link_files` (mode "files"), or the engine one left partition at a time
-    ("partitioned": model fitted on the first partition against all of right, every
-    partition's candidates scored with it and kept if probability >= LOWER, then one global
-    one-to-one assignment). Left partitions are exact: each pass joins a partition with all of
-    right, so the union over partitions is the unpartitioned candidate set; the fitted prior is
-    P(match) for a random pair, which does not depend on the partition size."""
     started = time.perf_counter()
-    if mode == "files":
-        from linkage.link_files import link_files
-
-        summary = link_files(left, right, "person_id", FIELDS, out, upper=UPPER, lower=LOWER)
-        found = pd.concat([pd.read_csv(out, dtype={"left_id": str, "right_id": str}).assign(
-            probability=1.0), pd.read_csv(summary["review_out"], dtype={"left_id": str,
-                                                                         "right_id": str})])
-        extra = {"candidate_pairs": summary["candidate_pairs"],
-                 "warnings": summary["warnings"]}
-        lid, rid = found["left_id"].to_numpy(), found["right_id"].to_numpy()
-        prob = found["probability"].to_numpy()
-    else:
-        import secrets
-
-        from linkage import probabilistic as P
-        from linkage.encodings import encode_identifiers
-        from linkage.link_files import _read, field_columns
-
-        columns = field_columns(FIELDS)
-        key = secrets.token_bytes(32)
-        left_ids, ldata = _read(left, "person_id", columns)
-        lenc = encode_identifiers(ldata, key)
-        del ldata
-        right_ids, rdata = _read(right, "person_id", columns)
-        R = P.Encoded(encode_identifiers(rdata, key))
-        del rdata, key
-        model = None
-        kept, candidates = [], 0
-        # a block skipped as oversized must be skipped in every partition, as it would be
-        # unpartitioned: scale the engine's per-block cap (100,000 pairs) to the partition
-        cap = max(1, int(100_000 * min(chunk, len(lenc)) / len(lenc)))
-        for lo in range(0, len(lenc), chunk):
-            L = P.Encoded(lenc.iloc[lo:lo + chunk].reset_index(drop=True))
-            pairs = P.candidate_pairs(L, R, PASS_SETS[passes], max_block_pairs=cap)
-            candidates += len(pairs)
-            if model is None:
-                vectors = P.compare(L, R, pairs)
-                model = P.fit_model(L, R, pairs, vectors, passes=PASS_SETS[passes])
-                w = model.weight(vectors)
-                del vectors
-                scored = pd.DataFrame({"left": pairs["left"].to_numpy(),
-                                       "right": pairs["right"].to_numpy(), "weight": w,
-                                       "probability": model.probability(w)})
-            else:
-                scored = P.score(L, R, pairs, model)
-            scored = scored[scored["probability"] >= LOWER]
-            scored = scored.assign(left=scored["left"].to_numpy() + lo)
-            kept.append(scored)
-            del pairs, L
-        assert model is not None
-        allp = pd.concat(kept, ignore_index=True)
-        pick = P.one_to_one(allp["left"].to_numpy(), allp["right"].to_numpy(),
-                            allp["weight"].to_numpy())
-        chosen = allp[pick]
-        lid = left_ids.to_numpy()[chosen["left"].to_numpy()]
-        rid = right_ids.to_numpy()[chosen["right"].to_numpy()]
-        prob = chosen["probability"].to_numpy()
-        sure = prob >= UPPER
-        pd.DataFrame({"left_id": lid[sure], "right_id": rid[sure],
-                      "weight": chosen["weight"].round(3).to_numpy()[sure]}).to_csv(
-            out, index=False)
-        extra = {"candidate_pairs": candidates, "warnings": P._model_warnings(model)}
+    summary = link_files(left, right, "person_id", FIELDS, out, upper=UPPER, lower=LOWER)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_mb": _peak_mb(), "left_ids": lid, "right_ids": rid,
-            "probability": prob, **extra}
+    found = pd.concat([
+        pd.read_csv(out, dtype={"left_id": str, "right_id": str}).assign(probability=1.0),
+        pd.read_csv(summary["review_out"], dtype={"left_id": str, "right_id": str})])
+    return {"seconds": seconds, "peak_mb": _peak_mb(), "left_ids": found["left_id"].to_numpy(),
+            "right_ids": found["right_id"].to_numpy(),
+            "probability": found["probability"].to_numpy(),
+            "candidate_pairs": summary["candidate_pairs"], "warnings": summary["warnings"]}
 
 
 def _clean_for_splink(frame: pd.DataFrame) -> pd.DataFrame:
@@ -467,11 +402,14 @@ def _clean_for_splink(frame: pd.DataFrame) -> pd.DataFrame:
     return out.replace("", None)
 
 
-def run_splink(left: Path, right: Path) -> dict:
+def run_splink(left: Path, right: Path, memory_limit: str, spill: Path) -> dict:
     """Plaintext Splink, DuckDB backend: standard comparisons, blocking, training; decisions
-    as Haven's (p >= LOWER, one-to-one by match weight, p >= UPPER)."""
+    as Haven's (p >= LOWER, one-to-one by match weight, p >= UPPER). DuckDB is given a memory
+    limit and a spill directory: without them it was killed by the OOM killer at 1M x 1M
+    (17 GB resident on this 24 GB machine)."""
     import logging
 
+    import duckdb
     import splink.comparison_library as cl
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 
@@ -481,7 +419,9 @@ def run_splink(left: Path, right: Path) -> dict:
     started = time.perf_counter()
     frames = [_clean_for_splink(pd.read_csv(p, dtype=str, keep_default_na=False))
               for p in (left, right)]
-    db = DuckDBAPI()
+    spill.mkdir(parents=True, exist_ok=True)
+    db = DuckDBAPI(duckdb.connect(config={"memory_limit": memory_limit,
+                                          "temp_directory": str(spill)}))
     tables = [db.register(f, dataset_display_name=name)
               for name, f in zip(("a_left", "b_right"), frames, strict=True)]
     del frames
@@ -529,10 +469,10 @@ def run_splink(left: Path, right: Path) -> dict:
 
 def child(args: argparse.Namespace) -> None:
     if args.child == "haven":
-        result = run_haven(args.left, args.right, args.out, args.haven, args.chunk,
-                           args.passes)
+        result = run_haven(args.left, args.right, args.out)
     else:
-        result = run_splink(args.left, args.right)
+        result = run_splink(args.left, args.right, args.splink_memory,
+                            args.out.parent / "splink_spill")
     lid, rid = np.asarray(result.pop("left_ids")), np.asarray(result.pop("right_ids"))
     prob = np.asarray(result.pop("probability"))
     result.update(score_pairs(lid[prob >= UPPER], rid[prob >= UPPER], args.n_true))
@@ -545,7 +485,7 @@ def spawn(which: str, left: Path, right: Path, out: Path, n_true: int,
           args: argparse.Namespace) -> dict | None:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which, "--left", str(left),
            "--right", str(right), "--out", str(out), "--n-true", str(n_true),
-           "--haven", args.haven, "--chunk", str(args.chunk), "--passes", args.passes]
+           "--splink-memory", args.splink_memory]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -595,12 +535,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-splink", action="store_true")
-    parser.add_argument("--haven", choices=("files", "partitioned"), default="partitioned")
-    parser.add_argument("--chunk", type=int, default=100_000,
-                        help="left rows per partition with --haven partitioned")
-    parser.add_argument("--passes", choices=tuple(PASS_SETS), default="lean",
-                        help="blocking passes with --haven partitioned")
-    parser.add_argument("--keep", type=Path, help="write the files here and keep them")
+    parser.add_argument("--keep", type=Path, help="write the files here and keep them (reused "
+                        "by a later run with the same --rows, --seed and --keep)")
+    parser.add_argument("--splink-memory", default="8GB",
+                        help="DuckDB memory_limit for Splink (it spills to disk beyond it)")
+    parser.add_argument("--only", choices=("haven", "splink"),
+                        help="run one linker only")
     parser.add_argument("--child", choices=("haven", "splink"), help=argparse.SUPPRESS)
     parser.add_argument("--left", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--right", type=Path, help=argparse.SUPPRESS)
@@ -613,28 +553,39 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = args.keep or Path(tmp_name)
         tmp.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        left, right, rates = files(args.rows, args.seed)
-        n_true = int(right["person_id"].isin(left["person_id"]).sum())
-        lpath, rpath = tmp / "left.csv", tmp / "right.csv"
-        left.to_csv(lpath, index=False)
-        right.to_csv(rpath, index=False)
-        print(f"generated left {len(left):,} x right {len(right):,} persons, {n_true:,} true "
-              f"matches, seed {args.seed}, in {time.perf_counter() - t0:.1f}s")
+        lpath, rpath, meta = tmp / "left.csv", tmp / "right.csv", tmp / "files.json"
+        wanted = {"rows": args.rows, "seed": args.seed}
+        if meta.exists() and json.loads(meta.read_text()).get("rows") == args.rows \
+                and json.loads(meta.read_text()).get("seed") == args.seed:
+            info = json.loads(meta.read_text())
+            n_true, rates = info["n_true"], info["rates"]
+            print(f"reusing {lpath} and {rpath} (rows {args.rows:,}, seed {args.seed})")
+        else:
+            t0 = time.perf_counter()
+            left, right, rates = files(args.rows, args.seed)
+            n_true = int(right["person_id"].isin(left["person_id"]).sum())
+            left.to_csv(lpath, index=False)
+            right.to_csv(rpath, index=False)
+            rates = {k: float(v) for k, v in rates.items()}
+            meta.write_text(json.dumps({**wanted, "n_true": n_true, "rates": rates}))
+            print(f"generated left {len(left):,} x right {len(right):,} persons, {n_true:,} "
+                  f"true matches, seed {args.seed}, in {time.perf_counter() - t0:.1f}s")
+            del left, right
         print("right-file error rates (realised): " + ", ".join(
             f"{k} {v:.2%}" for k, v in rates.items()))
-        del left, right
-        haven = spawn("haven", lpath, rpath, tmp / "haven_links.csv", n_true, args)
+        haven = None
+        if args.only != "splink":
+            haven = spawn("haven", lpath, rpath, tmp / "haven_links.csv", n_true, args)
         splink = None
-        if not args.no_splink:
+        if not args.no_splink and args.only != "haven":
             import importlib.util
 
             if importlib.util.find_spec("splink") is None:
                 print("splink not installed: Haven side only (pip install splink)")
             else:
                 splink = spawn("splink", lpath, rpath, tmp / "splink_links.csv", n_true, args)
-        print(f"Haven: {'link_files' if args.haven == 'files' else 'engine by partition'}; "
-              "Splink: DuckDB, plaintext; each in a fresh child process (2 shared cores, "
+        print("Haven: link_files (as `haven link-files`); Splink: DuckDB, plaintext; each in "
+              f"a fresh child process (2 shared cores, load average {os.getloadavg()[0]:.1f}; "
               "times noisy)")
         table(haven, splink)
 
