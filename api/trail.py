@@ -2,7 +2,7 @@
 
 The route's guard fills in who, in which role and organisation, for which purpose, which
 action on which resource, and how many records were answered; the middleware adds the outcome
-from the status code and commits the entry (`governance.audit.record`) before the first byte of
+from the status code and commits the entry (`governance.audit.record_many`) before the first byte of
 the response leaves. If the entry cannot be written, the caller gets 503, never unaudited data.
 
 Entries from concurrent requests are committed together (group commit: one transaction for
@@ -16,17 +16,13 @@ import json
 import logging
 import queue
 import threading
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine
 
 from api.problems import PROBLEM_JSON, problem_body
 from governance import audit
-from governance.audit import Actor
-from governance.schema import audit_head, audit_log
 
 logger = logging.getLogger("haven.api")
 BATCH = 256
@@ -55,11 +51,15 @@ def outcome_of(status: int) -> str:
 
 
 class AuditWriter:
-    """A thread committing queued audit entries in batches; `write` waits for the commit."""
+    """A thread committing queued audit entries in batches (`governance.audit.record_many`);
+    `write` waits for its entry's commit.
+
+    A batch's waiting requests are woken with one call into their event loop, not one each:
+    under load a batch holds tens of entries, and each wake-up costs the loop a turn."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._queue: queue.Queue[tuple[dict[str, Any], Future] | None] = queue.Queue()
+        self._queue: queue.Queue[_Waiting | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -71,14 +71,13 @@ class AuditWriter:
                                                     daemon=True)
                     self._thread.start()
 
-    def submit(self, entry: dict[str, Any]) -> Future:
-        future: Future = Future()
-        self._ensure_started()
-        self._queue.put((entry, future))
-        return future
-
     async def write(self, entry: dict[str, Any]) -> None:
-        await asyncio.wrap_future(self.submit(entry))
+        """Queue one entry and return once it is committed (raises if it could not be)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._ensure_started()
+        self._queue.put((entry, loop, future))
+        await future
 
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -101,67 +100,60 @@ class AuditWriter:
                     stop = True
                     break
                 batch.append(more)
-            self._commit(batch)
+            _settle(batch, self._commit([entry for entry, _, _ in batch]))
             if stop:
                 return
 
-    def _commit(self, batch: list[tuple[dict[str, Any], Future]]) -> None:
+    def _commit(self, entries: list[dict[str, Any]]) -> list[BaseException | None]:
+        """Commit the entries together; when that fails, one by one, so that one bad entry
+        does not lose the others. Returns each entry's error (None: committed)."""
         try:
-            with self.engine.begin() as connection:
-                record_many(connection, [entry for entry, _ in batch])
-        except Exception:  # one bad entry must not lose the others: write them one by one
-            for entry, future in batch:
+            audit.record_many(self.engine, entries)
+        except Exception:  # noqa: BLE001 - retried one by one below
+            pass
+        else:
+            return [None] * len(entries)
+        outcomes: list[BaseException | None] = []
+        for entry in entries:
+            try:
                 try:
-                    with self.engine.begin() as connection:
-                        try:
-                            _record(connection, entry)
-                        except ValueError:  # the detail held an identifier: keep the rest
-                            _record(connection, {**entry, "detail": {
-                                key: entry["detail"].get(key) for key in ("method", "status")}
-                                | {"detail_withheld": "it held an identifier"}})
-                except Exception as exc:  # noqa: BLE001 - reported to the waiting request
-                    logger.error("audit entry could not be written: %s", type(exc).__name__)
-                    future.set_exception(exc)
-                else:
-                    future.set_result(None)
-            return
-        for _, future in batch:
+                    audit.record_many(self.engine, [entry])
+                except ValueError:  # the detail held an identifier: keep the rest
+                    audit.record_many(self.engine, [{**entry, "detail": {
+                        key: entry["detail"].get(key) for key in ("method", "status")}
+                        | {"detail_withheld": "it held an identifier"}}])
+            except Exception as exc:  # noqa: BLE001 - reported to the waiting request
+                logger.error("audit entry could not be written: %s", type(exc).__name__)
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
+
+_Waiting = tuple[dict[str, Any], asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+def _settle(batch: list[_Waiting], outcomes: list[BaseException | None]) -> None:
+    """Tell each waiting request its entry's outcome: one call into each event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None],
+                                                        BaseException | None]]] = {}
+    for (_, loop, future), outcome in zip(batch, outcomes, strict=True):
+        by_loop.setdefault(loop, []).append((future, outcome))
+    for loop, waiting in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, waiting)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            logger.warning("audit entries committed after their event loop closed")
+
+
+def _resolve(waiting: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for future, outcome in waiting:
+        if future.done():  # the request was cancelled (the client went away)
+            continue
+        if outcome is None:
             future.set_result(None)
-
-
-def record_many(connection: Any, entries: list[dict[str, Any]]) -> None:
-    """Append entries to the chain in one transaction, with the hashes `audit.record` would
-    give them one by one: the head row is locked and moved once, and the rows are inserted in
-    one statement (one `record` call costs about half a millisecond of statement building,
-    which at hundreds of requests a second is the API's largest cost).
-
-    Raises ValueError, writing nothing, when any entry holds an identifier.
-    """
-    for entry in entries:
-        audit._refuse_identifiers(entry["resource"], json.dumps(entry["detail"], default=str))
-    locked = connection.execute(
-        update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
-    if locked.rowcount == 0:
-        connection.execute(insert(audit_head).values(id=1, seq=0, hash=audit.GENESIS))
-    head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).one()
-    seq, previous, now = head.seq, head.hash, datetime.now(UTC)
-    rows = []
-    for entry in entries:
-        seq += 1
-        row = {"seq": seq, "at": now, **entry, "prev_hash": previous}
-        row["hash"] = previous = audit.entry_hash(previous, row)
-        rows.append(row)
-    connection.execute(insert(audit_log), rows)
-    connection.execute(update(audit_head).where(audit_head.c.id == 1)
-                       .values(seq=seq, hash=previous))
-
-
-def _record(connection: Any, entry: dict[str, Any]) -> None:
-    actor = Actor(user=entry["actor"], role=entry["role"], org=entry["org"],
-                  purpose=entry["purpose"])
-    audit.record(connection, actor, entry["action"], entry["resource"],
-                 n_records=entry["n_records"], outcome=entry["outcome"],
-                 detail=entry["detail"])
+        else:
+            future.set_exception(outcome)
 
 
 class AuditMiddleware:

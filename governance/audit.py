@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import nhs_number
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from governance.schema import audit_head, audit_log
 
@@ -70,10 +70,12 @@ def _canonical_time(at: datetime | str) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
-    """SHA-256 over the previous hash and the entry's canonical JSON (sequence number included)."""
+def entry_hash(prev_hash: str, entry: Mapping[str, Any], at_text: str | None = None) -> str:
+    """SHA-256 over the previous hash and the entry's canonical JSON (sequence number included).
+
+    `at_text` is `entry["at"]` already in canonical form (a batch shares one time)."""
     content = {
-        "seq": int(entry["seq"]), "at": _canonical_time(entry["at"]),
+        "seq": int(entry["seq"]), "at": at_text or _canonical_time(entry["at"]),
         "actor": entry["actor"], "role": entry["role"], "org": entry["org"],
         "purpose": entry["purpose"], "action": entry["action"], "resource": entry["resource"],
         "n_records": int(entry["n_records"]), "outcome": entry["outcome"],
@@ -105,27 +107,58 @@ def record(
     at: datetime | None = None,
 ) -> int:
     """Append one entry inside the caller's transaction; returns its sequence number."""
-    detail = detail or {}
-    _refuse_identifiers(resource, json.dumps(detail, default=str))
-    # Lock the head row first so concurrent appends serialise on both backends.
-    locked = connection.execute(
-        update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
-    if locked.rowcount == 0:
-        connection.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
-    head = connection.execute(select(audit_head).where(audit_head.c.id == 1)).one()
-    entry = {
-        "seq": head.seq + 1, "at": at or datetime.now(UTC), "actor": actor.user,
-        "role": actor.role, "org": actor.org, "purpose": purpose or actor.purpose,
-        "action": action, "resource": resource, "n_records": n_records, "outcome": outcome,
-        "detail": detail,
-    }
-    entry["prev_hash"] = head.hash
-    entry["hash"] = entry_hash(head.hash, entry)
-    connection.execute(insert(audit_log).values(**entry))
-    connection.execute(
-        update(audit_head).where(audit_head.c.id == 1).values(seq=entry["seq"],
-                                                              hash=entry["hash"]))
-    return entry["seq"]
+    entry = {"actor": actor.user, "role": actor.role, "org": actor.org,
+             "purpose": purpose or actor.purpose, "action": action, "resource": resource,
+             "n_records": n_records, "outcome": outcome, "detail": detail or {}}
+    return record_many(connection, [entry], at=at)[0]
+
+
+# Fields of an entry given to `record_many` (the rest, seq, at and hashes, are the chain's).
+ENTRY_FIELDS = ("actor", "role", "org", "purpose", "action", "resource", "n_records", "outcome",
+                "detail")
+# Built once: a statement SQLAlchemy has seen is compiled from its cache, not again.
+_LOCK_HEAD = update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq)
+_READ_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+_NEW_HEAD = insert(audit_head).values(id=1, seq=0, hash=GENESIS)
+_INSERT_ENTRIES = insert(audit_log)
+_MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(
+    seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+
+
+def record_many(target: Connection | Engine, entries: Sequence[Mapping[str, Any]],
+                *, at: datetime | None = None) -> list[int]:
+    """Append entries, in order, with the hashes `record` would give them one by one; returns
+    their sequence numbers.
+
+    Many requests' entries committed together (group commit) move the chain's one head row
+    once and go in with one statement, instead of a transaction each. Given a Connection the
+    entries join its transaction; given an Engine they are committed in one of their own.
+    Each entry has the `ENTRY_FIELDS` (detail a JSON-able dict).
+
+    Raises ValueError, writing nothing, when any entry holds an identifier.
+    """
+    if isinstance(target, Engine):
+        with target.begin() as connection:
+            return record_many(connection, entries, at=at)
+    if not entries:
+        return []
+    for entry in entries:
+        _refuse_identifiers(entry["resource"], json.dumps(entry["detail"], default=str))
+    if target.execute(_LOCK_HEAD).rowcount == 0:  # lock the head row: appends serialise
+        target.execute(_NEW_HEAD)
+    seq, previous = target.execute(_READ_HEAD).one()
+    when = at or datetime.now(UTC)
+    when_text = _canonical_time(when)
+    rows = []
+    for entry in entries:
+        seq += 1
+        row = {name: entry[name] for name in ENTRY_FIELDS}
+        row.update(seq=seq, at=when, prev_hash=previous)
+        row["hash"] = previous = entry_hash(previous, row, when_text)
+        rows.append(row)
+    target.execute(_INSERT_ENTRIES, rows)
+    target.execute(_MOVE_HEAD, {"head_seq": seq, "head_hash": previous})
+    return [row["seq"] for row in rows]
 
 
 def log(engine: Engine, actor: Actor, action: str, resource: str, **kwargs: Any) -> int:

@@ -117,6 +117,71 @@ def test_no_identifier_enters_the_log(haven):
               detail={"digest": digest})
 
 
+def entry(i: int, **changes) -> dict:
+    """An entry as the API's audit middleware hands it to `record_many`."""
+    return {"actor": "ana", "role": "analyst", "org": "X26", "purpose": "commissioning",
+            "action": "aggregate.read", "resource": f"/aggregates/{i}", "n_records": i,
+            "outcome": "ok", "detail": {"method": "GET", "status": 200}, **changes}
+
+
+def chain(haven) -> list[dict]:
+    with haven.engine.connect() as connection:
+        return [dict(r) for r in connection.execute(
+            text("SELECT * FROM audit_log ORDER BY seq")).mappings()]
+
+
+def test_record_many_chains_as_one_by_one(haven):
+    import datetime as dt
+
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    write_entries(haven, 2)
+    assert audit.record_many(haven.engine, [entry(i) for i in range(3)], at=at) == [3, 4, 5]
+    audit.log(haven.engine, ANALYST, "release.read", "run/after")
+    rows = chain(haven)
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["n_records"] for r in rows[2:5]] == [0, 1, 2]
+    for before, row in zip(rows, rows[1:], strict=False):
+        assert row["prev_hash"] == before["hash"]
+    # The hashes `record` gives one entry at a time, at the same moment.
+    previous = rows[1]["hash"]
+    for i, row in enumerate(rows[2:5]):
+        expected = audit.entry_hash(previous, {**entry(i), "seq": 3 + i, "at": at})
+        assert row["hash"] == expected
+        previous = expected
+    result = audit.verify(haven.engine)
+    assert result.ok and result.entries == 6 and result.head == rows[-1]["hash"]
+    assert audit.head(haven.engine) == {"seq": 6, "hash": rows[-1]["hash"]}
+
+
+def test_record_many_starts_a_chain_and_writes_nothing_for_none(haven):
+    assert audit.record_many(haven.engine, []) == []
+    assert audit.head(haven.engine) == {"seq": 0, "hash": audit.GENESIS}
+    assert audit.record_many(haven.engine, [entry(1)]) == [1]
+    assert chain(haven)[0]["prev_hash"] == audit.GENESIS and audit.verify(haven.engine).ok
+
+
+def test_record_many_refuses_a_batch_holding_an_identifier(haven):
+    write_entries(haven, 1)
+    before = audit.head(haven.engine)
+    batch = [entry(1), entry(2, detail={"q": "943 476 5919"}), entry(3)]
+    with pytest.raises(ValueError, match="NHS number"):
+        audit.record_many(haven.engine, batch)
+    with pytest.raises(ValueError, match="NHS number"):
+        audit.record_many(haven.engine, [entry(1, resource="/persons/9434765919")])
+    assert audit.head(haven.engine) == before and len(chain(haven)) == 1
+
+
+def test_record_many_joins_the_callers_transaction(haven):
+    with pytest.raises(RuntimeError), haven.engine.begin() as connection:
+        assert audit.record_many(connection, [entry(1), entry(2)]) == [1, 2]
+        raise RuntimeError("the caller's work failed")
+    assert chain(haven) == [] and audit.head(haven.engine)["seq"] == 0
+    with haven.engine.begin() as connection:
+        audit.record_many(connection, [entry(1)])
+        audit.record(connection, ANALYST, "release.read", "run/r1")
+    assert [r["seq"] for r in chain(haven)] == [1, 2] and audit.verify(haven.engine).ok
+
+
 def test_verify_and_head_commands(haven, tmp_path, capsys):
     write_entries(haven, 3)
     env = {"HAVEN_HOME": str(haven.settings.home),
