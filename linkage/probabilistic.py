@@ -113,6 +113,7 @@ TOP_LEVEL = {"forename": 5, "surname": 5, "date_of_birth": 4, "sex": 2, "postcod
 COMPARE_CHUNK = 1 << 20
 LOG_FLOOR = math.log(1e-12)
 M_PSEUDO = 1.0  # pseudo-matches per level when averaging m (see fit_fellegi_sunter)
+TF_KINDS = ("forename", "surname")  # exact agreement weighed by the value's frequency
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,6 +151,23 @@ class Encoded:
                     self._bits[name] = (bits, np.bitwise_count(bits).sum(axis=1,
                                                                          dtype=np.int32))
         return self._bits[name]
+
+    def frequency(self, name: str) -> np.ndarray:
+        """Per record: the share of records with a value of `lk_<name>` that have this one
+        (0 where missing); what term-frequency adjustments weigh exact agreement by."""
+        cache = f"frequency:{name}"
+        if cache not in self._keys:
+            with self._lock:
+                if cache not in self._keys:
+                    keys = self.key(name)
+                    present = np.flatnonzero(keys != 0)
+                    out = np.zeros(self.n, dtype=np.float64)
+                    if len(present):
+                        _, inverse, counts = np.unique(keys[present], return_inverse=True,
+                                                       return_counts=True)
+                        out[present] = counts[inverse] / len(present)
+                    self._keys[cache] = out
+        return self._keys[cache]
 
     def pass_key(self, columns: Sequence[str]) -> np.ndarray:
         """Combined int64 key of a blocking pass (0 where any element is missing)."""
@@ -564,7 +582,9 @@ class MatchModel:
     non-match)); `probability` adds the prior log-odds (ecm: P(match) for two random records;
     logistic: the labelled candidates' match rate) and gives P(match | candidate pair).
     Serialisable with `to_dict`/`from_dict`, so one fitted model can score every partition;
-    `notes` lists blocking passes whose ECM fit was set aside as implausible.
+    `notes` lists blocking passes whose ECM fit was set aside as implausible. `tf` maps a
+    field to the u of its exact level: exact agreement on that field is then weighed by how
+    common the agreed value is (`pair_weights`), as Splink's term-frequency adjustments do.
     """
 
     fields: tuple[str, ...]
@@ -575,6 +595,7 @@ class MatchModel:
     m: dict[str, dict[int, float]] = field(default_factory=dict)
     u: dict[str, dict[int, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tf: dict[str, float] = field(default_factory=dict)
 
     def implausible_fields(self, margin: float = 1.0) -> list[str]:
         """Fields whose closest level does not favour a match (weight < -margin, or below the
@@ -618,7 +639,7 @@ class MatchModel:
                                   for f, w in self.level_weights.items()},
                 "m": {f: {str(k): v for k, v in w.items()} for f, w in self.m.items()},
                 "u": {f: {str(k): v for k, v in w.items()} for f, w in self.u.items()},
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "tf": dict(self.tf)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MatchModel:
@@ -627,7 +648,41 @@ class MatchModel:
         return cls(fields=tuple(data["fields"]), prior=float(data["prior"]),
                    method=data["method"], bias=float(data.get("bias", 0.0)),
                    level_weights=levels(data["level_weights"]), m=levels(data.get("m", {})),
-                   u=levels(data.get("u", {})), notes=list(data.get("notes", [])))
+                   u=levels(data.get("u", {})), notes=list(data.get("notes", [])),
+                   tf={f: float(v) for f, v in data.get("tf", {}).items()})
+
+
+def term_frequency_adjustment(model: MatchModel, left: Encoded, right: Encoded,
+                              pairs: pd.DataFrame, vectors: pd.DataFrame) -> np.ndarray:
+    """log2 adjustment of each pair's weight for exact agreement on a common or rare value.
+
+    For a value v with shares p_L(v), p_R(v) among the records of each side, two non-matching
+    records agree on v with probability p_L p_R and a match has v with probability about
+    sqrt(p_L p_R); against the average u of exact agreement that is a factor of
+    u / sqrt(p_L p_R): a shared rare surname counts for more than a shared Smith. Frequencies
+    are of keyed values (never clear text), counted over the whole inputs.
+    """
+    adjustment = np.zeros(len(vectors), dtype=np.float64)
+    if not model.tf:
+        return adjustment
+    li, ri = pairs["left"].to_numpy(), pairs["right"].to_numpy()
+    for f, u_exact in model.tf.items():
+        if f not in vectors.columns:
+            continue
+        exact = np.flatnonzero(vectors[f].to_numpy() == TOP_LEVEL[field_kind(f) or ""])
+        shared = np.sqrt(left.frequency(f)[li[exact]] * right.frequency(f)[ri[exact]])
+        adjustment[exact] = np.log2(u_exact / np.maximum(shared, 1e-12))
+    return adjustment
+
+
+def pair_weights(model: MatchModel, left: Encoded, right: Encoded | None, pairs: pd.DataFrame,
+                 vectors: pd.DataFrame) -> np.ndarray:
+    """Match weight of each candidate pair: the levels' weights plus term-frequency terms."""
+    weights = model.weight(vectors)
+    if model.tf:
+        weights += term_frequency_adjustment(model, left, left if right is None else right,
+                                             pairs, vectors)
+    return weights
 
 
 def _seeded_ecm_kernel(max_iter: int, atol: float) -> Any:
@@ -859,7 +914,8 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
                        passes: Iterable[Sequence[str]] = DEFAULT_PASSES,
                        u: dict[str, dict[int, float]] | None = None,
                        max_pairs_per_pass: int = 100_000, min_pass_pairs: int = 30,
-                       seed: int = 0, comparisons: float | None = None) -> MatchModel:
+                       seed: int = 0, comparisons: float | None = None,
+                       term_frequency: bool = True) -> MatchModel:
     """Unsupervised Fellegi-Sunter: u from random pairs, m from ECM within each blocking pass.
 
     Within one pass the blocked fields agree by construction, so recordlinkage's ECM is run on
@@ -871,6 +927,7 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
     matches are a small share of candidates, can make EM pick the wrong class entirely.
     `comparisons`: the size of the space `pairs` were drawn from, when they are the candidates
     of a sample of left records (the prior is P(match) for two random records).
+    `term_frequency`: weigh exact agreement on names by the value's frequency (`TF_KINDS`).
     """
     L = left if isinstance(left, Encoded) else Encoded(left)
     R = None if right is None else (right if isinstance(right, Encoded) else Encoded(right))
@@ -922,10 +979,17 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
             m = float(np.clip((counts[level] + M_PSEUDO) / norm, 1e-6, 1.0))
             m_all[f][level] = m
             weights[f][level] = math.log2(m / (uu / u_norm))
+    tf = {}
+    for f in fields:
+        top = TOP_LEVEL.get(field_kind(f) or "", 2)
+        present = sum(uu for lvl, uu in u[f].items() if lvl != MISSING)
+        if term_frequency and field_kind(f) in TF_KINDS and top in u[f] and present > 0:
+            tf[f] = u[f][top] / present
     model = MatchModel(fields=tuple(fields), level_weights=weights, prior=0.5, method="ecm",
-                       m=m_all, u=u, notes=notes)
+                       m=m_all, u=u, notes=notes, tf=tf)
     space = L.n * (L.n - 1) / 2 if R is None else float(L.n) * R.n
-    model.prior = estimate_prior(model.weight(vectors), comparisons or space)
+    model.prior = estimate_prior(pair_weights(model, L, R, pairs, vectors),
+                                 comparisons or space)
     return model
 
 
@@ -1057,8 +1121,10 @@ class LinkResult:
 def score(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None,
           pairs: pd.DataFrame, model: MatchModel) -> pd.DataFrame:
     """Pairs with their match weight and probability under `model`."""
-    vectors = compare(left, right, pairs, fields=model.fields)
-    w = model.weight(vectors)
+    L = left if isinstance(left, Encoded) else Encoded(left)
+    R = None if right is None else (right if isinstance(right, Encoded) else Encoded(right))
+    vectors = compare(L, R, pairs, fields=model.fields)
+    w = pair_weights(model, L, R, pairs, vectors)
     return pd.DataFrame({"left": pairs["left"].to_numpy(), "right": pairs["right"].to_numpy(),
                          "weight": w, "probability": model.probability(w)})
 
@@ -1079,9 +1145,9 @@ def _partitions(plan: BlockingPlan, partition_pairs: int) -> list[np.ndarray]:
     return parts or [np.zeros(0, dtype=np.int64)]
 
 
-def _scored_frame(pairs: pd.DataFrame, model: MatchModel, vectors: pd.DataFrame,
-                  lower: float | None) -> pd.DataFrame:
-    w = model.weight(vectors)
+def _scored_frame(L: Encoded, R: Encoded | None, pairs: pd.DataFrame, model: MatchModel,
+                  vectors: pd.DataFrame, lower: float | None) -> pd.DataFrame:
+    w = pair_weights(model, L, R, pairs, vectors)
     p = model.probability(w)
     keep = np.ones(len(p), dtype=bool) if lower is None else p >= lower
     return pd.DataFrame({"left": pairs["left"].to_numpy()[keep],
@@ -1132,15 +1198,15 @@ def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, passes: Iterable[Se
             model = fit_model(L, R, pairs, vectors, labels=labels, method=method,
                               passes=passes, **extra)
         if whole:
-            done = _scored_frame(pairs, model, vectors, lower)
+            done = _scored_frame(L, R, pairs, model, vectors, lower)
             del vectors
     if done is None:
         fitted = model
 
         def one(rows: np.ndarray) -> pd.DataFrame:
             pairs = pairs_for_rows(plan, rows, max_pairs=max_pairs)
-            return _scored_frame(pairs, fitted, compare(L, R, pairs, fields=fitted.fields),
-                                 lower)
+            return _scored_frame(L, R, pairs, fitted,
+                                 compare(L, R, pairs, fields=fitted.fields), lower)
 
         workers = workers or _default_workers()
         if workers == 1 or len(parts) == 1:
@@ -1223,5 +1289,6 @@ __all__ = [
     "block_pairs",
     "candidate_pairs", "cluster_pairs", "clusters", "compare", "dedupe", "estimate_prior",
     "estimate_u", "fit_ecm", "fit_fellegi_sunter", "fit_logistic", "fit_model", "link",
-    "nhs_labels", "one_to_one", "pass_membership", "random_pairs", "score", "usable_passes",
+    "nhs_labels", "one_to_one", "pair_weights", "pass_membership", "random_pairs", "score",
+    "term_frequency_adjustment", "usable_passes",
 ]

@@ -211,9 +211,34 @@ def test_model_weights_are_sensible_and_serialisable(two_files: tuple) -> None:
         assert w[P.MISSING] == 0
     assert 0 < model.prior < 0.01
     again = P.MatchModel.from_dict(model.to_dict())
-    vectors = P.compare(left, right, result.matches[["left", "right"]])
-    assert np.allclose(again.weight(vectors), model.weight(vectors))
-    assert np.allclose(result.matches["weight"], model.weight(vectors))
+    assert again.tf == model.tf and set(model.tf) == {"forename", "surname"}
+    pairs = result.matches[["left", "right"]]
+    vectors = P.compare(left, right, pairs)
+    L, R = P.Encoded(left), P.Encoded(right)
+    assert np.allclose(P.pair_weights(again, L, R, pairs, vectors),
+                       P.pair_weights(model, L, R, pairs, vectors))
+    assert np.allclose(result.matches["weight"], P.pair_weights(model, L, R, pairs, vectors))
+
+
+def test_exact_agreement_on_a_rare_name_weighs_more_than_on_a_common_one(key: bytes) -> None:
+    # 40 Smiths and one Featherstonehaugh on each side; otherwise the same evidence
+    names = ["Smith"] * 40 + ["Featherstonehaugh"] + [f"Name{i}" for i in range(59)]
+    frame = pd.DataFrame({"surname": names, "forename": ["Ann"] * 100,
+                          "date_of_birth": ["1970-01-01"] * 100})
+    L = P.Encoded(encode_identifiers(frame, key))
+    pairs = pd.DataFrame({"left": [0, 40, 0], "right": [1, 40, 41]})
+    vectors = P.compare(L, None, pairs)
+    assert vectors["surname"].tolist()[:2] == [P.TOP_LEVEL["surname"]] * 2
+    flat = P.MatchModel(fields=("surname",), level_weights={"surname": {
+        P.TOP_LEVEL["surname"]: 8.0, P.DIFFERENT: -4.0}}, prior=1e-4, method="ecm")
+    tf = P.MatchModel(**{**flat.__dict__, "tf": {"surname": 0.05}})
+    plain = P.pair_weights(flat, L, None, pairs, vectors)
+    adjusted = P.pair_weights(tf, L, None, pairs, vectors)
+    assert plain[0] == plain[1] == 8.0
+    # Smith: 40% of records, u 0.05 -> log2(0.05 / 0.40) = -3; the rare name: log2(0.05 / 0.01)
+    assert adjusted[0] == pytest.approx(8.0 + np.log2(0.05 / 0.40))
+    assert adjusted[1] == pytest.approx(8.0 + np.log2(0.05 / 0.01))
+    assert adjusted[2] == plain[2] == -4.0  # disagreement is not adjusted
 
 
 def test_logistic_with_nhs_labels(two_files: tuple) -> None:
