@@ -5,7 +5,6 @@ and the `authorise` dependency (authentication, then Casbin); errors are problem
 
 Examples:
     >>> from governance.settings import Settings
-from governance.suppression import Rule
     >>> app = create_app(Settings(home=Path("/srv/haven")))  # doctest: +SKIP
     >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
 """
@@ -67,13 +66,20 @@ class Services:
 
     def suppression_rule(self) -> Rule:
         """The small-number rule in force (an IG lead's change applies within seconds)."""
-        now = time.monotonic()
-        cached = self._rule
-        if cached is not None and now - cached[0] < max(self.config.refresh_seconds, 1.0):
-            return cached[1]
+        found = self.fresh_suppression_rule()
+        if found is not None:
+            return found
         with self._rule_lock:
-            self._rule = (now, Rule.load(engine=self.engine))
+            self._rule = (time.monotonic(), Rule.load(engine=self.engine))
             return self._rule[1]
+
+    def fresh_suppression_rule(self) -> Rule | None:
+        """The rule in force when checked within the refresh interval (no I/O), else None."""
+        cached = self._rule
+        if cached is not None and time.monotonic() - cached[0] < max(
+                self.config.refresh_seconds, 1.0):
+            return cached[1]
+        return None
 
     def forget_suppression_rule(self) -> None:
         self._rule = None

@@ -101,6 +101,58 @@ def person(row: dict[str, Any], visible: frozenset[str], rank: int | None = None
     return out
 
 
+def people(columns: dict[str, list[Any]], visible: frozenset[str], first_rank: int
+           ) -> list[dict[str, Any]]:
+    """A page of scored persons (columns from `Release.columns`, ranked from `first_rank`)
+    as `person` shows each, with the work that depends only on `visible` done once: a list
+    page is the API's most frequent answer."""
+    everything = visible >= ALL_SOURCES
+    show_conditions = bool(visible & CONDITION_SOURCES)
+    filter_reasons = needs_reason_groups(visible)
+    hidden = _hidden_groups(visible) if filter_reasons else frozenset()
+    known = group_sources()
+    n = len(columns["person_key"])
+    nothing: list[Any] = [None] * n
+    tier_change = columns.get("tier_change", nothing)
+    groups = [columns.get(f"reason_group_{i}", nothing) for i in (1, 2, 3)]
+    out = []
+    for i, (key, probability, tier, before, change, practice, age_band, sex, conditions,
+            reasons, sources) in enumerate(zip(
+                columns["person_key"], columns["probability"], columns["tier"],
+                columns["previous_tier"], columns["change"], columns["gp_practice_code"],
+                columns["age_band"], columns["sex"], columns["conditions"],
+                columns["reasons"], columns["sources"], strict=True)):
+        moved = tier_change[i]
+        if moved is not None and moved == moved:
+            moved = int(moved)
+        elif before in TIER_RANK and tier in TIER_RANK:
+            moved = TIER_RANK[tier] - TIER_RANK[before]
+        else:
+            moved = None
+        shown_reasons = reasons.split("; ") if reasons else []
+        if shown_reasons and filter_reasons:
+            own = [g[i] for g in groups[:len(shown_reasons)]]
+            if hidden is None or len(own) < len(shown_reasons) or None in own:
+                shown_reasons = []  # cannot tell what a reason rests on: fail closed
+            else:
+                shown_reasons = [r for r, g in zip(shown_reasons, own, strict=True)
+                                 if g in known and g not in hidden]
+        listed = sources.split(";") if sources else []
+        out.append({
+            "rank": first_rank + i, "person_key": key,
+            "probability": None if probability is None or probability != probability
+            else round(probability, 4),
+            "tier": tier, "previous_tier": before,
+            "change": None if change is None or change != change else round(change, 4),
+            "tier_change": moved, "practice": practice, "age_band": age_band, "sex": sex,
+            "conditions": (conditions.split(";") if conditions else []) if show_conditions
+            else [],
+            "reasons": shown_reasons,
+            "sources": listed if everything else [s for s in listed if s in visible],
+        })
+    return out
+
+
 def risk_assessment(row: dict[str, Any], visible: frozenset[str], run: Any) -> dict[str, Any]:
     """A FHIR R4 RiskAssessment for one person, checked with the R4B model.
 

@@ -49,7 +49,6 @@ SEXES = ("1", "2", "9", "0")
 CONDITION_SOURCES = frozenset({"gp_events", "apc"})
 # Reason groups every role may see: they restate the person's age band and sex.
 DEMOGRAPHIC_GROUPS = frozenset({"age", "sex"})
-FRAGMENTS_KEPT = 300_000
 DEFAULT_RUN_PURPOSE = "commissioning"  # what `haven score` scores for unless told
 COLUMNS = ("person_key", "probability", "tier", "reasons", "previous_probability",
            "previous_tier", "change", "gp_practice_code", "age_band", "sex", "conditions",
@@ -134,8 +133,6 @@ class Release:
     cache: OrderedDict = field(default_factory=OrderedDict)
     cache_lock: threading.Lock = field(default_factory=threading.Lock)
     computing: dict[tuple, threading.Lock] = field(default_factory=dict)
-    # (row, sources visible) -> the person's JSON without its opening brace (lists' pages)
-    fragments: dict[tuple[int, frozenset[str]], bytes] = field(default_factory=dict)
 
     @property
     def persons(self) -> int:
@@ -157,8 +154,7 @@ class Release:
                        withheld={k: self.practice_of(r) for k, r in zip(withheld, rows,
                                                                          strict=True)
                                  if r is not None},
-                       cache=OrderedDict(), cache_lock=threading.Lock(), computing={},
-                       fragments={})
+                       cache=OrderedDict(), cache_lock=threading.Lock(), computing={})
 
     def position(self, person_key: str) -> int | None:
         """Row of a person key, or None when the run does not hold it."""
@@ -230,11 +226,21 @@ class Release:
                                   if c not in ("reason_group_1", "reason_group_2",
                                                "reason_group_3", "previous_probability")])
 
-    def remember(self, fragments: dict[tuple[int, frozenset[str]], bytes]) -> None:
-        """Keep persons' JSON for the next page that shows them (bounded: ~100 MB)."""
-        if len(self.fragments) + len(fragments) > FRAGMENTS_KEPT:
-            self.fragments.clear()
-        self.fragments.update(fragments)
+    def columns(self, positions: np.ndarray | Sequence[int], reason_groups: bool = True
+                ) -> dict[str, list[Any]]:
+        """The given rows column by column (as `rows` holds them, in the order given): a
+        column's values are converted in one call, not a dictionary made per row."""
+        table = self.table if reason_groups else self.shown
+        taken = table.take(pa.array(positions, pa.int64()))
+        return {name: taken.column(name).to_pylist() for name in taken.column_names}
+
+    def cached_now(self, key: tuple) -> Any:
+        """An answer `cached` keeps, or None (never waits for one being computed)."""
+        with self.cache_lock:
+            found = self.cache.get(key)
+            if found is not None:
+                self.cache.move_to_end(key)
+            return found
 
     def cached(self, key: tuple, compute: Any) -> Any:
         """Answers that depend only on this run (aggregates), kept for the next caller; callers

@@ -277,3 +277,58 @@ def test_an_ig_lead_s_suppression_rule_applies(world: World) -> None:
                       json={"content": changed}).status_code == 200
     answer = world.call("analyst", "GET", "/aggregates?by=sex").json()
     assert answer["rule"]["suppressed"] == "1-11"
+
+
+# -- pages --------------------------------------------------------------------------------
+def test_a_page_shows_each_person_as_person_detail_does(haven) -> None:
+    """`present.people` (lists) and `present.person` (one person) agree for every kind of row
+    and every set of visible sources, failing closed alike where groups are unknown."""
+    from api import present
+    from api.authz import SOURCES
+
+    keys = [f"P{n:020x}" for n in range(24)]
+    rows = score_rows(keys, ["A00001", "A00002"] * 12)
+    rows["tier_change"] = [None if i % 4 else float(i % 3 - 1) for i in range(24)]
+    rows.loc[3, "reason_group_2"] = None  # a reason resting on nothing known: fail closed
+    rows.loc[5, "reasons"] = rows.loc[5, "reasons"] + "; aged 87"  # more reasons than groups
+    rows.loc[7, "reason_group_1"] = "not_in_the_catalogue"
+    rows.loc[9, ["reasons", "conditions", "sources", "previous_tier"]] = [None, "", None, None]
+    rows.loc[11, ["probability", "change"]] = [float("nan"), None]
+    release = load_release(haven.settings, write_score_run(haven, rows, run_id="score-page"),
+                           {})
+    positions = release.everyone[::-1][:20]
+    visible_sets = [frozenset(SOURCES), frozenset(), frozenset({"apc"}),
+                    frozenset({"gp_events", "gp_patients"}),
+                    frozenset(SOURCES) - {"social_care"},
+                    frozenset(SOURCES) - {"deaths", "optouts"}]
+    for visible in visible_sets:
+        one_by_one = [{"rank": 5 + i, **present.person(row, visible)}
+                      for i, row in enumerate(release.rows(positions))]
+        assert present.people(release.columns(positions), visible, 5) == one_by_one
+    assert present.people(release.columns([]), frozenset(SOURCES), 1) == []
+    hospital = {p["person_key"]: p["reasons"] for p in present.people(
+        release.columns(release.everyone), frozenset({"apc", "ae", "op"}), 1)}
+    assert hospital[keys[3]] == hospital[keys[5]] == []  # fail closed
+    assert any(hospital.values())
+
+
+def test_list_pages_agree_with_person_detail_and_rank_from_the_offset(world: World) -> None:
+    for role, path in (("analyst", f"/risk/persons?practice={OWN_PRACTICE}"
+                                   f"&practice={OTHER_PRACTICE}&limit=7&offset=3"),
+                       ("mdt_clinician", f"/practices/{OWN_PRACTICE}/case-finding"
+                                         "?limit=5&offset=2")):
+        page = world.call(role, "GET", path).json()
+        assert [p["rank"] for p in page["items"]] == list(range(page["offset"] + 1,
+                                                                page["offset"] + 1 +
+                                                                len(page["items"])))
+        assert len(page["items"]) == page["limit"]
+        for item in page["items"]:
+            detail = world.call(role, "GET", f"/persons/{item['person_key']}").json()
+            assert {**detail, "rank": item["rank"]} == {**item, "run_id": page["run_id"]}
+
+
+def test_an_aggregate_is_answered_again_from_what_was_sent(world: World) -> None:
+    first = world.call("analyst", "GET", "/aggregates?by=practice&by=tier&tier=high")
+    again = world.call("analyst", "GET", "/aggregates?tier=high&by=practice&by=tier")
+    assert first.status_code == again.status_code == 200
+    assert first.content == again.content and first.json()["filters"] == {"tier": ["high"]}

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi.responses import JSONResponse, Response
 
 from api.problems import Problem
 from api.release import NoRun, Release
@@ -21,6 +22,12 @@ def current_release(access: Any) -> Release:
 
 def ok(body: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status)
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """JSON by orjson: a page of persons or an aggregate's cells is made several times faster
+    than by the standard library (keys must be strings; NaN becomes null)."""
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
 def example_response(model: type, description: str = "OK",

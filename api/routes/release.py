@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -15,7 +15,7 @@ from api.aggregates import aggregate
 from api.guard import Access, authorise, permission
 from api.problems import Problem, responses
 from api.release import CONDITION_SOURCES, Release
-from api.routes import current_release, example_response, ok
+from api.routes import current_release, example_response, json_response, ok
 from api.schemas import ODS, PERSON_KEY, Aggregate, PersonDetail, PersonPage, RunInfo
 
 router = APIRouter(tags=["risk"])
@@ -47,31 +47,34 @@ def _conditions_allowed(access: Access, owner: str, asked: bool) -> None:
 
 def _page(release: Release, access: Access, selected: np.ndarray, offset: int, limit: int
           ) -> Response:
-    """One page of persons, ranked, as JSON. Each person's JSON (as this caller's sources
-    allow) is kept on the release once made: a list served again costs a join, not a
-    conversion per row."""
-    chosen = selected[offset:offset + limit].tolist()
-    codes = release.practice[chosen].tolist()
-    visible = {code: access.visible_sources(release.practices[code] if code >= 0 else "-")
-               for code in set(codes)}
-    keys = [(position, visible[code]) for position, code in zip(chosen, codes, strict=True)]
-    found = {key: release.fragments.get(key) for key in keys}
-    missing = [key for key, fragment in found.items() if fragment is None]
-    if missing:
-        groups = any(present.needs_reason_groups(v) for _, v in missing)
-        rows = release.rows([position for position, _ in missing], reason_groups=groups)
-        made = {key: json.dumps(present.person(row, key[1]), separators=(",", ":"))[1:].encode()
-                for key, row in zip(missing, rows, strict=True)}
-        found.update(made)
-        release.remember(made)
-    items = b",".join(b'{"rank":%d,' % (offset + i + 1) + found[key]
-                      for i, key in enumerate(keys))
+    """One page of persons, ranked, as JSON: the page's rows are taken column by column and
+    shown (`present.people`) per group of persons whose visible sources are the same (one
+    practice's, on a case-finding list)."""
+    chosen = selected[offset:offset + limit]
+    codes = release.practice[chosen]
+    items: list[dict] = []
+    if len(chosen):
+        owners = np.unique(codes)
+        visible = {int(code): access.visible_sources(
+            release.practices[code] if code >= 0 else "-") for code in owners}
+        groups = any(present.needs_reason_groups(v) for v in visible.values())
+        columns = release.columns(chosen, reason_groups=groups)
+        if len(owners) == 1:
+            items = present.people(columns, visible[int(owners[0])], offset + 1)
+        else:  # several practices on one page (the analysts' list): shown per practice
+            items = [None] * len(chosen)  # type: ignore[list-item]
+            for code, shown in visible.items():
+                at = np.flatnonzero(codes == code).tolist()
+                part = present.people({name: [values[i] for i in at]
+                                       for name, values in columns.items()}, shown, 0)
+                for i, person in zip(at, part, strict=True):
+                    person["rank"] = offset + i + 1
+                    items[i] = person
     nxt = offset + limit if offset + limit < len(selected) else None
-    access.answered(len(keys), run_id=release.run_id)
-    head = json.dumps({"run_id": release.run_id, "total": int(len(selected)),
-                       "offset": offset, "limit": limit, "next_offset": nxt},
-                      separators=(",", ":"))[:-1].encode()
-    return Response(head + b',"items":[' + items + b"]}", media_type="application/json")
+    access.answered(len(items), run_id=release.run_id)
+    return json_response({"run_id": release.run_id, "total": int(len(selected)),
+                          "offset": offset, "limit": limit, "next_offset": nxt,
+                          "items": items})
 
 
 @router.get("/practices/{ods}/case-finding", summary="Case-finding list of a practice",
@@ -188,7 +191,7 @@ def person_fhir(person_key: PersonKey,
 @router.get("/aggregates", summary="Counts with small-number suppression",
             responses={200: example_response(Aggregate), **responses(401, 403, 409, 422)})
 @permission("aggregate", "read")
-def aggregates(
+async def aggregates(
     access: Annotated[Access, Depends(authorise)],
     by: Annotated[list[Dimension], Query(description="Dimensions to count by (one or two).",
                                          examples=[["practice", "tier"]], min_length=1,
@@ -199,19 +202,25 @@ def aggregates(
     age_band: AgeQ = [],  # noqa: B006
     sex: SexQ = [],  # noqa: B006
     condition: ConditionQ = [],  # noqa: B006
-) -> JSONResponse:
+) -> Response:
     """Persons by practice, age band, sex, tier or condition. Counts of 1-7 are suppressed,
     others rounded to the nearest 5, and further cells suppressed where a published total
-    would give a suppressed one away (`governance.suppression`)."""
+    would give a suppressed one away (`governance.suppression`).
+
+    An answer is computed once per run, question and rule, in a worker thread, and kept as
+    the JSON sent: asked again, it is sent from the event loop as it is."""
     by = list(dict.fromkeys(by))
     _conditions_allowed(access, "-", bool(condition) or "condition" in by)
-    release = current_release(access)
+    services = access.services
+    release = services.releases.fresh(access.purpose) or await run_in_threadpool(
+        current_release, access)
+    rule = services.fresh_suppression_rule() or await run_in_threadpool(
+        services.suppression_rule)
     filters = {name: sorted(set(values)) for name, values in (
         ("practice", practice), ("tier", tier), ("age_band", age_band), ("sex", sex),
         ("condition", condition)) if values}
-    rule = access.services.suppression_rule()
 
-    def compute() -> dict:
+    def compute() -> tuple[int, bytes]:
         rows = None
         if practice:
             found = [release.practice_rows[p] for p in filters["practice"]
@@ -219,12 +228,15 @@ def aggregates(
             rows = np.sort(np.concatenate(found)) if found else EMPTY
         selected = release.select(rows, tiers=tier, age_bands=age_band, sexes=sex,
                                   conditions=condition)
-        return aggregate(release, selected, by, rule)
+        answer = aggregate(release, selected, by, rule)
+        return len(answer["cells"]), orjson.dumps({"run_id": release.run_id,
+                                                   "filters": filters, **answer})
 
     key = ("aggregate", tuple(by), tuple((k, tuple(v)) for k, v in filters.items()), rule)
-    answer = release.cached(key, compute)
-    access.answered(len(answer["cells"]), by=by)
-    return ok({"run_id": release.run_id, "filters": filters, **answer})
+    cells, body = release.cached_now(key) or await run_in_threadpool(release.cached, key,
+                                                                     compute)
+    access.answered(cells, by=by)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/runs/current", summary="The score run being served",
