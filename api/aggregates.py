@@ -22,48 +22,73 @@ from governance.suppression import Rule, suppress, suppress_grid
 UNKNOWN = "unknown"
 
 
-def _dimension(release: Release, name: str, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Codes 0..n-1 of the rows on one single-valued dimension, with the label of each code."""
+# Conditions are counted through a histogram of condition sets when it stays this small
+# (persons x bins); beyond it, one pass per condition.
+MASK_BINS = 1 << 22
+
+
+def _dimension(release: Release, name: str, rows: np.ndarray | None
+               ) -> tuple[np.ndarray, list[str]]:
+    """Codes 0..n-1 of the rows (None: every row) on one single-valued dimension, with the
+    label of each code (unknown last)."""
     column, labels = {
         "practice": (release.practice, release.practices),
         "age_band": (release.age_band, list(AGE_BANDS)),
         "sex": (release.sex, list(SEXES)),
         "tier": (release.tier, list(TIERS)),
     }[name]
-    codes = column[rows].astype(np.int64)
-    codes = np.where(codes < 0, len(labels), codes)
+    codes = (column if rows is None else column[rows]).astype(np.int64)
+    codes[codes < 0] = len(labels)
     return codes, [*labels, UNKNOWN]
+
+
+def _by_condition(release: Release, rows: np.ndarray | None, flat: np.ndarray, size: int
+                  ) -> np.ndarray:
+    """Counts per (other cell `flat` of `size`, condition) of the rows (None: every row): a
+    person counts once under each of their conditions. Returns a (size, conditions) array."""
+    names = len(release.conditions)
+    bits = release.condition_bits if rows is None else release.condition_bits[rows]
+    if names and size << names <= MASK_BINS:  # one histogram of (cell, condition set)
+        sets = np.bincount(flat * (1 << names) + bits, minlength=size << names)
+        has = (np.arange(1 << names)[:, None] >> np.arange(names)) & 1
+        return sets.reshape(size, 1 << names) @ has
+    out = np.zeros((size, names), dtype=np.int64)
+    for i in range(names):
+        out[:, i] = np.bincount(flat, weights=(bits >> i) & 1, minlength=size).astype(np.int64)
+    return out
 
 
 def count(release: Release, rows: np.ndarray, by: Sequence[str]) -> dict[tuple[str, ...], int]:
     """True counts of persons per combination of `by` (combinations with nobody left out).
 
     A person with several conditions counts once under each when `by` includes condition.
+    Counted with one `bincount` over the combined codes of the rows.
     """
-    rows = np.asarray(rows)
-    condition = np.empty(0, dtype=np.int64)
-    if "condition" in by:
-        expanded, condition_codes = [], []
-        for i in range(len(release.conditions)):
-            hit = rows[(release.condition_bits[rows] >> i) & 1 == 1]
-            expanded.append(hit)
-            condition_codes.append(np.full(len(hit), i, dtype=np.int64))
-        rows = np.concatenate(expanded) if expanded else np.empty(0, dtype=np.int64)
-        condition = np.concatenate(condition_codes) if condition_codes else condition
+    every_row = rows is release.everyone and release.live is None  # columns as they are
+    rows = np.asarray(rows, dtype=np.int64)
     if not by:
         return {(): int(len(rows))}
     codes, labels = [], []
     for name in by:
-        if name == "condition":
-            codes.append(condition)
-            labels.append(list(release.conditions))
-        else:
-            found, named = _dimension(release, name, rows)
+        if name != "condition":
+            found, named = _dimension(release, name, None if every_row else rows)
             codes.append(found)
             labels.append(named)
     sizes = [len(named) for named in labels]
-    flat = np.ravel_multi_index(codes, sizes) if len(rows) else np.empty(0, dtype=np.int64)
-    tallies = np.bincount(flat, minlength=int(np.prod(sizes)))
+    flat = np.zeros(len(rows), dtype=np.int64)
+    for found, size in zip(codes, sizes, strict=True):
+        flat = flat * size + found
+    size = int(np.prod(sizes)) if sizes else 1
+    if "condition" in by:
+        tallies = _by_condition(release, None if every_row else rows, flat, size)
+        where = by.index("condition")
+        labels.insert(where, list(release.conditions))
+        sizes.insert(where, len(release.conditions))
+        order = [d for d in range(len(by)) if d != where] + [where]
+        tallies = tallies.reshape([sizes[d] for d in order]).transpose(
+            np.argsort(order)).ravel()
+    else:
+        tallies = np.bincount(flat, minlength=size)
     out = {}
     for index in np.flatnonzero(tallies):
         parts = np.unravel_index(int(index), sizes)
@@ -98,10 +123,12 @@ def aggregate(release: Release, rows: np.ndarray, by: Sequence[str], rule: Rule
     grid_true = table.unstack(fill_value=0) if len(table) else pd.DataFrame(dtype="int64")
     grid = suppress_grid(grid_true, rule)
     cells = []
-    for row_label in grid.cells.index:
-        for column_label in grid.cells.columns:
-            value = grid.cells.loc[row_label, column_label]
-            if grid_true.loc[row_label, column_label] == 0 and value != rule.symbol:
+    shown_cells = grid.cells.to_numpy()
+    zero = grid_true.reindex(index=grid.cells.index, columns=grid.cells.columns).to_numpy() == 0
+    for i, row_label in enumerate(grid.cells.index):
+        for j, column_label in enumerate(grid.cells.columns):
+            value = shown_cells[i, j]
+            if zero[i, j] and value != rule.symbol:
                 continue  # a true zero, not hidden: left out
             cells.append({by[0]: row_label, by[1]: column_label, **_figure(value, rule)})
     for name, shown in ((by[0], grid.rows), (by[1], grid.columns)):

@@ -59,7 +59,8 @@ class AuditWriter:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._queue: queue.Queue[_Waiting | None] = queue.Queue()
+        # SimpleQueue: put is one C call, where Queue.put takes a lock and a condition.
+        self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 

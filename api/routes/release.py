@@ -100,7 +100,8 @@ async def case_finding(
     release = access.services.releases.fresh(access.purpose) or await run_in_threadpool(
         current_release, access)
     selected = release.select(release.practice_rows.get(ods, EMPTY), tiers=tier,
-                              age_bands=age_band, sexes=sex, conditions=condition)
+                              age_bands=age_band, sexes=sex, conditions=condition,
+                              practice=ods)
     return _page(release, access, selected, offset, limit)
 
 
