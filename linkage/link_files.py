@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,12 +76,13 @@ def _write(path: Path, left_ids: np.ndarray, right_ids: np.ndarray, scored: pd.D
 def link_files(left: Path, right: Path | None, id_col: str,
                fields: Mapping[str, str | Sequence[str]], out: Path, *,
                review_out: Path | None = None, upper: float = 0.9, lower: float = 0.5,
-               method: str = "ecm") -> dict:
+               method: str = "ecm", progress: Callable[[str], None] | None = None) -> dict:
     """Link `left` with `right` (or deduplicate `left` when `right` is None); write `out`.
 
     Returns counts and paths: records, candidate_pairs, matches, review, out, review_out,
-    seconds (and clusters for deduplication).
+    seconds (and clusters for deduplication). `progress` is told each step (counts only).
     """
+    say = progress or (lambda _message: None)
     started = time.perf_counter()
     left, out = Path(left), Path(out)
     review_out = Path(review_out) if review_out else out.with_name(out.stem + ".review.csv")
@@ -92,20 +93,22 @@ def link_files(left: Path, right: Path | None, id_col: str,
     left_ids, left_data = _read(left, id_col, columns)
     left_enc = encode_identifiers(left_data, key)
     del left_data
+    say(f"{left.name}: {len(left_ids):,} records read and encoded")
     summary: dict = {"fields": columns, "left_records": len(left_ids)}
     if right is not None:
         right_ids, right_data = _read(Path(right), id_col, columns)
         right_enc = encode_identifiers(right_data, key)
         del right_data, key
+        say(f"{Path(right).name}: {len(right_ids):,} records read and encoded")
         result = link(left_enc, right_enc, upper=upper, lower=lower, method=method,
-                      passes=DEFAULT_PASSES)
+                      passes=DEFAULT_PASSES, progress=progress)
         matches = result.matches.sort_values(["left", "right"])
         _write(out, left_ids.to_numpy(), right_ids.to_numpy(), matches)
         summary["right_records"] = len(right_ids)
     else:
         del key
         result = dedupe(left_enc, upper=upper, lower=lower, method=method,
-                        passes=DEFAULT_PASSES)
+                        passes=DEFAULT_PASSES, progress=progress)
         assert result.clusters is not None
         pairs = cluster_pairs(result.clusters)
         matches = score(left_enc, None, pairs, result.model)

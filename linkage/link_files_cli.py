@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from linkage.encodings import KINDS
 
@@ -41,8 +42,9 @@ def link_files_command(
     from linkage.link_files import link_files
 
     fields = parse_fields(field)
+    console = Console(stderr=True)
     try:
-        summary = link_files(left, right, id, fields, out)
+        summary = link_files(left, right, id, fields, out, progress=console.print)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     records = f"{summary['left_records']:,}"

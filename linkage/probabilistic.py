@@ -70,7 +70,7 @@ import dataclasses
 import math
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -1159,6 +1159,7 @@ def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, passes: Iterable[Se
              model: MatchModel | None, method: str, max_block_pairs: int, max_pairs: int,
              *, lower: float | None = None, partition_pairs: int = PARTITION_PAIRS,
              workers: int | None = None, seed: int = 0,
+             progress: Callable[[str], None] | None = None,
              ) -> tuple[pd.DataFrame, MatchModel, BlockingStats]:
     """Scored candidate pairs (only those with probability >= `lower` unless it is None).
 
@@ -1167,14 +1168,17 @@ def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, passes: Iterable[Se
     once in threads (numpy releases the GIL in the heavy steps). A model not given is fitted on
     the candidates of one partition's worth of randomly chosen left records (all of them when
     one partition holds everything), then scores every partition, so decisions do not depend
-    on the partitioning.
+    on the partitioning. `progress` is told what was done, step by step (counts only).
     """
+    say = progress or (lambda _message: None)
     passes = tuple(tuple(p) for p in passes)
     L = Encoded(left)
     R = None if right is None else Encoded(right)
     stats = BlockingStats()
     plan = plan_blocking(L, R, passes, max_block_pairs=max_block_pairs, stats=stats)
     parts = _partitions(plan, partition_pairs)
+    say(f"blocking planned: {len(plan.passes)} passes, at most {plan.estimated_pairs:,} "
+        f"candidate pairs, {len(parts)} partition(s)")
     fields = compared_fields(L, L if R is None else R)
     done: pd.DataFrame | None = None
     if model is None:
@@ -1197,16 +1201,23 @@ def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, passes: Iterable[Se
                                         else float(n_rows) * plan.n_right)
             model = fit_model(L, R, pairs, vectors, labels=labels, method=method,
                               passes=passes, **extra)
+            say(f"model fitted ({model.method}) on {len(pairs):,} candidate pairs")
         if whole:
             done = _scored_frame(L, R, pairs, model, vectors, lower)
             del vectors
     if done is None:
         fitted = model
+        finished = [0]
+        lock = threading.Lock()
 
         def one(rows: np.ndarray) -> pd.DataFrame:
             pairs = pairs_for_rows(plan, rows, max_pairs=max_pairs)
-            return _scored_frame(L, R, pairs, fitted,
-                                 compare(L, R, pairs, fields=fitted.fields), lower)
+            scored = _scored_frame(L, R, pairs, fitted,
+                                   compare(L, R, pairs, fields=fitted.fields), lower)
+            with lock:
+                finished[0] += 1
+                say(f"partition {finished[0]}/{len(parts)} scored ({len(pairs):,} pairs)")
+            return scored
 
         workers = workers or _default_workers()
         if workers == 1 or len(parts) == 1:
@@ -1222,7 +1233,8 @@ def link(left: pd.DataFrame, right: pd.DataFrame, *, upper: float = 0.9, lower: 
          passes: Iterable[Sequence[str]] = DEFAULT_PASSES, model: MatchModel | None = None,
          method: str = "ecm", max_block_pairs: int = 100_000, max_pairs: int = 50_000_000,
          keep_scored: bool = False, assignment: str = "one_to_one",
-         partition_pairs: int = PARTITION_PAIRS, workers: int | None = None) -> LinkResult:
+         partition_pairs: int = PARTITION_PAIRS, workers: int | None = None,
+         progress: Callable[[str], None] | None = None) -> LinkResult:
     """Two-file linkage: matches (probability >= upper) and a review band.
 
     `assignment`: "one_to_one" (each record in at most one pair; two files of distinct people)
@@ -1232,7 +1244,8 @@ def link(left: pd.DataFrame, right: pd.DataFrame, *, upper: float = 0.9, lower: 
     """
     scored, model, stats = _prepare(left, right, passes, model, method, max_block_pairs,
                                     max_pairs, lower=None if keep_scored else lower,
-                                    partition_pairs=partition_pairs, workers=workers)
+                                    partition_pairs=partition_pairs, workers=workers,
+                                    progress=progress)
     warnings = _model_warnings(model)
     if warnings:
         scored_out = scored if keep_scored else None
@@ -1254,12 +1267,14 @@ def dedupe(frame: pd.DataFrame, *, upper: float = 0.9, lower: float = 0.5,
            passes: Iterable[Sequence[str]] = DEFAULT_PASSES, model: MatchModel | None = None,
            method: str = "ecm", max_block_pairs: int = 100_000, max_pairs: int = 50_000_000,
            keep_scored: bool = False, partition_pairs: int = PARTITION_PAIRS,
-           workers: int | None = None) -> LinkResult:
+           workers: int | None = None, progress: Callable[[str], None] | None = None
+           ) -> LinkResult:
     """Deduplication: clusters of records joined by pairs at or above `upper`, and a review band
     of pairs between `lower` and `upper` whose records ended up in different clusters."""
     scored, model, stats = _prepare(frame, None, passes, model, method, max_block_pairs,
                                     max_pairs, lower=None if keep_scored else lower,
-                                    partition_pairs=partition_pairs, workers=workers)
+                                    partition_pairs=partition_pairs, workers=workers,
+                                    progress=progress)
     warnings = _model_warnings(model)
     if warnings:  # no plausible match class: every record is its own cluster
         return LinkResult(matches=scored.iloc[:0], review=scored.iloc[:0], model=model,

@@ -157,4 +157,7 @@ def test_cli_links_and_reports(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "matched pairs: 6" in result.output
     assert str(out) in result.output
+    # long work says what it did, step by step (counts only, never a value)
+    assert "l.csv: 6 records read and encoded" in result.output
+    assert "blocking planned" in result.output and "model fitted" in result.output
     assert parse_fields(["address=a", "address=b"]) == {"address": ["a", "b"]}

@@ -381,7 +381,11 @@ def test_partitioned_link_decides_as_one_run(two_files: tuple) -> None:
             one.matches.sort_values(["left", "right"]).reset_index(drop=True))
         assert parts.blocking.pairs == one.blocking.pairs
     # fitted on a sample of left records when partitioned: as good, same prior scale
-    fitted = P.link(left, right, partition_pairs=500, workers=2)
+    said: list[str] = []
+    fitted = P.link(left, right, partition_pairs=500, workers=2, progress=said.append)
+    scored = [m for m in said if m.startswith("partition ")]
+    total = int(said[0].split(", ")[-1].split()[0])  # "... N partition(s)"
+    assert total > 1 and len(scored) == total and scored[-1].startswith(f"partition {total}/")
     precision, recall = f1(_pair_set(fitted.matches), truth)
     assert precision >= 0.99 and recall >= 0.95
     assert fitted.model.prior == pytest.approx(model.prior, rel=0.5)
