@@ -54,13 +54,14 @@ class AuditWriter:
     """A thread committing queued audit entries in batches (`governance.audit.record_many`);
     `write` waits for its entry's commit.
 
-    A batch's waiting requests are woken with one call into their event loop, not one each:
-    under load a batch holds tens of entries, and each wake-up costs the loop a turn."""
+    The thread is handed each turn of an event loop's entries at once, and wakes a batch's
+    waiting requests with one call into their loop: under load a turn and a batch hold tens
+    of requests, and waking a thread costs more than appending to a list."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # SimpleQueue: put is one C call, where Queue.put takes a lock and a condition.
-        self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Waiting] | None] = queue.SimpleQueue()
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Waiting]] = {}
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -76,9 +77,17 @@ class AuditWriter:
         """Queue one entry and return once it is committed (raises if it could not be)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._ensure_started()
-        self._queue.put((entry, loop, future))
+        waiting = self._pending.get(loop)
+        if waiting is None:  # the first entry of this turn: hand them over after it
+            waiting = self._pending[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        waiting.append((entry, loop, future))
         await future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give the writer thread what this loop's last turn queued (runs on the loop)."""
+        self._ensure_started()
+        self._queue.put(self._pending.pop(loop))
 
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -90,7 +99,7 @@ class AuditWriter:
             item = self._queue.get()
             if item is None:
                 return
-            batch = [item]
+            batch = list(item)
             stop = False
             while len(batch) < BATCH:
                 try:
@@ -100,7 +109,7 @@ class AuditWriter:
                 if more is None:
                     stop = True
                     break
-                batch.append(more)
+                batch.extend(more)
             _settle(batch, self._commit([entry for entry, _, _ in batch]))
             if stop:
                 return
