@@ -332,6 +332,12 @@ def test_an_aggregate_is_answered_again_from_what_was_sent(world: World) -> None
     again = world.call("analyst", "GET", "/aggregates?tier=high&by=practice&by=tier")
     assert first.status_code == again.status_code == 200
     assert first.content == again.content and first.json()["filters"] == {"tier": ["high"]}
+    own = world.call("analyst", "GET", f"/aggregates?by=tier&practice={OWN_PRACTICE}").json()
+    true = sum(p == OWN_PRACTICE for p in world.practice.values())
+    assert true > 7 and abs(own["total"]["count"] - true) <= 2  # rounded to the nearest 5
+    assert own["filters"] == {"practice": [OWN_PRACTICE]}
+    nobody = world.call("analyst", "GET", "/aggregates?by=tier&practice=Z99999").json()
+    assert nobody["cells"] == [] and nobody["total"]["count"] == 0
 
 
 @pytest.mark.parametrize("histogram", [True, False])

@@ -139,6 +139,21 @@ def test_close_drains_what_was_queued(haven) -> None:
         assert connection.execute(select(func.count()).select_from(audit_log)).scalar() == 3
 
 
+def test_entries_queued_before_a_close_are_committed_first(haven) -> None:
+    loop = asyncio.new_event_loop()
+    writer = AuditWriter(haven.engine)
+    waiting = [(entry(i), loop, loop.create_future()) for i in range(3)]
+    writer._queue.put(waiting[:2])
+    writer._queue.put(waiting[2:])
+    writer._queue.put(None)  # closing, with the batch still being gathered
+    writer._ensure_started()
+    writer._thread.join(timeout=10)
+    assert not writer._thread.is_alive()
+    loop.run_until_complete(asyncio.gather(*(future for _, _, future in waiting)))
+    loop.close()
+    assert audit.verify(haven.engine).entries == 3
+
+
 @pytest.mark.parametrize("status, outcome", [(200, "ok"), (401, "unauthenticated"),
                                              (403, "denied"), (404, "not_found"),
                                              (422, "refused"), (503, "error")])
