@@ -129,7 +129,7 @@ def people(columns: dict[str, list[Any]], visible: frozenset[str], first_rank: i
             moved = TIER_RANK[tier] - TIER_RANK[before]
         else:
             moved = None
-        shown_reasons = reasons.split("; ") if reasons else []
+        shown_reasons = _listed(reasons, None, "; ")
         if shown_reasons and filter_reasons:
             own = [g[i] for g in groups[:len(shown_reasons)]]
             if hidden is None or len(own) < len(shown_reasons) or None in own:
@@ -137,7 +137,6 @@ def people(columns: dict[str, list[Any]], visible: frozenset[str], first_rank: i
             else:
                 shown_reasons = [r for r, g in zip(shown_reasons, own, strict=True)
                                  if g in known and g not in hidden]
-        listed = sources.split(";") if sources else []
         out.append({
             "rank": first_rank + i, "person_key": key,
             "probability": None if probability is None or probability != probability
@@ -145,12 +144,20 @@ def people(columns: dict[str, list[Any]], visible: frozenset[str], first_rank: i
             "tier": tier, "previous_tier": before,
             "change": None if change is None or change != change else round(change, 4),
             "tier_change": moved, "practice": practice, "age_band": age_band, "sex": sex,
-            "conditions": (conditions.split(";") if conditions else []) if show_conditions
-            else [],
+            "conditions": _listed(conditions, None) if show_conditions else [],
             "reasons": shown_reasons,
-            "sources": listed if everything else [s for s in listed if s in visible],
+            "sources": _listed(sources, None if everything else visible),
         })
     return out
+
+
+@lru_cache(maxsize=8192)
+def _listed(text: str | None, visible: frozenset[str] | None, separator: str = ";"
+            ) -> list[str]:
+    """A stored list (`_split`), only its entries in `visible` (None: all of them). Pages
+    repeat few distinct lists, so each is split once; the list is shared: never change it."""
+    entries = text.split(separator) if text else []
+    return entries if visible is None else [e for e in entries if e in visible]
 
 
 def risk_assessment(row: dict[str, Any], visible: frozenset[str], run: Any) -> dict[str, Any]:
