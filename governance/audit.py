@@ -117,8 +117,9 @@ def record(
 ENTRY_FIELDS = ("actor", "role", "org", "purpose", "action", "resource", "n_records", "outcome",
                 "detail")
 # Built once: a statement SQLAlchemy has seen is compiled from its cache, not again.
-_LOCK_HEAD = update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq)
-_READ_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+# Locks the head row and reads it in one statement (appends serialise on both backends).
+_LOCK_HEAD = update(audit_head).where(audit_head.c.id == 1).values(
+    seq=audit_head.c.seq).returning(audit_head.c.seq, audit_head.c.hash)
 _NEW_HEAD = insert(audit_head).values(id=1, seq=0, hash=GENESIS)
 _INSERT_ENTRIES = insert(audit_log)
 _MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(
@@ -144,9 +145,11 @@ def record_many(target: Connection | Engine, entries: Sequence[Mapping[str, Any]
         return []
     for entry in entries:
         _refuse_identifiers(entry["resource"], json.dumps(entry["detail"], default=str))
-    if target.execute(_LOCK_HEAD).rowcount == 0:  # lock the head row: appends serialise
+    head = target.execute(_LOCK_HEAD).first()
+    if head is None:  # the first entry ever
         target.execute(_NEW_HEAD)
-    seq, previous = target.execute(_READ_HEAD).one()
+        head = (0, GENESIS)
+    seq, previous = head
     when = at or datetime.now(UTC)
     when_text = _canonical_time(when)
     rows = []
