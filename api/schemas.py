@@ -191,7 +191,7 @@ class ScoreJobRequest(BaseModel):
         "at": "2025-04-01", "seed": 0, "model": None, "purpose": "commissioning"}]})
     at: dt.date
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    model: Literal["rule", "logistic", "boosting"] | None = Field(
+    model: Literal["rule", "logistic", "boosting", "blend"] | None = Field(
         None, description="Candidate model to score with; by default the best on validation.")
     purpose: Literal["commissioning", "case_finding"] = Field(
         "commissioning", description="Purpose the run is scored for: its opt-out rules decide "

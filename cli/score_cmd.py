@@ -28,12 +28,14 @@ def latest_run_id(haven: Haven) -> str | None:
 
 
 def run_score(haven: Haven, at: dt.date, seed: int = 0,
-              console: Console | None = None, purpose: str = "commissioning") -> dict:
+              console: Console | None = None, purpose: str = "commissioning",
+              model: str | None = None) -> dict:
     """Score everyone at `at` and record the run; shared by the CLI, demo and API jobs.
 
     Rows the purpose may not use (opt-outs in force at `at`, by the policy table) are left out
     before anything is read by the model: for commissioning, a national data opt-out removes
-    the person; a type 1 objection removes their GP data.
+    the person; a type 1 objection removes their GP data. `model` overrides the candidate
+    chosen on validation (rule, logistic, boosting or blend).
     """
     from stratify.run import save_run, score
 
@@ -49,7 +51,7 @@ def run_score(haven: Haven, at: dt.date, seed: int = 0,
     say(f"training on history before {at.isoformat()} and scoring "
         f"{sum(len(f) for f in sources.values()):,} linked rows")
     # Opt-outs were applied above, by the policy table, so the model reads only what it may.
-    run = score(sources, at, seed=seed, previous=previous, respect_optouts=False)
+    run = score(sources, at, seed=seed, previous=previous, respect_optouts=False, model=model)
     folder = save_run(run, haven.settings.runs_dir / run.run_id)
     used = sorted({e for ids in run.extract_ids.values() for e in ids})
     with haven.engine.begin() as connection:
@@ -63,7 +65,8 @@ def run_score(haven: Haven, at: dt.date, seed: int = 0,
                                        "thresholds": run.thresholds}))
         audit.record(connection, haven.actor, "score.run", f"run/{run.run_id}",
                      n_records=int(len(run.scores)), purpose=purpose,
-                     detail={"model": run.model, "extracts": len(used)})
+                     detail={"model": run.model, "extracts": len(used),
+                             "chosen_by": run.metrics.get("chosen_by", "validation")})
     return {"run_id": run.run_id, "folder": str(folder), "persons": int(len(run.scores)),
             "model": run.model, "tiers": run.metrics.get("tiers", {}),
             "thresholds": run.thresholds}
@@ -96,6 +99,9 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         at: str = typer.Option(..., "--at", help="Reference date (YYYY-MM-DD)."),
         seed: int = typer.Option(0, "--seed"),
+        model: str | None = typer.Option(
+            None, "--model", help="Score with this candidate (rule, logistic, boosting, blend) "
+                                  "instead of the best on validation."),
     ) -> None:
         """Train on the years before DATE, score everyone alive and registered at DATE."""
         try:
@@ -104,7 +110,12 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--at must be a date YYYY-MM-DD", param_hint="--at") \
                 from exc
         console = Console()
-        result = run_score(ctx.obj, day, seed, console)
+        try:
+            result = run_score(ctx.obj, day, seed, console, model=model)
+        except ValueError as exc:
+            if model is None or "candidate model" not in str(exc):
+                raise
+            raise typer.BadParameter(str(exc), param_hint="--model") from exc
         console.print(f"score run {result['run_id']}: {result['persons']:,} persons, "
                       f"model {result['model']}; tiers {json.dumps(result['tiers'])}; "
                       f"written to {result['folder']}")

@@ -8,6 +8,7 @@ metrics) and `model.joblib` (the fitted models, calibrators and feature list).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -141,14 +142,16 @@ def _run_id(at: dt.date, seed: int, ids: dict[str, list[str]], version: str) -> 
 def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
           previous: pd.DataFrame | None = None, bundle: ModelBundle | None = None,
           respect_optouts: bool = False, max_train_persons: int | None = 400_000,
-          threads: int | None = None) -> ScoreRun:
+          threads: int | None = None, model: str | None = None) -> ScoreRun:
     """Score everyone alive and registered at `at`; see the module docstring.
 
     `previous`: an earlier run's scores (`person_key`, `probability`, `tier`) to report change.
     `bundle`: a fitted model to reuse (else one is trained for `at`). Opt-outs are applied
     before this by governance's `purpose_filter` (which rows each purpose may use); only when
     called without it, `respect_optouts=True` leaves out persons with a type 1 or national data
-    opt-out in force and social care rows of persons who withdrew consent.
+    opt-out in force and social care rows of persons who withdrew consent. `model`: score with
+    this candidate instead of the one chosen on validation (a super user's choice, recorded in
+    the run's metrics and part of its id).
     """
     sources = dict(sources)
     excluded: set[str] = set()
@@ -172,6 +175,7 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
         if bundle is None:
             bundle = train(con, at, seed, max_train_persons=max_train_persons)
             lap("train")
+        bundle = choose_model(bundle, model)
         X = features_from(con, at, bundle.lookback_months)
         if excluded:
             X = X[~X.index.isin(excluded)]
@@ -214,8 +218,10 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
                "mean_probability": float(np.mean(chosen)) if len(chosen) else float("nan"),
                "tiers": {k: int(v) for k, v in tier_counts.items()},
                "selection": bundle.selection, "training": bundle.metrics,
-               "seconds": seconds, "reasons_method": reasons_method}
-    return ScoreRun(run_id=_run_id(at, seed, ids, bundle.version), at=at,
+               "seconds": seconds, "reasons_method": reasons_method,
+               "chosen_by": bundle.extra.get("chosen_by", "validation")}
+    version = bundle.version if model is None else f"{bundle.version}/{bundle.chosen}"
+    return ScoreRun(run_id=_run_id(at, seed, ids, version), at=at,
                     model_version=bundle.version, model=bundle.chosen, seed=seed,
                     thresholds=cut, extract_ids=ids, metrics=metrics, scores=scores,
                     candidates=candidates, bundle=bundle,
@@ -225,6 +231,18 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
                           "features": bundle.features,
                           "codelists_digest": bundle.codelists_digest,
                           "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+
+
+def choose_model(bundle: ModelBundle, model: str | None) -> ModelBundle:
+    """The bundle scoring with `model` (None: as chosen on validation); ValueError naming the
+    candidates when it has no such model."""
+    if model is None or model == bundle.chosen:
+        return bundle
+    if model not in bundle.models:
+        raise ValueError(f"no candidate model {model!r}; candidates: "
+                         f"{', '.join(sorted(bundle.models))}")
+    return dataclasses.replace(bundle, chosen=model, extra={
+        **bundle.extra, "chosen_by": "user", "best_on_validation": bundle.chosen})
 
 
 def save_run(run: ScoreRun, directory: Path | str) -> Path:

@@ -51,8 +51,8 @@ def test_score_job_passes_date_and_seed_and_reports_failure_by_kind(world: World
                                                                     monkeypatch) -> None:
     seen = {}
 
-    def run_score(haven, at, seed=0, console=None, purpose="commissioning"):
-        seen.update(at=at, seed=seed, actor=haven.actor, purpose=purpose)
+    def run_score(haven, at, seed=0, console=None, purpose="commissioning", model=None):
+        seen.update(at=at, seed=seed, actor=haven.actor, purpose=purpose, model=model)
         raise RuntimeError("details that must not leave the job")
 
     monkeypatch.setattr(jobs, "stage", lambda kind: run_score)
@@ -63,9 +63,20 @@ def test_score_job_passes_date_and_seed_and_reports_failure_by_kind(world: World
     assert seen["purpose"] == "case_finding"
     assert seen["actor"].user == "super-user" and seen["actor"].org == "X26"
     assert job["status"] == "failed" and job["error"] == "RuntimeError in the score stage"
+    assert seen["model"] is None
     chosen = world.call("super_user", "POST", "/jobs/score",
                         json={"at": "2025-04-01", "model": "boosting"})
-    assert chosen.status_code == 409 and "model" in chosen.json()["detail"]
+    assert chosen.status_code == 202
+    wait(world, chosen.json()["job_id"])
+    assert seen["model"] == "boosting"
+    unknown = world.call("super_user", "POST", "/jobs/score",
+                         json={"at": "2025-04-01", "model": "oracle"})
+    assert unknown.status_code == 422
+    # a stage that cannot take a parameter refuses the job rather than ignoring it
+    monkeypatch.setattr(jobs, "stage", lambda kind: lambda haven, at, seed=0: None)
+    refused = world.call("super_user", "POST", "/jobs/score",
+                         json={"at": "2025-04-01", "model": "boosting"})
+    assert refused.status_code == 409 and "model" in refused.json()["detail"]
 
 
 def test_one_job_at_a_time(world: World, monkeypatch) -> None:

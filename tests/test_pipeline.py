@@ -50,6 +50,8 @@ def test_land_link_score_export_report(haven, population, tmp_path, capsys):
     meta = json.loads((population / "truth" / "meta.json").read_text())
     assert main(["score", "--at", meta["score_date"]], env) == 0
     assert "score run" in capsys.readouterr().out
+    assert main(["score", "--at", meta["score_date"], "--model", "oracle"], env) == 2
+    assert "candidates: " in capsys.readouterr().err
     out = tmp_path / "scores.csv"
     assert main(["scores", "export", "--out", str(out)], env) == 0
     scores = pd.read_csv(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stratify.evaluate import evaluate, summary
@@ -43,3 +44,13 @@ def test_end_to_end_on_synthetic_persons(synth_data: SynthData, tmp_path: Path) 
     outcome = ev.frame["outcome"]
     assert (events.reindex(outcome.index).astype(int) == outcome).mean() > 0.99
     assert write_report(ev, tmp_path, run=run).exists()
+    # a super user's choice of candidate: scored with it, recorded, and a run of its own
+    other = next(m for m in ("logistic", "rule") if m != run.model)
+    chosen = score(synth_data.sources, at, seed=0, bundle=run.bundle, model=other)
+    assert chosen.model == other and chosen.metrics["chosen_by"] == "user"
+    assert run.metrics["chosen_by"] == "validation"
+    assert chosen.run_id != run.run_id
+    assert np.allclose(chosen.scores["probability"].to_numpy(),
+                       chosen.candidates[other].to_numpy())
+    with pytest.raises(ValueError, match="candidates: .*logistic"):
+        score(synth_data.sources, at, seed=0, bundle=run.bundle, model="oracle")
