@@ -17,11 +17,11 @@ from collections.abc import Sequence
 
 import casbin
 from casbin.util import key_match
-from sqlalchemy import Column, Engine, Integer, String, func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy_adapter import Adapter
 
-from governance import audit, store
+from governance import audit, schema, store
 from governance.audit import Actor
 from governance.settings import Settings
 from policies import POLICIES_DIR
@@ -55,23 +55,14 @@ class _Base(DeclarativeBase):
 
 
 class CasbinRule(_Base):
-    """The adapter's rule table with a seventh value column: Haven's `p` rules have seven
-    fields (role, org, resource, action, purpose, source, scope); the adapter's own class
-    stops at six."""
+    """The adapter's rule class over `governance.schema.casbin_rule` (made by migration), which
+    has a seventh value column: Haven's `p` rules have seven fields (role, org, resource,
+    action, purpose, source, scope); the adapter's own class stops at six."""
 
-    __tablename__ = "casbin_rule"
-    id = Column(Integer, primary_key=True)
-    ptype = Column(String(255))
-    v0 = Column(String(255))
-    v1 = Column(String(255))
-    v2 = Column(String(255))
-    v3 = Column(String(255))
-    v4 = Column(String(255))
-    v5 = Column(String(255))
-    v6 = Column(String(255))
+    __table__ = schema.casbin_rule
 
     def __str__(self) -> str:
-        values = (self.v0, self.v1, self.v2, self.v3, self.v4, self.v5, self.v6)
+        values = [getattr(self, f"v{i}") for i in range(7)]
         return ", ".join([self.ptype] + [v for v in values if v is not None])
 
 
@@ -85,7 +76,7 @@ class AccessPolicy:
     def __init__(self, engine: Engine, settings: Settings, refresh_seconds: float = 2.0) -> None:
         self.engine = engine
         self.refresh_seconds = refresh_seconds
-        self.adapter = Adapter(engine, db_class=CasbinRule)
+        self.adapter = Adapter(engine, db_class=CasbinRule, create_table=False)
         self._table = CasbinRule.__table__
         self._seed(settings)
         self._lock = threading.RLock()

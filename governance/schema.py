@@ -166,3 +166,15 @@ policy_overrides = Table(
     Column("changed_at", DateTime(timezone=True), nullable=False),
     Column("changed_by", String(64), nullable=False),
 )
+
+# The access policy (Casbin rules, read and written through `sqlalchemy_adapter` by the API):
+# created by migration like every table, so the application's role needs no CREATE right.
+# Seven value columns: Haven's `p` rules are (role, org, resource, action, purpose, source,
+# scope).
+casbin_rule = Table(
+    "casbin_rule",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ptype", String(255)),
+    *(Column(f"v{i}", String(255)) for i in range(7)),
+)

@@ -80,3 +80,32 @@ def test_retention_dates_and_the_shipped_tables(haven):
     assert retention_date("apc", dt.date(2024, 3, 31), haven.engine) == dt.date(2027, 3, 31)
     with pytest.raises(ValueError, match="no row for source 'unknown'"):
         retention_date("unknown", dt.date(2024, 3, 31))
+
+
+def test_the_access_policy_table_is_migrated_and_an_adapter_made_one_is_kept(tmp_path: Path):
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from governance.db import alembic_config, engine_for, migrate
+
+    engine = engine_for(Settings(home=tmp_path))
+    with engine.begin() as connection:  # a database from before 0002: the adapter made it
+        config = alembic_config(engine)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(text("CREATE TABLE casbin_rule (id INTEGER PRIMARY KEY, "
+                                "ptype VARCHAR(255), v0 VARCHAR(255), v1 VARCHAR(255), "
+                                "v2 VARCHAR(255), v3 VARCHAR(255), v4 VARCHAR(255), "
+                                "v5 VARCHAR(255), v6 VARCHAR(255))"))
+        connection.execute(text("INSERT INTO casbin_rule (ptype, v0) VALUES ('g', 'kept')"))
+    migrate(engine)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT v0 FROM casbin_rule")).scalars().all() == ["kept"]
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() \
+            == "0002"
+    fresh = engine_for(Settings(home=tmp_path / "fresh"))
+    migrate(fresh)
+    columns = {c["name"] for c in inspect(fresh).get_columns("casbin_rule")}
+    assert columns == {"id", "ptype", *(f"v{i}" for i in range(7))}
+    engine.dispose()
+    fresh.dispose()
