@@ -138,18 +138,19 @@ def suppress_grid(table: pd.DataFrame, rule: Rule | None = None,
     together: no hidden cell or total can be solved for from the figures shown."""
     rule = rule or Rule.load()
     values = table.astype("int64")
+    grid = values.to_numpy()  # read by position: a label lookup per cell is slow on big grids
     true: dict[Hashable, int] = {}
     groups: list[tuple[Hashable, list[Hashable]]] = []
-    for r in values.index:
-        for c in values.columns:
-            true[("cell", r, c)] = int(values.loc[r, c])
-    for r in values.index:
-        true[("row", r)] = int(values.loc[r].sum())
+    for i, r in enumerate(values.index):
+        for j, c in enumerate(values.columns):
+            true[("cell", r, c)] = int(grid[i, j])
+    for i, r in enumerate(values.index):
+        true[("row", r)] = int(grid[i].sum())
         groups.append((("row", r), [("cell", r, c) for c in values.columns]))
-    for c in values.columns:
-        true[("col", c)] = int(values[c].sum())
+    for j, c in enumerate(values.columns):
+        true[("col", c)] = int(grid[:, j].sum())
         groups.append((("col", c), [("cell", r, c) for r in values.index]))
-    true[("total",)] = int(values.to_numpy().sum())
+    true[("total",)] = int(grid.sum())
     groups.append((("total",), [("row", r) for r in values.index]))
     groups.append((("total",), [("col", c) for c in values.columns]))
     hidden = protect(true, groups, rule)
