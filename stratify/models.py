@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+from scipy import special
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
@@ -39,8 +40,8 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 
 def expit(z: np.ndarray) -> np.ndarray:
-    """The logistic function."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=float)))
+    """The logistic function (scipy's: no overflow for very negative log-odds)."""
+    return special.expit(np.asarray(z, dtype=float))
 
 
 def baseline_values(X: pd.DataFrame) -> pd.Series:
