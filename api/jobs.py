@@ -155,7 +155,8 @@ class JobRunner:
 
 
 def _summary(result: Any) -> dict[str, Any]:
-    """Counts and ids from a stage's result (JSON-safe, nothing row-level)."""
+    """Counts and ids from a stage's result (JSON-safe, nothing row-level, and no path on the
+    server's disks)."""
     data = result.to_json() if hasattr(result, "to_json") else result
     if not isinstance(data, dict):
         return {}
@@ -165,4 +166,8 @@ def _summary(result: Any) -> dict[str, Any]:
             return all(isinstance(v, (int, float)) for v in value.values())
         return value is None or isinstance(value, (str, int, float, bool))
 
-    return {key: value for key, value in data.items() if plain(value)}
+    def server_path(value: Any) -> bool:
+        return isinstance(value, str) and (value.startswith(("/", "~")) or ":\\" in value)
+
+    return {key: value for key, value in data.items()
+            if plain(value) and not server_path(value)}

@@ -79,6 +79,17 @@ def test_score_job_passes_date_and_seed_and_reports_failure_by_kind(world: World
     assert refused.status_code == 409 and "model" in refused.json()["detail"]
 
 
+def test_a_job_result_holds_counts_and_ids_but_no_server_path(world: World,
+                                                               monkeypatch) -> None:
+    monkeypatch.setattr(jobs, "stage", lambda kind: lambda haven, at, seed=0, purpose="": {
+        "run_id": "score-2025-04-01-abc", "persons": 3, "folder": "/srv/haven/runs/x",
+        "tiers": {"low": 3}, "rows": [{"person_key": "P1"}]})
+    started = world.call("super_user", "POST", "/jobs/score", json={"at": "2025-04-01"})
+    job = wait(world, started.json()["job_id"])
+    assert job["result"] == {"run_id": "score-2025-04-01-abc", "persons": 3,
+                             "tiers": {"low": 3}}
+
+
 def test_one_job_at_a_time(world: World, monkeypatch) -> None:
     release = __import__("threading").Event()
     monkeypatch.setattr(jobs, "stage", lambda kind: lambda haven, **_: release.wait(5))
