@@ -143,3 +143,20 @@ def test_only_new_rows_are_retried_unless_the_registers_change(haven, landing, i
                                                                            seed=12)))
     _index(haven, matcher)
     assert sorted(seen[2:]) == [2, 3]  # a new register: every unlinked row is tried again
+
+
+def test_the_map_is_written_a_slice_at_a_time_and_reads_back_whole(haven):
+    frame = pd.DataFrame({
+        "extract_id": ["e1"] * 5, "source": ["apc"] * 5, "row": [1, 2, 3, 4, 5],
+        "person_id": ["a", "a", None, "b", "c"], "person_key": ["Pa", "Pa", "Pr", "Pb", "Pc"],
+        "method": ["nhs_number"] * 2 + ["unlinked"] + ["nhs_number"] * 2,
+        "weight": [None, None, None, None, None], "via_extract": [None] * 5,
+        "client_key": [None] * 5})
+    person_index._write_map(haven.settings, frame, slice_rows=2)
+    back = person_index.read_link_map(haven.settings)
+    assert back["row"].tolist() == [1, 2, 3, 4, 5]
+    assert back["person_key"].tolist() == frame["person_key"].tolist()
+    assert pq.ParquetFile(haven.settings.index_dir / person_index.LINK_MAP).metadata \
+        .num_row_groups == 3
+    person_index._write_map(haven.settings, frame.iloc[:0])
+    assert len(person_index.read_link_map(haven.settings)) == 0
