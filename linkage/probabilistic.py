@@ -1,19 +1,20 @@
 """Probabilistic linkage on keyed encodings: blocking, comparison, Fellegi-Sunter scores, decisions.
 
 Everything here works on frames of `lk_*` columns made by `linkage.encodings` (never on clear
-values) and on record *positions* (0..n-1 within the frames given), so a caller can run one
-partition at a time and map positions back to its own ids. Partitioned use: fit one
-`MatchModel` (on a sample or the first partition; it serialises with `to_dict`), then pass it as
-`model=` to `link`/`dedupe`, or call `candidate_pairs` + `score` per partition. Its `prior` is
-P(match) for two random records of the space it was fitted on; for a space of another size
-re-estimate it (`estimate_prior` on the new weights, `dataclasses.replace(model, prior=...)`).
+values) and on record *positions* (0..n-1 within the frames given), so a caller can map
+positions back to its own ids. `link` and `dedupe` take inputs of any size: blocking is
+planned once on the whole inputs, then the left records are scored a partition at a time
+(about `PARTITION_PAIRS` candidate pairs each), several partitions at once in threads. A
+fitted `MatchModel` serialises with `to_dict` and can be passed back as `model=`; its `prior`
+is P(match) for two random records, whatever the partition size.
 
 Pipeline (what `link` and `dedupe` do; each step is also public):
-1. `candidate_pairs` - union of blocking passes. A pass is a tuple of encoding columns that must
-   all be present and equal (e.g. keyed Soundex of surname + year-month of birth). Joins are
-   vectorised (sort, group, repeat), never Python loops over pairs; a block whose pair count
+1. `plan_blocking` + `pairs_for_rows` (or `candidate_pairs` for everything at once) - union of
+   blocking passes. A pass is a tuple of encoding columns that must all be present and equal
+   (e.g. keyed Soundex of surname + year-month of birth). Joins are vectorised (sort, group,
+   repeat), never Python loops over pairs; a block whose pair count on the whole inputs
    exceeds `max_block_pairs` is skipped for that pass (other passes still catch its true pairs)
-   and counted; the union is bounded by `max_pairs` (partition the input if it is exceeded).
+   and counted; a pass keeps only the pairs no earlier pass made, so the union needs no sort.
 2. `compare` - one small-integer level per field (0 missing, 1 disagree, higher = closer): exact
    equality of keyed hashes, Dice similarity of keyed bigram Bloom filters (np.bitwise_count on
    AND-ed 64-bit words), phonetic agreement, partial dates (day/month swap, two of three
@@ -43,16 +44,20 @@ Pipeline (what `link` and `dedupe` do; each step is also public):
    Choice, by the figures of bench/linkage.py (encoded only; logistic trained on true labels of
    half the candidate pairs, an optimistic stand-in for NHS-number labels):
      FEBRL4 F1: ecm 1.0000, logistic 0.9994; FEBRL3: both 0.9997.
-     Generated 50k x 50k with planted typo'd copies, 50% shared: ecm 0.994, logistic 0.993,
-     one ECM over all candidates 0.955; 2% shared: ecm 0.993, logistic 0.970, one ECM over all
+     Generated 50k x 50k with planted typo'd copies, 50% shared: ecm 0.994, logistic 0.994,
+     one ECM over all candidates 0.956; 2% shared: ecm 0.992, logistic 0.970, one ECM over all
      candidates finds no plausible match class. (Third decimals move by about 0.001 with the
      random key, through Bloom-filter collisions.)
-   So ECM is the default for `link-files` and the person index: as good as labels where labels
-   are plentiful, better where matches are rare, and NHS-labelled pairs are biased anyway
-   (records carrying an NHS number are better recorded than the ones linkage is for).
+   So ECM is the default for `link-files`: as good as labels where labels are plentiful,
+   better where matches are rare, and NHS-labelled pairs are biased anyway (records carrying
+   an NHS number are better recorded than the ones linkage is for). The person index, which
+   links rows to a register of persons, has its own supervised matcher trained on a sample
+   of NHS-labelled rows (`linkage/index_matcher.py`).
    `method="auto"` uses logistic only with >= 200 labelled pairs of each kind.
    A fitted model whose match class is implausible (agreement on some field makes a match less
    likely: `MatchModel.implausible_fields`) makes no links and says so in `LinkResult.warnings`.
+   Term frequencies (ecm): exact agreement on a name is weighed by how common the keyed value
+   is (`term_frequency_adjustment`; `pair_weights` = level weights + these terms).
 4. Decisions, on the posterior probability (from the weight and the model's prior, which is fixed
    once fitted, so decisions are consistent across partitions):
    * two files: `one_to_one` greedy assignment by weight (vectorised as rounds of mutually-best
