@@ -3,7 +3,8 @@
 A job calls the stage's own function (`cli.link_cmd.run_link`, `cli.score_cmd.run_score`) with
 the caller as the acting user, so the stage audits the run under their name. Its state is a
 small JSON file under `$HAVEN_HOME/jobs/`, readable by every API process; one job runs at a
-time. A job whose process died is reported as failed.
+time, across processes (a file lock covers the check and the start). A job whose process died
+is reported as failed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from cli.context import Haven
+from governance import store
 from governance.audit import Actor
 from governance.keys import KeyProvider
 from governance.settings import Settings
@@ -124,7 +126,8 @@ class JobRunner:
         unknown = [p for p, v in params.items() if v is not None and not accepts(function, p)]
         if unknown:
             raise JobRefused(f"the {kind} stage cannot take {', '.join(unknown)} yet")
-        with self._lock:
+        # The thread lock for this process, the file lock for the API's other processes.
+        with self._lock, store.data_lock(self.settings, "jobs"):
             if self._busy():
                 raise JobRefused("a job is already running")
             job = {"job_id": f"job-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}",

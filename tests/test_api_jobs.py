@@ -159,3 +159,37 @@ def test_exports_are_seen_only_by_their_organisation(world: World) -> None:
     assert info["recipient"] == "RR8" and info["rows"] == 40
     assert world.call("analyst", "POST", "/exports", json={"recipient": "RR8"}).status_code \
         == 403
+
+
+def test_one_job_at_a_time_across_processes(world: World, monkeypatch) -> None:
+    """Two API processes (two runners, each with its own thread lock) asked at once: one job."""
+    import threading
+
+    release = threading.Event()
+    monkeypatch.setattr(jobs, "stage", lambda kind: lambda haven, **_: release.wait(5))
+    haven = world.haven
+    runners = [jobs.JobRunner(haven.settings, haven.engine, haven.keys) for _ in range(2)]
+    for runner in runners:  # widen the window between "is one running?" and starting one
+        busy = runner._busy
+        monkeypatch.setattr(runner, "_busy", lambda busy=busy: (busy(), time.sleep(0.2))[0])
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def ask(runner: jobs.JobRunner) -> None:
+        barrier.wait()
+        try:
+            runner.start("link", SYSTEM)
+            outcomes.append("started")
+        except jobs.JobRefused:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=ask, args=(r,)) for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    release.set()
+    assert sorted(outcomes) == ["refused", "started"]
+    for runner in runners:
+        for thread in runner.threads.values():
+            thread.join(5)
