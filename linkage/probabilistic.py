@@ -134,6 +134,7 @@ class Encoded:
         self._keys: dict[str, np.ndarray] = {}
         self._bits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._pass_keys: dict[tuple[str, ...], np.ndarray] = {}
+        self._frequencies: dict[str, np.ndarray] = {}
         self._lock = threading.RLock()
 
     def has(self, name: str) -> bool:
@@ -160,10 +161,9 @@ class Encoded:
     def frequency(self, name: str) -> np.ndarray:
         """Per record: the share of records with a value of `lk_<name>` that have this one
         (0 where missing); what term-frequency adjustments weigh exact agreement by."""
-        cache = f"frequency:{name}"
-        if cache not in self._keys:
+        if name not in self._frequencies:
             with self._lock:
-                if cache not in self._keys:
+                if name not in self._frequencies:
                     keys = self.key(name)
                     present = np.flatnonzero(keys != 0)
                     out = np.zeros(self.n, dtype=np.float64)
@@ -171,8 +171,8 @@ class Encoded:
                         _, inverse, counts = np.unique(keys[present], return_inverse=True,
                                                        return_counts=True)
                         out[present] = counts[inverse] / len(present)
-                    self._keys[cache] = out
-        return self._keys[cache]
+                    self._frequencies[name] = out
+        return self._frequencies[name]
 
     def pass_key(self, columns: Sequence[str]) -> np.ndarray:
         """Combined int64 key of a blocking pass (0 where any element is missing)."""
