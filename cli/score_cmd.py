@@ -110,11 +110,11 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--at must be a date YYYY-MM-DD", param_hint="--at") \
                 from exc
         console = Console()
+        from stratify.run import UnknownModel
+
         try:
             result = run_score(ctx.obj, day, seed, console, model=model)
-        except ValueError as exc:
-            if model is None or "candidate model" not in str(exc):
-                raise
+        except UnknownModel as exc:
             raise typer.BadParameter(str(exc), param_hint="--model") from exc
         console.print(f"score run {result['run_id']}: {result['persons']:,} persons, "
                       f"model {result['model']}; tiers {json.dumps(result['tiers'])}; "

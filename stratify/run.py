@@ -220,7 +220,8 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
                "selection": bundle.selection, "training": bundle.metrics,
                "seconds": seconds, "reasons_method": reasons_method,
                "chosen_by": bundle.extra.get("chosen_by", "validation")}
-    version = bundle.version if model is None else f"{bundle.version}/{bundle.chosen}"
+    by_user = bundle.extra.get("chosen_by") == "user"
+    version = f"{bundle.version}/{bundle.chosen}" if by_user else bundle.version
     return ScoreRun(run_id=_run_id(at, seed, ids, version), at=at,
                     model_version=bundle.version, model=bundle.chosen, seed=seed,
                     thresholds=cut, extract_ids=ids, metrics=metrics, scores=scores,
@@ -233,14 +234,18 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
                           "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
 
 
+class UnknownModel(ValueError):
+    """A model was asked for that the run has no candidate of (the message names them)."""
+
+
 def choose_model(bundle: ModelBundle, model: str | None) -> ModelBundle:
-    """The bundle scoring with `model` (None: as chosen on validation); ValueError naming the
-    candidates when it has no such model."""
+    """The bundle scoring with `model` (None, or the validation's own choice: unchanged);
+    UnknownModel naming the candidates when it has no such model."""
     if model is None or model == bundle.chosen:
         return bundle
     if model not in bundle.models:
-        raise ValueError(f"no candidate model {model!r}; candidates: "
-                         f"{', '.join(sorted(bundle.models))}")
+        raise UnknownModel(f"no candidate model {model!r}; candidates: "
+                           f"{', '.join(sorted(bundle.models))}")
     return dataclasses.replace(bundle, chosen=model, extra={
         **bundle.extra, "chosen_by": "user", "best_on_validation": bundle.chosen})
 

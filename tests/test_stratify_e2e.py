@@ -10,7 +10,7 @@ import pytest
 
 from stratify.evaluate import evaluate, summary
 from stratify.report import write_report
-from stratify.run import score
+from stratify.run import UnknownModel, score
 from stratify_fixtures import SynthData, generate_synth, load_synth
 
 
@@ -52,5 +52,7 @@ def test_end_to_end_on_synthetic_persons(synth_data: SynthData, tmp_path: Path) 
     assert chosen.run_id != run.run_id
     assert np.allclose(chosen.scores["probability"].to_numpy(),
                        chosen.candidates[other].to_numpy())
-    with pytest.raises(ValueError, match="candidates: .*logistic"):
+    with pytest.raises(UnknownModel, match="candidates: .*logistic"):
         score(synth_data.sources, at, seed=0, bundle=run.bundle, model="oracle")
+    same = score(synth_data.sources, at, seed=0, bundle=run.bundle, model=run.model)
+    assert same.run_id == run.run_id and same.metrics["chosen_by"] == "validation"
