@@ -75,12 +75,11 @@ from synth.names import (  # noqa: E402
     SURNAME_LIST,
 )
 from synth.population import (  # noqa: E402
-    BAND_MALE,
-    BAND_SIZES,
     DAYS_PER_YEAR,
     DISTRICTS,
     INWARD_LETTERS,
     SCORE_DATE,
+    ages_and_sex,
 )
 
 UPPER, LOWER = 0.9, 0.5
@@ -169,13 +168,8 @@ def population(size: int, seed: int) -> pd.DataFrame:
     sizes = sizes[:np.searchsorted(ends, size) + 1]
     household = np.repeat(np.arange(len(sizes)), sizes)[:size]
     first = np.concatenate(([True], household[1:] != household[:-1]))
-    # ages and sex from the pyramid
-    band_sizes = np.array(BAND_SIZES, dtype=float)
-    band = rng.choice(band_sizes.size, size=size, p=band_sizes / band_sizes.sum())
-    age = band * 5 + rng.random(size) * 5
-    old = band == band_sizes.size - 1
-    age[old] = 90 + np.minimum(rng.exponential(3.5, old.sum()), 15) + rng.random(old.sum())
-    male = rng.random(size) < np.array(BAND_MALE)[band]
+    age, sex = ages_and_sex(size, rng)  # from synth's England pyramid
+    male = sex == 1
     dob = (SCORE_DATE - age * DAYS_PER_YEAR).astype(np.int64)
     # twins: the second member of 2% of multi-person households shares the first's birth
     second = np.flatnonzero(~first & np.concatenate(([False], first[:-1])))

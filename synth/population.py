@@ -241,7 +241,7 @@ def observable_probability(eta_lam: np.ndarray, eta_death: np.ndarray, length: f
     return out
 
 
-def _ages(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def ages_and_sex(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Age at the score date (years, continuous) and sex, from the pyramid."""
     sizes = np.array(BAND_SIZES, dtype=float)
     band = rng.choice(sizes.size, size=n, p=sizes / sizes.sum())
@@ -305,7 +305,7 @@ def _conditions(dob: np.ndarray, sex: np.ndarray, dep: np.ndarray,
 def build(n: int, seed: int) -> Population:
     """Draw the population and its latent trajectories through the four years."""
     rng = np.random.default_rng([seed, 1])
-    age_score, sex = _ages(n, rng)
+    age_score, sex = ages_and_sex(n, rng)
     dob = (SCORE_DATE - age_score * DAYS_PER_YEAR).astype(np.int64)
     places = _places(n, rng)
     dep = places["dep"]
