@@ -33,7 +33,7 @@ from api.guard import authorise
 from api.identity import Authenticator
 from api.jobs import JobRunner
 from api.release import NoRun, ReleaseStore
-from api.routes import admin, extracts, governance, jobs, meta, reidentify, release
+from api.routes import admin, extracts, governance, jobs, meta, reidentify, risk
 from api.trail import AuditMiddleware, AuditWriter
 from governance.db import open_database
 from governance.keys import KeyProvider
@@ -163,7 +163,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
                   docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
                   dependencies=[Depends(authorise)])
     app.state.services = services
-    for module in (meta, release, reidentify, extracts, jobs, governance, admin):
+    for module in (meta, risk, reidentify, extracts, jobs, governance, admin):
         app.include_router(module.router)
     problems.install(app)
     app.add_middleware(AuditMiddleware, writer=writer)

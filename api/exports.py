@@ -1,10 +1,10 @@
 """Exports of the current run for a named recipient, in that recipient's own pseudonyms.
 
 Each row's person key is replaced by the recipient's own pseudonym
-(`governance.release.recipient_pseudonym`: HMAC under the release key in the recipient's
-domain), so two recipients' files cannot be joined on the person and neither holds Haven's
-person key. CSV text cells that a spreadsheet would run as a formula (starting with `=`, `+`,
-`-`, `@`, tab or carriage return) are prefixed with `'`. An export is a folder
+(`governance.recipient_pseudonyms.recipient_pseudonym`: HMAC under the release key in the
+recipient's domain), so two recipients' files cannot be joined on the person and neither holds
+Haven's person key. CSV text cells that a spreadsheet would run as a formula (starting with
+`=`, `+`, `-`, `@`, tab or carriage return) are prefixed with `'`. An export is a folder
 `exports/<export_id>/` whose `export.json` names its run, so destroying the run (retention,
 `governance.retention.void_runs`) destroys the export too.
 """
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from governance.keys import KeyProvider
-from governance.release import recipient_pseudonyms
+from governance.recipient_pseudonyms import recipient_pseudonyms
 from governance.settings import Settings
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -148,7 +148,7 @@ else:
     import os
     from cli.context import Haven
     from governance.settings import Settings
-    from linkage.landing import LandingContext, land_file
+    from linkage.landing.land import LandingContext, land_file
     settings = Settings.from_environ({**os.environ, "HAVEN_HOME": home})
     haven = Haven(settings)
     ready = time.perf_counter()

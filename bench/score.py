@@ -27,7 +27,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stratify.features import connect, features_from  # noqa: E402
-from stratify.run import score  # noqa: E402
+from stratify.scoring import score  # noqa: E402
 from stratify.train import train  # noqa: E402
 
 START = np.datetime64("2022-04-01")

@@ -17,7 +17,7 @@ from rich.console import Console
 from cli.context import Haven
 from cli.link_cmd import run_link
 from cli.score_cmd import run_score, write_model_report
-from linkage.landing import LandingContext, land_path
+from linkage.landing.land import LandingContext, land_path
 
 DEMO_USERS = (
     ("ana.analyst", "X26", "analyst"),

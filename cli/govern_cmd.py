@@ -52,7 +52,7 @@ def dependents(haven: Haven) -> list[retention.Dependent]:
         return person_index.forget_extracts(haven.settings, haven.engine,
                                             haven.keys.current("linkage"), ids, match_profiles)
 
-    void = _stage_function("stratify.run", "void_runs")
+    void = _stage_function("stratify.scoring", "void_runs")
 
     def derived(ids: list[str]) -> dict[str, int]:
         if void is not None:  # stratify's own, once it provides one

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from cli.context import Haven
-from linkage.landing import LandingContext, land_path
+from linkage.landing.land import LandingContext, land_path
 
 
 def land_command(

@@ -28,8 +28,8 @@ def build_app(environ: Mapping[str, str]) -> typer.Typer:
 
     from cli.land_cmd import land_command
     app.command("land")(land_command)
-    _optional(app, "synth", "synth.cli", "synth_command")
-    _optional(app, "link-files", "linkage.link_files_cli", "link_files_command")
+    _optional(app, "synth", "cli.synth_cmd", "synth_command")
+    _optional(app, "link-files", "cli.link_files_cmd", "link_files_command")
     for register in _registrars():
         register(app)
     return app

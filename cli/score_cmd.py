@@ -37,7 +37,7 @@ def run_score(haven: Haven, at: dt.date, seed: int = 0,
     the person; a type 1 objection removes their GP data. `model` overrides the candidate
     chosen on validation (rule, logistic, boosting or blend).
     """
-    from stratify.run import save_run, score
+    from stratify.scoring import save_run, score
 
     say = console.print if console else (lambda *_a, **_k: None)
     say(f"reading linked, pseudonymised data for {at.isoformat()} ({purpose})")
@@ -76,7 +76,7 @@ def write_model_report(haven: Haven, run_id: str | None, out: Path | None) -> Pa
     """Evaluate a run on the 12 months after its date (from landed data) and write the report."""
     from stratify.evaluate import evaluate
     from stratify.report import write_report
-    from stratify.run import load_run
+    from stratify.scoring import load_run
 
     run_id = run_id or latest_run_id(haven)
     if run_id is None:
@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--at must be a date YYYY-MM-DD", param_hint="--at") \
                 from exc
         console = Console()
-        from stratify.run import UnknownModel
+        from stratify.scoring import UnknownModel
 
         try:
             result = run_score(ctx.obj, day, seed, console, model=model)

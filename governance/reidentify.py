@@ -20,9 +20,9 @@ from sqlalchemy import Engine
 
 from governance import audit, vault
 from governance.audit import Actor
+from governance.keyed_hash import nhs_pseudonym
 from governance.keys import KeyProvider
 from governance.optouts import opted_out
-from governance.pseudonyms import nhs_pseudonym
 
 PURPOSE = "case_finding"
 MIN_REASON = 10

@@ -32,8 +32,8 @@ from sqlalchemy import Engine, bindparam, func, select, update
 
 from governance import audit, store, vault
 from governance.audit import Actor
+from governance.keyed_hash import nhs_pseudonym
 from governance.keys import KeyProvider
-from governance.pseudonyms import nhs_pseudonym
 from governance.retention import LIVE
 from governance.schema import extracts, optouts
 from governance.settings import Settings

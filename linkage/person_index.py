@@ -38,7 +38,7 @@ from governance import store
 from governance.keys import Key
 from governance.schema import extracts
 from governance.settings import Settings
-from linkage.pseudonymise import keyed_hashes
+from linkage.landing.pseudonymise import keyed_hashes
 
 LINK_MAP = "link_map.parquet"
 REVIEW = "review.parquet"

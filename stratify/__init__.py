@@ -11,7 +11,7 @@ from stratify.evaluate import Evaluation, evaluate
 from stratify.features import build_features
 from stratify.outcomes import build_outcomes
 from stratify.report import write_report
-from stratify.run import ScoreRun, load_run, save_run, score
+from stratify.scoring import ScoreRun, load_run, save_run, score
 
 __all__ = ["Evaluation", "ScoreRun", "build_features", "build_outcomes", "evaluate",
            "load_run", "save_run", "score", "write_report"]

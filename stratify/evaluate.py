@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score
 
 from stratify.models import expit, logit
 from stratify.outcomes import OUTCOME_MONTHS, build_outcomes
-from stratify.run import ScoreRun
+from stratify.scoring import ScoreRun
 from stratify.tiers import TIERS
 
 TOP_SHARES = (0.005, 0.05, 0.20)

@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from stratify.evaluate import Evaluation  # noqa: E402
-from stratify.run import ScoreRun  # noqa: E402
+from stratify.scoring import ScoreRun  # noqa: E402
 from stratify.tiers import ORDER  # noqa: E402
 
 

@@ -27,7 +27,7 @@ from factories import person, rows_for, write_extract
 from governance.audit import SYSTEM
 from governance.schema import runs
 from linkage import person_index
-from linkage.landing import LandingContext, land_file
+from linkage.landing.land import LandingContext, land_file
 
 ROLES = ("analyst", "super_user", "mdt_clinician", "ig_lead", "admin", "council_uploader")
 ORGS = {"analyst": "X26", "super_user": "X26", "mdt_clinician": "B86001", "ig_lead": "X26",

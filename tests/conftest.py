@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from cli.context import Haven
 from governance.settings import Settings
-from linkage.landing import LandingContext
+from linkage.landing.land import LandingContext
 
 POSTGRES_URL = os.environ.get("HAVEN_TEST_POSTGRES_URL", "")
 

@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from linkage.contracts import CONTRACTS
+from linkage.landing.contracts import CONTRACTS
 
 
 def nhs_numbers(count: int, seed: int = 0) -> list[str]:

@@ -18,7 +18,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from linkage.contracts import CONTRACTS, DATE, DATETIME, DOB, ICD10, ICD10_LIST, INTEGER, NUMBER
+from linkage.landing.contracts import (
+    CONTRACTS,
+    DATE,
+    DATETIME,
+    DOB,
+    ICD10,
+    ICD10_LIST,
+    INTEGER,
+    NUMBER,
+)
 
 IDENTIFIERS = ("nhs_number", "date_of_birth", "postcode", "forename", "surname", "spell_id",
                "attendance_id", "appointment_id", "contact_id", "client_id", "consent")

@@ -41,7 +41,7 @@ def _social_care_upload(sender: str = "E08000035") -> tuple[dict, dict]:
     import csv
     import io
 
-    from linkage.contracts import CONTRACTS
+    from linkage.landing.contracts import CONTRACTS
 
     rows = rows_for("social_care", 3, seed=11)
     buffer = io.StringIO()

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from api.config import ApiConfig
 from factories import rows_for
 from governance.schema import audit_log, extracts
-from linkage.contracts import CONTRACTS
+from linkage.landing.contracts import CONTRACTS
 
 COUNCIL = "E08000035"
 

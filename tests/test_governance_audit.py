@@ -214,7 +214,7 @@ def test_application_role_cannot_update_or_delete_on_postgres(postgres_url, tmp_
     from governance.db import engine_for, migrate
     from governance.keys import KeyProvider
     from governance.settings import Settings
-    from linkage.landing import LandingContext, land_file
+    from linkage.landing.land import LandingContext, land_file
 
     owner = engine_for(Settings(home=tmp_path, database_url=postgres_url))
     migrate(owner)

@@ -15,12 +15,12 @@ from factories import nhs_numbers, rows_for, write_extract
 from governance import audit, optouts, retention, rotation, store, vault
 from governance.audit import SYSTEM, Actor
 from governance.db import alembic_config, engine_for
+from governance.keyed_hash import keyed_hash
 from governance.keys import KeyProvider
-from governance.pseudonyms import keyed_hash
 from governance.reidentify import Refused, reidentify
 from governance.settings import Settings
 from governance.suppression import suppress_table
-from linkage.landing import LandingContext, land_file
+from linkage.landing.land import LandingContext, land_file
 
 
 def test_digit_runs_that_are_not_nhs_numbers_are_allowed(haven):

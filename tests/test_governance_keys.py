@@ -12,15 +12,15 @@ from sqlalchemy import select
 
 from cli.main import main
 from factories import invalid_nhs, nhs_numbers, rows_for, write_extract
-from governance import audit, optouts, release, rotation, store, vault
+from governance import audit, optouts, recipient_pseudonyms, rotation, store, vault
 from governance.audit import Actor
+from governance.keyed_hash import nhs_pseudonym
 from governance.keys import KeyError_, KeyProvider
-from governance.pseudonyms import nhs_pseudonym
 from governance.reidentify import Refused, lookup_by_nhs_numbers, reason_category, reidentify
 from governance.schema import audit_log
 from linkage import person_index
-from linkage.landing import LandingContext, land_file
-from linkage.pseudonymise import pseudonymise_nhs
+from linkage.landing.land import LandingContext, land_file
+from linkage.landing.pseudonymise import pseudonymise_nhs
 
 MDT = Actor("dr.mdt", "mdt_clinician", "B86001", "case_finding")
 
@@ -103,14 +103,14 @@ def test_keys_rotate_command(haven, file_landing, file_keys, inbox, capsys):
 
 def test_recipient_pseudonyms_cannot_be_joined_but_map_back(file_keys):
     keys = ["P" + "a" * 20, "P" + "b" * 20]
-    first = release.recipient_pseudonyms(file_keys, "RECIPIENT-A", keys)
-    second = release.recipient_pseudonyms(file_keys, "recipient-b", keys)
+    first = recipient_pseudonyms.recipient_pseudonyms(file_keys, "RECIPIENT-A", keys)
+    second = recipient_pseudonyms.recipient_pseudonyms(file_keys, "recipient-b", keys)
     assert set(first.values()).isdisjoint(second.values())
     assert all(v.startswith("R") and len(v) == 21 for v in first.values())
-    assert release.resolve(file_keys, "recipient-a", [first[keys[1]]], keys) == {
+    assert recipient_pseudonyms.resolve(file_keys, "recipient-a", [first[keys[1]]], keys) == {
         first[keys[1]]: keys[1]}
     with pytest.raises(ValueError, match="named recipient"):
-        release.recipient_pseudonym(file_keys, " ", keys[0])
+        recipient_pseudonyms.recipient_pseudonym(file_keys, " ", keys[0])
 
 
 def _landed_gp(haven, landing, inbox, practice: str = "B86001"):
@@ -260,13 +260,13 @@ def test_an_interrupted_vault_rotation_is_finished_not_repeated(haven, file_land
 
 def test_releases_made_before_a_release_key_rotation_still_resolve(file_keys):
     person_keys = ["P" + "c" * 20, "P" + "d" * 20]
-    before = release.recipient_pseudonym(file_keys, "RX1", person_keys[0])
+    before = recipient_pseudonyms.recipient_pseudonym(file_keys, "RX1", person_keys[0])
     file_keys.rotate("release")
-    after = release.recipient_pseudonym(file_keys, "rx1", person_keys[0])
+    after = recipient_pseudonyms.recipient_pseudonym(file_keys, "rx1", person_keys[0])
     assert before != after
-    assert release.resolve_recipient_pseudonym(file_keys, "RX1", [before, after, "Rnone"],
-                                               person_keys) == {before: person_keys[0],
-                                                                after: person_keys[0]}
+    resolved = recipient_pseudonyms.resolve_recipient_pseudonym(
+        file_keys, "RX1", [before, after, "Rnone"], person_keys)
+    assert resolved == {before: person_keys[0], after: person_keys[0]}
 
 
 @pytest.mark.parametrize("reason, category", [

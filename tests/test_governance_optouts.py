@@ -16,7 +16,7 @@ from governance import optouts, store
 from governance.audit import SYSTEM
 from governance.schema import audit_log, extracts
 from governance.suppression import Rule, suppress, suppress_table
-from linkage.landing import LandingContext, land_file
+from linkage.landing.land import LandingContext, land_file
 
 NUMBERS = nhs_numbers(40, seed=21)
 

@@ -15,7 +15,7 @@ from governance import audit, retention, store
 from governance.audit import SYSTEM
 from governance.schema import destruction_certificates, extracts, runs, vault
 from linkage import person_index
-from linkage.landing import land_file
+from linkage.landing.land import land_file
 
 
 def environ(haven) -> dict[str, str]:

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from factories import invalid_nhs, rows_for, write_extract, write_manifest
 from governance import store
 from governance.schema import audit_log, extracts, rejected_rows, vault
-from linkage.contracts import CONTRACTS
-from linkage.landing import land_file, land_path
+from linkage.landing.contracts import CONTRACTS
+from linkage.landing.land import land_file, land_path
 
 SOURCES = sorted(CONTRACTS)
 

@@ -16,8 +16,8 @@ from sqlalchemy import inspect, select, text
 from factories import nhs_numbers, rows_for, write_extract
 from governance import store
 from governance.schema import extracts
-from linkage.contracts import CONTRACTS
-from linkage.landing import land_path
+from linkage.landing.contracts import CONTRACTS
+from linkage.landing.land import land_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

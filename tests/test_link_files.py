@@ -9,8 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from cli.link_files_cmd import link_files_command, parse_fields
 from linkage.link_files import field_columns, link_files
-from linkage.link_files_cli import link_files_command, parse_fields
 
 FEBRL_FIELDS = {
     "forename": "given_name", "surname": "surname", "date_of_birth": "date_of_birth",

@@ -11,7 +11,7 @@ from factories import nhs_numbers, rows_for, write_extract
 from governance import store
 from governance.schema import extracts
 from linkage import person_index
-from linkage.landing import land_file
+from linkage.landing.land import land_file
 
 
 def _index(haven, matcher=None):

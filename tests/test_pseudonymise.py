@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from governance.keys import Key
-from linkage.pseudonymise import generalise_postcode, keyed_hashes, keyed_record_ids
-from linkage.validate import nhs_checksum_ok
+from linkage.landing.pseudonymise import generalise_postcode, keyed_hashes, keyed_record_ids
+from linkage.landing.validate import nhs_checksum_ok
 
 KEY = Key("k1", secrets.token_bytes(32))
 OTHER = Key("k2", secrets.token_bytes(32))

@@ -10,7 +10,7 @@ import pytest
 
 from stratify.evaluate import evaluate, summary
 from stratify.report import write_report
-from stratify.run import UnknownModel, score
+from stratify.scoring import UnknownModel, score
 from stratify_fixtures import SynthData, generate_synth, load_synth
 
 

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from stratify.evaluate import calibration_fit, delong, evaluate, summary
 from stratify.models import Calibrator, RuleBaseline, expit
 from stratify.report import write_report
-from stratify.run import ScoreRun, load_run, save_run, score
+from stratify.scoring import ScoreRun, load_run, save_run, score
 from stratify.tiers import assign, thresholds, tier_change
 
 AT = dt.date(2025, 4, 1)

@@ -155,7 +155,7 @@ def test_columns_match_contracts(out: Path, frames: dict[str, pd.DataFrame]) -> 
 
 
 def test_columns_match_linkage_contracts(out: Path, frames: dict[str, pd.DataFrame]) -> None:
-    contracts = pytest.importorskip("linkage.contracts").CONTRACTS
+    contracts = pytest.importorskip("linkage.landing.contracts").CONTRACTS
     for name, frame in frames.items():
         header = (out / name).read_text(encoding="utf-8").split("\n", 1)[0].split(",")
         assert header == contracts[frame["_source"].iloc[0]].names
@@ -333,7 +333,7 @@ def test_cli_writes_and_reports(tmp_path: Path) -> None:
     typer = pytest.importorskip("typer")
     from typer.testing import CliRunner
 
-    from synth.cli import synth_command
+    from cli.synth_cmd import synth_command
 
     app = typer.Typer()
     app.command("synth")(synth_command)
@@ -354,7 +354,7 @@ def test_cli_writes_and_reports(tmp_path: Path) -> None:
 
 def test_synthetic_files_land(landing: Any, out: Path) -> None:
     """Every file lands, and landing's counts are exactly the truth's deliberate defects."""
-    from linkage.landing import land_path
+    from linkage.landing.land import land_path
 
     rows = pq.read_table(out / "truth" / "rows.parquet").to_pandas()
     receipts = land_path(landing, out)

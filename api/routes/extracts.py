@@ -19,8 +19,8 @@ from api.uploads import received
 from governance.audit import Actor
 from governance.optouts import landing_exclusion
 from governance.schema import extracts
-from linkage.landing import LandingContext, land_file
-from linkage.manifest import ManifestError, parse_manifest
+from linkage.landing.land import LandingContext, land_file
+from linkage.landing.manifest import ManifestError, parse_manifest
 
 router = APIRouter(tags=["extracts"])
 MANIFEST_FIELDS = ("source", "sender", "period_start", "period_end", "sha256", "rows")

@@ -9,7 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from linkage.contracts import CONTRACTS
+from linkage.landing.contracts import CONTRACTS
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 SENDER_RE = re.compile(r"^[A-Z0-9]{3,10}$")

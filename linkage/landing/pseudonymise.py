@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from governance.keys import Key
-from linkage import contracts as c
-from linkage.contracts import Contract
-from linkage.validate import Checked
+from linkage.landing import contracts as c
+from linkage.landing.contracts import Contract
+from linkage.landing.validate import Checked
 
 ENCODED_SOURCES = frozenset({"gp_patients", "social_care"})
 POSTCODE_RE = r"^[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}$"

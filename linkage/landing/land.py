@@ -33,10 +33,10 @@ from governance.keys import KeyProvider
 from governance.policy_tables import retention_date
 from governance.schema import extracts, optouts, rejected_rows
 from governance.settings import Settings
-from linkage.contracts import CONTRACTS, Contract
-from linkage.manifest import Manifest, ManifestError, read_manifest
-from linkage.pseudonymise import HashMemo, pseudonymise, record_keys
-from linkage.reader import (
+from linkage.landing.contracts import CONTRACTS, Contract
+from linkage.landing.manifest import Manifest, ManifestError, read_manifest
+from linkage.landing.pseudonymise import HashMemo, pseudonymise, record_keys
+from linkage.landing.reader import (
     FileRefused,
     ReadStats,
     csv_batches,
@@ -46,7 +46,7 @@ from linkage.reader import (
     read_header,
     sha256_of,
 )
-from linkage.validate import check_batch
+from linkage.landing.validate import check_batch
 
 # More rejected rows than this share means the file itself is wrong (e.g. columns shifted).
 MAX_REJECTED_FRACTION = 0.5

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from governance.keyed_hash import keyed_hash
 from governance.keys import Key, KeyProvider
-from governance.pseudonyms import keyed_hash
 
 
 def _domain(recipient: str) -> str:

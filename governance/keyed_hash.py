@@ -1,7 +1,7 @@
 """Keyed pseudonyms, one value at a time: the same construction landing applies in bulk.
 
 `nhs_pseudonym` is HMAC-SHA256 over `"nhs_number" 0x00 <10 digits>` under the pseudonymisation
-key, hex: exactly `linkage.pseudonymise.pseudonymise_nhs` (a test holds them equal), here so
+key, hex: exactly `linkage.landing.pseudonymise.pseudonymise_nhs` (a test holds them equal), here so
 that governance (re-identification, reverse lookup, key rotation) needs nothing above it.
 """
 

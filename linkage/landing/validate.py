@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from linkage import contracts as c
-from linkage.contracts import Contract
+from linkage.landing import contracts as c
+from linkage.landing.contracts import Contract
 
 MIN_BIRTH = "1890-01-01"
 # Scotland's CHI range as first six digits, from the nhs-number package itself.
