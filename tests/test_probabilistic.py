@@ -402,3 +402,75 @@ def test_partitioned_dedupe_clusters_as_one_run(key: bytes) -> None:
     fitted = P.dedupe(frame, partition_pairs=200)
     same = sum(fitted.clusters[i] == fitted.clusters[300 + i] for i in range(100))
     assert same >= 94
+
+
+# Results recorded under a fixed key from linkage/probabilistic.py as it was before it became a
+# package (commit 0968783): moving code must not move a pair or a weight.
+FIXED_KEY = bytes(range(32))
+GOLDEN_LINK_RIGHT = [
+    11, 33, 95, 42, 8, 16, 94, 71, 19, 88, 64, 65, 91, 107, 43, 41, 109, 69, 17, 1, 119,
+    113, 59, 45, 46, 22, 10, 105, 29, 32, 60, 101, 98, 12, 84, 82, 58, 2, 14, 108, 89, 21,
+    79, 0, 87, 18, 40, 102, 24, 35, 56, 117, 52, 70, 5, 66, 90, 86, 63, 92, 20,
+]
+GOLDEN_LINK_WEIGHT = [
+    25.623618, 31.378456, 16.608589, 20.459926, 28.75866, 30.175763, 25.623618, 31.378456,
+    15.608589, 20.459926, 28.75866, 30.175763, 25.623618, 29.175763, 13.041499, 20.459926,
+    28.75866, 30.175763, 25.623618, 29.175763, 13.041499, 20.459926, 28.75866, 30.175763,
+    25.623618, 30.175763, 16.608589, 20.459926, 28.75866, 30.175763, 25.623618, 31.378456,
+    13.041499, 20.459926, 28.75866, 30.175763, 25.623618, 31.378456, 12.541499, 20.459926,
+    28.75866, 30.175763, 25.623618, 30.175763, 16.608589, 20.459926, 28.75866, 30.175763,
+    25.623618, 31.378456, 13.041499, 20.459926, 27.75866, 30.175763, 25.623618, 29.175763,
+    16.608589, 20.459926, 28.75866, 30.175763, 12.672772,
+]
+GOLDEN_DEDUPE_WEIGHT = [
+    26.586397, 29.92203, 19.529954, 28.000571, 29.873998, 24.771618, 29.873998, 20.114917,
+    28.000571, 29.873998, 24.771618, 29.873998, 20.114917, 28.000571, 29.873998, 24.771618,
+    29.92203, 20.114917, 27.000571, 29.873998, 24.771618, 29.873998, 12.265311, 20.114917,
+    28.000571, 29.289036,
+]
+
+
+@pytest.fixture(scope="module")
+def fixed_files() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Left 120 people; right: corrupted copies of left[0:60], 30 relatives of left[60:90]
+    (same surname and postcode, another forename and birthday), 30 new people; fixed key."""
+    left = people(120, seed=61)
+    kin = left.iloc[60:90].copy()
+    kin["forename"] = people(30, seed=62)["forename"].to_numpy()
+    kin["date_of_birth"] = people(30, seed=63)["date_of_birth"].to_numpy()
+    right = pd.concat([corrupt(left.iloc[:60], seed=64), kin, people(30, seed=65)],
+                      ignore_index=True).sample(frac=1.0, random_state=66)
+    return (encode_identifiers(left, FIXED_KEY),
+            encode_identifiers(right.reset_index(drop=True), FIXED_KEY))
+
+
+def test_default_link_gives_the_recorded_pairs_and_weights(fixed_files: tuple) -> None:
+    left, right = fixed_files
+    result = P.link(left, right)
+    matches = result.matches.sort_values("left")
+    assert matches["left"].tolist() == [*range(60), 88]  # 88: a relative, linked
+    assert matches["right"].tolist() == GOLDEN_LINK_RIGHT
+    assert matches["weight"].to_numpy() == pytest.approx(GOLDEN_LINK_WEIGHT, abs=1e-6)
+    assert len(result.review) == 0 and result.blocking.pairs == 91
+    assert result.model.prior == pytest.approx(0.0042381348011157035, rel=1e-6)
+    # partitioned, the model fitted on a sample of left records
+    parts = P.link(left, right, partition_pairs=30, workers=2)
+    assert (len(parts.matches), len(parts.review), parts.blocking.pairs) == (56, 5, 91)
+    assert parts.model.prior == pytest.approx(0.00636375264606132, rel=1e-6)
+    assert parts.matches["weight"].sum() == pytest.approx(1242.388807, abs=1e-5)
+
+
+def test_default_dedupe_gives_the_recorded_clusters_and_weights() -> None:
+    base = people(90, seed=71)
+    frame = pd.concat([base, corrupt(base.iloc[:30], seed=72)], ignore_index=True)
+    result = P.dedupe(encode_identifiers(frame, FIXED_KEY))
+    matches = result.matches.sort_values(["left", "right"])
+    apart = [2, 8, 14, 20]  # blank postcode and a forename typo: the review band
+    assert matches["left"].tolist() == [i for i in range(30) if i not in apart]
+    assert (matches["right"] - matches["left"] == 90).all()
+    assert matches["weight"].to_numpy() == pytest.approx(GOLDEN_DEDUPE_WEIGHT, abs=1e-6)
+    review = result.review.sort_values(["left", "right"])
+    assert list(zip(review["left"], review["right"], strict=True)) == [(i, i + 90) for i in apart]
+    assert review["weight"].to_numpy() == pytest.approx([9.976333] * 4, abs=1e-6)
+    assert result.clusters is not None and len(np.unique(result.clusters)) == 94
+    assert result.model.prior == pytest.approx(0.0040857519097898904, rel=1e-6)
