@@ -1,0 +1,240 @@
+"""Blocking: candidate pairs, the union of passes of equal keyed values, joined vectorised and
+planned once on the whole inputs, so that any partition of left records yields its exact share."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from linkage.probabilistic.encoded import Encoded, compared_fields, pass_columns
+
+# Blocking passes: columns (without the `lk_` prefix) that must all agree.
+# An element `a|b` is the unordered pair of two columns (forename/surname swapped still agree).
+DEFAULT_PASSES: tuple[tuple[str, ...], ...] = (
+    ("date_of_birth",),
+    ("forename__ph|surname__ph",),
+    ("surname__ph", "date_of_birth__ym"),
+    ("forename__ph", "date_of_birth__md"),
+    ("surname", "date_of_birth__yd"),
+    ("postcode", "surname__ph"),
+    ("postcode", "forename__ph"),
+    ("postcode", "date_of_birth__swap"),
+    ("identifier",),
+    ("address", "surname__ph"),
+    ("postcode", "address"),
+)
+
+
+@dataclass
+class BlockingStats:
+    """What blocking did: pairs per pass (before union), blocks skipped as oversized, total."""
+
+    per_pass: dict[str, int] = field(default_factory=dict)
+    skipped_blocks: dict[str, int] = field(default_factory=dict)
+    pairs: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + c) for each (s, c), vectorised."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    return offsets + np.arange(total, dtype=np.int64)
+
+
+Groups = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _groups(keys: np.ndarray) -> Groups:
+    """Records with a key, sorted by key: (order, distinct keys, starts, counts)."""
+    present = np.flatnonzero(keys != 0)
+    order = present[np.argsort(keys[present], kind="stable")]
+    ordered = keys[order]
+    if len(ordered) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return order, ordered, empty, empty
+    first = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    counts = np.diff(np.append(first, len(ordered)))
+    return order, ordered[first], first, counts
+
+
+def _join(left_groups: Groups, right_groups: Groups, max_block_pairs: int | None = None
+          ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every (left, right) pair of records sharing a key; blocks over the cap skipped."""
+    lo, lu, ls, lc = left_groups
+    ro, ru, rs, rc = right_groups
+    _, li, ri = np.intersect1d(lu, ru, assume_unique=True, return_indices=True)
+    lstart, lcount, rstart, rcount = ls[li], lc[li], rs[ri], rc[ri]
+    skipped = 0
+    if max_block_pairs is not None:
+        keep = lcount * rcount <= max_block_pairs
+        skipped = int((~keep).sum())
+        lstart, lcount, rstart, rcount = lstart[keep], lcount[keep], rstart[keep], rcount[keep]
+    members = _ranges(lstart, lcount)
+    reps = np.repeat(rcount, lcount)
+    first = np.repeat(lo[members], reps)
+    starts = np.repeat(np.repeat(rstart, lcount), reps)
+    within = np.arange(len(first), dtype=np.int64) - np.repeat(np.cumsum(reps) - reps, reps)
+    return first, ro[starts + within], skipped
+
+
+def block_pairs(left_keys: np.ndarray, right_keys: np.ndarray | None,
+                max_block_pairs: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """All pairs agreeing on a key (right None: within left, i < j); (left, right, skipped)."""
+    lo, lu, ls, lc = _groups(left_keys)
+    if right_keys is None:
+        sizes = lc * (lc - 1) // 2
+        keep = (lc > 1) & (sizes <= max_block_pairs)
+        skipped = int(((lc > 1) & ~keep).sum())
+        ls, lc = ls[keep], lc[keep]
+        # every ordered pair in each block, then keep i < j
+        members = _ranges(ls, lc)
+        reps = np.repeat(lc, lc)
+        first = np.repeat(lo[members], reps)
+        block_start = np.repeat(np.repeat(ls, lc), reps)
+        within = np.arange(len(first), dtype=np.int64) - np.repeat(np.cumsum(reps) - reps, reps)
+        second = lo[block_start + within]
+        mask = first < second
+        return first[mask], second[mask], skipped
+    return _join((lo, lu, ls, lc), _groups(right_keys), max_block_pairs)
+
+
+def usable_passes(left: Encoded, right: Encoded | None, passes: Iterable[Sequence[str]]
+                  ) -> list[tuple[str, ...]]:
+    """The passes whose columns both frames have; if none, one pass per shared exact encoding
+    (so a file mapped with unusual fields still gets candidates, oversized blocks capped)."""
+    other = left if right is None else right
+    usable = [tuple(cols) for cols in passes
+              if all(left.has(c) and other.has(c) for c in pass_columns(cols))]
+    if usable:
+        return usable
+    return [(f,) for f in compared_fields(left, other)]
+
+
+@dataclass
+class BlockingPlan:
+    """Blocking keys of every usable pass, decided once on the whole inputs.
+
+    A block over `max_block_pairs` (counted on the whole inputs) has its left keys zeroed, so
+    any subset of left rows yields exactly its share of the unpartitioned candidate pairs
+    (`pairs_for_rows`): partitions together make the same candidate set as one run, and the
+    same pairs are skipped. `estimated_pairs` is the sum of kept block sizes over passes (an
+    upper bound of the union), which the drivers use to size partitions.
+    """
+
+    passes: list[tuple[str, ...]]
+    left: list[np.ndarray]
+    right: list[np.ndarray]
+    right_groups: list[Groups]
+    within: bool
+    n_left: int
+    n_right: int
+    estimated_pairs: int
+    stats: BlockingStats
+
+
+def plan_blocking(left: Encoded, right: Encoded | None, passes: Iterable[Sequence[str]], *,
+                  max_block_pairs: int = 100_000, stats: BlockingStats | None = None
+                  ) -> BlockingPlan:
+    """Keys and right-side groups of every usable pass, oversized blocks removed."""
+    stats = stats if stats is not None else BlockingStats()
+    usable = usable_passes(left, right, passes)
+    lefts, rights, groups = [], [], []
+    estimated = 0
+    for cols in usable:
+        name = "+".join(cols)
+        lk = left.pass_key(cols)
+        rk = lk if right is None else right.pass_key(cols)
+        lgroups = _groups(lk)
+        rgroups = lgroups if right is None else _groups(rk)
+        _, lu, _, lc = lgroups
+        if right is None:
+            sizes, keys = lc * (lc - 1) // 2, lu
+        else:
+            keys, li, ri = np.intersect1d(lu, rgroups[1], assume_unique=True,
+                                          return_indices=True)
+            sizes = lc[li] * rgroups[3][ri]
+        big = keys[sizes > max_block_pairs]
+        stats.skipped_blocks[name] = int(((sizes > max_block_pairs) & (sizes > 0)).sum())
+        stats.per_pass[name] = 0
+        estimated += int(sizes[sizes <= max_block_pairs].sum())
+        if len(big):
+            lk = np.where(np.isin(lk, big), 0, lk)
+            if right is None:
+                rk = lk
+                rgroups = _groups(lk)
+        lefts.append(lk)
+        rights.append(rk)
+        groups.append(rgroups)
+    return BlockingPlan(passes=usable, left=lefts, right=rights, right_groups=groups,
+                        within=right is None, n_left=left.n,
+                        n_right=left.n if right is None else right.n,
+                        estimated_pairs=estimated, stats=stats)
+
+
+def pairs_for_rows(plan: BlockingPlan, rows: np.ndarray | None = None, *,
+                   max_pairs: int = 50_000_000, sort: bool = False) -> pd.DataFrame:
+    """Candidate pairs of the left records at positions `rows` (all when None): DataFrame
+    `left`, `right` of positions in the whole inputs, each pair once.
+
+    The union of passes needs no sort: a pass keeps only the pairs that no earlier pass made
+    (they disagree on every earlier pass's key). Pairs come pass by pass, block by block;
+    `sort=True` orders them by (left, right). Deduplication (`plan.within`) keeps left < right.
+    """
+    stats = plan.stats
+    lefts: list[np.ndarray] = []
+    rights: list[np.ndarray] = []
+    total = 0
+    for i, cols in enumerate(plan.passes):
+        keys = plan.left[i] if rows is None else plan.left[i][rows]
+        a, b, _ = _join(_groups(keys), plan.right_groups[i])
+        if rows is not None:
+            a = rows[a]
+        if plan.within:
+            keep = a < b
+            a, b = a[keep], b[keep]
+        name = "+".join(cols)
+        with stats.lock:
+            stats.per_pass[name] = stats.per_pass.get(name, 0) + len(a)
+        for j in range(i):  # made by an earlier pass already?
+            if len(a) == 0:
+                break
+            earlier = plan.left[j][a]
+            fresh = (earlier != plan.right[j][b]) | (earlier == 0)
+            a, b = a[fresh], b[fresh]
+        total += len(a)
+        if total > max_pairs:
+            raise MemoryError("blocking produced too many candidate pairs; partition the input")
+        lefts.append(a)
+        rights.append(b)
+    a = np.concatenate(lefts) if lefts else np.zeros(0, dtype=np.int64)
+    b = np.concatenate(rights) if rights else np.zeros(0, dtype=np.int64)
+    if sort and len(a):
+        order = np.argsort(a * np.int64(plan.n_right) + b)
+        a, b = a[order], b[order]
+    with stats.lock:
+        stats.pairs += len(a)
+    return pd.DataFrame({"left": a.astype(np.int64, copy=False),
+                         "right": b.astype(np.int64, copy=False)})
+
+
+def candidate_pairs(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None = None,
+                    passes: Iterable[Sequence[str]] = DEFAULT_PASSES, *,
+                    max_block_pairs: int = 100_000, max_pairs: int = 50_000_000,
+                    stats: BlockingStats | None = None) -> pd.DataFrame:
+    """Union of blocking passes: DataFrame `left`, `right` of positions, sorted, each pair once.
+
+    With `right` None the pairs are within `left` (left < right). Passes whose columns are not all
+    present (in both frames) are skipped (see `usable_passes`). For inputs too large to block
+    at once, use `plan_blocking` and `pairs_for_rows` one partition of left rows at a time.
+    """
+    lenc = left if isinstance(left, Encoded) else Encoded(left)
+    renc = None if right is None else (right if isinstance(right, Encoded) else Encoded(right))
+    plan = plan_blocking(lenc, renc, passes, max_block_pairs=max_block_pairs, stats=stats)
+    return pairs_for_rows(plan, max_pairs=max_pairs, sort=True)

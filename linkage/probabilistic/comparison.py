@@ -1,0 +1,124 @@
+"""Comparison: a small-integer level per field for each candidate pair (0 missing, 1 disagree,
+higher = closer), from keyed hashes, Bloom-filter Dice, phonetic and partial-date encodings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from linkage.encodings import SEP, field_kind
+from linkage.probabilistic.encoded import Encoded, compared_fields
+
+MISSING, DIFFERENT = 0, 1
+
+# Dice cut points on Bloom filters, per kind (a level for each cut passed).
+DICE_CUTS: dict[str, tuple[float, ...]] = {
+    "forename": (0.5, 0.7, 0.85),
+    "surname": (0.5, 0.7, 0.85),
+    "postcode": (0.7,),
+    "address": (0.5, 0.7, 0.85),
+    "identifier": (0.5, 0.7),
+}
+# Highest (exact agreement) level of each kind, as `compare` assigns them.
+TOP_LEVEL = {"forename": 5, "surname": 5, "date_of_birth": 4, "sex": 2, "postcode": 5,
+             "address": 5, "identifier": 4}
+COMPARE_CHUNK = 1 << 20
+
+
+def _dice_level(lbits: tuple[np.ndarray, np.ndarray], rbits: tuple[np.ndarray, np.ndarray],
+                li: np.ndarray, ri: np.ndarray, cuts: Sequence[float]) -> np.ndarray:
+    lb, lpop = lbits
+    rb, rpop = rbits
+    both = np.take(lb, li, axis=0)
+    both &= np.take(rb, ri, axis=0)
+    ones = np.bitwise_count(both)
+    common = np.zeros(len(li), dtype=np.int32)
+    for word in range(ones.shape[1]):  # faster than sum(axis=1) over a short axis
+        common += ones[:, word]
+    denom = lpop[li] + rpop[ri]
+    dice = np.divide(2.0 * common, denom, out=np.zeros(len(li)), where=denom > 0)
+    level = np.zeros(len(li), dtype=np.int8)
+    for cut in cuts:
+        level += dice >= cut
+    return level
+
+
+def _field_levels(kind: str, name: str, L: Encoded, R: Encoded, li: np.ndarray,
+                  ri: np.ndarray) -> np.ndarray:
+    """Level of one field for pairs (li, ri): 0 missing, 1 disagree, higher = closer."""
+    lx, rx = L.key(name)[li], R.key(name)[ri]
+    missing = (lx == 0) | (rx == 0)
+    exact = (lx == rx) & ~missing
+    level = np.full(len(li), DIFFERENT, dtype=np.int8)
+
+    def eq(part: str) -> np.ndarray:
+        col = f"{name}{SEP}{part}"
+        if not (L.has(col) and R.has(col)):
+            return np.zeros(len(li), dtype=bool)
+        a, b = L.key(col)[li], R.key(col)[ri]
+        return (a == b) & (a != 0)
+
+    def dice(cuts: Sequence[float]) -> np.ndarray:
+        col = f"{name}{SEP}bf"
+        if not (L.has(col) and R.has(col)):
+            return np.zeros(len(li), dtype=np.int8)
+        return _dice_level(L.bits(col), R.bits(col), li, ri, cuts)
+
+    if kind in ("forename", "surname"):
+        cuts = DICE_CUTS[kind]
+        level += dice(cuts)
+        level = np.maximum(level, np.where(eq("ph"), 2, DIFFERENT).astype(np.int8))
+        top = 2 + len(cuts)
+    elif kind == "date_of_birth":
+        two_of_three = eq("ym") | eq("yd") | eq("md")
+        level[two_of_three] = 2
+        level[eq("swap")] = 3
+        top = 4
+    elif kind == "postcode":
+        level[eq("district")] = 2
+        level[eq("sector")] = 3
+        level[dice(DICE_CUTS["postcode"]) > 0] = 4
+        top = 5
+    elif kind in ("address", "identifier"):
+        cuts = DICE_CUTS[kind]
+        level += dice(cuts)
+        top = 2 + len(cuts)
+    else:  # sex and anything exact-only
+        top = 2
+    level[exact] = top
+    level[missing] = MISSING
+    return level
+
+
+def compare(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None,
+            pairs: pd.DataFrame, fields: Sequence[str] | None = None) -> pd.DataFrame:
+    """Comparison vectors: an int8 level per field for each pair (same row order as `pairs`).
+
+    `right` None compares within `left` (deduplication).
+    """
+    L = left if isinstance(left, Encoded) else Encoded(left)
+    R = L if right is None else (right if isinstance(right, Encoded) else Encoded(right))
+    names = list(fields) if fields is not None else compared_fields(L, R)
+    li_all = pairs["left"].to_numpy(dtype=np.int64)
+    ri_all = pairs["right"].to_numpy(dtype=np.int64)
+    # one (fields, pairs) block: a DataFrame over its transpose needs no copy
+    block = np.zeros((len(names), len(li_all)), dtype=np.int8)
+    out = dict(zip(names, block, strict=True))
+    for lo in range(0, len(li_all), COMPARE_CHUNK):
+        li, ri = li_all[lo:lo + COMPARE_CHUNK], ri_all[lo:lo + COMPARE_CHUNK]
+        for f in names:
+            kind = field_kind(f)
+            if kind is not None and L.has(f) and R.has(f):  # else: missing (level 0)
+                out[f][lo:lo + len(li)] = _field_levels(kind, f, L, R, li, ri)
+        names_present = all(L.has(f) and R.has(f) for f in ("forename", "surname"))
+        if "forename" in out and "surname" in out and names_present:  # names swapped
+            a, b = L.key("forename")[li], L.key("surname")[li]
+            c, d = R.key("forename")[ri], R.key("surname")[ri]
+            swapped = (a == d) & (b == c) & (a != 0) & (b != 0) & (a != c)
+            for f in ("forename", "surname"):
+                top = 2 + len(DICE_CUTS[f])
+                part = out[f][lo:lo + len(li)]
+                part[swapped] = np.maximum(part[swapped], top - 1)
+    return pd.DataFrame(block.T, index=pairs.index, columns=names, copy=False)
