@@ -1,4 +1,4 @@
-"""The inbound extract contracts (../shared/contracts.md) as data: columns, types and codes.
+"""The inbound extract contracts (docs/contracts.md) as data: columns, types and codes.
 
 The formats belong to the senders; Haven adapts to them. Each column has a kind that says how
 it is checked and how it is stored after pseudonymisation (see `pseudonymise.py`).
