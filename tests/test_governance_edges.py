@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -107,12 +108,30 @@ def test_keyed_hash_without_a_domain_differs_from_with(haven):
     assert keyed_hash(key, "", "x") != keyed_hash(key, "d", "x")
 
 
-def test_publish_syncs_nested_folders(tmp_path):
+def test_publish_syncs_nested_folders(tmp_path, monkeypatch):
     settings = Settings(home=tmp_path)
-    nested = store.staging_dir(settings, "e1") / "part"
-    nested.mkdir(parents=True)
-    (nested / "a.parquet").write_bytes(b"x")
-    assert (store.publish(settings, "e1") / "part" / "a.parquet").exists()
+    staged = store.staging_dir(settings, "e1")
+    contents = {"rows.parquet": b"top", "part/a.parquet": b"one down",
+                "part/deeper/b.parquet": b"two down"}
+    for name, content in contents.items():
+        (staged / name).parent.mkdir(parents=True, exist_ok=True)
+        (staged / name).write_bytes(content)
+    identity = {(s.st_dev, s.st_ino): name for name in contents
+                for s in [(staged / name).stat()]}
+    synced: dict[tuple[int, int], bool] = {}  # file -> still staged (not yet moved) when synced
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        stat = os.fstat(fd)
+        synced[(stat.st_dev, stat.st_ino)] = staged.exists()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    target = store.publish(settings, "e1")
+    assert sorted(name for key, name in identity.items() if key not in synced) == []
+    assert all(synced[key] for key in identity), "files must be synced before the rename"
+    assert not staged.exists()
+    assert {name: (target / name).read_bytes() for name in contents} == contents
 
 
 def test_secondary_suppression_when_the_rest_of_a_line_is_zero():
