@@ -263,6 +263,23 @@ def test_logistic_with_nhs_labels(two_files: tuple) -> None:
     assert precision >= 0.98 and recall >= 0.9
 
 
+def test_partitioned_auto_fit_may_choose_logistic(key: bytes) -> None:
+    # every record has a pseudonym; 600 copies and 600 relatives (same surname and postcode,
+    # another forename and birthday): plenty of labelled matches and non-matches in a sample
+    left = people(800, seed=86)
+    kin = left.iloc[:600].copy()
+    kin["forename"] = people(600, seed=82)["forename"].to_numpy()
+    kin["date_of_birth"] = people(600, seed=83)["date_of_birth"].to_numpy()
+    right = pd.concat([corrupt(left.iloc[:600], seed=84), kin], ignore_index=True)
+    lf = encode_identifiers(left, key).assign(person_id=[f"p{i}" for i in range(800)])
+    rf = encode_identifiers(right, key).assign(
+        person_id=[f"p{i}" for i in range(600)] + [f"k{i}" for i in range(600)])
+    plan = P.plan_blocking(P.Encoded(lf), P.Encoded(rf), P.DEFAULT_PASSES)
+    result = P.link(lf, rf, method="auto", partition_pairs=plan.estimated_pairs // 2 + 1)
+    assert result.model.method == "logistic"
+    precision, recall = f1(_pair_set(result.matches), {(i, i) for i in range(600)})
+    assert precision >= 0.99 and recall >= 0.95
+
 def test_engine_reads_encodings_back_from_arrow(two_files: tuple) -> None:
     left, right, _ = two_files
     pairs = P.candidate_pairs(left, right).head(500)

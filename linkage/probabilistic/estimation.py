@@ -411,16 +411,23 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
     return model
 
 
+def resolve_method(method: str, labels: np.ndarray | None) -> str:
+    """The fit `method` stands for: `auto` is logistic when there are >= 200 labelled matches
+    and non-matches, else ecm; any other method is itself."""
+    if method != "auto":
+        return method
+    enough = labels is not None and min(int((labels == 1).sum()),
+                                        int((labels == 0).sum())) >= 200
+    return "logistic" if enough else "ecm"
+
+
 def fit_model(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None,
               pairs: pd.DataFrame, vectors: pd.DataFrame, *, labels: np.ndarray | None = None,
               method: str = "ecm", passes: Iterable[Sequence[str]] = DEFAULT_PASSES,
               **kwargs: Any) -> MatchModel:
-    """`ecm` (default: `fit_fellegi_sunter`), `logistic` (needs labels) or `auto` (logistic
-    when there are >= 200 labelled matches and non-matches, else ecm)."""
-    if method == "auto":
-        enough = labels is not None and min(int((labels == 1).sum()),
-                                            int((labels == 0).sum())) >= 200
-        method = "logistic" if enough else "ecm"
+    """`ecm` (default: `fit_fellegi_sunter`), `logistic` (needs labels) or `auto` (see
+    `resolve_method`)."""
+    method = resolve_method(method, labels)
     if method == "ecm":
         return fit_fellegi_sunter(left, right, pairs, vectors, passes=passes, **kwargs)
     if method == "logistic":

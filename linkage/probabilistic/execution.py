@@ -24,7 +24,7 @@ from linkage.probabilistic.blocking import (
 from linkage.probabilistic.comparison import compare
 from linkage.probabilistic.decision import LinkResult, best_right, clusters, one_to_one
 from linkage.probabilistic.encoded import Encoded, compared_fields
-from linkage.probabilistic.estimation import MatchModel, fit_model, nhs_labels
+from linkage.probabilistic.estimation import MatchModel, fit_model, nhs_labels, resolve_method
 from linkage.probabilistic.term_frequencies import pair_weights
 
 
@@ -104,6 +104,7 @@ def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, passes: Iterable[Se
                                level_weights={f: {} for f in fields})
         else:
             labels = nhs_labels(left, right, pairs) if method in ("auto", "logistic") else None
+            method = resolve_method(method, labels)  # before choosing what to pass the fit
             extra: dict[str, Any] = {}
             if not whole and method != "logistic":
                 n_rows = len(rows) if rows is not None else plan.n_left
