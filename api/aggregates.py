@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from api.release import AGE_BANDS, SEXES, TIERS, Release
+from api.scored_run import AGE_BANDS, SEXES, TIERS, Release
 from governance.suppression import Rule, suppress, suppress_grid
 
 UNKNOWN = "unknown"

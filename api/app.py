@@ -29,16 +29,18 @@ from starlette.concurrency import run_in_threadpool
 from api import problems
 from api.authz import AccessPolicy
 from api.config import ApiConfig
+from api.current_release import ReleaseStore
 from api.guard import authorise
 from api.identity import Authenticator
 from api.jobs import JobRunner
-from api.release import NoRun, ReleaseStore
 from api.routes import admin, extracts, governance, jobs, meta, reidentify, risk
+from api.scored_run import NoRun
 from api.trail import AuditMiddleware, AuditWriter
 from governance.db import open_database
 from governance.keys import KeyProvider
 from governance.settings import Settings
 from governance.suppression import Rule
+from pipeline.context import Context
 
 DESCRIPTION = """Haven's release API. Every request is authenticated (a Haven bearer token, or an
 OIDC access token from the configured issuer), decided by Casbin on the caller's role,
@@ -55,6 +57,7 @@ class Services:
     settings: Settings
     engine: Engine
     keys: KeyProvider
+    context: Context  # the pipeline's handle; routes act through `context.acting_as(caller)`
     config: ApiConfig
     policy: AccessPolicy
     auth: Authenticator
@@ -126,15 +129,17 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         config: upload limit, caches and OIDC (default: `ApiConfig()`, tokens only).
     """
     engine = engine or open_database(settings)
-    keys = keys or KeyProvider(settings.key_file, settings.key_env)
+    keys = keys or KeyProvider(settings.layout.key_file, settings.key_env)
     config = config or ApiConfig()
     policy = AccessPolicy(engine, settings, config.refresh_seconds)
     writer = AuditWriter(engine)
+    context = Context(settings, engine=engine, keys=keys)
     services = Services(
-        settings=settings, engine=engine, keys=keys, config=config, policy=policy,
+        settings=settings, engine=engine, keys=keys, context=context, config=config,
+        policy=policy,
         auth=Authenticator(engine, config, policy.roles()),
         releases=ReleaseStore(settings, engine, config.refresh_seconds), audit=writer,
-        jobs=JobRunner(settings, engine, keys))
+        jobs=JobRunner(context))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

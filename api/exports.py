@@ -44,7 +44,7 @@ def write(settings: Settings, keys: KeyProvider, people: list[dict[str, Any]], *
           recipient: str, fmt: str, run_id: str, org: str, user: str) -> dict[str, Any]:
     """Write the export and its description; returns the description."""
     export_id = f"exp-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
-    folder = settings.exports_dir / export_id
+    folder = settings.layout.export(export_id)
     folder.mkdir(parents=True)
     pseudonyms = recipient_pseudonyms(keys, recipient, [p["person_key"] for p in people])
     rows = [{"recipient_key": pseudonyms[p["person_key"]], **{c: p.get(c) for c in COLUMNS[1:]}}
@@ -53,7 +53,7 @@ def write(settings: Settings, keys: KeyProvider, people: list[dict[str, Any]], *
         for name in ("conditions", "sources"):
             row[name] = ";".join(row[name] or [])
         row["reasons"] = "; ".join(row["reasons"] or [])
-    path = folder / f"export.{fmt}"
+    path = settings.layout.export_file(export_id, fmt)
     if fmt == "csv":
         with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
@@ -74,7 +74,8 @@ def write(settings: Settings, keys: KeyProvider, people: list[dict[str, Any]], *
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "org": org,
         "created_by": user,
     }
-    (folder / "export.json").write_text(json.dumps(description), encoding="utf-8")
+    settings.layout.export_description(export_id).write_text(json.dumps(description),
+                                                             encoding="utf-8")
     return description
 
 
@@ -82,10 +83,10 @@ def describe(settings: Settings, export_id: str) -> tuple[dict[str, Any], Path] 
     """An export's description and file, or None."""
     if not EXPORT_ID.match(export_id):
         return None
-    folder = settings.exports_dir / export_id
     try:
-        description = json.loads((folder / "export.json").read_text(encoding="utf-8"))
+        description = json.loads(settings.layout.export_description(export_id)
+                                 .read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    path = folder / f"export.{description['format']}"
+    path = settings.layout.export_file(export_id, description["format"])
     return (description, path) if path.exists() else None

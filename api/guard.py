@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from api.authz import NONE, SOURCES, policy_source
 from api.identity import AuthError
 from api.problems import Problem
-from api.release import NoRun
+from api.scored_run import NoRun
 from api.trail import AuditNote
 from api.users import ANONYMOUS, Principal
 

@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 
 from api.config import ApiConfig
 from api.users import Principal, principal_for_token, token_hash
-from linkage.landing.manifest import SENDER_RE
+from pipeline.land import SENDER_RE
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256"]
 

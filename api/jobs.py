@@ -1,16 +1,15 @@
 """Linkage and scoring jobs started through the API, run in a background thread.
 
-A job calls the stage's own function (`cli.link_cmd.run_link`, `cli.score_cmd.run_score`) with
-the caller as the acting user, so the stage audits the run under their name. Its state is a
-small JSON file under `$HAVEN_HOME/jobs/`, readable by every API process; one job runs at a
-time, across processes (a file lock covers the check and the start). A job whose process died
-is reported as failed.
+A job calls the pipeline (`pipeline.link.link`, `pipeline.score.score`) with the caller as the
+acting user, so the stage audits the run under their name. Its state is a small JSON file under
+the data directory (governance.layout), readable by every API process; one job runs at a time,
+across processes (a file lock covers the check and the start). A job whose process died is
+reported as failed.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import datetime as dt
 import json
 import os
 import re
@@ -18,50 +17,19 @@ import secrets
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
-
-from cli.context import Haven
 from governance import store
 from governance.audit import Actor
-from governance.keys import KeyProvider
-from governance.settings import Settings
+from pipeline.context import Context
+from pipeline.link import link
+from pipeline.score import score
 
 JOB_ID = re.compile(r"^job-\d{14}-[0-9a-f]{6}$")
-STAGES = {"link": ("cli.link_cmd", "run_link"), "score": ("cli.score_cmd", "run_score")}
 
 
 class JobRefused(Exception):
-    """The job cannot start (another is running, or the stage is not installed)."""
-
-
-class ApiHaven(Haven):
-    """The command line's handle, with the API's engine and keys and the caller as actor."""
-
-    def __init__(self, settings: Settings, engine: Engine, keys: KeyProvider,
-                 actor: Actor) -> None:
-        super().__init__(settings)
-        self.__dict__["engine"] = engine
-        self.__dict__["keys"] = keys
-        self._actor = actor
-
-    @property
-    def actor(self) -> Actor:
-        return self._actor
-
-
-def stage(kind: str) -> Callable[..., Any] | None:
-    module, name = STAGES[kind]
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
-
-
-def accepts(function: Callable[..., Any], parameter: str) -> bool:
-    return parameter in inspect.signature(function).parameters
+    """The job cannot start (another is running)."""
 
 
 def _now() -> str:
@@ -79,20 +47,18 @@ def _alive(pid: int) -> bool:
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, engine: Engine, keys: KeyProvider) -> None:
-        self.settings = settings
-        self.engine = engine
-        self.keys = keys
-        self.folder = settings.home / "jobs"
+    """Starts pipeline stages in a thread and keeps each job's state as a file."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.settings = context.settings
+        self.folder = context.settings.layout.jobs_dir
         self._lock = threading.Lock()
         self.threads: dict[str, threading.Thread] = {}
 
-    def _path(self, job_id: str) -> Path:
-        return self.folder / f"{job_id}.json"
-
     def _save(self, job: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self._path(job["job_id"])
+        path = self.settings.layout.job(job["job_id"])
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(job), encoding="utf-8")
         os.replace(tmp, path)
@@ -101,7 +67,7 @@ class JobRunner:
         if not JOB_ID.match(job_id):
             return None
         try:
-            job = json.loads(self._path(job_id).read_text(encoding="utf-8"))
+            job = json.loads(self.settings.layout.job(job_id).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         if job["status"] in ("queued", "running") and not _alive(job.get("pid", 0)):
@@ -119,13 +85,21 @@ class JobRunner:
                 return True
         return False
 
-    def start(self, kind: str, actor: Actor, **params: Any) -> dict[str, Any]:
-        function = stage(kind)
-        if function is None:
-            raise JobRefused(f"the {kind} stage is not installed")
-        unknown = [p for p, v in params.items() if v is not None and not accepts(function, p)]
-        if unknown:
-            raise JobRefused(f"the {kind} stage cannot take {', '.join(unknown)} yet")
+    def start_link(self, actor: Actor) -> dict[str, Any]:
+        """Update the person index as `actor`."""
+        ctx = self.context.acting_as(actor)
+        return self._start("link", actor, lambda: link(ctx))
+
+    def start_score(self, actor: Actor, at: dt.date, seed: int = 0,
+                    purpose: str = "commissioning", model: str | None = None
+                    ) -> dict[str, Any]:
+        """Score at `at` for `purpose` as `actor` (with `model` instead of the validation's
+        choice when given)."""
+        ctx = self.context.acting_as(actor)
+        return self._start("score", actor, lambda: score(ctx, at, seed=seed, purpose=purpose,
+                                                         model=model))
+
+    def _start(self, kind: str, actor: Actor, work: Callable[[], Any]) -> dict[str, Any]:
         # The thread lock for this process, the file lock for the API's other processes.
         with self._lock, store.data_lock(self.settings, "jobs"):
             if self._busy():
@@ -135,20 +109,17 @@ class JobRunner:
                    "created_at": _now(), "finished_at": None, "result": None, "error": None,
                    "pid": os.getpid()}
             self._save(job)
-        haven = ApiHaven(self.settings, self.engine, self.keys, actor)
-        arguments = {k: v for k, v in params.items() if v is not None}
-        thread = threading.Thread(target=self._run, args=(job, function, haven, arguments),
+        thread = threading.Thread(target=self._run, args=(job, work),
                                   name=f"haven-{job['job_id']}", daemon=True)
         self.threads[job["job_id"]] = thread
         thread.start()
         return job
 
-    def _run(self, job: dict[str, Any], function: Callable[..., Any], haven: Haven,
-             arguments: dict[str, Any]) -> None:
+    def _run(self, job: dict[str, Any], work: Callable[[], Any]) -> None:
         job["status"] = "running"
         self._save(job)
         try:
-            result = function(haven, **arguments)
+            result = work()
         except Exception as exc:  # noqa: BLE001 - reported on the job, by kind only
             job.update(status="failed", error=f"{type(exc).__name__} in the {job['kind']} stage")
         else:

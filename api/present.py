@@ -13,7 +13,8 @@ from functools import lru_cache
 from typing import Any
 
 from api.authz import SOURCES
-from api.release import CONDITION_SOURCES, DEMOGRAPHIC_GROUPS, TIER_RANK, reason_group_sources
+from api.scored_run import CONDITION_SOURCES, DEMOGRAPHIC_GROUPS, TIER_RANK
+from pipeline.score import reason_group_sources
 
 ALL_SOURCES = frozenset(SOURCES)
 FHIR_PERSON_KEY_SYSTEM = "https://haven.nhs.uk/Id/person-key"
@@ -25,7 +26,7 @@ OUTCOME = "emergency hospital admission within 12 months"
 @lru_cache(maxsize=1)
 def group_sources() -> dict[str, frozenset[str]]:
     """Reason group -> the sources it is drawn from (read once from stratify's catalogue)."""
-    return reason_group_sources()
+    return reason_group_sources(SOURCES)
 
 
 @lru_cache(maxsize=256)

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, and_, func, insert, select, update
 from governance import audit
 from governance.audit import Actor
 from governance.schema import tokens, users
-from linkage.landing.manifest import SENDER_RE
+from pipeline.land import SENDER_RE
 
 USER_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{1,63}$")
 TOKEN_PREFIX = "hvn_"

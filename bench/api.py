@@ -93,7 +93,7 @@ def write_run(settings: Settings, persons: int, practices: list[str], seed: int 
         "sources": source_sets[rng.integers(1, 128, persons)],
     })
     run_id = "score-bench"
-    folder = settings.runs_dir / run_id
+    folder = settings.layout.runs_dir / run_id
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, folder / "scores.parquet", compression="zstd")
     engine = open_database(settings)

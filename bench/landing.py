@@ -146,7 +146,7 @@ if mode == "read":
     rows = table.num_rows
 else:
     import os
-    from cli.context import Haven
+    from pipeline.context import Context as Haven
     from governance.settings import Settings
     from linkage.landing.land import LandingContext, land_file
     settings = Settings.from_environ({**os.environ, "HAVEN_HOME": home})

@@ -30,11 +30,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import pandas as pd  # noqa: E402
 
-from cli.context import Haven  # noqa: E402
-from cli.link_cmd import run_link  # noqa: E402
 from governance.settings import Settings  # noqa: E402
 from linkage.landing.land import LandingContext, land_path  # noqa: E402
 from linkage.person_index import read_link_map  # noqa: E402
+from pipeline.context import Context as Haven  # noqa: E402
+from pipeline.link import link as run_link  # noqa: E402
 from synth import generate  # noqa: E402
 
 

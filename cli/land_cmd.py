@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from cli.context import Haven
-from linkage.landing.land import LandingContext, land_path
+from pipeline.context import Context
+from pipeline.land import land
 
 
 def land_command(
@@ -20,13 +20,11 @@ def land_command(
                                 help="Delete each inbound file once landed or refused."),
 ) -> None:
     """Check extracts against their contract, pseudonymise them and land them."""
-    haven: Haven = ctx.obj
+    context: Context = ctx.obj
     if not path.exists():
         raise typer.BadParameter(f"{path} does not exist", param_hint="PATH")
     console = Console(stderr=as_json)
-    landing = LandingContext(haven.settings, haven.engine, haven.keys, haven.actor,
-                             exclusion=_exclusion(haven))
-    receipts = land_path(landing, path, remove=remove)
+    receipts = land(context, path, remove=remove)
     for receipt in receipts:
         if as_json:
             typer.echo(json.dumps(receipt.to_json(), default=str))
@@ -50,14 +48,6 @@ def land_command(
         landed = sum(r.status == "landed" for r in receipts)
         console.print(f"{landed} landed, {sum(r.status == 'refused' for r in receipts)} refused, "
                       f"{sum(r.status == 'duplicate' for r in receipts)} duplicate; "
-                      f"data in {haven.settings.extracts_dir}")
+                      f"data in {context.settings.layout.extracts_dir}")
     if any(r.status == "refused" for r in receipts):
         raise typer.Exit(code=1)
-
-
-def _exclusion(haven: Haven):  # noqa: ANN202 - optional hook from governance
-    try:
-        from governance.optouts import landing_exclusion
-    except ImportError:
-        return None
-    return landing_exclusion(haven.engine)

@@ -1,4 +1,4 @@
-"""`haven link-files`: the command-line face of `linkage.link_files.link_files`.
+"""`haven link-files`: the command-line face of `pipeline.link.link_files`.
 
 `--field KIND=COL` may be repeated, and a KIND may be given more than once (each column becomes
 its own compared field: `--field address=street --field address=town`).
@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from linkage.encodings import KINDS
+from pipeline.link import FIELD_KINDS, link_files
 
 
 def parse_fields(items: list[str]) -> dict[str, list[str]]:
@@ -22,9 +22,9 @@ def parse_fields(items: list[str]) -> dict[str, list[str]]:
         kind, col = kind.strip(), col.strip()
         if not sep or not kind or not col:
             raise typer.BadParameter(f"{item!r} is not KIND=COL", param_hint="--field")
-        if kind not in KINDS:
+        if kind not in FIELD_KINDS:
             raise typer.BadParameter(
-                f"{item!r}: unknown KIND {kind!r} (one of {', '.join(KINDS)})",
+                f"{item!r}: unknown KIND {kind!r} (one of {', '.join(FIELD_KINDS)})",
                 param_hint="--field")
         fields.setdefault(kind, []).append(col)
     return fields
@@ -39,8 +39,6 @@ def link_files_command(
     out: Path = typer.Option(..., "--out", help="CSV of matched pairs to write"),
 ) -> None:
     """Link two person CSV files (or deduplicate one) on keyed encodings; write matched pairs."""
-    from linkage.link_files import link_files
-
     fields = parse_fields(field)
     console = Console(stderr=True)
     try:

@@ -1,7 +1,8 @@
 """The `haven` command: `main(argv, environ)` builds settings and runs one subcommand.
 
 Settings come from the environment passed in (HAVEN_HOME, HAVEN_DATABASE_URL, HAVEN_KEY_*),
-never from globals deep inside, so every command can be tested without patching.
+never from globals deep inside, so every command can be tested without patching. Commands only
+parse arguments, call the pipeline (`pipeline/`) and print what it did.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from collections.abc import Mapping, Sequence
 
 import typer
 
-from cli.context import Haven
+from cli import demo_cmd, govern_cmd, link_cmd, score_cmd, serve_cmd
+from cli.land_cmd import land_command
+from cli.link_files_cmd import link_files_command
+from cli.synth_cmd import synth_command
 from governance.settings import Settings
+from pipeline.context import Context
 
 
 def build_app(environ: Mapping[str, str]) -> typer.Typer:
@@ -24,39 +29,14 @@ def build_app(environ: Mapping[str, str]) -> typer.Typer:
 
     @app.callback()
     def _root(ctx: typer.Context) -> None:
-        ctx.obj = Haven(Settings.from_environ(environ))
+        ctx.obj = Context(Settings.from_environ(environ))
 
-    from cli.land_cmd import land_command
     app.command("land")(land_command)
-    _optional(app, "synth", "cli.synth_cmd", "synth_command")
-    _optional(app, "link-files", "cli.link_files_cmd", "link_files_command")
-    for register in _registrars():
-        register(app)
+    app.command("synth")(synth_command)
+    app.command("link-files")(link_files_command)
+    for module in (link_cmd, score_cmd, govern_cmd, serve_cmd, demo_cmd):
+        module.register(app)
     return app
-
-
-def _optional(app: typer.Typer, name: str, module: str, attribute: str) -> None:
-    """Register a command whose module may not be installed in a slim deployment."""
-    try:
-        imported = __import__(module, fromlist=[attribute])
-    except ImportError:  # pragma: no cover - all modules ship together today
-        return
-    app.command(name)(getattr(imported, attribute))
-
-
-def _registrars() -> list:
-    """Command groups contributed by later stages (link, score, govern, serve)."""
-    found = []
-    for module in ("cli.link_cmd", "cli.score_cmd", "cli.govern_cmd", "cli.serve_cmd",
-                   "cli.demo_cmd"):
-        try:
-            imported = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        found.append(imported.register)
-    return found
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -16,16 +16,16 @@ from rich.table import Table
 
 from api.authz import AccessPolicy
 from api.users import UserError, add_user, list_users, revoke_user
-from cli.context import Haven
+from pipeline.context import Context
 
 
-def _roles(haven: Haven) -> set[str]:
-    return AccessPolicy(haven.engine, haven.settings).roles()
+def _roles(context: Context) -> set[str]:
+    return AccessPolicy(context.engine, context.settings).roles()
 
 
-def _environment(haven: Haven, extra: dict[str, str]) -> dict[str, str]:
+def _environment(context: Context, extra: dict[str, str]) -> dict[str, str]:
     """Variables a worker process needs to rebuild these settings (several workers)."""
-    settings = haven.settings
+    settings = context.settings
     environ = {"HAVEN_HOME": str(settings.home), "HAVEN_BATCH_ROWS": str(settings.batch_rows),
                **settings.key_env, **extra}
     if settings.database_url:
@@ -54,24 +54,24 @@ def register(app: typer.Typer) -> None:
         from api.app import create_app
         from api.config import ApiConfig
 
-        haven: Haven = ctx.obj
+        context: Context = ctx.obj
         console = Console(stderr=True)
         overrides = {k: v for k, v in (("HAVEN_OIDC_ISSUER", oidc_issuer),
                                        ("HAVEN_OIDC_AUDIENCE", oidc_audience),
                                        ("HAVEN_OIDC_JWKS", oidc_jwks)) if v}
         if migrate_only:
-            rules = len(AccessPolicy(haven.engine, haven.settings).rules()["p"])
+            rules = len(AccessPolicy(context.engine, context.settings).rules()["p"])
             console.print(f"database migrated; {rules} access rules in force")
             return
         environ = {**{k: v for k, v in os.environ.items()
                       if k.startswith(("HAVEN_API_", "HAVEN_OIDC_"))}, **overrides}
         console.print(f"Haven API on http://{host}:{port} (documentation at /docs)")
         if workers > 1:
-            os.environ.update(_environment(haven, environ))
+            os.environ.update(_environment(context, environ))
             uvicorn.run("api.app:create_app_from_environ", factory=True, host=host, port=port,
                         workers=workers, log_level="warning", access_log=False)
             return
-        app_ = create_app(haven.settings, engine=haven.engine, keys=haven.keys,
+        app_ = create_app(context.settings, engine=context.engine, keys=context.keys,
                           config=ApiConfig.from_environ(environ))
         uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
 
@@ -87,9 +87,9 @@ def register(app: typer.Typer) -> None:
                                      "organisation and roles, old tokens revoked."),
     ) -> None:
         """Add a user and print their token (shown once; only its SHA-256 is kept)."""
-        haven: Haven = ctx.obj
+        context: Context = ctx.obj
         try:
-            token = add_user(haven.engine, haven.actor, name, org, role, _roles(haven),
+            token = add_user(context.engine, context.actor, name, org, role, _roles(context),
                              replace=replace)
         except UserError as exc:
             raise typer.BadParameter(str(exc)) from None
@@ -99,9 +99,9 @@ def register(app: typer.Typer) -> None:
     @users.command("list")
     def users_list(ctx: typer.Context) -> None:
         """Every user, organisation, roles and live tokens."""
-        haven: Haven = ctx.obj
+        context: Context = ctx.obj
         table = Table("user", "org", "roles", "active", "tokens", "created")
-        for user in list_users(haven.engine):
+        for user in list_users(context.engine):
             table.add_row(user["user_id"], user["org"], ", ".join(user["roles"]),
                           "yes" if user["active"] else "no", str(user["active_tokens"]),
                           user["created_at"][:19])
@@ -110,9 +110,9 @@ def register(app: typer.Typer) -> None:
     @users.command("revoke")
     def users_revoke(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
         """Deactivate a user and revoke all their tokens."""
-        haven: Haven = ctx.obj
+        context: Context = ctx.obj
         try:
-            revoked = revoke_user(haven.engine, haven.actor, name)
+            revoked = revoke_user(context.engine, context.actor, name)
         except LookupError:
             raise typer.BadParameter(f"no user {name}") from None
         Console().print(f"user {name} deactivated; {revoked} token(s) revoked")

@@ -297,7 +297,7 @@ def purge(settings: Settings, engine: Engine, at: dt.date, actor: Actor = SYSTEM
                                     .where(extracts.c.status == "landed")).all()
     with store.data_lock(settings):
         for item in landed:
-            path = store.rows_path(settings, item.extract_id)
+            path = settings.layout.rows(item.extract_id)
             if (live.empty or item.source == REGISTER or not path.exists()
                     or "person_id" not in pq.read_schema(path).names):
                 continue

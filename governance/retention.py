@@ -118,13 +118,13 @@ def void_runs(settings: Settings, engine: Engine, extract_ids: Sequence[str]) ->
     hit = sorted(r.run_id for r in listed if wanted & set(r.extract_ids or []))
     files = 0
     for run_id in hit:
-        for folder in (settings.runs_dir / run_id, settings.home / "reports" / run_id):
+        for folder in (settings.layout.run(run_id).folder, settings.layout.report(run_id)):
             if folder.exists():
                 files += sum(1 for p in folder.rglob("*") if p.is_file())
                 shutil.rmtree(folder)
     exports = 0
-    if hit and settings.exports_dir.exists():
-        for described in sorted(settings.exports_dir.glob("*/export.json")):
+    if hit:
+        for described in settings.layout.export_descriptions():
             try:
                 run_id = json.loads(described.read_text(encoding="utf-8")).get("run_id")
             except ValueError:
@@ -159,7 +159,7 @@ def unreferenced_vault_entries(settings: Settings, engine: Engine,
         keep |= pc.is_in(held, value_set=pa.array(registered, pa.string())).to_numpy(
             zero_copy_only=False)
     for extract_id in remaining:
-        path = store.rows_path(settings, extract_id)
+        path = settings.layout.rows(extract_id)
         if path.exists() and "person_id" in pq.read_schema(path).names:
             column = pq.read_table(path, columns=["person_id"]).column("person_id")
             found = pc.unique(column.combine_chunks())
@@ -246,8 +246,8 @@ def _destroy_locked(settings: Settings, engine: Engine, ids: list[str], actor: A
         connection.execute(update(extracts).where(extracts.c.extract_id.in_(ids))
                            .values(status="destroying", landed_sha256=None))
     for extract_id in ids:
-        store.remove_tree(store.extract_dir(settings, extract_id))
-        store.remove_tree(store.staging_dir(settings, extract_id))
+        store.remove_tree(settings.layout.extract(extract_id))
+        store.remove_tree(settings.layout.staged(extract_id))
     derived: dict[str, int] = {}
     for dependent in dependents:
         for name, value in dependent(ids).items():

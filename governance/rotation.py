@@ -63,7 +63,7 @@ def _stale(engine: Engine, purpose_column: str, key_id: str) -> int:
 def _rekey_file(settings: Settings, extract_id: str, mapping: dict[str, str],
                 new_id: str) -> tuple[int, int] | None:
     """Rewrite one extract's pseudonyms; (rows, rows left unmapped) or None when untouched."""
-    path = store.rows_path(settings, extract_id)
+    path = settings.layout.rows(extract_id)
     if not path.exists() or "key_id" not in pq.read_schema(path).names:
         return None
     table = pq.read_table(path)

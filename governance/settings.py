@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from governance.layout import Layout
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -32,35 +34,16 @@ class Settings:
     @property
     def db_url(self) -> str:
         """The database URL in force: PostgreSQL when configured, else SQLite under home."""
-        return self.database_url or f"sqlite:///{self.home / 'haven.db'}"
+        return self.database_url or f"sqlite:///{self.layout.database_file}"
 
     @property
     def embedded(self) -> bool:
         return self.db_url.startswith("sqlite")
 
     @property
-    def extracts_dir(self) -> Path:
-        return self.home / "extracts"
-
-    @property
-    def staging_dir(self) -> Path:
-        return self.home / "staging"
-
-    @property
-    def index_dir(self) -> Path:
-        return self.home / "index"
-
-    @property
-    def runs_dir(self) -> Path:
-        return self.home / "runs"
-
-    @property
-    def exports_dir(self) -> Path:
-        return self.home / "exports"
-
-    @property
-    def key_file(self) -> Path:
-        return self.home / "keys.json"
+    def layout(self) -> Layout:
+        """Every path under the data directory (governance.layout)."""
+        return Layout(self.home)
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -16,26 +16,20 @@ from pathlib import Path
 
 from governance.settings import Settings
 
-ROWS_FILE = "rows.parquet"
+
+def extract_dir(settings: Settings, extract_id: str) -> Path:  # kept for callers
+    return settings.layout.extract(extract_id)
 
 
-def extract_dir(settings: Settings, extract_id: str) -> Path:
-    return settings.extracts_dir / extract_id
-
-
-def rows_path(settings: Settings, extract_id: str) -> Path:
-    return extract_dir(settings, extract_id) / ROWS_FILE
-
-
-def staging_dir(settings: Settings, extract_id: str) -> Path:
-    return settings.staging_dir / extract_id
+def staging_dir(settings: Settings, extract_id: str) -> Path:  # kept for callers
+    return settings.layout.staged(extract_id)
 
 
 @contextmanager
 def data_lock(settings: Settings, name: str = "data") -> Iterator[None]:
     """An exclusive lock on the data directory for one writer at a time."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    path = settings.home / f"{name}.lock"
+    path = settings.layout.lock(name)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -46,9 +40,9 @@ def data_lock(settings: Settings, name: str = "data") -> Iterator[None]:
 
 def publish(settings: Settings, extract_id: str) -> Path:
     """Move a staged extract into place in one rename (atomic on one filesystem)."""
-    source = staging_dir(settings, extract_id)
-    target = extract_dir(settings, extract_id)
-    settings.extracts_dir.mkdir(parents=True, exist_ok=True)
+    source = settings.layout.staged(extract_id)
+    target = settings.layout.extract(extract_id)
+    settings.layout.extracts_dir.mkdir(parents=True, exist_ok=True)
     _fsync_tree(source)
     os.replace(source, target)
     return target
@@ -59,17 +53,17 @@ def remove_tree(path: Path) -> None:
 
 
 def landed_folders(settings: Settings) -> list[str]:
-    if not settings.extracts_dir.exists():
+    if not settings.layout.extracts_dir.exists():
         return []
-    return sorted(p.name for p in settings.extracts_dir.iterdir() if p.is_dir())
+    return sorted(p.name for p in settings.layout.extracts_dir.iterdir() if p.is_dir())
 
 
 def clear_staging(settings: Settings) -> int:
     """Remove whatever an interrupted landing left in staging; returns how many folders."""
-    if not settings.staging_dir.exists():
+    if not settings.layout.staging_dir.exists():
         return 0
     removed = 0
-    for path in settings.staging_dir.iterdir():
+    for path in settings.layout.staging_dir.iterdir():
         remove_tree(path)
         removed += 1
     return removed

@@ -13,9 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
-from governance import store
 from governance.settings import Settings
-from linkage.person_index import LINK_MAP, landed_extracts
+from linkage.person_index import landed_extracts
 
 # Given a source's linked rows (with person_id, extract_id, sender), a mask of rows to keep.
 RowFilter = Callable[[pd.DataFrame, str], "pd.Series"]
@@ -24,7 +23,7 @@ RowFilter = Callable[[pd.DataFrame, str], "pd.Series"]
 def load_sources(settings: Settings, engine: Engine, row_filter: RowFilter | None = None,
                  sources: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """Every landed source as one frame with `person_key`, linkage encodings left out."""
-    link_path = settings.index_dir / LINK_MAP
+    link_path = settings.layout.link_map
     if not link_path.exists():
         raise FileNotFoundError("no person index yet: run `haven link` first")
     link_map = pq.read_table(link_path, columns=["extract_id", "row", "person_key"])
@@ -35,7 +34,7 @@ def load_sources(settings: Settings, engine: Engine, row_filter: RowFilter | Non
             continue
         tables = []
         for item in group.itertuples():
-            path = store.rows_path(settings, item.extract_id)
+            path = settings.layout.rows(item.extract_id)
             names = [n for n in pq.read_schema(path).names if not n.startswith("lk_")]
             table = pq.read_table(path, columns=names)
             table = table.append_column("sender", pa.array([item.sender] * table.num_rows,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,9 +40,6 @@ from governance.schema import extracts
 from governance.settings import Settings
 from linkage.landing.pseudonymise import keyed_hashes
 
-LINK_MAP = "link_map.parquet"
-REVIEW = "review.parquet"
-REPORT = "quality.json"
 PROFILE_SOURCES = ("gp_patients", "social_care")
 MAP_SCHEMA = pa.schema([
     ("extract_id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
@@ -72,16 +69,23 @@ class LinkSummary:
         return self.__dict__.copy()
 
 
-def index_dir(settings: Settings) -> Path:
-    return settings.index_dir
-
-
 def read_link_map(settings: Settings, columns: list[str] | None = None) -> pd.DataFrame:
     """The current link map (empty frame with the schema when nothing is indexed yet)."""
-    path = settings.index_dir / LINK_MAP
+    path = settings.layout.link_map
     if not path.exists():
         return MAP_SCHEMA.empty_table().to_pandas()
     return pq.read_table(path, columns=columns).to_pandas()
+
+
+def link_rows(settings: Settings, column: str, values: Sequence[str]) -> list[dict]:
+    """(person_id, person_key) of the index rows whose `column` is one of `values`, rows
+    without a pseudonym left out."""
+    path = settings.layout.link_map
+    if not path.exists() or not values:
+        return []
+    table = pq.read_table(path, columns=["person_id", "person_key"],
+                          filters=pc.field(column).isin(pa.array(list(values), pa.string())))
+    return table.filter(pc.is_valid(table.column("person_id"))).to_pylist()
 
 
 def person_keys(person_ids: pa.Array, key: Key) -> pa.Array:
@@ -99,7 +103,7 @@ def landed_extracts(engine: Engine) -> pd.DataFrame:
 
 
 def _read_rows(settings: Settings, extract_id: str, encodings: bool) -> pd.DataFrame:
-    path = store.rows_path(settings, extract_id)
+    path = settings.layout.rows(extract_id)
     names = pq.read_schema(path).names
     wanted = ["extract_id", "row"] + [c for c in ("person_id", "record_key") if c in names]
     if encodings:
@@ -109,9 +113,8 @@ def _read_rows(settings: Settings, extract_id: str, encodings: bool) -> pd.DataF
     return pq.read_table(path, columns=wanted).to_pandas()
 
 
-def _write(settings: Settings, name: str, table: pa.Table) -> None:
-    settings.index_dir.mkdir(parents=True, exist_ok=True)
-    target = settings.index_dir / name
+def _write(settings: Settings, target: Path, table: pa.Table) -> None:
+    settings.layout.index_dir.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, target)
@@ -120,8 +123,8 @@ def _write(settings: Settings, name: str, table: pa.Table) -> None:
 def _write_map(settings: Settings, frame: pd.DataFrame, slice_rows: int = 1_000_000) -> None:
     """The link map, converted to Arrow a slice at a time (a whole-map copy in Arrow was the
     index's peak memory: 0.9 GB of the 2.7 GB for 5M rows)."""
-    settings.index_dir.mkdir(parents=True, exist_ok=True)
-    target = settings.index_dir / LINK_MAP
+    settings.layout.index_dir.mkdir(parents=True, exist_ok=True)
+    target = settings.layout.link_map
     tmp = target.with_suffix(".tmp")
     columns = [f.name for f in MAP_SCHEMA]
     with pq.ParquetWriter(tmp, MAP_SCHEMA, compression="zstd") as writer:
@@ -202,8 +205,8 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
             for source, group in combined.groupby("source")}
         summary.review_pairs = len(review)
         _write_map(settings, combined)
-        _write(settings, REVIEW, pa.Table.from_pandas(review, preserve_index=False))
-        (settings.index_dir / REPORT).write_text(json.dumps(
+        _write(settings, settings.layout.review, pa.Table.from_pandas(review, preserve_index=False))
+        settings.layout.link_quality.write_text(json.dumps(
             {**summary.to_json(), "at": datetime.now(UTC).isoformat()}, default=str))
     return summary
 
@@ -223,7 +226,7 @@ def _link_clients(frame: pd.DataFrame) -> pd.DataFrame:
 def _merge_review(settings: Settings, fresh: pd.DataFrame, frame: pd.DataFrame,
                   scope: np.ndarray) -> pd.DataFrame:
     """The review list: this run's pairs, plus earlier pairs of rows it did not retry."""
-    path = settings.index_dir / REVIEW
+    path = settings.layout.review
     if not path.exists():
         return fresh
     earlier = pq.read_table(path).to_pandas()
@@ -357,7 +360,7 @@ def _assign_keys(frame: pd.DataFrame, key: Key,
 
 def rekey(settings: Settings, mapping: dict[str, str]) -> int:
     """After a pseudonym key rotation: the index's pseudonyms mapped old -> new, keys kept."""
-    path = settings.index_dir / LINK_MAP
+    path = settings.layout.link_map
     if not path.exists():
         return 0
     frame = read_link_map(settings)

@@ -43,8 +43,8 @@ def _run_section(run: ScoreRun, out: Path) -> list[str]:
              f"({run.model_version}), seed {run.seed}",
              f"- Trained on features at {run.meta.get('train_at', '?')} with emergency admissions"
              f" in {' to '.join(run.meta.get('train_window', []))}",
-             f"- Persons scored: {len(scores):,}; opt-outs left out: "
-             f"{run.metrics.get('optouts_excluded', 0):,}",
+             f"- Persons scored: {len(scores):,} (rows their opt-outs cover were left out "
+             "before scoring, by the purpose's policy table)",
              "- Extracts used: " + ", ".join(f"{k}: {len(v)}" for k, v in
                                               sorted(run.extract_ids.items())), ""]
     selection = run.metrics.get("selection", {})

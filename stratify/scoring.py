@@ -21,9 +21,10 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from governance.layout import RunFiles
 from stratify import codelists, explain
 from stratify.features import _ts, connect, features_from
-from stratify.sources import active_optouts, extract_ids
+from stratify.sources import extract_ids
 from stratify.tiers import assign, thresholds, tier_change
 from stratify.train import ModelBundle, train
 
@@ -141,26 +142,18 @@ def _run_id(at: dt.date, seed: int, ids: dict[str, list[str]], version: str) -> 
 
 def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
           previous: pd.DataFrame | None = None, bundle: ModelBundle | None = None,
-          respect_optouts: bool = False, max_train_persons: int | None = 400_000,
+          max_train_persons: int | None = 400_000,
           threads: int | None = None, model: str | None = None) -> ScoreRun:
     """Score everyone alive and registered at `at`; see the module docstring.
 
     `previous`: an earlier run's scores (`person_key`, `probability`, `tier`) to report change.
     `bundle`: a fitted model to reuse (else one is trained for `at`). Opt-outs are applied
-    before this by governance's `purpose_filter` (which rows each purpose may use); only when
-    called without it, `respect_optouts=True` leaves out persons with a type 1 or national data
-    opt-out in force and social care rows of persons who withdrew consent. `model`: score with
+    before this, by the caller (the pipeline, through governance's `purpose_filter`: which rows
+    each purpose may use); this function reads only what it is given. `model`: score with
     this candidate instead of the one chosen on validation (a super user's choice, recorded in
     the run's metrics and part of its id).
     """
     sources = dict(sources)
-    excluded: set[str] = set()
-    if respect_optouts:
-        excluded = active_optouts(sources, at)
-        withdrawn = active_optouts(sources, at, types=("consent_withdrawn",))
-        if withdrawn and "social_care" in sources:
-            care = sources["social_care"]
-            sources["social_care"] = care[~care["person_key"].astype(str).isin(withdrawn)]
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -177,8 +170,6 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
             lap("train")
         bundle = choose_model(bundle, model)
         X = features_from(con, at, bundle.lookback_months)
-        if excluded:
-            X = X[~X.index.isin(excluded)]
         attributes = _attributes(con, at, X.index)
         lap("features")
     finally:
@@ -214,7 +205,7 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
                                **{name: p for name, p in probability.items()}})
     ids = extract_ids(sources)
     tier_counts = scores["tier"].value_counts().to_dict()
-    metrics = {"persons": int(len(scores)), "optouts_excluded": int(len(excluded)),
+    metrics = {"persons": int(len(scores)),
                "mean_probability": float(np.mean(chosen)) if len(chosen) else float("nan"),
                "tiers": {k: int(v) for k, v in tier_counts.items()},
                "selection": bundle.selection, "training": bundle.metrics,
@@ -250,31 +241,35 @@ def choose_model(bundle: ModelBundle, model: str | None) -> ModelBundle:
         **bundle.extra, "chosen_by": "user", "best_on_validation": bundle.chosen})
 
 
-def save_run(run: ScoreRun, directory: Path | str) -> Path:
-    """Write the run to `directory` (created): scores, candidates, run.json, model.joblib."""
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    run.scores.to_parquet(folder / "scores.parquet", index=False)
-    run.candidates.to_parquet(folder / "candidates.parquet", index=False)
-    (folder / "run.json").write_text(json.dumps(run.to_json(), indent=2, default=_json),
-                                     encoding="utf-8")
+def _files(directory: RunFiles | Path | str) -> RunFiles:
+    return directory if isinstance(directory, RunFiles) else RunFiles(Path(directory))
+
+
+def save_run(run: ScoreRun, directory: RunFiles | Path | str) -> Path:
+    """Write the run to `directory` (created): scores, candidates, description, model."""
+    files = _files(directory)
+    files.folder.mkdir(parents=True, exist_ok=True)
+    run.scores.to_parquet(files.scores, index=False)
+    run.candidates.to_parquet(files.candidates, index=False)
+    files.description.write_text(json.dumps(run.to_json(), indent=2, default=_json),
+                                 encoding="utf-8")
     if run.bundle is not None:
-        joblib.dump(run.bundle, folder / "model.joblib", compress=3)
-    return folder
+        joblib.dump(run.bundle, files.model, compress=3)
+    return files.folder
 
 
-def load_run(directory: Path | str) -> ScoreRun:
-    """Read a run written by `save_run` (the model too, when `model.joblib` is there)."""
-    folder = Path(directory)
-    meta = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    bundle = joblib.load(folder / "model.joblib") if (folder / "model.joblib").exists() else None
+def load_run(directory: RunFiles | Path | str) -> ScoreRun:
+    """Read a run written by `save_run` (the model too, when it was saved)."""
+    files = _files(directory)
+    meta = json.loads(files.description.read_text(encoding="utf-8"))
+    bundle = joblib.load(files.model) if files.model.exists() else None
     known = {"run_id", "at", "model_version", "model", "seed", "thresholds", "extract_ids",
              "metrics"}
     return ScoreRun(run_id=meta["run_id"], at=dt.date.fromisoformat(meta["at"]),
                     model_version=meta["model_version"], model=meta["model"], seed=meta["seed"],
                     thresholds=meta["thresholds"], extract_ids=meta["extract_ids"],
-                    metrics=meta["metrics"], scores=pd.read_parquet(folder / "scores.parquet"),
-                    candidates=pd.read_parquet(folder / "candidates.parquet"), bundle=bundle,
+                    metrics=meta["metrics"], scores=pd.read_parquet(files.scores),
+                    candidates=pd.read_parquet(files.candidates), bundle=bundle,
                     meta={k: v for k, v in meta.items() if k not in known})
 
 

@@ -103,19 +103,3 @@ def add_months(day: dt.date, months: int) -> dt.date:
         except ValueError:
             continue
     raise ValueError(day)  # pragma: no cover - unreachable
-
-
-def active_optouts(sources: dict[str, pd.DataFrame], at: dt.date,
-                   types: tuple[str, ...] = ("ndoo", "type1")) -> set[str]:
-    """Person keys with an opt-out of one of `types` in force at `at` (effective, not withdrawn).
-
-    Risk stratification for planning runs under s251 support that respects type 1 objections
-    and the national data opt-out, so these people are left out of a run by default.
-    """
-    frame = sources.get("optouts")
-    if frame is None or len(frame) == 0:
-        return set()
-    frame = prepare({"optouts": frame})["optouts"]
-    live = frame["optout_type"].isin(types) & (frame["effective_date"] <= pd.Timestamp(at)) \
-        & ~frame["withdrawn"].astype(bool)
-    return set(frame.loc[live, "person_key"].astype(str))

@@ -22,12 +22,12 @@ from sqlalchemy import insert
 from api.app import create_app
 from api.config import ApiConfig
 from api.users import add_user
-from cli.context import Haven
 from factories import person, rows_for, write_extract
 from governance.audit import SYSTEM
 from governance.schema import runs
 from linkage import person_index
 from linkage.landing.land import LandingContext, land_file
+from pipeline.context import Context as Haven
 
 ROLES = ("analyst", "super_user", "mdt_clinician", "ig_lead", "admin", "council_uploader")
 ORGS = {"analyst": "X26", "super_user": "X26", "mdt_clinician": "B86001", "ig_lead": "X26",
@@ -105,12 +105,12 @@ def write_score_run(haven: Haven, scores: pd.DataFrame, run_id: str = "score-202
                     purpose: str = "commissioning", extract_ids: list[str] | None = None
                     ) -> str:
     """A score run as `haven score` leaves it: scores.parquet, run.json and a `runs` row."""
-    folder = haven.settings.runs_dir / run_id
+    folder = haven.settings.layout.runs_dir / run_id
     folder.mkdir(parents=True, exist_ok=True)
     scores.to_parquet(folder / "scores.parquet", index=False)
     (folder / "run.json").write_text(json.dumps({
         "run_id": run_id, "at": at, "model_version": "test", "model": "rule",
-        "thresholds": {}, "extract_ids": {}, "metrics": {"optouts_excluded": 0}}))
+        "thresholds": {}, "extract_ids": {}, "metrics": {}}))
     with haven.engine.begin() as connection:
         connection.execute(insert(runs).values(
             run_id=run_id, kind="score", at=when or dt.datetime.now(dt.UTC), status="complete",

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from cli.context import Haven
 from governance.settings import Settings
 from linkage.landing.land import LandingContext
+from pipeline.context import Context as Haven
 
 POSTGRES_URL = os.environ.get("HAVEN_TEST_POSTGRES_URL", "")
 
@@ -72,8 +72,7 @@ def haven(tmp_path: Path, backend: str) -> Iterator[Haven]:
                         key_env=key_environment(), batch_rows=1000)
     handle = Haven(settings)
     yield handle
-    if "engine" in handle.__dict__:
-        handle.engine.dispose()
+    handle.close()
 
 
 @pytest.fixture

@@ -51,11 +51,11 @@ def test_score_job_passes_date_and_seed_and_reports_failure_by_kind(world: World
                                                                     monkeypatch) -> None:
     seen = {}
 
-    def run_score(haven, at, seed=0, console=None, purpose="commissioning", model=None):
-        seen.update(at=at, seed=seed, actor=haven.actor, purpose=purpose, model=model)
+    def run_score(ctx, at, seed=0, purpose="commissioning", model=None):
+        seen.update(at=at, seed=seed, actor=ctx.actor, purpose=purpose, model=model)
         raise RuntimeError("details that must not leave the job")
 
-    monkeypatch.setattr(jobs, "stage", lambda kind: run_score)
+    monkeypatch.setattr(jobs, "score", run_score)
     started = world.call("super_user", "POST", "/jobs/score", json={
         "at": "2025-04-01", "seed": 3, "purpose": "case_finding"})
     job = wait(world, started.json()["job_id"])
@@ -72,16 +72,11 @@ def test_score_job_passes_date_and_seed_and_reports_failure_by_kind(world: World
     unknown = world.call("super_user", "POST", "/jobs/score",
                          json={"at": "2025-04-01", "model": "oracle"})
     assert unknown.status_code == 422
-    # a stage that cannot take a parameter refuses the job rather than ignoring it
-    monkeypatch.setattr(jobs, "stage", lambda kind: lambda haven, at, seed=0: None)
-    refused = world.call("super_user", "POST", "/jobs/score",
-                         json={"at": "2025-04-01", "model": "boosting"})
-    assert refused.status_code == 409 and "model" in refused.json()["detail"]
 
 
 def test_a_job_result_holds_counts_and_ids_but_no_server_path(world: World,
                                                                monkeypatch) -> None:
-    monkeypatch.setattr(jobs, "stage", lambda kind: lambda haven, at, seed=0, purpose="": {
+    monkeypatch.setattr(jobs, "score", lambda ctx, at, seed=0, purpose="", model=None: {
         "run_id": "score-2025-04-01-abc", "persons": 3, "folder": "/srv/haven/runs/x",
         "tiers": {"low": 3}, "rows": [{"person_key": "P1"}]})
     started = world.call("super_user", "POST", "/jobs/score", json={"at": "2025-04-01"})
@@ -92,7 +87,7 @@ def test_a_job_result_holds_counts_and_ids_but_no_server_path(world: World,
 
 def test_one_job_at_a_time(world: World, monkeypatch) -> None:
     release = __import__("threading").Event()
-    monkeypatch.setattr(jobs, "stage", lambda kind: lambda haven, **_: release.wait(5))
+    monkeypatch.setattr(jobs, "link", lambda ctx, **_: release.wait(5))
     first = world.call("super_user", "POST", "/jobs/link")
     second = world.call("super_user", "POST", "/jobs/link")
     release.set()
@@ -125,7 +120,7 @@ def test_exports_use_the_recipient_s_own_pseudonyms(world: World) -> None:
     again = _csv(world, _export(world, "RR8")["export_id"])
     assert {r["recipient_key"] for r in again} == keys_a  # stable for one recipient
     parquet = _export(world, "RR8", "parquet", tiers=["very_high"], practice=OWN_PRACTICE)
-    path = world.haven.settings.exports_dir / parquet["export_id"] / "export.parquet"
+    path = world.haven.settings.layout.exports_dir / parquet["export_id"] / "export.parquet"
     table = pq.read_table(path).to_pylist()
     assert table and all(r["tier"] == "very_high" and r["practice"] == OWN_PRACTICE
                          for r in table)
@@ -166,9 +161,8 @@ def test_one_job_at_a_time_across_processes(world: World, monkeypatch) -> None:
     import threading
 
     release = threading.Event()
-    monkeypatch.setattr(jobs, "stage", lambda kind: lambda haven, **_: release.wait(5))
-    haven = world.haven
-    runners = [jobs.JobRunner(haven.settings, haven.engine, haven.keys) for _ in range(2)]
+    monkeypatch.setattr(jobs, "link", lambda ctx, **_: release.wait(5))
+    runners = [jobs.JobRunner(world.haven) for _ in range(2)]
     for runner in runners:  # widen the window between "is one running?" and starting one
         busy = runner._busy
         monkeypatch.setattr(runner, "_busy", lambda busy=busy: (busy(), time.sleep(0.2))[0])
@@ -178,7 +172,7 @@ def test_one_job_at_a_time_across_processes(world: World, monkeypatch) -> None:
     def ask(runner: jobs.JobRunner) -> None:
         barrier.wait()
         try:
-            runner.start("link", SYSTEM)
+            runner.start_link(SYSTEM)
             outcomes.append("started")
         except jobs.JobRefused:
             outcomes.append("refused")

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from api.aggregates import aggregate
 from api.app import create_app
 from api.config import ApiConfig
-from api.release import TIERS, load_release
+from api.scored_run import TIERS, load_release
 from governance.suppression import Rule
 
 

@@ -226,7 +226,7 @@ def test_application_role_cannot_update_or_delete_on_postgres(postgres_url, tmp_
     app = create_engine(owner.url.set(username=role, password="app"))
     settings = Settings(home=tmp_path / "home", database_url=str(app.url))
     try:
-        landing = LandingContext(settings, app, KeyProvider(settings.key_file,
+        landing = LandingContext(settings, app, KeyProvider(settings.layout.key_file,
                                                             key_environment()), ANALYST)
         receipt = land_file(landing, write_extract(tmp_path / "in", "apc",
                                                    rows_for("apc", 3)))

@@ -70,8 +70,8 @@ def test_interrupted_landings_leave_nothing_in_staging(tmp_path: Path):
     settings = Settings(home=tmp_path)
     assert store.clear_staging(settings) == 0
     for name in ("e1", "e2"):
-        (store.staging_dir(settings, name)).mkdir(parents=True)
-    assert store.clear_staging(settings) == 2 and not any(settings.staging_dir.iterdir())
+        (settings.layout.staged(name)).mkdir(parents=True)
+    assert store.clear_staging(settings) == 2 and not any(settings.layout.staging_dir.iterdir())
 
 
 def test_retention_dates_and_the_shipped_tables(haven):

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from cli.main import main
 from factories import invalid_nhs, nhs_numbers, rows_for, write_extract
-from governance import audit, optouts, recipient_pseudonyms, rotation, store, vault
+from governance import audit, optouts, recipient_pseudonyms, rotation, vault
 from governance.audit import Actor
 from governance.keyed_hash import nhs_pseudonym
 from governance.keys import KeyError_, KeyProvider
@@ -28,7 +28,7 @@ MDT = Actor("dr.mdt", "mdt_clinician", "B86001", "case_finding")
 @pytest.fixture
 def file_keys(haven):
     """Rotation needs keys it can write: a key file rather than environment keys."""
-    haven.__dict__["keys"] = KeyProvider(haven.settings.key_file)
+    haven._keys = KeyProvider(haven.settings.layout.key_file)
     return haven.keys
 
 
@@ -38,7 +38,7 @@ def file_landing(haven, file_keys):
 
 
 def landed_ids(haven, extract_id: str) -> list[str | None]:
-    return pq.read_table(store.rows_path(haven.settings, extract_id)).column(
+    return pq.read_table(haven.settings.layout.rows(extract_id)).column(
         "person_id").to_pylist()
 
 
@@ -224,7 +224,7 @@ def test_a_pseudonym_without_a_vault_entry_keeps_its_old_key_id(haven, file_land
         vault.forget(connection, old_ids[:1])
     counts = rotation.rotate_pseudonym_key(haven.settings, haven.engine, file_keys, haven.actor)
     assert counts["unmapped_rows"] == 1
-    table = pq.read_table(store.rows_path(haven.settings, deaths.extract_id))
+    table = pq.read_table(haven.settings.layout.rows(deaths.extract_id))
     key_ids = table.column("key_id").to_pylist()
     assert table.column("person_id").to_pylist()[0] == old_ids[0]
     assert key_ids[0] != key_ids[1] == key_ids[2] == file_keys.current("pseudonym").key_id
@@ -241,7 +241,7 @@ def test_environment_keys_are_rotated_where_they_are_kept(haven, landing, inbox,
     # The operator puts a new pseudonymisation key (a new id) in the environment: re-keyed.
     changed = {**haven.settings.key_env,
                "HAVEN_KEY_PSEUDONYM": "pt2:" + base64.b64encode(b"k" * 32).decode()}
-    keys = KeyProvider(haven.settings.key_file, changed)
+    keys = KeyProvider(haven.settings.layout.key_file, changed)
     counts = rotation.rotate_pseudonym_key(haven.settings, haven.engine, keys, haven.actor)
     assert counts["pseudonyms"] == 2 and counts["files"] == 1
     with haven.engine.connect() as connection:

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from cli.main import main
 from factories import nhs_numbers, rows_for, write_extract
-from governance import optouts, store
+from governance import optouts
 from governance.audit import SYSTEM
 from governance.schema import audit_log, extracts
 from governance.suppression import Rule, suppress, suppress_table
@@ -53,9 +53,9 @@ def test_purpose_filter_follows_the_policy_table(haven, landing, inbox):
         (0, "ndoo", "2023-01-01", "N"), (1, "type1", "2023-01-01", "N")]), sender="X26"))
     at = dt.date(2024, 1, 1)
     frame = pd.DataFrame({"person_id": [None, "x"], "sender": "RR8"})
-    apc = pq.read_table(store.rows_path(haven.settings, land_rows(
+    apc = pq.read_table(haven.settings.layout.rows(land_rows(
         landing, inbox / "a", "apc", 3).extract_id)).to_pandas().assign(sender="RR8")
-    events = pq.read_table(store.rows_path(haven.settings, land_rows(
+    events = pq.read_table(haven.settings.layout.rows(land_rows(
         landing, inbox / "b", "gp_events", 3).extract_id)).to_pandas().assign(sender="0AR")
     commissioning = optouts.purpose_filter(haven.engine, "commissioning", at)
     case_finding = optouts.purpose_filter(haven.engine, "case_finding", at)
@@ -85,7 +85,7 @@ def test_withdrawn_social_care_consent_is_not_landed_and_later_ones_are_purged(
         (1, "consent_withdrawn", "2024-01-01", "N")]), sender="E08000036"))
     removed = optouts.purge(haven.settings, haven.engine, dt.date(2024, 2, 1), SYSTEM)
     assert removed == {other.extract_id: 1}
-    table = pq.read_table(store.rows_path(haven.settings, other.extract_id))
+    table = pq.read_table(haven.settings.layout.rows(other.extract_id))
     assert table.num_rows == 3 and 2 not in table.column("row").to_pylist()
 
 
@@ -121,7 +121,7 @@ def land_optouts(landing, folder, entries, sender):
 
 
 def ids_of(haven, receipt) -> list[str]:
-    return pq.read_table(store.rows_path(haven.settings, receipt.extract_id)).column(
+    return pq.read_table(haven.settings.layout.rows(receipt.extract_id)).column(
         "person_id").to_pylist()
 
 

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, insert, inspect, select, text, update
 
-from cli.govern_cmd import dependents
 from cli.main import main
 from factories import rows_for, write_extract
 from governance import audit, retention, store
@@ -16,6 +15,7 @@ from governance.audit import SYSTEM
 from governance.schema import destruction_certificates, extracts, runs, vault
 from linkage import person_index
 from linkage.landing.land import land_file
+from pipeline.govern import dependents
 
 
 def environ(haven) -> dict[str, str]:
@@ -31,7 +31,7 @@ def landed(haven, landing, inbox):
     keep = land_file(landing, write_extract(inbox / "b", "gp_patients",
                                             rows_for("gp_patients", 4, seed=3)))
     person_index.update(haven.settings, haven.engine, haven.keys.current("linkage"))
-    folder = haven.settings.runs_dir / "score-x"
+    folder = haven.settings.layout.runs_dir / "score-x"
     folder.mkdir(parents=True)
     (folder / "scores.parquet").write_bytes(b"scores")
     with haven.engine.begin() as connection:
@@ -74,8 +74,8 @@ def all_text(haven) -> str:
 
 def test_destruction_leaves_no_row_of_the_extract_anywhere(haven, landed):
     old, keep = landed
-    only_old = set(pd.read_parquet(store.rows_path(haven.settings, old.extract_id))[
-        "person_id"]) - set(pd.read_parquet(store.rows_path(haven.settings, keep.extract_id))[
+    only_old = set(pd.read_parquet(haven.settings.layout.rows(old.extract_id))[
+        "person_id"]) - set(pd.read_parquet(haven.settings.layout.rows(keep.extract_id))[
             "person_id"])
     assert len(only_old) == 4 and all(p in all_text(haven) for p in only_old)
     with haven.engine.connect() as connection:
@@ -86,7 +86,7 @@ def test_destruction_leaves_no_row_of_the_extract_anywhere(haven, landed):
     assert certificate.counts["rows"] == 8 and certificate.counts["runs_voided"] == 1
     assert certificate.counts["index_rows_removed"] == 8
     assert store.landed_folders(haven.settings) == [keep.extract_id]
-    assert not (haven.settings.runs_dir / "score-x").exists()
+    assert not (haven.settings.layout.runs_dir / "score-x").exists()
     # No table and no file under the data directory still names the extract.
     with haven.engine.connect() as connection:
         tables = inspect(connection).get_table_names()
@@ -152,7 +152,7 @@ def test_an_interrupted_destruction_is_finished_by_the_next_run(haven, landed):
         status = connection.scalar(select(extracts.c.status)
                                    .where(extracts.c.extract_id == old.extract_id))
     assert status == "destroying" and retention.list_certificates(haven.engine) == []
-    assert not store.extract_dir(haven.settings, old.extract_id).exists()
+    assert not haven.settings.layout.extract(old.extract_id).exists()
     # Unfinished work is due whatever the date, and the next run certifies all of it.
     assert retention.due(haven.engine, dt.date(2000, 1, 1)) == [old.extract_id]
     certificate = retention.run(haven.settings, haven.engine, SYSTEM, dt.date(2000, 1, 1),
@@ -199,7 +199,7 @@ def test_certificates_can_be_verified(haven, landed, capsys):
 
 def test_exports_of_voided_runs_are_destroyed(haven, landed):
     old, _ = landed
-    exports = haven.settings.exports_dir
+    exports = haven.settings.layout.exports_dir
     for name, content in (("exp-1", '{"run_id": "score-x"}'), ("exp-2", '{"run_id": "other"}'),
                           ("exp-3", "not json")):
         (exports / name).mkdir(parents=True)
@@ -228,7 +228,7 @@ def test_vault_entries_the_register_or_any_landed_row_still_needs_are_kept(haven
     empty = land_file(landing, write_extract(inbox / "c", "deaths", []))
     assert empty.status == "landed" and empty.counts["landed"] == 0
     gone = land_file(landing, write_extract(inbox / "d", "deaths", rows_for("deaths", 1)))
-    store.remove_tree(store.extract_dir(haven.settings, gone.extract_id))  # lost by accident
+    store.remove_tree(haven.settings.layout.extract(gone.extract_id))  # lost by accident
     certificate = retention.destroy(haven.settings, haven.engine, [old.extract_id], SYSTEM,
                                     "manual")
     # The 3 apc-only persons go, and the lost file's person (no row references them any

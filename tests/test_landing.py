@@ -18,7 +18,7 @@ SOURCES = sorted(CONTRACTS)
 
 
 def landed_table(haven, receipt):
-    return pq.read_table(store.rows_path(haven.settings, receipt.extract_id))
+    return pq.read_table(haven.settings.layout.rows(receipt.extract_id))
 
 
 @pytest.mark.parametrize("source", SOURCES)

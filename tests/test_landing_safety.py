@@ -113,9 +113,9 @@ def _land_in_subprocess(home: Path, inbox: Path, key_env: dict[str, str]) -> sub
 
 
 def test_killed_landing_then_rerun_lands_each_extract_exactly_once(tmp_path, inbox):
-    from cli.context import Haven
     from conftest import key_environment
     from governance.settings import Settings
+    from pipeline.context import Context as Haven
 
     rows = 20_000
     for source in ("apc", "ae", "gp_events"):
@@ -146,6 +146,6 @@ def test_killed_landing_then_rerun_lands_each_extract_exactly_once(tmp_path, inb
     assert all(r.rows_landed == rows for r in landed)
     assert store.landed_folders(haven.settings) == sorted(r.extract_id for r in landed)
     for r in landed:
-        assert pq.read_metadata(store.rows_path(haven.settings, r.extract_id)).num_rows == rows
-    assert not any(haven.settings.staging_dir.iterdir())
+        assert pq.read_metadata(haven.settings.layout.rows(r.extract_id)).num_rows == rows
+    assert not any(haven.settings.layout.staging_dir.iterdir())
     haven.engine.dispose()

@@ -73,7 +73,7 @@ def test_forgetting_an_extract_removes_its_rows(haven, landing, inbox):
     with haven.engine.begin() as connection:
         connection.execute(update(extracts).where(extracts.c.extract_id == apc.extract_id)
                            .values(status="destroyed"))
-    store.remove_tree(store.extract_dir(haven.settings, apc.extract_id))
+    store.remove_tree(haven.settings.layout.extract(apc.extract_id))
     counts = person_index.forget_extracts(haven.settings, haven.engine,
                                           haven.keys.current("linkage"), [apc.extract_id])
     assert counts == {"index_rows_removed": 10, "index_rows": 10}
@@ -99,7 +99,7 @@ def test_probabilistic_links_and_review_band_go_where_the_matcher_says(haven, la
     summary = _index(haven, matcher)
     assert summary.by_source_method["apc"] == {"probabilistic": 1, "unlinked": 2}
     assert summary.review_pairs == 1
-    review = pq.read_table(haven.settings.index_dir / "review.parquet").to_pandas()
+    review = pq.read_table(haven.settings.layout.review).to_pandas()
     assert list(review["query_row"]) == [2]
 
 
@@ -156,7 +156,7 @@ def test_the_map_is_written_a_slice_at_a_time_and_reads_back_whole(haven):
     back = person_index.read_link_map(haven.settings)
     assert back["row"].tolist() == [1, 2, 3, 4, 5]
     assert back["person_key"].tolist() == frame["person_key"].tolist()
-    assert pq.ParquetFile(haven.settings.index_dir / person_index.LINK_MAP).metadata \
+    assert pq.ParquetFile(haven.settings.layout.link_map).metadata \
         .num_row_groups == 3
     person_index._write_map(haven.settings, frame.iloc[:0])
     assert len(person_index.read_link_map(haven.settings)) == 0

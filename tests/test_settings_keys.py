@@ -12,6 +12,7 @@ import pytest
 
 from governance import store
 from governance.keys import KeyError_, KeyProvider
+from governance.layout import ROWS_FILE
 from governance.policy_tables import add_months, read_table, retention_date
 from governance.settings import Settings
 
@@ -88,12 +89,12 @@ def test_keys_from_environment(tmp_path: Path):
 def test_data_directory_publish_and_recovery(tmp_path: Path):
     settings = Settings(home=tmp_path / "home")
     assert store.landed_folders(settings) == [] and store.clear_staging(settings) == 0
-    staged = store.staging_dir(settings, "x1")
+    staged = settings.layout.staged("x1")
     staged.mkdir(parents=True)
-    (staged / store.ROWS_FILE).write_bytes(b"rows")
+    (staged / ROWS_FILE).write_bytes(b"rows")
     store.publish(settings, "x1")
-    assert store.landed_folders(settings) == ["x1"] and store.rows_path(settings, "x1").exists()
-    store.staging_dir(settings, "x2").mkdir(parents=True)
+    assert store.landed_folders(settings) == ["x1"] and settings.layout.rows("x1").exists()
+    settings.layout.staged("x2").mkdir(parents=True)
     assert store.clear_staging(settings) == 1
     with store.data_lock(settings):
         assert (settings.home / "data.lock").exists()

@@ -9,7 +9,7 @@ import orjson
 from fastapi.responses import JSONResponse, Response
 
 from api.problems import Problem
-from api.release import NoRun, Release
+from api.scored_run import NoRun, Release
 
 
 def current_release(access: Any) -> Release:

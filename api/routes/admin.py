@@ -23,10 +23,9 @@ from api.schemas import (
     UserList,
 )
 from api.users import UserError, add_user, issue_token, list_users, revoke_user
-from governance import rotation
 from governance.audit import Actor
 from governance.keys import KeyError_
-from linkage import person_index
+from pipeline import govern
 
 router = APIRouter(tags=["administration"])
 UserId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._@-]{1,63}$", examples=["dr.mdt"])]
@@ -103,15 +102,12 @@ async def rotate_key(purpose: Annotated[Literal["pseudonym", "vault"], Path(exam
     re-encrypts the vault. Keys passed in the environment are rotated where they are kept
     (409)."""
     services = access.services
-    actor = _actor(access)
+    ctx = services.context.acting_as(_actor(access))
 
     def rotate() -> int:
         if purpose == "vault":
-            return rotation.rotate_vault_key(services.engine, services.keys, actor)
-        counts = rotation.rotate_pseudonym_key(
-            services.settings, services.engine, services.keys, actor,
-            [lambda mapping: person_index.rekey(services.settings, mapping)])
-        return int(counts["pseudonyms"])
+            return govern.rotate_vault_key(ctx)
+        return int(govern.rotate_pseudonym_key(ctx)["pseudonyms"])
 
     try:
         changed = await run_in_threadpool(rotate)

@@ -17,10 +17,8 @@ from api.routes import example_response, ok
 from api.schemas import Receipt, ReceiptList
 from api.uploads import received
 from governance.audit import Actor
-from governance.optouts import landing_exclusion
 from governance.schema import extracts
-from linkage.landing.land import LandingContext, land_file
-from linkage.landing.manifest import ManifestError, parse_manifest
+from pipeline.land import ManifestError, land_upload, parse_manifest
 
 router = APIRouter(tags=["extracts"])
 MANIFEST_FIELDS = ("source", "sender", "period_start", "period_end", "sha256", "rows")
@@ -69,7 +67,7 @@ async def upload(request: Request, access: Annotated[Access, Depends(authorise)]
     allowed to send that source. Answers with the receipt (422 with the receipt when refused).
     """
     services = access.services
-    async with received(request, services.settings.home / "uploads",
+    async with received(request, services.settings.layout.uploads_dir,
                         services.config.max_upload_bytes) as upload:
         try:
             manifest = parse_manifest({k: upload.fields.get(k) for k in MANIFEST_FIELDS})
@@ -80,12 +78,10 @@ async def upload(request: Request, access: Annotated[Access, Depends(authorise)]
                        owner=manifest.sender,
                        detail=f"may not send {manifest.source} extracts as {manifest.sender}")
         principal = access.principal
-        context = LandingContext(
-            services.settings, services.engine, services.keys,
-            Actor(principal.user, access.role, principal.org, access.purpose),
-            exclusion=landing_exclusion(services.engine), uploaded_by_org=principal.org)
-        receipt = await run_in_threadpool(land_file, context, upload.path, manifest,
-                                          False, upload.filename)
+        ctx = services.context.acting_as(
+            Actor(principal.user, access.role, principal.org, access.purpose))
+        receipt = await run_in_threadpool(land_upload, ctx, upload.path, manifest,
+                                          upload.filename, principal.org)
     body = receipt.to_json()
     access.answered(int(receipt.counts.get("landed", 0)), extract_id=receipt.extract_id,
                     status=receipt.status)

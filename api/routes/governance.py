@@ -17,9 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.exports import neutralise
 from api.guard import Access, authorise, permission
-from api.jobs import ApiHaven
 from api.problems import Problem, responses
-from api.release import NoRun
 from api.routes import example_response, ok
 from api.schemas import (
     AuditPage,
@@ -33,11 +31,12 @@ from api.schemas import (
     RetentionRequest,
     Verification,
 )
-from cli.govern_cmd import dependents
+from api.scored_run import NoRun
 from governance import audit, optouts, retention
 from governance.audit import Actor
 from governance.policy_tables import policy_names, policy_text, reset_policy, set_policy
 from governance.schema import audit_log, policy_overrides
+from pipeline import govern
 
 router = APIRouter(tags=["governance"])
 AUDIT_COLUMNS = ("seq", "at", "actor", "role", "org", "purpose", "action", "resource",
@@ -201,11 +200,9 @@ async def retention_run(body: RetentionRequest,
 
     services = access.services
     principal = access.principal
-    actor = Actor(principal.user, access.role, principal.org, access.purpose)
-    today = dt.datetime.now(dt.UTC).date()
-    haven = ApiHaven(services.settings, services.engine, services.keys, actor)
-    certificate = await run_in_threadpool(retention.run, services.settings, services.engine,
-                                          actor, today, dependents(haven), body.dry_run)
+    ctx = services.context.acting_as(
+        Actor(principal.user, access.role, principal.org, access.purpose))
+    certificate = await run_in_threadpool(govern.destroy_expired, ctx, None, body.dry_run)
     result = certificate.to_json()
     access.answered(len(result["extract_ids"]), dry_run=body.dry_run,
                     certificate_id=result["certificate_id"])

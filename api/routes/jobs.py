@@ -3,6 +3,7 @@ exports of the current run for a named recipient."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -28,11 +29,11 @@ def _public(job: dict[str, Any]) -> dict[str, Any]:
                                      "finished_at", "result", "error")}
 
 
-def _start(access: Access, kind: str, **params: Any) -> JSONResponse:
+def _start(access: Access, start: Callable[[Actor], dict[str, Any]]) -> JSONResponse:
     principal = access.principal
     actor = Actor(principal.user, access.role, principal.org, access.purpose)
     try:
-        job = access.services.jobs.start(kind, actor, **params)
+        job = start(actor)
     except JobRefused as exc:
         raise Problem(409, str(exc), slug="job-refused") from None
     access.answered(0, job_id=job["job_id"])
@@ -44,7 +45,7 @@ def _start(access: Access, kind: str, **params: Any) -> JSONResponse:
 @permission("job_link", "create")
 def start_link(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     """Update the person index over everything landed (`haven link`), in the background."""
-    return _start(access, "link")
+    return _start(access, access.services.jobs.start_link)
 
 
 @router.post("/jobs/score", summary="Run scoring", status_code=202,
@@ -54,8 +55,8 @@ def start_link(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
 def start_score(body: ScoreJobRequest,
                 access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     """Train and score at a date (`haven score --at`), optionally with a chosen model."""
-    return _start(access, "score", at=body.at, seed=body.seed, model=body.model,
-                  purpose=body.purpose)
+    return _start(access, lambda actor: access.services.jobs.start_score(
+        actor, body.at, seed=body.seed, purpose=body.purpose, model=body.model))
 
 
 @router.get("/jobs/{job_id}", summary="Job status",

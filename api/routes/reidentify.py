@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import present, reid
+from api import present
 from api.guard import Access, authorise, permission
 from api.problems import Problem, responses
 from api.routes import current_release, example_response, ok
@@ -22,6 +22,7 @@ from api.schemas import (
 )
 from governance import reidentify as governance_reid
 from governance.audit import Actor
+from pipeline import person_keys
 
 router = APIRouter(tags=["re-identification"])
 
@@ -44,7 +45,7 @@ async def reidentify(body: ReidentifyRequest,
         access.require("reidentify", "create", owner=owner[key],
                        detail="person_keys: not all are listed for your practice")
     services = access.services
-    ids = await run_in_threadpool(reid.person_ids_of, services.settings, keys)
+    ids = await run_in_threadpool(person_keys.person_ids_of, services.settings, keys)
     key_of = {pid: key for key, found in ids.items() for pid in found}
     principal = access.principal
     requester = Actor(principal.user, access.role, principal.org, access.purpose)
@@ -75,7 +76,7 @@ async def reverse_lookup(body: ReverseLookupRequest,
     release = current_release(access)
     services = access.services
     pseudonyms = governance_reid.lookup_by_nhs_numbers(services.keys, body.nhs_numbers)
-    known = await run_in_threadpool(reid.person_keys_of_ids, services.settings,
+    known = await run_in_threadpool(person_keys.person_keys_of_ids, services.settings,
                                     sorted({p for p in pseudonyms.values() if p}))
     items, answered = [], []
     for i, text in enumerate(body.nhs_numbers):

@@ -14,9 +14,9 @@ from api import present
 from api.aggregates import aggregate
 from api.guard import Access, authorise, permission
 from api.problems import Problem, responses
-from api.release import CONDITION_SOURCES, Release
 from api.routes import current_release, example_response, json_response, ok
 from api.schemas import ODS, PERSON_KEY, Aggregate, PersonDetail, PersonPage, RunInfo
+from api.scored_run import CONDITION_SOURCES, Release
 
 router = APIRouter(tags=["risk"])
 Tier = Literal["very_high", "high", "moderate", "low"]

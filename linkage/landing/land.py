@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from governance import audit, store, vault
 from governance.audit import Actor
 from governance.keys import KeyProvider
+from governance.layout import ROWS_FILE
 from governance.policy_tables import retention_date
 from governance.schema import extracts, optouts, rejected_rows
 from governance.settings import Settings
@@ -103,7 +104,7 @@ def recover(ctx: LandingContext) -> int:
             select(extracts.c.extract_id).where(extracts.c.status == "landed")))
     for folder in store.landed_folders(ctx.settings):
         if folder not in landed:
-            store.remove_tree(store.extract_dir(ctx.settings, folder))
+            store.remove_tree(ctx.settings.layout.extract(folder))
             removed += 1
     return removed
 
@@ -164,7 +165,7 @@ def _land_locked(ctx: LandingContext, path: Path, manifest: Manifest, name: str)
                        counts=existing.counts)
     contract = CONTRACTS[manifest.source]
     extract_id = new_extract_id(manifest.source)
-    staging = store.staging_dir(ctx.settings, extract_id)
+    staging = ctx.settings.layout.staged(extract_id)
     staging.mkdir(parents=True)
     try:
         return _stage_and_commit(ctx, path, manifest, contract, extract_id, digest, name)
@@ -282,7 +283,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
     stats = ReadStats()
     batches = (parquet_batches(path, ctx.settings.batch_rows, stats) if parquet
                else csv_batches(path, columns, ctx.settings.batch_rows, stats))
-    staging = store.staging_dir(ctx.settings, extract_id)
+    staging = ctx.settings.layout.staged(extract_id)
     counts: Counter[str] = Counter()
     reasons: list[tuple[int, str]] = []
     seen_ids: list[np.ndarray] = []
@@ -294,7 +295,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
 
     def write(table: pa.Table) -> None:
         if not writer:
-            writer.append(pq.ParquetWriter(staging / store.ROWS_FILE, table.schema,
+            writer.append(pq.ParquetWriter(staging / ROWS_FILE, table.schema,
                                            compression="zstd",
                                            use_dictionary=_dictionary_columns(table)))
         writer[0].write_table(table.cast(writer[0].schema))
@@ -377,7 +378,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
     if not writer:  # no row landed: still an extract, with an empty table
         empty = pa.table({"extract_id": pa.array([], pa.string()),
                           "row": pa.array([], pa.int64())})
-        pq.write_table(empty, staging / store.ROWS_FILE)
+        pq.write_table(empty, staging / ROWS_FILE)
     reasons.sort()
     by_reason = Counter(reason for _, reason in reasons)
     counts_out: dict[str, Any] = {
@@ -414,7 +415,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
                          detail={"source": contract.source, "sender": manifest.sender,
                                  "rejected": len(reasons), "vault_new": new_vault})
     except Exception:
-        store.remove_tree(store.extract_dir(ctx.settings, extract_id))
+        store.remove_tree(ctx.settings.layout.extract(extract_id))
         raise
     return Receipt(extract_id, contract.source, manifest.sender, "landed", name,
                    counts=counts_out, retention_date=retain.isoformat(),

@@ -1,29 +1,14 @@
-"""The current score run, held in memory in the shape the API's questions need.
+"""A score run loaded for answering: numeric columns to filter on, text only for rows served.
 
-The newest complete score run (`runs` table, `kind` = `score`) is read once with DuckDB from
-`$HAVEN_HOME/runs/<run_id>/scores.parquet`, in rank order (highest probability first), and kept
-as a few numeric arrays: tier, age band, sex and practice as small codes, conditions and sources
-as bit masks, and a per-practice index of row positions. A case-finding page is then a slice of
-one practice's positions filtered with NumPy, and text (person keys, reasons) is taken only for
-the rows of the page.
-
-Runs are scored for a purpose of use (`summary.purpose`, commissioning by default), whose
-opt-out rules (`policies/optout_purposes.csv`, through `governance.optouts`) decided what the
-model read. Each purpose is answered from the newest run scored for it; a case-finding caller
-may be answered from a commissioning run when commissioning's rules leave out at least as much.
-A person whose opt-out covering the purpose arrived after the run was scored is withheld from
-that purpose's answers until the next run.
-
-`ReleaseStore.current(purpose)` notices a new run or new opt-outs (checked at most every
-`refresh_seconds`) and reloads.
+The run is read once with DuckDB from its scores file (governance.layout), in rank order
+(highest probability first), and kept as a few numeric arrays: tier, age band, sex and practice
+as small codes, conditions and sources as bit masks, and a per-practice index of row positions.
+A case-finding page is then a slice of one practice's positions filtered with NumPy, and text
+(person keys, reasons) is taken only for the rows of the page.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -32,14 +17,11 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-from sqlalchemy import Engine, func, select
 
+from api.answer_cache import AnswerCache
 from api.authz import SOURCES
-from governance import optouts
-from governance.schema import extracts, runs
-from governance.schema import optouts as optout_register
 from governance.settings import Settings
-from linkage.person_index import read_link_map
+from pipeline.serving import run_purpose
 
 TIERS = ("very_high", "high", "moderate", "low")
 TIER_RANK = {"low": 0, "moderate": 1, "high": 2, "very_high": 3}
@@ -49,7 +31,6 @@ SEXES = ("1", "2", "9", "0")
 CONDITION_SOURCES = frozenset({"gp_events", "apc"})
 # Reason groups every role may see: they restate the person's age band and sex.
 DEMOGRAPHIC_GROUPS = frozenset({"age", "sex"})
-DEFAULT_RUN_PURPOSE = "commissioning"  # what `haven score` scores for unless told
 COLUMNS = ("person_key", "probability", "tier", "reasons", "previous_probability",
            "previous_tier", "change", "gp_practice_code", "age_band", "sex", "conditions",
            "sources")
@@ -58,19 +39,6 @@ OPTIONAL = ("reason_group_1", "reason_group_2", "reason_group_3", "tier_change")
 
 class NoRun(Exception):
     """There is no complete score run to serve yet."""
-
-
-def reason_group_sources() -> dict[str, frozenset[str]]:
-    """Sources each reason group is derived from, from the feature catalogue."""
-    try:
-        from stratify.catalogue import FEATURES
-    except ImportError:  # pragma: no cover - stratify ships with the API today
-        return {}
-    out: dict[str, set[str]] = {}
-    for feature in FEATURES:
-        named = {s for s in SOURCES if s in feature.source.replace(",", " ").split()}
-        out.setdefault(feature.group, set()).update(named)
-    return {group: frozenset(found) for group, found in out.items()}
 
 
 def _encoded(values: pa.ChunkedArray) -> tuple[list[str | None], np.ndarray]:
@@ -130,9 +98,7 @@ class Release:
     purpose: str = "commissioning"
     live: np.ndarray | None = None  # False where a person is withheld from this purpose
     withheld: dict[str, str] = field(default_factory=dict)  # person key -> practice
-    cache: OrderedDict = field(default_factory=OrderedDict)
-    cache_lock: threading.Lock = field(default_factory=threading.Lock)
-    computing: dict[tuple, threading.Lock] = field(default_factory=dict)
+    answers: AnswerCache = field(default_factory=AnswerCache)
     # practice -> its rows' filter columns, contiguous (`select` with `practice`)
     by_practice: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
 
@@ -156,8 +122,7 @@ class Release:
                        withheld={k: self.practice_of(r) for k, r in zip(withheld, rows,
                                                                          strict=True)
                                  if r is not None},
-                       cache=OrderedDict(), cache_lock=threading.Lock(), computing={},
-                       by_practice={})
+                       answers=AnswerCache(), by_practice={})
 
     def position(self, person_key: str) -> int | None:
         """Row of a person key, or None when the run does not hold it."""
@@ -268,37 +233,17 @@ class Release:
         return {name: taken.column(name).to_pylist() for name in taken.column_names}
 
     def cached_now(self, key: tuple) -> Any:
-        """An answer `cached` keeps, or None (never waits for one being computed)."""
-        with self.cache_lock:
-            found = self.cache.get(key)
-            if found is not None:
-                self.cache.move_to_end(key)
-            return found
+        """An aggregate answer kept for this run, or None (never waits for one)."""
+        return self.answers.get_now(key)
 
     def cached(self, key: tuple, compute: Any) -> Any:
-        """Answers that depend only on this run (aggregates), kept for the next caller; callers
-        asking for the same answer at once wait for one computation."""
-        with self.cache_lock:
-            if key in self.cache:
-                self.cache.move_to_end(key)
-                return self.cache[key]
-            lock = self.computing.setdefault(key, threading.Lock())
-        with lock:
-            with self.cache_lock:
-                if key in self.cache:
-                    return self.cache[key]
-            value = compute()
-            with self.cache_lock:
-                self.cache[key] = value
-                self.computing.pop(key, None)
-                while len(self.cache) > 256:
-                    self.cache.popitem(last=False)
-        return value
+        """An answer that depends only on this run, computed once and kept."""
+        return self.answers.get(key, compute)
 
 
 def load_release(settings: Settings, run_id: str, summary: dict[str, Any]) -> Release:
     """Read a score run with DuckDB in rank order and index it (see the module docstring)."""
-    path = settings.runs_dir / run_id / "scores.parquet"
+    path = settings.layout.run(run_id).scores
     if not path.exists():
         raise NoRun(f"score run {run_id} has no scores file")
     con = duckdb.connect()
@@ -351,128 +296,4 @@ def load_release(settings: Settings, run_id: str, summary: dict[str, Any]) -> Re
         change=np.asarray(change, dtype=np.float64),
         previous_tier=_codes(table.column("previous_tier"), TIERS),
         keys_sorted=keys[keys_order], keys_order=keys_order, practice_rows=practice_rows,
-        purpose=str(summary.get("purpose") or DEFAULT_RUN_PURPOSE))
-
-
-def run_purpose(summary: dict[str, Any] | None) -> str:
-    return str((summary or {}).get("purpose") or DEFAULT_RUN_PURPOSE)
-
-
-def _covered_types(rules: list[optouts.Coverage], purpose: str) -> dict[str, frozenset[str]]:
-    """Opt-out type -> the sources it takes from `purpose` (`*` as every source)."""
-    out: dict[str, set[str]] = {}
-    for rule in rules:
-        if rule.purpose == purpose:
-            out.setdefault(rule.optout_type, set()).update(rule.sources or {"*"})
-    return {kind: frozenset(found) for kind, found in out.items()}
-
-
-def runs_for(purpose: str, rules: list[optouts.Coverage]) -> list[str]:
-    """Run purposes that may answer `purpose`: its own, and commissioning for case finding
-    while the policy table makes commissioning leave out at least as much."""
-    answer = [purpose]
-    if purpose == "case_finding":
-        mine, theirs = _covered_types(rules, purpose), _covered_types(rules, "commissioning")
-        if all("*" in theirs.get(k, ()) or sources <= theirs.get(k, frozenset())
-               for k, sources in mine.items()):
-            answer.append("commissioning")
-    return answer
-
-
-def withheld_person_ids(engine: Engine, purpose: str, scored_at: dt.datetime,
-                        today: dt.date | None = None) -> set[str]:
-    """Pseudonyms with an opt-out covering `purpose` in force that arrived after the run was
-    scored (those known before were applied when it was scored)."""
-    rules = optouts.coverage(engine)
-    types = set(_covered_types(rules, purpose))
-    live = optouts.active_optouts(engine, today or dt.datetime.now(dt.UTC).date())
-    live = live[live["optout_type"].isin(types)]
-    if live.empty:
-        return set()
-    if scored_at.tzinfo is None:
-        scored_at = scored_at.replace(tzinfo=dt.UTC)
-    with engine.connect() as connection:
-        arrived = connection.execute(
-            select(optout_register.c.person_id, optout_register.c.optout_type,
-                   extracts.c.received_at)
-            .join(extracts, extracts.c.extract_id == optout_register.c.extract_id)
-            .where(optout_register.c.optout_type.in_(sorted(types)))).all()
-    late = {(p, k) for p, k, at in arrived
-            if (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) >= scored_at}
-    return {p for p, k in zip(live["person_id"], live["optout_type"], strict=True)
-            if (p, k) in late}
-
-
-def person_keys_of(settings: Settings, person_ids: set[str]) -> set[str]:
-    """Person keys the person index gives these pseudonyms."""
-    if not person_ids:
-        return set()
-    link = read_link_map(settings, columns=["person_id", "person_key"])
-    hit = link["person_id"].isin(person_ids)
-    return set(link.loc[hit, "person_key"].astype(str))
-
-
-class ReleaseStore:
-    """The release in force for each purpose, reloaded when a newer run or opt-out appears."""
-
-    def __init__(self, settings: Settings, engine: Engine, refresh_seconds: float) -> None:
-        self.settings = settings
-        self.engine = engine
-        self.refresh_seconds = refresh_seconds
-        self._runs: dict[str, Release] = {}  # run id -> the run, every person
-        self._views: dict[str, tuple[float, tuple, Release | None]] = {}
-        self._lock = threading.Lock()
-
-    def _signature(self, purpose: str) -> tuple:
-        """(run id, when scored, summary) of the run answering `purpose`, and opt-out marks."""
-        wanted = runs_for(purpose, optouts.coverage(self.engine))
-        with self.engine.connect() as connection:
-            listed = connection.execute(
-                select(runs.c.run_id, runs.c.at, runs.c.summary).where(
-                    runs.c.kind == "score", runs.c.status == "complete")
-                .order_by(runs.c.at.desc(), runs.c.run_id.desc())).all()
-            marks = connection.execute(select(func.count(), func.max(optout_register.c.extract_id),
-                                              func.min(optout_register.c.extract_id))).one()
-        for choice in wanted:  # the purpose's own run first, then what may stand in for it
-            for run in listed:
-                if run_purpose(run.summary) == choice:
-                    return run.run_id, run.at, run.summary, tuple(marks)
-        return None, None, None, tuple(marks)
-
-    def fresh(self, purpose: str) -> Release | None:
-        """The release checked within `refresh_seconds` (no I/O), else None."""
-        found = self._views.get(purpose)
-        if found is not None and found[2] is not None \
-                and time.monotonic() - found[0] < self.refresh_seconds:
-            return found[2]
-        return None
-
-    def current(self, purpose: str) -> Release:
-        """The release answering `purpose`; raises NoRun when no run may answer it."""
-        release = self.fresh(purpose)
-        if release is not None:
-            return release
-        with self._lock:
-            release = self.fresh(purpose)  # another thread checked while this one waited
-            if release is not None:
-                return release
-            signature = self._signature(purpose)
-            run_id, scored_at, summary, marks = signature
-            previous = self._views.get(purpose)
-            if previous is not None and previous[1][0] == run_id and previous[1][3] == marks:
-                release = previous[2]
-            elif run_id is None:
-                release = None
-            else:
-                base = self._runs.get(run_id) or load_release(self.settings, run_id,
-                                                              summary or {})
-                in_use = {v[1][0] for k, v in self._views.items() if k != purpose}
-                self._runs = {r: b for r, b in self._runs.items() if r in in_use}
-                self._runs[run_id] = base
-                withheld = person_keys_of(self.settings, withheld_person_ids(
-                    self.engine, purpose, scored_at))
-                release = base.withholding(purpose, withheld)
-            self._views[purpose] = (time.monotonic(), signature, release)
-            if release is None:
-                raise NoRun(f"no score run for the {purpose} purpose has completed yet")
-            return release
+        purpose=run_purpose(summary))

@@ -1,0 +1,70 @@
+"""The release in force for each purpose, held in memory and reloaded when it changes.
+
+Which run answers a purpose, and whom it holds back, is decided by `pipeline.serving` (the
+same answer the command line's export gets); this module keeps the loaded run
+(api.scored_run) and notices a new run or new opt-outs, checked at most every
+`refresh_seconds`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import Engine
+
+from api.scored_run import NoRun, Release, load_release
+from governance.settings import Settings
+from pipeline.serving import ServingRun, optout_mark, serving_run, withheld_person_keys
+
+
+class ReleaseStore:
+    """The release in force for each purpose, reloaded when a newer run or opt-out appears."""
+
+    def __init__(self, settings: Settings, engine: Engine, refresh_seconds: float) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.refresh_seconds = refresh_seconds
+        self._runs: dict[str, Release] = {}  # run id -> the run, every person
+        self._views: dict[str, tuple[float, tuple[ServingRun | None, tuple],
+                                     Release | None]] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, purpose: str) -> Release | None:
+        """The release checked within `refresh_seconds` (no I/O), else None."""
+        found = self._views.get(purpose)
+        if found is not None and found[2] is not None \
+                and time.monotonic() - found[0] < self.refresh_seconds:
+            return found[2]
+        return None
+
+    def current(self, purpose: str) -> Release:
+        """The release answering `purpose`; raises NoRun when no run may answer it."""
+        release = self.fresh(purpose)
+        if release is not None:
+            return release
+        with self._lock:
+            release = self.fresh(purpose)  # another thread checked while this one waited
+            if release is not None:
+                return release
+            run, mark = serving_run(self.engine, purpose), optout_mark(self.engine)
+            previous = self._views.get(purpose)
+            run_id = run.run_id if run is not None else None
+            if previous is not None and previous[1][0] is not None \
+                    and previous[1][0].run_id == run_id and previous[1][1] == mark:
+                release = previous[2]
+            elif run is None:
+                release = None
+            else:
+                base = self._runs.get(run.run_id) or load_release(self.settings, run.run_id,
+                                                                  run.summary)
+                in_use = {v[1][0].run_id for k, v in self._views.items()
+                          if k != purpose and v[1][0] is not None}
+                self._runs = {r: b for r, b in self._runs.items() if r in in_use}
+                self._runs[run.run_id] = base
+                withheld = withheld_person_keys(self.settings, self.engine, purpose, run)
+                release = base.withholding(purpose, withheld)
+            self._views[purpose] = (time.monotonic(), (run, mark), release)
+            if release is None:
+                raise NoRun(f"no score run for the {purpose} purpose has completed yet")
+            return release

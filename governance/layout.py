@@ -1,0 +1,147 @@
+"""Every path and file name under the data directory, spelled here and nowhere else.
+
+    $HAVEN_HOME/
+      haven.db                      SQLite (the embedded default; PostgreSQL holds this instead)
+      keys.json                     keys made on first use when none are passed (mode 0600)
+      <name>.lock                   one writer at a time (landing, jobs, the index)
+      staging/<extract_id>/         an extract being landed, moved into place in one rename
+      extracts/<extract_id>/rows.parquet     landed, pseudonymised rows
+      index/link_map.parquet        the person index (one row per landed row)
+      index/review.parquet          candidate links held for review
+      index/quality.json            the last linkage run's measured error rates
+      runs/<run_id>/                a score run: scores.parquet, candidates.parquet, run.json,
+                                    model.joblib
+      reports/<run_id>/             a run's model report (report.md and plots)
+      exports/<export_id>/          a release to a named recipient: export.json and the file
+      jobs/<job_id>.json            state of a linkage or scoring job started through the API
+      uploads/                      request bodies while an upload is being received
+
+Destruction (governance.retention) and every stage find their files through `Layout`, so a
+reviewer can see in one sitting what the data directory can hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROWS_FILE = "rows.parquet"
+EXPORT_DESCRIPTION = "export.json"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one score run (`runs/<run_id>/`)."""
+
+    folder: Path
+
+    @property
+    def scores(self) -> Path:
+        return self.folder / "scores.parquet"
+
+    @property
+    def candidates(self) -> Path:
+        return self.folder / "candidates.parquet"
+
+    @property
+    def description(self) -> Path:
+        return self.folder / "run.json"
+
+    @property
+    def model(self) -> Path:
+        return self.folder / "model.joblib"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under one data directory (`home`); nothing here touches the disk."""
+
+    home: Path
+
+    @property
+    def database_file(self) -> Path:
+        return self.home / "haven.db"
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / "keys.json"
+
+    def lock(self, name: str) -> Path:
+        return self.home / f"{name}.lock"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.home / "staging"
+
+    @property
+    def extracts_dir(self) -> Path:
+        return self.home / "extracts"
+
+    def extract(self, extract_id: str) -> Path:
+        return self.extracts_dir / extract_id
+
+    def rows(self, extract_id: str) -> Path:
+        return self.extract(extract_id) / ROWS_FILE
+
+    def staged(self, extract_id: str) -> Path:
+        return self.staging_dir / extract_id
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @property
+    def link_map(self) -> Path:
+        return self.index_dir / "link_map.parquet"
+
+    @property
+    def review(self) -> Path:
+        return self.index_dir / "review.parquet"
+
+    @property
+    def link_quality(self) -> Path:
+        return self.index_dir / "quality.json"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    def run(self, run_id: str) -> RunFiles:
+        return RunFiles(self.runs_dir / run_id)
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    def report(self, run_id: str) -> Path:
+        return self.reports_dir / run_id
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    def export(self, export_id: str) -> Path:
+        return self.exports_dir / export_id
+
+    def export_description(self, export_id: str) -> Path:
+        return self.export(export_id) / EXPORT_DESCRIPTION
+
+    def export_file(self, export_id: str, fmt: str) -> Path:
+        return self.export(export_id) / f"export.{fmt}"
+
+    def export_descriptions(self) -> list[Path]:
+        """Every export's description file, sorted (empty when there are none)."""
+        if not self.exports_dir.exists():
+            return []
+        return sorted(self.exports_dir.glob(f"*/{EXPORT_DESCRIPTION}"))
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    def job(self, job_id: str) -> Path:
+        return self.jobs_dir / f"{job_id}.json"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.home / "uploads"

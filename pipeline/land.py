@@ -1,0 +1,41 @@
+"""Land: check extracts against their contract, pseudonymise them and keep them.
+
+Opt-outs that no purpose may use are applied as rows arrive (governance.optouts), whichever
+face sends the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from governance.optouts import landing_exclusion
+from linkage.landing.land import LandingContext, Receipt, land_file
+from linkage.landing.land import land_path as _land_path
+from linkage.landing.manifest import SENDER_RE, Manifest, ManifestError, parse_manifest
+from pipeline.context import Context, Progress, quiet
+
+__all__ = ["SENDER_RE", "Manifest", "ManifestError", "Receipt", "land", "land_upload",
+           "parse_manifest"]
+
+
+def _landing(ctx: Context, uploaded_by_org: str | None = None) -> LandingContext:
+    return LandingContext(ctx.settings, ctx.engine, ctx.keys, ctx.actor,
+                          exclusion=landing_exclusion(ctx.engine),
+                          uploaded_by_org=uploaded_by_org)
+
+
+def land(ctx: Context, path: Path, *, remove: bool = False,
+         progress: Progress = quiet) -> list[Receipt]:
+    """Land a file (its manifest beside it) or every extract in a folder; one receipt each."""
+    receipts = _land_path(_landing(ctx), path, remove=remove)
+    for receipt in receipts:
+        progress(f"{receipt.status} {receipt.file}: "
+                 f"{receipt.counts.get('landed', 0):,} rows landed, "
+                 f"{receipt.counts.get('rejected', 0):,} rejected")
+    return receipts
+
+
+def land_upload(ctx: Context, path: Path, manifest: Manifest, filename: str,
+                uploaded_by_org: str) -> Receipt:
+    """Land one uploaded file whose manifest came with the request."""
+    return land_file(_landing(ctx, uploaded_by_org), path, manifest, False, filename)

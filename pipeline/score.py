@@ -1,0 +1,119 @@
+"""Score: train on history before a date, score everyone at it, record and audit the run;
+export the scores of the run serving a purpose."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import insert
+
+from governance import audit, optouts
+from governance.schema import runs
+from linkage.linked_view import load_sources
+from pipeline.context import Context, Progress, quiet
+from pipeline.serving import serving_run, withheld_person_keys
+from stratify.catalogue import FEATURES
+from stratify.scoring import UnknownModel, save_run
+from stratify.scoring import score as score_persons
+
+__all__ = ["NoScoreRun", "ScoreResult", "UnknownModel", "export_scores",
+           "reason_group_sources", "score"]
+
+RELEASE_COLUMNS = ["person_key", "probability", "tier", "reasons"]
+
+
+class NoScoreRun(LookupError):
+    """No complete score run serves the purpose yet."""
+
+
+@dataclass
+class ScoreResult:
+    """What a scoring run made: its id, size, model, tiers and thresholds."""
+
+    run_id: str
+    persons: int
+    model: str
+    purpose: str
+    tiers: dict[str, int] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissioning",
+          model: str | None = None, progress: Progress = quiet) -> ScoreResult:
+    """Score everyone at `at` for `purpose` and record the run.
+
+    Rows the purpose may not use (by the opt-out policy table) are left out before anything is
+    read by the model. `model` overrides the candidate chosen on validation (rule, logistic,
+    boosting or blend); an unknown name raises UnknownModel.
+    """
+    progress(f"reading linked, pseudonymised data for {at.isoformat()} ({purpose})")
+    sources = load_sources(ctx.settings, ctx.engine,
+                           row_filter=optouts.purpose_filter(ctx.engine, purpose, at))
+    before = serving_run(ctx.engine, purpose)
+    previous = None
+    if before is not None:
+        previous = pd.read_parquet(ctx.settings.layout.run(before.run_id).scores,
+                                   columns=["person_key", "probability", "tier"])
+    progress(f"training on history before {at.isoformat()} and scoring "
+             f"{sum(len(f) for f in sources.values()):,} linked rows")
+    run = score_persons(sources, at, seed=seed, previous=previous, model=model)
+    folder = save_run(run, ctx.settings.layout.run(run.run_id))
+    used = sorted({e for ids in run.extract_ids.values() for e in ids})
+    with ctx.engine.begin() as connection:
+        connection.execute(runs.delete().where(runs.c.run_id == run.run_id))
+        connection.execute(insert(runs).values(
+            run_id=run.run_id, kind="score", at=dt.datetime.now(dt.UTC), status="complete",
+            extract_ids=used, summary={"at": at.isoformat(), "model": run.model,
+                                       "purpose": purpose,
+                                       "model_version": run.model_version,
+                                       "persons": int(len(run.scores)),
+                                       "thresholds": run.thresholds}))
+        audit.record(connection, ctx.actor, "score.run", f"run/{run.run_id}",
+                     n_records=int(len(run.scores)), purpose=purpose,
+                     detail={"model": run.model, "extracts": len(used),
+                             "chosen_by": run.metrics.get("chosen_by", "validation")})
+    result = ScoreResult(run_id=run.run_id, persons=int(len(run.scores)), model=run.model,
+                         purpose=purpose, tiers=run.metrics.get("tiers", {}),
+                         thresholds=run.thresholds)
+    progress(f"score run {result.run_id}: {result.persons:,} persons, model {result.model}; "
+             f"written to {folder}")
+    return result
+
+
+def export_scores(ctx: Context, out: Path, purpose: str = "commissioning") -> tuple[str, int]:
+    """Write person_key, probability, tier, reasons of the run serving `purpose`, without the
+    persons it must hold back (as the API does); returns (run id, rows). ValueError for a file
+    type other than .csv or .parquet; NoScoreRun when no run serves the purpose."""
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise ValueError("--out must end in .csv or .parquet")
+    run = serving_run(ctx.engine, purpose)
+    if run is None:
+        raise NoScoreRun("no score run yet: run `haven score` first")
+    frame = pd.read_parquet(ctx.settings.layout.run(run.run_id).scores,
+                            columns=RELEASE_COLUMNS)
+    withheld = withheld_person_keys(ctx.settings, ctx.engine, purpose, run)
+    frame = frame[~frame["person_key"].isin(withheld)]
+    if suffix == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        frame.to_parquet(out, index=False)
+    audit.log(ctx.engine, ctx.actor, "scores.export", f"run/{run.run_id}",
+              n_records=len(frame), purpose=purpose)
+    return run.run_id, len(frame)
+
+
+def reason_group_sources(sources: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    """Which of `sources` each reason group is derived from (the feature catalogue)."""
+    out: dict[str, set[str]] = {}
+    for feature in FEATURES:
+        named = {s for s in sources if s in feature.source.replace(",", " ").split()}
+        out.setdefault(feature.group, set()).update(named)
+    return {group: frozenset(found) for group, found in out.items()}
