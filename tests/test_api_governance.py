@@ -13,6 +13,9 @@ import pytest
 from api_matrix import OWN_PRACTICE, World, build_world, land_optout
 from sqlalchemy import func, insert, select, text, update
 
+from api.exports import FORMULA_START
+from governance import audit
+from governance.audit import Actor
 from governance.schema import audit_log, destruction_certificates, extracts
 
 
@@ -80,14 +83,35 @@ def test_audit_search_pages_and_filters(world: World) -> None:
 
 
 def test_audit_export_csv_is_neutralised(world: World) -> None:
-    world.call("admin", "POST", "/users", json={"user_id": "=cmd", "org": "X26",
-                                                "roles": ["analyst"]})
-    world.call("admin", "POST", "/users", json={"user_id": "ok.user", "org": "X26",
-                                                "roles": ["analyst"]})
+    # A user name cannot carry a formula into the log: the user-name rule refuses it first.
+    refused = world.call("admin", "POST", "/users", json={"user_id": "=cmd", "org": "X26",
+                                                          "roles": ["analyst"]})
+    assert refused.status_code == 422
+    # Every text field of an entry written directly starts with a character a spreadsheet
+    # would run as a formula.
+    formulas = {"actor": "=1+2", "role": "+role", "org": "-org", "purpose": "@purpose",
+                "action": '=HYPERLINK("http://example.invalid","x")', "resource": "-2+3",
+                "outcome": "\tok"}
+    detail = {"note": "=SUM(A1:A9)"}
+    seq = audit.log(world.haven.engine,
+                    Actor(formulas["actor"], formulas["role"], formulas["org"],
+                          formulas["purpose"]),
+                    formulas["action"], formulas["resource"], outcome=formulas["outcome"],
+                    n_records=3, detail=detail)
+
     text = world.call("ig_lead", "GET", "/audit/export?format=csv").text
-    rows = list(csv.DictReader(io.StringIO(text)))
-    assert rows and all(not v.startswith(("=", "+", "-", "@")) for r in rows for v in r.values())
-    assert json.loads(rows[0]["detail"]) is not None
+    rows = {int(r["seq"]): r for r in csv.DictReader(io.StringIO(text))}
+    row = rows[seq]
+    assert {name: row[name] for name in formulas} == \
+        {name: "'" + value for name, value in formulas.items()}
+    assert row["n_records"] == "3"
+    assert json.loads(row["detail"]) == detail  # a JSON object cell cannot start a formula
+    assert all(not v.startswith(FORMULA_START) for r in rows.values() for v in r.values())
+
+    lines = world.call("ig_lead", "GET", "/audit/export?format=jsonl").text.splitlines()
+    entry = next(e for e in map(json.loads, lines) if e["seq"] == seq)
+    assert {name: entry[name] for name in formulas} == formulas
+    assert entry["n_records"] == 3 and entry["detail"] == detail
 
 
 def test_audit_verify_finds_tampering(world: World) -> None:
