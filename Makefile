@@ -1,6 +1,6 @@
 # Haven: two commands do all set-up on a fresh machine.
 #   make demo  - synthetic extracts -> land -> link -> score -> report, then serve the API
-#   make test  - ruff, then the whole test suite with branch coverage
+#   make test  - ruff, import layers (import-linter), then every test with branch coverage
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,9 +23,11 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider --cov --cov-branch --cov-report=term $(PYTEST_ARGS)
 
 bench: $(STAMP)
