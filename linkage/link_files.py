@@ -6,7 +6,9 @@ never written or returned, and dropped once encoding is done), and only the enco
 engine in `linkage.probabilistic`. Output: CSV `left_id,right_id,weight` of matched pairs, weight
 the log2 Bayes factor; for one file, every pair of records placed in the same cluster, each once
 (left_id < right_id by file order). Pairs in the review band go to a second CSV (same columns,
-plus probability) for a human to decide; they are never in the matches.
+plus probability) for a human to decide; they are never in the matches. The summary returned
+carries the `LinkageSettings` used (`settings`, as `to_dict`), so a run's configuration can be
+kept with its output and loaded back (`LinkageSettings.from_dict`).
 
 `fields` maps KIND -> column, KIND one of forename, surname, date_of_birth, sex, postcode,
 address, identifier. A kind may name several columns (a list, or numbered kinds `address_2`):
@@ -18,6 +20,7 @@ domain, so a value that moved between columns still compares equal.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from linkage.encodings import KINDS, encode_identifiers, field_kind
-from linkage.probabilistic import DEFAULT_PASSES, cluster_pairs, dedupe, link, score
+from linkage.probabilistic import LinkageSettings, cluster_pairs, dedupe, link, score
 
 
 def field_columns(fields: Mapping[str, str | Sequence[str]]) -> dict[str, str]:
@@ -75,14 +78,22 @@ def _write(path: Path, left_ids: np.ndarray, right_ids: np.ndarray, scored: pd.D
 
 def link_files(left: Path, right: Path | None, id_col: str,
                fields: Mapping[str, str | Sequence[str]], out: Path, *,
-               review_out: Path | None = None, upper: float = 0.9, lower: float = 0.5,
-               method: str = "ecm", progress: Callable[[str], None] | None = None) -> dict:
+               review_out: Path | None = None, upper: float | None = None,
+               lower: float | None = None, method: str | None = None,
+               progress: Callable[[str], None] | None = None,
+               settings: LinkageSettings | None = None) -> dict:
     """Link `left` with `right` (or deduplicate `left` when `right` is None); write `out`.
 
+    `settings`: how to link (default `LinkageSettings()`: upper 0.9, lower 0.5, ecm);
+    `upper`, `lower`, `method`, when given, replace those three of them.
     Returns counts and paths: records, candidate_pairs, matches, review, out, review_out,
-    seconds (and clusters for deduplication). `progress` is told each step (counts only).
+    seconds (and clusters for deduplication), and the settings used (`to_dict`). `progress` is
+    told each step (counts only).
     """
     say = progress or (lambda _message: None)
+    chosen = {"upper": upper, "lower": lower, "method": method}
+    settings = dataclasses.replace(settings or LinkageSettings(),
+                                   **{k: v for k, v in chosen.items() if v is not None})
     started = time.perf_counter()
     left, out = Path(left), Path(out)
     review_out = Path(review_out) if review_out else out.with_name(out.stem + ".review.csv")
@@ -100,15 +111,13 @@ def link_files(left: Path, right: Path | None, id_col: str,
         right_enc = encode_identifiers(right_data, key)
         del right_data, key
         say(f"{Path(right).name}: {len(right_ids):,} records read and encoded")
-        result = link(left_enc, right_enc, upper=upper, lower=lower, method=method,
-                      passes=DEFAULT_PASSES, progress=progress)
+        result = link(left_enc, right_enc, settings, progress=progress)
         matches = result.matches.sort_values(["left", "right"])
         _write(out, left_ids.to_numpy(), right_ids.to_numpy(), matches)
         summary["right_records"] = len(right_ids)
     else:
         del key
-        result = dedupe(left_enc, upper=upper, lower=lower, method=method,
-                        passes=DEFAULT_PASSES, progress=progress)
+        result = dedupe(left_enc, settings, progress=progress)
         assert result.clusters is not None
         pairs = cluster_pairs(result.clusters)
         matches = score(left_enc, None, pairs, result.model)
@@ -124,7 +133,7 @@ def link_files(left: Path, right: Path | None, id_col: str,
         "warnings": result.warnings,
         "candidate_pairs": result.blocking.pairs, "matches": len(matches),
         "review": len(result.review), "method": result.model.method,
-        "out": str(out), "review_out": str(review_out),
+        "out": str(out), "review_out": str(review_out), "settings": settings.to_dict(),
         "seconds": round(time.perf_counter() - started, 3),
     })
     return summary

@@ -11,6 +11,7 @@ import pytest
 
 from linkage import probabilistic as P
 from linkage.encodings import column, encode_identifiers
+from linkage.probabilistic import LinkageSettings
 
 SYLLABLES = ["an", "ber", "ca", "dor", "el", "fi", "gan", "ha", "is", "jo", "ka", "li", "mar",
              "ne", "o", "pel", "ri", "son", "ta", "vi", "wen", "zel", "ston", "ley", "worth"]
@@ -112,11 +113,12 @@ def test_disjoint_files_make_no_links(key: bytes) -> None:
 
 def test_review_band_is_never_linked(two_files: tuple) -> None:
     left, right, _ = two_files
-    result = P.link(left, right, upper=1.0, lower=0.5)  # nothing can reach p >= 1.0
+    # nothing can reach p >= 1.0
+    result = P.link(left, right, LinkageSettings(upper=1.0, lower=0.5))
     assert len(result.matches) == 0
     assert len(result.review) > 250
     assert result.review["probability"].between(0.5, 1.0, inclusive="left").all()
-    strict = P.link(left, right, upper=0.9, lower=0.5)
+    strict = P.link(left, right, LinkageSettings(upper=0.9, lower=0.5))
     both = set(zip(strict.matches["left"], strict.matches["right"], strict=True)) & set(
         zip(strict.review["left"], strict.review["right"], strict=True))
     assert not both
@@ -256,7 +258,7 @@ def test_logistic_with_nhs_labels(two_files: tuple) -> None:
     pairs = P.candidate_pairs(lf, rf)
     labels = P.nhs_labels(lf, rf, pairs)
     assert labels is not None and (labels == 1).sum() > 50 and (labels == -1).any()
-    result = P.link(lf, rf, method="logistic")
+    result = P.link(lf, rf, LinkageSettings(method="logistic"))
     assert result.model.method == "logistic"
     found = set(zip(result.matches["left"], result.matches["right"], strict=True))
     precision, recall = f1(found, truth)
@@ -275,7 +277,8 @@ def test_partitioned_auto_fit_may_choose_logistic(key: bytes) -> None:
     rf = encode_identifiers(right, key).assign(
         person_id=[f"p{i}" for i in range(600)] + [f"k{i}" for i in range(600)])
     plan = P.plan_blocking(P.Encoded(lf), P.Encoded(rf), P.DEFAULT_PASSES)
-    result = P.link(lf, rf, method="auto", partition_pairs=plan.estimated_pairs // 2 + 1)
+    settings = LinkageSettings(method="auto", partition_pairs=plan.estimated_pairs // 2 + 1)
+    result = P.link(lf, rf, settings)
     assert result.model.method == "logistic"
     precision, recall = f1(_pair_set(result.matches), {(i, i) for i in range(600)})
     assert precision >= 0.99 and recall >= 0.95
@@ -334,7 +337,7 @@ def test_fields_outside_the_default_passes_still_block(key: bytes) -> None:
 def test_best_right_lets_many_left_records_share_a_right_record(two_files: tuple) -> None:
     left, right, truth = two_files
     doubled = pd.concat([right, right], ignore_index=True)  # every person twice on the left
-    result = P.link(doubled, left, assignment="best_right")
+    result = P.link(doubled, left, LinkageSettings(assignment="best_right"))
     found = set(zip(result.matches["left"], result.matches["right"], strict=True))
     want = {(j, i) for i, j in truth} | {(j + len(right), i) for i, j in truth}
     precision, recall = f1(found, want)
@@ -392,14 +395,16 @@ def test_partitioned_link_decides_as_one_run(two_files: tuple) -> None:
     one = P.link(left, right)
     model = one.model
     for workers in (1, 2):
-        parts = P.link(left, right, model=model, partition_pairs=500, workers=workers)
+        parts = P.link(left, right, LinkageSettings(partition_pairs=500, workers=workers),
+                       model=model)
         pd.testing.assert_frame_equal(
             parts.matches.sort_values(["left", "right"]).reset_index(drop=True),
             one.matches.sort_values(["left", "right"]).reset_index(drop=True))
         assert parts.blocking.pairs == one.blocking.pairs
     # fitted on a sample of left records when partitioned: as good, same prior scale
     said: list[str] = []
-    fitted = P.link(left, right, partition_pairs=500, workers=2, progress=said.append)
+    fitted = P.link(left, right, LinkageSettings(partition_pairs=500, workers=2),
+                    progress=said.append)
     scored = [m for m in said if m.startswith("partition ")]
     total = int(said[0].split(", ")[-1].split()[0])  # "... N partition(s)"
     assert total > 1 and len(scored) == total and scored[-1].startswith(f"partition {total}/")
@@ -413,10 +418,10 @@ def test_partitioned_dedupe_clusters_as_one_run(key: bytes) -> None:
     frame = encode_identifiers(pd.concat([base, corrupt(base.iloc[:100], seed=32)],
                                          ignore_index=True), key)
     one = P.dedupe(frame)
-    parts = P.dedupe(frame, model=one.model, partition_pairs=200, workers=2)
+    parts = P.dedupe(frame, LinkageSettings(partition_pairs=200, workers=2), model=one.model)
     assert parts.blocking.pairs == one.blocking.pairs
     assert _pair_set(parts.matches) == _pair_set(one.matches)
-    fitted = P.dedupe(frame, partition_pairs=200)
+    fitted = P.dedupe(frame, LinkageSettings(partition_pairs=200))
     same = sum(fitted.clusters[i] == fitted.clusters[300 + i] for i in range(100))
     assert same >= 94
 
@@ -463,7 +468,7 @@ def fixed_files() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_default_link_gives_the_recorded_pairs_and_weights(fixed_files: tuple) -> None:
     left, right = fixed_files
-    result = P.link(left, right)
+    result = P.link(left, right, LinkageSettings())
     matches = result.matches.sort_values("left")
     assert matches["left"].tolist() == [*range(60), 88]  # 88: a relative, linked
     assert matches["right"].tolist() == GOLDEN_LINK_RIGHT
@@ -471,7 +476,7 @@ def test_default_link_gives_the_recorded_pairs_and_weights(fixed_files: tuple) -
     assert len(result.review) == 0 and result.blocking.pairs == 91
     assert result.model.prior == pytest.approx(0.0042381348011157035, rel=1e-6)
     # partitioned, the model fitted on a sample of left records
-    parts = P.link(left, right, partition_pairs=30, workers=2)
+    parts = P.link(left, right, LinkageSettings(partition_pairs=30, workers=2))
     assert (len(parts.matches), len(parts.review), parts.blocking.pairs) == (56, 5, 91)
     assert parts.model.prior == pytest.approx(0.00636375264606132, rel=1e-6)
     assert parts.matches["weight"].sum() == pytest.approx(1242.388807, abs=1e-5)
@@ -480,7 +485,7 @@ def test_default_link_gives_the_recorded_pairs_and_weights(fixed_files: tuple) -
 def test_default_dedupe_gives_the_recorded_clusters_and_weights() -> None:
     base = people(90, seed=71)
     frame = pd.concat([base, corrupt(base.iloc[:30], seed=72)], ignore_index=True)
-    result = P.dedupe(encode_identifiers(frame, FIXED_KEY))
+    result = P.dedupe(encode_identifiers(frame, FIXED_KEY), LinkageSettings())
     matches = result.matches.sort_values(["left", "right"])
     apart = [2, 8, 14, 20]  # blank postcode and a forename typo: the review band
     assert matches["left"].tolist() == [i for i in range(30) if i not in apart]

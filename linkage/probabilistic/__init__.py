@@ -2,14 +2,15 @@
 
 Modules, one step each: `encoded` (reading keyed encodings), `blocking`, `comparison`,
 `estimation` (m/u, EM, logistic, prior: `MatchModel`), `term_frequencies`, `decision`
-(assignment, clusters, `LinkResult`), `execution` (partitioned, threaded `link`/`dedupe`).
+(assignment, clusters, `LinkResult`), `execution` (partitioned, threaded `link`/`dedupe`),
+`settings` (`LinkageSettings`: what `link`/`dedupe` are told besides the data, saved as JSON).
 The names callers use are re-exported here: `from linkage.probabilistic import link`.
 
 Everything here works on frames of `lk_*` columns made by `linkage.encodings` (never on clear
 values) and on record *positions* (0..n-1 within the frames given), so a caller can map
 positions back to its own ids. `link` and `dedupe` take inputs of any size: blocking is
 planned once on the whole inputs, then the left records are scored a partition at a time
-(about `PARTITION_PAIRS` candidate pairs each), several partitions at once in threads. A
+(about `LinkageSettings.partition_pairs` candidate pairs each), several at once in threads. A
 fitted `MatchModel` serialises with `to_dict` and can be passed back as `model=`; its `prior`
 is P(match) for two random records, whatever the partition size.
 
@@ -114,10 +115,13 @@ from linkage.probabilistic.estimation import (
     random_pairs,
 )
 from linkage.probabilistic.execution import (
-    PARTITION_PAIRS,
     dedupe,
     link,
     score,
+)
+from linkage.probabilistic.settings import (
+    PARTITION_PAIRS,
+    LinkageSettings,
 )
 from linkage.probabilistic.term_frequencies import (
     pair_weights,
@@ -126,9 +130,10 @@ from linkage.probabilistic.term_frequencies import (
 
 __all__ = [
     "DEFAULT_PASSES", "DIFFERENT", "MISSING", "PARTITION_PAIRS", "TOP_LEVEL", "BlockingPlan",
-    "BlockingStats", "Encoded", "LinkResult", "MatchModel", "best_right", "block_pairs",
-    "candidate_pairs", "cluster_pairs", "clusters", "compare", "compared_fields", "dedupe",
-    "estimate_prior", "estimate_u", "fit_ecm", "fit_fellegi_sunter", "fit_logistic", "fit_model",
-    "link", "nhs_labels", "one_to_one", "pair_weights", "pairs_for_rows", "pass_membership",
-    "plan_blocking", "random_pairs", "score", "term_frequency_adjustment", "usable_passes",
+    "BlockingStats", "Encoded", "LinkResult", "LinkageSettings", "MatchModel", "best_right",
+    "block_pairs", "candidate_pairs", "cluster_pairs", "clusters", "compare", "compared_fields",
+    "dedupe", "estimate_prior", "estimate_u", "fit_ecm", "fit_fellegi_sunter", "fit_logistic",
+    "fit_model", "link", "nhs_labels", "one_to_one", "pair_weights", "pairs_for_rows",
+    "pass_membership", "plan_blocking", "random_pairs", "score", "term_frequency_adjustment",
+    "usable_passes",
 ]

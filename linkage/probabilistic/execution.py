@@ -1,5 +1,5 @@
-"""Execution: `link` and `dedupe` - blocking planned once on the whole inputs, a model fitted
-on a sample of left records, then partitions of left records scored in threads and decided."""
+"""Execution: `link` and `dedupe` under `LinkageSettings` - blocking planned once on the whole
+inputs, a model fitted on a sample of left records, partitions scored in threads, then decided."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import math
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from linkage.probabilistic.blocking import (
-    DEFAULT_PASSES,
     BlockingPlan,
     BlockingStats,
     pairs_for_rows,
@@ -25,6 +24,7 @@ from linkage.probabilistic.comparison import compare
 from linkage.probabilistic.decision import LinkResult, best_right, clusters, one_to_one
 from linkage.probabilistic.encoded import Encoded, compared_fields
 from linkage.probabilistic.estimation import MatchModel, fit_model, nhs_labels, resolve_method
+from linkage.probabilistic.settings import LinkageSettings
 from linkage.probabilistic.term_frequencies import pair_weights
 
 
@@ -37,9 +37,6 @@ def score(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None,
     w = pair_weights(model, L, R, pairs, vectors)
     return pd.DataFrame({"left": pairs["left"].to_numpy(), "right": pairs["right"].to_numpy(),
                          "weight": w, "probability": model.probability(w)})
-
-
-PARTITION_PAIRS = 4_000_000  # candidate pairs per partition: bounds memory, feeds the threads
 
 
 def _default_workers() -> int:
@@ -65,35 +62,34 @@ def _scored_frame(L: Encoded, R: Encoded | None, pairs: pd.DataFrame, model: Mat
                          "probability": p[keep]})
 
 
-def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, passes: Iterable[Sequence[str]],
-             model: MatchModel | None, method: str, max_block_pairs: int, max_pairs: int,
-             *, lower: float | None = None, partition_pairs: int = PARTITION_PAIRS,
-             workers: int | None = None, seed: int = 0,
+def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, settings: LinkageSettings,
+             model: MatchModel | None, *, lower: float | None = None,
              progress: Callable[[str], None] | None = None,
              ) -> tuple[pd.DataFrame, MatchModel, BlockingStats]:
     """Scored candidate pairs (only those with probability >= `lower` unless it is None).
 
     Blocking is planned once on the whole inputs; the left records are then taken one
-    partition at a time (about `partition_pairs` candidate pairs each), `workers` partitions at
-    once in threads (numpy releases the GIL in the heavy steps). A model not given is fitted on
+    partition at a time (about `settings.partition_pairs` candidate pairs each),
+    `settings.workers` partitions at once in threads (numpy releases the GIL in the heavy
+    steps). A model not given is fitted on
     the candidates of one partition's worth of randomly chosen left records (all of them when
     one partition holds everything), then scores every partition, so decisions do not depend
     on the partitioning. `progress` is told what was done, step by step (counts only).
     """
     say = progress or (lambda _message: None)
-    passes = tuple(tuple(p) for p in passes)
+    passes, max_pairs = settings.passes, settings.max_pairs
     L = Encoded(left)
     R = None if right is None else Encoded(right)
     stats = BlockingStats()
-    plan = plan_blocking(L, R, passes, max_block_pairs=max_block_pairs, stats=stats)
-    parts = _partitions(plan, partition_pairs)
+    plan = plan_blocking(L, R, passes, max_block_pairs=settings.max_block_pairs, stats=stats)
+    parts = _partitions(plan, settings.partition_pairs)
     say(f"blocking planned: {len(plan.passes)} passes, at most {plan.estimated_pairs:,} "
         f"candidate pairs, {len(parts)} partition(s)")
     fields = compared_fields(L, L if R is None else R)
     done: pd.DataFrame | None = None
     if model is None:
         whole = len(parts) == 1
-        rows = None if whole else np.sort(np.random.default_rng(seed).choice(
+        rows = None if whole else np.sort(np.random.default_rng(settings.seed).choice(
             plan.n_left, size=len(parts[0]), replace=False))
         sample_stats = BlockingStats()
         sample_plan = plan if whole else dataclasses.replace(plan, stats=sample_stats)
@@ -103,9 +99,12 @@ def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, passes: Iterable[Se
             model = MatchModel(fields=tuple(fields), prior=1e-9, method="none",
                                level_weights={f: {} for f in fields})
         else:
-            labels = nhs_labels(left, right, pairs) if method in ("auto", "logistic") else None
-            method = resolve_method(method, labels)  # before choosing what to pass the fit
-            extra: dict[str, Any] = {}
+            labels = (nhs_labels(left, right, pairs) if settings.method in ("auto", "logistic")
+                      else None)
+            method = resolve_method(settings.method, labels)  # before choosing the fit's options
+            extra: dict[str, Any] = {"seed": settings.seed}
+            if method == "ecm":
+                extra.update(settings.ecm_options())
             if not whole and method != "logistic":
                 n_rows = len(rows) if rows is not None else plan.n_left
                 extra["comparisons"] = (n_rows * (plan.n_left - 1) / 2 if R is None
@@ -130,7 +129,7 @@ def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, passes: Iterable[Se
                 say(f"partition {finished[0]}/{len(parts)} scored ({len(pairs):,} pairs)")
             return scored
 
-        workers = workers or _default_workers()
+        workers = settings.workers or _default_workers()
         if workers == 1 or len(parts) == 1:
             frames = [one(rows) for rows in parts]
         else:
@@ -140,32 +139,28 @@ def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, passes: Iterable[Se
     return done, model, stats
 
 
-def link(left: pd.DataFrame, right: pd.DataFrame, *, upper: float = 0.9, lower: float = 0.5,
-         passes: Iterable[Sequence[str]] = DEFAULT_PASSES, model: MatchModel | None = None,
-         method: str = "ecm", max_block_pairs: int = 100_000, max_pairs: int = 50_000_000,
-         keep_scored: bool = False, assignment: str = "one_to_one",
-         partition_pairs: int = PARTITION_PAIRS, workers: int | None = None,
+def link(left: pd.DataFrame, right: pd.DataFrame, settings: LinkageSettings | None = None, *,
+         model: MatchModel | None = None, keep_scored: bool = False,
          progress: Callable[[str], None] | None = None) -> LinkResult:
-    """Two-file linkage: matches (probability >= upper) and a review band.
+    """Two-file linkage: matches (probability >= `settings.upper`) and a review band.
 
-    `assignment`: "one_to_one" (each record in at most one pair; two files of distinct people)
-    or "best_right" (each left record's best right record; many left records may share one,
-    as when records of episodes are linked to a register of persons). Inputs of any size:
-    the left file is taken in partitions (`partition_pairs`, `workers`: see `_prepare`).
+    `settings.assignment`: "one_to_one" (each record in at most one pair; two files of distinct
+    people) or "best_right" (each left record's best right record; many left records may share
+    one, as when records of episodes are linked to a register of persons). Inputs of any size:
+    the left file is taken in partitions (see `_prepare`). `model`: a fitted model to score
+    with instead of fitting one; `keep_scored`: also return every scored candidate pair.
     """
-    scored, model, stats = _prepare(left, right, passes, model, method, max_block_pairs,
-                                    max_pairs, lower=None if keep_scored else lower,
-                                    partition_pairs=partition_pairs, workers=workers,
-                                    progress=progress)
+    settings = settings or LinkageSettings()
+    upper, lower = settings.upper, settings.lower
+    scored, model, stats = _prepare(left, right, settings, model,
+                                    lower=None if keep_scored else lower, progress=progress)
     warnings = _model_warnings(model)
     if warnings:
         scored_out = scored if keep_scored else None
         return LinkResult(matches=scored.iloc[:0], review=scored.iloc[:0], model=model,
                           blocking=stats, scored=scored_out, warnings=warnings)
     eligible = scored[scored["probability"] >= lower]
-    pick = {"one_to_one": one_to_one, "best_right": best_right}.get(assignment)
-    if pick is None:
-        raise ValueError(f"unknown assignment {assignment!r}")
+    pick = {"one_to_one": one_to_one, "best_right": best_right}[settings.assignment]
     chosen = eligible[pick(eligible["left"].to_numpy(), eligible["right"].to_numpy(),
                            eligible["weight"].to_numpy())]
     matches = chosen[chosen["probability"] >= upper].reset_index(drop=True)
@@ -174,18 +169,16 @@ def link(left: pd.DataFrame, right: pd.DataFrame, *, upper: float = 0.9, lower: 
                       scored=scored if keep_scored else None, warnings=warnings)
 
 
-def dedupe(frame: pd.DataFrame, *, upper: float = 0.9, lower: float = 0.5,
-           passes: Iterable[Sequence[str]] = DEFAULT_PASSES, model: MatchModel | None = None,
-           method: str = "ecm", max_block_pairs: int = 100_000, max_pairs: int = 50_000_000,
-           keep_scored: bool = False, partition_pairs: int = PARTITION_PAIRS,
-           workers: int | None = None, progress: Callable[[str], None] | None = None
-           ) -> LinkResult:
-    """Deduplication: clusters of records joined by pairs at or above `upper`, and a review band
-    of pairs between `lower` and `upper` whose records ended up in different clusters."""
-    scored, model, stats = _prepare(frame, None, passes, model, method, max_block_pairs,
-                                    max_pairs, lower=None if keep_scored else lower,
-                                    partition_pairs=partition_pairs, workers=workers,
-                                    progress=progress)
+def dedupe(frame: pd.DataFrame, settings: LinkageSettings | None = None, *,
+           model: MatchModel | None = None, keep_scored: bool = False,
+           progress: Callable[[str], None] | None = None) -> LinkResult:
+    """Deduplication: clusters of records joined by pairs at or above `settings.upper`, and a
+    review band of pairs between `lower` and `upper` whose records ended up in different
+    clusters (`settings.assignment` does not apply). `model`, `keep_scored`: as for `link`."""
+    settings = settings or LinkageSettings()
+    upper, lower = settings.upper, settings.lower
+    scored, model, stats = _prepare(frame, None, settings, model,
+                                    lower=None if keep_scored else lower, progress=progress)
     warnings = _model_warnings(model)
     if warnings:  # no plausible match class: every record is its own cluster
         return LinkResult(matches=scored.iloc[:0], review=scored.iloc[:0], model=model,
