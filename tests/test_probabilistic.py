@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 
 import numpy as np
@@ -220,6 +221,21 @@ def test_model_weights_are_sensible_and_serialisable(two_files: tuple) -> None:
     assert np.allclose(P.pair_weights(again, L, R, pairs, vectors),
                        P.pair_weights(model, L, R, pairs, vectors))
     assert np.allclose(result.matches["weight"], P.pair_weights(model, L, R, pairs, vectors))
+
+
+def test_fitted_model_round_trips_through_json(two_files: tuple) -> None:
+    left, right, _ = two_files
+    result = P.link(left, right)
+    text = result.model.to_json()
+    again = P.MatchModel.from_json(text)
+    assert again == result.model and again.to_json() == text
+    saved = json.loads(text)
+    assert saved["prior"] == result.model.prior
+    assert set(saved["m"]["surname"]) == set(saved["u"]["surname"]) == {
+        str(level) for level in range(P.TOP_LEVEL["surname"] + 1)}
+    reloaded = P.link(left, right, model=again)  # scores and decides as the fitted model
+    pd.testing.assert_frame_equal(reloaded.matches, result.matches)
+    pd.testing.assert_frame_equal(reloaded.review, result.review)
 
 
 def test_exact_agreement_on_a_rare_name_weighs_more_than_on_a_common_one(key: bytes) -> None:

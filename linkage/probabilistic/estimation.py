@@ -3,6 +3,7 @@ unsupervised Fellegi-Sunter (u from random pairs, m by EM within blocking passes
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +33,11 @@ class MatchModel:
     `weight(vectors)` = bias + sum of level weights (log2 of P(levels | match) / P(levels |
     non-match)); `probability` adds the prior log-odds (ecm: P(match) for two random records;
     logistic: the labelled candidates' match rate) and gives P(match | candidate pair).
-    Serialisable with `to_dict`/`from_dict`, so one fitted model can score every partition;
-    `notes` lists blocking passes whose ECM fit was set aside as implausible. `tf` maps a
-    field to the u of its exact level: exact agreement on that field is then weighed by how
-    common the agreed value is (`pair_weights`), as Splink's term-frequency adjustments do.
+    Serialisable with `to_dict`/`from_dict` (or `to_json`/`from_json`), so one fitted model can
+    score every partition; `notes` lists blocking passes whose ECM fit was set aside as
+    implausible. `tf` maps a field to the u of its exact level: exact agreement on that field is
+    then weighed by how common the agreed value is (`pair_weights`), as Splink's
+    term-frequency adjustments do.
     """
 
     fields: tuple[str, ...]
@@ -101,6 +103,15 @@ class MatchModel:
                    level_weights=levels(data["level_weights"]), m=levels(data.get("m", {})),
                    u=levels(data.get("u", {})), notes=list(data.get("notes", [])),
                    tf={f: float(v) for f, v in data.get("tf", {}).items()})
+
+    def to_json(self) -> str:
+        """`to_dict` as JSON (m, u and weight per level, prior, term frequencies): a fitted model
+        saved beside a run's `LinkageSettings` scores the same pairs the same way when loaded."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> MatchModel:
+        return cls.from_dict(json.loads(text))
 
 
 def _seeded_ecm_kernel(max_iter: int, atol: float) -> Any:
