@@ -71,10 +71,10 @@ def _prepare(left: pd.DataFrame, right: pd.DataFrame | None, settings: LinkageSe
     Blocking is planned once on the whole inputs; the left records are then taken one
     partition at a time (about `settings.partition_pairs` candidate pairs each),
     `settings.workers` partitions at once in threads (numpy releases the GIL in the heavy
-    steps). A model not given is fitted on
-    the candidates of one partition's worth of randomly chosen left records (all of them when
-    one partition holds everything), then scores every partition, so decisions do not depend
-    on the partitioning. `progress` is told what was done, step by step (counts only).
+    steps). A model not given is fitted on the candidates of one partition's worth of randomly
+    chosen left records (all of them when one partition holds everything), then scores every
+    partition, so decisions do not depend on the partitioning. `progress` is told what was
+    done, step by step (counts only).
     """
     say = progress or (lambda _message: None)
     passes, max_pairs = settings.passes, settings.max_pairs
