@@ -6,7 +6,7 @@ How a row is linked, strongest first:
    and take the pseudonym any of them carries.
 3. `probabilistic`: rows with no valid NHS number are compared, on their keyed encodings only,
    with the person profiles (register rows that carry both a pseudonym and encodings:
-   `gp_patients`, `social_care`) by the engine in `linkage/probabilistic.py`. Links above the
+   `gp_patients`, `social_care`) by the engine in `linkage/probabilistic/`. Links above the
    upper threshold are taken; those in the review band go to the review list, never silently in.
 4. `unlinked`: anything else keeps a person key of its own.
 A person key is `P` + a keyed hash of the person's pseudonym (or, for unlinked rows, of their
