@@ -17,14 +17,6 @@ from pathlib import Path
 from governance.settings import Settings
 
 
-def extract_dir(settings: Settings, extract_id: str) -> Path:  # kept for callers
-    return settings.layout.extract(extract_id)
-
-
-def staging_dir(settings: Settings, extract_id: str) -> Path:  # kept for callers
-    return settings.layout.staged(extract_id)
-
-
 @contextmanager
 def data_lock(settings: Settings, name: str = "data") -> Iterator[None]:
     """An exclusive lock on the data directory for one writer at a time."""

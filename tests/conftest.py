@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from governance.keys import KeyProvider
 from governance.settings import Settings
 from linkage.landing.land import LandingContext
 from pipeline.context import Context as Haven
@@ -73,6 +74,13 @@ def haven(tmp_path: Path, backend: str) -> Iterator[Haven]:
     handle = Haven(settings)
     yield handle
     handle.close()
+
+
+@pytest.fixture
+def local_keys(tmp_path: Path) -> KeyProvider:
+    """Keys in a key file of their own and no database: for tests of keyed values alone, which
+    need not run once per storage backend."""
+    return KeyProvider(tmp_path / "local-keys.json")
 
 
 @pytest.fixture

@@ -73,14 +73,14 @@ def test_opt_out_helpers_with_nothing_to_do(haven):
 
 
 def test_purge_and_rotation_skip_extracts_whose_files_are_gone(haven, inbox):
-    keys = KeyProvider(haven.settings.key_file)
+    keys = KeyProvider(haven.settings.layout.key_file)
     landing = LandingContext(haven.settings, haven.engine, keys, SYSTEM)
     number = nhs_numbers(1, seed=31)[0]
     gone = land_file(landing, write_extract(inbox / "a", "apc", rows_for("apc", 2, seed=31)))
     land_file(landing, write_extract(inbox / "b", "optouts", [
         {"nhs_number": number, "optout_type": "ndoo", "effective_date": "2020-01-01",
          "withdrawn": "N"}], sender="X26"))
-    store.remove_tree(store.extract_dir(haven.settings, gone.extract_id))
+    store.remove_tree(haven.settings.layout.extract(gone.extract_id))
     assert optouts.purge(haven.settings, haven.engine, dt.date(2024, 1, 1), SYSTEM) == {}
     assert retention.due(haven.engine, dt.date(2100, 1, 1))  # still listed as landed
     counts = rotation.rotate_pseudonym_key(haven.settings, haven.engine, keys, SYSTEM)
@@ -103,14 +103,14 @@ def test_certificate_json_and_runs_without_files(haven):
         "runs_voided": 0, "run_files_removed": 0, "exports_removed": 0}
 
 
-def test_keyed_hash_without_a_domain_differs_from_with(haven):
-    key = haven.keys.current("pseudonym")
+def test_keyed_hash_without_a_domain_differs_from_with(local_keys):
+    key = local_keys.current("pseudonym")
     assert keyed_hash(key, "", "x") != keyed_hash(key, "d", "x")
 
 
 def test_publish_syncs_nested_folders(tmp_path, monkeypatch):
     settings = Settings(home=tmp_path)
-    staged = store.staging_dir(settings, "e1")
+    staged = settings.layout.staged("e1")
     contents = {"rows.parquet": b"top", "part/a.parquet": b"one down",
                 "part/deeper/b.parquet": b"two down"}
     for name, content in contents.items():

@@ -42,8 +42,8 @@ def landed_ids(haven, extract_id: str) -> list[str | None]:
         "person_id").to_pylist()
 
 
-def test_single_value_pseudonym_equals_the_bulk_one(file_keys):
-    key = file_keys.current("pseudonym")
+def test_single_value_pseudonym_equals_the_bulk_one(local_keys):
+    key = local_keys.current("pseudonym")
     number = nhs_numbers(1)[0]
     assert nhs_pseudonym(key, number) == pseudonymise_nhs(pa.array([number]), key)[0].as_py()
 
@@ -101,16 +101,16 @@ def test_keys_rotate_command(haven, file_landing, file_keys, inbox, capsys):
     assert audit.verify(haven.engine).ok
 
 
-def test_recipient_pseudonyms_cannot_be_joined_but_map_back(file_keys):
+def test_recipient_pseudonyms_cannot_be_joined_but_map_back(local_keys):
     keys = ["P" + "a" * 20, "P" + "b" * 20]
-    first = recipient_pseudonyms.recipient_pseudonyms(file_keys, "RECIPIENT-A", keys)
-    second = recipient_pseudonyms.recipient_pseudonyms(file_keys, "recipient-b", keys)
+    first = recipient_pseudonyms.recipient_pseudonyms(local_keys, "RECIPIENT-A", keys)
+    second = recipient_pseudonyms.recipient_pseudonyms(local_keys, "recipient-b", keys)
     assert set(first.values()).isdisjoint(second.values())
     assert all(v.startswith("R") and len(v) == 21 for v in first.values())
-    assert recipient_pseudonyms.resolve(file_keys, "recipient-a", [first[keys[1]]], keys) == {
+    assert recipient_pseudonyms.resolve(local_keys, "recipient-a", [first[keys[1]]], keys) == {
         first[keys[1]]: keys[1]}
     with pytest.raises(ValueError, match="named recipient"):
-        recipient_pseudonyms.recipient_pseudonym(file_keys, " ", keys[0])
+        recipient_pseudonyms.recipient_pseudonym(local_keys, " ", keys[0])
 
 
 def _landed_gp(haven, landing, inbox, practice: str = "B86001"):
@@ -258,14 +258,14 @@ def test_an_interrupted_vault_rotation_is_finished_not_repeated(haven, file_land
     assert len(file_keys.ring("vault").keys) == 2
 
 
-def test_releases_made_before_a_release_key_rotation_still_resolve(file_keys):
+def test_releases_made_before_a_release_key_rotation_still_resolve(local_keys):
     person_keys = ["P" + "c" * 20, "P" + "d" * 20]
-    before = recipient_pseudonyms.recipient_pseudonym(file_keys, "RX1", person_keys[0])
-    file_keys.rotate("release")
-    after = recipient_pseudonyms.recipient_pseudonym(file_keys, "rx1", person_keys[0])
+    before = recipient_pseudonyms.recipient_pseudonym(local_keys, "RX1", person_keys[0])
+    local_keys.rotate("release")
+    after = recipient_pseudonyms.recipient_pseudonym(local_keys, "rx1", person_keys[0])
     assert before != after
     resolved = recipient_pseudonyms.resolve_recipient_pseudonym(
-        file_keys, "RX1", [before, after, "Rnone"], person_keys)
+        local_keys, "RX1", [before, after, "Rnone"], person_keys)
     assert resolved == {before: person_keys[0], after: person_keys[0]}
 
 
