@@ -22,6 +22,20 @@ from linkage.landing.land import LandingContext
 from pipeline.context import Context as Haven
 
 POSTGRES_URL = os.environ.get("HAVEN_TEST_POSTGRES_URL", "")
+KINDS = ("unit", "integration", "api", "acceptance", "security")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its kind (its folder) and `postgres` where it runs on PostgreSQL,
+    so `pytest -m unit` or `-m "not postgres"` selects by kind."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in KINDS:
+            item.add_marker(kind)
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("backend") == "postgres"
+        if on_postgres or "postgres_url" in getattr(item, "fixturenames", ()):
+            item.add_marker("postgres")
 
 
 def key_environment() -> dict[str, str]:

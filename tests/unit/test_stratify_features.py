@@ -36,7 +36,7 @@ def test_columns_match_the_catalogue_and_docs_are_current() -> None:
     assert list(features.columns) == NAMES
     assert features.index.name == "person_key"
     assert len({f.name for f in FEATURES}) == len(FEATURES)
-    written = (Path(__file__).parents[1] / "stratify" / "FEATURES.md").read_text()
+    written = (Path(__file__).parents[2] / "stratify" / "FEATURES.md").read_text()
     assert written == features_markdown(), "run stratify.catalogue.write_features_md()"
 
 

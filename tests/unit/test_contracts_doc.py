@@ -16,7 +16,7 @@ import pytest
 
 from linkage.landing.contracts import CONTRACTS, Column, Contract
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "contracts.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
 DEFAULT_MAX_LENGTH = Column("x", "text").max_length
 SOURCE_HEADING = re.compile(r"^### `([a-z0-9_]+)`: (.+)$")
 CODES = re.compile(r"one of: ([^;]*)")

@@ -19,7 +19,7 @@ from governance.schema import extracts
 from linkage.landing.contracts import CONTRACTS
 from linkage.landing.land import land_path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def identifiers_of(rows: list[dict[str, str]]) -> set[str]:

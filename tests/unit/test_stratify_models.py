@@ -22,7 +22,7 @@ AT = dt.date(2025, 4, 1)
 
 
 def _bench() -> Any:
-    path = Path(__file__).parents[1] / "bench" / "score.py"
+    path = Path(__file__).parents[2] / "bench" / "score.py"
     spec = importlib.util.spec_from_file_location("bench_score", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

@@ -28,7 +28,8 @@ def test_settings_from_environment_and_file(tmp_path: Path):
     assert settings.db_url == "postgresql://u@h/db" and settings.key_env == {"HAVEN_KEY_VAULT": "x"}
     local = Settings.from_environ({"HAVEN_HOME": str(tmp_path / "b")})
     assert local.embedded and local.db_url.endswith("b/haven.db")
-    assert local.layout.extracts_dir.parent == local.home and local.with_(batch_rows=7).batch_rows == 7
+    assert local.layout.extracts_dir.parent == local.home
+    assert local.with_(batch_rows=7).batch_rows == 7
 
 
 def test_unreadable_settings_file_is_named(tmp_path: Path):
