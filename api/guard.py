@@ -36,7 +36,9 @@ from api.users import ANONYMOUS, Principal
 PURPOSE_HEADER = "X-Purpose-Of-Use"
 PURPOSE_RE = re.compile(r"^[a-z_]{2,32}$")
 SAFE_PARAM = re.compile(r"^[A-Za-z0-9._:@-]{1,64}$")
-DIGIT_RUN = re.compile(r"\d{10}")
+# Ten digits, however they are grouped or separated (anything but letters between them): a
+# path parameter holding such a run is never written into the audit entry's resource.
+DIGIT_RUN = re.compile(r"\d(?:[\W_]{0,3}\d){9}")
 bearer = HTTPBearer(auto_error=False, description="A Haven token (`haven users add`) or an "
                                                   "OIDC access token from the configured issuer.")
 

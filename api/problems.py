@@ -13,9 +13,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from governance.audit import NHS_SHAPE, url_decoded
+
 PROBLEM_JSON = "application/problem+json"
-# Ten digits, spaced or not: whatever a caller sent that could be an NHS number.
-NHS_SHAPED = re.compile(r"(?<!\d)\d{3}[ -]?\d{3}[ -]?\d{4}(?!\d)")
+# Ten digits as 3-3-4, with any common separators or none (governance.audit.NHS_SHAPE):
+# whatever a caller sent that could be an NHS number. URL-encoded text is decoded first.
+NHS_SHAPED = re.compile(rf"(?<!\d){NHS_SHAPE}(?!\d)")
 TYPE_BASE = "https://haven.nhs.uk/problems/"
 logger = logging.getLogger("haven.api")
 
@@ -61,6 +64,9 @@ class Problem(Exception):
 
 def scrub(text: str) -> str:
     """Text fit to answer with: anything shaped like an NHS number is withheld."""
+    plain = url_decoded(text)
+    if plain != text and NHS_SHAPED.search(plain):
+        text = plain
     return NHS_SHAPED.sub("(withheld)", text)
 
 

@@ -3,7 +3,9 @@
 The route's guard fills in who, in which role and organisation, for which purpose, which
 action on which resource, and how many records were answered; the middleware adds the outcome
 from the status code and commits the entry (`governance.audit.record_many`) before the first byte of
-the response leaves. If the entry cannot be written, the caller gets 503, never unaudited data.
+the response leaves. An entry holding an identifier is written with it withheld
+(`governance.audit.redact_entry`), never dropped. If the entry cannot be written, the caller
+gets 503, never unaudited data.
 
 Entries from concurrent requests are committed together (group commit: one transaction for
 whatever is waiting), so the hash chain's single head row is not a queue of transactions.
@@ -128,10 +130,8 @@ class AuditWriter:
             try:
                 try:
                     audit.record_many(self.engine, [entry])
-                except ValueError:  # the detail held an identifier: keep the rest
-                    audit.record_many(self.engine, [{**entry, "detail": {
-                        key: entry["detail"].get(key) for key in ("method", "status")}
-                        | {"detail_withheld": "it held an identifier"}}])
+                except ValueError:  # it held an identifier: written with that part withheld
+                    audit.record_many(self.engine, [audit.redact_entry(entry)])
             except Exception as exc:  # noqa: BLE001 - reported to the waiting request
                 logger.error("audit entry could not be written: %s", type(exc).__name__)
                 outcomes.append(exc)

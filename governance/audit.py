@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import nhs_number
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
@@ -21,12 +22,21 @@ from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from governance.schema import audit_head, audit_log
 
 GENESIS = "0" * 64
-_NHS_LIKE = re.compile(r"(?<![\d])(\d{3})[ \-]?(\d{3})[ \-]?(\d{4})(?![\d])")
+# What may stand between the digit groups of a written NHS number: none, or up to three
+# characters that are not letters or digits (spaces of any kind, hyphens and dashes, dots,
+# slashes, underscores, plus as an encoded space...). URL-encoded text is decoded first.
+SEPARATORS = r"[\W_]{0,3}"
+# Ten digits as 3-3-4 with any of those separators: the shape of an NHS number (any digits).
+NHS_SHAPE = rf"\d{{3}}{SEPARATORS}\d{{3}}{SEPARATORS}\d{{4}}"
+_NHS_LIKE = re.compile(rf"(?<!\d)(\d{{3}}){SEPARATORS}(\d{{3}}){SEPARATORS}(\d{{4}})(?!\d)")
+WITHHELD = "(withheld)"
 # Keyed hashes and digests (pseudonyms, person keys `P...`, SHA-256 digests): 16 or more lower
 # case hex characters with a letter among them, maybe after one prefix letter. Their digits
 # are not NHS numbers, and by chance about one in 150 holds a run that passes modulus 11.
 _HEX_TOKEN = re.compile(r"(?<![0-9A-Za-z])[A-Za-z]?(?=[0-9a-f]*[a-f])[0-9a-f]{16,}"
                         r"(?![0-9A-Za-z])")
+# A keyed hash or digest (kept whole) or an NHS-shaped run, whichever starts first.
+_SCAN = re.compile(rf"(?P<hex>{_HEX_TOKEN.pattern})|{_NHS_LIKE.pattern}")
 
 
 @dataclass(frozen=True)
@@ -85,13 +95,89 @@ def entry_hash(prev_hash: str, entry: Mapping[str, Any], at_text: str | None = N
     return hashlib.sha256((prev_hash + text).encode()).hexdigest()
 
 
-def _refuse_identifiers(*texts: str) -> None:
-    """Refuse text holding anything shaped like a valid NHS number (10 digits, modulus 11),
-    outside keyed hashes and digests."""
-    for text in texts:
-        for match in _NHS_LIKE.finditer(_HEX_TOKEN.sub("#", text)):
-            if nhs_number.is_valid("".join(match.groups())):
-                raise ValueError("audit entries may not contain an NHS number")
+def _withhold(match: re.Match[str]) -> str:
+    if match.group("hex") is not None:
+        return match.group(0)
+    digits = "".join(str(int(d)) for d in "".join(match.groups()[1:]))  # any script's digits
+    return WITHHELD if nhs_number.is_valid(digits) else match.group(0)
+
+
+def url_decoded(text: str) -> str:
+    """`text` URL-decoded (up to three times: a path may be encoded twice)."""
+    for _ in range(3):
+        if "%" not in text:
+            break
+        plain = unquote(text)
+        if plain == text:
+            break
+        text = plain
+    return text
+
+
+def redact(text: str) -> str:
+    """`text` with anything shaped like a valid NHS number (10 digits passing modulus 11, with
+    any common separators or none, URL-encoded or not) withheld; keyed hashes and digests are
+    kept. Text holding no identifier is returned as it is."""
+    out = _SCAN.sub(_withhold, text)
+    decoded = url_decoded(out)
+    if decoded != out:
+        plain = _SCAN.sub(_withhold, decoded)
+        if plain != decoded:  # an identifier was hidden by the encoding: keep the decoded text
+            return plain
+    return out
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every piece of text in a detail: strings, keys, numbers and anything else as text."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield str(key)
+            yield from _texts(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _texts(item)
+    elif isinstance(value, str):
+        yield value
+    elif value is not None and not isinstance(value, bool | float):
+        yield str(value)
+
+
+def redact_detail(value: Any) -> Any:
+    """A detail (JSON-able) with every identifier in its keys, strings or numbers withheld."""
+    if isinstance(value, Mapping):
+        return {redact(str(key)): redact_detail(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_detail(item) for item in value]
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | float):
+        return value
+    text = str(value)
+    plain = redact(text)
+    return value if plain == text else plain
+
+
+def redact_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry (as given to `record_many`) with every identifier in its text withheld."""
+    out = dict(entry)
+    for name in ("actor", "role", "org", "purpose", "action", "resource", "outcome"):
+        out[name] = redact(entry[name])
+    out["detail"] = redact_detail(entry["detail"])
+    return out
+
+
+def holds_identifier(*texts: str) -> bool:
+    """Whether any text holds something shaped like a valid NHS number (see `redact`)."""
+    return any(redact(text) != text for text in texts)
+
+
+def _refuse_identifiers(entry: Mapping[str, Any]) -> None:
+    """Refuse an entry holding anything shaped like a valid NHS number (10 digits, modulus 11),
+    outside keyed hashes and digests, in any of its text or its detail."""
+    texts = [str(entry[name]) for name in ("actor", "role", "org", "purpose", "action", "resource",
+                                      "outcome")]
+    if holds_identifier(*texts, *_texts(entry["detail"])):
+        raise ValueError("audit entries may not contain an NHS number")
 
 
 def record(
@@ -136,7 +222,8 @@ def record_many(target: Connection | Engine, entries: Sequence[Mapping[str, Any]
     entries join its transaction; given an Engine they are committed in one of their own.
     Each entry has the `ENTRY_FIELDS` (detail a JSON-able dict).
 
-    Raises ValueError, writing nothing, when any entry holds an identifier.
+    Raises ValueError, writing nothing, when any entry holds an identifier (`redact_entry`
+    gives an entry with them withheld).
     """
     if isinstance(target, Engine):
         with target.begin() as connection:
@@ -144,7 +231,7 @@ def record_many(target: Connection | Engine, entries: Sequence[Mapping[str, Any]
     if not entries:
         return []
     for entry in entries:
-        _refuse_identifiers(entry["resource"], json.dumps(entry["detail"], default=str))
+        _refuse_identifiers(entry)
     head = target.execute(_LOCK_HEAD).first()
     if head is None:  # the first entry ever
         target.execute(_NEW_HEAD)

@@ -96,6 +96,7 @@ def test_an_identifier_in_what_a_caller_sends_never_reaches_the_audit_log(world:
                                    .limit(1)).mappings().one()
     assert entry["resource"] == "/extracts" and entry["outcome"] == "denied"
     assert NHS_LIKE not in str(dict(entry))
-    assert entry["detail"]["detail_withheld"]
+    assert entry["detail"]["sender"] == "(withheld)" and entry["detail"]["source"] == \
+        "social_care"  # the identifier alone withheld, the rest kept
     assert_problem(world.call("mdt_clinician", "GET", f"/practices/{NHS_LIKE}/case-finding"),
                    403)
