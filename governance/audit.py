@@ -275,15 +275,14 @@ def verify(engine: Engine, expected_head: dict[str, Any] | None = None) -> Verif
     """
     prev_hash, expected_seq, count = GENESIS, 1, 0
     rows_by_hash: dict[str, int] = {}
-    with engine.connect() as connection:
-        rows = connection.execute(select(audit_log).order_by(audit_log.c.seq)).mappings().all()
-        stored_head = connection.execute(
-            select(audit_head).where(audit_head.c.id == 1)).first()
+    rows, stored_head = _read_chain(engine)
     for row in rows:
         rows_by_hash[row["hash"]] = row["seq"]
     for row in rows:
         seq = int(row["seq"])
-        recomputed = entry_hash(row["prev_hash"], dict(row))
+        recomputed = _rehash(row)
+        if recomputed is None:  # not even readable as an entry: it was edited
+            return _broken(count, prev_hash, Finding(seq, "modified"))
         if recomputed != row["hash"]:
             return _broken(count, prev_hash, _altered(row, prev_hash, rows, rows_by_hash))
         if row["prev_hash"] != prev_hash:
@@ -302,7 +301,10 @@ def verify(engine: Engine, expected_head: dict[str, Any] | None = None) -> Verif
         if seq != expected_seq:
             return _broken(count, prev_hash, Finding(seq, "reordered"))
         prev_hash, expected_seq, count = row["hash"], seq + 1, count + 1
-    stored = {"seq": int(stored_head.seq), "hash": stored_head.hash} if stored_head else None
+    stored = _head_of(stored_head)
+    if stored is not None and stored["seq"] is None:
+        return _broken(count, prev_hash, Finding(expected_seq, "truncated"),
+                       "the stored head is not readable")
     for label, wanted in (("stored", stored), ("exported", expected_head)):
         if wanted and wanted["seq"] > 0 and (
                 int(wanted["seq"]) >= expected_seq or
@@ -317,6 +319,69 @@ def verify(engine: Engine, expected_head: dict[str, Any] | None = None) -> Verif
                 return _broken(count, prev_hash, Finding(int(wanted["seq"]), "modified"),
                                f"the {label} head is not in the chain")
     return Verification(ok=True, entries=count, head=prev_hash)
+
+
+_CHAIN_COLUMNS = ("seq", "at", "actor", "role", "org", "purpose", "action", "resource",
+                  "n_records", "outcome", "detail", "prev_hash", "hash")
+# The entries as stored, through the driver alone: a value edited into another type, or a
+# detail that is no longer JSON, is read as it is rather than failing the read.
+_READ_CHAIN = ("SELECT seq, at, actor, role, org, purpose, action, resource, n_records, "
+               "outcome, CAST(detail AS TEXT), prev_hash, hash FROM audit_log ORDER BY seq")
+_READ_HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
+
+
+def _lenient_text(data: bytes) -> str:
+    """SQLite text as str even when it was edited into bytes that are not UTF-8."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _read_chain(engine: Engine) -> tuple[list[dict[str, Any]], Any]:
+    """Every entry (column name -> stored value) in sequence order, and the head row."""
+    with engine.connect() as connection:
+        driver = connection.connection.driver_connection
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:
+            driver.text_factory = _lenient_text  # type: ignore[union-attr]
+        try:
+            rows = [_entry_of(row) for row in connection.exec_driver_sql(_READ_CHAIN)]
+            head_row = connection.exec_driver_sql(_READ_HEAD).first()
+        finally:
+            if sqlite:
+                driver.text_factory = str  # type: ignore[union-attr]
+    return rows, head_row
+
+
+_UNREADABLE = object()  # a detail that is not JSON
+
+
+def _entry_of(row: Sequence[Any]) -> dict[str, Any]:
+    entry = dict(zip(_CHAIN_COLUMNS, row, strict=True))
+    try:
+        entry["detail"] = json.loads(entry["detail"])
+    except (ValueError, TypeError):  # not JSON text, or no text at all
+        entry["detail"] = _UNREADABLE
+    return entry
+
+
+def _rehash(row: Mapping[str, Any]) -> str | None:
+    """The hash an entry's stored values give, or None when they cannot be an entry at all
+    (a detail that is not JSON, a count or time that is not one, a missing link...)."""
+    if row["detail"] is _UNREADABLE:
+        return None
+    try:
+        return entry_hash(row["prev_hash"], row)
+    except (ValueError, TypeError, AttributeError, OverflowError):
+        return None
+
+
+def _head_of(row: Any) -> dict[str, Any] | None:
+    """The stored head as {seq, hash}; seq None when it was edited into something unreadable."""
+    if row is None:
+        return None
+    try:
+        return {"seq": int(row[0]), "hash": str(row[1])}
+    except (ValueError, TypeError):
+        return {"seq": None, "hash": None}
 
 
 # How far from its place `verify` looks for the number an entry was hashed with.

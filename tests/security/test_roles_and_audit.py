@@ -9,11 +9,13 @@ from urllib.parse import quote
 
 import pytest
 from api_matrix import World, build_world
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from api.config import ApiConfig
 from api.problems import scrub
 from api.trail import AuditWriter
+from cli.main import main
+from conftest import unguard_audit
 from governance import audit
 from governance.audit import Actor
 from governance.schema import audit_log
@@ -109,3 +111,79 @@ def test_digests_and_other_numbers_are_not_withheld(haven) -> None:
     assert audit.redact_detail({"9998098696": 1}) == {"(withheld)": 1}
     audit.log(haven.engine, ANALYST, "lookup", "/runs/score-2025-04-01",
               detail={"count": 999, "when": "2025-04-01 12:00:00", "ok": True, "x": None})
+
+
+# -- 12. Verify names a tampered entry, whatever was done to it -------------------------------
+# (name, statements on SQLite, statements on PostgreSQL, whose `json` column refuses bad JSON
+# until its type is changed); entry 3 is the one tampered with.
+TAMPERING = [
+    ("detail not JSON", ["UPDATE audit_log SET detail = '{\"method\": ' WHERE seq = 3"],
+     ["ALTER TABLE audit_log ALTER COLUMN detail TYPE text",
+      "UPDATE audit_log SET detail = '{\"method\": ' WHERE seq = 3"]),
+    ("detail emptied", ["UPDATE audit_log SET detail = '' WHERE seq = 3"],
+     ["ALTER TABLE audit_log ALTER COLUMN detail TYPE text",
+      "UPDATE audit_log SET detail = '' WHERE seq = 3"]),
+    ("detail a list", ["UPDATE audit_log SET detail = '[1, 2]' WHERE seq = 3"],
+     ["UPDATE audit_log SET detail = '[1, 2]' WHERE seq = 3"]),
+    ("detail a number", ["UPDATE audit_log SET detail = 7 WHERE seq = 3"],
+     ["UPDATE audit_log SET detail = '7' WHERE seq = 3"]),
+    ("detail bytes", ["UPDATE audit_log SET detail = CAST(X'ff7b7d' AS TEXT) WHERE seq = 3"],
+     ["ALTER TABLE audit_log ALTER COLUMN detail DROP NOT NULL",
+      "UPDATE audit_log SET detail = NULL WHERE seq = 3"]),
+    ("count not a number", ["UPDATE audit_log SET n_records = 'many' WHERE seq = 3"],
+     ["ALTER TABLE audit_log ALTER COLUMN n_records TYPE text",
+      "UPDATE audit_log SET n_records = 'many' WHERE seq = 3"]),
+    ("time not a time", ["UPDATE audit_log SET at = 'yesterday' WHERE seq = 3"],
+     ["ALTER TABLE audit_log ALTER COLUMN at TYPE text",
+      "UPDATE audit_log SET at = 'yesterday' WHERE seq = 3"]),
+    ("time a number", ["UPDATE audit_log SET at = 12 WHERE seq = 3"],
+     ["ALTER TABLE audit_log ALTER COLUMN at DROP NOT NULL",
+      "UPDATE audit_log SET at = NULL WHERE seq = 3"]),
+    ("link deleted", ["UPDATE audit_log SET prev_hash = '' WHERE seq = 3"],
+     ["ALTER TABLE audit_log ALTER COLUMN prev_hash DROP NOT NULL",
+      "UPDATE audit_log SET prev_hash = NULL WHERE seq = 3"]),
+    ("actor deleted", ["UPDATE audit_log SET actor = X'00' WHERE seq = 3"],
+     ["ALTER TABLE audit_log ALTER COLUMN actor DROP NOT NULL",
+      "UPDATE audit_log SET actor = NULL WHERE seq = 3"]),
+]
+
+
+def _write_entries(haven, n: int = 5) -> None:
+    for i in range(n):
+        audit.log(haven.engine, ANALYST, "release.read", f"run/r{i}", n_records=i,
+                  detail={"method": "GET", "status": 200})
+
+
+def _tamper(haven, statements: list[str]) -> None:
+    with haven.engine.begin() as connection:
+        unguard_audit(connection, haven.engine.dialect.name)
+        for statement in statements:
+            connection.execute(text(statement))
+
+
+@pytest.mark.parametrize("name, sqlite, postgres", TAMPERING, ids=[t[0] for t in TAMPERING])
+def test_verify_names_the_entry_whatever_the_tampering(haven, capsys, name, sqlite,
+                                                      postgres) -> None:
+    """Promise: `haven audit verify` names a tampered entry as modified, never crashes."""
+    _write_entries(haven)
+    _tamper(haven, sqlite if haven.engine.dialect.name == "sqlite" else postgres)
+    result = audit.verify(haven.engine)
+    assert not result.ok and (result.finding.seq, result.finding.problem) == (3, "modified")
+    env = {"HAVEN_HOME": str(haven.settings.home),
+           "HAVEN_DATABASE_URL": haven.settings.database_url, **haven.settings.key_env}
+    assert main(["audit", "verify"], env) == 1
+    out = capsys.readouterr().out
+    assert "audit entry 3: modified" in out and "Traceback" not in out
+
+
+def test_verify_reports_an_unreadable_stored_head(haven) -> None:
+    """Promise: a chain head edited into nonsense is reported, not a crash."""
+    assert audit.verify(haven.engine).ok  # nothing written yet: no head
+    _write_entries(haven, 2)
+    statements = (["UPDATE audit_head SET seq = 'two'"] if haven.engine.dialect.name == "sqlite"
+                  else ["ALTER TABLE audit_head ALTER COLUMN seq TYPE text",
+                        "UPDATE audit_head SET seq = 'two'"])
+    _tamper(haven, statements)
+    result = audit.verify(haven.engine)
+    assert not result.ok and result.finding.problem == "truncated"
+    assert result.details == ["the stored head is not readable"]
