@@ -14,7 +14,10 @@ first row), so it is stable while nothing it depends on changes.
 
 Incremental: `update` links only the extracts not yet indexed, plus rows still unlinked (a new
 register may now place them); `forget_extracts` drops destroyed extracts' rows and re-links
-the rows whose probabilistic link rested on them.
+the rows whose link rested on them (`via_extract`: the profile's extract for a probabilistic
+link, the carrier's for a client link); `forget_rows` does the same for rows an opt-out purge
+removed. `leftovers` measures what the index still holds of given extracts (destruction
+certifies that measurement, not what was asked for).
 """
 
 from __future__ import annotations
@@ -135,11 +138,24 @@ def _write_map(settings: Settings, frame: pd.DataFrame, slice_rows: int = 1_000_
     os.replace(tmp, target)
 
 
+def _rows_in(frame: pd.DataFrame, rows: dict[str, Sequence[int]], extract: str = "extract_id",
+             row: str = "row") -> np.ndarray:
+    """Mask of `frame`'s rows whose (extract, row) is one of `rows` ({extract_id: rows})."""
+    wanted = pd.MultiIndex.from_tuples(
+        [(e, int(r)) for e, listed in rows.items() for r in listed], names=["e", "r"])
+    if frame.empty or wanted.empty:
+        return np.zeros(len(frame), dtype=bool)
+    found = pd.MultiIndex.from_arrays([frame[extract].astype(object),
+                                       frame[row].astype("int64")])
+    return np.asarray(found.isin(wanted), dtype=bool)
+
+
 def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None = None,
            progress: Callable[[str], None] | None = None,
            quality: Callable[[pd.DataFrame, pd.DataFrame | None], dict] | None = None,
-           ) -> LinkSummary:
-    """Bring the index up to date with what is landed: add new extracts, drop gone ones."""
+           drop_rows: dict[str, Sequence[int]] | None = None) -> LinkSummary:
+    """Bring the index up to date with what is landed: add new extracts, drop gone ones
+    (and the rows `drop_rows` names: {extract_id: rows} an opt-out purge removed)."""
     say = progress or (lambda _message: None)
     with store.data_lock(settings, "index"):
         current = read_link_map(settings)
@@ -148,8 +164,9 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         wanted = set(landed["extract_id"])
         gone = sorted(indexed - wanted)
         new = landed[~landed["extract_id"].isin(indexed)]
+        purged = _rows_in(current, drop_rows or {})
         summary = LinkSummary(extracts_added=sorted(new["extract_id"]), extracts_removed=gone)
-        if not gone and new.empty and len(current):
+        if not gone and new.empty and len(current) and not purged.any():
             say("the person index is up to date: nothing landed or destroyed since the last run")
             summary.rows = len(current)
             summary.by_source_method = {
@@ -159,13 +176,21 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         # Keys already given to persons stay theirs (also across a pseudonym key rotation).
         known = current[current["person_id"].notna()].drop_duplicates("person_id")
         kept_keys = dict(zip(known["person_id"], known["person_key"], strict=True))
-        gone_sources = set(current.loc[current["extract_id"].isin(gone), "source"])
+        leaving = current["extract_id"].isin(gone).to_numpy() | purged
+        gone_sources = set(current.loc[leaving, "source"])
         profiles_changed = bool((set(new["source"]) | gone_sources) & set(PROFILE_SOURCES))
-        retry = current["via_extract"].isin(gone)
+        # Rows whose link rested on a destroyed extract (probabilistic or client) are linked
+        # again, client links from the carriers that remain (below). Links to a purged row's
+        # pseudonym are kept: they are that person's rows, and the objection covers them.
+        retry = current["via_extract"].isin(gone).to_numpy()
         if gone:
-            current = current[~current["extract_id"].isin(gone)]
-            # Rows whose probabilistic link rested on a destroyed extract are linked again.
-            current.loc[retry, ["method", "person_id"]] = ["unlinked", None]
+            retry |= (current["method"] == "client").to_numpy()
+        if leaving.any():
+            retry = retry[~leaving]
+            current = current[~leaving].reset_index(drop=True)
+            for column, value in (("method", "unlinked"), ("person_id", None),
+                                  ("weight", np.nan), ("via_extract", None)):
+                current.loc[retry, column] = value
         parts = [current]
         for item in new.itertuples():
             say(f"indexing {item.extract_id} ({item.source})")
@@ -181,13 +206,15 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
             if item.source == "social_care" and "record_key" in rows:
                 frame["client_key"] = rows["record_key"].to_numpy()
             parts.append(frame)
+        # Nothing left (every extract destroyed): an empty map is written, never the old one.
         combined = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(
-            len(p) for p in parts) else read_link_map(settings)
+            len(p) for p in parts) else MAP_SCHEMA.empty_table().to_pandas()
         combined = _link_clients(combined)
         # Rows worth (re)trying: those of new extracts, those whose link rested on a destroyed
         # extract, and, when the registers changed, every row still unlinked.
         scope = combined["extract_id"].isin(set(new["extract_id"]))
-        scope |= combined.index.isin(retry[retry].index) if len(retry) else False
+        # `current` comes first in `combined`, so its positions are the same there.
+        scope |= np.isin(np.arange(len(combined)), np.flatnonzero(retry))
         if profiles_changed:
             scope |= combined["method"] == "unlinked"
         review = pd.DataFrame()
@@ -206,20 +233,27 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         summary.review_pairs = len(review)
         _write_map(settings, combined)
         _write(settings, settings.layout.review, pa.Table.from_pandas(review, preserve_index=False))
+        # The quality file counts; it names no extract, so destroying one leaves no trace here.
         settings.layout.link_quality.write_text(json.dumps(
-            {**summary.to_json(), "at": datetime.now(UTC).isoformat()}, default=str))
+            {**summary.to_json(), "extracts_added": len(summary.extracts_added),
+             "extracts_removed": len(summary.extracts_removed),
+             "at": datetime.now(UTC).isoformat()}, default=str))
     return summary
 
 
 def _link_clients(frame: pd.DataFrame) -> pd.DataFrame:
-    """Social care rows of one client share the pseudonym any of them carries."""
+    """Social care rows of one client share the pseudonym any of them carries; `via_extract`
+    names where it came from (the carrier's extract, or the extract its own link rests on)."""
     clients = frame["client_key"]
-    known = frame.loc[clients.notna() & frame["person_id"].notna(), ["client_key", "person_id"]]
-    by_client = known.drop_duplicates("client_key").set_index("client_key")["person_id"]
-    fill = clients.map(by_client)
+    known = frame.loc[clients.notna() & frame["person_id"].notna(),
+                      ["client_key", "person_id", "extract_id", "via_extract"]]
+    carriers = known.drop_duplicates("client_key").set_index("client_key")
+    fill = clients.map(carriers["person_id"])
     take = frame["person_id"].isna() & fill.notna()
     frame.loc[take, "person_id"] = fill[take]
     frame.loc[take, "method"] = "client"
+    via = carriers["via_extract"].where(carriers["via_extract"].notna(), carriers["extract_id"])
+    frame.loc[take, "via_extract"] = clients[take].map(via)
     return frame
 
 
@@ -235,8 +269,9 @@ def _merge_review(settings: Settings, fresh: pd.DataFrame, frame: pd.DataFrame,
     retried = pd.MultiIndex.from_frame(frame.loc[scope, ["extract_id", "row"]])
     still = pd.MultiIndex.from_frame(frame[["extract_id", "row"]])
     keys = pd.MultiIndex.from_arrays([earlier["query_extract"], earlier["query_row"]])
-    keep = keys.isin(still) & ~keys.isin(retried) & earlier["profile_extract"].isin(
-        set(frame["extract_id"]))
+    profiles = pd.MultiIndex.from_arrays([earlier["profile_extract"], earlier["profile_row"]])
+    # A pair stays while both its rows do (neither destroyed nor purged) and it was not retried.
+    keep = keys.isin(still) & ~keys.isin(retried) & profiles.isin(still)
     return pd.concat([earlier[keep], fresh], ignore_index=True)
 
 
@@ -276,7 +311,12 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
     registered = set(profile["person_id"].astype(object))
     found = []
     for source, rows in query.groupby("source", sort=True):
-        carried = [c for c in rows.columns if c.startswith("lk_") and rows[c].notna().any()]
+        # Compared on the fields both sides carry: once the last register carrying a field is
+        # destroyed, the profiles left may lack fields the query rows still have.
+        carried = [c for c in rows.columns if c.startswith("lk_") and rows[c].notna().any()
+                   and c in profile.columns and profile[c].notna().any()]
+        if not carried:
+            continue  # nothing to compare on: the rows stay unlinked
         coverage = _coverage(frame, str(source), registered)
         say(f"  {source}: {len(rows):,} rows; {coverage:.1%} of its rows with an NHS number "
             "belong to a registered person")
@@ -288,7 +328,10 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
                        profile[["extract_id", "row", "person_id", *carried]], coverage,
                        labelled)
         part["query"] = rows.index.to_numpy()[part["query"].to_numpy(dtype=np.int64)]
-        found.append(part)
+        if len(part):
+            found.append(part)
+    if not found:
+        return frame, pd.DataFrame(), profile, examples
     matches = pd.concat(found, ignore_index=True)
     review = matches[matches["band"] == "review"]
     links = matches[matches["band"] == "link"].sort_values("weight", ascending=False)
@@ -374,11 +417,74 @@ def forget_extracts(settings: Settings, engine: Engine, key: Key, extract_ids: l
                     matcher: Matcher | None = None) -> dict[str, int]:
     """Drop destroyed extracts' rows from the index and re-link what rested on them.
 
-    Called by destruction after the extracts are marked destroyed."""
-    before = read_link_map(settings, columns=["extract_id"])
-    removed = int(before["extract_id"].isin(extract_ids).sum())
+    Called by destruction after the extracts are marked destroying; the counts are measured
+    on the map as written (rows of the extracts before, less those after)."""
+    before = leftovers(settings, extract_ids)["index_rows"]
     summary = update(settings, engine, key, matcher)
-    return {"index_rows_removed": removed, "index_rows": summary.rows}
+    after = leftovers(settings, extract_ids)["index_rows"]
+    return {"index_rows_removed": before - after, "index_rows": summary.rows}
+
+
+def forget_rows(settings: Settings, engine: Engine, key: Key, rows: dict[str, list[int]],
+                matcher: Matcher | None = None) -> dict[str, int]:
+    """After an opt-out purge: drop the purged rows ({extract_id: rows}) from the index and
+    the review list, and re-link the rows whose link rested on them."""
+    if not settings.layout.link_map.exists():
+        return {"index_rows_removed": 0, "review_pairs_removed": 0}
+    before = _purged_in_index(settings, rows)
+    update(settings, engine, key, matcher, drop_rows=rows)
+    after = _purged_in_index(settings, rows)
+    return {"index_rows_removed": before[0] - after[0],
+            "review_pairs_removed": before[1] - after[1]}
+
+
+def _purged_in_index(settings: Settings, rows: dict[str, list[int]]) -> tuple[int, int]:
+    """(map rows, review pairs) that still hold any of `rows`."""
+    frame = read_link_map(settings, columns=["extract_id", "row"])
+    review = _read_review(settings)
+    pairs = _rows_in(review, rows, "query_extract", "query_row") | _rows_in(
+        review, rows, "profile_extract", "profile_row")
+    return int(_rows_in(frame, rows).sum()), int(pairs.sum())
+
+
+def _read_review(settings: Settings) -> pd.DataFrame:
+    columns = ["query_extract", "query_row", "profile_extract", "profile_row"]
+    path = settings.layout.review
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    table = pq.read_table(path)
+    if not set(columns) <= set(table.column_names):  # an empty list is written column-less
+        return pd.DataFrame(columns=columns)
+    return table.select(columns).to_pandas()
+
+
+def leftovers(settings: Settings, extract_ids: Sequence[str]) -> dict[str, int]:
+    """What the index still holds of the given extracts, measured on the files as they are:
+
+    - `index_rows`: link map rows of the extracts;
+    - `index_links_via`: rows whose link rests on them (`via_extract`);
+    - `review_pairs`: review-list pairs with a row of theirs, on either side;
+    - `quality_files`: 1 if the quality file names one of them or counts rows the map no
+      longer has (it describes a map that held them), else 0.
+    """
+    wanted = set(extract_ids)
+    frame = read_link_map(settings, columns=["extract_id", "via_extract"])
+    review = _read_review(settings)
+    stale = 0
+    if settings.layout.link_quality.exists():
+        text = settings.layout.link_quality.read_text(encoding="utf-8")
+        try:
+            counted = json.loads(text).get("rows")
+        except ValueError:
+            counted = None  # unreadable: it cannot be shown to describe the map as it is
+        stale = int(any(e in text for e in wanted) or counted != len(frame))
+    return {
+        "index_rows": int(frame["extract_id"].isin(wanted).sum()),
+        "index_links_via": int(frame["via_extract"].isin(wanted).sum()),
+        "review_pairs": int((review["query_extract"].isin(wanted)
+                             | review["profile_extract"].isin(wanted)).sum()),
+        "quality_files": stale,
+    }
 
 
 def export(settings: Settings, out: Path) -> int:
