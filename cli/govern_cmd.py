@@ -62,14 +62,23 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
                                                 help="Treat DATE as today.")) -> None:
         """Destroy every extract past its retention date, and all derived from it."""
         context: Context = ctx.obj
-        certificate = govern.destroy_expired(context, _day(as_of, "--as-of"), dry_run)
         console = Console()
+        try:
+            certificate = govern.destroy_expired(context, _day(as_of, "--as-of"), dry_run)
+        except retention.DestructionIncomplete as exc:
+            left = {k: v for k, v in exc.certificate.remaining.items() if v}
+            console.print(f"[red]not certified[/]: {len(exc.certificate.extract_ids)} extracts "
+                          f"destroyed in part; still present {json.dumps(left, sort_keys=True)}"
+                          "; they stay due and the next run resumes (the failure is audited)")
+            raise typer.Exit(code=1) from None
         verb = "would destroy" if dry_run else "destroyed"
         for extract_id in certificate.extract_ids:
             console.print(f"  {extract_id} ({certificate.sources[extract_id]})")
         console.print(f"{verb} {len(certificate.extract_ids)} extracts: "
                       f"{json.dumps(certificate.counts, sort_keys=True)}")
         if not dry_run and certificate.extract_ids:
+            console.print(f"measured after destruction, remaining: "
+                          f"{json.dumps(certificate.remaining, sort_keys=True)}")
             console.print(f"certificate {certificate.certificate_id}, digest "
                           f"{certificate.manifest_digest}, audit entry {certificate.audit_seq}")
 

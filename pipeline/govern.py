@@ -1,7 +1,9 @@
 """Governance actions that reach into what the stages made: destruction, purge, key rotation.
 
 Governance knows nothing of the stages; here each action is handed what it must also reach:
-the person index's rows, score runs, their reports and exports.
+the person index's rows, score runs, their reports and exports, and, for destruction, how to
+measure what the index still holds (so the certificate states what is left, not what was
+asked for).
 """
 
 from __future__ import annotations
@@ -30,18 +32,47 @@ def dependents(ctx: Context) -> list[retention.Dependent]:
     return [index, derived]
 
 
+def checks(ctx: Context) -> list[retention.Check]:
+    """What destruction measures besides its own files and tables: the person index's rows of
+    the extracts, links resting on them, review pairs and the quality file."""
+
+    def index(ids: list[str]) -> dict[str, int]:
+        return person_index.leftovers(ctx.settings, ids)
+
+    return [index]
+
+
 def destroy_expired(ctx: Context, as_of: dt.date | None = None,
                     dry_run: bool = False) -> retention.Certificate:
     """Destroy every extract past its retention date on `as_of` (default today) and all made
-    from it, with a certificate chained into the audit log (or, dry run, say what would go)."""
+    from it, with a certificate chained into the audit log (or, dry run, say what would go).
+    Raises retention.DestructionIncomplete, certifying nothing, if anything is left."""
     day = as_of or dt.datetime.now(dt.UTC).date()
-    return retention.run(ctx.settings, ctx.engine, ctx.actor, day, dependents(ctx), dry_run)
+    return retention.run(ctx.settings, ctx.engine, ctx.actor, day, dependents(ctx), dry_run,
+                         checks=checks(ctx))
+
+
+def purge_dependents(ctx: Context) -> list[optouts.PurgeDependent]:
+    """What a purge must also reach: the person index (the purged rows and their review
+    pairs; other rows linked to the same person stay linked, so the objection still covers
+    them) and the runs made from the extracts it changed, voided with their files, reports and
+    exports (they were computed from rows no purpose may use)."""
+
+    def index(rows: dict[str, list[int]]) -> dict[str, int]:
+        return person_index.forget_rows(ctx.settings, ctx.engine,
+                                        ctx.keys.current("linkage"), rows, match_profiles)
+
+    def derived(rows: dict[str, list[int]]) -> dict[str, int]:
+        return retention.void_runs(ctx.settings, ctx.engine, sorted(rows))
+
+    return [index, derived]
 
 
 def purge_optouts(ctx: Context, as_of: dt.date | None = None) -> dict[str, int]:
-    """Remove landed rows no purpose may use since opt-outs registered after landing."""
+    """Remove landed rows no purpose may use since opt-outs registered after landing, with
+    what was made from them (`purge_dependents`)."""
     day = as_of or dt.datetime.now(dt.UTC).date()
-    return optouts.purge(ctx.settings, ctx.engine, day, ctx.actor, [])
+    return optouts.purge(ctx.settings, ctx.engine, day, ctx.actor, purge_dependents(ctx))
 
 
 def rotate_pseudonym_key(ctx: Context) -> dict[str, int]:
