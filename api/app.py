@@ -1,7 +1,8 @@
 """The app factory: `create_app(settings)` builds Haven's API with nothing global.
 
 Every request goes through the audit middleware (one entry each, written before the response)
-and the `authorise` dependency (authentication, then Casbin); errors are problem details.
+and the `authorise` dependency (authentication, then Casbin), which runs before any body is read
+(`BodyGate`); errors are problem details.
 
 Examples:
     >>> from governance.settings import Settings
@@ -30,7 +31,7 @@ from api import problems
 from api.authz import AccessPolicy
 from api.config import ApiConfig
 from api.current_release import ReleaseStore
-from api.guard import authorise
+from api.guard import BodyGate, authorise
 from api.identity import Authenticator
 from api.jobs import JobRunner
 from api.routes import admin, extracts, governance, jobs, meta, reidentify, risk
@@ -171,6 +172,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     for module in (meta, risk, reidentify, extracts, jobs, governance, admin):
         app.include_router(module.router)
     problems.install(app)
+    # Added first, so innermost: the gate must see the scope the router fills in (the route).
+    app.add_middleware(BodyGate, limit=config.max_json_bytes)
     app.add_middleware(AuditMiddleware, writer=writer)
     app.openapi = _problem_openapi(app)  # type: ignore[method-assign]
     return app

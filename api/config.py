@@ -17,6 +17,8 @@ class ApiConfig:
 
     Args:
         max_upload_bytes: largest extract accepted by `POST /extracts` (larger: 413).
+        max_json_bytes: largest body of any other request (larger: 413). Every body, an
+            upload's too, is read only once the request has been authorised.
         refresh_seconds: how often the current score run, opt-outs and the access policy are
             checked for changes made by another process (0: on every request).
         token_cache_seconds: how long a bearer token's user is remembered in this process
@@ -30,6 +32,7 @@ class ApiConfig:
     """
 
     max_upload_bytes: int = 1 << 30
+    max_json_bytes: int = 1 << 20
     refresh_seconds: float = 2.0
     token_cache_seconds: float = 5.0
     oidc_issuer: str = ""
@@ -46,11 +49,14 @@ class ApiConfig:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> ApiConfig:
-        """Read `HAVEN_API_MAX_UPLOAD_MB`, `HAVEN_OIDC_ISSUER`, `HAVEN_OIDC_AUDIENCE`,
-        `HAVEN_OIDC_JWKS`, `HAVEN_OIDC_*_CLAIM` and `HAVEN_OIDC_ROLE_MAP` (JSON object)."""
+        """Read `HAVEN_API_MAX_UPLOAD_MB`, `HAVEN_API_MAX_JSON_KB`, `HAVEN_OIDC_ISSUER`,
+        `HAVEN_OIDC_AUDIENCE`, `HAVEN_OIDC_JWKS`, `HAVEN_OIDC_*_CLAIM` and
+        `HAVEN_OIDC_ROLE_MAP` (JSON object)."""
         values: dict[str, object] = {}
         if environ.get("HAVEN_API_MAX_UPLOAD_MB"):
             values["max_upload_bytes"] = int(float(environ["HAVEN_API_MAX_UPLOAD_MB"]) * 2**20)
+        if environ.get("HAVEN_API_MAX_JSON_KB"):
+            values["max_json_bytes"] = int(float(environ["HAVEN_API_MAX_JSON_KB"]) * 2**10)
         if environ.get("HAVEN_API_REFRESH_SECONDS"):
             values["refresh_seconds"] = float(environ["HAVEN_API_REFRESH_SECONDS"])
         if environ.get("HAVEN_API_TOKEN_CACHE_SECONDS"):

@@ -13,6 +13,12 @@ role's only purpose) and the organisation owning the resource:
   the route checks again with `Access.allows`).
 - `owner="collection"`: a listing; everyone's when a rule of scope `any` allows, else the
   caller's own (`Access.scope` says which).
+
+FastAPI reads and parses a request's body before it runs any dependency, so `BodyGate` (an ASGI
+middleware) holds the body back: the first time anything asks for it, the request is
+authorised first (`authorise`, whose answer the dependency then reuses), and a body is capped
+(`ApiConfig.max_json_bytes`, 413) unless the route streams it itself under its own limit
+(`permission(..., streamed=True)`, the extract upload).
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ from typing import Annotated, Any
 from fastapi import Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.authz import NONE, SOURCES, policy_source
 from api.identity import AuthError
-from api.problems import Problem
+from api.problems import Halted, Problem
 from api.scored_run import NoRun
 from api.trail import AuditNote
 from api.users import ANONYMOUS, Principal
@@ -43,20 +50,25 @@ bearer = HTTPBearer(auto_error=False, description="A Haven token (`haven users a
                                                   "OIDC access token from the configured issuer.")
 
 
+ACCESS = "haven.access"  # where a request's Access is kept in its ASGI scope
+
+
 @dataclass(frozen=True)
 class Permission:
     obj: str
     act: str
     owner: str | None = None
     any_source: bool = False
+    streamed: bool = False  # the route reads its body itself, under its own limit
 
 
-def permission(obj: str, act: str, *, owner: str | None = None,
-               any_source: bool = False) -> Callable[[Callable], Callable]:
-    """Declare the Casbin resource and action of a route (read by `authorise`)."""
+def permission(obj: str, act: str, *, owner: str | None = None, any_source: bool = False,
+               streamed: bool = False) -> Callable[[Callable], Callable]:
+    """Declare the Casbin resource and action of a route (read by `authorise`); `streamed`
+    when the route reads a body larger than `ApiConfig.max_json_bytes` itself."""
 
     def mark(endpoint: Callable) -> Callable:
-        endpoint.haven_permission = Permission(obj, act, owner, any_source)  # type: ignore[attr-defined]
+        endpoint.haven_permission = Permission(obj, act, owner, any_source, streamed)  # type: ignore[attr-defined]
         return endpoint
 
     return mark
@@ -150,7 +162,18 @@ async def authorise(
         "(commissioning, case_finding, governance, administration, data_submission); by "
         "default their role's only purpose.", examples=["case_finding"])] = None,
 ) -> Access:
-    """Authenticate, decide with Casbin and note the audit entry; raises 401 or 403."""
+    """Authenticate, decide with Casbin and note the audit entry; raises 401 or 403. Decided
+    once per request (`BodyGate` may have asked already, before the body was read)."""
+    decided = request.scope.get(ACCESS)
+    if decided is not None:
+        return decided
+    access = await _decide(request, credentials, purpose_of_use)
+    request.scope[ACCESS] = access
+    return access
+
+
+async def _decide(request: Request, credentials: HTTPAuthorizationCredentials | None,
+                  purpose_of_use: str | None) -> Access:
     services = request.app.state.services
     note = AuditNote(resource=_resource(request))
     request.state.audit_note = note
@@ -191,3 +214,59 @@ async def authorise(
     whose = f" of {owners[-1]}" if named else ""  # problem details are scrubbed
     raise Problem(403, f"role {', '.join(principal.roles)} may not {rule.act} {rule.obj}"
                        f"{whose} for purpose {purpose}")
+
+
+class BodyGate:
+    """ASGI middleware: nothing reads a request's body before the request is authorised, and
+    a body is at most `limit` bytes unless its route streams it under its own limit.
+
+    The body is held back behind `receive`: the first call authorises the request (the route
+    is matched by then; a refusal is answered without a byte of the body read) and checks the
+    declared length; later calls count what arrives, so a body without a declared length is
+    cut off at the limit too."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit: int | None = None
+        admitted = False
+        size = 0
+
+        async def gated() -> Message:
+            nonlocal limit, admitted, size
+            if not admitted:
+                limit = await self._admit(scope, receive)
+                admitted = True
+            message = await receive()
+            if limit is not None and message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > limit:
+                    raise Halted(_too_large(limit))
+            return message
+
+        await self.app(scope, gated, send)
+
+    async def _admit(self, scope: Scope, receive: Receive) -> int | None:
+        """Authorise the request (once) and return the limit its body is read under."""
+        request = Request(scope, receive)
+        try:
+            await authorise(request, await bearer(request), request.headers.get(PURPOSE_HEADER))
+            rule = getattr(getattr(scope.get("route"), "endpoint", None), "haven_permission",
+                           None)
+            if rule is not None and rule.streamed:
+                return None
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.limit:
+                raise _too_large(self.limit)
+        except Problem as exc:
+            raise Halted(exc) from None
+        return self.limit
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, f"the request body is larger than the {limit // 1024} KiB limit")

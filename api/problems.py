@@ -62,6 +62,15 @@ class Problem(Exception):
         self.extra = extra
 
 
+class Halted(StarletteHTTPException):
+    """A problem raised while a request's body is being read (`api.guard.BodyGate`): FastAPI
+    lets only HTTP exceptions through there, so the problem travels inside one."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.status, problem.detail, problem.headers or None)
+        self.problem = problem
+
+
 def scrub(text: str) -> str:
     """Text fit to answer with: anything shaped like an NHS number is withheld."""
     plain = url_decoded(text)
@@ -130,6 +139,10 @@ def install(app: FastAPI) -> None:
     async def _problem(_request: Request, exc: Problem) -> JSONResponse:
         return problem_response(exc.status, exc.detail, slug=exc.slug, headers=exc.headers,
                                 **exc.extra)
+
+    @app.exception_handler(Halted)
+    async def _halted(request: Request, exc: Halted) -> JSONResponse:
+        return await _problem(request, exc.problem)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

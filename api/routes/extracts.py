@@ -59,7 +59,7 @@ def _receipt_row(row: Any) -> dict[str, Any]:
              responses={201: example_response(Receipt, "Landed"),
                         200: example_response(Receipt, "Already landed (same SHA-256)"),
                         **responses(401, 403, 413, 415, 422)})
-@permission("extract", "create", owner="caller", any_source=True)
+@permission("extract", "create", owner="caller", any_source=True, streamed=True)
 async def upload(request: Request, access: Annotated[Access, Depends(authorise)]
                  ) -> JSONResponse:
     """Land an extract with the same checks as `haven land`; the manifest's fields come as

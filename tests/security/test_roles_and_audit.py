@@ -187,3 +187,76 @@ def test_verify_reports_an_unreadable_stored_head(haven) -> None:
     result = audit.verify(haven.engine)
     assert not result.ok and result.finding.problem == "truncated"
     assert result.details == ["the stored head is not readable"]
+
+
+# -- 10. Authorised before a body is read; bodies capped ---------------------------------------
+class Sent:
+    """A request sent straight to the ASGI app, recording how much of its body the app read."""
+
+    def __init__(self, world: World, method: str, path: str, chunks: list[bytes],
+                 headers: dict[str, str], declare_length: bool = True) -> None:
+        self.pulled = 0
+        self.status = 0
+        self.body = b""
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        if declare_length:
+            raw.append((b"content-length", str(sum(map(len, chunks))).encode()))
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "root_path": "", "headers": raw,
+                 "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
+
+        async def receive() -> dict:
+            if self.pulled < len(chunks):
+                self.pulled += 1
+                return {"type": "http.request", "body": chunks[self.pulled - 1],
+                        "more_body": self.pulled < len(chunks)}
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+            elif message["type"] == "http.response.body":
+                self.body += message.get("body", b"")
+
+        asyncio.run(world.client.app(scope, receive, send))
+
+
+def _big_json(megabytes: int) -> list[bytes]:
+    """A valid JSON access rule change padded to about `megabytes` MiB, in 64 KiB chunks."""
+    pad = "x" * (megabytes * 2**20)
+    body = ('{"ptype": "p", "rule": ["analyst", "*", "aggregate", "read", "commissioning", "*", '
+            f'"any"], "padding": "{pad}"}}').encode()
+    return [body[i:i + 2**16] for i in range(0, len(body), 2**16)]
+
+
+def test_no_body_is_read_before_the_request_is_authorised(world: World) -> None:
+    """Promise: a request's body is read only once it is authenticated and allowed, and a JSON
+    body over the cap (1 MiB) is refused with 413; every such request is audited."""
+    before = _last_seq(world)
+    json_type = {"content-type": "application/json"}
+    big = _big_json(42)
+    anonymous = Sent(world, "POST", "/access-policy/rules", big, json_type)
+    assert (anonymous.status, anonymous.pulled) == (401, 0)
+    forged = Sent(world, "POST", "/access-policy/rules", big,
+                  {**json_type, "authorization": "Bearer hvn_forged"})
+    assert (forged.status, forged.pulled) == (401, 0)
+    analyst = Sent(world, "POST", "/access-policy/rules", big,
+                   {**json_type, **world.headers("analyst")})
+    assert (analyst.status, analyst.pulled) == (403, 0)
+    declared = Sent(world, "POST", "/access-policy/rules", _big_json(2),
+                    {**json_type, **world.headers("admin")})
+    assert (declared.status, declared.pulled) == (413, 0)
+    assert b"1024 KiB" in declared.body
+    streamed = Sent(world, "POST", "/access-policy/rules", big,
+                    {**json_type, **world.headers("admin")}, declare_length=False)
+    assert streamed.status == 413 and streamed.pulled * 2**16 <= 2**20 + 2**16
+    upload = Sent(world, "POST", "/extracts", big,
+                  {"content-type": "multipart/form-data; boundary=x"})
+    assert (upload.status, upload.pulled) == (401, 0)
+    outcomes = [(e["outcome"], e["detail"]["status"]) for e in _entries_after(world, before)]
+    assert outcomes == [("unauthenticated", 401), ("unauthenticated", 401), ("denied", 403),
+                        ("refused", 413), ("refused", 413), ("unauthenticated", 401)]
+    small = world.call("admin", "POST", "/access-policy/rules",
+                       json={"ptype": "g", "rule": ["analyst", "authenticated", "*"]})
+    assert small.status_code == 200  # within the cap, allowed: answered as before
