@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from pipeline.report import model_report
-from pipeline.score import NoScoreRun, UnknownModel, export_scores, score
+from pipeline.score import NoScoreRun, NothingToScore, UnknownModel, export_scores, score
 
 
 def register(app: typer.Typer) -> None:
@@ -34,6 +34,9 @@ def register(app: typer.Typer) -> None:
             result = score(ctx.obj, day, seed=seed, model=model, progress=console.print)
         except UnknownModel as exc:
             raise typer.BadParameter(str(exc), param_hint="--model") from exc
+        except NothingToScore as exc:
+            console.print(f"[red]not scored[/]: {exc}")
+            raise typer.Exit(code=1) from None
         console.print(f"tiers {json.dumps(result.tiers)}")
 
     scores = typer.Typer(help="Risk scores of the run serving commissioning.")

@@ -20,7 +20,7 @@ from stratify.catalogue import FEATURES
 from stratify.scoring import UnknownModel, save_run
 from stratify.scoring import score as score_persons
 
-__all__ = ["NoScoreRun", "ScoreResult", "UnknownModel", "export_scores",
+__all__ = ["NoScoreRun", "NothingToScore", "ScoreResult", "UnknownModel", "export_scores",
            "reason_group_sources", "score"]
 
 RELEASE_COLUMNS = ["person_key", "probability", "tier", "reasons"]
@@ -28,6 +28,10 @@ RELEASE_COLUMNS = ["person_key", "probability", "tier", "reasons"]
 
 class NoScoreRun(LookupError):
     """No complete score run serves the purpose yet."""
+
+
+class NothingToScore(LookupError):
+    """No landed, linked row to score (nothing landed yet, or everything destroyed)."""
 
 
 @dataclass
@@ -56,6 +60,9 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     progress(f"reading linked, pseudonymised data for {at.isoformat()} ({purpose})")
     sources = load_sources(ctx.settings, ctx.engine,
                            row_filter=optouts.purpose_filter(ctx.engine, purpose, at))
+    if not any(len(frame) for frame in sources.values()):
+        raise NothingToScore("nothing landed and linked to score: land extracts and run "
+                             "`haven link`")
     before = serving_run(ctx.engine, purpose)
     previous = None
     if before is not None:
