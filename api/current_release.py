@@ -30,6 +30,13 @@ class ReleaseStore:
                                      Release | None]] = {}
         self._lock = threading.Lock()
 
+    def forget(self) -> None:
+        """Drop every loaded run, so the next request asks again which run serves (after a
+        destruction voided runs: what it removed is not served from memory either)."""
+        with self._lock:
+            self._views.clear()
+            self._runs.clear()
+
     def fresh(self, purpose: str) -> Release | None:
         """The release checked within `refresh_seconds` (no I/O), else None."""
         found = self._views.get(purpose)

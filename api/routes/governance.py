@@ -202,13 +202,23 @@ async def retention_run(body: RetentionRequest,
     principal = access.principal
     ctx = services.context.acting_as(
         Actor(principal.user, access.role, principal.org, access.purpose))
-    certificate = await run_in_threadpool(govern.destroy_expired, ctx, None, body.dry_run)
+    try:
+        certificate = await run_in_threadpool(govern.destroy_expired, ctx, None, body.dry_run)
+    except retention.DestructionIncomplete as exc:
+        left = {k: v for k, v in exc.certificate.remaining.items() if v}
+        raise Problem(500, "destruction not certified: something of the extracts is still "
+                      "present; they stay due and the next run resumes",
+                      slug="destruction-incomplete", remaining=left) from None
+    finally:
+        if not body.dry_run:  # runs may have been voided: none is served from memory
+            services.releases.forget()
     result = certificate.to_json()
     access.answered(len(result["extract_ids"]), dry_run=body.dry_run,
                     certificate_id=result["certificate_id"])
     return ok({"dry_run": body.dry_run, "due": [
         {"extract_id": e, "source": result["sources"].get(e)} for e in result["extract_ids"]],
-        "result": {k: result[k] for k in ("certificate_id", "counts", "manifest_digest")}})
+        "result": {k: result[k] for k in ("certificate_id", "counts", "manifest_digest",
+                                          "remaining")}})
 
 
 @router.get("/optouts/report", summary="Opt-out counts",
