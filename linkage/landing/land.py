@@ -52,6 +52,10 @@ from linkage.landing.validate import check_batch
 # More rejected rows than this share means the file itself is wrong (e.g. columns shifted).
 MAX_REJECTED_FRACTION = 0.5
 MAX_REASONS_SHOWN = 10_000
+# Why an upload was not landed when the same file (SHA-256) was landed from elsewhere: says
+# nothing about that other extract, nor that it exists.
+NOT_ACCEPTED = ("this file cannot be accepted from your organisation; the IG team can say "
+                "why (quote this receipt's extract id)")
 
 # Given a landed batch, its source and sender, a mask of rows no purpose may use (opt-outs).
 Exclusion = Callable[[pa.Table, str, str], np.ndarray]
@@ -153,8 +157,14 @@ def _land_locked(ctx: LandingContext, path: Path, manifest: Manifest, name: str)
         raise FileRefused("sha256 does not match the manifest: the file differs from what was sent")
     with ctx.engine.connect() as connection:
         existing = connection.execute(
-            select(extracts.c.extract_id, extracts.c.counts)
+            select(extracts.c.extract_id, extracts.c.counts, extracts.c.uploaded_by_org)
             .where(extracts.c.landed_sha256 == digest)).first()
+    if existing is not None and ctx.uploaded_by_org not in (None, existing.uploaded_by_org):
+        # Another organisation's upload (or one landed by Haven's operators): a receipt only
+        # ever describes the sender's own uploads, so this sender learns neither that extract
+        # nor that the file exists. They get a refusal of their own; the audit entry names
+        # the landed extract for the IG team.
+        return _refuse(ctx, name, manifest, NOT_ACCEPTED, duplicate_of=existing.extract_id)
     if existing is not None:
         with ctx.engine.begin() as connection:
             audit.record(connection, ctx.actor, "extract.duplicate",
@@ -461,7 +471,8 @@ def _optout_register_rows(table: pa.Table, sender: str) -> Iterable[dict[str, An
         yield dict(row, sender=sender)
 
 
-def _refuse(ctx: LandingContext, name: str, manifest: Manifest | None, reason: str) -> Receipt:
+def _refuse(ctx: LandingContext, name: str, manifest: Manifest | None, reason: str,
+            duplicate_of: str | None = None) -> Receipt:
     source = manifest.source if manifest else None
     sender = manifest.sender if manifest else None
     extract_id = new_extract_id(source)
@@ -473,8 +484,11 @@ def _refuse(ctx: LandingContext, name: str, manifest: Manifest | None, reason: s
             sha256=manifest.sha256 if manifest else "", landed_sha256=None, status="refused",
             reason=reason, received_at=datetime.now(UTC), uploaded_by_org=ctx.uploaded_by_org,
             uploaded_by_user=ctx.actor.user, counts={}, rows_landed=0))
+        detail = {"source": source, "reason": reason}
+        if duplicate_of is not None:
+            detail["duplicate_of"] = duplicate_of
         audit.record(connection, ctx.actor, "extract.refuse", f"extract/{extract_id}",
-                     outcome="refused", detail={"source": source, "reason": reason})
+                     outcome="refused", detail=detail)
     return Receipt(extract_id, source, sender, "refused", name, reason=reason)
 
 
