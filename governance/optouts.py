@@ -12,7 +12,9 @@ is in force for a person (the rule, also in governance/README.md):
   disagree resolve to the objection: a withdrawal must be dated after the objection it ends.
 
 The policy table `policies/optout_purposes.csv` (or an IG lead's override, see
-`set_purposes`) says which type covers which purpose and which data. Opt-outs are applied
+`set_purposes`) says which type covers which purpose and which data; `policies/optout_senders.csv`
+says which senders may assert each type (`sender_check`, applied as `optouts` extracts land: a
+council cannot create or cancel a national or GP opt-out). Opt-outs are applied
 three ways: at landing (`landing_exclusion`: rows no purpose may use are never kept), after
 landing (`purge` removes such rows from landed extracts when the opt-out arrives later), and at
 use (`purpose_filter` drops what one purpose may not use, for scoring and release). The
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, func, select, update
 
@@ -44,16 +47,30 @@ from governance.settings import Settings
 from governance.suppression import Rule, suppress
 
 POLICY = "optout_purposes.csv"
+SENDERS_POLICY = "optout_senders.csv"
 PURPOSES = ("commissioning", "case_finding", "research", "direct_care")
 TYPES = ("ndoo", "type1", "consent_withdrawn")
 SCOPES = ("all", "sender")
 REGISTER = "optouts"  # the source that carries the register itself: never excluded
 LOCAL_AUTHORITY = re.compile(r"^[EWSN]\d{8}$")  # ONS codes councils send under
+ODS_CODE = re.compile(r"^[A-Z0-9]{3,10}$")  # as a manifest's sender
+PRACTICE_CODE = re.compile(r"^[A-Z]\d{5}$")  # a GP practice, as the contracts' gp_practice_code
+# Senders named by what they are rather than by code (policies/optout_senders.csv).
+REGISTERED_PRACTICE = "registered_practice"  # the person's own practice, by landed gp_patients
+COUNCIL = "council"  # a council, for its own clients (its opt-outs cover its own data)
+# Why a register row is rejected: the field and the rule, never the value.
+NOT_THIS_SENDER = f"optout_type: not an opt-out this sender may assert ({SENDERS_POLICY})"
+NOT_OWN_PRACTICE = ("nhs_number: not registered with the sending practice in landed GP data "
+                    f"({SENDERS_POLICY})")
 
 # Given a source's rows (person_id, and sender where known), a mask of the rows to keep.
 RowFilter = Callable[[pd.DataFrame, str], pd.Series]
 # After a purge: {extract_id: rows removed} -> counts of what the dependent removed.
 PurgeDependent = Callable[[dict[str, list[int]]], dict[str, int]]
+# For landing the register: (each row's optout_type, a thunk giving each row's pseudonym,
+# the sender) -> per row, why the sender may not assert it (None where it may).
+SenderCheck = Callable[[Sequence[str], Callable[[], Sequence[str | None]], str],
+                       list[str | None]]
 
 
 @dataclass(frozen=True)
@@ -97,17 +114,47 @@ def coverage(engine: Engine | None = None) -> list[Coverage]:
     return parse_coverage(read_table(POLICY, engine))
 
 
+def _table_rows(content: str) -> list[dict[str, str]]:
+    lines = [line for line in io.StringIO(content) if not line.lstrip().startswith("#")]
+    return [{k.strip(): (v or "").strip() for k, v in row.items() if k}
+            for row in csv.DictReader(lines)]
+
+
 def validate_purposes(content: str, engine: Engine | None = None) -> None:
     """Raise ValueError unless `content` is a usable opt-out purposes table."""
-    lines = [line for line in io.StringIO(content) if not line.lstrip().startswith("#")]
-    rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k}
-            for row in csv.DictReader(lines)]
+    rows = _table_rows(content)
     known = {row["source"] for row in read_table("retention.csv", engine)} - {"derived",
                                                                              "audit"}
     for rule in parse_coverage(rows):
         unknown = sorted((rule.sources or frozenset()) - known)
         if unknown:
             raise ValueError(f"{POLICY}: unknown source {unknown[0]!r}")
+
+
+def parse_senders(text_rows: Iterable[dict[str, str]]) -> dict[str, frozenset[str]]:
+    """Senders table rows as {opt-out type: senders that may assert it}, refusing unknown
+    types and senders that are neither an ODS code nor `registered_practice` / `council`."""
+    out: dict[str, set[str]] = {}
+    for number, row in enumerate(text_rows, start=1):
+        kind, sender = row.get("optout_type", ""), (row.get("sender") or "").strip()
+        if kind not in TYPES:
+            raise ValueError(f"{SENDERS_POLICY} line {number}: unknown opt-out type {kind!r}")
+        if sender not in (REGISTERED_PRACTICE, COUNCIL) and not ODS_CODE.match(sender):
+            raise ValueError(f"{SENDERS_POLICY} line {number}: sender must be an ODS code, "
+                             f"{REGISTERED_PRACTICE} or {COUNCIL}")
+        out.setdefault(kind, set()).add(sender)
+    return {kind: frozenset(found) for kind, found in out.items()}
+
+
+def allowed_senders(engine: Engine | None = None) -> dict[str, frozenset[str]]:
+    """The senders table in force (an IG lead's override, else the shipped default). A type
+    with no row may be asserted by nobody."""
+    return parse_senders(read_table(SENDERS_POLICY, engine))
+
+
+def validate_senders(content: str, engine: Engine | None = None) -> None:
+    """Raise ValueError unless `content` is a usable opt-out senders table."""
+    parse_senders(_table_rows(content))
 
 
 def set_purposes(engine: Engine, content: str, actor: Actor) -> dict[str, Any]:
@@ -148,6 +195,68 @@ def _social_care_senders(engine: Engine) -> set[str]:
 
 def _is_council(sender: str, care_senders: set[str]) -> bool:
     return sender in care_senders or bool(LOCAL_AUTHORITY.match(sender or ""))
+
+
+def registered_practices(settings: Settings, engine: Engine,
+                         person_ids: Iterable[str]) -> dict[str, frozenset[str]]:
+    """Per pseudonym, the practices of its latest registration in landed gp_patients data
+    (several when registrations of that date disagree); pseudonyms never registered are
+    left out."""
+    wanted = pa.array(sorted(set(person_ids)), pa.string())
+    with engine.connect() as connection:
+        landed = connection.scalars(select(extracts.c.extract_id).where(
+            extracts.c.source == "gp_patients", extracts.c.status == "landed")).all()
+    parts = []
+    for extract_id in landed:
+        path = settings.layout.rows(extract_id)
+        if path.exists() and "person_id" in pq.read_schema(path).names:  # else no row landed
+            parts.append(pq.read_table(
+                path, columns=["person_id", "gp_practice_code", "registration_date"],
+                filters=pc.field("person_id").isin(wanted)).to_pandas())
+    frame = pd.concat(parts) if parts else pd.DataFrame(
+        columns=["person_id", "gp_practice_code", "registration_date"])
+    latest = frame[frame["registration_date"] == frame.groupby("person_id")[
+        "registration_date"].transform("max")]
+    return {person: frozenset(codes.dropna()) for person, codes in
+            latest.groupby("person_id")["gp_practice_code"]}
+
+
+def sender_check(settings: Settings, engine: Engine) -> SenderCheck:
+    """For landing an `optouts` extract: per row, why its sender may not assert it.
+
+    `policies/optout_senders.csv` (read per batch, so an IG lead's change applies at once)
+    lists who may assert each type, objection or withdrawal alike: an ODS code; `council`, a
+    council (it sends social care, or sends under an ONS local authority code); or
+    `registered_practice`, a GP practice that is the practice of the person's latest
+    registration in landed gp_patients data. Fail closed: a person with no landed
+    registration naming the sender is rejected, with the same reason as one registered
+    elsewhere (the receipt does not tell a sender whether Haven holds someone's registration).
+    """
+
+    def check(types: Sequence[str], person_ids: Callable[[], Sequence[str | None]],
+              sender: str) -> list[str | None]:
+        allowed = allowed_senders(engine)
+        council = _is_council(sender, _social_care_senders(engine))
+        reasons: list[str | None] = [None] * len(types)
+        practice_rows = []
+        for i, kind in enumerate(types):
+            permitted = allowed.get(kind, frozenset())
+            if sender in permitted or (council and COUNCIL in permitted):
+                continue
+            if REGISTERED_PRACTICE in permitted and PRACTICE_CODE.match(sender):
+                practice_rows.append(i)
+            else:
+                reasons[i] = NOT_THIS_SENDER
+        if practice_rows:
+            ids = person_ids()
+            practices = registered_practices(settings, engine,
+                                             [ids[i] for i in practice_rows if ids[i]])
+            for i in practice_rows:
+                if practices.get(ids[i] or "") != frozenset({sender}):
+                    reasons[i] = NOT_OWN_PRACTICE
+        return reasons
+
+    return check
 
 
 def excluded_rows(frame: pd.DataFrame, source: str, purpose: str, live: pd.DataFrame,

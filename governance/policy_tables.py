@@ -65,6 +65,7 @@ NOT_TABLES = frozenset({"casbin_model.conf", "casbin_policy.csv"})
 # this module stays at the bottom of governance).
 VALIDATORS = {
     "optout_purposes.csv": "governance.optouts:validate_purposes",
+    "optout_senders.csv": "governance.optouts:validate_senders",
     "retention.csv": "governance.retention:validate_retention",
     "suppression.json": "governance.suppression:validate_rule",
 }

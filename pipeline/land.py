@@ -1,14 +1,15 @@
 """Land: check extracts against their contract, pseudonymise them and keep them.
 
 Opt-outs that no purpose may use are applied as rows arrive (governance.optouts), whichever
-face sends the file.
+face sends the file, and the register takes an opt-out only from a sender that may assert it
+(`policies/optout_senders.csv`, governance.optouts.sender_check).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from governance.optouts import landing_exclusion
+from governance.optouts import landing_exclusion, sender_check
 from linkage.landing.land import LandingContext, Receipt, land_file
 from linkage.landing.land import land_path as _land_path
 from linkage.landing.manifest import SENDER_RE, Manifest, ManifestError, parse_manifest
@@ -21,7 +22,8 @@ __all__ = ["SENDER_RE", "Manifest", "ManifestError", "Receipt", "land", "land_up
 def _landing(ctx: Context, uploaded_by_org: str | None = None) -> LandingContext:
     return LandingContext(ctx.settings, ctx.engine, ctx.keys, ctx.actor,
                           exclusion=landing_exclusion(ctx.engine),
-                          uploaded_by_org=uploaded_by_org)
+                          uploaded_by_org=uploaded_by_org,
+                          sender_check=sender_check(ctx.settings, ctx.engine))
 
 
 def land(ctx: Context, path: Path, *, remove: bool = False,

@@ -36,7 +36,7 @@ from governance.schema import extracts, optouts, rejected_rows
 from governance.settings import Settings
 from linkage.landing.contracts import CONTRACTS, Contract
 from linkage.landing.manifest import Manifest, ManifestError, read_manifest
-from linkage.landing.pseudonymise import HashMemo, pseudonymise, record_keys
+from linkage.landing.pseudonymise import HashMemo, pseudonymise, pseudonymise_nhs, record_keys
 from linkage.landing.reader import (
     FileRefused,
     ReadStats,
@@ -59,6 +59,9 @@ NOT_ACCEPTED = ("this file cannot be accepted from your organisation; the IG tea
 
 # Given a landed batch, its source and sender, a mask of rows no purpose may use (opt-outs).
 Exclusion = Callable[[pa.Table, str, str], np.ndarray]
+# Given an optouts batch's types, a thunk for its pseudonyms and the sender: per row, why the
+# sender may not assert it, or None (governance.optouts.sender_check).
+SenderCheck = Callable[[list[str], Callable[[], list[str | None]], str], list[str | None]]
 
 
 @dataclass
@@ -93,6 +96,7 @@ class LandingContext:
     actor: Actor = audit.SYSTEM
     exclusion: Exclusion | None = None
     uploaded_by_org: str | None = None
+    sender_check: SenderCheck | None = None  # who may assert which opt-out (the register)
 
 
 def new_extract_id(source: str | None) -> str:
@@ -342,6 +346,9 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
                     f"{contract.source}|{manifest.sender}")
                 good &= ~_duplicate_ids(fingerprints, good, seen_ids, rows_np, contract.unique,
                                         reasons)
+            if contract.source == "optouts" and ctx.sender_check is not None and good.any():
+                good &= ~_not_senders_to_assert(ctx.sender_check, checked, good, rows_np,
+                                                keys["pseudonym"], manifest.sender, reasons)
             if not good.any():
                 continue
             mask = pa.array(good)
@@ -463,6 +470,23 @@ def _duplicate_ids(fingerprints: np.ndarray, good: np.ndarray, seen: list[np.nda
     fresh = ordered[~repeated]
     seen[:] = [np.insert(known, np.searchsorted(known, fresh), fresh)]
     return duplicate
+
+
+def _not_senders_to_assert(check: SenderCheck, checked: Any, good: np.ndarray, rows: np.ndarray,
+                           key: Any, sender: str, reasons: list[tuple[int, str]]) -> np.ndarray:
+    """Rows of an optouts batch the sender may not assert (policies/optout_senders.csv), as a
+    mask; each gets its reason. Pseudonyms are made only if the check asks for them."""
+    at = np.flatnonzero(good)
+    taken = pa.array(at, pa.int64())
+    types = pc.take(checked.table.column("optout_type"), taken).to_pylist()
+    why = check(types, lambda: pseudonymise_nhs(pc.take(checked.nhs_normalised, taken),
+                                                key).to_pylist(), sender)
+    rejected = np.zeros(len(good), dtype=bool)
+    for i, reason in zip(at.tolist(), why, strict=True):
+        if reason is not None:
+            rejected[i] = True
+            reasons.append((int(rows[i]), reason))
+    return rejected
 
 
 def _optout_register_rows(table: pa.Table, sender: str) -> Iterable[dict[str, Any]]:

@@ -32,8 +32,8 @@ def world(haven, tmp_path) -> World:
 
 
 def extract(source: str = "social_care", count: int = 4, seed: int = 5,
-            **manifest: str) -> tuple[dict, dict]:
-    data_rows = rows_for(source, count, seed=seed)
+            values: dict[str, str] | None = None, **manifest: str) -> tuple[dict, dict]:
+    data_rows = [{**row, **(values or {})} for row in rows_for(source, count, seed=seed)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CONTRACTS[source].names)
     writer.writeheader()
@@ -67,7 +67,9 @@ def test_council_uploads_its_own_social_care_extract(world: World) -> None:
     assert row.uploaded_by_org == COUNCIL and row.uploaded_by_user == "council-uploader"
     again = upload(world)
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
-    assert upload(world, source="optouts", seed=6).status_code == 201
+    # A council asserts its own clients' consent withdrawals (policies/optout_senders.csv).
+    assert upload(world, source="optouts", seed=6,
+                  values={"optout_type": "consent_withdrawn"}).status_code == 201
     assert uploads_left(world) == []
 
 
