@@ -26,6 +26,16 @@ DEFAULT_PASSES: tuple[tuple[str, ...], ...] = (
     ("identifier",),
     ("address", "surname__ph"),
     ("postcode", "address"),
+    # further address parts (`--field address=... --field address=...`): each with a name or
+    # the postcode, and the first two together, so a record whose names, date and postcode are
+    # all corrupted is still found through its address (FEBRL: street + suburb, as Splink
+    # blocks); passes whose columns are absent are skipped
+    ("address", "forename__ph"),
+    ("address_2", "surname__ph"),
+    ("address_2", "forename__ph"),
+    ("postcode", "address_2"),
+    ("address_2", "address_4"),
+    ("address", "address_2"),
 )
 
 
