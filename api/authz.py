@@ -2,7 +2,10 @@
 live in the database (`casbin_rule`, through `sqlalchemy_adapter`).
 
 On first start the table is empty and is seeded from `policies/casbin_policy.csv`; from then on
-the database is the policy, changed by admins through the API (each change audited). Decisions
+the database is the policy, changed by admins through the API (each change audited). A change
+that widens access to person-level data (`AccessPolicy.widens`) needs a second person: an admin
+proposes it, an IG lead approves it (`api.policy_changes`); only then does `change` apply it.
+Decisions
 are remembered per request tuple until the policy changes, because Casbin's own evaluation
 (hundreds of microseconds in Python) would otherwise be paid on every request; another process's
 change is noticed within `refresh_seconds` (the row count and highest id of `casbin_rule`).
@@ -66,8 +69,26 @@ class CasbinRule(_Base):
         return ", ".join([self.ptype] + [v for v in values if v is not None])
 
 
+# What a rule may grant without a second person: (resource, action) pairs whose answers hold
+# no person-level data (pseudonymised or not) and give no power over who sees it. Everything
+# else, any resource or action not named here included, counts as person-level: record-level
+# risk data, persons, exports, jobs, re-identification, uploads, the audit log (it names person
+# keys), retention, users, tokens, keys, policy tables and these rules themselves.
+NOT_PERSON_LEVEL = frozenset({
+    ("health", "read"), ("api_docs", "read"), ("whoami", "read"), ("aggregate", "read"),
+    ("run", "read"), ("receipt", "read"), ("destruction_certificate", "read"),
+    ("optout_report", "read"), ("policy_table", "read"), ("access_policy", "read"),
+    ("user", "read"),
+    ("session", "create"), ("session", "delete"),  # web sign-in and out, with one's own token
+})
+
+
 class PolicyError(ValueError):
     """A rule cannot be added or removed; the message names the field."""
+
+
+class NeedsApproval(PolicyError):
+    """The change widens access to person-level data: it applies only once approved."""
 
 
 class AccessPolicy:
@@ -168,15 +189,7 @@ class AccessPolicy:
     def purposes(self, role: str) -> list[str]:
         """Purposes of use the role (with what it inherits) has any rule for."""
         with self._lock:
-            inherited = {role}
-            frontier = [role]
-            grouping = self.enforcer.get_grouping_policy()
-            while frontier:
-                current = frontier.pop()
-                for member, parent, *_ in grouping:
-                    if member == current and parent not in inherited:
-                        inherited.add(parent)
-                        frontier.append(parent)
+            inherited = self._inherited(role)
             found = {rule[4] for rule in self.enforcer.get_policy() if rule[0] in inherited}
         return sorted(found - {"*"})
 
@@ -195,8 +208,9 @@ class AccessPolicy:
                     "g": [list(r) for r in self.enforcer.get_grouping_policy()]}
 
     # -- changes (admins, through the API) ---------------------------------------------------
-    def change(self, actor: Actor, ptype: str, rule: Sequence[str], add: bool) -> bool:
-        """Add or remove one rule; audited. Returns False when nothing changed."""
+    @staticmethod
+    def checked(ptype: str, rule: Sequence[str]) -> list[str]:
+        """The rule as it would be stored; raises PolicyError naming what is wrong with it."""
         rule = [str(part).strip() for part in rule]
         expected = {"p": 7, "g": 3}.get(ptype)
         if expected is None:
@@ -205,6 +219,45 @@ class AccessPolicy:
             raise PolicyError(f"rule: a {ptype} rule has {expected} non-empty fields")
         if ptype == "p" and rule[6] not in ("any", "own"):
             raise PolicyError("rule: scope (the last field) must be any or own")
+        return rule
+
+    def widens(self, ptype: str, rule: Sequence[str], add: bool = True) -> bool:
+        """Whether the change widens access to person-level data (decided conservatively):
+        adding a permission for anything outside `NOT_PERSON_LEVEL`, or a role inheritance
+        onto a role that holds such a permission, itself or through the roles it inherits.
+        Removing a rule only ever narrows access (the model has no deny rules)."""
+        if not add:
+            return False
+        rule = self.checked(ptype, rule)
+        if ptype == "p":
+            return (rule[2], rule[3]) not in NOT_PERSON_LEVEL
+        with self._lock:
+            held = {(r[2], r[3]) for r in self.enforcer.get_policy()
+                    if r[0] in self._inherited(rule[1])}
+        return bool(held - NOT_PERSON_LEVEL)
+
+    def _inherited(self, role: str) -> set[str]:
+        """The role and every role it inherits, in any organisation."""
+        found, frontier = {role}, [role]
+        grouping = self.enforcer.get_grouping_policy()
+        while frontier:
+            current = frontier.pop()
+            for member, parent, *_ in grouping:
+                if member == current and parent not in found:
+                    found.add(parent)
+                    frontier.append(parent)
+        return found
+
+    def change(self, actor: Actor, ptype: str, rule: Sequence[str], add: bool, *,
+               approved: str | None = None) -> bool:
+        """Add or remove one rule; audited. Returns False when nothing changed.
+
+        A change that `widens` access is refused (NeedsApproval) unless `approved` names the
+        approved change it carries out (`api.policy_changes.approve`)."""
+        rule = self.checked(ptype, rule)
+        if approved is None and self.widens(ptype, rule, add):
+            raise NeedsApproval("this change widens access to person-level data: propose it "
+                                "(POST /access-policy/changes) for an IG lead to approve")
         with self._lock:
             if add:
                 changed = (self.enforcer.add_policy(*rule) if ptype == "p"
@@ -215,8 +268,11 @@ class AccessPolicy:
             self._forget()
             self._version = self._stored_version()
         if changed:
+            detail: dict[str, object] = {"ptype": ptype, "rule": rule}
+            if approved is not None:
+                detail["change_id"] = approved
             audit.log(self.engine, actor, "access_policy.add" if add else "access_policy.remove",
-                      "access_policy", n_records=1, detail={"ptype": ptype, "rule": rule})
+                      "access_policy", n_records=1, detail=detail)
         return bool(changed)
 
     def sources_allowed(self, roles: Sequence[str], org: str, purpose: str,

@@ -404,3 +404,36 @@ class AccessRuleChange(BaseModel):
 class Changed(BaseModel):
     model_config = example({"changed": True})
     changed: bool
+
+
+class AccessPolicyChangeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "ptype": "g", "rule": ["analyst", "super_user", "*"], "op": "add"}]})
+    ptype: Literal["p", "g"]
+    rule: list[Annotated[str, Field(max_length=100)]] = Field(min_length=3, max_length=7)
+    op: Literal["add", "remove"] = "add"
+
+
+class AccessPolicyChange(BaseModel):
+    """A change to the access rules: `applied` at once (it widened no access to person-level
+    data), or `pending` until an IG lead `approved` (and it was applied) or `rejected` it."""
+
+    model_config = example({
+        "change_id": "apc-kmpqrstvwxyz", "ptype": "g", "rule": ["analyst", "super_user", "*"],
+        "op": "add", "status": "pending", "proposed_by": "admin", "proposed_at":
+        "2025-04-02T09:30:00+00:00", "decided_by": None, "decided_at": None, "changed": None})
+    change_id: str
+    ptype: str
+    rule: list[str]
+    op: Literal["add", "remove"]
+    status: Literal["applied", "pending", "approved", "rejected"]
+    proposed_by: str
+    proposed_at: str
+    decided_by: str | None = None
+    decided_at: str | None = None
+    changed: bool | None = None
+
+
+class AccessPolicyChangeList(BaseModel):
+    model_config = example({"items": []})
+    items: list[AccessPolicyChange]

@@ -178,3 +178,22 @@ casbin_rule = Table(
     Column("ptype", String(255)),
     *(Column(f"v{i}", String(255)) for i in range(7)),
 )
+
+# Changes to the access rules (`casbin_rule`): every change an admin makes, and for a change
+# that widens access to person-level data, the IG lead's decision (two people; nobody decides
+# their own). `status`: applied (at once: it widened nothing) | pending | approved | rejected.
+access_policy_changes = Table(
+    "access_policy_changes",
+    metadata,
+    Column("change_id", String(40), primary_key=True),
+    Column("ptype", String(1), nullable=False),
+    Column("rule", JSON, nullable=False),
+    Column("op", String(8), nullable=False),  # add | remove
+    Column("status", String(16), nullable=False, index=True),
+    Column("proposed_by", String(64), nullable=False),
+    Column("proposed_org", String(16), nullable=False),
+    Column("proposed_at", DateTime(timezone=True), nullable=False),
+    Column("decided_by", String(64)),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("changed", Boolean),  # whether applying it changed the rules (None until applied)
+)

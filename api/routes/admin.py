@@ -1,19 +1,24 @@
 """Administration: users, their roles and tokens, key rotation and the access rules. No
-patient-level data is reachable from here."""
+patient-level data is reachable from here, and an admin cannot widen access to it alone: such a
+rule change waits for an IG lead (`api.policy_changes`)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from api import policy_changes
 from api.authz import PolicyError
 from api.guard import Access, authorise, permission
 from api.problems import Problem, responses
 from api.routes import example_response, ok
 from api.schemas import (
+    AccessPolicyChange,
+    AccessPolicyChangeList,
+    AccessPolicyChangeRequest,
     AccessRuleChange,
     AccessRules,
     Changed,
@@ -128,22 +133,38 @@ def access_rules(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     return ok(rules)
 
 
-def _change(access: Access, body: AccessRuleChange, add: bool) -> JSONResponse:
+def _propose(access: Access, ptype: str, rule: list[str], add: bool
+             ) -> policy_changes.Change:
     try:
-        changed = access.services.policy.change(_actor(access), body.ptype, body.rule, add)
+        change = policy_changes.propose(access.services.policy, _actor(access), ptype, rule,
+                                        add)
     except PolicyError as exc:
         raise Problem(422, str(exc)) from None
-    access.answered(int(changed), ptype=body.ptype, rule=body.rule)
-    return ok({"changed": changed})
+    access.answered(int(bool(change.changed)), ptype=ptype, rule=change.rule,
+                    change_id=change.change_id, status=change.status)
+    return change
+
+
+def _change(access: Access, body: AccessRuleChange, add: bool) -> JSONResponse:
+    change = _propose(access, body.ptype, body.rule, add)
+    if change.status == "pending":
+        return ok(change.to_json(), 202)
+    return ok({"changed": bool(change.changed)})
 
 
 @router.post("/access-policy/rules", summary="Add an access rule",
-             responses={200: example_response(Changed), **responses(401, 403, 422)})
+             responses={200: example_response(Changed),
+                        202: example_response(AccessPolicyChange,
+                                              "Widens access to person-level data: pending "
+                                              "until an IG lead approves it"),
+                        **responses(401, 403, 422)})
 @permission("access_policy", "update")
 def add_rule(body: AccessRuleChange, access: Annotated[Access, Depends(authorise)]
              ) -> JSONResponse:
     """Add a permission (`p`: role, org pattern, resource, action, purpose, source pattern,
-    scope) or a role inheritance (`g`: role, inherited role, org pattern); audited."""
+    scope) or a role inheritance (`g`: role, inherited role, org pattern); audited. A rule
+    that widens access to person-level data is proposed instead, as by
+    `POST /access-policy/changes` (202, pending)."""
     return _change(access, body, add=True)
 
 
@@ -152,5 +173,74 @@ def add_rule(body: AccessRuleChange, access: Annotated[Access, Depends(authorise
 @permission("access_policy", "update")
 def remove_rule(body: AccessRuleChange, access: Annotated[Access, Depends(authorise)]
                 ) -> JSONResponse:
-    """Remove a rule exactly as listed by `GET /access-policy`; audited."""
+    """Remove a rule exactly as listed by `GET /access-policy`; audited. Removing only ever
+    narrows access, so it applies at once."""
     return _change(access, body, add=False)
+
+
+ChangeId = Annotated[str, Path(pattern=policy_changes.CHANGE_ID, examples=["apc-kmpqrstvwxyz"])]
+
+
+@router.post("/access-policy/changes", summary="Propose an access rule change",
+             status_code=202,
+             responses={202: example_response(AccessPolicyChange, "Pending: widens access to "
+                                               "person-level data, so an IG lead decides"),
+                        200: example_response(AccessPolicyChange, "Applied at once"),
+                        **responses(401, 403, 422)})
+@permission("access_policy", "update")
+def propose_change(body: AccessPolicyChangeRequest,
+                   access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
+    """Add or remove a rule. One that widens access to person-level data (a permission for
+    anything beyond health, documentation, whoami, aggregates, runs, receipts, certificates,
+    opt-out counts, policy tables, access rules and users, read only; or a role inheritance
+    onto a role holding such a permission) stays pending until an IG lead approves it;
+    anything else applies at once. Audited."""
+    change = _propose(access, body.ptype, body.rule, body.op == "add")
+    return ok(change.to_json(), 202 if change.status == "pending" else 200)
+
+
+@router.get("/access-policy/changes", summary="Access rule changes",
+            responses={200: example_response(AccessPolicyChangeList), **responses(401, 403, 422)})
+@permission("access_policy", "read")
+def list_changes(access: Annotated[Access, Depends(authorise)],
+                 status: Annotated[str | None, Query(
+                     pattern=r"^(applied|pending|approved|rejected)$",
+                     examples=["pending"])] = None,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONResponse:
+    """Changes to the access rules, newest first: who proposed each and who decided it."""
+    items = [c.to_json() for c in policy_changes.listed(access.services.engine, status, limit)]
+    access.answered(len(items))
+    return ok({"items": items})
+
+
+def _decide(access: Access, change_id: str, approve: bool) -> JSONResponse:
+    decide = policy_changes.approve if approve else policy_changes.reject
+    try:
+        change = decide(access.services.policy, _actor(access), change_id)
+    except policy_changes.ChangeError as exc:
+        access.note.detail["refused"] = str(exc)
+        raise Problem(exc.status, str(exc)) from None
+    access.answered(1, change_id=change.change_id, status=change.status,
+                    proposed_by=change.proposed_by)
+    return ok(change.to_json())
+
+
+@router.post("/access-policy/changes/{change_id}/approve", summary="Approve a change",
+             responses={200: example_response(AccessPolicyChange),
+                        **responses(401, 403, 404, 409, 422)})
+@permission("access_policy", "approve")
+def approve_change(change_id: ChangeId, access: Annotated[Access, Depends(authorise)]
+                   ) -> JSONResponse:
+    """An IG lead approves a pending change, which applies at once (both audited). Nobody
+    approves their own change, nor one proposed by whoever gave them their account or token."""
+    return _decide(access, change_id, approve=True)
+
+
+@router.post("/access-policy/changes/{change_id}/reject", summary="Reject a change",
+             responses={200: example_response(AccessPolicyChange),
+                        **responses(401, 403, 404, 409, 422)})
+@permission("access_policy", "approve")
+def reject_change(change_id: ChangeId, access: Annotated[Access, Depends(authorise)]
+                  ) -> JSONResponse:
+    """An IG lead rejects a pending change; it is never applied (audited)."""
+    return _decide(access, change_id, approve=False)

@@ -111,7 +111,7 @@ PUBLIC = {"/health", "/openapi.json", "/docs"}
 SAMPLE_PARAMS = {"ods": "B86001", "person_key": "P" + "0" * 20, "extract_id": "x-1",
                  "job_id": "job-20250101000000-abcdef", "export_id": "exp-20250101000000-abcdef12",
                  "certificate_id": "dc-1", "name": "retention.csv", "user_id": "analyst",
-                 "purpose": "release"}
+                 "purpose": "release", "change_id": "apc-abcdefghijkm"}
 
 
 def test_every_route_is_enforced(world: World) -> None:

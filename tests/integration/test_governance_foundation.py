@@ -99,10 +99,11 @@ def test_the_access_policy_table_is_migrated_and_an_adapter_made_one_is_kept(tmp
                                 "v5 VARCHAR(255), v6 VARCHAR(255))"))
         connection.execute(text("INSERT INTO casbin_rule (ptype, v0) VALUES ('g', 'kept')"))
     migrate(engine)
-    with engine.connect() as connection:
-        assert connection.execute(text("SELECT v0 FROM casbin_rule")).scalars().all() == ["kept"]
+    with engine.connect() as connection:  # kept, with the IG lead's approval right (0003)
+        assert connection.execute(text("SELECT v0 FROM casbin_rule ORDER BY id")).scalars() \
+            .all() == ["kept", "ig_lead"]
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-            == "0002"
+            == "0003"
     fresh = engine_for(Settings(home=tmp_path / "fresh"))
     migrate(fresh)
     columns = {c["name"] for c in inspect(fresh).get_columns("casbin_rule")}

@@ -309,3 +309,139 @@ def test_a_duplicate_from_another_sender_learns_nothing_of_the_first(world: Worl
         refusal = connection.execute(select(audit_log).where(
             audit_log.c.action == "extract.refuse")).mappings().one()
     assert refusal["actor"] == "other-council" and refusal["detail"]["duplicate_of"] == landed
+
+
+# -- 7. Widening access to person-level data takes two people ---------------------------------
+ESCALATION = {"ptype": "g", "rule": ["admin", "super_user", "*"]}
+
+
+def _can_read_persons(world: World, headers: dict[str, str]) -> bool:
+    response = world.client.get("/risk/persons", headers={
+        **headers, "X-Purpose-Of-Use": "commissioning"})
+    return response.status_code == 200
+
+
+def _actions(world: World, after: int) -> list[tuple[str, str]]:
+    return [(e["action"], e["actor"]) for e in _entries_after(world, after)
+            if e["action"].startswith("access_policy.")]
+
+
+def test_an_admin_cannot_give_themselves_patient_level_access(world: World) -> None:
+    """Promise: a rule change widening access to person-level data applies only once an IG
+    lead other than the proposer (or anyone they gave an account or token) approves it; both
+    steps are audited; narrowing changes apply at once."""
+    admin = world.headers("admin")
+    before = _last_seq(world)
+    proposed = world.call("admin", "POST", "/access-policy/rules", json=ESCALATION)
+    assert proposed.status_code == 202, proposed.text
+    change = proposed.json()
+    assert change["status"] == "pending" and change["proposed_by"] == "admin"
+    assert not _can_read_persons(world, admin)
+    reid = world.call("admin", "POST", "/access-policy/changes", json={
+        "ptype": "p", "rule": ["admin", "*", "reidentify", "create", "administration", "*",
+                               "any"]})
+    assert reid.status_code == 202 and reid.json()["status"] == "pending"
+    # The admin cannot decide, nor can an account that also holds ig_lead, nor a puppet
+    # IG lead the admin made for the purpose.
+    approve = f"/access-policy/changes/{change['change_id']}/approve"
+    assert world.call("admin", "POST", approve).status_code == 403
+    both = add_user(world.haven.engine, SYSTEM, "admin-ig", "X26", ["admin", "ig_lead"], ROLES)
+    own = world.client.post("/access-policy/changes", json=ESCALATION, headers={
+        "Authorization": f"Bearer {both}", "X-Purpose-Of-Use": "administration"}).json()
+    mine = world.client.post(f"/access-policy/changes/{own['change_id']}/approve", headers={
+        "Authorization": f"Bearer {both}", "X-Purpose-Of-Use": "governance"})
+    assert mine.status_code == 403 and "own" in mine.json()["detail"]
+    puppet = world.call("admin", "POST", "/users", json={
+        "user_id": "puppet", "org": "X26", "roles": ["ig_lead"]}).json()["token"]
+    by_puppet = world.client.post(approve, headers={"Authorization": f"Bearer {puppet}"})
+    assert by_puppet.status_code == 403
+    assert not _can_read_persons(world, admin)
+    # An IG lead the admin did not make decides: approved, applied.
+    pending = world.call("ig_lead", "GET", "/access-policy/changes?status=pending").json()
+    assert {c["change_id"] for c in pending["items"]} == {
+        change["change_id"], reid.json()["change_id"], own["change_id"]}
+    approved = world.call("ig_lead", "POST", approve)
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["status"] == "approved" and approved.json()["changed"] is True
+    assert approved.json()["decided_by"] == "ig-lead"
+    assert _can_read_persons(world, admin)
+    assert world.call("ig_lead", "POST", approve).status_code == 409
+    rejected = world.call("ig_lead", "POST",
+                          f"/access-policy/changes/{reid.json()['change_id']}/reject")
+    assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
+    # (The admin now holds two purposes of use, so says which one it acts for.)
+    assert ["admin", "*", "reidentify", "create", "administration", "*", "any"] not in \
+        world.call("admin", "GET", "/access-policy", purpose="administration").json()["p"]
+    # Narrowing applies at once.
+    removed = world.call("admin", "POST", "/access-policy/rules/delete", json=ESCALATION,
+                         purpose="administration")
+    assert removed.status_code == 200 and removed.json() == {"changed": True}
+    assert not _can_read_persons(world, admin)
+    actions = _actions(world, before)
+    assert ("access_policy.propose", "admin") in actions
+    assert ("access_policy.approve", "ig-lead") in actions
+    assert ("access_policy.add", "ig-lead") in actions
+    assert ("access_policy.reject", "ig-lead") in actions
+    assert ("access_policy.remove", "admin") in actions
+    assert not any(action == "access_policy.add" and actor in ("admin", "admin-ig", "puppet")
+                   for action, actor in actions)
+    with world.haven.engine.connect() as connection:
+        added = connection.execute(select(audit_log).where(
+            audit_log.c.action == "access_policy.add")).mappings().one()
+    assert added["detail"]["change_id"] == change["change_id"]
+
+
+@pytest.mark.parametrize("ptype, rule, widens", [
+    ("g", ["admin", "super_user", "*"], True),
+    ("g", ["admin", "analyst", "X26"], True),
+    ("g", ["council_uploader", "mdt_clinician", "*"], True),
+    ("g", ["admin", "ig_lead", "*"], True),  # the audit log names person keys
+    ("g", ["analyst", "authenticated", "*"], False),
+    ("g", ["admin", "no_such_role", "*"], False),
+    ("p", ["admin", "*", "person", "read", "administration", "*", "any"], True),
+    ("p", ["authenticated", "*", "person_data", "read", "*", "gp/*", "own"], True),
+    ("p", ["admin", "*", "access_policy", "approve", "administration", "*", "any"], True),
+    ("p", ["admin", "*", "user", "create", "administration", "*", "any"], True),
+    ("p", ["admin", "*", "*", "*", "*", "*", "any"], True),
+    ("p", ["admin", "*", "something_new", "read", "administration", "*", "any"], True),
+    ("p", ["ig_lead", "*", "aggregate", "read", "commissioning", "*", "any"], False),
+    ("p", ["admin", "*", "receipt", "read", "administration", "*", "any"], False),
+])
+def test_which_changes_widen_access_to_person_level_data(world: World, ptype: str,
+                                                          rule: list[str], widens: bool) -> None:
+    """Promise: any grant of a person-level (or unknown) resource, or inheritance of a role
+    holding one, counts as widening; removing a rule never does."""
+    from api.authz import NeedsApproval  # here: the module imports on the code before it
+
+    policy = world.client.app.state.services.policy
+    assert policy.widens(ptype, rule) is widens
+    assert policy.widens(ptype, rule, add=False) is False
+    if widens:
+        with pytest.raises(NeedsApproval):
+            policy.change(SYSTEM, ptype, rule, True)
+
+
+def test_a_deployment_seeded_earlier_gets_the_ig_leads_approval_right(tmp_path) -> None:
+    """Promise: upgrading a database seeded before the two-person rule lets IG leads approve
+    (else nobody could), and leaves a rules table still to be seeded empty."""
+    from alembic import command
+
+    from governance.db import alembic_config, engine_for
+    from governance.settings import Settings
+
+    approve = ("ig_lead", "*", "access_policy", "approve", "governance", "*", "any")
+    for seeded in (True, False):
+        engine = engine_for(Settings(home=tmp_path / str(seeded)))
+        config = alembic_config(engine)
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0002")
+            if seeded:
+                connection.execute(text("INSERT INTO casbin_rule (ptype, v0, v1, v2, v3, v4, v5,"
+                                        " v6) VALUES ('p', 'ig_lead', '*', 'audit_log', 'read',"
+                                        " 'governance', '*', 'any')"))
+            command.upgrade(config, "head")
+            rows = {tuple(r[1:]) for r in connection.execute(text(
+                "SELECT ptype, v0, v1, v2, v3, v4, v5, v6 FROM casbin_rule"))}
+        engine.dispose()
+        assert (approve in rows) is seeded and len(rows) == (2 if seeded else 0)
