@@ -1,23 +1,41 @@
-"""Aggregates of the current run, published through `governance.suppression`.
+"""Aggregates of the current run: the anonymous tier, published tables only.
 
-Counts are taken with NumPy over the run's codes; what is shown is governance's rule
-(`policies/suppression.json`, or an IG lead's override): counts 1-7 suppressed, others rounded
-to the nearest 5, and secondary suppression so that no suppressed count can be recovered from
-the totals published beside it. By one dimension the cells are suppressed with their total
-(`suppress`); by two, the cells with their row, column and grand totals (`suppress_grid`).
-Haven holds one area's data, never a nation's, so every count is below national level.
+What may be published (JSNA, the Health and Wellbeing Board) must stay safe whatever else is
+published beside it, so `/aggregates` answers from a fixed set of tables, never from a query:
+persons by one dimension (tier, age band, sex, or long-term condition, where a person counts
+under each of their conditions) on one geography (practice, PCN, locality or the whole area,
+`governance.geography`), with no filters. Arbitrary practice sets and filters let a reader
+difference answers until a suppressed cell is solved; a fixed set of tables can instead be
+protected as one publication.
+
+`publish` makes that publication once per run, rule and geography table: every figure of every
+table (cells, each unit's total, each category's total over the area) is one figure however many
+tables show it, and the equations between them are all written down: a unit's total is the sum
+of its categories, a PCN's cell the sum of its practices' cells, and so up to the area; a
+condition's count is at most the unit's persons. `governance.suppression.protect` hides counts
+of 1-7 and then enough others that no hidden figure can be solved from everything shown
+together, checked exactly (an integer programme over the whole publication). Every table is then
+read from that one publication, so a figure is never shown in one table and hidden in another.
+
+Why one dimension at a time: persons by tier on practices, by age band on practices and by tier
+and age band over the area would together be a three-way table (practice x tier x age band) with
+its two-way margins published, which sums alone do not describe; with one dimension per table,
+every table is the sum over practices of per-practice counts, and any per-practice counts that
+fit the published figures can be made from some persons, so the equations say all a reader
+can learn. Counts are taken with NumPy over the run's codes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from api.scored_run import AGE_BANDS, SEXES, TIERS, Release
-from governance.suppression import Rule, suppress, suppress_grid
+from governance.geography import AREA, LEVELS, Geography
+from governance.suppression import Rule, protect
 
 UNKNOWN = "unknown"
 
@@ -96,43 +114,120 @@ def count(release: Release, rows: np.ndarray, by: Sequence[str]) -> dict[tuple[s
     return out
 
 
-def _figure(shown: Any, rule: Rule) -> dict[str, Any]:
-    hidden = shown == rule.symbol
+DIMENSIONS = ("tier", "age_band", "sex", "condition")
+GEOGRAPHIES = tuple(reversed(LEVELS))  # area, locality, pcn, practice: coarsest first
+
+
+@dataclass(frozen=True)
+class Publication:
+    """Every figure of every published table of one run: `shown[key]` is the count as published
+    (an int, or the rule's symbol), `zero` the figures that are truly zero."""
+
+    units: dict[str, list[str]]
+    categories: dict[str, list[str]]
+    shown: dict[Hashable, int | str]
+    zero: frozenset
+    rule: Rule
+
+
+def _measure(dimension: str) -> str:
+    """What a table's totals count: persons, or for conditions persons-with-a-condition summed
+    over conditions (a person with two counts twice)."""
+    return "mentions" if dimension == "condition" else "persons"
+
+
+def publish(release: Release, geography: Geography, rule: Rule) -> Publication:
+    """Every published table of `release` (module docstring), suppressed as one."""
+    rows = release.everyone
+    categories = {"tier": [*TIERS, UNKNOWN], "age_band": [*AGE_BANDS, UNKNOWN],
+                  "sex": [*SEXES, UNKNOWN], "condition": list(release.conditions)}
+    leaf = {key[0]: n for key, n in count(release, rows, ["practice"]).items()}
+    practices = sorted(leaf)
+    units = {level: sorted({geography.unit(level, p) for p in practices}) for level in LEVELS}
+    units["area"] = [AREA]
+    true: dict[Hashable, int] = {}
+    for p in practices:
+        true[("persons", "practice", p)] = leaf[p]
+        true[("mentions", "practice", p)] = 0
+        for dimension in DIMENSIONS:
+            for c in categories[dimension]:
+                true[("cell", "practice", p, dimension, c)] = 0
+    for dimension in DIMENSIONS:
+        for (p, c), n in count(release, rows, ["practice", dimension]).items():
+            true[("cell", "practice", p, dimension, c)] = n
+            if dimension == "condition":
+                true[("mentions", "practice", p)] += n
+    groups: list[tuple[Hashable, list[Hashable]]] = []
+    at_most: list[tuple[Hashable, Hashable]] = []
+    for below, level in zip(LEVELS, LEVELS[1:], strict=False):
+        children: dict[str, list[str]] = {u: [] for u in units[level]}
+        for unit in units[below]:
+            parent = geography.unit(level, unit if below == "practice" else
+                                    _practice_in(geography, below, unit, practices))
+            children[parent].append(unit)
+        for unit, parts in children.items():
+            keys = [("persons",), ("mentions",)] + [("cell", d, c) for d in DIMENSIONS
+                                                     for c in categories[d]]
+            for key in keys:
+                name, rest = key[0], key[1:]
+                total = (name, level, unit, *rest)
+                true[total] = sum(true[(name, below, child, *rest)] for child in parts)
+                groups.append((total, [(name, below, child, *rest) for child in parts]))
+    for level in LEVELS:
+        for unit in units[level]:
+            for dimension in DIMENSIONS:
+                parts = [("cell", level, unit, dimension, c) for c in categories[dimension]]
+                groups.append(((_measure(dimension), level, unit), parts))
+            at_most += [(("cell", level, unit, "condition", c), ("persons", level, unit))
+                        for c in categories["condition"]]
+    hidden = protect(true, groups, rule, at_most)
+    shown = {key: rule.symbol if key in hidden else rule.show(value)
+             for key, value in true.items()}
+    return Publication(units=units, categories=categories, shown=shown,
+                       zero=frozenset(k for k, v in true.items() if v == 0), rule=rule)
+
+
+def _practice_in(geography: Geography, level: str, unit: str, practices: list[str]) -> str:
+    """A practice counted in `unit` of `level` (units are named by their practices' mapping)."""
+    return next(p for p in practices if geography.unit(level, p) == unit)
+
+
+def _figure(publication: Publication, key: Hashable) -> dict[str, Any]:
+    shown = publication.shown[key]
+    hidden = shown == publication.rule.symbol
     return {"count": None if hidden else int(shown), "suppressed": bool(hidden)}
 
 
 def rule_json(rule: Rule) -> dict[str, Any]:
     return {"suppressed": f"{rule.suppress_from}-{rule.suppress_to}",
-            "rounded_to": rule.round_to, "secondary": "rows, columns and totals"}
+            "rounded_to": rule.round_to,
+            "secondary": "every table, total and geography level as one publication; no "
+                         "hidden figure can be solved from the figures shown"}
 
 
-def aggregate(release: Release, rows: np.ndarray, by: Sequence[str], rule: Rule
-              ) -> dict[str, Any]:
-    """Cells, margins and total of the persons at `rows` (by one or two dimensions), as
-    published."""
-    by = list(by)
-    true = count(release, rows, by)
-    margins: dict[str, list[dict[str, Any]]] = {}
-    if len(by) == 1:
-        shown = suppress({key[0]: n for key, n in true.items()}, rule)
-        total = _figure(shown.pop("total"), rule)
-        cells = [{by[0]: label, **_figure(value, rule)} for label, value in sorted(shown.items())]
-        return {"by": by, "cells": cells, "margins": margins, "total": total,
-                "rule": rule_json(rule)}
-    table = pd.Series(true, dtype="int64")
-    grid_true = table.unstack(fill_value=0) if len(table) else pd.DataFrame(dtype="int64")
-    grid = suppress_grid(grid_true, rule)
-    cells = []
-    shown_cells = grid.cells.to_numpy()
-    zero = grid_true.reindex(index=grid.cells.index, columns=grid.cells.columns).to_numpy() == 0
-    for i, row_label in enumerate(grid.cells.index):
-        for j, column_label in enumerate(grid.cells.columns):
-            value = shown_cells[i, j]
-            if zero[i, j] and value != rule.symbol:
-                continue  # a true zero, not hidden: left out
-            cells.append({by[0]: row_label, by[1]: column_label, **_figure(value, rule)})
-    for name, shown in ((by[0], grid.rows), (by[1], grid.columns)):
-        margins[name] = [{name: label, **_figure(value, rule)}
-                         for label, value in sorted(shown.items())]
-    return {"by": by, "cells": cells, "margins": margins, "total": _figure(grid.total, rule),
-            "rule": rule_json(rule)}
+def table(publication: Publication, geography: str, dimension: str) -> dict[str, Any]:
+    """One published table: `dimension` on the units of `geography`, with the units' totals
+    and the categories' totals over the area (one dimension when the geography is the area)."""
+    measure = _measure(dimension)
+    categories = publication.categories[dimension]
+
+    def listed(key: Hashable) -> bool:  # a true zero not hidden is left out
+        return key not in publication.zero or publication.shown[key] == publication.rule.symbol
+
+    area = [{dimension: c, **_figure(publication, ("cell", "area", AREA, dimension, c))}
+            for c in categories if listed(("cell", "area", AREA, dimension, c))]
+    total = _figure(publication, (measure, "area", AREA))
+    answer: dict[str, Any] = {"by": [dimension], "geography": geography}
+    if geography == "area":
+        return {**answer, "cells": area, "margins": {}, "total": total,
+                "rule": rule_json(publication.rule)}
+    units = publication.units[geography]
+    cells = [{geography: u, dimension: c,
+              **_figure(publication, ("cell", geography, u, dimension, c))}
+             for u in units for c in categories
+             if listed(("cell", geography, u, dimension, c))]
+    margins = {geography: [{geography: u, **_figure(publication, (measure, geography, u))}
+                           for u in units],
+               dimension: area}
+    return {"by": [geography, dimension], "geography": geography, "cells": cells,
+            "margins": margins, "total": total, "rule": rule_json(publication.rule)}

@@ -14,6 +14,7 @@ import time
 from sqlalchemy import Engine
 
 from api.scored_run import NoRun, Release, load_release
+from governance.geography import Geography
 from governance.settings import Settings
 from pipeline.serving import ServingRun, optout_mark, serving_run, withheld_person_keys
 
@@ -29,6 +30,16 @@ class ReleaseStore:
         self._views: dict[str, tuple[float, tuple[ServingRun | None, tuple],
                                      Release | None]] = {}
         self._lock = threading.Lock()
+        self._geography: tuple[float, Geography] | None = None
+
+    def geography(self) -> Geography:
+        """The geography table aggregates are published on (`policies/geography.csv` or an IG
+        lead's version), read again at most every `refresh_seconds`."""
+        found = self._geography
+        if found is None or time.monotonic() - found[0] >= self.refresh_seconds:
+            found = (time.monotonic(), Geography.load(engine=self.engine))
+            self._geography = found
+        return found[1]
 
     def forget(self) -> None:
         """Drop every loaded run, so the next request asks again which run serves (after a

@@ -90,22 +90,23 @@ class Figure(BaseModel):
 
 
 class Aggregate(BaseModel):
-    """Counts of persons; `count` is null where suppressed (1-7, or to protect another)."""
+    """A published table: persons by one dimension on one geography; `count` is null where
+    suppressed (1-7, or to protect another figure of any published table)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "run_id": "score-2025-04-01-9a1c2e3f4b5d", "by": ["practice", "tier"],
-        "filters": {"age_band": ["75-84"]},
-        "cells": [{"practice": "B86001", "tier": "high", "count": 45, "suppressed": False},
-                  {"practice": "B86001", "tier": "very_high", "count": None,
+        "run_id": "score-2025-04-01-9a1c2e3f4b5d", "by": ["pcn", "tier"], "geography": "pcn",
+        "cells": [{"pcn": "U90001", "tier": "high", "count": 45, "suppressed": False},
+                  {"pcn": "U90001", "tier": "very_high", "count": None,
                    "suppressed": True}],
-        "margins": {"practice": [{"practice": "B86001", "count": 610, "suppressed": False}],
-                    "tier": [{"tier": "high", "count": 45, "suppressed": False}]},
-        "total": {"count": 610, "suppressed": False},
+        "margins": {"pcn": [{"pcn": "U90001", "count": 3610, "suppressed": False}],
+                    "tier": [{"tier": "high", "count": 815, "suppressed": False}]},
+        "total": {"count": 18135, "suppressed": False},
         "rule": {"suppressed": "1-7", "rounded_to": 5,
-                 "secondary": "rows, columns and totals"}}]})
+                 "secondary": "every table, total and geography level as one publication; "
+                              "no hidden figure can be solved from the figures shown"}}]})
     run_id: str
     by: list[str]
-    filters: dict[str, list[str]]
+    geography: str
     cells: list[dict[str, Any]]
     margins: dict[str, list[dict[str, Any]]]
     total: Figure

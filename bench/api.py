@@ -5,7 +5,7 @@ Writes a score run of PERSONS persons straight to a fresh data directory (as `ha
 would), adds one MDT clinician per practice and an analyst, starts `haven serve` (uvicorn,
 127.0.0.1 only) and drives it with CLIENTS keep-alive connections, each sending REQUESTS
 requests one after another: the MDT case-finding list (own practice, random filters and pages)
-and an aggregate (by practice and tier, with and without filters). Every request is
+and a published table (one dimension on one geography). Every request is
 authenticated, decided by Casbin and audited (SQLite, group commit), as in production.
 
     .venv/bin/python bench/api.py [--persons 1000000] [--clients 50] [--requests 40] [--keep]
@@ -189,9 +189,9 @@ def case_finding_paths(rng: random.Random, practice: str, count: int) -> list[st
 
 
 def aggregate_paths(rng: random.Random, count: int) -> list[str]:
-    options = ["/aggregates?by=practice&by=tier", "/aggregates?by=age_band&by=sex",
-               "/aggregates?by=practice&by=tier&sex=2", "/aggregates?by=tier&by=condition",
-               "/aggregates?by=practice&age_band=85%2B"]
+    options = ["/aggregates?by=tier&geography=practice", "/aggregates?by=age_band&geography=pcn",
+               "/aggregates?by=sex&geography=locality", "/aggregates?by=condition",
+               "/aggregates?by=tier"]
     return [rng.choice(options) for _ in range(count)]
 
 
@@ -294,7 +294,7 @@ def main() -> None:
         print(f"warm-up ({args.clients} clients, one request each): "
               f"{time.perf_counter() - start:.1f} s")
         cold, _ = asyncio.run(drive(port, [analyst] * args.workers,
-                                    [["/aggregates?by=practice&by=tier"]] * args.workers))
+                                    [["/aggregates?by=tier&geography=practice"]] * args.workers))
         print(f"first aggregate over {args.persons:,} persons (computed, then cached per run): "
               f"{max(cold):.0f} ms")
         results = {}

@@ -6,14 +6,21 @@ stays zero. Secondary: a table is published with its totals (row, column and gra
 grid; the total of a list), and each total and its parts form one equation. Wherever an
 equation has exactly one hidden figure, it could be solved for, so one more is hidden: the
 smallest non-zero part still shown (or, when only zeros are left, a zero, and failing that the
-total), until no equation has a single unknown. The API's aggregates and the opt-out report
-both publish through these functions, so the rule is applied the same way everywhere.
+total), until no equation has a single unknown. That alone is not enough: equations combine
+(two hidden cells shared by a row and a column whose totals are shown, a chain of geographies,
+a total of zero forcing its hidden parts to zero), so `protect` then solves the published system
+exactly, as someone holding every published figure would: for each hidden figure an integer
+programme over all the equations (and any `at_most` inequalities) asks whether any other value
+fits everything shown; where none does, one more figure is hidden and the check repeats. Shown
+figures are taken as exact there, though they are rounded: the check gives the reader more than
+is published. The API's aggregates and the opt-out report both publish through these functions,
+so the rule is applied the same way everywhere.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,11 +96,32 @@ def validate_rule(content: str, _engine: Engine | None = None) -> None:
         raise ValueError(str(exc)) from exc
 
 
-def protect(true: Mapping[Hashable, int], groups: list[tuple[Hashable, list[Hashable]]],
-            rule: Rule) -> set[Hashable]:
+Equation = tuple[Hashable, list[Hashable]]
+
+
+def protect(true: Mapping[Hashable, int], groups: list[Equation], rule: Rule,
+            at_most: Sequence[tuple[Hashable, Hashable]] = ()) -> set[Hashable]:
     """The figures to hide: primary suppression, then secondary until no equation
-    `total = sum(parts)` among `groups` has exactly one hidden figure."""
+    `total = sum(parts)` among `groups` has exactly one hidden figure and no hidden figure's
+    value is fixed by the figures shown (`exposed`; `at_most` pairs `(a, b)` say a <= b)."""
     hidden = {key for key, value in true.items() if rule.hides(value)}
+    while True:
+        _no_single_unknown(true, groups, hidden)
+        found = exposed(true, groups, hidden, at_most)
+        if not found:
+            return hidden
+        hidden.add(_victim(true, groups, hidden, at_most, found[0]))
+
+
+def _smallest(true: Mapping[Hashable, int], keys: list[Hashable]) -> Hashable | None:
+    """The smallest non-zero of `keys`, else a zero, else None."""
+    nonzero = [k for k in keys if true[k] > 0]
+    pool = nonzero or keys
+    return min(pool, key=lambda k: (true[k], str(k))) if pool else None
+
+
+def _no_single_unknown(true: Mapping[Hashable, int], groups: list[Equation],
+                       hidden: set[Hashable]) -> None:
     changed = True
     while changed:
         changed = False
@@ -101,13 +129,116 @@ def protect(true: Mapping[Hashable, int], groups: list[tuple[Hashable, list[Hash
             unknown = [k for k in (*parts, total) if k in hidden]
             if len(unknown) != 1:
                 continue
-            shown = [k for k in parts if k not in hidden]
-            nonzero = [k for k in shown if true[k] > 0]
-            pool = nonzero or shown
-            victim = min(pool, key=lambda k: (true[k], str(k))) if pool else total
-            hidden.add(victim)
+            victim = _smallest(true, [k for k in parts if k not in hidden])
+            hidden.add(total if victim is None else victim)
             changed = True
-    return hidden
+
+
+def _victim(true: Mapping[Hashable, int], groups: list[Equation], hidden: set[Hashable],
+            at_most: Sequence[tuple[Hashable, Hashable]], figure: Hashable) -> Hashable:
+    """A shown figure to hide so that `figure` is no longer fixed: the smallest part shown in
+    one of its relations (else the total of one); failing both, the same among the relations
+    of the hidden figures those reach, and so on outwards."""
+    relations = [(total, list(parts)) for total, parts in groups]
+    relations += [(None, [small, big]) for small, big in at_most]
+    reached = frontier = {figure}
+    while frontier:
+        touching = [(total, parts) for total, parts in relations
+                    if total in frontier or frontier.intersection(parts)]
+        for pool in ([k for _, parts in touching for k in parts if k not in hidden],
+                     [total for total, _ in touching
+                      if total is not None and total not in hidden]):
+            victim = _smallest(true, pool)
+            if victim is not None:
+                return victim
+        frontier = {k for total, parts in touching for k in (total, *parts)
+                    if k in hidden} - reached
+        reached = reached | frontier
+    raise ValueError("suppression: a hidden figure is fixed by nothing shown")  # pragma: no cover
+
+
+def exposed(true: Mapping[Hashable, int], groups: list[Equation], hidden: set[Hashable],
+            at_most: Sequence[tuple[Hashable, Hashable]] = ()) -> list[Hashable]:
+    """Hidden figures whose value is fixed by the shown ones, in a stable order.
+
+    The published system: every equation `total = sum(parts)` and inequality `a <= b`, shown
+    figures at their true values, hidden ones non-negative integers (at most the sum of all
+    figures). Hidden figures are split into components (linked by a relation); in each, integer
+    programmes look for another solution: the sum of the undecided figures is pushed up and
+    down while that moves some of them, then each one left is pushed alone. A figure no
+    solution moves is exposed."""
+    relations = [[(1, total)] + [(-1, part) for part in parts] for total, parts in groups]
+    relations += [[(1, small), (-1, big)] for small, big in at_most]
+    inequality = [False] * len(groups) + [True] * len(at_most)
+    parent: dict[Hashable, Hashable] = {}
+
+    def root(key: Hashable) -> Hashable:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for relation in relations:
+        unknown = [key for _, key in relation if key in hidden]
+        for key in unknown[1:]:
+            parent[root(key)] = root(unknown[0])
+    components: dict[Hashable, list[Hashable]] = {}
+    for key in sorted(hidden, key=str):
+        components.setdefault(root(key), []).append(key)
+    ceiling = sum(true.values()) + 1
+    found: list[Hashable] = []
+    for members in components.values():
+        index = {key: i for i, key in enumerate(members)}
+        rows = [(relation, less) for relation, less in zip(relations, inequality, strict=True)
+                if any(key in index for _, key in relation)]
+        if rows:  # a figure in no relation is fixed by nothing
+            found += [members[i] for i in _fixed(true, members, index, rows, ceiling)]
+    return found
+
+
+def _fixed(true: Mapping[Hashable, int], members: list[Hashable],
+           index: dict[Hashable, int], rows: list[tuple[list, bool]], ceiling: int
+           ) -> list[int]:
+    """Positions in `members` that no other integer solution of `rows` moves."""
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    n = len(members)
+    matrix = np.zeros((len(rows), n))
+    bound = np.zeros(len(rows))
+    for r, (relation, _) in enumerate(rows):
+        for sign, key in relation:
+            if key in index:
+                matrix[r, index[key]] += sign
+            else:
+                bound[r] -= sign * true[key]
+    less = np.array([flag for _, flag in rows], dtype=bool)
+    lower = np.where(less, -np.inf, bound)
+    constraints = LinearConstraint(matrix, lower, bound)
+    truth = np.array([true[key] for key in members], dtype=float)
+    box = Bounds(np.zeros(n), np.full(n, float(ceiling)))
+
+    def moved(weights: np.ndarray, among: set[int]) -> set[int]:
+        solution = milp(weights, constraints=constraints, integrality=np.ones(n), bounds=box)
+        return {i for i in among if abs(solution.x[i] - truth[i]) > 0.5}
+
+    undecided = set(range(n))
+    progress = True
+    while undecided and progress:
+        progress = False
+        for sign in (-1.0, 1.0):
+            weights = np.zeros(n)
+            weights[sorted(undecided)] = sign
+            free = moved(weights, undecided)
+            undecided -= free
+            progress = progress or bool(free)
+    fixed = []
+    for i in sorted(undecided):
+        weights = np.zeros(n)
+        weights[i] = 1.0
+        if not moved(-weights, {i}) and not moved(weights, {i}):
+            fixed.append(i)
+    return fixed
 
 
 def suppress(counts: Mapping[str, int], rule: Rule | None = None,

@@ -6,12 +6,12 @@ from typing import Annotated, Literal
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import present
-from api.aggregates import aggregate
+from api.aggregates import publish, table
 from api.guard import Access, authorise, permission
 from api.problems import Problem, responses
 from api.routes import current_release, example_response, json_response, ok
@@ -22,7 +22,8 @@ router = APIRouter(tags=["risk"])
 Tier = Literal["very_high", "high", "moderate", "low"]
 AgeBand = Literal["0-17", "18-44", "45-64", "65-74", "75-84", "85+"]
 Sex = Literal["1", "2", "9", "0"]
-Dimension = Literal["practice", "age_band", "sex", "tier", "condition"]
+Dimension = Literal["tier", "age_band", "sex", "condition"]
+Geography = Literal["area", "locality", "pcn", "practice"]
 EMPTY = np.empty(0, dtype=np.int64)
 
 TierQ = Annotated[list[Tier], Query(description="Tiers to keep (repeat for several).",
@@ -189,55 +190,52 @@ def person_fhir(person_key: PersonKey,
                         media_type="application/fhir+json")
 
 
-@router.get("/aggregates", summary="Counts with small-number suppression",
+AGGREGATE_PARAMETERS = frozenset({"by", "geography"})
+
+
+@router.get("/aggregates", summary="Published tables, with small-number suppression",
             responses={200: example_response(Aggregate), **responses(401, 403, 409, 422)})
 @permission("aggregate", "read")
 async def aggregates(
+    request: Request,
     access: Annotated[Access, Depends(authorise)],
-    by: Annotated[list[Dimension], Query(description="Dimensions to count by (one or two).",
-                                         examples=[["practice", "tier"]], min_length=1,
-                                         max_length=2)],
-    practice: Annotated[list[Annotated[str, Query(pattern=ODS)]],
-                        Query(examples=[["B86001"]], max_length=500)] = [],  # noqa: B006
-    tier: TierQ = [],  # noqa: B006
-    age_band: AgeQ = [],  # noqa: B006
-    sex: SexQ = [],  # noqa: B006
-    condition: ConditionQ = [],  # noqa: B006
+    by: Annotated[Dimension, Query(description="The dimension counted: tier, age band, sex "
+                                               "or long-term condition.", examples=["tier"])],
+    geography: Annotated[Geography, Query(description="Whose counts: each practice, PCN or "
+                                                      "locality, or the whole area.",
+                                          examples=["pcn"])] = "area",
 ) -> Response:
-    """Persons by practice, age band, sex, tier or condition. Counts of 1-7 are suppressed,
-    others rounded to the nearest 5, and further cells suppressed where a published total
-    would give a suppressed one away (`governance.suppression`).
+    """Persons by one dimension on one geography: the anonymous tier, safe to publish. Only
+    these fixed tables are answered (no practice sets, no filters: answers that could be
+    differenced against each other are what let a suppressed count be solved). Counts of 1-7
+    are suppressed, others rounded to the nearest 5, and further figures suppressed until none
+    hidden can be solved from all the tables together (`api.aggregates`).
 
-    An answer is computed once per run, question and rule and kept as the JSON sent. Both
-    happen on the event loop: a first answer over 1,000,000 persons costs a few milliseconds
-    of NumPy, and in a worker thread it took ten times as long, passing the interpreter lock
-    back and forth with the loop at every NumPy call while fifty callers waited."""
-    by = list(dict.fromkeys(by))
-    _conditions_allowed(access, "-", bool(condition) or "condition" in by)
+    The whole publication is computed once per run, rule and geography table, and each answer
+    kept as the JSON sent, on the event loop (a worker thread passes the interpreter lock back
+    and forth with the loop at every NumPy call while fifty callers wait)."""
+    asked = [name for name, _ in request.query_params.multi_items()]
+    if set(asked) - AGGREGATE_PARAMETERS or asked.count("by") > 1 \
+            or asked.count("geography") > 1:
+        raise Problem(422, "only published tables are answered: one `by` and one "
+                           "`geography`, no filters (record-level lists take filters)")
+    _conditions_allowed(access, "-", by == "condition")
     services = access.services
     release = services.releases.fresh(access.purpose) or await run_in_threadpool(
         current_release, access)
     rule = services.fresh_suppression_rule() or await run_in_threadpool(
         services.suppression_rule)
-    filters = {name: sorted(set(values)) for name, values in (
-        ("practice", practice), ("tier", tier), ("age_band", age_band), ("sex", sex),
-        ("condition", condition)) if values}
+    places = services.releases.geography()
 
-    def compute() -> tuple[int, bytes]:
-        rows = None
-        if practice:
-            found = [release.practice_rows[p] for p in filters["practice"]
-                     if p in release.practice_rows]
-            rows = np.sort(np.concatenate(found)) if found else EMPTY
-        selected = release.select(rows, tiers=tier, age_bands=age_band, sexes=sex,
-                                  conditions=condition)
-        answer = aggregate(release, selected, by, rule)
-        return len(answer["cells"]), orjson.dumps({"run_id": release.run_id,
-                                                   "filters": filters, **answer})
+    def answer() -> tuple[int, bytes]:
+        publication = release.cached(("publication", rule, places),
+                                     lambda: publish(release, places, rule))
+        shown = table(publication, geography, by)
+        return len(shown["cells"]), orjson.dumps({"run_id": release.run_id, **shown})
 
-    key = ("aggregate", tuple(by), tuple((k, tuple(v)) for k, v in filters.items()), rule)
-    cells, body = release.cached_now(key) or release.cached(key, compute)
-    access.answered(cells, by=by)
+    key = ("aggregate", by, geography, rule, places)
+    cells, body = release.cached_now(key) or release.cached(key, answer)
+    access.answered(cells, by=[by], geography=geography)
     return Response(body, media_type="application/json")
 
 

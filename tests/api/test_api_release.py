@@ -15,10 +15,11 @@ from api_matrix import (
 )
 from fastapi.testclient import TestClient
 
-from api.aggregates import aggregate
+from api.aggregates import publish, table
 from api.app import create_app
 from api.config import ApiConfig
 from api.scored_run import TIERS, load_release
+from governance.geography import Geography
 from governance.suppression import Rule
 
 
@@ -233,7 +234,8 @@ def test_aggregate_cells_cannot_be_recovered_from_totals(haven) -> None:
     release = _release(haven, {("A00001", "high"): 3, ("A00001", "low"): 40,
                                ("A00001", "moderate"): 12, ("A00002", "high"): 30,
                                ("A00002", "low"): 25})
-    answer = aggregate(release, release.everyone, ["practice", "tier"], Rule())
+    publication = publish(release, Geography(), Rule())
+    answer = table(publication, "practice", "tier")
     cells = {(c["practice"], c["tier"]): c for c in answer["cells"]}
     assert cells[("A00001", "high")]["suppressed"]
     # A00001's total is published, so one more of its cells is hidden (the smallest),
@@ -249,25 +251,37 @@ def test_aggregate_cells_cannot_be_recovered_from_totals(haven) -> None:
             parts = [c for c in answer["cells"] if c[name] == margin[name]]
             assert sum(c["suppressed"] for c in parts) != 1
     assert answer["total"] == {"count": 110, "suppressed": False}
-    one = aggregate(release, release.everyone, ["tier"], Rule())
+    one = table(publication, "area", "tier")
     hidden = [c for c in one["cells"] if c["suppressed"]]
     assert len(hidden) != 1  # the total is published: no lone suppressed cell
+    # Both practices are in no PCN of the table: the `unknown` PCN holds both, so its cells
+    # are the area's, and every table shows a figure the same way.
+    pcn = {c["tier"]: c for c in table(publication, "pcn", "tier")["cells"]}
+    assert {t: c["suppressed"] for t, c in pcn.items()} == {
+        c["tier"]: c["suppressed"] for c in one["cells"]}
+    assert answer["margins"]["tier"] == one["cells"]
 
 
-def test_aggregates_endpoint_suppresses(world: World) -> None:
-    answer = world.call("analyst", "GET", "/aggregates?by=practice&by=tier").json()
+def test_aggregates_endpoint_publishes_tables(world: World) -> None:
+    answer = world.call("analyst", "GET", "/aggregates?by=tier&geography=practice").json()
+    assert answer["by"] == ["practice", "tier"] and answer["geography"] == "practice"
     shown = [c for c in answer["cells"] if not c["suppressed"]]
     assert all(c["count"] % 5 == 0 and c["count"] >= 10 for c in shown)
     assert any(c["suppressed"] for c in answer["cells"])
     assert answer["total"] == {"count": 40, "suppressed": False}
-    filtered = world.call("analyst", "GET", "/aggregates?by=tier&sex=2").json()
-    assert filtered["total"]["count"] % 5 == 0
-    assert filtered["filters"] == {"sex": ["2"]}
+    area = world.call("analyst", "GET", "/aggregates?by=sex").json()
+    assert area["by"] == ["sex"] and area["geography"] == "area" and area["margins"] == {}
     by_condition = world.call("analyst", "GET", "/aggregates?by=condition").json()
     assert {c["condition"] for c in by_condition["cells"]} <= {"COPD", "diabetes",
                                                                "heart failure"}
-    for query in ("", "?by=nothing", "?by=tier&by=sex&by=practice"):
-        assert world.call("analyst", "GET", f"/aggregates{query}").status_code == 422
+    for level in ("pcn", "locality"):
+        grid = world.call("analyst", "GET", f"/aggregates?by=age_band&geography={level}")
+        assert grid.status_code == 200 and grid.json()["by"] == [level, "age_band"]
+    # Only the published tables: one dimension, one geography, no filters or practice sets.
+    for query in ("", "?by=nothing", "?by=practice", "?by=tier&by=sex",
+                  "?by=tier&sex=2", f"?by=tier&practice={OWN_PRACTICE}",
+                  "?by=tier&geography=ward", "?by=tier&geography=pcn&geography=practice"):
+        assert world.call("analyst", "GET", f"/aggregates{query}").status_code == 422, query
 
 
 def test_an_ig_lead_s_suppression_rule_applies(world: World) -> None:
@@ -328,16 +342,14 @@ def test_list_pages_agree_with_person_detail_and_rank_from_the_offset(world: Wor
 
 
 def test_an_aggregate_is_answered_again_from_what_was_sent(world: World) -> None:
-    first = world.call("analyst", "GET", "/aggregates?by=practice&by=tier&tier=high")
-    again = world.call("analyst", "GET", "/aggregates?tier=high&by=practice&by=tier")
+    first = world.call("analyst", "GET", "/aggregates?by=tier&geography=practice")
+    again = world.call("analyst", "GET", "/aggregates?geography=practice&by=tier")
     assert first.status_code == again.status_code == 200
-    assert first.content == again.content and first.json()["filters"] == {"tier": ["high"]}
-    own = world.call("analyst", "GET", f"/aggregates?by=tier&practice={OWN_PRACTICE}").json()
+    assert first.content == again.content
+    practices = {c["practice"]: c for c in first.json()["margins"]["practice"]}
     true = sum(p == OWN_PRACTICE for p in world.practice.values())
-    assert true > 7 and abs(own["total"]["count"] - true) <= 2  # rounded to the nearest 5
-    assert own["filters"] == {"practice": [OWN_PRACTICE]}
-    nobody = world.call("analyst", "GET", "/aggregates?by=tier&practice=Z99999").json()
-    assert nobody["cells"] == [] and nobody["total"]["count"] == 0
+    own = practices[OWN_PRACTICE]
+    assert true > 7 and abs(own["count"] - true) <= 2  # rounded to the nearest 5
 
 
 @pytest.mark.parametrize("histogram", [True, False])

@@ -57,6 +57,7 @@ def test_a_changed_table_is_in_force_and_audited(haven):
     ("suppression.json", "[1]", "JSON object"),
     ("suppression.json", '{"suppress_from": 0}', "suppress_from"),
     ("suppression.json", '{"round_to": "five"}', "invalid literal"),
+    ("geography.csv", "practice,pcn,locality\nB86001,P1,L1\nB86001,P2,L1\n", "twice"),
     ("optout_purposes.csv", "optout_type,purpose,sources,scope\ntype2,research,*,all\n",
      "unknown opt-out type"),
     ("optout_purposes.csv", "optout_type,purpose,sources,scope\nndoo,marketing,*,all\n",
@@ -78,8 +79,9 @@ def test_a_table_that_would_not_work_is_refused(haven, name, content, message):
 def test_policy_commands(haven, tmp_path, capsys):
     env = environ(haven)
     assert main(["policy", "list"], env) == 0
-    assert capsys.readouterr().out.split() == ["optout_purposes.csv", "optout_senders.csv",
-                                               "retention.csv", "suppression.json"]
+    assert capsys.readouterr().out.split() == ["geography.csv", "optout_purposes.csv",
+                                               "optout_senders.csv", "retention.csv",
+                                               "suppression.json"]
     stricter = tmp_path / "suppression.json"
     stricter.write_text('{"suppress_from": 1, "suppress_to": 9, "round_to": 10}')
     assert main(["policy", "set", "suppression.json", str(stricter)], env) == 0

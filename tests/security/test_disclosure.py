@@ -1,0 +1,259 @@
+"""Disclosure: what each dissemination tier lets out, attacked the way a reader would.
+
+Three tiers, each with its own promise: anonymous aggregates that may be published
+(`GET /aggregates`); pseudonymised record-level data for analysts and named recipients
+(`/risk/persons`, `/persons/{key}`, `POST /exports`); identifiable data only for a clinician
+with a direct-care relationship (`/practices/{ods}/case-finding`, `/reidentify`). Each test
+here attacks one promise on synthetic data and fails if the attack succeeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+from api_matrix import World, build_world, score_rows, write_score_run
+
+from policies import POLICIES_DIR
+
+TIERS = ("very_high", "high", "moderate", "low")
+AGE_BANDS = ("0-17", "18-44", "45-64", "65-74", "75-84", "85+")
+SEXES = ("1", "2")
+CONDITIONS = ("COPD", "diabetes", "heart failure")
+
+
+@pytest.fixture
+def backend() -> str:
+    """SQLite only: what is released does not depend on the database."""
+    return ""
+
+
+@pytest.fixture
+def world(haven, tmp_path) -> World:
+    return build_world(haven, tmp_path)
+
+
+def geography_table() -> dict[str, tuple[str, str]]:
+    """The published practice -> (PCN, locality) table, as a reader has it."""
+    path = POLICIES_DIR / "geography.csv"
+    if not path.exists():
+        return {}
+    lines = [line for line in path.read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    return {row["practice"]: (row["pcn"], row["locality"]) for row in csv.DictReader(lines)}
+
+
+def six_practices() -> list[str]:
+    """Six practices of two PCNs of the geography table (B86001-6 if there is none)."""
+    table = geography_table()
+    if not table:
+        return [f"B8600{i}" for i in range(1, 7)]
+    by_pcn: dict[str, list[str]] = {}
+    for practice, (pcn, _) in sorted(table.items()):
+        by_pcn.setdefault(pcn, []).append(practice)
+    first, second = sorted(by_pcn)[:2]
+    return by_pcn[first][:3] + by_pcn[second][:3]
+
+
+def population(practices: list[str], seed: int = 11) -> list[dict]:
+    """Synthetic persons: practice, tier, age band, sex and conditions, drawn at random."""
+    rng = np.random.default_rng(seed)
+    people = []
+    for practice in practices:
+        for _ in range(int(rng.integers(40, 110))):
+            people.append({
+                "practice": practice,
+                "tier": TIERS[rng.choice(4, p=[0.02, 0.06, 0.17, 0.75])],
+                "age_band": AGE_BANDS[rng.choice(6, p=[0.2, 0.3, 0.25, 0.1, 0.1, 0.05])],
+                "sex": SEXES[rng.integers(0, 2)],
+                "conditions": [c for c, p in zip(CONDITIONS, (0.08, 0.12, 0.04), strict=True)
+                               if rng.random() < p]})
+    return people
+
+
+def serve(world: World, people: list[dict], run_id: str = "score-disclosure") -> list[str]:
+    """Make `people` the current run; returns their person keys."""
+    keys = [f"P{n:020x}" for n in range(len(people))]
+    rows = score_rows(keys, [p["practice"] for p in people])
+    rng = np.random.default_rng(5)
+    rows["probability"] = np.round(rng.uniform(0.001, 0.95, len(people)), 4)
+    for column in ("tier", "age_band", "sex"):
+        rows[column] = [p[column] for p in people]
+    rows["conditions"] = [";".join(p["conditions"]) for p in people]
+    write_score_run(world.haven, rows, run_id=run_id,
+                    when=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5))
+    return keys
+
+
+# -- the anonymous tier: published aggregates ------------------------------------------------
+class Attacker:
+    """Someone holding every answer the aggregate endpoint gave, who knows the practices, the
+    geography table, the categories and the suppression rule, and solves for persons per
+    (practice, tier, age band, sex, set of conditions): non-negative integers that must fit
+    every figure published (a shown count within its rounding, an omitted cell zero)."""
+
+    def __init__(self, practices: list[str]) -> None:
+        self.geography = geography_table()
+        self.atoms = list(itertools.product(practices, TIERS, AGE_BANDS, SEXES,
+                                            range(1 << len(CONDITIONS))))
+        self.rows: list[np.ndarray] = []
+        self.lower: list[float] = []
+        self.upper: list[float] = []
+        self.targets: dict[bytes, tuple[np.ndarray, str]] = {}
+
+    def unit(self, level: str, practice: str) -> str:
+        if level == "practice":
+            return practice
+        pcn, locality = self.geography.get(practice, ("unknown", "unknown"))
+        return pcn if level == "pcn" else locality
+
+    @property
+    def columns(self) -> dict[str, np.ndarray]:
+        """Each atom's practice, PCN, locality, tier, age band and sex (and condition bits)."""
+        if not hasattr(self, "_columns"):
+            practices = [a[0] for a in self.atoms]
+            self._columns = {
+                "practice": np.array(practices),
+                "pcn": np.array([self.unit("pcn", p) for p in practices]),
+                "locality": np.array([self.unit("locality", p) for p in practices]),
+                **{name: np.array([a[i] for a in self.atoms])
+                   for i, name in ((1, "tier"), (2, "age_band"), (3, "sex"))},
+                "bits": np.array([a[4] for a in self.atoms])}
+        return self._columns
+
+    def has(self, condition: str) -> np.ndarray:
+        return (self.columns["bits"] >> CONDITIONS.index(condition) & 1).astype(bool) \
+            if condition in CONDITIONS else np.zeros(len(self.atoms), dtype=bool)
+
+    def weights(self, labels: dict[str, str], filters: dict[str, list[str]],
+                mentions: bool) -> np.ndarray:
+        """How much each atom adds to a figure with these labels, under these filters."""
+        columns = self.columns
+        keep = np.ones(len(self.atoms), dtype=bool)
+        for name, values in filters.items():
+            if name == "condition":
+                keep &= np.any([self.has(c) for c in values], axis=0)
+            else:
+                keep &= np.isin(columns[name], values)
+        for name, value in labels.items():
+            if name != "condition":
+                keep &= columns[name] == value
+        if "condition" in labels:
+            return (keep & self.has(labels["condition"])).astype(float)
+        if mentions:
+            return keep * sum(self.has(c).astype(float) for c in CONDITIONS)
+        return keep.astype(float)
+
+    def read(self, answer: dict) -> None:
+        by, filters = answer["by"], answer.get("filters", {})
+        mentions = "condition" in by
+        rounded = answer["rule"]["rounded_to"]
+        low, high = (int(x) for x in answer["rule"]["suppressed"].split("-"))
+        figures = [(cell, {d: cell[d] for d in by}) for cell in answer["cells"]]
+        for name, entries in answer["margins"].items():
+            figures += [(entry, {name: entry[name]}) for entry in entries]
+        figures.append((answer["total"], {}))
+        listed = {tuple(labels.get(d) for d in by) for _, labels in figures[:len(
+            answer["cells"])]}
+        vocabulary = {"tier": TIERS, "age_band": AGE_BANDS, "sex": SEXES,
+                      "condition": CONDITIONS}
+        spaces = [vocabulary.get(d) or sorted({self.unit(d, a[0]) for a in self.atoms})
+                  for d in by]
+        for combination in itertools.product(*spaces):  # omitted cells are zero
+            if combination not in listed:
+                self.constrain(self.weights(dict(zip(by, combination, strict=True)),
+                                            filters, mentions), 0, 0)
+        for figure, labels in figures:
+            weights = self.weights(labels, filters, mentions)
+            if not weights.any():
+                continue
+            if figure["suppressed"]:
+                self.targets.setdefault(weights.tobytes(), (weights, json.dumps(
+                    {**labels, **{f"filter {k}": v for k, v in filters.items()}})))
+                continue
+            shown = figure["count"]
+            values = [c for c in range(max(0, math.ceil(shown - rounded / 2)),
+                                       math.ceil(shown + rounded / 2))
+                      if not low <= c <= high]
+            self.constrain(weights, min(values), max(values))
+
+    def constrain(self, weights: np.ndarray, lower: float, upper: float) -> None:
+        self.rows.append(weights)
+        self.lower.append(lower)
+        self.upper.append(upper)
+
+    def solved(self, truth: np.ndarray, enough: int = 3) -> list[tuple[str, int]]:
+        """Suppressed figures whose value every solution agrees on, up to `enough` of them
+        (found exactly: integer programmes push the undecided figures up and down from the
+        true persons, which fit)."""
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
+        matrix = np.array(self.rows)
+        assert np.all(matrix @ truth >= np.array(self.lower))  # the true persons fit
+        assert np.all(matrix @ truth <= np.array(self.upper))
+        fits = LinearConstraint(matrix, self.lower, self.upper)
+        n = len(self.atoms)
+        box = Bounds(np.zeros(n), np.full(n, truth.sum()))
+        targets = list(self.targets.values())
+        forms = np.array([w for w, _ in targets])
+        true_values = forms @ truth
+
+        def moved(objective: np.ndarray, among: set[int]) -> set[int]:
+            solution = milp(objective, constraints=fits, integrality=np.ones(n), bounds=box)
+            assert solution.success
+            values = forms @ solution.x
+            return {t for t in among if abs(values[t] - true_values[t]) > 0.5}
+
+        undecided = set(range(len(targets)))
+        progress = True
+        while undecided and progress:
+            progress = False
+            for sign in (-1.0, 1.0):
+                free = moved(sign * forms[sorted(undecided)].sum(axis=0), undecided)
+                undecided -= free
+                progress = progress or bool(free)
+        solved = []
+        for t in sorted(undecided):
+            if len(solved) < enough and not moved(forms[t], {t}) and not moved(-forms[t], {t}):
+                solved.append((targets[t][1], int(true_values[t])))
+        return solved
+
+
+def test_suppressed_aggregates_cannot_be_solved_by_differencing(world: World) -> None:
+    """Promise: no suppressed count of a published aggregate can be worked out from any
+    number of aggregate answers (overlapping practice sets, filters, every geography)."""
+    practices = six_practices()
+    people = population(practices)
+    serve(world, people)
+    attacker = Attacker(practices)
+    truth = np.zeros(len(attacker.atoms))
+    position = {atom: i for i, atom in enumerate(attacker.atoms)}
+    for p in people:
+        bits = sum(1 << CONDITIONS.index(c) for c in p["conditions"])
+        truth[position[(p["practice"], p["tier"], p["age_band"], p["sex"], bits)]] += 1
+    queries = []
+    for size in range(1, len(practices) + 1):  # every set of the six practices
+        for chosen in itertools.combinations(practices, size):
+            queries.append("by=tier&" + "&".join(f"practice={p}" for p in chosen))
+    queries += ["by=practice&by=tier", "by=practice&by=age_band", "by=tier&by=sex",
+                "by=tier&by=age_band", "by=tier&by=condition"]
+    queries += [f"by=tier&practice={p}&sex={s}" for p in practices for s in SEXES]
+    queries += [f"by={d}&geography={g}" for d in ("tier", "age_band", "sex", "condition")
+                for g in ("area", "locality", "pcn", "practice")]
+    refused = 0
+    for query in queries:
+        response = world.call("analyst", "GET", f"/aggregates?{query}")
+        if response.status_code != 200:
+            refused += 1
+            continue
+        attacker.read(response.json())
+    assert attacker.targets, "nothing was suppressed: the attack proves nothing"
+    solved = attacker.solved(truth)
+    assert solved == [], f"suppressed figures solved (labels, true count): {solved}"
+    assert refused >= 63 + 5 + 12  # practice sets, two dimensions and filters are refused
+
