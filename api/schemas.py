@@ -230,7 +230,10 @@ class Export(BaseModel):
     model_config = example({"export_id": "exp-20250402-5e6f7a8b", "recipient": "RR8",
                             "format": "csv", "rows": 1043, "run_id":
                             "score-2025-04-01-9a1c2e3f4b5d", "sha256": "9f86d08...",
-                            "created_at": "2025-04-02T09:20:00+00:00", "org": "X26"})
+                            "created_at": "2025-04-02T09:20:00+00:00", "org": "X26",
+                            "columns": ["recipient_key", "tier", "probability_band",
+                                        "practice", "age_band", "sex", "conditions_count"],
+                            "k": 10})
     export_id: str
     recipient: str
     format: str
@@ -241,6 +244,10 @@ class Export(BaseModel):
     org: str
 
 
+    columns: list[str] | None = Field(None, description="The file's columns: only those the "
+                                                        "purpose needs (policies/release.json).")
+    k: int | None = Field(None, description="Every combination of the released columns is "
+                                            "shared by at least k persons of the file.")
 class AuditEntry(BaseModel):
     seq: int
     at: str

@@ -67,6 +67,7 @@ VALIDATORS = {
     "geography.csv": "governance.geography:validate_geography",
     "optout_purposes.csv": "governance.optouts:validate_purposes",
     "optout_senders.csv": "governance.optouts:validate_senders",
+    "release.json": "governance.release_rule:validate_release",
     "retention.csv": "governance.retention:validate_retention",
     "suppression.json": "governance.suppression:validate_rule",
 }

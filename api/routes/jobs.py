@@ -16,7 +16,9 @@ from api.jobs import JOB_ID, JobRefused
 from api.problems import Problem, responses
 from api.routes import current_release, example_response, ok
 from api.schemas import Export, ExportRequest, Job, ScoreJobRequest
+from api.scored_run import CONDITION_SOURCES
 from governance.audit import Actor
+from governance.release_rule import ReleaseRule
 
 router = APIRouter(tags=["jobs and exports"])
 JobId = Annotated[str, Path(pattern=JOB_ID.pattern, examples=["job-20250402091403-a1b2c3"])]
@@ -78,21 +80,32 @@ def job_status(job_id: JobId, access: Annotated[Access, Depends(authorise)]) -> 
 def create_export(body: ExportRequest,
                   access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     """Write the current run (optionally some tiers or one practice) as Parquet or CSV, with
-    the recipient's own pseudonyms in place of person keys."""
+    the recipient's own pseudonyms in place of person keys: only the columns the purpose
+    needs, coarsened until every combination is shared by k persons of the file
+    (`policies/release.json`; rows left in smaller groups are not written)."""
     release = current_release(access)
     rows = None
     if body.practice:
         rows = release.practice_rows.get(body.practice, np.empty(0, dtype=np.int64))
     selected = release.select(rows, tiers=body.tiers)
-    people = [present.person(r, access.visible_sources(r.get("gp_practice_code") or "-"))
-              for r in release.rows(selected)]
+    people = []
+    for row in release.rows(selected):
+        visible = access.visible_sources(row.get("gp_practice_code") or "-")
+        person = present.person(row, visible)
+        if not visible & CONDITION_SOURCES:
+            person["conditions"] = None  # not "none": unknown to this caller
+        people.append(person)
     principal = access.principal
-    description = exports.write(access.services.settings, access.services.keys, people,
+    services = access.services
+    description = exports.write(services.settings, services.keys, people,
                                 recipient=body.recipient, fmt=body.format,
-                                run_id=release.run_id, org=principal.org, user=principal.user)
+                                run_id=release.run_id, org=principal.org, user=principal.user,
+                                purpose=access.purpose,
+                                rule=ReleaseRule.load(engine=services.engine),
+                                geography=services.releases.geography())
     access.answered(len(people), export_id=description["export_id"], recipient=body.recipient,
                     format=body.format)
-    return ok({k: description[k] for k in Export.model_fields}, 201)
+    return ok({k: description.get(k) for k in Export.model_fields}, 201)
 
 
 def _own_export(access: Access, export_id: str) -> tuple[dict[str, Any], Any]:
@@ -110,7 +123,7 @@ def export_info(export_id: ExportId, access: Annotated[Access, Depends(authorise
     """Recipient, format, rows and SHA-256 of an export made by the caller's organisation."""
     description, _ = _own_export(access, export_id)
     access.answered(0)
-    return ok({k: description[k] for k in Export.model_fields})
+    return ok({k: description.get(k) for k in Export.model_fields})
 
 
 @router.get("/exports/{export_id}/file", summary="Download an export",

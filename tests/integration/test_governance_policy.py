@@ -58,6 +58,7 @@ def test_a_changed_table_is_in_force_and_audited(haven):
     ("suppression.json", '{"suppress_from": 0}', "suppress_from"),
     ("suppression.json", '{"round_to": "five"}', "invalid literal"),
     ("geography.csv", "practice,pcn,locality\nB86001,P1,L1\nB86001,P2,L1\n", "twice"),
+    ("release.json", shipped("release.json").replace('"k": 10', '"k": 1'), "at least 2"),
     ("optout_purposes.csv", "optout_type,purpose,sources,scope\ntype2,research,*,all\n",
      "unknown opt-out type"),
     ("optout_purposes.csv", "optout_type,purpose,sources,scope\nndoo,marketing,*,all\n",
@@ -80,8 +81,8 @@ def test_policy_commands(haven, tmp_path, capsys):
     env = environ(haven)
     assert main(["policy", "list"], env) == 0
     assert capsys.readouterr().out.split() == ["geography.csv", "optout_purposes.csv",
-                                               "optout_senders.csv", "retention.csv",
-                                               "suppression.json"]
+                                               "optout_senders.csv", "release.json",
+                                               "retention.csv", "suppression.json"]
     stricter = tmp_path / "suppression.json"
     stricter.write_text('{"suppress_from": 1, "suppress_to": 9, "round_to": 10}')
     assert main(["policy", "set", "suppression.json", str(stricter)], env) == 0

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import itertools
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -256,4 +258,50 @@ def test_suppressed_aggregates_cannot_be_solved_by_differencing(world: World) ->
     solved = attacker.solved(truth)
     assert solved == [], f"suppressed figures solved (labels, true count): {solved}"
     assert refused >= 63 + 5 + 12  # practice sets, two dimensions and filters are refused
+
+
+# -- the pseudonymised tier: exports for named recipients ------------------------------------
+def release_policy() -> dict:
+    """The shipped release rule (k, and the share of rows that may link one-to-one)."""
+    path = POLICIES_DIR / "release.json"
+    return json.loads(path.read_text()) if path.exists() else {"linkable_share": 0.0}
+
+
+def export(world: World, recipient: str, **selection: object) -> list[dict]:
+    made = world.call("super_user", "POST", "/exports",
+                      json={"recipient": recipient, "format": "csv", **selection})
+    assert made.status_code == 201, made.text
+    got = world.call("super_user", "GET", f"/exports/{made.json()['export_id']}/file")
+    return list(csv.DictReader(io.StringIO(got.text)))
+
+
+def linked_one_to_one(a: list[dict], b: list[dict]) -> int:
+    """Rows of `a` that join exactly one row of `b`, and it no other row of `a`, on every
+    column the two files share (the recipient's pseudonym differs by design and is left out)."""
+    shared = [c for c in a[0] if c in b[0] and c != "recipient_key"]
+    left = Counter(tuple(row[c] for c in shared) for row in a)
+    right = Counter(tuple(row[c] for c in shared) for row in b)
+    return sum(1 for values, n in left.items() if n == 1 and right.get(values) == 1)
+
+
+def test_two_recipients_exports_cannot_be_joined(world: World) -> None:
+    """Promise: two recipients' exports of the same run do not link one-to-one on the
+    columns they share beyond the share stated in policies/release.json (0)."""
+    practice, other = six_practices()[:2]
+    serve(world, population([practice] * 5 + [other] * 3, seed=3))
+    policy = release_policy()
+    pairs = [(export(world, "RR8", practice=practice), export(world, "RAJ", practice=practice)),
+             (export(world, "RR8"), export(world, "RAJ", practice=practice)),
+             (export(world, "RR8", tiers=["low", "moderate"]), export(world, "RAJ"))]
+    for first, second in pairs:
+        assert first and second, "an empty export proves nothing"
+        share = linked_one_to_one(first, second) / len(first)
+        shared = sorted(set(first[0]) & set(second[0]) - {"recipient_key"})
+        assert share <= policy["linkable_share"], \
+            f"{share:.0%} of rows link one-to-one on {shared}"
+    for rows in (row for pair in pairs for row in pair):
+        groups = Counter(tuple(v for c, v in row.items() if c != "recipient_key")
+                         for row in rows)
+        assert min(groups.values()) >= policy["k"]
+        assert not {"reasons", "sources", "probability", "change"} & set(rows[0])
 

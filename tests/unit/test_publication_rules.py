@@ -8,6 +8,7 @@ import pytest
 
 from governance import suppression
 from governance.geography import AREA, UNKNOWN, Geography, validate_geography
+from governance.release_rule import ReleaseRule, k_anonymise, validate_release
 from governance.suppression import Rule, exposed, protect, suppress_grid
 from policies import POLICIES_DIR
 
@@ -113,3 +114,59 @@ def test_a_geography_table_that_cannot_be_used_is_refused(text, says):
     with pytest.raises(ValueError, match=says):
         validate_geography(text)
 
+
+# -- record-level releases ---------------------------------------------------------------------
+def test_the_shipped_release_rule():
+    rule = ReleaseRule.load()
+    assert rule == ReleaseRule.load((POLICIES_DIR / "release.json").read_text())
+    validate_release((POLICIES_DIR / "release.json").read_text())
+    assert rule.k >= 2 and rule.linkable_share == 0.0
+    assert "probability_band" in rule.columns_for("commissioning")
+    assert rule.columns_for("research") == ()
+    assert [rule.band(p) for p in (0.0, 0.019, 0.02, 0.35, 0.99, 1.0, None, float("nan"))] == [
+        "0.00-0.02", "0.00-0.02", "0.02-0.05", "0.30-0.50", "0.50-1.00", "0.50-1.00",
+        "unknown", "unknown"]
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"k": 1}, "at least 2"),
+    ({"k": "ten"}, "needs k"),
+    ({"linkable_share": 1.5}, "a share"),
+    ({"probability_bands": [0.5, 0.2]}, "increasing"),
+    ({"probability_bands": [0.0, 0.2]}, "increasing"),
+    ({"columns": {"commissioning": ["reasons"]}}, "each once"),
+    ({"columns": {"commissioning": []}}, "at least one"),
+    ({"columns": {"commissioning": ["tier", "tier"]}}, "each once"),
+    ({"columns": ["tier"]}, "needs k"),
+])
+def test_a_release_rule_that_cannot_be_used_is_refused(change, says):
+    import json
+
+    data = {**json.loads((POLICIES_DIR / "release.json").read_text()), **change}
+    with pytest.raises(ValueError, match=says):
+        validate_release(json.dumps(data))
+    with pytest.raises(ValueError, match="not valid JSON"):
+        validate_release("{")
+    with pytest.raises(ValueError, match="JSON object"):
+        validate_release("[]")
+
+
+def test_k_anonymise_coarsens_small_groups_and_leaves_out_what_stays_small():
+    ladders = {"tier": [["high"] * 4 + ["low"] * 5],
+               "age": [["18-44", "18-44", "85+", "85+", "18-44", "18-44", "18-44", "45-64",
+                        "45-64"],
+                       ["0-44", "0-44", "75+", "75+", "0-44", "0-44", "0-44", "45-74",
+                        "45-74"],
+                       ["*"] * 9]}
+    released, keep = k_anonymise(ladders, [("age", 1), ("age", 2)], 2)
+    assert keep.all()  # every pair already shares its values: nothing coarsened
+    assert released["age"] == ladders["age"][0]
+    released, keep = k_anonymise(ladders, [("age", 1), ("age", 2)], 3)
+    # high: 2 x 18-44 and 2 x 85+ -> '*' gives one group of 4; low: 3 x 18-44 stays,
+    # the two 45-64 go to 45-74 (still 2), then '*' (still 2, apart from 18-44): left out.
+    assert released["age"][:4] == ["*"] * 4 and released["age"][4:7] == ["18-44"] * 3
+    assert keep.tolist() == [True] * 7 + [False] * 2
+    released, keep = k_anonymise(ladders, [], 3)  # nothing to coarsen: small groups left out
+    assert released["age"] == ladders["age"][0]
+    assert keep.tolist() == [False] * 4 + [True] * 3 + [False] * 2
+    assert k_anonymise({"tier": [[]]}, [("tier", 0)], 3)[1].tolist() == []
