@@ -27,7 +27,7 @@ from fastapi.routing import iter_route_contexts
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from api import problems
+from api import pages, problems
 from api.authz import AccessPolicy
 from api.config import ApiConfig
 from api.current_release import ReleaseStore
@@ -174,6 +174,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     problems.install(app)
     # Added first, so innermost: the gate must see the scope the router fills in (the route).
     app.add_middleware(BodyGate, limit=config.max_json_bytes)
+    pages.install(app)  # web pages: routes, sessions (outside the gate), error pages
     app.add_middleware(AuditMiddleware, writer=writer)
     app.openapi = _problem_openapi(app)  # type: ignore[method-assign]
     return app

@@ -15,6 +15,7 @@
       exports/<export_id>/          a release to a named recipient: export.json and the file
       jobs/<job_id>.json            state of a linkage or scoring job started through the API
       uploads/                      request bodies while an upload is being received
+      mdt/<practice>.jsonl          who an MDT marked reviewed at a meeting (person keys, dates)
 
 Destruction (governance.retention) and every stage find their files through `Layout`, so a
 reviewer can see in one sitting what the data directory can hold.
@@ -145,3 +146,10 @@ class Layout:
     @property
     def uploads_dir(self) -> Path:
         return self.home / "uploads"
+
+    @property
+    def mdt_reviews_dir(self) -> Path:
+        return self.home / "mdt"
+
+    def mdt_reviews(self, practice: str) -> Path:
+        return self.mdt_reviews_dir / f"{practice}.jsonl"

@@ -22,7 +22,7 @@ from linkage.landing.land import LandingContext
 from pipeline.context import Context as Haven
 
 POSTGRES_URL = os.environ.get("HAVEN_TEST_POSTGRES_URL", "")
-KINDS = ("unit", "integration", "api", "acceptance", "security")
+KINDS = ("unit", "integration", "api", "acceptance", "security", "browser")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
