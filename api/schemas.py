@@ -115,14 +115,13 @@ class Aggregate(BaseModel):
 
 class RunInfo(BaseModel):
     model_config = example({"run_id": "score-2025-04-01-9a1c2e3f4b5d", "at": "2025-04-01",
-                            "model": "boosting", "model_version": "1.0", "persons": 19412,
-                            "withheld_for_optouts": 3})
+                            "model": "boosting", "model_version": "1.0", "persons": 19412})
     run_id: str
     at: str
     model: str
     model_version: str
-    persons: int
-    withheld_for_optouts: int
+    persons: int = Field(description="Persons the run scored (opt-outs that arrived since are "
+                                     "withheld from every answer, and not counted here).")
 
 
 class ReidentifyRequest(BaseModel):
@@ -242,12 +241,12 @@ class Export(BaseModel):
     sha256: str
     created_at: str
     org: str
-
-
     columns: list[str] | None = Field(None, description="The file's columns: only those the "
                                                         "purpose needs (policies/release.json).")
     k: int | None = Field(None, description="Every combination of the released columns is "
                                             "shared by at least k persons of the file.")
+
+
 class AuditEntry(BaseModel):
     seq: int
     at: str

@@ -104,7 +104,13 @@ class Release:
 
     @property
     def persons(self) -> int:
+        """Persons served (less those withheld since the run was scored)."""
         return len(self.everyone)
+
+    @property
+    def scored(self) -> int:
+        """Persons the run scored: unchanged by opt-outs that arrive after it."""
+        return len(self.tier)
 
     @cached_property
     def everyone(self) -> np.ndarray:

@@ -243,8 +243,11 @@ async def aggregates(
             responses={200: example_response(RunInfo), **responses(401, 403, 409)})
 @permission("run", "read")
 def run_info(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
-    """Which run answers the risk endpoints: its date, model and size."""
+    """Which run answers the risk endpoints: its date, model and size (persons scored).
+
+    Nothing here moves when an opt-out arrives after the run: how many it withholds since,
+    or the size less them, would show a single withdrawal, and beside a list read before it,
+    whose. The IG lead's opt-out report counts them (`GET /optouts/report`)."""
     release = current_release(access)
     return ok({"run_id": release.run_id, "at": release.at, "model": release.model,
-               "model_version": release.model_version, "persons": release.persons,
-               "withheld_for_optouts": len(release.withheld)})
+               "model_version": release.model_version, "persons": release.scored})

@@ -19,7 +19,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from api_matrix import World, build_world, score_rows, write_score_run
+from api_matrix import (
+    OWN_PRACTICE,
+    World,
+    build_world,
+    land_optout,
+    score_rows,
+    write_score_run,
+)
 
 from policies import POLICIES_DIR
 
@@ -304,4 +311,15 @@ def test_two_recipients_exports_cannot_be_joined(world: World) -> None:
                          for row in rows)
         assert min(groups.values()) >= policy["k"]
         assert not {"reasons", "sources", "probability", "change"} & set(rows[0])
+
+
+# -- small figures in other fields ------------------------------------------------------------
+def test_one_late_opt_out_does_not_show_in_the_run_description(world: World) -> None:
+    """Promise: one opt-out arriving after the run changes nothing `GET /runs/current` says to
+    any role, so a single withdrawal (and, beside a list read before, whose) is not visible."""
+    roles = ("analyst", "super_user", "mdt_clinician")
+    before = {role: world.call(role, "GET", "/runs/current").json() for role in roles}
+    land_optout(world, world.keys_in(OWN_PRACTICE)[0], "type1")  # every purpose but care
+    after = {role: world.call(role, "GET", "/runs/current").json() for role in roles}
+    assert after == before
 
