@@ -109,6 +109,14 @@ def parse_coverage(text_rows: Iterable[dict[str, str]]) -> list[Coverage]:
     return out
 
 
+def coverage_rows(rules: Sequence[Coverage]) -> list[dict[str, str]]:
+    """`rules` as policy-table rows (what `parse_coverage` reads back), e.g. to record the
+    table a run applied."""
+    return [{"optout_type": r.optout_type, "purpose": r.purpose,
+             "sources": "*" if r.sources is None else ";".join(sorted(r.sources)),
+             "scope": "sender" if r.sender_scope else "all"} for r in rules]
+
+
 def coverage(engine: Engine | None = None) -> list[Coverage]:
     """The policy table in force (an IG lead's override, else the shipped default)."""
     return parse_coverage(read_table(POLICY, engine))
@@ -162,20 +170,29 @@ def set_purposes(engine: Engine, content: str, actor: Actor) -> dict[str, Any]:
     return set_policy(engine, POLICY, content, actor)
 
 
-def active_optouts(engine: Engine, at: dt.date,
-                   rules: Sequence[Coverage] | None = None) -> pd.DataFrame:
+def register_extracts(engine: Engine) -> list[str]:
+    """The extracts the register holds rows of now (a run records them: what it applied)."""
+    with engine.connect() as connection:
+        return sorted(connection.scalars(select(optouts.c.extract_id).distinct()))
+
+
+def active_optouts(engine: Engine, at: dt.date, rules: Sequence[Coverage] | None = None,
+                   register: Sequence[str] | None = None) -> pd.DataFrame:
     """Opt-outs in force on `at`: person_id, optout_type, sender, effective_date.
 
     One row per person and type (and sender, for sender-scoped types); see the module
-    docstring for which register row wins.
+    docstring for which register row wins. `register`: only rows of these extracts (the
+    register as it was when a run read it), else every row.
     """
     rules = coverage(engine) if rules is None else rules
     scoped = sorted({r.optout_type for r in rules if r.sender_scope})
+    query = select(optouts.c.person_id, optouts.c.optout_type, optouts.c.sender,
+                   optouts.c.effective_date, optouts.c.withdrawn).where(
+        optouts.c.effective_date <= at)
+    if register is not None:
+        query = query.where(optouts.c.extract_id.in_(list(register)))
     with engine.connect() as connection:
-        rows = connection.execute(select(
-            optouts.c.person_id, optouts.c.optout_type, optouts.c.sender,
-            optouts.c.effective_date, optouts.c.withdrawn)
-            .where(optouts.c.effective_date <= at)).all()
+        rows = connection.execute(query).all()
     columns = ["person_id", "optout_type", "sender", "effective_date"]
     frame = pd.DataFrame(rows, columns=[*columns, "withdrawn"])
     if frame.empty:
@@ -374,11 +391,16 @@ def landing_exclusion(engine: Engine, today: dt.date | None = None
     return exclude
 
 
-def purpose_filter(engine: Engine, purpose: str, at: dt.date) -> RowFilter:
-    """For a stage: given a source's rows (person_id, sender), the rows `purpose` may use."""
+def purpose_filter(engine: Engine, purpose: str, at: dt.date,
+                   rules: Sequence[Coverage] | None = None,
+                   register: Sequence[str] | None = None) -> RowFilter:
+    """For a stage: given a source's rows (person_id, sender), the rows `purpose` may use,
+    by the opt-outs in force on `at` (the day of use: an opt-out in force then covers the
+    person's history before it too). `rules` and `register` fix the policy table and the
+    register extracts to apply (what a run records it applied); default: as they are now."""
     _check_purpose(purpose)
-    rules = coverage(engine)
-    live = active_optouts(engine, at, rules)
+    rules = coverage(engine) if rules is None else rules
+    live = active_optouts(engine, at, rules, register)
     care_senders = _social_care_senders(engine)
 
     def keep(frame: pd.DataFrame, source: str) -> pd.Series:

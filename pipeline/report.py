@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 
 from governance import audit, optouts
 from linkage.linked_view import load_sources
 from pipeline.context import Context
 from pipeline.score import NoScoreRun
-from pipeline.serving import serving_run
+from pipeline.serving import complete_run, serving_run, withheld_person_keys
 from stratify.evaluate import evaluate
 from stratify.report import write_report
 from stratify.scoring import load_run
@@ -16,18 +18,24 @@ from stratify.scoring import load_run
 
 def model_report(ctx: Context, run_id: str | None = None, out: Path | None = None) -> Path:
     """Evaluate `run_id` (default: the run serving commissioning) from landed data and write
-    Markdown and plots to `out` (default: the run's report folder); returns the report path."""
-    if run_id is None:
-        serving = serving_run(ctx.engine, "commissioning")
-        if serving is None:
-            raise NoScoreRun("no score run yet: run `haven score` first")
-        run_id = serving.run_id
+    Markdown and plots to `out` (default: the run's report folder); returns the report path.
+
+    Like every release, the evaluation follows the opt-outs in force now: outcomes are read
+    from what the run's purpose may use today, and persons the run must withhold now
+    (pipeline.serving) are left out of every figure."""
+    serving = serving_run(ctx.engine, "commissioning") if run_id is None \
+        else complete_run(ctx.engine, run_id)
+    if serving is None:
+        raise NoScoreRun(f"no complete score run {run_id}" if run_id else
+                         "no score run yet: run `haven score` first")
+    run_id = serving.run_id
     run = load_run(ctx.settings.layout.run(run_id))
-    sources = load_sources(ctx.settings, ctx.engine,
-                           row_filter=optouts.purpose_filter(ctx.engine, "commissioning",
-                                                             run.at))
+    withheld = withheld_person_keys(ctx.settings, ctx.engine, serving.purpose, serving)
+    run = replace(run, scores=run.scores[~run.scores["person_key"].isin(withheld)])
+    sources = load_sources(ctx.settings, ctx.engine, row_filter=optouts.purpose_filter(
+        ctx.engine, serving.purpose, dt.datetime.now(dt.UTC).date()))
     evaluation = evaluate(run, sources)
     path = write_report(evaluation, out or ctx.settings.layout.report(run_id), run=run)
     audit.log(ctx.engine, ctx.actor, "model.report", f"run/{run_id}",
-              n_records=int(len(run.scores)), purpose="commissioning")
+              n_records=int(len(run.scores)), purpose=serving.purpose)
     return path

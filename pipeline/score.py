@@ -15,7 +15,7 @@ from governance import audit, optouts
 from governance.schema import runs
 from linkage.linked_view import load_sources
 from pipeline.context import Context, Progress, quiet
-from pipeline.serving import serving_run, withheld_person_keys
+from pipeline.serving import optouts_applied, serving_run, withheld_person_keys
 from stratify.catalogue import FEATURES
 from stratify.scoring import UnknownModel, save_run
 from stratify.scoring import score as score_persons
@@ -53,13 +53,17 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
           model: str | None = None, progress: Progress = quiet) -> ScoreResult:
     """Score everyone at `at` for `purpose` and record the run.
 
-    Rows the purpose may not use (by the opt-out policy table) are left out before anything is
-    read by the model. `model` overrides the candidate chosen on validation (rule, logistic,
-    boosting or blend); an unknown name raises UnknownModel.
+    Rows the purpose may not use are left out before anything is read by the model: by the
+    opt-outs in force now (the moment of use), not on `at`, so an early `at` brings back no
+    one's history; what was applied is recorded with the run (pipeline.serving). `model`
+    overrides the candidate chosen on validation (rule, logistic, boosting or blend); an
+    unknown name raises UnknownModel.
     """
     progress(f"reading linked, pseudonymised data for {at.isoformat()} ({purpose})")
-    sources = load_sources(ctx.settings, ctx.engine,
-                           row_filter=optouts.purpose_filter(ctx.engine, purpose, at))
+    applied = optouts_applied(ctx.engine)
+    sources = load_sources(ctx.settings, ctx.engine, row_filter=optouts.purpose_filter(
+        ctx.engine, purpose, dt.date.fromisoformat(applied["in_force_on"]),
+        optouts.parse_coverage(applied["policy"]), applied["register"]))
     if not any(len(frame) for frame in sources.values()):
         raise NothingToScore("nothing landed and linked to score: land extracts and run "
                              "`haven link`")
@@ -81,7 +85,8 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
                                        "purpose": purpose,
                                        "model_version": run.model_version,
                                        "persons": int(len(run.scores)),
-                                       "thresholds": run.thresholds}))
+                                       "thresholds": run.thresholds,
+                                       "optouts": applied}))
         audit.record(connection, ctx.actor, "score.run", f"run/{run.run_id}",
                      n_records=int(len(run.scores)), purpose=purpose,
                      detail={"model": run.model, "extracts": len(used),

@@ -5,6 +5,15 @@ The command-line export, the API's lists and aggregates, FHIR and recipient expo
 it; a case-finding caller may be answered from a commissioning run while the opt-out policy
 makes commissioning leave out at least as much. `withheld_person_keys` names the persons the
 run must not show for the purpose, by the opt-outs in force (governance.optouts).
+
+The rule: the opt-outs in force at the moment of use decide what is used and released,
+whatever date a model is scored at. A run records what it applied (`optouts_applied`: the day
+whose opt-outs it honoured, the register extracts it read and the policy table); an opt-out in
+force now that the run did not apply (it arrived later, came into force later, or the table
+now makes it cover more) withholds its person from everything the run answers, until a run
+scored after it. Where the opt-out covers only some sources for the purpose (type 1: GP
+data), the person is withheld when the run used any of those sources for them: their
+probability and reasons rest on that data.
 """
 
 from __future__ import annotations
@@ -13,6 +22,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from sqlalchemy import Engine, func, select
 
 from governance import optouts
@@ -63,11 +76,13 @@ def runs_for(purpose: str, rules: list[optouts.Coverage]) -> list[str]:
 
 
 def optout_mark(engine: Engine) -> tuple:
-    """Changes whenever the opt-out register does (for caches of what a run withholds)."""
+    """Changes whenever what a run withholds may (for caches of it): the register, the
+    opt-out policy table, and the day (a dated opt-out comes into force)."""
     with engine.connect() as connection:
-        return tuple(connection.execute(select(
+        register = tuple(connection.execute(select(
             func.count(), func.max(optout_register.c.extract_id),
             func.min(optout_register.c.extract_id))).one())
+    return (*register, tuple(optouts.coverage(engine)), _today())
 
 
 def serving_run(engine: Engine, purpose: str) -> ServingRun | None:
@@ -85,28 +100,88 @@ def serving_run(engine: Engine, purpose: str) -> ServingRun | None:
     return None
 
 
-def withheld_person_ids(engine: Engine, purpose: str, scored_at: dt.datetime,
-                        today: dt.date | None = None) -> set[str]:
-    """Pseudonyms with an opt-out covering `purpose` in force that arrived after the run was
-    scored (those known before were applied when it was scored)."""
-    rules = optouts.coverage(engine)
-    types = set(_covered_types(rules, purpose))
-    live = optouts.active_optouts(engine, today or dt.datetime.now(dt.UTC).date())
-    live = live[live["optout_type"].isin(types)]
-    if live.empty:
-        return set()
-    if scored_at.tzinfo is None:
-        scored_at = scored_at.replace(tzinfo=dt.UTC)
+def complete_run(engine: Engine, run_id: str) -> ServingRun | None:
+    """A complete score run by id (None when there is none, or it was voided)."""
     with engine.connect() as connection:
-        arrived = connection.execute(
-            select(optout_register.c.person_id, optout_register.c.optout_type,
-                   extracts.c.received_at)
-            .join(extracts, extracts.c.extract_id == optout_register.c.extract_id)
-            .where(optout_register.c.optout_type.in_(sorted(types)))).all()
-    late = {(p, k) for p, k, at in arrived
-            if (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) >= scored_at}
-    return {p for p, k in zip(live["person_id"], live["optout_type"], strict=True)
-            if (p, k) in late}
+        found = connection.execute(select(runs.c.run_id, runs.c.at, runs.c.summary).where(
+            runs.c.run_id == run_id, runs.c.kind == "score",
+            runs.c.status == "complete")).first()
+    return None if found is None else ServingRun(found.run_id, found.at,
+                                                 dict(found.summary or {}))
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def optouts_applied(engine: Engine, at: dt.date | None = None) -> dict[str, Any]:
+    """What a run scored now applies, to record with it: the opt-outs in force on `at`
+    (default today: the moment of use, whatever date the model is scored at), from the
+    register extracts held now, by the policy table in force now."""
+    return {"in_force_on": (at or _today()).isoformat(),
+            "register": optouts.register_extracts(engine),
+            "policy": optouts.coverage_rows(optouts.coverage(engine))}
+
+
+def applied_by(engine: Engine, run: ServingRun) -> dict[str, Any]:
+    """What `run` applied (its record; for a run scored before runs recorded it: the opt-outs
+    in force on its reference date, from the register extracts received before it was scored,
+    by today's policy table)."""
+    recorded = run.summary.get("optouts")
+    if recorded:
+        return recorded
+    scored_at = run.scored_at if run.scored_at.tzinfo else run.scored_at.replace(tzinfo=dt.UTC)
+    with engine.connect() as connection:
+        received = connection.execute(
+            select(optout_register.c.extract_id, extracts.c.received_at).distinct()
+            .join(extracts, extracts.c.extract_id == optout_register.c.extract_id)).all()
+    return {"in_force_on": str(run.summary.get("at") or scored_at.date().isoformat()),
+            "register": sorted(e for e, at in received
+                               if (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) < scored_at),
+            "policy": optouts.coverage_rows(optouts.coverage(engine))}
+
+
+def _applies(then: list[optouts.Coverage], rule: optouts.Coverage) -> bool:
+    """Did a run that applied `then` (its own purpose's rules) leave out all `rule` covers?"""
+    return any(t.optout_type == rule.optout_type and (
+        t.sources is None or (rule.sources is not None and rule.sources <= t.sources))
+        and (rule.sender_scope or not t.sender_scope) for t in then)
+
+
+def withheld_person_ids(engine: Engine, purpose: str, run: ServingRun,
+                        today: dt.date | None = None) -> dict[str, frozenset[str] | None]:
+    """Pseudonyms with an opt-out covering `purpose` in force `today` that `run` did not
+    apply, each with the sources those opt-outs take from `purpose` (None: every source)."""
+    rules = optouts.coverage(engine)
+    mine = [r for r in rules if r.purpose == purpose]
+    live = optouts.active_optouts(engine, today or _today(), rules)
+    live = live[live["optout_type"].isin({r.optout_type for r in mine})]
+    if live.empty:
+        return {}
+    record = applied_by(engine, run)
+    policy = optouts.parse_coverage(record["policy"])
+    then = optouts.active_optouts(engine, dt.date.fromisoformat(record["in_force_on"]),
+                                  policy, record["register"])
+    scoped = {r.optout_type for r in rules if r.sender_scope}
+    was_scoped = {r.optout_type for r in policy if r.sender_scope}
+
+    def groups(frame: pd.DataFrame, by: set[str]) -> set[tuple[str, str, str]]:
+        return {(p, k, s if k in by else "") for p, k, s in
+                zip(frame["person_id"], frame["optout_type"], frame["sender"], strict=True)}
+
+    applied = groups(then, was_scoped)
+    run_rules = [t for t in policy if t.purpose == run.purpose]
+    covered = {k: [r for r in mine if r.optout_type == k] for k in set(live["optout_type"])}
+    out: dict[str, frozenset[str] | None] = {}
+    for person, kind, group in groups(live, scoped):
+        if (person, kind, group) in applied and all(_applies(run_rules, r)
+                                                    for r in covered[kind]):
+            continue
+        for rule in covered[kind]:
+            known = out.get(person, frozenset())
+            out[person] = None if known is None or rule.sources is None \
+                else known | rule.sources
+    return out
 
 
 def person_keys_of(settings: Settings, person_ids: set[str]) -> set[str]:
@@ -119,6 +194,35 @@ def person_keys_of(settings: Settings, person_ids: set[str]) -> set[str]:
 
 
 def withheld_person_keys(settings: Settings, engine: Engine, purpose: str,
-                         run: ServingRun) -> set[str]:
-    """Person keys `run` must not show for `purpose` now."""
-    return person_keys_of(settings, withheld_person_ids(engine, purpose, run.scored_at))
+                         run: ServingRun, today: dt.date | None = None) -> set[str]:
+    """Person keys `run` must not show for `purpose` now: those of `withheld_person_ids`,
+    where an opt-out covers some sources only, when the run used one of them for the person
+    (its `sources` column; withheld when the run does not say)."""
+    ids = withheld_person_ids(engine, purpose, run, today)
+    if not ids:
+        return set()
+    link = read_link_map(settings, columns=["person_id", "person_key"])
+    link = link[link["person_id"].isin(set(ids))].drop_duplicates()
+    covered: dict[str, frozenset[str] | None] = {}
+    for person, key in zip(link["person_id"], link["person_key"].astype(str), strict=True):
+        known, more = covered.get(key, frozenset()), ids[person]
+        covered[key] = None if known is None or more is None else known | more
+    partial = {k for k, sources in covered.items() if sources is not None}
+    if partial:
+        used = _sources_used(settings, run.run_id, partial)
+        partial = {k for k in partial if used.get(k) is not None
+                   and not (used[k] & covered[k])}  # type: ignore[operator]
+    return set(covered) - partial
+
+
+def _sources_used(settings: Settings, run_id: str, keys: set[str]) -> dict[str, frozenset[str]]:
+    """Per person key of `keys`, the sources `run_id` read for them (its `sources` column);
+    keys the run does not hold, or every key when it has no such column, are left out."""
+    path = settings.layout.run(run_id).scores
+    if not path.exists() or "sources" not in pq.read_schema(path).names:
+        return {}
+    table = pq.read_table(path, columns=["person_key", "sources"],
+                          filters=pc.field("person_key").isin(pa.array(sorted(keys))))
+    return {key: frozenset(s for s in (text or "").split(";") if s)
+            for key, text in zip(table.column("person_key").to_pylist(),
+                                 table.column("sources").to_pylist(), strict=True)}

@@ -7,8 +7,10 @@ import csv
 import datetime as dt
 import hashlib
 import io
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from api_matrix import (
     OTHER_PRACTICE,
@@ -16,17 +18,28 @@ from api_matrix import (
     World,
     build_world,
     land_optout,
+    score_rows,
+    write_score_run,
 )
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from factories import nhs_numbers, rows_for, write_extract
 from governance import optouts
 from governance.audit import SYSTEM
+from governance.keyed_hash import nhs_pseudonym
 from governance.policy_tables import policy_text, set_policy
-from governance.schema import audit_log
+from governance.reidentify import normalise
+from governance.schema import audit_log, runs
 from governance.schema import optouts as register
 from linkage.landing.contracts import CONTRACTS
+from pipeline import report as report_module
 from pipeline.land import land
+from pipeline.link import link
+from pipeline.person_keys import person_keys_of_ids
+from pipeline.report import model_report
+from pipeline.score import export_scores, score
+from pipeline.serving import ServingRun, optouts_applied, serving_run, withheld_person_keys
+from synth import generate
 
 COUNCIL = "E08000035"
 OTHER_COUNCIL = "E08000036"
@@ -212,3 +225,157 @@ def test_ig_lead_sees_and_changes_who_may_assert_opt_outs(world: World, tmp_path
     assert optouts.allowed_senders(world.haven.engine) == {"ndoo": frozenset({"X27"})}
     assert land_as(world, tmp_path / "c", COUNCIL, [
         (STRANGERS[1], "consent_withdrawn", "2024-01-01", "N")]).status == "refused"
+
+
+# ------------------------------------------------------------------------------------------
+# 2. Which opt-outs apply: those in force at the moment of use, whatever the score date
+# ------------------------------------------------------------------------------------------
+def numbers_in(path: Path) -> pd.Series:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)["nhs_number"].map(normalise)
+
+
+@pytest.mark.parametrize("backend", [""])  # one full pipeline run, on SQLite
+def test_scoring_applies_the_optouts_in_force_now_not_on_its_date(
+        haven, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Promise: a run uses no data an opt-out in force when it is scored covers, whatever
+    reference date it is scored at (an early date brings back no one's history), and the
+    export and the model report of a run leave out whoever it must withhold now."""
+    out = tmp_path / "synth"
+    generate(800, 11, out, progress=False)
+    at = dt.date.fromisoformat(json.loads((out / "truth" / "meta.json").read_text())[
+        "score_date"])
+    meds = pd.read_csv(out / "gp_medications.csv", dtype=str)
+    prescribed = set(meds.loc[meds["issue_date"] < at.isoformat(), "nhs_number"].map(normalise))
+    deaths = pd.read_csv(out / "deaths.csv", dtype=str)
+    died = set(deaths.loc[deaths["date_of_death"] < at.isoformat(), "nhs_number"].map(
+        normalise))
+    people = sorted(prescribed & set(numbers_in(out / "gp_patients.csv"))
+                    - set(numbers_in(out / "optouts.csv")) - died)
+    type1, ndoo, others = people[:10], people[10:20], people[20:]
+    assert len(others) > 100
+    assert all(r.status == "landed" for r in land(haven, out))
+    # In force since June 2025: after the reference date, before today. Sent before scoring.
+    assert land_as_haven(haven, tmp_path / "o1", "X26",
+                         [(n, "type1", "2025-06-01", "N") for n in type1]
+                         + [(n, "ndoo", "2025-06-01", "N") for n in ndoo]).status == "landed"
+    link(haven)
+    run_id = score(haven, at).run_id
+    key = haven.keys.current("pseudonym")
+
+    def keys_of(numbers: list[str]) -> set[str]:
+        return set(person_keys_of_ids(haven.settings, [nhs_pseudonym(key, n)
+                                                       for n in numbers]).values())
+
+    scored = set(pd.read_parquet(haven.settings.layout.run(run_id).scores)["person_key"])
+    objecting, rest = keys_of(type1 + ndoo), keys_of(others)  # (no number in a failure)
+    assert not scored & objecting  # their GP registration was not read at all
+    assert len(scored & rest) > 0.8 * len(others)
+    exported = tmp_path / "scores.csv"
+    export_scores(haven, exported)
+    assert not set(pd.read_csv(exported)["person_key"]) & objecting
+    # Two scored persons object later (dated before the run's date): the run must not show
+    # them, and its model report leaves them out too.
+    late = [n for n in others if keys_of([n]) & scored][:2]
+    late_keys = keys_of(late)
+    land_as_haven(haven, tmp_path / "o2", "X26", [(n, "type1", "2024-01-01", "N")
+                                                  for n in late])
+    export_scores(haven, exported)
+    assert not set(pd.read_csv(exported)["person_key"]) & late_keys
+    seen: dict[str, object] = {}
+    real = report_module.evaluate
+    monkeypatch.setattr(report_module, "evaluate", lambda run, sources: seen.update(
+        run=run, sources=sources) or real(run, sources))
+    model_report(haven, run_id, tmp_path / "report")
+    assert not set(seen["run"].scores["person_key"]) & late_keys
+    ids = {nhs_pseudonym(key, n) for n in late}
+    assert not set(seen["sources"]["gp_medications"]["person_id"]) & ids
+
+
+def later_run(world: World, sources: dict[str, str] | None = None,
+              record: dict | None = None) -> ServingRun:
+    """A run of every world person scored now (newest: it serves), at 2025-04-01; `record`:
+    what it says it applied (none: a run scored before runs recorded it)."""
+    keys = sorted(world.practice)
+    rows = score_rows(keys, [world.practice[k] for k in keys])
+    for key, text in (sources or {}).items():
+        rows.loc[rows["person_key"] == key, "sources"] = text
+    made = world.extra["later_runs"] = world.extra.get("later_runs", 0) + 1
+    run_id = write_score_run(world.haven, rows, run_id=f"score-2025-04-01-later{made}",
+                             when=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5 + made))
+    if record is not None:
+        with world.haven.engine.begin() as connection:
+            summary = dict(connection.scalar(select(runs.c.summary).where(
+                runs.c.run_id == run_id)))
+            connection.execute(update(runs).where(runs.c.run_id == run_id).values(
+                summary={**summary, "optouts": record}))
+    found = serving_run(world.haven.engine, "commissioning")
+    assert found is not None and found.run_id == run_id
+    return found
+
+
+def test_release_withholds_optouts_in_force_now_that_the_run_did_not_apply(
+        world: World, tmp_path: Path) -> None:
+    """Promise: what is released follows the opt-outs in force now: a national or type 1
+    opt-out the run did not apply (dated after its reference date, arrived after it, not yet
+    in force when scored, or covering more since) withholds the person from every answer of
+    the purposes it covers until a run scored after it."""
+    own = world.keys_in(OWN_PRACTICE)
+    t1, nd = own[:2]
+    # In force since June 2025 and landed before the run: the run (dated April) left them in.
+    land_as(world, tmp_path / "a", "X26", [(world.nhs[t1], "type1", "2025-06-01", "N"),
+                                           (world.nhs[nd], "ndoo", "2025-06-01", "N")])
+    run = later_run(world)
+    for key in (t1, nd):
+        assert world.call("analyst", "GET", f"/persons/{key}").status_code == 404
+    listed = {i["person_key"] for i in world.call(
+        "mdt_clinician", "GET", f"/practices/{OWN_PRACTICE}/case-finding?limit=500").json()[
+        "items"]}
+    assert t1 not in listed and nd in listed  # the national opt-out leaves individual care
+    unknown = world.call("mdt_clinician", "GET", "/persons/P" + "0" * 20 + "/fhir")
+    assert world.call("mdt_clinician", "GET", f"/persons/{t1}/fhir").status_code == \
+        unknown.status_code == 403  # as for a person nobody holds
+    engine, settings = world.haven.engine, world.haven.settings
+
+    def withheld(run: ServingRun, today: dt.date | None = None) -> set[str]:
+        return withheld_person_keys(settings, engine, "commissioning", run, today)
+
+    assert withheld(run) == {t1, nd}
+    # A run that recorded applying both (scored now, with that register and table) shows
+    # them; one whose register lacked the extract, or scored on the April date, does not.
+    applied = optouts_applied(engine)
+    assert withheld(later_run(world, record=applied)) == set()
+    assert withheld(later_run(world, record={**applied, "register": []})) == {t1, nd}
+    assert withheld(later_run(world, record={**applied, "in_force_on": "2025-04-01"})) == {
+        t1, nd}
+    # The IG lead widens type 1 to hospital data: the run applied less than now covers.
+    wider = policy_text("optout_purposes.csv").replace(
+        "type1,commissioning,gp_patients;gp_events;gp_medications,all",
+        "type1,commissioning,gp_patients;gp_events;gp_medications;apc,all")
+    set_policy(engine, "optout_purposes.csv", wider, SYSTEM)
+    assert withheld(later_run(world, record=applied)) == {t1}
+    # An opt-out dated in the future withholds from the day it is in force.
+    future = own[2]
+    land_as(world, tmp_path / "b", "X26", [(world.nhs[future], "ndoo", "2099-01-01", "N")])
+    run = later_run(world, record=optouts_applied(engine))
+    assert withheld(run) == set()
+    assert withheld(run, dt.date(2099, 1, 2)) == {future}
+
+
+def test_an_optout_of_some_sources_withholds_whom_the_run_read_them_for(
+        world: World, tmp_path: Path) -> None:
+    """Promise: where an opt-out covers only some sources for a purpose, a run that used one
+    of them for the person does not show the person at all (probability and reasons rest on
+    that data) until re-scored; a run that used none of them still may."""
+    carer, other = world.keys_in(OWN_PRACTICE)[:2]
+    run = later_run(world, sources={carer: "apc;gp_patients;social_care",
+                                    other: "apc;gp_patients"},
+                    record=optouts_applied(world.haven.engine))
+    land_as(world, tmp_path, COUNCIL, [(world.nhs[k], "consent_withdrawn", "2024-01-01", "N")
+                                       for k in (carer, other)])
+    for purpose in ("commissioning", "case_finding"):
+        assert withheld_person_keys(world.haven.settings, world.haven.engine, purpose,
+                                    run) == {carer}
+    listed = {i["person_key"] for i in world.call(
+        "mdt_clinician", "GET", f"/practices/{OWN_PRACTICE}/case-finding?limit=500").json()[
+        "items"]}
+    assert carer not in listed and other in listed
