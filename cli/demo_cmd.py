@@ -1,7 +1,7 @@
 """`haven demo`: the whole job on the embedded default, from synthetic extracts to the API.
 
 synthetic extracts -> land -> link -> score -> model report (pipeline.demo), then one demo user
-per role and the API.
+per role (a sign-in link each for the pages) and the API.
 """
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ def register(app: typer.Typer) -> None:
         environ = {"HAVEN_HOME": str(context.settings.home),
                    "HAVEN_DATABASE_URL": context.settings.database_url,
                    **context.settings.key_env}
+        from api.authz import AccessPolicy
+        from api.users import add_user
+
+        roles = AccessPolicy(context.engine, context.settings).roles()
+        pages = f"http://127.0.0.1:{port}/pages/"
+        console.print(f"Haven's pages: {pages}  (sign in with a token below; each link carries "
+                      "it after #, which the browser never sends to the server)")
         for name, org, role in demo_users():
-            main(["users", "add", name, "--org", org, "--role", role, "--replace"], environ)
+            token = add_user(context.engine, context.actor, name, org, [role], roles,
+                             replace=True)
+            console.print(f"  {role:<17} {name:<14} {pages}sign-in#token={token}",
+                          soft_wrap=True, highlight=False)
         main(["serve", "--port", str(port)], environ)
