@@ -5,15 +5,20 @@ A reason's group names the features it was phrased from (`stratify.catalogue`), 
 sources behind it; a reason drawn only from hidden sources is left out. Conditions come from GP
 events and hospital diagnoses: they are shown when either source is visible. Where a run holds
 no reason groups and some source is hidden, reasons are left out altogether (fail closed).
+
+A reason never states an age finer than the age band shown beside it, to any role: runs scored
+since the catalogue phrased age by its band say "aged 75-84" already, and a run scored before
+("aged 84") is shown the same way (`coarse_reason`).
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
 from api.authz import SOURCES
-from api.scored_run import CONDITION_SOURCES, DEMOGRAPHIC_GROUPS, TIER_RANK
+from api.scored_run import AGE_BANDS, CONDITION_SOURCES, DEMOGRAPHIC_GROUPS, TIER_RANK
 from pipeline.score import reason_group_sources
 
 ALL_SOURCES = frozenset(SOURCES)
@@ -21,6 +26,24 @@ FHIR_PERSON_KEY_SYSTEM = "https://haven.nhs.uk/Id/person-key"
 RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
 FHIR_RISK = {"very_high": "high", "high": "high", "moderate": "moderate", "low": "low"}
 OUTCOME = "emergency hospital admission within 12 months"
+EXACT_AGE = re.compile(r"\baged (\d+)\b(?![-+])")
+AGE_FROM = [(int(label.split("-")[0].rstrip("+")), label) for label in AGE_BANDS]
+
+
+def _band(match: re.Match) -> str:
+    age = int(match.group(1))
+    return "aged " + [label for lower, label in AGE_FROM if age >= lower][-1]
+
+
+def coarse_reason(reason: str) -> str:
+    """A reason with any exact age ("aged 84") given as its age band ("aged 75-84")."""
+    return EXACT_AGE.sub(_band, reason)
+
+
+@lru_cache(maxsize=8192)
+def _reasons(text: str | None) -> list[str]:
+    """A stored `; `-joined list of reasons, ages coarsened. Shared: never change it."""
+    return [coarse_reason(reason) for reason in text.split("; ")] if text else []
 
 
 @lru_cache(maxsize=1)
@@ -50,7 +73,7 @@ def needs_reason_groups(visible: frozenset[str]) -> bool:
 
 
 def visible_reasons(row: dict[str, Any], visible: frozenset[str]) -> list[str]:
-    reasons = _split(row.get("reasons"), "; ")
+    reasons = list(_reasons(row.get("reasons")))
     if not reasons or not needs_reason_groups(visible):
         return reasons
     hidden = _hidden_groups(visible)
@@ -130,7 +153,7 @@ def people(columns: dict[str, list[Any]], visible: frozenset[str], first_rank: i
             moved = TIER_RANK[tier] - TIER_RANK[before]
         else:
             moved = None
-        shown_reasons = _listed(reasons, None, "; ")
+        shown_reasons = _reasons(reasons)
         if shown_reasons and filter_reasons:
             own = [g[i] for g in groups[:len(shown_reasons)]]
             if hidden is None or len(own) < len(shown_reasons) or None in own:

@@ -14,6 +14,18 @@ from pathlib import Path
 from stratify import codelists
 
 HISTORY = "all history before the reference date (as far back as the training date's)"
+# The release age bands (lower bound, label): the finest age any role is shown, in a reason too.
+AGE_BANDS = ((0, "0-17"), (18, "18-44"), (45, "45-64"), (65, "65-74"), (75, "75-84"),
+             (85, "85+"))
+
+
+def age_band_label(age: float) -> str:
+    """The release age band of an age in years (`85+` from 85)."""
+    label = AGE_BANDS[0][1]
+    for lower, name in AGE_BANDS:
+        if age >= lower:
+            label = name
+    return label
 DAYS_CAP = 730  # "days since last ..." is capped at 2 years (also the value when never seen)
 YEARS_CAP = 20.0  # "years since first record" is capped at 20
 
@@ -45,6 +57,8 @@ class Feature:
             if value >= DAYS_CAP:
                 return self.phrase.split(" {")[0].replace("last ", "no ") + " in 2 years"
             return self.phrase.format(n=int(round(value)))
+        if self.kind == "age":  # never finer than the age band every role may see
+            return self.phrase.format(n=age_band_label(value))
         if self.kind == "years":
             return self.phrase.format(n=int(round(value)), s="" if round(value) == 1 else "s")
         n = round(value, 1) if self.kind == "number" else int(round(value))

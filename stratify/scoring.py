@@ -23,13 +23,12 @@ import pandas as pd
 
 from governance.layout import RunFiles
 from stratify import codelists, explain
+from stratify.catalogue import AGE_BANDS
 from stratify.features import _ts, connect, features_from
 from stratify.sources import extract_ids
 from stratify.tiers import assign, thresholds, tier_change
 from stratify.train import ModelBundle, train
 
-AGE_BANDS = ((0, "0-17"), (18, "18-44"), (45, "45-64"), (65, "65-74"), (75, "75-84"),
-             (85, "85+"))
 SOURCE_DATES = (("apc", "admission_date"), ("ae", "arrival_datetime"), ("op", "appointment_date"),
                 ("gp_events", "event_date"), ("gp_medications", "issue_date"),
                 ("community", "contact_date"), ("social_care", "start_date"))

@@ -15,6 +15,7 @@ import io
 import itertools
 import json
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -323,3 +324,33 @@ def test_one_late_opt_out_does_not_show_in_the_run_description(world: World) -> 
     after = {role: world.call(role, "GET", "/runs/current").json() for role in roles}
     assert after == before
 
+
+EXACT_AGE = re.compile(r"\baged \d+\b(?![-+])")
+
+
+def test_reasons_state_age_no_finer_than_the_age_band(world: World) -> None:
+    """Promise: no role is shown a person's age finer than their age band, in a reason
+    either: "aged 75-84", never "aged 84" (stored runs included)."""
+    from stratify.catalogue import BY_NAME
+
+    own = world.keys_in(OWN_PRACTICE)
+    shown: list[str] = []
+    for item in world.call("analyst", "GET", "/risk/persons?limit=500").json()["items"]:
+        shown += item["reasons"]
+    for item in world.call("mdt_clinician", "GET",
+                           f"/practices/{OWN_PRACTICE}/case-finding?limit=500").json()["items"]:
+        shown += item["reasons"]
+    for key in own:
+        for role in ("analyst", "mdt_clinician"):
+            shown += world.call(role, "GET", f"/persons/{key}").json()["reasons"]
+        fhir = world.call("mdt_clinician", "GET", f"/persons/{key}/fhir").json()
+        shown += [note["text"] for note in fhir.get("note", [])]
+    looked_up = world.call("mdt_clinician", "POST", "/reverse-lookup",
+                           json={"nhs_numbers": [world.nhs[own[0]]], "reason": "mdt_review"})
+    if looked_up.status_code == 200:
+        shown += looked_up.json()["items"][0]["person"]["reasons"]
+    for row in export(world, "RR8"):
+        shown += list(row.values())
+    assert any("aged" in reason for reason in shown), "no age was shown: nothing is tested"
+    assert [r for r in shown if EXACT_AGE.search(r)] == []  # a run scored before: shown banded
+    assert not EXACT_AGE.search(BY_NAME["age"].words(84.0))  # a run scored now: phrased banded
