@@ -142,9 +142,12 @@ class Reidentified(BaseModel):
 
 class ReverseLookupRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "nhs_numbers": ["999 000 1234"]}]})
+        "nhs_numbers": ["999 000 1234"], "reason": "mdt_review"}]})
     nhs_numbers: list[Annotated[str, Field(max_length=20)]] = Field(min_length=1,
                                                                      max_length=100)
+    reason: Literal["mdt_review", "care_planning", "clinical_follow_up", "safeguarding"] = Field(
+        description="Why these patients are looked up: a re-identification, with a reason "
+                    "from the same list as `POST /reidentify`.")
 
 
 class ReverseLookupItem(BaseModel):

@@ -7,7 +7,10 @@ with counts, the rule that decided it and the category of the reason, never an N
 (nor the reason's text, which could name someone).
 
 `lookup_by_nhs_numbers` turns NHS numbers a clinician already holds into pseudonyms, so the
-API can answer with those patients' risk without revealing anyone else.
+API can answer with those patients' risk without revealing anyone else. That answer ties a
+number to a person's pseudonymised record, so it is a re-identification too: `reverse_lookup`
+applies the same rules (purpose, reason, opt-outs covering case finding) and audits it the
+same way; a person opted out is left out of the answer exactly as a number nobody holds.
 """
 
 from __future__ import annotations
@@ -56,11 +59,23 @@ def reason_category(reason: str) -> str:
 
 
 def _record(engine: Engine, requester: Actor, n: int, outcome: str, rule: str,
-            reason: str) -> None:
+            reason: str, **more: str | int) -> None:
     audit.log(engine, requester, "reidentify", f"persons/{n}", n_records=n, outcome=outcome,
               purpose=requester.purpose,
               detail={"rule": rule, "reason_category": reason_category(reason),
-                      "reason_chars": len(reason)})
+                      "reason_chars": len(reason), **more})
+
+
+def _check_request(engine: Engine, requester: Actor, n: int, reason: str,
+                   **more: str | int) -> None:
+    """The rules every re-identification meets before anyone is looked at: the purpose and
+    a stated reason (refusals audited)."""
+    if requester.purpose != PURPOSE:
+        _record(engine, requester, n, "refused", "purpose", reason, **more)
+        raise Refused("purpose", f"re-identification is only for the {PURPOSE} purpose")
+    if len(reason) < MIN_REASON:
+        _record(engine, requester, n, "refused", "reason", reason, **more)
+        raise Refused("reason", f"a reason of at least {MIN_REASON} characters is required")
 
 
 def reidentify(engine: Engine, keys: KeyProvider, requester: Actor, person_ids: Sequence[str],
@@ -82,10 +97,7 @@ def reidentify(engine: Engine, keys: KeyProvider, requester: Actor, person_ids: 
         _record(engine, requester, n, "refused", rule, reason)
         return Refused(rule, message)
 
-    if requester.purpose != PURPOSE:
-        raise refuse("purpose", f"re-identification is only for the {PURPOSE} purpose")
-    if len(reason) < MIN_REASON:
-        raise refuse("reason", f"a reason of at least {MIN_REASON} characters is required")
+    _check_request(engine, requester, n, reason)
     if n == 0:
         raise refuse("empty", "no persons were named")
     elsewhere = sum(practice_of(p) != requester.org for p in person_ids)
@@ -101,6 +113,27 @@ def reidentify(engine: Engine, keys: KeyProvider, requester: Actor, person_ids: 
         raise refuse("not_found", f"{n - len(found)} of {n} persons are not in the vault")
     _record(engine, requester, n, "allowed", "ok", reason)
     return found
+
+
+def reverse_lookup(engine: Engine, requester: Actor, person_ids: Sequence[str], reason: str,
+                   at: dt.date | None = None) -> set[str]:
+    """Which of `person_ids` (pseudonyms of NHS numbers an MDT clinician holds, already
+    narrowed by the caller to persons listed for the requester's own practice) the answer may
+    name, or `Refused`.
+
+    The rules of `reidentify`: the requester acts for `case_finding` (`purpose`) with a
+    reason of at least MIN_REASON characters (`reason`). A person with an opt-out in force
+    covering case finding is left out, indistinguishable from a number nobody holds. Audited
+    as a re-identification (`reidentify`, `via: reverse_lookup`), with counts only.
+    """
+    reason = (reason or "").strip()
+    n = len(person_ids)
+    _check_request(engine, requester, n, reason, via="reverse_lookup")
+    opted = opted_out(engine, list(person_ids), PURPOSE, at or dt.date.today())
+    allowed = {p for p, out in zip(person_ids, opted, strict=True) if not out}
+    _record(engine, requester, len(allowed), "allowed", "ok", reason, via="reverse_lookup",
+            opted_out=n - len(allowed))
+    return allowed
 
 
 def normalise(number: str) -> str | None:

@@ -1,6 +1,7 @@
 """Re-identification for MDTs: persons listed for their own practice, with a reason, and
-reverse lookup of their own patients' NHS numbers. The answers are the only place an NHS
-number leaves Haven; the audit entry holds person keys and counts, never the numbers."""
+reverse lookup of their own patients' NHS numbers (a re-identification too: same permission,
+reasons, opt-out rule and audit). The answers are the only place an NHS number leaves Haven;
+the audit entry holds person keys and counts, never the numbers."""
 
 from __future__ import annotations
 
@@ -67,29 +68,46 @@ async def reidentify(body: ReidentifyRequest,
 @router.post("/reverse-lookup", summary="Risk of own patients by NHS number",
              responses={200: example_response(ReverseLookup),
                         **responses(401, 403, 409, 422)})
-@permission("reverse_lookup", "create", owner="caller")
+@permission("reidentify", "create", owner="caller")
 async def reverse_lookup(body: ReverseLookupRequest,
                          access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
-    """The current risk of the caller's own practice's patients, by NHS number. A number that
-    is not valid, not known, or not a patient of the caller's practice is `found: false`:
-    nobody learns anything about anyone else's patients."""
+    """The current risk of the caller's own practice's patients, by NHS number: a
+    re-identification (a number is tied to a person's record), so it is allowed, refused and
+    audited as `POST /reidentify` is (`reidentify.create`, the reason from the same list;
+    never the numbers). A number that is not valid, not known, not a patient of the caller's
+    practice, or of a person whose opt-out covers case finding is `found: false`, all alike:
+    nobody learns anything about anyone else's patients, nor who has opted out."""
+    access.note.detail.update(reason=body.reason, requested=len(body.nhs_numbers))
     release = current_release(access)
     services = access.services
     pseudonyms = governance_reid.lookup_by_nhs_numbers(services.keys, body.nhs_numbers)
     known = await run_in_threadpool(person_keys.person_keys_of_ids, services.settings,
                                     sorted({p for p in pseudonyms.values() if p}))
+    rows: dict[int, int] = {}
+    for i in range(len(body.nhs_numbers)):
+        key = known.get(pseudonyms.get(i) or "")
+        row = release.position(key) if key else None
+        if row is not None and access.allows("reidentify", "create",
+                                             owner=release.practice_of(row)):
+            rows[i] = row
+    principal = access.principal
+    requester = Actor(principal.user, access.role, principal.org, access.purpose)
+    try:
+        allowed = await run_in_threadpool(
+            governance_reid.reverse_lookup, services.engine, requester,
+            sorted({pseudonyms[i] for i in rows}), body.reason)
+    except governance_reid.Refused as exc:
+        access.note.detail["refused"] = exc.rule
+        raise Problem(403, str(exc), slug=f"reidentification-refused-{exc.rule}") from None
     items, answered = [], []
     for i, text in enumerate(body.nhs_numbers):
         number = governance_reid.normalise(text)
-        key = known.get(pseudonyms.get(i) or "")
-        row = release.position(key) if key else None
         person = None
-        if row is not None:
-            owner = release.practice_of(row)
-            if access.allows("reverse_lookup", "create", owner=owner):
-                person = present.person(release.rows([row])[0], access.visible_sources(owner))
-                answered.append(key)
+        if i in rows and pseudonyms[i] in allowed:
+            row = release.rows([rows[i]])[0]
+            person = present.person(row, access.visible_sources(release.practice_of(rows[i])))
+            answered.append(row["person_key"])
         items.append({"nhs_number": number or text, "found": person is not None,
                       "person": person})
-    access.answered(len(answered), asked=len(items), person_keys=answered)
+    access.answered(len(answered), person_keys=answered)
     return ok({"run_id": release.run_id, "items": items})

@@ -59,7 +59,7 @@ def test_no_identifier_reaches_the_audit_log(world: World) -> None:
     world.call("mdt_clinician", "POST", "/reidentify",
                json={"person_keys": own[:2], "reason": "care_planning"})
     world.call("mdt_clinician", "POST", "/reverse-lookup",
-               json={"nhs_numbers": [world.nhs[k] for k in own]})
+               json={"nhs_numbers": [world.nhs[k] for k in own], "reason": "mdt_review"})
     world.call("mdt_clinician", "GET", f"/persons/{world.nhs[own[0]]}")
     exported = world.call("ig_lead", "GET", "/audit/export?format=jsonl").text
     # Every entry, the export's own included: it is written before the first byte leaves.

@@ -87,7 +87,7 @@ def test_reverse_lookup_answers_only_for_own_patients(world: World) -> None:
     asked = [world.nhs[own[0]], world.nhs[other[0]], "9990000000", "not a number",
              world.nhs[own[1]][:3] + " " + world.nhs[own[1]][3:6] + " " + world.nhs[own[1]][6:]]
     response = world.call("mdt_clinician", "POST", "/reverse-lookup",
-                          json={"nhs_numbers": asked})
+                          json={"nhs_numbers": asked, "reason": "mdt_review"})
     assert response.status_code == 200
     items = response.json()["items"]
     found = {i["nhs_number"]: i["person"]["person_key"] for i in items if i["found"]}
@@ -100,7 +100,8 @@ def test_reverse_lookup_answers_only_for_own_patients(world: World) -> None:
     with world.haven.engine.connect() as connection:
         entry = connection.execute(select(audit_log).where(
             audit_log.c.resource == "/reverse-lookup")).mappings().one()
-    assert entry["n_records"] == 2 and entry["detail"]["asked"] == 5
+    assert entry["n_records"] == 2 and entry["detail"]["requested"] == 5
     assert not any(n in str(dict(entry)) for n in asked)
     assert world.call("analyst", "POST", "/reverse-lookup",
-                      json={"nhs_numbers": asked[:1]}).status_code == 403
+                      json={"nhs_numbers": asked[:1], "reason": "mdt_review"}
+                      ).status_code == 403

@@ -379,3 +379,51 @@ def test_an_optout_of_some_sources_withholds_whom_the_run_read_them_for(
         "mdt_clinician", "GET", f"/practices/{OWN_PRACTICE}/case-finding?limit=500").json()[
         "items"]}
     assert carer not in listed and other in listed
+
+
+# ------------------------------------------------------------------------------------------
+# 3. The reverse lookup is a re-identification
+# ------------------------------------------------------------------------------------------
+def test_reverse_lookup_is_a_reidentification(world: World, tmp_path: Path) -> None:
+    """Promise: the reverse lookup (NHS numbers -> person keys and risk) obeys the rules of
+    re-identification: a reason from the list, nothing for a person opted out of case finding
+    (answered exactly as a number nobody holds), audited as a re-identification."""
+    own = world.keys_in(OWN_PRACTICE)
+    objector, national, patient = own[:3]
+    # A withdrawal of social care consent (it covers case finding) and a national data
+    # opt-out (it does not), both applied by a run scored after them: both persons are listed.
+    land_as(world, tmp_path, COUNCIL, [(world.nhs[objector], "consent_withdrawn",
+                                        "2024-01-01", "N")])
+    land_as(world, tmp_path / "n", "X26", [(world.nhs[national], "ndoo", "2024-01-01", "N")])
+    later_run(world)
+    asked = [world.nhs[objector], world.nhs[national], world.nhs[patient], STRANGERS[0]]
+
+    def lookup(**body):
+        return world.call("mdt_clinician", "POST", "/reverse-lookup",
+                          json={"nhs_numbers": asked, **body})
+
+    assert lookup().status_code == 422  # no reason
+    assert lookup(reason="because I can").status_code == 422  # not from the list
+    assert world.call("mdt_clinician", "POST", "/reverse-lookup", purpose="commissioning",
+                      json={"nhs_numbers": asked, "reason": "mdt_review"}).status_code == 403
+    response = lookup(reason="mdt_review")
+    assert response.status_code == 200
+    items = response.json()["items"]
+    assert [i["found"] for i in items] == [False, True, True, False]
+    assert items[0] == {"nhs_number": asked[0], "found": False, "person": None} and \
+        items[3] == {"nhs_number": asked[3], "found": False, "person": None}
+    assert reidentify(world, objector).status_code == 403  # the same rule refuses
+    with world.haven.engine.connect() as connection:
+        entries = connection.execute(select(audit_log).where(
+            audit_log.c.action.like("reidentify%")).order_by(audit_log.c.seq)).mappings().all()
+    http = [e for e in entries if e["resource"] == "/reverse-lookup"]
+    assert [(e["action"], e["outcome"]) for e in http] == [  # every attempt
+        ("reidentify.create", o) for o in ("refused", "refused", "denied", "ok")]
+    assert http[-1]["n_records"] == 2 and http[-1]["detail"]["reason"] == "mdt_review"
+    assert sorted(http[-1]["detail"]["person_keys"]) == sorted([national, patient])
+    decided = [e for e in entries if e["action"] == "reidentify"
+               and e["detail"].get("via") == "reverse_lookup"]
+    assert [(e["outcome"], e["n_records"], e["detail"]["rule"], e["detail"]["opted_out"],
+             e["detail"]["reason_category"]) for e in decided] == [
+        ("allowed", 2, "ok", 1, "mdt_review")]
+    assert not any(n in audit_text(world) for n in asked)
