@@ -19,6 +19,7 @@ from linkage.probabilistic.encoded import Encoded, pass_columns
 from linkage.probabilistic.term_frequencies import TF_KINDS, pair_weights
 
 LOG_FLOOR = math.log(1e-12)
+CONDITION_FIELD = "postcode"  # address parts are weighed given agreement on this field
 M_PSEUDO = 1.0  # pseudo-matches per level when averaging m (see fit_fellegi_sunter)
 
 
@@ -49,6 +50,11 @@ class MatchModel:
     u: dict[str, dict[int, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     tf: dict[str, float] = field(default_factory=dict)
+    # field -> level weights that replace `level_weights[field]` where the postcode agrees
+    # exactly (`CONDITION_FIELD` at its top level): see `conditional_location_weights`
+    given_postcode: dict[str, dict[int, float]] = field(default_factory=dict)
+    # the same where the postcodes are both present but differ (a move: the address differs too)
+    postcode_apart: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def implausible_fields(self, margin: float = 1.0) -> list[str]:
         """Fields whose closest level does not favour a match (weight < -margin, or below the
@@ -71,13 +77,27 @@ class MatchModel:
     def weight(self, vectors: pd.DataFrame) -> np.ndarray:
         """Match weight (log2 Bayes factor) of each comparison vector."""
         total = np.full(len(vectors), self.bias, dtype=np.float64)
+        same_postcode = apart = None
+        if (self.given_postcode or self.postcode_apart) and CONDITION_FIELD in vectors.columns:
+            pc = vectors[CONDITION_FIELD].to_numpy()
+            same_postcode = pc == TOP_LEVEL[CONDITION_FIELD]
+            apart = (pc != MISSING) & ~same_postcode
         for f in self.fields:
             if f not in vectors.columns:
                 continue
+            levels = vectors[f].to_numpy(dtype=np.int64)
             table = np.zeros(128, dtype=np.float64)
             for level, w in self.level_weights[f].items():
                 table[int(level)] = w
-            total += table[vectors[f].to_numpy(dtype=np.int64)]
+            weights = table[levels]
+            for mask, tables in ((same_postcode, self.given_postcode),
+                                 (apart, self.postcode_apart)):
+                if mask is not None and f in tables:
+                    given = np.zeros(128, dtype=np.float64)
+                    for level, w in tables[f].items():
+                        given[int(level)] = w
+                    weights = np.where(mask, given[levels], weights)
+            total += weights
         return total
 
     def probability(self, weights: np.ndarray) -> np.ndarray:
@@ -92,7 +112,11 @@ class MatchModel:
                                   for f, w in self.level_weights.items()},
                 "m": {f: {str(k): v for k, v in w.items()} for f, w in self.m.items()},
                 "u": {f: {str(k): v for k, v in w.items()} for f, w in self.u.items()},
-                "notes": list(self.notes), "tf": dict(self.tf)}
+                "notes": list(self.notes), "tf": dict(self.tf),
+                "given_postcode": {f: {str(k): v for k, v in w.items()}
+                                   for f, w in self.given_postcode.items()},
+                "postcode_apart": {f: {str(k): v for k, v in w.items()}
+                                   for f, w in self.postcode_apart.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MatchModel:
@@ -102,7 +126,9 @@ class MatchModel:
                    method=data["method"], bias=float(data.get("bias", 0.0)),
                    level_weights=levels(data["level_weights"]), m=levels(data.get("m", {})),
                    u=levels(data.get("u", {})), notes=list(data.get("notes", [])),
-                   tf={f: float(v) for f, v in data.get("tf", {}).items()})
+                   tf={f: float(v) for f, v in data.get("tf", {}).items()},
+                   given_postcode=levels(data.get("given_postcode", {})),
+                   postcode_apart=levels(data.get("postcode_apart", {})))
 
     def to_json(self) -> str:
         """`to_dict` as JSON (m, u and weight per level, prior, term frequencies): a fitted model
@@ -416,10 +442,133 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
             tf[f] = u[f][top] / present
     model = MatchModel(fields=tuple(fields), level_weights=weights, prior=0.5, method="ecm",
                        m=m_all, u=u, notes=notes, tf=tf)
+    for f in model.implausible_fields():
+        if field_kind(f) == "address":
+            # an extra address part (a town, a suburb) whose fitted weights make no sense is
+            # left out rather than vetoing every link: adding a field must not make it worse
+            model.level_weights[f] = dict.fromkeys(model.level_weights[f], 0.0)
+            model.notes.append(f"{f}: implausible weights, left out")
+    model.given_postcode, model.postcode_apart = conditional_location_weights(
+        model, L, R, pairs, vectors, seed=seed)
     space = L.n * (L.n - 1) / 2 if R is None else float(L.n) * R.n
     model.prior = estimate_prior(pair_weights(model, L, R, pairs, vectors),
                                  comparisons or space)
     return model
+
+
+Tables = dict[str, dict[int, float]]
+
+
+def _posterior_from_others(model: MatchModel, vectors: pd.DataFrame, others: list[str]
+                           ) -> np.ndarray:
+    """P(match) of each pair from the fields in `others` alone, with the prior odds among
+    these pairs found by fixed point (expected matches / pairs), as `estimate_prior` does."""
+    sub = MatchModel(fields=tuple(others), prior=model.prior, method=model.method,
+                     level_weights={f: model.level_weights[f] for f in others})
+    w = sub.weight(vectors) * math.log(2)
+    lam = 0.01
+    post = np.full(len(w), lam)
+    for _ in range(100):
+        post = 1.0 / (1.0 + np.exp(-np.clip(w + _logit(lam), -700, 700)))
+        new = float(np.clip(post.mean(), 1e-9, 0.5))
+        if abs(new - lam) <= 1e-6 * lam:
+            break
+        lam = new
+    return post
+
+
+def _level_shares(levels: np.ndarray, weight: np.ndarray, top: int) -> np.ndarray | None:
+    """Weighted share of each level among present levels (0.5 smoothing), None if too few."""
+    present = levels != MISSING
+    if weight[present].sum() < 50:
+        return None
+    mass = np.bincount(levels[present], weights=weight[present], minlength=top + 1) + 0.5
+    mass[MISSING] = 0.0
+    return mass / mass.sum()
+
+
+def conditional_location_weights(model: MatchModel, L: Encoded, R: Encoded | None,
+                                 pairs: pd.DataFrame, candidates: pd.DataFrame, *,
+                                 sample_rows: int = 50_000, max_pairs: int = 300_000,
+                                 seed: int = 0) -> tuple[Tables, Tables]:
+    """Weights of the address parts where the postcodes agree exactly, and where they differ.
+
+    Members of one household share a postcode *and* an address (and a town, which the postcode
+    district implies): Fellegi-Sunter's independence would count that one fact two or three
+    times, so two relatives at one address outweigh their different names and dates of birth,
+    and an extra address part (a town) makes linkage worse where it should not matter. Here an
+    address part's u, where the postcodes agree, is P(level | non-match, same postcode): the
+    levels among pairs of records sharing a postcode (a sample of left records joined on the
+    postcode), each pair counted as a non-match with the probability the model's other fields
+    (names, date of birth, sex) give it, so true matches hardly count; m likewise, each pair
+    counted as a match with that probability. A town within one postcode then agrees among
+    non-matches too and weighs about nothing; a shared address line weighs what it says beyond
+    the postcode. Where both postcodes are present and differ (a move), m of each address level
+    comes from the candidate pairs with different postcodes, weighted the same way (a mover's
+    address differs too, which the unconditional m counts as a second disagreement); u as
+    fitted. Missing postcode: the unconditional weights. Returns (same, apart): field ->
+    level -> log2 weight; empty when there is no postcode or no address part.
+    """
+    location = [f for f in model.fields if field_kind(f) == "address"
+                and any(w != 0 for w in model.level_weights.get(f, {}).values())]
+    if CONDITION_FIELD not in model.fields or not location:
+        return {}, {}
+    right = L if R is None else R
+    if not (L.has(CONDITION_FIELD) and right.has(CONDITION_FIELD)):
+        return {}, {}
+    from linkage.probabilistic.blocking import block_pairs
+
+    others = [f for f in model.fields if f not in location and f != CONDITION_FIELD]
+    rng = np.random.default_rng(seed)
+    same: Tables = {}
+    apart: Tables = {}
+    # same postcode: pairs of records sharing one (a sample of left records joined on it)
+    rows = np.sort(rng.choice(L.n, size=min(L.n, sample_rows), replace=False))
+    a, b, _ = block_pairs(L.key(CONDITION_FIELD)[rows], right.key(CONDITION_FIELD),
+                          max_block_pairs=10_000)
+    a = rows[a]
+    keep = a != b if R is None else np.ones(len(a), dtype=bool)
+    a, b = a[keep], b[keep]
+    if len(a) > max_pairs:
+        pick = np.sort(rng.choice(len(a), size=max_pairs, replace=False))
+        a, b = a[pick], b[pick]
+    if len(a) >= 100 and others:
+        vectors = compare(L, R, pd.DataFrame({"left": a, "right": b}), fields=list(model.fields))
+        post = _posterior_from_others(model, vectors, others)
+        for f in location:
+            top = TOP_LEVEL.get(field_kind(f) or "", 2)
+            levels = vectors[f].to_numpy(dtype=np.int64)
+            u_given = _level_shares(levels, 1.0 - post, top)
+            m_given = _level_shares(levels, post, top)
+            if u_given is None:
+                continue
+            if m_given is None:  # too few matches here to say: the fitted m
+                m = model.m.get(f, {})
+                total = sum(v for lvl, v in m.items() if lvl != MISSING) or 1.0
+                m_given = np.array([m.get(lvl, 0.0) / total for lvl in range(top + 1)])
+            same[f] = {MISSING: 0.0} | {
+                lvl: math.log2(max(m_given[lvl], 1e-6) / u_given[lvl])
+                for lvl in range(1, top + 1)}
+    # postcodes present and different: m among candidate pairs (by the other fields'
+    # posterior); u as fitted (random pairs nearly all have different postcodes)
+    pc = candidates[CONDITION_FIELD].to_numpy() if CONDITION_FIELD in candidates else None
+    if pc is not None and others:
+        differ = (pc != MISSING) & (pc != TOP_LEVEL[CONDITION_FIELD])
+        sub = candidates.loc[differ]
+        if len(sub) >= 100:
+            post = _posterior_from_others(model, sub, others)
+            for f in location:
+                top = TOP_LEVEL.get(field_kind(f) or "", 2)
+                m_given = _level_shares(sub[f].to_numpy(dtype=np.int64), post, top)
+                u = model.u.get(f, {})
+                u_total = sum(v for lvl, v in u.items() if lvl != MISSING) or 1.0
+                if m_given is None or not u:
+                    continue
+                apart[f] = {MISSING: 0.0} | {
+                    lvl: math.log2(max(m_given[lvl], 1e-6) / max(u.get(lvl, 0.0) / u_total,
+                                                                   1e-9))
+                    for lvl in range(1, top + 1)}
+    return same, apart
 
 
 def resolve_method(method: str, labels: np.ndarray | None) -> str:

@@ -512,3 +512,41 @@ def test_default_dedupe_gives_the_recorded_clusters_and_weights() -> None:
     assert review["weight"].to_numpy() == pytest.approx([9.976333] * 4, abs=1e-6)
     assert result.clusters is not None and len(np.unique(result.clusters)) == 94
     assert result.model.prior == pytest.approx(0.0040857519097898904, rel=1e-6)
+
+
+def households(n: int, seed: int) -> pd.DataFrame:
+    """Households of two: a second person sharing surname, postcode, address and town."""
+    first = people(n, seed).assign(address=[f"{i + 1} Elm Road" for i in range(n)],
+                                   town=[f"Town{i % 3}" for i in range(n)])
+    second = people(n, seed + 100)
+    for col in ("surname", "postcode", "address", "town"):
+        second[col] = first[col].to_numpy()
+    return pd.concat([first, second], ignore_index=True)
+
+
+@pytest.mark.parametrize("with_town", [False, True])
+def test_household_members_sharing_an_address_are_not_linked(key: bytes, with_town: bool
+                                                             ) -> None:
+    """Left holds both members of 400 households; right holds exact copies of the first 300
+    households' first members and the other 100 households' second members only. A second
+    member agrees with the first on surname, postcode and address (and town) but not on
+    forename or date of birth: one shared place, not three independent agreements."""
+    pop = households(400, seed=21)
+    left = pop if with_town else pop.drop(columns="town")
+    right_rows = list(range(300)) + list(range(400 + 300, 800))
+    right = left.iloc[right_rows].reset_index(drop=True)
+    # the 100 second members in right are not in left's first members: left has them too,
+    # so every right row has its true match; none may go to its household's other member
+    cols = lambda f: f.rename(columns={"town": "address_2"})  # noqa: E731
+    result = P.link(encode_identifiers(cols(left), key), encode_identifiers(cols(right), key))
+    truth = {(r, pos) for pos, r in enumerate(right_rows)}
+    got = set(zip(result.matches["left"].tolist(), result.matches["right"].tolist(),
+                  strict=True))
+    assert got <= truth
+    assert len(got) >= 0.99 * len(truth)
+    model = result.model
+    assert model.given_postcode and "address" in model.given_postcode
+    # given the same postcode, a shared address line counts for less than it does alone
+    top = max(model.level_weights["address"])
+    assert model.given_postcode["address"][top] < model.level_weights["address"][top]
+    assert P.MatchModel.from_dict(model.to_dict()).to_dict() == model.to_dict()
