@@ -14,8 +14,12 @@ Then the two larger tasks, each in its own process and each with its Splink refe
 synthetic extracts through the person index (`bench/person_index.py --persons N`) and the
 1M x 1M person-file linkage (`bench/linkage_1m.py`). The whole run takes about 15 minutes.
 
+First, FEBRL1-4 without the identifier (`bench/febrl.py`) and the second, independent
+generator (`bench/linkage_literature.py`, errors from the literature), each beside plaintext
+Splink on the same fields and decisions.
+
 Usage: .venv/bin/python bench/linkage.py [--no-splink] [--planted N] [--persons N]
-       [--million N]   (0 skips a part)
+       [--million N] [--literature N]   (0 skips a part)
 Targets: FEBRL4 F1 >= 0.999, FEBRL3 F1 >= 0.995; synthetic rows without a valid NHS number
 precision >= 0.995, recall >= 0.98; 1M x 1M F1 above Splink's in <= 1/2 its time and 1/3 its
 memory.
@@ -357,7 +361,18 @@ def main() -> None:
                         help="synthetic population for bench/person_index.py (0: skip)")
     parser.add_argument("--million", type=int, default=1_000_000,
                         help="rows per file for bench/linkage_1m.py (0: skip)")
+    parser.add_argument("--literature", type=int, default=100_000,
+                        help="rows per file for bench/linkage_literature.py (0: skip)")
     args = parser.parse_args()
+    print("FEBRL1-4 without the identifier (bench/febrl.py; configuration chosen on FEBRL4):",
+          flush=True)
+    _run_script("febrl.py", *(["--no-splink"] if args.no_splink else []))
+    if args.literature:
+        print(f"\nsecond, independent generator (bench/generators/literature.py), "
+              f"{args.literature:,} x {args.literature:,}:", flush=True)
+        _run_script("linkage_literature.py", "--rows", str(args.literature),
+                    *(["--no-splink"] if args.no_splink else []))
+    print("\nFEBRL4 and FEBRL3 with the identifier:", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         results = bench_link_files(Path(tmp))
     print("classifier choice (same encodings and candidate pairs; logistic trained on true "
