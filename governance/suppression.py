@@ -202,16 +202,19 @@ def _fixed(true: Mapping[Hashable, int], members: list[Hashable],
     """Positions in `members` that no other integer solution of `rows` moves."""
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_array
 
     n = len(members)
-    matrix = np.zeros((len(rows), n))
+    entries: list[tuple[int, int, float]] = []
     bound = np.zeros(len(rows))
     for r, (relation, _) in enumerate(rows):
         for sign, key in relation:
             if key in index:
-                matrix[r, index[key]] += sign
+                entries.append((r, index[key], sign))
             else:
                 bound[r] -= sign * true[key]
+    at_row, at_column, signs = zip(*entries, strict=True)  # every row has a hidden figure
+    matrix = csr_array((signs, (at_row, at_column)), shape=(len(rows), n))  # duplicates add
     less = np.array([flag for _, flag in rows], dtype=bool)
     lower = np.where(less, -np.inf, bound)
     constraints = LinearConstraint(matrix, lower, bound)
