@@ -256,7 +256,12 @@ def deaths(pop: Population, rows: act.Rows, seed: int) -> Extract:
                    np.zeros(n, np.int8), np.zeros(n, bool))
 
 
-def optouts(pop: Population, rows: act.Rows, seed: int) -> Extract:
+def optouts(pop: Population, rows: act.Rows, seed: int,
+            council_of: dict[int, str] | None = None) -> list[Extract]:
+    """National data opt-outs and type 1 objections from the national register (`optouts.csv`);
+    each council's consent withdrawals from that council (`optouts_<council>.csv`), since only
+    a council may assert them (policies/optout_senders.csv). `council_of`: the council whose
+    social care file holds each person; a withdrawal goes to that council."""
     rng = np.random.default_rng([seed, 38])
     s = _sorted(rows, "day", "person")
     n = s["person"].size
@@ -265,8 +270,19 @@ def optouts(pop: Population, rows: act.Rows, seed: int) -> Extract:
             "optout_type": r.take(r.vocab(gp.OPTOUT_TYPES), s["kind"]),
             "effective_date": r.dates(s["day"], null=blank),
             "withdrawn": r.take(r.vocab(["N", "Y"]), s["withdrawn"].astype(np.int64))}
-    return Extract("optouts.csv", "optouts", SENDERS["optouts"], cols, s["person"],
-                   np.zeros(n, np.int8), blank)
+    consent = s["kind"] == gp.OPTOUT_TYPES.index("consent_withdrawn")
+    owner = np.array([(council_of or {}).get(int(p), "") for p in s["person"]], dtype=object)
+    senders = [(SENDERS["optouts"], "optouts.csv", ~consent)] + [
+        (c, f"optouts_{c}.csv", consent & (owner == c)) for c in sorted(set(owner[consent]))
+        if c]
+    out = []
+    for sender, file, mask in senders:
+        if sender != SENDERS["optouts"] and not mask.any():
+            continue
+        keep = pa.array(mask)
+        out.append(Extract(file, "optouts", sender, {k: v.filter(keep) for k, v in cols.items()},
+                           s["person"][mask], np.zeros(int(mask.sum()), np.int8), blank[mask]))
+    return out
 
 
 # ------------------------------------------------------------------------------------------

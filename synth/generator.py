@@ -217,8 +217,9 @@ def generate(persons: int, seed: int, out: Path, progress: bool = True) -> dict[
             state["pop"], primary.gp_medications(state["pop"], seed), seed))),
         ("deaths", lambda: emit(extracts.deaths(state["pop"], primary.deaths(state["pop"]),
                                                 seed))),
-        ("optouts", lambda: emit(extracts.optouts(state["pop"], primary.optouts(
-            state["pop"], _sent_social_care(written), seed), seed))),
+        ("optouts", lambda: emit(*extracts.optouts(state["pop"], primary.optouts(
+            state["pop"], _sent_social_care(written), seed), seed,
+            _council_of(written)))),
         ("truth", lambda: _write_truth(out, state["pop"], state["spells"], written, seed)),
     ]
     steps.total = len(plan)
@@ -248,6 +249,17 @@ def _sent_social_care(written: list[Extract]) -> np.ndarray:
     """People who appear in a council's social care file (they can withdraw consent)."""
     people = [e.person for e in written if e.source == "social_care"]
     return np.concatenate(people) if people else np.zeros(0, dtype=np.int64)
+
+
+def _council_of(written: list[Extract]) -> dict[int, str]:
+    """The council whose social care file first holds each person (who withdraws consent
+    from it)."""
+    out: dict[int, str] = {}
+    for e in written:
+        if e.source == "social_care":
+            for person in np.unique(e.person).tolist():
+                out.setdefault(int(person), e.sender)
+    return out
 
 
 def _write_truth(out: Path, pop: Population, spells: activity.Rows, written: list[Extract],

@@ -101,7 +101,8 @@ def one_keying_error(typed: str, true: str) -> bool:
 def test_same_seed_gives_identical_bytes(runs: dict[str, tuple[Path, dict[str, Any]]]) -> None:
     first, again = runs["first"][0], runs["again"][0]
     names = sorted(p.name for p in first.glob("*.csv*"))
-    assert len(names) == 2 * 11
+    # 11 sources, plus an opt-out file from each council with consent withdrawals
+    assert len(names) == 2 * len(runs["first"][1]["files"]) >= 2 * 11
     assert names == sorted(p.name for p in again.glob("*.csv*"))
     for name in names:
         assert (first / name).read_bytes() == (again / name).read_bytes(), name
@@ -133,8 +134,14 @@ def test_manifests_match_files(out: Path, runs: dict[str, tuple[Path, dict[str, 
         assert re.fullmatch(r"[A-Z0-9]{3,10}", manifest["sender"])
         if manifest["source"] == "social_care":
             assert path.stem == f"social_care_{manifest['sender']}"
+        elif manifest["source"] == "optouts" and manifest["sender"] != "X26":
+            # consent withdrawals, only from the council itself (policies/optout_senders.csv)
+            assert path.stem == f"optouts_{manifest['sender']}"
+            assert set(pd.read_csv(path, dtype=str)["optout_type"]) == {"consent_withdrawn"}
         else:
             assert path.stem == manifest["source"]
+            if manifest["source"] == "optouts":  # the national register's: no council's consent
+                assert "consent_withdrawn" not in set(pd.read_csv(path, dtype=str)["optout_type"])
     senders = {json.loads((out / f"{p}.manifest.json").read_text())["sender"]
                for p in ("social_care_E08000035.csv", "social_care_E08000036.csv")}
     assert senders == {"E08000035", "E08000036"}
@@ -358,7 +365,7 @@ def test_synthetic_files_land(landing: Any, out: Path) -> None:
 
     rows = pq.read_table(out / "truth" / "rows.parquet").to_pandas()
     receipts = land_path(landing, out)
-    assert len(receipts) == 11
+    assert len(receipts) == len(list(out.glob("*.csv"))) >= 11
     for receipt in receipts:
         assert receipt.status == "landed", (receipt.file, receipt.reason)
         truth = rows[rows["file"] == receipt.file]
