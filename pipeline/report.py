@@ -6,10 +6,10 @@ import datetime as dt
 from dataclasses import replace
 from pathlib import Path
 
-from governance import audit, optouts
+from governance import audit
 from linkage.linked_view import load_sources
 from pipeline.context import Context
-from pipeline.score import NoScoreRun
+from pipeline.score import NoScoreRun, use_filter
 from pipeline.serving import complete_run, serving_run, withheld_person_keys
 from stratify.evaluate import evaluate
 from stratify.report import write_report
@@ -32,8 +32,8 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
     run = load_run(ctx.settings.layout.run(run_id))
     withheld = withheld_person_keys(ctx.settings, ctx.engine, serving.purpose, serving)
     run = replace(run, scores=run.scores[~run.scores["person_key"].isin(withheld)])
-    sources = load_sources(ctx.settings, ctx.engine, row_filter=optouts.purpose_filter(
-        ctx.engine, serving.purpose, dt.datetime.now(dt.UTC).date()))
+    sources = load_sources(ctx.settings, ctx.engine, row_filter=use_filter(
+        ctx, serving.purpose, dt.datetime.now(dt.UTC).date()))
     evaluation = evaluate(run, sources)
     path = write_report(evaluation, out or ctx.settings.layout.report(run_id), run=run)
     audit.log(ctx.engine, ctx.actor, "model.report", f"run/{run_id}",

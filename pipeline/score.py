@@ -13,7 +13,8 @@ from sqlalchemy import insert
 
 from governance import audit, optouts
 from governance.schema import runs
-from linkage.linked_view import load_sources
+from linkage.linked_view import RowFilter, load_sources
+from linkage.person_index import read_link_map
 from pipeline.context import Context, Progress, quiet
 from pipeline.serving import optouts_applied, serving_run, withheld_person_keys
 from stratify.catalogue import FEATURES
@@ -21,7 +22,7 @@ from stratify.scoring import UnknownModel, save_run
 from stratify.scoring import score as score_persons
 
 __all__ = ["NoScoreRun", "NothingToScore", "ScoreResult", "UnknownModel", "export_scores",
-           "reason_group_sources", "score"]
+           "reason_group_sources", "score", "use_filter"]
 
 RELEASE_COLUMNS = ["person_key", "probability", "tier", "reasons"]
 
@@ -49,6 +50,33 @@ class ScoreResult:
         return asdict(self)
 
 
+def use_filter(ctx: Context, purpose: str, on: dt.date,
+               rules: list[optouts.Coverage] | None = None,
+               register: list[str] | None = None) -> RowFilter:
+    """The rows `purpose` may use on `on`: governance's purpose filter (opt-outs by pseudonym),
+    applied to every row of a person. A row without a pseudonym of its own (linked
+    probabilistically, or by a council's client id) is its person key's, and is judged by
+    every pseudonym the person index gives that key: an opt-out covers a person's rows however
+    they were linked."""
+    judge = optouts.purpose_filter(ctx.engine, purpose, on, rules, register)
+    pairs = read_link_map(ctx.settings, columns=["person_key", "person_id"]).dropna(
+    ).drop_duplicates()
+
+    def keep(frame: pd.DataFrame, source: str) -> pd.Series:
+        mask = judge(frame, source)
+        bare = frame["person_id"].isna() if "person_id" in frame else None
+        if bare is None or "person_key" not in frame or not bare.any():
+            return mask
+        columns = ["person_key"] + (["sender"] if "sender" in frame else [])
+        probe = frame.loc[bare, columns].rename_axis("at").reset_index().merge(
+            pairs, on="person_key")
+        refused = probe.loc[~judge(probe, source).to_numpy(), "at"].unique()
+        mask.loc[refused] = False
+        return mask
+
+    return keep
+
+
 def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissioning",
           model: str | None = None, progress: Progress = quiet) -> ScoreResult:
     """Score everyone at `at` for `purpose` and record the run.
@@ -61,8 +89,8 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     """
     progress(f"reading linked, pseudonymised data for {at.isoformat()} ({purpose})")
     applied = optouts_applied(ctx.engine)
-    sources = load_sources(ctx.settings, ctx.engine, row_filter=optouts.purpose_filter(
-        ctx.engine, purpose, dt.date.fromisoformat(applied["in_force_on"]),
+    sources = load_sources(ctx.settings, ctx.engine, row_filter=use_filter(
+        ctx, purpose, dt.date.fromisoformat(applied["in_force_on"]),
         optouts.parse_coverage(applied["policy"]), applied["register"]))
     if not any(len(frame) for frame in sources.values()):
         raise NothingToScore("nothing landed and linked to score: land extracts and run "

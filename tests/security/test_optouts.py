@@ -32,7 +32,9 @@ from governance.reidentify import normalise
 from governance.schema import audit_log, runs
 from governance.schema import optouts as register
 from linkage.landing.contracts import CONTRACTS
+from linkage.person_index import read_link_map
 from pipeline import report as report_module
+from pipeline import score as score_module
 from pipeline.land import land
 from pipeline.link import link
 from pipeline.person_keys import person_keys_of_ids
@@ -251,16 +253,27 @@ def test_scoring_applies_the_optouts_in_force_now_not_on_its_date(
         normalise))
     people = sorted(prescribed & set(numbers_in(out / "gp_patients.csv"))
                     - set(numbers_in(out / "optouts.csv")) - died)
-    type1, ndoo, others = people[:10], people[10:20], people[20:]
-    assert len(others) > 100
     assert all(r.status == "landed" for r in land(haven, out))
+    link(haven)
+    key = haven.keys.current("pseudonym")
+    # Persons with rows that carry no NHS number (linked probabilistically or by council
+    # client id): an opt-out covers those rows too.
+    links = read_link_map(haven.settings)
+    bare = set(links.loc[links["method"] != "nhs_number", "person_id"].dropna())
+    linked = sorted(n for n in numbers_in(out / "gp_patients.csv").unique()
+                    if nhs_pseudonym(key, n) in bare)[:5]
+    people = [n for n in people if n not in linked]
+    type1, ndoo, others = people[:10], people[10:20] + linked, people[20:]
+    assert len(others) > 100 and len(linked) == 5
     # In force since June 2025: after the reference date, before today. Sent before scoring.
     assert land_as_haven(haven, tmp_path / "o1", "X26",
                          [(n, "type1", "2025-06-01", "N") for n in type1]
                          + [(n, "ndoo", "2025-06-01", "N") for n in ndoo]).status == "landed"
-    link(haven)
+    read: dict[str, dict] = {}
+    real_score = score_module.score_persons
+    monkeypatch.setattr(score_module, "score_persons", lambda sources, *a, **k: read.update(
+        sources=sources) or real_score(sources, *a, **k))
     run_id = score(haven, at).run_id
-    key = haven.keys.current("pseudonym")
 
     def keys_of(numbers: list[str]) -> set[str]:
         return set(person_keys_of_ids(haven.settings, [nhs_pseudonym(key, n)
@@ -269,6 +282,9 @@ def test_scoring_applies_the_optouts_in_force_now_not_on_its_date(
     scored = set(pd.read_parquet(haven.settings.layout.run(run_id).scores)["person_key"])
     objecting, rest = keys_of(type1 + ndoo), keys_of(others)  # (no number in a failure)
     assert not scored & objecting  # their GP registration was not read at all
+    national = keys_of(ndoo)
+    assert not {k for frame in read["sources"].values() for k in frame["person_key"]} & \
+        national  # no row of theirs, however it was linked, reached the model
     assert len(scored & rest) > 0.8 * len(others)
     exported = tmp_path / "scores.csv"
     export_scores(haven, exported)
@@ -410,8 +426,9 @@ def test_reverse_lookup_is_a_reidentification(world: World, tmp_path: Path) -> N
     assert response.status_code == 200
     items = response.json()["items"]
     assert [i["found"] for i in items] == [False, True, True, False]
-    assert items[0] == {"nhs_number": asked[0], "found": False, "person": None} and \
-        items[3] == {"nhs_number": asked[3], "found": False, "person": None}
+    # The opted-out person's item is the unknown number's, but for the number echoed back.
+    assert [{**items[i], "nhs_number": "-"} for i in (0, 3)] == [
+        {"nhs_number": "-", "found": False, "person": None}] * 2
     assert reidentify(world, objector).status_code == 403  # the same rule refuses
     with world.haven.engine.connect() as connection:
         entries = connection.execute(select(audit_log).where(
