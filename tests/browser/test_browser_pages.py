@@ -160,7 +160,8 @@ class Visitor:
         self.role = role
         self.axe_source = axe_source
         self.context = browser.new_context(base_url=site.url, java_script_enabled=javascript,
-                                           viewport={"width": 1280, "height": 900})
+                                           viewport={"width": 1280, "height": 900},
+                                           locale="en-GB", timezone_id="Europe/London")
         self.page = self.context.new_page()
 
     def close(self) -> None:
@@ -356,9 +357,10 @@ def test_analyst_dashboards_show_the_api_tables_suppressed(visit: Any, site: Sit
     analyst.sign_in()
     analyst.open("/pages/dashboards")
     analyst.page.wait_for_selector("figure[data-by=tier][data-geography=pcn] svg")
-    analyst.page.wait_for_selector("figure[data-by=age_band] svg")
+    analyst.page.wait_for_selector("figure[data-by=sex] svg")
     text = analyst.text()
     assert "People by risk tier and Primary Care Network" in text and "suppressed" in text
+    assert "Every figure of this table is suppressed" in text  # no chart drawn from nothing
     for by in ("age_band", "sex", "condition"):
         api = analyst.context.request.get(f"{site.url}/aggregates?by={by}&geography=area")
         assert api.status == 200
@@ -387,6 +389,7 @@ def test_super_user_runs_a_job_and_makes_an_export(visit: Any, site: Site) -> No
         assert time.monotonic() < deadline
         su.page.wait_for_timeout(500)
         su.page.reload()
+    assert "person index:" in su.text()  # the stage's own progress lines
     su.check("super-user-job-complete")
     su.open("/pages/exports")
     su.page.fill("#recipient", "RR8")
