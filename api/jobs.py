@@ -26,6 +26,8 @@ from pipeline.link import link
 from pipeline.score import score
 
 JOB_ID = re.compile(r"^job-\d{14}-[0-9a-f]{6}$")
+PROGRESS_LINES = 20
+SERVER_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:\\|~?/)\S*")
 
 
 class JobRefused(Exception):
@@ -88,7 +90,7 @@ class JobRunner:
     def start_link(self, actor: Actor) -> dict[str, Any]:
         """Update the person index as `actor`."""
         ctx = self.context.acting_as(actor)
-        return self._start("link", actor, lambda: link(ctx))
+        return self._start("link", actor, lambda say: link(ctx, progress=say))
 
     def start_score(self, actor: Actor, at: dt.date, seed: int = 0,
                     purpose: str = "commissioning", model: str | None = None
@@ -96,10 +98,11 @@ class JobRunner:
         """Score at `at` for `purpose` as `actor` (with `model` instead of the validation's
         choice when given)."""
         ctx = self.context.acting_as(actor)
-        return self._start("score", actor, lambda: score(ctx, at, seed=seed, purpose=purpose,
-                                                         model=model))
+        return self._start("score", actor, lambda say: score(
+            ctx, at, seed=seed, purpose=purpose, model=model, progress=say))
 
-    def _start(self, kind: str, actor: Actor, work: Callable[[], Any]) -> dict[str, Any]:
+    def _start(self, kind: str, actor: Actor, work: Callable[[Callable[[str], None]], Any]
+               ) -> dict[str, Any]:
         # The thread lock for this process, the file lock for the API's other processes.
         with self._lock, store.data_lock(self.settings, "jobs"):
             if self._busy():
@@ -115,17 +118,28 @@ class JobRunner:
         thread.start()
         return job
 
-    def _run(self, job: dict[str, Any], work: Callable[[], Any]) -> None:
+    def _run(self, job: dict[str, Any], work: Callable[[Callable[[str], None]], Any]) -> None:
         job["status"] = "running"
+        job["progress"] = []
         self._save(job)
+
+        def say(line: str) -> None:  # the stage's progress lines, the latest few kept
+            job["progress"] = [*job["progress"], _progress_line(line)][-PROGRESS_LINES:]
+            self._save(job)
+
         try:
-            result = work()
+            result = work(say)
         except Exception as exc:  # noqa: BLE001 - reported on the job, by kind only
             job.update(status="failed", error=f"{type(exc).__name__} in the {job['kind']} stage")
         else:
             job.update(status="complete", result=_summary(result))
         job["finished_at"] = _now()
         self._save(job)
+
+
+def _progress_line(line: str) -> str:
+    """A stage's progress line as a job may keep it: no path on the server's disks."""
+    return SERVER_PATH.sub("(on the server)", line.strip())[:300]
 
 
 def _summary(result: Any) -> dict[str, Any]:

@@ -88,6 +88,7 @@ async def dashboards(request: Request, access: PageAccess) -> Response:
         cells += len(table["cells"])
         tables.append({"by": by, "geography": geography, "title": title,
                        "id": f"{by}-{geography}", "rule": table["rule"],
+                       "shown": any(not c["suppressed"] for c in table["cells"]),
                        "grid": grid(table, by, geography)})
     access.answered(cells, tables=[t["id"] for t in tables])
     rule = tables[0]["rule"] if tables else {}
@@ -147,6 +148,9 @@ async def job(request: Request, job_id: job_routes.JobId, access: PageAccess) ->
     """A job's progress (the page refreshes itself every few seconds while it runs)."""
     found = answer(await run_in_threadpool(job_routes.job_status, job_id, access))
     running = found["status"] in ("queued", "running")
+    # The stage's progress lines (the route has checked the job is the caller's to see).
+    kept = await run_in_threadpool(access.services.jobs.get, job_id) or {}
+    found["progress"] = [str(line) for line in kept.get("progress") or []]
     return render(request, "analyst/job.html", access=access, title="Job", job=found,
                   running=running,
                   result=json.dumps(found.get("result") or {}, indent=2, sort_keys=True))

@@ -28,10 +28,11 @@ router = page_router()
 SOURCES = {"social_care": "Social care (consented clients)", "optouts": "Opt-outs register"}
 COUNT_LABELS = {"received": "Rows received", "landed": "Rows kept", "rejected": "Rows rejected",
                 "dropped_no_consent": "Rows without consent (not kept)",
-                "no_consent": "Rows without consent (not kept)",
-                "excluded_optout": "Rows of people who opted out (not kept)",
-                "invalid_nhs": "Rows with an invalid NHS number (linked by other details)",
-                "missing_nhs": "Rows without an NHS number (linked by other details)"}
+                "excluded_by_optout": "Rows of people who opted out (not kept)",
+                "nhs_missing": "Rows without an NHS number (linked by other details)",
+                "nhs_invalid": "Rows with an NHS number that fails its check (linked by "
+                               "other details)",
+                "encoded_for_linkage": "Rows prepared for linkage by other details"}
 RULES = (
     (r"^required but blank$", "is empty, but it must be filled in"),
     (r"^fails the modulus-11 check$", "is not a valid NHS number: its check digit is wrong"),

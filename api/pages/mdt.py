@@ -110,8 +110,8 @@ async def case_finding(
              if k not in ("page", "reviewed")]
     return render(
         request, "mdt/case_finding.html", access=access, title="Case-finding list",
-        practice=ods, run=release, items=body["items"], total=body["total"],
-        in_practice=len(rows), page=page, pages=pages, page_size=PAGE_SIZE,
+        practice=ods, run=release, items=body["items"], total=body["total"], page=page,
+        pages=pages, page_size=PAGE_SIZE,
         filters={"tier": tier, "age_band": age_band, "sex": sex, "condition": condition,
                  "sort": sort, "show": show},
         tiers=TIERS, age_bands=list(risk.AgeBand.__args__), sexes=list(risk.Sex.__args__),

@@ -96,7 +96,7 @@ def _percent(value: float | None, digits: int = 1) -> str:
 
 def _change(value: float | None) -> str:
     if value is None:
-        return "new"
+        return "first scored"
     points = 100 * value
     if abs(points) < 0.05:
         return "no change"

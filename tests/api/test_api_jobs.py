@@ -51,7 +51,7 @@ def test_score_job_passes_date_and_seed_and_reports_failure_by_kind(world: World
                                                                     monkeypatch) -> None:
     seen = {}
 
-    def run_score(ctx, at, seed=0, purpose="commissioning", model=None):
+    def run_score(ctx, at, seed=0, purpose="commissioning", model=None, progress=None):
         seen.update(at=at, seed=seed, actor=ctx.actor, purpose=purpose, model=model)
         raise RuntimeError("details that must not leave the job")
 
@@ -76,7 +76,7 @@ def test_score_job_passes_date_and_seed_and_reports_failure_by_kind(world: World
 
 def test_a_job_result_holds_counts_and_ids_but_no_server_path(world: World,
                                                                monkeypatch) -> None:
-    monkeypatch.setattr(jobs, "score", lambda ctx, at, seed=0, purpose="", model=None: {
+    monkeypatch.setattr(jobs, "score", lambda ctx, at, seed=0, purpose="", model=None, **_: {
         "run_id": "score-2025-04-01-abc", "persons": 3, "folder": "/srv/haven/runs/x",
         "tiers": {"low": 3}, "rows": [{"person_key": "P1"}]})
     started = world.call("super_user", "POST", "/jobs/score", json={"at": "2025-04-01"})

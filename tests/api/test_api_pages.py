@@ -204,3 +204,28 @@ def test_every_page_answers_a_signed_in_role_it_belongs_to(world: World, tmp_pat
         for path in paths:
             page = browser.get(path)
             assert page.status_code == 200, (role, path, page.text[-500:])
+
+
+def test_a_job_page_shows_its_progress_without_server_paths(world: World,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    import time
+
+    from api import jobs
+
+    def link(ctx, progress) -> dict:
+        progress("reading 3 extracts from /srv/haven/extracts")
+        progress("person index: 40 rows")
+        return {"rows": 40}
+
+    monkeypatch.setattr(jobs, "link", link)
+    browser, csrf = signed_in(world, "super_user")
+    started = browser.post("/pages/jobs/link", data={"csrf": csrf}, follow_redirects=False)
+    assert started.status_code == 303
+    for _ in range(100):
+        page = browser.get(started.headers["location"])
+        if "complete" in page.text:
+            break
+        time.sleep(0.05)
+    assert "person index: 40 rows" in page.text and "(on the server)" in page.text
+    assert "/srv/haven" not in page.text

@@ -29,3 +29,22 @@ for (const input of document.querySelectorAll("input[data-manifest-for]")) {
     }
   });
 }
+
+// A file can be dropped anywhere on its question, not only on the button.
+for (const input of document.querySelectorAll("input[type=file]")) {
+  const zone = input.closest(".nhsuk-form-group");
+  if (!zone) continue;
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("haven-drop");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("haven-drop"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("haven-drop");
+    if (event.dataTransfer && event.dataTransfer.files.length) {
+      input.files = event.dataTransfer.files;
+      input.dispatchEvent(new Event("change"));
+    }
+  });
+}
