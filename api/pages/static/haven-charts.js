@@ -8,6 +8,7 @@
   var TIER_COLOUR = ["#d5281b", "#ed8b00", "#ffb81c", "#768692", "#aeb7bd"];
   var SOURCE = {apc: "Hospital admissions", ae: "A&E", op: "Outpatients", gp_events: "GP record",
                 gp_medications: "GP prescribing", community: "Community services", social_care: "Social care"};
+  var STYLE = {fontSize: "14px", fontFamily: "Frutiger W01, Arial, sans-serif", color: "#212b32"};
   var SEX = {"1": "Male", "2": "Female", "9": "Not specified", "0": "Not known", unknown: "Unknown"};
 
   function label(by, value) {
@@ -26,8 +27,10 @@
     });
     var shown = cells.filter(function (c) { return !c.suppressed; });
     var hidden = cells.filter(function (c) { return c.suppressed; });
+    var longest = Math.max.apply(null, cells.map(function (c) { return String(c.category).length; }));
     return Plot.plot({
-      width: width(figure), marginLeft: 140, height: 40 + 28 * cells.length,
+      style: STYLE, width: width(figure), marginLeft: Math.min(20 + 8 * longest, 320),
+      height: 50 + 30 * cells.length,
       x: {label: "People", grid: true}, y: {label: null, domain: cells.map(function (c) { return c.category; })},
       marks: [
         Plot.barX(shown, {x: "count", y: "category", fill: "#005eb8"}),
@@ -46,14 +49,16 @@
     var hiddenUnits = {};
     table.cells.forEach(function (c) { if (c.suppressed) hiddenUnits[c[geography]] = true; });
     var notes = Object.keys(hiddenUnits).map(function (u) { return {unit: u}; });
+    var present = TIERS.filter(function (t) { return shown.some(function (c) { return c.tier === t; }); });
     return Plot.plot({
-      width: width(figure), marginLeft: 90, marginRight: 110, height: 50 + 26 * units.length,
+      style: STYLE, width: width(figure), marginLeft: 90, marginRight: 140,
+      height: 60 + 30 * units.length,
       x: {label: "People", grid: true}, y: {label: null, domain: units},
-      color: {legend: true, domain: TIERS.filter(function (t) { return shown.some(function (c) { return c.tier === t; }); }),
-              range: TIER_COLOUR, tickFormat: function (t) { return TIER_LABEL[t] || t; }},
+      color: {legend: true, domain: present, range: present.map(function (t) { return TIER_COLOUR[TIERS.indexOf(t)]; }),
+              tickFormat: function (t) { return TIER_LABEL[t] || t; }},
       marks: [
         Plot.barX(shown, {x: "count", y: "unit", fill: "tier", order: TIERS}),
-        Plot.text(notes, {frameAnchor: "right", y: "unit", text: function () { return "some suppressed"; }, dx: 105, fill: "#4c6272", fontStyle: "italic", textAnchor: "end"}),
+        Plot.text(notes, {frameAnchor: "right", y: "unit", text: function () { return "some suppressed"; }, dx: 135, fill: "#4c6272", fontStyle: "italic", textAnchor: "end"}),
         Plot.ruleX([0])
       ]
     });
@@ -85,7 +90,7 @@
     });
     var most = Math.max.apply(null, perMonth);
     figure.replaceChildren(Plot.plot({
-      width: width(figure), height: 260, marginBottom: 50,
+      style: STYLE, width: width(figure), height: 300, marginBottom: 60,
       x: {label: null, domain: data.months, tickRotate: -45},
       y: {label: "Records", grid: true, ticks: Math.min(most, 5), tickFormat: "d"},
       color: {legend: true, domain: data.sources.map(function (s) { return SOURCE[s] || s; })},
