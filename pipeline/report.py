@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from pipeline.context import Context
 from pipeline.score import NoScoreRun, use_filter
 from pipeline.serving import complete_run, serving_run, withheld_person_keys
 from stratify.evaluate import evaluate
-from stratify.report import write_report
+from stratify.report import EVALUATION_FILE, write_report
 from stratify.scoring import load_run
 
 
@@ -39,3 +40,13 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
     audit.log(ctx.engine, ctx.actor, "model.report", f"run/{run_id}",
               n_records=int(len(run.scores)), purpose=serving.purpose)
     return path
+
+
+def evaluation_figures(ctx: Context, run_id: str) -> dict | None:
+    """The figures of the run's evaluation as `model_report` wrote them (None when it has not
+    been evaluated yet)."""
+    path = ctx.settings.layout.report(run_id) / EVALUATION_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

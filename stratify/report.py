@@ -1,12 +1,14 @@
 """`haven model report`: a run or its evaluation as Markdown with PNG plots.
 
 `write_report(run_or_evaluation, out_dir)` writes `report.md` and plots (matplotlib, Agg
-backend, no display needed). A run alone gives its tiers, thresholds, model choice and the most
-common reasons; an evaluation adds discrimination, calibration and subgroup tables and plots.
+backend, no display needed), and an evaluation's figures as `evaluation.json`. A run alone
+gives its tiers, thresholds, model choice and the most common reasons; an evaluation adds
+discrimination, calibration and subgroup tables and plots.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +22,26 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from stratify.evaluate import Evaluation  # noqa: E402
 from stratify.scoring import ScoreRun  # noqa: E402
 from stratify.tiers import ORDER  # noqa: E402
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as plain JSON values (NaN as null)."""
+    cleaned = frame.astype(object).where(pd.notna(frame), None)
+    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+            for row in cleaned.to_dict("records")]
+
+
+def evaluation_figures(ev: Evaluation) -> dict:
+    """An evaluation's figures as JSON (what the web pages show): every model's overall
+    metrics, each model's calibration by decile, and the chosen model's subgroup metrics.
+    Person-level values (`ev.frame`) are not included."""
+    return {"run_id": ev.run_id, "at": ev.at.isoformat(), "outcome": ev.outcome,
+            "chosen": ev.chosen, "notes": list(ev.notes),
+            "overall": _records(ev.overall),
+            "calibration": {name: _records(curve) for name, curve in ev.calibration.items()},
+            "subgroups": _records(ev.subgroups[ev.subgroups["model"] == "chosen"])}
 
 
 def _table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -161,6 +183,8 @@ def write_report(run_or_evaluation: ScoreRun | Evaluation, out_dir: Path | str,
         else:
             lines += [f"# Evaluation of run `{run_or_evaluation.run_id}`", ""]
         lines += _evaluation_section(run_or_evaluation, out)
+        (out / EVALUATION_FILE).write_text(json.dumps(evaluation_figures(run_or_evaluation)),
+                                           encoding="utf-8")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -35,6 +35,7 @@ DESCRIPTIONS = {
     "/pages/case-finding": "Your practice's people at highest risk, for the next MDT meeting.",
     "/pages/dashboards": "The current run's published tables: tiers by PCN and practice, age, "
                          "sex and conditions.",
+    "/pages/model": "How well the current model did on the year after its date.",
     "/pages/jobs": "Start linkage and scoring, and follow their progress.",
     "/pages/exports": "Export the current run for a named recipient.",
     "/pages/upload": "Send an extract and see your receipts.",

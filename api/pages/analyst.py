@@ -26,6 +26,7 @@ from api.routes import jobs as job_routes
 from api.routes import risk
 from api.schemas import ExportRequest, ScoreJobRequest
 from api.scored_run import AGE_BANDS, CONDITION_SOURCES, SEXES, TIERS
+from pipeline import report as model_report
 
 router = page_router()
 MODELS = {"": "Best on validation (recommended)", "rule": "Rule baseline",
@@ -95,6 +96,57 @@ async def dashboards(request: Request, access: PageAccess) -> Response:
     return render(request, "analyst/dashboards.html", access=access, title="Dashboards",
                   run=run, tables=tables, rule=rule,
                   may_model=access.allows("run", "read"))
+
+
+MODEL_METRICS = (("auroc", "AUROC"), ("auprc", "AUPRC"), ("brier", "Brier score"),
+                 ("calibration_slope", "Calibration slope"),
+                 ("calibration_intercept", "Calibration intercept"),
+                 ("ppv_top0_5", "PPV, top 0.5% (very high)"),
+                 ("ppv_top5", "PPV, top 5% (high and above)"),
+                 ("ppv_top20", "PPV, top 20% (moderate and above)"),
+                 ("sensitivity_top5", "Sensitivity, top 5%"))
+
+
+def _shown_counts(figures: dict[str, Any], rule: Any) -> dict[str, Any]:
+    """The evaluation's counts as the small-number rule shows counts (a subgroup whose persons
+    are hidden shows no figure at all); rates and AUROCs as they are."""
+    def show(value: Any) -> Any:
+        if value is None:
+            return None
+        shown = rule.show(int(value))
+        return "suppressed" if shown == rule.symbol else shown
+
+    for row in figures.get("overall", []):
+        for name in ("events_top5", "events_top1000"):
+            if name in row:
+                row[name] = show(row[name])
+    for curve in figures.get("calibration", {}).values():
+        for point in curve:
+            point["persons"] = show(point.get("persons"))
+    for row in figures.get("subgroups", []):
+        persons = row.get("persons")
+        row["hidden"] = persons is not None and rule.hides(int(persons))
+        row["persons"], row["events"] = show(persons), show(row.get("events"))
+    return figures
+
+
+@router.get("/pages/model", summary="The model's evaluation")
+@permission("run", "read")
+async def model(request: Request, access: PageAccess) -> Response:
+    """The serving run's evaluation on the year after its date, as `haven model report` wrote
+    it (discrimination with its interval, calibration by decile, PPV at each tier, subgroups),
+    counts shown as the small-number rule shows them."""
+    run = answer(await run_in_threadpool(risk.run_info, access))
+    figures = await run_in_threadpool(model_report.evaluation_figures, access.services.context,
+                                      run["run_id"])
+    if figures is not None:
+        rule = await run_in_threadpool(access.services.suppression_rule)
+        figures = _shown_counts(figures, rule)
+    access.answered(0, run_id=run["run_id"], evaluated=figures is not None)
+    chosen = next((r for r in (figures or {}).get("overall", []) if r["model"] == "chosen"),
+                  None)
+    return render(request, "analyst/model.html", access=access, title="Model evaluation",
+                  run=run, figures=figures, chosen=chosen, metrics=MODEL_METRICS)
 
 
 def _jobs_of(access: Access) -> list[dict[str, Any]]:

@@ -56,6 +56,7 @@ class NavItem:
 NAV = (
     NavItem("Case finding", "/pages/case-finding", "case_finding", "read", "own"),
     NavItem("Dashboards", "/pages/dashboards", "aggregate", "read"),
+    NavItem("Model", "/pages/model", "aggregate", "read"),
     NavItem("Jobs", "/pages/jobs", "job_score", "create"),
     NavItem("Exports", "/pages/exports", "export", "create"),
     NavItem("Upload", "/pages/upload", "receipt", "read", "own"),
@@ -103,6 +104,10 @@ def _change(value: float | None) -> str:
     return f"{'up' if points > 0 else 'down'} {abs(points):.1f} points"
 
 
+def _metric(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def _count(figure: dict[str, Any] | None) -> str:
     if not figure:
         return "–"
@@ -119,7 +124,7 @@ def _json_script(value: Any) -> Markup:
 
 ENV = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(
     ["html"]), trim_blocks=True, lstrip_blocks=True, auto_reload=False)
-ENV.filters.update(tier=_tier, percent=_percent, change=_change, count=_count,
+ENV.filters.update(tier=_tier, percent=_percent, change=_change, count=_count, metric=_metric,
                    json_script=_json_script,
                    sex=lambda v: SEX_LABEL.get(v or "", "Not known"),
                    source=lambda v: SOURCE_LABEL.get(v, v),

@@ -229,3 +229,49 @@ def test_a_job_page_shows_its_progress_without_server_paths(world: World,
         time.sleep(0.05)
     assert "person index: 40 rows" in page.text and "(on the server)" in page.text
     assert "/srv/haven" not in page.text
+
+
+def evaluation(run_id: str) -> dict:
+    """An evaluation's figures as `haven model report` writes them (stratify.report)."""
+    def overall(model: str, auroc: float) -> dict:
+        return {"model": model, "auroc": auroc, "auroc_lo": auroc - 0.04,
+                "auroc_hi": auroc + 0.04, "auprc": 0.31, "brier": 0.061,
+                "calibration_slope": 0.97, "calibration_intercept": 0.02, "ppv_top0_5": 0.6,
+                "ppv_top5": 0.41, "ppv_top20": 0.22, "sensitivity_top5": 0.35,
+                "events_top5": 3, "events_top1000": 12}
+
+    return {"run_id": run_id, "at": "2025-04-01", "outcome": "emergency_admission",
+            "chosen": "rule", "notes": [],
+            "overall": [overall("chosen", 0.78), overall("rule", 0.78),
+                        overall("logistic", 0.74)],
+            "calibration": {"chosen": [{"bin": i, "predicted": 0.02 + 0.03 * i,
+                                        "observed": 0.025 + 0.028 * i, "persons": 4}
+                                       for i in range(10)]},
+            "subgroups": [{"model": "chosen", "subgroup": "sex", "value": "female",
+                           "persons": 20, "events": 9, "auroc": 0.8, "auroc_lo": 0.7,
+                           "auroc_hi": 0.9, "calibration_slope": 1.0, "ppv_top5": 0.5,
+                           "sensitivity_top5": 0.3},
+                          {"model": "chosen", "subgroup": "age_band", "value": "85+",
+                           "persons": 6, "events": 2, "auroc": 0.91, "auroc_lo": 0.6,
+                           "auroc_hi": 1.0, "calibration_slope": 1.4, "ppv_top5": 1.0,
+                           "sensitivity_top5": 0.5}]}
+
+
+def test_the_model_page_shows_the_evaluation_with_small_counts_suppressed(world: World
+                                                                         ) -> None:
+    import json
+
+    browser, _ = signed_in(world, "analyst")
+    before = browser.get("/pages/model")
+    assert before.status_code == 200 and "has not been evaluated yet" in before.text
+    folder = world.haven.settings.layout.report(world.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "evaluation.json").write_text(json.dumps(evaluation(world.run_id)))
+    page = browser.get("/pages/model").text
+    assert "0.780 (0.740 to 0.820)" in page and "41.0%" in page
+    row = page[page.index("age band: 85+"):][:400]
+    assert "suppressed" in row and "0.910" not in row  # six persons: no figure at all
+    assert ">20<" in page  # twenty persons shown, rounded to fives
+    assert "0.910" not in page
+    council, _ = signed_in(world, "council_uploader")
+    assert council.get("/pages/model").status_code == 403

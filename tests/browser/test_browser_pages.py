@@ -79,6 +79,41 @@ def _activity(world: Any) -> None:
         receipt = land_file(landing, path)
         assert receipt.status == "landed", receipt.reason
     person_index.update(haven.settings, haven.engine, haven.keys.current("linkage"))
+    _evaluated(world)
+
+
+def _evaluated(world: Any) -> None:
+    """The run's evaluation as `haven model report` writes it (stratify.report), with one
+    subgroup too small to show."""
+    import json
+
+    def overall(model: str, auroc: float) -> dict:
+        return {"model": model, "auroc": auroc, "auroc_lo": auroc - 0.04,
+                "auroc_hi": auroc + 0.04, "auprc": 0.31, "brier": 0.061,
+                "calibration_slope": 0.97, "calibration_intercept": 0.02, "ppv_top0_5": 0.6,
+                "ppv_top5": 0.41, "ppv_top20": 0.22, "sensitivity_top5": 0.35,
+                "events_top5": 3, "events_top1000": 12}
+
+    def subgroup(name: str, value: str, persons: int, auroc: float) -> dict:
+        return {"model": "chosen", "subgroup": name, "value": value, "persons": persons,
+                "events": persons // 3, "auroc": auroc, "auroc_lo": auroc - 0.1,
+                "auroc_hi": min(auroc + 0.1, 1.0), "calibration_slope": 1.0,
+                "ppv_top5": 0.5, "sensitivity_top5": 0.3}
+
+    figures = {"run_id": world.run_id, "at": "2025-04-01", "outcome": "emergency_admission",
+               "chosen": "rule", "notes": [],
+               "overall": [overall("chosen", 0.78), overall("rule", 0.78),
+                           overall("logistic", 0.74), overall("boosting", 0.76)],
+               "calibration": {"chosen": [{"bin": i, "predicted": 0.02 + 0.03 * i,
+                                           "observed": 0.025 + 0.028 * i, "persons": 40}
+                                          for i in range(10)]},
+               "subgroups": [subgroup("sex", "female", 20, 0.8),
+                             subgroup("sex", "male", 20, 0.76),
+                             subgroup("age_band", "85+", 6, 0.9),
+                             subgroup("social_care", "with social care", 20, 0.74)]}
+    folder = world.haven.settings.layout.report(world.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "evaluation.json").write_text(json.dumps(figures))
 
 
 @pytest.fixture(scope="session")
@@ -372,6 +407,10 @@ def test_analyst_dashboards_show_the_api_tables_suppressed(visit: Any, site: Sit
                          if k in (cell[by], {"1": "Male", "2": "Female"}.get(cell[by])))
             assert shown == ("suppressed" if cell["suppressed"] else f"{cell['count']:,}")
     analyst.check("analyst-dashboards")
+    analyst.page.get_by_role("link", name="Model", exact=True).click()
+    analyst.page.wait_for_selector("figure[data-chart=calibration] svg")
+    assert "0.780 (0.740 to 0.820)" in analyst.text()
+    analyst.check("analyst-model")
     analyst.open("/pages/case-finding", status=403)
     analyst.check("analyst-refused-case-finding")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,9 @@ def test_evaluation_and_report(sources: dict[str, pd.DataFrame], run: ScoreRun,
     text = path.read_text()
     assert "AUROC" in text and (tmp_path / "report" / "roc_calibration.png").exists()
     assert (tmp_path / "report" / "subgroup_auroc.png").stat().st_size > 1000
+    figures = json.loads((tmp_path / "report" / "evaluation.json").read_text())
+    assert figures["chosen"] == ev.chosen and {r["model"] for r in figures["overall"]} >= {"chosen"}
+    assert figures["calibration"]["chosen"] and "frame" not in figures
 
 
 def test_delong_and_calibration_helpers() -> None:

@@ -98,6 +98,28 @@
     }));
   }
 
+  function drawCalibration(figure) {
+    var source = document.getElementById("calibration-data");
+    if (!source) return;
+    var points = JSON.parse(source.textContent).filter(function (p) {
+      return p.predicted !== null && p.observed !== null;
+    });
+    if (!points.length) return;
+    var top = 1.1 * Math.max.apply(null, points.map(function (p) { return Math.max(p.predicted, p.observed); }));
+    figure.replaceChildren(Plot.plot({
+      style: STYLE, width: Math.min(width(figure), 560), height: 420, grid: true,
+      marginBottom: 45, marginLeft: 55,
+      x: {label: "Mean predicted risk", domain: [0, top], tickFormat: "%"},
+      y: {label: "Observed rate", domain: [0, top], tickFormat: "%"},
+      marks: [
+        Plot.line([[0, 0], [top, top]], {stroke: "#aeb7bd", strokeDasharray: "4,4", clip: true}),
+        Plot.line(points, {x: "predicted", y: "observed", stroke: "#005eb8"}),
+        Plot.dot(points, {x: "predicted", y: "observed", fill: "#005eb8", r: 4})
+      ]
+    }));
+  }
+
   document.querySelectorAll("[data-aggregate]").forEach(drawAggregate);
+  document.querySelectorAll("[data-chart=calibration]").forEach(drawCalibration);
   document.querySelectorAll("[data-chart=timeline]").forEach(drawTimeline);
 })();
