@@ -84,6 +84,7 @@ def test_retention_dates_and_the_shipped_tables(haven):
 
 def test_the_access_policy_table_is_migrated_and_an_adapter_made_one_is_kept(tmp_path: Path):
     from alembic import command
+    from alembic.script import ScriptDirectory
     from sqlalchemy import inspect, text
 
     from governance.db import alembic_config, engine_for, migrate
@@ -99,11 +100,11 @@ def test_the_access_policy_table_is_migrated_and_an_adapter_made_one_is_kept(tmp
                                 "v5 VARCHAR(255), v6 VARCHAR(255))"))
         connection.execute(text("INSERT INTO casbin_rule (ptype, v0) VALUES ('g', 'kept')"))
     migrate(engine)
-    with engine.connect() as connection:  # kept, with the IG lead's approval right (0003)
+    with engine.connect() as connection:  # kept, with rules later migrations add (0003...)
         assert connection.execute(text("SELECT v0 FROM casbin_rule ORDER BY id")).scalars() \
-            .all() == ["kept", "ig_lead"]
+            .all()[:2] == ["kept", "ig_lead"]
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-            == "0003"
+            == ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
     fresh = engine_for(Settings(home=tmp_path / "fresh"))
     migrate(fresh)
     columns = {c["name"] for c in inspect(fresh).get_columns("casbin_rule")}

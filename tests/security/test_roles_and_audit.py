@@ -8,6 +8,7 @@ import csv
 import hashlib
 import io
 import re
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import pytest
@@ -39,6 +40,12 @@ ANALYST = Actor("ana", "analyst", "X26", "commissioning")
 @pytest.fixture
 def world(haven, tmp_path) -> World:
     return build_world(haven, tmp_path, ApiConfig(refresh_seconds=0, token_cache_seconds=0))
+
+
+def _run(coroutine: object) -> object:
+    """`asyncio.run` in a thread of its own: a test before may have left a loop running here."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _digits(value: object) -> str:
@@ -86,7 +93,7 @@ def test_the_audit_log_refuses_and_the_api_writer_withholds_every_written_form(
              "outcome": "not_found", "detail": {"method": "GET", "status": 404,
                                                 "asked": f"for {written} today"}}
     try:
-        asyncio.run(writer.write(entry))
+        _run(writer.write(entry))
     finally:
         writer.close()
     with haven.engine.connect() as connection:
@@ -225,7 +232,7 @@ class Sent:
             elif message["type"] == "http.response.body":
                 self.body += message.get("body", b"")
 
-        asyncio.run(world.client.app(scope, receive, send))
+        _run(world.client.app(scope, receive, send))
 
 
 def _big_json(megabytes: int) -> list[bytes]:
@@ -440,8 +447,27 @@ def test_a_deployment_seeded_earlier_gets_the_ig_leads_approval_right(tmp_path) 
                 connection.execute(text("INSERT INTO casbin_rule (ptype, v0, v1, v2, v3, v4, v5,"
                                         " v6) VALUES ('p', 'ig_lead', '*', 'audit_log', 'read',"
                                         " 'governance', '*', 'any')"))
-            command.upgrade(config, "head")
+            command.upgrade(config, "0003")
             rows = {tuple(r[1:]) for r in connection.execute(text(
                 "SELECT ptype, v0, v1, v2, v3, v4, v5, v6 FROM casbin_rule"))}
         engine.dispose()
         assert (approve in rows) is seeded and len(rows) == (2 if seeded else 0)
+
+
+def test_an_approval_that_cannot_be_applied_stays_pending(world: World, monkeypatch) -> None:
+    """Promise: an approved change that could not be applied is pending again, not half
+    done, and grants nothing."""
+    change = world.call("admin", "POST", "/access-policy/changes", json=ESCALATION).json()
+    policy = world.client.app.state.services.policy
+
+    def broken(*_args, **_kwargs) -> bool:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(policy, "change", broken)
+    failed = world.call("ig_lead", "POST",
+                        f"/access-policy/changes/{change['change_id']}/approve")
+    assert failed.status_code == 500
+    monkeypatch.undo()
+    pending = world.call("ig_lead", "GET", "/access-policy/changes?status=pending").json()
+    assert [c["change_id"] for c in pending["items"]] == [change["change_id"]]
+    assert not _can_read_persons(world, world.headers("admin"))
