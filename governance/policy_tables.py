@@ -74,6 +74,17 @@ VALIDATORS = {
 _TEN_DIGITS = re.compile(r"\d{10}")
 
 
+def json_object(content: str, name: str) -> dict:
+    """`content` (a JSON policy table) as an object; ValueError naming the table otherwise."""
+    try:
+        data = json.loads(content)
+    except ValueError as exc:
+        raise ValueError(f"{name}: not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{name}: expected a JSON object")
+    return data
+
+
 def policy_names() -> list[str]:
     """The policy tables shipped in `policies/` that an IG lead may change."""
     return sorted(p.name for p in POLICIES_DIR.iterdir()

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 
+from governance.policy_tables import json_object
+
 POLICY = "release.json"
 # Every column a record-level release may carry (beside the recipient's pseudonym).
 RELEASABLE = ("tier", "probability_band", "practice", "age_band", "sex", "conditions_count")
@@ -89,12 +91,7 @@ class ReleaseRule:
 
 def validate_release(content: str, _engine: Engine | None = None) -> None:
     """Raise ValueError unless `content` is a usable release rule."""
-    try:
-        data = json.loads(content)
-    except ValueError as exc:
-        raise ValueError(f"{POLICY}: not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{POLICY}: expected a JSON object")
+    data = json_object(content, POLICY)
     ReleaseRule.from_json(data)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine
 
+from governance.policy_tables import json_object
 from policies import POLICIES_DIR
 
 POLICY = "suppression.json"
@@ -84,12 +85,7 @@ class Rule:
 
 def validate_rule(content: str, _engine: Engine | None = None) -> None:
     """Raise ValueError unless `content` is a usable suppression rule."""
-    try:
-        data = json.loads(content)
-    except ValueError as exc:
-        raise ValueError(f"{POLICY}: not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{POLICY}: expected a JSON object")
+    data = json_object(content, POLICY)
     try:
         Rule.from_json(data)
     except (TypeError, ValueError) as exc:
