@@ -2,8 +2,9 @@
 
 What may be published (JSNA, the Health and Wellbeing Board) must stay safe whatever else is
 published beside it, so `/aggregates` answers from a fixed set of tables, never from a query:
-persons by one dimension (tier, age band, sex, or long-term condition, where a person counts
-under each of their conditions) on one geography (practice, PCN, locality or the whole area,
+persons by one dimension (tier, age band, sex, long-term condition, where a person counts
+under each of their conditions, number of long-term conditions, or change of tier since the last
+run) on one geography (practice, PCN, locality or the whole area,
 `governance.geography`), with no filters. Arbitrary practice sets and filters let a reader
 difference answers until a suppressed cell is solved; a fixed set of tables can instead be
 protected as one publication.
@@ -22,7 +23,14 @@ and age band over the area would together be a three-way table (practice x tier 
 its two-way margins published, which sums alone do not describe; with one dimension per table,
 every table is the sum over practices of per-practice counts, and any per-practice counts that
 fit the published figures can be made from some persons, so the equations say all a reader
-can learn. Counts are taken with NumPy over the run's codes.
+can learn. Two pairs of tables are the exception, each pair counting one thing two ways: by
+condition and by number of conditions both count persons' condition sets, by tier and by change
+of tier both count (tier, previous tier) pairs (a very high person cannot have gone down, a low
+one up). For those, `publish` writes the shared counts per practice as latent figures (never
+published, `protect(latent=)`) and each table's cells as sums of them: every (tier, change) pair
+that can occur, and the condition sets that occur in the practice with the empty set, each
+single condition and a set of each size (fewer sets than a reader may suppose, which keeps the
+check on the safe side). Counts are taken with NumPy over the run's codes.
 """
 
 from __future__ import annotations
@@ -38,6 +46,11 @@ from governance.geography import AREA, LEVELS, Geography
 from governance.suppression import Rule, protect
 
 UNKNOWN = "unknown"
+# Persons by how many long-term conditions they have: 0, 1, 2, 3, 4 or more.
+CONDITION_COUNTS = ("0", "1", "2", "3", "4+")
+# Change of tier since the last run: up, same, down; new where the last run gave no tier
+# (or there was none); unknown where this run's tier is unknown.
+TIER_CHANGES = ("up", "same", "down", "new")
 
 
 # Conditions are counted through a histogram of condition sets when it stays this small
@@ -45,10 +58,37 @@ UNKNOWN = "unknown"
 MASK_BINS = 1 << 22
 
 
+def condition_counts(release: Release) -> list[str]:
+    """The number-of-conditions categories a run can have (up to its conditions' number)."""
+    return list(CONDITION_COUNTS[:min(len(release.conditions), 4) + 1])
+
+
+def _number_of_conditions(bits: np.ndarray) -> np.ndarray:
+    return np.minimum(np.bitwise_count(bits.astype(np.uint64)), 4).astype(np.int64)
+
+
+def _tier_change(tier: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """Codes into TIER_CHANGES (unknown: -1) from tier codes (TIERS order: higher first)."""
+    out = np.where(tier < previous, 0, np.where(tier == previous, 1, 2)).astype(np.int64)
+    out[previous < 0] = 3
+    out[tier < 0] = -1
+    return out
+
+
 def _dimension(release: Release, name: str, rows: np.ndarray | None
                ) -> tuple[np.ndarray, list[str]]:
     """Codes 0..n-1 of the rows (None: every row) on one single-valued dimension, with the
     label of each code (unknown last)."""
+    if name == "condition_count":  # every person has a number, if only 0
+        bits = release.condition_bits if rows is None else release.condition_bits[rows]
+        return _number_of_conditions(bits), condition_counts(release)
+    if name == "tier_change":
+        tier, previous = release.tier, release.previous_tier
+        if rows is not None:
+            tier, previous = tier[rows], previous[rows]
+        codes = _tier_change(tier, previous)
+        codes[codes < 0] = len(TIER_CHANGES)
+        return codes, [*TIER_CHANGES, UNKNOWN]
     column, labels = {
         "practice": (release.practice, release.practices),
         "age_band": (release.age_band, list(AGE_BANDS)),
@@ -114,7 +154,7 @@ def count(release: Release, rows: np.ndarray, by: Sequence[str]) -> dict[tuple[s
     return out
 
 
-DIMENSIONS = ("tier", "age_band", "sex", "condition")
+DIMENSIONS = ("tier", "age_band", "sex", "condition", "condition_count", "tier_change")
 GEOGRAPHIES = tuple(reversed(LEVELS))  # area, locality, pcn, practice: coarsest first
 
 
@@ -140,7 +180,9 @@ def publish(release: Release, geography: Geography, rule: Rule) -> Publication:
     """Every published table of `release` (module docstring), suppressed as one."""
     rows = release.everyone
     categories = {"tier": [*TIERS, UNKNOWN], "age_band": [*AGE_BANDS, UNKNOWN],
-                  "sex": [*SEXES, UNKNOWN], "condition": list(release.conditions)}
+                  "sex": [*SEXES, UNKNOWN], "condition": list(release.conditions),
+                  "condition_count": condition_counts(release),
+                  "tier_change": [*TIER_CHANGES, UNKNOWN]}
     leaf = {key[0]: n for key, n in count(release, rows, ["practice"]).items()}
     practices = sorted(leaf)
     units = {level: sorted({geography.unit(level, p) for p in practices}) for level in LEVELS}
@@ -180,11 +222,80 @@ def publish(release: Release, geography: Geography, rule: Rule) -> Publication:
                 groups.append(((_measure(dimension), level, unit), parts))
             at_most += [(("cell", level, unit, "condition", c), ("persons", level, unit))
                         for c in categories["condition"]]
-    hidden = protect(true, groups, rule, at_most)
+    latent = _shared_counts(release, practices, true, groups)
+    hidden = protect(true, groups, rule, at_most, latent)
+    for key in latent:
+        del true[key]  # never published
     shown = {key: rule.symbol if key in hidden else rule.show(value)
              for key, value in true.items()}
     return Publication(units=units, categories=categories, shown=shown,
                        zero=frozenset(k for k, v in true.items() if v == 0), rule=rule)
+
+
+def _possible_changes(tier: int) -> list[int]:
+    """TIER_CHANGES codes a person of this tier code can have (-1: unknown tier)."""
+    if tier < 0:
+        return [-1]
+    return [c for c in range(len(TIER_CHANGES))
+            if not (c == 0 and tier == 0) and not (c == 2 and tier == len(TIERS) - 1)]
+
+
+def _shared_counts(release: Release, practices: list[str], true: dict[Hashable, int],
+                   groups: list[tuple[Hashable, list[Hashable]]]) -> list[Hashable]:
+    """Latent figures (module docstring) per practice, added to `true` with the equations
+    making each cell of the tables that share them; returns their keys."""
+    rows = release.everyone
+    code = {UNKNOWN: -1, **{p: i for i, p in enumerate(release.practices)}}  # -1: no practice
+    latent: list[Hashable] = []
+    # (tier, change) pairs: every pair that can occur.
+    pairs = [(t, c) for t in (*range(len(TIERS)), -1) for c in _possible_changes(t)]
+    tier, change = release.tier[rows].astype(np.int64), _tier_change(
+        release.tier[rows], release.previous_tier[rows])
+    tier_labels, change_labels = [*TIERS, UNKNOWN], [*TIER_CHANGES, UNKNOWN]
+    practice = release.practice[rows].astype(np.int64)
+    seen: dict[tuple[int, int, int], int] = {}
+    found, n = np.unique(np.stack([practice, tier, change]), axis=1, return_counts=True)
+    for (at, t, c), k in zip(found.T.tolist(), n.tolist(), strict=True):
+        seen[(at, t, c)] = k
+    # condition sets: those that occur, the empty set, each condition alone, one of each size.
+    names = len(release.conditions)
+    fixed = {0, *(1 << i for i in range(names)),
+             *((1 << k) - 1 for k in range(2, min(names, 4) + 1))}
+    bits = release.condition_bits[rows].astype(np.int64)
+    sets: dict[tuple[int, int], int] = {}
+    found, n = np.unique(np.stack([practice, bits]), axis=1, return_counts=True)
+    for (at, mask), k in zip(found.T.tolist(), n.tolist(), strict=True):
+        sets[(at, mask)] = k
+    counts = condition_counts(release)
+    for p in practices:
+        at = code[p]
+        tier_parts: dict[str, list[Hashable]] = {t: [] for t in tier_labels}
+        change_parts: dict[str, list[Hashable]] = {c: [] for c in change_labels}
+        for t, c in pairs:
+            key = ("latent", p, "tier_change", tier_labels[t], change_labels[c])
+            true[key] = seen.get((at, t, c), 0)
+            latent.append(key)
+            tier_parts[tier_labels[t]].append(key)
+            change_parts[change_labels[c]].append(key)
+        for dimension, parts in (("tier", tier_parts), ("tier_change", change_parts)):
+            groups += [(("cell", "practice", p, dimension, label), keys)
+                       for label, keys in parts.items()]
+        masks = sorted(fixed | {m for (q, m) in sets if q == at})
+        condition_parts: dict[str, list[Hashable]] = {c: [] for c in release.conditions}
+        count_parts: dict[str, list[Hashable]] = {c: [] for c in counts}
+        for mask in masks:
+            key = ("latent", p, "conditions", mask)
+            true[key] = sets.get((at, mask), 0)
+            latent.append(key)
+            for i, name in enumerate(release.conditions):
+                if mask >> i & 1:
+                    condition_parts[name].append(key)
+            count_parts[counts[min(mask.bit_count(), 4)]].append(key)
+        for dimension, parts in (("condition", condition_parts),
+                                 ("condition_count", count_parts)):
+            groups += [(("cell", "practice", p, dimension, label), keys)
+                       for label, keys in parts.items()]
+    return latent
 
 
 def _practice_in(geography: Geography, level: str, unit: str, practices: list[str]) -> str:

@@ -15,12 +15,20 @@ fits everything shown; where none does, one more figure is hidden and the check 
 figures are taken as exact there, though they are rounded: the check gives the reader more than
 is published. The API's aggregates and the opt-out report both publish through these functions,
 so the rule is applied the same way everywhere.
+
+Two published tables can be functions of the same unpublished figures (persons by condition and
+by number of conditions both count condition sets; by tier and by change of tier both count
+(tier, previous tier) pairs). `latent` figures stand for those: never shown, never exposed, always
+unknown to the reader, and linked to the published ones by equations, so the exact check sees what
+the tables together say. A publisher may give fewer latent figures than a reader could imagine
+(only the combinations that occur): a solution found among fewer is still one the reader must
+allow, so the check stays on the safe side.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,16 +104,20 @@ Equation = tuple[Hashable, list[Hashable]]
 
 
 def protect(true: Mapping[Hashable, int], groups: list[Equation], rule: Rule,
-            at_most: Sequence[tuple[Hashable, Hashable]] = ()) -> set[Hashable]:
+            at_most: Sequence[tuple[Hashable, Hashable]] = (),
+            latent: Collection[Hashable] = ()) -> set[Hashable]:
     """The figures to hide: primary suppression, then secondary until no equation
     `total = sum(parts)` among `groups` has exactly one hidden figure and no hidden figure's
-    value is fixed by the figures shown (`exposed`; `at_most` pairs `(a, b)` say a <= b)."""
-    hidden = {key for key, value in true.items() if rule.hides(value)}
+    value is fixed by the figures shown (`exposed`; `at_most` pairs `(a, b)` say a <= b).
+    `latent` figures (keys of `true` too) are never published: unknown from the start, never
+    reported as fixed, and not in the answer."""
+    unseen = frozenset(latent)
+    hidden = {key for key, value in true.items() if key in unseen or rule.hides(value)}
     while True:
-        _no_single_unknown(true, groups, hidden)
-        found = exposed(true, groups, hidden, at_most)
+        _no_single_unknown(true, groups, hidden, unseen)
+        found = exposed(true, groups, hidden, at_most, unseen)
         if not found:
-            return hidden
+            return hidden - unseen
         hidden.add(_victim(true, groups, hidden, at_most, found[0]))
 
 
@@ -117,13 +129,13 @@ def _smallest(true: Mapping[Hashable, int], keys: list[Hashable]) -> Hashable | 
 
 
 def _no_single_unknown(true: Mapping[Hashable, int], groups: list[Equation],
-                       hidden: set[Hashable]) -> None:
+                       hidden: set[Hashable], latent: frozenset = frozenset()) -> None:
     changed = True
     while changed:
         changed = False
         for total, parts in groups:
             unknown = [k for k in (*parts, total) if k in hidden]
-            if len(unknown) != 1:
+            if len(unknown) != 1 or unknown[0] in latent:
                 continue
             victim = _smallest(true, [k for k in parts if k not in hidden])
             hidden.add(total if victim is None else victim)
@@ -154,7 +166,8 @@ def _victim(true: Mapping[Hashable, int], groups: list[Equation], hidden: set[Ha
 
 
 def exposed(true: Mapping[Hashable, int], groups: list[Equation], hidden: set[Hashable],
-            at_most: Sequence[tuple[Hashable, Hashable]] = ()) -> list[Hashable]:
+            at_most: Sequence[tuple[Hashable, Hashable]] = (),
+            latent: frozenset = frozenset()) -> list[Hashable]:
     """Hidden figures whose value is fixed by the shown ones, in a stable order.
 
     The published system: every equation `total = sum(parts)` and inequality `a <= b`, shown
@@ -162,7 +175,8 @@ def exposed(true: Mapping[Hashable, int], groups: list[Equation], hidden: set[Ha
     figures). Hidden figures are split into components (linked by a relation); in each, integer
     programmes look for another solution: the sum of the undecided figures is pushed up and
     down while that moves some of them, then each one left is pushed alone. A figure no
-    solution moves is exposed."""
+    solution moves is exposed. `latent` figures are unknowns of the system but never
+    published, so never exposed (a component of latent figures alone is not checked)."""
     relations = [[(1, total)] + [(-1, part) for part in parts] for total, parts in groups]
     relations += [[(1, small), (-1, big)] for small, big in at_most]
     inequality = [False] * len(groups) + [True] * len(at_most)
@@ -187,15 +201,18 @@ def exposed(true: Mapping[Hashable, int], groups: list[Equation], hidden: set[Ha
         index = {key: i for i, key in enumerate(members)}
         rows = [(relation, less) for relation, less in zip(relations, inequality, strict=True)
                 if any(key in index for _, key in relation)]
-        if rows:  # a figure in no relation is fixed by nothing
-            found += [members[i] for i in _fixed(true, members, index, rows, ceiling)]
+        published = {i for i, key in enumerate(members) if key not in latent}
+        if rows and published:  # a figure in no relation is fixed by nothing
+            found += [members[i] for i in _fixed(true, members, index, rows, ceiling,
+                                                 published)]
     return found
 
 
 def _fixed(true: Mapping[Hashable, int], members: list[Hashable],
-           index: dict[Hashable, int], rows: list[tuple[list, bool]], ceiling: int
-           ) -> list[int]:
-    """Positions in `members` that no other integer solution of `rows` moves."""
+           index: dict[Hashable, int], rows: list[tuple[list, bool]], ceiling: int,
+           checked: set[int] | None = None) -> list[int]:
+    """Positions in `members` (those `checked`, else all) that no other integer solution of
+    `rows` moves."""
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import csr_array
@@ -221,7 +238,7 @@ def _fixed(true: Mapping[Hashable, int], members: list[Hashable],
         solution = milp(weights, constraints=constraints, integrality=np.ones(n), bounds=box)
         return {i for i in among if abs(solution.x[i] - truth[i]) > 0.5}
 
-    undecided = set(range(n))
+    undecided = set(range(n)) if checked is None else set(checked)
     progress = True
     while undecided and progress:
         progress = False

@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from api.aggregates import CONDITION_COUNTS, TIER_CHANGES
 from api.guard import Access, permission
 from api.pages.common import PageAccess, answer, form, listed, page_router, see_other
 from api.pages.render import render
@@ -36,7 +37,11 @@ TABLES = (("tier", "pcn", "People by risk tier and Primary Care Network"),
           ("tier", "practice", "People by risk tier and practice"),
           ("age_band", "area", "People by age band"),
           ("sex", "area", "People by sex"),
-          ("condition", "area", "People by long-term condition"))
+          ("condition", "area", "People by long-term condition"),
+          ("condition_count", "area", "People by number of long-term conditions"),
+          ("tier_change", "area", "People by change of risk tier since the last run"))
+# Tables counted from conditions, shown only to a role that may see their sources.
+FROM_CONDITIONS = frozenset({"condition", "condition_count"})
 
 
 async def published(request: Request, access: Access, by: str, geography: str
@@ -51,7 +56,9 @@ async def published(request: Request, access: Access, by: str, geography: str
 def grid(table: dict[str, Any], by: str, geography: str) -> dict[str, Any]:
     """A published table as rows (units) x columns (categories), for an HTML table. A cell
     the API leaves out is a true zero; a suppressed one stays suppressed."""
-    order = {"tier": list(TIERS), "age_band": list(AGE_BANDS), "sex": list(SEXES)}.get(by)
+    order = {"tier": list(TIERS), "age_band": list(AGE_BANDS), "sex": list(SEXES),
+             "condition_count": list(CONDITION_COUNTS), "tier_change": list(TIER_CHANGES)
+             }.get(by)
     categories = [c[by] for c in (table["margins"].get(by) or table["cells"])]
     if order:
         categories = [c for c in order if c in categories] + \
@@ -83,7 +90,7 @@ async def dashboards(request: Request, access: PageAccess) -> Response:
     tables = []
     cells = 0
     for by, geography, title in TABLES:
-        if by == "condition" and not conditions_visible:
+        if by in FROM_CONDITIONS and not conditions_visible:
             continue
         table = await published(request, access, by, geography)
         cells += len(table["cells"])

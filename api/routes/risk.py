@@ -22,7 +22,8 @@ router = APIRouter(tags=["risk"])
 Tier = Literal["very_high", "high", "moderate", "low"]
 AgeBand = Literal["0-17", "18-44", "45-64", "65-74", "75-84", "85+"]
 Sex = Literal["1", "2", "9", "0"]
-Dimension = Literal["tier", "age_band", "sex", "condition"]
+Dimension = Literal["tier", "age_band", "sex", "condition", "condition_count",
+                    "tier_change"]
 Geography = Literal["area", "locality", "pcn", "practice"]
 EMPTY = np.empty(0, dtype=np.int64)
 
@@ -199,8 +200,13 @@ AGGREGATE_PARAMETERS = frozenset({"by", "geography"})
 async def aggregates(
     request: Request,
     access: Annotated[Access, Depends(authorise)],
-    by: Annotated[Dimension, Query(description="The dimension counted: tier, age band, sex "
-                                               "or long-term condition.", examples=["tier"])],
+    by: Annotated[Dimension, Query(description="The dimension counted: `tier`, `age_band`, "
+                                               "`sex`, `condition` (long-term condition; a "
+                                               "person counts under each of theirs), "
+                                               "`condition_count` (number of long-term "
+                                               "conditions: 0, 1, 2, 3, 4+) or `tier_change` "
+                                               "(since the last run: up, same, down, new, "
+                                               "unknown).", examples=["tier"])],
     geography: Annotated[Geography, Query(description="Whose counts: each practice, PCN or "
                                                       "locality, or the whole area.",
                                           examples=["pcn"])] = "area",
@@ -211,6 +217,23 @@ async def aggregates(
     are suppressed, others rounded to the nearest 5, and further figures suppressed until none
     hidden can be solved from all the tables together (`api.aggregates`).
 
+    `by` and the categories of its cells:
+    - `tier`: very_high, high, moderate, low, unknown.
+    - `age_band`: 0-17, 18-44, 45-64, 65-74, 75-84, 85+, unknown.
+    - `sex`: 1 male, 2 female, 9 not specified, 0 not known, unknown.
+    - `condition`: each long-term condition of the run; a person counts once under each of
+      their conditions, so the totals count mentions, not persons. Refused (403) to a role that
+      may not see the sources conditions come from.
+    - `condition_count`: persons by how many long-term conditions they have, 0, 1, 2, 3 and
+      4+ (up to the run's number of conditions); each person once, totals are persons. Refused
+      as `condition` is.
+    - `tier_change`: persons by their tier against the last run's: up (a higher tier), same,
+      down, new (no tier in the last run, or no last run), unknown (no tier in this one).
+
+    Every table (each category's cells sum to the unit's persons, or mentions for
+    `condition`) is part of the one publication: no suppressed figure of one table can be
+    worked out from the others.
+
     The whole publication is computed once per run, rule and geography table, and each answer
     kept as the JSON sent, on the event loop (a worker thread passes the interpreter lock back
     and forth with the loop at every NumPy call while fifty callers wait)."""
@@ -219,7 +242,7 @@ async def aggregates(
             or asked.count("geography") > 1:
         raise Problem(422, "only published tables are answered: one `by` and one "
                            "`geography`, no filters (record-level lists take filters)")
-    _conditions_allowed(access, "-", by == "condition")
+    _conditions_allowed(access, "-", by in ("condition", "condition_count"))
     services = access.services
     release = services.releases.fresh(access.purpose) or await run_in_threadpool(
         current_release, access)

@@ -101,3 +101,21 @@ def test_oidc_tokens_are_refused_when_no_issuer_is_configured(haven, signing_key
     bearer = token(signing_key, roles=["analyst"], org="X26")
     assert client.get("/whoami", headers={"Authorization": f"Bearer {bearer}"}).status_code \
         == 401
+
+
+def test_the_sign_in_page_takes_an_oidc_access_token(world: World, signing_key) -> None:
+    """The page's sign-in checks a token with the API's own Authenticator: an OIDC JWT the API
+    accepts starts a session as its user; one it refuses does not."""
+    import re
+
+    browser = TestClient(world.client.app, raise_server_exceptions=False)
+    csrf = re.compile(r'name="csrf" value="([^"]+)"')
+    bearer = token(signing_key, roles=["Haven.Analyst"], org="x26")
+    for offered, started in ((token(signing_key, kid="k2", roles=["Haven.Analyst"],
+                                    org="x26"), False), (bearer, True)):
+        form = browser.get("/pages/sign-in")
+        answer = browser.post("/pages/sign-in", data={
+            "csrf": csrf.search(form.text).group(1), "token": offered}, follow_redirects=False)
+        assert (answer.status_code == 303) is started, answer.text
+    dashboards = browser.get("/pages/dashboards")
+    assert dashboards.status_code == 200 and "People by risk tier" in dashboards.text

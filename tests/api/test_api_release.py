@@ -136,6 +136,7 @@ def test_hidden_sources_and_what_rests_on_them_are_left_out(world: World) -> Non
     assert bare["conditions"] == [] and bare["sources"] == []
     assert world.call("analyst", "GET", "/risk/persons?condition=COPD").status_code == 403
     assert world.call("analyst", "GET", "/aggregates?by=condition").status_code == 403
+    assert world.call("analyst", "GET", "/aggregates?by=condition_count").status_code == 403
 
 
 def test_mdt_sees_social_care_for_own_patients(world: World) -> None:
@@ -282,6 +283,64 @@ def test_aggregates_endpoint_publishes_tables(world: World) -> None:
                   "?by=tier&sex=2", f"?by=tier&practice={OWN_PRACTICE}",
                   "?by=tier&geography=ward", "?by=tier&geography=pcn&geography=practice"):
         assert world.call("analyst", "GET", f"/aggregates{query}").status_code == 422, query
+
+
+def test_aggregates_by_number_of_conditions_and_change_of_tier(world: World) -> None:
+    """The two tables added for the dashboards: each person once, so each unit's cells sum to
+    its persons; shown figures are the true counts rounded, categories the documented ones."""
+    from collections import Counter
+
+    rows = score_rows(sorted(world.practice), [world.practice[k] for k in sorted(world.practice)])
+    tiers = ("very_high", "high", "moderate", "low")
+    true = {
+        "condition_count": Counter(str(min(len([c for c in (r or "").split(";") if c]), 4))
+                                   for r in rows["conditions"]),
+        "tier_change": Counter(
+            "new" if before is None else "up" if tiers.index(now) < tiers.index(before)
+            else "same" if now == before else "down"
+            for now, before in zip(rows["tier"], rows["previous_tier"], strict=True))}
+    persons = world.call("analyst", "GET", "/aggregates?by=tier").json()["total"]
+    for by, categories in (("condition_count", {"0", "1", "2", "3", "4+"}),
+                           ("tier_change", {"up", "same", "down", "new", "unknown"})):
+        area = world.call("analyst", "GET", f"/aggregates?by={by}").json()
+        assert area["by"] == [by] and area["total"] == persons  # persons, not mentions
+        assert {c[by] for c in area["cells"]} <= categories
+        for cell in area["cells"]:
+            assert cell["suppressed"] or abs(cell["count"] - true[by][cell[by]]) <= 2, cell
+        assert any(c["suppressed"] for c in area["cells"]) or all(
+            c["count"] is not None for c in area["cells"])
+        grid = world.call("analyst", "GET", f"/aggregates?by={by}&geography=practice").json()
+        assert grid["by"] == ["practice", by] and grid["margins"][by] == area["cells"]
+        assert {u["practice"] for u in grid["margins"]["practice"]} == set(world.practice.values())
+    assert true["tier_change"]["new"] and true["tier_change"]["same"]  # the world has both
+    schema = world.client.get("/openapi.json").json()
+    described = schema["paths"]["/aggregates"]["get"]
+    by = next(p for p in described["parameters"] if p["name"] == "by")
+    assert {"condition_count", "tier_change"} <= set(by["schema"]["enum"])
+    assert "4+" in described["description"] and "new (no tier" in described["description"]
+
+
+def test_publication_tables_count_each_person_once_and_agree(haven) -> None:
+    """Persons by number of conditions and by change of tier, through `publish`: every
+    practice's cells of each sum to its persons, and they are suppressed with the rest."""
+    keys = [f"P{n:020x}" for n in range(90)]
+    rows = score_rows(keys, ["A00001", "A00002", "A00003"] * 30)
+    rows.loc[5, "tier"] = None  # unknown tier: unknown change
+    release = load_release(haven.settings, write_score_run(haven, rows, run_id="score-pub"),
+                           {})
+    publication = publish(release, Geography(), Rule())
+    assert publication.categories["condition_count"] == ["0", "1", "2", "3"]  # 3 conditions
+    assert not any(k[0] == "latent" for k in publication.shown)  # never published
+    for by in ("condition_count", "tier_change"):
+        answer = table(publication, "practice", by)
+        for unit in answer["margins"]["practice"]:
+            cells = [c for c in answer["cells"] if c["practice"] == unit["practice"]]
+            hidden = [c for c in cells if c["suppressed"]]
+            assert len(hidden) != 1 or unit["suppressed"]  # no lone suppressed cell
+            if not hidden and not unit["suppressed"]:
+                assert abs(sum(c["count"] for c in cells) - unit["count"]) <= 2 * len(cells)
+    change = {c["tier_change"]: c for c in table(publication, "area", "tier_change")["cells"]}
+    assert change["unknown"] == {"tier_change": "unknown", "count": None, "suppressed": True}
 
 
 def test_an_ig_lead_s_suppression_rule_applies(world: World) -> None:

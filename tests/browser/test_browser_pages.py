@@ -396,15 +396,20 @@ def test_analyst_dashboards_show_the_api_tables_suppressed(visit: Any, site: Sit
     text = analyst.text()
     assert "People by risk tier and Primary Care Network" in text and "suppressed" in text
     assert "Every figure of this table is suppressed" in text  # no chart drawn from nothing
-    for by in ("age_band", "sex", "condition"):
+    assert "People by number of long-term conditions" in text
+    assert "People by change of risk tier since the last run" in text
+    for by in ("age_band", "sex", "condition", "condition_count", "tier_change"):
+        if analyst.page.locator(f"figure[data-by={by}]").count():  # not all suppressed
+            analyst.page.wait_for_selector(f"figure[data-by={by}] svg")
         api = analyst.context.request.get(f"{site.url}/aggregates?by={by}&geography=area")
         assert api.status == 200
         table = analyst.page.locator(f"section[aria-labelledby='{by}-area-title'] table")
         cells = {r.locator("th").inner_text(): r.locator("td").inner_text()
                  for r in table.locator("tbody tr").all()}
         for cell in api.json()["cells"]:
+            named = {"1": "Male", "2": "Female"} if by == "sex" else {}
             shown = next(v for k, v in cells.items()
-                         if k in (cell[by], {"1": "Male", "2": "Female"}.get(cell[by])))
+                         if k in (cell[by], named.get(cell[by]), cell[by].capitalize()))
             assert shown == ("suppressed" if cell["suppressed"] else f"{cell['count']:,}")
     analyst.check("analyst-dashboards")
     analyst.page.get_by_role("link", name="Model", exact=True).click()
@@ -549,11 +554,19 @@ def test_admin_users_tokens_and_access_rules(visit: Any, site: Site) -> None:
     admin.page.fill("#user_id", "nurse.new")
     admin.page.fill("#org", "B86001")
     admin.page.get_by_label("mdt_clinician").check()
-    response = admin.submit("Add user")
-    assert "no-store" in response.headers["cache-control"]
-    token = admin.page.locator(".haven-token").inner_text()
+    admin.submit("Add user")
+    # A person-level role: the account waits for an IG lead, who alone is shown the token.
+    assert "Waiting for approval" in admin.text()
+    assert admin.page.locator(".haven-token").count() == 0
+    admin.check("admin-user-pending")
+    ig = visit("ig_lead")
+    ig.sign_in()
+    ig.open("/pages/access-rules")
+    ig.page.get_by_role("button", name="Approve change nurse.new B86001 mdt_clinician").click()
+    ig.page.wait_for_load_state()
+    token = ig.page.locator(".haven-token").inner_text()
     assert token.startswith("hvn_")
-    admin.check("admin-token")
+    ig.check("admin-token")
 
     nurse = visit("mdt_clinician")
     nurse.sign_in(token)
@@ -570,8 +583,6 @@ def test_admin_users_tokens_and_access_rules(visit: Any, site: Site) -> None:
     if "Waiting for approval" in admin.text():  # person-level: an IG lead approves it
         assert "risk_list\texport" not in permissions.inner_text()
         admin.check("admin-access-rules-pending")
-        ig = visit("ig_lead")
-        ig.sign_in()
         ig.open("/pages/access-rules")
         assert "risk_list" in ig.text()
         ig.check("ig-access-rule-approval")

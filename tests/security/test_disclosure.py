@@ -35,6 +35,16 @@ TIERS = ("very_high", "high", "moderate", "low")
 AGE_BANDS = ("0-17", "18-44", "45-64", "65-74", "75-84", "85+")
 SEXES = ("1", "2")
 CONDITIONS = ("COPD", "diabetes", "heart failure")
+CONDITION_COUNTS = ("0", "1", "2", "3")  # up to the number of conditions
+TIER_CHANGES = ("up", "same", "down", "new")
+
+
+def tier_change(tier: str, previous: str | None) -> str:
+    """Change of tier since the last run, as the aggregates count it."""
+    if previous is None:
+        return "new"
+    now, before = TIERS.index(tier), TIERS.index(previous)  # higher tiers first
+    return "up" if now < before else "same" if now == before else "down"
 
 
 @pytest.fixture
@@ -71,7 +81,8 @@ def six_practices() -> list[str]:
 
 
 def population(practices: list[str], seed: int = 11) -> list[dict]:
-    """Synthetic persons: practice, tier, age band, sex and conditions, drawn at random."""
+    """Synthetic persons: practice, tier, previous tier (None: new), age band, sex and
+    conditions, drawn at random."""
     rng = np.random.default_rng(seed)
     people = []
     for practice in practices:
@@ -79,6 +90,8 @@ def population(practices: list[str], seed: int = 11) -> list[dict]:
             people.append({
                 "practice": practice,
                 "tier": TIERS[rng.choice(4, p=[0.02, 0.06, 0.17, 0.75])],
+                "previous_tier": None if rng.random() < 0.1
+                else TIERS[rng.choice(4, p=[0.02, 0.06, 0.17, 0.75])],
                 "age_band": AGE_BANDS[rng.choice(6, p=[0.2, 0.3, 0.25, 0.1, 0.1, 0.05])],
                 "sex": SEXES[rng.integers(0, 2)],
                 "conditions": [c for c, p in zip(CONDITIONS, (0.08, 0.12, 0.04), strict=True)
@@ -92,7 +105,7 @@ def serve(world: World, people: list[dict], run_id: str = "score-disclosure") ->
     rows = score_rows(keys, [p["practice"] for p in people])
     rng = np.random.default_rng(5)
     rows["probability"] = np.round(rng.uniform(0.001, 0.95, len(people)), 4)
-    for column in ("tier", "age_band", "sex"):
+    for column in ("tier", "previous_tier", "age_band", "sex"):
         rows[column] = [p[column] for p in people]
     rows["conditions"] = [";".join(p["conditions"]) for p in people]
     write_score_run(world.haven, rows, run_id=run_id,
@@ -104,13 +117,17 @@ def serve(world: World, people: list[dict], run_id: str = "score-disclosure") ->
 class Attacker:
     """Someone holding every answer the aggregate endpoint gave, who knows the practices, the
     geography table, the categories and the suppression rule, and solves for persons per
-    (practice, tier, age band, sex, set of conditions): non-negative integers that must fit
-    every figure published (a shown count within its rounding, an omitted cell zero)."""
+    (practice, tier, age band, sex, set of conditions, change of tier): non-negative integers
+    that must fit every figure published (a shown count within its rounding, an omitted cell
+    zero). The number of conditions follows from the set; a change of tier is one the tier
+    allows (a very high person cannot have gone down, nor a low one up)."""
 
     def __init__(self, practices: list[str]) -> None:
         self.geography = geography_table()
-        self.atoms = list(itertools.product(practices, TIERS, AGE_BANDS, SEXES,
-                                            range(1 << len(CONDITIONS))))
+        self.atoms = [atom for atom in itertools.product(
+            practices, TIERS, AGE_BANDS, SEXES, range(1 << len(CONDITIONS)), TIER_CHANGES)
+            if not (atom[1] == TIERS[0] and atom[5] == "down")
+            and not (atom[1] == TIERS[-1] and atom[5] == "up")]
         self.rows: list[np.ndarray] = []
         self.lower: list[float] = []
         self.upper: list[float] = []
@@ -132,7 +149,10 @@ class Attacker:
                 "pcn": np.array([self.unit("pcn", p) for p in practices]),
                 "locality": np.array([self.unit("locality", p) for p in practices]),
                 **{name: np.array([a[i] for a in self.atoms])
-                   for i, name in ((1, "tier"), (2, "age_band"), (3, "sex"))},
+                   for i, name in ((1, "tier"), (2, "age_band"), (3, "sex"),
+                                   (5, "tier_change"))},
+                "condition_count": np.array([str(min(a[4].bit_count(), 4))
+                                             for a in self.atoms]),
                 "bits": np.array([a[4] for a in self.atoms])}
         return self._columns
 
@@ -171,7 +191,8 @@ class Attacker:
         listed = {tuple(labels.get(d) for d in by) for _, labels in figures[:len(
             answer["cells"])]}
         vocabulary = {"tier": TIERS, "age_band": AGE_BANDS, "sex": SEXES,
-                      "condition": CONDITIONS}
+                      "condition": CONDITIONS, "condition_count": CONDITION_COUNTS,
+                      "tier_change": TIER_CHANGES}
         spaces = [vocabulary.get(d) or sorted({self.unit(d, a[0]) for a in self.atoms})
                   for d in by]
         for combination in itertools.product(*spaces):  # omitted cells are zero
@@ -236,7 +257,9 @@ class Attacker:
 
 def test_suppressed_aggregates_cannot_be_solved_by_differencing(world: World) -> None:
     """Promise: no suppressed count of a published aggregate can be worked out from any
-    number of aggregate answers (overlapping practice sets, filters, every geography)."""
+    number of aggregate answers (overlapping practice sets, filters, every table on every
+    geography, conditions by name and by number, tiers with their change since the last run
+    beside them)."""
     practices = six_practices()
     people = population(practices)
     serve(world, people)
@@ -245,7 +268,8 @@ def test_suppressed_aggregates_cannot_be_solved_by_differencing(world: World) ->
     position = {atom: i for i, atom in enumerate(attacker.atoms)}
     for p in people:
         bits = sum(1 << CONDITIONS.index(c) for c in p["conditions"])
-        truth[position[(p["practice"], p["tier"], p["age_band"], p["sex"], bits)]] += 1
+        truth[position[(p["practice"], p["tier"], p["age_band"], p["sex"], bits,
+                        tier_change(p["tier"], p["previous_tier"]))]] += 1
     queries = []
     for size in range(1, len(practices) + 1):  # every set of the six practices
         for chosen in itertools.combinations(practices, size):
@@ -253,7 +277,8 @@ def test_suppressed_aggregates_cannot_be_solved_by_differencing(world: World) ->
     queries += ["by=practice&by=tier", "by=practice&by=age_band", "by=tier&by=sex",
                 "by=tier&by=age_band", "by=tier&by=condition"]
     queries += [f"by=tier&practice={p}&sex={s}" for p in practices for s in SEXES]
-    queries += [f"by={d}&geography={g}" for d in ("tier", "age_band", "sex", "condition")
+    dimensions = ("tier", "age_band", "sex", "condition", "condition_count", "tier_change")
+    queries += [f"by={d}&geography={g}" for d in dimensions
                 for g in ("area", "locality", "pcn", "practice")]
     refused = 0
     for query in queries:
@@ -263,6 +288,10 @@ def test_suppressed_aggregates_cannot_be_solved_by_differencing(world: World) ->
             continue
         attacker.read(response.json())
     assert attacker.targets, "nothing was suppressed: the attack proves nothing"
+    read = {json.dumps(sorted(set(json.loads(label)) - {"practice", "pcn", "locality"}))
+            for _, label in attacker.targets.values()}
+    for dimension in ("condition_count", "tier_change"):  # the new tables are attacked too
+        assert json.dumps([dimension]) in read, f"nothing suppressed by {dimension}"
     solved = attacker.solved(truth)
     assert solved == [], f"suppressed figures solved (labels, true count): {solved}"
     assert refused >= 63 + 5 + 12  # practice sets, two dimensions and filters are refused

@@ -10,10 +10,12 @@
                 gp_medications: "GP prescribing", community: "Community services", social_care: "Social care"};
   var STYLE = {fontSize: "14px", fontFamily: "Frutiger W01, Arial, sans-serif", color: "#212b32"};
   var SEX = {"1": "Male", "2": "Female", "9": "Not specified", "0": "Not known", unknown: "Unknown"};
+  var CHANGE = {up: "Up", same: "Same", down: "Down", "new": "New", unknown: "Unknown"};
 
   function label(by, value) {
     if (by === "tier") return TIER_LABEL[value] || value;
     if (by === "sex") return SEX[value] || value;
+    if (by === "tier_change") return CHANGE[value] || value;
     return value;
   }
 
