@@ -236,6 +236,12 @@ class AccessPolicy:
                     if r[0] in self._inherited(rule[1])}
         return bool(held - NOT_PERSON_LEVEL)
 
+    def person_level_roles(self, roles: Sequence[str]) -> list[str]:
+        """Those of `roles` that give access to person-level data as `widens` judges it: the
+        role, or a role it inherits, holds a permission outside `NOT_PERSON_LEVEL` (so an
+        account holding one, or a token for it, needs a second person too)."""
+        return [role for role in roles if self.widens("g", [NONE, role, "*"])]
+
     def _inherited(self, role: str) -> set[str]:
         """The role and every role it inherits, in any organisation."""
         found, frontier = {role}, [role]

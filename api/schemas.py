@@ -426,7 +426,10 @@ class AccessPolicyChangeRequest(BaseModel):
 
 class AccessPolicyChange(BaseModel):
     """A change to the access rules: `applied` at once (it widened no access to person-level
-    data), or `pending` until an IG lead `approved` (and it was applied) or `rejected` it."""
+    data), or `pending` until an IG lead `approved` (and it was applied) or `rejected` it.
+    `ptype` u is an account (`op` add, rule: user, organisation, roles) or a token (`op`
+    token, rule: user) for a user holding a person-level role; its approval alone answers
+    `token`, once."""
 
     model_config = example({
         "change_id": "apc-kmpqrstvwxyz", "ptype": "g", "rule": ["analyst", "super_user", "*"],
@@ -435,13 +438,14 @@ class AccessPolicyChange(BaseModel):
     change_id: str
     ptype: str
     rule: list[str]
-    op: Literal["add", "remove"]
+    op: Literal["add", "remove", "token"]
     status: Literal["applied", "pending", "approved", "rejected"]
     proposed_by: str
     proposed_at: str
     decided_by: str | None = None
     decided_at: str | None = None
     changed: bool | None = None
+    token: str | None = None
 
 
 class AccessPolicyChangeList(BaseModel):

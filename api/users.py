@@ -67,12 +67,35 @@ def check_user(user_id: str, org: str, roles: Sequence[str], known_roles: Iterab
         raise UserError(f"roles: unknown role {unknown[0]!r} (known: {', '.join(sorted(known))})")
 
 
-def add_user(engine: Engine, actor: Actor, user_id: str, org: str, roles: Sequence[str],
-             known_roles: Iterable[str], *, replace: bool = False) -> str:
-    """Add a user (or, with `replace`, reset one) and return their first token."""
+def checked_user(user_id: str, org: str, roles: Sequence[str], known_roles: Iterable[str]
+                 ) -> tuple[str, list[str]]:
+    """The organisation and roles as they would be stored; raises UserError naming the field."""
     org = org.strip().upper()
     roles = list(dict.fromkeys(roles))
     check_user(user_id, org, roles, known_roles)
+    return org, roles
+
+
+def user_roles(engine: Engine, user_id: str) -> list[str] | None:
+    """The roles of an active user, or None when there is no such active user."""
+    with engine.connect() as connection:
+        row = connection.execute(select(users.c.roles).where(
+            users.c.user_id == user_id, users.c.active.is_(True))).first()
+    return None if row is None else list(row.roles)
+
+
+def user_exists(engine: Engine, user_id: str) -> bool:
+    with engine.connect() as connection:
+        return bool(connection.scalar(select(func.count()).select_from(users)
+                                      .where(users.c.user_id == user_id)))
+
+
+def add_user(engine: Engine, actor: Actor, user_id: str, org: str, roles: Sequence[str],
+             known_roles: Iterable[str], *, replace: bool = False,
+             approved: dict[str, str] | None = None) -> str:
+    """Add a user (or, with `replace`, reset one) and return their first token. `approved`
+    (change id and proposer) goes into the audit entry when a second person approved it."""
+    org, roles = checked_user(user_id, org, roles, known_roles)
     token = new_token()
     now = datetime.now(UTC)
     with engine.begin() as connection:
@@ -92,11 +115,12 @@ def add_user(engine: Engine, actor: Actor, user_id: str, org: str, roles: Sequen
         connection.execute(insert(tokens).values(token_hash=token_hash(token), user_id=user_id,
                                                  created_at=now))
         audit.record(connection, actor, "user.replace" if exists else "user.add",
-                     f"user/{user_id}", detail={"org": org, "roles": roles})
+                     f"user/{user_id}", detail={"org": org, "roles": roles, **(approved or {})})
     return token
 
 
-def issue_token(engine: Engine, actor: Actor, user_id: str) -> str:
+def issue_token(engine: Engine, actor: Actor, user_id: str, *,
+                approved: dict[str, str] | None = None) -> str:
     """A further token for an active user (the old ones stay valid until revoked)."""
     token = new_token()
     with engine.begin() as connection:
@@ -105,7 +129,7 @@ def issue_token(engine: Engine, actor: Actor, user_id: str) -> str:
             raise LookupError("no such active user")
         connection.execute(insert(tokens).values(token_hash=token_hash(token), user_id=user_id,
                                                  created_at=datetime.now(UTC)))
-        audit.record(connection, actor, "token.issue", f"user/{user_id}")
+        audit.record(connection, actor, "token.issue", f"user/{user_id}", detail=approved)
     return token
 
 

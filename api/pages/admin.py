@@ -1,7 +1,8 @@
 """Administrators' pages: users and their tokens, and the access rules (IG leads may read the
-rules too, and approve or reject a pending change that widens access to person-level data).
-Each calls the route function of `api.routes.admin` it shows; a new token is shown once, on a
-page that is not kept."""
+rules too, and approve or reject a pending change that widens access to person-level data,
+an account or token for a user holding a person-level role among them). Each calls the route
+function of `api.routes.admin` it shows; a new token is shown once, on a page that is not kept
+(to the IG lead who approved it, when it needed approval)."""
 
 from __future__ import annotations
 
@@ -28,13 +29,19 @@ NO_STORE = {"Cache-Control": "no-store, max-age=0", "Pragma": "no-cache", "Expir
 
 @router.get("/pages/users", summary="Users")
 @permission("user", "read")
-async def users(request: Request, access: PageAccess) -> Response:
+async def users(request: Request, access: PageAccess,
+                proposed: Annotated[str | None, Query(pattern=r"^pending$")] = None
+                ) -> Response:
     items = answer(await run_in_threadpool(admin_routes.users, access))["items"]
     roles = sorted(access.services.policy.roles())
+    pending = [c for c in await run_in_threadpool(_changes, access)
+               if c["status"] == "pending" and c["ptype"] == "u"] \
+        if access.allows("access_policy", "read") else []
     return render(request, "admin/users.html", access=access, title="Users", items=items,
                   roles=roles, may_add=access.allows("user", "create"),
                   may_revoke=access.allows("user", "delete"),
-                  may_token=access.allows("token", "create"))
+                  may_token=access.allows("token", "create"), proposed=proposed,
+                  pending=pending)
 
 
 def _token_page(request: Request, access: PageAccess, token: dict, added: bool) -> Response:
@@ -51,8 +58,10 @@ async def add_user(request: Request, access: PageAccess) -> Response:
                           org=(data.get("org") or "").strip(), roles=listed(data.get("roles")))
     except ValidationError:
         raise Problem(422, "user_id, organisation and at least one role are needed") from None
-    token = answer(await run_in_threadpool(admin_routes.create_user, body, access))
-    return _token_page(request, access, token, added=True)
+    response = await run_in_threadpool(admin_routes.create_user, body, access)
+    if response.status_code == 202:  # a person-level role: an IG lead approves it
+        return see_other("/pages/users?proposed=pending")
+    return _token_page(request, access, answer(response), added=True)
 
 
 @router.post("/pages/users/{user_id}/tokens", summary="Issue a token")
@@ -60,8 +69,10 @@ async def add_user(request: Request, access: PageAccess) -> Response:
 async def new_token(request: Request, user_id: admin_routes.UserId, access: PageAccess
                     ) -> Response:
     await form(request)
-    token = answer(await run_in_threadpool(admin_routes.new_token, user_id, access))
-    return _token_page(request, access, token, added=False)
+    response = await run_in_threadpool(admin_routes.new_token, user_id, access)
+    if response.status_code == 202:
+        return see_other("/pages/users?proposed=pending")
+    return _token_page(request, access, answer(response), added=False)
 
 
 @router.post("/pages/users/{user_id}/revoke", summary="Revoke a user")
@@ -122,7 +133,11 @@ async def _decide(request: Request, change_id: str, name: str, access: PageAcces
     route = getattr(admin_routes, name, None)
     if route is None or not re.match(r"^apc-[a-z]{12}$", change_id):
         raise Problem(404, "no such change")
-    await run_in_threadpool(route, change_id, access)
+    change = answer(await run_in_threadpool(route, change_id, access))
+    if change.get("token"):  # an approved account or token: shown once, to the approver
+        return _token_page(request, access, {"user_id": change["rule"][0],
+                                             "token": change["token"]},
+                           added=change["op"] == "add")
     return see_other("/pages/access-rules")
 
 

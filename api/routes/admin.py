@@ -1,6 +1,7 @@
 """Administration: users, their roles and tokens, key rotation and the access rules. No
 patient-level data is reachable from here, and an admin cannot widen access to it alone: such a
-rule change waits for an IG lead (`api.policy_changes`)."""
+rule change, and an account or a token for a user holding a person-level role, waits for an IG
+lead (`api.policy_changes`)."""
 
 from __future__ import annotations
 
@@ -51,15 +52,32 @@ def users(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     return ok({"items": items})
 
 
+PENDING_ACCOUNT = example_response(
+    AccessPolicyChange, "The user holds a role with access to person-level data: pending "
+    "until an IG lead approves it; the approval answers the token, once, to the IG lead")
+
+
+def _pending(access: Access, change: policy_changes.Change, user_id: str) -> JSONResponse:
+    access.answered(0, user=user_id, change_id=change.change_id, status=change.status)
+    return ok(change.to_json(), 202)
+
+
 @router.post("/users", summary="Add a user", status_code=201,
              responses={201: example_response(Token, "Added; the token is shown once"),
-                        **responses(401, 403, 409, 422)})
+                        202: PENDING_ACCOUNT, **responses(401, 403, 409, 422)})
 @permission("user", "create")
 def create_user(body: UserCreate, access: Annotated[Access, Depends(authorise)]
                 ) -> JSONResponse:
-    """Add a user with roles in their organisation; answers their token, shown only now."""
+    """Add a user with roles in their organisation; answers their token, shown only now. A
+    user holding a role with access to person-level data (as `POST /access-policy/changes`
+    judges it: every role with a permission beyond the read-only, non-person-level ones) is
+    proposed instead (202, pending) and made only when an IG lead approves."""
     services = access.services
     try:
+        change = policy_changes.propose_user(services.policy, _actor(access), body.user_id,
+                                             body.org, body.roles)
+        if change is not None:
+            return _pending(access, change, body.user_id)
         token = add_user(services.engine, _actor(access), body.user_id, body.org, body.roles,
                          services.policy.roles())
     except UserError as exc:
@@ -86,10 +104,15 @@ def delete_user(user_id: UserId, access: Annotated[Access, Depends(authorise)]
 
 @router.post("/users/{user_id}/tokens", summary="Issue a further token", status_code=201,
              responses={201: example_response(Token, "Issued; shown once"),
-                        **responses(401, 403, 404, 422)})
+                        202: PENDING_ACCOUNT, **responses(401, 403, 404, 422)})
 @permission("token", "create")
 def new_token(user_id: UserId, access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
+    """A further token for an active user, shown only now; for a user holding a role with
+    access to person-level data, proposed instead (202, pending) for an IG lead to approve."""
     try:
+        change = policy_changes.propose_token(access.services.policy, _actor(access), user_id)
+        if change is not None:
+            return _pending(access, change, user_id)
         token = issue_token(access.services.engine, _actor(access), user_id)
     except LookupError:
         raise Problem(404, "no such active user") from None
@@ -232,7 +255,10 @@ def _decide(access: Access, change_id: str, approve: bool) -> JSONResponse:
 def approve_change(change_id: ChangeId, access: Annotated[Access, Depends(authorise)]
                    ) -> JSONResponse:
     """An IG lead approves a pending change, which applies at once (both audited). Nobody
-    approves their own change, nor one proposed by whoever gave them their account or token."""
+    approves their own change, nor one proposed by whoever gave them (or asked for) their
+    account or token, nor an account or token for themselves. An approved account or token
+    change (`ptype` u) answers the new token here, once: the IG lead hands it to its holder;
+    neither the audit log nor the change keeps it."""
     return _decide(access, change_id, approve=True)
 
 

@@ -554,11 +554,19 @@ def test_admin_users_tokens_and_access_rules(visit: Any, site: Site) -> None:
     admin.page.fill("#user_id", "nurse.new")
     admin.page.fill("#org", "B86001")
     admin.page.get_by_label("mdt_clinician").check()
-    response = admin.submit("Add user")
-    assert "no-store" in response.headers["cache-control"]
-    token = admin.page.locator(".haven-token").inner_text()
+    admin.submit("Add user")
+    # A person-level role: the account waits for an IG lead, who alone is shown the token.
+    assert "Waiting for approval" in admin.text()
+    assert admin.page.locator(".haven-token").count() == 0
+    admin.check("admin-user-pending")
+    ig = visit("ig_lead")
+    ig.sign_in()
+    ig.open("/pages/access-rules")
+    ig.page.get_by_role("button", name="Approve change nurse.new B86001 mdt_clinician").click()
+    ig.page.wait_for_load_state()
+    token = ig.page.locator(".haven-token").inner_text()
     assert token.startswith("hvn_")
-    admin.check("admin-token")
+    ig.check("admin-token")
 
     nurse = visit("mdt_clinician")
     nurse.sign_in(token)
@@ -575,8 +583,6 @@ def test_admin_users_tokens_and_access_rules(visit: Any, site: Site) -> None:
     if "Waiting for approval" in admin.text():  # person-level: an IG lead approves it
         assert "risk_list\texport" not in permissions.inner_text()
         admin.check("admin-access-rules-pending")
-        ig = visit("ig_lead")
-        ig.sign_in()
         ig.open("/pages/access-rules")
         assert "risk_list" in ig.text()
         ig.check("ig-access-rule-approval")

@@ -358,8 +358,10 @@ def test_an_admin_cannot_give_themselves_patient_level_access(world: World) -> N
     mine = world.client.post(f"/access-policy/changes/{own['change_id']}/approve", headers={
         "Authorization": f"Bearer {both}", "X-Purpose-Of-Use": "governance"})
     assert mine.status_code == 403 and "own" in mine.json()["detail"]
-    puppet = world.call("admin", "POST", "/users", json={
-        "user_id": "puppet", "org": "X26", "roles": ["ig_lead"]}).json()["token"]
+    # (An IG lead account is itself proposed, not made, by an admin now: this one stands for
+    # one the admin made before, or through the command line.)
+    puppet = add_user(world.haven.engine, Actor("admin", "admin", "X26", "administration"),
+                      "puppet", "X26", ["ig_lead"], ROLES)
     by_puppet = world.client.post(approve, headers={"Authorization": f"Bearer {puppet}"})
     assert by_puppet.status_code == 403
     assert not _can_read_persons(world, admin)
@@ -471,3 +473,107 @@ def test_an_approval_that_cannot_be_applied_stays_pending(world: World, monkeypa
     pending = world.call("ig_lead", "GET", "/access-policy/changes?status=pending").json()
     assert [c["change_id"] for c in pending["items"]] == [change["change_id"]]
     assert not _can_read_persons(world, world.headers("admin"))
+
+
+def _token_ok(world: World, token: str, path: str, purpose: str) -> bool:
+    return world.client.get(path, headers={"Authorization": f"Bearer {token}",
+                                           "X-Purpose-Of-Use": purpose}).status_code == 200
+
+
+def test_an_admin_cannot_give_anyone_a_patient_level_account_or_token_alone(
+        world: World) -> None:
+    """Promise: an admin cannot reach patient-level data by making an account or minting a
+    token either: for a user holding a person-level role the request waits (202, nothing made,
+    no token) until an IG lead who is not the proposer, nor the account's holder, nor one the
+    proposer asked for, approves it; the token is answered once, to the approver; both steps
+    are audited and the token never is."""
+    before = _last_seq(world)
+    asked = world.call("admin", "POST", "/users", json={
+        "user_id": "sock.puppet", "org": "X26", "roles": ["super_user"]})
+    assert asked.status_code == 202, asked.text
+    account = asked.json()
+    assert account["status"] == "pending" and account["ptype"] == "u"
+    assert "token" not in account and "hvn_" not in asked.text
+    assert "sock.puppet" not in {u["user_id"] for u in world.call("admin", "GET", "/users")
+                                 .json()["items"]}
+    minted = world.call("admin", "POST", "/users/mdt-clinician/tokens")
+    assert minted.status_code == 202 and "hvn_" not in minted.text
+    token_change = minted.json()
+    assert token_change["op"] == "token" and token_change["rule"] == ["mdt-clinician"]
+    # Nothing the admin holds reads persons; the admin cannot approve its own requests.
+    for change in (account, token_change):
+        approve = f"/access-policy/changes/{change['change_id']}/approve"
+        assert world.call("admin", "POST", approve).status_code == 403
+    # Nor can an account holding both roles approve what it asked for.
+    both = add_user(world.haven.engine, SYSTEM, "admin-ig2", "X26", ["admin", "ig_lead"], ROLES)
+    own = world.client.post("/users", json={"user_id": "sock.two", "org": "X26",
+                                            "roles": ["analyst"]}, headers={
+        "Authorization": f"Bearer {both}", "X-Purpose-Of-Use": "administration"})
+    assert own.status_code == 202, own.text
+    mine = world.client.post(f"/access-policy/changes/{own.json()['change_id']}/approve",
+                             headers={"Authorization": f"Bearer {both}",
+                                      "X-Purpose-Of-Use": "governance"})
+    assert mine.status_code == 403 and "own" in mine.json()["detail"]
+    # Nor an IG lead the admin asked for (were one made), nor the token's own holder.
+    clinician_as_ig = add_user(world.haven.engine, SYSTEM, "mdt-ig", "X26", ["ig_lead"],
+                               ROLES)
+    asked_ig = world.call("admin", "POST", "/users/mdt-ig/tokens")
+    assert asked_ig.status_code == 202
+    by_holder = world.client.post(
+        f"/access-policy/changes/{asked_ig.json()['change_id']}/approve",
+        headers={"Authorization": f"Bearer {clinician_as_ig}"})
+    assert by_holder.status_code == 403 and "own account" in by_holder.json()["detail"]
+    by_asked = world.client.post(
+        f"/access-policy/changes/{account['change_id']}/approve",
+        headers={"Authorization": f"Bearer {clinician_as_ig}"})
+    assert by_asked.status_code == 403 and "proposer" in by_asked.json()["detail"]
+    # An IG lead the admin did not make approves: the account exists, its token works, and
+    # the approver alone was shown it.
+    approved = world.call("ig_lead", "POST",
+                          f"/access-policy/changes/{account['change_id']}/approve")
+    assert approved.status_code == 200, approved.text
+    body = approved.json()
+    assert body["status"] == "approved" and body["decided_by"] == "ig-lead"
+    token = body["token"]
+    assert token.startswith("hvn_")
+    assert _token_ok(world, token, "/risk/persons", "commissioning")
+    assert "token" not in world.call("ig_lead", "GET", "/access-policy/changes").json()[
+        "items"][0]
+    issued = world.call("ig_lead", "POST",
+                        f"/access-policy/changes/{token_change['change_id']}/approve")
+    assert issued.status_code == 200 and issued.json()["token"].startswith("hvn_")
+    assert _token_ok(world, issued.json()["token"], "/practices/B86001/case-finding",
+                    "case_finding")
+    assert world.call("ig_lead", "POST",
+                      f"/access-policy/changes/{account['change_id']}/approve"
+                      ).status_code == 409
+    rejected = world.call("ig_lead", "POST",
+                          f"/access-policy/changes/{own.json()['change_id']}/reject")
+    assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
+    assert "sock.two" not in {u["user_id"] for u in world.call("admin", "GET", "/users")
+                              .json()["items"]}
+    # Both steps audited, by whom, naming the change; no token anywhere in the log.
+    entries = _entries_after(world, before)
+    steps = [(e["action"], e["actor"], e["resource"]) for e in entries]
+    assert ("user.propose", "admin", "user/sock.puppet") in steps
+    assert ("user.propose", "admin", "user/mdt-clinician") in steps
+    assert ("access_policy.approve", "ig-lead",
+            f"access_policy/{account['change_id']}") in steps
+    added = next(e for e in entries if e["action"] == "user.add"
+                 and e["resource"] == "user/sock.puppet")
+    assert added["actor"] == "ig-lead"
+    assert added["detail"]["change_id"] == account["change_id"]
+    assert added["detail"]["proposed_by"] == "admin"
+    assert any(e["action"] == "token.issue" and e["actor"] == "ig-lead"
+               and e["resource"] == "user/mdt-clinician" for e in entries)
+    assert not any(e["action"] in ("user.add", "token.issue") and e["actor"] == "admin"
+                   for e in entries)
+    assert "hvn_" not in str([e["detail"] for e in entries])
+    # A user whose roles reach nothing person-level is still made at once.
+    viewer = ["viewer", "*", "aggregate", "read", "commissioning", "*", "any"]
+    assert world.call("admin", "POST", "/access-policy/rules",
+                      json={"ptype": "p", "rule": viewer}).json() == {"changed": True}
+    made = world.call("admin", "POST", "/users", json={"user_id": "viewer.one", "org": "X26",
+                                                       "roles": ["viewer"]})
+    assert made.status_code == 201 and made.json()["token"].startswith("hvn_")
+    assert not _token_ok(world, made.json()["token"], "/risk/persons", "commissioning")
