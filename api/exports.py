@@ -1,9 +1,11 @@
 """Exports of the current run for a named recipient: pseudonymised, k-anonymous records.
 
-Each row's person key is replaced by the recipient's own pseudonym
+Each row's person key is replaced by a pseudonym of that export alone
 (`governance.recipient_pseudonyms.recipient_pseudonym`: HMAC under the release key in the
-recipient's domain), so neither recipient holds Haven's person key. That alone does not stop
-two recipients joining their files: the other columns single a person out. So a file carries
+domain of the recipient and the export id), so no recipient holds Haven's person key and no
+two exports, of one recipient or two, can be joined on the key (k-anonymity holds per file, so
+a recipient joining its own exports per practice and per tier would otherwise break it). That
+alone does not stop two files being joined: the other columns single a person out. So a file carries
 only the columns the purpose needs (`policies/release.json`: tier, probability band, practice,
 age band, sex and number of long-term conditions for commissioning; never reasons, sources,
 exact probabilities or change), and `governance.release_rule.k_anonymise` coarsens them row by
@@ -107,7 +109,8 @@ def write(settings: Settings, keys: KeyProvider, people: list[dict[str, Any]], *
     released, keep = k_anonymise(ladders(people, columns, rule, geography),
                                  [step for step in STEPS if step[0] in columns], rule.k)
     kept = [i for i, wanted in enumerate(keep) if wanted]
-    pseudonyms = recipient_pseudonyms(keys, recipient, [people[i]["person_key"] for i in kept])
+    pseudonyms = recipient_pseudonyms(keys, recipient, export_id,
+                                      [people[i]["person_key"] for i in kept])
     rows = [{"recipient_key": pseudonyms[people[i]["person_key"]],
              **{name: released[name][i] for name in columns}} for i in kept]
     fields = ["recipient_key", *columns]

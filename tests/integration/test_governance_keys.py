@@ -103,14 +103,22 @@ def test_keys_rotate_command(haven, file_landing, file_keys, inbox, capsys):
 
 def test_recipient_pseudonyms_cannot_be_joined_but_map_back(local_keys):
     keys = ["P" + "a" * 20, "P" + "b" * 20]
-    first = recipient_pseudonyms.recipient_pseudonyms(local_keys, "RECIPIENT-A", keys)
-    second = recipient_pseudonyms.recipient_pseudonyms(local_keys, "recipient-b", keys)
+    made = recipient_pseudonyms.recipient_pseudonyms
+    first = made(local_keys, "RECIPIENT-A", "exp-1", keys)
+    second = made(local_keys, "recipient-b", "exp-1", keys)
+    again = made(local_keys, "RECIPIENT-A", "exp-2", keys)  # same recipient, another export
     assert set(first.values()).isdisjoint(second.values())
+    assert set(first.values()).isdisjoint(again.values())
+    assert first == made(local_keys, "recipient-a", "exp-1", keys)  # stable for one export
     assert all(v.startswith("R") and len(v) == 21 for v in first.values())
-    assert recipient_pseudonyms.resolve(local_keys, "recipient-a", [first[keys[1]]], keys) == {
-        first[keys[1]]: keys[1]}
+    assert recipient_pseudonyms.resolve(local_keys, "recipient-a", "exp-1", [first[keys[1]]],
+                                        keys) == {first[keys[1]]: keys[1]}
+    assert recipient_pseudonyms.resolve(local_keys, "recipient-a", "exp-2", [first[keys[1]]],
+                                        keys) == {}
     with pytest.raises(ValueError, match="named recipient"):
-        recipient_pseudonyms.recipient_pseudonym(local_keys, " ", keys[0])
+        recipient_pseudonyms.recipient_pseudonym(local_keys, " ", "exp-1", keys[0])
+    with pytest.raises(ValueError, match="export id"):
+        recipient_pseudonyms.recipient_pseudonym(local_keys, "RECIPIENT-A", " ", keys[0])
 
 
 def _landed_gp(haven, landing, inbox, practice: str = "B86001"):
@@ -260,12 +268,13 @@ def test_an_interrupted_vault_rotation_is_finished_not_repeated(haven, file_land
 
 def test_releases_made_before_a_release_key_rotation_still_resolve(local_keys):
     person_keys = ["P" + "c" * 20, "P" + "d" * 20]
-    before = recipient_pseudonyms.recipient_pseudonym(local_keys, "RX1", person_keys[0])
+    before = recipient_pseudonyms.recipient_pseudonym(local_keys, "RX1", "exp-1",
+                                                      person_keys[0])
     local_keys.rotate("release")
-    after = recipient_pseudonyms.recipient_pseudonym(local_keys, "rx1", person_keys[0])
+    after = recipient_pseudonyms.recipient_pseudonym(local_keys, "rx1", "exp-1", person_keys[0])
     assert before != after
     resolved = recipient_pseudonyms.resolve_recipient_pseudonym(
-        local_keys, "RX1", [before, after, "Rnone"], person_keys)
+        local_keys, "RX1", "exp-1", [before, after, "Rnone"], person_keys)
     assert resolved == {before: person_keys[0], after: person_keys[0]}
 
 

@@ -383,3 +383,24 @@ def test_reasons_state_age_no_finer_than_the_age_band(world: World) -> None:
     assert any("aged" in reason for reason in shown), "no age was shown: nothing is tested"
     assert [r for r in shown if EXACT_AGE.search(r)] == []  # a run scored before: shown banded
     assert not EXACT_AGE.search(BY_NAME["age"].words(84.0))  # a run scored now: phrased banded
+
+
+def test_one_recipient_s_own_exports_cannot_be_joined(world: World) -> None:
+    """Promise: no two exports, of one recipient or two, share a recipient key, so a
+    recipient cannot join its own exports (one per practice, one per tier, the whole run) to
+    learn each row's practice and tier beside the coarsened columns; on the columns they
+    share they link one-to-one on no more than the share stated in policies/release.json."""
+    practice, other = six_practices()[:2]
+    serve(world, population([practice] * 5 + [other] * 3, seed=3))
+    policy = release_policy()
+    files = [export(world, "RR8"), export(world, "RR8", practice=practice),
+             export(world, "RR8", practice=other), export(world, "RR8", tiers=["low"]),
+             export(world, "RR8", tiers=["moderate", "high", "very_high"])]
+    files = [rows for rows in files if rows]
+    assert len(files) >= 4, "too few non-empty exports: nothing is tested"
+    for first, second in itertools.combinations(files, 2):
+        keys = {row["recipient_key"] for row in first}
+        joined = keys & {row["recipient_key"] for row in second}
+        assert not joined, f"{len(joined)} recipient keys join two exports of one recipient"
+        share = linked_one_to_one(first, second) / len(first)
+        assert share <= policy["linkable_share"], f"{share:.0%} of rows link one-to-one"
