@@ -86,9 +86,8 @@ def run_splink(left: Path, right: Path, variant: str) -> dict:
     import logging
 
     import splink.comparison_library as cl
-    from splink import DuckDBAPI, Linker, SettingsCreator, block_on
-
-    from linkage.probabilistic import one_to_one
+    from splink import DuckDBAPI, SettingsCreator, block_on
+    from splink_reference import train_and_link
 
     logging.getLogger("splink").setLevel(logging.ERROR)
     t0 = time.perf_counter()
@@ -116,22 +115,8 @@ def run_splink(left: Path, right: Path, variant: str) -> dict:
         ],
         comparisons=comparisons, retain_intermediate_calculation_columns=False,
         retain_matching_columns=False)
-    linker = Linker(tables, settings, log_level=None)
-    linker.training.estimate_probability_two_random_records_match(
-        [block_on("forename", "surname", "date_of_birth")], recall=0.7)
-    linker.training.estimate_u_using_random_sampling(max_pairs=1e7, seed=1)
-    linker.training.estimate_parameters_using_expectation_maximisation(
-        block_on("forename", "surname"))
-    linker.training.estimate_parameters_using_expectation_maximisation(
-        block_on("date_of_birth"))
-    pred = linker.inference.predict(threshold_match_probability=LOWER).as_pandas_dataframe()
-    flip = (pred["source_dataset_l"] != "a_left").to_numpy()
-    lid = np.where(flip, pred["person_id_r"], pred["person_id_l"])
-    rid = np.where(flip, pred["person_id_l"], pred["person_id_r"])
-    lcode, _ = pd.factorize(lid)
-    rcode, _ = pd.factorize(rid)
-    pick = one_to_one(lcode, rcode, pred["match_weight"].to_numpy())
-    pick &= pred["match_probability"].to_numpy() >= UPPER
+    lid, rid, probability, _ = train_and_link(tables, settings, LOWER)
+    pick = probability >= UPPER
     return {"seconds": time.perf_counter() - t0, "lid": lid[pick].tolist(),
             "rid": rid[pick].tolist(), "warnings": []}
 
