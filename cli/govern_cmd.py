@@ -110,7 +110,10 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
                head: Path = typer.Option(None, "--head", help="A head exported earlier.")) -> None:
         """Walk the chain; name the first entry modified, deleted, inserted or reordered."""
         context: Context = ctx.obj
-        expected = json.loads(head.read_text()) if head else None
+        try:
+            expected = audit.parse_head(head.read_text(encoding="utf-8")) if head else None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise typer.BadParameter(f"{head}: {exc}", param_hint="--head") from None
         result = audit.verify(context.engine, expected)
         if result.ok:
             Console().print(f"audit chain intact: {result.entries:,} entries, head {result.head}")

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from governance.schema import audit_head, audit_log
 
 GENESIS = "0" * 64
+_HEAD_HASH = re.compile(r"^[0-9a-f]{64}$")
 # What may stand between the digit groups of a written NHS number: none, or up to three
 # characters that are not letters or digits (spaces of any kind, hyphens and dashes, dots,
 # slashes, underscores, plus as an encoded space...). URL-encoded text is decoded first.
@@ -264,6 +265,21 @@ def head(engine: Engine) -> dict[str, Any]:
     if row is None:
         return {"seq": 0, "hash": GENESIS}
     return {"seq": int(row.seq), "hash": row.hash}
+
+
+def parse_head(text: str) -> dict[str, Any]:
+    """A head exported by `haven audit head`, read back; ValueError when it is not one (a
+    tampered or wrong file must be named, never crash verification)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or set(data) != {"seq", "hash"} \
+            or type(data["seq"]) is not int or data["seq"] < 0 \
+            or not isinstance(data["hash"], str) or not _HEAD_HASH.match(data["hash"]):
+        raise ValueError("not a chain head written by `haven audit head` "
+                         "(a JSON object with seq and a 64-character hex hash)")
+    return data
 
 
 def verify(engine: Engine, expected_head: dict[str, Any] | None = None) -> Verification:

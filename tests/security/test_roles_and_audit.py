@@ -7,6 +7,7 @@ import asyncio
 import csv
 import hashlib
 import io
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
@@ -200,6 +201,29 @@ def test_verify_reports_an_unreadable_stored_head(haven) -> None:
     result = audit.verify(haven.engine)
     assert not result.ok and result.finding.problem == "truncated"
     assert result.details == ["the stored head is not readable"]
+
+
+@pytest.mark.parametrize("written", [
+    "not json", "[1, 2]", '{"seq": "3", "hash": "%s"}' % ("a" * 64),
+    '{"seq": -1, "hash": "%s"}' % ("a" * 64), '{"seq": 3, "hash": "short"}',
+    '{"seq": true, "hash": "%s"}' % ("a" * 64), '{"seq": 3}', "\udcff",
+], ids=["text", "list", "seq-text", "seq-negative", "hash-short", "seq-bool", "no-hash",
+        "not-utf8"])
+def test_verify_names_a_malformed_exported_head_without_a_crash(tmp_path, capsys,
+                                                                 written) -> None:
+    """Promise: a head file kept outside the database, if tampered with or wrong, is refused by
+    name (exit 2), never a traceback, and a good one still checks the chain."""
+    env = {"HAVEN_HOME": str(tmp_path / "home")}
+    good = audit.parse_head(json.dumps({"seq": 0, "hash": audit.GENESIS}))
+    assert good == {"seq": 0, "hash": audit.GENESIS}
+    path = tmp_path / "head.json"
+    path.write_bytes(written.encode("utf-8", "surrogateescape"))
+    assert main(["audit", "verify", "--head", str(path)], env) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert "not a chain head" in captured.err or "head.json" in captured.err
+    path.write_text(json.dumps({"seq": 0, "hash": audit.GENESIS}))
+    assert main(["audit", "verify", "--head", str(path)], env) == 0
 
 
 # -- 10. Authorised before a body is read; bodies capped ---------------------------------------
