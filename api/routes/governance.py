@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import func, select
+from sqlalchemy import String, cast, func, select
 from starlette.concurrency import run_in_threadpool
 
 from api.exports import neutralise
@@ -45,15 +45,36 @@ TABLE_NAME = r"^[a-z0-9_]{1,60}\.(csv|json)$"
 Text = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:@/-]*$")]
 
 
+UNREADABLE = {"unreadable": "this entry was altered in the database; `haven audit verify` "
+                            "names it"}
+
+
+def _detail(text: str | None) -> Any:
+    """An entry's detail as stored: JSON text read here, so an entry an insider corrupted is
+    shown as altered rather than failing the whole search."""
+    try:
+        value = json.loads(text) if text is not None else None
+    except ValueError:
+        return UNREADABLE
+    return value if value is None or isinstance(value, dict) else UNREADABLE
+
+
 def _entry(row: Any) -> dict[str, Any]:
     data = {c: row[c] for c in AUDIT_COLUMNS}
-    data["at"] = row["at"].isoformat()
+    at = row["at"]
+    data["at"] = at.isoformat() if isinstance(at, dt.datetime) else str(at)
+    data["detail"] = _detail(row["detail"])
     return data
+
+
+# Every column as stored, the detail as text (parsed by `_detail`, not by the driver).
+_AUDIT_COLUMNS = [audit_log.c[c] for c in AUDIT_COLUMNS if c != "detail"] + [
+    cast(audit_log.c.detail, String).label("detail")]
 
 
 def _audit_query(actor: str | None, action: str | None, outcome: str | None,
                  since: dt.datetime | None, until: dt.datetime | None, after: int) -> Any:
-    query = select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq)
+    query = select(*_AUDIT_COLUMNS).where(audit_log.c.seq > after).order_by(audit_log.c.seq)
     for column, value in ((audit_log.c.actor, actor), (audit_log.c.action, action),
                           (audit_log.c.outcome, outcome)):
         if value:

@@ -203,6 +203,28 @@ def test_verify_reports_an_unreadable_stored_head(haven) -> None:
     assert result.details == ["the stored head is not readable"]
 
 
+@pytest.mark.parametrize("name, sqlite, postgres", TAMPERING[:3], ids=[t[0] for t in TAMPERING[:3]])
+def test_audit_search_and_export_show_an_altered_entry_instead_of_failing(world: World, name,
+                                                                          sqlite, postgres
+                                                                          ) -> None:
+    """Promise: an entry an insider corrupted in the database is shown to the IG lead as altered
+    by the audit search and export, never a 500 that hides the rest of the log."""
+    haven = world.haven
+    with haven.engine.connect() as connection:
+        first = int(connection.scalar(select(func.max(audit_log.c.seq))) or 0) + 1
+    _write_entries(haven, 2)
+    statements = sqlite if haven.engine.dialect.name == "sqlite" else postgres
+    _tamper(haven, [s.replace("seq = 3", f"seq = {first + 1}") for s in statements])
+    found = world.call("ig_lead", "GET", "/audit", params={"limit": 1000, "after": first - 1})
+    assert found.status_code == 200
+    by_seq = {e["seq"]: e for e in found.json()["items"]}
+    assert "unreadable" in by_seq[first + 1]["detail"]
+    assert by_seq[first]["detail"] == {"method": "GET", "status": 200}
+    for fmt in ("csv", "jsonl"):
+        exported = world.call("ig_lead", "GET", "/audit/export", params={"format": fmt})
+        assert exported.status_code == 200 and "unreadable" in exported.text
+
+
 @pytest.mark.parametrize("written", [
     "not json", "[1, 2]", '{"seq": "3", "hash": "%s"}' % ("a" * 64),
     '{"seq": -1, "hash": "%s"}' % ("a" * 64), '{"seq": 3, "hash": "short"}',
