@@ -111,3 +111,31 @@ def test_the_access_policy_table_is_migrated_and_an_adapter_made_one_is_kept(tmp
     assert columns == {"id", "ptype", *(f"v{i}" for i in range(7))}
     engine.dispose()
     fresh.dispose()
+
+
+def test_the_pages_rules_migration_adds_each_rule_once_and_downgrades(tmp_path: Path):
+    """A policy seeded before the pages gets their rules once, even where one was added by hand
+    already, and a downgrade takes them out again (migration 0004)."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from governance.db import alembic_config, engine_for
+
+    sign_in = ("p", "anonymous", "*", "session", "create", "*", "*", "any")
+    engine = engine_for(Settings(home=tmp_path))
+    config = alembic_config(engine)
+    select_rules = text("SELECT ptype, v0, v1, v2, v3, v4, v5, v6 FROM casbin_rule")
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0003")
+        connection.execute(text("INSERT INTO casbin_rule (ptype, v0, v1, v2, v3, v4, v5, v6) "
+                                "VALUES ('p', 'anonymous', '*', 'session', 'create', '*', '*', "
+                                "'any')"))
+        command.upgrade(config, "0004")
+        rows = [tuple(r) for r in connection.execute(select_rules)]
+        assert rows.count(sign_in) == 1
+        assert ("p", "mdt_clinician", "*", "mdt_review", "create", "case_finding", "*",
+                "own") in rows
+        command.downgrade(config, "0003")
+        assert sign_in not in [tuple(r) for r in connection.execute(select_rules)]
+    engine.dispose()
