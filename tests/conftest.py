@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from governance.keys import KeyProvider
 from governance.settings import Settings
@@ -116,3 +117,20 @@ def unguard_audit(connection, dialect: str) -> None:
         connection.execute(text("DROP TRIGGER IF EXISTS audit_log_no_delete"))
     else:
         connection.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+
+
+def everything_kept(haven: Haven) -> str:
+    """Every value Haven keeps, as text: each table's rows and each file's content."""
+    parts = []
+    with haven.engine.connect() as connection:
+        for table in inspect(connection).get_table_names():
+            parts += [repr(tuple(row)) for row in connection.execute(
+                text(f'SELECT * FROM "{table}"'))]
+    for path in sorted(haven.settings.home.rglob("*")):
+        if not path.is_file() or path.suffix in (".db", ".db-wal", ".db-shm", ".lock"):
+            continue  # the database is read above, through SQL
+        try:
+            parts.append(pd.read_parquet(path).to_csv())
+        except ValueError:  # not Parquet (or a stand-in file): its bytes as text
+            parts.append(path.read_bytes().decode("utf-8", errors="replace"))
+    return "\n".join(parts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 from pathlib import Path
@@ -110,3 +111,17 @@ def write_manifest(path: Path, source: str, rows: int, *, sender: str = "RR8",
     target = path.with_name(path.name + ".manifest.json")
     target.write_text(json.dumps(data), encoding="utf-8")
     return target
+
+
+def upload_form(source: str, rows: list[dict[str, Any]], sender: str
+                ) -> tuple[dict[str, str], dict[str, tuple[str, bytes, str]]]:
+    """`POST /extracts` form fields (the manifest) and file for `rows` of `source` as CSV."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CONTRACTS[source].names)
+    writer.writeheader()
+    writer.writerows(rows)
+    data = buffer.getvalue().encode()
+    fields = {"source": source, "sender": sender, "period_start": "2025-01-01",
+              "period_end": "2025-03-31", "sha256": hashlib.sha256(data).hexdigest(),
+              "rows": str(len(rows))}
+    return fields, {"file": (f"{source}.csv", data, "text/csv")}

@@ -3,8 +3,6 @@ every route of the app going through the one authorising dependency."""
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 from api_matrix import (
     MATRIX,
@@ -20,7 +18,7 @@ from sqlalchemy import select
 
 from api.app import create_app
 from api.guard import authorise
-from factories import rows_for
+from factories import rows_for, upload_form
 from governance.schema import audit_log
 
 
@@ -37,28 +35,10 @@ def _fill(world: World, text: str) -> str:
             .replace("{other_person}", other[0]))
 
 
-def _social_care_upload(sender: str = "E08000035") -> tuple[dict, dict]:
-    import csv
-    import io
-
-    from linkage.landing.contracts import CONTRACTS
-
-    rows = rows_for("social_care", 3, seed=11)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CONTRACTS["social_care"].names)
-    writer.writeheader()
-    writer.writerows(rows)
-    data = buffer.getvalue().encode()
-    fields = {"source": "social_care", "sender": sender, "period_start": "2025-01-01",
-              "period_end": "2025-03-31", "sha256": hashlib.sha256(data).hexdigest(),
-              "rows": str(len(rows))}
-    return fields, {"file": ("care.csv", data, "text/csv")}
-
-
 def _request(world: World, role: str | None, endpoint: Endpoint):
     path = _fill(world, endpoint.path)
     if endpoint.multipart:
-        fields, files = _social_care_upload()
+        fields, files = upload_form("social_care", rows_for("social_care", 3, seed=11), "E08000035")
         return world.call(role, endpoint.method, path, data=fields, files=files)
     body = None
     if endpoint.body is not None:

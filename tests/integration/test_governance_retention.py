@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, insert, inspect, select, text, update
 
 from cli.main import main
+from conftest import everything_kept
 from factories import rows_for, write_extract
 from governance import audit, retention, store
 from governance.audit import SYSTEM
@@ -55,29 +56,12 @@ def test_dry_run_destroys_nothing(haven, landed):
     assert len(store.landed_folders(haven.settings)) == 2
 
 
-def all_text(haven) -> str:
-    """Every value Haven keeps, as text: each table's rows and each file's content."""
-    parts = []
-    with haven.engine.connect() as connection:
-        for table in inspect(connection).get_table_names():
-            parts += [repr(tuple(row)) for row in connection.execute(
-                text(f'SELECT * FROM "{table}"'))]
-    for path in sorted(haven.settings.home.rglob("*")):
-        if not path.is_file() or path.suffix in (".db", ".db-wal", ".db-shm", ".lock"):
-            continue  # the database is read above, through SQL
-        try:
-            parts.append(pd.read_parquet(path).to_csv())
-        except ValueError:  # not Parquet (or a stand-in file): its bytes as text
-            parts.append(path.read_bytes().decode("utf-8", errors="replace"))
-    return "\n".join(parts)
-
-
 def test_destruction_leaves_no_row_of_the_extract_anywhere(haven, landed):
     old, keep = landed
     only_old = set(pd.read_parquet(haven.settings.layout.rows(old.extract_id))[
         "person_id"]) - set(pd.read_parquet(haven.settings.layout.rows(keep.extract_id))[
             "person_id"])
-    assert len(only_old) == 4 and all(p in all_text(haven) for p in only_old)
+    assert len(only_old) == 4 and all(p in everything_kept(haven) for p in only_old)
     with haven.engine.connect() as connection:
         vault_before = connection.scalar(select(func.count()).select_from(vault))
     certificate = retention.run(haven.settings, haven.engine, SYSTEM, dt.date(2026, 1, 1),
@@ -107,7 +91,7 @@ def test_destruction_leaves_no_row_of_the_extract_anywhere(haven, landed):
     # The 4 persons also in the GP register keep their vault entries; the 4 only in apc go.
     assert (vault_before, vault_after) == (8, 4) and certificate.counts["vault_entries"] == 4
     # The persons only that extract held are gone from every table and file.
-    kept = all_text(haven)
+    kept = everything_kept(haven)
     assert not any(p in kept for p in only_old)
     listed = retention.list_certificates(haven.engine)
     assert [c["certificate_id"] for c in listed] == [certificate.certificate_id]

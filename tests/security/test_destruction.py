@@ -17,12 +17,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, inspect, select, text, update
+from sqlalchemy import func, select, update
 
 from api.app import create_app
 from api.config import ApiConfig
 from api.users import add_user
 from cli.main import main
+from conftest import everything_kept
 from factories import nhs_numbers, rows_for, write_extract
 from governance import audit, retention
 from governance.audit import SYSTEM
@@ -115,23 +116,6 @@ def left_behind(haven, ids: list[str]) -> dict[str, int]:
 
 def nothing_left(haven, ids: list[str]) -> dict[str, int]:
     return {name: 0 for name in left_behind(haven, ids)}
-
-
-def everything_kept(haven) -> str:
-    """Every value Haven keeps, as text: each table's rows and each file's content."""
-    parts = []
-    with haven.engine.connect() as connection:
-        for table in inspect(connection).get_table_names():
-            parts += [repr(tuple(row)) for row in connection.execute(
-                text(f'SELECT * FROM "{table}"'))]
-    for path in sorted(haven.settings.home.rglob("*")):
-        if not path.is_file() or path.suffix in (".db", ".db-wal", ".db-shm", ".lock"):
-            continue
-        try:
-            parts.append(pd.read_parquet(path).to_csv())
-        except ValueError:
-            parts.append(path.read_bytes().decode("utf-8", errors="replace"))
-    return "\n".join(parts)
 
 
 def _run_with_files(haven, extract_ids: list[str], run_id: str = "score-x") -> str:

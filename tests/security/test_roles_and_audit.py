@@ -4,9 +4,6 @@ would (through the API, or with the database file in hand) on synthetic 999-rang
 from __future__ import annotations
 
 import asyncio
-import csv
-import hashlib
-import io
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +19,10 @@ from api.trail import AuditWriter
 from api.users import add_user
 from cli.main import main
 from conftest import unguard_audit
-from factories import rows_for
+from factories import rows_for, upload_form
 from governance import audit
 from governance.audit import SYSTEM, Actor
 from governance.schema import audit_log
-from linkage.landing.contracts import CONTRACTS
 
 NUMBER = "9998098696"  # synthetic: 999 range, passes modulus 11
 # The same number as people and systems write it.
@@ -322,32 +318,19 @@ def test_no_body_is_read_before_the_request_is_authorised(world: World) -> None:
 
 
 # -- 9. A receipt describes only the caller's own uploads --------------------------------------
-def _social_care(sender: str) -> tuple[dict, dict]:
-    rows = rows_for("social_care", 4, seed=5)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CONTRACTS["social_care"].names)
-    writer.writeheader()
-    writer.writerows(rows)
-    data = buffer.getvalue().encode()
-    fields = {"source": "social_care", "sender": sender, "period_start": "2025-01-01",
-              "period_end": "2025-03-31", "sha256": hashlib.sha256(data).hexdigest(),
-              "rows": "4"}
-    return fields, {"file": ("care.csv", data, "text/csv")}
-
-
 def test_a_duplicate_from_another_sender_learns_nothing_of_the_first(world: World) -> None:
     """Promise: a council's receipt never names another organisation's extract or counts, nor
     shows that the same file was landed from elsewhere."""
     other = add_user(world.haven.engine, SYSTEM, "other-council", "E08000036",
                      ["council_uploader"], ROLES)
     their = {"Authorization": f"Bearer {other}"}
-    fields, files = _social_care("E08000035")
+    fields, files = upload_form("social_care", rows_for("social_care", 4, seed=5), "E08000035")
     first = world.call("council_uploader", "POST", "/extracts", data=fields, files=files)
     assert first.status_code == 201, first.text
     landed = first.json()["extract_id"]
     again = world.call("council_uploader", "POST", "/extracts", data=fields, files=files)
     assert again.status_code == 200 and again.json()["extract_id"] == landed  # its own
-    fields, files = _social_care("E08000036")
+    fields, files = upload_form("social_care", rows_for("social_care", 4, seed=5), "E08000036")
     second = world.client.post("/extracts", data=fields, files=files, headers=their)
     assert second.status_code == 422, second.text
     receipt = second.json()["receipt"]
