@@ -197,3 +197,25 @@ access_policy_changes = Table(
     Column("decided_at", DateTime(timezone=True)),
     Column("changed", Boolean),  # whether applying it changed the rules (None until applied)
 )
+
+# Risk models and their clinical safety decisions (governance/model_approvals.py). Every
+# `haven score` that trains a model records it here as a `candidate`; only a model a clinical
+# safety officer `approved` (with a reason) may score what the faces serve. `status`:
+# candidate | approved | rejected. `retrain_flag`: set by `haven refresh` when the approved
+# model's performance falls past the drift policy's threshold (what was measured, and when).
+models = Table(
+    "models",
+    metadata,
+    Column("model_id", String(64), primary_key=True),
+    Column("run_id", String(40), nullable=False, index=True),  # the score run that trained it
+    Column("purpose", String(32), nullable=False),
+    Column("algorithm", String(32), nullable=False),
+    Column("description", JSON, nullable=False),  # version, training window, features
+    Column("status", String(16), nullable=False, index=True),
+    Column("proposed_at", DateTime(timezone=True), nullable=False),
+    Column("decided_by", String(64)),
+    Column("decided_role", String(32)),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("reason", Text),
+    Column("retrain_flag", JSON),
+)
