@@ -267,9 +267,14 @@ def _discharge(pop: Population, rows: Rows, rng: np.random.Generator) -> None:
     n = person.size
     dis = adm + rows["los"]
     frail = pop.frailty_at(person, adm)
+    older = pop.age_at(person, adm) >= 65
+    # 19 home, 54 NHS care home, 51 another NHS hospital's general ward (a community hospital
+    # or bedded intermediate care), 29 temporary residence, 65 council residential care: the
+    # frailer and older go on to a bed or a care home more often (journeys after discharge).
     dest = choose(rng, np.column_stack([
         np.full(n, 0.9), 0.01 + 0.06 * (frail > 1.3) + 0.04 * (frail > 2.0),
-        np.full(n, 0.02), np.full(n, 0.02), np.zeros(n), np.zeros(n), 0.01 * (frail > 1.3)]))
+        0.01 + older * (0.03 + 0.05 * (frail > 1.3)), np.full(n, 0.02), np.zeros(n),
+        np.zeros(n), 0.01 * (frail > 1.3) + 0.02 * older * (frail > 2.0)]))
     death = pop.death_day[person]
     dies = dis >= death
     dis = np.minimum(dis, death)
@@ -593,13 +598,14 @@ def social_care(pop: Population, apc: Rows, seed: int) -> Rows:
                        & (apc["destination"] != DEST["79"]))
     a_age = pop.age_at(apc["person"][s], apc["day"][s])
     a_frail = pop.frailty_at(apc["person"][s], apc["day"][s])
-    to_home = apc["destination"][s] == DEST["54"]
+    to_home = np.isin(apc["destination"][s], [DEST["54"], DEST["65"]])
     take_ = (a_age >= 65) & ((rng.random(s.size) < sigmoid(-3.4 + 1.0 * a_frail)) | to_home)
     s, to_home = s[take_], to_home[take_]
     person = np.concatenate([person, apc["person"][s]])
     start = np.concatenate([start, apc["discharge"][s]])
     stype = np.concatenate([stype, np.where(to_home, np.where(rng.random(s.size) < 0.5, 1, 2),
                                             3)])
+    person, start, stype = _after_discharge(pop, apc, seed, person, start, stype)
     n = person.size
     duration = rng.exponential(_SC_DURATION[stype])
     duration = np.where(stype == 3, rng.integers(10, 43, n), duration)
@@ -617,3 +623,30 @@ def social_care(pop: Population, apc: Rows, seed: int) -> Rows:
     cost_null = (hi_c == 0) | (rng.random(n) < 0.08)
     return {"person": person, "day": start, "end": end, "stype": stype, "cost": cost,
             "cost_null": cost_null}
+
+
+def _after_discharge(pop: Population, apc: Rows, seed: int,
+                     person: np.ndarray, start: np.ndarray, stype: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """More pathways after emergency discharges of people 65+ (journeys after discharge):
+    home care starting within a fortnight of a discharge home (a few already running before
+    the admission restart the day after), and after a stay in a community hospital or
+    intermediate care bed (destination 51), home care or a care home placement some weeks
+    later. Drawn from a stream of their own."""
+    extra = np.random.default_rng([seed, 16])
+    s = np.flatnonzero((apc["kind"] == KIND_EMERGENCY) & (apc["discharge"] >= 0))
+    who, when = apc["person"][s], apc["discharge"][s]
+    age, frail = pop.age_at(who, apc["day"][s]), pop.frailty_at(who, apc["day"][s])
+    dest = apc["destination"][s]
+    home = (dest == DEST["19"]) & (age >= 65) & (extra.random(s.size)
+                                                  < sigmoid(-3.0 + 0.9 * frail))
+    lag = np.where(extra.random(s.size) < 0.1, -extra.integers(1, 30, s.size),
+                   extra.integers(1, 15, s.size))
+    bedded = (dest == DEST["51"]) & (age >= 65) & (extra.random(s.size) < 0.6)
+    later = when + extra.integers(14, 60, s.size)
+    placed = extra.random(s.size) < sigmoid(-1.5 + 0.8 * frail)
+    kind = np.where(placed, np.where(extra.random(s.size) < 0.5, 1, 2), 0)
+    return (np.concatenate([person, who[home], who[bedded]]),
+            np.concatenate([start, when[home] + lag[home], later[bedded]]),
+            np.concatenate([stype, np.zeros(int(home.sum()), dtype=stype.dtype),
+                            kind[bedded].astype(stype.dtype)]))
