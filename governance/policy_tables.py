@@ -64,6 +64,7 @@ NOT_TABLES = frozenset({"casbin_model.conf", "casbin_policy.csv"})
 # Each table's own check, beyond the common ones (`module:function`, imported when needed so
 # this module stays at the bottom of governance).
 VALIDATORS = {
+    "drift.json": "governance.drift_policy:validate_drift",
     "geography.csv": "governance.geography:validate_geography",
     "optout_purposes.csv": "governance.optouts:validate_purposes",
     "optout_senders.csv": "governance.optouts:validate_senders",
