@@ -16,6 +16,8 @@
       jobs/<job_id>.json            state of a linkage or scoring job started through the API
       uploads/                      request bodies while an upload is being received
       mdt/<practice>.jsonl          who an MDT marked reviewed at a meeting (person keys, dates)
+      impact/<kind>/<id>/           an impact output (kind: evaluations, forecasts, vulnerable):
+                                    result.json and Parquet tables named by ImpactFiles
 
 Destruction (governance.retention) and every stage find their files through `Layout`, so a
 reviewer can see in one sitting what the data directory can hold.
@@ -51,6 +53,21 @@ class RunFiles:
     @property
     def model(self) -> Path:
         return self.folder / "model.joblib"
+
+
+@dataclass(frozen=True)
+class ImpactFiles:
+    """The files of one evaluation, forecast or vulnerable-adults count (`impact/<kind>/<id>/`):
+    `result.json` (what was done, figures) and Parquet tables by name (`table(name)`)."""
+
+    folder: Path
+
+    @property
+    def result(self) -> Path:
+        return self.folder / "result.json"
+
+    def table(self, name: str) -> Path:
+        return self.folder / f"{name}.parquet"
 
 
 @dataclass(frozen=True)
@@ -153,3 +170,18 @@ class Layout:
 
     def mdt_reviews(self, practice: str) -> Path:
         return self.mdt_reviews_dir / f"{practice}.jsonl"
+
+    @property
+    def impact_dir(self) -> Path:
+        return self.home / "impact"
+
+    def impact(self, kind: str, output_id: str) -> ImpactFiles:
+        """An impact output's files (kind: evaluations, forecasts or vulnerable)."""
+        return ImpactFiles(self.impact_dir / kind / output_id)
+
+    def impact_outputs(self, kind: str) -> list[ImpactFiles]:
+        """Every output of `kind` with a result file, oldest id first (empty when none)."""
+        folder = self.impact_dir / kind
+        if not folder.exists():
+            return []
+        return [ImpactFiles(path.parent) for path in sorted(folder.glob("*/result.json"))]
