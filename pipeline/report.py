@@ -1,4 +1,10 @@
-"""Report: evaluate a score run on the year after its date and write the model report."""
+"""Report: evaluate a score run and write the model report that tells the truth about it.
+
+When the year after the run's date is in the landed data, the run is judged on it
+(prospective); when it is not (the normal case: a run scored today), the report says so first
+and shows the back-test the model was chosen on (stratify.backtest), labelled. The report opens
+with the model card and the measured counts of whom the run covers (pipeline.report_counts).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,11 @@ from pathlib import Path
 from governance import audit
 from linkage.linked_view import load_sources
 from pipeline.context import Context
+from pipeline.report_counts import run_counts, scored_keys_of
 from pipeline.score import NoScoreRun, use_filter
 from pipeline.serving import complete_run, serving_run, withheld_person_keys
-from stratify.evaluate import evaluate
+from stratify.backtest import NoBacktest, backtest
+from stratify.evaluate import Evaluation, evaluate, follow_up
 from stratify.report import EVALUATION_FILE, write_report
 from stratify.scoring import load_run
 
@@ -21,24 +29,43 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
     """Evaluate `run_id` (default: the run serving commissioning) from landed data and write
     Markdown and plots to `out` (default: the run's report folder); returns the report path.
 
-    Like every release, the evaluation follows the opt-outs in force now: outcomes are read
-    from what the run's purpose may use today, and persons the run must withhold now
-    (pipeline.serving) are left out of every figure."""
+    Prospective when the year after the run's date is complete in the data, else the back-test
+    the model was chosen on, said plainly (module docstring). Like every release, the
+    evaluation follows the opt-outs in force now: outcomes are read from what the run's purpose
+    may use today, and persons the run must withhold now (pipeline.serving) are left out of
+    every figure."""
     serving = serving_run(ctx.engine, "commissioning") if run_id is None \
         else complete_run(ctx.engine, run_id)
     if serving is None:
         raise NoScoreRun(f"no complete score run {run_id}" if run_id else
                          "no score run yet: run `haven score` first")
     run_id = serving.run_id
-    run = load_run(ctx.settings.layout.run(run_id))
+    files = ctx.settings.layout.run(run_id)
+    run = load_run(files)
     withheld = withheld_person_keys(ctx.settings, ctx.engine, serving.purpose, serving)
+    scored = scored_keys_of(files.scores)
     run = replace(run, scores=run.scores[~run.scores["person_key"].isin(withheld)])
     sources = load_sources(ctx.settings, ctx.engine, row_filter=use_filter(
         ctx, serving.purpose, dt.datetime.now(dt.UTC).date()))
-    evaluation = evaluate(run, sources)
-    path = write_report(evaluation, out or ctx.settings.layout.report(run_id), run=run)
+    status = follow_up(sources, run.at)
+    evaluation: Evaluation | None
+    if status.complete:
+        evaluation = evaluate(run, sources)
+    else:
+        try:
+            evaluation = backtest(sources, run, leave_out=withheld)
+        except NoBacktest:
+            evaluation = None
+    counts = run_counts(ctx.settings, ctx.engine, serving, scored, run.extract_ids,
+                        withheld_now=len(withheld & scored))
+    approval = serving.summary.get("approval")
+    path = write_report(evaluation, out or ctx.settings.layout.report(run_id), run=run,
+                        status=status, counts=counts,
+                        approval=approval if isinstance(approval, dict) else None)
     audit.log(ctx.engine, ctx.actor, "model.report", f"run/{run_id}",
-              n_records=int(len(run.scores)), purpose=serving.purpose)
+              n_records=int(len(run.scores)), purpose=serving.purpose,
+              detail={"evaluation": evaluation.kind if evaluation else "none",
+                      "outcome_year_complete": status.complete})
     return path
 
 

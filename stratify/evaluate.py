@@ -4,7 +4,13 @@ Discrimination (AUROC with a DeLong 95% CI, AUPRC), accuracy (Brier), calibratio
 risk decile; slope and intercept from logistic recalibration), and what a team acting on the list
 gets: PPV and sensitivity in the top 0.5%, 5% and 20%, events among the top 1,000, and false-
 positive / false-negative rates at the tier thresholds, for every candidate model and by sex, age
-band and source coverage (known to social care or not, community data or not).
+band and source coverage (known to social care or not, community data or not); and the spread of
+AUROC, calibration slope and PPV over paired bootstrap resamples (stratify.bootstrap), per
+candidate and for each candidate's difference from the chosen model.
+
+An evaluation is `prospective` (the run judged on the year after its own date) or a `backtest`
+(stratify.backtest: the run's procedure one year earlier, judged on the year up to the run's
+date, when that year after has not happened yet); `follow_up` says which the data allow.
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
+from stratify.bootstrap import RESAMPLES, bootstrap_intervals
+from stratify.features import connect
 from stratify.models import expit, logit
-from stratify.outcomes import OUTCOME_MONTHS, build_outcomes
+from stratify.outcomes import OUTCOME_MONTHS, build_outcomes, follow_up_complete
 from stratify.scoring import ScoreRun
+from stratify.sources import add_months
 from stratify.tiers import TIERS
 
 TOP_SHARES = (0.005, 0.05, 0.20)
@@ -43,6 +52,47 @@ class Evaluation:
     calibration: dict[str, pd.DataFrame]  # per model: decile, mean predicted, observed, n
     frame: pd.DataFrame              # person-level: outcome, model probabilities, subgroups
     notes: list[str] = field(default_factory=list)
+    kind: str = "prospective"        # or "backtest" (stratify.backtest)
+    judged_at: dt.date | None = None  # the reference date the outcomes follow (default: at)
+    months: int = OUTCOME_MONTHS
+    bootstrap: pd.DataFrame = field(default_factory=pd.DataFrame)    # model x figure interval
+    differences: pd.DataFrame = field(default_factory=pd.DataFrame)  # candidate - chosen
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """Whether the outcome year after a reference date is in the data: the window, how far
+    hospital records reach, and the verdict (`outcomes.follow_up_complete`'s rule)."""
+
+    at: dt.date
+    months: int
+    window_end: dt.date
+    records_reach: dt.date | None
+    complete: bool
+
+    @property
+    def months_observed(self) -> int:
+        """Whole months of the outcome window the records cover (0 to `months`)."""
+        if self.records_reach is None or self.records_reach < self.at:
+            return 0
+        seen = 0
+        while seen < self.months and add_months(self.at, seen + 1) <= self.records_reach:
+            seen += 1
+        return seen
+
+
+def follow_up(sources: dict[str, pd.DataFrame], at: dt.date,
+              months: int = OUTCOME_MONTHS) -> FollowUp:
+    """Is the outcome year after `at` complete in `sources`? (see `FollowUp`)."""
+    con = connect(sources)
+    try:
+        complete = follow_up_complete(con, at, months)
+        last = con.execute("SELECT max(admission_date) FROM v_apc").fetchone()[0]
+    finally:
+        con.close()
+    reach = None if last is None or pd.isna(last) else pd.Timestamp(last).date()
+    return FollowUp(at=at, months=months, window_end=add_months(at, months),
+                    records_reach=reach, complete=bool(complete))
 
 
 def delong(y: np.ndarray, score: np.ndarray) -> tuple[float, float, float]:
@@ -161,14 +211,17 @@ def error_rates(y: np.ndarray, p: np.ndarray, groups: pd.DataFrame,
 def evaluate(run: ScoreRun, sources: dict[str, pd.DataFrame] | None = None,
              outcomes: pd.Series | None = None, outcome: str = "emergency",
              extra_scores: dict[str, pd.Series] | None = None,
-             months: int = OUTCOME_MONTHS) -> Evaluation:
+             months: int = OUTCOME_MONTHS, resamples: int = RESAMPLES,
+             seed: int | None = None) -> Evaluation:
     """Judge `run` on what happened in the `months` after its date.
 
     Outcomes come from `outcomes` (0/1 by person_key) or are read from `sources`, which must
-    then reach past `run.at + months`. `extra_scores` (by person_key) are compared alongside the
-    candidate models, e.g. a reference risk known only in synthetic data.
+    then reach past `run.at + months` (`follow_up` tells). `extra_scores` (by person_key) are
+    compared alongside the candidate models, e.g. a reference risk known only in synthetic
+    data. `resamples` bootstrap resamples (0: none), drawn with `seed` (default the run's) over
+    persons in person-key order, give the spread of the headline figures.
     """
-    scores = run.scores.set_index("person_key")
+    scores = run.scores.set_index("person_key").sort_index(kind="stable")
     if outcomes is None:
         if sources is None:
             raise ValueError("give outcomes or sources to read them from")
@@ -194,11 +247,15 @@ def evaluate(run: ScoreRun, sources: dict[str, pd.DataFrame] | None = None,
     frame["tier"] = scores["tier"]
     notes = [f"Outcome: {outcome} in the {months} months from {run.at.isoformat()}; "
              f"{int(y.sum()):,} events among {len(y):,} persons."]
+    spread, differences = (bootstrap_intervals(y, models, resamples,
+                                               run.seed if seed is None else seed)
+                           if resamples else (pd.DataFrame(), pd.DataFrame()))
     return Evaluation(run_id=run.run_id, at=run.at, outcome=outcome, chosen=run.model,
                       overall=overall, subgroups=subgroups,
                       error_rates=error_rates(y, models["chosen"], groups, run.thresholds),
                       calibration={k: calibration_curve(y, p) for k, p in models.items()},
-                      frame=frame, notes=notes)
+                      frame=frame, notes=notes, judged_at=run.at, months=months,
+                      bootstrap=spread, differences=differences)
 
 
 def summary(evaluation: Evaluation) -> dict[str, Any]:

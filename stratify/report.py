@@ -1,9 +1,12 @@
 """`haven model report`: a run or its evaluation as Markdown with PNG plots.
 
 `write_report(run_or_evaluation, out_dir)` writes `report.md` and plots (matplotlib, Agg
-backend, no display needed), and an evaluation's figures as `evaluation.json`. A run alone
-gives its tiers, thresholds, model choice and the most common reasons; an evaluation adds
-discrimination, calibration and subgroup tables and plots.
+backend, no display needed), and an evaluation's figures as `evaluation.json`. The report opens
+with the model card (stratify.model_card) and, when the outcome year after the run's date is not
+in the data (`status`), says so plainly before anything else; the evaluation shown is then the
+back-test the model was chosen on (stratify.backtest), labelled as such. A run alone gives its
+tiers, thresholds, model choice and the most common reasons; an evaluation adds discrimination,
+calibration, bootstrap spread and subgroup tables and plots.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from stratify.evaluate import Evaluation  # noqa: E402
+from stratify.evaluate import Evaluation, FollowUp  # noqa: E402
+from stratify.model_card import (  # noqa: E402
+    RunCounts,
+    bootstrap_lines,
+    bootstrap_records,
+    counts_lines,
+    history_gain_lines,
+    model_card,
+)
 from stratify.scoring import ScoreRun  # noqa: E402
 from stratify.tiers import ORDER  # noqa: E402
 
@@ -38,7 +49,8 @@ def evaluation_figures(ev: Evaluation) -> dict:
     metrics, each model's calibration by decile, and the chosen model's subgroup metrics.
     Person-level values (`ev.frame`) are not included."""
     return {"run_id": ev.run_id, "at": ev.at.isoformat(), "outcome": ev.outcome,
-            "chosen": ev.chosen, "notes": list(ev.notes),
+            "kind": ev.kind, "judged_at": (ev.judged_at or ev.at).isoformat(),
+            "chosen": ev.chosen, "notes": list(ev.notes), **bootstrap_records(ev),
             "overall": _records(ev.overall),
             "calibration": {name: _records(curve) for name, curve in ev.calibration.items()},
             "subgroups": _records(ev.subgroups[ev.subgroups["model"] == "chosen"])}
@@ -58,15 +70,44 @@ def _table(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join([head, rule, *body])
 
 
+def _title(run: ScoreRun) -> list[str]:
+    return [f"# Risk stratification run `{run.run_id}`", ""]
+
+
+def _notice(status: FollowUp | None, ev: Evaluation | None) -> list[str]:
+    """What the report can and cannot say about the year after the run's date, first."""
+    if status is None:
+        return []
+    if status.complete:
+        return [f"The outcome year after this run's date ({status.at.isoformat()} to "
+                f"{status.window_end.isoformat()}) is complete in the data: the evaluation "
+                "below is prospective.", ""]
+    reach = status.records_reach.isoformat() if status.records_reach else "no date at all"
+    lines = [f"> **The outcome year after this run's date has not happened yet in these data.** "
+             f"The year to judge this run on runs from {status.at.isoformat()} to "
+             f"{status.window_end.isoformat()}; hospital records reach {reach} "
+             f"({status.months_observed} of {status.months} months). No figure in this "
+             "report is an evaluation of this run's scores on that year; it is shown once "
+             "the records reach the end of it (run `haven model report` again).", ">"]
+    if ev is not None and ev.kind == "backtest":
+        lines.append(f"> Shown instead: the back-test the model was chosen on, the run's "
+                     f"procedure one year earlier, judged on the year from "
+                     f"{(ev.judged_at or ev.at).isoformat()} to {status.at.isoformat()}.")
+    else:
+        lines.append("> No back-test either: the data do not hold the two earlier years it "
+                     "needs.")
+    return [*lines, ""]
+
+
 def _run_section(run: ScoreRun, out: Path) -> list[str]:
     scores = run.scores
-    lines = [f"# Risk stratification run `{run.run_id}`", "",
+    lines = ["## This run", "",
              f"- Reference date: {run.at.isoformat()}; model `{run.model}` "
              f"({run.model_version}), seed {run.seed}",
              f"- Trained on features at {run.meta.get('train_at', '?')} with emergency admissions"
              f" in {' to '.join(run.meta.get('train_window', []))}",
-             f"- Persons scored: {len(scores):,} (rows their opt-outs cover were left out "
-             "before scoring, by the purpose's policy table)",
+             f"- Persons in this report: {len(scores):,} (rows their opt-outs cover were left "
+             "out before scoring, by the purpose's policy table; counts below)",
              "- Extracts used: " + ", ".join(f"{k}: {len(v)}" for k, v in
                                               sorted(run.extract_ids.items())), ""]
     selection = run.metrics.get("selection", {})
@@ -106,13 +147,28 @@ def _run_section(run: ScoreRun, out: Path) -> list[str]:
     return lines
 
 
+def _heading(ev: Evaluation) -> list[str]:
+    if ev.kind == "backtest":
+        judged = (ev.judged_at or ev.at).isoformat()
+        return [f"## Back-test evaluation: the year from {judged} to {ev.at.isoformat()} "
+                "(not the year after this run's date)", "",
+                f"What the model was chosen on: each candidate trained as this run's were, one "
+                f"year earlier (features on the date 24 months before this run's, emergency "
+                f"admissions in the 12 months after it, calibrated on held-out persons), "
+                f"scored everyone registered on {judged} and is judged here on their emergency "
+                f"admissions up to {ev.at.isoformat()}. The chosen row is this run's choice, "
+                f"`{ev.chosen}`.", ""]
+    return ["## Evaluation on the year after the reference date (prospective)", ""]
+
+
 def _evaluation_section(ev: Evaluation, out: Path) -> list[str]:
-    lines = ["## Evaluation on the following year", "", *ev.notes, ""]
+    lines = [*_heading(ev), *ev.notes, ""]
     cols = ["model", "auroc", "auroc_lo", "auroc_hi", "auprc", "brier", "calibration_slope",
             "calibration_intercept", "ppv_top0_5", "ppv_top5", "ppv_top20", "sensitivity_top5",
             "events_top5", "events_top1000"]
     lines += ["### Overall", "", f"Chosen model: `{ev.chosen}` (row `chosen`).", "",
               _table(ev.overall[[c for c in cols if c in ev.overall.columns]]), ""]
+    lines += bootstrap_lines(ev)
     # ROC and calibration plots
     fig, (roc, cal) = plt.subplots(1, 2, figsize=(10, 4.2))
     y = ev.frame["outcome"].to_numpy()
@@ -166,24 +222,46 @@ def _evaluation_section(ev: Evaluation, out: Path) -> list[str]:
     return lines
 
 
-def write_report(run_or_evaluation: ScoreRun | Evaluation, out_dir: Path | str,
-                 run: ScoreRun | None = None) -> Path:
+def _history_gain(run: ScoreRun) -> dict | None:
+    """The run's `history_gain` figures, in its metrics or its training metrics."""
+    found = run.metrics.get("history_gain")
+    if found is None and isinstance(run.metrics.get("training"), dict):
+        found = run.metrics["training"].get("history_gain")
+    return found if isinstance(found, dict) else None
+
+
+def write_report(run_or_evaluation: ScoreRun | Evaluation | None, out_dir: Path | str,
+                 run: ScoreRun | None = None, *, status: FollowUp | None = None,
+                 counts: RunCounts | None = None,
+                 approval: dict | None = None) -> Path:
     """Write `report.md` and its PNG plots into `out_dir`; returns the Markdown path.
 
-    Pass a `ScoreRun`, or an `Evaluation` (with its run as `run` for the run section).
+    Pass a `ScoreRun`, or an `Evaluation` (with its run as `run` for the model card and run
+    section), or None with `run` when there is no evaluation to show. `status`: whether the
+    year after the run's date is in the data (said first when it is not); `counts`: the
+    measured counts of whom the run covers; `approval`: the model's approval (default: as the
+    run's metadata records it, if at all).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ev = run_or_evaluation if isinstance(run_or_evaluation, Evaluation) else None
+    run = run_or_evaluation if isinstance(run_or_evaluation, ScoreRun) else run
     lines: list[str] = []
-    if isinstance(run_or_evaluation, ScoreRun):
-        lines += _run_section(run_or_evaluation, out)
-    else:
-        if run is not None:
-            lines += _run_section(run, out)
-        else:
-            lines += [f"# Evaluation of run `{run_or_evaluation.run_id}`", ""]
-        lines += _evaluation_section(run_or_evaluation, out)
-        (out / EVALUATION_FILE).write_text(json.dumps(evaluation_figures(run_or_evaluation)),
+    if run is not None:
+        if approval is None:
+            found = run.meta.get("approval") or run.metrics.get("approval")
+            approval = found if isinstance(found, dict) else None
+        lines += [*_title(run), *_notice(status, ev),
+                  *model_card(run, ev, status, counts, approval)]
+        if counts is not None:
+            lines += counts_lines(counts)
+        lines += history_gain_lines(_history_gain(run))
+        lines += _run_section(run, out)
+    elif ev is not None:
+        lines += [f"# Evaluation of run `{ev.run_id}`", "", *_notice(status, ev)]
+    if ev is not None:
+        lines += _evaluation_section(ev, out)
+        (out / EVALUATION_FILE).write_text(json.dumps(evaluation_figures(ev)),
                                            encoding="utf-8")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

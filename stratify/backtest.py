@@ -1,0 +1,66 @@
+"""The back-test a run's model was chosen on, as a full evaluation, for when its own outcome year
+has not happened yet.
+
+A run at `at` learns from features at `at - 12 months` and admissions up to `at`; its
+candidates were compared by fitting at `at - 24 months` and judging on the year from
+`at - 12 months` to `at` (stratify.train). When the year after `at` is not in the data, that
+back-test year is the most recent one whose outcomes are known, so the report shows it:
+`backtest(sources, run)` runs the run's own training procedure one year earlier
+(`train(con, at - 12 months)`: fit on features at `at - 24 months` with admissions to
+`at - 12 months`, calibrated on held-out persons), scores everyone registered at
+`at - 12 months` with the run's chosen candidate (`score` with that bundle), and evaluates it on
+emergency admissions in the year up to `at`. Nothing on or after `at` is read; the run's seed is
+reused, so the back-test is as deterministic as the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pandas as pd
+
+from stratify.bootstrap import RESAMPLES
+from stratify.evaluate import Evaluation, evaluate
+from stratify.features import connect
+from stratify.outcomes import OUTCOME_MONTHS
+from stratify.scoring import ScoreRun, score
+from stratify.sources import add_months
+from stratify.train import train
+
+
+class NoBacktest(ValueError):
+    """The data do not reach back far enough (or hold no admissions) for a back-test."""
+
+
+def backtest_dates(at: dt.date, months: int = OUTCOME_MONTHS) -> tuple[dt.date, dt.date]:
+    """(fit date, judged date) of the back-test of a run at `at`."""
+    return add_months(at, -2 * months), add_months(at, -months)
+
+
+def backtest(sources: dict[str, pd.DataFrame], run: ScoreRun, months: int = OUTCOME_MONTHS,
+             resamples: int = RESAMPLES, max_train_persons: int | None = 400_000,
+             leave_out: set[str] | None = None) -> Evaluation:
+    """The back-test evaluation of `run` (see the module docstring); NoBacktest when the data
+    hold no emergency admission in either year the back-test needs. Persons of `leave_out`
+    (person keys a release must hold back now) are in none of its figures."""
+    fit_at, judged_at = backtest_dates(run.at, months)
+    con = connect(sources)
+    try:
+        counts = con.execute(f"""SELECT
+            count(*) FILTER (WHERE admission_date >= DATE '{fit_at}'
+                             AND admission_date < DATE '{judged_at}'),
+            count(*) FILTER (WHERE admission_date >= DATE '{judged_at}'
+                             AND admission_date < DATE '{run.at}') FROM v_apc""").fetchone()
+        if not counts or not counts[0] or not counts[1]:
+            raise NoBacktest(f"no back-test: hospital records hold no admission in "
+                             f"{fit_at} to {judged_at} or in {judged_at} to {run.at}")
+        bundle = train(con, judged_at, run.seed, max_train_persons=max_train_persons)
+    finally:
+        con.close()
+    model = run.model if run.model in bundle.models else None
+    past: ScoreRun = score(sources, judged_at, seed=run.seed, bundle=bundle, model=model)
+    kept = ~past.scores["person_key"].isin(leave_out or set())
+    past = dataclasses.replace(past, run_id=run.run_id, scores=past.scores[kept])
+    ev = evaluate(past, sources, months=months, resamples=resamples, seed=run.seed)
+    return dataclasses.replace(ev, at=run.at, kind="backtest", judged_at=judged_at)
