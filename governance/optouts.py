@@ -48,7 +48,8 @@ from governance.suppression import Rule, suppress
 
 POLICY = "optout_purposes.csv"
 SENDERS_POLICY = "optout_senders.csv"
-PURPOSES = ("commissioning", "case_finding", "research", "direct_care")
+PURPOSES = ("commissioning", "case_finding", "research", "direct_care",
+            "emergency_planning")
 TYPES = ("ndoo", "type1", "consent_withdrawn")
 SCOPES = ("all", "sender")
 REGISTER = "optouts"  # the source that carries the register itself: never excluded

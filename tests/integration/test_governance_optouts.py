@@ -216,7 +216,8 @@ def test_report_figures_agree_wherever_they_appear(haven, landing, inbox):
             assert shown == (by_type[kind] if covers else 0)
     # Direct care: consent withdrawals alone; the rest depend on a suppressed type.
     assert result["by_purpose"] == {"commissioning": "*", "case_finding": "*",
-                                    "research": "*", "direct_care": "*"}
+                                    "research": "*", "direct_care": "*",
+                                    "emergency_planning": "*"}
     assert result["rule"]["suppressed"] == "1-7"
     land_optouts(landing, inbox / "more", [(36 + i, "type1", "2023-01-01", "N")
                                            for i in range(4)]
@@ -227,7 +228,7 @@ def test_report_figures_agree_wherever_they_appear(haven, landing, inbox):
     # Distinct persons: research (ndoo or type1) 24 + 16; commissioning adds no one (the 13
     # consent withdrawals all have another type); case finding: 16 type1 and 3 more.
     assert shown["by_purpose"] == {"commissioning": 40, "case_finding": 20, "research": 40,
-                                   "direct_care": 15}
+                                   "direct_care": 15, "emergency_planning": 15}
 
 
 def test_optouts_commands(haven, landing, inbox, capsys):
