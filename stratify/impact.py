@@ -18,6 +18,7 @@ import csv
 import datetime as dt
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,8 +110,13 @@ def _window_sum(events: pd.DataFrame, date: str, value: pd.Series, people: pd.Da
     return out.groupby(["person_key", "start"], as_index=False)[["before", "after"]].sum()
 
 
+# Given windows (window, person_key, start, end; end exclusive), spend in each: window, total.
+SpendPricer = Callable[[pd.DataFrame], pd.DataFrame]
+
+
 def outcome_windows(sources: dict[str, pd.DataFrame], people: pd.DataFrame, months: int = 12,
-                    costs: UnitCosts | None = None) -> pd.DataFrame:
+                    costs: UnitCosts | None = None, pricer: SpendPricer | None = None
+                    ) -> pd.DataFrame:
     """Outcomes of each (person_key, start) in `people`, in the `months` before and after.
 
     Long form: person_key, start, period (`before`/`after`) and one column per OUTCOMES:
@@ -118,7 +124,8 @@ def outcome_windows(sources: dict[str, pd.DataFrame], people: pd.DataFrame, mont
     (discharge - admission, to the window's end for a stay still open), A&E attendances and
     spend (admissions, bed days, A&E and outpatient attendances at `costs`; social care
     packages at their own weekly cost, else the default, for the weeks they ran in the
-    window)."""
+    window). `pricer` (e.g. the costs analysis's `spend_in_windows` with the unit costs in
+    force) prices spend instead of `costs` when given."""
     costs = costs or UnitCosts()
     frames = prepare(sources)
     base = people[["person_key", "start"]].drop_duplicates().copy()
@@ -156,7 +163,9 @@ def outcome_windows(sources: dict[str, pd.DataFrame], people: pd.DataFrame, mont
     care = frames.get("social_care")
     if care is not None and len(care):
         spend.append(_care_spend(care, base, costs))
-    if spend:
+    if pricer is not None:
+        parts["spend"] = _priced(pricer, base)
+    elif spend:
         parts["spend"] = pd.concat(spend).groupby(["person_key", "start"],
                                                   as_index=False)[["before", "after"]].sum()
     rows = []
@@ -173,6 +182,20 @@ def outcome_windows(sources: dict[str, pd.DataFrame], people: pd.DataFrame, mont
             frame[name] = merged[period].fillna(0.0).to_numpy()
         rows.append(frame)
     return pd.concat(rows, ignore_index=True)
+
+
+def _priced(pricer: SpendPricer, base: pd.DataFrame) -> pd.DataFrame:
+    """Spend before and after each (person, start) from `pricer`, one window each."""
+    n = len(base)
+    windows = pd.concat([
+        base.assign(window=np.arange(n) * 2, start=base["lo"], end=base["start"]),
+        base.assign(window=np.arange(n) * 2 + 1, end=base["hi"])])
+    priced = pricer(windows[["window", "person_key", "start", "end"]])
+    total = priced.set_index("window")["total"].reindex(np.arange(2 * n)).fillna(0.0)
+    out = base[["person_key", "start"]].copy()
+    out["before"] = total.to_numpy()[0::2]
+    out["after"] = total.to_numpy()[1::2]
+    return out
 
 
 def _care_spend(care: pd.DataFrame, base: pd.DataFrame, costs: UnitCosts) -> pd.DataFrame:
@@ -419,7 +442,8 @@ class Evaluation:
 def evaluate(sources: dict[str, pd.DataFrame], cohort: pd.DataFrame,
              covariates: pd.DataFrame, *, months: int = 12,
              outcomes: tuple[str, ...] = OUTCOMES, ratio: int = 1,
-             costs: UnitCosts | None = None, seed: int = 0) -> Evaluation:
+             costs: UnitCosts | None = None, pricer: SpendPricer | None = None,
+             seed: int = 0) -> Evaluation:
     """Match `cohort` within `covariates` (see `match`), count outcomes before and after each
     start (`outcome_windows`) and estimate each outcome's effect (`did`)."""
     unknown = sorted(set(outcomes) - set(OUTCOMES))
@@ -431,7 +455,7 @@ def evaluate(sources: dict[str, pd.DataFrame], cohort: pd.DataFrame,
         matched.pairs[["control", "start"]].rename(columns={"control": "person_key"})])
     rows = []
     if len(matched.pairs):
-        windows = outcome_windows(sources, people, months, costs)
+        windows = outcome_windows(sources, people, months, costs, pricer)
         panel = matched_panel(matched.pairs, windows)
         rows = [did(panel, name).to_row() for name in outcomes]
     estimates = pd.DataFrame(rows, columns=list(Estimate.__dataclass_fields__))

@@ -153,3 +153,18 @@ def test_an_unknown_outcome_is_refused() -> None:
     sources, cohort, covariates, _ = _world(persons=100, cohort=10)
     with pytest.raises(ValueError, match="outcome"):
         impact.evaluate(sources, cohort, covariates, outcomes=("happiness",))
+
+
+def test_a_pricer_prices_spend_in_each_window_it_is_given() -> None:
+    seen: list[pd.DataFrame] = []
+
+    def pricer(windows: pd.DataFrame) -> pd.DataFrame:
+        seen.append(windows)
+        days = (pd.to_datetime(windows["end"]) - pd.to_datetime(windows["start"])).dt.days
+        return pd.DataFrame({"window": windows["window"], "total": days.astype(float)})
+
+    people = pd.DataFrame({"person_key": [_key(1), _key(2)], "start": [START, START]})
+    out = impact.outcome_windows({}, people, 12, pricer=pricer)
+    assert set(out.loc[out["period"] == "before", "spend"]) == {366.0}  # 2023-04-01 to start
+    assert set(out.loc[out["period"] == "after", "spend"]) == {365.0}
+    assert len(seen[0]) == 4 and seen[0]["window"].is_unique
