@@ -1,4 +1,5 @@
-"""`haven score`, `haven scores export`, `haven model report`: risk runs over the linked data."""
+"""`haven score`, `haven scores export`, `haven model report|list|approve|reject`: risk runs
+over the linked data, and the clinical safety decision on each model before it serves."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
+from governance import model_approvals
 from pipeline.report import model_report
 from pipeline.score import NoScoreRun, NothingToScore, UnknownModel, export_scores, score
 
@@ -38,6 +41,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]not scored[/]: {exc}")
             raise typer.Exit(code=1) from None
         console.print(f"tiers {json.dumps(result.tiers)}")
+        console.print(f"model {result.model_id}: {result.model_status}")
 
     scores = typer.Typer(help="Risk scores of the run serving commissioning.")
 
@@ -65,6 +69,58 @@ def register(app: typer.Typer) -> None:
         except NoScoreRun as exc:
             raise typer.BadParameter(str(exc)) from exc
         Console().print(f"model report written to {path}")
+
+    @model.command("list")
+    def list_command(ctx: typer.Context,
+                     as_json: bool = typer.Option(False, "--json")) -> None:
+        """Every model: candidate, approved or rejected, who decided, when and why."""
+        found = model_approvals.list_models(ctx.obj.engine)
+        if as_json:
+            typer.echo(json.dumps(found))
+            return
+        table = Table("model", "status", "algorithm", "trained by run", "decided by",
+                      "decided at", "reason", "retrain", expand=False)
+        for column in table.columns[:4]:
+            column.no_wrap = True
+        for row in found:
+            table.add_row(row["model_id"], row["status"], row["algorithm"], row["run_id"],
+                          f"{row['decided_by'] or ''} {row['decided_role'] or ''}".strip(),
+                          row["decided_at"] or "", row["reason"] or "",
+                          "flagged" if row["retrain_flag"] else "")
+        console = Console()
+        console.print(table)
+        console.print(f"{len(found)} models; in force: "
+                      f"{(model_approvals.in_force(ctx.obj.engine) or {}).get('model_id', 'none')}")
+
+    def _decide(ctx: typer.Context, model_id: str, decision: str, reason: str,
+                user: str) -> None:
+        engine = ctx.obj.engine
+        try:
+            actor = model_approvals.acting_user(engine, user)
+            done = model_approvals.decide(engine, actor, model_id, decision, reason)
+        except model_approvals.NotAllowed as exc:
+            Console(stderr=True).print(f"[red]refused[/]: {exc} (audited)")
+            raise typer.Exit(code=3) from None
+        except model_approvals.ModelError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        Console().print(f"model {done['model_id']} {done['status']} by {done['decided_by']} "
+                        f"({done['decided_role']}) at {done['decided_at']}; audited")
+
+    @model.command("approve")
+    def approve(ctx: typer.Context, model_id: str = typer.Argument(..., metavar="ID"),
+                reason: str = typer.Option(..., "--reason", help="Why (3-500 characters)."),
+                user: str = typer.Option(..., "--as", help="The clinical safety officer "
+                                         "deciding (a user of `haven users add`).")) -> None:
+        """Approve a candidate model: its runs serve from now on (clinical safety officer)."""
+        _decide(ctx, model_id, "approve", reason, user)
+
+    @model.command("reject")
+    def reject(ctx: typer.Context, model_id: str = typer.Argument(..., metavar="ID"),
+               reason: str = typer.Option(..., "--reason", help="Why (3-500 characters)."),
+               user: str = typer.Option(..., "--as", help="The clinical safety officer "
+                                        "deciding (a user of `haven users add`).")) -> None:
+        """Reject a candidate model: it never serves; the model in force keeps serving."""
+        _decide(ctx, model_id, "reject", reason, user)
 
     app.add_typer(scores, name="scores")
     app.add_typer(model, name="model")

@@ -1,5 +1,12 @@
 """Score: train on history before a date, score everyone at it, record and audit the run;
-export the scores of the run serving a purpose."""
+export the scores of the run serving a purpose.
+
+The model a run was scored by is recorded (governance.model_approvals): a model trained here
+is a candidate until a clinical safety officer approves it, and its run does not serve until
+then (pipeline.serving); the model in force keeps serving meanwhile. Given the approved
+model's bundle (`bundle`, as `haven refresh` does), nothing is trained and the run serves at
+once: the same model, the same id, the same approval.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +19,16 @@ import pandas as pd
 from sqlalchemy import insert
 
 from governance import audit, optouts
+from governance.model_approvals import model_id, record_candidate
 from governance.schema import runs
 from linkage.linked_view import RowFilter, load_sources
 from linkage.person_index import read_link_map
 from pipeline.context import Context, Progress, quiet
 from pipeline.serving import optouts_applied, serving_run, withheld_person_keys
 from stratify.catalogue import FEATURES
-from stratify.scoring import UnknownModel, save_run
+from stratify.scoring import ScoreRun, UnknownModel, save_run
 from stratify.scoring import score as score_persons
+from stratify.train import ModelBundle
 
 __all__ = ["NoScoreRun", "NothingToScore", "ScoreResult", "UnknownModel", "export_scores",
            "reason_group_sources", "score", "use_filter"]
@@ -43,6 +52,8 @@ class ScoreResult:
     persons: int
     model: str
     purpose: str
+    model_id: str = ""
+    model_status: str = "candidate"
     tiers: dict[str, int] = field(default_factory=dict)
     thresholds: dict[str, Any] = field(default_factory=dict)
 
@@ -77,15 +88,28 @@ def use_filter(ctx: Context, purpose: str, on: dt.date,
     return keep
 
 
+def model_description(run: ScoreRun) -> dict[str, Any]:
+    """What identifies the model that scored `run`: version, algorithm (and who chose it),
+    training date and window, lookback, features, code lists and seed."""
+    return {"version": run.model_version, "algorithm": run.model,
+            "chosen_by": run.metrics.get("chosen_by", "validation"),
+            "train_at": run.meta.get("train_at"), "train_window": run.meta.get("train_window"),
+            "lookback_months": run.meta.get("lookback_months"),
+            "features": run.meta.get("features"),
+            "codelists_digest": run.meta.get("codelists_digest"), "seed": run.seed}
+
+
 def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissioning",
-          model: str | None = None, progress: Progress = quiet) -> ScoreResult:
+          model: str | None = None, progress: Progress = quiet,
+          bundle: ModelBundle | None = None) -> ScoreResult:
     """Score everyone at `at` for `purpose` and record the run.
 
     Rows the purpose may not use are left out before anything is read by the model: by the
     opt-outs in force now (the moment of use), not on `at`, so an early `at` brings back no
     one's history; what was applied is recorded with the run (pipeline.serving). `model`
     overrides the candidate chosen on validation (rule, logistic, boosting or blend); an
-    unknown name raises UnknownModel.
+    unknown name raises UnknownModel. `bundle`: score with this fitted model (the approved
+    one) instead of training a candidate.
     """
     progress(f"reading linked, pseudonymised data for {at.isoformat()} ({purpose})")
     applied = optouts_applied(ctx.engine)
@@ -102,29 +126,54 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
                                    columns=["person_key", "probability", "tier"])
     progress(f"training on history before {at.isoformat()} and scoring "
              f"{sum(len(f) for f in sources.values()):,} linked rows")
-    run = score_persons(sources, at, seed=seed, previous=previous, model=model)
+    run = score_persons(sources, at, seed=seed, previous=previous, model=model, bundle=bundle)
+    description = model_description(run)
+    chosen_id = model_id(description)
+    run.meta["model_id"] = chosen_id
     folder = save_run(run, ctx.settings.layout.run(run.run_id))
     used = sorted({e for ids in run.extract_ids.values() for e in ids})
     with ctx.engine.begin() as connection:
+        status = record_candidate(connection, chosen_id, run.run_id, purpose, run.model,
+                                  description)
         connection.execute(runs.delete().where(runs.c.run_id == run.run_id))
         connection.execute(insert(runs).values(
             run_id=run.run_id, kind="score", at=dt.datetime.now(dt.UTC), status="complete",
             extract_ids=used, summary={"at": at.isoformat(), "model": run.model,
                                        "purpose": purpose,
                                        "model_version": run.model_version,
+                                       "model_id": chosen_id,
                                        "persons": int(len(run.scores)),
                                        "thresholds": run.thresholds,
                                        "optouts": applied}))
         audit.record(connection, ctx.actor, "score.run", f"run/{run.run_id}",
                      n_records=int(len(run.scores)), purpose=purpose,
                      detail={"model": run.model, "extracts": len(used),
+                             "model_id": chosen_id, "model_status": status,
                              "chosen_by": run.metrics.get("chosen_by", "validation")})
     result = ScoreResult(run_id=run.run_id, persons=int(len(run.scores)), model=run.model,
                          purpose=purpose, tiers=run.metrics.get("tiers", {}),
-                         thresholds=run.thresholds)
+                         thresholds=run.thresholds, model_id=chosen_id, model_status=status)
     progress(f"score run {result.run_id}: {result.persons:,} persons, model {result.model}; "
              f"written to {folder}")
+    progress(_serving_note(ctx, chosen_id, status, purpose))
     return result
+
+
+def _serving_note(ctx: Context, chosen: str, status: str, purpose: str) -> str:
+    """What the run means for what is served: approved (serves), or a candidate/rejected
+    model's run that waits, and which run serves meanwhile."""
+    if status == "approved":
+        return f"model {chosen} is approved: this run serves {purpose}"
+    now = serving_run(ctx.engine, purpose)
+    meanwhile = "nothing serves yet"
+    if now is not None:
+        by = now.summary.get("model_id", "recorded before approvals")
+        meanwhile = f"run {now.run_id} (model {by}) keeps serving"
+    if status == "rejected":
+        return f"model {chosen} was rejected: this run never serves; {meanwhile}"
+    return (f"model {chosen} is a candidate: this run serves once a clinical safety officer "
+            f"approves it (`haven model approve {chosen} --reason ... --as USER`); "
+            f"{meanwhile}")
 
 
 def export_scores(ctx: Context, out: Path, purpose: str = "commissioning") -> tuple[str, int]:
@@ -136,7 +185,8 @@ def export_scores(ctx: Context, out: Path, purpose: str = "commissioning") -> tu
         raise ValueError("--out must end in .csv or .parquet")
     run = serving_run(ctx.engine, purpose)
     if run is None:
-        raise NoScoreRun("no score run yet: run `haven score` first")
+        raise NoScoreRun("no score run of an approved model yet: run `haven score`, and a "
+                         "clinical safety officer approves its model (`haven model list`)")
     frame = pd.read_parquet(ctx.settings.layout.run(run.run_id).scores,
                             columns=RELEASE_COLUMNS)
     withheld = withheld_person_keys(ctx.settings, ctx.engine, purpose, run)

@@ -1,9 +1,11 @@
 """Which score run serves a purpose now, and whom it must hold back: one answer for every face.
 
 The command-line export, the API's lists and aggregates, FHIR and recipient exports all ask
-`serving_run(engine, purpose)`. A purpose is answered from the newest complete run scored for
-it; a case-finding caller may be answered from a commissioning run while the opt-out policy
-makes commissioning leave out at least as much. `withheld_person_keys` names the persons the
+`serving_run(engine, purpose)`. Only a run scored by a model a clinical safety officer
+approved serves (governance.model_approvals; a candidate's run waits for its approval). A
+purpose is answered from the newest complete run scored for it by the model in force; a
+case-finding caller may be answered from a commissioning run while the opt-out policy makes
+commissioning leave out at least as much. `withheld_person_keys` names the persons the
 run must not show for the purpose, by the opt-outs in force (governance.optouts).
 
 The rule: the opt-outs in force at the moment of use decide what is used and released,
@@ -29,6 +31,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine, func, select
 
 from governance import optouts
+from governance.model_approvals import approved_models
 from governance.schema import extracts, runs
 from governance.schema import optouts as optout_register
 from governance.settings import Settings
@@ -85,18 +88,36 @@ def optout_mark(engine: Engine) -> tuple:
     return (*register, tuple(optouts.coverage(engine)), _today())
 
 
+def serving_rank(summary: dict[str, Any] | None, approved: list[str]) -> int | None:
+    """Where a run stands in the serving order by the model that scored it (0: the model in
+    force), or None when it may not serve: its model is not approved. A run recorded before
+    models were approved (no `model_id`) may serve only while no model is approved, after
+    every approved model's runs."""
+    model = (summary or {}).get("model_id")
+    if model is None:
+        return None if approved else len(approved)
+    return approved.index(model) if model in approved else None
+
+
 def serving_run(engine: Engine, purpose: str) -> ServingRun | None:
-    """The run answering `purpose` now (its own newest, then what may stand in), or None."""
+    """The run answering `purpose` now, or None: only a run scored by an approved model
+    (governance.model_approvals) serves; the model in force first (the newest approval),
+    then older approved models; within a model, the newest run; the purpose's own run first,
+    then what may stand in for it."""
     wanted = runs_for(purpose, optouts.coverage(engine))
+    approved = approved_models(engine)
     with engine.connect() as connection:
         listed = connection.execute(
             select(runs.c.run_id, runs.c.at, runs.c.summary).where(
                 runs.c.kind == "score", runs.c.status == "complete")
             .order_by(runs.c.at.desc(), runs.c.run_id.desc())).all()
     for choice in wanted:  # the purpose's own run first, then what may stand in for it
-        for run in listed:
-            if run_purpose(run.summary) == choice:
-                return ServingRun(run.run_id, run.at, dict(run.summary or {}))
+        ranked = [(rank, i, run) for i, run in enumerate(listed)
+                  if run_purpose(run.summary) == choice
+                  and (rank := serving_rank(run.summary, approved)) is not None]
+        if ranked:
+            run = min(ranked, key=lambda found: found[:2])[2]
+            return ServingRun(run.run_id, run.at, dict(run.summary or {}))
     return None
 
 
