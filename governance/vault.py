@@ -7,6 +7,7 @@ pseudonym is bound to the ciphertext as associated data, so entries cannot be sw
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from itertools import repeat
@@ -66,13 +67,39 @@ def stage_open(connection: Connection) -> None:
 
 def stage(connection: Connection, person_ids: Sequence[str], key_id: str, vault_key_id: str,
           nonces: Sequence[bytes], ciphertexts: Sequence[bytes]) -> None:
-    """Add sealed entries (from `seal_columns`) to the staging table made by `stage_open`."""
+    """Add sealed entries (from `seal_columns`) to the staging table made by `stage_open`.
+
+    One statement for the whole batch, not one per entry: the pseudonyms go as one array
+    (JSON for SQLite, a PostgreSQL array) and the nonces and ciphertexts as one blob each,
+    cut into entries by the database (every ciphertext of a batch has the same length, as
+    every NHS number has ten digits; a batch where they differ goes entry by entry).
+    """
     if not person_ids:
         return
+    table = _stage_name(connection)
+    width = len(ciphertexts[0])
+    if any(len(c) != width for c in ciphertexts) or any(len(n) != 12 for n in nonces):
+        _stage_each(connection, table, person_ids, key_id, vault_key_id, nonces, ciphertexts)
+    elif connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(
+            f"INSERT INTO {table} ({_STAGE_COLUMNS}) SELECT p, %s, %s, n, c "
+            "FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS t(p, n, c)",
+            (key_id, vault_key_id, list(person_ids), list(nonces), list(ciphertexts)))
+    else:
+        connection.exec_driver_sql(
+            f"INSERT INTO {table} ({_STAGE_COLUMNS}) SELECT value, ?, ?, "
+            "substr(?, key * 12 + 1, 12), substr(?, key * ? + 1, ?) FROM json_each(?)",
+            (key_id, vault_key_id, b"".join(nonces), b"".join(ciphertexts), width, width,
+             json.dumps(list(person_ids))))
+
+
+def _stage_each(connection: Connection, table: str, person_ids: Sequence[str], key_id: str,
+                vault_key_id: str, nonces: Sequence[bytes],
+                ciphertexts: Sequence[bytes]) -> None:
+    """`stage` entry by entry (one executemany), for entries of unequal lengths."""
     marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
     connection.exec_driver_sql(
-        f"INSERT INTO {_stage_name(connection)} ({_STAGE_COLUMNS}) "
-        f"VALUES ({', '.join([marker] * 5)})",
+        f"INSERT INTO {table} ({_STAGE_COLUMNS}) VALUES ({', '.join([marker] * 5)})",
         list(zip(person_ids, repeat(key_id), repeat(vault_key_id), nonces, ciphertexts,
                  strict=False)))
 
