@@ -125,3 +125,17 @@ def upload_form(source: str, rows: list[dict[str, Any]], sender: str
               "period_end": "2025-03-31", "sha256": hashlib.sha256(data).hexdigest(),
               "rows": str(len(rows))}
     return fields, {"file": (f"{source}.csv", data, "text/csv")}
+
+
+def approve_candidates(engine: Any, reason: str = "approved for the test") -> list[str]:
+    """Approve every candidate model as a clinical safety officer (a model serves only once
+    approved: governance/model_approvals.py); returns the ids approved."""
+    from governance import model_approvals
+    from governance.audit import Actor
+
+    officer = Actor("cara.cso", model_approvals.CLINICAL_SAFETY_ROLE, "X26", "clinical_safety")
+    waiting = [m["model_id"] for m in model_approvals.list_models(engine)
+               if m["status"] == "candidate"]
+    for model in waiting:
+        model_approvals.decide(engine, officer, model, "approve", reason)
+    return waiting
