@@ -11,6 +11,8 @@
       index/quality.json            the last linkage run's measured error rates
       runs/<run_id>/                a score run: scores.parquet, candidates.parquet, run.json,
                                     model.joblib
+      runs/<run_id>/                an analysis run (journeys, costs, segments: issue #14):
+                                    records.parquet, published.parquet, run.json
       reports/<run_id>/             a run's model report (report.md and plots)
       exports/<export_id>/          a release to a named recipient: export.json and the file
       jobs/<job_id>.json            state of a linkage or scoring job started through the API
@@ -71,6 +73,26 @@ class ImpactFiles:
 
 
 @dataclass(frozen=True)
+class AnalysisFiles:
+    """The files of one analysis run (`runs/<run_id>/`, beside score runs, so destruction
+    removes them with the run): pseudonymised records, published tables, description."""
+
+    folder: Path
+
+    @property
+    def records(self) -> Path:
+        return self.folder / "records.parquet"
+
+    @property
+    def published(self) -> Path:
+        return self.folder / "published.parquet"
+
+    @property
+    def description(self) -> Path:
+        return self.folder / "run.json"
+
+
+@dataclass(frozen=True)
 class Layout:
     """Paths under one data directory (`home`); nothing here touches the disk."""
 
@@ -126,6 +148,9 @@ class Layout:
 
     def run(self, run_id: str) -> RunFiles:
         return RunFiles(self.runs_dir / run_id)
+
+    def analysis(self, run_id: str) -> AnalysisFiles:
+        return AnalysisFiles(self.runs_dir / run_id)
 
     @property
     def reports_dir(self) -> Path:
