@@ -1,0 +1,429 @@
+"""Journeys after discharge, cost per person and population segments (issue #14 parts 1-3),
+each run as a governed purpose, as scoring is (pipeline.score).
+
+Every analysis reads the linked, pseudonymised rows its purpose may use (the opt-outs in force
+now, `pipeline.score.use_filter`, recorded with the run), runs its stage (stratify.journeys,
+stratify.costs, stratify.segments), and writes under `runs/<run_id>/` (governance.layout
+`AnalysisFiles`): `records.parquet` (pseudonymised, record-level: for analysts) and
+`published.parquet` (the fixed tables, protected by governance.suppression with the rule in
+force when it ran: `pipeline.analysis_tables`). The run is recorded in the runs table with the
+extracts it used (so destruction voids it and removes its files) and audited.
+
+Purpose: all three serve `commissioning` (planning and commissioning of services, beyond
+individual care), so the national data opt-out, type 1 objections (GP data) and council consent
+withdrawals apply exactly as they do to the commissioning risk run; policies/optout_purposes.csv
+states why no purpose of their own was added.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import insert, select
+
+from governance import audit, optouts
+from governance.geography import Geography
+from governance.policy_tables import policy_text
+from governance.schema import runs
+from governance.suppression import Rule
+from linkage.linked_view import load_sources
+from pipeline.analysis_tables import TOTAL, publish_grids, spend_beside
+from pipeline.context import Context, Progress, quiet
+from pipeline.score import use_filter
+from pipeline.serving import ServingRun, optouts_applied, serving_run, withheld_person_keys
+from stratify import costs as costing
+from stratify.journeys import OUTCOMES_91, PATHWAYS, data_through, discharge_journeys
+from stratify.segments import SEGMENTS, assign_segments, parse_segments
+from stratify.sources import add_months, extract_ids
+
+KINDS = ("journeys", "costs", "segments")
+PURPOSE = "commissioning"
+UNIT_COSTS = "unit_costs.csv"
+SEGMENT_TABLE = "segments.csv"
+TIERS = ("very_high", "high", "moderate", "low", "unknown")
+UNKNOWN = "unknown"
+
+
+class NothingToAnalyse(LookupError):
+    """No landed, linked row the purpose may use."""
+
+
+class NoAnalysisRun(LookupError):
+    """No complete run of that analysis yet."""
+
+
+@dataclass
+class AnalysisResult:
+    """What an analysis run made: its id, kind, size, where it went and its headline figures."""
+
+    run_id: str
+    kind: str
+    purpose: str
+    rows: int
+    folder: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def unit_costs(ctx: Context) -> dict[str, float]:
+    """The unit cost table in force (a super user's change, else the shipped table)."""
+    return costing.parse_unit_costs(policy_text(UNIT_COSTS, ctx.engine))
+
+
+def segment_order(ctx: Context) -> list[str]:
+    """The segments in the order of the segment table in force."""
+    return parse_segments(policy_text(SEGMENT_TABLE, ctx.engine))
+
+
+def _read(ctx: Context, progress: Progress) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """The rows the purpose may use now, and what was applied (recorded with the run)."""
+    applied = optouts_applied(ctx.engine)
+    progress(f"reading linked, pseudonymised data ({PURPOSE}; opt-outs in force on "
+             f"{applied['in_force_on']})")
+    sources = load_sources(ctx.settings, ctx.engine, row_filter=use_filter(
+        ctx, PURPOSE, dt.date.fromisoformat(applied["in_force_on"]),
+        optouts.parse_coverage(applied["policy"]), applied["register"]))
+    if not any(len(frame) for frame in sources.values()):
+        raise NothingToAnalyse("nothing landed and linked to analyse: land extracts and run "
+                               "`haven link`")
+    return sources, applied
+
+
+def _places(ctx: Context) -> Geography:
+    return Geography.load(engine=ctx.engine)
+
+
+def _with_places(frame: pd.DataFrame, places: Geography) -> pd.DataFrame:
+    practice = frame["gp_practice_code"].fillna(UNKNOWN).astype(str)
+    frame = frame.assign(gp_practice_code=practice)
+    for level in ("pcn", "locality"):
+        frame[level] = [places.unit(level, p) if p != UNKNOWN else UNKNOWN for p in practice]
+    return frame
+
+
+def _practices(sources: dict[str, pd.DataFrame]) -> pd.Series:
+    """Each person's practice: the latest GP registration's (person_key -> code)."""
+    gp = sources.get("gp_patients")
+    if gp is None or not len(gp) or "gp_practice_code" not in gp:
+        return pd.Series(dtype=object)
+    order = gp.assign(_d=pd.to_datetime(gp["registration_date"], errors="coerce")).sort_values(
+        "_d", kind="stable")
+    last = order.dropna(subset=["gp_practice_code"]).groupby("person_key").last()
+    return last["gp_practice_code"].astype(str)
+
+
+def _tiers(ctx: Context) -> tuple[pd.Series, str | None]:
+    """Risk tier per person from the run serving commissioning (approved), if any."""
+    run = serving_run(ctx.engine, PURPOSE)
+    if run is None:
+        return pd.Series(dtype=object), None
+    scores = pd.read_parquet(ctx.settings.layout.run(run.run_id).scores,
+                             columns=["person_key", "tier"])
+    return scores.set_index("person_key")["tier"].astype(str), run.run_id
+
+
+def _grid(frame: pd.DataFrame, rows: str, cols: str, row_values: list[str] | None = None,
+          col_values: list[str] | None = None) -> pd.DataFrame:
+    table = pd.crosstab(frame[rows].astype(str), frame[cols].astype(str))
+    if row_values is not None:
+        table = table.reindex(index=row_values, fill_value=0)
+    if col_values is not None:
+        table = table.reindex(columns=col_values, fill_value=0)
+    table.index.name, table.columns.name = rows, cols
+    return table.sort_index() if row_values is None else table
+
+
+def _flag(series: pd.Series) -> pd.Series:
+    return series.map(lambda v: UNKNOWN if pd.isna(v) else ("yes" if v else "no"))
+
+
+def _long(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Published tables in one long frame: table, row, column, value (text)."""
+    parts = []
+    for name, table in tables.items():
+        stacked = table.astype(str).stack().reset_index()
+        stacked.columns = ["row", "column", "value"]
+        stacked.insert(0, "table", name)
+        parts.append(stacked)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["table", "row", "column", "value"])
+
+
+def _list_table(frame: pd.DataFrame, dimension: str, values: list[str] | None = None
+                ) -> pd.DataFrame:
+    counts = frame[dimension].astype(str).value_counts()
+    counts = counts.sort_index() if values is None else counts.reindex(values, fill_value=0)
+    table = counts.to_frame("persons")
+    table.index.name, table.columns.name = dimension, "measure"
+    return table
+
+
+def _run_id(kind: str, label: str, sources: dict[str, pd.DataFrame]) -> str:
+    digest = hashlib.sha256(json.dumps(extract_ids(sources), sort_keys=True).encode()
+                            + dt.datetime.now(dt.UTC).isoformat().encode()).hexdigest()
+    return f"{kind}-{label}-{digest[:12]}"
+
+
+def _save(ctx: Context, kind: str, run_id: str, sources: dict[str, pd.DataFrame],
+          applied: dict[str, Any], records: pd.DataFrame, tables: dict[str, pd.DataFrame],
+          summary: dict[str, Any], progress: Progress) -> AnalysisResult:
+    """Write the run's files, record it in the runs table and audit it, in that order (the
+    run is listed only once its files are there)."""
+    files = ctx.settings.layout.analysis(run_id)
+    files.folder.mkdir(parents=True, exist_ok=True)
+    records.to_parquet(files.records, index=False)
+    _long(tables).to_parquet(files.published, index=False)
+    used = sorted({e for ids in extract_ids(sources).values() for e in ids})
+    summary = {**summary, "kind": kind, "purpose": PURPOSE, "rows": int(len(records)),
+               "optouts": applied}
+    files.description.write_text(json.dumps({"run_id": run_id, **summary}, indent=1,
+                                            default=str))
+    with ctx.engine.begin() as connection:
+        connection.execute(insert(runs).values(
+            run_id=run_id, kind=kind, at=dt.datetime.now(dt.UTC), status="complete",
+            extract_ids=used, summary=summary))
+        audit.record(connection, ctx.actor, f"{kind}.run", f"run/{run_id}",
+                     n_records=int(len(records)), purpose=PURPOSE,
+                     detail={"extracts": len(used), "tables": sorted(tables)})
+    progress(f"{kind} run {run_id}: {len(records):,} records and {len(tables)} published "
+             f"tables written to {files.folder}")
+    return AnalysisResult(run_id=run_id, kind=kind, purpose=PURPOSE, rows=int(len(records)),
+                          folder=str(files.folder), summary=summary)
+
+
+# ------------------------------------------------------------------------------ journeys
+def journey_tables(records: pd.DataFrame, rule: Rule, places: Geography
+                   ) -> dict[str, pd.DataFrame]:
+    """The published journey tables (discharges counted; one publication)."""
+    frame = records.assign(readmitted_30d=_flag(records["readmitted_30d"]),
+                           at_home_91d=_flag(records["at_home_91d"]),
+                           long_term_care_12m=_flag(records["long_term_care_12m"]))
+    flags = ["yes", "no", UNKNOWN]
+    pathways = list(PATHWAYS)
+    tables = {
+        "pathway_by_locality": _grid(frame, "pathway", "locality", pathways),
+        "pathway_by_pcn": _grid(frame, "pathway", "pcn", pathways),
+        "pathway_by_month": _grid(frame, "pathway", "month", pathways),
+        "pathway_by_age_band": _grid(frame, "pathway", "age_band", pathways,
+                                     ["65-74", "75-84", "85+"]),
+        "flow_91d": _grid(frame, "pathway", "outcome_91d", pathways, list(OUTCOMES_91)),
+        "readmitted_30d": _grid(frame, "pathway", "readmitted_30d", pathways, flags),
+        "at_home_91d": _grid(frame, "pathway", "at_home_91d", pathways, flags),
+        "long_term_care_12m": _grid(frame, "pathway", "long_term_care_12m", pathways, flags),
+    }
+    parents = {"pcn": ("locality", dict(places.locality_of))}
+    return publish_grids(tables, rule, parents)
+
+
+def run_journeys(ctx: Context, at: dt.date, months: int = 12,
+                 progress: Progress = quiet) -> AnalysisResult:
+    """Journeys after every discharge of a person 65+ in the `months` before `at`."""
+    if not 1 <= months <= 60:
+        raise ValueError("journeys: --months must be from 1 to 60")
+    sources, applied = _read(ctx, progress)
+    start = add_months(at, -months)
+    through = data_through(sources)
+    progress(f"discharges of people 65+ from {start} to {at - dt.timedelta(days=1)}; "
+             f"outcomes followed to {through}")
+    found = discharge_journeys(sources, start, at, through=through)
+    places = _places(ctx)
+    records = _with_places(found.drop(columns=["age"]), places)
+    tables = journey_tables(records, Rule.load(engine=ctx.engine), places)
+    counts = records["pathway"].value_counts().reindex(list(PATHWAYS), fill_value=0)
+    followed = records[records["outcome_91d"] != "not_yet_known"]
+    ascof = followed[followed["pathway"].isin(["pathway_1", "pathway_2"])]
+    summary = {"at": at.isoformat(), "start": start.isoformat(), "through": str(through),
+               "discharges": int(len(records)),
+               "pathways": {k: int(v) for k, v in counts.items()},
+               "ascof_2b_at_home_91d": None if not len(ascof) else
+               round(float(ascof["at_home_91d"].astype(bool).mean()), 4)}
+    return _save(ctx, "journeys", _run_id("journeys", at.isoformat(), sources), sources,
+                 applied, records, tables, summary, progress)
+
+
+# ------------------------------------------------------------------------------ costs
+def run_costs(ctx: Context, year: int, progress: Progress = quiet) -> AnalysisResult:
+    """Each person's spend by setting in the financial year from April `year`, with spend by
+    tier, segment, practice, PCN and discharge pathway, and the top spenders' share."""
+    start, end = costing.financial_year(year)
+    sources, applied = _read(ctx, progress)
+    prices = unit_costs(ctx)
+    progress(f"pricing activity from {start} to {end - dt.timedelta(days=1)} with the unit "
+             f"cost table in force")
+    segments = assign_segments(sources, start, order=segment_order(ctx)).set_index(
+        "person_key")["segment"]
+    spend = costing.person_costs(sources, year, prices, persons=pd.Index(segments.index))
+    tiers, tier_run = _tiers(ctx)
+    places = _places(ctx)
+    records = spend.reset_index()
+    records["segment"] = segments.reindex(records["person_key"]).to_numpy()
+    records["tier"] = tiers.reindex(records["person_key"]).fillna(UNKNOWN).to_numpy()
+    records["gp_practice_code"] = _practices(sources).reindex(records["person_key"]).to_numpy()
+    records = _with_places(records, places)
+    progress(f"spend before and after each discharge pathway of the year ({len(records):,} "
+             "persons priced)")
+    journeys = discharge_journeys(sources, start, end, through=data_through(sources))
+    around = costing.around_discharges(sources, journeys, prices) if len(journeys) else \
+        journeys.assign(spend_before=[], spend_after=[])
+    rule = Rule.load(engine=ctx.engine)
+    tables = cost_tables(records, around, rule, places)
+    total = records["total"]
+    summary = {"year": year, "start": start.isoformat(), "end": end.isoformat(),
+               "persons": int(len(records)), "spend": round(float(total.sum()), 2),
+               "top_1pct_share": round(costing.top_share(total, 0.01), 4),
+               "top_5pct_share": round(costing.top_share(total, 0.05), 4),
+               "by_setting": {s: round(float(records[s].sum()), 2) for s in costing.SETTINGS},
+               "tiers_from": tier_run}
+    return _save(ctx, "costs", _run_id("costs", str(year), sources), sources, applied,
+                 records, tables, summary, progress)
+
+
+def cost_tables(records: pd.DataFrame, around: pd.DataFrame, rule: Rule,
+                places: Geography) -> dict[str, pd.DataFrame]:
+    """The published cost tables: persons and spend by tier, segment, practice and PCN (one
+    publication of persons), spend by setting and the top spenders' share over the area, and
+    discharges with mean spend the year before and after, by pathway (one of discharges)."""
+    dims = {"tier": list(TIERS), "segment": list(SEGMENTS), "gp_practice_code": None,
+            "pcn": None}
+    lists = {f"persons_by_{d}": _list_table(records, d, v) for d, v in dims.items()}
+    shown = publish_grids(lists, rule, {"gp_practice_code": ("pcn", dict(places.pcn_of))})
+    tables: dict[str, pd.DataFrame] = {}
+    for dimension in dims:
+        counts = shown[f"persons_by_{dimension}"]["persons"]
+        key = records[dimension].astype(str)
+        tables[f"spend_by_{dimension}"] = spend_beside(
+            counts, records.groupby(key)["total"].sum(), key.value_counts(), rule
+        ).set_index("category")
+    settings = pd.DataFrame({"spend": [int(round(records[s].sum() / 1000) * 1000)
+                                       for s in costing.SETTINGS]},
+                            index=pd.Index(list(costing.SETTINGS), name="setting"))
+    settings.loc[TOTAL] = int(round(records["total"].sum() / 1000) * 1000)
+    tables["spend_by_setting"] = settings
+    tables["top_spenders"] = pd.DataFrame(
+        {"share_of_spend": [round(costing.top_share(records["total"], s), 3)
+                            for s in (0.01, 0.05)]},
+        index=pd.Index(["top_1pct", "top_5pct"], name="persons"))
+    tables["spend_around_discharge"] = _around_table(around, rule)
+    return tables
+
+
+def _around_table(around: pd.DataFrame, rule: Rule) -> pd.DataFrame:
+    counts = _list_table(around.assign(pathway=around["pathway"].astype(str)), "pathway",
+                         list(PATHWAYS))
+    shown = publish_grids({"discharges": counts}, rule)["discharges"]["persons"]
+    rows = []
+    for pathway, count in shown.items():
+        part = around if pathway == TOTAL else around[around["pathway"] == pathway]
+        hidden = count == rule.symbol or not len(part)
+        rows.append({"pathway": pathway, "discharges": count,
+                     "mean_spend_year_before": rule.symbol if hidden else
+                     int(round(part["spend_before"].mean())),
+                     "mean_spend_year_after": rule.symbol if hidden else
+                     int(round(part["spend_after"].mean()))})
+    return pd.DataFrame(rows).set_index("pathway")
+
+
+# ------------------------------------------------------------------------------ segments
+def run_segments(ctx: Context, at: dt.date, progress: Progress = quiet) -> AnalysisResult:
+    """Everyone alive and registered at `at` in one segment, with the share of persons and of
+    the 12 months' spend before `at` in each segment by practice and PCN, beside the tiers."""
+    sources, applied = _read(ctx, progress)
+    progress(f"segments at {at} by the segment table in force")
+    found = assign_segments(sources, at, order=segment_order(ctx))
+    windows = pd.DataFrame({"window": range(len(found)), "person_key": found["person_key"],
+                            "start": add_months(at, -12), "end": at})
+    spent = costing.spend_in_windows(sources, windows, unit_costs(ctx))
+    tiers, tier_run = _tiers(ctx)
+    places = _places(ctx)
+    records = found.drop(columns=["age"])
+    records["spend_12m"] = spent.set_index("window")["total"].reindex(
+        range(len(found))).to_numpy()
+    records["tier"] = tiers.reindex(records["person_key"]).fillna(UNKNOWN).to_numpy()
+    records["gp_practice_code"] = _practices(sources).reindex(records["person_key"]).to_numpy()
+    records = _with_places(records, places)
+    tables = segment_tables(records, Rule.load(engine=ctx.engine), places)
+    counts = records["segment"].value_counts().reindex(list(SEGMENTS), fill_value=0)
+    summary = {"at": at.isoformat(), "persons": int(len(records)),
+               "segments": {k: int(v) for k, v in counts.items()}, "tiers_from": tier_run}
+    return _save(ctx, "segments", _run_id("segments", at.isoformat(), sources), sources,
+                 applied, records, tables, summary, progress)
+
+
+def segment_tables(records: pd.DataFrame, rule: Rule, places: Geography
+                   ) -> dict[str, pd.DataFrame]:
+    """Persons by segment and practice, PCN and tier (one publication), spend by segment and
+    PCN shown where the persons are, and each segment's share of persons and of spend."""
+    segments = list(SEGMENTS)
+    grids = {"segment_by_practice": _grid(records, "segment", "gp_practice_code", segments),
+             "segment_by_pcn": _grid(records, "segment", "pcn", segments),
+             "segment_by_tier": _grid(records, "segment", "tier", segments, list(TIERS))}
+    tables = publish_grids(grids, rule, {"gp_practice_code": ("pcn", dict(places.pcn_of))})
+    money = records.pivot_table(index="segment", columns="pcn", values="spend_12m",
+                                aggfunc="sum", fill_value=0.0)
+    counts = tables["segment_by_pcn"]
+    spend = counts.copy()
+    for r in counts.index:
+        for c in counts.columns:
+            if counts.at[r, c] == rule.symbol:
+                continue
+            value = (money.to_numpy().sum() if r == TOTAL and c == TOTAL else
+                     money.loc[r].sum() if c == TOTAL and r in money.index else
+                     money[c].sum() if r == TOTAL and c in money.columns else
+                     money.at[r, c] if r in money.index and c in money.columns else 0.0)
+            spend.at[r, c] = int(round(value / 1000) * 1000)
+    tables["spend_12m_by_segment_pcn"] = spend
+    persons = tables["segment_by_pcn"][TOTAL]
+    all_persons, all_spend = len(records), float(records["spend_12m"].sum())
+    by = records.groupby("segment")["spend_12m"].sum()
+    tables["segment_shares"] = pd.DataFrame(
+        [{"segment": s, "persons": persons[s],
+          "share_of_persons": rule.symbol if persons[s] == rule.symbol or not all_persons
+          else round(int((records["segment"] == s).sum()) / all_persons, 3),
+          "share_of_spend": rule.symbol if persons[s] == rule.symbol or not all_spend
+          else round(float(by.get(s, 0.0)) / all_spend, 3)} for s in segments]
+    ).set_index("segment")
+    return tables
+
+
+# ------------------------------------------------------------------------------ reading
+def latest_run(ctx: Context, kind: str) -> ServingRun:
+    """The newest complete run of `kind`; NoAnalysisRun when there is none."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown analysis {kind!r}")
+    with ctx.engine.connect() as connection:
+        found = connection.execute(
+            select(runs.c.run_id, runs.c.at, runs.c.summary).where(
+                runs.c.kind == kind, runs.c.status == "complete")
+            .order_by(runs.c.at.desc(), runs.c.run_id.desc())).first()
+    if found is None:
+        raise NoAnalysisRun(f"no {kind} run yet: run `haven {kind}` first")
+    return ServingRun(found.run_id, found.at, dict(found.summary or {}))
+
+
+def published(ctx: Context, kind: str) -> tuple[ServingRun, dict[str, pd.DataFrame]]:
+    """The newest run of `kind` and its published tables (as written, suppressed)."""
+    run = latest_run(ctx, kind)
+    frame = pd.read_parquet(ctx.settings.layout.analysis(run.run_id).published)
+    tables = {}
+    for name, part in frame.groupby("table", sort=False):
+        table = part.pivot(index="row", columns="column", values="value")
+        table = table.reindex(index=list(dict.fromkeys(part["row"])),
+                              columns=list(dict.fromkeys(part["column"])))
+        tables[str(name)] = table
+    return run, tables
+
+
+def records(ctx: Context, kind: str) -> tuple[ServingRun, pd.DataFrame]:
+    """The newest run of `kind`'s pseudonymised records, without the persons an opt-out in
+    force now (that the run did not apply) withholds from the purpose."""
+    run = latest_run(ctx, kind)
+    frame = pd.read_parquet(ctx.settings.layout.analysis(run.run_id).records)
+    withheld = withheld_person_keys(ctx.settings, ctx.engine, PURPOSE, run)
+    return run, frame[~frame["person_key"].isin(withheld)].reset_index(drop=True)
