@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from cli.main import main
+from factories import approve_candidates
 from linkage.person_index import read_link_map
 from synth import generate
 
@@ -52,6 +53,7 @@ def test_land_link_score_export_report(haven, population, tmp_path, capsys):
     assert "score run" in capsys.readouterr().out
     assert main(["score", "--at", meta["score_date"], "--model", "oracle"], env) == 2
     assert "candidates: " in capsys.readouterr().err
+    approve_candidates(haven.engine)  # a model serves once a clinical safety officer approves
     out = tmp_path / "scores.csv"
     assert main(["scores", "export", "--out", str(out)], env) == 0
     scores = pd.read_csv(out)

@@ -24,7 +24,7 @@ from api.config import ApiConfig
 from api.users import add_user
 from cli.main import main
 from conftest import everything_kept
-from factories import nhs_numbers, rows_for, write_extract
+from factories import approve_candidates, nhs_numbers, rows_for, write_extract
 from governance import audit, retention
 from governance.audit import SYSTEM
 from governance.schema import audit_log, destruction_certificates, extracts, optouts, runs, vault
@@ -201,6 +201,7 @@ def test_after_destroying_everything_link_score_and_the_api_serve_nothing_made_f
     """Promise: after destroy-all, link, score and the API serve nothing made of destroyed data."""
     env = environ(haven)
     assert main(["score", "--at", SCORE_DAY, "--model", "rule"], env) == 0
+    approve_candidates(haven.engine)  # a model serves once a clinical safety officer approves
     call = api(haven)  # keeps the run it loaded for a long while between checks
     served = call("analyst", "GET", "/risk/persons")
     assert served.status_code == 200 and served.json()["items"]

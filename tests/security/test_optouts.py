@@ -23,7 +23,7 @@ from api_matrix import (
 )
 from sqlalchemy import select, update
 
-from factories import nhs_numbers, rows_for, write_extract
+from factories import approve_candidates, nhs_numbers, rows_for, write_extract
 from governance import optouts
 from governance.audit import SYSTEM
 from governance.keyed_hash import nhs_pseudonym
@@ -274,6 +274,7 @@ def test_scoring_applies_the_optouts_in_force_now_not_on_its_date(
     monkeypatch.setattr(score_module, "score_persons", lambda sources, *a, **k: read.update(
         sources=sources) or real_score(sources, *a, **k))
     run_id = score(haven, at).run_id
+    approve_candidates(haven.engine)  # a model serves once a clinical safety officer approves
 
     def keys_of(numbers: list[str]) -> set[str]:
         return set(person_keys_of_ids(haven.settings, [nhs_pseudonym(key, n)
