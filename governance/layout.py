@@ -10,7 +10,8 @@
       index/review.parquet          candidate links held for review
       index/quality.json            the last linkage run's measured error rates
       runs/<run_id>/                a score run: scores.parquet, candidates.parquet, run.json,
-                                    model.joblib
+                                    model.joblib; refresh.json and refresh.md (drift report)
+                                    when `haven refresh` scored it
       runs/<run_id>/                an analysis run (journeys, costs, segments: issue #14):
                                     records.parquet, published.parquet, run.json
       reports/<run_id>/             a run's model report (report.md and plots)
@@ -55,6 +56,17 @@ class RunFiles:
     @property
     def model(self) -> Path:
         return self.folder / "model.joblib"
+
+    @property
+    def refresh_json(self) -> Path:
+        """`haven refresh`'s drift report on this run against the one before (figures and
+        warnings; counts only)."""
+        return self.folder / "refresh.json"
+
+    @property
+    def refresh_markdown(self) -> Path:
+        """The same drift report, to read."""
+        return self.folder / "refresh.md"
 
 
 @dataclass(frozen=True)
