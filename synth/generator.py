@@ -167,10 +167,13 @@ class _Steps:
             self.progress.advance(self.task)
 
 
-def generate(persons: int, seed: int, out: Path, progress: bool = True) -> dict[str, Any]:
+def generate(persons: int, seed: int, out: Path, progress: bool = True,
+             persistent: float = population.S_U) -> dict[str, Any]:
     """Write a synthetic population's extracts and truth under `out`; return a summary.
 
-    Deterministic: the same (persons, seed) gives byte-identical files.
+    Deterministic: the same (persons, seed, persistent) gives byte-identical files.
+    `persistent`: the spread S_U of the lasting person-level effect on emergency admissions
+    (population.build's `s_u`; the default makes the standard population).
     """
     if persons < 1:
         raise ValueError("persons must be at least 1")
@@ -194,7 +197,7 @@ def generate(persons: int, seed: int, out: Path, progress: bool = True) -> dict[
 
     plan: list[tuple[str, Callable[[], None]]] = [
         ("population and latent risk", lambda: state.update(
-            pop=population.build(persons, seed))),
+            pop=population.build(persons, seed, s_u=persistent))),
         ("person tendencies", lambda: state.update(
             effects=activity.person_effects(state["pop"], seed))),
         ("hospital spells", lambda: state.update(
@@ -272,7 +275,7 @@ def _write_truth(out: Path, pop: Population, spells: activity.Rows, written: lis
         "period_end": _iso(PERIOD_END), "seed": seed, "persons": pop.n,
         "outcome": "emergency_in_outcome_year: >= 1 apc spell with an emergency admission "
                    "method admitted from score_date to period_end",
-        "model": {"B0": population.B0, "B_F": population.B_F, "S_U": population.S_U,
+        "model": {"B0": population.B0, "B_F": population.B_F, "S_U": pop.s_u,
                   "S_V": population.S_V, "D_U": population.D_U, "P_HOSP": population.P_HOSP},
         "files": [e.file for e in written],
     }

@@ -10,7 +10,8 @@ death)) the generator fixes, at the start of the year:
 * the emergency admission rate (per year)
       lambda_y = exp(eta_y + u + v_y),
       eta_y = B0 + g(age_y) + sex + deprivation + sum_c b_c * conditions_y[c] + B_F * f_y,
-  u ~ N(-S_U^2 / 2, S_U^2) person-level noise (lasting, never recorded),
+  u ~ N(-S_U^2 / 2, S_U^2) person-level noise (lasting, never recorded; S_U = 0.8 unless
+  `build(..., s_u=)` asks for another spread),
   v_y ~ N(-S_V^2 / 2, S_V^2) person-year noise (never recorded);
 * the death hazard (per year) h_y = exp(d_y + D_U * u), d_y from age (Gompertz), conditions
   and frailty.
@@ -161,6 +162,7 @@ class Population:
     true_risk: np.ndarray
     observable_risk: np.ndarray
     cache: dict[str, Any] = field(default_factory=dict)   # rendered text, made once
+    s_u: float = S_U           # the spread of the persistent person-level effect u
 
     def conditions_at(self, persons: np.ndarray, days: np.ndarray) -> np.ndarray:
         """(rows, C) bool: conditions diagnosed before each row's day."""
@@ -226,11 +228,12 @@ def any_admission_probability(lam: np.ndarray, hazard: np.ndarray,
 
 
 def observable_probability(eta_lam: np.ndarray, eta_death: np.ndarray, length: float,
-                           nodes: int = 12) -> np.ndarray:
-    """any_admission_probability averaged over the priors of u and v (Gauss-Hermite)."""
+                           nodes: int = 12, s_u: float = S_U) -> np.ndarray:
+    """any_admission_probability averaged over the priors of u (spread `s_u`) and v
+    (Gauss-Hermite)."""
     x, w = np.polynomial.hermite.hermgauss(nodes)
     w = w / np.sqrt(np.pi)
-    u_nodes = -S_U**2 / 2 + S_U * np.sqrt(2) * x
+    u_nodes = -s_u**2 / 2 + s_u * np.sqrt(2) * x
     v_nodes = -S_V**2 / 2 + S_V * np.sqrt(2) * x
     out = np.zeros_like(eta_lam)
     for ui, wu in zip(u_nodes, w, strict=True):
@@ -302,8 +305,15 @@ def _conditions(dob: np.ndarray, sex: np.ndarray, dep: np.ndarray,
     return onset, variant
 
 
-def build(n: int, seed: int) -> Population:
-    """Draw the population and its latent trajectories through the four years."""
+def build(n: int, seed: int, s_u: float = S_U) -> Population:
+    """Draw the population and its latent trajectories through the four years.
+
+    `s_u` is the spread of the persistent person-level effect u (default S_U, the standard
+    population); a larger one makes more of each person's risk persist from year to year
+    unrecorded, so that only their history reveals it. The random streams do not depend on
+    it: only u (and what it drives) changes."""
+    if not 0 <= s_u <= 3:
+        raise ValueError(f"s_u (persistent effect spread) must be within 0-3, not {s_u}")
     rng = np.random.default_rng([seed, 1])
     age_score, sex = ages_and_sex(n, rng)
     dob = (SCORE_DATE - age_score * DAYS_PER_YEAR).astype(np.int64)
@@ -314,7 +324,7 @@ def build(n: int, seed: int) -> Population:
 
     rng = np.random.default_rng([seed, 4])
     z = rng.normal(0, 1, n)
-    u = rng.normal(-S_U**2 / 2, S_U, n)
+    u = rng.normal(-s_u**2 / 2, s_u, n)
     v = rng.normal(-S_V**2 / 2, S_V, (n, YEARS))
     age = np.zeros((n, YEARS))
     frailty = np.zeros((n, YEARS))
@@ -352,7 +362,8 @@ def build(n: int, seed: int) -> Population:
     alive_score = death_t > SCORE_DATE
     true_risk = np.where(alive_score, any_admission_probability(lam[:, 3], hazard[:, 3],
                                                                 length), 0.0)
-    observable = np.where(alive_score, observable_probability(eta_l3, eta_d3, length), 0.0)
+    observable = np.where(alive_score, observable_probability(eta_l3, eta_d3, length,
+                                                              s_u=s_u), 0.0)
 
     # registration with the practice: from birth for the young, else years before; some joined
     # during the period (moved into the area)
@@ -369,4 +380,4 @@ def build(n: int, seed: int) -> Population:
         onset=onset, variant=variant, z=z, u=u, v=v, age=age, frailty=frailty, lam=lam,
         hazard=hazard, start=start, exposure=exposure, death_t=death_t, death_day=death_day,
         hosp_death=hosp_death, ed_death=ed_death, registration=registration,
-        true_risk=true_risk, observable_risk=observable)
+        true_risk=true_risk, observable_risk=observable, s_u=s_u)
