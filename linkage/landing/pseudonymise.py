@@ -164,11 +164,10 @@ def _distinct_numbers(values: pa.Array, base: hmac.HMAC, length: int,
     texts = pa.array(np.ascontiguousarray(digits).view("S10").ravel(), pa.binary(10))
     digests, new = memo.lookup(distinct, length)
     if new.any():
-        blob = digits[new].tobytes()
-        made = []
-        for start in range(0, len(blob), 10):
-            h = base.copy()
-            h.update(blob[start:start + 10])
+        copy, made = base.copy, []
+        for value in np.ascontiguousarray(digits[new]).view("S10").ravel().tolist():
+            h = copy()
+            h.update(value)
             made.append(h.finalize())
         hexed = np.frombuffer(binascii.hexlify(b"".join(made)), dtype=np.uint8)
         digests[new] = np.ascontiguousarray(hexed.reshape(-1, 64)[:, :length]).view(
@@ -265,10 +264,21 @@ def generalise_postcode(postcode: pa.Array) -> tuple[pa.Array, pa.Array]:
 
 
 @dataclass
+class Persons:
+    """The persons of a pseudonymised batch: each row's person, and each person's number."""
+
+    codes: np.ndarray   # per row: index into `numbers`/`digests`, -1 where no valid NHS number
+    numbers: pa.Array   # distinct normalised NHS numbers (10-digit text)
+    digests: pa.Array   # their pseudonyms
+
+
+@dataclass
 class Pseudonymised:
     table: pa.Table
     vault_entries: tuple[list[str], list[str]]  # (person_ids, nhs_numbers), distinct
     encoded_rows: int
+    persons: Persons | None = None  # None for sources without an NHS number
+    encoded: np.ndarray | None = None  # per row: were its linkage encodings made
 
 
 def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: dict[str, Key],
@@ -288,6 +298,7 @@ def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: di
         "row": checked.rows,
     }
     vault_entries: tuple[list[str], list[str]] = ([], [])
+    persons: Persons | None = None
     names = contract.names
     chosen: np.ndarray | None = None
     if "nhs_number" in names:
@@ -297,6 +308,8 @@ def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: di
         out["key_id"] = pa.repeat(pa.scalar(pkey.key_id, pa.string()), n)
         status = checked.nhs_valid * 2 + (checked.nhs_invalid & ~checked.nhs_valid)
         out["nhs_status"] = pc.take(NHS_STATUS, pa.array(status.astype(np.int8)))
+        persons = Persons(pc.fill_null(distinct.indices, -1).to_numpy(zero_copy_only=False)
+                          .astype(np.int64), distinct.values, distinct.digests)
         if distinct.new.any():
             new = pa.array(distinct.new)
             vault_entries = (pc.filter(distinct.digests, new).to_pylist(),
@@ -334,6 +347,7 @@ def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: di
         else:
             out[name] = value
     encoded_rows = 0
+    selector = np.zeros(n, dtype=bool)
     wanted = [f for f in LINKAGE_FIELDS if f in names]
     if any(f in names for f in ("date_of_birth", "forename")):
         if contract.source in ENCODED_SOURCES or "nhs_number" not in names:
@@ -344,7 +358,7 @@ def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: di
         lk = _encode(t, checked, wanted, selector, lkey)
         for name in lk.column_names:
             out[name] = lk.column(name)
-    return Pseudonymised(pa.table(out), vault_entries, encoded_rows)
+    return Pseudonymised(pa.table(out), vault_entries, encoded_rows, persons, selector)
 
 
 def training_sample(person_id: pa.Array) -> np.ndarray:
