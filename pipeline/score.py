@@ -31,7 +31,8 @@ from stratify.scoring import score as score_persons
 from stratify.train import ModelBundle
 
 __all__ = ["NoScoreRun", "NothingToScore", "ScoreResult", "UnknownModel", "export_scores",
-           "reason_group_sources", "score", "use_filter"]
+           "model_description", "purpose_sources", "reason_group_sources", "score",
+           "use_filter"]
 
 RELEASE_COLUMNS = ["person_key", "probability", "tier", "reasons"]
 
@@ -88,6 +89,20 @@ def use_filter(ctx: Context, purpose: str, on: dt.date,
     return keep
 
 
+def purpose_sources(ctx: Context, purpose: str, applied: dict[str, Any] | None = None
+                    ) -> dict[str, pd.DataFrame]:
+    """The linked rows `purpose` may use now (`use_filter` by the opt-outs in force,
+    `applied`: what `optouts_applied` recorded); NothingToScore when there is none."""
+    applied = applied or optouts_applied(ctx.engine)
+    sources = load_sources(ctx.settings, ctx.engine, row_filter=use_filter(
+        ctx, purpose, dt.date.fromisoformat(applied["in_force_on"]),
+        optouts.parse_coverage(applied["policy"]), applied["register"]))
+    if not any(len(frame) for frame in sources.values()):
+        raise NothingToScore("nothing landed and linked to score: land extracts and run "
+                             "`haven link`")
+    return sources
+
+
 def model_description(run: ScoreRun) -> dict[str, Any]:
     """What identifies the model that scored `run`: version, algorithm (and who chose it),
     training date and window, lookback, features, code lists and seed."""
@@ -96,7 +111,8 @@ def model_description(run: ScoreRun) -> dict[str, Any]:
             "train_at": run.meta.get("train_at"), "train_window": run.meta.get("train_window"),
             "lookback_months": run.meta.get("lookback_months"),
             "features": run.meta.get("features"),
-            "codelists_digest": run.meta.get("codelists_digest"), "seed": run.seed}
+            "codelists_digest": run.meta.get("codelists_digest"),
+            "seed": run.bundle.seed if run.bundle is not None else run.seed}
 
 
 def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissioning",
@@ -113,12 +129,7 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     """
     progress(f"reading linked, pseudonymised data for {at.isoformat()} ({purpose})")
     applied = optouts_applied(ctx.engine)
-    sources = load_sources(ctx.settings, ctx.engine, row_filter=use_filter(
-        ctx, purpose, dt.date.fromisoformat(applied["in_force_on"]),
-        optouts.parse_coverage(applied["policy"]), applied["register"]))
-    if not any(len(frame) for frame in sources.values()):
-        raise NothingToScore("nothing landed and linked to score: land extracts and run "
-                             "`haven link`")
+    sources = purpose_sources(ctx, purpose, applied)
     before = serving_run(ctx.engine, purpose)
     previous = None
     if before is not None:

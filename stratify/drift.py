@@ -31,8 +31,7 @@ EPSILON = 1e-4  # the share given to an empty bin, so ln(a / e) stays finite
 BINS = 10
 TIERS = ("very_high", "high", "moderate", "low")
 TIER_RANK = {"low": 0, "moderate": 1, "high": 2, "very_high": 3}
-# Link methods that are not a deterministic match on the pseudonymised NHS number.
-DETERMINISTIC = frozenset({"nhs_number"})
+PROBABILISTIC = "probabilistic"  # the link method of a probabilistic (Fellegi-Sunter) match
 UNLINKED = "unlinked"
 
 
@@ -163,13 +162,13 @@ def tier_churn(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
 def linkage_figures(by_source_method: Mapping[str, Mapping[str, int]]
                     ) -> dict[str, dict[str, float]]:
     """Per source of a link summary (`by_source_method`: source -> method -> rows): rows,
-    match rate (rows linked by any method) and probabilistic share (rows linked other than
-    by NHS number, of rows linked)."""
+    match rate (rows linked by any method) and probabilistic share (rows linked
+    probabilistically, of rows linked)."""
     out: dict[str, dict[str, float]] = {}
     for source, methods in sorted(by_source_method.items()):
         total = sum(int(v) for v in methods.values())
         linked = total - int(methods.get(UNLINKED, 0))
-        other = sum(int(v) for m, v in methods.items() if m not in DETERMINISTIC | {UNLINKED})
+        other = int(methods.get(PROBABILISTIC, 0))
         out[source] = {"rows": float(total),
                        "match_rate": linked / total if total else float("nan"),
                        "probabilistic_share": other / linked if linked else 0.0}
