@@ -33,7 +33,10 @@ Pipeline (what `link` and `dedupe` do; each step is also public):
      does it, with recordlinkage's `ECMClassifier` doing the EM. u = P(level | non-match) from
      random pairs (`estimate_u`; exact agreement from the keyed values' frequencies); m =
      P(level | match) from an ECM fit *within each blocking pass*, on the fields that pass does
-     not block on, averaged over passes. The ECM kernel is seeded with an ordered start (stock
+     not block on, averaged over passes (a pass blocking on a location field leaves the other
+     location fields out: a household shares them all; address parts after the first, such
+     as a town, get a second EM of their own and their passes estimate nothing, so adding
+     one never changes another field's m). The ECM kernel is seeded with an ordered start (stock
      'jaro' accepts binary features only; its naive Bayes one-hot encodes multi-level fields,
      so m is per level), its E-step floors log-probabilities (a level with no mass otherwise
      turns every later step to NaN) and caches the binarised patterns (speed). The missing level

@@ -77,11 +77,20 @@ class MatchModel:
     def weight(self, vectors: pd.DataFrame) -> np.ndarray:
         """Match weight (log2 Bayes factor) of each comparison vector."""
         total = np.full(len(vectors), self.bias, dtype=np.float64)
-        same_postcode = apart = None
+        same_postcode = apart = same_place = None
         if (self.given_postcode or self.postcode_apart) and CONDITION_FIELD in vectors.columns:
             pc = vectors[CONDITION_FIELD].to_numpy()
             same_postcode = pc == TOP_LEVEL[CONDITION_FIELD]
             apart = (pc != MISSING) & ~same_postcode
+            same_place = same_postcode
+            line = _first_address(self.fields)
+            if line is not None and line in vectors.columns:
+                # postcode missing but the address line agrees exactly: the same place, so a
+                # town or suburb there is weighed as within one postcode (else a household's
+                # shared address line and town would count twice)
+                same_place = same_postcode | ((pc == MISSING) & (
+                    vectors[line].to_numpy() == TOP_LEVEL["address"]))
+        supplementary = _supplementary_address(self.fields)
         for f in self.fields:
             if f not in vectors.columns:
                 continue
@@ -90,7 +99,8 @@ class MatchModel:
             for level, w in self.level_weights[f].items():
                 table[int(level)] = w
             weights = table[levels]
-            for mask, tables in ((same_postcode, self.given_postcode),
+            same = same_place if f in supplementary else same_postcode
+            for mask, tables in ((same, self.given_postcode),
                                  (apart, self.postcode_apart)):
                 if mask is not None and f in tables:
                     given = np.zeros(128, dtype=np.float64)
@@ -334,6 +344,45 @@ def _pass_fields(cols: Sequence[str]) -> set[str]:
     return {c.split(SEP)[0] for c in pass_columns(cols)}
 
 
+def _first_address(fields: Sequence[str]) -> str | None:
+    """The first address part (the address line): `address` if present, else the lowest."""
+    parts = sorted((f for f in fields if field_kind(f) == "address"),
+                   key=lambda f: (f != "address", f))
+    return parts[0] if parts else None
+
+
+def _supplementary_address(fields: Sequence[str]) -> set[str]:
+    """Address parts after the first (`address_2`, ...: a town, a suburb, a state).
+
+    Passes that block on one of these are for recall only (a record whose names, date and
+    postcode are all corrupted is still found through its address) and are not used to estimate
+    m: a coarse part such as a town joined with a name makes a pass of mostly relatives and
+    neighbours, whose EM splits households from the rest rather than matches from non-matches.
+    """
+    first = _first_address(fields)
+    return {f for f in fields if field_kind(f) == "address" and f != first}
+
+
+def _is_location(f: str) -> bool:
+    return f == CONDITION_FIELD or field_kind(f) == "address"
+
+
+def _free_fields(fields: Sequence[str], blocked: set[str]) -> list[str]:
+    """The fields a pass's EM is fitted on: those it does not block on, less the location
+    fields (postcode, address parts) when it blocks on one.
+
+    Members of a household share every location field, so among pairs already agreeing on one
+    location field the others agree for relatives as often as for matches: EM then splits the
+    pass by household rather than by person (a pass on town + surname found more "matches"
+    than there were records, and its m of forename and date-of-birth disagreement swamped the
+    other passes'). Location fields get their m from the passes that block on none of them.
+    """
+    free = [f for f in fields if f not in blocked]
+    if any(_is_location(f) for f in blocked):
+        free = [f for f in free if not _is_location(f)]
+    return free
+
+
 def pass_membership(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None,
                     pairs: pd.DataFrame, passes: Iterable[Sequence[str]]
                     ) -> dict[tuple[str, ...], np.ndarray]:
@@ -389,26 +438,37 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
     fields = list(vectors.columns)
     if u is None:
         u = estimate_u(L, R, fields, seed=seed)
+    supplementary = _supplementary_address(fields)
     sums: dict[str, dict[int, float]] = {f: {} for f in fields}
     totals: dict[str, float] = dict.fromkeys(fields, 0.0)
     notes: list[str] = []
     for cols, mask in pass_membership(L, R, pairs, passes).items():
-        free = [f for f in fields if f not in _pass_fields(cols)]
+        blocked = _pass_fields(cols)
+        free = _free_fields(fields, blocked)
         n = int(mask.sum())
-        if not free or n < min_pass_pairs:
+        if not free or n < min_pass_pairs or blocked & supplementary:
             continue
-        sub = vectors.loc[mask, free]
-        if all(sub[f].nunique() < 2 for f in free):
-            continue
-        fitted = fit_ecm(sub, max_pairs=max_pairs_per_pass, seed=seed)
-        if fitted.implausible_fields():
-            notes.append("+".join(cols))
-            continue
-        found = fitted.prior * n
-        for f in free:
-            totals[f] += found
-            for level, m in fitted.m[f].items():
-                sums[f][level] = sums[f].get(level, 0.0) + found * m
+        base = [f for f in free if f not in supplementary]
+        extra = [f for f in free if f in supplementary]
+        # supplementary address parts are fitted in a second EM of their own, so that adding
+        # one (a town) leaves every other field's m exactly as it was: their correlation with
+        # the postcode and the address line (one move changes all three) would otherwise
+        # tighten the match class on location and make a mover's postcode count against it
+        fits = ([(base, set(base))] if base else []) + (
+            [(base + extra, set(extra))] if extra else [])
+        in_pass = vectors.loc[mask]
+        for fit_fields, taken in fits:
+            fitted, used = _fit_pass(in_pass, fit_fields, max_pairs_per_pass, seed)
+            if fitted is None:
+                notes.append("+".join(cols) + ("" if taken == set(base) else " (address parts)"))
+                continue
+            found = fitted.prior * n
+            for f in used:
+                if f not in taken:
+                    continue
+                totals[f] += found
+                for level, m in fitted.m[f].items():
+                    sums[f][level] = sums[f].get(level, 0.0) + found * m
     missing = [f for f in fields if totals[f] <= 0]
     if missing:  # fields no pass could estimate: one ECM over all candidates
         fitted = fit_ecm(vectors, max_pairs=max_pairs_per_pass, seed=seed)
@@ -457,6 +517,26 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
 
 
 Tables = dict[str, dict[int, float]]
+
+
+def _fit_pass(pairs: pd.DataFrame, free: list[str], max_pairs: int, seed: int
+              ) -> tuple[MatchModel | None, list[str]]:
+    """ECM on one pass's pairs over the fields `free`: (model, fields it was fitted on), or
+    (None, []) if nothing varies or the match class is implausible. An address part whose
+    weights make no sense in this pass is left out and the pass refitted (as in the whole
+    model); an implausible name, date or sex sets the pass aside."""
+    while free:
+        sub = pairs[free]
+        if all(sub[f].nunique() < 2 for f in free):
+            return None, []
+        fitted = fit_ecm(sub, max_pairs=max_pairs, seed=seed)
+        bad = fitted.implausible_fields()
+        if not bad:
+            return fitted, free
+        if any(field_kind(f) != "address" for f in bad):
+            return None, []
+        free = [f for f in free if f not in bad]
+    return None, []
 
 
 def _posterior_from_others(model: MatchModel, vectors: pd.DataFrame, others: list[str]
