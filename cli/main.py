@@ -13,7 +13,16 @@ from collections.abc import Mapping, Sequence
 
 import typer
 
-from cli import analyses_cmd, demo_cmd, govern_cmd, link_cmd, refresh_cmd, score_cmd, serve_cmd
+from cli import (
+    analyses_cmd,
+    demo_cmd,
+    govern_cmd,
+    impact_cmd,
+    link_cmd,
+    refresh_cmd,
+    score_cmd,
+    serve_cmd,
+)
 from cli.land_cmd import land_command
 from cli.link_files_cmd import link_files_command
 from cli.synth_cmd import synth_command
@@ -34,7 +43,8 @@ def build_app(environ: Mapping[str, str]) -> typer.Typer:
     app.command("land")(land_command)
     app.command("synth")(synth_command)
     app.command("link-files")(link_files_command)
-    for module in (link_cmd, score_cmd, refresh_cmd, govern_cmd, serve_cmd, demo_cmd):
+    for module in (link_cmd, score_cmd, refresh_cmd, govern_cmd, serve_cmd, demo_cmd,
+                   impact_cmd):
         module.register(app)
     analyses_cmd.register(app)  # journeys, costs, segments (issue #14)
     return app

@@ -353,8 +353,8 @@ def _statement(balance: pd.DataFrame, balanced: bool, cohort: int, unmatched: in
         off = balance.loc[~(balance["smd_after"].abs() <= SMD_LIMIT), "covariate"].tolist()
         text = ("The groups could NOT be balanced: after matching, "
                 + (", ".join(off) if off else "no cohort member found a comparison person")
-                + f" differ by more than {SMD_LIMIT} standard deviations, so the comparison "
-                  "below may reflect who was chosen rather than what was done.")
+                + f" differ by more than {SMD_LIMIT} standard deviations, so the estimates may "
+                  "reflect who was chosen rather than what was done.")
     if unmatched:
         text += (f" {unmatched} of {cohort} cohort members had no comparison person close "
                  "enough and are left out.")
