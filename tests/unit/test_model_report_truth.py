@@ -1,0 +1,119 @@
+"""A model report tells the truth (#17 part 1): a run scored where the data end (the year after
+its date has not happened) says so first and shows the back-test its model was chosen on, with
+figures; once the year is in the data, the evaluation is prospective."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from threadpoolctl import threadpool_limits
+
+from stratify.backtest import NoBacktest, backtest, backtest_dates
+from stratify.evaluate import evaluate, follow_up
+from stratify.report import write_report
+from stratify.scoring import ScoreRun, score
+
+END = dt.date(2026, 4, 1)  # the bench's records run to 2026-03: a run here has no outcome year
+
+
+def _bench() -> Any:
+    path = Path(__file__).parents[2] / "bench" / "score.py"
+    spec = importlib.util.spec_from_file_location("bench_score", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One thread per model fit: on a shared machine, gradient boosting's OpenMP threads
+    spin against other processes and take ten times as long."""
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def sources() -> dict[str, pd.DataFrame]:
+    return _bench().make_sources(1000, seed=5)
+
+
+@pytest.fixture(scope="module")
+def history_only(sources: dict[str, pd.DataFrame]) -> ScoreRun:
+    return score(sources, END, seed=0)
+
+
+def test_a_history_only_run_says_so_and_shows_its_backtest(
+        sources: dict[str, pd.DataFrame], history_only: ScoreRun, tmp_path: Path) -> None:
+    status = follow_up(sources, END)
+    assert not status.complete and status.months_observed == 0
+    assert status.records_reach is not None and status.records_reach < END
+    ev = backtest(sources, history_only, resamples=40)
+    assert ev.kind == "backtest" and ev.at == END
+    assert backtest_dates(END) == (dt.date(2024, 4, 1), dt.date(2025, 4, 1))
+    assert ev.judged_at == dt.date(2025, 4, 1) and ev.chosen == history_only.model
+    chosen = ev.overall.set_index("model").loc["chosen"]
+    assert chosen["events"] > 20 and 0.5 < chosen["auroc"] < 1
+    assert chosen["calibration_slope"] > 0 and chosen["ppv_top5"] > 0
+    path = write_report(ev, tmp_path, run=history_only, status=status)
+    text = path.read_text()
+    head = text[:text.index("## Model card")]
+    assert "has not happened yet" in head and "2026-04-01 to 2027-04-01" in head
+    assert "0 of 12 months" in head and "back-test" in head
+    assert "## Back-test evaluation: the year from 2025-04-01 to 2026-04-01" in text
+    assert "not the year after this run's date" in text
+    assert "Evaluation on the year after the reference date" not in text
+    assert not re.search(r"\b0 events among", text)  # the old report's false claim
+    events = re.search(r"([\d,]+) events among ([\d,]+) persons", text)
+    assert events and int(events.group(1).replace(",", "")) == int(chosen["events"])
+    card = text[text.index("## Model card"):text.index("Known limits")]
+    auroc = re.search(r"- AUROC: (0\.\d{3}) \((0\.\d{3}) to (0\.\d{3})\)", card)
+    assert auroc and float(auroc.group(2)) <= float(auroc.group(1)) <= float(auroc.group(3))
+    assert "calibration slope: " in card and "PPV in the top 5%: " in card
+    assert "not measurable" not in card.split("Subgroups")[0]
+    assert "NOT complete" in card and "Features by source" in card
+    assert "| sex | female |" in card  # subgroup figures in the card
+    figures = json.loads((tmp_path / "evaluation.json").read_text())
+    assert figures["kind"] == "backtest" and figures["judged_at"] == "2025-04-01"
+    assert {r["model"] for r in figures["bootstrap"]} >= {"chosen", "rule", "logistic"}
+    assert (tmp_path / "roc_calibration.png").stat().st_size > 5000
+    # persons a release must hold back now are in none of the back-test's figures
+    left = set(ev.frame.index[:25])
+    fewer = backtest(sources, history_only, resamples=0, leave_out=left)
+    assert not left & set(fewer.frame.index)
+    assert len(fewer.frame) == len(ev.frame) - 25
+
+
+def test_a_run_whose_year_has_passed_is_judged_on_it(
+        sources: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+    at = dt.date(2025, 4, 1)
+    status = follow_up(sources, at)
+    assert status.complete and status.months_observed >= 11
+    run = score(sources, at, seed=0)
+    ev = evaluate(run, sources, resamples=30)
+    assert ev.kind == "prospective" and ev.judged_at == at
+    text = write_report(ev, tmp_path, run=run, status=status).read_text()
+    assert "is complete in the data: the evaluation below is prospective" in text
+    assert "## Evaluation on the year after the reference date (prospective)" in text
+    assert "has not happened yet" not in text and "Back-test evaluation" not in text
+    assert "Performance (prospective: the year after this run's date" in text
+
+
+def test_no_backtest_without_the_years_it_needs(sources: dict[str, pd.DataFrame],
+                                                history_only: ScoreRun, tmp_path: Path) -> None:
+    early = {name: frame for name, frame in sources.items()}
+    early["apc"] = sources["apc"].iloc[0:0]
+    with pytest.raises(NoBacktest, match="no admission"):
+        backtest(early, history_only)
+    status = follow_up(early, END)
+    assert status.records_reach is None and not status.complete
+    text = write_report(None, tmp_path, run=history_only, status=status).read_text()
+    assert "No back-test either" in text and "no evaluation in this report" in text
