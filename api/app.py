@@ -34,7 +34,7 @@ from api.current_release import ReleaseStore
 from api.guard import BodyGate, authorise
 from api.identity import Authenticator
 from api.jobs import JobRunner
-from api.routes import admin, extracts, governance, jobs, meta, reidentify, risk
+from api.routes import admin, analyses, extracts, governance, jobs, meta, reidentify, risk
 from api.scored_run import NoRun
 from api.trail import AuditMiddleware, AuditWriter
 from governance.db import open_database
@@ -171,6 +171,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     app.state.services = services
     for module in (meta, risk, reidentify, extracts, jobs, governance, admin):
         app.include_router(module.router)
+    app.include_router(analyses.router)  # journeys, costs, segments (issue #14)
     problems.install(app)
     # Added first, so innermost: the gate must see the scope the router fills in (the route).
     app.add_middleware(BodyGate, limit=config.max_json_bytes)
