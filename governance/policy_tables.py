@@ -71,6 +71,9 @@ VALIDATORS = {
     "release.json": "governance.release_rule:validate_release",
     "retention.csv": "governance.retention:validate_retention",
     "suppression.json": "governance.suppression:validate_rule",
+    # The analyses' tables are checked by the stage that reads them (issue #14).
+    "segments.csv": "stratify.segments:validate_segments",
+    "unit_costs.csv": "stratify.costs:validate_unit_costs",
 }
 _TEN_DIGITS = re.compile(r"\d{10}")
 
