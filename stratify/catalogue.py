@@ -8,7 +8,7 @@ are worked out per group and phrased from the group's most telling feature (`phr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from stratify import codelists
@@ -28,11 +28,29 @@ def age_band_label(age: float) -> str:
     return label
 DAYS_CAP = 730  # "days since last ..." is capped at 2 years (also the value when never seen)
 YEARS_CAP = 20.0  # "years since first record" is capped at 20
+# Long-history features reach back over whole years of the history window: every month the
+# training date's history reaches (the same at every date, so train and score see alike), at
+# most this many.
+HISTORY_CAP_MONTHS = 60
+HISTORY_WINDOW = ("the history window: whole years back as far as the training date's history "
+                  f"reaches (at most {HISTORY_CAP_MONTHS // 12})")
+
+
+def history_years(lookback_months: int | None) -> int:
+    """Whole years in the history window for a lookback (None: all history, capped)."""
+    months = HISTORY_CAP_MONTHS if lookback_months is None else min(lookback_months,
+                                                                    HISTORY_CAP_MONTHS)
+    return max(1, months // 12)
 
 
 @dataclass(frozen=True)
 class Feature:
-    """One model input. `kind`: count, flag, days (since last), years, number, age."""
+    """One model input. `kind`: count, flag, days (since last), years, number, age, change
+    (a signed difference between two periods, 0 when unchanged).
+
+    `reference`: True for what describes the person at the reference date (age, sex,
+    conditions, current medicines and care); False for activity over time (the history a
+    reference-date-only model is not given)."""
 
     name: str
     meaning: str
@@ -41,6 +59,7 @@ class Feature:
     group: str
     kind: str = "count"
     phrase: str = ""  # e.g. "{n} emergency admission{s} in 12 months"; flags: the condition
+    reference: bool = False
 
     @property
     def default(self) -> float:
@@ -61,6 +80,11 @@ class Feature:
             return self.phrase.format(n=age_band_label(value))
         if self.kind == "years":
             return self.phrase.format(n=int(round(value)), s="" if round(value) == 1 else "s")
+        if self.kind == "change":  # phrase: "{way} by {n} ..." with way rising / falling
+            n = abs(round(value, 1))
+            text = f"{n:,.1f}".removesuffix(".0")
+            return self.phrase.format(way="up" if value > 0 else "down", n=text,
+                                      s="" if n == 1 else "s")
         n = round(value, 1) if self.kind == "number" else int(round(value))
         text = f"{n:,.0f}" if self.kind != "number" else f"{n:,.2f}".rstrip("0").rstrip(".")
         return self.phrase.format(n=text, s="" if n == 1 else "s")
@@ -207,7 +231,81 @@ def _features() -> list[Feature]:
     f.append(Feature("days_since_community", f"days since the last community contact (capped at "
                      f"{DAYS_CAP})", "community", "24 months", "community", "days",
                      "last community contact {n} days ago"))
-    return f
+    f += _history_features()
+    return [replace(x, reference=_describes_reference_date(x)) for x in f]
+
+
+def _describes_reference_date(feature: Feature) -> bool:
+    """Age, sex, conditions (and the Charlson index), medicines issued in the last 6 months
+    and the social care in place at the date: the person as they are at the reference date.
+    Everything else counts activity over time."""
+    if feature.name in ("in_hospital", "sc_started_12m", "hfrs"):
+        return False
+    if feature.group in ("polypharmacy", "charlson", "ltc_count") or \
+            feature.group.startswith(("bnf_", "ltc_")):
+        return not feature.name.endswith(("_change_12m",))
+    return feature.window in ("at the reference date", HISTORY) or feature.name == "age"
+
+
+def _history_features() -> list[Feature]:
+    """Features over the whole history window: what persists in a person's history (years with
+    an admission, counts per year, trends) and how medicines and care changed over a year."""
+    w = HISTORY_WINDOW
+    return [
+        Feature("emergency_admissions_12_24m", "emergency admissions admitted 12 to 24 months "
+                "before the reference date (0 when the history window is shorter)", "apc",
+                "12 to 24 months before the reference date", "emergency_admissions", "count",
+                "{n} emergency admission{s} in the year before last"),
+        Feature("emergency_admissions_24_36m", "emergency admissions admitted 24 to 36 months "
+                "before the reference date (0 when the history window is shorter)", "apc",
+                "24 to 36 months before the reference date", "emergency_admissions", "count",
+                "{n} emergency admission{s} two to three years ago"),
+        Feature("emergency_admissions_history", "emergency admissions admitted in the history "
+                "window", "apc", w, "emergency_admissions", "count",
+                "{n} emergency admission{s} in the years on record"),
+        Feature("emergency_admission_years", "number of years (12-month periods back from the "
+                "reference date) in the history window with an emergency admission", "apc", w,
+                "emergency_admissions", "count", "emergency admissions in {n} separate year{s}"),
+        Feature("emergency_admissions_trend", "emergency admissions in the last 12 months minus "
+                "the mean per year of the earlier years in the history window (0 with one year)",
+                "apc", w, "emergency_admissions", "change",
+                "emergency admissions {way} by {n} a year"),
+        Feature("ae_attendances_24m", "A&E attendances arriving in the window", "ae",
+                _window(24), "ae_attendances", "count", "{n} A&E attendance{s} in 24 months"),
+        Feature("ae_attendances_history", "A&E attendances arriving in the history window", "ae",
+                w, "ae_attendances", "count", "{n} A&E attendance{s} in the years on record"),
+        Feature("ae_years", "number of years in the history window with an A&E attendance", "ae",
+                w, "ae_attendances", "count", "A&E attendances in {n} separate year{s}"),
+        Feature("ae_trend", "A&E attendances in the last 12 months minus the mean per year of "
+                "the earlier years in the history window (0 with one year)", "ae", w,
+                "ae_attendances", "change", "A&E attendances {way} by {n} a year"),
+        Feature("ambulance_arrivals_history", "A&E arrivals by ambulance in the history window",
+                "ae", w, "ambulance", "count",
+                "{n} ambulance arrival{s} at A&E in the years on record"),
+        Feature("op_attendances_history", "outpatient appointments attended (status 5, 6) in "
+                "the history window", "op", w, "outpatients", "count",
+                "{n} outpatient appointment{s} attended in the years on record"),
+        Feature("gp_event_days_history", "distinct days with a GP coded event in the history "
+                "window", "gp_events", w, "gp_contact", "count",
+                "GP record entries on {n} day{s} in the years on record"),
+        Feature("distinct_medicines_change_12m", "distinct BNF chemical substances issued in "
+                "the last 6 months minus those issued in the same 6 months a year earlier (0 "
+                "when the history window is shorter than 18 months)", "gp_medications",
+                "6 months before the reference date and 12 to 18 months before",
+                "polypharmacy", "change", "{way} by {n} different medicine{s} in a year"),
+        Feature("medicine_issues_change_12m", "prescription items issued in the last 6 months "
+                "minus those issued in the same 6 months a year earlier (0 when the history "
+                "window is shorter than 18 months)", "gp_medications",
+                "6 months before the reference date and 12 to 18 months before",
+                "polypharmacy", "change", "prescription items {way} by {n} in a year"),
+        Feature("sc_change_12m", "social care services active at the reference date minus those "
+                "active 12 months before", "social_care",
+                "at the reference date and 12 months before", "social_care", "change",
+                "social care services {way} by {n} in a year"),
+        Feature("sc_started_history", "social care services started in the history window",
+                "social_care", w, "social_care", "count",
+                "{n} social care service{s} started in the years on record"),
+    ]
 
 
 FEATURES: list[Feature] = _features()

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from stratify import codelists
-from stratify.catalogue import DAYS_CAP, FEATURES, NAMES, YEARS_CAP
+from stratify.catalogue import DAYS_CAP, FEATURES, NAMES, YEARS_CAP, history_years
 from stratify.sources import (
     COLUMNS,
     DATES,
@@ -31,6 +31,7 @@ from stratify.sources import (
 
 CHARLSON_LOOKBACK_MONTHS = 60
 HFRS_LOOKBACK_MONTHS = 24
+HISTORY_TABLES = ("h_apc", "h_ae", "h_op", "h_gp", "h_meds", "h_sc")
 COMMUNITY_SERVICES = ("district_nursing", "therapy", "rapid_response", "reablement", "other")
 
 
@@ -252,6 +253,95 @@ def _activity_sql(at: dt.date) -> list[str]:
     """]
 
 
+def _yearly(column: str, at: dt.date, years: int) -> tuple[str, str, str]:
+    """SQL for a history window of `years` whole years back from `at`: (year index 0.. of
+    `column`, `years` as text, the window's first day)."""
+    bounds = [add_months(at, -12 * k) for k in range(1, years)]
+    index = "CASE " + " ".join(f"WHEN {column} >= {_ts(b)} THEN {k}"
+                               for k, b in enumerate(bounds)) + f" ELSE {years - 1} END"
+    return (index if bounds else "0"), str(years), _ts(add_months(at, -12 * years))
+
+
+def _trend(last: str, total: str, years: int) -> str:
+    """Last year's count minus the mean per year of the earlier years (0 with one year)."""
+    if years < 2:
+        return "0"
+    return f"({last}) - (({total}) - ({last})) / {years - 1}.0"
+
+
+def _history_sql(at: dt.date, lookback: int | None) -> list[str]:
+    """Long-history features (catalogue `_history_features`): one pass per source over the
+    history window, which every date of a run shares (see `catalogue.history_years`)."""
+    at_ = _ts(at)
+    years = history_years(lookback)
+    m12, m18, m24 = (_ts(add_months(at, -n)) for n in (12, 18, 24))
+    emergency = _in(EMERGENCY_METHODS)
+    apc_year, _, start = _yearly("admission_date", at, years)
+    ae_year, _, _ = _yearly("arrival_datetime", at, years)
+    last_apc = f"count(*) FILTER (WHERE admission_date >= {m12})"
+    last_ae = f"count(*) FILTER (WHERE arrival_datetime >= {m12})"
+    # Windows beyond the history window stay empty, so every date of a run sees alike.
+    far = {n: (f"admission_date >= {_ts(add_months(at, -n))}" if n <= 12 * years else "FALSE")
+           for n in (24, 36)}
+    meds_from = m18 if years >= 2 else at_  # with one year on record: no change to tell
+    on = 1 if years >= 2 else 0
+    sc_then = _ts(add_months(at, -12))
+    return [f"""
+        CREATE TEMP TABLE h_apc AS
+        SELECT person_key,
+            count(*) FILTER (WHERE admission_date < {m12} AND {far[24]})
+                AS emergency_admissions_12_24m,
+            count(*) FILTER (WHERE admission_date < {m24} AND {far[36]})
+                AS emergency_admissions_24_36m,
+            count(*) AS emergency_admissions_history,
+            count(DISTINCT {apc_year}) AS emergency_admission_years,
+            {_trend(last_apc, "count(*)", years)} AS emergency_admissions_trend
+        FROM v_apc WHERE admission_date < {at_} AND admission_date >= {start}
+        AND admission_method IN {emergency}
+        GROUP BY person_key
+    """, f"""
+        CREATE TEMP TABLE h_ae AS
+        SELECT person_key,
+            count(*) FILTER (WHERE arrival_datetime >= {m24}) AS ae_attendances_24m,
+            count(*) AS ae_attendances_history,
+            count(DISTINCT {ae_year}) AS ae_years,
+            {_trend(last_ae, "count(*)", years)} AS ae_trend,
+            count(*) FILTER (WHERE arrival_mode = 'ambulance') AS ambulance_arrivals_history
+        FROM v_ae WHERE arrival_datetime < {at_} AND arrival_datetime >= {start}
+        GROUP BY person_key
+    """, f"""
+        CREATE TEMP TABLE h_op AS
+        SELECT person_key, count(*) AS op_attendances_history
+        FROM v_op WHERE appointment_date < {at_} AND appointment_date >= {start}
+        AND attendance_status IN ('5', '6') GROUP BY person_key
+    """, f"""
+        CREATE TEMP TABLE h_gp AS
+        SELECT person_key, count(DISTINCT event_date) AS gp_event_days_history
+        FROM v_gp_events WHERE event_date < {at_} AND event_date >= {start}
+        GROUP BY person_key
+    """, f"""
+        CREATE TEMP TABLE h_meds AS
+        WITH earlier AS (
+            SELECT person_key, count(DISTINCT left(bnf_code, 9)) AS chemicals, count(*) AS issues
+            FROM v_gp_medications WHERE issue_date < {m12} AND issue_date >= {meds_from}
+            GROUP BY person_key)
+        SELECT person_key,
+            {on} * (coalesce(f.distinct_medicines_6m, 0) - coalesce(e.chemicals, 0))
+                AS distinct_medicines_change_12m,
+            {on} * (coalesce(f.medicine_issues_6m, 0) - coalesce(e.issues, 0))
+                AS medicine_issues_change_12m
+        FROM f_meds f FULL JOIN earlier e USING (person_key)
+    """, f"""
+        CREATE TEMP TABLE h_sc AS
+        SELECT person_key,
+            count(*) FILTER (WHERE end_date IS NULL OR end_date >= {at_})
+            - count(*) FILTER (WHERE start_date < {sc_then}
+                               AND (end_date IS NULL OR end_date >= {sc_then})) AS sc_change_12m,
+            count(*) FILTER (WHERE start_date >= {start}) AS sc_started_history
+        FROM v_social_care WHERE start_date < {at_} GROUP BY person_key
+    """]
+
+
 def _diagnosis_sql(at: dt.date, lookback: int | None) -> list[str]:
     at_ = _ts(at)
     hfrs_from = _ts(add_months(at, -HFRS_LOOKBACK_MONTHS))
@@ -324,7 +414,7 @@ def _diagnosis_sql(at: dt.date, lookback: int | None) -> list[str]:
 def _final_sql() -> str:
     conditions = codelists.conditions()
     tables = ["f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds", "f_sc", "f_community",
-              "f_ltc", "f_cci", "f_hfrs"]
+              "f_ltc", "f_cci", "f_hfrs", *HISTORY_TABLES]
     exprs: list[str] = []
     counted = [c for c, k in zip(conditions["condition"], conditions["counted"], strict=True)
                if k]
@@ -369,11 +459,13 @@ def features_from(con: duckdb.DuckDBPyConnection, at: dt.date,
                   lookback_months: int | None = None) -> pd.DataFrame:
     """`build_features` on a connection made by `connect` (reused for several dates)."""
     for table in ("features_out", "pop", "f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds",
-                  "f_sc", "f_community", "dx", "ltc_first", "f_ltc", "f_cci", "f_hfrs"):
+                  "f_sc", "f_community", "dx", "ltc_first", "f_ltc", "f_cci", "f_hfrs",
+                  *HISTORY_TABLES):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     _codelist_tables(con)
     population(con, at)
-    for sql in [_demographics(con, at), *_activity_sql(at), *_diagnosis_sql(at, lookback_months)]:
+    for sql in [_demographics(con, at), *_activity_sql(at), *_history_sql(at, lookback_months),
+                *_diagnosis_sql(at, lookback_months)]:
         con.execute(sql)
     # Materialise in person_key order (row order feeds model fitting, so it must not vary),
     # then fetch column arrays: much faster than a row-wise DataFrame conversion.

@@ -9,6 +9,16 @@ For a run at `at`:
    12 months up to `at` (a training slice of persons); a calibrator is fitted on the rest
    (held out). Nothing on or after `at` is read.
 The candidate with the best selection AUROC scores the run; the others are kept for comparison.
+
+The same data give the same model, whatever keys pseudonymised them: before any random choice
+(the calibration hold-out, subsamples, the boosting's own validation split) the persons of a
+date are put in an order made from their rows' content (features and outcome; `stable_order`),
+never from their person keys, and every draw comes from the recorded seed (`draw`). Persons
+whose rows are identical are interchangeable, so which of them is drawn changes nothing.
+
+`history_gain` records what the history adds: the chosen learner refitted on the
+reference-date features alone (`catalogue.Feature.reference`), both judged on the calibration
+hold-out (persons neither model learnt from).
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from stratify import codelists
-from stratify.catalogue import NAMES
+from stratify.catalogue import BY_NAME, NAMES
 from stratify.features import _ts, features_from, history_months
 from stratify.models import CANDIDATES, Blend, Calibrator, Model, make
 from stratify.outcomes import outcomes_from
@@ -75,10 +85,30 @@ class ModelBundle:
         return self.calibrators[name](self.models[name].decision(X[self.features]))
 
 
-def person_fraction(index: pd.Index, seed: int) -> np.ndarray:
-    """A stable pseudo-random number in [0, 1) per person key (same key, seed -> same number)."""
-    hashed = pd.util.hash_array(index.astype(str).to_numpy(), hash_key=f"haven-{seed:010d}"[:16])
-    return (hashed >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
+ORDER = "rows sorted by two 64-bit hashes of their features and outcome (no key material)"
+
+
+def stable_order(X: pd.DataFrame, y: np.ndarray) -> np.ndarray:
+    """Positions that put the rows of `X` (with outcome `y`) in an order made from their
+    content alone: the same persons give the same order under any pseudonymisation key.
+
+    Rows are sorted by two independent 64-bit hashes of (features, outcome); rows with equal
+    hashes are identical (but for a 2^-128 chance) and so interchangeable for any model.
+    """
+    frame = pd.DataFrame(X.to_numpy(dtype=np.float64, na_value=np.nan), copy=False)
+    frame["outcome"] = np.asarray(y, dtype=np.float64)
+    first = pd.util.hash_pandas_object(frame, index=False, hash_key="haven-order-0001")
+    second = pd.util.hash_pandas_object(frame, index=False, hash_key="haven-order-0002")
+    return np.lexsort((second.to_numpy(), first.to_numpy()))
+
+
+def draw(n: int, share: float, seed: int, stream: int) -> np.ndarray:
+    """A seeded choice of round(share x n) of n positions (bool mask); `stream` keeps the
+    draws of one run (hold-out, subsamples) apart."""
+    chosen = np.zeros(n, dtype=bool)
+    take = int(round(min(max(share, 0.0), 1.0) * n))
+    chosen[np.random.default_rng([seed, stream]).permutation(n)[:take]] = True
+    return chosen
 
 
 def _digest() -> str:
@@ -98,12 +128,18 @@ def _has_history(con: duckdb.DuckDBPyConnection, at: dt.date) -> bool:
     return first > 0
 
 
-def _subsample(X: pd.DataFrame, y: np.ndarray, limit: int | None, seed: int
+def _subsample(X: pd.DataFrame, y: np.ndarray, limit: int | None, seed: int, stream: int
                ) -> tuple[pd.DataFrame, np.ndarray]:
+    """At most `limit` rows, drawn by position (rows already in `stable_order`)."""
     if limit is None or len(X) <= limit:
         return X, y
-    keep = person_fraction(X.index, seed + 7) < limit / len(X)
+    keep = draw(len(X), limit / len(X), seed, stream)
     return X[keep], y[keep]
+
+
+def _in_stable_order(X: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    order = stable_order(X, y)
+    return X.iloc[order], y[order]
 
 
 def _fit_all(candidates: tuple[str, ...], X: pd.DataFrame, y: np.ndarray, seed: int
@@ -119,10 +155,34 @@ def _fit_all(candidates: tuple[str, ...], X: pd.DataFrame, y: np.ndarray, seed: 
     return fitted
 
 
+REFERENCE_FEATURES = [name for name in NAMES if BY_NAME[name].reference]
+
+
+def history_gain(models: dict[str, Model], chosen: str, fit: tuple[pd.DataFrame, np.ndarray],
+                 judge: tuple[pd.DataFrame, np.ndarray], seed: int) -> dict[str, Any]:
+    """AUROC of the chosen learner with every feature and refitted on the reference-date
+    features alone (`REFERENCE_FEATURES`: no activity history), both on `judge` (persons
+    neither learnt from). The rule baseline has no history to drop: the logistic model stands
+    in for it."""
+    learner = chosen if chosen != "rule" else "logistic"
+    (Xf, yf), (Xj, yj) = fit, judge
+    with_history = models[learner] if learner in models else make(learner).fit(Xf, yf, seed)
+    reference = _fit_all((learner,), Xf[REFERENCE_FEATURES], yf, seed)[learner]
+    auroc_model = _auc(yj, with_history.decision(Xj))
+    auroc_reference = _auc(yj, reference.decision(Xj[REFERENCE_FEATURES]))
+    return {"learner": learner, "auroc_model": auroc_model,
+            "auroc_reference_only": auroc_reference, "gain": auroc_model - auroc_reference,
+            "judged_on": "calibration hold-out at the training date", "persons": int(len(yj)),
+            "events": int(np.sum(yj)), "reference_features": len(REFERENCE_FEATURES),
+            "features": len(Xf.columns)}
+
+
 def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
           candidates: tuple[str, ...] = ("rule", "logistic", "boosting", "blend"),
-          calibration: str = "platt", max_train_persons: int | None = 400_000) -> ModelBundle:
-    """Fit, choose and calibrate the candidates for a run at `at` (see the module docstring)."""
+          calibration: str = "platt", max_train_persons: int | None = 400_000,
+          history_gain_check: bool = True) -> ModelBundle:
+    """Fit, choose and calibrate the candidates for a run at `at` (see the module docstring);
+    `history_gain_check` False skips the reference-date-only refit (`history_gain`)."""
     t1 = add_months(at, -12)
     t0 = add_months(at, -24)
     # Conditions look back only as far as the training date's history reaches, at every date,
@@ -131,18 +191,19 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
     lookback = history if history is not None and history < LIFETIME_MONTHS else None
     X1 = features_from(con, t1, lookback)
     y1 = outcomes_from(con, X1.index, t1)["emergency"].to_numpy()
-    fraction = person_fraction(X1.index, seed)
-    held = fraction < CALIBRATION_SHARE
+    X1, y1 = _in_stable_order(X1, y1)
+    held = draw(len(X1), CALIBRATION_SHARE, seed, 1)
     selection: dict[str, Any] = {}
     if _has_history(con, t0):
         X0 = features_from(con, t0, lookback)
         y0 = outcomes_from(con, X0.index, t0)["emergency"].to_numpy()
-        Xs, ys = _subsample(X0, y0, max_train_persons, seed)
+        X0, y0 = _in_stable_order(X0, y0)
+        Xs, ys = _subsample(X0, y0, max_train_persons, seed, 2)
         selection["method"] = "backtest"
         selection["fit_at"], selection["validate_at"] = t0.isoformat(), t1.isoformat()
         Xv, yv = X1, y1
     else:
-        Xs, ys = _subsample(X1[~held], y1[~held], max_train_persons, seed)
+        Xs, ys = _subsample(X1[~held], y1[~held], max_train_persons, seed, 2)
         selection["method"] = "holdout"
         Xv, yv = X1[held], y1[held]
     for name, model in _fit_all(candidates, Xs, ys, seed).items():
@@ -150,16 +211,21 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
     scored = {n: selection[n] for n in candidates if not np.isnan(selection[n])}
     chosen = max(scored, key=scored.__getitem__) if scored else candidates[-1]
 
-    Xf, yf = _subsample(X1[~held], y1[~held], max_train_persons, seed)
+    Xf, yf = _subsample(X1[~held], y1[~held], max_train_persons, seed, 3)
     models: dict[str, Model] = {}
     calibrators: dict[str, Calibrator] = {}
     metrics: dict[str, Any] = {"train_persons": int(len(Xf)), "calibration_persons":
-                               int(held.sum()), "train_event_rate": float(y1.mean())}
+                               int(held.sum()), "train_event_rate": float(y1.mean()),
+                               "sampling": {"seed": seed, "order": ORDER,
+                                            "calibration_share": CALIBRATION_SHARE}}
     for name, model in _fit_all(candidates, Xf, yf, seed).items():
         decision = model.decision(X1[held])
         calibrator = Calibrator(calibration).fit(decision, y1[held])
         models[name], calibrators[name] = model, calibrator
         metrics[f"{name}_heldout_auroc"] = _auc(y1[held], decision)
+    if history_gain_check:
+        metrics["history_gain"] = history_gain(
+            models, chosen, (Xf, yf), (X1[held], y1[held]), seed)
     p_train = calibrators[chosen](models[chosen].decision(X1))
     return ModelBundle(
         version=MODEL_VERSION, chosen=chosen, models=models, calibrators=calibrators,
