@@ -25,7 +25,7 @@ from pipeline import analyses
 router = APIRouter(tags=["journeys, costs and segments"])
 Kind = Annotated[Literal["journeys", "costs", "segments"],
                  Path(description="The analysis.", examples=["journeys"])]
-TableName = Annotated[str, Path(pattern=r"^[a-z0-9_]{1,64}$", examples=["flow_91d"])]
+TableName = Annotated[str, Path(pattern=r"^[a-z0-9_.]{1,64}$", examples=["flow_91d"])]
 
 
 def _clean(value: Any) -> Any:
