@@ -216,6 +216,12 @@ MATRIX: tuple[Endpoint, ...] = (
        {"ptype": "g", "rule": ["analyst", "authenticated", "*"], "op": "add"}),
     _e("POST", "/access-policy/changes/apc-abcdefghijkm/approve", {"ig_lead"}),
     _e("POST", "/access-policy/changes/apc-abcdefghijkm/reject", {"ig_lead"}),
+    # Issue 14 parts 1-3: journeys, costs and segments (no run yet: 409 to those allowed).
+    _e("GET", "/analyses/journeys", ANALYSTS),
+    _e("GET", "/analyses/segments/tables/segment_shares", ANALYSTS),
+    _e("GET", "/analyses/costs/records", ANALYSTS),
+    _e("GET", "/analyses/unit-costs/table", ANALYSTS),
+    _e("PUT", "/analyses/unit-costs/table", {"super_user"}, {"not": "a table"}),
     _e("GET", "/users", {"admin"}),
     _e("POST", "/users/analyst/tokens", {"admin"}),
     _e("POST", "/keys/vault/rotate", {"admin"}),
