@@ -93,6 +93,7 @@ SAMPLE_PARAMS = {"ods": "B86001", "person_key": "P" + "0" * 20, "extract_id": "x
                  "certificate_id": "dc-1", "name": "retention.csv", "user_id": "analyst",
                  "purpose": "release", "change_id": "apc-abcdefghijkm"}
 
+SAMPLE_PARAMS["kind"] = "journeys"  # /analyses/{kind} (issue 14 parts 1-3)
 
 def test_every_route_is_enforced(world: World) -> None:
     """Every route the app serves depends on `authorise`, declares its Casbin resource, and
