@@ -12,13 +12,14 @@ import datetime as dt
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from governance import audit
+from governance import audit, model_approvals
 from linkage.linked_view import load_sources
 from pipeline.context import Context
 from pipeline.report_counts import run_counts, scored_keys_of
 from pipeline.score import NoScoreRun, use_filter
-from pipeline.serving import complete_run, serving_run, withheld_person_keys
+from pipeline.serving import ServingRun, complete_run, serving_run, withheld_person_keys
 from stratify.backtest import NoBacktest, backtest
 from stratify.evaluate import Evaluation, evaluate, follow_up
 from stratify.report import EVALUATION_FILE, write_report
@@ -58,15 +59,30 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
             evaluation = None
     counts = run_counts(ctx.settings, ctx.engine, serving, scored, run.extract_ids,
                         withheld_now=len(withheld & scored))
-    approval = serving.summary.get("approval")
     path = write_report(evaluation, out or ctx.settings.layout.report(run_id), run=run,
-                        status=status, counts=counts,
-                        approval=approval if isinstance(approval, dict) else None)
+                        status=status, counts=counts, approval=approval_of(ctx, serving))
     audit.log(ctx.engine, ctx.actor, "model.report", f"run/{run_id}",
               n_records=int(len(run.scores)), purpose=serving.purpose,
               detail={"evaluation": evaluation.kind if evaluation else "none",
                       "outcome_year_complete": status.complete})
     return path
+
+
+def approval_of(ctx: Context, serving: ServingRun) -> dict[str, Any] | None:
+    """The clinical safety decision on the model that scored `serving`: its summary's own
+    `approval`, else the model's record (governance.model_approvals) by its `model_id`; None
+    when neither says (a run scored before models were recorded)."""
+    found = serving.summary.get("approval")
+    if isinstance(found, dict):
+        return found
+    model_id = serving.summary.get("model_id")
+    record = model_approvals.get_model(ctx.engine, str(model_id)) if model_id else None
+    if record is None:
+        return None
+    return {"model_id": record["model_id"], "status": record.get("status"),
+            "decided_by_role": record.get("decided_role"),
+            "decided_at": record.get("decided_at"), "reason": record.get("reason"),
+            "retrain_flag": record.get("retrain_flag")}
 
 
 def evaluation_figures(ctx: Context, run_id: str) -> dict | None:

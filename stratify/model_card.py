@@ -203,7 +203,14 @@ def approval_lines(approval: dict[str, Any] | None) -> list[str]:
     fields = [("model", "model_id"), ("status", "status"), ("decided by role", "decided_by_role"),
               ("decided at", "decided_at"), ("reason", "reason")]
     parts = [f"{words} {approval[key]}" for words, key in fields if approval.get(key)]
-    return ["- Approval: " + ("; ".join(parts) if parts else "recorded without details")]
+    lines = ["- Approval: " + ("; ".join(parts) if parts else "recorded without details")]
+    if approval.get("status") not in (None, "approved"):
+        lines.append(f"- This model is NOT approved ({approval['status']}): its scores must "
+                     "not be used for care.")
+    if approval.get("retrain_flag"):
+        lines.append("- Flagged for retraining: its measured performance fell past the drift "
+                     "policy's threshold (`haven refresh`).")
+    return lines
 
 
 def history_gain_lines(gain: dict[str, Any] | None) -> list[str]:
@@ -221,7 +228,8 @@ def history_gain_lines(gain: dict[str, Any] | None) -> list[str]:
     for key, value in gain.items():
         if key not in HISTORY_GAIN_NAMES and isinstance(value, int | float) \
                 and not isinstance(value, bool):
-            lines.append(f"- {key.replace('_', ' ')}: {_fig(value)}")
+            shown_value = f"{value:,}" if isinstance(value, int) else _fig(value)
+            lines.append(f"- {key.replace('_', ' ')}: {shown_value}")
             shown = True
     if isinstance(gain.get("auroc_model"), int | float) and \
             isinstance(gain.get("auroc_reference_only"), int | float):
