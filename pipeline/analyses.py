@@ -151,9 +151,10 @@ def _long(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         stacked = table.astype(str).stack().reset_index()
         stacked.columns = ["row", "column", "value"]
         stacked.insert(0, "table", name)
+        stacked["dimension"] = str(table.index.name or "")
         parts.append(stacked)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["table", "row", "column", "value"])
+        columns=["table", "row", "column", "value", "dimension"])
 
 
 def _list_table(frame: pd.DataFrame, dimension: str, values: list[str] | None = None
@@ -416,6 +417,7 @@ def published(ctx: Context, kind: str) -> tuple[ServingRun, dict[str, pd.DataFra
         table = part.pivot(index="row", columns="column", values="value")
         table = table.reindex(index=list(dict.fromkeys(part["row"])),
                               columns=list(dict.fromkeys(part["column"])))
+        table.index.name, table.columns.name = str(part["dimension"].iloc[0]), None
         tables[str(name)] = table
     return run, tables
 
@@ -427,3 +429,11 @@ def records(ctx: Context, kind: str) -> tuple[ServingRun, pd.DataFrame]:
     frame = pd.read_parquet(ctx.settings.layout.analysis(run.run_id).records)
     withheld = withheld_person_keys(ctx.settings, ctx.engine, PURPOSE, run)
     return run, frame[~frame["person_key"].isin(withheld)].reset_index(drop=True)
+
+
+def run_all(ctx: Context, at: dt.date, progress: Progress = quiet) -> list[AnalysisResult]:
+    """The three analyses as the demo runs them: journeys in the year before `at`, costs in
+    the last financial year ending by `at`, segments at `at`."""
+    year = at.year - 1 if at >= dt.date(at.year, 4, 1) else at.year - 2
+    return [run_journeys(ctx, at, progress=progress), run_costs(ctx, year, progress=progress),
+            run_segments(ctx, at, progress=progress)]
