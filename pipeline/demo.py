@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.analyses import run_all as run_analyses
 from pipeline.context import Context, Progress, quiet
 from pipeline.land import land
 from pipeline.link import link
@@ -67,4 +68,7 @@ def run_demo(ctx: Context, persons: int, seed: int, out: Path,
     progress("5. model report")
     report = model_report(ctx, result.run_id)
     progress(f"  {report}")
+    progress("journeys, costs and segments (issue #14)")
+    run_analyses(ctx, dt.date.fromisoformat(meta["score_date"]),
+                 progress=lambda line: progress(f"  {line}"))
     return DemoResult(score=result, report=report)
