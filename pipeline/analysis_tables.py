@@ -35,6 +35,30 @@ def publish_grids(tables: Mapping[str, pd.DataFrame], rule: Rule,
     dimension; every table counts the same population. `parents` maps a dimension to (its
     parent dimension, child -> parent): cells and totals of the parent are sums of the child's
     wherever both dimensions are published against the same other dimension."""
+    true, groups = publication_system(tables, parents)
+    hidden = protect(true, groups, rule)
+
+    def shown(key: Hashable) -> int | str:
+        return rule.symbol if key in hidden else rule.show(true[key])
+
+    out = {}
+    for name, table in tables.items():
+        rd, cd = _dims(name, table)
+        frame = pd.DataFrame(
+            [[shown(_cell(rd, r, cd, c)) for c in table.columns]
+             + [shown(("margin", rd, str(r)))] for r in table.index]
+            + [[shown(("margin", cd, str(c))) for c in table.columns] + [shown(("total",))]],
+            index=pd.Index([*map(str, table.index), TOTAL], name=rd),
+            columns=pd.Index([*map(str, table.columns), TOTAL], name=cd), dtype=object)
+        out[name] = frame
+    return out
+
+
+def publication_system(tables: Mapping[str, pd.DataFrame],
+                       parents: Mapping[str, tuple[str, Mapping[str, str]]] | None = None
+                       ) -> tuple[dict[Hashable, int], list[tuple[Hashable, list[Hashable]]]]:
+    """Every figure of the tables (true values) and the equations a reader holding them all
+    knows: cells to row and column totals, totals to the grand total, children to parents."""
     true: dict[Hashable, int] = {("total",): -1}
     groups: list[tuple[Hashable, list[Hashable]]] = []
     grand = None
@@ -64,22 +88,7 @@ def publish_grids(tables: Mapping[str, pd.DataFrame], rule: Rule,
     true[("total",)] = grand or 0
     for child, (parent, mapping) in (parents or {}).items():
         groups += _rollups(true, child, parent, mapping)
-    hidden = protect(true, groups, rule)
-
-    def shown(key: Hashable) -> int | str:
-        return rule.symbol if key in hidden else rule.show(true[key])
-
-    out = {}
-    for name, table in tables.items():
-        rd, cd = _dims(name, table)
-        frame = pd.DataFrame(
-            [[shown(_cell(rd, r, cd, c)) for c in table.columns]
-             + [shown(("margin", rd, str(r)))] for r in table.index]
-            + [[shown(("margin", cd, str(c))) for c in table.columns] + [shown(("total",))]],
-            index=pd.Index([*map(str, table.index), TOTAL], name=rd),
-            columns=pd.Index([*map(str, table.columns), TOTAL], name=cd), dtype=object)
-        out[name] = frame
-    return out
+    return true, groups
 
 
 def _dims(name: str, table: pd.DataFrame) -> tuple[str, str]:
