@@ -219,3 +219,20 @@ models = Table(
     Column("reason", Text),
     Column("retrain_flag", JSON),
 )
+
+# Declared emergencies (governance/incidents.py, issue 14): an IG lead or admin declares one with
+# a reason, the affected postcode sectors and an expiry; while it is in force (not ended, not
+# expired) a responder may re-identify the vulnerable adults of those sectors. Migration 0006.
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("incident_id", String(40), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("sectors", JSON, nullable=False),
+    Column("declared_by", String(64), nullable=False),
+    Column("declared_role", String(32), nullable=False),
+    Column("declared_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("ended_by", String(64)),
+    Column("ended_at", DateTime(timezone=True)),
+)

@@ -114,9 +114,10 @@ def weekly_series(sources: dict[str, pd.DataFrame], locality_of: Mapping[str, st
         for service in ("reablement", "home_care"):
             started = care[care["service_type"] == service]
             add(f"starts_{service}", started["person_key"], started["start_date"])
-    if not parts:
-        return pd.DataFrame(columns=["series", "locality", "week", "count"])
-    events = pd.concat(parts, ignore_index=True).dropna(subset=["week"])
+    columns = ["series", "locality", "week", "count"]
+    events = pd.concat(parts, ignore_index=True).dropna(subset=["week"]) if parts else None
+    if events is None or events.empty:
+        return pd.DataFrame(columns=columns)
     counts = events.groupby(["series", "locality", "week"]).size().rename("count")
     filled = []
     for (series, locality), group in counts.groupby(level=["series", "locality"]):
@@ -125,7 +126,7 @@ def weekly_series(sources: dict[str, pd.DataFrame], locality_of: Mapping[str, st
         values = group.droplevel(["series", "locality"]).reindex(weeks, fill_value=0)
         filled.append(pd.DataFrame({"series": series, "locality": locality, "week": weeks,
                                     "count": values.to_numpy().astype(int)}))
-    return pd.concat(filled, ignore_index=True)
+    return pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(columns=columns)
 
 
 def _design(t: np.ndarray, seasonal: bool) -> np.ndarray:

@@ -225,4 +225,13 @@ MATRIX: tuple[Endpoint, ...] = (
     _e("GET", "/users", {"admin"}),
     _e("POST", "/users/analyst/tokens", {"admin"}),
     _e("POST", "/keys/vault/rotate", {"admin"}),
+    # Issue 14 parts 4-6 (planners and responders are tried in tests/security/
+    # test_emergency_planning.py; an incident is declared there, with a live expiry).
+    _e("GET", "/impact/evaluations", ANALYSTS),
+    _e("GET", "/impact/forecast", ANALYSTS),
+    _e("GET", "/emergency/vulnerable", set()),
+    _e("GET", "/incidents", {"ig_lead", "admin"}),
+    _e("POST", "/incidents/INC-20250101-abcdef12/end", {"ig_lead", "admin"}),
+    _e("POST", "/incidents/INC-20250101-abcdef12/reidentify", set(),
+       {"reason": "flood rescue visits"}),
 )
