@@ -417,7 +417,8 @@ def published(ctx: Context, kind: str) -> tuple[ServingRun, dict[str, pd.DataFra
         table = part.pivot(index="row", columns="column", values="value")
         table = table.reindex(index=list(dict.fromkeys(part["row"])),
                               columns=list(dict.fromkeys(part["column"])))
-        table.index.name, table.columns.name = str(part["dimension"].iloc[0]), None
+        named = str(part["dimension"].iloc[0]) if "dimension" in part else "row"
+        table.index.name, table.columns.name = named, None
         tables[str(name)] = table
     return run, tables
 
