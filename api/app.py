@@ -42,7 +42,6 @@ from api.routes import (
     impact,
     jobs,
     meta,
-    models,
     reidentify,
     risk,
 )
@@ -180,7 +179,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
                   docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
                   dependencies=[Depends(authorise)])
     app.state.services = services
-    for module in (meta, risk, reidentify, extracts, jobs, governance, admin, impact, models):
+    for module in (meta, risk, reidentify, extracts, jobs, governance, admin, impact):
         app.include_router(module.router)
     app.include_router(analyses.router)  # journeys, costs, segments (issue #14)
     problems.install(app)
