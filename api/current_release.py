@@ -3,7 +3,8 @@
 Which run answers a purpose, and whom it holds back, is decided by `pipeline.serving` (the
 same answer the command line's export gets); this module keeps the loaded run
 (api.scored_run) and notices a new run or new opt-outs, checked at most every
-`refresh_seconds`.
+`refresh_seconds`. A loaded run carries the model that scored it and its approval
+(`Release.provenance`), shown beside every list.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import time
 
 from sqlalchemy import Engine
 
-from api.scored_run import NoRun, Release, load_release
+from api.scored_run import NoRun, Release, load_release, model_provenance
 from governance.geography import Geography
+from governance.model_approvals import get_model
 from governance.settings import Settings
 from pipeline.serving import ServingRun, optout_mark, serving_run, withheld_person_keys
 
@@ -48,6 +50,14 @@ class ReleaseStore:
             self._views.clear()
             self._runs.clear()
 
+    def _load(self, run: ServingRun) -> Release:
+        """A run read for serving, with the model that scored it and its approval."""
+        release = load_release(self.settings, run.run_id, run.summary)
+        model = run.summary.get("model_id")
+        release.provenance = model_provenance(
+            run.summary, get_model(self.engine, model) if model else None)
+        return release
+
     def fresh(self, purpose: str) -> Release | None:
         """The release checked within `refresh_seconds` (no I/O), else None."""
         found = self._views.get(purpose)
@@ -74,8 +84,7 @@ class ReleaseStore:
             elif run is None:
                 release = None
             else:
-                base = self._runs.get(run.run_id) or load_release(self.settings, run.run_id,
-                                                                  run.summary)
+                base = self._runs.get(run.run_id) or self._load(run)
                 in_use = {v[1][0].run_id for k, v in self._views.items()
                           if k != purpose and v[1][0] is not None}
                 self._runs = {r: b for r, b in self._runs.items() if r in in_use}

@@ -101,6 +101,8 @@ class Release:
     answers: AnswerCache = field(default_factory=AnswerCache)
     # practice -> its rows' filter columns, contiguous (`select` with `practice`)
     by_practice: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+    # The model that scored the run and its clinical safety approval (`model_provenance`).
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def persons(self) -> int:
@@ -245,6 +247,19 @@ class Release:
     def cached(self, key: tuple, compute: Any) -> Any:
         """An answer that depends only on this run, computed once and kept."""
         return self.answers.get(key, compute)
+
+
+def model_provenance(summary: dict[str, Any], model: dict[str, Any] | None) -> dict[str, Any]:
+    """Which model scored a run and its approval, as the faces show it beside a list: model id
+    and algorithm, approved by which role and when (not who: the decision's record and
+    reason are for `GET /models`)."""
+    if model is None:
+        return {"model_id": summary.get("model_id"), "model": str(summary.get("model", "")),
+                "approval": "recorded before model approvals" if not summary.get("model_id")
+                else "unknown model", "approved_role": None, "approved_at": None}
+    return {"model_id": model["model_id"], "model": model["algorithm"],
+            "approval": model["status"], "approved_role": model["decided_role"],
+            "approved_at": model["decided_at"]}
 
 
 def load_release(settings: Settings, run_id: str, summary: dict[str, Any]) -> Release:

@@ -43,11 +43,13 @@ class NotAllowed(PermissionError):
 
 
 def model_id(description: dict[str, Any]) -> str:
-    """The id of a fitted model: `model-` and 12 hex characters of the SHA-256 of its
-    description (version, training window, features, algorithm), so the same model trained
-    again has the same id and keeps its decision."""
+    """The id of a fitted model: `model-` and the first 12 half-bytes of the SHA-256 of its
+    description (version, training window, features, algorithm) as letters a-p, so the same
+    model trained again has the same id and keeps its decision, and no id ever holds a run
+    of digits that the audit log would take for an NHS number."""
     text = json.dumps(description, sort_keys=True, default=str)
-    return "model-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return "model-" + "".join(chr(ord("a") + int(c, 16)) for c in digest)
 
 
 def record_candidate(connection: Connection, model: str, run_id: str, purpose: str,
