@@ -34,7 +34,18 @@ from api.current_release import ReleaseStore
 from api.guard import BodyGate, authorise
 from api.identity import Authenticator
 from api.jobs import JobRunner
-from api.routes import admin, analyses, extracts, governance, jobs, meta, models, reidentify, risk
+from api.routes import (
+    admin,
+    analyses,
+    extracts,
+    governance,
+    impact,
+    jobs,
+    meta,
+    models,
+    reidentify,
+    risk,
+)
 from api.scored_run import NoRun
 from api.trail import AuditMiddleware, AuditWriter
 from governance.db import open_database
@@ -169,7 +180,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
                   docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
                   dependencies=[Depends(authorise)])
     app.state.services = services
-    for module in (meta, risk, reidentify, extracts, jobs, governance, admin, models):
+    for module in (meta, risk, reidentify, extracts, jobs, governance, admin, impact, models):
         app.include_router(module.router)
     app.include_router(analyses.router)  # journeys, costs, segments (issue #14)
     problems.install(app)

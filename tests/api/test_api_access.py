@@ -92,8 +92,10 @@ SAMPLE_PARAMS = {"ods": "B86001", "person_key": "P" + "0" * 20, "extract_id": "x
                  "job_id": "job-20250101000000-abcdef", "export_id": "exp-20250101000000-abcdef12",
                  "certificate_id": "dc-1", "name": "retention.csv", "user_id": "analyst",
                  "purpose": "release", "change_id": "apc-abcdefghijkm",
-                 "model_id": "model-aaaaaaaaaaaa"}
+                 "evaluation_id": "evaluation-20250101T000000-abcdef12",
+                 "incident_id": "INC-20250101-abcdef12", "model_id": "model-aaaaaaaaaaaa"}
 
+SAMPLE_PARAMS["kind"] = "journeys"  # /analyses/{kind} (issue 14 parts 1-3)
 
 def test_every_route_is_enforced(world: World) -> None:
     """Every route the app serves depends on `authorise`, declares its Casbin resource, and
