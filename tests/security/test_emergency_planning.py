@@ -77,6 +77,9 @@ def _declare(world: World, sectors: list[str], role: str = "ig_lead") -> dict:
 
 
 def test_planner_counts_are_suppressed_and_name_nobody(world: World) -> None:
+    """Promise: a planner sees counts of vulnerable adults by postcode sector only as
+    published (1-7 hidden, others rounded to 5, no hidden cell recoverable from its total),
+    never a person key or NHS number, and has no route to a list."""
     response = world.call("planner", "GET", "/emergency/vulnerable")
     assert response.status_code == 200, response.text
     body = response.json()
@@ -95,6 +98,8 @@ def test_planner_counts_are_suppressed_and_name_nobody(world: World) -> None:
 
 
 def test_responder_outside_an_incident_is_refused_and_audited(world: World) -> None:
+    """Promise: outside a declared incident a responder re-identifies no one; the attempt
+    is audited as a refused re-identification."""
     response = world.call("responder", "POST", "/incidents/INC-20250101-abcdef12/reidentify",
                           json={"reason": REASON})
     assert response.status_code == 404
@@ -107,6 +112,8 @@ def test_responder_outside_an_incident_is_refused_and_audited(world: World) -> N
 @pytest.mark.parametrize("role", ["analyst", "super_user", "mdt_clinician", "responder",
                                   "planner", "council_uploader"])
 def test_declaration_by_a_wrong_role_is_refused_and_audited(world: World, role: str) -> None:
+    """Promise: only an IG lead or an admin declares an incident; anyone else is refused
+    (Casbin) and the refusal audited, and no incident exists afterwards."""
     expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
     response = world.call(role, "POST", "/incidents",
                           json={"reason": REASON, "sectors": ["LS1 1"], "expires_at": expires})
@@ -117,6 +124,8 @@ def test_declaration_by_a_wrong_role_is_refused_and_audited(world: World, role: 
 
 
 def test_governance_refuses_a_declaration_by_any_other_role(world: World) -> None:
+    """Promise: governance refuses a declaration by any other role even if a rule were
+    added, and audits it with the reason's category, never its text."""
     engine = world.haven.engine
     until = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     with pytest.raises(Refused) as caught:
@@ -129,6 +138,9 @@ def test_governance_refuses_a_declaration_by_any_other_role(world: World) -> Non
 
 
 def test_responder_during_an_incident_gets_its_sectors_only(world: World) -> None:
+    """Promise: during an incident a responder re-identifies the vulnerable adults of its
+    sectors and no one else; naming one person outside refuses the whole request; the audit
+    holds no NHS number."""
     sector = world.extra["sector"]
     chosen = sorted(set(sector.values()))[:2]
     incident = _declare(world, [s.lower() for s in chosen])  # written as people write them
@@ -155,6 +167,7 @@ def test_responder_during_an_incident_gets_its_sectors_only(world: World) -> Non
 
 
 def test_after_the_end_or_expiry_a_list_is_refused(world: World) -> None:
+    """Promise: once an incident is ended or has expired its list is refused."""
     sector = world.extra["sector"]
     chosen = sorted(set(sector.values()))[:1]
     incident = _declare(world, chosen, role="admin")
@@ -184,6 +197,10 @@ def test_after_the_end_or_expiry_a_list_is_refused(world: World) -> None:
 
 
 def test_governance_rules_each_refuse_and_are_audited(world: World) -> None:
+    """Promise: a declaration needs a reason, real postcode sectors and an expiry within 14
+    days; a re-identification needs the emergency_planning purpose, a reason, an incident
+    in force and persons the vault holds; each refusal is audited by rule, and a path
+    parameter that is not an incident id never reaches the audit resource."""
     engine, keys = world.haven.engine, world.haven.keys
     now = dt.datetime.now(dt.UTC)
     soon = now + dt.timedelta(days=1)
@@ -226,8 +243,8 @@ def test_governance_rules_each_refuse_and_are_audited(world: World) -> None:
 
 
 def test_an_opt_out_covering_emergency_planning_is_honoured(world: World) -> None:
-    """The default table applies no national opt-out to emergency planning (docs/impact.md);
-    an IG lead who adds one is obeyed at once: the person is refused by name."""
+    """Promise: an opt-out an IG lead makes cover emergency planning is honoured at once
+    (the default table applies none: docs/impact.md); the whole request is refused."""
     from api_matrix import land_optout
 
     engine, keys = world.haven.engine, world.haven.keys
