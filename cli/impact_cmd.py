@@ -54,6 +54,7 @@ def register(app: typer.Typer) -> None:
         except (CohortError, TooSmall) as exc:
             console.print(f"[red]not evaluated[/]: {exc}")
             raise typer.Exit(code=2) from None
+        console.print(result["statement"])
         table = Table(title=f"per person, {months} months before and after the start: "
                             "difference in differences with 95% CI")
         for column in ("outcome", "cohort before", "after", "comparison before", "after",
@@ -67,7 +68,6 @@ def register(app: typer.Typer) -> None:
         console.print(f"{result['matched']:,} of {result['cohort']:,} matched with "
                       f"{result['comparison']:,} comparison persons; largest |SMD| after "
                       f"matching {result['largest_smd_after']}; {result['seconds']} s")
-        console.print(result["statement"])
 
     @app.command("forecast")
     def forecast_command(
