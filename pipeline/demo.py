@@ -1,5 +1,8 @@
 """The demo: synthetic extracts -> land -> link -> score -> model report, on one data directory.
 
+The demo's first model is approved by a named demo clinical safety officer (cara.cso), said
+as it happens: outside the demo a model serves only once a real one approves it.
+
 Each stage reports what it did; a re-run reuses what is already there (landing recognises files
 it has landed, linkage only adds what is new, the same extracts are not generated twice).
 """
@@ -11,6 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from governance.audit import Actor
+from governance.model_approvals import CLINICAL_SAFETY_ROLE, decide
 from pipeline.analyses import run_all as run_analyses
 from pipeline.context import Context, Progress, quiet
 from pipeline.land import land
@@ -28,7 +33,12 @@ DEMO_USERS = (
     ("ivy.iglead", "X26", "ig_lead"),
     ("ada.admin", "X26", "admin"),
     ("carl.council", "E08000035", "council_uploader"),
+    ("cara.cso", "X26", "clinical_safety_officer"),
 )
+# The demo's first model is approved by its named clinical safety officer (cara.cso), so the
+# demo serves a list; outside the demo a model serves only once a real one approves it.
+DEMO_APPROVAL = ("demo only: synthetic data; approved by the demo clinical safety officer so "
+                 "that the demo serves a list")
 
 
 @dataclass
@@ -65,6 +75,11 @@ def run_demo(ctx: Context, persons: int, seed: int, out: Path,
     progress("4. score")
     result = score(ctx, dt.date.fromisoformat(meta["score_date"]),
                    progress=lambda line: progress(f"  {line}"))
+    if result.model_status == "candidate":
+        officer = Actor("cara.cso", CLINICAL_SAFETY_ROLE, "X26", "clinical_safety")
+        decide(ctx.engine, officer, result.model_id, "approve", DEMO_APPROVAL)
+        progress(f"  model {result.model_id} approved by the demo clinical safety officer "
+                 f"cara.cso ({DEMO_APPROVAL})")
     progress("5. model report")
     report = model_report(ctx, result.run_id)
     progress(f"  {report}")
