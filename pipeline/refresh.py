@@ -39,7 +39,7 @@ from pipeline.land import land
 from pipeline.link import link
 from pipeline.refresh_report import markdown
 from pipeline.score import purpose_sources, score
-from pipeline.serving import ServingRun, complete_run, serving_run
+from pipeline.serving import ServingRun, run_purpose, serving_rank
 from stratify import drift
 from stratify.features import connect, features_from
 from stratify.outcomes import OUTCOME_MONTHS, follow_up_complete, outcomes_from
@@ -82,6 +82,22 @@ def approved_bundle(ctx: Context) -> tuple[dict[str, Any], Any]:
     return model, joblib.load(path)
 
 
+def previous_run(ctx: Context, purpose: str, at: dt.date) -> ServingRun | None:
+    """The run to compare with: the newest complete run for `purpose` dated before `at`
+    that may serve (scored by an approved model: `pipeline.serving.serving_rank`)."""
+    approved = model_approvals.approved_models(ctx.engine)
+    with ctx.engine.connect() as connection:
+        listed = connection.execute(select(runs.c.run_id, runs.c.at, runs.c.summary).where(
+            runs.c.kind == "score", runs.c.status == "complete").order_by(
+            runs.c.at.desc(), runs.c.run_id.desc())).all()
+    for run in listed:
+        summary = dict(run.summary or {})
+        if run_purpose(summary) == purpose and str(summary.get("at")) < at.isoformat() \
+                and serving_rank(summary, approved) is not None:
+            return ServingRun(run.run_id, run.at, summary)
+    return None
+
+
 def last_link_summary(ctx: Context) -> dict[str, Any] | None:
     """The newest complete link run's summary (None before any)."""
     with ctx.engine.connect() as connection:
@@ -106,7 +122,7 @@ def performance_figures(ctx: Context, con: Any, model: str, purpose: str,
             runs.c.kind == "score", runs.c.status == "complete")).all()
     mine = sorted(((str(r.summary.get("at")), r.run_id) for r in listed
                    if (r.summary or {}).get("model_id") == model
-                   and (r.summary or {}).get("purpose", "commissioning") == purpose),
+                   and run_purpose(r.summary) == purpose),
                   reverse=True)
     for at_text, run_id in mine:
         at = dt.date.fromisoformat(at_text)
@@ -162,20 +178,15 @@ def refresh(ctx: Context, extracts: Path, at: dt.date, *, purpose: str = "commis
     """Land `extracts`, link, score at `at` with the approved model, compare with the run
     serving before, warn, report and audit (see the module docstring)."""
     model, bundle = approved_bundle(ctx)
-    before = serving_run(ctx.engine, purpose)
     link_before = last_link_summary(ctx)
     progress(f"1. land {extracts}")
     receipts = land(ctx, extracts, progress=lambda line: progress(f"  {line}"))
     progress("2. link")
     link_after = link(ctx, progress=lambda line: progress(f"  {line}")).to_json()
     progress(f"3. score at {at.isoformat()} with the approved model {model['model_id']}")
-    result = score(ctx, at, purpose=purpose, bundle=bundle,
+    result = score(ctx, at, purpose=purpose, bundle=bundle, bundle_id=model["model_id"],
                    progress=lambda line: progress(f"  {line}"))
-    if result.model_id != model["model_id"]:  # pragma: no cover - the bundle is the model
-        raise NoApprovedModel(f"scored with {result.model_id}, not the approved "
-                              f"{model['model_id']}")
-    if before is not None and before.run_id == result.run_id:
-        before = None  # the same extracts and date again: nothing to compare with
+    before = previous_run(ctx, purpose, at)
     progress("4. compare with the run before" + (f" ({before.run_id})" if before else
                                                   " (none: first run)"))
     policy = load_drift(ctx.engine)
@@ -239,8 +250,7 @@ def latest_report(ctx: Context, purpose: str = "commissioning") -> dict[str, Any
             runs.c.at.desc(), runs.c.run_id.desc())).all()
     for run in listed:
         summary = run.summary or {}
-        if summary.get("refresh") and summary.get("purpose", "commissioning") == purpose \
-                and complete_run(ctx.engine, run.run_id) is not None:
+        if summary.get("refresh") and run_purpose(summary) == purpose:
             path = ctx.settings.layout.run(run.run_id).refresh_json
             if path.exists():
                 return json.loads(path.read_text(encoding="utf-8"))

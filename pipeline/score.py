@@ -117,7 +117,7 @@ def model_description(run: ScoreRun) -> dict[str, Any]:
 
 def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissioning",
           model: str | None = None, progress: Progress = quiet,
-          bundle: ModelBundle | None = None) -> ScoreResult:
+          bundle: ModelBundle | None = None, bundle_id: str | None = None) -> ScoreResult:
     """Score everyone at `at` for `purpose` and record the run.
 
     Rows the purpose may not use are left out before anything is read by the model: by the
@@ -125,7 +125,7 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     one's history; what was applied is recorded with the run (pipeline.serving). `model`
     overrides the candidate chosen on validation (rule, logistic, boosting or blend); an
     unknown name raises UnknownModel. `bundle`: score with this fitted model (the approved
-    one) instead of training a candidate.
+    one, whose id is `bundle_id`) instead of training a candidate.
     """
     progress(f"reading linked, pseudonymised data for {at.isoformat()} ({purpose})")
     applied = optouts_applied(ctx.engine)
@@ -135,11 +135,12 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     if before is not None:
         previous = pd.read_parquet(ctx.settings.layout.run(before.run_id).scores,
                                    columns=["person_key", "probability", "tier"])
-    progress(f"training on history before {at.isoformat()} and scoring "
-             f"{sum(len(f) for f in sources.values()):,} linked rows")
+    rows = sum(len(f) for f in sources.values())
+    progress(f"training on history before {at.isoformat()} and scoring {rows:,} linked rows"
+             if bundle is None else f"scoring {rows:,} linked rows with the given model")
     run = score_persons(sources, at, seed=seed, previous=previous, model=model, bundle=bundle)
     description = model_description(run)
-    chosen_id = model_id(description)
+    chosen_id = bundle_id if bundle is not None and bundle_id else model_id(description)
     run.meta["model_id"] = chosen_id
     folder = save_run(run, ctx.settings.layout.run(run.run_id))
     used = sorted({e for ids in run.extract_ids.values() for e in ids})

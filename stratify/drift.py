@@ -252,7 +252,7 @@ def warnings(figures: Mapping[str, Any], policy: Mapping[str, Any]) -> list[dict
              policy["probabilistic_share_points"], "above",
              f"change in the {source} probabilistic share (points)")
     done = figures.get("performance")
-    if done:
+    if done and "auroc" in done:  # measured (not awaiting outcomes)
         warn("auroc", "model", done["auroc"], policy["min_auroc"], "below",
              "AUROC on the most recent complete year", retrain=True)
         slope = done["calibration_slope"]

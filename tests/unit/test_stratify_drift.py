@@ -143,3 +143,4 @@ def test_warnings_name_each_figure_past_its_threshold_and_flag_retraining():
     calm = {"performance": {"auroc": float("nan"), "calibration_slope": 0.5}}
     assert [w["check"] for w in drift.warnings(calm, POLICY)] == ["calibration_slope"]
     assert drift.warnings({}, POLICY) == []
+    assert drift.warnings({"performance": {"status": "awaiting outcomes"}}, POLICY) == []
