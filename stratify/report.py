@@ -157,7 +157,9 @@ def _heading(ev: Evaluation) -> list[str]:
                 f"admissions in the 12 months after it, calibrated on held-out persons), "
                 f"scored everyone registered on {judged} and is judged here on their emergency "
                 f"admissions up to {ev.at.isoformat()}. The chosen row is this run's choice, "
-                f"`{ev.chosen}`.", ""]
+                f"`{ev.chosen}`. (The AUROCs under \"Model choice\" judge the same year with "
+                "each candidate fitted on every person and not calibrated, so they differ a "
+                "little from these.)", ""]
     return ["## Evaluation on the year after the reference date (prospective)", ""]
 
 
