@@ -19,8 +19,9 @@
       jobs/<job_id>.json            state of a linkage or scoring job started through the API
       uploads/                      request bodies while an upload is being received
       mdt/<practice>.jsonl          who an MDT marked reviewed at a meeting (person keys, dates)
-      impact/<kind>/<id>/           an impact output (kind: evaluations, forecasts, vulnerable):
-                                    result.json and Parquet tables named by ImpactFiles
+      runs/<kind>-<stamp>-<digest>/ an impact output (kind: evaluation, forecast, vulnerable):
+                                    result.json and Parquet tables named by ImpactFiles; a
+                                    run of its kind in the runs table, so destruction voids it
 
 Destruction (governance.retention) and every stage find their files through `Layout`, so a
 reviewer can see in one sitting what the data directory can hold.
@@ -71,7 +72,8 @@ class RunFiles:
 
 @dataclass(frozen=True)
 class ImpactFiles:
-    """The files of one evaluation, forecast or vulnerable-adults count (`impact/<kind>/<id>/`):
+    """The files of one evaluation, forecast or vulnerable-adults count (`runs/<id>/`, id
+    `<kind>-...`):
     `result.json` (what was done, figures) and Parquet tables by name (`table(name)`)."""
 
     folder: Path
@@ -208,17 +210,14 @@ class Layout:
     def mdt_reviews(self, practice: str) -> Path:
         return self.mdt_reviews_dir / f"{practice}.jsonl"
 
-    @property
-    def impact_dir(self) -> Path:
-        return self.home / "impact"
-
-    def impact(self, kind: str, output_id: str) -> ImpactFiles:
-        """An impact output's files (kind: evaluations, forecasts or vulnerable)."""
-        return ImpactFiles(self.impact_dir / kind / output_id)
+    def impact(self, output_id: str) -> ImpactFiles:
+        """An impact output's files (under `runs/`, as every run's: destruction voids it)."""
+        return ImpactFiles(self.runs_dir / output_id)
 
     def impact_outputs(self, kind: str) -> list[ImpactFiles]:
-        """Every output of `kind` with a result file, oldest id first (empty when none)."""
-        folder = self.impact_dir / kind
-        if not folder.exists():
+        """Every output of `kind` (evaluation, forecast, vulnerable) with a result file,
+        oldest id first (empty when none)."""
+        if not self.runs_dir.exists():
             return []
-        return [ImpactFiles(path.parent) for path in sorted(folder.glob("*/result.json"))]
+        return [ImpactFiles(path.parent)
+                for path in sorted(self.runs_dir.glob(f"{kind}-*/result.json"))]

@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import insert
 
 from governance import audit
 from governance.geography import Geography
 from governance.layout import ImpactFiles
+from governance.schema import runs
 from governance.suppression import Rule
 from linkage.linked_view import load_sources
 from pipeline.context import Context, Progress, quiet
@@ -29,13 +31,14 @@ from stratify import forecast as forecasting
 from stratify import impact
 from stratify.features import build_features
 from stratify.impact import OUTCOMES, CohortError
+from stratify.sources import extract_ids
 
 __all__ = ["EVALUATIONS", "FORECASTS", "OUTCOMES", "CohortError", "TooSmall", "evaluate",
            "forecast", "latest", "read_result"]
 
 PURPOSE = "commissioning"
-EVALUATIONS = "evaluations"
-FORECASTS = "forecasts"
+EVALUATIONS = "evaluation"  # the kind of run (runs table) and the prefix of its id
+FORECASTS = "forecast"
 COVARIATES = ("age", "sex_female", "emergency_admissions_12m", "emergency_bed_days_12m",
               "ae_attendances_12m", "ltc_count")
 
@@ -51,19 +54,36 @@ def purpose_sources(ctx: Context, purpose: str = PURPOSE) -> dict[str, pd.DataFr
     return load_sources(ctx.settings, ctx.engine, row_filter=use_filter(ctx, purpose, today))
 
 
-def _output_id(kind: str, *parts: str) -> str:
+def output_id(kind: str, *parts: str) -> str:
+    """A new output's id: `<kind>-<UTC time>-<8 hex of what it was asked>` (at most 40)."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
-    return f"{kind[:-1]}-{stamp}-{digest}"
+    digest = hashlib.sha256("|".join([stamp, *parts]).encode()).hexdigest()[:8]
+    return f"{kind}-{stamp}-{digest}"
 
 
-def _write(files: ImpactFiles, result: dict[str, Any], tables: dict[str, pd.DataFrame]) -> None:
+def save_output(ctx: Context, kind: str, identifier: str, result: dict[str, Any],
+                tables: dict[str, pd.DataFrame], sources: dict[str, pd.DataFrame],
+                n_records: int, detail: dict[str, Any]) -> ImpactFiles:
+    """Write an output's tables and result.json under `runs/<id>/`, then record it as a run
+    of `kind` naming the extracts it read (so destroying one voids it and removes its files,
+    governance.retention.void_runs) and audit it (`<purpose>`, `impact.<kind>`), in one
+    transaction."""
+    files = ctx.settings.layout.impact(identifier)
     files.folder.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():
         frame.to_parquet(files.table(name), index=False)
     tmp = files.result.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
     tmp.replace(files.result)
+    used = sorted({e for ids in extract_ids(sources).values() for e in ids})
+    with ctx.engine.begin() as connection:
+        connection.execute(insert(runs).values(
+            run_id=identifier, kind=kind, at=dt.datetime.now(dt.UTC), status="complete",
+            extract_ids=used, summary={"purpose": result["purpose"], "kind": kind}))
+        audit.record(connection, ctx.actor, f"impact.{kind}", f"run/{identifier}",
+                     n_records=n_records, purpose=result["purpose"],
+                     detail={"extracts": len(used), **detail})
+    return files
 
 
 def _risk_model(ctx: Context) -> Any:
@@ -156,8 +176,7 @@ def evaluate(ctx: Context, cohort_text: str, *, outcomes: tuple[str, ...] = OUTC
              f"{', '.join(outcomes)} over {months} months either side")
     result = impact.evaluate(sources, cohort, covariates, months=months, outcomes=outcomes,
                              ratio=ratio, pricer=pricer, seed=seed)
-    evaluation_id = _output_id(EVALUATIONS, cohort_text, ",".join(outcomes), str(months))
-    files = ctx.settings.layout.impact(EVALUATIONS, evaluation_id)
+    evaluation_id = output_id(EVALUATIONS, cohort_text, ",".join(outcomes), str(months))
     summary = {"id": evaluation_id, "created": dt.datetime.now(dt.UTC).isoformat(),
                "purpose": PURPOSE, "cohort": result.cohort, "matched": result.matched,
                "comparison": result.comparison, "months": months, "ratio": ratio,
@@ -173,11 +192,12 @@ def evaluate(ctx: Context, cohort_text: str, *, outcomes: tuple[str, ...] = OUTC
     summary["estimates"] = _records(result.estimates)
     summary["largest_smd_after"] = (round(float(result.balance["smd_after"].abs().max()), 3)
                                     if len(result.balance) else None)
-    _write(files, summary, {"estimates": result.estimates, "balance": result.balance})
-    audit.log(ctx.engine, ctx.actor, "impact.evaluate", f"impact/{evaluation_id}",
-              n_records=result.cohort, purpose=PURPOSE,
-              detail={"matched": result.matched, "comparison": result.comparison,
-                      "balanced": result.balanced, "outcomes": list(outcomes)})
+    files = save_output(ctx, EVALUATIONS, evaluation_id, summary,
+                        {"estimates": result.estimates, "balance": result.balance}, sources,
+                        result.cohort, {"matched": result.matched,
+                                        "comparison": result.comparison,
+                                        "balanced": result.balanced,
+                                        "outcomes": list(outcomes)})
     progress(f"evaluation {evaluation_id}: {result.matched:,} of {result.cohort:,} matched "
              f"with {result.comparison:,} comparison persons; written to {files.folder}")
     return evaluation_id, summary
@@ -204,8 +224,7 @@ def forecast(ctx: Context, *, weeks: int = 12, until: dt.date | None = None, see
     tested = forecasting.backtest(series, weeks, seed=seed)
     errors = forecasting.errors(tested)
     ahead = forecasting.forecast(series, weeks, seed=seed)
-    forecast_id = _output_id(FORECASTS, until.isoformat(), str(weeks))
-    files = ctx.settings.layout.impact(FORECASTS, forecast_id)
+    forecast_id = output_id(FORECASTS, until.isoformat(), str(weeks))
     summary = {"id": forecast_id, "created": dt.datetime.now(dt.UTC).isoformat(),
                "purpose": PURPOSE, "until": until.isoformat(), "weeks": weeks,
                "discharges_by": by, "series": int(series.groupby(["series", "locality"])
@@ -215,11 +234,10 @@ def forecast(ctx: Context, *, weeks: int = 12, until: dt.date | None = None, see
                          "negative binomial prediction intervals by simulation; back-test: "
                          f"{weeks}-week forecasts from origins every 4 weeks over the last 52",
                "seconds": round(time.perf_counter() - clock, 1)}
-    _write(files, summary, {"history": series, "forecast": ahead, "backtest": tested,
-                            "errors": errors})
-    audit.log(ctx.engine, ctx.actor, "impact.forecast", f"impact/{forecast_id}",
-              n_records=int(series["count"].sum()), purpose=PURPOSE,
-              detail={"series": summary["series"], "weeks": weeks})
+    files = save_output(ctx, FORECASTS, forecast_id, summary,
+                        {"history": series, "forecast": ahead, "backtest": tested,
+                         "errors": errors}, sources, int(series["count"].sum()),
+                        {"series": summary["series"], "weeks": weeks})
     progress(f"forecast {forecast_id}: {len(ahead):,} weekly forecasts; written to "
              f"{files.folder}")
     return forecast_id, summary
@@ -255,7 +273,7 @@ def _pathways(sources: dict[str, pd.DataFrame], until: dt.date
 
 
 def latest(ctx: Context, kind: str) -> ImpactFiles | None:
-    """The newest output of `kind` (evaluations or forecasts), or None."""
+    """The newest output of `kind` (evaluation, forecast or vulnerable), or None."""
     found = ctx.settings.layout.impact_outputs(kind)
     return found[-1] if found else None
 

@@ -18,13 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-from governance import audit
 from governance import incidents as governance_incidents
 from governance.audit import Actor
 from governance.layout import ImpactFiles
 from governance.suppression import Rule, suppress
 from pipeline.context import Context, Progress, quiet
-from pipeline.impact import _output_id, _write, purpose_sources, read_result
+from pipeline.impact import output_id, purpose_sources, read_result, save_output
 from pipeline.person_keys import person_ids_of
 from stratify import vulnerable as flags
 from stratify.features import build_features
@@ -83,20 +82,18 @@ def vulnerable(ctx: Context, at: dt.date | None = None,
     counts = flags.counts_by_sector(persons, sectors)  # every sector, none singled out
     rule = Rule.load(engine=ctx.engine)
     table, totals = publish(counts, rule)
-    output_id = _output_id(VULNERABLE + "s", at.isoformat())
-    files = ctx.settings.layout.impact(VULNERABLE, output_id)
-    summary = {"id": output_id, "created": dt.datetime.now(dt.UTC).isoformat(),
+    identifier = output_id(VULNERABLE, at.isoformat())
+    summary = {"id": identifier, "created": dt.datetime.now(dt.UTC).isoformat(),
                "purpose": PURPOSE, "at": at.isoformat(), "sectors": int(len(counts)),
                "totals": totals, "frailty": frailty_by, "rule": rule.describe(),
                "seconds": round(time.perf_counter() - clock, 1)}
     listed = persons.reset_index().rename(columns={"index": "person_key"})
-    _write(files, summary, {"persons": listed, "counts": table})
-    audit.log(ctx.engine, ctx.actor, "emergency.vulnerable", f"impact/{output_id}",
-              n_records=int(len(persons)), purpose=PURPOSE,
-              detail={"sectors": int(len(counts))})
+    files = save_output(ctx, VULNERABLE, identifier, summary,
+                        {"persons": listed, "counts": table}, sources, int(len(persons)),
+                        {"sectors": int(len(counts))})
     progress(f"vulnerable adults at {at.isoformat()}: {len(counts):,} postcode sectors, "
              f"published totals {totals}; written to {files.folder}")
-    return output_id, summary
+    return identifier, summary
 
 
 def _latest(ctx: Context) -> ImpactFiles:

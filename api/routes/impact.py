@@ -28,7 +28,7 @@ from pipeline import impact
 from pipeline import incidents as pipeline_incidents
 
 router = APIRouter(tags=["impact and emergency planning"])
-OutputId = Annotated[str, Path(pattern=r"^[a-z]+-\d{8}T\d{6}-[0-9a-f]{8}$",
+OutputId = Annotated[str, Path(pattern=r"^evaluation-\d{8}T\d{6}-[0-9a-f]{8}$",
                                examples=["evaluation-20250401T101500-1a2b3c4d"])]
 IncidentId = Annotated[str, Path(pattern=r"^INC-\d{8}-[0-9a-f]{8}$",
                                  examples=["INC-20250401-1a2b3c4d"])]
@@ -93,7 +93,7 @@ def evaluation(evaluation_id: OutputId,
                access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     """An evaluation's estimates (difference in differences per person with 95% CI, for
     each outcome) and balance table (standardised mean differences before and after)."""
-    files = access.services.settings.layout.impact(impact.EVALUATIONS, evaluation_id)
+    files = access.services.settings.layout.impact(evaluation_id)
     if not files.result.exists():
         raise Problem(404, "no such evaluation")
     body = {**impact.read_result(files),

@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from cli.main import main
 from factories import rows_for, write_extract
-from governance.schema import audit_log
+from governance import retention
+from governance.schema import audit_log, runs
 from linkage import person_index
 from linkage.landing.land import land_file
 from pipeline import impact
@@ -59,7 +60,7 @@ def test_evaluate_writes_estimates_and_balance_and_is_audited(landed, tmp_path, 
     estimates = pd.read_parquet(files[0].table("estimates"))
     assert list(estimates["outcome"]) == ["emergency_admissions"]
     assert len(pd.read_parquet(files[0].table("balance")))
-    assert "impact.evaluate" in _actions(haven)
+    assert "impact.evaluation" in _actions(haven)
     assert not any(k in files[0].result.read_text() for k in keys)  # no person keys
 
 
@@ -97,4 +98,25 @@ def test_vulnerable_counts_need_a_count_first(landed, capsys):
     assert main(["emergency", "vulnerable", "--at", "2025-01-01"], _env(haven)) == 0
     assert "postcode sectors" in capsys.readouterr().out
     shown = pipeline_incidents.published_counts(haven)
-    assert shown["sectors"] and "emergency.vulnerable" in _actions(haven)
+    assert shown["sectors"] and "impact.vulnerable" in _actions(haven)
+
+
+def test_destroying_an_extract_removes_the_outputs_built_on_it(landed, tmp_path):
+    """Promise: an evaluation, forecast or vulnerable-adults count is a run naming the extracts
+    it read; destroying one of them removes its files and voids it."""
+    haven, keys = landed
+    cohort = "person_key,start_date\n" + "".join(f"{k},2024-01-01\n" for k in keys[:10])
+    impact.evaluate(haven, cohort, outcomes=("ae_attendances",))
+    impact.forecast(haven, weeks=2)
+    pipeline_incidents.vulnerable(haven)
+    layout = haven.settings.layout
+    kinds = (impact.EVALUATIONS, impact.FORECASTS, pipeline_incidents.VULNERABLE)
+    assert all(layout.impact_outputs(kind) for kind in kinds)
+    with haven.engine.connect() as connection:
+        recorded = dict(connection.execute(select(runs.c.kind, runs.c.extract_ids)).all())
+        apc = connection.scalar(select(runs.c.extract_ids).where(runs.c.kind == "evaluation"))
+    assert set(kinds) <= set(recorded) and len(apc) == 2  # GP register and hospital rows
+    removed = retention.void_runs(haven.settings, haven.engine, apc[:1])
+    assert removed["runs_voided"] == 3 and removed["run_files_removed"] > 0
+    assert not any(layout.impact_outputs(kind) for kind in kinds)
+    assert impact.latest(haven, impact.FORECASTS) is None
