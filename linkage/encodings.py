@@ -11,6 +11,8 @@ the other parts (`__` separates field from part, so `lk_address_2__bf` is unambi
 | kind            | parts                                                                  |
 |-----------------|------------------------------------------------------------------------|
 | forename/surname| exact; `ph` keyed Soundex; `bf` keyed bigram Bloom filter (256 bits)   |
+| forename        | also `nk`: name variants, the keyed forms of the canonical names it is |
+|                 | a nickname of (`nicknames` package) and of itself, 4 x 64 bits         |
 | date_of_birth   | exact; `ym`, `yd`, `md` pairs of components (two of three agree =>     |
 |                 | exactly one component differs); `swap` year + unordered (month, day)   |
 |                 | (equal but exact unequal => day/month swapped)                        |
@@ -32,6 +34,13 @@ only the exact part); UK postcodes => canonical `LS1 4AB` (sector `LS1 4`, distr
 postcodes => upper-case alphanumerics with prefix "sector"/"district" (all but the last one/two
 characters); addresses => alphanumeric tokens with common street-type abbreviations expanded
 (`RD` => `ROAD`), Bloom filter over the text without spaces; identifiers => alphanumerics.
+
+Name variants (`nk`): the forename and the canonical names the `nicknames` package lists it as
+a nickname of ("Bill" -> BILL, ROBERT, WILLIAM, WILL: at most `VARIANT_SLOTS`, the canonical
+names with most nicknames first), each keyed like an exact encoding under the `name|nk` sub-key
+and packed as one fixed-length binary value (empty slots zero). Two forenames are variants when
+any slot of one equals any slot of the other: "Bill" and "William" agree, with no clear name
+stored. What it shows beyond the exact encoding: how many canonical forms a name has.
 
 Keys: per part a sub-key `HMAC-SHA256(key, "haven-linkage-v1|<domain>|<part>")`; values are
 encoded with keyed BLAKE2b under the sub-key, so parts never collide and encodings under another
@@ -61,6 +70,7 @@ same controls as the rest of the landed data and never publish them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -102,7 +112,7 @@ BLOOM = {
 
 # Parts each kind produces ("" is the exact encoding) and the key domain of the kind.
 PARTS: dict[str, tuple[str, ...]] = {
-    "forename": ("", "ph", "bf"),
+    "forename": ("", "ph", "bf", "nk"),
     "surname": ("", "ph", "bf"),
     "date_of_birth": ("", "ym", "yd", "md", "swap"),
     "sex": ("",),
@@ -265,6 +275,44 @@ def _postcode_part(part: str) -> Callable[[str], str | None]:
     return derive
 
 
+VARIANT_SLOTS = 4  # the name itself and up to three canonical names it is a nickname of
+
+
+@functools.lru_cache(maxsize=1)
+def _nickname_parents() -> dict[str, tuple[str, ...]]:
+    """Upper-case name -> the canonical names it is a nickname of (`nicknames` package), those
+    with most nicknames first (the usual formal names), then alphabetically."""
+    import nicknames
+
+    parents: dict[str, set[str]] = {}
+    count: dict[str, int] = {}
+    for t in nicknames.name_triplets():
+        canonical, nick = t.name1.upper(), t.name2.upper()
+        parents.setdefault(nick, set()).add(canonical)
+        count[canonical] = count.get(canonical, 0) + 1
+    return {nick: tuple(sorted(ps, key=lambda c: (-count.get(c, 0), c)))
+            for nick, ps in parents.items()}
+
+
+def name_variants(name: str) -> tuple[str, ...]:
+    """A normalised forename and the canonical names it is a nickname of (clear, in memory
+    only; at most `VARIANT_SLOTS`): `BILL` -> (`BILL`, `ROBERT`, `WILLIAM`, `WILL`)."""
+    canonical = [c for c in _nickname_parents().get(name, ()) if c != name]
+    return (name, *canonical[:VARIANT_SLOTS - 1])
+
+
+def variant_keys(values: Sequence[str], key: bytes) -> np.ndarray:
+    """(n, VARIANT_SLOTS) uint64: the keyed forms of each value's `name_variants` (0 empty)."""
+    forms = [name_variants(v) for v in values]
+    flat = [f for fs in forms for f in fs]
+    hashed, _ = keyed_int64(flat, key)
+    out = np.zeros((len(values), VARIANT_SLOTS), dtype=np.uint64)
+    rows = np.repeat(np.arange(len(values)), [len(fs) for fs in forms])
+    slots = np.concatenate([np.arange(len(fs)) for fs in forms]) if forms else rows
+    out[rows, slots] = hashed.astype(np.uint64)
+    return out
+
+
 def _compact(value: str) -> str:
     return value.replace(" ", "")
 
@@ -412,6 +460,9 @@ def encode_field(series: pd.Series, field: str, key: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for part in PARTS[kind]:
         sub = subkey(key, domain, part)
+        if part == "nk":
+            out[column(field, part)] = _binary_column(variant_keys(distinct, sub), rows)
+            continue
         if part == "bf":
             spec = BLOOM[domain]
             bits = bloom_filters([_compact(v) for v in distinct], sub, spec)

@@ -23,8 +23,10 @@ Pipeline (what `link` and `dedupe` do; each step is also public):
    and counted; a pass keeps only the pairs no earlier pass made, so the union needs no sort.
 2. `compare` - one small-integer level per field (0 missing, 1 disagree, higher = closer): exact
    equality of keyed hashes, Dice similarity of keyed bigram Bloom filters (np.bitwise_count on
-   AND-ed 64-bit words), phonetic agreement, partial dates (day/month swap, two of three
-   components), postcode sector/district, swapped forename/surname.
+   AND-ed 64-bit words), phonetic agreement, forename variants (a keyed canonical name shared,
+   `VARIANT_LEVEL`, just below exact; weights kept exact >= variant >= phonetic by
+   `enforce_monotone`, and term frequencies never take exact below variant), partial dates
+   (day/month swap, two of three components), postcode sector/district, swapped names.
    recordlinkage's own Index/Compare classes work on clear strings and loop in Python per pair at
    scale, so blocking and comparison are done here, vectorised; recordlinkage does the
    classification.
@@ -92,6 +94,7 @@ from linkage.probabilistic.comparison import (
     DIFFERENT,
     MISSING,
     TOP_LEVEL,
+    VARIANT_LEVEL,
     compare,
 )
 from linkage.probabilistic.decision import (
@@ -107,6 +110,7 @@ from linkage.probabilistic.encoded import (
 )
 from linkage.probabilistic.estimation import (
     MatchModel,
+    enforce_monotone,
     estimate_prior,
     estimate_u,
     fit_ecm,
@@ -133,9 +137,10 @@ from linkage.probabilistic.term_frequencies import (
 
 __all__ = [
     "DEFAULT_PASSES", "DIFFERENT", "MISSING", "PARTITION_PAIRS", "TOP_LEVEL", "BlockingPlan",
-    "BlockingStats", "Encoded", "LinkResult", "LinkageSettings", "MatchModel", "best_right",
-    "block_pairs", "candidate_pairs", "cluster_pairs", "clusters", "compare", "compared_fields",
-    "dedupe", "estimate_prior", "estimate_u", "fit_ecm", "fit_fellegi_sunter", "fit_logistic",
+    "BlockingStats", "Encoded", "LinkResult", "LinkageSettings", "MatchModel", "VARIANT_LEVEL",
+    "best_right", "block_pairs", "candidate_pairs", "cluster_pairs", "clusters", "compare",
+    "compared_fields", "dedupe", "enforce_monotone", "estimate_prior", "estimate_u", "fit_ecm",
+    "fit_fellegi_sunter", "fit_logistic",
     "fit_model", "link", "nhs_labels", "one_to_one", "pair_weights", "pairs_for_rows",
     "pass_membership", "plan_blocking", "random_pairs", "score", "term_frequency_adjustment",
     "usable_passes",

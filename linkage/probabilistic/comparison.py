@@ -1,5 +1,6 @@
 """Comparison: a small-integer level per field for each candidate pair (0 missing, 1 disagree,
-higher = closer), from keyed hashes, Bloom-filter Dice, phonetic and partial-date encodings."""
+higher = closer), from keyed hashes, Bloom-filter Dice, phonetic, name-variant and partial-date
+encodings."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ DICE_CUTS: dict[str, tuple[float, ...]] = {
     "address": (0.5, 0.7, 0.85),
     "identifier": (0.5, 0.7),
 }
+# Forenames that differ but are variants of one name ("Bill", "William": a shared slot of their
+# keyed `nk` encodings): a level of its own between the similarity bands and exact agreement.
+VARIANT_LEVEL = 5
 # Highest (exact agreement) level of each kind, as `compare` assigns them.
-TOP_LEVEL = {"forename": 5, "surname": 5, "date_of_birth": 4, "sex": 2, "postcode": 5,
+TOP_LEVEL = {"forename": 6, "surname": 5, "date_of_birth": 4, "sex": 2, "postcode": 5,
              "address": 5, "identifier": 4}
 COMPARE_CHUNK = 1 << 20
 
@@ -66,11 +70,28 @@ def _field_levels(kind: str, name: str, L: Encoded, R: Encoded, li: np.ndarray,
             return np.zeros(len(li), dtype=np.int8)
         return _dice_level(L.bits(col), R.bits(col), li, ri, cuts)
 
+    def variants(col: str) -> np.ndarray:
+        """Any slot of one record's variant set equal to any slot of the other's."""
+        if not (L.has(col) and R.has(col)):
+            return np.zeros(len(li), dtype=bool)
+        a = np.take(L.bits(col)[0], li, axis=0)
+        b = np.take(R.bits(col)[0], ri, axis=0)
+        hit = np.zeros(len(li), dtype=bool)
+        for i in range(a.shape[1]):
+            ai = a[:, i]
+            present = ai != 0
+            for j in range(b.shape[1]):
+                hit |= present & (ai == b[:, j])
+        return hit
+
     if kind in ("forename", "surname"):
         cuts = DICE_CUTS[kind]
         level += dice(cuts)
         level = np.maximum(level, np.where(eq("ph"), 2, DIFFERENT).astype(np.int8))
         top = 2 + len(cuts)
+        if kind == "forename":
+            level[variants(f"{name}{SEP}nk")] = VARIANT_LEVEL
+            top = TOP_LEVEL["forename"]
     elif kind == "date_of_birth":
         two_of_three = eq("ym") | eq("yd") | eq("md")
         level[two_of_three] = 2

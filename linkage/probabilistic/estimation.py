@@ -14,7 +14,13 @@ import pandas as pd
 
 from linkage.encodings import SEP, field_kind
 from linkage.probabilistic.blocking import DEFAULT_PASSES, usable_passes
-from linkage.probabilistic.comparison import DIFFERENT, MISSING, TOP_LEVEL, compare
+from linkage.probabilistic.comparison import (
+    DIFFERENT,
+    MISSING,
+    TOP_LEVEL,
+    VARIANT_LEVEL,
+    compare,
+)
 from linkage.probabilistic.encoded import Encoded, pass_columns
 from linkage.probabilistic.term_frequencies import TF_KINDS, pair_weights
 
@@ -150,6 +156,33 @@ class MatchModel:
         return cls.from_dict(json.loads(text))
 
 
+PHONETIC_LEVEL = 2  # a name's lowest agreeing level: keyed Soundex equal (or Dice >= 0.5)
+
+
+def enforce_monotone(level_weights: dict[str, dict[int, float]]) -> list[str]:
+    """Make each forename's weights monotone where the ordering is known, in place: a name
+    variant never weighs less than a phonetic match, exact agreement never less than a variant.
+
+    Estimated weights can break the order by chance (a level few matches reach), and a
+    variant weighing more than exact agreement would make a clerk's "William" for "William"
+    less convincing than "Bill". Raised levels take the weight of the level below them.
+    Returns the fields changed.
+    """
+    changed = []
+    for f, w in level_weights.items():
+        if field_kind(f) != "forename":
+            continue
+        before = dict(w)
+        top = TOP_LEVEL["forename"]
+        if VARIANT_LEVEL in w and PHONETIC_LEVEL in w:
+            w[VARIANT_LEVEL] = max(w[VARIANT_LEVEL], w[PHONETIC_LEVEL])
+        if top in w and VARIANT_LEVEL in w:
+            w[top] = max(w[top], w[VARIANT_LEVEL])
+        if w != before:
+            changed.append(f)
+    return changed
+
+
 def _seeded_ecm_kernel(max_iter: int, atol: float) -> Any:
     """recordlinkage's ECM kernel with an ordered start for multi-level features."""
     from recordlinkage.algorithms.nb_sklearn import ECM
@@ -275,6 +308,7 @@ def fit_logistic(vectors: pd.DataFrame, labels: np.ndarray, *, max_pairs: int = 
     for (f, level), c in zip(columns, coef, strict=True):
         weights[f][level] = c / math.log(2)
     bias = (float(clf.intercept) - _logit(prior)) / math.log(2)
+    enforce_monotone(weights)
     return MatchModel(fields=tuple(vectors.columns), level_weights=weights, prior=prior,
                       method="logistic", bias=bias)
 
@@ -508,6 +542,8 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
             # left out rather than vetoing every link: adding a field must not make it worse
             model.level_weights[f] = dict.fromkeys(model.level_weights[f], 0.0)
             model.notes.append(f"{f}: implausible weights, left out")
+    for f in enforce_monotone(model.level_weights):
+        model.notes.append(f"{f}: weights made monotone (exact >= variant >= phonetic)")
     model.given_postcode, model.postcode_apart = conditional_location_weights(
         model, L, R, pairs, vectors, seed=seed)
     space = L.n * (L.n - 1) / 2 if R is None else float(L.n) * R.n

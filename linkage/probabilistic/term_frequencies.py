@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from linkage.encodings import field_kind
-from linkage.probabilistic.comparison import TOP_LEVEL
+from linkage.probabilistic.comparison import TOP_LEVEL, VARIANT_LEVEL
 from linkage.probabilistic.encoded import Encoded
 
 if TYPE_CHECKING:
@@ -38,6 +38,12 @@ def term_frequency_adjustment(model: MatchModel, left: Encoded, right: Encoded,
         exact = np.flatnonzero(vectors[f].to_numpy() == TOP_LEVEL[field_kind(f) or ""])
         shared = np.sqrt(left.frequency(f)[li[exact]] * right.frequency(f)[ri[exact]])
         adjustment[exact] = np.log2(u_exact / np.maximum(shared, 1e-12))
+        levels = model.level_weights.get(f, {})
+        top = TOP_LEVEL[field_kind(f) or ""]
+        if VARIANT_LEVEL in levels and top in levels and field_kind(f) == "forename":
+            # a common forename agreed exactly still weighs no less than a name variant
+            floor = levels[VARIANT_LEVEL] - levels[top]
+            adjustment[exact] = np.maximum(adjustment[exact], floor)
     return adjustment
 
 
