@@ -33,6 +33,8 @@ DEMO_USERS = (
     ("ivy.iglead", "X26", "ig_lead"),
     ("ada.admin", "X26", "admin"),
     ("carl.council", "E08000035", "council_uploader"),
+    ("pat.planner", "X26", "planner"),
+    ("rex.responder", "X26", "responder"),
     ("cara.cso", "X26", "clinical_safety_officer"),
 )
 # The demo's first model is approved by its named clinical safety officer (cara.cso), so the
@@ -53,6 +55,22 @@ def demo_users() -> list[tuple[str, str, str]]:
     """One demo user per role, with real organisation codes."""
     return [(name, PRACTICES[0].code if org == "PRACTICE" else org, role)
             for name, org, role in DEMO_USERS]
+
+
+def run_impact(ctx: Context, at: dt.date, progress: Progress = quiet) -> None:
+    """Issue #14 parts 4-6 on the demo data: the demand forecast, vulnerable adults at `at`,
+    and an evaluation of everyone a reablement service took on in the 6 months before `at`."""
+    from pipeline import impact, incidents
+
+    progress("did it work, demand, emergency planning (issue #14 parts 4-6)")
+    impact.forecast(ctx, progress=lambda line: progress(f"  {line}"))
+    incidents.vulnerable(ctx, at, progress=lambda line: progress(f"  {line}"))
+    cohort = impact.demo_cohort(ctx, at)
+    try:
+        _, found = impact.evaluate(ctx, cohort, progress=lambda line: progress(f"  {line}"))
+        progress(f"  {found['statement']}")
+    except (impact.CohortError, impact.TooSmall) as exc:
+        progress(f"  no demo evaluation: {exc}")
 
 
 def run_demo(ctx: Context, persons: int, seed: int, out: Path,
@@ -86,4 +104,6 @@ def run_demo(ctx: Context, persons: int, seed: int, out: Path,
     progress("journeys, costs and segments (issue #14)")
     run_analyses(ctx, dt.date.fromisoformat(meta["score_date"]),
                  progress=lambda line: progress(f"  {line}"))
+    run_impact(ctx, dt.date.fromisoformat(meta["score_date"]),
+               progress=lambda line: progress(f"  {line}"))
     return DemoResult(score=result, report=report)

@@ -272,6 +272,23 @@ def _pathways(sources: dict[str, pd.DataFrame], until: dt.date
     return journeys[["person_key", "discharge_date", "pathway"]], "pathway (journeys)"
 
 
+def demo_cohort(ctx: Context, at: dt.date, months: int = 6) -> str:
+    """A cohort for the demo, as a commissioner would send it: everyone a reablement service
+    took on in the `months` before `at` (their first start), starting on the first of that
+    month; CSV text (`person_key,start_date`)."""
+    care = purpose_sources(ctx).get("social_care")
+    lines = ["person_key,start_date"]
+    if care is not None and len(care):
+        starts = pd.to_datetime(care["start_date"])
+        since = pd.Timestamp(at) - pd.DateOffset(months=months)
+        taken = care[(care["service_type"] == "reablement") & (starts >= since)
+                     & (starts < pd.Timestamp(at))].assign(start=starts)
+        first = taken.sort_values("start").drop_duplicates("person_key")
+        lines += [f"{k},{d:%Y-%m-01}" for k, d in zip(first["person_key"], first["start"],
+                                                      strict=True)]
+    return "\n".join(lines) + "\n"
+
+
 def latest(ctx: Context, kind: str) -> ImpactFiles | None:
     """The newest output of `kind` (evaluation, forecast or vulnerable), or None."""
     found = ctx.settings.layout.impact_outputs(kind)
