@@ -100,8 +100,9 @@ async def dashboards(request: Request, access: PageAccess) -> Response:
                        "grid": grid(table, by, geography)})
     access.answered(cells, tables=[t["id"] for t in tables])
     rule = tables[0]["rule"] if tables else {}
+    made_by = access.services.releases.current(access.purpose).provenance  # the same run
     return render(request, "analyst/dashboards.html", access=access, title="Dashboards",
-                  run=run, tables=tables, rule=rule,
+                  run=run, tables=tables, rule=rule, made_by=made_by,
                   may_model=access.allows("run", "read"))
 
 

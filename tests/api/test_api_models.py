@@ -145,3 +145,19 @@ def test_the_latest_refresh_report_waits_for_a_refresh(world: World):
     assert world.call(CSO, "GET", "/refresh/latest").status_code == 404
     assert world.call("ig_lead", "GET", "/refresh/latest").status_code == 404
     assert world.call("analyst", "GET", "/refresh/latest").status_code == 403
+
+
+def test_the_pages_show_which_model_and_approval_a_list_came_from(world: World):
+    from test_api_pages import signed_in
+
+    run_id, model = candidate_run(world, "paged", 5)
+    pages = {"mdt_clinician": "/pages/case-finding", "analyst": "/pages/dashboards"}
+    for role, path in pages.items():
+        browser, _ = signed_in(world, role)
+        assert "recorded before model approvals" in browser.get(path).text
+    done = world.call(CSO, "POST", f"/models/{model}/approve", json={"reason": "reviewed"})
+    day = done.json()["decided_at"][:10]
+    for role, path in pages.items():
+        browser, _ = signed_in(world, role)
+        text = browser.get(path).text
+        assert model in text and f"approved by a clinical safety officer on {day}" in text
