@@ -32,7 +32,7 @@ from governance.policy_tables import policy_text
 from governance.schema import runs
 from governance.suppression import Rule
 from linkage.linked_view import load_sources
-from pipeline.analysis_tables import TOTAL, publish_grids, spend_beside
+from pipeline.analysis_tables import SPEND_ROUNDING, TOTAL, publish_grids, spend_beside
 from pipeline.context import Context, Progress, quiet
 from pipeline.score import use_filter
 from pipeline.serving import ServingRun, optouts_applied, serving_run, withheld_person_keys
@@ -360,26 +360,16 @@ def run_segments(ctx: Context, at: dt.date, progress: Progress = quiet) -> Analy
 def segment_tables(records: pd.DataFrame, rule: Rule, places: Geography
                    ) -> dict[str, pd.DataFrame]:
     """Persons by segment and practice, PCN and tier (one publication), spend by segment and
-    PCN shown where the persons are, and each segment's share of persons and of spend."""
+    PCN and by segment and practice shown where the persons are, and each segment's share of
+    persons and of spend."""
     segments = list(SEGMENTS)
     grids = {"segment_by_practice": _grid(records, "segment", "gp_practice_code", segments),
              "segment_by_pcn": _grid(records, "segment", "pcn", segments),
              "segment_by_tier": _grid(records, "segment", "tier", segments, list(TIERS))}
     tables = publish_grids(grids, rule, {"gp_practice_code": ("pcn", dict(places.pcn_of))})
-    money = records.pivot_table(index="segment", columns="pcn", values="spend_12m",
-                                aggfunc="sum", fill_value=0.0)
-    counts = tables["segment_by_pcn"]
-    spend = counts.copy()
-    for r in counts.index:
-        for c in counts.columns:
-            if counts.at[r, c] == rule.symbol:
-                continue
-            value = (money.to_numpy().sum() if r == TOTAL and c == TOTAL else
-                     money.loc[r].sum() if c == TOTAL and r in money.index else
-                     money[c].sum() if r == TOTAL and c in money.columns else
-                     money.at[r, c] if r in money.index and c in money.columns else 0.0)
-            spend.at[r, c] = int(round(value / 1000) * 1000)
-    tables["spend_12m_by_segment_pcn"] = spend
+    for place, unit in (("pcn", "pcn"), ("gp_practice_code", "practice")):
+        tables[f"spend_12m_by_segment_{unit}"] = _money_beside(
+            tables[f"segment_by_{unit}"], records, place, rule)
     persons = tables["segment_by_pcn"][TOTAL]
     all_persons, all_spend = len(records), float(records["spend_12m"].sum())
     by = records.groupby("segment")["spend_12m"].sum()
@@ -391,6 +381,28 @@ def segment_tables(records: pd.DataFrame, rule: Rule, places: Geography
           else round(float(by.get(s, 0.0)) / all_spend, 3)} for s in segments]
     ).set_index("segment")
     return tables
+
+
+def _money_beside(counts: pd.DataFrame, records: pd.DataFrame, place: str, rule: Rule
+                  ) -> pd.DataFrame:
+    """Spend in the 12 months by segment and `place`, shown (to 1,000 pounds) exactly where
+    the published persons by segment and `place` (`counts`, with totals) are shown."""
+    money = records.assign(**{place: records[place].astype(str)}).pivot_table(
+        index="segment", columns=place, values="spend_12m", aggfunc="sum", fill_value=0.0)
+    spend = counts.copy()
+    for r in counts.index:
+        for c in counts.columns:
+            if counts.at[r, c] == rule.symbol:
+                continue
+            rows = money if r == TOTAL else money.loc[[r]] if r in money.index else None
+            if rows is None:
+                value = 0.0
+            elif c == TOTAL:
+                value = float(rows.to_numpy().sum())
+            else:
+                value = float(rows[c].sum()) if c in rows.columns else 0.0
+            spend.at[r, c] = int(round(value / SPEND_ROUNDING) * SPEND_ROUNDING)
+    return spend
 
 
 # ------------------------------------------------------------------------------ reading

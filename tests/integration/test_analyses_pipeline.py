@@ -87,6 +87,10 @@ def test_each_analysis_runs_as_a_governed_purpose(world: World) -> None:
     by_tier = tables["spend_by_tier"]
     assert ((by_tier["persons"] == "*") == (by_tier["spend"] == "*")).all()
     assert costs.summary["by_setting"]["social_care"] > 0
+    _, tables = analyses.published(haven, "segments")
+    for unit in ("practice", "pcn"):
+        persons, spend = tables[f"segment_by_{unit}"], tables[f"spend_12m_by_segment_{unit}"]
+        assert ((persons == "*") == (spend == "*")).all().all(), unit
     assert costs.summary["by_setting"]["emergency_admissions"] > 0
 
 
