@@ -219,7 +219,7 @@ def history_gain_lines(gain: dict[str, Any] | None) -> list[str]:
     if not isinstance(gain, dict) or not gain:
         return []
     lines = ["## What the history adds", "",
-             "AUROC on the same persons and year:", ""]
+             "As training recorded it (AUROC on the same persons and year):", ""]
     shown = False
     for key, words in HISTORY_GAIN_NAMES.items():
         if isinstance(gain.get(key), int | float):
@@ -231,7 +231,7 @@ def history_gain_lines(gain: dict[str, Any] | None) -> list[str]:
             shown_value = f"{value:,}" if isinstance(value, int) else _fig(value)
             lines.append(f"- {key.replace('_', ' ')}: {shown_value}")
             shown = True
-    if isinstance(gain.get("auroc_model"), int | float) and \
+    if "gain" not in gain and isinstance(gain.get("auroc_model"), int | float) and \
             isinstance(gain.get("auroc_reference_only"), int | float):
         lines.append(f"- gain over the reference-date-only model: "
                      f"{gain['auroc_model'] - gain['auroc_reference_only']:+.3f}")

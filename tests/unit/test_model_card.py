@@ -40,6 +40,9 @@ def test_history_gain_renders_what_is_there_and_nothing_when_absent() -> None:
     assert "reference-date factors only: 0.760" in text and "synthetic truth): 0.780" in text
     assert "gain over the reference-date-only model: +0.050" in text
     assert "persons: 2,000" in text  # an unknown figure is listed, not dropped
+    stated = "\n".join(history_gain_lines({"auroc_model": 0.81, "auroc_reference_only": 0.76,
+                                            "gain": 0.05}))
+    assert "- gain: 0.050" in stated and "gain over" not in stated  # said once
     partial = "\n".join(history_gain_lines({"auroc_model": 0.8, "note": "text"}))
     assert "0.800" in partial and "gain over" not in partial and "note" not in partial
     for nothing in (None, {}, {"note": "no figures"}, [0.8]):
