@@ -25,7 +25,7 @@ from stratify.evaluate import Evaluation, evaluate
 from stratify.features import connect
 from stratify.outcomes import OUTCOME_MONTHS
 from stratify.scoring import ScoreRun, score
-from stratify.sources import add_months
+from stratify.sources import EMERGENCY_METHODS, add_months
 from stratify.train import train
 
 
@@ -47,13 +47,15 @@ def backtest(sources: dict[str, pd.DataFrame], run: ScoreRun, months: int = OUTC
     fit_at, judged_at = backtest_dates(run.at, months)
     con = connect(sources)
     try:
+        methods = ", ".join(f"'{m}'" for m in EMERGENCY_METHODS)
         counts = con.execute(f"""SELECT
             count(*) FILTER (WHERE admission_date >= DATE '{fit_at}'
                              AND admission_date < DATE '{judged_at}'),
             count(*) FILTER (WHERE admission_date >= DATE '{judged_at}'
-                             AND admission_date < DATE '{run.at}') FROM v_apc""").fetchone()
+                             AND admission_date < DATE '{run.at}')
+            FROM v_apc WHERE admission_method IN ({methods})""").fetchone()
         if not counts or not counts[0] or not counts[1]:
-            raise NoBacktest(f"no back-test: hospital records hold no admission in "
+            raise NoBacktest(f"no back-test: hospital records hold no emergency admission in "
                              f"{fit_at} to {judged_at} or in {judged_at} to {run.at}")
         bundle = train(con, judged_at, run.seed, max_train_persons=max_train_persons)
     finally:

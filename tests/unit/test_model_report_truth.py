@@ -111,8 +111,11 @@ def test_no_backtest_without_the_years_it_needs(sources: dict[str, pd.DataFrame]
                                                 history_only: ScoreRun, tmp_path: Path) -> None:
     early = {name: frame for name, frame in sources.items()}
     early["apc"] = sources["apc"].iloc[0:0]
-    with pytest.raises(NoBacktest, match="no admission"):
+    with pytest.raises(NoBacktest, match="no emergency admission"):
         backtest(early, history_only)
+    elective = dict(sources, apc=sources["apc"].assign(admission_method="11"))
+    with pytest.raises(NoBacktest, match="no emergency admission in 2024-04-01 to 2025-04-01"):
+        backtest(elective, history_only)  # admissions, but none the model could learn from
     status = follow_up(early, END)
     assert status.records_reach is None and not status.complete
     text = write_report(None, tmp_path, run=history_only, status=status).read_text()
