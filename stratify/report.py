@@ -265,6 +265,8 @@ def write_report(run_or_evaluation: ScoreRun | Evaluation | None, out_dir: Path 
         lines += _evaluation_section(ev, out)
         (out / EVALUATION_FILE).write_text(json.dumps(evaluation_figures(ev)),
                                            encoding="utf-8")
+    else:  # an earlier report's figures must not stand in for an evaluation there is not
+        (out / EVALUATION_FILE).unlink(missing_ok=True)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

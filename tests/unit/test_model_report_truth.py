@@ -118,5 +118,7 @@ def test_no_backtest_without_the_years_it_needs(sources: dict[str, pd.DataFrame]
         backtest(elective, history_only)  # admissions, but none the model could learn from
     status = follow_up(early, END)
     assert status.records_reach is None and not status.complete
+    (tmp_path / "evaluation.json").write_text("{}")  # an earlier report's figures
     text = write_report(None, tmp_path, run=history_only, status=status).read_text()
+    assert not (tmp_path / "evaluation.json").exists()
     assert "No back-test either" in text and "no evaluation in this report" in text
