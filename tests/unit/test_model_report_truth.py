@@ -100,6 +100,10 @@ def test_a_run_whose_year_has_passed_is_judged_on_it(
     run = score(sources, at, seed=0)
     ev = evaluate(run, sources, resamples=30)
     assert ev.kind == "prospective" and ev.judged_at == at
+    # the report's intervals follow the run's seed: the same run, the same intervals
+    pd.testing.assert_frame_equal(ev.bootstrap, evaluate(run, sources, resamples=30).bootstrap)
+    other = evaluate(run, sources, resamples=30, seed=run.seed + 1).bootstrap
+    assert not other["lo"].equals(ev.bootstrap["lo"])
     text = write_report(ev, tmp_path, run=run, status=status).read_text()
     assert "is complete in the data: the evaluation below is prospective" in text
     assert "## Evaluation on the year after the reference date (prospective)" in text
