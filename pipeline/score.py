@@ -104,9 +104,12 @@ def purpose_sources(ctx: Context, purpose: str, applied: dict[str, Any] | None =
 
 
 def model_description(run: ScoreRun) -> dict[str, Any]:
-    """What identifies the model that scored `run`: version, algorithm (and who chose it),
-    training date and window, lookback, features, code lists and seed."""
+    """What identifies the model trained for `run`: version, algorithm (and who chose it),
+    training date and window, lookback, features, code lists, seed, the extracts it was fitted
+    on and its validation figures; the same procedure on other data is another model."""
     return {"version": run.model_version, "algorithm": run.model,
+            "extracts": sorted({e for ids in run.extract_ids.values() for e in ids}),
+            "validation": run.metrics.get("selection"),
             "chosen_by": run.metrics.get("chosen_by", "validation"),
             "train_at": run.meta.get("train_at"), "train_window": run.meta.get("train_window"),
             "lookback_months": run.meta.get("lookback_months"),
