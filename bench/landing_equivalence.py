@@ -14,7 +14,12 @@ same generated keys, then compares every landed table value for value:
 - audit actions, outcomes, record counts and details.
 
     git worktree add --detach /tmp/haven-base <commit>
-    .venv/bin/python bench/landing_equivalence.py --base /tmp/haven-base
+    .venv/bin/python bench/landing_equivalence.py --base /tmp/haven-base \
+        [--overlay linkage/landing governance/vault.py governance/store.py]
+
+With `--overlay`, the tree under test is a copy of the reference tree with only the named
+paths taken from this tree: other work in progress in this checkout (say, a new linkage
+encoding) is left out of the comparison.
 
 Exit status 0 when everything is equal; otherwise the first differences are printed.
 """
@@ -29,6 +34,7 @@ import json
 import os
 import pickle
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -202,6 +208,8 @@ def main() -> None:
                         help="landing batch size (small: many batches)")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the inputs (kept and reused)")
+    parser.add_argument("--overlay", nargs="*", default=None,
+                        help="test a copy of --base with only these paths from --tree")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="haven-equivalence-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -212,14 +220,27 @@ def main() -> None:
     env.pop("HAVEN_DATABASE_URL", None)
     runs = {}
     with tempfile.TemporaryDirectory(prefix="haven-equivalence-homes-") as homes:
-        for label, tree in (("base", args.base), ("new", args.tree)):
+        tree_under_test = args.tree
+        if args.overlay:
+            tree_under_test = Path(homes) / "overlaid"
+            shutil.copytree(args.base, tree_under_test, ignore=shutil.ignore_patterns(".git"))
+            for name in args.overlay:
+                source, target = args.tree / name, tree_under_test / name
+                if source.is_dir():
+                    shutil.rmtree(target, ignore_errors=True)
+                    shutil.copytree(source, target,
+                                    ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy2(source, target)
+        for label, tree in (("base", args.base), ("new", tree_under_test)):
             runs[label] = land_through(tree.resolve(), Path(homes) / label,
                                        Path(homes) / f"{label}.pickle", inputs, env)
     base, new = runs["base"], runs["new"]
     rows = sum(t.num_rows for t in new["tables"].values())
     print(f"landed {len(new['receipts'])} extracts ({rows:,} rows, "
           f"{len(new['rejected_rows']):,} rejected, {len(new['vault']):,} vault entries, "
-          f"{len(new['optouts'])} opt-outs) through {args.base} and {args.tree}")
+          f"{len(new['optouts'])} opt-outs) through {args.base} and {args.tree}"
+          + (f" (only {', '.join(args.overlay)})" if args.overlay else ""))
     found = differences(base, new)
     for line in found:
         print("DIFFERENT", line)

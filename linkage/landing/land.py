@@ -34,9 +34,10 @@ from governance.layout import ROWS_FILE
 from governance.policy_tables import retention_date
 from governance.schema import extracts, optouts, rejected_rows
 from governance.settings import Settings
+from linkage.landing.batches import Job, pool_size, prepared_batches
 from linkage.landing.contracts import CONTRACTS, Contract
 from linkage.landing.manifest import Manifest, ManifestError, read_manifest
-from linkage.landing.pseudonymise import HashMemo, pseudonymise, pseudonymise_nhs, record_keys
+from linkage.landing.pseudonymise import HashMemo, Pseudonymised
 from linkage.landing.reader import (
     FileRefused,
     ReadStats,
@@ -47,7 +48,6 @@ from linkage.landing.reader import (
     read_header,
     sha256_of,
 )
-from linkage.landing.validate import check_batch
 
 # More rejected rows than this share means the file itself is wrong (e.g. columns shifted).
 MAX_REJECTED_FRACTION = 0.5
@@ -253,7 +253,10 @@ class _Worker:
 
 
 def _prefetched(items: Iterator[Any]) -> Iterator[Any]:
-    """Iterate `items` one step ahead on a thread (CSV parsing releases the GIL)."""
+    """Iterate `items` one step ahead on a thread (CSV parsing releases the GIL).
+
+    Like any generator it starts (and starts its thread) when the first item is asked for.
+    """
     slot: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=1)
     stop = threading.Event()
     done = object()
@@ -302,10 +305,15 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
     reasons: list[tuple[int, str]] = []
     seen_ids: list[np.ndarray] = []
     sealed = 0
-    memo = HashMemo()  # persons pseudonymised so far: each is sealed once, when first seen
+    memo = HashMemo()  # persons sealed so far: each is sealed once, when first seen
     writer: list[pq.ParquetWriter] = []
     optout_rows: list[dict[str, Any]] = []
-    output = _Worker("landing-write")
+    job = Job(contract.source, extract_id, manifest.sender, keys)
+    # Opt-outs are checked against the register as they land: those stay in this process.
+    workers = 1 if contract.source == "optouts" else pool_size(
+        -(-manifest.rows // max(ctx.settings.batch_rows, 1)))
+    # The pool forks on entry, before the reading and writing threads start.
+    prepared = prepared_batches(_prefetched(batches), job, workers)
 
     def write(table: pa.Table) -> None:
         if not writer:
@@ -320,52 +328,34 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
                     nonces, ciphertexts)
         connection.commit()
 
+    output: _Worker | None = None
     try:
-        for batch in _prefetched(batches):
-            checked = check_batch(batch.table.select(contract.names), batch.rows, contract)
-            counts["nhs_invalid"] += int(checked.nhs_invalid.sum())
-            if "nhs_number" in contract.names:
-                counts["nhs_missing"] += int(
-                    pc.sum(pc.is_null(checked.table.column("nhs_number"))).as_py() or 0)
-            checked_good = checked.good
-            good = checked_good.copy()
-            if contract.consent_column:
-                consent = pc.fill_null(pc.equal(checked.table.column(contract.consent_column),
-                                                "Y"), False).to_numpy(zero_copy_only=False)
-                dropped = good & ~consent
-                counts["dropped_no_consent"] += int(dropped.sum())
-                good &= consent
-            rows_np = batch.rows.to_numpy()
-            bad = np.flatnonzero(~checked_good)
-            reasons.extend(zip(rows_np[bad].tolist(), checked.reasons[bad].tolist(),
-                               strict=True))
-            record_key = None
-            if contract.unique:
-                record_key, fingerprints = record_keys(
-                    checked.table.column(contract.unique), keys["pseudonym"],
-                    f"{contract.source}|{manifest.sender}")
-                good &= ~_duplicate_ids(fingerprints, good, seen_ids, rows_np, contract.unique,
-                                        reasons)
-            if contract.source == "optouts" and ctx.sender_check is not None and good.any():
-                good &= ~_not_senders_to_assert(ctx.sender_check, checked, good, rows_np,
-                                                keys["pseudonym"], manifest.sender, reasons)
-            if not good.any():
+        for batch in prepared:
+            if output is None:
+                output = _Worker("landing-write")
+            counts["nhs_invalid"] += batch.nhs_invalid
+            counts["nhs_missing"] += batch.nhs_missing
+            counts["dropped_no_consent"] += batch.dropped_no_consent
+            reasons.extend(batch.reasons)
+            result = batch.result
+            if result is None:
                 continue
-            mask = pa.array(good)
-            kept = type(checked)(
-                table=checked.table.filter(mask), rows=pc.filter(batch.rows, mask),
-                reasons=np.full(int(good.sum()), None, dtype=object),
-                nhs_valid=checked.nhs_valid[good],
-                nhs_invalid=checked.nhs_invalid[good],
-                nhs_normalised=pc.filter(checked.nhs_normalised, mask)
-                if checked.nhs_normalised is not None else None,
-                parsed={k: pc.filter(v, mask) for k, v in checked.parsed.items()})
-            del checked
-            result = pseudonymise(kept, contract, extract_id, keys, manifest.sender, memo,
-                                  pc.filter(record_key, mask) if record_key is not None
-                                  else None)
-            table = result.table
-            counts["encoded"] += result.encoded_rows
+            good = np.zeros(len(batch.rows), dtype=bool)
+            good[batch.candidates] = True
+            if batch.fingerprints is not None:
+                good &= ~_duplicate_ids(batch.fingerprints, good, seen_ids, batch.rows,
+                                        contract.unique, reasons)
+            if contract.source == "optouts" and ctx.sender_check is not None and good.any():
+                good &= ~_not_senders_to_assert(ctx.sender_check, result.table, good,
+                                                batch.candidates, batch.rows, manifest.sender,
+                                                reasons)
+            keep = good[batch.candidates]
+            if not keep.any():
+                continue
+            table = result.table if keep.all() else result.table.filter(pa.array(keep))
+            if result.encoded is not None:
+                counts["encoded"] += int(result.encoded[keep].sum())
+            entries = _new_persons(result, keep, memo)
             if ctx.exclusion is not None:
                 excluded = ctx.exclusion(table, contract.source, manifest.sender)
                 if excluded.any():
@@ -373,14 +363,17 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
                     table = table.filter(pa.array(~excluded))
             output.submit(partial(write, table))
             counts["landed"] += table.num_rows
-            if result.vault_entries[0]:
-                sealed += len(result.vault_entries[0])
-                output.submit(partial(seal, *result.vault_entries))
+            if entries[0]:
+                sealed += len(entries[0])
+                output.submit(partial(seal, *entries))
             if contract.source == "optouts":
                 optout_rows.extend(_optout_register_rows(table, manifest.sender))
-        output.finish()
+        if output is not None:
+            output.finish()
     finally:
-        output.finish_quietly()
+        prepared.close()
+        if output is not None:
+            output.finish_quietly()
         if writer:
             writer[0].close()
     for row in stats.unsplittable:
@@ -472,21 +465,45 @@ def _duplicate_ids(fingerprints: np.ndarray, good: np.ndarray, seen: list[np.nda
     return duplicate
 
 
-def _not_senders_to_assert(check: SenderCheck, checked: Any, good: np.ndarray, rows: np.ndarray,
-                           key: Any, sender: str, reasons: list[tuple[int, str]]) -> np.ndarray:
+def _not_senders_to_assert(check: SenderCheck, table: pa.Table, good: np.ndarray,
+                           candidates: np.ndarray, rows: np.ndarray, sender: str,
+                           reasons: list[tuple[int, str]]) -> np.ndarray:
     """Rows of an optouts batch the sender may not assert (policies/optout_senders.csv), as a
-    mask; each gets its reason. Pseudonyms are made only if the check asks for them."""
+    mask over the batch; each gets its reason. `table` holds the batch's `candidates` rows
+    pseudonymised; pseudonyms are read from it only if the check asks for them."""
     at = np.flatnonzero(good)
-    taken = pa.array(at, pa.int64())
-    types = pc.take(checked.table.column("optout_type"), taken).to_pylist()
-    why = check(types, lambda: pseudonymise_nhs(pc.take(checked.nhs_normalised, taken),
-                                                key).to_pylist(), sender)
+    taken = pa.array(np.searchsorted(candidates, at), pa.int64())
+    types = pc.take(table.column("optout_type"), taken).to_pylist()
+    why = check(types, lambda: pc.take(table.column("person_id"), taken).to_pylist(), sender)
     rejected = np.zeros(len(good), dtype=bool)
     for i, reason in zip(at.tolist(), why, strict=True):
         if reason is not None:
             rejected[i] = True
             reasons.append((int(rows[i]), reason))
     return rejected
+
+
+def _new_persons(result: Pseudonymised, keep: np.ndarray,
+                 memo: HashMemo) -> tuple[list[str], list[str]]:
+    """The (pseudonym, NHS number) pairs of kept rows' persons not sealed before in this file."""
+    persons = result.persons
+    if persons is None:
+        return [], []
+    codes = persons.codes[keep]
+    present = np.unique(codes[codes >= 0])
+    if not len(present):
+        return [], []
+    at = pa.array(present)
+    numbers = pc.take(persons.numbers, at)
+    values = pc.cast(numbers, pa.int64()).to_numpy(zero_copy_only=False)
+    digests, unknown = memo.lookup(values, 64)
+    if not unknown.any():
+        return [], []
+    digests = pc.take(persons.digests, at).to_numpy(zero_copy_only=False).astype("S64")
+    memo.add(values[unknown], digests[unknown])
+    fresh = pa.array(unknown)
+    return (pc.filter(pc.take(persons.digests, at), fresh).to_pylist(),
+            pc.filter(numbers, fresh).to_pylist())
 
 
 def _optout_register_rows(table: pa.Table, sender: str) -> Iterable[dict[str, Any]]:

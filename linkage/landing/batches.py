@@ -1,0 +1,172 @@
+"""Prepare a landing's batches: check and pseudonymise each one, in this process or on two.
+
+What a batch becomes depends on that batch alone (its rows, the contract and the keys), so
+batches can be prepared in parallel; what depends on the whole file (a record id seen in an
+earlier batch, a person already sealed into the vault, the opt-out register) is decided
+afterwards, in file order, by the landing itself (linkage/landing/land.py).
+
+A large extract is prepared on a pool of two processes forked for the landing (the machine's
+two cores; forked, not spawned, so a worker starts in milliseconds with everything imported).
+Forking is only safe while this process runs a single thread, so the pool is used only then
+(the command line; a multi-threaded server prepares in its own process), and it is used only
+when a core is free (see `pool_size`: on a busy machine it costs more than it saves). At most
+one batch per worker waits in flight, so memory stays bounded by a few batches.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from governance.keys import Key
+from linkage.landing.contracts import CONTRACTS
+from linkage.landing.pseudonymise import HashMemo, Pseudonymised, pseudonymise, record_keys
+from linkage.landing.reader import Batch
+from linkage.landing.validate import check_batch
+
+WORKERS = 2
+# Below this many batches a pool costs more (forking, copying batches) than it saves.
+MIN_POOLED_BATCHES = 3
+
+
+@dataclass(frozen=True)
+class Job:
+    """What preparing a batch needs besides the batch: the same for every batch of a file."""
+
+    source: str
+    extract_id: str
+    sender: str
+    keys: dict[str, Key]
+
+
+@dataclass
+class Prepared:
+    """One batch checked and pseudonymised, before the checks that span the file.
+
+    `candidates` are the batch positions of rows that meet the contract (and gave consent);
+    `result` holds exactly those rows in the landed form. `fingerprints` (per batch row, for
+    sources with a unique record id) let the landing find ids repeated across batches.
+    """
+
+    rows: np.ndarray
+    reasons: list[tuple[int, str]]
+    nhs_invalid: int
+    nhs_missing: int
+    dropped_no_consent: int
+    candidates: np.ndarray
+    fingerprints: np.ndarray | None
+    result: Pseudonymised | None
+
+
+def prepare_batch(batch: Batch, job: Job, memo: HashMemo) -> Prepared:
+    """Check a batch against its contract and pseudonymise the rows that meet it.
+
+    `memo` spares re-hashing NHS numbers already hashed for this file; it changes no output.
+    """
+    contract = CONTRACTS[job.source]
+    checked = check_batch(batch.table.select(contract.names), batch.rows, contract)
+    nhs_missing = 0
+    if "nhs_number" in contract.names:
+        nhs_missing = int(pc.sum(pc.is_null(checked.table.column("nhs_number"))).as_py() or 0)
+    good = checked.good
+    reasons_of = checked.reasons
+    dropped = 0
+    if contract.consent_column:
+        consent = pc.fill_null(pc.equal(checked.table.column(contract.consent_column), "Y"),
+                               False).to_numpy(zero_copy_only=False)
+        dropped = int((good & ~consent).sum())
+        good = good & consent
+    rows = batch.rows.to_numpy()
+    bad = np.flatnonzero(~checked.good)
+    reasons = list(zip(rows[bad].tolist(), reasons_of[bad].tolist(), strict=True))
+    record_key = fingerprints = None
+    if contract.unique:
+        record_key, fingerprints = record_keys(checked.table.column(contract.unique),
+                                               job.keys["pseudonym"],
+                                               f"{contract.source}|{job.sender}")
+    candidates = np.flatnonzero(good)
+    result = None
+    if len(candidates):
+        mask = pa.array(good)
+        kept = type(checked)(
+            table=checked.table.filter(mask), rows=pc.filter(batch.rows, mask),
+            reasons=np.full(len(candidates), None, dtype=object),
+            nhs_valid=checked.nhs_valid[good], nhs_invalid=checked.nhs_invalid[good],
+            nhs_normalised=pc.filter(checked.nhs_normalised, mask)
+            if checked.nhs_normalised is not None else None,
+            parsed={k: pc.filter(v, mask) for k, v in checked.parsed.items()})
+        result = pseudonymise(kept, contract, job.extract_id, job.keys, job.sender, memo,
+                              pc.filter(record_key, mask) if record_key is not None else None)
+    return Prepared(rows, reasons, int(checked.nhs_invalid.sum()), nhs_missing, dropped,
+                    candidates, fingerprints, result)
+
+
+def pool_size(batches: int) -> int:
+    """How many processes should prepare a file of about `batches` batches (1: this one).
+
+    A pool adds work (each batch is copied to a worker and back; each worker hashes the persons
+    it meets): it pays only when a core would otherwise sit idle, so it is used only while the
+    load average leaves one free.
+    """
+    cores = os.cpu_count() or 1
+    if batches < MIN_POOLED_BATCHES or cores < WORKERS:
+        return 1
+    if threading.active_count() > 1:  # forking a threaded process can copy a held lock
+        return 1
+    if os.getloadavg()[0] > cores - 1:
+        return 1
+    return WORKERS
+
+
+def prepared_batches(batches: Iterator[Batch], job: Job, workers: int) -> Iterator[Prepared]:
+    """Each batch prepared, in file order: here when `workers` is 1, else on a process pool.
+
+    Call before starting any thread of one's own when `workers` > 1 (the pool forks on entry).
+    """
+    if workers <= 1:
+        memo = HashMemo()
+        for batch in batches:
+            yield prepare_batch(batch, job, memo)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_start_worker)
+    pending: deque[Future[Prepared]] = deque()
+    try:
+        pool.submit(_ready).result()  # fork every worker now, before any other thread starts
+        for batch in batches:
+            pending.append(pool.submit(_prepare_in_worker, batch, job))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER_MEMO: list[HashMemo] = []
+
+
+def _start_worker() -> None:
+    _WORKER_MEMO[:] = [HashMemo()]
+
+
+def _ready() -> bool:
+    return True
+
+
+def _prepare_in_worker(batch: Batch, job: Job) -> Prepared:
+    prepared = prepare_batch(batch, job, _WORKER_MEMO[0])
+    if prepared.result is not None:  # the landing decides the vault from `persons`; not sent
+        prepared.result.vault_entries = ([], [])
+    return prepared
