@@ -11,6 +11,7 @@ once: the same model, the same id, the same approval.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     progress(f"training on history before {at.isoformat()} and scoring {rows:,} linked rows"
              if bundle is None else f"scoring {rows:,} linked rows with the given model")
     run = score_persons(sources, at, seed=seed, previous=previous, model=model, bundle=bundle)
-    description = model_description(run)
+    description = json.loads(json.dumps(model_description(run), default=str))  # plain JSON
     chosen_id = bundle_id if bundle is not None and bundle_id else model_id(description)
     run.meta["model_id"] = chosen_id
     folder = save_run(run, ctx.settings.layout.run(run.run_id))
