@@ -91,7 +91,8 @@ def _scores(figures: dict[str, Any]) -> list[str]:
 def _linkage(figures: dict[str, Any]) -> list[str]:
     runs = figures["linkage_runs"]
     lines = [f"Rows in the person index: {_n(runs['before_rows'])} before, "
-             f"{_n(runs['after_rows'])} after. Per source, the rows each link run linked:", "",
+             f"{_n(runs['after_rows'])} after. Per source, over the whole index after each "
+             "link run:", "",
              "| source | match rate before | after | change (points) | probabilistic before "
              "| after | change (points) |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {s} | {_pct(v['match_rate_before'])} | {_pct(v['match_rate_after'])} | "
