@@ -119,6 +119,9 @@ def main() -> None:
                         help="working folder (default: a new temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--until", default=None,
+                        help="stop after this stage (e.g. link: on a shared machine the "
+                             "later stages may not fit beside other work)")
     parser.add_argument("--tree", type=Path, default=ROOT,
                         help="the source tree to run (e.g. a clean worktree of a commit; this "
                              "checkout's .venv runs it)")
@@ -139,6 +142,8 @@ def main() -> None:
     stages: list[Stage] = []
 
     def stage(name: str, *argv: str) -> Stage:
+        if args.until and any(s.name == args.until for s in stages):
+            return Stage(name, 0.0, 0.0, 0.0, 0, "not run (--until)")
         result = run_stage(name, [str(HAVEN), *argv], env, tree)
         stages.append(result)
         print(f"  {name}: {result.seconds:.1f} s, {result.tree_peak_mb:,.0f} MB "
@@ -167,6 +172,8 @@ def main() -> None:
           f"after {' '.join(load_after)} (2 cores)")
     print("| stage | wall s | peak RSS, process tree (MB) | largest process (MB) | exit |")
     print("|---|---:|---:|---:|---:|")
+    if args.until:
+        print(f"(stages after {args.until} not run)")
     for s in stages:
         print(f"| {s.name} | {s.seconds:.1f} | {s.tree_peak_mb:,.0f} | "
               f"{s.process_peak_mb:,.0f} | {s.status} |")
