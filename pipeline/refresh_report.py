@@ -42,7 +42,7 @@ def _features(figures: dict[str, Any], limit: float) -> list[str]:
     lines = [f"PSI of each of the model's {len(rows)} features between the two dates "
              f"(largest {min(TOP_FEATURES, len(rows))} shown; warning above {limit}):", "",
              "| feature | PSI | mean before | mean after |", "|---|---|---|---|"]
-    lines += [f"| {r['feature']} | {_n(r['psi'])} | {_n(r['mean_before'])} | "
+    lines += [f"| {r['feature']} | {_n(r['psi'], 4)} | {_n(r['mean_before'])} | "
               f"{_n(r['mean_after'])} |" for r in rows[:TOP_FEATURES]]
     return lines
 
