@@ -2,15 +2,22 @@
 
 A 10-digit NHS number is 9 digits plus a check digit: 11 - (sum of digit_i * (11 - i)) mod 11,
 with 11 -> 0 and 10 -> invalid (such prefixes are never used). Starting with 999 leaves six free
-digits, so at most `capacity()` distinct valid numbers exist; the generator refuses larger
-populations rather than leave the safe range.
+digits: 909,091 valid numbers. Larger populations also take numbers starting 990 to 998, which
+are in the same never-issued range (9000000000-9999999999, `nhs_number.REGION_SYNTHETIC`):
+about nine million in all (`capacity()`). A population that fits in 999 gets exactly the
+numbers it always did; the generator refuses more than `capacity()` rather than leave the
+never-issued range.
 """
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 
 PREFIX = 999_000_000          # the first 9 digits are PREFIX + six free digits
+WIDER = 990_000_000           # then 990 000 000 to 998 999 999: never issued either
+WIDER_SPAN = 9_000_000
 _WEIGHTS = np.array([10, 9, 8, 7, 6, 5, 4, 3, 2], dtype=np.int64)
 
 
@@ -40,23 +47,44 @@ def is_valid(numbers: np.ndarray) -> np.ndarray:
     return (check != 10) & (check == numbers % 10)
 
 
-def _valid_prefixes() -> np.ndarray:
-    prefixes = PREFIX + np.arange(1_000_000, dtype=np.int64)
-    return prefixes[check_digit(prefixes) != 10]
+@cache
+def _free_digit_sums() -> np.ndarray:
+    """The weighted sum of the six free digits (weights 7 to 2), for 000000 to 999999."""
+    return (digits(np.arange(1_000_000, dtype=np.int64), 6) * _WEIGHTS[3:]).sum(axis=1)
 
 
+def _valid_prefixes(start: int = PREFIX, span: int = 1_000_000) -> np.ndarray:
+    """Prefixes in [start, start + span) (whole millions) with a usable check digit, ascending.
+
+    The check digit is 10 (unusable) exactly when the weighted sum is 1 modulo 11; within a
+    million the first three digits add a constant to the free digits' sums.
+    """
+    free = _free_digit_sums()
+    blocks = []
+    for at in range(start, start + span, 1_000_000):
+        fixed = int((digits(np.array([at]), 9)[0] * _WEIGHTS).sum())
+        blocks.append(at + np.flatnonzero((fixed + free) % 11 != 1))
+    return np.concatenate(blocks)
+
+
+@cache
 def capacity() -> int:
-    """How many distinct valid NHS numbers the 999 range holds."""
-    return int(_valid_prefixes().size)
+    """How many distinct valid never-issued NHS numbers the generator can hand out."""
+    return int(_valid_prefixes().size + _valid_prefixes(WIDER, WIDER_SPAN).size)
 
 
 def allocate(n: int, rng: np.random.Generator) -> np.ndarray:
-    """`n` distinct valid 999-range NHS numbers in random order."""
+    """`n` distinct valid never-issued NHS numbers in random order; 999 ones while they last."""
     prefixes = _valid_prefixes()
-    if n > prefixes.size:
-        raise ValueError(f"at most {prefixes.size} persons: the 999 NHS number range holds "
-                         f"no more valid numbers")
-    chosen = rng.choice(prefixes, size=n, replace=False)
+    if n <= prefixes.size:
+        chosen = rng.choice(prefixes, size=n, replace=False)
+        return chosen * 10 + check_digit(chosen)
+    wider = _valid_prefixes(WIDER, WIDER_SPAN)
+    if n > prefixes.size + wider.size:
+        raise ValueError(f"at most {prefixes.size + wider.size} persons: the never-issued "
+                         "NHS number range used here holds no more valid numbers")
+    chosen = rng.permutation(np.concatenate(
+        [prefixes, rng.choice(wider, size=n - prefixes.size, replace=False)]))
     return chosen * 10 + check_digit(chosen)
 
 

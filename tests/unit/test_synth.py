@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from synth import generate
+from synth import generate, nhs
 
 PERSONS = 2000
 # the contract columns, in order, copied from shared/contracts.md
@@ -331,8 +331,8 @@ def test_older_and_frailer_use_more_care(frames: dict[str, pd.DataFrame],
 
 
 def test_refuses_more_people_than_the_999_range_holds(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="999"):
-        generate(909_092, 1, tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match="999"):  # 999 and 990-998: see test_nhs_range
+        generate(nhs.capacity() + 1, 1, tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
 
 
