@@ -15,13 +15,13 @@ import json
 import time
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import insert
 
 from governance import audit
 from governance.geography import Geography
 from governance.layout import ImpactFiles
+from governance.policy_tables import policy_text
 from governance.schema import runs
 from governance.suppression import Rule
 from linkage.linked_view import load_sources
@@ -29,8 +29,11 @@ from pipeline.context import Context, Progress, quiet
 from pipeline.score import use_filter
 from stratify import forecast as forecasting
 from stratify import impact
+from stratify.costs import parse_unit_costs, spend_in_windows
 from stratify.features import build_features
 from stratify.impact import OUTCOMES, CohortError
+from stratify.journeys import discharge_journeys
+from stratify.segments import assign_segments
 from stratify.sources import extract_ids
 
 __all__ = ["EVALUATIONS", "FORECASTS", "OUTCOMES", "CohortError", "TooSmall", "evaluate",
@@ -48,10 +51,16 @@ class TooSmall(ValueError):
     persons' own."""
 
 
-def purpose_sources(ctx: Context, purpose: str = PURPOSE) -> dict[str, pd.DataFrame]:
-    """The linked rows `purpose` may use now (opt-outs in force today)."""
+FORECAST_SOURCES = ["apc", "gp_patients", "social_care", "community", "deaths"]
+
+
+def purpose_sources(ctx: Context, purpose: str = PURPOSE,
+                    sources: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """The linked rows `purpose` may use now (opt-outs in force today), of `sources` only
+    when named (a stage that reads few sources need not hold every one in memory)."""
     today = dt.datetime.now(dt.UTC).date()
-    return load_sources(ctx.settings, ctx.engine, row_filter=use_filter(ctx, purpose, today))
+    return load_sources(ctx.settings, ctx.engine, row_filter=use_filter(ctx, purpose, today),
+                        sources=sources)
 
 
 def output_id(kind: str, *parts: str) -> str:
@@ -100,30 +109,19 @@ def _risk_model(ctx: Context) -> Any:
 
 
 def _segments(sources: dict[str, pd.DataFrame], at: dt.date,
-              features: pd.DataFrame) -> tuple[pd.Series, str]:
-    """Each person's segment at `at`: the segments analysis's (Bridges to Health) when it is
-    there, else a stand-in from the features (frailty: HFRS 5+; else by long-term conditions),
-    with the name of what was used."""
-    try:
-        from stratify.segments import assign_segments
-
-        found = assign_segments(sources, at, features=features)
-        return found.set_index("person_key")["segment"].reindex(features.index), \
-            "stratify.segments (Bridges to Health)"
-    except ImportError:
-        ltc = features["ltc_count"].fillna(0)
-        stand_in = np.where(features["hfrs"].fillna(0) >= 5, "frailty",
-                            np.where(ltc >= 3, "multiple_conditions",
-                                     np.where(ltc >= 1, "long_term_condition", "healthy")))
-        return pd.Series(stand_in, index=features.index), "stand-in (HFRS 5+, else LTC count)"
+              features: pd.DataFrame) -> pd.Series:
+    """Each person's Bridges to Health segment at `at` (stratify.segments, docs/analyses.md),
+    from the features already built for `at`."""
+    found = assign_segments(sources, at, features=features)
+    return found.set_index("person_key")["segment"].reindex(features.index)
 
 
 def covariates_at(sources: dict[str, pd.DataFrame], starts: list[dt.date],
                   model: Any = None) -> tuple[pd.DataFrame, dict[str, str]]:
     """Matching covariates of everyone alive and registered at each start date: risk score
     (the serving model's, scored at the start), age, sex, segment and prior use (12 months);
-    and how the risk score and segment were made."""
-    frames, used = [], {"risk": "none (no score run)", "segment": ""}
+    and how the risk score was made."""
+    frames, used = [], {"risk": "none (no approved score run serves commissioning)"}
     for start in sorted(set(starts)):
         features = build_features(sources, start,
                                   getattr(model, "lookback_months", None))
@@ -131,27 +129,20 @@ def covariates_at(sources: dict[str, pd.DataFrame], starts: list[dt.date],
         if model is not None:
             frame["risk"] = model.probabilities(features)[model.chosen]
             used["risk"] = f"score run model {model.version}/{model.chosen}"
-        frame["segment"], used["segment"] = _segments(sources, start, features)
+        frame["segment"] = _segments(sources, start, features)
         frame["start"] = pd.Timestamp(start)
         frames.append(frame)
     return pd.concat(frames), used
 
 
-def _pricer(ctx: Context, sources: dict[str, pd.DataFrame]
-            ) -> tuple[impact.SpendPricer | None, str]:
-    """The costs analysis's pricing with the unit costs in force, where it is there."""
-    try:
-        from governance.policy_tables import policy_text
-        from stratify.costs import parse_unit_costs, spend_in_windows
-
-        units = parse_unit_costs(policy_text("unit_costs.csv", ctx.engine))
-    except (ImportError, FileNotFoundError):
-        return None, "stratify.impact.UnitCosts defaults"
+def _pricer(ctx: Context, sources: dict[str, pd.DataFrame]) -> impact.SpendPricer:
+    """Spend priced by the costs analysis (stratify.costs) at the unit costs in force."""
+    units = parse_unit_costs(policy_text("unit_costs.csv", ctx.engine))
 
     def price(windows: pd.DataFrame) -> pd.DataFrame:
         return spend_in_windows(sources, windows, units)
 
-    return price, "stratify.costs with policies/unit_costs.csv in force"
+    return price
 
 
 def evaluate(ctx: Context, cohort_text: str, *, outcomes: tuple[str, ...] = OUTCOMES,
@@ -171,7 +162,7 @@ def evaluate(ctx: Context, cohort_text: str, *, outcomes: tuple[str, ...] = OUTC
     progress(f"cohort of {len(cohort):,} persons, {cohort['start'].nunique()} start date(s); "
              f"covariates at each start")
     covariates, used = covariates_at(sources, list(cohort["start"]), _risk_model(ctx))
-    pricer, priced_by = _pricer(ctx, sources)
+    pricer = _pricer(ctx, sources)
     progress(f"matching among {covariates.index.nunique():,} persons and estimating "
              f"{', '.join(outcomes)} over {months} months either side")
     result = impact.evaluate(sources, cohort, covariates, months=months, outcomes=outcomes,
@@ -186,8 +177,9 @@ def evaluate(ctx: Context, cohort_text: str, *, outcomes: tuple[str, ...] = OUTC
                                f"its logit, caliper {impact.CALIPER_SD} SD, with replacement, "
                                "exact on start date",
                    "estimate": "difference in differences, WLS, SEs clustered by person, 95% CI",
-                   "risk_score": used["risk"], "segment": used["segment"],
-                   "spend": priced_by},
+                   "risk_score": used["risk"],
+                   "segment": "stratify.segments (Bridges to Health)",
+                   "spend": "stratify.costs with the unit costs in force (unit_costs.csv)"},
                "seconds": round(time.perf_counter() - clock, 1)}
     summary["estimates"] = _records(result.estimates)
     summary["largest_smd_after"] = (round(float(result.balance["smd_after"].abs().max()), 3)
@@ -210,25 +202,24 @@ def forecast(ctx: Context, *, weeks: int = 12, until: dt.date | None = None, see
     if not 1 <= weeks <= 52:
         raise ValueError("--weeks must be between 1 and 52")
     clock = time.perf_counter()
-    sources = purpose_sources(ctx)
+    sources = purpose_sources(ctx, sources=FORECAST_SOURCES)
     until = until or _data_end(sources)
     geography = Geography.load(engine=ctx.engine)
     practices = set()
     if "gp_patients" in sources and "gp_practice_code" in sources["gp_patients"]:
         practices = set(sources["gp_patients"]["gp_practice_code"].dropna())
     locality_of = {p: geography.unit("locality", p) for p in practices}
-    pathways, by = _pathways(sources, until)
-    series = forecasting.weekly_series(sources, locality_of, until, pathways)
+    series = forecasting.weekly_series(sources, locality_of, until, _pathways(sources, until))
     progress(f"{series.groupby(['series', 'locality']).ngroups} weekly series to "
-             f"{until.isoformat()} ({by}); back-testing on the last 52 weeks")
+             f"{until.isoformat()}; back-testing on the last 52 weeks")
     tested = forecasting.backtest(series, weeks, seed=seed)
     errors = forecasting.errors(tested)
     ahead = forecasting.forecast(series, weeks, seed=seed)
     forecast_id = output_id(FORECASTS, until.isoformat(), str(weeks))
     summary = {"id": forecast_id, "created": dt.datetime.now(dt.UTC).isoformat(),
                "purpose": PURPOSE, "until": until.isoformat(), "weeks": weeks,
-               "discharges_by": by, "series": int(series.groupby(["series", "locality"])
-                                                  .ngroups),
+               "discharges_by": "pathway (stratify.journeys)",
+               "series": int(series.groupby(["series", "locality"]).ngroups),
                "backtest": _records(errors),
                "method": "Poisson GLM (trend, annual Fourier terms with a year of history), "
                          "negative binomial prediction intervals by simulation; back-test: "
@@ -257,26 +248,20 @@ def _data_end(sources: dict[str, pd.DataFrame]) -> dt.date:
     return (max(found).date() + dt.timedelta(days=1)) if found else dt.date.today()
 
 
-def _pathways(sources: dict[str, pd.DataFrame], until: dt.date
-              ) -> tuple[pd.DataFrame | None, str]:
-    """Discharges by pathway from the journeys analysis where it is there, else None (the
-    forecast then counts discharges by destination)."""
-    try:
-        from stratify.journeys import discharge_journeys
-    except ImportError:
-        return None, "destination"
+def _pathways(sources: dict[str, pd.DataFrame], until: dt.date) -> pd.DataFrame:
+    """Discharges of persons 65+ by pathway (stratify.journeys, docs/analyses.md) over the
+    five years before `until`."""
     start = dt.date(until.year - 5, until.month, 1)
     journeys = discharge_journeys(sources, start, until)
-    if not len(journeys) or "pathway" not in journeys:
-        return None, "destination"
-    return journeys[["person_key", "discharge_date", "pathway"]], "pathway (journeys)"
+    return journeys[["person_key", "discharge_date", "pathway"]]
 
 
 def demo_cohort(ctx: Context, at: dt.date, months: int = 6) -> str:
     """A cohort for the demo, as a commissioner would send it: everyone a reablement service
-    took on in the `months` before `at` (their first start), starting on the first of that
-    month; CSV text (`person_key,start_date`)."""
-    care = purpose_sources(ctx).get("social_care")
+    took on in the `months` before `at` (their first start), from the first of the month
+    after it (so the admission that led to it is before the start); CSV text
+    (`person_key,start_date`)."""
+    care = purpose_sources(ctx, sources=["social_care"]).get("social_care")
     lines = ["person_key,start_date"]
     if care is not None and len(care):
         starts = pd.to_datetime(care["start_date"])
@@ -284,8 +269,8 @@ def demo_cohort(ctx: Context, at: dt.date, months: int = 6) -> str:
         taken = care[(care["service_type"] == "reablement") & (starts >= since)
                      & (starts < pd.Timestamp(at))].assign(start=starts)
         first = taken.sort_values("start").drop_duplicates("person_key")
-        lines += [f"{k},{d:%Y-%m-01}" for k, d in zip(first["person_key"], first["start"],
-                                                      strict=True)]
+        month = first["start"] + pd.offsets.MonthBegin(1)
+        lines += [f"{k},{d:%Y-%m-%d}" for k, d in zip(first["person_key"], month, strict=True)]
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,7 @@ from pipeline.context import Context, Progress, quiet
 from pipeline.impact import output_id, purpose_sources, read_result, save_output
 from pipeline.person_keys import person_ids_of
 from stratify import vulnerable as flags
-from stratify.features import build_features
+from stratify.segments import assign_segments
 
 PURPOSE = "emergency_planning"
 VULNERABLE = "vulnerable"
@@ -37,18 +37,10 @@ class NoCounts(LookupError):
     """No vulnerable-adults count has been made yet (`haven emergency vulnerable`)."""
 
 
-def _frail(sources: dict[str, pd.DataFrame], at: dt.date) -> tuple[set[str], str]:
-    """The frailty segment's persons at `at`, and what defined it."""
-    features = build_features(sources, at)
-    try:
-        from stratify.segments import assign_segments
-
-        segments = assign_segments(sources, at, features=features)
-        return set(segments.loc[segments["segment"] == "frailty", "person_key"]), \
-            "frailty segment (stratify.segments)"
-    except ImportError:
-        return set(features.index[features["hfrs"].fillna(0) >= 5]), \
-            "stand-in: Hospital Frailty Risk Score 5+"
+def _frail(sources: dict[str, pd.DataFrame], at: dt.date) -> set[str]:
+    """The frailty segment's persons at `at` (stratify.segments, docs/analyses.md)."""
+    segments = assign_segments(sources, at)
+    return set(segments.loc[segments["segment"] == "frailty", "person_key"])
 
 
 def publish(counts: pd.DataFrame, rule: Rule) -> tuple[pd.DataFrame, dict[str, int | str]]:
@@ -74,7 +66,7 @@ def vulnerable(ctx: Context, at: dt.date | None = None,
     clock = time.perf_counter()
     at = at or dt.datetime.now(dt.UTC).date()
     sources = purpose_sources(ctx, PURPOSE)
-    frail, frailty_by = _frail(sources, at)
+    frail = _frail(sources, at)
     persons = flags.vulnerable_persons(sources, at, frail)
     registered = sources.get("gp_patients")
     sectors = [] if registered is None or "postcode_sector" not in registered else sorted(
@@ -85,7 +77,8 @@ def vulnerable(ctx: Context, at: dt.date | None = None,
     identifier = output_id(VULNERABLE, at.isoformat())
     summary = {"id": identifier, "created": dt.datetime.now(dt.UTC).isoformat(),
                "purpose": PURPOSE, "at": at.isoformat(), "sectors": int(len(counts)),
-               "totals": totals, "frailty": frailty_by, "rule": rule.describe(),
+               "totals": totals, "frailty": "frailty segment (stratify.segments)",
+               "rule": rule.describe(),
                "seconds": round(time.perf_counter() - clock, 1)}
     listed = persons.reset_index().rename(columns={"index": "person_key"})
     files = save_output(ctx, VULNERABLE, identifier, summary,

@@ -226,6 +226,7 @@ class Matched:
     balance: pd.DataFrame  # covariate, smd_before, smd_after, mean_cohort, mean_comparison
     balanced: bool
     unmatched: int  # cohort members with no comparison person inside the caliper
+    absent: int  # cohort members with no covariates at their start (not alive, registered)
     statement: str
 
 
@@ -315,8 +316,10 @@ def match(covariates: pd.DataFrame, cohort: pd.DataFrame, *, ratio: int = 1,
     balance = _balance(data, design, in_cohort, candidate, pairs_frame)
     worst = balance["smd_after"].abs().max() if len(balance) else np.inf
     balanced = bool(len(pairs_frame) and np.isfinite(worst) and worst <= SMD_LIMIT)
-    statement = _statement(balance, balanced, len(wanted), unmatched)
-    return Matched(pairs_frame, balance, balanced, unmatched, statement)
+    absent = int((~wanted.merge(data[["person_key", "start"]].assign(_c=True),
+                                on=["person_key", "start"], how="left")["_c"].notna()).sum())
+    statement = _statement(balance, balanced, len(wanted), unmatched, absent)
+    return Matched(pairs_frame, balance, balanced, unmatched, absent, statement)
 
 
 def _balance(data: pd.DataFrame, design: pd.DataFrame, in_cohort: np.ndarray,
@@ -344,7 +347,8 @@ def _balance(data: pd.DataFrame, design: pd.DataFrame, in_cohort: np.ndarray,
     return pd.DataFrame(rows)
 
 
-def _statement(balance: pd.DataFrame, balanced: bool, cohort: int, unmatched: int) -> str:
+def _statement(balance: pd.DataFrame, balanced: bool, cohort: int, unmatched: int,
+               absent: int = 0) -> str:
     """The plain sentence shown with every result."""
     if balanced:
         text = (f"The groups were balanced: every covariate's standardised mean difference is "
@@ -355,6 +359,9 @@ def _statement(balance: pd.DataFrame, balanced: bool, cohort: int, unmatched: in
                 + (", ".join(off) if off else "no cohort member found a comparison person")
                 + f" differ by more than {SMD_LIMIT} standard deviations, so the estimates may "
                   "reflect who was chosen rather than what was done.")
+    if absent:
+        text += (f" {absent} of {cohort} cohort members were not alive and registered at "
+                 "their start and are left out.")
     if unmatched:
         text += (f" {unmatched} of {cohort} cohort members had no comparison person close "
                  "enough and are left out.")

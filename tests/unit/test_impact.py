@@ -168,3 +168,12 @@ def test_a_pricer_prices_spend_in_each_window_it_is_given() -> None:
     assert set(out.loc[out["period"] == "before", "spend"]) == {366.0}  # 2023-04-01 to start
     assert set(out.loc[out["period"] == "after", "spend"]) == {365.0}
     assert len(seen[0]) == 4 and seen[0]["window"].is_unique
+
+
+def test_cohort_members_absent_at_their_start_are_counted_and_said() -> None:
+    _, cohort, covariates, _ = _world(persons=300, cohort=30, seed=8)
+    gone = cohort["person_key"].iloc[:3]
+    matched = impact.match(covariates.drop(index=gone), cohort)
+    assert matched.absent == 3
+    assert "3 of 30 cohort members were not alive and registered" in matched.statement
+    assert not set(gone) & set(matched.pairs["person_key"])
