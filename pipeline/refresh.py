@@ -29,11 +29,11 @@ import joblib
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from governance import audit, model_approvals
 from governance.drift_policy import load_drift
-from governance.schema import runs
+from governance.schema import extracts, runs
 from pipeline.context import Context, Progress, quiet
 from pipeline.land import land
 from pipeline.link import link
@@ -42,7 +42,7 @@ from pipeline.score import purpose_sources, score
 from pipeline.serving import ServingRun, run_purpose, serving_rank
 from stratify import drift
 from stratify.features import connect, features_from
-from stratify.outcomes import OUTCOME_MONTHS, follow_up_complete, outcomes_from
+from stratify.outcomes import OUTCOME_MONTHS, outcomes_from
 from stratify.sources import add_months
 
 SCORE_COLUMNS = ["person_key", "probability", "tier", "reason_group_1", "sources"]
@@ -113,10 +113,18 @@ def _scores(ctx: Context, run_id: str) -> pd.DataFrame:
     return pd.read_parquet(path, columns=[c for c in SCORE_COLUMNS if c in present])
 
 
+def hospital_data_end(ctx: Context) -> dt.date | None:
+    """The last day the landed hospital admissions extracts cover (their manifests'
+    `period_end`): outcomes are known up to it."""
+    with ctx.engine.connect() as connection:
+        return connection.scalar(select(func.max(extracts.c.period_end)).where(
+            extracts.c.source == "apc", extracts.c.status == "landed"))
+
+
 def performance_figures(ctx: Context, con: Any, model: str, purpose: str,
                         data_end: dt.date | None) -> dict[str, Any]:
-    """AUROC and calibration slope of `model` on its newest run (for `purpose`) whose
-    outcome year is complete in the data held; else what is awaited."""
+    """AUROC and calibration slope of `model` on its newest run (for `purpose`) whose whole
+    outcome year the hospital data held cover (`data_end`); else what is awaited."""
     with ctx.engine.connect() as connection:
         listed = connection.execute(select(runs.c.run_id, runs.c.summary).where(
             runs.c.kind == "score", runs.c.status == "complete")).all()
@@ -126,8 +134,8 @@ def performance_figures(ctx: Context, con: Any, model: str, purpose: str,
                   reverse=True)
     for at_text, run_id in mine:
         at = dt.date.fromisoformat(at_text)
-        if not follow_up_complete(con, at):
-            continue
+        if data_end is None or data_end < add_months(at, OUTCOME_MONTHS) - dt.timedelta(days=1):
+            continue  # its outcome year is not wholly in the hospital data held
         scored = _scores(ctx, run_id)
         outcome = outcomes_from(con, pd.Index(scored["person_key"].astype(str)), at)
         found = drift.performance(outcome["emergency"].to_numpy(),
@@ -154,8 +162,7 @@ def compare(ctx: Context, before: ServingRun | None, after_run: str, at: dt.date
     sources = purpose_sources(ctx, purpose)
     con = connect(sources)
     try:
-        last = con.execute("SELECT max(admission_date) FROM v_apc").fetchone()[0]
-        data_end = pd.Timestamp(last).date() if last is not None else None
+        data_end = hospital_data_end(ctx)
         if before is not None:
             then = dt.date.fromisoformat(str(before.summary.get("at")))
             x_then = features_from(con, then, bundle.lookback_months)[bundle.features]
