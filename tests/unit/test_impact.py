@@ -177,3 +177,27 @@ def test_cohort_members_absent_at_their_start_are_counted_and_said() -> None:
     assert matched.absent == 3
     assert "3 of 30 cohort members were not alive and registered" in matched.statement
     assert not set(gone) & set(matched.pairs["person_key"])
+
+
+def test_covariates_carry_the_serving_models_risk_at_each_start() -> None:
+    from pipeline.impact import covariates_at
+
+    keys = [_key(i) for i in range(12)]
+    gp = pd.DataFrame({"person_key": keys, "birth_ym": "1940-01", "sex": "2",
+                       "gp_practice_code": "B86001",
+                       "registration_date": pd.Timestamp("2010-01-01")})
+
+    class Model:
+        version, chosen, lookback_months = "v1", "rule", None
+
+        def probabilities(self, features: pd.DataFrame) -> dict[str, np.ndarray]:
+            return {"rule": np.linspace(0.1, 0.9, len(features))}
+
+    starts = [dt.date(2024, 1, 1), dt.date(2024, 7, 1)]
+    frame, used = covariates_at({"gp_patients": gp}, starts, Model())
+    assert used["risk"] == "score run model v1/rule"
+    assert len(frame) == 24 and set(frame["start"]) == {pd.Timestamp(d) for d in starts}
+    assert frame["risk"].between(0.1, 0.9).all() and frame["segment"].notna().all()
+    assert frame.loc[frame["start"] == pd.Timestamp(starts[1]), "age"].eq(84).all()
+    _, none = covariates_at({"gp_patients": gp}, starts[:1], None)
+    assert none["risk"].startswith("none")
