@@ -30,7 +30,7 @@ def _warnings(report: dict[str, Any]) -> list[str]:
     if not found:
         return ["No figure is past its threshold (`policies/drift.json`)."]
     lines = ["| check | subject | value | threshold | |", "|---|---|---|---|---|"]
-    lines += [f"| {w['check']} | {w['subject']} | {_n(w['value'])} | {w['threshold']} | "
+    lines += [f"| {w['check']} | {w['subject']} | {_n(w['value'], 4)} | {w['threshold']} | "
               f"{'**retrain**' if w['retrain'] else ''} |" for w in found]
     return lines
 

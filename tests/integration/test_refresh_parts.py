@@ -108,7 +108,7 @@ def test_a_first_refresh_report_says_there_is_nothing_to_compare_with():
                             "complete_after": None}}}
     text = markdown(report)
     assert text.count("No previous run to compare with.") == 3
-    assert "| match_rate | apc | 3.000 | 2.0 |" in text
+    assert "| match_rate | apc | 3.0000 | 2.0 |" in text
     assert "| apc | – | 97.0% | – | – | 2.0% | – |" in text
     assert "Awaiting outcomes" in text and "1,200 persons" in text
     assert "– (none: first run)" in text
