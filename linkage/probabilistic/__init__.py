@@ -43,7 +43,8 @@ Pipeline (what `link` and `dedupe` do; each step is also public):
      so m is per level), its E-step floors log-probabilities (a level with no mass otherwise
      turns every later step to NaN) and caches the binarised patterns (speed). The missing level
      has weight 0. The prior, P(match) for two random records, is the fixed point of expected
-     matches among candidates (`estimate_prior`).
+     matches among candidates (`estimate_prior`); u is then corrected for the true matches
+     among the random pairs it was counted on (`remove_matches_from_u`) and the prior refitted.
      Why not one ECM over all candidates: its u is conditional on blocking (agreement on a
      blocked field looks common among non-matches; the union of passes makes fields look
      negatively correlated), which underweights the agreements that matter, and when matches are

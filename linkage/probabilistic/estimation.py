@@ -549,10 +549,55 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
     space = L.n * (L.n - 1) / 2 if R is None else float(L.n) * R.n
     model.prior = estimate_prior(pair_weights(model, L, R, pairs, vectors),
                                  comparisons or space)
+    # u came from random pairs, which include the true matches: take them out and fit again
+    if remove_matches_from_u(model, u, m_all):
+        enforce_monotone(model.level_weights)
+        model.given_postcode, model.postcode_apart = conditional_location_weights(
+            model, L, R, pairs, vectors, seed=seed)
+        model.prior = estimate_prior(pair_weights(model, L, R, pairs, vectors),
+                                     comparisons or space)
     return model
 
 
 Tables = dict[str, dict[int, float]]
+U_FLOOR_BITS = 3.0  # removing matches from u may raise a level's weight by at most this much
+
+
+def remove_matches_from_u(model: MatchModel, u: Tables, m: Tables) -> bool:
+    """Correct u = P(level | non-match) for the true matches among the random pairs it was
+    counted on, in place: u' = (u - prior * m) / (1 - prior), at least u / 2^U_FLOOR_BITS; the
+    level weights and the term frequencies' reference u are recomputed from it.
+
+    Random pairs are pairs of records, not of non-matches: with most records of one file in
+    the other, a good share of the random pairs agreeing exactly on a date of birth or a full
+    address are the same person (prior * m is of the order of 1 / n, as is chance agreement
+    on an identifier with about n values), so u was too large and exact agreement weighed too
+    little, most for the most specific identifiers. A field's weights that were set aside
+    (an implausible address part: all zero) stay so. Returns whether anything changed.
+    """
+    lam = model.prior
+    if not 0.0 < lam < 1.0:
+        return False
+    changed = False
+    for f in model.fields:
+        weights = model.level_weights.get(f, {})
+        if not any(w != 0 for w in weights.values()):
+            continue
+        levels = [lvl for lvl in u.get(f, {}) if lvl != MISSING and lvl in m.get(f, {})]
+        total = sum(u[f][lvl] for lvl in levels) or 1.0
+        top = TOP_LEVEL.get(field_kind(f) or "", 2)
+        for lvl in levels:
+            observed = u[f][lvl] / total
+            corrected = max((observed - lam * m[f][lvl]) / (1.0 - lam),
+                            observed / 2.0 ** U_FLOOR_BITS)
+            if m[f][lvl] <= 0 or corrected <= 0:
+                continue
+            new = math.log2(m[f][lvl] / corrected)
+            changed |= not math.isclose(new, weights[lvl])
+            weights[lvl] = new
+            if lvl == top and f in model.tf:
+                model.tf[f] = corrected
+    return changed
 
 
 def _fit_pass(pairs: pd.DataFrame, free: list[str], max_pairs: int, seed: int
