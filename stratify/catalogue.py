@@ -309,6 +309,8 @@ def _history_features() -> list[Feature]:
 
 
 FEATURES: list[Feature] = _features()
+# The long-history features (what a model without them lacks; benches compare the two).
+LONG_HISTORY: list[str] = [feature.name for feature in _history_features()]
 BY_NAME: dict[str, Feature] = {feature.name: feature for feature in FEATURES}
 NAMES: list[str] = [feature.name for feature in FEATURES]
 

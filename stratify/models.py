@@ -130,13 +130,17 @@ class RuleBaseline:
 
     @staticmethod
     def points(X: pd.DataFrame) -> pd.DataFrame:
-        """One 0/1 column per criterion."""
+        """One 0/1 column per criterion (a criterion whose feature the model is not given, as
+        A&E attendances in a reference-date-only comparison, scores 0)."""
+        def column(name: str) -> pd.Series:
+            return X[name] if name in X.columns else pd.Series(0.0, index=X.index)
+
         cognitive = (X.get("ltc_dementia", 0) > 0) | (X.get("ltc_cognitive_impairment", 0) > 0)
         return pd.DataFrame({
-            "age": (X["age"] >= 65),
-            "ae_attendances": (X["ae_attendances_6m"] >= 2),
-            "ltc_count": (X["ltc_count"] >= 2),
-            "polypharmacy": (X["distinct_medicines_6m"] >= 5),
+            "age": (column("age") >= 65),
+            "ae_attendances": (column("ae_attendances_6m") >= 2),
+            "ltc_count": (column("ltc_count") >= 2),
+            "polypharmacy": (column("distinct_medicines_6m") >= 5),
             "cognitive": cognitive,
         }, index=X.index).astype(int)
 

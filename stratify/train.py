@@ -180,22 +180,27 @@ def history_gain(models: dict[str, Model], chosen: str, fit: tuple[pd.DataFrame,
 def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
           candidates: tuple[str, ...] = ("rule", "logistic", "boosting", "blend"),
           calibration: str = "platt", max_train_persons: int | None = 400_000,
-          history_gain_check: bool = True) -> ModelBundle:
+          history_gain_check: bool = True, features: list[str] | None = None) -> ModelBundle:
     """Fit, choose and calibrate the candidates for a run at `at` (see the module docstring);
-    `history_gain_check` False skips the reference-date-only refit (`history_gain`)."""
+    `history_gain_check` False skips the reference-date-only refit (`history_gain`).
+    `features`: learn from these catalogue features only (default all; benches compare)."""
+    names = list(features) if features is not None else list(NAMES)
+    unknown = sorted(set(names) - set(NAMES))
+    if unknown:
+        raise ValueError(f"unknown features: {', '.join(unknown)}")
     t1 = add_months(at, -12)
     t0 = add_months(at, -24)
     # Conditions look back only as far as the training date's history reaches, at every date,
     # so a longer history at scoring time does not shift what "has diabetes" means.
     history = history_months(con, t1)
     lookback = history if history is not None and history < LIFETIME_MONTHS else None
-    X1 = features_from(con, t1, lookback)
+    X1 = features_from(con, t1, lookback)[names]
     y1 = outcomes_from(con, X1.index, t1)["emergency"].to_numpy()
     X1, y1 = _in_stable_order(X1, y1)
     held = draw(len(X1), CALIBRATION_SHARE, seed, 1)
     selection: dict[str, Any] = {}
     if _has_history(con, t0):
-        X0 = features_from(con, t0, lookback)
+        X0 = features_from(con, t0, lookback)[names]
         y0 = outcomes_from(con, X0.index, t0)["emergency"].to_numpy()
         X0, y0 = _in_stable_order(X0, y0)
         Xs, ys = _subsample(X0, y0, max_train_persons, seed, 2)
@@ -223,13 +228,13 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
         calibrator = Calibrator(calibration).fit(decision, y1[held])
         models[name], calibrators[name] = model, calibrator
         metrics[f"{name}_heldout_auroc"] = _auc(y1[held], decision)
-    if history_gain_check:
+    if history_gain_check and set(REFERENCE_FEATURES) < set(names):
         metrics["history_gain"] = history_gain(
             models, chosen, (Xf, yf), (X1[held], y1[held]), seed)
     p_train = calibrators[chosen](models[chosen].decision(X1))
     return ModelBundle(
         version=MODEL_VERSION, chosen=chosen, models=models, calibrators=calibrators,
-        features=list(NAMES), train_at=t1.isoformat(),
+        features=names, train_at=t1.isoformat(),
         train_window=(t1.isoformat(), add_months(t1, 12).isoformat()), selection=selection,
         thresholds=thresholds(p_train), metrics=metrics, seed=seed,
         codelists_digest=_digest(), lookback_months=lookback,
