@@ -80,9 +80,11 @@ def test_a_table_that_would_not_work_is_refused(haven, name, content, message):
 def test_policy_commands(haven, tmp_path, capsys):
     env = environ(haven)
     assert main(["policy", "list"], env) == 0
-    assert capsys.readouterr().out.split() == ["geography.csv", "optout_purposes.csv",
-                                               "optout_senders.csv", "release.json",
-                                               "retention.csv", "suppression.json"]
+    assert capsys.readouterr().out.split() == ["drift.json", "geography.csv",
+                                               "optout_purposes.csv", "optout_senders.csv",
+                                               "release.json", "retention.csv",
+                                               "segments.csv", "suppression.json",
+                                               "unit_costs.csv"]
     stricter = tmp_path / "suppression.json"
     stricter.write_text('{"suppress_from": 1, "suppress_to": 9, "round_to": 10}')
     assert main(["policy", "set", "suppression.json", str(stricter)], env) == 0
