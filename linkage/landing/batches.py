@@ -94,6 +94,7 @@ def prepare_batch(batch: Batch, job: Job, memo: HashMemo) -> Prepared:
                                                job.keys["pseudonym"],
                                                f"{contract.source}|{job.sender}")
     candidates = np.flatnonzero(good)
+    nhs_invalid = int(checked.nhs_invalid.sum())
     result = None
     if len(candidates):
         mask = pa.array(good)
@@ -104,10 +105,11 @@ def prepare_batch(batch: Batch, job: Job, memo: HashMemo) -> Prepared:
             nhs_normalised=pc.filter(checked.nhs_normalised, mask)
             if checked.nhs_normalised is not None else None,
             parsed={k: pc.filter(v, mask) for k, v in checked.parsed.items()})
+        del checked  # the whole batch checked: not held while the kept rows are pseudonymised
         result = pseudonymise(kept, contract, job.extract_id, job.keys, job.sender, memo,
                               pc.filter(record_key, mask) if record_key is not None else None)
-    return Prepared(rows, reasons, int(checked.nhs_invalid.sum()), nhs_missing, dropped,
-                    candidates, fingerprints, result)
+    return Prepared(rows, reasons, nhs_invalid, nhs_missing, dropped, candidates, fingerprints,
+                    result)
 
 
 def pool_size(batches: int) -> int:

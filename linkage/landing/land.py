@@ -368,6 +368,8 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
                 output.submit(partial(seal, *entries))
             if contract.source == "optouts":
                 optout_rows.extend(_optout_register_rows(table, manifest.sender))
+            # Let go of this batch before the next is prepared (the writer holds what it needs).
+            del batch, result, table
         if output is not None:
             output.finish()
     finally:
