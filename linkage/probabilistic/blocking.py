@@ -23,6 +23,10 @@ DEFAULT_PASSES: tuple[tuple[str, ...], ...] = (
     ("postcode", "surname__ph"),
     ("postcode", "forename__ph"),
     ("postcode", "date_of_birth__swap"),
+    # the surname within the postcode district: a record whose postcode is mistyped in its
+    # last characters and whose forename, date of birth and street are also wrong or missing
+    # (FEBRL1's rec-264: found by no other pass)
+    ("surname", "postcode__district"),
     ("identifier",),
     ("address", "surname__ph"),
     ("postcode", "address"),

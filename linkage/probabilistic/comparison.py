@@ -113,6 +113,29 @@ def _field_levels(kind: str, name: str, L: Encoded, R: Encoded, li: np.ndarray,
     return level
 
 
+NAME_TOP = 2 + len(DICE_CUTS["forename"])  # a name's exact level before variants (5)
+
+
+def _cross_name_level(L: Encoded, R: Encoded, li: np.ndarray, ri: np.ndarray, left: str,
+                      right: str) -> np.ndarray:
+    """Level of one record's `left` name against the other's `right` name (forename and
+    surname share a key domain, so their encodings compare): exact NAME_TOP, else Dice bands
+    and phonetic agreement as for names, 1 if they differ, 0 if either is missing."""
+    lx, rx = L.key(left)[li], R.key(right)[ri]
+    missing = (lx == 0) | (rx == 0)
+    level = np.full(len(li), DIFFERENT, dtype=np.int8)
+    lb, rb = f"{left}{SEP}bf", f"{right}{SEP}bf"
+    if L.has(lb) and R.has(rb):
+        level += _dice_level(L.bits(lb), R.bits(rb), li, ri, DICE_CUTS["forename"])
+    lp, rp = f"{left}{SEP}ph", f"{right}{SEP}ph"
+    if L.has(lp) and R.has(rp):
+        a, b = L.key(lp)[li], R.key(rp)[ri]
+        level = np.maximum(level, np.where((a == b) & (a != 0), 2, DIFFERENT).astype(np.int8))
+    level[(lx == rx) & ~missing] = NAME_TOP
+    level[missing] = MISSING
+    return level
+
+
 def compare(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None,
             pairs: pd.DataFrame, fields: Sequence[str] | None = None) -> pd.DataFrame:
     """Comparison vectors: an int8 level per field for each pair (same row order as `pairs`).
@@ -135,11 +158,16 @@ def compare(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encoded | None,
                 out[f][lo:lo + len(li)] = _field_levels(kind, f, L, R, li, ri)
         names_present = all(L.has(f) and R.has(f) for f in ("forename", "surname"))
         if "forename" in out and "surname" in out and names_present:  # names swapped
-            a, b = L.key("forename")[li], L.key("surname")[li]
-            c, d = R.key("forename")[ri], R.key("surname")[ri]
-            swapped = (a == d) & (b == c) & (a != 0) & (b != 0) & (a != c)
-            for f in ("forename", "surname"):
-                top = 2 + len(DICE_CUTS[f])
-                part = out[f][lo:lo + len(li)]
-                part[swapped] = np.maximum(part[swapped], top - 1)
+            fore, sur = out["forename"][lo:lo + len(li)], out["surname"][lo:lo + len(li)]
+            a, c = L.key("forename")[li], R.key("forename")[ri]
+            cross_f = _cross_name_level(L, R, li, ri, "forename", "surname")
+            cross_s = _cross_name_level(L, R, li, ri, "surname", "forename")
+            # each name agrees better with the other's other name, and the two forenames are
+            # not the same (a forename equal to its own surname would look swapped)
+            swapped = (cross_f > fore) & (cross_s > sur) & (a != c)
+            # a swap is only as convincing as its weaker side (a shared surname and a forename
+            # of the same Soundex is not "White Georgia" for "Grace White"), and never exact
+            level = np.minimum(np.minimum(cross_f, cross_s), NAME_TOP - 1)
+            for part in (fore, sur):
+                part[swapped] = np.maximum(part[swapped], level[swapped])
     return pd.DataFrame(block.T, index=pairs.index, columns=names, copy=False)
