@@ -202,9 +202,10 @@ def _save(ctx: Context, kind: str, run_id: str, sources: dict[str, pd.DataFrame]
 # ------------------------------------------------------------------------------ journeys
 def journey_tables(records: pd.DataFrame, rule: Rule, places: Geography
                    ) -> dict[str, pd.DataFrame]:
-    """The published journey tables (discharges counted; one publication)."""
+    """The published journey tables (discharges counted; one publication). At home at 91
+    days is the `at_home` column of `flow_91d`, not a table of its own: two tables counting
+    the same discharges under different names would let one show what the other hides."""
     frame = records.assign(readmitted_30d=_flag(records["readmitted_30d"]),
-                           at_home_91d=_flag(records["at_home_91d"]),
                            long_term_care_12m=_flag(records["long_term_care_12m"]))
     flags = ["yes", "no", UNKNOWN]
     pathways = list(PATHWAYS)
@@ -216,7 +217,6 @@ def journey_tables(records: pd.DataFrame, rule: Rule, places: Geography
                                      ["65-74", "75-84", "85+"]),
         "flow_91d": _grid(frame, "pathway", "outcome_91d", pathways, list(OUTCOMES_91)),
         "readmitted_30d": _grid(frame, "pathway", "readmitted_30d", pathways, flags),
-        "at_home_91d": _grid(frame, "pathway", "at_home_91d", pathways, flags),
         "long_term_care_12m": _grid(frame, "pathway", "long_term_care_12m", pathways, flags),
     }
     parents = {"pcn": ("locality", dict(places.locality_of))}
@@ -316,14 +316,15 @@ def cost_tables(records: pd.DataFrame, around: pd.DataFrame, rule: Rule,
 
 
 def _around_table(around: pd.DataFrame, rule: Rule) -> pd.DataFrame:
-    counts = _list_table(around.assign(pathway=around["pathway"].astype(str)), "pathway",
-                         list(PATHWAYS))
-    shown = publish_grids({"discharges": counts}, rule)["discharges"]["persons"]
+    """Mean spend the year before and after a discharge, by pathway: means only, and the
+    symbol where the pathway has 1-7 discharges. Its counts are not published here: they are
+    the journeys run's figures, protected in that publication, and two publications
+    protecting one figure separately could show what the other hides."""
     rows = []
-    for pathway, count in shown.items():
+    for pathway in [*PATHWAYS, TOTAL]:
         part = around if pathway == TOTAL else around[around["pathway"] == pathway]
-        hidden = count == rule.symbol or not len(part)
-        rows.append({"pathway": pathway, "discharges": count,
+        hidden = rule.hides(len(part)) or not len(part)
+        rows.append({"pathway": pathway,
                      "mean_spend_year_before": rule.symbol if hidden else
                      int(round(part["spend_before"].mean())),
                      "mean_spend_year_after": rule.symbol if hidden else

@@ -64,7 +64,11 @@ def test_each_analysis_runs_as_a_governed_purpose(world: World) -> None:
     segments = analyses.run_segments(haven, AT)
     assert journeys.rows > 0 and costs.rows == PERSONS      # alive on 1 April 2024
     assert segments.rows == PERSONS - PERSONS // 5           # those who died in hospital gone
-    assert any("records and 8 published tables written to" in line for line in lines)
+    assert any("records and 7 published tables written to" in line for line in lines)
+    _, shown = analyses.published(haven, "journeys")
+    # at home at 91 days is flow_91d's at_home column, never a second table of the same
+    # discharges under another name (one could show what the other hides)
+    assert "at_home" in shown["flow_91d"].columns and "at_home_91d" not in shown
     pathways = journeys.summary["pathways"]
     assert pathways["pathway_2"] and pathways["pathway_3"] and pathways["died_in_hospital"]
     assert pathways["pathway_0"] + pathways["pathway_1"] > 0
@@ -86,6 +90,7 @@ def test_each_analysis_runs_as_a_governed_purpose(world: World) -> None:
     _, tables = analyses.published(haven, "costs")
     by_tier = tables["spend_by_tier"]
     assert ((by_tier["persons"] == "*") == (by_tier["spend"] == "*")).all()
+    assert "discharges" not in tables["spend_around_discharge"].columns  # journeys' figures
     assert costs.summary["by_setting"]["social_care"] > 0
     _, tables = analyses.published(haven, "segments")
     for unit in ("practice", "pcn"):
