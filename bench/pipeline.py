@@ -3,8 +3,9 @@
     .venv/bin/python bench/pipeline.py --persons 100000 [--work DIR] [--keep]
 
 Runs `haven synth`, `haven land`, `haven link`, `haven score --at DATE` (the synthetic
-population's own score date), `haven model report`, and `haven journeys`, `haven costs` and
-`haven segments` when the command line has them, each as a fresh process on a fresh
+population's own score date), `haven model report`, and `haven journeys --at DATE`,
+`haven costs --year YEAR` (DATE's year) and `haven segments --at DATE` when the command line
+has them, each as a fresh process on a fresh
 HAVEN_HOME with generated keys, and prints one row per stage: wall time, the peak of the
 whole process tree's resident memory (the stage and every child it starts, summed, sampled
 every 0.1 s from /proc), and the largest single process's peak (`/usr/bin/time -v`, which
@@ -164,9 +165,13 @@ def main() -> None:
         stage("model report", "model", "report", "--out", str(work / "report"),
               *(["--run", run.group(1)] if run else []))
         commands = available_commands(env)
+        at = str(meta["score_date"])
+        # Their options: the score date; costs take the financial year that starts in its year.
+        options = {"journeys": ["--at", at], "costs": ["--year", at[:4]],
+                   "segments": ["--at", at]}
         for name in OPTIONAL:
             if name in commands:
-                stage(name, name)
+                stage(name, name, *options[name])
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     print(f"\n{args.persons:,} persons ({tree}); load average before {' '.join(load_before)}, "
           f"after {' '.join(load_after)} (2 cores)")
