@@ -83,19 +83,23 @@ class MatchModel:
     def weight(self, vectors: pd.DataFrame) -> np.ndarray:
         """Match weight (log2 Bayes factor) of each comparison vector."""
         total = np.full(len(vectors), self.bias, dtype=np.float64)
-        same_postcode = apart = same_place = None
+        same_postcode = apart = same_place = apart_place = None
         if (self.given_postcode or self.postcode_apart) and CONDITION_FIELD in vectors.columns:
             pc = vectors[CONDITION_FIELD].to_numpy()
             same_postcode = pc == TOP_LEVEL[CONDITION_FIELD]
             apart = (pc != MISSING) & ~same_postcode
-            same_place = same_postcode
+            same_place, apart_place = same_postcode, apart
             line = _first_address(self.fields)
             if line is not None and line in vectors.columns:
-                # postcode missing but the address line agrees exactly: the same place, so a
-                # town or suburb there is weighed as within one postcode (else a household's
-                # shared address line and town would count twice)
-                same_place = same_postcode | ((pc == MISSING) & (
-                    vectors[line].to_numpy() == TOP_LEVEL["address"]))
+                # postcode missing: the address line stands for it. Agreeing exactly, the same
+                # place, so a town or suburb there is weighed as within one postcode (else a
+                # household's shared address line and town would count twice); present and
+                # different, a move, so a town is weighed as for a different postcode (else a
+                # mover's different line and town would count against them twice)
+                lv = vectors[line].to_numpy()
+                no_pc = pc == MISSING
+                same_place = same_postcode | (no_pc & (lv == TOP_LEVEL["address"]))
+                apart_place = apart | (no_pc & (lv != MISSING) & (lv != TOP_LEVEL["address"]))
         supplementary = _supplementary_address(self.fields)
         for f in self.fields:
             if f not in vectors.columns:
@@ -105,9 +109,10 @@ class MatchModel:
             for level, w in self.level_weights[f].items():
                 table[int(level)] = w
             weights = table[levels]
-            same = same_place if f in supplementary else same_postcode
+            same, moved = ((same_place, apart_place) if f in supplementary
+                           else (same_postcode, apart))
             for mask, tables in ((same, self.given_postcode),
-                                 (apart, self.postcode_apart)):
+                                 (moved, self.postcode_apart)):
                 if mask is not None and f in tables:
                     given = np.zeros(128, dtype=np.float64)
                     for level, w in tables[f].items():

@@ -621,3 +621,28 @@ def test_surname_within_the_postcode_district_makes_a_candidate(key: bytes) -> N
     assert stats.per_pass["surname+postcode__district"] == 1
     without = [p for p in P.DEFAULT_PASSES if p != ("surname", "postcode__district")]
     assert len(P.candidate_pairs(enc, None, passes=without)) == 0
+
+
+def test_a_town_is_weighed_by_the_address_line_when_the_postcode_is_missing() -> None:
+    """With no postcode, the address line stands for it: agreeing exactly, a town is weighed as
+    within one postcode (a household's line and town count once); different, as after a move
+    (a mover's line and town do not count against them twice). The line itself is not."""
+    pc_top, line_top = P.TOP_LEVEL["postcode"], P.TOP_LEVEL["address"]
+    model = P.MatchModel(
+        fields=("postcode", "address", "address_2"), prior=1e-4, method="ecm",
+        level_weights={"postcode": {0: 0.0, 1: -6.0, pc_top: 12.0},
+                       "address": {0: 0.0, 1: -5.0, line_top: 12.0},
+                       "address_2": {0: 0.0, 1: -4.0, line_top: 3.0}},
+        given_postcode={"address": {0: 0.0, 1: -6.0, line_top: 0.5},
+                        "address_2": {0: 0.0, 1: -0.5, line_top: 0.1}},
+        postcode_apart={"address": {0: 0.0, 1: -0.2, line_top: 3.0},
+                        "address_2": {0: 0.0, 1: -1.0, line_top: 2.0}})
+    vectors = pd.DataFrame({"postcode": [0, 0, 0, pc_top, 1],
+                            "address": [line_top, 1, 0, line_top, 1],
+                            "address_2": [line_top, 1, 1, line_top, 1]}, dtype=np.int8)
+    w = model.weight(vectors)
+    assert w[0] == pytest.approx(12.0 + 0.1)  # same line: the town as within one postcode
+    assert w[1] == pytest.approx(-5.0 - 1.0)  # line differs: the town as after a move
+    assert w[2] == pytest.approx(-4.0)  # nothing to stand for the postcode: unconditional
+    assert w[3] == pytest.approx(12.0 + 0.5 + 0.1)
+    assert w[4] == pytest.approx(-6.0 - 0.2 - 1.0)
