@@ -66,11 +66,29 @@ class Person(BaseModel):
     sources: list[str]
 
 
+PROVENANCE_EXAMPLE = {"model_id": "model-jbjgblcnfple", "model": "boosting",
+                      "approval": "approved", "approved_role": "clinical_safety_officer",
+                      "approved_at": "2025-04-02T09:14:00+00:00"}
+
+
+class ModelProvenance(BaseModel):
+    """Which model scored the list and its clinical safety approval (who decided, and why:
+    `GET /models`)."""
+
+    model_config = example(PROVENANCE_EXAMPLE)
+    model_id: str | None
+    model: str
+    approval: str
+    approved_role: str | None
+    approved_at: str | None
+
+
 class PersonPage(BaseModel):
     model_config = example({"run_id": "score-2025-04-01-9a1c2e3f4b5d", "total": 312,
                             "offset": 0, "limit": 50, "next_offset": 50,
-                            "items": [PERSON_EXAMPLE]})
+                            "items": [PERSON_EXAMPLE], "provenance": PROVENANCE_EXAMPLE})
     run_id: str
+    provenance: ModelProvenance
     total: int
     offset: int
     limit: int
@@ -115,8 +133,10 @@ class Aggregate(BaseModel):
 
 class RunInfo(BaseModel):
     model_config = example({"run_id": "score-2025-04-01-9a1c2e3f4b5d", "at": "2025-04-01",
-                            "model": "boosting", "model_version": "1.0", "persons": 19412})
+                            "model": "boosting", "model_version": "1.0", "persons": 19412,
+                            "provenance": PROVENANCE_EXAMPLE})
     run_id: str
+    provenance: ModelProvenance
     at: str
     model: str
     model_version: str

@@ -76,7 +76,7 @@ def _page(release: Release, access: Access, selected: np.ndarray, offset: int, l
     access.answered(len(items), run_id=release.run_id)
     return json_response({"run_id": release.run_id, "total": int(len(selected)),
                           "offset": offset, "limit": limit, "next_offset": nxt,
-                          "items": items})
+                          "items": items, "provenance": release.provenance})
 
 
 @router.get("/practices/{ods}/case-finding", summary="Case-finding list of a practice",
@@ -273,4 +273,5 @@ def run_info(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     whose. The IG lead's opt-out report counts them (`GET /optouts/report`)."""
     release = current_release(access)
     return ok({"run_id": release.run_id, "at": release.at, "model": release.model,
-               "model_version": release.model_version, "persons": release.scored})
+               "model_version": release.model_version, "persons": release.scored,
+               "provenance": release.provenance})

@@ -161,3 +161,19 @@ def test_the_pages_show_which_model_and_approval_a_list_came_from(world: World):
         browser, _ = signed_in(world, role)
         text = browser.get(path).text
         assert model in text and f"approved by a clinical safety officer on {day}" in text
+
+
+def test_every_list_and_the_run_say_which_model_and_approval_they_came_from(world: World):
+    """The risk lists and `GET /runs/current` carry the model and its approval in their body,
+    as the pages show them, so a list saved from the API still says where it came from."""
+    run_id, model = candidate_run(world, "listed", 5)
+    world.call(CSO, "POST", f"/models/{model}/approve", json={"reason": "reviewed"})
+    answers = [world.call("analyst", "GET", "/risk/persons").json(),
+               world.call("mdt_clinician", "GET", "/practices/B86001/case-finding").json(),
+               world.call("analyst", "GET", "/runs/current").json()]
+    for answer in answers:
+        assert answer["run_id"] == run_id
+        made_by = answer["provenance"]
+        assert (made_by["model_id"], made_by["approval"], made_by["approved_role"]) == (
+            model, "approved", CSO)
+        assert made_by["approved_at"]
