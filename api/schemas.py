@@ -84,7 +84,7 @@ class ModelProvenance(BaseModel):
 
 
 class PersonPage(BaseModel):
-    model_config = example({"run_id": "score-2025-04-01-9a1c2e3f4b5d", "total": 312,
+    model_config = example({"run_id": "score-2025-04-01-jkbmcoepflen", "total": 312,
                             "offset": 0, "limit": 50, "next_offset": 50,
                             "items": [PERSON_EXAMPLE], "provenance": PROVENANCE_EXAMPLE})
     run_id: str
@@ -98,7 +98,7 @@ class PersonPage(BaseModel):
 
 class PersonDetail(Person):
     model_config = example({**PERSON_EXAMPLE, "rank": None,
-                            "run_id": "score-2025-04-01-9a1c2e3f4b5d"})
+                            "run_id": "score-2025-04-01-jkbmcoepflen"})
     run_id: str
 
 
@@ -112,7 +112,7 @@ class Aggregate(BaseModel):
     suppressed (1-7, or to protect another figure of any published table)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "run_id": "score-2025-04-01-9a1c2e3f4b5d", "by": ["pcn", "tier"], "geography": "pcn",
+        "run_id": "score-2025-04-01-jkbmcoepflen", "by": ["pcn", "tier"], "geography": "pcn",
         "cells": [{"pcn": "U90001", "tier": "high", "count": 45, "suppressed": False},
                   {"pcn": "U90001", "tier": "very_high", "count": None,
                    "suppressed": True}],
@@ -132,7 +132,7 @@ class Aggregate(BaseModel):
 
 
 class RunInfo(BaseModel):
-    model_config = example({"run_id": "score-2025-04-01-9a1c2e3f4b5d", "at": "2025-04-01",
+    model_config = example({"run_id": "score-2025-04-01-jkbmcoepflen", "at": "2025-04-01",
                             "model": "boosting", "model_version": "1.0", "persons": 19412,
                             "provenance": PROVENANCE_EXAMPLE})
     run_id: str
@@ -177,7 +177,7 @@ class ReverseLookupItem(BaseModel):
 
 
 class ReverseLookup(BaseModel):
-    model_config = example({"run_id": "score-2025-04-01-9a1c2e3f4b5d", "items": [
+    model_config = example({"run_id": "score-2025-04-01-jkbmcoepflen", "items": [
         {"nhs_number": "9990001234", "found": True, "person": {**PERSON_EXAMPLE, "rank": None}},
         {"nhs_number": "9990004321", "found": False, "person": None}]})
     run_id: str
@@ -226,7 +226,7 @@ class Job(BaseModel):
                             "status": "complete", "org": "X26",
                             "created_at": "2025-04-02T09:14:03+00:00",
                             "finished_at": "2025-04-02T09:16:40+00:00",
-                            "result": {"run_id": "score-2025-04-01-9a1c2e3f4b5d",
+                            "result": {"run_id": "score-2025-04-01-jkbmcoepflen",
                                        "persons": 19412}, "error": None})
     job_id: str
     kind: str
@@ -251,7 +251,7 @@ class ExportRequest(BaseModel):
 class Export(BaseModel):
     model_config = example({"export_id": "exp-20250402-5e6f7a8b", "recipient": "RR8",
                             "format": "csv", "rows": 1043, "run_id":
-                            "score-2025-04-01-9a1c2e3f4b5d", "sha256": "9f86d08...",
+                            "score-2025-04-01-jkbmcoepflen", "sha256": "9f86d08...",
                             "created_at": "2025-04-02T09:20:00+00:00", "org": "X26",
                             "columns": ["recipient_key", "tier", "probability_band",
                                         "practice", "age_band", "sex", "conditions_count"],
@@ -349,7 +349,7 @@ class OptoutReport(BaseModel):
                             "by_type_and_purpose": {"ndoo": {"commissioning": 300,
                                                              "case_finding": 0}},
                             "withheld_from_current_runs": {"commissioning": {
-                                "run_id": "score-2025-04-01-9a1c2e3f4b5d", "persons": 3}}})
+                                "run_id": "score-2025-04-01-jkbmcoepflen", "persons": 3}}})
     as_of: str
     by_type: dict[str, int | str]
     by_type_and_purpose: dict[str, dict[str, int | str]]

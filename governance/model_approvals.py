@@ -16,7 +16,6 @@ threshold (`haven refresh`): it keeps serving, flagged, until a new model is app
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from governance import audit
 from governance.audit import Actor
+from governance.identifiers import digest_letters
 from governance.schema import models, users
 
 CLINICAL_SAFETY_ROLE = "clinical_safety_officer"
@@ -47,9 +47,7 @@ def model_id(description: dict[str, Any]) -> str:
     description (version, training window, features, algorithm) as letters a-p, so the same
     model trained again has the same id and keeps its decision, and no id ever holds a run
     of digits that the audit log would take for an NHS number."""
-    text = json.dumps(description, sort_keys=True, default=str)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return "model-" + "".join(chr(ord("a") + int(c, 16)) for c in digest)
+    return "model-" + digest_letters(json.dumps(description, sort_keys=True, default=str))
 
 
 def record_candidate(connection: Connection, model: str, run_id: str, purpose: str,

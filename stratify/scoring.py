@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from governance.identifiers import digest_letters
 from governance.layout import RunFiles
 from stratify import codelists, explain
 from stratify.catalogue import AGE_BANDS
@@ -134,8 +134,9 @@ def _contributions(bundle: ModelBundle, X: pd.DataFrame, tiers: np.ndarray
 
 
 def _run_id(at: dt.date, seed: int, ids: dict[str, list[str]], version: str) -> str:
-    digest = hashlib.sha256(json.dumps([at.isoformat(), seed, ids, version],
-                                       sort_keys=True).encode()).hexdigest()[:12]
+    """`score-DATE-` and a digest of what made the run, in letters (governance.identifiers: never
+    a digit run the audit log would take for an NHS number)."""
+    digest = digest_letters(json.dumps([at.isoformat(), seed, ids, version], sort_keys=True))
     return f"score-{at.isoformat()}-{digest}"
 
 

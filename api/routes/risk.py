@@ -157,7 +157,7 @@ def person_detail(person_key: PersonKey,
 
 
 FHIR_EXAMPLE = {
-    "resourceType": "RiskAssessment", "id": "score-2025-04-01-9a1c2e3f4b5d-P3f2a9c41d0b7e6a58c13",
+    "resourceType": "RiskAssessment", "id": "score-2025-04-01-jkbmcoepflen-P3f2a9c41d0b7e6a58c13",
     "status": "final", "subject": {"identifier": {"system": present.FHIR_PERSON_KEY_SYSTEM,
                                                   "value": "P3f2a9c41d0b7e6a58c13"}},
     "occurrenceDateTime": "2025-04-01", "method": {"text": "Haven risk model boosting 1.0"},
