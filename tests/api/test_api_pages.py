@@ -275,3 +275,21 @@ def test_the_model_page_shows_the_evaluation_with_small_counts_suppressed(world:
     assert "0.910" not in page
     council, _ = signed_in(world, "council_uploader")
     assert council.get("/pages/model").status_code == 403
+
+
+def test_the_model_page_says_plainly_when_its_figures_are_a_back_test(world: World) -> None:
+    """Before the year after a run has happened, the report judges the training procedure one
+    year earlier (#17); the page must not present those figures as this run's."""
+    import json
+
+    browser, _ = signed_in(world, "analyst")
+    folder = world.haven.settings.layout.report(world.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = evaluation(world.run_id)
+    (folder / "evaluation.json").write_text(json.dumps(figures))
+    assert "back-test" not in browser.get("/pages/model").text
+    (folder / "evaluation.json").write_text(json.dumps(
+        {**figures, "kind": "backtest", "judged_at": "2024-04-01"}))
+    page = browser.get("/pages/model").text
+    assert "Model evaluation: back-test" in page
+    assert "has not happened yet" in page and "2024-04-01" in page
