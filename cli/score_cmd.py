@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from governance import model_approvals
-from pipeline.report import model_report
+from pipeline.report import model_report, what_was_judged
 from pipeline.score import NoScoreRun, NothingToScore, UnknownModel, export_scores, score
 
 
@@ -63,12 +63,13 @@ def register(app: typer.Typer) -> None:
     @model.command("report")
     def report(ctx: typer.Context, run: str = typer.Option(None, "--run"),
                out: Path = typer.Option(None, "--out")) -> None:
-        """Evaluate a run on the year after its date: Markdown and PNG plots."""
+        """Evaluate a run on the year after its date, or, before that year has happened, show the
+        back-test its model was chosen on: Markdown and PNG plots."""
         try:
             path = model_report(ctx.obj, run, out)
         except NoScoreRun as exc:
             raise typer.BadParameter(str(exc)) from exc
-        Console().print(f"model report written to {path}")
+        Console().print(f"model report written to {path}\n{what_was_judged(path)}")
 
     @model.command("list")
     def list_command(ctx: typer.Context,

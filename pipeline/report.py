@@ -93,3 +93,16 @@ def evaluation_figures(ctx: Context, run_id: str) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def what_was_judged(report: Path) -> str:
+    """One line saying what the report at `report` judged: the run's own outcome year, the
+    back-test the model was chosen on (the year after the run has not happened), or nothing."""
+    try:
+        figures = json.loads((report.parent / EVALUATION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no evaluation: neither the year after the run nor a back-test year is in the data"
+    if figures.get("kind") == "backtest":
+        return (f"back-test: the outcome year after the run has not happened, so the model "
+                f"procedure is judged one year earlier, on the year from {figures['judged_at']}")
+    return f"prospective: the run judged on the year after {figures.get('at')}"

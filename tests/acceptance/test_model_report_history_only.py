@@ -18,7 +18,7 @@ from governance.reidentify import normalise
 from linkage.person_index import read_link_map
 from pipeline.land import land
 from pipeline.link import link
-from pipeline.report import model_report
+from pipeline.report import model_report, what_was_judged
 from pipeline.score import score
 from synth import generate
 
@@ -38,6 +38,7 @@ def test_a_run_scored_where_the_data_end_reports_truthfully(haven, tmp_path: Pat
     assert "has not happened yet" in text[:text.index("## Model card")]
     assert f"{end.isoformat()} to {end.replace(year=end.year + 1).isoformat()}" in text
     assert "## Back-test evaluation: the year from" in text
+    assert what_was_judged(path).startswith("back-test: the outcome year after the run has not")
     assert not re.search(r"\b0 events among", text)
     events = re.search(r"([\d,]+) events among ([\d,]+) persons", text)
     assert events and int(events.group(1).replace(",", "")) > 0

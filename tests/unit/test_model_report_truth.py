@@ -126,3 +126,19 @@ def test_no_backtest_without_the_years_it_needs(sources: dict[str, pd.DataFrame]
     text = write_report(None, tmp_path, run=history_only, status=status).read_text()
     assert not (tmp_path / "evaluation.json").exists()
     assert "No back-test either" in text and "no evaluation in this report" in text
+
+
+def test_the_command_line_says_what_a_report_judged(tmp_path):
+    """`haven model report` prints whether it judged the run's own year or a back-test."""
+    import json as _json
+
+    from pipeline.report import what_was_judged
+
+    report = tmp_path / "report.md"
+    assert what_was_judged(report).startswith("no evaluation")
+    (tmp_path / "evaluation.json").write_text(_json.dumps({"kind": "prospective",
+                                                          "at": "2025-04-01"}))
+    assert what_was_judged(report) == "prospective: the run judged on the year after 2025-04-01"
+    (tmp_path / "evaluation.json").write_text(_json.dumps({"kind": "backtest",
+                                                          "judged_at": "2024-04-01"}))
+    assert "judged one year earlier, on the year from 2024-04-01" in what_was_judged(report)
