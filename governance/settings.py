@@ -14,6 +14,9 @@ from pathlib import Path
 
 from governance.layout import Layout
 
+ENGINES = ("embedded", "spark")
+SPARK_CONF = "HAVEN_SPARK_CONF_"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -24,12 +27,19 @@ class Settings:
         database_url: SQLAlchemy URL (`HAVEN_DATABASE_URL`); blank means SQLite under `home`.
         key_env: key material passed as environment variables (`HAVEN_KEY_*`), if any.
         batch_rows: rows per landing batch: memory is bounded by a batch, not by a file.
+        engine: where the stages run (`HAVEN_ENGINE`): `embedded` (this process, the default)
+            or `spark` (pipeline.engines; governance stays in this process's database).
+        spark_master: the Spark master URL (`HAVEN_SPARK_MASTER`, default `local[2]`).
+        spark_conf: Spark configuration passed through (`HAVEN_SPARK_CONF_*`; `spark_setting`).
     """
 
     home: Path
     database_url: str = ""
     key_env: Mapping[str, str] = field(default_factory=dict)
     batch_rows: int = 200_000
+    engine: str = "embedded"
+    spark_master: str = "local[2]"
+    spark_conf: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def db_url(self) -> str:
@@ -69,9 +79,31 @@ class Settings:
                 values[name] = environ[env_name]
         home = Path(values.get("home") or Path(environ.get("PWD", os.getcwd())) / "haven-home")
         key_env = {k: v for k, v in environ.items() if k.startswith("HAVEN_KEY_")}
+        engine = environ.get("HAVEN_ENGINE", values.get("engine", "embedded")) or "embedded"
+        if engine not in ENGINES:
+            raise ValueError(f"HAVEN_ENGINE must be one of {', '.join(ENGINES)}, not {engine!r}")
+        spark_conf = dict(spark_setting(k, v) for k, v in environ.items()
+                          if k.startswith(SPARK_CONF))
         return cls(
             home=home.expanduser().resolve(),
             database_url=values.get("database_url", ""),
             key_env=key_env,
             batch_rows=int(values.get("batch_rows", 200_000)),
+            engine=engine,
+            spark_master=environ.get("HAVEN_SPARK_MASTER") or values.get("spark_master")
+            or "local[2]",
+            spark_conf=spark_conf,
         )
+
+
+def spark_setting(name: str, value: str) -> tuple[str, str]:
+    """One `HAVEN_SPARK_CONF_*` variable as a Spark (key, value).
+
+    `HAVEN_SPARK_CONF_SPARK_DRIVER_MEMORY=1g` is `spark.driver.memory=1g` (the name lowered,
+    `_` for `.`); a key with capitals is given whole in the value instead:
+    `HAVEN_SPARK_CONF_OVERHEAD=spark.executor.memoryOverhead=512m`.
+    """
+    if value.startswith("spark.") and "=" in value:
+        key, _, given = value.partition("=")
+        return key, given
+    return name[len(SPARK_CONF):].lower().replace("_", "."), value

@@ -1,0 +1,52 @@
+"""The execution engine setting (governance.settings): HAVEN_ENGINE, HAVEN_SPARK_MASTER and
+HAVEN_SPARK_CONF_* read from the environment (or the settings file) and passed in. No Spark
+needed: these run everywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from governance.settings import Settings, spark_setting
+
+
+def test_embedded_is_the_default_with_local_two_cores(tmp_path: Path) -> None:
+    settings = Settings.from_environ({"HAVEN_HOME": str(tmp_path)})
+    assert settings.engine == "embedded"
+    assert settings.spark_master == "local[2]"
+    assert dict(settings.spark_conf) == {}
+
+
+def test_spark_engine_master_and_configuration_are_passed_through(tmp_path: Path) -> None:
+    settings = Settings.from_environ({
+        "HAVEN_HOME": str(tmp_path), "HAVEN_ENGINE": "spark",
+        "HAVEN_SPARK_MASTER": "spark://cluster:7077",
+        "HAVEN_SPARK_CONF_SPARK_DRIVER_MEMORY": "1g",
+        "HAVEN_SPARK_CONF_OVERHEAD": "spark.executor.memoryOverhead=512m",
+        "SPARK_CONF_IGNORED": "x"})
+    assert settings.engine == "spark"
+    assert settings.spark_master == "spark://cluster:7077"
+    assert dict(settings.spark_conf) == {"spark.driver.memory": "1g",
+                                         "spark.executor.memoryOverhead": "512m"}
+
+
+def test_the_settings_file_can_choose_the_engine(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"engine": "spark", "spark_master": "local[1]"}))
+    settings = Settings.from_environ({"HAVEN_HOME": str(tmp_path), "HAVEN_SETTINGS": str(path)})
+    assert (settings.engine, settings.spark_master) == ("spark", "local[1]")
+
+
+def test_an_unknown_engine_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError,
+                       match="HAVEN_ENGINE must be one of embedded, spark, not 'flink'"):
+        Settings.from_environ({"HAVEN_HOME": str(tmp_path), "HAVEN_ENGINE": "flink"})
+
+
+def test_a_spark_key_with_capitals_is_given_whole_in_the_value() -> None:
+    assert spark_setting("HAVEN_SPARK_CONF_X", "spark.sql.shuffle.partitions=4") == (
+        "spark.sql.shuffle.partitions", "4")
+    assert spark_setting("HAVEN_SPARK_CONF_SPARK_UI_ENABLED", "false") == (
+        "spark.ui.enabled", "false")
