@@ -18,7 +18,6 @@ states why no purpose of their own was added.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from sqlalchemy import insert, select
 
 from governance import audit, optouts
 from governance.geography import Geography
+from governance.identifiers import digest_letters
 from governance.policy_tables import policy_text
 from governance.schema import runs
 from governance.suppression import Rule
@@ -167,9 +167,11 @@ def _list_table(frame: pd.DataFrame, dimension: str, values: list[str] | None = 
 
 
 def _run_id(kind: str, label: str, sources: dict[str, pd.DataFrame]) -> str:
-    digest = hashlib.sha256(json.dumps(extract_ids(sources), sort_keys=True).encode()
-                            + dt.datetime.now(dt.UTC).isoformat().encode()).hexdigest()
-    return f"{kind}-{label}-{digest[:12]}"
+    """`KIND-LABEL-` and a digest in letters (governance.identifiers: never a digit run the
+    audit log would take for an NHS number)."""
+    digest = digest_letters(json.dumps(extract_ids(sources), sort_keys=True)
+                            + dt.datetime.now(dt.UTC).isoformat())
+    return f"{kind}-{label}-{digest}"
 
 
 def _save(ctx: Context, kind: str, run_id: str, sources: dict[str, pd.DataFrame],
