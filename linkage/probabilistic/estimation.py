@@ -402,6 +402,14 @@ def _supplementary_address(fields: Sequence[str]) -> set[str]:
     return {f for f in fields if field_kind(f) == "address" and f != first}
 
 
+def _coarse(cols: Sequence[str]) -> bool:
+    """A pass on part of a postcode (its district or sector): for recall only, like passes on
+    a town, since a name within a district is mostly relatives and neighbours (see
+    `_supplementary_address`)."""
+    return any(c.split(SEP)[0] == CONDITION_FIELD and c.split(SEP)[1:] in (["district"],
+               ["sector"]) for c in pass_columns(cols))
+
+
 def _is_location(f: str) -> bool:
     return f == CONDITION_FIELD or field_kind(f) == "address"
 
@@ -485,7 +493,7 @@ def fit_fellegi_sunter(left: pd.DataFrame | Encoded, right: pd.DataFrame | Encod
         blocked = _pass_fields(cols)
         free = _free_fields(fields, blocked)
         n = int(mask.sum())
-        if not free or n < min_pass_pairs or blocked & supplementary:
+        if not free or n < min_pass_pairs or blocked & supplementary or _coarse(cols):
             continue
         base = [f for f in free if f not in supplementary]
         extra = [f for f in free if f in supplementary]
