@@ -449,7 +449,8 @@ def test_partitioned_dedupe_clusters_as_one_run(key: bytes) -> None:
 # review band), and again when u was corrected for the matches among random pairs (exact
 # agreement weighs more: the dedupe's four review-band pairs, true copies with a blank postcode
 # and a forename typo, are now linked), and again for the surname + postcode district pass and
-# typo'd name swaps (same pairs; the partitioned link's sample fit differs).
+# typo'd name swaps, and once more when that pass stopped estimating (same pairs; the
+# partitioned link's sample fit differs).
 FIXED_KEY = bytes(range(32))
 GOLDEN_LINK_RIGHT = [
     11, 33, 95, 42, 8, 16, 94, 71, 19, 88, 64, 65, 91, 107, 43, 41, 109, 69, 17, 1, 119,
@@ -457,14 +458,14 @@ GOLDEN_LINK_RIGHT = [
     79, 0, 87, 18, 40, 102, 24, 35, 56, 117, 52, 70, 5, 66, 90, 86, 63, 92, 20,
 ]
 GOLDEN_LINK_WEIGHT = [
-    31.195142, 38.884531, 18.113134, 25.272049, 33.748882, 36.463616, 31.195142, 38.884531,
-    17.113134, 25.272049, 33.748882, 36.463616, 31.195142, 35.463616, 14.519156, 25.272049,
-    33.748882, 36.463616, 31.195142, 35.463616, 14.519156, 25.272049, 33.748882, 36.463616,
-    31.195142, 36.463616, 18.113134, 25.272049, 33.748882, 36.463616, 31.195142, 38.884531,
-    14.519156, 25.272049, 33.748882, 36.463616, 31.195142, 38.884531, 14.019156, 25.272049,
-    33.748882, 36.463616, 31.195142, 36.463616, 18.113134, 25.272049, 33.748882, 36.463616,
-    31.195142, 38.884531, 14.519156, 25.272049, 32.748882, 36.463616, 31.195142, 35.463616,
-    18.113134, 25.272049, 33.748882, 36.463616, 14.373295,
+    32.615372, 38.850576, 18.492508, 25.363127, 33.689366, 36.559936, 32.615372, 38.850576,
+    17.492508, 25.363127, 33.689366, 36.559936, 32.615372, 35.559936, 14.895466, 25.363127,
+    33.689366, 36.559936, 32.615372, 35.559936, 14.895466, 25.363127, 33.689366, 36.559936,
+    32.615372, 36.559936, 18.492508, 25.363127, 33.689366, 36.559936, 32.615372, 38.850576,
+    14.895466, 25.363127, 33.689366, 36.559936, 32.615372, 38.850576, 14.395466, 25.363127,
+    33.689366, 36.559936, 32.615372, 36.559936, 18.492508, 25.363127, 33.689366, 36.559936,
+    32.615372, 38.850576, 14.895466, 25.363127, 32.689366, 36.559936, 32.615372, 35.559936,
+    18.492508, 25.363127, 33.689366, 36.559936, 14.59869,
 ]
 GOLDEN_DEDUPE_WEIGHT = [
     31.503439, 37.711877, 12.937772, 25.529803, 33.196525, 37.663847, 29.560769, 37.663847,
@@ -496,7 +497,7 @@ def test_default_link_gives_the_recorded_pairs_and_weights(fixed_files: tuple) -
     assert matches["right"].tolist() == GOLDEN_LINK_RIGHT
     assert matches["weight"].to_numpy() == pytest.approx(GOLDEN_LINK_WEIGHT, abs=1e-6)
     assert len(result.review) == 0 and result.blocking.pairs == 91
-    assert result.model.prior == pytest.approx(0.004258940066030319, rel=1e-6)
+    assert result.model.prior == pytest.approx(0.0042753374004869315, rel=1e-6)
     # partitioned, the model fitted on a sample of left records
     parts = P.link(left, right, LinkageSettings(partition_pairs=30, workers=2))
     assert (len(parts.matches), len(parts.review), parts.blocking.pairs) == (56, 5, 91)
