@@ -354,9 +354,12 @@ def test_cli_writes_and_reports(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "wrote 11 extracts" in result.output and str(tmp_path / "truth") in result.output
     assert json.loads((tmp_path / "apc.csv.manifest.json").read_text())["rows"] > 0
-    result = CliRunner().invoke(app, ["synth", "--persons", "2000000", "--out",
+    from synth import nhs
+
+    result = CliRunner().invoke(app, ["synth", "--persons", str(nhs.capacity() + 1), "--out",
                                       str(tmp_path / "big")])
-    assert result.exit_code != 0
+    assert result.exit_code != 0 and f"at most {nhs.capacity()} persons" in result.output
+    assert not (tmp_path / "big").exists() or not any((tmp_path / "big").iterdir())
 
 
 def test_synthetic_files_land(landing: Any, out: Path) -> None:
