@@ -173,9 +173,10 @@ def evaluate(ctx: Context, cohort_text: str, *, outcomes: tuple[str, ...] = OUTC
                "comparison": result.comparison, "months": months, "ratio": ratio,
                "outcomes": list(outcomes), "balanced": result.balanced,
                "statement": result.statement, "method": {
-                   "matching": "propensity score (logistic regression), nearest neighbour on "
-                               f"its logit, caliper {impact.CALIPER_SD} SD, with replacement, "
-                               "exact on start date",
+                   "matching": "nearest neighbour on the standardised covariates and the "
+                               "propensity score's logit (logistic regression), within a "
+                               f"caliper of {impact.CALIPER_SD} SD of the logit, with "
+                               "replacement, exact on start date",
                    "estimate": "difference in differences, WLS, SEs clustered by person, 95% CI",
                    "risk_score": used["risk"],
                    "segment": "stratify.segments (Bridges to Health)",

@@ -30,6 +30,8 @@ PERSON_KEY = re.compile(r"^P[0-9a-f]{20}$")
 OUTCOMES = ("emergency_admissions", "emergency_bed_days", "ae_attendances", "spend")
 SMD_LIMIT = 0.1  # |SMD| above this on any covariate: the groups are not balanced
 CALIPER_SD = 0.2  # of the logit of the propensity score (Austin 2011)
+LOGIT_WEIGHT = 3.0  # the logit's weight beside each standardised covariate in the distance
+CANDIDATES = 200  # nearest persons searched for ones inside the caliper
 MAX_START_DATES = 24
 HEADER = ("person_key", "start_date")
 
@@ -264,8 +266,11 @@ def match(covariates: pd.DataFrame, cohort: pd.DataFrame, *, ratio: int = 1,
     person_key; a `start` column says which start date the row describes); numeric or
     categorical columns (risk score, age, sex, segment, prior use). Within each start date a
     logistic regression gives each person's propensity of being in the cohort; each cohort
-    member takes its `ratio` nearest persons not in the cohort on the logit of it, with
-    replacement, within a caliper of CALIPER_SD standard deviations (Austin 2011). Balance:
+    member takes the `ratio` persons not in the cohort nearest to it on the standardised
+    covariates and the logit of the propensity (weighted LOGIT_WEIGHT; Mahalanobis-metric
+    matching with the propensity score, Rosenbaum & Rubin 1985, here with a diagonal metric),
+    among its CANDIDATES nearest, whose logit is within a caliper of CALIPER_SD standard
+    deviations of its own (Austin 2011), with replacement. Balance:
     the standardised mean difference of every covariate, before and after (controls weighted
     by how often they were taken); |SMD| > SMD_LIMIT anywhere after matching means the groups
     could not be balanced, and `statement` says so plainly."""
@@ -294,23 +299,24 @@ def match(covariates: pd.DataFrame, cohort: pd.DataFrame, *, ratio: int = 1,
         rows = np.concatenate([t_idx, c_idx])
         x = StandardScaler().fit_transform(design.to_numpy()[rows])
         y = np.r_[np.ones(len(t_idx)), np.zeros(len(c_idx))]
-        model = LogisticRegression(max_iter=1000, C=1.0, class_weight="balanced",
-                                   random_state=seed).fit(x, y)
-        p = np.clip(model.predict_proba(x)[:, 1], 1e-6, 1 - 1e-6)
+        model = LogisticRegression(max_iter=2000, C=100.0, random_state=seed).fit(x, y)
+        p = np.clip(model.predict_proba(x)[:, 1], 1e-9, 1 - 1e-9)
         logit = np.log(p / (1 - p))
-        caliper = CALIPER_SD * float(np.std(logit)) or np.inf
-        nn = NearestNeighbors(n_neighbors=ratio).fit(logit[len(t_idx):, None])
-        distance, which = nn.kneighbors(logit[:len(t_idx), None])
+        spread = float(np.std(logit)) or 1.0
+        caliper = CALIPER_SD * spread
+        space = np.column_stack([x, LOGIT_WEIGHT * logit / spread])
+        n = len(t_idx)
+        nn = NearestNeighbors(n_neighbors=min(CANDIDATES, len(c_idx))).fit(space[n:])
+        _, which = nn.kneighbors(space[:n])
         for i, t in enumerate(t_idx):
-            close = distance[i] <= caliper
-            if not close.any():
+            inside = which[i][np.abs(logit[n + which[i]] - logit[i]) <= caliper][:ratio]
+            if not len(inside):
                 unmatched += 1
                 continue
-            chosen = c_idx[which[i][close]]
             pairs.append(pd.DataFrame({
                 "person_key": data["person_key"].iat[t], "start": start,
-                "control": data["person_key"].to_numpy()[chosen],
-                "weight": 1.0 / close.sum()}))
+                "control": data["person_key"].to_numpy()[c_idx[inside]],
+                "weight": 1.0 / len(inside)}))
     pairs_frame = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(
         columns=["person_key", "start", "control", "weight"])
     balance = _balance(data, design, in_cohort, candidate, pairs_frame)
