@@ -1,0 +1,79 @@
+"""A Spark session made from Haven's settings, passed in to whatever runs on Spark.
+
+There is no global session: `spark_session(settings)` builds one from `HAVEN_SPARK_MASTER` and
+`HAVEN_SPARK_CONF_*` (governance.settings) and the caller hands it down and stops it. Haven's
+own defaults keep a local session small (a 1 GB driver, few shuffle partitions, no UI); any
+`HAVEN_SPARK_CONF_*` value wins over them. Executors run this interpreter (`sys.executable`)
+unless the cluster says otherwise, so they import the same stage code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from governance.settings import Settings
+
+if TYPE_CHECKING:  # pyspark is the optional `spark` extra
+    from pyspark.sql import SparkSession
+
+DEFAULTS = {
+    "spark.driver.memory": "1g",
+    "spark.sql.shuffle.partitions": "4",
+    "spark.ui.enabled": "false",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.session.timeZone": "UTC",
+}
+
+
+class SparkUnavailable(RuntimeError):
+    """The Spark engine was asked for but PySpark or a Java runtime is missing (says which)."""
+
+
+def missing() -> str | None:
+    """Why a Spark session cannot start here (None when it can): PySpark or Java absent."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        return "PySpark is not installed (pip install 'haven[spark]')"
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        return "no Java runtime (install openjdk-17-jre-headless or set JAVA_HOME)"
+    return None
+
+
+def spark_conf(settings: Settings) -> dict[str, str]:
+    """The configuration a session gets: Haven's small defaults (Python workers on this
+    interpreter), then the settings' own."""
+    return {**DEFAULTS, "spark.pyspark.python": sys.executable, **dict(settings.spark_conf)}
+
+
+def spark_session(settings: Settings, app_name: str = "haven") -> SparkSession:
+    """A new (or the running) Spark session on `settings.spark_master`; SparkUnavailable when
+    PySpark or Java is missing."""
+    reason = missing()
+    if reason:
+        raise SparkUnavailable(f"HAVEN_ENGINE=spark cannot start: {reason}")
+    from pyspark.sql import SparkSession
+
+    # PySpark started in-process (not by spark-submit) takes its Python workers' interpreter
+    # from this variable alone; without it a local worker runs a `python3` lacking Haven's
+    # packages. Set only when the deployment has not chosen one.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
+    for key, value in spark_conf(settings).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+@contextmanager
+def session(settings: Settings, app_name: str = "haven") -> Iterator[SparkSession]:
+    """A session for one command, stopped when it is done."""
+    spark = spark_session(settings, app_name)
+    try:
+        yield spark
+    finally:
+        spark.stop()

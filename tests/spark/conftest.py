@@ -1,0 +1,31 @@
+"""The Spark tests' shared session: one `local[2]` session for the whole folder, small (a 1 GB
+driver, two shuffle partitions), made from Haven's settings like any other. Every test here
+that needs it is skipped, saying why, when PySpark or a Java runtime is missing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from governance.settings import Settings
+from pipeline.engines.spark_session import missing, spark_session
+
+WHY_NOT = missing()
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A local[2] Spark session (skips the test when PySpark or Java is missing)."""
+    if WHY_NOT:
+        pytest.skip(f"Spark engine tests need PySpark and Java: {WHY_NOT}")
+    home: Path = tmp_path_factory.mktemp("spark-home")
+    settings = Settings(home=home, engine="spark", spark_master="local[2]", spark_conf={
+        "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
+        "spark.local.dir": str(home / "spark-local")})
+    session = spark_session(settings, "haven-tests")
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

@@ -1,0 +1,96 @@
+"""`haven score` on Spark equals the embedded engine: the model is fitted on the driver as
+today, prediction, tiers and reasons run over partitions (pipeline.engines.spark_score), and
+every person gets the same probability (within 1e-9), tier and reasons."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.engines.spark_score import score_on_spark, spark_thresholds
+from stratify.score_partition import higher_rank, tier_thresholds
+from stratify.scoring import ScoreRun, score
+from stratify.tiers import TIERS, thresholds
+
+AT = dt.date(2025, 4, 1)
+
+
+def _make_sources(persons: int, seed: int) -> dict[str, pd.DataFrame]:
+    path = Path(__file__).parents[2] / "bench" / "score.py"
+    spec = importlib.util.spec_from_file_location("bench_score", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_sources(persons, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def sources() -> dict[str, pd.DataFrame]:
+    return _make_sources(800, seed=5)
+
+
+@pytest.fixture(scope="module")
+def embedded(sources: dict[str, pd.DataFrame]) -> ScoreRun:
+    return score(sources, AT, seed=0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 199, 200, 201, 1000, 1001, 65_537, 1_000_003])
+def test_tier_bounds_are_numpys_higher_quantile_from_ranks(n: int) -> None:
+    values = np.random.default_rng(n).random(n)
+    descending = np.sort(values)[::-1]
+    assert tier_thresholds(n, lambda m: descending[m - 1]) == thresholds(values)
+    for _, share in TIERS:
+        assert higher_rank(n, share) == int(np.quantile(np.arange(n), 1 - share,
+                                                         method="higher"))
+
+
+def test_no_persons_have_the_embedded_thresholds() -> None:
+    assert tier_thresholds(0, lambda m: 0.0) == thresholds(np.array([]))
+
+
+def test_spark_thresholds_equal_the_embedded_ones(spark: Any) -> None:
+    values = np.random.default_rng(3).random(997)
+    table = spark.createDataFrame(pd.DataFrame({"p": values})).repartition(3)
+    assert spark_thresholds(table, "p") == thresholds(values)
+
+
+def test_scores_on_spark_equal_the_embedded_engine(spark: Any, sources: dict[str, pd.DataFrame],
+                                                   embedded: ScoreRun) -> None:
+    run = score_on_spark(spark, sources, AT, seed=0, partitions=3)
+    ours, theirs = run.scores, embedded.scores
+    assert run.run_id == embedded.run_id and run.model == embedded.model
+    assert list(ours.columns) == list(theirs.columns)
+    assert ours["person_key"].tolist() == theirs["person_key"].tolist()
+    assert len(ours) > 500
+    assert np.abs(ours["probability"] - theirs["probability"]).max() <= 1e-9
+    assert run.thresholds == pytest.approx(embedded.thresholds, abs=1e-9)
+    assert (ours["tier"] == theirs["tier"]).all()
+    assert set(ours["tier"]) == {"very_high", "high", "moderate", "low"}
+    for column in ("reasons", "reason_group_1", "reason_group_2", "reason_group_3",
+                   "gp_practice_code", "sex", "sources", "conditions", "social_care_known"):
+        pd.testing.assert_series_equal(ours[column], theirs[column], check_dtype=False)
+    pd.testing.assert_series_equal(ours["age_band"].fillna("-"), theirs["age_band"].fillna("-"),
+                                   check_dtype=False)
+    for name in embedded.bundle.models:  # type: ignore[union-attr]
+        assert np.abs(run.candidates[name] - embedded.candidates[name]).max() <= 1e-9
+    assert run.metrics["tiers"] == embedded.metrics["tiers"]
+    assert run.metrics["reasons_method"] == embedded.metrics["reasons_method"]
+
+
+def test_a_reused_model_and_previous_run_give_the_same_change(
+        spark: Any, sources: dict[str, pd.DataFrame], embedded: ScoreRun) -> None:
+    previous = embedded.scores[["person_key", "probability", "tier"]].copy()
+    previous["probability"] = previous["probability"] * 0.9
+    previous["tier"] = "low"
+    again = score(sources, AT, seed=0, previous=previous, bundle=embedded.bundle)
+    run = score_on_spark(spark, sources, AT, seed=0, previous=previous,
+                         bundle=embedded.bundle, partitions=2)
+    assert np.abs(run.scores["change"] - again.scores["change"]).max() <= 1e-9
+    assert run.scores["tier_change"].tolist() == again.scores["tier_change"].tolist()
+    assert (run.scores["tier_change"] > 0).any()
