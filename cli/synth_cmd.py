@@ -10,7 +10,8 @@ from synth.generator import generate
 
 
 def synth_command(
-    persons: int = typer.Option(10000, "--persons", help="How many people (at most 909091)."),
+    persons: int = typer.Option(10000, "--persons", help=(
+        "How many people (at most 9,090,909: the never-issued 990-999 NHS number range).")),
     seed: int = typer.Option(1, "--seed", help="Same seed, same bytes."),
     out: Path = typer.Option(..., "--out", help="Directory for the extracts (truth/ apart)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar, a one-line summary."),

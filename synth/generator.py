@@ -178,8 +178,8 @@ def generate(persons: int, seed: int, out: Path, progress: bool = True,
     if persons < 1:
         raise ValueError("persons must be at least 1")
     if persons > nhs.capacity():
-        raise ValueError(f"at most {nhs.capacity()} persons: the 999 NHS number range holds "
-                         f"no more valid numbers")
+        raise ValueError(f"at most {nhs.capacity()} persons: the never-issued NHS number range "
+                         f"(990-999) holds no more valid numbers")
     out = Path(out)
     started = time.perf_counter()
     (out / "truth").mkdir(parents=True, exist_ok=True)
