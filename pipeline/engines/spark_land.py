@@ -1,0 +1,101 @@
+"""Landing's costly part on Spark: each batch checked and pseudonymised on an executor.
+
+`spark_prepared` is the Spark counterpart of `linkage.landing.batches.prepared_batches`: the
+same batches (read and numbered by `linkage.landing.reader`, so row numbers are the embedded
+engine's), each prepared by the same partition-pure `prepare_batch` inside `mapInArrow`, and
+handed back in file order. What spans the file (a record id repeated across batches, persons
+already sealed, opt-out senders, the vault, the receipt, the audit event) stays with the
+landing on the driver, against the embedded or PostgreSQL database, as today.
+
+Keys: executors get only what preparing a batch uses, the `pseudonym` and `linkage` keys of
+the landing's job (`executor_job`), in one broadcast destroyed when the landing's batches are
+back. The vault and release keys never leave the driver (the vault is sealed there); no key
+provider, key file or environment is shipped. See docs/scale.md, "Keys on executors".
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from linkage.landing.batches import Job, Prepared, prepare_batch
+from linkage.landing.pseudonymise import HashMemo
+from linkage.landing.reader import Batch
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+EXECUTOR_KEYS = ("pseudonym", "linkage")
+ROW = "__haven_row"
+OUT_SCHEMA = "batch long, prepared binary"
+
+
+def executor_job(job: Job) -> Job:
+    """The job as executors get it: only the keys preparing a batch uses (KeyError naming a
+    missing purpose)."""
+    missing = [p for p in EXECUTOR_KEYS if p not in job.keys]
+    if missing:
+        raise KeyError(f"landing job has no {', '.join(missing)} key")
+    return replace(job, keys={p: job.keys[p] for p in EXECUTOR_KEYS})
+
+
+def batch_bytes(batch: Batch) -> bytes:
+    """A batch (its text columns and row numbers) as one Arrow IPC stream."""
+    table = batch.table.append_column(ROW, batch.rows)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def batch_from_bytes(blob: bytes) -> Batch:
+    """`batch_bytes` read back."""
+    table = pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
+    rows = table.column(ROW).combine_chunks()
+    return Batch(table.drop_columns([ROW]), rows)
+
+
+def prepare_blob(blob: bytes, job: Job, memo: HashMemo) -> bytes:
+    """One shipped batch prepared, as the landing will read it back (vault entries are
+    decided by the landing from `persons`, as for the embedded pool's workers: not sent)."""
+    prepared = prepare_batch(batch_from_bytes(blob), job, memo)
+    if prepared.result is not None:
+        prepared.result.vault_entries = ([], [])
+    return pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
+                   partitions: int = 2) -> Iterator[Prepared]:
+    """Each batch prepared on Spark, yielded in file order (what `prepared_batches` yields).
+
+    This slice ships the driver's batches to the executors; reading the raw file on the
+    executors (splits with row offsets) is the next step (docs/scale.md).
+    """
+    shipped = [(number, batch_bytes(batch)) for number, batch in enumerate(batches)]
+    if not shipped:
+        return
+    frame = spark.createDataFrame(shipped, "batch long, payload binary").repartition(
+        min(partitions, len(shipped)), "batch")
+    shared = spark.sparkContext.broadcast(executor_job(job))
+
+    def run(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        memo = HashMemo()  # spares re-hashing within a partition; changes no output
+        on_executor = shared.value
+        for chunk in chunks:
+            numbers = chunk.column("batch").to_pylist()
+            blobs = chunk.column("payload").to_pylist()
+            for number, blob in zip(numbers, blobs, strict=True):
+                yield pa.RecordBatch.from_pydict(
+                    {"batch": [number], "prepared": [prepare_blob(blob, on_executor, memo)]},
+                    schema=pa.schema([("batch", pa.int64()), ("prepared", pa.binary())]))
+
+    try:
+        done = frame.mapInArrow(run, OUT_SCHEMA).orderBy("batch")
+        for row in done.toLocalIterator():
+            yield pickle.loads(row["prepared"])  # noqa: S301 - made by this landing's executors
+    finally:
+        shared.destroy()
