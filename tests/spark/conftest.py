@@ -1,9 +1,11 @@
 """The Spark tests' shared session: one `local[2]` session for the whole folder, small (a 1 GB
 driver, two shuffle partitions), made from Haven's settings like any other. Every test here
-that needs it is skipped, saying why, when PySpark or a Java runtime is missing."""
+that needs it is skipped, saying why, when PySpark or a Java runtime is missing (and fails
+with CI=true, where .ci/run installs both)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ WHY_NOT = missing()
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A local[2] Spark session (skips the test when PySpark or Java is missing)."""
+    if WHY_NOT and os.environ.get("CI") == "true":  # as for PostgreSQL: never skipped in CI
+        pytest.fail(f"CI=true but the Spark engine tests cannot run: {WHY_NOT}")
     if WHY_NOT:
         pytest.skip(f"Spark engine tests need PySpark and Java: {WHY_NOT}")
     home: Path = tmp_path_factory.mktemp("spark-home")
