@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from governance.settings import Settings
+from pipeline.engines.dispatch import persons_scorer
 from pipeline.engines.spark_score import score_on_spark, spark_thresholds
 from stratify.score_partition import higher_rank, tier_thresholds
 from stratify.scoring import ScoreRun, score
@@ -62,7 +64,9 @@ def test_spark_thresholds_equal_the_embedded_ones(spark: Any) -> None:
 
 def test_scores_on_spark_equal_the_embedded_engine(spark: Any, sources: dict[str, pd.DataFrame],
                                                    embedded: ScoreRun) -> None:
-    run = score_on_spark(spark, sources, AT, seed=0, partitions=3)
+    # The model is fitted on the driver by the same stratify.train either way; reusing the
+    # embedded run's keeps this test under a minute on a loaded machine.
+    run = score_on_spark(spark, sources, AT, seed=0, partitions=3, bundle=embedded.bundle)
     ours, theirs = run.scores, embedded.scores
     assert run.run_id == embedded.run_id and run.model == embedded.model
     assert list(ours.columns) == list(theirs.columns)
@@ -94,3 +98,15 @@ def test_a_reused_model_and_previous_run_give_the_same_change(
     assert np.abs(run.scores["change"] - again.scores["change"]).max() <= 1e-9
     assert run.scores["tier_change"].tolist() == again.scores["tier_change"].tolist()
     assert (run.scores["tier_change"] > 0).any()
+
+
+def test_the_engine_setting_chooses_the_scorer(spark: Any, tmp_path: Path,
+                                               sources: dict[str, pd.DataFrame],
+                                               embedded: ScoreRun) -> None:
+    assert persons_scorer(Settings(home=tmp_path)) is score
+    on_spark = persons_scorer(Settings(home=tmp_path, engine="spark"), spark=spark)
+    run = on_spark(sources, AT, seed=0)  # the model fitted on the driver, as embedded
+    assert run.metrics["engine"] == "spark"
+    assert (run.run_id, run.model, run.model_version) == (
+        embedded.run_id, embedded.model, embedded.model_version)
+    assert np.abs(run.scores["probability"] - embedded.scores["probability"]).max() <= 1e-9
