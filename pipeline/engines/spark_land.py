@@ -16,9 +16,9 @@ provider, key file or environment is shipped. See docs/scale.md, "Keys on execut
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -69,18 +69,34 @@ def prepare_blob(blob: bytes, job: Job, memo: HashMemo) -> bytes:
 
 
 def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
-                   partitions: int = 2) -> Iterator[Prepared]:
+                   partitions: int = 2, window: int | None = None) -> Iterator[Prepared]:
     """Each batch prepared on Spark, yielded in file order (what `prepared_batches` yields).
 
-    This slice ships the driver's batches to the executors; reading the raw file on the
-    executors (splits with row offsets) is the next step (docs/scale.md).
+    Batches go to Spark `window` at a time (default two per partition), so the driver holds a
+    window of batches, not the file. This slice ships the driver's batches to the executors;
+    reading the raw file on the executors (splits with row offsets) is the next step
+    (docs/scale.md).
     """
-    shipped = [(number, batch_bytes(batch)) for number, batch in enumerate(batches)]
-    if not shipped:
-        return
+    window = window or 2 * partitions
+    shared = spark.sparkContext.broadcast(executor_job(job))
+    try:
+        pending: list[tuple[int, bytes]] = []
+        for number, batch in enumerate(batches):
+            pending.append((number, batch_bytes(batch)))
+            if len(pending) >= window:
+                yield from _prepare_window(spark, pending, shared, partitions)
+                pending = []
+        if pending:
+            yield from _prepare_window(spark, pending, shared, partitions)
+    finally:
+        shared.destroy()
+
+
+def _prepare_window(spark: SparkSession, shipped: list[tuple[int, bytes]], shared: Any,
+                    partitions: int) -> Iterator[Prepared]:
+    """One window of shipped batches prepared by `prepare_blob` in `mapInArrow`, in order."""
     frame = spark.createDataFrame(shipped, "batch long, payload binary").repartition(
         min(partitions, len(shipped)), "batch")
-    shared = spark.sparkContext.broadcast(executor_job(job))
 
     def run(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         memo = HashMemo()  # spares re-hashing within a partition; changes no output
@@ -93,9 +109,18 @@ def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
                     {"batch": [number], "prepared": [prepare_blob(blob, on_executor, memo)]},
                     schema=pa.schema([("batch", pa.int64()), ("prepared", pa.binary())]))
 
-    try:
-        done = frame.mapInArrow(run, OUT_SCHEMA).orderBy("batch")
-        for row in done.toLocalIterator():
-            yield pickle.loads(row["prepared"])  # noqa: S301 - made by this landing's executors
-    finally:
-        shared.destroy()
+    done = frame.mapInArrow(run, OUT_SCHEMA).orderBy("batch")
+    for row in done.toLocalIterator():
+        yield pickle.loads(row["prepared"])  # noqa: S301 - made by this landing's executors
+
+
+def spark_preparer(spark: SparkSession, partitions: int = 2
+                   ) -> Callable[[Iterator[Batch], Job, int], Iterator[Prepared]]:
+    """A drop-in for `prepared_batches(batches, job, workers)` that prepares on Spark (the
+    `workers` hint is the embedded pool's and is not used): what the landing will take once
+    it accepts a preparer (docs/scale.md, "Not done yet")."""
+
+    def prepare(batches: Iterator[Batch], job: Job, workers: int) -> Iterator[Prepared]:
+        return spark_prepared(spark, batches, job, partitions)
+
+    return prepare

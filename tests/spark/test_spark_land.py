@@ -22,6 +22,7 @@ from pipeline.engines.spark_land import (
     batch_from_bytes,
     executor_job,
     spark_prepared,
+    spark_preparer,
 )
 
 BATCH_ROWS = 60
@@ -76,7 +77,7 @@ def test_batches_prepared_on_spark_equal_the_embedded_ones(spark: Any, tmp_path:
     path = _extract(tmp_path, source)
     job = Job(source, "20261205-test-0001", "RR8", _keys())
     embedded = list(prepared_batches(iter(_batches(path, source)), job, workers=1))
-    on_spark = list(spark_prepared(spark, _batches(path, source), job, partitions=2))
+    on_spark = list(spark_prepared(spark, _batches(path, source), job, partitions=2, window=3))
     assert len(on_spark) == len(embedded) == 5
     for ours, theirs in zip(on_spark, embedded, strict=True):
         _same(ours, theirs)
@@ -90,6 +91,16 @@ def test_batches_prepared_on_spark_equal_the_embedded_ones(spark: Any, tmp_path:
 def test_an_empty_file_prepares_no_batch(spark: Any) -> None:
     job = Job("apc", "20261205-test-0002", "RR8", _keys())
     assert list(spark_prepared(spark, [], job)) == []
+
+
+def test_the_spark_preparer_stands_in_for_the_embedded_one(spark: Any, tmp_path: Path) -> None:
+    path = _extract(tmp_path, "apc")
+    job = Job("apc", "20261205-test-0003", "RR8", _keys())
+    embedded = list(prepared_batches(iter(_batches(path, "apc")), job, workers=1))
+    prepare = spark_preparer(spark, partitions=2)
+    for ours, theirs in zip(prepare(iter(_batches(path, "apc")), job, 1), embedded,
+                            strict=True):
+        _same(ours, theirs)
 
 
 def test_executors_get_no_vault_key() -> None:
