@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` session
 
 from factories import invalid_nhs, rows_for, write_extract
 from governance.keys import Key

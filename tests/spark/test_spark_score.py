@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` session
 
 from governance.settings import Settings
 from pipeline.engines.dispatch import persons_scorer

@@ -1,4 +1,6 @@
-"""The Spark tests' shared session: one `local[2]` session for the whole folder, small (a 1 GB
+"""Test helper: the Spark tests' shared session (tests/spark import `spark` from here: a
+conftest.py of their own would shadow tests/conftest.py for `from conftest import ...`). One
+`local[2]` session for the whole run, small (a 1 GB
 driver, two shuffle partitions), made from Haven's settings like any other. Every test here
 that needs it is skipped, saying why, when PySpark or a Java runtime is missing (and fails
 with CI=true, where .ci/run installs both)."""
@@ -18,8 +20,8 @@ from pipeline.engines.spark_session import missing, spark_session
 WHY_NOT = missing()
 
 
-@pytest.fixture(scope="session")
-def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+@pytest.fixture(scope="session", name="spark")
+def spark_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A local[2] Spark session (skips the test when PySpark or Java is missing)."""
     if WHY_NOT and os.environ.get("CI") == "true":  # as for PostgreSQL: never skipped in CI
         pytest.fail(f"CI=true but the Spark engine tests cannot run: {WHY_NOT}")
