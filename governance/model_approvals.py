@@ -138,9 +138,15 @@ def decide(engine: Engine, actor: Actor, model: str, decision: str, reason: str
             raise ModelError(f"no model {model!r} (see `haven model list`)")
         if status != "candidate":
             raise ModelError(f"model {model} is already {status}: a decision is final")
-        connection.execute(update(models).where(models.c.model_id == model).values(
+        # Conditional on the model still being a candidate: of two decisions racing (two API
+        # workers, the API and the command line), exactly one changes the row; the other is
+        # told the decision is final, and nothing of it is recorded.
+        changed = connection.execute(update(models).where(
+            models.c.model_id == model, models.c.status == "candidate").values(
             status=DECISIONS[decision], decided_by=actor.user, decided_role=actor.role,
-            decided_at=now, reason=text))
+            decided_at=now, reason=text)).rowcount
+        if changed != 1:
+            raise ModelError(f"model {model} was decided meanwhile: a decision is final")
         audit.record(connection, actor, action, resource, detail={"reason": text})
     found = get_model(engine, model)
     assert found is not None

@@ -182,3 +182,36 @@ def test_migration_0005_makes_the_table_and_the_roles_rules_once(tmp_path: Path)
             assert "models" not in {r[0] for r in connection.execute(text(
                 "SELECT name FROM sqlite_master WHERE type = 'table'"))}
         engine.dispose()
+
+
+def test_of_two_racing_decisions_only_one_is_recorded(haven):
+    """Promise: a decision is final even when two arrive together (two API workers, or the API
+    and the command line): the one whose update lands second is refused and leaves no trace.
+    The race is made deterministic: a rejection lands after the approval read the candidate
+    status and before it wrote."""
+    from sqlalchemy import event
+
+    model = _candidate(haven)
+    raced = []
+
+    def reject_first(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE MODELS") and not raced:
+            raced.append(True)
+            cursor.execute(
+                "UPDATE models SET status = 'rejected', decided_by = 'other.cso', "
+                "decided_role = 'clinical_safety_officer', reason = 'not validated' "
+                "WHERE model_id = " + ("%s" if haven.engine.dialect.name == "postgresql"
+                                       else "?"), (model,))
+
+    event.listen(haven.engine, "before_cursor_execute", reject_first)
+    try:
+        with pytest.raises(model_approvals.ModelError, match="decided meanwhile"):
+            model_approvals.decide(haven.engine, CSO, model, "approve", "validated")
+    finally:
+        event.remove(haven.engine, "before_cursor_execute", reject_first)
+    assert raced
+    # (the competing rejection ran inside the refused transaction here, so it is rolled back
+    # with it; what matters is that the approval neither overwrote it nor was recorded)
+    assert model_approvals.get_model(haven.engine, model)["status"] != "approved"
+    assert model_approvals.approved_models(haven.engine) == []
+    assert _entries(haven, "model.approve") == []
