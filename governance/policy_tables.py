@@ -66,6 +66,7 @@ NOT_TABLES = frozenset({"casbin_model.conf", "casbin_policy.csv"})
 VALIDATORS = {
     "drift.json": "governance.drift_policy:validate_drift",
     "geography.csv": "governance.geography:validate_geography",
+    "incidents.json": "governance.incidents:validate_limits",
     "optout_purposes.csv": "governance.optouts:validate_purposes",
     "optout_senders.csv": "governance.optouts:validate_senders",
     "release.json": "governance.release_rule:validate_release",

@@ -235,4 +235,9 @@ incidents = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
     Column("ended_by", String(64)),
     Column("ended_at", DateTime(timezone=True)),
+    # Migration 0008 (red-team F3): the responding organisations (ODS codes) and the IG
+    # lead's approval an admin's declaration waits for (governance/incidents.py).
+    Column("organisations", JSON),
+    Column("approved_by", String(64)),
+    Column("approved_at", DateTime(timezone=True)),
 )
