@@ -276,6 +276,17 @@ def policy_tables(access: Annotated[Access, Depends(authorise)]) -> JSONResponse
 
 
 TableName = Annotated[str, Path(pattern=TABLE_NAME, examples=["retention.csv"])]
+# Tables a role other than the IG lead owns, changed only through their own route (its own
+# permission): the unit costs are the super users' (issue #14), not the governance table set's.
+OWNED_ELSEWHERE = {"unit_costs.csv": "PUT /analyses/unit-costs/table (super users)"}
+
+
+def _changeable_here(name: str) -> None:
+    """404 for an unknown table; 403 naming the route for a table another role owns."""
+    if name not in policy_names():
+        raise Problem(404, "no such policy table")
+    if name in OWNED_ELSEWHERE:
+        raise Problem(403, f"{name} is changed through {OWNED_ELSEWHERE[name]}")
 
 
 def _table(access: Access, name: str) -> dict[str, Any]:
@@ -304,9 +315,9 @@ def policy_table(name: TableName, access: Annotated[Access, Depends(authorise)]
 def change_policy_table(name: TableName, body: PolicyTableUpdate,
                         access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     """Store a new version of a table (it takes precedence over the shipped one), checked and
-    audited with digests of old and new content (`governance.policy_tables.set_policy`)."""
-    if name not in policy_names():
-        raise Problem(404, "no such policy table")
+    audited with digests of old and new content (`governance.policy_tables.set_policy`).
+    A table another role owns (the unit costs) is refused here: see OWNED_ELSEWHERE."""
+    _changeable_here(name)
     principal = access.principal
     try:
         set_policy(access.services.engine, name, body.content,
@@ -324,9 +335,9 @@ def change_policy_table(name: TableName, body: PolicyTableUpdate,
 @permission("policy_table", "update")
 def reset_policy_table(name: TableName, access: Annotated[Access, Depends(authorise)]
                        ) -> JSONResponse:
-    """Drop the IG lead's version so the shipped table applies again (audited)."""
-    if name not in policy_names():
-        raise Problem(404, "no such policy table")
+    """Drop the IG lead's version so the shipped table applies again (audited); not for a
+    table another role owns."""
+    _changeable_here(name)
     principal = access.principal
     reset_policy(access.services.engine, name,
                  Actor(principal.user, access.role, principal.org, access.purpose))

@@ -198,3 +198,21 @@ def test_no_patient_level_data_for_oversight_roles(world: World, role: str) -> N
         assert world.call(role, method, path).status_code == 403, (role, path)
     for purpose in ("commissioning", "case_finding"):
         assert world.call(role, "GET", "/risk/persons", purpose=purpose).status_code == 403
+
+
+def test_the_unit_cost_table_is_changed_only_through_the_super_users_route(world: World
+                                                                           ) -> None:
+    """Promise: only super users change the unit costs (issue #14); the IG lead's general
+    policy-table route refuses it, naming the route (red team F8: it was accepted)."""
+    shown = world.call("ig_lead", "GET", "/policy-tables/unit_costs.csv").json()
+    edited = shown["content"] + "# an IG lead's edit\n"
+    for method, body in (("PUT", {"json": {"content": edited}}), ("DELETE", {})):
+        refused = world.call("ig_lead", method, "/policy-tables/unit_costs.csv", **body)
+        assert refused.status_code == 403, refused.text
+        assert "/analyses/unit-costs/table" in refused.text
+    with world.haven.engine.connect() as connection:
+        changes = connection.execute(select(audit_log.c.resource).where(
+            audit_log.c.action == "policy_table.change")).all()
+    assert changes == []
+    assert world.call("ig_lead", "GET", "/policy-tables/unit_costs.csv").json()[
+        "overridden"] is False
