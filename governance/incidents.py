@@ -1,15 +1,25 @@
 """Declared incidents for emergency planning, and re-identification during one.
 
-An IG lead or an admin (DECLARERS) declares an incident with a reason, the affected postcode
-sectors and an expiry (at most MAX_DAYS ahead); either may end it early. While it is in force
-(declared, not ended, not expired) a responder acting for `emergency_planning` may re-identify
-the vulnerable adults of its sectors, with a reason: `reidentify` checks, in order, the
-purpose (`purpose`), the reason (`reason`), the incident (`incident`: unknown, ended and
-expired read alike), that someone is named (`empty`), that every person lives in one of its
-sectors (`sector`), opt-outs covering emergency planning (`opt_out`) and the vault
-(`not_found`). Every declaration, end and re-identification, allowed or refused, is audited
-with counts, the rule that decided and the reason's category, never an NHS number nor the
-reason's text (which could name someone; the incident's own reason is kept in its row).
+An IG lead or an admin (DECLARERS) declares an incident with a reason (no NHS number in it:
+`reason`), the affected postcode sectors, the responding organisations (ODS codes) and an
+expiry, within the limits of `policies/incidents.json` (`limits`: sectors, organisations,
+days ahead, incidents in force or pending at once: `concurrent`). Two people open a list: an
+admin's declaration is pending until an IG lead other than the declarer approves it
+(`approve`); an IG lead's is in force at once, the IG lead being the governance authority who
+approves everyone else's (as for access-rule changes, api/policy_changes.py). Either role may
+end one early. While it is in force (approved, not ended, not expired) a responder of one of
+its organisations acting for `emergency_planning` may re-identify the vulnerable adults of its
+sectors, with a reason: `reidentify` checks, in order, the purpose (`purpose`), the reason
+(`reason`), the incident (`incident`: unknown, pending, ended and expired read alike), the
+responder's organisation (`organisation`), that someone is named (`empty`), that every person
+lives in one of its sectors (`sector`) and the vault (`not_found`). A whole-person opt-out
+covering emergency planning (`held_back`: a policy row for every source, `all` scope) holds
+back that person only, counted, never refusing the others; an opt-out limited to some sources
+or to a sender's data (a council's withdrawn consent) instead removes those rows from what
+computes the list (pipeline/incidents.py reads through the purpose's row filter). Every
+declaration, approval, end and re-identification, allowed or refused, is audited with counts,
+the rule that decided and the reason's category, never an NHS number nor the reason's text
+(the incident's own reason is kept in its row, without identifiers).
 """
 
 from __future__ import annotations
@@ -26,15 +36,43 @@ from sqlalchemy import Engine, insert, select, update
 from governance import audit, vault
 from governance.audit import Actor
 from governance.keys import KeyProvider
-from governance.optouts import opted_out
+from governance.optouts import ODS_CODE, active_optouts, coverage
+from governance.policy_tables import json_object, policy_text
 from governance.reidentify import MIN_REASON, Refused, reason_category
 from governance.schema import incidents
 
 PURPOSE = "emergency_planning"
 DECLARERS = frozenset({"ig_lead", "admin"})
-MAX_DAYS = 14
-MAX_SECTORS = 200
+APPROVERS = frozenset({"ig_lead"})  # an IG lead's declaration needs no second person
+POLICY = "incidents.json"
+LIMITS = ("max_sectors", "max_concurrent", "max_organisations", "max_days")
+MAX_DAYS = 14  # the ceiling of `max_days`, whatever the table says
+MAX_SECTORS = 200  # the ceiling of `max_sectors` (and what a request may carry at all)
 SECTOR = re.compile(r"^[A-Z]{1,2}[0-9][0-9A-Z]? [0-9]$")
+NO_IDENTIFIERS = ("reason: holds something shaped like an NHS number; describe the incident "
+                  "without identifiers (who is affected is what the list is for)")
+
+
+def validate_limits(content: str, engine: Engine | None = None) -> None:
+    """Raise ValueError unless `content` is a usable incidents table: each of LIMITS a whole
+    number of at least 1, `max_days` at most MAX_DAYS and `max_sectors` at most MAX_SECTORS."""
+    data = json_object(content, POLICY)
+    for name in LIMITS:
+        value = data.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{POLICY}: {name} must be a whole number of at least 1")
+    if data["max_days"] > MAX_DAYS:
+        raise ValueError(f"{POLICY}: max_days must be at most {MAX_DAYS}")
+    if data["max_sectors"] > MAX_SECTORS:
+        raise ValueError(f"{POLICY}: max_sectors must be at most {MAX_SECTORS}")
+
+
+def limits(engine: Engine | None = None) -> dict[str, int]:
+    """The limits in force (an IG lead's override of policies/incidents.json, else it)."""
+    content = policy_text(POLICY, engine)
+    validate_limits(content, engine)
+    data = json_object(content, POLICY)
+    return {name: int(data[name]) for name in LIMITS}
 
 
 @dataclass(frozen=True)
@@ -50,20 +88,41 @@ class Incident:
     expires_at: dt.datetime
     ended_by: str | None
     ended_at: dt.datetime | None
+    organisations: tuple[str, ...] = ()
+    approved_by: str | None = None
+    approved_at: dt.datetime | None = None
 
-    def in_force(self, now: dt.datetime) -> bool:
-        """Declared, not ended and not expired at `now`."""
+    def live(self, now: dt.datetime) -> bool:
+        """Not ended and not expired at `now` (in force, or pending approval)."""
         return self.ended_at is None and _aware(self.expires_at) > now
 
+    def in_force(self, now: dt.datetime) -> bool:
+        """Approved, not ended and not expired at `now`."""
+        return self.approved_at is not None and self.live(now)
+
+    def status(self, now: dt.datetime) -> str:
+        """`ended`, `expired`, `pending` (awaiting an IG lead) or `in_force`."""
+        if self.ended_at is not None:
+            return "ended"
+        if not self.live(now):
+            return "expired"
+        return "in_force" if self.approved_at is not None else "pending"
+
     def to_json(self, now: dt.datetime) -> dict[str, Any]:
+        """As the API answers it."""
         return {"incident_id": self.incident_id, "reason": self.reason,
-                "sectors": list(self.sectors), "declared_by": self.declared_by,
-                "declared_role": self.declared_role,
+                "sectors": list(self.sectors), "organisations": list(self.organisations),
+                "declared_by": self.declared_by, "declared_role": self.declared_role,
                 "declared_at": _aware(self.declared_at).isoformat(),
                 "expires_at": _aware(self.expires_at).isoformat(),
-                "ended_by": self.ended_by,
-                "ended_at": _aware(self.ended_at).isoformat() if self.ended_at else None,
-                "in_force": self.in_force(now)}
+                "approved_by": self.approved_by,
+                "approved_at": _iso(self.approved_at),
+                "ended_by": self.ended_by, "ended_at": _iso(self.ended_at),
+                "status": self.status(now), "in_force": self.in_force(now)}
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return _aware(moment).isoformat() if moment is not None else None
 
 
 def _aware(moment: dt.datetime) -> dt.datetime:
@@ -82,9 +141,9 @@ def _audit(engine: Engine, actor: Actor, action: str, resource: str, outcome: st
                       "reason_chars": len(reason), **more})
 
 
-def clean_sectors(sectors: Sequence[str]) -> list[str]:
+def clean_sectors(sectors: Sequence[str], most: int = MAX_SECTORS) -> list[str]:
     """Postcode sectors as landed (`LS1 4`: upper case, one space), sorted and distinct;
-    ValueError naming the position of the first that is not one."""
+    ValueError naming the position of the first that is not one, or the cap `most`."""
     out = set()
     for number, sector in enumerate(sectors, start=1):
         text = " ".join(str(sector).upper().split())
@@ -93,43 +152,84 @@ def clean_sectors(sectors: Sequence[str]) -> list[str]:
         out.add(text)
     if not out:
         raise ValueError("sectors: name at least one postcode sector")
-    if len(out) > MAX_SECTORS:
-        raise ValueError(f"sectors: at most {MAX_SECTORS}")
+    if len(out) > most:
+        raise ValueError(f"sectors: at most {most} ({POLICY})")
     return sorted(out)
 
 
+def clean_organisations(organisations: Sequence[str], most: int) -> list[str]:
+    """Responding organisations as ODS codes (upper case), sorted and distinct; ValueError
+    naming the position of the first that is not one, or the cap `most`."""
+    out = set()
+    for number, code in enumerate(organisations, start=1):
+        text = str(code).strip().upper()
+        if not ODS_CODE.match(text):
+            raise ValueError(f"organisations[{number}]: not an ODS code such as X26")
+        out.add(text)
+    if not out:
+        raise ValueError("organisations: name at least one responding organisation")
+    if len(out) > most:
+        raise ValueError(f"organisations: at most {most} ({POLICY})")
+    return sorted(out)
+
+
+def _live_count(engine: Engine, now: dt.datetime) -> int:
+    with engine.connect() as connection:
+        rows = connection.execute(select(incidents.c.expires_at).where(
+            incidents.c.ended_at.is_(None))).scalars().all()
+    return sum(_aware(expires) > now for expires in rows)
+
+
 def declare(engine: Engine, actor: Actor, reason: str, sectors: Sequence[str],
-            expires_at: dt.datetime, now: dt.datetime | None = None) -> Incident:
-    """Declare an incident; Refused (`role`, `reason`, `sectors`, `expiry`) otherwise. Every
-    attempt is audited (`incident.declare`)."""
+            organisations: Sequence[str], expires_at: dt.datetime,
+            now: dt.datetime | None = None) -> Incident:
+    """Declare an incident: in force at once when an IG lead declares it, pending an IG
+    lead's approval when an admin does; Refused (`role`, `reason`, `sectors`,
+    `organisations`, `expiry`, `concurrent`) otherwise. Every attempt is audited
+    (`incident.declare`)."""
     now = _now(now)
     reason = (reason or "").strip()
 
     def refuse(rule: str, message: str) -> Refused:
-        _audit(engine, actor, "incident.declare", "incidents", "refused", rule, reason)
+        _audit(engine, actor, "incident.declare", "incidents", "refused", rule,
+               "" if rule == "reason" else reason)
         return Refused(rule, message)
 
     if actor.role not in DECLARERS:
         raise refuse("role", "only an IG lead or an admin may declare an incident")
     if len(reason) < MIN_REASON:
         raise refuse("reason", f"a reason of at least {MIN_REASON} characters is required")
+    if audit.holds_identifier(reason):
+        raise refuse("reason", NO_IDENTIFIERS)
+    cap = limits(engine)
     try:
-        cleaned = clean_sectors(sectors)
+        cleaned = clean_sectors(sectors, cap["max_sectors"])
     except ValueError as exc:
         raise refuse("sectors", str(exc)) from None
+    try:
+        orgs = clean_organisations(organisations, cap["max_organisations"])
+    except ValueError as exc:
+        raise refuse("organisations", str(exc)) from None
     expires_at = _aware(expires_at)
-    if not now < expires_at <= now + dt.timedelta(days=MAX_DAYS):
-        raise refuse("expiry", f"the expiry must be in the next {MAX_DAYS} days")
+    if not now < expires_at <= now + dt.timedelta(days=cap["max_days"]):
+        raise refuse("expiry", f"the expiry must be in the next {cap['max_days']} days")
+    if _live_count(engine, now) >= cap["max_concurrent"]:
+        raise refuse("concurrent", f"at most {cap['max_concurrent']} incidents may be in "
+                                   f"force or pending at once ({POLICY}): end one first")
+    approved = actor.role in APPROVERS
     incident = Incident(f"INC-{now:%Y%m%d}-{secrets.token_hex(4)}", reason, tuple(cleaned),
-                        actor.user, actor.role, now, expires_at, None, None)
+                        actor.user, actor.role, now, expires_at, None, None, tuple(orgs),
+                        actor.user if approved else None, now if approved else None)
     with engine.begin() as connection:
         connection.execute(insert(incidents).values(
             incident_id=incident.incident_id, reason=reason, sectors=cleaned,
-            declared_by=actor.user, declared_role=actor.role, declared_at=now,
-            expires_at=expires_at))
+            organisations=orgs, declared_by=actor.user, declared_role=actor.role,
+            declared_at=now, expires_at=expires_at, approved_by=incident.approved_by,
+            approved_at=incident.approved_at))
         audit.record(connection, actor, "incident.declare", f"incidents/{incident.incident_id}",
                      n_records=len(cleaned), outcome="allowed", purpose=actor.purpose,
-                     detail={"rule": "ok", "sectors": cleaned,
+                     detail={"rule": "ok", "sectors": cleaned, "organisations": orgs,
+                             "status": incident.status(now),
                              "expires_at": expires_at.isoformat(),
                              "reason_category": reason_category(reason),
                              "reason_chars": len(reason)})
@@ -147,7 +247,8 @@ def get(engine: Engine, incident_id: str) -> Incident | None:
 def _incident(row: Any) -> Incident:
     return Incident(row["incident_id"], row["reason"], tuple(row["sectors"]),
                     row["declared_by"], row["declared_role"], row["declared_at"],
-                    row["expires_at"], row["ended_by"], row["ended_at"])
+                    row["expires_at"], row["ended_by"], row["ended_at"],
+                    tuple(row["organisations"] or ()), row["approved_by"], row["approved_at"])
 
 
 def listed(engine: Engine) -> list[Incident]:
@@ -158,9 +259,40 @@ def listed(engine: Engine) -> list[Incident]:
     return [_incident(row) for row in rows]
 
 
+def approve(engine: Engine, actor: Actor, incident_id: str,
+            now: dt.datetime | None = None) -> Incident:
+    """An IG lead approves an admin's pending declaration, which is then in force; Refused
+    (`role`, `incident`: unknown, in force already, ended or expired; `two_person`: the
+    declarer) otherwise; audited (`incident.approve`)."""
+    now = _now(now)
+    found = get(engine, incident_id)
+
+    def refuse(rule: str, message: str) -> Refused:
+        _audit(engine, actor, "incident.approve", f"incidents/{incident_id}", "refused", rule,
+               "")
+        return Refused(rule, message)
+
+    if actor.role not in APPROVERS:
+        raise refuse("role", "only an IG lead may approve an incident")
+    if found is None or found.status(now) != "pending":
+        raise refuse("incident", "no incident of that id is pending approval")
+    if found.declared_by == actor.user:
+        raise refuse("two_person", "a declaration needs a second person: the declarer may "
+                                   "not approve it")
+    with engine.begin() as connection:
+        connection.execute(update(incidents).where(
+            incidents.c.incident_id == incident_id).values(approved_by=actor.user,
+                                                           approved_at=now))
+        audit.record(connection, actor, "incident.approve", f"incidents/{incident_id}",
+                     n_records=len(found.sectors), outcome="allowed", purpose=actor.purpose,
+                     detail={"rule": "ok", "declared_role": found.declared_role})
+    return get(engine, incident_id)  # type: ignore[return-value]
+
+
 def end(engine: Engine, actor: Actor, incident_id: str,
         now: dt.datetime | None = None) -> Incident:
-    """End an incident in force; Refused (`role`, `incident`) otherwise; audited."""
+    """End an incident in force or pending; Refused (`role`, `incident`) otherwise;
+    audited."""
     now = _now(now)
     found = get(engine, incident_id)
 
@@ -170,7 +302,7 @@ def end(engine: Engine, actor: Actor, incident_id: str,
 
     if actor.role not in DECLARERS:
         raise refuse("role", "only an IG lead or an admin may end an incident")
-    if found is None or not found.in_force(now):
+    if found is None or not found.live(now):
         raise refuse("incident", "no incident of that id is in force")
     with engine.begin() as connection:
         connection.execute(update(incidents).where(
@@ -181,12 +313,39 @@ def end(engine: Engine, actor: Actor, incident_id: str,
     return get(engine, incident_id)  # type: ignore[return-value]
 
 
+def held_back(engine: Engine, person_ids: Sequence[str], at: dt.date) -> set[str]:
+    """The pseudonyms with a whole-person opt-out covering emergency planning in force on
+    `at`: a policy row for the purpose naming every source (`*`) with `all` scope. Opt-outs
+    limited to some sources or to a sender's data are not here: they remove those rows from
+    what computes the list (pipeline/incidents.py), and never the person as a whole."""
+    rules = coverage(engine)
+    whole = {r.optout_type for r in rules
+             if r.purpose == PURPOSE and r.sources is None and not r.sender_scope}
+    if not whole:
+        return set()
+    live = active_optouts(engine, at, rules)
+    objecting = set(live.loc[live["optout_type"].isin(whole), "person_id"])
+    return {p for p in person_ids if p in objecting}
+
+
+@dataclass(frozen=True)
+class Revealed:
+    """What a re-identification gives: NHS numbers by pseudonym, and how many persons an
+    opt-out held back (a count only: never who, nor in which sector)."""
+
+    numbers: dict[str, str]
+    held_back: int
+
+
 def reidentify(engine: Engine, keys: KeyProvider, requester: Actor, incident_id: str,
                person_ids: Sequence[str], reason: str, sector_of: Callable[[str], str | None],
-               now: dt.datetime | None = None) -> dict[str, str]:
+               now: dt.datetime | None = None,
+               person_of: Callable[[str], str] | None = None) -> Revealed:
     """NHS numbers of `person_ids` (pseudonyms) for a responder during incident
     `incident_id`, or Refused naming the rule (module docstring for the order). The whole
-    request is refused if one person fails a rule. Audited as `reidentify` (`via: incident`)."""
+    request is refused if one person fails a rule; a person with a whole-person opt-out is
+    held back (every pseudonym `person_of` gives the same person, default each its own) and
+    counted, the others answered. Audited as `reidentify` (`via: incident`)."""
     now = _now(now)
     reason = (reason or "").strip()
     n = len(person_ids)
@@ -206,19 +365,22 @@ def reidentify(engine: Engine, keys: KeyProvider, requester: Actor, incident_id:
     incident = get(engine, incident_id)
     if incident is None or not incident.in_force(now):
         raise refuse("incident", "no incident of that id is in force")
+    if requester.org not in incident.organisations:
+        raise refuse("organisation", "this incident names other responding organisations")
     if n == 0:
         raise refuse("empty", "no persons were named")
     outside = sum(sector_of(p) not in incident.sectors for p in person_ids)
     if outside:
         raise refuse("sector", f"{outside} of {n} persons do not live in the incident's "
                                "sectors")
-    opted = int(opted_out(engine, list(person_ids), PURPOSE, now.date()).sum())
-    if opted:
-        raise refuse("opt_out", f"{opted} of {n} persons have an opt-out covering {PURPOSE}")
+    owner = person_of or (lambda p: p)
+    objecting = {owner(p) for p in held_back(engine, list(person_ids), now.date())}
+    wanted = [p for p in person_ids if owner(p) not in objecting]
     with engine.connect() as connection:
-        found = vault.reveal(connection, keys, list(person_ids))
-    if len(found) < n:
-        raise refuse("not_found", f"{n - len(found)} of {n} persons are not in the vault")
-    _audit(engine, requester, "reidentify", resource, "allowed", "ok", reason, n,
-           via="incident")
-    return found
+        found = vault.reveal(connection, keys, wanted)
+    if len(found) < len(wanted):
+        raise refuse("not_found", f"{len(wanted) - len(found)} of {n} persons are not in "
+                                  "the vault")
+    _audit(engine, requester, "reidentify", resource, "allowed", "ok", reason, len(found),
+           via="incident", held_back=len(objecting))
+    return Revealed(found, len(objecting))

@@ -113,8 +113,11 @@ def incident_list(ctx: Context, requester: Actor, incident_id: str, reason: str,
                   now: dt.datetime | None = None) -> dict[str, Any]:
     """NHS numbers and flags of the vulnerable adults of an incident's sectors (or of the
     `person_keys` named, each of whom must be on that list), re-identified through
-    governance.incidents (refused and audited there). Persons without an NHS number in the
-    vault cannot be named and are counted apart."""
+    governance.incidents (refused and audited there). Persons a whole-person opt-out holds
+    back are counted (`held_back_by_opt_out`, one figure for the whole incident: no sector
+    breakdown), the others listed; persons without an NHS number in the vault cannot be named
+    and are counted apart. The list itself was computed through the purpose's row filter
+    (`vulnerable`), so a flag that rested only on rows an opt-out removes is not on it."""
     files = _latest(ctx)
     persons = pd.read_parquet(files.table("persons")).set_index("person_key")
     incident = governance_incidents.get(ctx.engine, incident_id)
@@ -126,12 +129,13 @@ def incident_list(ctx: Context, requester: Actor, incident_id: str, reason: str,
     ids = person_ids_of(ctx.settings, wanted)
     key_of = {pid: key for key, found in ids.items() for pid in found}
     sector = persons["postcode_sector"].to_dict()
-    found = governance_incidents.reidentify(
+    revealed = governance_incidents.reidentify(
         ctx.engine, ctx.keys, requester, incident_id, sorted(key_of), reason,
-        lambda pid: sector.get(key_of.get(pid, "")), now)
+        lambda pid: sector.get(key_of.get(pid, "")), now, person_of=key_of.__getitem__)
     items = []
     for key in wanted:
-        number = next((found[p] for p in ids.get(key, []) if p in found), None)
+        number = next((revealed.numbers[p] for p in ids.get(key, [])
+                       if p in revealed.numbers), None)
         if number is None:
             continue
         row = persons.loc[key]
@@ -139,4 +143,5 @@ def incident_list(ctx: Context, requester: Actor, incident_id: str, reason: str,
                       "postcode_sector": row["postcode_sector"],
                       "flags": [f for f in flags.FLAGS if bool(row[f])]})
     return {"incident_id": incident_id, "counts_id": read_result(files)["id"],
-            "items": items, "without_nhs_number": len(wanted) - len(items)}
+            "items": items, "held_back_by_opt_out": revealed.held_back,
+            "without_nhs_number": len(wanted) - len(items) - revealed.held_back}

@@ -1,7 +1,8 @@
 """Did it work, what is coming, and emergency planning (issue 14 parts 4-6): analysts read the
 evaluations and demand forecasts `haven evaluate` and `haven forecast` wrote; planners read
 the suppressed counts of vulnerable adults by postcode sector; IG leads and admins declare and
-end incidents; during one, a responder re-identifies the vulnerable adults of its sectors
+end incidents (an admin's waits for an IG lead's approval); during one, a responder of a
+responding organisation it names re-identifies the vulnerable adults of its sectors
 (governance/incidents.py decides and audits). docs/impact.md."""
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ IncidentId = Annotated[str, Path(pattern=r"^INC-\d{8}-[0-9a-f]{8}$",
 
 
 class IncidentRequest(BaseModel):
-    """A declaration: why, where (postcode sectors such as `LS1 4`) and until when."""
+    """A declaration: why (no identifiers), where (postcode sectors such as `LS1 4`), who
+    responds (ODS codes) and until when."""
 
     reason: str = Field(min_length=1, max_length=500)
     sectors: list[str] = Field(min_length=1, max_length=incidents.MAX_SECTORS)
+    organisations: list[Annotated[str, Field(max_length=10)]] = Field(
+        min_length=1, max_length=50, examples=[["X26"]])
     expires_at: dt.datetime
 
 
@@ -68,9 +72,15 @@ def _actor(access: Access) -> Actor:
     return Actor(principal.user, access.role, principal.org, access.purpose)
 
 
-def _refused(access: Access, exc: Refused) -> Problem:
+BAD_INPUT = frozenset({"reason", "sectors", "organisations", "expiry"})
+
+
+def _refused(access: Access, exc: Refused, declaring: bool = False) -> Problem:
+    """The problem for a refusal: 404 for no such incident, 422 for a declaration's bad
+    input (the message names the field), else 403."""
     access.note.detail["refused"] = exc.rule
-    status = 404 if exc.rule in ("not_found", "incident") else 403
+    status = 404 if exc.rule in ("not_found", "incident") else (
+        422 if declaring and exc.rule in BAD_INPUT else 403)
     return Problem(status, str(exc), slug=f"incident-refused-{exc.rule}")
 
 
@@ -150,16 +160,33 @@ def incident_list(access: Annotated[Access, Depends(authorise)]) -> JSONResponse
 @permission("incident", "create")
 def declare(body: IncidentRequest, access: Annotated[Access, Depends(authorise)]
             ) -> JSONResponse:
-    """An IG lead or admin declares an incident: a reason, the affected postcode sectors and
-    an expiry within 14 days. Audited (`incident.declare`), refused ones too."""
+    """An IG lead or admin declares an incident: a reason without identifiers, the affected
+    postcode sectors, the responding organisations and an expiry, within the limits of
+    policies/incidents.json. An IG lead's is in force at once; an admin's is pending until
+    an IG lead approves it. Audited (`incident.declare`), refused ones too."""
     access.note.detail["reason_category"] = reason_category(body.reason)
     try:
         found = incidents.declare(access.services.engine, _actor(access), body.reason,
-                                  body.sectors, body.expires_at)
+                                  body.sectors, body.organisations, body.expires_at)
     except Refused as exc:
-        raise _refused(access, exc) from None
+        raise _refused(access, exc, declaring=True) from None
     access.answered(len(found.sectors), incident_id=found.incident_id)
     return ok(found.to_json(dt.datetime.now(dt.UTC)), status=201)
+
+
+@router.post("/incidents/{incident_id}/approve", summary="Approve an admin's incident",
+             responses=responses(401, 403, 404, 422))
+@permission("incident", "update")
+def approve(incident_id: IncidentId, access: Annotated[Access, Depends(authorise)]
+            ) -> JSONResponse:
+    """An IG lead other than the declarer approves a pending declaration: from then on it is
+    in force. Admins are refused (governance.incidents, which audits every attempt)."""
+    try:
+        found = incidents.approve(access.services.engine, _actor(access), incident_id)
+    except Refused as exc:
+        raise _refused(access, exc) from None
+    access.answered(1, incident_id=incident_id)
+    return ok(found.to_json(dt.datetime.now(dt.UTC)))
 
 
 @router.post("/incidents/{incident_id}/end", summary="End an incident",
@@ -167,7 +194,7 @@ def declare(body: IncidentRequest, access: Annotated[Access, Depends(authorise)]
 @permission("incident", "update")
 def end(incident_id: IncidentId, access: Annotated[Access, Depends(authorise)]
         ) -> JSONResponse:
-    """End an incident in force now: from then on its list is refused."""
+    """End an incident in force or pending now: from then on its list is refused."""
     try:
         found = incidents.end(access.services.engine, _actor(access), incident_id)
     except Refused as exc:
@@ -184,8 +211,10 @@ async def reidentify(incident_id: IncidentId, body: IncidentReidentify,
                      access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
     """For a responder, only while the incident is in force: NHS numbers and flags of the
     vulnerable adults of its sectors (from the latest `haven emergency vulnerable`), with a
-    reason. Refused whole outside an incident, after it ends or expires, or for anyone outside
-    its sectors (`governance.incidents`, which audits every attempt, never the numbers)."""
+    reason. Refused whole outside an incident (or while it awaits approval), after it ends or
+    expires, to a responder of an organisation it does not name, or for anyone outside its
+    sectors; a person with a whole-person opt-out is held back and counted, never named
+    (`governance.incidents`, which audits every attempt, never the numbers)."""
     access.note.detail["reason_category"] = reason_category(body.reason)
     ctx = access.services.context.acting_as(_actor(access))
     try:

@@ -1,13 +1,17 @@
 """Emergency planning (issue 14 part 6): the promises listed in docs/threat-model.md, each tried
 as an attacker would, through the API and against governance directly, on synthetic 999-range
 data. A planner sees suppressed counts only; a responder re-identifies only during an incident
-an IG lead or admin declared, only its sectors, never after it ends or expires; every attempt
-is audited without an NHS number."""
+an IG lead declared or approved (an admin alone opens nothing), only if its organisation is
+named, only its sectors, never after it ends or expires; an opt-out is honoured by what it
+covers (a council's withdrawal removes that council's rows, a whole-person objection holds back
+that person only, counted); a reason holding an identifier is refused; every attempt is audited
+without an NHS number."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from collections.abc import Iterator
 
 import pandas as pd
@@ -20,6 +24,7 @@ from api.users import add_user
 from factories import rows_for, write_extract
 from governance import incidents, optouts
 from governance.audit import SYSTEM, Actor
+from governance.policy_tables import policy_text, set_policy
 from governance.reidentify import Refused
 from governance.schema import audit_log
 from linkage import person_index
@@ -31,6 +36,7 @@ AT = dt.date(2025, 1, 1)
 IG = Actor("ivy", "ig_lead", "X26", "governance")
 RESPONDER = Actor("rex", "responder", "X26", "emergency_planning")
 REASON = "flood: welfare visits to vulnerable residents"
+ORGS = ["X26"]  # the world's responder's organisation
 
 
 @pytest.fixture
@@ -71,7 +77,8 @@ def _no_numbers(world: World) -> None:
 def _declare(world: World, sectors: list[str], role: str = "ig_lead") -> dict:
     expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).isoformat()
     response = world.call(role, "POST", "/incidents",
-                          json={"reason": REASON, "sectors": sectors, "expires_at": expires})
+                          json={"reason": REASON, "sectors": sectors, "organisations": ORGS,
+                                "expires_at": expires})
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -116,7 +123,8 @@ def test_declaration_by_a_wrong_role_is_refused_and_audited(world: World, role: 
     (Casbin) and the refusal audited, and no incident exists afterwards."""
     expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
     response = world.call(role, "POST", "/incidents",
-                          json={"reason": REASON, "sectors": ["LS1 1"], "expires_at": expires})
+                          json={"reason": REASON, "sectors": ["LS1 1"], "organisations": ORGS,
+                                "expires_at": expires})
     assert response.status_code == 403
     denied = [e for e in _entries(world, "incident.create") if e["outcome"] == "denied"]
     assert denied and denied[-1]["role"] == role
@@ -129,7 +137,7 @@ def test_governance_refuses_a_declaration_by_any_other_role(world: World) -> Non
     engine = world.haven.engine
     until = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     with pytest.raises(Refused) as caught:
-        incidents.declare(engine, RESPONDER, REASON, ["LS1 1"], until)
+        incidents.declare(engine, RESPONDER, REASON, ["LS1 1"], ORGS, until)
     assert caught.value.rule == "role"
     entry = _entries(world, "incident.declare")[-1]
     assert (entry["outcome"], entry["detail"]["rule"], entry["role"]) == (
@@ -172,6 +180,7 @@ def test_after_the_end_or_expiry_a_list_is_refused(world: World) -> None:
     chosen = sorted(set(sector.values()))[:1]
     incident = _declare(world, chosen, role="admin")
     path = f"/incidents/{incident['incident_id']}"
+    assert world.call("ig_lead", "POST", f"{path}/approve").status_code == 200
     assert world.call("responder", "POST", f"{path}/reidentify",
                       json={"reason": REASON}).status_code == 200
     ended = world.call("ig_lead", "POST", f"{path}/end")
@@ -184,11 +193,12 @@ def test_after_the_end_or_expiry_a_list_is_refused(world: World) -> None:
     # Expiry: the same request a moment after the declared expiry.
     engine, keys = world.haven.engine, world.haven.keys
     until = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    live = incidents.declare(engine, IG, REASON, chosen, until)
+    live = incidents.declare(engine, IG, REASON, chosen, ORGS, until)
     ids = person_ids_of(world.haven.settings, [k for k, s in sector.items() if s in chosen])
     pids = sorted(p for found in ids.values() for p in found)
     assert incidents.reidentify(engine, keys, RESPONDER, live.incident_id, pids, REASON,
-                                lambda _p: chosen[0], now=until - dt.timedelta(seconds=1))
+                                lambda _p: chosen[0], now=until - dt.timedelta(seconds=1)
+                                ).numbers
     with pytest.raises(Refused) as caught:
         incidents.reidentify(engine, keys, RESPONDER, live.incident_id, pids, REASON,
                              lambda _p: chosen[0], now=until)
@@ -212,10 +222,10 @@ def test_governance_rules_each_refuse_and_are_audited(world: World) -> None:
             (["LS1 1"], now + dt.timedelta(days=incidents.MAX_DAYS + 1), REASON, "expiry"),
             (["LS1 1"], now - dt.timedelta(seconds=1), REASON, "expiry")):
         with pytest.raises(Refused) as caught:
-            incidents.declare(engine, IG, reason, sectors, until, now=now)
+            incidents.declare(engine, IG, reason, sectors, ORGS, until, now=now)
         assert caught.value.rule == rule
     naive = soon.replace(tzinfo=None)  # a time without a zone is taken as UTC
-    live = incidents.declare(engine, IG, REASON, ["LS1 1"], naive)
+    live = incidents.declare(engine, IG, REASON, ["LS1 1"], ORGS, naive)
     assert incidents.get(engine, live.incident_id).in_force(now)
     assert incidents.get(engine, "INC-20000101-00000000") is None
     with pytest.raises(Refused, match="only an IG lead"):
@@ -242,24 +252,231 @@ def test_governance_rules_each_refuse_and_are_audited(world: World) -> None:
     assert refused == ["reason", "sectors", "sectors", "sectors", "expiry", "expiry"]
 
 
-def test_an_opt_out_covering_emergency_planning_is_honoured(world: World) -> None:
-    """Promise: an opt-out an IG lead makes cover emergency planning is honoured at once
-    (the default table applies none: docs/impact.md); the whole request is refused."""
-    from api_matrix import land_optout
+def _land_optout(world: World, key: str, kind: str, sender: str) -> None:
+    """An opt-out of `kind` for one of the world's persons, sent by `sender`, lands."""
+    optout = rows_for("optouts", 1, seed=3)[0]
+    optout.update(nhs_number=world.nhs[key], optout_type=kind)
+    path = write_extract(world.inbox / f"optout-{kind}-{sender}-{key}", "optouts", [optout],
+                         sender=sender)
+    haven = world.haven
+    receipt = land_file(LandingContext(haven.settings, haven.engine, haven.keys, haven.actor),
+                        path)
+    assert receipt.status == "landed" and not receipt.rejected_rows, receipt.reason
 
+
+def _listed(world: World, incident_id: str) -> dict:
+    response = world.call("responder", "POST", f"/incidents/{incident_id}/reidentify",
+                          json={"reason": REASON})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _recompute(world: World) -> None:
+    """`haven emergency vulnerable` again. Output ids are per second (pipeline/impact.py
+    `output_id`: two in one second with the same date collide), so wait for the next."""
+    started = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    while dt.datetime.now(dt.UTC).replace(microsecond=0) == started:
+        time.sleep(0.05)
+    pipeline_incidents.vulnerable(world.haven, AT)
+
+
+def _persons(world: World) -> pd.DataFrame:
+    files = world.haven.settings.layout.impact_outputs(pipeline_incidents.VULNERABLE)[-1]
+    return pd.read_parquet(files.table("persons")).set_index("person_key")
+
+
+def test_a_council_withdrawal_for_a_non_client_changes_no_list(world: World) -> None:
+    """Promise (red-team F2): a council's withdrawn consent covers that council's social care
+    data only. Attack: a second council (not the person's) sends a withdrawal for someone on
+    an incident's list, then the list is asked for. Before the fix the whole list was refused
+    ("1 of n persons have an opt-out"); now it is unchanged, recomputed or not."""
+    sector = world.extra["sector"]
+    chosen = sorted(set(sector.values()))[:2]
+    incident = _declare(world, chosen)
+    before = _listed(world, incident["incident_id"])
+    assert len(before["items"]) >= 2
+    target = before["items"][0]["person_key"]
+    _land_optout(world, target, "consent_withdrawn", "E08000036")  # not their council
+    assert _listed(world, incident["incident_id"])["items"] == before["items"]
+    _recompute(world)  # the list recomputed through the filter
+    after = _listed(world, incident["incident_id"])
+    assert after["items"] == before["items"] and after["held_back_by_opt_out"] == 0
+
+
+def test_a_withdrawal_removes_only_the_councils_rows_from_the_flags(world: World) -> None:
+    """Promise (F2): the list is computed through the emergency_planning row filter, so a
+    person whose only flag came from the social care data their council's withdrawal covers
+    is not on it at all, and nobody else is touched."""
+    persons = _persons(world)
+    only_care = sorted(persons.index[(persons["flags"] == 1) & persons["home_care"]])
+    assert only_care  # the world gives everyone home care; some have no other flag
+    target = only_care[0]
+    _land_optout(world, target, "consent_withdrawn", "E08000035")  # their own council
+    _recompute(world)
+    after = _persons(world)
+    assert target not in after.index
+    assert sorted(after.index) == sorted(set(persons.index) - {target})
+    home = persons.loc[target, "postcode_sector"]
+    other = next(s for s in sorted(set(after["postcode_sector"])) if s != home)
+    incident = _declare(world, [home, other])
+    listed = _listed(world, incident["incident_id"])
+    keys = sorted(i["person_key"] for i in listed["items"])
+    assert keys == sorted(after.index[after["postcode_sector"].isin([home, other])])
+    assert target not in keys and listed["held_back_by_opt_out"] == 0
+
+
+def test_a_whole_person_objection_holds_back_that_person_only(world: World) -> None:
+    """Promise (F2): a whole-person opt-out covering emergency planning (an IG lead adds the
+    row; none by default) holds back that person only: the others are listed, the person is
+    counted once for the whole incident (no per-sector figure to locate them by) and never
+    named. The governance rule answers the same without the pipeline."""
     engine, keys = world.haven.engine, world.haven.keys
-    from governance.policy_tables import policy_text
-
     table = policy_text(optouts.POLICY, engine)
     optouts.set_purposes(engine, table + "ndoo,emergency_planning,*,all\n", IG)
-    key = sorted(world.nhs)[0]
-    land_optout(world, key, "ndoo")
-    sector = world.extra["sector"][key]
-    live = incidents.declare(engine, IG, REASON, [sector],
-                             dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
-    pids = person_ids_of(world.haven.settings, [key])[key]
+    sector = world.extra["sector"]
+    chosen = sorted(set(sector.values()))[:3]
+    inside = sorted(k for k, s in sector.items() if s in chosen)
+    target = inside[0]
+    _land_optout(world, target, "ndoo", "X26")
+    incident = _declare(world, chosen)
+    body = _listed(world, incident["incident_id"])
+    assert sorted(i["person_key"] for i in body["items"]) == inside[1:]
+    assert body["held_back_by_opt_out"] == 1
+    assert set(body) == {"incident_id", "counts_id", "items", "held_back_by_opt_out",
+                         "without_nhs_number"}
+    assert world.nhs[target] not in str(body)
+    entry = _entries(world, "reidentify")[-1]
+    assert (entry["outcome"], entry["detail"]["held_back"], entry["n_records"]) == (
+        "allowed", 1, len(inside) - 1)
+    # Asking for the objector alone: answered with no one, counted, never refused.
+    pids = person_ids_of(world.haven.settings, [target])[target]
+    alone = incidents.reidentify(engine, keys, RESPONDER, incident["incident_id"], pids,
+                                 REASON, lambda _p: sector[target])
+    assert (alone.numbers, alone.held_back) == ({}, 1)
+    _no_numbers(world)
+
+
+def test_an_admin_alone_opens_no_list(world: World) -> None:
+    """Promise (red-team F3): an admin cannot widen access to person-level data alone. Attack:
+    an admin declares an incident and a responder asks for its list at once: refused (the
+    incident is pending); the admin cannot approve it; an IG lead other than the declarer
+    approves, and only then is the list answered. Every refusal is audited."""
+    sector = world.extra["sector"]
+    chosen = sorted(set(sector.values()))[:1]
+    incident = _declare(world, chosen, role="admin")
+    assert (incident["status"], incident["in_force"]) == ("pending", False)
+    path = f"/incidents/{incident['incident_id']}"
+    refused = world.call("responder", "POST", f"{path}/reidentify", json={"reason": REASON})
+    assert refused.status_code == 404
+    assert _entries(world, "reidentify")[-1]["detail"]["rule"] == "incident"
+    assert world.call("admin", "POST", f"{path}/approve").status_code == 403
+    assert _entries(world, "incident.approve")[-1]["detail"]["rule"] == "role"
+    approved = world.call("ig_lead", "POST", f"{path}/approve")
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["status"] == "in_force"
+    assert approved.json()["approved_by"] == "ig-lead"
+    assert world.call("ig_lead", "POST", f"{path}/approve").status_code == 404  # once
+    assert _listed(world, incident["incident_id"])["items"]
+    # The declarer may not approve their own, whatever roles they hold.
+    engine = world.haven.engine
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    own = incidents.declare(engine, Actor("ada", "admin", "X26", "administration"), REASON,
+                            chosen, ORGS, until)
     with pytest.raises(Refused) as caught:
-        incidents.reidentify(engine, keys, RESPONDER, live.incident_id, pids, REASON,
-                             lambda _p: sector)
-    assert caught.value.rule == "opt_out"
-    assert [i.incident_id for i in incidents.listed(engine)] == [live.incident_id]
+        incidents.approve(engine, Actor("ada", "ig_lead", "X26", "governance"),
+                          own.incident_id)
+    assert caught.value.rule == "two_person"
+    assert not incidents.get(engine, own.incident_id).in_force(dt.datetime.now(dt.UTC))
+    # An IG lead's own declaration is in force at once (the governance authority).
+    assert _declare(world, chosen)["status"] == "in_force"
+
+
+def test_a_responder_of_another_organisation_is_refused(world: World) -> None:
+    """Promise (F3): an incident names its responding organisations; a responder of any
+    other organisation is refused (the Casbin rule lets any responder ask) and audited."""
+    world.tokens["responder_elsewhere"] = add_user(
+        world.haven.engine, SYSTEM, "rita", "RR8", ["responder"], ("planner", "responder"))
+    sector = world.extra["sector"]
+    incident = _declare(world, sorted(set(sector.values()))[:1])
+    assert incident["organisations"] == ORGS
+    path = f"/incidents/{incident['incident_id']}/reidentify"
+    refused = world.call("responder_elsewhere", "POST", path, json={"reason": REASON})
+    assert refused.status_code == 403
+    assert "other responding organisations" in refused.json()["detail"]
+    entry = _entries(world, "reidentify")[-1]
+    assert (entry["outcome"], entry["detail"]["rule"], entry["org"]) == (
+        "refused", "organisation", "RR8")
+    assert world.call("responder", "POST", path, json={"reason": REASON}).status_code == 200
+
+
+def test_sectors_and_concurrent_incidents_are_capped(world: World) -> None:
+    """Promise (F3): an incident covers at most `max_sectors` postcode sectors and at most
+    `max_concurrent` incidents are in force or pending at once (policies/incidents.json, an
+    IG lead may change it, checked). Attack: an admin declares every sector (the red team's
+    "routine check of the list"): refused with a 422 naming the field; incidents one per
+    sector stop at the cap."""
+    sector = world.extra["sector"]
+    every = sorted(set(sector.values()))
+    cap = incidents.limits(world.haven.engine)
+    assert len(every) > cap["max_sectors"] or cap["max_sectors"] <= 20
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).isoformat()
+    many = [f"LS{i} {j}" for i in range(1, 4) for j in range(10)]  # 30 sectors
+    response = world.call("admin", "POST", "/incidents",
+                          json={"reason": "routine check of the list", "sectors": many,
+                                "organisations": ORGS, "expires_at": expires})
+    assert response.status_code == 422 and "sectors: at most 20" in response.json()["detail"]
+    for one in every[:cap["max_concurrent"]]:
+        _declare(world, [one])
+    fourth = world.call("ig_lead", "POST", "/incidents",
+                        json={"reason": REASON, "sectors": [every[-1]], "organisations": ORGS,
+                              "expires_at": expires})
+    assert fourth.status_code == 403 and "at most 3 incidents" in fourth.json()["detail"]
+    assert [e["detail"]["rule"] for e in _entries(world, "incident.declare")
+            if e["outcome"] == "refused"] == ["sectors", "concurrent"]
+    first = incidents.listed(world.haven.engine)[-1]
+    incidents.end(world.haven.engine, IG, first.incident_id)  # ending one frees a place
+    _declare(world, [every[-1]])
+    # An IG lead may lower the caps; a table that is not usable is refused, naming the field.
+    engine = world.haven.engine
+    set_policy(engine, "incidents.json", '{"max_sectors": 1, "max_concurrent": 9, '
+               '"max_organisations": 1, "max_days": 2}', IG)
+    assert incidents.limits(engine)["max_sectors"] == 1
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    for sectors, orgs, rule in ((every[:2], ORGS, "sectors"), (every[:1], ["X26", "RR8"],
+                                                              "organisations"),
+                                (every[:1], ["not an ods code"], "organisations"),
+                                (every[:1], [], "organisations")):
+        with pytest.raises(Refused) as caught:
+            incidents.declare(engine, IG, REASON, sectors, orgs, until)
+        assert caught.value.rule == rule
+    for bad, field in (('{"max_sectors": 0, "max_concurrent": 1, "max_organisations": 1, '
+                        '"max_days": 1}', "max_sectors"),
+                       ('{"max_sectors": 1, "max_concurrent": true, "max_organisations": 1, '
+                        '"max_days": 1}', "max_concurrent"),
+                       ('{"max_sectors": 1, "max_concurrent": 1, "max_organisations": 1, '
+                        '"max_days": 15}', "max_days"),
+                       ('{"max_sectors": 201, "max_concurrent": 1, "max_organisations": 1, '
+                        '"max_days": 1}', "max_sectors"),
+                       ('[1]', "JSON object")):
+        with pytest.raises(ValueError, match=field):
+            set_policy(engine, "incidents.json", bad, IG)
+
+
+def test_a_reason_holding_an_nhs_number_is_refused(world: World) -> None:
+    """Promise (red-team F10): an incident's reason, which every responder reads, holds no
+    identifier. Attack: the red team's reason "Mrs X <NHS number> LS3 3TG needs oxygen": 422,
+    the error names the field and never the value, nothing is stored, the audit holds no
+    number."""
+    number = sorted(world.nhs.values())[0]
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    for written in (number, f"{number[:3]} {number[3:6]} {number[6:]}"):
+        response = world.call("ig_lead", "POST", "/incidents",
+                              json={"reason": f"Mrs X {written} LS3 3TG needs oxygen",
+                                    "sectors": ["LS3 3"], "organisations": ORGS,
+                                    "expires_at": expires})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"].startswith("reason: holds something shaped like")
+        assert number[:6] not in response.text
+    assert incidents.listed(world.haven.engine) == []
+    assert [e["detail"]["rule"] for e in _entries(world, "incident.declare")] == ["reason"] * 2
+    _no_numbers(world)
