@@ -83,6 +83,16 @@ NOT_PERSON_LEVEL = frozenset({
 })
 
 
+# Roles every caller holds (`anonymous`: even without a token; `authenticated`: any token). A
+# rule for them reaches everyone, so beyond what is open to every caller today, granting them
+# anything, person-level or not (receipts, the opt-out report, users), needs a second person.
+EVERY_CALLER = frozenset({"anonymous", "authenticated"})
+OPEN_TO_EVERY_CALLER = frozenset({
+    ("health", "read"), ("api_docs", "read"), ("whoami", "read"),
+    ("session", "create"), ("session", "delete"),
+})
+
+
 class PolicyError(ValueError):
     """A rule cannot be added or removed; the message names the field."""
 
@@ -224,17 +234,33 @@ class AccessPolicy:
     def widens(self, ptype: str, rule: Sequence[str], add: bool = True) -> bool:
         """Whether the change widens access to person-level data (decided conservatively):
         adding a permission for anything outside `NOT_PERSON_LEVEL`, or a role inheritance
-        onto a role that holds such a permission, itself or through the roles it inherits.
+        onto a role that holds such a permission, itself or through the roles it inherits;
+        granting every caller (`EVERY_CALLER`) anything beyond `OPEN_TO_EVERY_CALLER`; or
+        widening to scope `any` what a rule limits to a caller's own organisation.
         Removing a rule only ever narrows access (the model has no deny rules)."""
         if not add:
             return False
         rule = self.checked(ptype, rule)
         if ptype == "p":
-            return (rule[2], rule[3]) not in NOT_PERSON_LEVEL
+            pair = (rule[2], rule[3])
+            if rule[0] in EVERY_CALLER:
+                return pair not in OPEN_TO_EVERY_CALLER
+            return pair not in NOT_PERSON_LEVEL or (rule[6] == "any"
+                                                    and pair in self._own_scoped())
         with self._lock:
             held = {(r[2], r[3]) for r in self.enforcer.get_policy()
                     if r[0] in self._inherited(rule[1])}
+        if rule[0] in EVERY_CALLER:
+            return bool(held - OPEN_TO_EVERY_CALLER)
         return bool(held - NOT_PERSON_LEVEL)
+
+    def _own_scoped(self) -> set[tuple[str, str]]:
+        """(resource, action) pairs some rule limits to the caller's own organisation's data
+        (scope `own`, e.g. a council's receipts): widening one to `any` lets a role read other
+        organisations' data, so it needs a second person even where the data is not
+        person-level."""
+        with self._lock:
+            return {(r[2], r[3]) for r in self.enforcer.get_policy() if r[6] == "own"}
 
     def person_level_roles(self, roles: Sequence[str]) -> list[str]:
         """Those of `roles` that give access to person-level data as `widens` judges it: the

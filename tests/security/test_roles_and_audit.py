@@ -443,7 +443,13 @@ def test_an_admin_cannot_give_themselves_patient_level_access(world: World) -> N
     ("p", ["admin", "*", "*", "*", "*", "*", "any"], True),
     ("p", ["admin", "*", "something_new", "read", "administration", "*", "any"], True),
     ("p", ["ig_lead", "*", "aggregate", "read", "commissioning", "*", "any"], False),
-    ("p", ["admin", "*", "receipt", "read", "administration", "*", "any"], False),
+    # Receipts are not person-level, but a rule limits councils to their own: reading every
+    # organisation's is a second person's decision (red team F9).
+    ("p", ["admin", "*", "receipt", "read", "administration", "*", "any"], True),
+    ("p", ["admin", "*", "receipt", "read", "administration", "*", "own"], False),
+    ("p", ["anonymous", "*", "optout_report", "read", "*", "*", "any"], True),
+    ("p", ["anonymous", "*", "health", "read", "*", "*", "any"], False),
+    ("g", ["authenticated", "ig_lead", "*"], True),
 ])
 def test_which_changes_widen_access_to_person_level_data(world: World, ptype: str,
                                                           rule: list[str], widens: bool) -> None:
@@ -606,3 +612,28 @@ def test_an_admin_cannot_give_anyone_a_patient_level_account_or_token_alone(
                                                        "roles": ["viewer"]})
     assert made.status_code == 201 and made.json()["token"].startswith("hvn_")
     assert not _token_ok(world, made.json()["token"], "/risk/persons", "commissioning")
+
+
+def test_an_admin_cannot_open_governance_data_to_every_caller_or_other_organisations(
+        world: World) -> None:
+    """Promise: an admin alone cannot give every caller (no token, or any token) anything
+    beyond health, the API description, whoami and sign-in, nor widen to `any` organisation
+    what a rule limits to a caller's own (a council's receipts): such a change waits for an IG
+    lead, and until then a caller without a token still gets 401 (red team F9: receipts, the
+    opt-out report and the users list were opened to callers without a token at once)."""
+    for rule in (["anonymous", "*", "receipt", "read", "*", "*", "any"],
+                 ["authenticated", "*", "optout_report", "read", "*", "*", "any"],
+                 ["anonymous", "*", "user", "read", "*", "*", "any"],
+                 ["council_uploader", "*", "receipt", "read", "data_submission", "*", "any"]):
+        proposed = world.call("admin", "POST", "/access-policy/rules",
+                              json={"ptype": "p", "rule": rule})
+        assert proposed.status_code == 202 and proposed.json()["status"] == "pending", rule
+    inherit = world.call("admin", "POST", "/access-policy/rules",
+                         json={"ptype": "g", "rule": ["anonymous", "ig_lead", "*"]})
+    assert inherit.status_code == 202
+    for path in ("/extracts", "/optouts/report", "/users"):
+        assert world.client.get(path).status_code == 401, path
+    # What every caller may already do stays a one-person change.
+    open_rule = ["anonymous", "*", "api_docs", "read", "*", "*", "any"]
+    assert world.call("admin", "POST", "/access-policy/rules",
+                      json={"ptype": "p", "rule": open_rule}).status_code == 200
