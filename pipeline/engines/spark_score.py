@@ -52,13 +52,12 @@ def _features(batch: pa.RecordBatch, features: list[str]) -> pd.DataFrame:
     return frame.set_index(KEY)[features]
 
 
-def predicted(spark: SparkSession, X: pd.DataFrame, bundle: ModelBundle,
+def predicted(spark: SparkSession, X: pd.DataFrame, bundle: ModelBundle, shared: Any,
               partitions: int) -> DataFrame:
     """The feature table on Spark with every candidate's probability (`p_<name>`) added, each
-    partition scored by `predict_partition` with the broadcast bundle."""
+    partition scored by `predict_partition` with the bundle (`shared`: its broadcast)."""
     frame = X.reset_index()
     table = spark.createDataFrame(frame).repartition(partitions)
-    shared = spark.sparkContext.broadcast(bundle)
     names = list(bundle.models)
     features = list(X.columns)
     from pyspark.sql.types import DoubleType, StructField, StructType
@@ -80,11 +79,10 @@ def predicted(spark: SparkSession, X: pd.DataFrame, bundle: ModelBundle,
     return table.mapInArrow(run, schema)
 
 
-def explained(table: DataFrame, bundle: ModelBundle, features: list[str],
+def explained(table: DataFrame, bundle: ModelBundle, shared: Any, features: list[str],
               cut: dict[str, float]) -> DataFrame:
     """Tier, reasons and row-only columns for every person of `predicted`'s table, each
     partition through `explain_partition` (thresholds `cut` shipped with the function)."""
-    shared = table.sparkSession.sparkContext.broadcast(bundle)
     chosen = f"{PREFIX}{bundle.chosen}"
     schema = ", ".join([f"{KEY} string"] + [f"{name} {kind}" for name, kind in EXPLAINED])
 
@@ -140,14 +138,16 @@ def score_on_spark(spark: SparkSession, sources: dict[str, pd.DataFrame], at: dt
         lap("features")
     finally:
         con.close()
-    table = predicted(spark, X, bundle, partitions).persist()
+    shared = spark.sparkContext.broadcast(bundle)  # once; destroyed when the run is scored
+    table = predicted(spark, X, bundle, shared, partitions).persist()
     try:
         cut = spark_thresholds(table, f"{PREFIX}{bundle.chosen}")
         lap("predict")
-        rows = explained(table, bundle, list(X.columns), cut).toPandas().set_index(KEY)
+        rows = explained(table, bundle, shared, list(X.columns), cut).toPandas().set_index(KEY)
         candidates = table.select(KEY, *[f"{PREFIX}{n}" for n in bundle.models]).toPandas()
     finally:
         table.unpersist()
+        shared.destroy()
     lap("reasons")
     rows = rows.reindex(X.index)
     scores = _assemble(X, rows, attributes, previous)
