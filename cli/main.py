@@ -63,3 +63,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def run() -> None:  # pragma: no cover - the console-script entry point
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m cli.main`, as the console script
+    run()
