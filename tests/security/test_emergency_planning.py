@@ -203,6 +203,7 @@ def test_after_the_end_or_expiry_a_list_is_refused(world: World) -> None:
         incidents.reidentify(engine, keys, RESPONDER, live.incident_id, pids, REASON,
                              lambda _p: chosen[0], now=until)
     assert caught.value.rule == "incident"
+    assert incidents.get(engine, live.incident_id).status(until) == "expired"
     _no_numbers(world)
 
 
