@@ -25,6 +25,8 @@ Measured 2026-12-05 (20,000 persons; chosen model boosting in each):
 |---|---|---|---|---|---|---|
 | seed 1, S_U 0.8 (standard) | 0.6957 | 0.6784 | 0.6976 | 0.6918 | 0.7938 | 1.032 |
 | seed 2, S_U 1.2 | 0.7323 | 0.6601 | 0.7311 | 0.6740 | 0.8346 | 0.956 |
+| seed 3, S_U 0.8 (standard) | 0.6889 | 0.6676 | 0.6965 | 0.6850 | 0.7847 | 1.002 |
+| seed 4, S_U 1.2 | 0.7403 | 0.6609 | 0.7357 | 0.6766 | 0.8434 | 1.051 |
 
 Spread over three fresh keys (seed 1): zero for AUROC, slope and every probability. The
 generator's history holds two years before the training date, so the long-history features
