@@ -19,7 +19,9 @@ or to a sender's data (a council's withdrawn consent) instead removes those rows
 computes the list (pipeline/incidents.py reads through the purpose's row filter). Every
 declaration, approval, end and re-identification, allowed or refused, is audited with counts,
 the rule that decided and the reason's category, never an NHS number nor the reason's text
-(the incident's own reason is kept in its row, without identifiers).
+(the incident's own reason is kept in its row, without identifiers, until its retention
+period after the incident ended or expired: `destroy_reasons`, which `haven retention run`
+calls and whose destruction certificate measures what is left: `reasons_due`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from governance import audit, vault
 from governance.audit import Actor
 from governance.keys import KeyProvider
 from governance.optouts import ODS_CODE, active_optouts, coverage
-from governance.policy_tables import json_object, policy_text
+from governance.policy_tables import add_months, json_object, policy_text, read_table
 from governance.reidentify import MIN_REASON, Refused, reason_category
 from governance.schema import incidents
 
@@ -49,6 +51,8 @@ LIMITS = ("max_sectors", "max_concurrent", "max_organisations", "max_days")
 MAX_DAYS = 14  # the ceiling of `max_days`, whatever the table says
 MAX_SECTORS = 200  # the ceiling of `max_sectors` (and what a request may carry at all)
 SECTOR = re.compile(r"^[A-Z]{1,2}[0-9][0-9A-Z]? [0-9]$")
+RETENTION = "incidents"  # its row in policies/retention.csv
+DESTROYED = ""  # a destroyed reason (the column is not nullable)
 NO_IDENTIFIERS = ("reason: holds something shaped like an NHS number; describe the incident "
                   "without identifiers (who is affected is what the list is for)")
 
@@ -384,3 +388,38 @@ def reidentify(engine: Engine, keys: KeyProvider, requester: Actor, incident_id:
     _audit(engine, requester, "reidentify", resource, "allowed", "ok", reason, len(found),
            via="incident", held_back=len(objecting))
     return Revealed(found, len(objecting))
+
+
+def retain_months(engine: Engine | None = None) -> int:
+    """Months an ended or expired incident's reason is kept (`incidents` in
+    policies/retention.csv; the shipped row when an IG lead's table predates it)."""
+    rows = {r["source"]: r for r in read_table("retention.csv", engine)}
+    row = rows.get(RETENTION) or {r["source"]: r for r in read_table("retention.csv")}[RETENTION]
+    return int(row["retain_months"])
+
+
+def reasons_due(engine: Engine, as_of: dt.date) -> list[str]:
+    """Incidents whose reason is past its retention on `as_of` and not yet destroyed: ended
+    (or expired) more than `retain_months` before. One in force or pending is never due."""
+    months = retain_months(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(select(
+            incidents.c.incident_id, incidents.c.ended_at, incidents.c.expires_at).where(
+            incidents.c.reason != DESTROYED).order_by(incidents.c.incident_id)).all()
+    return [r.incident_id for r in rows
+            if add_months(_aware(r.ended_at or r.expires_at).date(), months) < as_of]
+
+
+def destroy_reasons(engine: Engine, actor: Actor, as_of: dt.date) -> int:
+    """Destroy the reasons `reasons_due` names (the record of who declared what, where and
+    when stays, as the audit does); audited (`incident.destroy_reasons`) with the count.
+    Returns how many."""
+    due = reasons_due(engine, as_of)
+    if not due:
+        return 0
+    with engine.begin() as connection:
+        connection.execute(update(incidents).where(incidents.c.incident_id.in_(due)).values(
+            reason=DESTROYED))
+        audit.record(connection, actor, "incident.destroy_reasons", "incidents",
+                     n_records=len(due), detail={"as_of": as_of.isoformat()})
+    return len(due)

@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, func, insert, select, update
 
-from governance import audit, store, vault
+from governance import audit, incidents, store, vault
 from governance.audit import Actor
 from governance.policy_tables import read_table
 from governance.schema import (
@@ -395,9 +395,19 @@ def _destroy_locked(settings: Settings, engine: Engine, ids: list[str], actor: A
 def run(settings: Settings, engine: Engine, actor: Actor, as_of: dt.date,
         dependents: Sequence[Dependent] = (), dry_run: bool = False,
         schedule: str = "retention schedule", checks: Sequence[Check] = ()) -> Certificate:
-    """Destroy every extract past its retention date on `as_of` (or say what would go)."""
-    return destroy(settings, engine, due(engine, as_of), actor, schedule, dependents, dry_run,
-                   checks)
+    """Destroy every extract past its retention date on `as_of` (or say what would go), and
+    the reasons of incidents past theirs (free text a declarer wrote: governance/incidents.py):
+    with the extracts' destruction, measured in its certificate (`incident_reasons`), or on
+    their own, audited there, when no extract is due."""
+    ids = due(engine, as_of)
+    if not ids and not dry_run:
+        incidents.destroy_reasons(engine, actor, as_of)
+    reasons: Dependent = lambda _ids: {  # noqa: E731 - the dependent's one line
+        "incident_reasons_removed": incidents.destroy_reasons(engine, actor, as_of)}
+    left: Check = lambda _ids: {  # noqa: E731 - the check's one line
+        "incident_reasons": len(incidents.reasons_due(engine, as_of))}
+    return destroy(settings, engine, ids, actor, schedule, [*dependents, reasons], dry_run,
+                   [*checks, left])
 
 
 def list_certificates(engine: Engine) -> list[dict[str, Any]]:

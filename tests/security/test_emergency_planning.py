@@ -24,7 +24,7 @@ from api.users import add_user
 from factories import rows_for, write_extract
 from governance import incidents, optouts
 from governance.audit import SYSTEM, Actor
-from governance.policy_tables import policy_text, set_policy
+from governance.policy_tables import add_months, policy_text, set_policy
 from governance.reidentify import Refused
 from governance.schema import audit_log
 from linkage import person_index
@@ -481,3 +481,54 @@ def test_a_reason_holding_an_nhs_number_is_refused(world: World) -> None:
     assert incidents.listed(world.haven.engine) == []
     assert [e["detail"]["rule"] for e in _entries(world, "incident.declare")] == ["reason"] * 2
     _no_numbers(world)
+
+
+def test_an_incidents_reason_is_destroyed_after_its_period(world: World) -> None:
+    """Promise (red-team F10): an ended or expired incident's reason is destroyed after its
+    retention period (`incidents` in policies/retention.csv), with destroy-all and on its own
+    when no extract is due; the destruction certificate measures what is left. Attack: the
+    red team's `haven retention run --as-of 2040-01-01`, after which the table still held the
+    reason."""
+    from governance import retention
+    from governance.schema import incidents as incidents_table
+    from governance.schema import policy_overrides
+    from pipeline import govern
+
+    engine = world.haven.engine
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    ended = incidents.declare(engine, IG, REASON, ["LS1 1"], ORGS, until)
+    incidents.end(engine, IG, ended.incident_id)
+    incidents.declare(engine, IG, "power cut: check on oxygen users", ["LS2 1"], ORGS, until)
+    today = dt.datetime.now(dt.UTC).date()
+    assert incidents.reasons_due(engine, today + dt.timedelta(days=30)) == []  # in its period
+    months = incidents.retain_months(engine)
+    assert months == 12
+    assert incidents.reasons_due(engine, add_months(today, months) + dt.timedelta(days=1)) \
+        == [ended.incident_id]  # the one in force is not due yet
+    certificate = govern.destroy_expired(world.haven, dt.date(2040, 1, 1))
+    assert certificate.extract_ids  # destroy-all: every extract went too
+    assert certificate.counts["incident_reasons_removed"] == 2
+    assert certificate.remaining["incident_reasons"] == 0
+    with engine.connect() as connection:
+        rows = connection.execute(select(incidents_table)).mappings().all()
+    assert len(rows) == 2 and {r["reason"] for r in rows} == {""}  # the record stays
+    assert REASON not in str([dict(r) for r in rows])
+    # No extract left to destroy: the reasons still go (audited), a dry run changes nothing.
+    later = incidents.declare(engine, IG, REASON, ["LS3 1"], ORGS, until)
+    incidents.end(engine, IG, later.incident_id)
+    assert govern.destroy_expired(world.haven, dt.date(2040, 1, 1), dry_run=True
+                                  ).extract_ids == []
+    assert incidents.get(engine, later.incident_id).reason == REASON
+    retention.run(world.haven.settings, engine, IG, dt.date(2040, 1, 1))
+    assert incidents.get(engine, later.incident_id).reason == ""
+    entry = _entries(world, "incident.destroy_reasons")[-1]
+    assert entry["n_records"] == 1 and REASON not in str(entry["detail"])
+    assert incidents.destroy_reasons(engine, IG, dt.date(2040, 1, 1)) == 0  # nothing left
+    # An IG lead's retention table from before the row: the shipped period applies.
+    shipped = policy_text("retention.csv")
+    with engine.begin() as connection:
+        connection.execute(policy_overrides.insert().values(
+            name="retention.csv", changed_by="ivy", changed_at=dt.datetime.now(dt.UTC),
+            content="\n".join(line for line in shipped.splitlines()
+                              if not line.startswith("incidents,"))))
+    assert incidents.retain_months(engine) == months
