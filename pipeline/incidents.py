@@ -7,7 +7,11 @@ writes under `impact/vulnerable/<id>/`: `persons` (pseudonymised, person-level: 
 incident draws on) and `counts` (published: each flag's counts by sector suppressed and
 rounded with governance.suppression, its total beside it). `published_counts` answers
 planners from the latest. `incident_list` re-identifies, through governance/incidents.py (the
-rules and the audit), the listed persons of an incident's sectors.
+rules and the audit), the listed persons of an incident's sectors. Opt-outs reach the list by
+source and sender scope: the rows they cover are filtered out before the flags are computed
+(so a council's withdrawn consent removes only that council's social care rows), and a
+whole-person objection holds that person back at re-identification, counted, never refusing
+the others.
 """
 
 from __future__ import annotations
