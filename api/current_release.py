@@ -5,6 +5,12 @@ same answer the command line's export gets); this module keeps the loaded run
 (api.scored_run) and notices a new run or new opt-outs, checked at most every
 `refresh_seconds`. A loaded run carries the model that scored it and its approval
 (`Release.provenance`), shown beside every list.
+
+Two views of one run: `current` is the run less the persons an opt-out in force now withholds
+(record-level answers: an opt-out is honoured at the moment of use), `as_scored` the run as it
+was scored, with the opt-outs in force then applied and recorded with it (published tables:
+a late opt-out takes effect there at the next run, never between, so comparing two answers
+over time cannot single out whoever opted out).
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ class ReleaseStore:
         self.engine = engine
         self.refresh_seconds = refresh_seconds
         self._runs: dict[str, Release] = {}  # run id -> the run, every person
+        # purpose -> (checked at, (run, opt-out mark), the run less those withheld now,
+        # the run as scored)
         self._views: dict[str, tuple[float, tuple[ServingRun | None, tuple],
-                                     Release | None]] = {}
+                                     Release | None, Release | None]] = {}
         self._lock = threading.Lock()
         self._geography: tuple[float, Geography] | None = None
 
@@ -66,6 +74,26 @@ class ReleaseStore:
             return found[2]
         return None
 
+    def fresh_as_scored(self, purpose: str) -> Release | None:
+        """The run as scored (`as_scored`) checked within `refresh_seconds` (no I/O), else
+        None."""
+        found = self._views.get(purpose)
+        if found is not None and found[3] is not None \
+                and time.monotonic() - found[0] < self.refresh_seconds:
+            return found[3]
+        return None
+
+    def as_scored(self, purpose: str) -> Release:
+        """The run answering `purpose` as it was scored: every person it scored, the opt-outs
+        in force when it was made applied then (recorded with the run), none withheld since.
+        Published (anonymous) tables are made from it, so one late opt-out changes none of
+        them until the next run; raises NoRun when no run may answer the purpose."""
+        while True:  # a `forget` between the two steps drops the view: ask again
+            self.current(purpose)
+            found = self._views.get(purpose)
+            if found is not None and found[3] is not None:
+                return found[3]
+
     def current(self, purpose: str) -> Release:
         """The release answering `purpose`; raises NoRun when no run may answer it."""
         release = self.fresh(purpose)
@@ -78,9 +106,10 @@ class ReleaseStore:
             run, mark = serving_run(self.engine, purpose), optout_mark(self.engine)
             previous = self._views.get(purpose)
             run_id = run.run_id if run is not None else None
+            base: Release | None = None
             if previous is not None and previous[1][0] is not None \
                     and previous[1][0].run_id == run_id and previous[1][1] == mark:
-                release = previous[2]
+                release, base = previous[2], previous[3]
             elif run is None:
                 release = None
             else:
@@ -91,7 +120,7 @@ class ReleaseStore:
                 self._runs[run.run_id] = base
                 withheld = withheld_person_keys(self.settings, self.engine, purpose, run)
                 release = base.withholding(purpose, withheld)
-            self._views[purpose] = (time.monotonic(), (run, mark), release)
+            self._views[purpose] = (time.monotonic(), (run, mark), release, base)
             if release is None:
                 raise NoRun(f"no score run for the {purpose} purpose has completed yet")
             return release

@@ -16,7 +16,7 @@ from api.guard import Access, authorise, permission
 from api.problems import Problem, responses
 from api.routes import current_release, example_response, json_response, ok
 from api.schemas import ODS, PERSON_KEY, Aggregate, PersonDetail, PersonPage, RunInfo
-from api.scored_run import CONDITION_SOURCES, Release
+from api.scored_run import CONDITION_SOURCES, NoRun, Release
 
 router = APIRouter(tags=["risk"])
 Tier = Literal["very_high", "high", "moderate", "low"]
@@ -194,6 +194,15 @@ def person_fhir(person_key: PersonKey,
 AGGREGATE_PARAMETERS = frozenset({"by", "geography"})
 
 
+def scored_release(access: Access) -> Release:
+    """The run answering the caller's purpose as it was scored (published tables are made
+    from it, `ReleaseStore.as_scored`), or 409 when no score run may answer it."""
+    try:
+        return access.services.releases.as_scored(access.purpose)
+    except NoRun as exc:
+        raise Problem(409, str(exc), slug="no-score-run") from None
+
+
 @router.get("/aggregates", summary="Published tables, with small-number suppression",
             responses={200: example_response(Aggregate), **responses(401, 403, 409, 422)})
 @permission("aggregate", "read")
@@ -234,6 +243,11 @@ async def aggregates(
     `condition`) is part of the one publication: no suppressed figure of one table can be
     worked out from the others.
 
+    Tables are made from the run as it was scored (the opt-outs in force when it was made
+    applied then, and recorded with it): an opt-out arriving later takes effect here at the
+    next run, never between, so two answers read before and after it are the same and cannot
+    single out whoever opted out. Record-level answers honour it at once.
+
     The whole publication is computed once per run, rule and geography table, and each answer
     kept as the JSON sent, on the event loop (a worker thread passes the interpreter lock back
     and forth with the loop at every NumPy call while fifty callers wait)."""
@@ -244,8 +258,8 @@ async def aggregates(
                            "`geography`, no filters (record-level lists take filters)")
     _conditions_allowed(access, "-", by in ("condition", "condition_count"))
     services = access.services
-    release = services.releases.fresh(access.purpose) or await run_in_threadpool(
-        current_release, access)
+    release = services.releases.fresh_as_scored(access.purpose) or await run_in_threadpool(
+        scored_release, access)
     rule = services.fresh_suppression_rule() or await run_in_threadpool(
         services.suppression_rule)
     places = services.releases.geography()

@@ -19,6 +19,7 @@ import re
 from collections import Counter
 
 import numpy as np
+import orjson
 import pytest
 from api_matrix import (
     OWN_PRACTICE,
@@ -29,6 +30,11 @@ from api_matrix import (
     write_score_run,
 )
 
+from api.aggregates import publish, table
+from api.scored_run import load_release
+from governance.geography import Geography
+from governance.suppression import Rule
+from pipeline.serving import serving_run
 from policies import POLICIES_DIR
 
 TIERS = ("very_high", "high", "moderate", "low")
@@ -404,3 +410,69 @@ def test_one_recipient_s_own_exports_cannot_be_joined(world: World) -> None:
         assert not joined, f"{len(joined)} recipient keys join two exports of one recipient"
         share = linked_one_to_one(first, second) / len(first)
         assert share <= policy["linkable_share"], f"{share:.0%} of rows link one-to-one"
+
+
+# -- published tables over time: a late opt-out -----------------------------------------------
+AGGREGATE_QUERIES = [f"by={by}&geography={level}" for by in (
+    "tier", "age_band", "sex", "condition", "condition_count", "tier_change")
+    for level in ("practice", "pcn", "locality", "area")]
+
+
+def _all_tables(world: World) -> dict[str, bytes]:
+    answers = {}
+    for query in AGGREGATE_QUERIES:
+        response = world.call("super_user", "GET", f"/aggregates?{query}")
+        assert response.status_code == 200, (query, response.text)
+        answers[query] = response.content
+    return answers
+
+
+def test_a_late_opt_out_changes_no_published_table_until_the_next_run(world: World) -> None:
+    """Promise: published (anonymous) tables come from the run as it was scored, with the
+    opt-outs in force then applied; one opt-out landing after it changes none of the 24 tables
+    (so two answers read before and after it cannot single out who opted out), while the
+    person leaves every record-level answer at once, and the next run's tables leave them
+    out. (That a score run leaves out whoever an opt-out in force covers is held by
+    test_optouts.py::test_scoring_applies_the_optouts_in_force_now_not_on_its_date.)"""
+    haven = world.haven
+    before = _all_tables(world)
+    assert len(before) == 24
+    # The attack: one person whose leaving moves some published figure (found the way the
+    # tables were made before this promise: the run less whoever is withheld now).
+    run = serving_run(haven.engine, "commissioning")
+    assert run is not None and run.run_id == world.run_id
+    base = load_release(haven.settings, run.run_id, run.summary)
+    rule, places = Rule.load(engine=haven.engine), Geography.load(engine=haven.engine)
+
+    def tables_without(keys: set[str]) -> dict[str, bytes]:
+        published = publish(base.withholding("commissioning", keys), places, rule)
+        out = {}
+        for query in AGGREGATE_QUERIES:
+            by, level = (part.split("=")[1] for part in query.split("&"))
+            answer = {"run_id": run.run_id, **table(published, level, by)}
+            out[query] = orjson.dumps(answer)
+        return out
+
+    assert tables_without(set()) == before  # the answers are these tables, byte for byte
+    victim = next((k for k in sorted(world.practice) if tables_without({k}) != before), None)
+    assert victim is not None, "no single person moves a table: the attack is not tried"
+    assert world.call("super_user", "GET", f"/persons/{victim}").status_code == 200
+    land_optout(world, victim, "ndoo")  # covers commissioning: analysts and super users
+    assert world.call("super_user", "GET", f"/persons/{victim}").status_code == 404
+    assert _all_tables(world) == before  # byte for byte, all 24
+    # The next run (as `haven score` leaves it: without the person) is published without them.
+    keys = sorted(k for k in world.practice if k != victim)
+    rows = score_rows(sorted(world.practice), [world.practice[k] for k in sorted(
+        world.practice)])
+    rows = rows[rows["person_key"] != victim]
+    newer = write_score_run(haven, rows, run_id="score-2025-04-01-next",
+                            when=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5))
+    assert len(keys) == len(rows)
+    after = _all_tables(world)
+    assert after != before
+    assert all(orjson.loads(a)["run_id"] == newer for a in after.values())
+    expected = tables_without({victim})
+    for query in AGGREGATE_QUERIES:
+        if query.endswith("geography=area"):  # the same persons, counted from the new run
+            shown = orjson.loads(after[query])
+            assert {**shown, "run_id": run.run_id} == orjson.loads(expected[query]), query
