@@ -32,7 +32,13 @@ from governance.policy_tables import policy_text
 from governance.schema import runs
 from governance.suppression import Rule
 from linkage.linked_view import load_sources
-from pipeline.analysis_tables import SPEND_ROUNDING, TOTAL, publish_grids, spend_beside
+from pipeline.analysis_tables import (
+    SPEND_ROUNDING,
+    TOTAL,
+    per_shown,
+    publish_grids,
+    spend_beside,
+)
 from pipeline.context import Context, Progress, quiet
 from pipeline.score import use_filter
 from pipeline.serving import ServingRun, optouts_applied, serving_run, withheld_person_keys
@@ -47,6 +53,9 @@ UNIT_COSTS = "unit_costs.csv"
 SEGMENT_TABLE = "segments.csv"
 TIERS = ("very_high", "high", "moderate", "low", "unknown")
 UNKNOWN = "unknown"
+SHARE_DIGITS = 3  # shares worked out from published figures
+TOP_SHARE_DIGITS = 2  # the top spenders' share of spend: true figures, so shown coarsely
+MEAN_ROUNDING = 100  # pounds: a mean shown with no count beside it
 
 
 class NothingToAnalyse(LookupError):
@@ -302,15 +311,14 @@ def cost_tables(records: pd.DataFrame, around: pd.DataFrame, rule: Rule,
         counts = shown[f"persons_by_{dimension}"]["persons"]
         key = records[dimension].astype(str)
         tables[f"spend_by_{dimension}"] = spend_beside(
-            counts, records.groupby(key)["total"].sum(), key.value_counts(), rule
-        ).set_index("category")
+            counts, records.groupby(key)["total"].sum(), rule).set_index("category")
     settings = pd.DataFrame({"spend": [int(round(records[s].sum() / 1000) * 1000)
                                        for s in costing.SETTINGS]},
                             index=pd.Index(list(costing.SETTINGS), name="setting"))
     settings.loc[TOTAL] = int(round(records["total"].sum() / 1000) * 1000)
     tables["spend_by_setting"] = settings
-    tables["top_spenders"] = pd.DataFrame(
-        {"share_of_spend": [round(costing.top_share(records["total"], s), 3)
+    tables["top_spenders"] = pd.DataFrame(  # coarse: no count is shown beside it
+        {"share_of_spend": [round(costing.top_share(records["total"], s), TOP_SHARE_DIGITS)
                             for s in (0.01, 0.05)]},
         index=pd.Index(["top_1pct", "top_5pct"], name="persons"))
     tables["spend_around_discharge"] = _around_table(around, rule)
@@ -328,10 +336,16 @@ def _around_table(around: pd.DataFrame, rule: Rule) -> pd.DataFrame:
         hidden = rule.hides(len(part)) or not len(part)
         rows.append({"pathway": pathway,
                      "mean_spend_year_before": rule.symbol if hidden else
-                     int(round(part["spend_before"].mean())),
+                     _coarse_mean(part["spend_before"]),
                      "mean_spend_year_after": rule.symbol if hidden else
-                     int(round(part["spend_after"].mean()))})
+                     _coarse_mean(part["spend_after"])})
     return pd.DataFrame(rows).set_index("pathway")
+
+
+def _coarse_mean(values: pd.Series) -> int:
+    """A mean shown with no count or total beside it, rounded to MEAN_ROUNDING pounds: no
+    figure of this publication multiplies it back into a total."""
+    return int(round(float(values.mean()) / MEAN_ROUNDING) * MEAN_ROUNDING)
 
 
 # ------------------------------------------------------------------------------ segments
@@ -373,16 +387,16 @@ def segment_tables(records: pd.DataFrame, rule: Rule, places: Geography
     for place, unit in (("pcn", "pcn"), ("gp_practice_code", "practice")):
         tables[f"spend_12m_by_segment_{unit}"] = _money_beside(
             tables[f"segment_by_{unit}"], records, place, rule)
+    # Shares are worked out from the published figures only (persons and spend as shown in
+    # the PCN tables), so they add nothing to them: a share to 3 decimals of the true counts
+    # would narrow a count rounded to 5 to one value.
     persons = tables["segment_by_pcn"][TOTAL]
-    all_persons, all_spend = len(records), float(records["spend_12m"].sum())
-    by = records.groupby("segment")["spend_12m"].sum()
+    spend = tables["spend_12m_by_segment_pcn"][TOTAL]
     tables["segment_shares"] = pd.DataFrame(
         [{"segment": s, "persons": persons[s],
-          "share_of_persons": rule.symbol if persons[s] == rule.symbol or not all_persons
-          else round(int((records["segment"] == s).sum()) / all_persons, 3),
-          "share_of_spend": rule.symbol if persons[s] == rule.symbol or not all_spend
-          else round(float(by.get(s, 0.0)) / all_spend, 3)} for s in segments]
-    ).set_index("segment")
+          "share_of_persons": per_shown(persons[s], persons[TOTAL], rule, SHARE_DIGITS),
+          "share_of_spend": per_shown(spend[s], spend[TOTAL], rule, SHARE_DIGITS)}
+         for s in segments]).set_index("segment")
     return tables
 
 

@@ -9,6 +9,8 @@ PCNs) and `governance.suppression.protect` hides counts of 1-7 and then enough o
 hidden figure can be solved from everything shown, checked exactly, as `api.aggregates` does
 for the risk tables. Money is published only beside a count that is shown (the same hidden
 pattern, so no equation of spend has a single unknown), rounded to the nearest 1,000 pounds.
+Every ratio shown beside them (spend per person, shares) is worked out from the published
+figures only (`per_shown`), so it adds nothing a reader could not already work out.
 """
 
 from __future__ import annotations
@@ -125,20 +127,34 @@ def _rollups(true: dict[Hashable, int], child: str, parent: str, mapping: Mappin
     return groups
 
 
-def spend_beside(published: pd.DataFrame, spend: pd.Series, persons: pd.Series,
-                 rule: Rule) -> pd.DataFrame:
+def spend_beside(published: pd.DataFrame, spend: pd.Series, rule: Rule) -> pd.DataFrame:
     """A list of categories with persons as published (`published`, one column of a
     `publish_grids` table, `total` last) and, where that count is shown, the spend (rounded to
-    the nearest 1,000 pounds) and the spend per person (to the pound); else the symbol."""
+    the nearest 1,000 pounds) and the spend per person; else the symbol.
+
+    The spend per person is the published spend over the published persons (`per_shown`),
+    never the true spend over the true count: a mean to the pound beside a count rounded to 5
+    and spend rounded to 1,000 would give the count exactly (41,000 over 20 shown, 1,969 a
+    person: 21 persons). Worked from shown figures, it tells a reader nothing they could not
+    work out, so the suppression check of the counts covers it."""
     rows = []
     for category, count in published.items():
         key = None if category == TOTAL else category
         money = float(spend.sum() if key is None else spend.get(key, 0.0))
-        people = int(persons.sum() if key is None else persons.get(key, 0))
         hidden = count == rule.symbol
-        rows.append({"category": category, "persons": count,
-                     "spend": rule.symbol if hidden else
-                     int(round(money / SPEND_ROUNDING) * SPEND_ROUNDING),
-                     "spend_per_person": rule.symbol if hidden or not people else
-                     int(round(money / people))})
+        shown_spend = rule.symbol if hidden else int(round(money / SPEND_ROUNDING)
+                                                     * SPEND_ROUNDING)
+        rows.append({"category": category, "persons": count, "spend": shown_spend,
+                     "spend_per_person": per_shown(shown_spend, count, rule)})
     return pd.DataFrame(rows)
+
+
+def per_shown(numerator: int | str, denominator: int | str, rule: Rule,
+              digits: int | None = 0) -> int | float | str:
+    """A ratio of two published figures (numerator over denominator), rounded to `digits`
+    decimals (0: a whole number): the symbol where either is hidden or the denominator is
+    shown as 0. Only published figures go in, so the ratio adds nothing to what is shown."""
+    if rule.symbol in (numerator, denominator) or not int(denominator):
+        return rule.symbol
+    value = int(numerator) / int(denominator)
+    return int(round(value)) if digits == 0 else round(value, digits)

@@ -28,6 +28,14 @@ Kind = Annotated[Literal["journeys", "costs", "segments"],
 TableName = Annotated[str, Path(pattern=r"^[a-z0-9_.]{1,64}$", examples=["flow_91d"])]
 
 
+# What of a run's summary the published answer shows: when and what it covered, never its
+# figures. The summary also holds exact counts (persons, discharges per pathway, persons per
+# segment), exact spend and ratios of true counts (ASCOF 2B): beside the published tables,
+# rounded to 5, they would give the true counts. Those figures are in the tables, protected.
+DESCRIBED = frozenset({"at", "start", "end", "through", "year", "kind", "purpose",
+                       "tiers_from"})
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -85,7 +93,7 @@ async def tables(kind: Kind, access: Annotated[Access, Depends(authorise)]) -> J
     run, found = await run_in_threadpool(_run, kind, access)
     body: dict[str, Any] = {"run_id": run.run_id, "kind": kind,
                             "summary": {k: v for k, v in run.summary.items()
-                                        if k not in ("optouts",)},
+                                        if k in DESCRIBED},
                             "tables": {name: _table(t) for name, t in found.items()}}
     if kind == "journeys" and "flow_91d" in found:
         body["sankey"] = _sankey(found["flow_91d"])

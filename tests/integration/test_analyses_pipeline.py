@@ -184,3 +184,94 @@ def test_cli_commands_print_what_they_did(world: World, capsys) -> None:
     assert "spend_by_tier" in capsys.readouterr().out
     assert main(["journeys", "--at", "April"], environ) == 2
     assert main(["costs", "--year", "24"], environ) == 2
+
+
+# Columns of published tables that are not counts, and how each is made safe.
+SPEND = {"spend"}                                   # rounded to 1,000 pounds beside a count
+FROM_SHOWN = {"spend_per_person", "share_of_persons", "share_of_spend"}  # ratios of shown
+COARSE = {"mean_spend_year_before", "mean_spend_year_after"}  # no count beside them
+
+
+def _number(value: object) -> float | None:
+    return None if value == "*" else float(str(value))
+
+
+def test_no_ratio_mean_or_share_shown_narrows_a_count(world: World) -> None:
+    """Promise (F6): every ratio, mean and share in a published analysis table is worked out
+    from published figures only, or rounded coarsely with no count beside it, so none
+    narrows a count rounded to 5 to fewer than the 5 values the rounding leaves. Checked over
+    every published table of the three analyses on this generated world."""
+    haven = world.haven
+    analyses.run_all(haven, AT)
+    checked = 0
+    for kind in analyses.KINDS:
+        _, tables = analyses.published(haven, kind)
+        for name, table in tables.items():
+            columns = set(map(str, table.columns))
+            if name == "top_spenders":  # over the area, no count shown beside it
+                assert columns == {"share_of_spend"}
+                for value in table["share_of_spend"]:
+                    assert round(float(value), 2) == float(value), value
+                    checked += 1
+                continue
+            if name == "spend_by_setting":  # money only, to 1,000 pounds
+                assert all(int(v) % 1000 == 0 for v in table["spend"])
+                continue
+            if not columns & (SPEND | FROM_SHOWN | COARSE):
+                continue  # a count table: checked by the publication's own tests
+            assert columns <= {"persons"} | SPEND | FROM_SHOWN | COARSE, (name, columns)
+            for row, values in table.iterrows():
+                if "spend_per_person" in columns:
+                    persons, spend = _number(values["persons"]), _number(values["spend"])
+                    shown = _number(values["spend_per_person"])
+                    expected = None if persons is None or spend is None or not persons \
+                        else round(spend / persons)
+                    assert shown == expected, (name, row)
+                    checked += 1
+                for column in COARSE & columns:
+                    shown = _number(values[column])
+                    assert shown is None or shown % analyses.MEAN_ROUNDING == 0, (name, row)
+                    checked += 1
+            if name == "segment_shares":
+                persons = tables["segment_by_pcn"]["total"]
+                spend = tables["spend_12m_by_segment_pcn"]["total"]
+                for segment, values in table.iterrows():
+                    for column, shown_of in (("share_of_persons", persons),
+                                             ("share_of_spend", spend)):
+                        part, whole = _number(shown_of[segment]), _number(shown_of["total"])
+                        expected = None if part is None or not whole else round(
+                            part / whole, 3)
+                        assert _number(values[column]) == expected, (segment, column)
+                        checked += 1
+    assert checked > 10  # the checks ran over real rows
+
+
+def test_published_analysis_tables_do_not_move_with_a_late_opt_out(world: World) -> None:
+    """Promise (F1 for the analyses): the published tables of an analysis are those written
+    when it ran (the opt-outs in force then applied); an opt-out landing later changes none
+    of them, nor any figure of the API's answer, until the next run."""
+    haven = world.haven
+    analyses.run_all(haven, AT)
+    before = {kind: world.call("analyst", "GET", f"/analyses/{kind}").content
+              for kind in analyses.KINDS}
+    _, records = analyses.records(haven, "costs")
+    person = sorted(records["person_key"])[0]
+    land_optout(world, person)
+    after = {kind: world.call("analyst", "GET", f"/analyses/{kind}").content
+             for kind in analyses.KINDS}
+    assert after == before
+    _, records = analyses.records(haven, "costs")
+    assert person not in set(records["person_key"])  # record level: honoured at once
+
+
+def test_the_published_answer_shows_no_figure_of_the_run_summary(world: World) -> None:
+    """The run summary holds exact counts (persons per pathway, per segment) and ratios of
+    them; the published answer shows only when and what the run covered."""
+    haven = world.haven
+    journeys = analyses.run_journeys(haven, AT)
+    assert journeys.summary["pathways"]  # the exact figures are in the run's record
+    for kind in analyses.KINDS[:1]:
+        summary = world.call("analyst", "GET", f"/analyses/{kind}").json()["summary"]
+        assert not {"pathways", "discharges", "ascof_2b_at_home_91d", "persons",
+                    "segments", "spend", "optouts"} & set(summary)
+        assert summary["at"] == AT.isoformat()

@@ -84,7 +84,7 @@ def test_spend_is_shown_only_beside_a_shown_count() -> None:
     counts = grid("segment", "measure", [[3], [40], [12]], list(persons.index), ["persons"])
     shown = publish_grids({"persons": counts}, RULE)["persons"]["persons"]
     spend = pd.Series({"frailty": 90_000.0, "healthy": 20_000.0, "acutely_ill": 30_000.0})
-    table = spend_beside(shown, spend, persons, RULE).set_index("category")
+    table = spend_beside(shown, spend, RULE).set_index("category")
     hidden = table["persons"] == RULE.symbol
     assert hidden["frailty"] and hidden.sum() >= 2        # secondary: one more hidden
     assert ((table["spend"] == RULE.symbol) == hidden).all()
