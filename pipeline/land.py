@@ -7,6 +7,8 @@ face sends the file, and the register takes an opt-out only from a sender that m
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from governance.optouts import landing_exclusion, sender_check
@@ -14,22 +16,34 @@ from linkage.landing.land import LandingContext, Receipt, land_file
 from linkage.landing.land import land_path as _land_path
 from linkage.landing.manifest import SENDER_RE, Manifest, ManifestError, parse_manifest
 from pipeline.context import Context, Progress, quiet
+from pipeline.engines.spark_land import spark_preparer
+from pipeline.engines.spark_session import session
 
 __all__ = ["SENDER_RE", "Manifest", "ManifestError", "Receipt", "land", "land_upload",
            "parse_manifest"]
 
 
-def _landing(ctx: Context, uploaded_by_org: str | None = None) -> LandingContext:
-    return LandingContext(ctx.settings, ctx.engine, ctx.keys, ctx.actor,
-                          exclusion=landing_exclusion(ctx.engine),
-                          uploaded_by_org=uploaded_by_org,
-                          sender_check=sender_check(ctx.settings, ctx.engine))
+@contextmanager
+def _landing(ctx: Context, uploaded_by_org: str | None = None) -> Iterator[LandingContext]:
+    """The landing's context; with `HAVEN_ENGINE=spark`, batches are prepared on Spark in a
+    session for the call (receipts, vault and audit stay with this process's database)."""
+    landing = LandingContext(ctx.settings, ctx.engine, ctx.keys, ctx.actor,
+                             exclusion=landing_exclusion(ctx.engine),
+                             uploaded_by_org=uploaded_by_org,
+                             sender_check=sender_check(ctx.settings, ctx.engine))
+    if ctx.settings.engine != "spark":
+        yield landing
+        return
+    with session(ctx.settings, "haven-land") as spark:
+        landing.preparer = spark_preparer(spark)
+        yield landing
 
 
 def land(ctx: Context, path: Path, *, remove: bool = False,
          progress: Progress = quiet) -> list[Receipt]:
     """Land a file (its manifest beside it) or every extract in a folder; one receipt each."""
-    receipts = _land_path(_landing(ctx), path, remove=remove)
+    with _landing(ctx) as landing:
+        receipts = _land_path(landing, path, remove=remove)
     for receipt in receipts:
         progress(f"{receipt.status} {receipt.file}: "
                  f"{receipt.counts.get('landed', 0):,} rows landed, "
@@ -40,4 +54,5 @@ def land(ctx: Context, path: Path, *, remove: bool = False,
 def land_upload(ctx: Context, path: Path, manifest: Manifest, filename: str,
                 uploaded_by_org: str) -> Receipt:
     """Land one uploaded file whose manifest came with the request."""
-    return land_file(_landing(ctx, uploaded_by_org), path, manifest, False, filename)
+    with _landing(ctx, uploaded_by_org) as landing:
+        return land_file(landing, path, manifest, False, filename)

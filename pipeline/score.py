@@ -25,10 +25,11 @@ from governance.schema import runs
 from linkage.linked_view import RowFilter, load_sources
 from linkage.person_index import read_link_map
 from pipeline.context import Context, Progress, quiet
+from pipeline.engines.dispatch import persons_scorer
 from pipeline.serving import optouts_applied, serving_run, withheld_person_keys
 from stratify.catalogue import FEATURES
 from stratify.scoring import ScoreRun, UnknownModel, save_run
-from stratify.scoring import score as score_persons
+from stratify.scoring import score as score_persons  # the embedded engine
 from stratify.train import ModelBundle
 
 __all__ = ["NoScoreRun", "NothingToScore", "ScoreResult", "UnknownModel", "export_scores",
@@ -142,7 +143,8 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     rows = sum(len(f) for f in sources.values())
     progress(f"training on history before {at.isoformat()} and scoring {rows:,} linked rows"
              if bundle is None else f"scoring {rows:,} linked rows with the given model")
-    run = score_persons(sources, at, seed=seed, previous=previous, model=model, bundle=bundle)
+    scorer = score_persons if ctx.settings.engine != "spark" else persons_scorer(ctx.settings)
+    run = scorer(sources, at, seed=seed, previous=previous, model=model, bundle=bundle)
     description = json.loads(json.dumps(model_description(run), default=str))  # plain JSON
     chosen_id = bundle_id if bundle is not None and bundle_id else model_id(description)
     run.meta["model_id"] = chosen_id

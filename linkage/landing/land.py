@@ -34,11 +34,12 @@ from governance.layout import ROWS_FILE
 from governance.policy_tables import retention_date
 from governance.schema import extracts, optouts, rejected_rows
 from governance.settings import Settings
-from linkage.landing.batches import Job, pool_size, prepared_batches
+from linkage.landing.batches import Job, Prepared, pool_size, prepared_batches
 from linkage.landing.contracts import CONTRACTS, Contract
 from linkage.landing.manifest import Manifest, ManifestError, read_manifest
 from linkage.landing.pseudonymise import HashMemo, Pseudonymised
 from linkage.landing.reader import (
+    Batch,
     FileRefused,
     ReadStats,
     csv_batches,
@@ -97,6 +98,10 @@ class LandingContext:
     exclusion: Exclusion | None = None
     uploaded_by_org: str | None = None
     sender_check: SenderCheck | None = None  # who may assert which opt-out (the register)
+    # How batches are checked and pseudonymised: `prepared_batches` (here, or two forked
+    # processes) unless an engine passes its own with the same arguments (Spark's
+    # `pipeline.engines.spark_land.spark_preparer`); the file-wide decisions stay here.
+    preparer: Callable[[Iterator[Batch], Job, int], Iterator[Prepared]] | None = None
 
 
 def new_extract_id(source: str | None) -> str:
@@ -313,7 +318,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
     workers = 1 if contract.source == "optouts" else pool_size(
         -(-manifest.rows // max(ctx.settings.batch_rows, 1)))
     # The pool forks on entry, before the reading and writing threads start.
-    prepared = prepared_batches(_prefetched(batches), job, workers)
+    prepared = (ctx.preparer or prepared_batches)(_prefetched(batches), job, workers)
 
     def write(table: pa.Table) -> None:
         if not writer:

@@ -71,9 +71,16 @@ def spark_session(settings: Settings, app_name: str = "haven") -> SparkSession:
 
 @contextmanager
 def session(settings: Settings, app_name: str = "haven") -> Iterator[SparkSession]:
-    """A session for one command, stopped when it is done."""
-    spark = spark_session(settings, app_name)
+    """A session for one command, stopped when it is done; a session already running in this
+    process (a notebook's, a cluster job's, the tests') is used and left running."""
+    running = None
+    if missing() is None:
+        from pyspark.sql import SparkSession
+
+        running = SparkSession.getActiveSession()
+    spark = running or spark_session(settings, app_name)
     try:
         yield spark
     finally:
-        spark.stop()
+        if running is None:
+            spark.stop()
