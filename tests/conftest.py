@@ -68,8 +68,12 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
         yield f"{base}/{name}"
     finally:
         with admin.connect() as connection:
+            # Our own connections left open by the test; not a superuser's (an autovacuum
+            # worker on the new database, which DROP DATABASE itself stops): terminating one
+            # of those is refused and failed the test in teardown.
             connection.execute(text(
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{name}' AND usename = current_user"))
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
 
