@@ -150,7 +150,8 @@ def evaluate(ctx: Context, cohort_text: str, *, outcomes: tuple[str, ...] = OUTC
              progress: Progress = quiet) -> tuple[str, dict[str, Any]]:
     """Evaluate a cohort (CSV text: person_key,start_date) against a matched comparison group;
     returns (evaluation id, result). CohortError for a bad file (the row named); TooSmall for
-    a cohort the small-number rule would hide."""
+    a cohort the small-number rule would hide, or one whose matched cohort or comparison
+    group would be (the means shown are over those groups), with nothing written."""
     clock = time.perf_counter()
     sources = purpose_sources(ctx)
     known = set().union(*(set(f["person_key"].dropna()) for f in sources.values() if len(f)))
@@ -165,8 +166,12 @@ def evaluate(ctx: Context, cohort_text: str, *, outcomes: tuple[str, ...] = OUTC
     pricer = _pricer(ctx, sources)
     progress(f"matching among {covariates.index.nunique():,} persons and estimating "
              f"{', '.join(outcomes)} over {months} months either side")
-    result = impact.evaluate(sources, cohort, covariates, months=months, outcomes=outcomes,
-                             ratio=ratio, pricer=pricer, seed=seed)
+    try:  # the matched groups, not only the cohort submitted, meet the small-number rule
+        result = impact.evaluate(sources, cohort, covariates, months=months,
+                                 outcomes=outcomes, ratio=ratio, pricer=pricer, seed=seed,
+                                 at_least=rule.suppress_to + 1)
+    except impact.GroupsTooSmall as exc:
+        raise TooSmall(str(exc)) from None
     evaluation_id = output_id(EVALUATIONS, cohort_text, ",".join(outcomes), str(months))
     summary = {"id": evaluation_id, "created": dt.datetime.now(dt.UTC).isoformat(),
                "purpose": PURPOSE, "cohort": result.cohort, "matched": result.matched,

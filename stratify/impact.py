@@ -452,17 +452,36 @@ class Evaluation:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+class GroupsTooSmall(ValueError):
+    """The matched cohort or its comparison group is smaller than the small-number rule
+    allows a figure to be published over."""
+
+
 def evaluate(sources: dict[str, pd.DataFrame], cohort: pd.DataFrame,
              covariates: pd.DataFrame, *, months: int = 12,
              outcomes: tuple[str, ...] = OUTCOMES, ratio: int = 1,
              costs: UnitCosts | None = None, pricer: SpendPricer | None = None,
-             seed: int = 0) -> Evaluation:
+             seed: int = 0, at_least: int = 1) -> Evaluation:
     """Match `cohort` within `covariates` (see `match`), count outcomes before and after each
-    start (`outcome_windows`) and estimate each outcome's effect (`did`)."""
+    start (`outcome_windows`) and estimate each outcome's effect (`did`).
+
+    Every mean shown (outcomes before and after, covariates' balance) is over the matched
+    cohort or the comparison group, not the cohort submitted: a cohort of 8 with 7 matched
+    would publish means over 7 persons (1/7, 4/7). So both groups must hold `at_least`
+    persons (the caller passes the small-number rule's threshold), else GroupsTooSmall,
+    before any outcome is counted."""
     unknown = sorted(set(outcomes) - set(OUTCOMES))
     if unknown:
         raise ValueError(f"outcome: {unknown[0]!r} is not one of {', '.join(OUTCOMES)}")
     matched = match(covariates, cohort, ratio=ratio, seed=seed)
+    treated = int(matched.pairs["person_key"].nunique()) if len(matched.pairs) else 0
+    controls = int(matched.pairs["control"].nunique()) if len(matched.pairs) else 0
+    if min(treated, controls) < at_least:
+        raise GroupsTooSmall(
+            f"evaluation refused: {treated} of {len(cohort)} cohort members were matched, "
+            f"with {controls} comparison persons; each group needs at least {at_least} "
+            "persons (the small-number rule), or its means would describe too few people to "
+            "publish. " + matched.statement)
     people = pd.concat([
         matched.pairs[["person_key", "start"]],
         matched.pairs[["control", "start"]].rename(columns={"control": "person_key"})])
@@ -473,9 +492,4 @@ def evaluate(sources: dict[str, pd.DataFrame], cohort: pd.DataFrame,
         rows = [did(panel, name).to_row() for name in outcomes]
     estimates = pd.DataFrame(rows, columns=list(Estimate.__dataclass_fields__))
     return Evaluation(estimates, matched.balance, matched.balanced, matched.statement,
-                      cohort=len(cohort),
-                      matched=int(matched.pairs["person_key"].nunique()) if len(matched.pairs)
-                      else 0,
-                      comparison=int(matched.pairs["control"].nunique())
-                      if len(matched.pairs) else 0,
-                      months=months)
+                      cohort=len(cohort), matched=treated, comparison=controls, months=months)

@@ -120,3 +120,20 @@ def test_destroying_an_extract_removes_the_outputs_built_on_it(landed, tmp_path)
     assert removed["runs_voided"] == 3 and removed["run_files_removed"] > 0
     assert not any(layout.impact_outputs(kind) for kind in kinds)
     assert impact.latest(haven, impact.FORECASTS) is None
+
+
+def test_an_evaluation_whose_matched_groups_are_small_is_refused(landed, tmp_path, capsys):
+    """Promise (F7): a cohort of 8 passes the small-number rule as submitted, but one member
+    not registered at their start leaves 7 to match: the means would be over 7 persons, so
+    the evaluation is refused with a plain statement and nothing is written."""
+    haven, keys = landed
+    cohort = tmp_path / "cohort.csv"
+    cohort.write_text("person_key,start_date\n" + "".join(f"{k},2024-01-01\n"
+                                                          for k in keys[:7])
+                      + f"{keys[7]},1900-01-01\n")
+    assert main(["evaluate", str(cohort), "--outcome", "emergency_admissions"],
+                _env(haven)) == 2
+    out = capsys.readouterr().out
+    assert "7 of 8 cohort members were matched" in out and "at least 8" in out
+    assert not any(k in out for k in keys)
+    assert haven.settings.layout.impact_outputs(impact.EVALUATIONS) == []

@@ -201,3 +201,25 @@ def test_covariates_carry_the_serving_models_risk_at_each_start() -> None:
     assert frame.loc[frame["start"] == pd.Timestamp(starts[1]), "age"].eq(84).all()
     _, none = covariates_at({"gp_patients": gp}, starts[:1], None)
     assert none["risk"].startswith("none")
+
+
+def test_an_evaluation_over_fewer_matched_than_the_rule_allows_is_refused() -> None:
+    """Promise (F7): the means an evaluation shows are over the matched cohort and the
+    comparison group, so each must hold at least the small-number threshold (8), whatever the
+    size of the cohort submitted: a cohort of 8 with 7 matched is refused, plainly."""
+    sources, cohort, covariates, _ = _world(persons=200, cohort=8, seed=4)
+    whole = impact.evaluate(sources, cohort, covariates, outcomes=("emergency_admissions",),
+                            ratio=2, at_least=8)
+    assert whole.matched >= 8 and whole.comparison >= 8
+    gone = cohort["person_key"].iat[0]  # not alive and registered at their start
+    with pytest.raises(impact.GroupsTooSmall) as refused:
+        impact.evaluate(sources, cohort, covariates.drop(index=gone),
+                        outcomes=("emergency_admissions",), ratio=2, at_least=8)
+    message = str(refused.value)
+    assert "7 of 8 cohort members were matched" in message and "at least 8" in message
+    assert not any(k in message for k in covariates.index)  # no person key in the refusal
+    # the comparison group is held to the same rule: one control for the whole cohort
+    few = pd.concat([covariates.loc[cohort["person_key"]], covariates.drop(
+        index=cohort["person_key"]).iloc[:1]])
+    with pytest.raises(impact.GroupsTooSmall, match="comparison persons"):
+        impact.evaluate(sources, cohort, few, outcomes=("emergency_admissions",), at_least=8)
