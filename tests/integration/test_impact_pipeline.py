@@ -105,8 +105,9 @@ def test_destroying_an_extract_removes_the_outputs_built_on_it(landed, tmp_path)
     """Promise: an evaluation, forecast or vulnerable-adults count is a run naming the extracts
     it read; destroying one of them removes its files and voids it."""
     haven, keys = landed
-    cohort = "person_key,start_date\n" + "".join(f"{k},2024-01-01\n" for k in keys[:10])
-    impact.evaluate(haven, cohort, outcomes=("ae_attendances",))
+    # 12 persons, two comparisons each: both matched groups reach the small-number rule's 8
+    cohort = "person_key,start_date\n" + "".join(f"{k},2024-01-01\n" for k in keys[:12])
+    impact.evaluate(haven, cohort, outcomes=("ae_attendances",), ratio=2)
     impact.forecast(haven, weeks=2)
     pipeline_incidents.vulnerable(haven)
     layout = haven.settings.layout
