@@ -81,7 +81,8 @@ def test_policy_commands(haven, tmp_path, capsys):
     env = environ(haven)
     assert main(["policy", "list"], env) == 0
     assert capsys.readouterr().out.split() == ["drift.json", "geography.csv",
-                                               "incidents.json", "optout_purposes.csv", "optout_senders.csv",
+                                               "incidents.json", "optout_purposes.csv",
+                                               "optout_senders.csv",
                                                "release.json", "retention.csv",
                                                "segments.csv", "suppression.json",
                                                "unit_costs.csv"]
