@@ -17,9 +17,10 @@ def world(haven, tmp_path) -> World:
 def test_analysts_read_evaluations_and_the_forecast(world: World) -> None:
     assert world.call("analyst", "GET", "/impact/forecast").status_code == 404
     assert world.call("analyst", "GET", "/impact/evaluations").json() == {"items": []}
-    keys = sorted(world.practice)[:10]
+    keys = sorted(world.practice)[:12]  # matched and comparison groups of 8 or more (F7)
     cohort = "person_key,start_date\n" + "".join(f"{k},2024-06-01\n" for k in keys)
-    evaluation_id, _ = impact.evaluate(world.haven, cohort, outcomes=("emergency_admissions",))
+    evaluation_id, _ = impact.evaluate(world.haven, cohort, outcomes=("emergency_admissions",),
+                                       ratio=2)
     impact.forecast(world.haven, weeks=4)
     listed = world.call("analyst", "GET", "/impact/evaluations").json()["items"]
     assert [e["id"] for e in listed] == [evaluation_id]
