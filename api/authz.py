@@ -31,6 +31,10 @@ from policies import POLICIES_DIR
 
 MODEL_PATH = POLICIES_DIR / "casbin_model.conf"
 SEED_PATH = POLICIES_DIR / "casbin_policy.csv"
+# (resource, action) pairs the shipped policy limits to a caller's own organisation.
+SHIPPED_OWN_SCOPED = frozenset(
+    (rule[2], rule[3]) for rule in casbin.Enforcer(str(MODEL_PATH), str(SEED_PATH)).get_policy()
+    if rule[6] == "own")
 # Roles every caller has implicitly; never assigned to a user.
 BUILT_IN = frozenset({"anonymous", "authenticated"})
 NONE = "-"
@@ -255,12 +259,15 @@ class AccessPolicy:
         return bool(held - NOT_PERSON_LEVEL)
 
     def _own_scoped(self) -> set[tuple[str, str]]:
-        """(resource, action) pairs some rule limits to the caller's own organisation's data
-        (scope `own`, e.g. a council's receipts): widening one to `any` lets a role read other
-        organisations' data, so it needs a second person even where the data is not
-        person-level."""
+        """(resource, action) pairs a rule limits to the caller's own organisation's data
+        (scope `own`, e.g. a council's receipts), in the shipped policy or the live one:
+        widening one to `any` lets a role read other organisations' data, so it needs a second
+        person even where the data is not person-level. The shipped rules count too, so
+        deleting the `own` rule first (a narrowing change, applied at once) does not make the
+        `any` rule a one-person change."""
         with self._lock:
-            return {(r[2], r[3]) for r in self.enforcer.get_policy() if r[6] == "own"}
+            live = {(r[2], r[3]) for r in self.enforcer.get_policy() if r[6] == "own"}
+        return live | SHIPPED_OWN_SCOPED
 
     def person_level_roles(self, roles: Sequence[str]) -> list[str]:
         """Those of `roles` that give access to person-level data as `widens` judges it: the

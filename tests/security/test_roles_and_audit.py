@@ -637,3 +637,19 @@ def test_an_admin_cannot_open_governance_data_to_every_caller_or_other_organisat
     open_rule = ["anonymous", "*", "api_docs", "read", "*", "*", "any"]
     assert world.call("admin", "POST", "/access-policy/rules",
                       json={"ptype": "p", "rule": open_rule}).status_code == 200
+
+
+def test_deleting_an_own_rule_then_adding_it_for_any_still_needs_an_ig_lead(world: World
+                                                                            ) -> None:
+    """Promise: the own-organisation limit on a council's receipts cannot be lifted by an admin
+    alone in two steps (delete the `own` rule: a narrowing change, applied at once; then add it
+    with scope `any`): the second step waits for an IG lead (red team R3: it applied at once and
+    a council read every organisation's receipts)."""
+    own = ["council_uploader", "*", "receipt", "read", "data_submission", "*", "own"]
+    deleted = world.call("admin", "POST", "/access-policy/rules/delete",
+                         json={"ptype": "p", "rule": own})
+    assert deleted.status_code == 200 and deleted.json() == {"changed": True}
+    widened = world.call("admin", "POST", "/access-policy/rules",
+                         json={"ptype": "p", "rule": [*own[:6], "any"]})
+    assert widened.status_code == 202 and widened.json()["status"] == "pending"
+    assert world.call("council_uploader", "GET", "/extracts").status_code == 403
