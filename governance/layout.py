@@ -5,6 +5,8 @@
       keys.json                     keys made on first use when none are passed (mode 0600)
       <name>.lock                   one writer at a time (landing, jobs, the index)
       staging/<extract_id>/         an extract being landed, moved into place in one rename
+      staging-runs/<run_id>/        a score run being written, moved into runs/ in one rename
+                                    once its runs row commits (landing clears staging/)
       extracts/<extract_id>/rows.parquet     landed, pseudonymised rows
       index/link_map.parquet        the person index (one row per landed row)
       index/review.parquet          candidate links held for review
@@ -162,6 +164,15 @@ class Layout:
 
     def run(self, run_id: str) -> RunFiles:
         return RunFiles(self.runs_dir / run_id)
+
+    @property
+    def run_staging_dir(self) -> Path:
+        """Score runs being written, apart from `staging/` (which landing clears)."""
+        return self.home / "staging-runs"
+
+    def staged_run(self, run_id: str) -> RunFiles:
+        """A score run's files while it is written, before its row commits (pipeline.score)."""
+        return RunFiles(self.run_staging_dir / run_id)
 
     def analysis(self, run_id: str) -> AnalysisFiles:
         return AnalysisFiles(self.runs_dir / run_id)
