@@ -2,9 +2,11 @@
 
 An IG lead or an admin (DECLARERS) declares an incident with a reason (no NHS number in it:
 `reason`), the affected postcode sectors, the responding organisations (ODS codes) and an
-expiry, within the limits of `policies/incidents.json` (`limits`: sectors, organisations,
-days ahead, incidents in force or pending at once: `concurrent`). Two people open a list: an
-admin's declaration is pending until an IG lead other than the declarer approves it
+expiry, within the limits of `policies/incidents.json` (`limits`: sectors, organisations, days
+ahead, incidents in force or pending at once: `concurrent`, and the distinct sectors of all of
+those together: `total_sectors`). The shipped values are hard ceilings (`CEILINGS`): an IG lead
+may lower a limit, never raise it, so no one person opens the whole population. Two people open
+a list: an admin's declaration is pending until an IG lead other than the declarer approves it
 (`approve`); an IG lead's is in force at once, the IG lead being the governance authority who
 approves everyone else's (as for access-rule changes, api/policy_changes.py). Either role may
 end one early. While it is in force (approved, not ended, not expired) a responder of one of
@@ -18,10 +20,10 @@ back that person only, counted, never refusing the others; an opt-out limited to
 or to a sender's data (a council's withdrawn consent) instead removes those rows from what
 computes the list (pipeline/incidents.py reads through the purpose's row filter). Every
 declaration, approval, end and re-identification, allowed or refused, is audited with counts,
-the rule that decided and the reason's category, never an NHS number nor the reason's text
-(the incident's own reason is kept in its row, without identifiers, until its retention
-period after the incident ended or expired: `destroy_reasons`, which `haven retention run`
-calls and whose destruction certificate measures what is left: `reasons_due`).
+the rule that decided and the reason's category, never an NHS number nor the reason's text (the
+incident's own reason is kept in its row, without identifiers, until its retention period after
+the incident ended or expired: `destroy_reasons`, which `haven retention run` calls and whose
+destruction certificate measures what is left: `reasons_due`).
 """
 
 from __future__ import annotations
@@ -47,9 +49,16 @@ PURPOSE = "emergency_planning"
 DECLARERS = frozenset({"ig_lead", "admin"})
 APPROVERS = frozenset({"ig_lead"})  # an IG lead's declaration needs no second person
 POLICY = "incidents.json"
-LIMITS = ("max_sectors", "max_concurrent", "max_organisations", "max_days")
-MAX_DAYS = 14  # the ceiling of `max_days`, whatever the table says
-MAX_SECTORS = 200  # the ceiling of `max_sectors` (and what a request may carry at all)
+LIMITS = ("max_sectors", "max_concurrent", "max_organisations", "max_days",
+          "max_total_sectors")
+# The hard ceilings (red-team R1): the shipped values are the most an IG lead may set. An IG
+# lead may lower a limit, never raise it, so no one person can open the whole vulnerable
+# population to a responder. `max_total_sectors` caps the distinct sectors of every live (in
+# force or pending) incident together: three incidents of 20 sectors are 60, not 20.
+CEILINGS = {"max_sectors": 20, "max_concurrent": 3, "max_organisations": 5, "max_days": 14,
+            "max_total_sectors": 20}
+MAX_DAYS = CEILINGS["max_days"]
+MAX_SECTORS = 200  # what a request may carry at all (the limit is `max_sectors`)
 SECTOR = re.compile(r"^[A-Z]{1,2}[0-9][0-9A-Z]? [0-9]$")
 RETENTION = "incidents"  # its row in policies/retention.csv
 DESTROYED = ""  # a destroyed reason (the column is not nullable)
@@ -59,16 +68,16 @@ NO_IDENTIFIERS = ("reason: holds something shaped like an NHS number; describe t
 
 def validate_limits(content: str, engine: Engine | None = None) -> None:
     """Raise ValueError unless `content` is a usable incidents table: each of LIMITS a whole
-    number of at least 1, `max_days` at most MAX_DAYS and `max_sectors` at most MAX_SECTORS."""
+    number from 1 to its ceiling in CEILINGS (`max_total_sectors` may be absent in a table
+    from before it: its ceiling applies)."""
     data = json_object(content, POLICY)
     for name in LIMITS:
-        value = data.get(name)
+        value = data.get(name, CEILINGS[name] if name == "max_total_sectors" else None)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{POLICY}: {name} must be a whole number of at least 1")
-    if data["max_days"] > MAX_DAYS:
-        raise ValueError(f"{POLICY}: max_days must be at most {MAX_DAYS}")
-    if data["max_sectors"] > MAX_SECTORS:
-        raise ValueError(f"{POLICY}: max_sectors must be at most {MAX_SECTORS}")
+        if value > CEILINGS[name]:
+            raise ValueError(f"{POLICY}: {name} must be at most {CEILINGS[name]} (an IG lead "
+                             "may lower a limit, never raise it)")
 
 
 def limits(engine: Engine | None = None) -> dict[str, int]:
@@ -76,7 +85,7 @@ def limits(engine: Engine | None = None) -> dict[str, int]:
     content = policy_text(POLICY, engine)
     validate_limits(content, engine)
     data = json_object(content, POLICY)
-    return {name: int(data[name]) for name in LIMITS}
+    return {name: int(data.get(name, CEILINGS[name])) for name in LIMITS}
 
 
 @dataclass(frozen=True)
@@ -177,11 +186,12 @@ def clean_organisations(organisations: Sequence[str], most: int) -> list[str]:
     return sorted(out)
 
 
-def _live_count(engine: Engine, now: dt.datetime) -> int:
+def _live(engine: Engine, now: dt.datetime) -> list[tuple[str, ...]]:
+    """The sectors of each live incident (in force or pending) at `now`."""
     with engine.connect() as connection:
-        rows = connection.execute(select(incidents.c.expires_at).where(
-            incidents.c.ended_at.is_(None))).scalars().all()
-    return sum(_aware(expires) > now for expires in rows)
+        rows = connection.execute(select(incidents.c.expires_at, incidents.c.sectors).where(
+            incidents.c.ended_at.is_(None))).all()
+    return [tuple(r.sectors) for r in rows if _aware(r.expires_at) > now]
 
 
 def declare(engine: Engine, actor: Actor, reason: str, sectors: Sequence[str],
@@ -189,7 +199,8 @@ def declare(engine: Engine, actor: Actor, reason: str, sectors: Sequence[str],
             now: dt.datetime | None = None) -> Incident:
     """Declare an incident: in force at once when an IG lead declares it, pending an IG
     lead's approval when an admin does; Refused (`role`, `reason`, `sectors`,
-    `organisations`, `expiry`, `concurrent`) otherwise. Every attempt is audited
+    `organisations`, `expiry`, `concurrent`, `total_sectors`) otherwise. Every attempt is
+    audited
     (`incident.declare`)."""
     now = _now(now)
     reason = (reason or "").strip()
@@ -217,9 +228,16 @@ def declare(engine: Engine, actor: Actor, reason: str, sectors: Sequence[str],
     expires_at = _aware(expires_at)
     if not now < expires_at <= now + dt.timedelta(days=cap["max_days"]):
         raise refuse("expiry", f"the expiry must be in the next {cap['max_days']} days")
-    if _live_count(engine, now) >= cap["max_concurrent"]:
+    live = _live(engine, now)
+    if len(live) >= cap["max_concurrent"]:
         raise refuse("concurrent", f"at most {cap['max_concurrent']} incidents may be in "
                                    f"force or pending at once ({POLICY}): end one first")
+    together = set(cleaned).union(*live)
+    if len(together) > cap["max_total_sectors"]:
+        raise refuse("total_sectors", f"live incidents may cover at most "
+                                      f"{cap['max_total_sectors']} postcode sectors together "
+                                      f"({POLICY}); this would make {len(together)}: end one "
+                                      "first")
     approved = actor.role in APPROVERS
     incident = Incident(f"INC-{now:%Y%m%d}-{secrets.token_hex(4)}", reason, tuple(cleaned),
                         actor.user, actor.role, now, expires_at, None, None, tuple(orgs),

@@ -10,6 +10,7 @@ without an NHS number."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -439,7 +440,7 @@ def test_sectors_and_concurrent_incidents_are_capped(world: World) -> None:
     _declare(world, [every[-1]])
     # An IG lead may lower the caps; a table that is not usable is refused, naming the field.
     engine = world.haven.engine
-    set_policy(engine, "incidents.json", '{"max_sectors": 1, "max_concurrent": 9, '
+    set_policy(engine, "incidents.json", '{"max_sectors": 1, "max_concurrent": 3, '
                '"max_organisations": 1, "max_days": 2}', IG)
     assert incidents.limits(engine)["max_sectors"] == 1
     until = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
@@ -456,11 +457,75 @@ def test_sectors_and_concurrent_incidents_are_capped(world: World) -> None:
                         '"max_days": 1}', "max_concurrent"),
                        ('{"max_sectors": 1, "max_concurrent": 1, "max_organisations": 1, '
                         '"max_days": 15}', "max_days"),
-                       ('{"max_sectors": 201, "max_concurrent": 1, "max_organisations": 1, '
+                       ('{"max_sectors": 21, "max_concurrent": 1, "max_organisations": 1, '
                         '"max_days": 1}', "max_sectors"),
                        ('[1]', "JSON object")):
         with pytest.raises(ValueError, match=field):
             set_policy(engine, "incidents.json", bad, IG)
+
+
+def test_an_ig_lead_cannot_raise_incident_limits_alone(world: World) -> None:
+    """Promise (red-team R1): the shipped incident limits are ceilings in code; an IG lead may
+    lower any of them, never raise one. Attack: the red team's PUT of
+    {"max_sectors":200,"max_concurrent":1000,"max_organisations":50,"max_days":14} (then an
+    incident of every sector): 422 naming the limit, nothing stored, every sector refused;
+    each limit raised by one alone is refused too."""
+    shipped = incidents.limits()
+    assert shipped == incidents.CEILINGS  # the shipped table is at the ceilings
+    attack = ('{"max_sectors": 200, "max_concurrent": 1000, "max_organisations": 50, '
+              '"max_days": 14}')
+    response = world.call("ig_lead", "PUT", "/policy-tables/incidents.json",
+                          json={"content": attack})
+    assert response.status_code == 422 and "max_sectors must be at most 20" in response.text
+    engine = world.haven.engine
+    assert incidents.limits(engine) == shipped  # nothing stored
+    every = sorted(set(world.extra["sector"].values()))
+    assert len(every) > shipped["max_sectors"]
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).isoformat()
+    whole = world.call("ig_lead", "POST", "/incidents",
+                       json={"reason": REASON, "sectors": every, "organisations": ORGS,
+                             "expires_at": expires})
+    assert whole.status_code == 422 and incidents.listed(engine) == []
+    for name, ceiling in incidents.CEILINGS.items():
+        raised = {**shipped, name: ceiling + 1}
+        with pytest.raises(ValueError, match=f"{name} must be at most {ceiling}"):
+            set_policy(engine, "incidents.json", json.dumps(raised), IG)
+    lowered = {name: 1 for name in incidents.CEILINGS}
+    set_policy(engine, "incidents.json", json.dumps(lowered), IG)
+    assert incidents.limits(engine) == lowered
+
+
+def test_live_incidents_cover_at_most_N_sectors_together(world: World) -> None:
+    """Promise (red-team R1): live incidents (in force or pending) cover at most
+    `max_total_sectors` distinct postcode sectors together (20 shipped), so three incidents
+    of 20 sectors cannot make 60. Attack: a second and third incident of new sectors after
+    one of 20: refused (`total_sectors`, audited); a sector already live is not counted
+    twice; ending the first frees its sectors."""
+    engine = world.haven.engine
+    cap = incidents.limits(engine)["max_total_sectors"]
+    assert cap == 20
+    pool = [f"LS{i} {j}" for i in range(1, 5) for j in range(10)]  # 40 distinct sectors
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    first = incidents.declare(engine, IG, REASON, pool[:cap], ORGS, until)
+    for sectors in (pool[cap:cap + 1], pool[cap:2 * cap]):
+        with pytest.raises(Refused) as caught:
+            incidents.declare(engine, IG, REASON, sectors, ORGS, until)
+        assert caught.value.rule == "total_sectors"
+    admin = Actor("ada", "admin", "X26", "administration")
+    with pytest.raises(Refused) as caught:  # a pending one counts as live too
+        incidents.declare(engine, admin, REASON, pool[cap:cap + 1], ORGS, until)
+    assert caught.value.rule == "total_sectors"
+    incidents.declare(engine, IG, REASON, pool[:2], ORGS, until)  # the same sectors again
+    assert [e["detail"]["rule"] for e in _entries(world, "incident.declare")
+            if e["outcome"] == "refused"] == ["total_sectors"] * 3
+    incidents.end(engine, IG, first.incident_id)
+    pending = incidents.declare(engine, admin, REASON, pool[cap:2 * cap - 2], ORGS, until)
+    assert pending.status(dt.datetime.now(dt.UTC)) == "pending"
+    with pytest.raises(Refused) as caught:  # 2 + 18 live: one more sector is too many
+        incidents.declare(engine, IG, REASON, pool[-1:], ORGS, until)
+    assert caught.value.rule == "total_sectors"
+    live = [i for i in incidents.listed(engine) if i.live(dt.datetime.now(dt.UTC))]
+    assert len(set().union(*(i.sectors for i in live))) == cap
 
 
 def test_a_reason_holding_an_nhs_number_is_refused(world: World) -> None:
