@@ -129,15 +129,48 @@ def _table_rows(content: str) -> list[dict[str, str]]:
             for row in csv.DictReader(lines)]
 
 
+GP_SOURCES = frozenset({"gp_patients", "gp_events", "gp_medications"})
+# The least the table must keep, whoever edits it: the national data opt-out over all data for
+# planning and research (National Data Opt-out operational policy), a type 1 objection over GP
+# data for the same, and a council's withdrawn consent over its own social care data for every
+# purpose (the data were shared on consent). An IG lead may widen what an opt-out covers, never
+# narrow it below this (red team R7: one IG lead's table without the national rows brought
+# opted-out persons back into the commissioning list).
+FLOOR = (
+    ("ndoo", "commissioning", None, False), ("ndoo", "research", None, False),
+    ("type1", "commissioning", GP_SOURCES, False), ("type1", "research", GP_SOURCES, False),
+    *(("consent_withdrawn", purpose, frozenset({"social_care"}), True)
+      for purpose in ("commissioning", "case_finding", "research", "direct_care",
+                      "emergency_planning")),
+)
+
+
+def _holds(rules: list[Coverage], kind: str, purpose: str, sources: frozenset[str] | None,
+           sender_scope: bool) -> bool:
+    """Whether some rule covers at least `sources` (None: all) for `kind` and `purpose`, for
+    at least the sender scope asked (a rule for data of any sender covers a sender's too)."""
+    return any(rule.optout_type == kind and rule.purpose == purpose
+               and (rule.sources is None or (sources is not None and sources <= rule.sources))
+               and (sender_scope or not rule.sender_scope) for rule in rules)
+
+
 def validate_purposes(content: str, engine: Engine | None = None) -> None:
-    """Raise ValueError unless `content` is a usable opt-out purposes table."""
+    """Raise ValueError unless `content` is a usable opt-out purposes table that keeps at
+    least `FLOOR` (naming the first row missing)."""
     rows = _table_rows(content)
     known = {row["source"] for row in read_table("retention.csv", engine)} - {"derived",
                                                                              "audit"}
-    for rule in parse_coverage(rows):
+    rules = parse_coverage(rows)
+    for rule in rules:
         unknown = sorted((rule.sources or frozenset()) - known)
         if unknown:
             raise ValueError(f"{POLICY}: unknown source {unknown[0]!r}")
+    for kind, purpose, sources, sender_scope in FLOOR:
+        if not _holds(rules, kind, purpose, sources, sender_scope):
+            data = "*" if sources is None else ";".join(sorted(sources))
+            raise ValueError(f"{POLICY}: it must keep {kind} over {data} for {purpose} "
+                             f"(the national minimum; an opt-out may be widened, never "
+                             f"narrowed below it)")
 
 
 def parse_senders(text_rows: Iterable[dict[str, str]]) -> dict[str, frozenset[str]]:

@@ -155,8 +155,10 @@ def test_which_register_row_is_in_force(haven, landing, inbox):
 
 
 def test_the_register_itself_is_never_excluded(haven, landing, inbox):
-    everything = "optout_type,purpose,sources,scope\n" + "".join(
-        f"ndoo,{p},*,all\n" for p in optouts.PURPOSES)
+    from policies import POLICIES_DIR
+
+    shipped = (POLICIES_DIR / "optout_purposes.csv").read_text(encoding="utf-8")
+    everything = shipped + "".join(f"ndoo,{p},*,all\n" for p in optouts.PURPOSES)
     optouts.set_purposes(haven.engine, everything, SYSTEM)
     guarded = LandingContext(haven.settings, haven.engine, haven.keys, haven.actor,
                              exclusion=optouts.landing_exclusion(haven.engine))

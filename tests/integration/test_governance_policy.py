@@ -30,10 +30,11 @@ def environ(haven) -> dict[str, str]:
 
 
 def test_a_changed_table_is_in_force_and_audited(haven):
-    narrower = shipped("optout_purposes.csv").replace("ndoo,research,*,all\n", "")
+    narrower = shipped("optout_purposes.csv").replace(
+        "type1,case_finding,gp_patients;gp_events;gp_medications,all\n", "")
     changed = optouts.set_purposes(haven.engine, narrower, IG)
     assert changed["before"] != changed["after"]
-    assert not any(r.optout_type == "ndoo" and r.purpose == "research"
+    assert not any(r.optout_type == "type1" and r.purpose == "case_finding"
                    for r in optouts.coverage(haven.engine))
     assert policy_tables.reset_policy(haven.engine, "optout_purposes.csv", IG)
     assert not policy_tables.reset_policy(haven.engine, "optout_purposes.csv", IG)
@@ -53,6 +54,15 @@ def test_a_changed_table_is_in_force_and_audited(haven):
     ("retention.csv", "source,retain_months,basis\napc,1,nhs 9434765919\n", "10-digit"),
     ("retention.csv", shipped("retention.csv").replace("apc,36", "apc,three"), "whole number"),
     ("retention.csv", "source,retain_months,basis\napc,1,x\n", "no row for"),
+    # The national minimum stays, whoever edits the table (red team R7).
+    ("optout_purposes.csv", shipped("optout_purposes.csv").replace(
+        "ndoo,commissioning,*,all\n", ""), r"must keep ndoo over \* for commissioning"),
+    ("optout_purposes.csv", shipped("optout_purposes.csv").replace(
+        "type1,research,gp_patients;gp_events;gp_medications,all\n",
+        "type1,research,gp_events,all\n"), "must keep type1 over gp_events;gp_medications"),
+    ("optout_purposes.csv", shipped("optout_purposes.csv").replace(
+        "consent_withdrawn,emergency_planning,social_care,sender\n", ""),
+     "must keep consent_withdrawn over social_care for emergency_planning"),
     ("suppression.json", "{", "not valid JSON"),
     ("suppression.json", "[1]", "JSON object"),
     ("suppression.json", '{"suppress_from": 0}', "suppress_from"),
