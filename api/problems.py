@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from governance.audit import NHS_SHAPE, url_decoded
+from governance.suppression import PublicationUnchecked
 
 PROBLEM_JSON = "application/problem+json"
 # Ten digits as 3-3-4, with any common separators or none (governance.audit.NHS_SHAPE):
@@ -158,6 +159,13 @@ def install(app: FastAPI) -> None:
         first = errors[0] if errors else {"location": "request", "message": "invalid"}
         return problem_response(422, f"{first['location']}: {first['message']}",
                                 slug="invalid-request", errors=errors)
+
+    @app.exception_handler(PublicationUnchecked)
+    async def _unchecked(_request: Request, exc: PublicationUnchecked) -> JSONResponse:
+        logger.error("publication refused: %s", exc)
+        return problem_response(503, "the published figures could not be checked for "
+                                     "disclosure, so none are shown; try again later",
+                                slug="publication-unchecked")
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

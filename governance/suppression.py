@@ -41,6 +41,11 @@ from policies import POLICIES_DIR
 POLICY = "suppression.json"
 
 
+class PublicationUnchecked(RuntimeError):
+    """The exact check of a publication could not be completed (the solver gave no answer):
+    the publication is refused rather than released unchecked."""
+
+
 @dataclass(frozen=True)
 class Rule:
     """Which counts are hidden, and how shown counts are rounded."""
@@ -236,6 +241,10 @@ def _fixed(true: Mapping[Hashable, int], members: list[Hashable],
 
     def moved(weights: np.ndarray, among: set[int]) -> set[int]:
         solution = milp(weights, constraints=constraints, integrality=np.ones(n), bounds=box)
+        if solution.x is None:  # no answer: nothing may be published on an unchecked claim
+            raise PublicationUnchecked(
+                "the exact check of the hidden figures found no solution "
+                f"(solver status {solution.status}); nothing is published")
         return {i for i in among if abs(solution.x[i] - truth[i]) > 0.5}
 
     undecided = set(range(n)) if checked is None else set(checked)

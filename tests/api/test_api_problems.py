@@ -100,3 +100,18 @@ def test_an_identifier_in_what_a_caller_sends_never_reaches_the_audit_log(world:
         "social_care"  # the identifier alone withheld, the rest kept
     assert_problem(world.call("mdt_clinician", "GET", f"/practices/{NHS_LIKE}/case-finding"),
                    403)
+
+
+def test_a_publication_the_solver_cannot_check_is_refused_with_503(world: World,
+                                                                     monkeypatch) -> None:
+    """The published tables are refused (503, saying why) when the exact disclosure check gets
+    no answer from its solver, never shown unchecked nor answered with a bare 500."""
+    import scipy.optimize
+    from scipy.optimize import OptimizeResult
+
+    monkeypatch.setattr(scipy.optimize, "milp", lambda *a, **k: OptimizeResult(
+        x=None, status=4, message="solver failed"))
+    answer = world.call("analyst", "GET", "/aggregates?by=tier&geography=practice")
+    assert answer.status_code == 503, answer.text
+    assert "could not be checked" in answer.json()["detail"]
+    assert "cells" not in answer.json()

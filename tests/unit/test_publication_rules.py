@@ -170,3 +170,18 @@ def test_k_anonymise_coarsens_small_groups_and_leaves_out_what_stays_small():
     assert released["age"] == ladders["age"][0]
     assert keep.tolist() == [False] * 4 + [True] * 3 + [False] * 2
     assert k_anonymise({"tier": [[]]}, [("tier", 0)], 3)[1].tolist() == []
+
+
+def test_a_check_the_solver_cannot_answer_publishes_nothing(monkeypatch) -> None:
+    """Promise: when the exact check of the hidden figures gets no answer from the solver, the
+    publication is refused (PublicationUnchecked: the API answers 503), never released
+    unchecked (red team R8: the code read a missing solution and crashed with a TypeError)."""
+    import scipy.optimize
+    from scipy.optimize import OptimizeResult
+
+    true = {"total": 30, "a": 3, "b": 27}
+    groups = [("total", ["a", "b"])]
+    monkeypatch.setattr(scipy.optimize, "milp", lambda *a, **k: OptimizeResult(
+        x=None, status=4, message="solver failed"))
+    with pytest.raises(suppression.PublicationUnchecked, match="nothing is published"):
+        protect(true, groups, Rule())
