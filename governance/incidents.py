@@ -39,6 +39,7 @@ from sqlalchemy import Engine, insert, select, update
 
 from governance import audit, vault
 from governance.audit import Actor
+from governance.identifiers import holds_nhs_number_loosely
 from governance.keys import KeyProvider
 from governance.optouts import ODS_CODE, active_optouts, coverage
 from governance.policy_tables import add_months, json_object, policy_text, read_table
@@ -214,7 +215,7 @@ def declare(engine: Engine, actor: Actor, reason: str, sectors: Sequence[str],
         raise refuse("role", "only an IG lead or an admin may declare an incident")
     if len(reason) < MIN_REASON:
         raise refuse("reason", f"a reason of at least {MIN_REASON} characters is required")
-    if audit.holds_identifier(reason):
+    if audit.holds_identifier(reason) or holds_nhs_number_loosely(reason):
         raise refuse("reason", NO_IDENTIFIERS)
     cap = limits(engine)
     try:

@@ -17,7 +17,6 @@ threshold (`haven refresh`): it keeps serving, flagged, until a new model is app
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,13 +24,12 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from governance import audit
 from governance.audit import Actor
-from governance.identifiers import digest_letters
+from governance.identifiers import digest_letters, holds_nhs_number_loosely
 from governance.schema import models, users
 
 CLINICAL_SAFETY_ROLE = "clinical_safety_officer"
 DECISIONS = {"approve": "approved", "reject": "rejected"}
 REASON_LIMITS = (3, 500)
-_DIGITS = re.compile(r"\d(?:[\W_]{0,3}\d){9}")  # ten digits, however separated
 
 
 class ModelError(ValueError):
@@ -103,14 +101,15 @@ def in_force(engine: Engine) -> dict[str, Any] | None:
 
 
 def check_reason(reason: str) -> str:
-    """The reason, stripped; ModelError unless it is 3-500 characters without a run of ten
-    digits (a decision's reason is audited: it may not hold an identifier)."""
+    """The reason, stripped; ModelError unless it is 3-500 characters without an NHS number
+    however written (`holds_nhs_number_loosely`: a decision's reason is audited and shown, so
+    it may not hold an identifier)."""
     text = (reason or "").strip()
     low, high = REASON_LIMITS
     if not low <= len(text) <= high:
         raise ModelError(f"reason: {low}-{high} characters saying why")
-    if _DIGITS.search(text):
-        raise ModelError("reason: may not hold a run of ten digits (an identifier)")
+    if holds_nhs_number_loosely(text):
+        raise ModelError("reason: may not hold an NHS number, however it is written")
     return text
 
 

@@ -82,10 +82,14 @@ def test_a_rejection_is_final_and_bad_decisions_say_why(haven):
         model_approvals.decide(haven.engine, CSO, model, "bless", "why not")
     with pytest.raises(model_approvals.ModelError, match="3-500 characters"):
         model_approvals.decide(haven.engine, CSO, model, "reject", " x ")
-    with pytest.raises(model_approvals.ModelError, match="ten digits"):
-        model_approvals.decide(haven.engine, CSO, model, "reject", "see 999 000 0018")
+    for hidden in ("see 999 000 0018", "see 99 90 00 00 18", "see 9 9 9 0 0 0 0 0 1 8",
+                   "ref 9990000018abcdef", "see 9990 000 018"):
+        with pytest.raises(model_approvals.ModelError, match="NHS number"):
+            model_approvals.decide(haven.engine, CSO, model, "reject", hidden)
     with pytest.raises(model_approvals.ModelError, match="no model"):
         model_approvals.decide(haven.engine, CSO, "model-aaaaaaaaaaaa", "reject", "unknown")
+    assert model_approvals.check_reason(" reviewed 2026-12-04 12:30, ticket 123456789012 ") \
+        == "reviewed 2026-12-04 12:30, ticket 123456789012"  # a date-time, a long reference
     done = model_approvals.decide(haven.engine, CSO, model, "reject", "calibration poor")
     assert done["status"] == "rejected"
     with pytest.raises(model_approvals.ModelError, match="already rejected"):

@@ -529,13 +529,18 @@ def test_live_incidents_cover_at_most_N_sectors_together(world: World) -> None:
 
 
 def test_a_reason_holding_an_nhs_number_is_refused(world: World) -> None:
-    """Promise (red-team F10): an incident's reason, which every responder reads, holds no
-    identifier. Attack: the red team's reason "Mrs X <NHS number> LS3 3TG needs oxygen": 422,
+    """Promise (red-team F10, R5): an incident's reason, which every responder reads, holds no
+    identifier however grouped. Attack: the red team's reason "Mrs X <NHS number> LS3 3TG
+    needs oxygen", the number in pairs, 4-3-3, digit by digit, glued to letters: 422,
     the error names the field and never the value, nothing is stored, the audit holds no
     number."""
     number = sorted(world.nhs.values())[0]
     expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
-    for written in (number, f"{number[:3]} {number[3:6]} {number[6:]}"):
+    forms = (number, f"{number[:3]} {number[3:6]} {number[6:]}",
+             " ".join(number[i:i + 2] for i in range(0, 10, 2)),  # red-team R5's forms
+             f"{number[:4]} {number[4:7]} {number[7:]}", " ".join(number),
+             f"ref {number}abcdef")
+    for written in forms:
         response = world.call("ig_lead", "POST", "/incidents",
                               json={"reason": f"Mrs X {written} LS3 3TG needs oxygen",
                                     "sectors": ["LS3 3"], "organisations": ORGS,
@@ -544,8 +549,13 @@ def test_a_reason_holding_an_nhs_number_is_refused(world: World) -> None:
         assert response.json()["detail"].startswith("reason: holds something shaped like")
         assert number[:6] not in response.text
     assert incidents.listed(world.haven.engine) == []
-    assert [e["detail"]["rule"] for e in _entries(world, "incident.declare")] == ["reason"] * 2
+    assert [e["detail"]["rule"] for e in _entries(world, "incident.declare")] == \
+        ["reason"] * len(forms)
     _no_numbers(world)
+    declared = incidents.declare(world.haven.engine, IG, "flood from 2026-12-04 12:30, "
+                                 "ticket 123456789012", ["LS3 3"], ORGS,
+                                 dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    assert declared.status(dt.datetime.now(dt.UTC)) == "in_force"  # no false refusal
 
 
 def test_an_incidents_reason_is_destroyed_after_its_period(world: World) -> None:
