@@ -34,7 +34,11 @@ class ReleaseStore:
         self.settings = settings
         self.engine = engine
         self.refresh_seconds = refresh_seconds
-        self._runs: dict[str, Release] = {}  # run id -> the run, every person
+        # run id -> the run, every person. Keyed by id alone, safely: pipeline.score never
+        # rewrites a complete run (its id digests the extracts, date, seed, purpose, model
+        # and opt-outs applied; the same inputs return the run already made), so one id
+        # names one content for good; a voided run stops serving and `forget` drops it.
+        self._runs: dict[str, Release] = {}
         # purpose -> (checked at, (run, opt-out mark), the run less those withheld now,
         # the run as scored)
         self._views: dict[str, tuple[float, tuple[ServingRun | None, tuple],

@@ -6,21 +6,29 @@ is a candidate until a clinical safety officer approves it, and its run does not
 then (pipeline.serving); the model in force keeps serving meanwhile. Given the approved
 model's bundle (`bundle`, as `haven refresh` does), nothing is trained and the run serves at
 once: the same model, the same id, the same approval.
+
+A run's id (`run_id`) is made here from the stage's id (date, seed, extracts, version) and
+what the stage does not see: the purpose, the model chosen and the opt-outs applied. A
+complete run is never rewritten: the same id means the same inputs, so a re-score returns
+the run already made ("already scored"). A new run is written to `staging-runs/` and moved
+into `runs/` only after its row commits, so a failed run leaves no half folder.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
-from governance import audit, optouts
-from governance.model_approvals import model_id, record_candidate
+from governance import audit, optouts, store
+from governance.identifiers import digest_letters
+from governance.model_approvals import get_model, model_id, record_candidate
 from governance.schema import runs
 from linkage.linked_view import RowFilter, load_sources
 from linkage.person_index import read_link_map
@@ -32,9 +40,9 @@ from stratify.scoring import ScoreRun, UnknownModel, save_run
 from stratify.scoring import score as score_persons  # the embedded engine
 from stratify.train import ModelBundle
 
-__all__ = ["NoScoreRun", "NothingToScore", "ScoreResult", "UnknownModel", "export_scores",
-           "model_description", "purpose_sources", "reason_group_sources", "score",
-           "use_filter"]
+__all__ = ["NoScoreRun", "NothingToScore", "RunIdTaken", "ScoreResult", "UnknownModel",
+           "export_scores", "model_description", "purpose_sources", "reason_group_sources",
+           "run_id", "score", "use_filter"]
 
 RELEASE_COLUMNS = ["person_key", "probability", "tier", "reasons"]
 
@@ -45,6 +53,10 @@ class NoScoreRun(LookupError):
 
 class NothingToScore(LookupError):
     """No landed, linked row to score (nothing landed yet, or everything destroyed)."""
+
+
+class RunIdTaken(RuntimeError):
+    """A run with this id exists but is not complete (voided): it is never rewritten."""
 
 
 @dataclass
@@ -59,6 +71,7 @@ class ScoreResult:
     model_status: str = "candidate"
     tiers: dict[str, int] = field(default_factory=dict)
     thresholds: dict[str, Any] = field(default_factory=dict)
+    already_scored: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,27 +160,39 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     run = scorer(sources, at, seed=seed, previous=previous, model=model, bundle=bundle)
     description = json.loads(json.dumps(model_description(run), default=str))  # plain JSON
     chosen_id = bundle_id if bundle is not None and bundle_id else model_id(description)
-    run.meta["model_id"] = chosen_id
-    folder = save_run(run, ctx.settings.layout.run(run.run_id))
-    used = sorted({e for ids in run.extract_ids.values() for e in ids})
-    with ctx.engine.begin() as connection:
-        status = record_candidate(connection, chosen_id, run.run_id, purpose, run.model,
-                                  description)
-        connection.execute(runs.delete().where(runs.c.run_id == run.run_id))
-        connection.execute(insert(runs).values(
-            run_id=run.run_id, kind="score", at=dt.datetime.now(dt.UTC), status="complete",
-            extract_ids=used, summary={"at": at.isoformat(), "model": run.model,
-                                       "purpose": purpose,
-                                       "model_version": run.model_version,
-                                       "model_id": chosen_id,
-                                       "persons": int(len(run.scores)),
-                                       "thresholds": run.thresholds,
-                                       "optouts": applied}))
-        audit.record(connection, ctx.actor, "score.run", f"run/{run.run_id}",
-                     n_records=int(len(run.scores)), purpose=purpose,
-                     detail={"model": run.model, "extracts": len(used),
-                             "model_id": chosen_id, "model_status": status,
-                             "chosen_by": run.metrics.get("chosen_by", "validation")})
+    stage_id, run.run_id = run.run_id, run_id(run.run_id, at, purpose, chosen_id, applied)
+    run.meta.update(model_id=chosen_id, stage_run_id=stage_id)
+    with store.data_lock(ctx.settings, "score"):  # one writer of run ids at a time
+        existing = _existing(ctx, run.run_id, purpose)
+        if existing is not None:  # the same id: the same inputs, scored before
+            progress(f"already scored: run {existing.run_id} (the same extracts, date, seed, "
+                     f"purpose, model and opt-outs); nothing written")
+            progress(_serving_note(ctx, existing.model_id, existing.model_status, purpose))
+            return existing
+        staged = ctx.settings.layout.staged_run(run.run_id)
+        store.remove_tree(staged.folder)  # what an interrupted run of this id left
+        save_run(run, staged)
+        used = sorted({e for ids in run.extract_ids.values() for e in ids})
+        try:
+            with ctx.engine.begin() as connection:
+                status = record_candidate(connection, chosen_id, run.run_id, purpose, run.model,
+                                          description)
+                connection.execute(insert(runs).values(
+                    run_id=run.run_id, kind="score", at=dt.datetime.now(dt.UTC),
+                    status="complete", extract_ids=used,
+                    summary={"at": at.isoformat(), "model": run.model, "purpose": purpose,
+                             "model_version": run.model_version, "model_id": chosen_id,
+                             "persons": int(len(run.scores)), "thresholds": run.thresholds,
+                             "optouts": applied, "stage_run_id": stage_id}))
+                audit.record(connection, ctx.actor, "score.run", f"run/{run.run_id}",
+                             n_records=int(len(run.scores)), purpose=purpose,
+                             detail={"model": run.model, "extracts": len(used),
+                                     "model_id": chosen_id, "model_status": status,
+                                     "chosen_by": run.metrics.get("chosen_by", "validation")})
+        except BaseException:
+            store.remove_tree(staged.folder)  # no row: no run, and no half folder
+            raise
+        folder = _publish(ctx, run.run_id)
     result = ScoreResult(run_id=run.run_id, persons=int(len(run.scores)), model=run.model,
                          purpose=purpose, tiers=run.metrics.get("tiers", {}),
                          thresholds=run.thresholds, model_id=chosen_id, model_status=status)
@@ -175,6 +200,64 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
              f"written to {folder}")
     progress(_serving_note(ctx, chosen_id, status, purpose))
     return result
+
+
+def run_id(stage_id: str, at: dt.date, purpose: str, chosen_model: str,
+           applied: dict[str, Any]) -> str:
+    """The id a run is recorded and filed under: `score-DATE-` and a digest, in letters
+    (governance.identifiers: never a digit run), of the stage's id (date, seed, extracts,
+    version), the purpose, the model chosen and a digest of the opt-outs applied (what
+    `optouts_applied` records). The stage's id alone names neither purpose, model nor
+    opt-outs, so two different runs could share it and one overwrite the other."""
+    optouts_digest = digest_letters(json.dumps(applied, sort_keys=True, default=str), 16)
+    made_of = json.dumps([stage_id, purpose, chosen_model, optouts_digest], sort_keys=True)
+    return f"score-{at.isoformat()}-{digest_letters(made_of, 16)}"
+
+
+def _existing(ctx: Context, wanted: str, purpose: str) -> ScoreResult | None:
+    """The complete run `wanted`, as a result (None when there is no such run); RunIdTaken
+    when a run of that id exists but is void. A run whose row committed but whose folder
+    was not yet moved into place (the process stopped between) is moved now."""
+    with ctx.engine.connect() as connection:
+        found = connection.execute(select(runs.c.status, runs.c.summary).where(
+            runs.c.run_id == wanted)).first()
+    if found is None:
+        return None
+    if found.status != "complete":
+        raise RunIdTaken(f"run {wanted} exists with status {found.status}: it is never "
+                         f"rewritten; land the extracts again to score anew")
+    files = ctx.settings.layout.run(wanted)
+    if not files.folder.exists() and ctx.settings.layout.staged_run(wanted).folder.exists():
+        _publish(ctx, wanted)
+    summary = dict(found.summary or {})
+    tiers: dict[str, int] = {}
+    if files.description.exists():
+        tiers = json.loads(files.description.read_text(encoding="utf-8")).get(
+            "metrics", {}).get("tiers", {})
+    chosen = str(summary.get("model_id", ""))
+    model = get_model(ctx.engine, chosen) if chosen else None
+    return ScoreResult(run_id=wanted, persons=int(summary.get("persons", 0)),
+                       model=str(summary.get("model", "")),
+                       purpose=str(summary.get("purpose", purpose)), model_id=chosen,
+                       model_status=str(model["status"]) if model else "candidate",
+                       tiers=tiers, thresholds=dict(summary.get("thresholds") or {}),
+                       already_scored=True)
+
+
+def _publish(ctx: Context, wanted: str) -> Path:
+    """Move run `wanted` from staging into `runs/` in one rename (its row has committed);
+    the files are flushed to disk first. A folder of that id without a row (left by a
+    version that wrote in place) is replaced: no complete run names it."""
+    source = ctx.settings.layout.staged_run(wanted).folder
+    target = ctx.settings.layout.run(wanted).folder
+    for file in source.rglob("*"):
+        if file.is_file():
+            with file.open("rb") as handle:
+                os.fsync(handle.fileno())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    store.remove_tree(target)
+    os.replace(source, target)
+    return target
 
 
 def _serving_note(ctx: Context, chosen: str, status: str, purpose: str) -> str:
