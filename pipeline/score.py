@@ -5,7 +5,7 @@ The model a run was scored by is recorded (governance.model_approvals): a model 
 is a candidate until a clinical safety officer approves it, and its run does not serve until
 then (pipeline.serving); the model in force keeps serving meanwhile. Given the approved
 model's bundle (`bundle`, as `haven refresh` does), nothing is trained and the run serves at
-once: the same model, the same id, the same approval.
+once: the same model, the same model id, the same approval.
 
 A run's id (`run_id`) is made here from the stage's id (date, seed, extracts, version) and
 what the stage does not see: the purpose, the model chosen and the opt-outs applied. A
