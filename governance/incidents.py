@@ -44,7 +44,7 @@ from governance.keys import KeyProvider
 from governance.optouts import ODS_CODE, active_optouts, coverage
 from governance.policy_tables import add_months, json_object, policy_text, read_table
 from governance.reidentify import MIN_REASON, Refused, reason_category
-from governance.schema import incidents
+from governance.schema import extracts, incidents, optouts
 
 PURPOSE = "emergency_planning"
 DECLARERS = frozenset({"ig_lead", "admin"})
@@ -351,24 +351,53 @@ def held_back(engine: Engine, person_ids: Sequence[str], at: dt.date) -> set[str
     return {p for p in person_ids if p in objecting}
 
 
+def received_since(engine: Engine, person_ids: Sequence[str], since: dt.datetime,
+                   now: dt.datetime) -> set[str]:
+    """The pseudonyms with an opt-out (any type, an objection, not a withdrawal) the list made
+    at `since` could not have honoured (red-team R4): received after `since` (its extract's
+    `received_at`), or in force since (`effective_date` after `since`'s day, on or before
+    `now`'s). Whatever the type and scope: failing closed, such a person is held back until
+    the counts are recomputed, never located by a list that ignored their opt-out."""
+    wanted = set(person_ids)
+    if not wanted:
+        return set()
+    since, today = _aware(since), now.date()
+    with engine.connect() as connection:
+        rows = connection.execute(select(
+            optouts.c.person_id, optouts.c.effective_date, extracts.c.received_at).join(
+            extracts, extracts.c.extract_id == optouts.c.extract_id).where(
+            optouts.c.withdrawn.is_(False), optouts.c.person_id.in_(sorted(wanted)))).all()
+    return {r.person_id for r in rows
+            if _aware(r.received_at) > since or since.date() < r.effective_date <= today}
+
+
+RECOMPUTE = ("held back by an opt-out received since the list was made: recompute with "
+             "`haven emergency vulnerable`")
+
+
 @dataclass(frozen=True)
 class Revealed:
-    """What a re-identification gives: NHS numbers by pseudonym, and how many persons an
-    opt-out held back (a count only: never who, nor in which sector)."""
+    """What a re-identification gives: NHS numbers by pseudonym, how many persons an opt-out
+    held back (a count only: never who, nor in which sector), and how many of those were held
+    back by an opt-out received since the list was made (`received_since`)."""
 
     numbers: dict[str, str]
     held_back: int
+    held_back_since: int = 0
 
 
 def reidentify(engine: Engine, keys: KeyProvider, requester: Actor, incident_id: str,
                person_ids: Sequence[str], reason: str, sector_of: Callable[[str], str | None],
                now: dt.datetime | None = None,
-               person_of: Callable[[str], str] | None = None) -> Revealed:
+               person_of: Callable[[str], str] | None = None,
+               since: dt.datetime | None = None) -> Revealed:
     """NHS numbers of `person_ids` (pseudonyms) for a responder during incident
     `incident_id`, or Refused naming the rule (module docstring for the order). The whole
     request is refused if one person fails a rule; a person with a whole-person opt-out is
     held back (every pseudonym `person_of` gives the same person, default each its own) and
-    counted, the others answered. Audited as `reidentify` (`via: incident`)."""
+    counted, the others answered; so is a person with any opt-out received since `since`
+    (when the list asked from was made: `received_since`). Audited as `reidentify` (`via:
+    incident`)."""
     now = _now(now)
     reason = (reason or "").strip()
     n = len(person_ids)
@@ -398,6 +427,9 @@ def reidentify(engine: Engine, keys: KeyProvider, requester: Actor, incident_id:
                                "sectors")
     owner = person_of or (lambda p: p)
     objecting = {owner(p) for p in held_back(engine, list(person_ids), now.date())}
+    recent = set() if since is None else {
+        owner(p) for p in received_since(engine, person_ids, since, now)}
+    objecting |= recent
     wanted = [p for p in person_ids if owner(p) not in objecting]
     with engine.connect() as connection:
         found = vault.reveal(connection, keys, wanted)
@@ -405,8 +437,8 @@ def reidentify(engine: Engine, keys: KeyProvider, requester: Actor, incident_id:
         raise refuse("not_found", f"{len(wanted) - len(found)} of {n} persons are not in "
                                   "the vault")
     _audit(engine, requester, "reidentify", resource, "allowed", "ok", reason, len(found),
-           via="incident", held_back=len(objecting))
-    return Revealed(found, len(objecting))
+           via="incident", held_back=len(objecting), held_back_since=len(recent))
+    return Revealed(found, len(objecting), len(recent))
 
 
 def retain_months(engine: Engine | None = None) -> int:

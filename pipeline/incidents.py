@@ -11,7 +11,9 @@ rules and the audit), the listed persons of an incident's sectors. Opt-outs reac
 source and sender scope: the rows they cover are filtered out before the flags are computed
 (so a council's withdrawn consent removes only that council's social care rows), and a
 whole-person objection holds that person back at re-identification, counted, never refusing
-the others.
+the others. A person with any opt-out received since the counts read the register
+(`register_read_at`) is held back too, counted, until the counts are recomputed (red-team R4:
+the list cannot have honoured it).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def vulnerable(ctx: Context, at: dt.date | None = None,
     returns (output id, result)."""
     clock = time.perf_counter()
     at = at or dt.datetime.now(dt.UTC).date()
+    read_at = dt.datetime.now(dt.UTC)  # before the register is read: later opt-outs hold back
     sources = purpose_sources(ctx, PURPOSE)
     frail = _frail(sources, at)
     persons = flags.vulnerable_persons(sources, at, frail)
@@ -80,6 +83,7 @@ def vulnerable(ctx: Context, at: dt.date | None = None,
     table, totals = publish(counts, rule)
     identifier = output_id(VULNERABLE, at.isoformat())
     summary = {"id": identifier, "created": dt.datetime.now(dt.UTC).isoformat(),
+               "register_read_at": read_at.isoformat(),
                "purpose": PURPOSE, "at": at.isoformat(), "sectors": int(len(counts)),
                "totals": totals, "frailty": "frailty segment (stratify.segments)",
                "rule": rule.describe(),
@@ -119,9 +123,11 @@ def incident_list(ctx: Context, requester: Actor, incident_id: str, reason: str,
     `person_keys` named, each of whom must be on that list), re-identified through
     governance.incidents (refused and audited there). Persons a whole-person opt-out holds
     back are counted (`held_back_by_opt_out`, one figure for the whole incident: no sector
-    breakdown), the others listed; persons without an NHS number in the vault cannot be named
-    and are counted apart. The list itself was computed through the purpose's row filter
-    (`vulnerable`), so a flag that rested only on rows an opt-out removes is not on it."""
+    breakdown; of them `held_back_since_counts` by an opt-out received since the counts were
+    made, with a `note` to recompute), the others listed; persons without an NHS number in
+    the vault cannot be named and are counted apart. The list itself was computed through the
+    purpose's row filter (`vulnerable`), so a flag that rested only on rows an opt-out removes
+    is not on it."""
     files = _latest(ctx)
     persons = pd.read_parquet(files.table("persons")).set_index("person_key")
     incident = governance_incidents.get(ctx.engine, incident_id)
@@ -133,9 +139,11 @@ def incident_list(ctx: Context, requester: Actor, incident_id: str, reason: str,
     ids = person_ids_of(ctx.settings, wanted)
     key_of = {pid: key for key, found in ids.items() for pid in found}
     sector = persons["postcode_sector"].to_dict()
+    summary = read_result(files)
     revealed = governance_incidents.reidentify(
         ctx.engine, ctx.keys, requester, incident_id, sorted(key_of), reason,
-        lambda pid: sector.get(key_of.get(pid, "")), now, person_of=key_of.__getitem__)
+        lambda pid: sector.get(key_of.get(pid, "")), now, person_of=key_of.__getitem__,
+        since=_read_at(summary))
     items = []
     for key in wanted:
         number = next((revealed.numbers[p] for p in ids.get(key, [])
@@ -146,6 +154,20 @@ def incident_list(ctx: Context, requester: Actor, incident_id: str, reason: str,
         items.append({"person_key": key, "nhs_number": number,
                       "postcode_sector": row["postcode_sector"],
                       "flags": [f for f in flags.FLAGS if bool(row[f])]})
-    return {"incident_id": incident_id, "counts_id": read_result(files)["id"],
-            "items": items, "held_back_by_opt_out": revealed.held_back,
-            "without_nhs_number": len(wanted) - len(items) - revealed.held_back}
+    answer = {"incident_id": incident_id, "counts_id": summary["id"],
+              "items": items, "held_back_by_opt_out": revealed.held_back,
+              "held_back_since_counts": revealed.held_back_since,
+              "without_nhs_number": len(wanted) - len(items) - revealed.held_back}
+    if revealed.held_back_since:
+        answer["note"] = (f"{revealed.held_back_since} "
+                          f"{governance_incidents.RECOMPUTE}")
+    return answer
+
+
+def _read_at(summary: dict[str, Any]) -> dt.datetime:
+    """When the counts read the opt-out register; for counts made before that was recorded,
+    the earliest moment (failing closed: anyone with an opt-out at all is held back until
+    the counts are recomputed)."""
+    stamp = summary.get("register_read_at")
+    return dt.datetime.fromisoformat(stamp) if stamp else dt.datetime.min.replace(
+        tzinfo=dt.UTC)

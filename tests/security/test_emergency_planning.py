@@ -291,7 +291,9 @@ def test_a_council_withdrawal_for_a_non_client_changes_no_list(world: World) -> 
     """Promise (red-team F2): a council's withdrawn consent covers that council's social care
     data only. Attack: a second council (not the person's) sends a withdrawal for someone on
     an incident's list, then the list is asked for. Before the fix the whole list was refused
-    ("1 of n persons have an opt-out"); now it is unchanged, recomputed or not."""
+    ("1 of n persons have an opt-out"); now only that person is held back until the counts
+    are recomputed (red-team R4: failing closed, the list cannot have honoured an opt-out
+    received after it was made), and after recomputing the list is as before."""
     sector = world.extra["sector"]
     chosen = sorted(set(sector.values()))[:2]
     incident = _declare(world, chosen)
@@ -299,10 +301,13 @@ def test_a_council_withdrawal_for_a_non_client_changes_no_list(world: World) -> 
     assert len(before["items"]) >= 2
     target = before["items"][0]["person_key"]
     _land_optout(world, target, "consent_withdrawn", "E08000036")  # not their council
-    assert _listed(world, incident["incident_id"])["items"] == before["items"]
+    stale = _listed(world, incident["incident_id"])
+    assert stale["items"] == before["items"][1:]
+    assert (stale["held_back_by_opt_out"], stale["held_back_since_counts"]) == (1, 1)
     _recompute(world)  # the list recomputed through the filter
     after = _listed(world, incident["incident_id"])
     assert after["items"] == before["items"] and after["held_back_by_opt_out"] == 0
+    assert "note" not in after and after["held_back_since_counts"] == 0
 
 
 def test_a_withdrawal_removes_only_the_councils_rows_from_the_flags(world: World) -> None:
@@ -327,6 +332,69 @@ def test_a_withdrawal_removes_only_the_councils_rows_from_the_flags(world: World
     assert target not in keys and listed["held_back_by_opt_out"] == 0
 
 
+def test_a_withdrawal_after_the_counts_run_holds_the_person_back_at_once(world: World
+                                                                           ) -> None:
+    """Promise (red-team R4): an opt-out received after the counts were made holds that person
+    back at once, counted with the others held back, with a note to recompute; never located
+    by a list that ignored it. Attack: the person's own council withdraws consent for someone
+    flagged only by its home care, and the responder asks for the list before anyone reruns
+    `haven emergency vulnerable` (before the fix: returned with flag home_care). Counts made
+    before the register time was recorded hold back anyone with an opt-out at all."""
+    persons = _persons(world)
+    only_care = sorted(persons.index[(persons["flags"] == 1) & persons["home_care"]])
+    target = only_care[0]
+    home = persons.loc[target, "postcode_sector"]
+    other = next(s for s in sorted(set(persons["postcode_sector"])) if s != home)
+    incident = _declare(world, [home, other])
+    before = _listed(world, incident["incident_id"])
+    assert target in [i["person_key"] for i in before["items"]] and len(before["items"]) > 1
+    assert before["held_back_since_counts"] == 0 and "note" not in before
+    _land_optout(world, target, "consent_withdrawn", "E08000035")  # their own council
+    stale = _listed(world, incident["incident_id"])
+    keys = [i["person_key"] for i in stale["items"]]
+    assert keys == [k for k in (i["person_key"] for i in before["items"]) if k != target]
+    assert (stale["held_back_by_opt_out"], stale["held_back_since_counts"]) == (1, 1)
+    assert stale["note"] == f"1 {incidents.RECOMPUTE}"
+    assert world.nhs[target] not in str(stale)
+    entry = _entries(world, "reidentify")[-1]
+    assert (entry["detail"]["held_back"], entry["detail"]["held_back_since"]) == (1, 1)
+    # Governance alone: the same, and a register read after the opt-out holds no one back.
+    engine, keys_ = world.haven.engine, world.haven.keys
+    pids = person_ids_of(world.haven.settings, [target])[target]
+    now = dt.datetime.now(dt.UTC)
+    made = now - dt.timedelta(hours=1)
+    assert incidents.received_since(engine, pids, made, now) == set(pids)
+    assert incidents.received_since(engine, pids, now, now) == set()
+    assert incidents.received_since(engine, [], made, now) == set()
+    # Received before the counts but in force only since: held back as well.
+    from governance.schema import optouts as register
+    with engine.begin() as connection:
+        extract = connection.execute(select(register.c.extract_id).where(
+            register.c.person_id.in_(pids))).scalars().first()
+        connection.execute(register.insert().values(
+            person_id="later", optout_type="ndoo", effective_date=now.date()
+            + dt.timedelta(days=10), withdrawn=False, sender="X26", extract_id=extract,
+            row=999))
+    assert incidents.received_since(engine, ["later"], now, now) == set()  # not yet
+    assert incidents.received_since(engine, ["later"], now, now + dt.timedelta(days=10)) \
+        == {"later"}
+    found = incidents.reidentify(engine, keys_, RESPONDER, incident["incident_id"], pids,
+                                 REASON, lambda _p: home, since=made)
+    assert (found.numbers, found.held_back, found.held_back_since) == ({}, 1, 1)
+    # Counts without the register time (made before it was recorded): fail closed.
+    files = world.haven.settings.layout.impact_outputs(pipeline_incidents.VULNERABLE)[-1]
+    summary = json.loads(files.result.read_text(encoding="utf-8"))
+    assert pipeline_incidents._read_at(summary) == dt.datetime.fromisoformat(
+        summary["register_read_at"])
+    assert pipeline_incidents._read_at({}) == dt.datetime.min.replace(tzinfo=dt.UTC)
+    # Recomputed: the withdrawal is honoured by the list itself, no one is held back.
+    _recompute(world)
+    after = _listed(world, incident["incident_id"])
+    assert target not in [i["person_key"] for i in after["items"]]
+    assert (after["held_back_by_opt_out"], after["held_back_since_counts"]) == (0, 0)
+    _no_numbers(world)
+
+
 def test_a_whole_person_objection_holds_back_that_person_only(world: World) -> None:
     """Promise (F2): a whole-person opt-out covering emergency planning (an IG lead adds the
     row; none by default) holds back that person only: the others are listed, the person is
@@ -345,7 +413,7 @@ def test_a_whole_person_objection_holds_back_that_person_only(world: World) -> N
     assert sorted(i["person_key"] for i in body["items"]) == inside[1:]
     assert body["held_back_by_opt_out"] == 1
     assert set(body) == {"incident_id", "counts_id", "items", "held_back_by_opt_out",
-                         "without_nhs_number"}
+                         "held_back_since_counts", "without_nhs_number", "note"}
     assert world.nhs[target] not in str(body)
     entry = _entries(world, "reidentify")[-1]
     assert (entry["outcome"], entry["detail"]["held_back"], entry["n_records"]) == (
