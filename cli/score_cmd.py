@@ -13,7 +13,14 @@ from rich.table import Table
 
 from governance import model_approvals
 from pipeline.report import model_report, what_was_judged
-from pipeline.score import NoScoreRun, NothingToScore, UnknownModel, export_scores, score
+from pipeline.score import (
+    NoScoreRun,
+    NothingToScore,
+    RunIdTaken,
+    UnknownModel,
+    export_scores,
+    score,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +44,7 @@ def register(app: typer.Typer) -> None:
             result = score(ctx.obj, day, seed=seed, model=model, progress=console.print)
         except UnknownModel as exc:
             raise typer.BadParameter(str(exc), param_hint="--model") from exc
-        except NothingToScore as exc:
+        except (NothingToScore, RunIdTaken) as exc:
             console.print(f"[red]not scored[/]: {exc}")
             raise typer.Exit(code=1) from None
         console.print(f"tiers {json.dumps(result.tiers)}")
