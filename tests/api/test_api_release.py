@@ -467,3 +467,47 @@ def test_a_practice_s_list_filters_its_own_columns_as_everyone_s_are(haven) -> N
     for chosen in (view.select(None), view.select(None, tiers=list(TIERS)),
                    view.select(None, sexes=["1", "2"])):
         assert len(chosen) == 48 and not set(chosen.tolist()) & withheld
+
+
+def test_a_publication_being_computed_stops_no_other_request(world: World, monkeypatch) -> None:
+    """The first answer of a publication (its exact check can take minutes) is computed off the
+    event loop: while it runs, the API still answers others (found on a 2,000-person demo: the
+    dashboards page held the whole server, health included)."""
+    import asyncio
+    import threading
+    import time
+
+    import httpx
+
+    import api.routes.risk as risk_routes
+
+    real, started = risk_routes.publish, threading.Event()
+
+    def slow(*args, **kwargs):
+        started.set()
+        time.sleep(1.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(risk_routes, "publish", slow)
+    finished: dict[str, float] = {}
+
+    async def both() -> None:
+        transport = httpx.ASGITransport(app=world.client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://haven") as client:
+            async def ask(name: str, path: str, headers: dict[str, str]) -> None:
+                answer = await client.get(path, headers=headers)
+                assert answer.status_code == 200, answer.text
+                finished[name] = time.monotonic()
+
+            async def health_once_started() -> None:
+                while not started.is_set():
+                    await asyncio.sleep(0.01)
+                await ask("health", "/health", {})
+
+            await asyncio.gather(
+                ask("aggregate", "/aggregates?by=tier&geography=area",
+                    world.headers("analyst", "commissioning")),
+                health_once_started())
+
+    asyncio.run(both())
+    assert finished["health"] < finished["aggregate"]
