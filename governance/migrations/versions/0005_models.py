@@ -13,6 +13,8 @@ Revises: 0004
 import sqlalchemy as sa
 from alembic import op
 
+from governance.migrations.seeded_rules import add_rules, remove_rules
+
 revision = '0005'
 down_revision = '0004'
 branch_labels = None
@@ -27,16 +29,6 @@ RULES = (
     ("p", "ig_lead", "*", "model", "read", "governance", "*", "any"),
     ("p", "ig_lead", "*", "drift_report", "read", "governance", "*", "any"),
 )
-
-
-def _rules() -> sa.TableClause:
-    return sa.table('casbin_rule', sa.column('ptype'), *(sa.column(f'v{i}') for i in range(7)))
-
-
-def _where(rules: sa.TableClause, rule: tuple) -> list:
-    values = dict(zip(['ptype', *(f'v{i}' for i in range(7))], rule, strict=True))
-    return [rules.c[name].is_(None) if value is None else rules.c[name] == value
-            for name, value in values.items()]
 
 
 def upgrade() -> None:
@@ -58,22 +50,11 @@ def upgrade() -> None:
     )
     op.create_index('ix_models_run_id', 'models', ['run_id'])
     op.create_index('ix_models_status', 'models', ['status'])
-    rules = _rules()
-    bind = op.get_bind()
-    if not bind.execute(sa.select(sa.func.count()).select_from(rules)).scalar():
-        return
-    for rule in RULES:
-        if not bind.execute(sa.select(sa.func.count()).select_from(rules)
-                            .where(*_where(rules, rule))).scalar():
-            bind.execute(sa.insert(rules).values(
-                ptype=rule[0], **{f'v{i}': v for i, v in enumerate(rule[1:])}))
+    add_rules(op.get_bind(), RULES)
 
 
 def downgrade() -> None:
-    rules = _rules()
-    bind = op.get_bind()
-    for rule in RULES:
-        bind.execute(sa.delete(rules).where(*_where(rules, rule)))
+    remove_rules(op.get_bind(), RULES)
     op.drop_index('ix_models_status', table_name='models')
     op.drop_index('ix_models_run_id', table_name='models')
     op.drop_table('models')

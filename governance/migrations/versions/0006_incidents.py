@@ -15,6 +15,8 @@ Revises: 0005
 import sqlalchemy as sa
 from alembic import op
 
+from governance.migrations.seeded_rules import add_rules, remove_rules
+
 revision = '0006'
 down_revision = '0005'
 branch_labels = None
@@ -38,16 +40,6 @@ RULES = (
 )
 
 
-def _rules() -> sa.TableClause:
-    return sa.table('casbin_rule', sa.column('ptype'), *(sa.column(f'v{i}') for i in range(7)))
-
-
-def _where(rules: sa.TableClause, rule: tuple) -> list:
-    values = dict(zip(['ptype', *(f'v{i}' for i in range(7))], rule, strict=True))
-    return [rules.c[name].is_(None) if value is None else rules.c[name] == value
-            for name, value in values.items()]
-
-
 def upgrade() -> None:
     op.create_table(
         'incidents',
@@ -63,21 +55,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('incident_id'),
     )
     op.create_index('ix_incidents_expires_at', 'incidents', ['expires_at'])
-    rules = _rules()
-    bind = op.get_bind()
-    if not bind.execute(sa.select(sa.func.count()).select_from(rules)).scalar():
-        return
-    for rule in RULES:
-        if not bind.execute(sa.select(sa.func.count()).select_from(rules)
-                            .where(*_where(rules, rule))).scalar():
-            bind.execute(sa.insert(rules).values(
-                ptype=rule[0], **{f'v{i}': v for i, v in enumerate(rule[1:])}))
+    add_rules(op.get_bind(), RULES)
 
 
 def downgrade() -> None:
-    rules = _rules()
-    bind = op.get_bind()
-    for rule in RULES:
-        bind.execute(sa.delete(rules).where(*_where(rules, rule)))
+    remove_rules(op.get_bind(), RULES)
     op.drop_index('ix_incidents_expires_at', table_name='incidents')
     op.drop_table('incidents')
