@@ -11,13 +11,21 @@ Forking is only safe while this process runs a single thread, so the pool is use
 (the command line; a multi-threaded server prepares in its own process), and it is used only
 when a core is free (see `pool_size`: on a busy machine it costs more than it saves). At most
 one batch per worker waits in flight, so memory stays bounded by a few batches.
+
+A worker dies with the landing that forked it: it inherits the open file of the data
+directory's lock, so a worker outliving a killed landing would hold that lock and every later
+landing would wait for ever (see `_start_worker`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
+import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -140,7 +148,7 @@ def prepared_batches(batches: Iterator[Batch], job: Job, workers: int) -> Iterat
             yield prepare_batch(batch, job, memo)
         return
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_start_worker)
+                               initializer=_start_worker, initargs=(os.getpid(),))
     pending: deque[Future[Prepared]] = deque()
     try:
         pool.submit(_ready).result()  # fork every worker now, before any other thread starts
@@ -159,8 +167,42 @@ def prepared_batches(batches: Iterator[Batch], job: Job, workers: int) -> Iterat
 _WORKER_MEMO: list[HashMemo] = []
 
 
-def _start_worker() -> None:
+def _start_worker(parent: int) -> None:
     _WORKER_MEMO[:] = [HashMemo()]
+    _die_with(parent)
+
+
+# prctl(PR_SET_PDEATHSIG, ...): Linux sends the signal when the forking thread's process dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when `parent` ends, however it ends (SIGKILL included).
+
+    On Linux the kernel sends SIGKILL on the parent's death; elsewhere a watchdog thread polls
+    for it. Either way a parent already gone by now is caught by the check after arming.
+    """
+    if not _arm_death_signal():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _arm_death_signal() -> bool:
+    name = ctypes.util.find_library("c")
+    if not name or not hasattr(signal, "SIGKILL"):
+        return False
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
 
 
 def _ready() -> bool:

@@ -122,3 +122,63 @@ def test_the_pool_is_used_only_for_large_files_on_two_free_cores_in_one_thread(m
     monkeypatch.setattr(batches.threading, "active_count", threading.active_count)
     monkeypatch.setattr(batches.os, "cpu_count", lambda: 1)
     assert batches.pool_size(10) == 1
+
+
+_HOLD_LOCK_AND_KILLABLE = """
+import fcntl, sys, time
+from governance.keys import Key
+from linkage.landing import batches
+from linkage.landing.batches import Job, prepared_batches
+
+def slow():
+    time.sleep(600)
+    yield None
+
+if sys.argv[2] == "watchdog":  # as where the kernel cannot signal a parent's death
+    batches._arm_death_signal = lambda: False
+lock = open(sys.argv[1], "a")
+fcntl.flock(lock, fcntl.LOCK_EX)
+job = Job("apc", "x", "sender", {})
+stream = prepared_batches(slow(), job, workers=2)
+import threading
+threading.Thread(target=lambda: next(stream), daemon=True).start()
+while len(batches.multiprocessing.active_children()) < 2:
+    time.sleep(0.05)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("guard", ["death-signal", "watchdog"])
+def test_a_killed_landing_leaves_no_worker_holding_the_data_lock(tmp_path, guard):
+    """SIGKILL a landing whose pool is running: its workers go with it and the data directory's
+    lock is free for the next landing (forked workers inherit the lock's open file)."""
+    import fcntl
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    lock_path = tmp_path / "data.lock"
+    root = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK_AND_KILLABLE, str(lock_path),
+                                guard],
+                               cwd=root, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        freed = False
+        with lock_path.open("a") as handle:
+            for _ in range(100):
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    freed = True
+                    break
+                except BlockingIOError:
+                    time.sleep(0.1)
+        assert freed, "a worker of the killed landing still holds the data directory's lock"
+    finally:
+        process.kill()
