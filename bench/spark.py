@@ -1,0 +1,522 @@
+"""Spark engine benchmark: `haven land`, `haven link`, `haven score` on both engines, compared.
+
+    .venv/bin/python bench/spark.py --persons 20000 [--work DIR] [--keep] [--json PATH]
+        [--driver-memory 1g] [--no-throughput]
+
+One synthetic population (`haven synth`), landed, linked and scored through the public command
+line, each stage as its own process (bench/pipeline.py's `run_stage`: wall time and the peak
+resident memory of the whole process tree, so Spark's JVM and its Python workers, children of
+the command, are counted), once with HAVEN_ENGINE=embedded and once with HAVEN_ENGINE=spark
+(HAVEN_SPARK_MASTER=local[2], a small driver), on two fresh HAVEN_HOMEs with the same generated
+keys. Stages alternate between the engines (land, land, link, link, score, score) so both meet
+similar load from other work; the load average is printed before and after each stage.
+
+Then the outputs are compared: the same receipts (every count, by the extract's digest), the
+same person key for every landed row (the link map by digest, source and row) and, per person,
+the same tier and a probability within 1e-9.
+
+Last, what a cost model needs and a command cannot report: throughput per Spark task, from a
+small instrumented run in this process (local[2], the Spark home's keys and model): rows per
+second per task for landing's batch preparation (`prepare_batch` in `mapInArrow`, timed inside
+the task) and persons per second per task for prediction and for reasons. What is still on the
+driver (linkage, features, training) is timed by the commands themselves: `run.json` records
+the score stage's own seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# bench/pipeline.py and bench/linkage.py would shadow the packages of the same names: keep
+# this folder off the import path, and the repository on it (bench.* by their package path).
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [str(ROOT)] + [p for p in sys.path
+                             if Path(p or ".").resolve() != Path(__file__).parent]
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from bench.pipeline import HAVEN, Stage, run_stage  # noqa: E402
+
+ENGINES = ("embedded", "spark")
+STAGES = ("land", "link", "score")
+TOLERANCE = 1e-9
+KEY_PURPOSES = ("pseudonym", "linkage", "vault", "release")
+
+
+def loadavg() -> str:
+    """The 1-, 5- and 15-minute load averages, as /proc/loadavg gives them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def generated_keys() -> dict[str, str]:
+    """One set of fresh keys (HAVEN_KEY_*), shared by both homes so pseudonyms can agree."""
+    return {f"HAVEN_KEY_{p.upper()}": f"b1:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+            for p in KEY_PURPOSES}
+
+
+def engine_env(base: dict[str, str], keys: dict[str, str], home: Path, engine: str,
+               master: str, driver_memory: str) -> dict[str, str]:
+    """The environment of one engine's commands: its own home, the shared keys, and for Spark
+    the master and a small driver (passed through HAVEN_SPARK_CONF_*)."""
+    env = {k: v for k, v in base.items()
+           if not k.startswith(("HAVEN_", "PYSPARK_", "SPARK_"))}
+    env.update(keys)
+    env.update({"HAVEN_HOME": str(home), "HAVEN_ENGINE": engine})
+    if engine == "spark":
+        env.update({"HAVEN_SPARK_MASTER": master,
+                    "HAVEN_SPARK_CONF_SPARK_DRIVER_MEMORY": driver_memory,
+                    "HAVEN_SPARK_CONF_SPARK_LOCAL_DIR": str(home.parent / "spark-local")})
+    return env
+
+
+@dataclass
+class Measured:
+    """One stage on one engine: bench/pipeline.py's measurements and the load around it."""
+
+    stage: str
+    engine: str
+    result: Stage
+    load_before: str
+    load_after: str
+
+
+@dataclass
+class Outputs:
+    """What one home holds after the three commands, in a form both engines can be compared
+    on (extract ids differ between homes: extracts are named by their file's digest)."""
+
+    receipts: dict[str, dict[str, Any]]
+    links: pa.Table  # `comparable_links`: digest, source, row, person_key, own, first
+    scores: pa.Table  # person_key, probability, tier: sorted by person_key
+    run: dict[str, Any] = field(default_factory=dict)
+
+
+def read_outputs(env: dict[str, str]) -> Outputs:
+    """Receipts, link map and scores of the home `env` names (its newest score run)."""
+    from sqlalchemy import select
+
+    from governance.schema import extracts
+    from governance.settings import Settings
+    from pipeline.context import Context
+
+    haven = Context(Settings.from_environ(env))
+    try:
+        with haven.engine.connect() as connection:
+            found = connection.execute(select(
+                extracts.c.extract_id, extracts.c.sha256, extracts.c.source, extracts.c.sender,
+                extracts.c.status, extracts.c.rows_landed, extracts.c.counts)).all()
+    finally:
+        haven.engine.dispose()
+    receipts = {r.sha256: {"source": r.source, "sender": r.sender, "status": r.status,
+                           "rows_landed": r.rows_landed, "counts": r.counts} for r in found}
+    digest_of = {r.extract_id: r.sha256 for r in found}
+    layout = haven.settings.layout
+    links = pq.read_table(layout.link_map, columns=["extract_id", "source", "row", "person_key",
+                                                     "method", "person_id", "client_key"])
+    runs = sorted(layout.runs_dir.glob("score-*"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise SystemExit(f"no score run in {layout.runs_dir}")
+    scores = pq.read_table(runs[-1] / "scores.parquet",
+                           columns=["person_key", "probability", "tier"])
+    run = json.loads((runs[-1] / "run.json").read_text())
+    run["folder"] = str(runs[-1])
+    return Outputs(receipts, comparable_links(links, digest_of),
+                   scores.sort_by("person_key"), run)
+
+
+def comparable_links(links: pa.Table, digest_of: dict[str, str]) -> pa.Table:
+    """The link map keyed by (extract digest, source, row), sorted, with each row's person key,
+    whether that key is the row's own (an unlinked row with neither pseudonym nor client key:
+    its key hashes its extract id, which each landing draws afresh, so two homes differ there
+    by design) and `first`: the position of the person's first row, which names the grouping
+    of rows into persons independently of the keys. A KeyError says only that an extract id
+    has no receipt (no identifier)."""
+    ids = links.column("extract_id").to_pylist()
+    unknown = {i for i in set(ids) if i not in digest_of}
+    if unknown:
+        raise KeyError(f"{len(unknown)} extract id(s) in the link map have no receipt")
+    own = pc.and_(pc.equal(links.column("method"), "unlinked"),
+                  pc.and_(pc.is_null(links.column("person_id")),
+                          pc.is_null(links.column("client_key"))))
+    table = pa.table({"digest": pa.array([digest_of[i] for i in ids], pa.string()),
+                      "source": links.column("source"), "row": links.column("row"),
+                      "person_key": pc.fill_null(links.column("person_key"), ""),
+                      "own": pc.fill_null(own, False)})
+    table = table.sort_by([("digest", "ascending"), ("source", "ascending"),
+                           ("row", "ascending")])
+    table = table.append_column("position", pa.array(range(table.num_rows), pa.int64()))
+    first = table.group_by("person_key").aggregate([("position", "min")])
+    table = table.join(first, "person_key").sort_by("position")
+    return table.rename_columns([*table.column_names[:-1], "first"]).drop_columns("position")
+
+
+def compare(embedded: Outputs, spark: Outputs) -> list[tuple[str, bool, str]]:
+    """Each equality check as (what, held, figures): receipts; the person key of every landed
+    row (rows whose key is their own counted apart, see `comparable_links`) and the same
+    grouping of rows into persons; scored persons, tiers, probabilities within TOLERANCE."""
+    checks: list[tuple[str, bool, str]] = []
+    same_receipts = embedded.receipts == spark.receipts
+    rows = sum(int(r["rows_landed"] or 0) for r in embedded.receipts.values())
+    checks.append(("receipts (status, rows landed, every count; by file digest)", same_receipts,
+                   f"{len(embedded.receipts)} vs {len(spark.receipts)} extracts, "
+                   f"{rows:,} rows landed"))
+    a, b = embedded.links, spark.links
+    where = ["digest", "source", "row"]
+    same_rows = a.num_rows == b.num_rows and a.select(where).equals(b.select(where))
+    if not same_rows:
+        checks.append(("landed rows in the link map", False,
+                       f"{a.num_rows:,} vs {b.num_rows:,} rows, not the same rows"))
+    else:
+        own = pc.or_(a.column("own"), b.column("own"))
+        keys_differ = pc.invert(pc.equal(a.column("person_key"), b.column("person_key")))
+        differing = int(pc.sum(pc.and_(keys_differ, pc.invert(own))).as_py() or 0)
+        own_rows = int(pc.sum(own).as_py() or 0)
+        same_own = a.column("own").equals(b.column("own"))
+        checks.append(("person key of every landed row (by digest, source, row)",
+                       differing == 0 and same_own,
+                       f"{a.num_rows:,} rows, {differing:,} with a different key; "
+                       f"{own_rows:,} unlinked rows keyed by their own extract id and row "
+                       f"(a per-landing id: differs between homes by design) compared by "
+                       f"grouping only"))
+        regrouped = int(pc.sum(pc.invert(pc.equal(a.column("first"), b.column("first"))
+                               )).as_py() or 0)
+        checks.append(("the same rows grouped into the same persons", regrouped == 0,
+                       f"{regrouped:,} rows grouped differently"))
+    x, y = embedded.scores, spark.scores
+    same_persons = x.column("person_key").equals(y.column("person_key"))
+    checks.append(("scored persons (person keys)", same_persons,
+                   f"{x.num_rows:,} vs {y.num_rows:,} persons"))
+    if same_persons:
+        gap = pc.max(pc.abs(pc.subtract(x.column("probability"), y.column("probability"))))
+        largest = float(gap.as_py() or 0.0)
+        checks.append((f"probability within {TOLERANCE:g} per person", largest <= TOLERANCE,
+                       f"largest difference {largest:.3g}"))
+        tiers_differ = int(pc.sum(pc.invert(pc.equal(x.column("tier"), y.column("tier")))
+                                  ).as_py() or 0)
+        checks.append(("tier per person", tiers_differ == 0, f"{tiers_differ} differ"))
+    return checks
+
+
+def run_commands(inbound: Path, at: str, envs: dict[str, dict[str, str]]) -> list[Measured]:
+    """land, link and score on each engine, alternating engines stage by stage."""
+    measured: list[Measured] = []
+    argv = {"land": ["land", str(inbound)], "link": ["link"], "score": ["score", "--at", at]}
+    for stage in STAGES:
+        for engine in ENGINES:
+            before = loadavg()
+            result = run_stage(f"{stage} ({engine})", [str(HAVEN), *argv[stage]], envs[engine])
+            after = loadavg()
+            measured.append(Measured(stage, engine, result, before, after))
+            print(f"  {stage} on {engine}: {result.seconds:.1f} s, {result.tree_peak_mb:,.0f} MB"
+                  f" (exit {result.status}); load {before} -> {after}; {result.last_line}",
+                  file=sys.stderr, flush=True)
+            if result.status:
+                print(result.output[-3000:], file=sys.stderr)
+                raise SystemExit(f"{stage} on {engine} failed (exit {result.status})")
+    return measured
+
+
+def stage_table(measured: list[Measured]) -> list[str]:
+    """Markdown: per stage, both engines' wall time and process-tree peak RSS, and ratios."""
+    lines = ["| stage | embedded s | spark s | time ratio | embedded MB | spark MB | "
+             "memory ratio | load before -> after (embedded; spark) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    by = {(m.stage, m.engine): m for m in measured}
+    for stage in STAGES:
+        e, s = by[(stage, "embedded")], by[(stage, "spark")]
+        lines.append(
+            f"| {stage} | {e.result.seconds:.1f} | {s.result.seconds:.1f} | "
+            f"{s.result.seconds / max(e.result.seconds, 1e-9):.2f} | "
+            f"{e.result.tree_peak_mb:,.0f} | {s.result.tree_peak_mb:,.0f} | "
+            f"{s.result.tree_peak_mb / max(e.result.tree_peak_mb, 1e-9):.2f} | "
+            f"{e.load_before} -> {e.load_after}; {s.load_before} -> {s.load_after} |")
+    return lines
+
+
+def source_rows(inbound: Path) -> dict[str, int]:
+    """Rows per source in the synthetic extracts (from their manifests)."""
+    rows: dict[str, int] = {}
+    for manifest in sorted(inbound.glob("*.manifest.json")):
+        meta = json.loads(manifest.read_text())
+        rows[meta["source"]] = rows.get(meta["source"], 0) + int(meta["rows"])
+    return rows
+
+
+# -- per-task throughput, in this process --------------------------------------------------
+
+
+def task_rates(records: list[dict[str, Any]], unit: str) -> dict[str, Any]:
+    """Per Spark task (partition): `unit`s and seconds inside the task, and their rate; plus
+    the median of the task rates. Records: {"task", "n", "seconds"}, one per timed piece."""
+    tasks: dict[int, list[float]] = {}
+    for record in records:
+        n, seconds = tasks.setdefault(int(record["task"]), [0.0, 0.0])
+        tasks[int(record["task"])] = [n + record["n"], seconds + record["seconds"]]
+    rates = sorted(n / s for n, s in tasks.values() if s > 0)
+    middle = rates[len(rates) // 2] if rates else float("nan")
+    return {"unit": unit, "tasks": len(tasks),
+            "per_task": {str(t): {unit: int(n), "seconds": round(s, 3),
+                                  "rate": round(n / s, 1) if s else None}
+                         for t, (n, s) in sorted(tasks.items())},
+            "median_rate": round(middle, 1)}
+
+
+def prepare_throughput(spark: Any, env: dict[str, str], inbound: Path, batch_rows: int,
+                       max_batches: int) -> dict[str, Any]:
+    """Rows/s per task of landing's batch preparation on Spark, for each source's largest
+    file: up to `max_batches` batches of `batch_rows`, prepared by `prepare_blob` (what
+    `spark_land` runs) in `mapInArrow`, each batch timed inside its task."""
+    from governance.settings import Settings
+    from linkage.landing.batches import Job
+    from linkage.landing.pseudonymise import HashMemo
+    from linkage.landing.reader import ReadStats, csv_batches, read_header
+    from pipeline.context import Context
+    from pipeline.engines.spark_land import batch_bytes, executor_job, prepare_blob
+
+    keys = Context(Settings.from_environ(env)).keys
+    shared_keys = {p: keys.current(p) for p in ("pseudonym", "linkage", "vault")}
+    largest: dict[str, tuple[int, Path, str]] = {}
+    for manifest in inbound.glob("*.manifest.json"):
+        meta = json.loads(manifest.read_text())
+        if meta["source"] == "optouts":
+            continue  # prepared on the driver by the landing, never on Spark
+        path = manifest.with_name(manifest.name[: -len(".manifest.json")])
+        if meta["rows"] > largest.get(meta["source"], (-1, path, ""))[0]:
+            largest[meta["source"]] = (int(meta["rows"]), path, meta["sender"])
+    out: dict[str, Any] = {}
+    for source, (_, path, sender) in sorted(largest.items()):
+        job = executor_job(Job(source, "bench-throughput", sender, shared_keys))
+        shipped = []
+        for number, batch in enumerate(csv_batches(path, read_header(path), batch_rows,
+                                                   ReadStats())):
+            if number >= max_batches:
+                break
+            shipped.append((number, batch_bytes(batch)))
+        shared = spark.sparkContext.broadcast(job)
+
+        def run(chunks: Iterator[pa.RecordBatch], shared: Any = shared) -> Iterator[
+                pa.RecordBatch]:
+            from pyspark import TaskContext
+
+            from pipeline.engines.spark_land import batch_from_bytes
+            task = TaskContext.get().partitionId()
+            memo, on_executor = HashMemo(), shared.value
+            for chunk in chunks:
+                for blob in chunk.column("payload").to_pylist():
+                    rows = batch_from_bytes(blob).table.num_rows
+                    start = time.perf_counter()
+                    prepare_blob(blob, on_executor, memo)
+                    yield pa.RecordBatch.from_pydict({
+                        "task": [task], "n": [rows],
+                        "seconds": [time.perf_counter() - start]})
+
+        frame = spark.createDataFrame(shipped, "batch long, payload binary").repartition(
+            min(2, len(shipped)), "batch")
+        start = time.perf_counter()
+        records = [r.asDict() for r in frame.mapInArrow(
+            run, "task long, n long, seconds double").collect()]
+        wall = time.perf_counter() - start
+        shared.destroy()
+        rates = task_rates(records, "rows")
+        rates.update(batches=len(shipped), rows=sum(r["n"] for r in records),
+                     job_wall_s=round(wall, 2))
+        out[source] = rates
+    return out
+
+
+def predict_throughput(spark: Any, env: dict[str, str], partitions: int) -> dict[str, Any]:
+    """Persons/s per task of prediction and of reasons on Spark, with the Spark home's newest
+    run's model and thresholds, over the features the driver computes (timed too: that step
+    is still the driver's)."""
+    import joblib
+
+    from governance.settings import Settings
+    from pipeline.context import Context
+    from pipeline.score import purpose_sources
+    from stratify.features import connect, features_from
+    from stratify.score_partition import explain_partition, predict_partition
+
+    haven = Context(Settings.from_environ(env))
+    runs = sorted(haven.settings.layout.runs_dir.glob("score-*"), key=lambda p: p.stat().st_mtime)
+    meta = json.loads((runs[-1] / "run.json").read_text())
+    bundle = joblib.load(runs[-1] / "model.joblib")
+    at = meta["at"]
+    start = time.perf_counter()
+    sources = purpose_sources(haven, "commissioning")  # what `haven score` scores by default
+    loaded = time.perf_counter() - start
+    con = connect(dict(sources), None)
+    try:
+        start = time.perf_counter()
+        X = features_from(con, dt.date.fromisoformat(at), bundle.lookback_months)
+        featured = time.perf_counter() - start
+    finally:
+        con.close()
+    haven.engine.dispose()
+    cut, features = meta["thresholds"], list(X.columns)
+    shared = spark.sparkContext.broadcast(bundle)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        task = TaskContext.get().partitionId()
+        model = shared.value
+        for batch in batches:
+            X_part = batch.to_pandas().set_index("person_key")[features]
+            start = time.perf_counter()
+            probability = predict_partition(model, X_part)[model.chosen].to_numpy()
+            predicted = time.perf_counter() - start
+            start = time.perf_counter()
+            explain_partition(model, X_part, probability, cut)
+            explained = time.perf_counter() - start
+            yield pa.RecordBatch.from_pydict({
+                "task": [task, task], "step": ["predict", "reasons"],
+                "n": [len(X_part), len(X_part)], "seconds": [predicted, explained]})
+
+    table = spark.createDataFrame(X.reset_index()).repartition(partitions)
+    table = table.persist()
+    table.count()  # the feature table shipped into Spark before the timed job
+    start = time.perf_counter()
+    records = [r.asDict() for r in table.mapInArrow(
+        run, "task long, step string, n long, seconds double").collect()]
+    wall = time.perf_counter() - start
+    table.unpersist()
+    shared.destroy()
+    return {"persons": len(X), "features": len(features), "partitions": partitions,
+            "driver_load_sources_s": round(loaded, 2), "driver_features_s": round(featured, 2),
+            "job_wall_s": round(wall, 2),
+            "predict": task_rates([r for r in records if r["step"] == "predict"], "persons"),
+            "reasons": task_rates([r for r in records if r["step"] == "reasons"], "persons")}
+
+
+def throughput(env: dict[str, str], inbound: Path, master: str, driver_memory: str,
+               batch_rows: int, max_batches: int) -> dict[str, Any]:
+    """Both throughput measurements in one local Spark session of this process."""
+    from governance.settings import Settings
+    from pipeline.engines.spark_session import spark_session
+
+    settings = Settings.from_environ({**env, "HAVEN_SPARK_MASTER": master,
+                                      "HAVEN_SPARK_CONF_SPARK_DRIVER_MEMORY": driver_memory})
+    spark = spark_session(settings, "haven-bench-throughput")
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        before = loadavg()
+        prepared = prepare_throughput(spark, env, inbound, batch_rows, max_batches)
+        predicted = predict_throughput(spark, env, 2)
+        return {"load_before": before, "load_after": loadavg(), "prepare": prepared,
+                "score": predicted}
+    finally:
+        spark.stop()
+
+
+def print_throughput(found: dict[str, Any]) -> None:
+    """The per-task rates as Markdown."""
+    print(f"\nper-task throughput on local[2] (in-process instrumented run; load "
+          f"{found['load_before']} -> {found['load_after']})")
+    print("| work | source | rows or persons | tasks | median per task (/s) | job wall s |")
+    print("|---|---|---:|---:|---:|---:|")
+    for source, rates in found["prepare"].items():
+        print(f"| prepare (check + pseudonymise) | {source} | {rates['rows']:,} | "
+              f"{rates['tasks']} | {rates['median_rate']:,.0f} rows | {rates['job_wall_s']} |")
+    score = found["score"]
+    for step in ("predict", "reasons"):
+        rates = score[step]
+        print(f"| {step} | persons | {score['persons']:,} | {rates['tasks']} | "
+              f"{rates['median_rate']:,.0f} persons | {score['job_wall_s']} (both) |")
+    print(f"driver: purpose-filtered sources read in {score['driver_load_sources_s']} s, "
+          f"{score['features']} features for {score['persons']:,} persons in "
+          f"{score['driver_features_s']} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--persons", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="working folder (default: a new temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--driver-memory", default="1g")
+    parser.add_argument("--no-throughput", action="store_true",
+                        help="skip the in-process per-task throughput run")
+    parser.add_argument("--sample-batch-rows", type=int, default=50_000,
+                        help="batch size of the throughput run's landing sample")
+    parser.add_argument("--sample-batches", type=int, default=6,
+                        help="batches per source in the throughput run's landing sample")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="haven-spark-bench-"))
+    inbound = work / "extracts"
+    for old in (inbound, *(work / e for e in ENGINES), work / "spark-local"):
+        shutil.rmtree(old, ignore_errors=True)
+    keys = generated_keys()
+    envs = {e: engine_env(dict(os.environ), keys, work / e, e, args.master, args.driver_memory)
+            for e in ENGINES}
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    before = loadavg()
+    synth = run_stage("synth", [str(HAVEN), "synth", "--persons", str(args.persons), "--seed",
+                                str(args.seed), "--out", str(inbound), "--quiet"],
+                      envs["embedded"])
+    if synth.status:
+        print(synth.output[-3000:], file=sys.stderr)
+        raise SystemExit("haven synth failed")
+    meta = json.loads((inbound / "truth" / "meta.json").read_text())
+    rows = source_rows(inbound)
+    print(f"  synth: {synth.seconds:.1f} s, {sum(rows.values()):,} rows", file=sys.stderr)
+    measured = run_commands(inbound, str(meta["score_date"]), envs)
+    outputs = {e: read_outputs(envs[e]) for e in ENGINES}
+    checks = compare(outputs["embedded"], outputs["spark"])
+    found = None if args.no_throughput else throughput(
+        envs["spark"], inbound, args.master, args.driver_memory, args.sample_batch_rows,
+        args.sample_batches)
+
+    print(f"\n{args.persons:,} persons, {sum(rows.values()):,} rows ({started}; history "
+          f"{meta['history_start']} to {meta['period_end']}); Spark {args.master}, driver "
+          f"{args.driver_memory}; load average before {before}, after {loadavg()} (2 cores)")
+    print("rows per source: " + ", ".join(f"{s} {n:,}" for s, n in sorted(rows.items())))
+    print("peak RSS is the whole process tree's (the command, the JVM, Spark's Python "
+          "workers); link runs the embedded linkage on both engines\n")
+    print("\n".join(stage_table(measured)))
+    for engine in ENGINES:
+        seconds = outputs[engine].run.get("metrics", {}).get("seconds", {})
+        print(f"score on {engine}, its own split (run.json): "
+              + ", ".join(f"{k} {v} s" for k, v in seconds.items()))
+    print("\nequality, embedded vs spark:")
+    for what, held, figures in checks:
+        print(f"- {'EQUAL' if held else 'DIFFERENT'}: {what}: {figures}")
+    if found:
+        print_throughput(found)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "persons": args.persons, "started": started, "rows": rows, "meta": meta,
+            "stages": [{"stage": m.stage, "engine": m.engine, "seconds": m.result.seconds,
+                        "tree_peak_mb": m.result.tree_peak_mb,
+                        "process_peak_mb": m.result.process_peak_mb,
+                        "load_before": m.load_before, "load_after": m.load_after}
+                       for m in measured],
+            "score_seconds": {e: outputs[e].run.get("metrics", {}).get("seconds", {})
+                              for e in ENGINES},
+            "checks": [{"what": w, "held": h, "figures": f} for w, h, f in checks],
+            "throughput": found}, indent=1, default=str))
+    if not args.keep and args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    if not all(held for _, held, _ in checks):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
