@@ -6,6 +6,9 @@
       <name>.lock                   one writer at a time (landing, jobs, the index)
       staging/<extract_id>/         an extract being landed, moved into place in one rename
       staging-runs/<run_id>/        a score run being written, moved into runs/ in one rename
+      scratch/<pid>-<token>/        a stage's working copy of linked rows (DuckDB files that
+                                    spill to disk), removed when the stage ends; one whose
+                                    process is gone is removed by the next stage or destruction
                                     once its runs row commits (landing clears staging/)
       extracts/<extract_id>/rows.parquet     landed, pseudonymised rows
       index/link_map.parquet        the person index (one row per landed row)
@@ -132,6 +135,13 @@ class Layout:
     @property
     def extracts_dir(self) -> Path:
         return self.home / "extracts"
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.home / "scratch"
+
+    def scratch(self, owner: int, token: str) -> Path:
+        return self.scratch_dir / f"{owner}-{token}"
 
     def extract(self, extract_id: str) -> Path:
         return self.extracts_dir / extract_id

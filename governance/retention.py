@@ -192,7 +192,9 @@ def measure(settings: Settings, engine: Engine, extract_ids: Sequence[str]) -> d
     - `runs_in_use`: runs that used them and are not void;
     - `run_files`, `exports`: files of those runs and their reports (any status), and exports
       made from them;
-    - `vault_entries`: vault entries no landed row or register row references once they go.
+    - `vault_entries`: vault entries no landed row or register row references once they go;
+    - `scratch_workspaces`: stage workspaces (working copies of linked rows of every landed
+      extract, these among them) still in the data directory: a stage running now holds one.
     """
     ids = sorted(set(extract_ids))
     folders = [settings.layout.extract(e) for e in ids]
@@ -214,7 +216,8 @@ def measure(settings: Settings, engine: Engine, extract_ids: Sequence[str]) -> d
             "rejected_row_reasons": int(rejected), "optout_register_rows": int(register),
             "runs_in_use": sum(r.status != "void" for r in used), "run_files": files,
             "exports": len(exports),
-            "vault_entries": len(unreferenced_vault_entries(settings, engine, ids))}
+            "vault_entries": len(unreferenced_vault_entries(settings, engine, ids)),
+            "scratch_workspaces": store.scratch_workspaces(settings)}
 
 
 def _names_run(described: Any, run_ids: set[str]) -> bool:
@@ -353,6 +356,7 @@ def _destroy_locked(settings: Settings, engine: Engine, ids: list[str], actor: A
     for extract_id in ids:
         store.remove_tree(settings.layout.extract(extract_id))
         store.remove_tree(settings.layout.staged(extract_id))
+    store.clear_dead_scratch(settings)  # a killed stage's copy; a live stage's is measured
     derived: dict[str, int] = {}
     for dependent in dependents:
         for name, value in dependent(ids).items():

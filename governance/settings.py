@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from governance.layout import Layout
 
 ENGINES = ("embedded", "spark")
+MEMORY = re.compile(r"^[1-9][0-9]*(\.[0-9]+)?\s*(KB|MB|GB|TB)$", re.IGNORECASE)
 SPARK_CONF = "HAVEN_SPARK_CONF_"
 
 
@@ -31,6 +33,8 @@ class Settings:
             or `spark` (pipeline.engines; governance stays in this process's database).
         spark_master: the Spark master URL (`HAVEN_SPARK_MASTER`, default `local[2]`).
         spark_conf: Spark configuration passed through (`HAVEN_SPARK_CONF_*`; `spark_setting`).
+        duckdb_memory: how much memory a stage's DuckDB may hold before it spills to the data
+            directory (`HAVEN_DUCKDB_MEMORY`, e.g. `1GB`): bounds scoring's working copy.
     """
 
     home: Path
@@ -40,6 +44,7 @@ class Settings:
     engine: str = "embedded"
     spark_master: str = "local[2]"
     spark_conf: Mapping[str, str] = field(default_factory=dict)
+    duckdb_memory: str = "1GB"
 
     @property
     def db_url(self) -> str:
@@ -73,7 +78,7 @@ class Settings:
             except (OSError, ValueError) as exc:
                 raise ValueError(f"settings file {path} could not be read: {exc}") from exc
             values.update({str(k).lower(): str(v) for k, v in loaded.items()})
-        for name in ("home", "database_url", "batch_rows"):
+        for name in ("home", "database_url", "batch_rows", "duckdb_memory"):
             env_name = f"HAVEN_{name.upper()}"
             if environ.get(env_name):
                 values[name] = environ[env_name]
@@ -82,6 +87,10 @@ class Settings:
         engine = environ.get("HAVEN_ENGINE", values.get("engine", "embedded")) or "embedded"
         if engine not in ENGINES:
             raise ValueError(f"HAVEN_ENGINE must be one of {', '.join(ENGINES)}, not {engine!r}")
+        duckdb_memory = values.get("duckdb_memory", "1GB").strip()
+        if not MEMORY.match(duckdb_memory):
+            raise ValueError(f"HAVEN_DUCKDB_MEMORY must be a size such as 1GB or 512MB, "
+                             f"not {duckdb_memory!r}")
         spark_conf = dict(spark_setting(k, v) for k, v in environ.items()
                           if k.startswith(SPARK_CONF))
         return cls(
@@ -93,6 +102,7 @@ class Settings:
             spark_master=environ.get("HAVEN_SPARK_MASTER") or values.get("spark_master")
             or "local[2]",
             spark_conf=spark_conf,
+            duckdb_memory=duckdb_memory,
         )
 
 

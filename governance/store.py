@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +60,50 @@ def clear_staging(settings: Settings) -> int:
         remove_tree(path)
         removed += 1
     return removed
+
+
+@contextmanager
+def scratch_workspace(settings: Settings) -> Iterator[Path]:
+    """A folder of this process's own for a stage's working copy of linked rows, removed when
+    the stage ends however it ends; workspaces of processes that died are removed first."""
+    clear_dead_scratch(settings)
+    folder = settings.layout.scratch(os.getpid(), secrets.token_hex(4))
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        remove_tree(folder)
+
+
+def clear_dead_scratch(settings: Settings) -> int:
+    """Remove workspaces whose process is gone (killed mid-stage); returns how many."""
+    if not settings.layout.scratch_dir.exists():
+        return 0
+    removed = 0
+    for path in settings.layout.scratch_dir.iterdir():
+        if not _owner_alive(path.name.split("-", 1)[0]):
+            remove_tree(path)
+            removed += 1
+    return removed
+
+
+def scratch_workspaces(settings: Settings) -> int:
+    """How many stage workspaces the data directory holds now (live or not)."""
+    if not settings.layout.scratch_dir.exists():
+        return 0
+    return sum(1 for _ in settings.layout.scratch_dir.iterdir())
+
+
+def _owner_alive(owner: str) -> bool:
+    if not owner.isdigit():
+        return False  # not a workspace this code made: nothing owns it
+    try:
+        os.kill(int(owner), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def _fsync_tree(path: Path) -> None:

@@ -6,7 +6,7 @@ opt-out rules for a purpose, from governance) drops what that purpose may not us
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -49,3 +49,32 @@ def load_sources(settings: Settings, engine: Engine, row_filter: RowFilter | Non
             frame = frame[row_filter(frame, str(source)).to_numpy()]
         out[str(source)] = frame.reset_index(drop=True)
     return out
+
+
+def linked_batches(settings: Settings, engine: Engine, row_filter: RowFilter | None = None,
+                   sources: list[str] | None = None, batch_rows: int = 250_000
+                   ) -> Iterator[tuple[str, str, pd.DataFrame]]:
+    """`load_sources`' rows a batch at a time: (source, extract id, rows with `person_key`),
+    the same rows after the same filter, in memory bounded by a batch and one extract's slice
+    of the link map (read with a filter on its extract id), not by the population."""
+    link_path = settings.layout.link_map
+    if not link_path.exists():
+        raise FileNotFoundError("no person index yet: run `haven link` first")
+    landed = landed_extracts(engine)
+    for item in landed.sort_values(["source", "extract_id"]).itertuples():
+        source = str(item.source)
+        if sources is not None and source not in sources:
+            continue
+        keys = pq.read_table(link_path, columns=["row", "person_key"],
+                             filters=[("extract_id", "=", item.extract_id)])
+        path = settings.layout.rows(item.extract_id)
+        names = [n for n in pq.read_schema(path).names if not n.startswith("lk_")]
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=names):
+            table = pa.Table.from_batches([batch])
+            table = table.append_column("sender", pa.array([item.sender] * table.num_rows,
+                                                           pa.string()))
+            frame = table.join(keys, keys="row", join_type="inner").to_pandas()
+            if row_filter is not None and len(frame):
+                frame = frame[row_filter(frame, source).to_numpy()]
+            if len(frame):
+                yield source, str(item.extract_id), frame.reset_index(drop=True)

@@ -30,14 +30,14 @@ from governance import audit, optouts, store
 from governance.identifiers import digest_letters
 from governance.model_approvals import get_model, model_id, record_candidate
 from governance.schema import runs
-from linkage.linked_view import RowFilter, load_sources
+from linkage.linked_view import RowFilter, linked_batches, load_sources
 from linkage.person_index import read_link_map
 from pipeline.context import Context, Progress, quiet
 from pipeline.engines.dispatch import persons_scorer
 from pipeline.serving import optouts_applied, serving_run, withheld_person_keys
 from stratify.catalogue import FEATURES
-from stratify.scoring import ScoreRun, UnknownModel, save_run
-from stratify.scoring import score as score_persons  # the embedded engine
+from stratify.features import append_rows, connect_on_disk
+from stratify.scoring import ScoreRun, UnknownModel, save_run, score_connected
 from stratify.train import ModelBundle
 
 __all__ = ["NoScoreRun", "NothingToScore", "RunIdTaken", "ScoreResult", "UnknownModel",
@@ -118,6 +118,40 @@ def purpose_sources(ctx: Context, purpose: str, applied: dict[str, Any] | None =
     return sources
 
 
+def purpose_connection(ctx: Context, purpose: str, applied: dict[str, Any], folder: Path,
+                       progress: Progress = quiet) -> tuple[Any, dict[str, list[str]], int]:
+    """The rows `purpose_sources` gives, typed into a DuckDB file in `folder` a batch at a
+    time (stratify.features.connect_on_disk: spills past `Settings.duckdb_memory`), so the
+    population need not fit in memory; returns the connection, the extract ids each source's
+    rows came from, and the rows read. NothingToScore when there is none."""
+    keep = use_filter(ctx, purpose, dt.date.fromisoformat(applied["in_force_on"]),
+                      optouts.parse_coverage(applied["policy"]), applied["register"])
+    con = connect_on_disk(folder, ctx.settings.duckdb_memory)
+    ids: dict[str, set[str]] = {}
+    rows = 0
+    try:
+        for source, extract_id, frame in linked_batches(ctx.settings, ctx.engine, keep):
+            added = append_rows(con, source, frame)
+            if added:
+                ids.setdefault(source, set()).add(extract_id)
+                rows += added
+                if rows // 5_000_000 != (rows - added) // 5_000_000:
+                    progress(f"  {rows:,} linked rows read")
+    except BaseException:
+        con.close()
+        raise
+    if not rows:
+        con.close()
+        raise NothingToScore("nothing landed and linked to score: land extracts and run "
+                             "`haven link`")
+    return con, {s: sorted(v) for s, v in ids.items()}, rows
+
+
+def _training_note(at: dt.date, rows: int, bundle: ModelBundle | None) -> str:
+    return (f"training on history before {at.isoformat()} and scoring {rows:,} linked rows"
+            if bundle is None else f"scoring {rows:,} linked rows with the given model")
+
+
 def model_description(run: ScoreRun) -> dict[str, Any]:
     """What identifies the model trained for `run`: version, algorithm (and who chose it),
     training date and window, lookback, features, code lists, seed, the extracts it was fitted
@@ -147,17 +181,23 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     """
     progress(f"reading linked, pseudonymised data for {at.isoformat()} ({purpose})")
     applied = optouts_applied(ctx.engine)
-    sources = purpose_sources(ctx, purpose, applied)
     before = serving_run(ctx.engine, purpose)
     previous = None
     if before is not None:
         previous = pd.read_parquet(ctx.settings.layout.run(before.run_id).scores,
                                    columns=["person_key", "probability", "tier"])
-    rows = sum(len(f) for f in sources.values())
-    progress(f"training on history before {at.isoformat()} and scoring {rows:,} linked rows"
-             if bundle is None else f"scoring {rows:,} linked rows with the given model")
-    scorer = score_persons if ctx.settings.engine != "spark" else persons_scorer(ctx.settings)
-    run = scorer(sources, at, seed=seed, previous=previous, model=model, bundle=bundle)
+    if ctx.settings.engine == "spark":
+        sources = purpose_sources(ctx, purpose, applied)
+        rows = sum(len(f) for f in sources.values())
+        progress(_training_note(at, rows, bundle))
+        run = persons_scorer(ctx.settings)(sources, at, seed=seed, previous=previous,
+                                           model=model, bundle=bundle)
+    else:
+        with store.scratch_workspace(ctx.settings) as folder:
+            con, ids, rows = purpose_connection(ctx, purpose, applied, folder, progress)
+            progress(_training_note(at, rows, bundle))
+            run = score_connected(con, ids, at, seed=seed, previous=previous, model=model,
+                                  bundle=bundle)
     description = json.loads(json.dumps(model_description(run), default=str))  # plain JSON
     chosen_id = bundle_id if bundle is not None and bundle_id else model_id(description)
     stage_id, run.run_id = run.run_id, run_id(run.run_id, at, purpose, chosen_id, applied)

@@ -10,6 +10,8 @@ bucket) at a time; persons never span partitions when partitioned by `person_key
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -50,21 +52,62 @@ def connect(sources: dict[str, pd.DataFrame], threads: int | None = None
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     frames = prepare(sources)
-    for name, columns in COLUMNS.items():
-        wanted = ["person_key", *columns, *PERSON_FIELDS]
-        types = {c: "TIMESTAMP" if c in DATES else "DOUBLE" if c in NUMBERS else
-                 "BOOLEAN" if c == "withdrawn" else "VARCHAR" for c in wanted}
+    for name in COLUMNS:
         if name in frames:
-            frame = frames[name]
-            con.register(f"raw_{name}", frame)
-            select = ", ".join(
-                f"CAST({c} AS {t}) AS {c}" if c in frame.columns else f"CAST(NULL AS {t}) AS {c}"
-                for c, t in types.items())
-            con.execute(f"CREATE VIEW v_{name} AS SELECT {select} FROM raw_{name}")
+            con.register(f"raw_{name}", frames[name])
+            con.execute(f"CREATE VIEW v_{name} AS {_typed_select(name, frames[name].columns)}"
+                        f" FROM raw_{name}")
         else:
-            ddl = ", ".join(f"{c} {t}" for c, t in types.items())
-            con.execute(f"CREATE TABLE v_{name} ({ddl})")
+            con.execute(f"CREATE TABLE v_{name} ({_ddl(name)})")
     return con
+
+
+def _types(name: str) -> dict[str, str]:
+    wanted = ["person_key", *COLUMNS[name], *PERSON_FIELDS]
+    return {c: "TIMESTAMP" if c in DATES else "DOUBLE" if c in NUMBERS else
+            "BOOLEAN" if c == "withdrawn" else "VARCHAR" for c in wanted}
+
+
+def _ddl(name: str) -> str:
+    return ", ".join(f"{c} {t}" for c, t in _types(name).items())
+
+
+def _typed_select(name: str, present: Iterable[str]) -> str:
+    have = set(present)
+    return "SELECT " + ", ".join(
+        f"CAST({c} AS {t}) AS {c}" if c in have else f"CAST(NULL AS {t}) AS {c}"
+        for c, t in _types(name).items())
+
+
+def connect_on_disk(folder: Path, memory_limit: str = "1GB", threads: int | None = None
+                    ) -> duckdb.DuckDBPyConnection:
+    """A connection like `connect`'s whose typed tables live in a DuckDB file in `folder`
+    (filled a batch at a time by `append_rows`), with a memory limit past which DuckDB
+    spills to `folder`: features of a whole population in bounded memory."""
+    con = duckdb.connect(str(folder / "sources.duckdb"))
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute(f"SET temp_directory = '{folder / 'spill'}'")
+    con.execute("SET preserve_insertion_order = false")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    for name in COLUMNS:
+        con.execute(f"CREATE TABLE v_{name} ({_ddl(name)})")
+    return con
+
+
+def append_rows(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> int:
+    """Add a batch of one source's linked rows to a `connect_on_disk` connection, typed as
+    `connect` types them (the same `prepare`); returns the rows added."""
+    prepared = prepare({name: frame}).get(name)
+    if prepared is None or name not in COLUMNS:
+        return 0
+    con.register("batch_rows", prepared)
+    try:
+        con.execute(f"INSERT INTO v_{name} {_typed_select(name, prepared.columns)}"
+                    f" FROM batch_rows")
+    finally:
+        con.unregister("batch_rows")
+    return len(prepared)
 
 
 def _codelist_tables(con: duckdb.DuckDBPyConnection) -> None:

@@ -153,7 +153,17 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
     this candidate instead of the one chosen on validation (a super user's choice, recorded in
     the run's metrics and part of its id).
     """
-    sources = dict(sources)
+    return score_connected(connect(dict(sources), threads), extract_ids(sources), at, seed,
+                           previous, bundle, max_train_persons, model)
+
+
+def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int = 0,
+                    previous: pd.DataFrame | None = None, bundle: ModelBundle | None = None,
+                    max_train_persons: int | None = 400_000,
+                    model: str | None = None) -> ScoreRun:
+    """`score` on a connection holding the typed sources (`features.connect`, or
+    `features.connect_on_disk` for a population larger than memory), which it closes once the
+    features are read; `ids`: the extract ids each source's rows came from."""
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -163,7 +173,6 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
         seconds[stage] = round(now - clock, 2)
         clock = now
 
-    con = connect(sources, threads)
     try:
         if bundle is None:
             bundle = train(con, at, seed, max_train_persons=max_train_persons)
@@ -203,7 +212,6 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
     scores = scores.reset_index(drop=True)
     candidates = pd.DataFrame({"person_key": X.index.to_numpy(),
                                **{name: p for name, p in probability.items()}})
-    ids = extract_ids(sources)
     tier_counts = scores["tier"].value_counts().to_dict()
     metrics = {"persons": int(len(scores)),
                "mean_probability": float(np.mean(chosen)) if len(chosen) else float("nan"),

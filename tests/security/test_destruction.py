@@ -385,3 +385,27 @@ def test_a_purge_reaches_the_person_index_and_the_runs_made_from_purged_rows(hav
     assert detail["index_rows_removed"] == 1 and detail["review_pairs_removed"] == 1
     assert detail["runs_voided"] >= 1
     assert withdrawn["nhs_number"] not in json.dumps(detail)
+
+
+def test_a_killed_score_s_working_copy_is_destroyed_and_a_running_one_refuses_the_certificate(
+        haven, linked):
+    """Promise: a stage's working copy of linked rows (scratch/, DuckDB files that may spill)
+    is destroyed with the extracts when its process is gone, and one a running stage holds is
+    measured as left, so nothing is certified while a copy may still hold the rows."""
+    import os
+
+    ids = sorted(e for listed in linked.values() for e in listed)
+    layout = haven.settings.layout
+    killed = layout.scratch(2**22 + 4321, "dead")  # a score killed mid-way: no such process
+    killed.mkdir(parents=True)
+    (killed / "sources.duckdb").write_bytes(b"linked rows of every extract")
+    running = layout.scratch(os.getpid(), "live")  # a score running now (this process)
+    running.mkdir()
+    with pytest.raises(retention.DestructionIncomplete) as failed:
+        govern.destroy_expired(haven, dt.date(2099, 1, 1))
+    assert failed.value.certificate.remaining["scratch_workspaces"] == 1
+    assert failed.value.certificate.counts["scratch_workspaces_removed"] == 1  # measured
+    assert not killed.exists() and running.exists()
+    running.rmdir()  # the running stage ends
+    certificate = govern.destroy_expired(haven, dt.date(2099, 1, 1))
+    assert certificate.extract_ids == ids and set(certificate.remaining.values()) == {0}

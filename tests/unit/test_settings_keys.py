@@ -32,6 +32,15 @@ def test_settings_from_environment_and_file(tmp_path: Path):
     assert local.with_(batch_rows=7).batch_rows == 7
 
 
+def test_duckdb_memory_limit_is_a_size_or_refused(tmp_path: Path):
+    home = {"HAVEN_HOME": str(tmp_path)}
+    assert Settings.from_environ(home).duckdb_memory == "1GB"
+    assert Settings.from_environ({**home, "HAVEN_DUCKDB_MEMORY": "512MB"}).duckdb_memory == "512MB"
+    for bad in ("lots", "0GB", "1GB; DROP TABLE x", "-1GB"):
+        with pytest.raises(ValueError, match="HAVEN_DUCKDB_MEMORY must be a size"):
+            Settings.from_environ({**home, "HAVEN_DUCKDB_MEMORY": bad})
+
+
 def test_unreadable_settings_file_is_named(tmp_path: Path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

@@ -1,0 +1,95 @@
+"""Scoring out of core (issue #12): the pipeline types the linked rows into a DuckDB file a
+batch at a time (memory bounded by a batch and DuckDB's limit, not by the population) and
+must score exactly as the in-memory path it replaced: the same run, persons, probabilities,
+tiers and reasons on the same inputs; its working copy never outlives the stage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from governance import store
+from pipeline import score as score_module
+from pipeline.land import land
+from pipeline.link import link
+from pipeline.score import purpose_sources, score
+from pipeline.serving import optouts_applied
+from stratify.scoring import score as score_in_memory
+from synth import generate
+
+pytestmark = pytest.mark.parametrize("backend", [""])
+
+
+@pytest.fixture(scope="module")
+def extracts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dt.date]:
+    out = tmp_path_factory.mktemp("synth")
+    generate(600, 5, out, progress=False)
+    meta = json.loads((out / "truth" / "meta.json").read_text())
+    return out, dt.date.fromisoformat(meta["score_date"])
+
+
+def test_out_of_core_scoring_equals_the_in_memory_path(haven, extracts, backend):
+    folder, at = extracts
+    assert all(r.status == "landed" for r in land(haven, folder))
+    link(haven)
+    # The in-memory path as it was: every linked row the purpose may use, as pandas frames.
+    sources = purpose_sources(haven, "commissioning", optouts_applied(haven.engine))
+    expected = score_in_memory(sources, at, seed=0)
+    result = score(haven, at)
+    got = pd.read_parquet(haven.settings.layout.run(result.run_id).scores)
+    want = expected.scores
+    assert result.persons == len(want) > 300
+    assert list(got["person_key"]) == list(want["person_key"])
+    np.testing.assert_allclose(got["probability"], want["probability"], rtol=0, atol=1e-12)
+    assert list(got["tier"]) == list(want["tier"])
+    assert list(got["reasons"]) == list(want["reasons"])
+    assert list(got["conditions"]) == list(want["conditions"])
+    assert list(got["gp_practice_code"].fillna("")) == list(want["gp_practice_code"].fillna(""))
+    assert list(got["sources"]) == list(want["sources"])
+    described = json.loads(haven.settings.layout.run(result.run_id).description.read_text())
+    assert described["extract_ids"] == expected.extract_ids
+    assert result.model == expected.model
+    assert not any(haven.settings.layout.scratch_dir.iterdir())  # the working copy is gone
+
+
+def test_the_working_copy_is_removed_when_scoring_fails(haven, extracts, backend, monkeypatch):
+    folder, at = extracts
+    land(haven, folder)
+    link(haven)
+    seen: list[bool] = []
+
+    def failing(con, *args, **kwargs):
+        seen.extend((p / "sources.duckdb").exists()
+                    for p in haven.settings.layout.scratch_dir.iterdir())
+        con.close()
+        raise RuntimeError("model failed")
+
+    monkeypatch.setattr(score_module, "score_connected", failing)
+    with pytest.raises(RuntimeError, match="model failed"):
+        score(haven, at)
+    assert seen == [True]  # it held the rows while it ran
+    assert not any(haven.settings.layout.scratch_dir.iterdir())
+
+
+def test_a_killed_stage_s_working_copy_is_removed_by_the_next(haven, backend):
+    layout = haven.settings.layout
+    dead = layout.scratch(2**22 + 12345, "abcd")  # no such process
+    dead.mkdir(parents=True)
+    (dead / "sources.duckdb").write_bytes(b"linked rows")
+    alive = layout.scratch(os.getpid(), "efgh")
+    alive.mkdir()
+    stray = layout.scratch_dir / "not-a-workspace"
+    stray.mkdir()
+    assert store.scratch_workspaces(haven.settings) == 3
+    assert store.clear_dead_scratch(haven.settings) == 2
+    assert [p.name for p in layout.scratch_dir.iterdir()] == [alive.name]
+    with store.scratch_workspace(haven.settings) as folder:
+        assert folder.exists() and folder.parent == layout.scratch_dir
+        assert alive.exists()  # a live process's workspace is never touched
+    assert not folder.exists()
