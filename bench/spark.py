@@ -43,8 +43,9 @@ from typing import Any
 # bench/pipeline.py and bench/linkage.py would shadow the packages of the same names: keep
 # this folder off the import path, and the repository on it (bench.* by their package path).
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [str(ROOT)] + [p for p in sys.path
-                             if Path(p or ".").resolve() != Path(__file__).parent]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
