@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from governance import audit, model_approvals
-from linkage.linked_view import load_sources
 from pipeline.context import Context
+from pipeline.linked_copy import linked_copy
 from pipeline.report_counts import run_counts, scored_keys_of
 from pipeline.score import NoScoreRun, use_filter
 from pipeline.serving import ServingRun, complete_run, serving_run, withheld_person_keys
@@ -46,17 +46,17 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
     withheld = withheld_person_keys(ctx.settings, ctx.engine, serving.purpose, serving)
     scored = scored_keys_of(files.scores)
     run = replace(run, scores=run.scores[~run.scores["person_key"].isin(withheld)])
-    sources = load_sources(ctx.settings, ctx.engine, row_filter=use_filter(
-        ctx, serving.purpose, dt.datetime.now(dt.UTC).date()))
-    status = follow_up(sources, run.at)
-    evaluation: Evaluation | None
-    if status.complete:
-        evaluation = evaluate(run, sources)
-    else:
-        try:
-            evaluation = backtest(sources, run, leave_out=withheld)
-        except NoBacktest:
-            evaluation = None
+    keep = use_filter(ctx, serving.purpose, dt.datetime.now(dt.UTC).date())
+    with linked_copy(ctx, keep) as sources:  # on disk: a population larger than memory
+        status = follow_up(sources, run.at)
+        evaluation: Evaluation | None
+        if status.complete:
+            evaluation = evaluate(run, sources)
+        else:
+            try:
+                evaluation = backtest(sources, run, leave_out=withheld)
+            except NoBacktest:
+                evaluation = None
     counts = run_counts(ctx.settings, ctx.engine, serving, scored, run.extract_ids,
                         withheld_now=len(withheld & scored))
     path = write_report(evaluation, out or ctx.settings.layout.report(run_id), run=run,

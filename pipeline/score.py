@@ -30,14 +30,15 @@ from governance import audit, optouts, store
 from governance.identifiers import digest_letters
 from governance.model_approvals import get_model, model_id, record_candidate
 from governance.schema import runs
-from linkage.linked_view import RowFilter, linked_batches, load_sources
+from linkage.linked_view import RowFilter, load_sources
 from linkage.person_index import read_link_map
 from pipeline.context import Context, Progress, quiet
 from pipeline.engines.dispatch import persons_scorer
+from pipeline.linked_copy import linked_copy
 from pipeline.serving import optouts_applied, serving_run, withheld_person_keys
 from stratify.catalogue import FEATURES
-from stratify.features import append_rows, connect_on_disk
-from stratify.scoring import ScoreRun, UnknownModel, save_run, score_connected
+from stratify.scoring import ScoreRun, UnknownModel, save_run
+from stratify.scoring import score as score_persons  # the embedded engine
 from stratify.train import ModelBundle
 
 __all__ = ["NoScoreRun", "NothingToScore", "RunIdTaken", "ScoreResult", "UnknownModel",
@@ -104,47 +105,24 @@ def use_filter(ctx: Context, purpose: str, on: dt.date,
     return keep
 
 
+def purpose_filter(ctx: Context, purpose: str, applied: dict[str, Any] | None = None
+                   ) -> RowFilter:
+    """`use_filter` by the opt-outs in force, `applied`: what `optouts_applied` recorded."""
+    applied = applied or optouts_applied(ctx.engine)
+    return use_filter(ctx, purpose, dt.date.fromisoformat(applied["in_force_on"]),
+                      optouts.parse_coverage(applied["policy"]), applied["register"])
+
+
 def purpose_sources(ctx: Context, purpose: str, applied: dict[str, Any] | None = None
                     ) -> dict[str, pd.DataFrame]:
-    """The linked rows `purpose` may use now (`use_filter` by the opt-outs in force,
-    `applied`: what `optouts_applied` recorded); NothingToScore when there is none."""
-    applied = applied or optouts_applied(ctx.engine)
-    sources = load_sources(ctx.settings, ctx.engine, row_filter=use_filter(
-        ctx, purpose, dt.date.fromisoformat(applied["in_force_on"]),
-        optouts.parse_coverage(applied["policy"]), applied["register"]))
+    """The linked rows `purpose` may use now (`purpose_filter`), as frames in memory;
+    NothingToScore when there is none."""
+    sources = load_sources(ctx.settings, ctx.engine,
+                           row_filter=purpose_filter(ctx, purpose, applied))
     if not any(len(frame) for frame in sources.values()):
         raise NothingToScore("nothing landed and linked to score: land extracts and run "
                              "`haven link`")
     return sources
-
-
-def purpose_connection(ctx: Context, purpose: str, applied: dict[str, Any], folder: Path,
-                       progress: Progress = quiet) -> tuple[Any, dict[str, list[str]], int]:
-    """The rows `purpose_sources` gives, typed into a DuckDB file in `folder` a batch at a
-    time (stratify.features.connect_on_disk: spills past `Settings.duckdb_memory`), so the
-    population need not fit in memory; returns the connection, the extract ids each source's
-    rows came from, and the rows read. NothingToScore when there is none."""
-    keep = use_filter(ctx, purpose, dt.date.fromisoformat(applied["in_force_on"]),
-                      optouts.parse_coverage(applied["policy"]), applied["register"])
-    con = connect_on_disk(folder, ctx.settings.duckdb_memory)
-    ids: dict[str, set[str]] = {}
-    rows = 0
-    try:
-        for source, extract_id, frame in linked_batches(ctx.settings, ctx.engine, keep):
-            added = append_rows(con, source, frame)
-            if added:
-                ids.setdefault(source, set()).add(extract_id)
-                rows += added
-                if rows // 5_000_000 != (rows - added) // 5_000_000:
-                    progress(f"  {rows:,} linked rows read")
-    except BaseException:
-        con.close()
-        raise
-    if not rows:
-        con.close()
-        raise NothingToScore("nothing landed and linked to score: land extracts and run "
-                             "`haven link`")
-    return con, {s: sorted(v) for s, v in ids.items()}, rows
 
 
 def _training_note(at: dt.date, rows: int, bundle: ModelBundle | None) -> str:
@@ -193,11 +171,13 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
         run = persons_scorer(ctx.settings)(sources, at, seed=seed, previous=previous,
                                            model=model, bundle=bundle)
     else:
-        with store.scratch_workspace(ctx.settings) as folder:
-            con, ids, rows = purpose_connection(ctx, purpose, applied, folder, progress)
-            progress(_training_note(at, rows, bundle))
-            run = score_connected(con, ids, at, seed=seed, previous=previous, model=model,
-                                  bundle=bundle)
+        with linked_copy(ctx, purpose_filter(ctx, purpose, applied), progress) as copy:
+            if not copy.rows:
+                raise NothingToScore("nothing landed and linked to score: land extracts and "
+                                     "run `haven link`")
+            progress(_training_note(at, copy.rows, bundle))
+            run = score_persons(copy, at, seed=seed, previous=previous, model=model,
+                                bundle=bundle)
     description = json.loads(json.dumps(model_description(run), default=str))  # plain JSON
     chosen_id = bundle_id if bundle is not None and bundle_id else model_id(description)
     stage_id, run.run_id = run.run_id, run_id(run.run_id, at, purpose, chosen_id, applied)

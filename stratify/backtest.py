@@ -18,11 +18,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-import pandas as pd
-
 from stratify.bootstrap import RESAMPLES
 from stratify.evaluate import Evaluation, evaluate
-from stratify.features import connect
+from stratify.features import Sources, connect
 from stratify.outcomes import OUTCOME_MONTHS
 from stratify.scoring import ScoreRun, score
 from stratify.sources import EMERGENCY_METHODS, add_months
@@ -38,7 +36,7 @@ def backtest_dates(at: dt.date, months: int = OUTCOME_MONTHS) -> tuple[dt.date, 
     return add_months(at, -2 * months), add_months(at, -months)
 
 
-def backtest(sources: dict[str, pd.DataFrame], run: ScoreRun, months: int = OUTCOME_MONTHS,
+def backtest(sources: Sources, run: ScoreRun, months: int = OUTCOME_MONTHS,
              resamples: int = RESAMPLES, max_train_persons: int | None = 400_000,
              leave_out: set[str] | None = None) -> Evaluation:
     """The back-test evaluation of `run` (see the module docstring); NoBacktest when the data

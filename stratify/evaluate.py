@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
 from stratify.bootstrap import RESAMPLES, bootstrap_intervals
-from stratify.features import connect
+from stratify.features import Sources, connect
 from stratify.models import expit, logit
 from stratify.outcomes import OUTCOME_MONTHS, build_outcomes, follow_up_complete
 from stratify.scoring import ScoreRun
@@ -81,7 +81,7 @@ class FollowUp:
         return seen
 
 
-def follow_up(sources: dict[str, pd.DataFrame], at: dt.date,
+def follow_up(sources: Sources, at: dt.date,
               months: int = OUTCOME_MONTHS) -> FollowUp:
     """Is the outcome year after `at` complete in `sources`? (see `FollowUp`)."""
     con = connect(sources)
@@ -208,7 +208,7 @@ def error_rates(y: np.ndarray, p: np.ndarray, groups: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
-def evaluate(run: ScoreRun, sources: dict[str, pd.DataFrame] | None = None,
+def evaluate(run: ScoreRun, sources: Sources | None = None,
              outcomes: pd.Series | None = None, outcome: str = "emergency",
              extra_scores: dict[str, pd.Series] | None = None,
              months: int = OUTCOME_MONTHS, resamples: int = RESAMPLES,

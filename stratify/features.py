@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -45,9 +46,11 @@ def _in(values: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
-def connect(sources: dict[str, pd.DataFrame], threads: int | None = None
-            ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with one typed view per source (`v_apc`, ...); absent ones empty."""
+def connect(sources: Sources, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with one typed view per source (`v_apc`, ...); absent ones empty.
+    Given an `OnDisk` copy, a connection to its file (the tables are there already)."""
+    if isinstance(sources, OnDisk):
+        return connect_on_disk(sources.folder, sources.memory_limit, threads, create=False)
     con = duckdb.connect()
     if threads:
         con.execute(f"SET threads = {int(threads)}")
@@ -79,19 +82,36 @@ def _typed_select(name: str, present: Iterable[str]) -> str:
         for c, t in _types(name).items())
 
 
-def connect_on_disk(folder: Path, memory_limit: str = "1GB", threads: int | None = None
-                    ) -> duckdb.DuckDBPyConnection:
+@dataclass(frozen=True)
+class OnDisk:
+    """Linked rows typed into a DuckDB file by `append_rows` (see `connect_on_disk`): given in
+    place of the `sources` dict, `connect` opens the file, so every stage function that reads
+    sources through `connect` runs over a population larger than memory unchanged.
+    `ids`: the extract ids each source's rows came from; `rows`: how many rows it holds."""
+
+    folder: Path
+    memory_limit: str
+    ids: dict[str, list[str]]
+    rows: int
+
+
+Sources = dict[str, pd.DataFrame] | OnDisk
+
+
+def connect_on_disk(folder: Path, memory_limit: str = "1GB", threads: int | None = None,
+                    create: bool = True) -> duckdb.DuckDBPyConnection:
     """A connection like `connect`'s whose typed tables live in a DuckDB file in `folder`
-    (filled a batch at a time by `append_rows`), with a memory limit past which DuckDB
-    spills to `folder`: features of a whole population in bounded memory."""
+    (filled a batch at a time by `append_rows`, when `create`), with a memory limit past
+    which DuckDB spills to `folder`: features of a whole population in bounded memory."""
     con = duckdb.connect(str(folder / "sources.duckdb"))
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute(f"SET temp_directory = '{folder / 'spill'}'")
     con.execute("SET preserve_insertion_order = false")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    for name in COLUMNS:
-        con.execute(f"CREATE TABLE v_{name} ({_ddl(name)})")
+    if create:
+        for name in COLUMNS:
+            con.execute(f"CREATE TABLE v_{name} ({_ddl(name)})")
     return con
 
 

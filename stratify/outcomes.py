@@ -12,7 +12,7 @@ import datetime as dt
 import duckdb
 import pandas as pd
 
-from stratify.features import _in, _ts, connect
+from stratify.features import Sources, _in, _ts, connect
 from stratify.sources import DIED_DESTINATION, EMERGENCY_METHODS, add_months
 
 OUTCOME_MONTHS = 12
@@ -39,7 +39,7 @@ def outcomes_from(con: duckdb.DuckDBPyConnection, persons: pd.Index, at: dt.date
     return out
 
 
-def build_outcomes(sources: dict[str, pd.DataFrame], persons: pd.Index, at: dt.date,
+def build_outcomes(sources: Sources, persons: pd.Index, at: dt.date,
                    months: int = OUTCOME_MONTHS) -> pd.DataFrame:
     """Outcomes of `persons` in the `months` from `at` (see `outcomes_from`)."""
     con = connect(sources)

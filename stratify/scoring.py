@@ -24,7 +24,7 @@ from governance.identifiers import digest_letters
 from governance.layout import RunFiles
 from stratify import codelists, explain
 from stratify.catalogue import AGE_BANDS
-from stratify.features import _ts, connect, features_from
+from stratify.features import Sources, _ts, connect, features_from
 from stratify.sources import extract_ids
 from stratify.tiers import assign, thresholds, tier_change
 from stratify.train import ModelBundle, train
@@ -140,7 +140,7 @@ def _run_id(at: dt.date, seed: int, ids: dict[str, list[str]], version: str) -> 
     return f"score-{at.isoformat()}-{digest}"
 
 
-def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
+def score(sources: Sources, at: dt.date, seed: int = 0,
           previous: pd.DataFrame | None = None, bundle: ModelBundle | None = None,
           max_train_persons: int | None = 400_000,
           threads: int | None = None, model: str | None = None) -> ScoreRun:
@@ -153,7 +153,7 @@ def score(sources: dict[str, pd.DataFrame], at: dt.date, seed: int = 0,
     this candidate instead of the one chosen on validation (a super user's choice, recorded in
     the run's metrics and part of its id).
     """
-    return score_connected(connect(dict(sources), threads), extract_ids(sources), at, seed,
+    return score_connected(connect(sources, threads), extract_ids(sources), at, seed,
                            previous, bundle, max_train_persons, model)
 
 

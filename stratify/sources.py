@@ -9,6 +9,7 @@ compare them quickly. Columns a source lacks are added as nulls so feature SQL n
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pandas as pd
 
@@ -83,8 +84,11 @@ def _as_datetime(series: pd.Series) -> pd.Series:
     return pd.to_datetime(series, errors="coerce").astype("datetime64[us]")
 
 
-def extract_ids(sources: dict[str, pd.DataFrame]) -> dict[str, list[str]]:
-    """The landed extract ids each source's rows came from (recorded with every run)."""
+def extract_ids(sources: Any) -> dict[str, list[str]]:
+    """The landed extract ids each source's rows came from (recorded with every run); an
+    on-disk copy (`features.OnDisk`) says them itself."""
+    if not isinstance(sources, dict):
+        return {name: list(found) for name, found in sources.ids.items()}
     ids: dict[str, list[str]] = {}
     for name, frame in sources.items():
         if frame is not None and "extract_id" in frame.columns:

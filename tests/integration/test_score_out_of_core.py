@@ -64,13 +64,12 @@ def test_the_working_copy_is_removed_when_scoring_fails(haven, extracts, backend
     link(haven)
     seen: list[bool] = []
 
-    def failing(con, *args, **kwargs):
+    def failing(copy, *args, **kwargs):
         seen.extend((p / "sources.duckdb").exists()
                     for p in haven.settings.layout.scratch_dir.iterdir())
-        con.close()
         raise RuntimeError("model failed")
 
-    monkeypatch.setattr(score_module, "score_connected", failing)
+    monkeypatch.setattr(score_module, "score_persons", failing)
     with pytest.raises(RuntimeError, match="model failed"):
         score(haven, at)
     assert seen == [True]  # it held the rows while it ran
@@ -93,3 +92,50 @@ def test_a_killed_stage_s_working_copy_is_removed_by_the_next(haven, backend):
         assert folder.exists() and folder.parent == layout.scratch_dir
         assert alive.exists()  # a live process's workspace is never touched
     assert not folder.exists()
+
+
+def test_the_model_report_judges_as_the_in_memory_path(haven, extracts, backend, monkeypatch):
+    """The report reads the on-disk copy too: its evaluation (prospective here: the outcome
+    year is in the data) and its back-test equal those made from frames in memory."""
+    from factories import approve_candidates
+    from pipeline import report as report_module
+    from pipeline.linked_copy import linked_copy
+    from pipeline.score import use_filter
+    from stratify.backtest import backtest
+    from stratify.evaluate import evaluate, follow_up
+    from stratify.scoring import load_run
+
+    folder, at = extracts
+    land(haven, folder)
+    link(haven)
+    run_id = score(haven, at).run_id
+    approve_candidates(haven.engine)
+    written: dict[str, object] = {}
+    real = report_module.write_report
+    monkeypatch.setattr(report_module, "write_report", lambda evaluation, *a, **k: written.update(
+        evaluation=evaluation) or real(evaluation, *a, **k))
+    report_module.model_report(haven, run_id)
+    got = written["evaluation"]
+    sources = load_sources_now(haven, use_filter)
+    run = load_run(haven.settings.layout.run(run_id))
+    assert follow_up(sources, run.at).complete
+    want = evaluate(run, sources)
+    assert got.kind == want.kind == "prospective"
+    pd.testing.assert_frame_equal(got.overall, want.overall, check_exact=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(got.subgroups, want.subgroups, check_exact=False, rtol=1e-12)
+    assert got.frame["outcome"].sum() == want.frame["outcome"].sum() > 0
+    # The back-test, which trains and scores again a year earlier, on both.
+    with linked_copy(haven, use_filter(haven, "commissioning",
+                                       dt.datetime.now(dt.UTC).date())) as copy:
+        on_disk = backtest(copy, run, leave_out=set())
+    in_memory = backtest(sources, run, leave_out=set())
+    pd.testing.assert_frame_equal(on_disk.overall, in_memory.overall, check_exact=False,
+                                  rtol=1e-12)
+    assert on_disk.frame["outcome"].sum() == in_memory.frame["outcome"].sum() > 0
+
+
+def load_sources_now(haven, use_filter):
+    from linkage.linked_view import load_sources
+
+    return load_sources(haven.settings, haven.engine, row_filter=use_filter(
+        haven, "commissioning", dt.datetime.now(dt.UTC).date()))

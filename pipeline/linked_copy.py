@@ -1,0 +1,46 @@
+"""A stage's working copy of the linked rows a purpose may use, typed into a DuckDB file.
+
+Scoring and the model report read every linked row of a purpose. Held as pandas frames that
+cost about 40 KB per person (issue #12), so a million persons did not fit on one machine.
+Here the rows are read a batch at a time (`linkage.linked_view.linked_batches`: the same rows
+and the same opt-out filter as `load_sources`) and typed into a DuckDB file in a scratch
+workspace of this process (`governance.store.scratch_workspace`), which DuckDB reads with a
+memory limit (`Settings.duckdb_memory`) and spills past it. The copy is an
+`stratify.features.OnDisk`, which every stage function that reads sources through
+`stratify.features.connect` takes in place of the frames; it is removed when the stage ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from governance import store
+from linkage.linked_view import RowFilter, linked_batches
+from pipeline.context import Context, Progress, quiet
+from stratify.features import OnDisk, append_rows, connect_on_disk
+
+PROGRESS_EVERY = 5_000_000
+
+
+@contextmanager
+def linked_copy(ctx: Context, row_filter: RowFilter | None,
+                progress: Progress = quiet) -> Iterator[OnDisk]:
+    """The linked rows `row_filter` keeps, copied into a DuckDB file for the stage's span."""
+    with store.scratch_workspace(ctx.settings) as folder:
+        con = connect_on_disk(folder, ctx.settings.duckdb_memory)
+        ids: dict[str, set[str]] = {}
+        rows = 0
+        try:
+            for source, extract_id, frame in linked_batches(ctx.settings, ctx.engine,
+                                                            row_filter):
+                added = append_rows(con, source, frame)
+                if added:
+                    ids.setdefault(source, set()).add(extract_id)
+                    rows += added
+                    if rows // PROGRESS_EVERY != (rows - added) // PROGRESS_EVERY:
+                        progress(f"  {rows:,} linked rows read")
+        finally:
+            con.close()
+        yield OnDisk(folder=folder, memory_limit=ctx.settings.duckdb_memory,
+                     ids={s: sorted(found) for s, found in ids.items()}, rows=rows)
