@@ -37,8 +37,9 @@ from governance.schema import extracts, runs
 from pipeline.context import Context, Progress, quiet
 from pipeline.land import land
 from pipeline.link import link
+from pipeline.linked_copy import linked_copy
 from pipeline.refresh_report import markdown
-from pipeline.score import purpose_sources, score
+from pipeline.score import purpose_filter, score
 from pipeline.serving import ServingRun, run_purpose, serving_rank
 from stratify import drift
 from stratify.features import connect, features_from
@@ -159,24 +160,24 @@ def compare(ctx: Context, before: ServingRun | None, after_run: str, at: dt.date
         "linkage_runs": {"before_rows": (link_before or {}).get("rows"),
                          "after_rows": link_after.get("rows")}}
     after = _scores(ctx, after_run)
-    sources = purpose_sources(ctx, purpose)
-    con = connect(sources)
-    try:
-        data_end = hospital_data_end(ctx)
-        if before is not None:
-            then = dt.date.fromisoformat(str(before.summary.get("at")))
-            x_then = features_from(con, then, bundle.lookback_months)[bundle.features]
-            x_now = features_from(con, at, bundle.lookback_months)[bundle.features]
-            figures["feature_psi"] = drift.feature_psi(x_then, x_now).to_dict("records")
-            earlier = _scores(ctx, before.run_id)
-            figures["source_shares"] = drift.share_changes(
-                drift.source_shares(earlier["sources"]) if "sources" in earlier else {},
-                drift.source_shares(after["sources"]) if "sources" in after else {})
-            figures["score_distribution"] = drift.score_distribution(earlier, after)
-            figures["tier_churn"] = drift.tier_churn(earlier, after)
-        figures["performance"] = performance_figures(ctx, con, model, purpose, data_end)
-    finally:
-        con.close()
+    with linked_copy(ctx, purpose_filter(ctx, purpose)) as sources:  # on disk, bounded
+        con = connect(sources)
+        try:
+            data_end = hospital_data_end(ctx)
+            if before is not None:
+                then = dt.date.fromisoformat(str(before.summary.get("at")))
+                x_then = features_from(con, then, bundle.lookback_months)[bundle.features]
+                x_now = features_from(con, at, bundle.lookback_months)[bundle.features]
+                figures["feature_psi"] = drift.feature_psi(x_then, x_now).to_dict("records")
+                earlier = _scores(ctx, before.run_id)
+                figures["source_shares"] = drift.share_changes(
+                    drift.source_shares(earlier["sources"]) if "sources" in earlier else {},
+                    drift.source_shares(after["sources"]) if "sources" in after else {})
+                figures["score_distribution"] = drift.score_distribution(earlier, after)
+                figures["tier_churn"] = drift.tier_churn(earlier, after)
+            figures["performance"] = performance_figures(ctx, con, model, purpose, data_end)
+        finally:
+            con.close()
     return figures
 
 
