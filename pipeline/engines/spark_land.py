@@ -69,13 +69,16 @@ def prepare_blob(blob: bytes, job: Job, memo: HashMemo) -> bytes:
 
 
 def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
-                   partitions: int = 2, window: int | None = None) -> Iterator[Prepared]:
+                   partitions: int = 2, window: int | None = None,
+                   prepare: Callable[[bytes, Job, HashMemo], bytes] = prepare_blob
+                   ) -> Iterator[Prepared]:
     """Each batch prepared on Spark, yielded in file order (what `prepared_batches` yields).
 
     Batches go to Spark `window` at a time (default two per partition), so the driver holds a
     window of batches, not the file. This slice ships the driver's batches to the executors;
     reading the raw file on the executors (splits with row offsets) is the next step
-    (docs/scale.md).
+    (docs/scale.md). `prepare`: what runs on a shipped batch (`prepare_blob`; a test may wrap
+    it to count the calls).
     """
     window = window or 2 * partitions
     shared = spark.sparkContext.broadcast(executor_job(job))
@@ -84,19 +87,29 @@ def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
         for number, batch in enumerate(batches):
             pending.append((number, batch_bytes(batch)))
             if len(pending) >= window:
-                yield from _prepare_window(spark, pending, shared, partitions)
+                yield from _prepare_window(spark, pending, shared, prepare)
                 pending = []
         if pending:
-            yield from _prepare_window(spark, pending, shared, partitions)
+            yield from _prepare_window(spark, pending, shared, prepare)
     finally:
         shared.destroy()
 
 
 def _prepare_window(spark: SparkSession, shipped: list[tuple[int, bytes]], shared: Any,
-                    partitions: int) -> Iterator[Prepared]:
-    """One window of shipped batches prepared by `prepare_blob` in `mapInArrow`, in order."""
-    frame = spark.createDataFrame(shipped, "batch long, payload binary").repartition(
-        min(partitions, len(shipped)), "batch")
+                    prepare: Callable[[bytes, Job, HashMemo], bytes]) -> Iterator[Prepared]:
+    """One window of shipped batches, one batch per partition, prepared by `prepare` in
+    `mapInArrow` all at once (one job, its results kept on the executors' disks), then read
+    back a partition at a time, in file order.
+
+    No sort and no shuffle: a global sort (`orderBy`) would run the preparation twice (once
+    to sample the sort keys) and shuffle every prepared batch, and reading a partition of
+    several prepared batches back held them all in the driver's JVM at once (100,000
+    synthetic persons did not land with a 1 GB driver).
+    """
+    from pyspark import StorageLevel
+
+    rdd = spark.sparkContext.parallelize(shipped, len(shipped))  # partition i: batch i
+    frame = spark.createDataFrame(rdd, "batch long, payload binary")
 
     def run(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         memo = HashMemo()  # spares re-hashing within a partition; changes no output
@@ -106,12 +119,21 @@ def _prepare_window(spark: SparkSession, shipped: list[tuple[int, bytes]], share
             blobs = chunk.column("payload").to_pylist()
             for number, blob in zip(numbers, blobs, strict=True):
                 yield pa.RecordBatch.from_pydict(
-                    {"batch": [number], "prepared": [prepare_blob(blob, on_executor, memo)]},
+                    {"batch": [number], "prepared": [prepare(blob, on_executor, memo)]},
                     schema=pa.schema([("batch", pa.int64()), ("prepared", pa.binary())]))
 
-    done = frame.mapInArrow(run, OUT_SCHEMA).orderBy("batch")
-    for row in done.toLocalIterator():
-        yield pickle.loads(row["prepared"])  # noqa: S301 - made by this landing's executors
+    done = frame.mapInArrow(run, OUT_SCHEMA).persist(StorageLevel.DISK_ONLY)
+    try:
+        done.count()  # every batch of the window prepared, in parallel, once
+        expected = [number for number, _ in shipped]
+        waiting: dict[int, bytes] = {}
+        for row in done.toLocalIterator():
+            waiting[row["batch"]] = row["prepared"]
+            while expected and expected[0] in waiting:
+                blob = waiting.pop(expected.pop(0))
+                yield pickle.loads(blob)  # noqa: S301 - made by this landing's executors
+    finally:
+        done.unpersist()
 
 
 def spark_preparer(spark: SparkSession, partitions: int = 2

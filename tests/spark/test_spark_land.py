@@ -89,6 +89,28 @@ def test_batches_prepared_on_spark_equal_the_embedded_ones(spark: Any, tmp_path:
     assert [row for p in on_spark for row, _ in p.reasons] == REJECTED[source]
 
 
+def test_each_batch_is_prepared_once(spark: Any, tmp_path: Path) -> None:
+    """A global sort of the prepared batches ran the preparation twice (once to sample the
+    sort keys): 10 calls for 5 batches. Each call leaves a file (local mode: one disk)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def counting(blob: bytes, job: Job, memo: Any, marks: str = str(marks)) -> bytes:
+        import os
+        import uuid
+
+        from pipeline.engines.spark_land import prepare_blob
+
+        Path(os.path.join(marks, uuid.uuid4().hex)).touch()
+        return prepare_blob(blob, job, memo)
+
+    job = Job("apc", "20261205-test-0004", "RR8", _keys())
+    batches = _batches(_extract(tmp_path, "apc"), "apc")
+    out = list(spark_prepared(spark, batches, job, partitions=2, window=3, prepare=counting))
+    assert [int(p.rows[0]) for p in out] == [1, 61, 121, 181, 241]  # file order
+    assert len(list(marks.iterdir())) == len(batches) == 5
+
+
 def test_an_empty_file_prepares_no_batch(spark: Any) -> None:
     job = Job("apc", "20261205-test-0002", "RR8", _keys())
     assert list(spark_prepared(spark, [], job)) == []
