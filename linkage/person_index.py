@@ -91,6 +91,39 @@ def link_rows(settings: Settings, column: str, values: Sequence[str]) -> list[di
     return table.filter(pc.is_valid(table.column("person_id"))).to_pylist()
 
 
+def pseudonyms_behind_bare_rows(settings: Settings, batch_rows: int = 1_000_000
+                                ) -> pd.DataFrame:
+    """(person_key, person_id) of every person with a row that carries no pseudonym of its
+    own (linked probabilistically or by client id, or unlinked: any method but `nhs_number`;
+    the map gives such a row its person's pseudonym): every pseudonym the index gives them.
+
+    Read in two streaming passes over the link map (the keys, then their pseudonyms), so
+    memory holds those persons' pairs, not the map.
+    """
+    path = settings.layout.link_map
+    empty = pd.DataFrame({"person_key": pd.Series(dtype=object),
+                          "person_id": pd.Series(dtype=object)})
+    if not path.exists():
+        return empty
+    source = pq.ParquetFile(path)
+    keys: set[str] = set()
+    for batch in source.iter_batches(batch_size=batch_rows, columns=["person_key", "method"]):
+        bare = pc.not_equal(batch.column("method"), "nhs_number")
+        keys.update(pc.unique(pc.filter(batch.column("person_key"), bare)).to_pylist())
+    keys.discard(None)
+    if not keys:
+        return empty
+    wanted = pa.array(sorted(keys), pa.string())
+    found = []
+    for batch in source.iter_batches(batch_size=batch_rows, columns=["person_key", "person_id"]):
+        table = pa.Table.from_batches([batch])
+        table = table.filter(pc.and_(pc.is_in(table.column("person_key"), value_set=wanted),
+                                     pc.is_valid(table.column("person_id"))))
+        found.append(table.group_by(["person_key", "person_id"]).aggregate([]))
+    pairs = pa.concat_tables(found).group_by(["person_key", "person_id"]).aggregate([])
+    return pairs.to_pandas() if pairs.num_rows else empty
+
+
 def person_keys(person_ids: pa.Array, key: Key) -> pa.Array:
     """Person key of each pseudonym: `P` + 20 hex of a keyed hash (a second pseudonym domain)."""
     hashed = keyed_hashes(person_ids, key, domain="person_key", length=20)

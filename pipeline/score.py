@@ -31,7 +31,7 @@ from governance.identifiers import digest_letters
 from governance.model_approvals import get_model, model_id, record_candidate
 from governance.schema import runs
 from linkage.linked_view import RowFilter, load_sources
-from linkage.person_index import read_link_map
+from linkage.person_index import pseudonyms_behind_bare_rows
 from pipeline.context import Context, Progress, quiet
 from pipeline.engines.dispatch import persons_scorer
 from pipeline.linked_copy import linked_copy
@@ -87,8 +87,7 @@ def use_filter(ctx: Context, purpose: str, on: dt.date,
     every pseudonym the person index gives that key: an opt-out covers a person's rows however
     they were linked."""
     judge = optouts.purpose_filter(ctx.engine, purpose, on, rules, register)
-    pairs = read_link_map(ctx.settings, columns=["person_key", "person_id"]).dropna(
-    ).drop_duplicates()
+    pairs = pseudonyms_behind_bare_rows(ctx.settings)  # not the whole map: issue #12
 
     def keep(frame: pd.DataFrame, source: str) -> pd.Series:
         mask = judge(frame, source)
