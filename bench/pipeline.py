@@ -118,7 +118,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--work", type=Path, default=None,
                         help="working folder (default: a new temporary folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the working folder (with the generated keys in keys.env, "
+                             "mode 0600, so stages can be run again by hand)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--until", default=None,
                         help="stop after this stage (e.g. link: on a shared machine the "
@@ -134,6 +136,12 @@ def main() -> None:
     env = {**os.environ, "HAVEN_HOME": str(home), **{
         f"HAVEN_KEY_{p.upper()}": f"b1:{base64.b64encode(secrets.token_bytes(32)).decode()}"
         for p in ("pseudonym", "linkage", "vault", "release")}}
+    if args.work is not None or args.keep:  # so a stage can be run again on this home by hand
+        keys_file = work / "keys.env"
+        keys_file.parent.mkdir(parents=True, exist_ok=True)
+        keys_file.touch(mode=0o600)
+        keys_file.write_text("".join(f"export {k}={v}\n" for k, v in env.items()
+                                     if k.startswith("HAVEN_KEY_")))
     env.pop("HAVEN_DATABASE_URL", None)
     env.pop("HAVEN_SETTINGS", None)
     tree = args.tree.resolve()
