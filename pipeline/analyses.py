@@ -2,12 +2,14 @@
 each run as a governed purpose, as scoring is (pipeline.score).
 
 Every analysis reads the linked, pseudonymised rows its purpose may use (the opt-outs in force
-now, `pipeline.score.use_filter`, recorded with the run), runs its stage (stratify.journeys,
-stratify.costs, stratify.segments), and writes under `runs/<run_id>/` (governance.layout
-`AnalysisFiles`): `records.parquet` (pseudonymised, record-level: for analysts) and
-`published.parquet` (the fixed tables, protected by governance.suppression with the rule in
-force when it ran: `pipeline.analysis_tables`). The run is recorded in the runs table with the
-extracts it used (so destruction voids it and removes its files) and audited.
+now, `pipeline.score.use_filter`, recorded with the run) through an on-disk copy for the run's
+span (`pipeline.linked_copy`, as scoring does: memory bounded by a batch and DuckDB's limit, not
+by the linked rows; only person-level results are held in pandas), runs its stage
+(stratify.journeys, stratify.costs, stratify.segments), and writes under `runs/<run_id>/`
+(governance.layout `AnalysisFiles`): `records.parquet` (pseudonymised, record-level: for
+analysts) and `published.parquet` (the fixed tables, protected by governance.suppression with
+the rule in force when it ran: `pipeline.analysis_tables`). The run is recorded in the runs
+table with the extracts it used (so destruction voids it and removes its files) and audited.
 
 Purpose: all three serve `commissioning` (planning and commissioning of services, beyond
 individual care), so the national data opt-out, type 1 objections (GP data) and council consent
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,7 +35,6 @@ from governance.identifiers import digest_letters
 from governance.policy_tables import policy_text
 from governance.schema import runs
 from governance.suppression import Rule
-from linkage.linked_view import load_sources
 from pipeline.analysis_tables import (
     SPEND_ROUNDING,
     TOTAL,
@@ -40,11 +43,13 @@ from pipeline.analysis_tables import (
     spend_beside,
 )
 from pipeline.context import Context, Progress, quiet
+from pipeline.linked_copy import linked_copy
 from pipeline.score import use_filter
 from pipeline.serving import ServingRun, optouts_applied, serving_run, withheld_person_keys
 from stratify import costs as costing
+from stratify.features import Sources
 from stratify.journeys import OUTCOMES_91, PATHWAYS, data_through, discharge_journeys
-from stratify.segments import SEGMENTS, assign_segments, parse_segments
+from stratify.segments import SEGMENTS, assign_segments, latest_practices, parse_segments
 from stratify.sources import add_months, extract_ids
 
 KINDS = ("journeys", "costs", "segments")
@@ -91,18 +96,21 @@ def segment_order(ctx: Context) -> list[str]:
     return parse_segments(policy_text(SEGMENT_TABLE, ctx.engine))
 
 
-def _read(ctx: Context, progress: Progress) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """The rows the purpose may use now, and what was applied (recorded with the run)."""
+@contextmanager
+def _reading(ctx: Context, progress: Progress) -> Iterator[tuple[Sources, dict[str, Any]]]:
+    """The rows the purpose may use now, as an on-disk copy for the run's span
+    (`pipeline.linked_copy`: memory bounded by a batch and DuckDB's limit, not by the linked
+    rows), and what was applied (recorded with the run)."""
     applied = optouts_applied(ctx.engine)
     progress(f"reading linked, pseudonymised data ({PURPOSE}; opt-outs in force on "
              f"{applied['in_force_on']})")
-    sources = load_sources(ctx.settings, ctx.engine, row_filter=use_filter(
-        ctx, PURPOSE, dt.date.fromisoformat(applied["in_force_on"]),
-        optouts.parse_coverage(applied["policy"]), applied["register"]))
-    if not any(len(frame) for frame in sources.values()):
-        raise NothingToAnalyse("nothing landed and linked to analyse: land extracts and run "
-                               "`haven link`")
-    return sources, applied
+    row_filter = use_filter(ctx, PURPOSE, dt.date.fromisoformat(applied["in_force_on"]),
+                            optouts.parse_coverage(applied["policy"]), applied["register"])
+    with linked_copy(ctx, row_filter, progress) as copy:
+        if not copy.rows:
+            raise NothingToAnalyse("nothing landed and linked to analyse: land extracts and "
+                                   "run `haven link`")
+        yield copy, applied
 
 
 def _places(ctx: Context) -> Geography:
@@ -115,17 +123,6 @@ def _with_places(frame: pd.DataFrame, places: Geography) -> pd.DataFrame:
     for level in ("pcn", "locality"):
         frame[level] = [places.unit(level, p) if p != UNKNOWN else UNKNOWN for p in practice]
     return frame
-
-
-def _practices(sources: dict[str, pd.DataFrame]) -> pd.Series:
-    """Each person's practice: the latest GP registration's (person_key -> code)."""
-    gp = sources.get("gp_patients")
-    if gp is None or not len(gp) or "gp_practice_code" not in gp:
-        return pd.Series(dtype=object)
-    order = gp.assign(_d=pd.to_datetime(gp["registration_date"], errors="coerce")).sort_values(
-        "_d", kind="stable")
-    last = order.dropna(subset=["gp_practice_code"]).groupby("person_key").last()
-    return last["gp_practice_code"].astype(str)
 
 
 def _tiers(ctx: Context) -> tuple[pd.Series, str | None]:
@@ -175,24 +172,25 @@ def _list_table(frame: pd.DataFrame, dimension: str, values: list[str] | None = 
     return table
 
 
-def _run_id(kind: str, label: str, sources: dict[str, pd.DataFrame]) -> str:
+def _run_id(kind: str, label: str, ids: dict[str, list[str]]) -> str:
     """`KIND-LABEL-` and a digest in letters (governance.identifiers: never a digit run the
     audit log would take for an NHS number)."""
-    digest = digest_letters(json.dumps(extract_ids(sources), sort_keys=True)
+    digest = digest_letters(json.dumps(ids, sort_keys=True)
                             + dt.datetime.now(dt.UTC).isoformat())
     return f"{kind}-{label}-{digest}"
 
 
-def _save(ctx: Context, kind: str, run_id: str, sources: dict[str, pd.DataFrame],
+def _save(ctx: Context, kind: str, label: str, ids: dict[str, list[str]],
           applied: dict[str, Any], records: pd.DataFrame, tables: dict[str, pd.DataFrame],
           summary: dict[str, Any], progress: Progress) -> AnalysisResult:
     """Write the run's files, record it in the runs table and audit it, in that order (the
-    run is listed only once its files are there)."""
+    run is listed only once its files are there). `ids`: the extracts the rows came from."""
+    run_id = _run_id(kind, label, ids)
     files = ctx.settings.layout.analysis(run_id)
     files.folder.mkdir(parents=True, exist_ok=True)
     records.to_parquet(files.records, index=False)
     _long(tables).to_parquet(files.published, index=False)
-    used = sorted({e for ids in extract_ids(sources).values() for e in ids})
+    used = sorted({e for found in ids.values() for e in found})
     summary = {**summary, "kind": kind, "purpose": PURPOSE, "rows": int(len(records)),
                "optouts": applied}
     files.description.write_text(json.dumps({"run_id": run_id, **summary}, indent=1,
@@ -239,7 +237,16 @@ def run_journeys(ctx: Context, at: dt.date, months: int = 12,
     """Journeys after every discharge of a person 65+ in the `months` before `at`."""
     if not 1 <= months <= 60:
         raise ValueError("journeys: --months must be from 1 to 60")
-    sources, applied = _read(ctx, progress)
+    with _reading(ctx, progress) as (sources, applied):
+        records, tables, summary = _journeys(ctx, sources, at, months, progress)
+        ids = extract_ids(sources)
+    return _save(ctx, "journeys", at.isoformat(), ids, applied, records, tables, summary,
+                 progress)
+
+
+def _journeys(ctx: Context, sources: Sources, at: dt.date, months: int, progress: Progress
+              ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
+    """The journeys run's records, published tables and summary from `sources`."""
     start = add_months(at, -months)
     through = data_through(sources)
     progress(f"discharges of people 65+ from {start} to {at - dt.timedelta(days=1)}; "
@@ -256,16 +263,24 @@ def run_journeys(ctx: Context, at: dt.date, months: int = 12,
                "pathways": {k: int(v) for k, v in counts.items()},
                "ascof_2b_at_home_91d": None if not len(ascof) else
                round(float(ascof["at_home_91d"].astype(bool).mean()), 4)}
-    return _save(ctx, "journeys", _run_id("journeys", at.isoformat(), sources), sources,
-                 applied, records, tables, summary, progress)
+    return records, tables, summary
 
 
 # ------------------------------------------------------------------------------ costs
 def run_costs(ctx: Context, year: int, progress: Progress = quiet) -> AnalysisResult:
     """Each person's spend by setting in the financial year from April `year`, with spend by
     tier, segment, practice, PCN and discharge pathway, and the top spenders' share."""
+    costing.financial_year(year)  # a wrong year is refused before anything is read
+    with _reading(ctx, progress) as (sources, applied):
+        records, tables, summary = _costs(ctx, sources, year, progress)
+        ids = extract_ids(sources)
+    return _save(ctx, "costs", str(year), ids, applied, records, tables, summary, progress)
+
+
+def _costs(ctx: Context, sources: Sources, year: int, progress: Progress
+           ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
+    """The costs run's records, published tables and summary from `sources`."""
     start, end = costing.financial_year(year)
-    sources, applied = _read(ctx, progress)
     prices = unit_costs(ctx)
     progress(f"pricing activity from {start} to {end - dt.timedelta(days=1)} with the unit "
              f"cost table in force")
@@ -277,7 +292,8 @@ def run_costs(ctx: Context, year: int, progress: Progress = quiet) -> AnalysisRe
     records = spend.reset_index()
     records["segment"] = segments.reindex(records["person_key"]).to_numpy()
     records["tier"] = tiers.reindex(records["person_key"]).fillna(UNKNOWN).to_numpy()
-    records["gp_practice_code"] = _practices(sources).reindex(records["person_key"]).to_numpy()
+    records["gp_practice_code"] = latest_practices(sources).reindex(
+        records["person_key"]).to_numpy()
     records = _with_places(records, places)
     progress(f"spend before and after each discharge pathway of the year ({len(records):,} "
              "persons priced)")
@@ -293,8 +309,7 @@ def run_costs(ctx: Context, year: int, progress: Progress = quiet) -> AnalysisRe
                "top_5pct_share": round(costing.top_share(total, 0.05), 4),
                "by_setting": {s: round(float(records[s].sum()), 2) for s in costing.SETTINGS},
                "tiers_from": tier_run}
-    return _save(ctx, "costs", _run_id("costs", str(year), sources), sources, applied,
-                 records, tables, summary, progress)
+    return records, tables, summary
 
 
 def cost_tables(records: pd.DataFrame, around: pd.DataFrame, rule: Rule,
@@ -352,7 +367,16 @@ def _coarse_mean(values: pd.Series) -> int:
 def run_segments(ctx: Context, at: dt.date, progress: Progress = quiet) -> AnalysisResult:
     """Everyone alive and registered at `at` in one segment, with the share of persons and of
     the 12 months' spend before `at` in each segment by practice and PCN, beside the tiers."""
-    sources, applied = _read(ctx, progress)
+    with _reading(ctx, progress) as (sources, applied):
+        records, tables, summary = _segments(ctx, sources, at, progress)
+        ids = extract_ids(sources)
+    return _save(ctx, "segments", at.isoformat(), ids, applied, records, tables, summary,
+                 progress)
+
+
+def _segments(ctx: Context, sources: Sources, at: dt.date, progress: Progress
+              ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
+    """The segments run's records, published tables and summary from `sources`."""
     progress(f"segments at {at} by the segment table in force")
     found = assign_segments(sources, at, order=segment_order(ctx))
     windows = pd.DataFrame({"window": range(len(found)), "person_key": found["person_key"],
@@ -364,14 +388,14 @@ def run_segments(ctx: Context, at: dt.date, progress: Progress = quiet) -> Analy
     records["spend_12m"] = spent.set_index("window")["total"].reindex(
         range(len(found))).to_numpy()
     records["tier"] = tiers.reindex(records["person_key"]).fillna(UNKNOWN).to_numpy()
-    records["gp_practice_code"] = _practices(sources).reindex(records["person_key"]).to_numpy()
+    records["gp_practice_code"] = latest_practices(sources).reindex(
+        records["person_key"]).to_numpy()
     records = _with_places(records, places)
     tables = segment_tables(records, Rule.load(engine=ctx.engine), places)
     counts = records["segment"].value_counts().reindex(list(SEGMENTS), fill_value=0)
     summary = {"at": at.isoformat(), "persons": int(len(records)),
                "segments": {k: int(v) for k, v in counts.items()}, "tiers_from": tier_run}
-    return _save(ctx, "segments", _run_id("segments", at.isoformat(), sources), sources,
-                 applied, records, tables, summary, progress)
+    return records, tables, summary
 
 
 def segment_tables(records: pd.DataFrame, rule: Rule, places: Geography

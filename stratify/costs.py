@@ -5,7 +5,8 @@ with its source and price year), except social care packages, which carry their 
 `weekly_cost` where the council sent one. `spend_in_windows(sources, windows, unit_costs)`
 prices every person's activity inside arbitrary windows (one per person and year for
 `person_costs`, one before and one after each discharge for the pathway comparison); the work
-is set-based SQL in DuckDB over `stratify.features.connect`'s typed views.
+is set-based SQL in DuckDB over `stratify.features.connect`'s typed views, so `sources` may be
+the frames or an on-disk copy (`stratify.features.OnDisk`) larger than memory.
 
 Settings (the columns): emergency, elective and other admissions (by method; a spell's cost is
 its base cost plus excess bed days beyond the trim point, counted on its admission date),
@@ -23,8 +24,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from stratify.features import _in, connect
-from stratify.sources import ELECTIVE_METHODS, EMERGENCY_METHODS
+from stratify.features import Sources, _in, connect
+from stratify.sources import COLUMNS, ELECTIVE_METHODS, EMERGENCY_METHODS
 
 SETTINGS = ("emergency_admissions", "elective_admissions", "other_admissions", "ae",
             "outpatients", "community", "prescribing", "social_care")
@@ -86,7 +87,7 @@ def financial_year(year: int) -> tuple[dt.date, dt.date]:
     return dt.date(year, 4, 1), dt.date(year + 1, 4, 1)
 
 
-def spend_in_windows(sources: dict[str, pd.DataFrame], windows: pd.DataFrame,
+def spend_in_windows(sources: Sources, windows: pd.DataFrame,
                      unit_costs: Mapping[str, float], threads: int | None = None
                      ) -> pd.DataFrame:
     """Spend by setting inside each window: `windows` has `window` (an id), `person_key`,
@@ -178,7 +179,7 @@ def _priced_sql(unit: Mapping[str, float]) -> str:
     """
 
 
-def person_costs(sources: dict[str, pd.DataFrame], year: int,
+def person_costs(sources: Sources, year: int,
                  unit_costs: Mapping[str, float], persons: pd.Index | None = None,
                  threads: int | None = None) -> pd.DataFrame:
     """Each person's spend by setting in financial year `year` (April to March): one row per
@@ -186,17 +187,27 @@ def person_costs(sources: dict[str, pd.DataFrame], year: int,
     `person_key`, columns `SETTINGS` and `total`."""
     start, end = financial_year(year)
     if persons is None:
-        keys: set[str] = set()
-        for frame in sources.values():
-            if frame is not None and "person_key" in frame.columns:
-                keys.update(frame["person_key"].dropna().astype(str))
-        persons = pd.Index(sorted(keys))
+        persons = everyone(sources)
     windows = pd.DataFrame({"window": np.arange(len(persons)),
                             "person_key": persons.astype(str), "start": start, "end": end})
     spent = spend_in_windows(sources, windows, unit_costs, threads)
     spent.index = pd.Index(windows["person_key"].to_numpy()[spent["window"].to_numpy()],
                            name="person_key")
     return spent.drop(columns="window").sort_index()
+
+
+def everyone(sources: Sources) -> pd.Index:
+    """Every person key found in any source, sorted (read in SQL over
+    `stratify.features.connect`: frames or an on-disk copy)."""
+    union = " UNION ".join(f"SELECT CAST(person_key AS VARCHAR) AS k FROM v_{name}"
+                           for name in COLUMNS)
+    con = connect(sources)
+    try:
+        keys = con.execute(f"SELECT DISTINCT k FROM ({union}) WHERE k IS NOT NULL"
+                           ).fetchnumpy()["k"]
+    finally:
+        con.close()
+    return pd.Index(sorted(str(k) for k in keys))
 
 
 def top_share(total: pd.Series, share: float) -> float:
@@ -210,7 +221,7 @@ def top_share(total: pd.Series, share: float) -> float:
     return float(values[:top].sum() / values.sum())
 
 
-def around_discharges(sources: dict[str, pd.DataFrame], journeys: pd.DataFrame,
+def around_discharges(sources: Sources, journeys: pd.DataFrame,
                       unit_costs: Mapping[str, float], days: int = 365,
                       threads: int | None = None) -> pd.DataFrame:
     """Spend in the `days` before each journey's admission and the `days` after its

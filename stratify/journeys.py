@@ -2,7 +2,8 @@
 what followed (issue #14 part 1; rules and their sources in docs/analyses.md).
 
 `discharge_journeys(sources, start, end)` returns one row per discharge in `[start, end)` from
-the linked, pseudonymised frames (`linkage.linked_view.load_sources`): the discharge-to-assess
+the linked, pseudonymised rows (`linkage.linked_view.load_sources`' frames, or the on-disk copy
+of `pipeline.linked_copy`): the discharge-to-assess
 pathway (0 home with no new support, 1 home with new support starting within 14 days,
 2 bedded intermediate care or community hospital, 3 residential or nursing care), death in
 hospital, and the outcomes: emergency readmission within 30 and 91 days, at home 91 days after
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+import duckdb
 import pandas as pd
 
-from stratify.features import _in, connect
+from stratify.features import Sources, _in, connect
 from stratify.sources import DIED_DESTINATION, ELECTIVE_METHODS, EMERGENCY_METHODS
 
 MIN_AGE = 65
@@ -48,30 +50,39 @@ def _days(n: int) -> str:
     return f"INTERVAL {int(n)} DAY"
 
 
-def data_through(sources: dict[str, pd.DataFrame]) -> dt.date | None:
-    """The last day hospital records reach (latest admission or discharge), None without any."""
-    frame = sources.get("apc")
-    if frame is None or not len(frame):
-        return None
-    days = pd.concat([pd.to_datetime(frame[c], errors="coerce")
-                      for c in ("admission_date", "discharge_date") if c in frame.columns])
-    last = days.max()
-    return None if pd.isna(last) else last.date()
+def data_through(sources: Sources) -> dt.date | None:
+    """The last day hospital records reach (latest admission or discharge), None without any.
+    `sources`: frames or an on-disk copy (`stratify.features.OnDisk`); read in SQL, so the
+    rows are never held in memory."""
+    con = connect(sources)
+    try:
+        return data_through_on(con)
+    finally:
+        con.close()
 
 
-def discharge_journeys(sources: dict[str, pd.DataFrame], start: dt.date, end: dt.date,
+def data_through_on(con: duckdb.DuckDBPyConnection) -> dt.date | None:
+    """`data_through` on a connection made by `stratify.features.connect`."""
+    last = con.execute("""SELECT max(d) FROM (
+        SELECT admission_date AS d FROM v_apc UNION ALL SELECT discharge_date FROM v_apc)
+    """).fetchone()[0]
+    return None if last is None else pd.Timestamp(last).date()
+
+
+def discharge_journeys(sources: Sources, start: dt.date, end: dt.date,
                        through: dt.date | None = None, threads: int | None = None
                        ) -> pd.DataFrame:
     """One row per discharge in `[start, end)` of a person aged 65+ (columns `COLUMNS`).
 
     `through` is the last day the data can show an outcome (default: `data_through`); an
     outcome whose window ends after it is null. ValueError when `end` is not after `start`.
+    `sources`: frames or an on-disk copy (`stratify.features.OnDisk`).
     """
     if end <= start:
         raise ValueError("journeys: the period's end must be after its start")
-    through = through or data_through(sources) or end
     con = connect(sources, threads)
     try:
+        through = through or data_through_on(con) or end
         for sql in _sql(start, end, through):
             con.execute(sql)
         frame = con.execute(f"SELECT {', '.join(COLUMNS)} FROM journeys "

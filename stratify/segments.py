@@ -15,10 +15,11 @@ import csv
 import datetime as dt
 import io
 
+import duckdb
 import numpy as np
 import pandas as pd
 
-from stratify.features import build_features
+from stratify.features import Sources, _in, _ts, connect, features_from
 from stratify.sources import add_months
 
 SEGMENTS = ("end_of_life", "frailty", "limited_reserve", "serious_stable", "stable_chronic",
@@ -90,32 +91,60 @@ def segment_rules(features: pd.DataFrame, maternity: pd.Series) -> dict[str, np.
     }
 
 
-def _maternity(sources: dict[str, pd.DataFrame], at: dt.date) -> pd.Series:
-    apc = sources.get("apc")
-    if apc is None or not len(apc):
-        return pd.Series(dtype=bool)
-    day = pd.to_datetime(apc["admission_date"], errors="coerce")
-    hit = (apc["admission_method"].astype(str).isin(MATERNITY_METHODS)
-           & (day >= pd.Timestamp(add_months(at, -12))) & (day < pd.Timestamp(at)))
-    keys = apc.loc[hit.to_numpy(), "person_key"].astype(str).unique()
-    return pd.Series(True, index=pd.Index(keys))
+def maternity(con: duckdb.DuckDBPyConnection, at: dt.date) -> pd.Series:
+    """True for each person with a maternity admission (method 31 or 32) in the 12 months
+    before `at`, on a connection made by `stratify.features.connect` (read in SQL: the
+    hospital rows are never held in memory)."""
+    keys = con.execute(f"""
+        SELECT DISTINCT CAST(person_key AS VARCHAR) AS person_key FROM v_apc
+        WHERE person_key IS NOT NULL AND admission_method IN {_in(MATERNITY_METHODS)}
+        AND admission_date >= {_ts(add_months(at, -12))} AND admission_date < {_ts(at)}
+        ORDER BY person_key
+    """).fetchnumpy()["person_key"]
+    return pd.Series(True, index=pd.Index(np.asarray(keys, dtype=object)), dtype=bool)
 
 
-def assign_segments(sources: dict[str, pd.DataFrame], at: dt.date,
+def latest_practices(sources: Sources) -> pd.Series:
+    """Each person's practice: the latest GP registration's (person_key -> code), a
+    registration without a date counting as the latest, as a stable sort by date would put
+    it; among registrations on one day, the greatest code. Read in SQL over
+    `stratify.features.connect` (frames or an on-disk copy)."""
+    con = connect(sources)
+    try:
+        found = con.execute("""
+            SELECT CAST(person_key AS VARCHAR) AS person_key, gp_practice_code
+            FROM v_gp_patients WHERE person_key IS NOT NULL AND gp_practice_code IS NOT NULL
+            QUALIFY row_number() OVER (PARTITION BY person_key
+                ORDER BY registration_date DESC NULLS FIRST, gp_practice_code DESC) = 1
+            ORDER BY person_key
+        """).fetchnumpy()
+    finally:
+        con.close()
+    return pd.Series(np.asarray(found["gp_practice_code"], dtype=object).astype(str),
+                     index=pd.Index(np.asarray(found["person_key"], dtype=object),
+                                    name="person_key"), dtype=object, name="gp_practice_code")
+
+
+def assign_segments(sources: Sources, at: dt.date,
                     order: list[str] | None = None,
                     features: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per person alive and registered at `at`: `person_key`, `segment` (the first
     of `order`, default the shipped table's, whose rule holds), plus `age` for tables.
-    `features` may be passed when already built for `at` (else `build_features`)."""
+    `features` may be passed when already built for `at` (else `build_features`).
+    `sources`: frames or an on-disk copy (`stratify.features.OnDisk`), read on one connection."""
     if order is None:
         from policies import POLICIES_DIR
 
         order = parse_segments((POLICIES_DIR / "segments.csv").read_text(encoding="utf-8"))
     if sorted(order) != sorted(SEGMENTS):
         raise ValueError("segments: the order must name every segment once")
-    if features is None:
-        features = build_features(sources, at)
-    rules = segment_rules(features, _maternity(sources, at))
+    con = connect(sources)
+    try:
+        if features is None:
+            features = features_from(con, at)
+        rules = segment_rules(features, maternity(con, at))
+    finally:
+        con.close()
     chosen = np.full(len(features), "", dtype=object)
     for name in reversed(order):  # the first rule that holds is written last
         chosen = np.where(rules[name], name, chosen)

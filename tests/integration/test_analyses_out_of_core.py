@@ -1,0 +1,213 @@
+"""Journeys, costs and segments out of core (issue #12): the pipeline reads the linked rows
+through the on-disk copy (`pipeline.linked_copy`, as scoring does) and must give exactly what
+the in-memory path it replaced gave: every linked row as pandas frames (`load_sources`) with
+the pandas helpers of that time (kept below as the reference: `old_*`). The same records, the
+same published tables and the same summaries on a small synthetic population; the working
+copy never outlives the run; and each helper moved into SQL equals its pandas original, on
+the frames and on the copy."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from governance import optouts
+from linkage.linked_view import load_sources
+from pipeline import analyses
+from pipeline.land import land
+from pipeline.link import link
+from pipeline.linked_copy import linked_copy
+from pipeline.score import use_filter
+from pipeline.serving import optouts_applied
+from stratify import costs, features, journeys, segments
+from stratify.sources import add_months
+from synth import generate
+
+pytestmark = pytest.mark.parametrize("backend", [""])
+PERSONS = 600
+JOURNEY_MONTHS = 24  # enough discharges of persons 65+ to fill the tables
+
+
+# ------------------------------------------------------------------ the pandas it replaced
+def old_data_through(sources: dict[str, pd.DataFrame]) -> dt.date | None:
+    frame = sources.get("apc")
+    if frame is None or not len(frame):
+        return None
+    days = pd.concat([pd.to_datetime(frame[c], errors="coerce")
+                      for c in ("admission_date", "discharge_date") if c in frame.columns])
+    last = days.max()
+    return None if pd.isna(last) else last.date()
+
+
+def old_practices(sources: dict[str, pd.DataFrame]) -> pd.Series:
+    gp = sources.get("gp_patients")
+    if gp is None or not len(gp) or "gp_practice_code" not in gp:
+        return pd.Series(dtype=object)
+    order = gp.assign(_d=pd.to_datetime(gp["registration_date"], errors="coerce")).sort_values(
+        "_d", kind="stable")
+    last = order.dropna(subset=["gp_practice_code"]).groupby("person_key").last()
+    return last["gp_practice_code"].astype(str)
+
+
+def old_maternity(sources: dict[str, pd.DataFrame], at: dt.date) -> pd.Series:
+    apc = sources.get("apc")
+    if apc is None or not len(apc):
+        return pd.Series(dtype=bool)
+    day = pd.to_datetime(apc["admission_date"], errors="coerce")
+    hit = (apc["admission_method"].astype(str).isin(segments.MATERNITY_METHODS)
+           & (day >= pd.Timestamp(add_months(at, -12))) & (day < pd.Timestamp(at)))
+    keys = apc.loc[hit.to_numpy(), "person_key"].astype(str).unique()
+    return pd.Series(True, index=pd.Index(keys))
+
+
+def old_everyone(sources: dict[str, pd.DataFrame]) -> pd.Index:
+    keys: set[str] = set()
+    for frame in sources.values():
+        if frame is not None and "person_key" in frame.columns:
+            keys.update(frame["person_key"].dropna().astype(str))
+    return pd.Index(sorted(keys))
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def extracts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dt.date]:
+    out = tmp_path_factory.mktemp("synth")
+    generate(PERSONS, 5, out, progress=False)
+    meta = json.loads((out / "truth" / "meta.json").read_text())
+    return out, dt.date.fromisoformat(meta["score_date"])
+
+
+def _linked(haven, extracts) -> dt.date:
+    folder, at = extracts
+    assert all(r.status == "landed" for r in land(haven, folder))
+    link(haven)
+    return at
+
+
+def _filter(haven):
+    """The rows commissioning may use now (the opt-outs in force), as the old `_read` did."""
+    applied = optouts_applied(haven.engine)
+    return use_filter(haven, analyses.PURPOSE, dt.date.fromisoformat(applied["in_force_on"]),
+                      optouts.parse_coverage(applied["policy"]), applied["register"])
+
+
+def _frames(haven) -> dict[str, pd.DataFrame]:
+    """What the old `_read` read: every linked row commissioning may use, in memory."""
+    return load_sources(haven.settings, haven.engine, row_filter=_filter(haven))
+
+
+def _outputs(haven, result: analyses.AnalysisResult) -> tuple[pd.DataFrame, pd.DataFrame]:
+    files = haven.settings.layout.analysis(result.run_id)
+    return pd.read_parquet(files.records), pd.read_parquet(files.published)
+
+
+def _run(haven, kind: str, at: dt.date) -> analyses.AnalysisResult:
+    if kind == "journeys":
+        return analyses.run_journeys(haven, at, months=JOURNEY_MONTHS)
+    if kind == "costs":
+        return analyses.run_costs(haven, at.year - 1)
+    return analyses.run_segments(haven, at)
+
+
+# ------------------------------------------------------------------ the pipeline
+def test_each_analysis_out_of_core_equals_the_in_memory_path(haven, extracts, backend,
+                                                             monkeypatch):
+    at = _linked(haven, extracts)
+    copies: list[int] = []
+    real_copy = analyses.linked_copy
+
+    @contextmanager
+    def counted(*args, **kwargs) -> Iterator[features.OnDisk]:
+        with real_copy(*args, **kwargs) as copy:
+            copies.append(copy.rows)
+            yield copy
+
+    monkeypatch.setattr(analyses, "linked_copy", counted)
+    got = {kind: _run(haven, kind, at) for kind in analyses.KINDS}
+    assert len(copies) == 3 and all(rows > 10_000 for rows in copies)  # read from the copy
+    assert not any(haven.settings.layout.scratch_dir.iterdir())  # and the copy is gone
+
+    # The in-memory path as it was: frames from load_sources and the pandas helpers.
+    frames = _frames(haven)
+
+    @contextmanager
+    def in_memory(ctx, progress) -> Iterator[tuple[dict[str, pd.DataFrame], dict]]:
+        yield frames, optouts_applied(ctx.engine)
+
+    monkeypatch.setattr(analyses, "_reading", in_memory)
+    monkeypatch.setattr(analyses, "data_through", old_data_through)
+    monkeypatch.setattr(analyses, "latest_practices", old_practices)
+    monkeypatch.setattr(segments, "maternity", lambda con, day: old_maternity(frames, day))
+    want = {kind: _run(haven, kind, at) for kind in analyses.KINDS}
+
+    for kind in analyses.KINDS:
+        got_records, got_published = _outputs(haven, got[kind])
+        want_records, want_published = _outputs(haven, want[kind])
+        assert len(got_records) == len(want_records) > 40, kind
+        pd.testing.assert_frame_equal(got_records, want_records, check_exact=False,
+                                      rtol=1e-12, obj=f"{kind} records")
+        pd.testing.assert_frame_equal(got_published, want_published,
+                                      obj=f"{kind} published tables")
+        assert got[kind].summary == want[kind].summary, kind
+        assert got[kind].rows == want[kind].rows
+    assert got["segments"].summary["segments"]["maternal_infant"] > 0  # maternity was read
+    assert got["costs"].summary["spend"] > 0
+    assert got["journeys"].summary["through"] == str(old_data_through(frames))
+
+
+def test_nothing_linked_is_refused_and_leaves_no_copy(haven, backend):
+    link(haven)
+    with pytest.raises(analyses.NothingToAnalyse, match="nothing landed and linked"):
+        analyses.run_segments(haven, dt.date(2025, 4, 1))
+    assert not any(haven.settings.layout.scratch_dir.iterdir())
+
+
+# ------------------------------------------------------------------ the helpers
+def test_the_helpers_moved_into_sql_equal_their_pandas_originals(haven, extracts, backend):
+    at = _linked(haven, extracts)
+    frames = _frames(haven)
+    with linked_copy(haven, _filter(haven)) as copy:
+        for sources in (frames, copy):
+            assert journeys.data_through(sources) == old_data_through(frames) is not None
+            practices, old = segments.latest_practices(sources), old_practices(frames)
+            assert len(practices) > PERSONS // 2
+            pd.testing.assert_series_equal(practices, old.sort_index(), check_names=False)
+            con = features.connect(sources)
+            try:
+                for day in (at, add_months(at, 12)):
+                    found = segments.maternity(con, day)
+                    assert sorted(found.index) == sorted(old_maternity(frames, day).index)
+                assert len(segments.maternity(con, add_months(at, 12))) > 0
+            finally:
+                con.close()
+            assert list(costs.everyone(sources)) == list(old_everyone(frames))
+
+
+def test_latest_practice_rule_on_hand_made_registrations(backend) -> None:
+    """The latest registration's practice; one without a date counts as latest (a stable
+    sort put it last); a registration with no practice code is passed over."""
+    gp = pd.DataFrame({
+        "person_key": ["A", "A", "B", "B", "C", "C", "D"],
+        "registration_date": ["2020-01-01", "2023-05-01", "2021-01-01", None, "2019-01-01",
+                              "2024-01-01", "2022-02-02"],
+        "gp_practice_code": ["Y1", "Y2", "Y3", "Y4", "Y5", None, None]})
+    frames = {"gp_patients": gp}
+    want = old_practices(frames)
+    got = segments.latest_practices(frames)
+    assert got.to_dict() == want.to_dict() == {"A": "Y2", "B": "Y4", "C": "Y5"}
+    assert segments.latest_practices({}).empty and journeys.data_through({}) is None
+    apc = pd.DataFrame({"person_key": ["A", "B"], "admission_date": ["2024-01-01", "bad"],
+                        "discharge_date": [None, "2024-03-02"], "admission_method": "31"})
+    assert journeys.data_through({"apc": apc}) == old_data_through({"apc": apc}) \
+        == dt.date(2024, 3, 2)
+    con = features.connect({"apc": apc})
+    try:
+        assert list(segments.maternity(con, dt.date(2024, 6, 1)).index) == ["A"]
+    finally:
+        con.close()
