@@ -242,6 +242,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         # Nothing left (every extract destroyed): an empty map is written, never the old one.
         combined = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(
             len(p) for p in parts) else MAP_SCHEMA.empty_table().to_pandas()
+        del parts, current  # the parts are in `combined` now: not held twice
         combined = _link_clients(combined)
         # Rows worth (re)trying: those of new extracts, those whose link rested on a destroyed
         # extract, and, when the registers changed, every row still unlinked.
@@ -369,15 +370,19 @@ def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.Data
     review = matches[matches["band"] == "review"]
     links = matches[matches["band"] == "link"].sort_values("weight", ascending=False)
     links = links.drop_duplicates("query")
-    position = pd.MultiIndex.from_frame(frame[["extract_id", "row"]])
+    # Every query row is a row to do: look positions up among those, not the whole map (a
+    # MultiIndex of 50M rows was gigabytes at a million persons).
+    pending = frame.loc[todo, ["extract_id", "row"]]
+    position = pd.MultiIndex.from_frame(pending)
     target = pd.MultiIndex.from_frame(query.loc[links["query"], ["extract_id", "row"]])
     where = position.get_indexer(target)
     ok = where >= 0
-    frame.loc[frame.index[where[ok]], "person_id"] = profile.loc[
+    at = pending.index[where[ok]]
+    frame.loc[at, "person_id"] = profile.loc[
         links["profile"].to_numpy()[ok], "person_id"].to_numpy(dtype=object)
-    frame.loc[frame.index[where[ok]], "method"] = "probabilistic"
-    frame.loc[frame.index[where[ok]], "weight"] = links["weight"].to_numpy()[ok]
-    frame.loc[frame.index[where[ok]], "via_extract"] = profile.loc[
+    frame.loc[at, "method"] = "probabilistic"
+    frame.loc[at, "weight"] = links["weight"].to_numpy()[ok]
+    frame.loc[at, "via_extract"] = profile.loc[
         links["profile"].to_numpy()[ok], "extract_id"].to_numpy(dtype=object)
     review_out = pd.DataFrame({
         "query_extract": query.loc[review["query"], "extract_id"].to_numpy(),
