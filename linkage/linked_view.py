@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,13 +68,23 @@ def linked_batches(settings: Settings, engine: Engine, row_filter: RowFilter | N
             continue
         keys = pq.read_table(link_path, columns=["row", "person_key"],
                              filters=[("extract_id", "=", item.extract_id)])
+        # Looked up by binary search on the slice sorted by row: a hash join per batch
+        # rebuilt its table from the whole slice every batch (quadratic in the extract).
+        keys = keys.sort_by("row")
+        numbers = keys.column("row").to_numpy()
+        person_keys = keys.column("person_key")
         path = settings.layout.rows(item.extract_id)
         names = [n for n in pq.read_schema(path).names if not n.startswith("lk_")]
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=names):
             table = pa.Table.from_batches([batch])
+            wanted = table.column("row").to_numpy()
+            at = np.minimum(np.searchsorted(numbers, wanted), max(len(numbers) - 1, 0))
+            found = (numbers[at] == wanted) if len(numbers) else np.zeros(len(wanted), bool)
+            table = table.filter(pa.array(found)).append_column(
+                "person_key", person_keys.take(pa.array(at[found])))
             table = table.append_column("sender", pa.array([item.sender] * table.num_rows,
                                                            pa.string()))
-            frame = table.join(keys, keys="row", join_type="inner").to_pandas()
+            frame = table.to_pandas()
             if row_filter is not None and len(frame):
                 frame = frame[row_filter(frame, source).to_numpy()]
             if len(frame):
