@@ -519,8 +519,11 @@ def build_features(sources: dict[str, pd.DataFrame], at: dt.date,
 
 
 def features_from(con: duckdb.DuckDBPyConnection, at: dt.date,
-                  lookback_months: int | None = None) -> pd.DataFrame:
-    """`build_features` on a connection made by `connect` (reused for several dates)."""
+                  lookback_months: int | None = None,
+                  columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """`build_features` on a connection made by `connect` (reused for several dates).
+    `columns`: fetch only these features (in `NAMES` order), e.g. the few segment rules read,
+    so a whole population's 126 columns are never held in memory for them."""
     for table in ("features_out", "pop", "f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds",
                   "f_sc", "f_community", "dx", "ltc_first", "f_ltc", "f_cci", "f_hfrs",
                   *HISTORY_TABLES):
@@ -533,9 +536,12 @@ def features_from(con: duckdb.DuckDBPyConnection, at: dt.date,
     # Materialise in person_key order (row order feeds model fitting, so it must not vary),
     # then fetch column arrays: much faster than a row-wise DataFrame conversion.
     con.execute(f"CREATE OR REPLACE TEMP TABLE features_out AS {_final_sql()}")
-    arrays = con.execute("SELECT * FROM features_out").fetchnumpy()
+    chosen = set(NAMES if columns is None else columns)
+    wanted = [name for name in NAMES if name in chosen]
+    arrays = con.execute(f"SELECT {', '.join(['person_key', *wanted])} FROM features_out"
+                         ).fetchnumpy()
     keys = np.asarray(arrays.pop("person_key"), dtype=object)
-    columns = {name: np.ma.asarray(arrays[name]).astype(np.float32).filled(np.nan)
-               for name in NAMES}
+    data = {name: np.ma.asarray(arrays.pop(name)).astype(np.float32).filled(np.nan)
+            for name in wanted}
     index = pd.Index(keys, name="person_key", dtype=object)
-    return pd.DataFrame(columns, index=index, copy=False)
+    return pd.DataFrame(data, index=index, copy=False)

@@ -29,6 +29,10 @@ ORGAN_FAILURE = ("heart_failure", "copd", "ckd", "liver_disease")
 SERIOUS = ("smi", "stroke", "parkinsons")
 MATERNITY_METHODS = ("31", "32")
 HFRS_INTERMEDIATE = 5.0
+# The features the rules read (`segment_rules`): only these are fetched for a population.
+RULE_FEATURES = ("age", "emergency_admissions_12m", "ae_attendances_12m", "hfrs", "ltc_count",
+                 "sc_care_home", "ltc_cancer", "ltc_dementia",
+                 *(f"ltc_{c}" for c in ORGAN_FAILURE + SERIOUS))
 
 
 def parse_segments(text: str) -> list[str]:
@@ -130,7 +134,7 @@ def assign_segments(sources: Sources, at: dt.date,
                     features: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per person alive and registered at `at`: `person_key`, `segment` (the first
     of `order`, default the shipped table's, whose rule holds), plus `age` for tables.
-    `features` may be passed when already built for `at` (else `build_features`).
+    `features` may be passed when already built for `at` (else those of `RULE_FEATURES`).
     `sources`: frames or an on-disk copy (`stratify.features.OnDisk`), read on one connection."""
     if order is None:
         from policies import POLICIES_DIR
@@ -141,7 +145,7 @@ def assign_segments(sources: Sources, at: dt.date,
     con = connect(sources)
     try:
         if features is None:
-            features = features_from(con, at)
+            features = features_from(con, at, columns=RULE_FEATURES)
         rules = segment_rules(features, maternity(con, at))
     finally:
         con.close()

@@ -187,6 +187,16 @@ def test_the_helpers_moved_into_sql_equal_their_pandas_originals(haven, extracts
             finally:
                 con.close()
             assert list(costs.everyone(sources)) == list(old_everyone(frames))
+    # Segments fetch only the features their rules read: the same values as the whole set.
+    whole = features.build_features(frames, at)
+    con = features.connect(frames)
+    try:
+        some = features.features_from(con, at, columns=segments.RULE_FEATURES)
+    finally:
+        con.close()
+    assert list(some.columns) == [c for c in whole.columns if c in segments.RULE_FEATURES]
+    pd.testing.assert_frame_equal(some, whole[list(some.columns)])
+    assert len(some.columns) == len(segments.RULE_FEATURES) < len(whole.columns)
 
 
 def test_latest_practice_rule_on_hand_made_registrations(backend) -> None:
