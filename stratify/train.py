@@ -96,11 +96,27 @@ def stable_order(X: pd.DataFrame, y: np.ndarray) -> np.ndarray:
     Rows are sorted by two independent 64-bit hashes of (features, outcome); rows with equal
     hashes are identical (but for a 2^-128 chance) and so interchangeable for any model.
     """
-    frame = pd.DataFrame(X.to_numpy(dtype=np.float64, na_value=np.nan), copy=False)
-    frame["outcome"] = np.asarray(y, dtype=np.float64)
-    first = pd.util.hash_pandas_object(frame, index=False, hash_key="haven-order-0001")
-    second = pd.util.hash_pandas_object(frame, index=False, hash_key="haven-order-0002")
-    return np.lexsort((second.to_numpy(), first.to_numpy()))
+    first = _row_hashes(X, y, "haven-order-0001")
+    second = _row_hashes(X, y, "haven-order-0002")
+    return np.lexsort((second, first))
+
+
+def _row_hashes(X: pd.DataFrame, y: np.ndarray, hash_key: str) -> np.ndarray:
+    """`pd.util.hash_pandas_object(frame, index=False, hash_key=...)` of X's columns and the
+    outcome as float64, one column at a time (a float64 copy of X was a gigabyte at a million
+    persons): pandas' own combination of column hashes (CPython's tuple hash), repeated."""
+    count = X.shape[1] + 1
+    out = np.full(len(X), 0x345678, dtype=np.uint64)
+    mult = np.uint64(1000003)
+    for i in range(count):
+        values = (X.iloc[:, i].to_numpy(dtype=np.float64, na_value=np.nan) if i < count - 1
+                  else np.asarray(y, dtype=np.float64))
+        out ^= pd.util.hash_array(values, hash_key=hash_key)
+        out *= mult
+        inverse = count - i
+        mult += np.uint64(82520 + inverse + inverse)
+    out += np.uint64(97531)
+    return out
 
 
 def draw(n: int, share: float, seed: int, stream: int) -> np.ndarray:
