@@ -31,7 +31,15 @@ if TYPE_CHECKING:
 
 EXECUTOR_KEYS = ("pseudonym", "linkage")
 ROW = "__haven_row"
-OUT_SCHEMA = "batch long, prepared binary"
+OUT_SCHEMA = "batch long, part long, parts long, prepared binary"
+# What one Spark task prepares: a landing batch (200,000 rows by default, at least a 4 MB
+# block of the file) is cut into slices of at most this many rows, each prepared and handed
+# to the landing as a batch of its own (the landing's results do not depend on where batches
+# end). A whole batch's prepared result (tens of MB) moved through a 1 or 2 GB driver's JVM
+# in several copies at once and ran it out of heap.
+SLICE_ROWS = 20_000
+# A prepared slice comes back in values of at most this many bytes.
+PIECE_BYTES = 1 << 20
 
 
 def executor_job(job: Job) -> Job:
@@ -70,45 +78,52 @@ def prepare_blob(blob: bytes, job: Job, memo: HashMemo) -> bytes:
 
 def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
                    partitions: int = 2, window: int | None = None,
-                   prepare: Callable[[bytes, Job, HashMemo], bytes] = prepare_blob
-                   ) -> Iterator[Prepared]:
-    """Each batch prepared on Spark, yielded in file order (what `prepared_batches` yields).
+                   prepare: Callable[[bytes, Job, HashMemo], bytes] = prepare_blob,
+                   slice_rows: int = SLICE_ROWS) -> Iterator[Prepared]:
+    """Each batch prepared on Spark, in slices of at most `slice_rows` rows, yielded in file
+    order (what `prepared_batches` yields, with more, smaller batches).
 
-    Batches go to Spark `window` at a time (default two per partition), so the driver holds a
-    window of batches, not the file. This slice ships the driver's batches to the executors;
+    Slices go to Spark `window` at a time (default two per partition), so the driver holds a
+    window of slices, not the file. This slice ships the driver's batches to the executors;
     reading the raw file on the executors (splits with row offsets) is the next step
-    (docs/scale.md). `prepare`: what runs on a shipped batch (`prepare_blob`; a test may wrap
+    (docs/scale.md). `prepare`: what runs on a shipped slice (`prepare_blob`; a test may wrap
     it to count the calls).
     """
     window = window or 2 * partitions
     shared = spark.sparkContext.broadcast(executor_job(job))
     try:
         pending: list[tuple[int, bytes]] = []
-        for number, batch in enumerate(batches):
-            pending.append((number, batch_bytes(batch)))
-            if len(pending) >= window:
-                yield from _prepare_window(spark, pending, shared, prepare)
-                pending = []
+        number = 0
+        for batch in batches:
+            for part in sliced(batch, slice_rows):
+                pending.append((number, batch_bytes(part)))
+                number += 1
+                if len(pending) >= window:
+                    yield from _prepare_window(spark, pending, shared, prepare)
+                    pending = []
         if pending:
             yield from _prepare_window(spark, pending, shared, prepare)
     finally:
         shared.destroy()
 
 
+def sliced(batch: Batch, rows: int) -> Iterator[Batch]:
+    """The batch in consecutive slices of at most `rows` rows, row numbers kept."""
+    for start in range(0, batch.table.num_rows, max(rows, 1)):
+        yield Batch(batch.table.slice(start, rows), batch.rows.slice(start, rows))
+
+
 def _prepare_window(spark: SparkSession, shipped: list[tuple[int, bytes]], shared: Any,
                     prepare: Callable[[bytes, Job, HashMemo], bytes]) -> Iterator[Prepared]:
-    """One window of shipped batches, one batch per partition, prepared by `prepare` in
-    `mapInArrow` all at once (one job, its results kept on the executors' disks), then read
-    back a partition at a time, in file order.
+    """One window of shipped slices, one per partition, each prepared by `prepare` in
+    `mapInArrow` and read back as it is done, in file order: Spark prepares the next slice
+    while the driver takes this one (`prefetchPartitions`).
 
-    No sort and no shuffle: a global sort (`orderBy`) would run the preparation twice (once
-    to sample the sort keys) and shuffle every prepared batch, and reading a partition of
-    several prepared batches back held them all in the driver's JVM at once (100,000
-    synthetic persons did not land with a 1 GB driver).
+    No sort and no cache: a global sort (`orderBy`) ran the preparation twice (once to sample
+    the sort keys) and shuffled every prepared batch; reading back a partition of several
+    prepared batches, or a cached one, held them whole in the driver's JVM.
     """
-    from pyspark import StorageLevel
-
-    rdd = spark.sparkContext.parallelize(shipped, len(shipped))  # partition i: batch i
+    rdd = spark.sparkContext.parallelize(shipped, len(shipped))  # partition i: slice i
     frame = spark.createDataFrame(rdd, "batch long, payload binary")
 
     def run(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -118,29 +133,45 @@ def _prepare_window(spark: SparkSession, shipped: list[tuple[int, bytes]], share
             numbers = chunk.column("batch").to_pylist()
             blobs = chunk.column("payload").to_pylist()
             for number, blob in zip(numbers, blobs, strict=True):
-                yield pa.RecordBatch.from_pydict(
-                    {"batch": [number], "prepared": [prepare(blob, on_executor, memo)]},
-                    schema=pa.schema([("batch", pa.int64()), ("prepared", pa.binary())]))
+                yield pieces(number, prepare(blob, on_executor, memo))
 
-    done = frame.mapInArrow(run, OUT_SCHEMA).persist(StorageLevel.DISK_ONLY)
-    try:
-        done.count()  # every batch of the window prepared, in parallel, once
-        expected = [number for number, _ in shipped]
-        waiting: dict[int, bytes] = {}
-        for row in done.toLocalIterator():
-            waiting[row["batch"]] = row["prepared"]
-            while expected and expected[0] in waiting:
-                blob = waiting.pop(expected.pop(0))
-                yield pickle.loads(blob)  # noqa: S301 - made by this landing's executors
-    finally:
-        done.unpersist()
+    done = frame.mapInArrow(run, OUT_SCHEMA).toLocalIterator(prefetchPartitions=True)
+    for blob in reassembled(done, [number for number, _ in shipped]):
+        yield pickle.loads(blob)  # noqa: S301 - made by this landing's executors
+
+
+def pieces(number: int, prepared: bytes, size: int = PIECE_BYTES) -> pa.RecordBatch:
+    """One prepared slice as rows of at most `size` bytes, numbered, with their count."""
+    starts = range(0, len(prepared), size)
+    return pa.RecordBatch.from_pydict(
+        {"batch": [number] * len(starts), "part": list(range(len(starts))),
+         "parts": [len(starts)] * len(starts),
+         "prepared": [prepared[start:start + size] for start in starts]},
+        schema=pa.schema([("batch", pa.int64()), ("part", pa.int64()), ("parts", pa.int64()),
+                          ("prepared", pa.binary())]))
+
+
+def reassembled(rows: Iterable[Any], expected: list[int]) -> Iterator[bytes]:
+    """Each slice's prepared bytes, joined from its pieces (rows with batch, part, parts,
+    prepared, in any order) and yielded in the order of `expected` as soon as each is whole;
+    RuntimeError when one never comes whole."""
+    expected = list(expected)
+    waiting: dict[int, list[bytes | None]] = {}
+    for row in rows:
+        parts = waiting.setdefault(row["batch"], [None] * row["parts"])
+        parts[row["part"]] = row["prepared"]
+        while expected and all(p is not None for p in waiting.get(expected[0], [None])):
+            yield b"".join(p for p in waiting.pop(expected.pop(0)) if p is not None)
+    if expected:
+        raise RuntimeError(f"Spark returned no whole prepared batch for {len(expected)} "
+                           f"batch(es) of the window")
 
 
 def spark_preparer(spark: SparkSession, partitions: int = 2
                    ) -> Callable[[Iterator[Batch], Job, int], Iterator[Prepared]]:
     """A drop-in for `prepared_batches(batches, job, workers)` that prepares on Spark (the
-    `workers` hint is the embedded pool's and is not used): what the landing will take once
-    it accepts a preparer (docs/scale.md, "Not done yet")."""
+    `workers` hint is the embedded pool's and is not used): what `pipeline.land` puts in
+    `LandingContext.preparer` when HAVEN_ENGINE=spark."""
 
     def prepare(batches: Iterator[Batch], job: Job, workers: int) -> Iterator[Prepared]:
         return spark_prepared(spark, batches, job, partitions)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` session
@@ -22,6 +23,8 @@ from pipeline.engines.spark_land import (
     batch_bytes,
     batch_from_bytes,
     executor_job,
+    pieces,
+    reassembled,
     spark_prepared,
     spark_preparer,
 )
@@ -140,3 +143,35 @@ def test_a_shipped_batch_reads_back_whole(tmp_path: Path) -> None:
     back = batch_from_bytes(batch_bytes(batch))
     assert back.table.equals(batch.table)
     assert back.rows.to_pylist() == batch.rows.to_pylist() == list(range(61, 121))
+
+
+def test_a_prepared_batch_comes_back_in_pieces_joined_in_file_order() -> None:
+    """A prepared batch travels as pieces (one value of tens of MB ran a 1 GB driver's JVM out
+    of heap); they are joined whole and handed on in file order, whatever order they come in."""
+    blobs = {0: bytes(range(256)) * 3, 1: b"x" * 10, 2: b"y" * 700}
+    rows = [row for number, blob in blobs.items()
+            for row in pieces(number, blob, size=256).to_pylist()]
+    assert [r["parts"] for r in rows if r["part"] == 0] == [3, 1, 3]
+    assert max(len(r["prepared"]) for r in rows) == 256
+    shuffled = rows[4:] + rows[3:4] + rows[:3][::-1]  # batch 1 first, batch 0 backwards
+    assert list(reassembled(shuffled, [0, 1, 2])) == [blobs[0], blobs[1], blobs[2]]
+    with pytest.raises(RuntimeError, match="no whole prepared batch for 1"):
+        list(reassembled(rows[:-1], [0, 1, 2]))
+
+
+def test_batches_cut_into_slices_land_the_same_rows(spark: Any, tmp_path: Path) -> None:
+    """Each Spark task prepares a slice of a batch (SLICE_ROWS): the same rows, reasons and
+    landed table, in file order, as the embedded engine's whole batches."""
+    path = _extract(tmp_path, "apc")
+    job = Job("apc", "20261205-test-0005", "RR8", _keys())
+    embedded = list(prepared_batches(iter(_batches(path, "apc")), job, workers=1))
+    on_spark = list(spark_prepared(spark, _batches(path, "apc"), job, window=4, slice_rows=25))
+    assert len(embedded) == 5 and len(on_spark) == 14  # 4 x (25, 25, 10) + (25, 5)
+    assert [r for p in on_spark for r in p.rows.tolist()] == [
+        r for p in embedded for r in p.rows.tolist()]
+    assert [x for p in on_spark for x in p.reasons] == [x for p in embedded for x in p.reasons]
+    theirs = pa.concat_tables([p.result.table for p in embedded if p.result])
+    # as the landing writes them: each batch cast to the file's schema (a slice whose column
+    # is all empty has its own type for it)
+    ours = pa.concat_tables([p.result.table.cast(theirs.schema) for p in on_spark if p.result])
+    assert ours.equals(theirs)
