@@ -263,18 +263,22 @@ def source_rows(inbound: Path) -> dict[str, int]:
 
 def task_rates(records: list[dict[str, Any]], unit: str) -> dict[str, Any]:
     """Per Spark task (partition): `unit`s and seconds inside the task, and their rate; plus
-    the median of the task rates. Records: {"task", "n", "seconds"}, one per timed piece."""
+    the lower median of the task rates and the pooled rate (all units over all task seconds:
+    what a cost model multiplies by task slots). Records: {"task", "n", "seconds"}, one per
+    timed piece."""
     tasks: dict[int, list[float]] = {}
     for record in records:
         n, seconds = tasks.setdefault(int(record["task"]), [0.0, 0.0])
         tasks[int(record["task"])] = [n + record["n"], seconds + record["seconds"]]
     rates = sorted(n / s for n, s in tasks.values() if s > 0)
-    middle = rates[len(rates) // 2] if rates else float("nan")
+    middle = rates[(len(rates) - 1) // 2] if rates else float("nan")  # the lower median
+    total_n, total_s = sum(n for n, _ in tasks.values()), sum(s for _, s in tasks.values())
     return {"unit": unit, "tasks": len(tasks),
             "per_task": {str(t): {unit: int(n), "seconds": round(s, 3),
                                   "rate": round(n / s, 1) if s else None}
                          for t, (n, s) in sorted(tasks.items())},
-            "median_rate": round(middle, 1)}
+            "median_rate": round(middle, 1),
+            "pooled_rate": round(total_n / total_s, 1) if total_s else float("nan")}
 
 
 def prepare_throughput(spark: Any, env: dict[str, str], inbound: Path, batch_rows: int,
@@ -434,18 +438,18 @@ def print_throughput(found: dict[str, Any]) -> None:
           f"{found['load_before']} -> {found['load_after']})")
     print("inside a task: the stage function alone; per task, whole job: what went in over "
           "the job's wall time and the tasks running at once (Spark's own costs included)")
-    print("| work | source | rows or persons | tasks | inside a task, median (/s) | "
+    print("| work | source | rows or persons | tasks | inside a task, pooled (/s) | "
           "per task, whole job (/s) | job wall s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for source, rates in found["prepare"].items():
         print(f"| prepare (check + pseudonymise) | {source} | {rates['rows']:,} | "
-              f"{rates['tasks']} | {rates['median_rate']:,.0f} rows | "
+              f"{rates['tasks']} | {rates['pooled_rate']:,.0f} rows | "
               f"{rates['effective_rate']:,.0f} rows | {rates['job_wall_s']} |")
     score = found["score"]
     for step in ("predict", "reasons"):
         rates = score[step]
         print(f"| {step} | persons | {score['persons']:,} | {rates['tasks']} | "
-              f"{rates['median_rate']:,.0f} persons | {score['effective_rate']:,.0f} persons "
+              f"{rates['pooled_rate']:,.0f} persons | {score['effective_rate']:,.0f} persons "
               f"(both steps) | {score['job_wall_s']} (both) |")
     print(f"driver: purpose-filtered sources read in {score['driver_load_sources_s']} s, "
           f"{score['features']} features for {score['persons']:,} persons in "

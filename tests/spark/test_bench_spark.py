@@ -76,4 +76,5 @@ def test_task_rates_sum_each_task_before_dividing() -> None:
                         {"task": 1, "n": 50, "seconds": 0.5}], "rows")
     assert rates["per_task"]["0"] == {"rows": 400, "seconds": 2.0, "rate": 200.0}
     assert rates["per_task"]["1"]["rate"] == 100.0
-    assert rates["tasks"] == 2 and rates["median_rate"] == 200.0
+    assert rates["tasks"] == 2 and rates["median_rate"] == 100.0  # the lower of two
+    assert rates["pooled_rate"] == 450 / 2.5
