@@ -11,14 +11,17 @@ scores file; records linked only probabilistically by their link method.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
 from governance import optouts
 from governance.settings import Settings
-from linkage.person_index import read_link_map
 from pipeline.serving import ServingRun, applied_by
 from stratify.model_card import OptoutCount, RunCounts
 
@@ -47,15 +50,9 @@ def run_counts(settings: Settings, engine: Engine, serving: ServingRun,
     live = optouts.active_optouts(engine, dt.date.fromisoformat(record["in_force_on"]), rules,
                                   record["register"])
     used = {e for source, ids in extract_ids.items() if source != optouts.REGISTER for e in ids}
-    link = read_link_map(settings, columns=["extract_id", "source", "person_id", "person_key",
-                                            "method"])
-    link = link[link["extract_id"].isin(used) & (link["source"] != optouts.REGISTER)]
-    persons = set(link["person_key"].dropna().astype(str))
-    registered = set(link.loc[link["source"] == "gp_patients", "person_key"].dropna().astype(str))
-    pairs = link[["person_id", "person_key"]].dropna().drop_duplicates()
-    key_of = pairs.groupby("person_id")["person_key"].agg(lambda keys: set(keys.astype(str)))
-    probabilistic = link[(link["method"] == "probabilistic")
-                         & link["person_key"].astype(str).isin(scored_keys)]
+    opted = set(live["person_id"].dropna().astype(str))
+    found = _link_counts(settings, used, scored_keys, opted)
+    persons, registered, key_of = found.persons, found.registered, found.key_of
     covering = {r.optout_type for r in rules if r.purpose == serving.purpose}
     rows, covered_keys = [], set()
     for kind in sorted(set(live["optout_type"]) | {r.optout_type for r in rules}):
@@ -71,10 +68,57 @@ def run_counts(settings: Settings, engine: Engine, serving: ServingRun,
         purpose=serving.purpose, in_force_on=str(record["in_force_on"]),
         linked_persons=len(persons), registered=len(registered), scored=len(scored_keys),
         optouts=rows, optout_persons_in_data=len(covered_keys),
-        probabilistic_persons=int(probabilistic["person_key"].nunique()),
-        probabilistic_records=int(len(probabilistic)),
-        unlinked_records=int((link["method"] == "unlinked").sum()),
+        probabilistic_persons=len(found.probabilistic_keys),
+        probabilistic_records=found.probabilistic_records,
+        unlinked_records=found.unlinked_records,
         withheld_now=withheld_now)
+
+
+@dataclass
+class _LinkCounts:
+    persons: set[str] = field(default_factory=set)
+    registered: set[str] = field(default_factory=set)
+    key_of: dict[str, set[str]] = field(default_factory=dict)
+    probabilistic_keys: set[str] = field(default_factory=set)
+    probabilistic_records: int = 0
+    unlinked_records: int = 0
+
+
+def _link_counts(settings: Settings, used: set[str], scored_keys: set[str], opted: set[str],
+                 batch_rows: int = 1_000_000) -> _LinkCounts:
+    """What the counts need of the link map rows of the `used` extracts (the opt-out register
+    aside), read a batch at a time (the whole map in pandas was 13 GB at a million persons):
+    persons, registered persons, the keys of the `opted` pseudonyms, probabilistic links among
+    the `scored_keys`, unlinked rows."""
+    out = _LinkCounts()
+    path = settings.layout.link_map
+    if not path.exists() or not used:
+        return out
+    wanted = pa.array(sorted(used), pa.string())
+    scored = pa.array(sorted(scored_keys), pa.string())
+    opted_ids = pa.array(sorted(opted), pa.string())
+    columns = ["extract_id", "source", "person_id", "person_key", "method"]
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+        table = pa.Table.from_batches([batch])
+        table = table.filter(pc.and_(pc.is_in(table.column("extract_id"), value_set=wanted),
+                                     pc.not_equal(table.column("source"), optouts.REGISTER)))
+        keys = table.column("person_key")
+        out.persons.update(pc.unique(keys.drop_null()).to_pylist())
+        gp = pc.equal(table.column("source"), "gp_patients")
+        out.registered.update(pc.unique(pc.filter(keys, gp).drop_null()).to_pylist())
+        mine = table.filter(pc.and_(pc.is_in(table.column("person_id"), value_set=opted_ids),
+                                    pc.is_valid(keys)))
+        for person_id, key in zip(mine.column("person_id").to_pylist(),
+                                  mine.column("person_key").to_pylist(), strict=True):
+            out.key_of.setdefault(person_id, set()).add(key)
+        method = table.column("method")
+        linked = table.filter(pc.and_(pc.equal(method, "probabilistic"),
+                                      pc.is_in(keys, value_set=scored)))
+        out.probabilistic_records += linked.num_rows
+        out.probabilistic_keys.update(pc.unique(linked.column("person_key")).to_pylist())
+        out.unlinked_records += int(pc.sum(pc.equal(method, "unlinked")).as_py() or 0)
+    out.persons.discard(None)  # type: ignore[arg-type]
+    return out
 
 
 def scored_keys_of(path: Path) -> set[str]:
