@@ -34,6 +34,7 @@ from stratify.sources import (
 
 CHARLSON_LOOKBACK_MONTHS = 60
 HFRS_LOOKBACK_MONTHS = 24
+FETCH_COLUMNS = 16
 HISTORY_TABLES = ("h_apc", "h_ae", "h_op", "h_gp", "h_meds", "h_sc")
 COMMUNITY_SERVICES = ("district_nursing", "therapy", "rapid_response", "reablement", "other")
 
@@ -538,10 +539,18 @@ def features_from(con: duckdb.DuckDBPyConnection, at: dt.date,
     con.execute(f"CREATE OR REPLACE TEMP TABLE features_out AS {_final_sql()}")
     chosen = set(NAMES if columns is None else columns)
     wanted = [name for name in NAMES if name in chosen]
-    arrays = con.execute(f"SELECT {', '.join(['person_key', *wanted])} FROM features_out"
-                         ).fetchnumpy()
-    keys = np.asarray(arrays.pop("person_key"), dtype=object)
-    data = {name: np.ma.asarray(arrays.pop(name)).astype(np.float32).filled(np.nan)
-            for name in wanted}
+    # Each fetch orders by person key: a disk connection does not keep insertion order
+    # (connect_on_disk), and the columns fetched apart must line up.
+    keys = np.asarray(con.execute("SELECT person_key FROM features_out ORDER BY person_key"
+                                  ).fetchnumpy()["person_key"], dtype=object)
+    data: dict[str, np.ndarray] = {}
+    # A few columns at a time: DuckDB hands doubles over, twice the float32 kept (a gigabyte
+    # at a million persons if fetched at once).
+    for start in range(0, len(wanted), FETCH_COLUMNS):
+        part = wanted[start:start + FETCH_COLUMNS]
+        arrays = con.execute(f"SELECT {', '.join(part)} FROM features_out "
+                             f"ORDER BY person_key").fetchnumpy()
+        data.update({name: np.ma.asarray(arrays.pop(name)).astype(np.float32).filled(np.nan)
+                     for name in part})
     index = pd.Index(keys, name="person_key", dtype=object)
     return pd.DataFrame(data, index=index, copy=False)
