@@ -7,6 +7,7 @@ opt-out rules for a purpose, from governance) drops what that purpose may not us
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -53,11 +54,19 @@ def load_sources(settings: Settings, engine: Engine, row_filter: RowFilter | Non
 
 
 def linked_batches(settings: Settings, engine: Engine, row_filter: RowFilter | None = None,
-                   sources: list[str] | None = None, batch_rows: int = 250_000
-                   ) -> Iterator[tuple[str, str, pd.DataFrame]]:
+                   sources: list[str] | None = None, batch_rows: int = 250_000,
+                   columns: dict[str, list[str]] | None = None,
+                   window_rows: int = 1_000_000) -> Iterator[tuple[str, str, pd.DataFrame]]:
     """`load_sources`' rows a batch at a time: (source, extract id, rows with `person_key`),
-    the same rows after the same filter, in memory bounded by a batch and one extract's slice
-    of the link map (read with a filter on its extract id), not by the population."""
+    the same rows after the same filter, in memory bounded by a batch and a window of the
+    link map, not by the population or an extract.
+
+    `columns`: per source, the landed columns wanted (besides those the filter and the key
+    need: `extract_id`, `row`, `person_id`); default all but the linkage encodings. A batch's
+    person keys come from a window of the extract's slice of the link map (`window_rows` rows
+    from the batch's first row, read with filters on extract id and row, so Parquet's row
+    group statistics skip the rest) searched by row number.
+    """
     link_path = settings.layout.link_map
     if not link_path.exists():
         raise FileNotFoundError("no person index yet: run `haven link` first")
@@ -66,26 +75,52 @@ def linked_batches(settings: Settings, engine: Engine, row_filter: RowFilter | N
         source = str(item.source)
         if sources is not None and source not in sources:
             continue
-        keys = pq.read_table(link_path, columns=["row", "person_key"],
-                             filters=[("extract_id", "=", item.extract_id)])
-        # Looked up by binary search on the slice sorted by row: a hash join per batch
-        # rebuilt its table from the whole slice every batch (quadratic in the extract).
-        keys = keys.sort_by("row")
-        numbers = keys.column("row").to_numpy()
-        person_keys = keys.column("person_key")
         path = settings.layout.rows(item.extract_id)
-        names = [n for n in pq.read_schema(path).names if not n.startswith("lk_")]
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=names):
+        present = [n for n in pq.read_schema(path).names if not n.startswith("lk_")]
+        if columns is not None and source in columns:
+            keep = {"extract_id", "row", "person_id", *columns[source]}
+            present = [n for n in present if n in keep]
+        window = _Window(link_path, str(item.extract_id), window_rows)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=present):
             table = pa.Table.from_batches([batch])
             wanted = table.column("row").to_numpy()
-            at = np.minimum(np.searchsorted(numbers, wanted), max(len(numbers) - 1, 0))
-            found = (numbers[at] == wanted) if len(numbers) else np.zeros(len(wanted), bool)
-            table = table.filter(pa.array(found)).append_column(
-                "person_key", person_keys.take(pa.array(at[found])))
+            found, person_keys = window.keys_of(wanted)
+            table = table.filter(pa.array(found)).append_column("person_key", person_keys)
             table = table.append_column("sender", pa.array([item.sender] * table.num_rows,
                                                            pa.string()))
             frame = table.to_pandas()
+            del table
             if row_filter is not None and len(frame):
                 frame = frame[row_filter(frame, source).to_numpy()]
             if len(frame):
                 yield source, str(item.extract_id), frame.reset_index(drop=True)
+
+
+class _Window:
+    """Person keys of an extract's rows, read from the link map a window of rows at a time."""
+
+    def __init__(self, link_path: Path, extract_id: str, rows: int) -> None:
+        self.link_path, self.extract_id, self.rows = link_path, extract_id, max(rows, 1)
+        self.low = self.high = 0  # rows [low, high) are held
+        self.numbers = np.zeros(0, dtype=np.int64)
+        self.keys = pa.array([], pa.string())
+
+    def keys_of(self, wanted: np.ndarray) -> tuple[np.ndarray, pa.Array]:
+        """Which of the `wanted` rows the map holds, and their person keys (in that order)."""
+        if not len(wanted):
+            return np.zeros(0, dtype=bool), pa.array([], pa.string())
+        low, high = int(wanted.min()), int(wanted.max()) + 1
+        if low < self.low or high > self.high:
+            self._read(low, max(high, low + self.rows))
+        at = np.minimum(np.searchsorted(self.numbers, wanted), max(len(self.numbers) - 1, 0))
+        found = (self.numbers[at] == wanted) if len(self.numbers) else \
+            np.zeros(len(wanted), dtype=bool)
+        return found, self.keys.take(pa.array(at[found]))
+
+    def _read(self, low: int, high: int) -> None:
+        table = pq.read_table(self.link_path, columns=["row", "person_key"], filters=[
+            ("extract_id", "=", self.extract_id), ("row", ">=", low), ("row", "<", high)])
+        table = table.sort_by("row")
+        self.low, self.high = low, high
+        self.numbers = table.column("row").to_numpy()
+        self.keys = table.column("person_key").combine_chunks()

@@ -19,8 +19,11 @@ from governance import store
 from linkage.linked_view import RowFilter, linked_batches
 from pipeline.context import Context, Progress, quiet
 from stratify.features import OnDisk, append_rows, connect_on_disk
+from stratify.sources import COLUMNS, PERSON_FIELDS
 
 PROGRESS_EVERY = 5_000_000
+# Only the landed columns the copy keeps are read (besides what the opt-out filter needs).
+WANTED = {source: [*columns, *PERSON_FIELDS] for source, columns in COLUMNS.items()}
 
 
 @contextmanager
@@ -33,7 +36,7 @@ def linked_copy(ctx: Context, row_filter: RowFilter | None,
         rows = 0
         try:
             for source, extract_id, frame in linked_batches(ctx.settings, ctx.engine,
-                                                            row_filter):
+                                                            row_filter, columns=WANTED):
                 added = append_rows(con, source, frame)
                 if added:
                     ids.setdefault(source, set()).add(extract_id)
