@@ -2,10 +2,12 @@
 
 `spark_prepared` is the Spark counterpart of `linkage.landing.batches.prepared_batches`: the
 same batches (read and numbered by `linkage.landing.reader`, so row numbers are the embedded
-engine's), each prepared by the same partition-pure `prepare_batch` inside `mapInArrow`, and
-handed back in file order. What spans the file (a record id repeated across batches, persons
-already sealed, opt-out senders, the vault, the receipt, the audit event) stays with the
-landing on the driver, against the embedded or PostgreSQL database, as today.
+engine's), cut into slices of at most `SLICE_ROWS` rows, each prepared by the same
+partition-pure `prepare_batch` inside `mapInArrow`, and handed back in file order (a slice is
+a batch of its own to the landing, whose results do not depend on where batches end). What
+spans the file (a record id repeated across batches, persons already sealed, opt-out
+senders, the vault, the receipt, the audit event) stays with the landing on the driver,
+against the embedded or PostgreSQL database, as today.
 
 Keys: executors get only what preparing a batch uses, the `pseudonym` and `linkage` keys of
 the landing's job (`executor_job`), in one broadcast destroyed when the landing's batches are
