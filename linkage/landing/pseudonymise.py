@@ -404,6 +404,12 @@ def _encode(t: pa.Table, checked: Checked, fields: list[str], selector: np.ndarr
     frame = pd.DataFrame(columns)
     encoded = encode_identifiers(frame, key.secret)
     table = pa.Table.from_pandas(encoded, preserve_index=False)
+    # A Bloom filter or name-variant column with no value in this batch (no row selected, or
+    # every selected value blank) comes out of pandas typed null; it is binary in every batch,
+    # or a later batch with values could not be written beside an earlier one.
+    table = pa.table({name: table.column(name).cast(pa.binary())
+                      if pa.types.is_null(table.column(name).type) else table.column(name)
+                      for name in table.column_names})
     # Spread the encoded rows back to their places; unselected rows get nulls.
     indices = np.full(len(selector), -1, dtype=np.int64)
     indices[np.flatnonzero(selector)] = np.arange(int(selector.sum()))
