@@ -31,6 +31,13 @@ def _pipeline(home: Path, extracts: Path, keys: dict[str, str], engine: str,
     haven = Context(Settings.from_environ(env))
     (run,) = sorted(haven.settings.layout.runs_dir.glob("score-*"))
     links = read_link_map(haven.settings)
+    # A row linked to no one keys a person of its own from its extract id, which each landing
+    # draws afresh: such keys are named by the row instead, on both engines alike.
+    alone = links["person_id"].isna() & links["client_key"].isna()
+    own = dict(zip(links.loc[alone, "person_key"],
+                   "U:" + links.loc[alone, "source"] + ":" + links.loc[alone, "row"].astype(str),
+                   strict=True))
+    links["person_key"] = links["person_key"].map(lambda k: own.get(k, k))
     links = links.drop(columns=[c for c in links.columns if "extract" in c])
     with haven.engine.connect() as connection:
         receipts = sorted((r.source, r.sender, r.status, r.rows_landed,
@@ -39,7 +46,8 @@ def _pipeline(home: Path, extracts: Path, keys: dict[str, str], engine: str,
                    extract_table.c.rows_landed, extract_table.c.counts)))
     haven.engine.dispose()
     return {"run": run.name, "receipts": receipts,
-            "scores": pd.read_parquet(run / "scores.parquet").sort_values(
+            "scores": pd.read_parquet(run / "scores.parquet").assign(
+                person_key=lambda f: f["person_key"].map(lambda k: own.get(k, k))).sort_values(
                 "person_key").reset_index(drop=True),
             "links": links.sort_values(list(links.columns)).reset_index(drop=True)}
 
