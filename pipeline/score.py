@@ -163,20 +163,15 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     if before is not None:
         previous = pd.read_parquet(ctx.settings.layout.run(before.run_id).scores,
                                    columns=["person_key", "probability", "tier"])
-    if ctx.settings.engine == "spark":
-        sources = purpose_sources(ctx, purpose, applied)
-        rows = sum(len(f) for f in sources.values())
-        progress(_training_note(at, rows, bundle))
-        run = persons_scorer(ctx.settings)(sources, at, seed=seed, previous=previous,
-                                           model=model, bundle=bundle)
-    else:
-        with linked_copy(ctx, purpose_filter(ctx, purpose, applied), progress) as copy:
-            if not copy.rows:
-                raise NothingToScore("nothing landed and linked to score: land extracts and "
-                                     "run `haven link`")
-            progress(_training_note(at, copy.rows, bundle))
-            run = score_persons(copy, at, seed=seed, previous=previous, model=model,
-                                bundle=bundle)
+    # Either engine reads the linked rows through an on-disk copy (the Spark engine's driver
+    # builds the features from it too), so neither holds them all in memory.
+    scorer = persons_scorer(ctx.settings) if ctx.settings.engine == "spark" else score_persons
+    with linked_copy(ctx, purpose_filter(ctx, purpose, applied), progress) as copy:
+        if not copy.rows:
+            raise NothingToScore("nothing landed and linked to score: land extracts and "
+                                 "run `haven link`")
+        progress(_training_note(at, copy.rows, bundle))
+        run = scorer(copy, at, seed=seed, previous=previous, model=model, bundle=bundle)
     description = json.loads(json.dumps(model_description(run), default=str))  # plain JSON
     chosen_id = bundle_id if bundle is not None and bundle_id else model_id(description)
     stage_id, run.run_id = run.run_id, run_id(run.run_id, at, purpose, chosen_id, applied)

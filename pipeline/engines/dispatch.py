@@ -13,11 +13,10 @@ import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from governance.settings import Settings
 from pipeline.engines.spark_score import score_on_spark
 from pipeline.engines.spark_session import session
+from stratify.features import Sources
 from stratify.scoring import ScoreRun
 from stratify.scoring import score as score_embedded
 
@@ -32,7 +31,7 @@ def persons_scorer(settings: Settings, spark: SparkSession | None = None) -> Sco
     if settings.engine != "spark":
         return score_embedded
 
-    def on_spark(sources: dict[str, pd.DataFrame], at: dt.date, **options: Any) -> ScoreRun:
+    def on_spark(sources: Sources, at: dt.date, **options: Any) -> ScoreRun:
         if spark is not None:
             return score_on_spark(spark, sources, at, **options)
         with session(settings, "haven-score") as made:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from stratify.features import connect, features_from
+from stratify.features import Sources, connect, features_from
 from stratify.score_partition import (
     explain_partition,
     predict_partition,
@@ -111,7 +111,7 @@ def spark_thresholds(table: DataFrame, column: str) -> dict[str, float]:
     return tier_thresholds(n, nth_largest)
 
 
-def score_on_spark(spark: SparkSession, sources: dict[str, pd.DataFrame], at: dt.date,
+def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
                    seed: int = 0, previous: pd.DataFrame | None = None,
                    bundle: ModelBundle | None = None,
                    max_train_persons: int | None = 400_000, threads: int | None = None,
@@ -127,7 +127,7 @@ def score_on_spark(spark: SparkSession, sources: dict[str, pd.DataFrame], at: dt
         seconds[stage] = round(now - clock, 2)
         clock = now
 
-    con = connect(dict(sources), threads)
+    con = connect(sources, threads)
     try:
         if bundle is None:
             bundle = train(con, at, seed, max_train_persons=max_train_persons)
@@ -180,7 +180,7 @@ def _assemble(X: pd.DataFrame, rows: pd.DataFrame, attributes: pd.DataFrame,
     return scores.reset_index(drop=True)
 
 
-def _run(bundle: ModelBundle, at: dt.date, seed: int, sources: dict[str, pd.DataFrame],
+def _run(bundle: ModelBundle, at: dt.date, seed: int, sources: Sources,
          scores: pd.DataFrame, candidates: pd.DataFrame, cut: dict[str, float],
          seconds: dict[str, float]) -> ScoreRun:
     """The ScoreRun, with the metadata `stratify.scoring.score` records."""
