@@ -167,3 +167,21 @@ def test_linked_batches_read_the_map_a_window_at_a_time_and_give_every_row_its_k
             assert set(batched.columns) == {"extract_id", "row", "person_id",
                                             "admission_date", "person_key", "sender"}
             assert len(batched) > 300  # several windows, batches across them
+
+
+def test_another_user_s_live_workspace_is_kept(tmp_path, monkeypatch, backend):
+    """A workspace whose owner cannot be signalled (another user's live process) is live."""
+    from governance.settings import Settings
+
+    settings = Settings(home=tmp_path / "home")
+    assert store.scratch_workspaces(settings) == 0  # no scratch folder yet
+    assert store.clear_dead_scratch(settings) == 0
+    theirs = settings.layout.scratch(4_000_000, "othr")
+    theirs.mkdir(parents=True)
+
+    def not_permitted(pid: int, signal: int) -> None:
+        raise PermissionError(pid)
+
+    monkeypatch.setattr(store.os, "kill", not_permitted)
+    assert store.clear_dead_scratch(settings) == 0 and theirs.exists()
+    assert store.scratch_workspaces(settings) == 1
