@@ -2,7 +2,7 @@
 each run as a governed purpose, as scoring is (pipeline.score).
 
 Every analysis reads the linked, pseudonymised rows its purpose may use (the opt-outs in force
-now, `pipeline.score.use_filter`, recorded with the run) through an on-disk copy for the run's
+now, `pipeline.score.purpose_filter`, recorded with the run) through an on-disk copy for the run's
 span (`pipeline.linked_copy`, as scoring does: memory bounded by a batch and DuckDB's limit, not
 by the linked rows; only person-level results are held in pandas), runs its stage
 (stratify.journeys, stratify.costs, stratify.segments), and writes under `runs/<run_id>/`
@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import insert, select
 
-from governance import audit, optouts
+from governance import audit
 from governance.geography import Geography
 from governance.identifiers import digest_letters
 from governance.policy_tables import policy_text
@@ -44,7 +44,7 @@ from pipeline.analysis_tables import (
 )
 from pipeline.context import Context, Progress, quiet
 from pipeline.linked_copy import linked_copy
-from pipeline.score import use_filter
+from pipeline.score import purpose_filter
 from pipeline.serving import ServingRun, optouts_applied, serving_run, withheld_person_keys
 from stratify import costs as costing
 from stratify.features import Sources
@@ -104,9 +104,7 @@ def _reading(ctx: Context, progress: Progress) -> Iterator[tuple[Sources, dict[s
     applied = optouts_applied(ctx.engine)
     progress(f"reading linked, pseudonymised data ({PURPOSE}; opt-outs in force on "
              f"{applied['in_force_on']})")
-    row_filter = use_filter(ctx, PURPOSE, dt.date.fromisoformat(applied["in_force_on"]),
-                            optouts.parse_coverage(applied["policy"]), applied["register"])
-    with linked_copy(ctx, row_filter, progress) as copy:
+    with linked_copy(ctx, purpose_filter(ctx, PURPOSE, applied), progress) as copy:
         if not copy.rows:
             raise NothingToAnalyse("nothing landed and linked to analyse: land extracts and "
                                    "run `haven link`")
