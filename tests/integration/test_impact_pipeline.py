@@ -5,6 +5,7 @@ under the small-number rule, nothing made yet)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -134,7 +135,10 @@ def test_an_evaluation_whose_matched_groups_are_small_is_refused(landed, tmp_pat
                       + f"{keys[7]},1900-01-01\n")
     assert main(["evaluate", str(cohort), "--outcome", "emergency_admissions"],
                 _env(haven)) == 2
-    out = capsys.readouterr().out
-    assert "7 of 8 cohort members were matched" in out and "at least 8" in out
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    # Person keys are keyed with this run's test key, so which 7 are chosen varies: one of
+    # them may also have no comparison person close enough, leaving fewer than 7 matched.
+    matched = re.search(r"(\d+) of 8 cohort members were matched", out)
+    assert matched and int(matched.group(1)) <= 7 and "at least 8" in out
     assert not any(k in out for k in keys)
     assert haven.settings.layout.impact_outputs(impact.EVALUATIONS) == []
