@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from synth.generator import generate
+from synth.generator import DEFAULT_CHUNK, generate
 
 
 def synth_command(
@@ -15,15 +15,19 @@ def synth_command(
     seed: int = typer.Option(1, "--seed", help="Same seed, same bytes."),
     out: Path = typer.Option(..., "--out", help="Directory for the extracts (truth/ apart)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar, a one-line summary."),
+    chunk: int = typer.Option(DEFAULT_CHUNK, "--chunk", min=1, help=(
+        "Persons drawn and held in memory at once: peak memory follows the chunk, not the "
+        "population. Same seed and chunk, same bytes.")),
 ) -> None:
     """Write synthetic extracts (one per source, with manifests) and ground truth under OUT."""
     try:
-        summary = generate(persons, seed, out, progress=not quiet)
+        summary = generate(persons, seed, out, progress=not quiet, chunk=chunk)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--persons") from exc
     files = summary["files"]
     if quiet:
-        typer.echo(f"wrote {len(files)} extracts ({summary['rows']} rows) to {summary['out']}; "
+        typer.echo(f"wrote {len(files)} extracts ({summary['rows']} rows) to {summary['out']} "
+                   f"in {summary['chunks']} chunk(s) of at most {chunk} persons; "
                    f"truth in {summary['truth']['dir']}")
         return
     from rich.console import Console
@@ -40,6 +44,7 @@ def synth_command(
     console.print(f"{summary['persons']:,} persons, seed {summary['seed']}, history "
                   f"{summary['history_start']}..{summary['score_date']} (score date), outcome "
                   f"year to {summary['period_end']}; {summary['rows']:,} rows in "
-                  f"{summary['seconds']} s")
+                  f"{summary['seconds']} s, {summary['chunks']} chunk(s) of at most "
+                  f"{chunk:,} persons")
     console.print(f"ground truth (evaluation only, never for the pipeline): "
                   f"{summary['truth']['dir']}")

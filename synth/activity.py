@@ -115,7 +115,7 @@ def _age_rate(age: np.ndarray, knots: tuple[float, ...], values: tuple[float, ..
 
 def person_effects(pop: Population, seed: int) -> dict[str, np.ndarray]:
     """Lasting per-person tendencies for non-emergency services (independent of u)."""
-    rng = np.random.default_rng([seed, 10])
+    rng = pop.rng(seed, 10)
     n = pop.n
     return {"elective": rng.normal(0, 0.7, n), "ae": rng.normal(0, 0.5, n),
             "op": rng.normal(0, 0.6, n), "dna": rng.normal(0, 0.6, n),
@@ -154,7 +154,7 @@ def _emergency_los(pop: Population, person: np.ndarray, days: np.ndarray,
 
 def spells(pop: Population, effects: dict[str, np.ndarray], seed: int) -> Rows:
     """All hospital spells: emergency (the truth process), elective, maternity, births, other."""
-    rng = np.random.default_rng([seed, 11])
+    rng = pop.rng(seed, 11)
     parts: list[Rows] = []
 
     # emergency: the Poisson process of population.py, then terminal admissions
@@ -370,7 +370,7 @@ def attendances(pop: Population, effects: dict[str, np.ndarray], apc: Rows,
                 seed: int) -> Rows:
     """A&E attendances: those that led to an emergency admission (method 21), the many that
     did not, and deaths in the department."""
-    rng = np.random.default_rng([seed, 12])
+    rng = pop.rng(seed, 12)
     # admitted: from spells admitted via this A&E
     s = np.flatnonzero(apc["method"] == METHOD["21"])
     person_a, adm = apc["person"][s], apc["day"][s]
@@ -437,7 +437,7 @@ OP_STATUS = ("5", "6", "7", "2", "3", "4")
 def appointments(pop: Population, effects: dict[str, np.ndarray], apc: Rows,
                  seed: int) -> Rows:
     """Outpatient appointments, with did-not-attends more likely for the deprived and young."""
-    rng = np.random.default_rng([seed, 13])
+    rng = pop.rng(seed, 13)
     extra = np.stack([(pop.onset < YEAR_STARTS[y]) @ COND_OP for y in range(YEARS)], axis=1)
     rate = np.exp(-0.55 + _age_rate(pop.age, (0, 2, 16, 30, 50, 65, 80, 90),
                                     (0.0, -0.5, -0.6, -0.3, 0.0, 0.3, 0.4, 0.2))
@@ -502,7 +502,7 @@ def _episodes(person: np.ndarray, first: np.ndarray, contacts: np.ndarray,
 def community(pop: Population, effects: dict[str, np.ndarray], apc: Rows, seed: int) -> Rows:
     """Community contacts, mostly for older and frailer people, plus reablement after
     emergency discharges."""
-    rng = np.random.default_rng([seed, 14])
+    rng = pop.rng(seed, 14)
     f = pop.frailty
     older = pop.age >= 50
     base = effects["community"][:, None]
@@ -570,7 +570,7 @@ def _sc_band(age: np.ndarray, frail: np.ndarray) -> np.ndarray:
 def social_care(pop: Population, apc: Rows, seed: int) -> Rows:
     """Council services: long-term support for the older and frailer, and reablement or a
     care home placement after some hospital discharges."""
-    rng = np.random.default_rng([seed, 15])
+    rng = pop.rng(seed, 15)
     last = np.clip(pop.year_of(np.minimum(pop.death_day, PERIOD_END)), 0, YEARS - 1)
     idx = np.arange(pop.n)
     frail = pop.frailty[idx, last]
@@ -633,7 +633,7 @@ def _after_discharge(pop: Population, apc: Rows, seed: int,
     the admission restart the day after), and after a stay in a community hospital or
     intermediate care bed (destination 51), home care or a care home placement some weeks
     later. Drawn from a stream of their own."""
-    extra = np.random.default_rng([seed, 16])
+    extra = pop.rng(seed, 16)
     s = np.flatnonzero((apc["kind"] == KIND_EMERGENCY) & (apc["discharge"] >= 0))
     who, when = apc["person"][s], apc["discharge"][s]
     age, frail = pop.age_at(who, apc["day"][s]), pop.frailty_at(who, apc["day"][s])

@@ -97,8 +97,42 @@ def _sorted(rows: act.Rows, *keys: str) -> act.Rows:
             for k, v in rows.items()}
 
 
-def _ids(rng: np.random.Generator, n: int, width: int, prefix: str = "") -> pa.Array:
+@dataclass
+class Across:
+    """What must stay distinct across the chunks of one population (generator.generate writes
+    a population a chunk of persons at a time): the row ids of each file, which continue from
+    one chunk to the next, and each council's client ids, which no two chunks share. A fresh
+    one (the default everywhere) draws exactly what an unchunked population always drew."""
+
+    next_id: dict[str, int] = field(default_factory=dict)
+    clients_used: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def first_id(self, name: str, drawn: int, n: int) -> int:
+        """The first of `n` row ids for `name`: `drawn` the first time, else where the last
+        chunk's ids stopped."""
+        start = self.next_id.get(name, drawn)
+        self.next_id[name] = start + n
+        return start
+
+    def client_ids(self, council: str, space: int, count: int,
+                   rng: np.random.Generator) -> np.ndarray:
+        """`count` distinct client ids in [0, space) that no earlier chunk used (the first
+        chunk's draw is rng.choice(space, count, replace=False), as it always was)."""
+        used = self.clients_used.setdefault(council, np.zeros(space, dtype=bool))
+        free = np.flatnonzero(~used)
+        if count > free.size:
+            raise ValueError(f"social care {council}: {count} more client ids needed, only "
+                             f"{free.size} of {space} left; generate fewer persons")
+        ids = free[rng.choice(free.size, size=count, replace=False)]
+        used[ids] = True
+        return ids
+
+
+def _ids(rng: np.random.Generator, n: int, width: int, prefix: str = "",
+         across: Across | None = None) -> pa.Array:
     base = int(rng.integers(10 ** (width - 4), 10 ** (width - 2)))
+    if across is not None:
+        base = across.first_id(f"{prefix}{width}", base, n)
     return r.integers(base + np.arange(n), width=width, prefix=prefix)
 
 
@@ -106,8 +140,9 @@ _ICD_TEXT = r.vocab(act.ICD10 + [c.replace(".", "") for c in act.ICD10])
 _OPCS_TEXT = r.vocab(act.OPCS + [c.replace(".", "") for c in act.OPCS])
 
 
-def apc(pop: Population, rows: act.Rows, seed: int) -> Extract:
-    rng = np.random.default_rng([seed, 30])
+def apc(pop: Population, rows: act.Rows, seed: int,
+        across: Across | None = None) -> Extract:
+    rng = pop.rng(seed, 30)
     n = rows["person"].size
     order = order_by(rows["day"], rows["person"])
     position = np.empty(n, dtype=np.int64)
@@ -122,7 +157,7 @@ def apc(pop: Population, rows: act.Rows, seed: int) -> Extract:
     undotted = (~s["dot"]).astype(np.int64)
     person_cols, facts = r.person_columns(pop, s["person"], s["day"], rng, r.HOSPITAL)
     cols = {
-        "spell_id": _ids(rng, n, 12),
+        "spell_id": _ids(rng, n, 12, across=across),
         **person_cols,
         "provider_code": r.constant(PROVIDER, n),
         "admission_date": r.dates(s["day"]),
@@ -139,14 +174,15 @@ def apc(pop: Population, rows: act.Rows, seed: int) -> Extract:
                    facts["required_blank"])
 
 
-def ae(pop: Population, rows: act.Rows, seed: int) -> Extract:
-    rng = np.random.default_rng([seed, 31])
+def ae(pop: Population, rows: act.Rows, seed: int,
+       across: Across | None = None) -> Extract:
+    rng = pop.rng(seed, 31)
     s = _sorted(rows, "seconds", "person")
     n = s["person"].size
     person_cols, facts = r.person_columns(pop, s["person"], s["day"], rng, r.HOSPITAL)
     complaint_codes = r.vocab([act.codes.COMPLAINT[k] for k in act.COMPLAINTS])
     cols = {
-        "attendance_id": _ids(rng, n, 10, prefix="ED"),
+        "attendance_id": _ids(rng, n, 10, prefix="ED", across=across),
         **person_cols,
         "provider_code": r.constant(PROVIDER, n),
         "arrival_datetime": r.datetimes(s["seconds"]),
@@ -160,13 +196,14 @@ def ae(pop: Population, rows: act.Rows, seed: int) -> Extract:
                    facts["required_blank"])
 
 
-def op(pop: Population, rows: act.Rows, seed: int) -> Extract:
-    rng = np.random.default_rng([seed, 32])
+def op(pop: Population, rows: act.Rows, seed: int,
+       across: Across | None = None) -> Extract:
+    rng = pop.rng(seed, 32)
     s = _sorted(rows, "day", "person")
     n = s["person"].size
     person_cols, facts = r.person_columns(pop, s["person"], s["day"], rng, r.HOSPITAL)
     cols = {
-        "appointment_id": _ids(rng, n, 10, prefix="OP"),
+        "appointment_id": _ids(rng, n, 10, prefix="OP", across=across),
         **person_cols,
         "provider_code": r.constant(PROVIDER, n),
         "appointment_date": r.dates(s["day"]),
@@ -178,13 +215,14 @@ def op(pop: Population, rows: act.Rows, seed: int) -> Extract:
                    facts["required_blank"])
 
 
-def community(pop: Population, rows: act.Rows, seed: int) -> Extract:
-    rng = np.random.default_rng([seed, 33])
+def community(pop: Population, rows: act.Rows, seed: int,
+              across: Across | None = None) -> Extract:
+    rng = pop.rng(seed, 33)
     s = _sorted(rows, "day", "person")
     n = s["person"].size
     person_cols, facts = r.person_columns(pop, s["person"], s["day"], rng, r.HOSPITAL)
     cols = {
-        "contact_id": _ids(rng, n, 10, prefix="RY6"),
+        "contact_id": _ids(rng, n, 10, prefix="RY6", across=across),
         **person_cols,
         "contact_date": r.dates(s["day"]),
         "service": r.take(r.vocab(act.SERVICES), s["service"]),
@@ -194,7 +232,7 @@ def community(pop: Population, rows: act.Rows, seed: int) -> Extract:
 
 
 def gp_patients(pop: Population, seed: int) -> Extract:
-    rng = np.random.default_rng([seed, 34])
+    rng = pop.rng(seed, 34)
     person = order_by(pop.practice, pop.nhs)
     last = np.minimum(pop.death_day[person], PERIOD_END)
     person_cols, facts = r.person_columns(pop, person, last, rng, r.GP)
@@ -208,7 +246,7 @@ def _required_nhs(pop: Population, person: np.ndarray) -> pa.Array:
 
 
 def gp_events(pop: Population, rows: act.Rows, seed: int) -> Extract:
-    rng = np.random.default_rng([seed, 35])
+    rng = pop.rng(seed, 35)
     s = _sorted(rows, "person", "day")
     n = s["person"].size
     blank = rng.random(n) < REJECT_RATE
@@ -231,7 +269,7 @@ def gp_events(pop: Population, rows: act.Rows, seed: int) -> Extract:
 
 
 def gp_medications(pop: Population, rows: act.Rows, seed: int) -> Extract:
-    rng = np.random.default_rng([seed, 36])
+    rng = pop.rng(seed, 36)
     s = _sorted(rows, "person", "day")
     n = s["person"].size
     blank = rng.random(n) < REJECT_RATE
@@ -246,7 +284,7 @@ def gp_medications(pop: Population, rows: act.Rows, seed: int) -> Extract:
 
 
 def deaths(pop: Population, rows: act.Rows, seed: int) -> Extract:
-    rng = np.random.default_rng([seed, 37])
+    rng = pop.rng(seed, 37)
     s = _sorted(rows, "day", "person")
     n = s["person"].size
     dob, _ = r.dob_column(pop, s["person"], rng, r.Mess(dob_swap=0.005, dob_blank=0.03))
@@ -262,7 +300,7 @@ def optouts(pop: Population, rows: act.Rows, seed: int,
     each council's consent withdrawals from that council (`optouts_<council>.csv`), since only
     a council may assert them (policies/optout_senders.csv). `council_of`: the council whose
     social care file holds each person; a withdrawal goes to that council."""
-    rng = np.random.default_rng([seed, 38])
+    rng = pop.rng(seed, 38)
     s = _sorted(rows, "day", "person")
     n = s["person"].size
     blank = rng.random(n) < REJECT_RATE
@@ -314,7 +352,7 @@ def _names(pop: Population, person: np.ndarray, seed: int
            ) -> tuple[np.ndarray, np.ndarray]:
     """Forename (by sex and birth era) and surname of each row's person, fixed per person."""
     people, inverse = np.unique(person, return_inverse=True)
-    rng = np.random.default_rng([seed, 39])
+    rng = pop.rng(seed, 39)
     k = people.size
     born = 1970 + pop.dob[people] / DAYS_PER_YEAR
     modern = rng.random(k) < 1 / (1 + np.exp(-(born - 1988) / 6))
@@ -356,9 +394,11 @@ def _name_variants(fore: np.ndarray, sur: np.ndarray, rng: np.random.Generator
     return fore.tolist(), sur.tolist()
 
 
-def social_care(pop: Population, rows: act.Rows, seed: int) -> list[Extract]:
-    """One extract per council; rows for people living outside both councils are not sent."""
-    rng = np.random.default_rng([seed, 40])
+def social_care(pop: Population, rows: act.Rows, seed: int,
+                across: Across | None = None) -> list[Extract]:
+    """One extract per council; rows for people living outside both councils are not sent.
+    `across`: client ids already given to earlier chunks' persons (none by default)."""
+    rng = pop.rng(seed, 40)
     area = r.area_on(pop, rows["person"], rows["day"])
     out = []
     councils = [(a, code) for a, (_, _, code) in enumerate(AREAS) if code]
@@ -367,7 +407,8 @@ def social_care(pop: Population, rows: act.Rows, seed: int) -> list[Extract]:
         people, inverse = np.unique(s["person"], return_inverse=True)
         width = 7 if a == 0 else 6
         # Leeds ids are 7 digits, often with leading zeros; Wakefield's are W + 6 digits
-        ids = rng.choice(2 * 10**6 if a == 0 else 10**6, size=2 * people.size, replace=False)
+        ids = (across or Across()).client_ids(council, 2 * 10**6 if a == 0 else 10**6,
+                                              2 * people.size, rng)
         dup = (rng.random(people.size) < 0.01)[inverse] & (rng.random(inverse.size) < 0.5)
         client = np.where(dup, ids[people.size + inverse], ids[inverse])
         consent_no = (rng.random(people.size) < 0.03)[inverse]

@@ -163,6 +163,11 @@ class Population:
     observable_risk: np.ndarray
     cache: dict[str, Any] = field(default_factory=dict)   # rendered text, made once
     s_u: float = S_U           # the spread of the persistent person-level effect u
+    part: int = 0              # which chunk of the population these persons are (0: first)
+
+    def rng(self, seed: int, stream: int) -> np.random.Generator:
+        """The random stream `stream` for this chunk of persons (see `stream`)."""
+        return stream_rng(seed, stream, self.part)
 
     def conditions_at(self, persons: np.ndarray, days: np.ndarray) -> np.ndarray:
         """(rows, C) bool: conditions diagnosed before each row's day."""
@@ -305,24 +310,41 @@ def _conditions(dob: np.ndarray, sex: np.ndarray, dep: np.ndarray,
     return onset, variant
 
 
-def build(n: int, seed: int, s_u: float = S_U) -> Population:
+def stream_rng(seed: int, stream: int, part: int = 0) -> np.random.Generator:
+    """Random stream `stream` of chunk `part`: chunk 0 draws exactly what an unchunked
+    population always drew ([seed, stream]); later chunks have streams of their own
+    ([seed, stream, part], never equal to a two-word seed since part >= 1)."""
+    if part < 0:
+        raise ValueError(f"part (chunk number) must be >= 0, not {part}")
+    return np.random.default_rng([seed, stream] if part == 0 else [seed, stream, part])
+
+
+def build(n: int, seed: int, s_u: float = S_U, *, part: int = 0,
+          numbers: np.ndarray | None = None) -> Population:
     """Draw the population and its latent trajectories through the four years.
 
     `s_u` is the spread of the persistent person-level effect u (default S_U, the standard
     population); a larger one makes more of each person's risk persist from year to year
     unrecorded, so that only their history reveals it. The random streams do not depend on
-    it: only u (and what it drives) changes."""
+    it: only u (and what it drives) changes.
+
+    `part` numbers a chunk of a population built a chunk at a time (its own random streams,
+    `stream_rng`); `numbers` are its persons' NHS numbers, allocated once for the whole
+    population so that they stay distinct across chunks (default: allocated here for `n`)."""
     if not 0 <= s_u <= 3:
         raise ValueError(f"s_u (persistent effect spread) must be within 0-3, not {s_u}")
-    rng = np.random.default_rng([seed, 1])
+    rng = stream_rng(seed, 1, part)
     age_score, sex = ages_and_sex(n, rng)
     dob = (SCORE_DATE - age_score * DAYS_PER_YEAR).astype(np.int64)
     places = _places(n, rng)
     dep = places["dep"]
-    numbers = nhs.allocate(n, np.random.default_rng([seed, 2]))
-    onset, variant = _conditions(dob, sex, dep, np.random.default_rng([seed, 3]))
+    if numbers is None:
+        numbers = nhs.allocate(n, stream_rng(seed, 2))
+    elif numbers.size != n:
+        raise ValueError(f"numbers: {numbers.size} NHS numbers for {n} persons")
+    onset, variant = _conditions(dob, sex, dep, stream_rng(seed, 3, part))
 
-    rng = np.random.default_rng([seed, 4])
+    rng = stream_rng(seed, 4, part)
     z = rng.normal(0, 1, n)
     u = rng.normal(-s_u**2 / 2, s_u, n)
     v = rng.normal(-S_V**2 / 2, S_V, (n, YEARS))
@@ -380,4 +402,4 @@ def build(n: int, seed: int, s_u: float = S_U) -> Population:
         onset=onset, variant=variant, z=z, u=u, v=v, age=age, frailty=frailty, lam=lam,
         hazard=hazard, start=start, exposure=exposure, death_t=death_t, death_day=death_day,
         hosp_death=hosp_death, ed_death=ed_death, registration=registration,
-        true_risk=true_risk, observable_risk=observable, s_u=s_u)
+        true_risk=true_risk, observable_risk=observable, s_u=s_u, part=part)

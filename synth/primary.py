@@ -62,7 +62,7 @@ def _year_matrix(pop: Population, cond: str) -> np.ndarray:
 
 def gp_events(pop: Population, seed: int) -> Rows:
     """Coded GP events: diagnoses, observations (with values), frailty, minor illness."""
-    rng = np.random.default_rng([seed, 20])
+    rng = pop.rng(seed, 20)
     persons, days, code, obs, value, decimals = [], [], [], [], [], []
 
     def add(p: np.ndarray, d: np.ndarray, c: np.ndarray, is_obs: bool,
@@ -165,7 +165,7 @@ _PACK = np.array([codes.BNF_PACKS.get(c, 0) for c in CHEMICALS])
 
 def gp_medications(pop: Population, seed: int) -> Rows:
     """Repeat prescriptions (every 28/56/84 days) for conditions and age, and acute courses."""
-    rng = np.random.default_rng([seed, 21])
+    rng = pop.rng(seed, 21)
     person, chem, start, stop = [], [], [], []
     end_of = np.minimum(pop.death_day, PERIOD_END)
     for j, c in enumerate(CONDITIONS):
@@ -260,7 +260,7 @@ OPTOUT_TYPES = ("ndoo", "type1", "consent_withdrawn")
 def optouts(pop: Population, social_care_persons: np.ndarray, seed: int) -> Rows:
     """National data opt-outs (~3%), type 1 objections (~0.5%), social care consent
     withdrawals (~2% of clients); a few later withdrawn (opted back in)."""
-    rng = np.random.default_rng([seed, 22])
+    rng = pop.rng(seed, 22)
     ndoo = np.flatnonzero(rng.random(pop.n) < 0.03)
     type1 = np.flatnonzero(rng.random(pop.n) < 0.005)
     clients = np.unique(social_care_persons)
