@@ -6,6 +6,11 @@ Layout under `out`:
   truth/persons.parquet  person-level truth incl. true_risk / observable_risk / outcome
   truth/meta.json        time frame, seed, persons, model constants
 The pipeline must never read truth/: it exists for evaluation and tests only.
+
+Persons are generated a chunk at a time (`generate(..., chunk=)`, default DEFAULT_CHUNK): each
+chunk is drawn, rendered and appended to the files above, then dropped, so peak memory follows
+the chunk, not the population (at most a few bytes per person are population-wide: the NHS
+numbers, allocated once, and each council's used client ids).
 """
 
 from __future__ import annotations
