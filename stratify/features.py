@@ -10,7 +10,7 @@ bucket) at a time; persons never span partitions when partitioned by `person_key
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -525,6 +525,17 @@ def features_from(con: duckdb.DuckDBPyConnection, at: dt.date,
     """`build_features` on a connection made by `connect` (reused for several dates).
     `columns`: fetch only these features (in `NAMES` order), e.g. the few segment rules read,
     so a whole population's 126 columns are never held in memory for them."""
+    feature_table(con, at, lookback_months)
+    chosen = set(NAMES if columns is None else columns)
+    return fetch_features(con, [name for name in NAMES if name in chosen])
+
+
+def feature_table(con: duckdb.DuckDBPyConnection, at: dt.date,
+                  lookback_months: int | None = None) -> int:
+    """Work out the features at `at` into the connection's table `features_out` (one row per
+    person, nothing fetched into Python: `fetch_features`, `feature_keys`, `feature_columns`
+    read it); returns how many persons it holds. Training uses it to draw a sample before
+    fetching anything (stratify.train)."""
     for table in ("features_out", "pop", "f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds",
                   "f_sc", "f_community", "dx", "ltc_first", "f_ltc", "f_cci", "f_hfrs",
                   *HISTORY_TABLES):
@@ -537,20 +548,52 @@ def features_from(con: duckdb.DuckDBPyConnection, at: dt.date,
     # Materialise in person_key order (row order feeds model fitting, so it must not vary),
     # then fetch column arrays: much faster than a row-wise DataFrame conversion.
     con.execute(f"CREATE OR REPLACE TEMP TABLE features_out AS {_final_sql()}")
-    chosen = set(NAMES if columns is None else columns)
-    wanted = [name for name in NAMES if name in chosen]
+    return int(con.execute("SELECT count(*) FROM features_out").fetchone()[0])
+
+
+def feature_keys(con: duckdb.DuckDBPyConnection) -> np.ndarray:
+    """The person keys of `features_out` in person-key order (the order of every fetch)."""
     # Each fetch orders by person key: a disk connection does not keep insertion order
     # (connect_on_disk), and the columns fetched apart must line up.
-    keys = np.asarray(con.execute("SELECT person_key FROM features_out ORDER BY person_key"
+    return np.asarray(con.execute("SELECT person_key FROM features_out ORDER BY person_key"
                                   ).fetchnumpy()["person_key"], dtype=object)
+
+
+def feature_columns(con: duckdb.DuckDBPyConnection, names: list[str],
+                    keys: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """`names` of `features_out` as float32 arrays (NaN for null), `FETCH_COLUMNS` at a time
+    in the order given: DuckDB hands doubles over, twice the float32 kept (a gigabyte at a
+    million persons if fetched at once). Rows in person-key order, or, given `keys`, those
+    persons' rows in the order of `keys` (a training sample: the rest are never fetched)."""
+    source = "features_out ORDER BY person_key"
+    if keys is not None:
+        con.execute("DROP TABLE IF EXISTS features_wanted")
+        wanted = pd.DataFrame({"person_key": keys, "position": np.arange(len(keys))})
+        con.register("features_keys", wanted)
+        try:
+            con.execute("CREATE TEMP TABLE features_wanted AS SELECT f.*, k.position FROM "
+                        "features_keys k JOIN features_out f USING (person_key)")
+        finally:
+            con.unregister("features_keys")
+        found = con.execute("SELECT count(*) FROM features_wanted").fetchone()[0]
+        if found != len(keys):
+            raise ValueError(f"{len(keys) - found} of the {len(keys)} persons asked for have "
+                             f"no features at this date")
+        source = "features_wanted ORDER BY position"
+    for start in range(0, len(names), FETCH_COLUMNS):
+        part = names[start:start + FETCH_COLUMNS]
+        arrays = con.execute(f"SELECT {', '.join(part)} FROM {source}").fetchnumpy()
+        yield {name: np.ma.asarray(arrays.pop(name)).astype(np.float32).filled(np.nan)
+               for name in part}
+
+
+def fetch_features(con: duckdb.DuckDBPyConnection, names: list[str],
+                   keys: np.ndarray | None = None) -> pd.DataFrame:
+    """A float32 frame of `names` from `features_out`, indexed by `person_key`: everyone in
+    person-key order, or the persons `keys` in their order (`feature_columns`)."""
+    index = pd.Index(feature_keys(con) if keys is None else np.asarray(keys, dtype=object),
+                     name="person_key", dtype=object)
     data: dict[str, np.ndarray] = {}
-    # A few columns at a time: DuckDB hands doubles over, twice the float32 kept (a gigabyte
-    # at a million persons if fetched at once).
-    for start in range(0, len(wanted), FETCH_COLUMNS):
-        part = wanted[start:start + FETCH_COLUMNS]
-        arrays = con.execute(f"SELECT {', '.join(part)} FROM features_out "
-                             f"ORDER BY person_key").fetchnumpy()
-        data.update({name: np.ma.asarray(arrays.pop(name)).astype(np.float32).filled(np.nan)
-                     for name in part})
-    index = pd.Index(keys, name="person_key", dtype=object)
+    for block in feature_columns(con, names, keys):
+        data.update(block)
     return pd.DataFrame(data, index=index, copy=False)

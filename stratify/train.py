@@ -16,6 +16,13 @@ date are put in an order made from their rows' content (features and outcome; `s
 never from their person keys, and every draw comes from the recorded seed (`draw`). Persons
 whose rows are identical are interchangeable, so which of them is drawn changes nothing.
 
+Training memory does not grow with the population (issue #12): a date with more than
+`SAMPLE_PERSONS` persons is put in that same order inside DuckDB's table and a column chunk at
+a time (`_sampled_rows`), a seeded plain random sample of `SAMPLE_PERSONS` is drawn from it, and
+only the sample's features are fetched. A date with fewer persons uses them all, exactly as
+before. The sample is unweighted and the calibration hold-out is drawn from it, so the
+calibrated probabilities keep the population's event rate.
+
 `history_gain` records what the history adds: a learner (the logistic model unless asked for
 the chosen one) with every feature against the same learner refitted on the reference-date
 features alone (`catalogue.Feature.reference`), both judged on the calibration hold-out
@@ -36,7 +43,14 @@ from sklearn.metrics import roc_auc_score
 
 from stratify import codelists
 from stratify.catalogue import BY_NAME, NAMES
-from stratify.features import _ts, features_from, history_months
+from stratify.features import (
+    _ts,
+    feature_columns,
+    feature_keys,
+    feature_table,
+    fetch_features,
+    history_months,
+)
 from stratify.models import CANDIDATES, Blend, Calibrator, Model, make
 from stratify.outcomes import outcomes_from
 from stratify.sources import add_months
@@ -45,6 +59,11 @@ from stratify.tiers import thresholds
 MODEL_VERSION = "haven-score-1.0"
 LIFETIME_MONTHS = 240  # with 20 years of history or more, conditions use all of it
 CALIBRATION_SHARE = 0.2
+# Persons of a training date that training reads (issue #12: memory independent of the
+# population): a larger population is sampled down to this many before any feature is fetched.
+# 500,000 is what training already used at a million persons: 80% of it (400,000, the
+# `max_train_persons` default) to fit and 20% (100,000) to calibrate.
+SAMPLE_PERSONS = 500_000
 
 
 @dataclass
@@ -87,6 +106,7 @@ class ModelBundle:
 
 
 ORDER = "rows sorted by two 64-bit hashes of their features and outcome (no key material)"
+HASH_KEYS = ("haven-order-0001", "haven-order-0002")
 
 
 def stable_order(X: pd.DataFrame, y: np.ndarray) -> np.ndarray:
@@ -96,8 +116,7 @@ def stable_order(X: pd.DataFrame, y: np.ndarray) -> np.ndarray:
     Rows are sorted by two independent 64-bit hashes of (features, outcome); rows with equal
     hashes are identical (but for a 2^-128 chance) and so interchangeable for any model.
     """
-    first = _row_hashes(X, y, "haven-order-0001")
-    second = _row_hashes(X, y, "haven-order-0002")
+    first, second = (_row_hashes(X, y, key) for key in HASH_KEYS)
     return np.lexsort((second, first))
 
 
@@ -105,18 +124,37 @@ def _row_hashes(X: pd.DataFrame, y: np.ndarray, hash_key: str) -> np.ndarray:
     """`pd.util.hash_pandas_object(frame, index=False, hash_key=...)` of X's columns and the
     outcome as float64, one column at a time (a float64 copy of X was a gigabyte at a million
     persons): pandas' own combination of column hashes (CPython's tuple hash), repeated."""
-    count = X.shape[1] + 1
-    out = np.full(len(X), 0x345678, dtype=np.uint64)
-    mult = np.uint64(1000003)
-    for i in range(count):
-        values = (X.iloc[:, i].to_numpy(dtype=np.float64, na_value=np.nan) if i < count - 1
-                  else np.asarray(y, dtype=np.float64))
-        out ^= pd.util.hash_array(values, hash_key=hash_key)
-        out *= mult
-        inverse = count - i
-        mult += np.uint64(82520 + inverse + inverse)
-    out += np.uint64(97531)
-    return out
+    rows = _RowHash(len(X), X.shape[1] + 1, hash_key)
+    for i in range(X.shape[1]):
+        rows.add(X.iloc[:, i].to_numpy(dtype=np.float64, na_value=np.nan))
+    rows.add(y)
+    return rows.finish()
+
+
+class _RowHash:
+    """`_row_hashes` fed a column at a time (`add`, in order, `count` columns in all), so the
+    order of a population can be made from column chunks (`_sampled_rows`) without holding
+    its feature table."""
+
+    def __init__(self, rows: int, count: int, hash_key: str) -> None:
+        self.count, self.hash_key, self.added = count, hash_key, 0
+        self.out = np.full(rows, 0x345678, dtype=np.uint64)
+        self.mult = np.uint64(1000003)
+
+    def add(self, values: np.ndarray) -> None:
+        """Fold in the next column (compared as float64, as pandas hashes the float frame)."""
+        self.out ^= pd.util.hash_array(np.asarray(values, dtype=np.float64),
+                                       hash_key=self.hash_key)
+        self.out *= self.mult
+        inverse = self.count - self.added
+        self.mult += np.uint64(82520 + inverse + inverse)
+        self.added += 1
+
+    def finish(self) -> np.ndarray:
+        """The row hashes, once every column is in."""
+        if self.added != self.count:
+            raise ValueError(f"row hash given {self.added} of its {self.count} columns")
+        return self.out + np.uint64(97531)
 
 
 def draw(n: int, share: float, seed: int, stream: int) -> np.ndarray:
@@ -152,6 +190,47 @@ def _subsample(X: pd.DataFrame, y: np.ndarray, limit: int | None, seed: int, str
         return X, y
     keep = draw(len(X), limit / len(X), seed, stream)
     return X[keep], y[keep]
+
+
+def _training_rows(con: duckdb.DuckDBPyConnection, at: dt.date, lookback: int | None,
+                   names: list[str], sample: int, seed: int, stream: int
+                   ) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """Features `names` and outcomes at `at` of the persons training uses, in `stable_order`,
+    and how many persons the date has: everyone when they are `sample` or fewer (exactly as
+    before sampling existed), else a seeded sample of `sample` of them (`_sampled_rows`)."""
+    persons = feature_table(con, at, lookback)
+    if persons <= sample:
+        X = fetch_features(con, names)
+        y = outcomes_from(con, X.index, at)["emergency"].to_numpy()
+        X, y = _in_stable_order(X, y)
+        return X, y, persons
+    X, y = _sampled_rows(con, at, names, sample, seed, stream)
+    return X, y, persons
+
+
+def _sampled_rows(con: duckdb.DuckDBPyConnection, at: dt.date, names: list[str], sample: int,
+                  seed: int, stream: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """`sample` persons of `features_out` (at `at`) drawn at random (seeded, `stream`) from
+    the population in `stable_order`, kept in that order, with their features and outcomes.
+
+    The order is made as `stable_order` makes it, from column chunks (`_RowHash`): only the
+    keys, outcomes and hashes of the whole population are held, and the features of the
+    sample alone are fetched. A plain random sample keeps the event rate of the population,
+    so the calibration hold-out drawn from it calibrates to the population (no weights)."""
+    keys = feature_keys(con)
+    y = outcomes_from(con, pd.Index(keys), at)["emergency"].to_numpy()
+    hashes = [_RowHash(len(keys), len(names) + 1, key) for key in HASH_KEYS]
+    for block in feature_columns(con, names):
+        for values in block.values():  # in the order of `names`, as stable_order hashes
+            for rows in hashes:
+                rows.add(values)
+    for rows in hashes:
+        rows.add(y)
+    first, second = (rows.finish() for rows in hashes)
+    order = np.lexsort((second, first))
+    del first, second, hashes
+    picked = order[np.sort(np.random.default_rng([seed, stream]).permutation(len(keys))[:sample])]
+    return fetch_features(con, names, keys[picked]), y[picked]
 
 
 def _in_stable_order(X: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
@@ -203,11 +282,14 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
           candidates: tuple[str, ...] = ("rule", "logistic", "boosting", "blend"),
           calibration: str = "platt", max_train_persons: int | None = 400_000,
           history_gain_check: bool = True, features: list[str] | None = None,
-          history_gain_learner: str = HISTORY_GAIN_LEARNER) -> ModelBundle:
+          history_gain_learner: str = HISTORY_GAIN_LEARNER,
+          sample_persons: int | None = None) -> ModelBundle:
     """Fit, choose and calibrate the candidates for a run at `at` (see the module docstring);
     `history_gain_check` False skips the reference-date-only refit (`history_gain`, with
     `history_gain_learner`: a candidate's name, or "chosen").
-    `features`: learn from these catalogue features only (default all; benches compare)."""
+    `features`: learn from these catalogue features only (default all; benches compare).
+    `sample_persons`: learn from at most this many persons of each training date (None:
+    `SAMPLE_PERSONS`), drawn as `_training_rows` draws them."""
     names = list(features) if features is not None else list(NAMES)
     unknown = sorted(set(names) - set(NAMES))
     if unknown:
@@ -218,15 +300,14 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
     # so a longer history at scoring time does not shift what "has diabetes" means.
     history = history_months(con, t1)
     lookback = history if history is not None and history < LIFETIME_MONTHS else None
-    X1 = features_from(con, t1, lookback)[names]
-    y1 = outcomes_from(con, X1.index, t1)["emergency"].to_numpy()
-    X1, y1 = _in_stable_order(X1, y1)
+    sample = SAMPLE_PERSONS if sample_persons is None else sample_persons
+    if sample < 1:
+        raise ValueError(f"sample_persons must be 1 or more, not {sample}")
+    X1, y1, population = _training_rows(con, t1, lookback, names, sample, seed, 4)
     held = draw(len(X1), CALIBRATION_SHARE, seed, 1)
     selection: dict[str, Any] = {}
     if _has_history(con, t0):
-        X0 = features_from(con, t0, lookback)[names]
-        y0 = outcomes_from(con, X0.index, t0)["emergency"].to_numpy()
-        X0, y0 = _in_stable_order(X0, y0)
+        X0, y0, _ = _training_rows(con, t0, lookback, names, sample, seed, 5)
         Xs, ys = _subsample(X0, y0, max_train_persons, seed, 2)
         selection["method"] = "backtest"
         selection["fit_at"], selection["validate_at"] = t0.isoformat(), t1.isoformat()
@@ -246,7 +327,10 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
     metrics: dict[str, Any] = {"train_persons": int(len(Xf)), "calibration_persons":
                                int(held.sum()), "train_event_rate": float(y1.mean()),
                                "sampling": {"seed": seed, "order": ORDER,
-                                            "calibration_share": CALIBRATION_SHARE}}
+                                            "calibration_share": CALIBRATION_SHARE,
+                                            "population": population,
+                                            "sample_persons": sample,
+                                            "sampled": population > sample}}
     for name, model in _fit_all(candidates, Xf, yf, seed).items():
         decision = model.decision(X1[held])
         calibrator = Calibrator(calibration).fit(decision, y1[held])
