@@ -123,11 +123,13 @@ class _Truth:
         self.writers: dict[str, pq.ParquetWriter] = {}
 
     def append(self, name: str, table: pa.Table) -> None:
+        """Add a chunk's table to truth file `name` (opened with its schema when first met)."""
         if name not in self.writers:
             self.writers[name] = pq.ParquetWriter(self.truth / name, table.schema)
         self.writers[name].write_table(table)
 
     def close(self) -> None:
+        """Finish every truth file (footers written)."""
         for writer in self.writers.values():
             writer.close()
         self.writers = {}

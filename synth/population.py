@@ -166,7 +166,7 @@ class Population:
     part: int = 0              # which chunk of the population these persons are (0: first)
 
     def rng(self, seed: int, stream: int) -> np.random.Generator:
-        """The random stream `stream` for this chunk of persons (see `stream`)."""
+        """The random stream `stream` for this chunk of persons (see `stream_rng`)."""
         return stream_rng(seed, stream, self.part)
 
     def conditions_at(self, persons: np.ndarray, days: np.ndarray) -> np.ndarray:
@@ -313,7 +313,8 @@ def _conditions(dob: np.ndarray, sex: np.ndarray, dep: np.ndarray,
 def stream_rng(seed: int, stream: int, part: int = 0) -> np.random.Generator:
     """Random stream `stream` of chunk `part`: chunk 0 draws exactly what an unchunked
     population always drew ([seed, stream]); later chunks have streams of their own
-    ([seed, stream, part], never equal to a two-word seed since part >= 1)."""
+    ([seed, stream, part], never equal to a two-word seed since part >= 1, for seeds below
+    2**32, which numpy's SeedSequence takes as one word)."""
     if part < 0:
         raise ValueError(f"part (chunk number) must be >= 0, not {part}")
     return np.random.default_rng([seed, stream] if part == 0 else [seed, stream, part])
