@@ -163,8 +163,9 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame,
 def _rates(matches: pd.DataFrame, truth: np.ndarray, found_person: np.ndarray,
            evaluated: int) -> dict[str, float | int]:
     linked = matches[matches["band"] == "link"]
-    correct = int((truth[linked["query"].to_numpy()] ==
-                   found_person[linked["profile"].to_numpy()]).sum())
+    # positions as integers: a source with no match at all gives empty object columns
+    correct = int((truth[linked["query"].to_numpy(dtype=np.int64)] ==
+                   found_person[linked["profile"].to_numpy(dtype=np.int64)]).sum())
     return {"evaluated_rows": evaluated,
             "false_match_rate": round((len(linked) - correct) / max(len(linked), 1), 5),
             "missed_match_rate": round(1 - correct / max(evaluated, 1), 5),

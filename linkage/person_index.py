@@ -18,13 +18,19 @@ the rows whose link rested on them (`via_extract`: the profile's extract for a p
 link, the carrier's for a client link); `forget_rows` does the same for rows an opt-out purge
 removed. `leftovers` measures what the index still holds of given extracts (destruction
 certifies that measurement, not what was asked for).
+
+Memory: `update` streams the map and the new extracts twice, `BATCH_ROWS` rows at a time (a
+survey pass that finds the rows to link and the client rows, then a writing pass), so it holds
+a batch, the social care client rows, each pseudonym's person key (`kept`) and what the
+probabilistic step reads (profiles and pending rows): it grows with persons, not rows.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,20 +47,23 @@ from governance import store
 from governance.keys import Key
 from governance.schema import extracts
 from governance.settings import Settings
+from linkage.index_matching import (
+    PROFILE_SOURCES,
+    Matched,
+    Matcher,
+    match_pending,
+    registered_persons,
+)
 from linkage.landing.pseudonymise import keyed_hashes
 
-PROFILE_SOURCES = ("gp_patients", "social_care")
+BATCH_ROWS = 1_000_000
 MAP_SCHEMA = pa.schema([
     ("extract_id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
     ("person_id", pa.string()), ("person_key", pa.string()), ("method", pa.string()),
     ("weight", pa.float64()), ("via_extract", pa.string()), ("client_key", pa.string()),
 ])
 
-# Given query rows and profile rows (both with `lk_*` encodings; profiles with person_id), the
-# prior that a query row belongs to a registered person, and labelled examples of the query's
-# source (encoded rows with person_id, or None), return matches: query index, profile index,
-# weight, probability, band ("link"/"review").
-Matcher = Callable[[pd.DataFrame, pd.DataFrame, float, pd.DataFrame | None], pd.DataFrame]
+
 
 
 @dataclass
@@ -124,9 +133,11 @@ def pseudonyms_behind_bare_rows(settings: Settings, batch_rows: int = 1_000_000
     return pairs.to_pandas() if pairs.num_rows else empty
 
 
-def person_keys(person_ids: pa.Array, key: Key) -> pa.Array:
-    """Person key of each pseudonym: `P` + 20 hex of a keyed hash (a second pseudonym domain)."""
-    hashed = keyed_hashes(person_ids, key, domain="person_key", length=20)
+def person_keys(person_ids: pa.Array, key: Key, memo: dict[str, str] | None = None
+                ) -> pa.Array:
+    """Person key of each pseudonym: `P` + 20 hex of a keyed hash (a second pseudonym domain);
+    `memo` carries hashes already made from one batch to the next."""
+    hashed = keyed_hashes(person_ids, key, domain="person_key", length=20, memo=memo)
     return pc.binary_join_element_wise(pa.scalar("P"), hashed, "")
 
 
@@ -136,17 +147,6 @@ def landed_extracts(engine: Engine) -> pd.DataFrame:
                                          extracts.c.sender)
                                   .where(extracts.c.status == "landed")).all()
     return pd.DataFrame(rows, columns=["extract_id", "source", "sender"])
-
-
-def _read_rows(settings: Settings, extract_id: str, encodings: bool) -> pd.DataFrame:
-    path = settings.layout.rows(extract_id)
-    names = pq.read_schema(path).names
-    wanted = ["extract_id", "row"] + [c for c in ("person_id", "record_key") if c in names]
-    if encodings:
-        wanted += [c for c in names if c.startswith("lk_")]
-        # Keyed encodings are int64 with nulls: Arrow dtypes keep them exact.
-        return pq.read_table(path, columns=wanted).to_pandas(types_mapper=pd.ArrowDtype)
-    return pq.read_table(path, columns=wanted).to_pandas()
 
 
 def _write(settings: Settings, target: Path, table: pa.Table) -> None:
@@ -183,89 +183,206 @@ def _rows_in(frame: pd.DataFrame, rows: dict[str, Sequence[int]], extract: str =
     return np.asarray(found.isin(wanted), dtype=bool)
 
 
-def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None = None,
-           progress: Callable[[str], None] | None = None,
-           quality: Callable[[pd.DataFrame, pd.DataFrame | None], dict] | None = None,
-           drop_rows: dict[str, Sequence[int]] | None = None) -> LinkSummary:
-    """Bring the index up to date with what is landed: add new extracts, drop gone ones
-    (and the rows `drop_rows` names: {extract_id: rows} an opt-out purge removed)."""
-    say = progress or (lambda _message: None)
-    with store.data_lock(settings, "index"):
-        current = read_link_map(settings)
-        landed = landed_extracts(engine)
-        indexed = set(current["extract_id"].unique())
-        wanted = set(landed["extract_id"])
-        gone = sorted(indexed - wanted)
-        new = landed[~landed["extract_id"].isin(indexed)]
-        purged = _rows_in(current, drop_rows or {})
-        summary = LinkSummary(extracts_added=sorted(new["extract_id"]), extracts_removed=gone)
-        if not gone and new.empty and len(current) and not purged.any():
-            say("the person index is up to date: nothing landed or destroyed since the last run")
-            summary.rows = len(current)
-            summary.by_source_method = {
-                source: group["method"].value_counts().to_dict()
-                for source, group in current.groupby("source")}
-            return summary
-        # Keys already given to persons stay theirs (also across a pseudonym key rotation).
-        known = current[current["person_id"].notna()].drop_duplicates("person_id")
-        kept_keys = dict(zip(known["person_id"], known["person_key"], strict=True))
-        leaving = current["extract_id"].isin(gone).to_numpy() | purged
-        gone_sources = set(current.loc[leaving, "source"])
-        profiles_changed = bool((set(new["source"]) | gone_sources) & set(PROFILE_SOURCES))
-        # Rows whose link rested on a destroyed extract (probabilistic or client) are linked
-        # again, client links from the carriers that remain (below). Links to a purged row's
-        # pseudonym are kept: they are that person's rows, and the objection covers them.
-        retry = current["via_extract"].isin(gone).to_numpy()
+@dataclass
+class _Plan:
+    """What an update changes: extracts gone and new, rows purged, whether registers changed."""
+
+    landed: pd.DataFrame
+    new: pd.DataFrame
+    gone: list[str]
+    drop_rows: dict[str, Sequence[int]]
+    profiles_changed: bool = False
+
+
+def _current_batches(settings: Settings, plan: _Plan, batch_rows: int,
+                     kept: dict[str, str] | None = None) -> Iterator[pd.DataFrame]:
+    """The current map's rows that stay, a batch at a time, those whose link rested on a
+    destroyed extract (probabilistic or client) reset to unlinked and marked `retry`.
+
+    `kept`, if given, collects each pseudonym's person key (its first row's) before anything
+    is dropped: keys already given to persons stay theirs, also across a key rotation."""
+    path = settings.layout.link_map
+    if not path.exists():
+        return
+    gone = set(plan.gone)
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        frame = batch.to_pandas()
+        if kept is not None:
+            known = frame.loc[frame["person_id"].notna(), ["person_id", "person_key"]]
+            known = known.drop_duplicates("person_id")
+            for person_id, person_key in zip(known["person_id"], known["person_key"],
+                                             strict=True):
+                kept.setdefault(person_id, person_key)
+        leaving = frame["extract_id"].isin(gone).to_numpy() | _rows_in(frame, plan.drop_rows)
+        # Links to a purged row's pseudonym are kept: they are that person's rows, and the
+        # objection covers them.
+        retry = frame["via_extract"].isin(gone).to_numpy()
         if gone:
-            retry |= (current["method"] == "client").to_numpy()
-        if leaving.any():
-            retry = retry[~leaving]
-            current = current[~leaving].reset_index(drop=True)
+            retry |= (frame["method"] == "client").to_numpy()
+        frame = frame[~leaving]
+        frame["retry"] = retry[~leaving]
+        frame["new"] = False
+        if frame["retry"].any():
             for column, value in (("method", "unlinked"), ("person_id", None),
                                   ("weight", np.nan), ("via_extract", None)):
-                current.loc[retry, column] = value
-        parts = [current]
-        for item in new.itertuples():
-            say(f"indexing {item.extract_id} ({item.source})")
-            rows = _read_rows(settings, item.extract_id, encodings=False)
+                frame.loc[frame["retry"], column] = value
+        yield frame
+
+
+def _new_batches(settings: Settings, plan: _Plan, batch_rows: int,
+                 say: Callable[[str], None]) -> Iterator[pd.DataFrame]:
+    """The new extracts' rows, a batch at a time: linked by NHS number where they carry a
+    pseudonym, else unlinked; social care rows carry their keyed client id."""
+    for item in plan.new.itertuples():
+        say(f"indexing {item.extract_id} ({item.source})")
+        path = settings.layout.rows(item.extract_id)
+        names = pq.read_schema(path).names
+        wanted = ["extract_id", "row"] + [c for c in ("person_id", "record_key") if c in names]
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=wanted):
+            rows = batch.to_pandas()
             frame = pd.DataFrame({
                 "extract_id": rows["extract_id"], "source": item.source, "row": rows["row"],
                 "person_id": rows.get("person_id"),
                 "person_key": None, "method": "unlinked", "weight": np.nan,
-                "via_extract": None, "client_key": None,
+                "via_extract": None, "client_key": None, "retry": False, "new": True,
             })
-            has_id = frame["person_id"].notna()
-            frame.loc[has_id, "method"] = "nhs_number"
+            frame.loc[frame["person_id"].notna(), "method"] = "nhs_number"
             if item.source == "social_care" and "record_key" in rows:
                 frame["client_key"] = rows["record_key"].to_numpy()
-            parts.append(frame)
-        # Nothing left (every extract destroyed): an empty map is written, never the old one.
-        combined = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(
-            len(p) for p in parts) else MAP_SCHEMA.empty_table().to_pandas()
-        del parts, current  # the parts are in `combined` now: not held twice
-        combined = _link_clients(combined)
-        # Rows worth (re)trying: those of new extracts, those whose link rested on a destroyed
-        # extract, and, when the registers changed, every row still unlinked.
-        scope = combined["extract_id"].isin(set(new["extract_id"]))
-        # `current` comes first in `combined`, so its positions are the same there.
-        scope |= np.isin(np.arange(len(combined)), np.flatnonzero(retry))
-        if profiles_changed:
-            scope |= combined["method"] == "unlinked"
+            yield frame
+
+
+def _combined(settings: Settings, plan: _Plan, batch_rows: int,
+              say: Callable[[str], None] = lambda _m: None,
+              kept: dict[str, str] | None = None) -> Iterator[pd.DataFrame]:
+    """Every row the new map will hold, in its order (the current map's, then the new
+    extracts'), a batch at a time, indexed by position in the new map."""
+    position = 0
+    for frame in itertools.chain(_current_batches(settings, plan, batch_rows, kept),
+                                 _new_batches(settings, plan, batch_rows, say)):
+        frame.index = pd.RangeIndex(position, position + len(frame))
+        position += len(frame)
+        yield frame
+
+
+def _in_scope(frame: pd.DataFrame, plan: _Plan) -> np.ndarray:
+    """Rows worth (re)trying: new extracts' rows, rows whose link rested on a destroyed
+    extract, and, when the registers changed, every row still unlinked."""
+    scope = frame["new"].to_numpy() | frame["retry"].to_numpy()
+    if plan.profiles_changed:
+        scope |= (frame["method"] == "unlinked").to_numpy()
+    return scope
+
+
+@dataclass
+class _Survey:
+    """The first pass's findings: client rows (whole), rows to link, pseudonym counts per
+    source, and the review list's rows found in the map (with whether they are retried)."""
+
+    clients: list[pd.DataFrame] = field(default_factory=list)
+    todo: list[pd.DataFrame] = field(default_factory=list)
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    review_rows: list[pd.DataFrame] = field(default_factory=list)
+    rows: int = 0
+
+    def count(self, frame: pd.DataFrame, registered: set | None) -> None:
+        known = frame.loc[frame["person_id"].notna(), ["source", "person_id"]]
+        for source, group in known.groupby("source", sort=False):
+            found = int(group["person_id"].isin(registered).sum()) if registered else 0
+            total = self.counts.setdefault(str(source), [0, 0])
+            total[0] += len(group)
+            total[1] += found
+
+
+def _survey(settings: Settings, plan: _Plan, batch_rows: int, say: Callable[[str], None],
+            kept: dict[str, str], registered: set | None, earlier: pd.DataFrame) -> _Survey:
+    """First pass over the rows of the new map: everything the linking steps need to know."""
+    survey = _Survey()
+    review_keys = _review_keys(earlier)
+    for frame in _combined(settings, plan, batch_rows, say, kept):
+        survey.rows += len(frame)
+        is_client = frame["client_key"].notna().to_numpy()
+        if is_client.any():
+            survey.clients.append(frame[is_client])
+        rest = frame[~is_client]
+        survey.count(rest, registered)
+        scope = _in_scope(rest, plan)
+        survey.todo.append(rest.loc[scope & rest["person_id"].isna().to_numpy(),
+                                    ["extract_id", "row"]])
+        if review_keys is not None:
+            survey.review_rows.append(_found(rest, review_keys, scope))
+    return survey
+
+
+def _review_keys(earlier: pd.DataFrame) -> pd.MultiIndex | None:
+    if earlier.empty:
+        return None
+    return pd.MultiIndex.from_arrays(
+        [pd.concat([earlier["query_extract"], earlier["profile_extract"]]).astype(object),
+         pd.concat([earlier["query_row"], earlier["profile_row"]]).astype("int64")]).unique()
+
+
+def _found(frame: pd.DataFrame, keys: pd.MultiIndex, scope: np.ndarray) -> pd.DataFrame:
+    """The review list's rows among `frame`'s, with whether this run retries them."""
+    near = frame["extract_id"].isin(set(keys.get_level_values(0))).to_numpy() & frame[
+        "row"].isin(set(keys.get_level_values(1))).to_numpy()
+    if not near.any():
+        return pd.DataFrame({"extract_id": [], "row": [], "retried": []})
+    hits = frame.loc[near, ["extract_id", "row"]].assign(retried=scope[near])
+    inside = pd.MultiIndex.from_frame(hits[["extract_id", "row"]]).isin(keys)
+    return hits[inside]
+
+
+def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None = None,
+           progress: Callable[[str], None] | None = None,
+           quality: Callable[[pd.DataFrame, pd.DataFrame | None], dict] | None = None,
+           drop_rows: dict[str, Sequence[int]] | None = None,
+           batch_rows: int = BATCH_ROWS) -> LinkSummary:
+    """Bring the index up to date with what is landed: add new extracts, drop gone ones
+    (and the rows `drop_rows` names: {extract_id: rows} an opt-out purge removed).
+
+    Two streaming passes over the map and the new extracts (`batch_rows` at a time): the
+    first finds the rows to link and the client links, the second writes the new map, so
+    memory holds a batch, the client rows and what the probabilistic step reads, never the
+    map itself.
+    """
+    say = progress or (lambda _message: None)
+    with store.data_lock(settings, "index"):
+        landed = landed_extracts(engine)
+        extract_ids, counted, purged = _map_contents(settings, drop_rows or {})
+        gone = sorted(extract_ids - set(landed["extract_id"]))
+        new = landed[~landed["extract_id"].isin(extract_ids)]
+        summary = LinkSummary(extracts_added=sorted(new["extract_id"]), extracts_removed=gone)
+        if not gone and new.empty and counted and not purged:
+            say("the person index is up to date: nothing landed or destroyed since the last run")
+            summary.rows = sum(sum(methods.values()) for methods in counted.values())
+            summary.by_source_method = counted
+            return summary
+        gone_sources = _sources_of(settings, gone, drop_rows or {})
+        plan = _Plan(landed=landed, new=new, gone=gone, drop_rows=drop_rows or {})
+        plan.profiles_changed = bool((set(new["source"]) | gone_sources)
+                                     & set(PROFILE_SOURCES))
+        earlier = _read_earlier_review(settings)
+        kept: dict[str, str] = {}
+        registered = registered_persons(settings, landed) if matcher is not None else None
+        survey = _survey(settings, plan, batch_rows, say, kept, registered, earlier)
+        clients = _link_clients(pd.concat(survey.clients) if survey.clients else None)
+        todo = _todo_rows(survey, clients, plan, registered)
+        review_rows = _review_rows(survey, clients, plan, earlier)
         review = pd.DataFrame()
+        matched = Matched(pd.DataFrame(), pd.DataFrame(), None, None)
         if matcher is not None:
-            combined, review, profile, examples = _link_probabilistic(
-                settings, combined, landed, matcher, say, scope.to_numpy())
-            review = _merge_review(settings, review, combined, scope.to_numpy())
-            if quality is not None and profile is not None:
+            matched = match_pending(settings, landed, matcher, say, todo,
+                                    {s: (c[0], c[1]) for s, c in survey.counts.items()})
+            review = _merge_review(earlier, review_rows, matched.review)
+            if quality is not None and matched.profile is not None:
                 say("estimating linkage quality on rows whose NHS number is known")
-                summary.quality = quality(profile, examples)
-        combined = _assign_keys(combined, key, kept_keys)
-        summary.rows = len(combined)
-        summary.by_source_method = {
-            source: group["method"].value_counts().to_dict()
-            for source, group in combined.groupby("source")}
+                summary.quality = quality(matched.profile, matched.examples)
+        matched.profile = matched.examples = None  # not held through the writing pass
+        summary.by_source_method = _write_linked(settings, plan, batch_rows, key, kept,
+                                                 clients, matched.links)
+        summary.rows = survey.rows
         summary.review_pairs = len(review)
-        _write_map(settings, combined)
         _write(settings, settings.layout.review, pa.Table.from_pandas(review, preserve_index=False))
         # The quality file counts; it names no extract, so destroying one leaves no trace here.
         settings.layout.link_quality.write_text(json.dumps(
@@ -275,33 +392,104 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
     return summary
 
 
-def _link_clients(frame: pd.DataFrame) -> pd.DataFrame:
+def _map_contents(settings: Settings, drop_rows: dict[str, Sequence[int]]
+                  ) -> tuple[set[str], dict[str, dict[str, int]], bool]:
+    """The map's extracts, its rows counted per source and method, and whether it holds any
+    of `drop_rows`: read a few columns a batch at a time."""
+    path = settings.layout.link_map
+    extract_ids: set[str] = set()
+    counted: dict[str, dict[str, int]] = {}
+    purged = False
+    if not path.exists():
+        return extract_ids, counted, purged
+    for batch in pq.ParquetFile(path).iter_batches(
+            batch_size=BATCH_ROWS, columns=["extract_id", "source", "row", "method"]):
+        frame = batch.to_pandas()
+        extract_ids.update(frame["extract_id"].unique())
+        _add_counts(counted, frame)
+        purged = purged or bool(_rows_in(frame, drop_rows).any())
+    return extract_ids, counted, purged
+
+
+def _add_counts(counted: dict[str, dict[str, int]], frame: pd.DataFrame) -> None:
+    for (source, method), n in frame.groupby(["source", "method"]).size().items():
+        into = counted.setdefault(str(source), {})
+        into[str(method)] = into.get(str(method), 0) + int(n)
+
+
+def _sources_of(settings: Settings, gone: list[str], drop_rows: dict[str, Sequence[int]]
+                ) -> set[str]:
+    """Sources of the rows leaving the map (destroyed extracts' and purged rows')."""
+    path = settings.layout.link_map
+    leaving = set(gone) | {e for e, rows in drop_rows.items() if len(rows)}
+    if not leaving or not path.exists():
+        return set()
+    table = pq.read_table(path, columns=["extract_id", "source", "row"],
+                          filters=pc.field("extract_id").isin(pa.array(sorted(leaving))))
+    frame = table.to_pandas()
+    mask = frame["extract_id"].isin(set(gone)).to_numpy() | _rows_in(frame, drop_rows)
+    return set(frame.loc[mask, "source"])
+
+
+def _link_clients(clients: pd.DataFrame | None) -> pd.DataFrame | None:
     """Social care rows of one client share the pseudonym any of them carries; `via_extract`
     names where it came from (the carrier's extract, or the extract its own link rests on)."""
-    clients = frame["client_key"]
-    known = frame.loc[clients.notna() & frame["person_id"].notna(),
-                      ["client_key", "person_id", "extract_id", "via_extract"]]
+    if clients is None:
+        return None
+    keys = clients["client_key"]
+    known = clients.loc[clients["person_id"].notna(),
+                        ["client_key", "person_id", "extract_id", "via_extract"]]
     carriers = known.drop_duplicates("client_key").set_index("client_key")
-    fill = clients.map(carriers["person_id"])
-    take = frame["person_id"].isna() & fill.notna()
-    frame.loc[take, "person_id"] = fill[take]
-    frame.loc[take, "method"] = "client"
+    fill = keys.map(carriers["person_id"])
+    take = clients["person_id"].isna() & fill.notna()
+    clients.loc[take, "person_id"] = fill[take]
+    clients.loc[take, "method"] = "client"
     via = carriers["via_extract"].where(carriers["via_extract"].notna(), carriers["extract_id"])
-    frame.loc[take, "via_extract"] = clients[take].map(via)
-    return frame
+    clients.loc[take, "via_extract"] = keys[take].map(via)
+    return clients
 
 
-def _merge_review(settings: Settings, fresh: pd.DataFrame, frame: pd.DataFrame,
-                  scope: np.ndarray) -> pd.DataFrame:
-    """The review list: this run's pairs, plus earlier pairs of rows it did not retry."""
+def _todo_rows(survey: _Survey, clients: pd.DataFrame | None, plan: _Plan,
+               registered: set | None) -> dict[str, set]:
+    """{extract_id: rows} to link probabilistically (counting the client rows' pseudonyms
+    into the survey's counts now that their client links are made)."""
+    parts = list(survey.todo)
+    if clients is not None:
+        survey.count(clients, registered)
+        scope = _in_scope(clients, plan)
+        parts.append(clients.loc[scope & clients["person_id"].isna().to_numpy(),
+                                 ["extract_id", "row"]])
+    pending = pd.concat(parts) if parts else pd.DataFrame({"extract_id": [], "row": []})
+    return pending.groupby("extract_id")["row"].apply(set).to_dict()
+
+
+def _review_rows(survey: _Survey, clients: pd.DataFrame | None, plan: _Plan,
+                 earlier: pd.DataFrame) -> pd.DataFrame:
+    """The earlier review list's rows still in the map, with whether this run retries them."""
+    keys = _review_keys(earlier)
+    parts = list(survey.review_rows)
+    if keys is not None and clients is not None:
+        parts.append(_found(clients, keys, _in_scope(clients, plan)))
+    if not parts:
+        return pd.DataFrame({"extract_id": [], "row": [], "retried": []})
+    return pd.concat(parts)
+
+
+def _read_earlier_review(settings: Settings) -> pd.DataFrame:
     path = settings.layout.review
     if not path.exists():
-        return fresh
-    earlier = pq.read_table(path).to_pandas()
+        return pd.DataFrame()
+    return pq.read_table(path).to_pandas()
+
+
+def _merge_review(earlier: pd.DataFrame, rows: pd.DataFrame, fresh: pd.DataFrame
+                  ) -> pd.DataFrame:
+    """The review list: this run's pairs, plus earlier pairs of rows it did not retry."""
     if earlier.empty:
         return fresh
-    retried = pd.MultiIndex.from_frame(frame.loc[scope, ["extract_id", "row"]])
-    still = pd.MultiIndex.from_frame(frame[["extract_id", "row"]])
+    still = pd.MultiIndex.from_arrays([rows["extract_id"].astype(object),
+                                       rows["row"].astype("int64")])
+    retried = still[rows["retried"].to_numpy(dtype=bool)]
     keys = pd.MultiIndex.from_arrays([earlier["query_extract"], earlier["query_row"]])
     profiles = pd.MultiIndex.from_arrays([earlier["profile_extract"], earlier["profile_row"]])
     # A pair stays while both its rows do (neither destroyed nor purged) and it was not retried.
@@ -309,116 +497,61 @@ def _merge_review(settings: Settings, fresh: pd.DataFrame, frame: pd.DataFrame,
     return pd.concat([earlier[keep], fresh], ignore_index=True)
 
 
-def _link_probabilistic(settings: Settings, frame: pd.DataFrame, landed: pd.DataFrame,
-                        matcher: Matcher, say: Callable[[str], None], scope: np.ndarray,
-                        ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None,
-                                   pd.DataFrame | None]:
-    """Link rows without a pseudonym, within `scope`, to person profiles on their encodings."""
-    todo = frame["person_id"].isna() & scope
-    todo_rows = frame.loc[todo].groupby("extract_id")["row"].apply(set).to_dict()
-    wanted_extracts = set(todo_rows)
-    queries, profiles, training = [], [], []
-    for item in landed.itertuples():
-        is_profile = item.source in PROFILE_SOURCES
-        if not is_profile and item.extract_id not in wanted_extracts:
-            continue
-        rows = _read_rows(settings, item.extract_id, encodings=True)
-        lk = [c for c in rows.columns if c.startswith("lk_")]
-        if not lk:
-            continue
-        if is_profile:
-            profiles.append(rows[rows["person_id"].notna()].assign(source=item.source))
-        if item.extract_id in wanted_extracts:
-            pending = todo_rows[item.extract_id]
-            queries.append(rows[rows["row"].isin(pending)].assign(source=item.source))
-            if not is_profile:  # the sampled NHS-numbered rows: labelled examples
-                encoded = rows[lk].notna().any(axis=1) & rows["person_id"].notna()
-                training.append(rows[encoded].assign(source=item.source))
-    profile = _concat(profiles) if profiles else None
-    examples = _concat(training) if training else None
-    if not queries or profile is None:
-        return frame, pd.DataFrame(), profile, examples
-    query = _concat(queries)
-    say(f"probabilistic linkage: {len(query):,} rows against {len(profile):,} profiles")
-    # One model per source: sources carry different fields (names only in social care), and
-    # a model fitted on a mixture would under-weight the fields a source does carry.
-    registered = set(profile["person_id"].astype(object))
-    found = []
-    for source, rows in query.groupby("source", sort=True):
-        # Compared on the fields both sides carry: once the last register carrying a field is
-        # destroyed, the profiles left may lack fields the query rows still have.
-        carried = [c for c in rows.columns if c.startswith("lk_") and rows[c].notna().any()
-                   and c in profile.columns and profile[c].notna().any()]
-        if not carried:
-            continue  # nothing to compare on: the rows stay unlinked
-        coverage = _coverage(frame, str(source), registered)
-        say(f"  {source}: {len(rows):,} rows; {coverage:.1%} of its rows with an NHS number "
-            "belong to a registered person")
-        labelled = None
-        if examples is not None and set(carried) <= set(examples.columns):
-            labelled = examples.loc[examples["source"] == source,
-                                    ["extract_id", "row", "person_id", *carried]]
-        part = matcher(rows[["extract_id", "row", *carried]].reset_index(drop=True),
-                       profile[["extract_id", "row", "person_id", *carried]], coverage,
-                       labelled)
-        part["query"] = rows.index.to_numpy()[part["query"].to_numpy(dtype=np.int64)]
-        if len(part):
-            found.append(part)
-    if not found:
-        return frame, pd.DataFrame(), profile, examples
-    matches = pd.concat(found, ignore_index=True)
-    review = matches[matches["band"] == "review"]
-    links = matches[matches["band"] == "link"].sort_values("weight", ascending=False)
-    links = links.drop_duplicates("query")
-    # Every query row is a row to do: look positions up among those, not the whole map (a
-    # MultiIndex of 50M rows was gigabytes at a million persons).
-    pending = frame.loc[todo, ["extract_id", "row"]]
-    position = pd.MultiIndex.from_frame(pending)
-    target = pd.MultiIndex.from_frame(query.loc[links["query"], ["extract_id", "row"]])
-    where = position.get_indexer(target)
+def _write_linked(settings: Settings, plan: _Plan, batch_rows: int, key: Key,
+                  kept: dict[str, str], clients: pd.DataFrame | None, links: pd.DataFrame
+                  ) -> dict[str, dict[str, int]]:
+    """Second pass: each batch takes its client and probabilistic links and its person keys,
+    and is written to the new map (replacing the old one only once complete)."""
+    settings.layout.index_dir.mkdir(parents=True, exist_ok=True)
+    target = settings.layout.link_map
+    tmp = target.with_suffix(".tmp")
+    columns = [f.name for f in MAP_SCHEMA]
+    counted: dict[str, dict[str, int]] = {}
+    linked = links.set_index(["extract_id", "row"]) if len(links) else None
+    memo: dict[str, str] = {}
+    wrote = False
+    with pq.ParquetWriter(tmp, MAP_SCHEMA, compression="zstd") as writer:
+        for frame in _combined(settings, plan, batch_rows):
+            if clients is not None:
+                mine = clients.index.intersection(frame.index)
+                if len(mine):
+                    frame.loc[mine, ["person_id", "method", "via_extract"]] = clients.loc[
+                        mine, ["person_id", "method", "via_extract"]]
+            if linked is not None:
+                _apply_links(frame, linked)
+            frame = _assign_keys(frame, key, kept, memo)
+            _add_counts(counted, frame)
+            writer.write_table(pa.Table.from_pandas(frame[columns], schema=MAP_SCHEMA,
+                                                    preserve_index=False))
+            wrote = True
+        if not wrote:  # every extract destroyed: an empty map, never the old one
+            writer.write_table(MAP_SCHEMA.empty_table())
+    os.replace(tmp, target)
+    return counted
+
+
+def _apply_links(frame: pd.DataFrame, linked: pd.DataFrame) -> None:
+    """Probabilistic links ((extract_id, row) -> person_id, weight, via_extract) into `frame`."""
+    pending = frame["person_id"].isna().to_numpy()
+    if not pending.any():
+        return
+    rows = frame.loc[pending, ["extract_id", "row"]]
+    where = linked.index.get_indexer(pd.MultiIndex.from_frame(rows))
     ok = where >= 0
-    at = pending.index[where[ok]]
-    frame.loc[at, "person_id"] = profile.loc[
-        links["profile"].to_numpy()[ok], "person_id"].to_numpy(dtype=object)
+    if not ok.any():
+        return
+    at = rows.index[ok]
+    hit = linked.iloc[where[ok]]
+    frame.loc[at, "person_id"] = hit["person_id"].to_numpy(dtype=object)
     frame.loc[at, "method"] = "probabilistic"
-    frame.loc[at, "weight"] = links["weight"].to_numpy()[ok]
-    frame.loc[at, "via_extract"] = profile.loc[
-        links["profile"].to_numpy()[ok], "extract_id"].to_numpy(dtype=object)
-    review_out = pd.DataFrame({
-        "query_extract": query.loc[review["query"], "extract_id"].to_numpy(),
-        "query_row": query.loc[review["query"], "row"].to_numpy(),
-        "profile_extract": profile.loc[review["profile"], "extract_id"].to_numpy(),
-        "profile_row": profile.loc[review["profile"], "row"].to_numpy(),
-        "weight": review["weight"].to_numpy(),
-    })
-    for column in review.columns:
-        if column.startswith("cmp_"):
-            review_out[column] = review[column].to_numpy()
-    return frame, review_out, profile, examples
+    frame.loc[at, "weight"] = hit["weight"].to_numpy()
+    frame.loc[at, "via_extract"] = hit["via_extract"].to_numpy(dtype=object)
 
 
-def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate frames of encodings through Arrow, so a column some frames lack keeps its
-    type (fixed-size binary Bloom filters, int64 keys) with nulls, instead of turning object."""
-    tables = [pa.Table.from_pandas(f, preserve_index=False) for f in frames]
-    return pa.concat_tables(tables, promote_options="default").to_pandas(
-        types_mapper=pd.ArrowDtype)
-
-
-def _coverage(frame: pd.DataFrame, source: str, registered: set) -> float:
-    """Share of a source's rows with a pseudonym whose person is in the register (the prior
-    that a row without one belongs to a registered person), kept within [0.5, 0.999]."""
-    known = frame.loc[(frame["source"] == source) & frame["person_id"].notna(), "person_id"]
-    if len(known) < 20:
-        return 0.95
-    share = float(known.astype(object).isin(registered).mean())
-    return min(max(share, 0.5), 0.999)
-
-
-def _assign_keys(frame: pd.DataFrame, key: Key,
-                 kept: dict[str, str] | None = None) -> pd.DataFrame:
+def _assign_keys(frame: pd.DataFrame, key: Key, kept: dict[str, str] | None = None,
+                 memo: dict[str, str] | None = None) -> pd.DataFrame:
     """Person keys from pseudonyms (a person keeps a key once given); unlinked rows get a key
-    of their own first row."""
+    of their own first row. `memo` carries keyed hashes from batch to batch."""
     ids = frame["person_id"].astype(object).where(frame["person_id"].notna(), None)
     anchor = ids.copy()
     lonely = ids.isna()
@@ -430,7 +563,7 @@ def _assign_keys(frame: pd.DataFrame, key: Key,
     # one keyed hash per distinct anchor (a person has many rows), spread back to the rows
     codes, distinct = pd.factorize(anchor, use_na_sentinel=False)
     per_anchor = person_keys(pa.array(np.asarray(distinct, dtype=object), pa.string()),
-                             key).to_numpy(zero_copy_only=False)
+                             key, memo).to_numpy(zero_copy_only=False)
     fresh = per_anchor[codes]
     if kept:
         existing = ids.map(kept)

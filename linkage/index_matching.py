@@ -1,0 +1,161 @@
+"""The person index's probabilistic step, fed with the rows still to link (not the whole map).
+
+`registered_persons` reads the register's pseudonyms (the prior that a row belongs to a
+registered person is measured against them); `match_pending` reads the pending rows' keyed
+encodings and the profiles' (register rows that carry a pseudonym and encodings), runs the
+matcher one source at a time, and returns links and review pairs keyed by (extract_id, row).
+Memory holds the profiles and the pending rows, never the link map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from governance.settings import Settings
+
+PROFILE_SOURCES = ("gp_patients", "social_care")
+
+# Given query rows and profile rows (both with `lk_*` encodings; profiles with person_id), the
+# prior that a query row belongs to a registered person, and labelled examples of the query's
+# source (encoded rows with person_id, or None), return matches: query index, profile index,
+# weight, probability, band ("link"/"review").
+Matcher = Callable[[pd.DataFrame, pd.DataFrame, float, pd.DataFrame | None], pd.DataFrame]
+
+
+@dataclass
+class Matched:
+    """What the probabilistic step found: links (extract_id, row, person_id, weight,
+    via_extract), review pairs, and the profiles and labelled examples it read."""
+
+    links: pd.DataFrame
+    review: pd.DataFrame
+    profile: pd.DataFrame | None
+    examples: pd.DataFrame | None
+
+
+def read_rows(settings: Settings, extract_id: str, encodings: bool) -> pd.DataFrame:
+    """A landed extract's rows: ids, pseudonym and record key (and keyed encodings if asked)."""
+    path = settings.layout.rows(extract_id)
+    names = pq.read_schema(path).names
+    wanted = ["extract_id", "row"] + [c for c in ("person_id", "record_key") if c in names]
+    if encodings:
+        wanted += [c for c in names if c.startswith("lk_")]
+        # Keyed encodings are int64 with nulls: Arrow dtypes keep them exact.
+        return pq.read_table(path, columns=wanted).to_pandas(types_mapper=pd.ArrowDtype)
+    return pq.read_table(path, columns=wanted).to_pandas()
+
+
+def registered_persons(settings: Settings, landed: pd.DataFrame) -> set:
+    """Pseudonyms of the profiles: register rows with a pseudonym, in extracts with encodings."""
+    registered: set = set()
+    for item in landed.itertuples():
+        if item.source not in PROFILE_SOURCES:
+            continue
+        path = settings.layout.rows(item.extract_id)
+        names = pq.read_schema(path).names
+        if "person_id" not in names or not any(c.startswith("lk_") for c in names):
+            continue
+        ids = pq.read_table(path, columns=["person_id"]).column("person_id")
+        registered.update(v for v in ids.unique().to_pylist() if v is not None)
+    return registered
+
+
+def coverage(known: int, registered: int) -> float:
+    """Share of a source's rows with a pseudonym whose person is in the register (the prior
+    that a row without one belongs to a registered person), kept within [0.5, 0.999]."""
+    if known < 20:
+        return 0.95
+    return min(max(registered / known, 0.5), 0.999)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate frames of encodings through Arrow, so a column some frames lack keeps its
+    type (fixed-size binary Bloom filters, int64 keys) with nulls, instead of turning object."""
+    tables = [pa.Table.from_pandas(f, preserve_index=False) for f in frames]
+    return pa.concat_tables(tables, promote_options="default").to_pandas(
+        types_mapper=pd.ArrowDtype)
+
+
+def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
+                  say: Callable[[str], None], todo_rows: dict[str, set],
+                  counts: dict[str, tuple[int, int]]) -> Matched:
+    """Link the pending rows (`todo_rows`: {extract_id: rows}) to person profiles on their
+    encodings; `counts` gives each source's (rows with a pseudonym, of them registered)."""
+    queries, profiles, training = [], [], []
+    for item in landed.itertuples():
+        is_profile = item.source in PROFILE_SOURCES
+        if not is_profile and item.extract_id not in todo_rows:
+            continue
+        rows = read_rows(settings, item.extract_id, encodings=True)
+        lk = [c for c in rows.columns if c.startswith("lk_")]
+        if not lk:
+            continue
+        if is_profile:
+            profiles.append(rows[rows["person_id"].notna()].assign(source=item.source))
+        if item.extract_id in todo_rows:
+            pending = todo_rows[item.extract_id]
+            queries.append(rows[rows["row"].isin(pending)].assign(source=item.source))
+            if not is_profile:  # the sampled NHS-numbered rows: labelled examples
+                encoded = rows[lk].notna().any(axis=1) & rows["person_id"].notna()
+                training.append(rows[encoded].assign(source=item.source))
+        del rows
+    profile = _concat(profiles) if profiles else None
+    examples = _concat(training) if training else None
+    nothing = Matched(pd.DataFrame(), pd.DataFrame(), profile, examples)
+    if not queries or profile is None:
+        return nothing
+    query = _concat(queries)
+    say(f"probabilistic linkage: {len(query):,} rows against {len(profile):,} profiles")
+    # One model per source: sources carry different fields (names only in social care), and
+    # a model fitted on a mixture would under-weight the fields a source does carry.
+    found = []
+    for source, rows in query.groupby("source", sort=True):
+        # Compared on the fields both sides carry: once the last register carrying a field is
+        # destroyed, the profiles left may lack fields the query rows still have.
+        carried = [c for c in rows.columns if c.startswith("lk_") and rows[c].notna().any()
+                   and c in profile.columns and profile[c].notna().any()]
+        if not carried:
+            continue  # nothing to compare on: the rows stay unlinked
+        prior = coverage(*counts.get(str(source), (0, 0)))
+        say(f"  {source}: {len(rows):,} rows; {prior:.1%} of its rows with an NHS number "
+            "belong to a registered person")
+        labelled = None
+        if examples is not None and set(carried) <= set(examples.columns):
+            labelled = examples.loc[examples["source"] == source,
+                                    ["extract_id", "row", "person_id", *carried]]
+        part = matcher(rows[["extract_id", "row", *carried]].reset_index(drop=True),
+                       profile[["extract_id", "row", "person_id", *carried]], prior, labelled)
+        part["query"] = rows.index.to_numpy()[part["query"].to_numpy(dtype=np.int64)]
+        if len(part):
+            found.append(part)
+    if not found:
+        return nothing
+    matches = pd.concat(found, ignore_index=True)
+    review = matches[matches["band"] == "review"]
+    links = matches[matches["band"] == "link"].sort_values("weight", ascending=False)
+    links = links.drop_duplicates("query")
+    chosen = links["profile"].to_numpy()
+    linked = pd.DataFrame({
+        "extract_id": query.loc[links["query"], "extract_id"].to_numpy(dtype=object),
+        "row": query.loc[links["query"], "row"].to_numpy(dtype=np.int64),
+        "person_id": profile.loc[chosen, "person_id"].to_numpy(dtype=object),
+        "weight": links["weight"].to_numpy(dtype=np.float64),
+        "via_extract": profile.loc[chosen, "extract_id"].to_numpy(dtype=object),
+    })
+    review_out = pd.DataFrame({
+        "query_extract": query.loc[review["query"], "extract_id"].to_numpy(),
+        "query_row": query.loc[review["query"], "row"].to_numpy(),
+        "profile_extract": profile.loc[review["profile"], "extract_id"].to_numpy(),
+        "profile_row": profile.loc[review["profile"], "row"].to_numpy(),
+        "weight": review["weight"].to_numpy(),
+    })
+    for column in review.columns:
+        if column.startswith("cmp_"):
+            review_out[column] = review[column].to_numpy()
+    return Matched(linked, review_out, profile, examples)

@@ -1,0 +1,132 @@
+"""The person index is built in two streaming passes, a batch of rows at a time (issue #12):
+whatever the batch size, the same landed data give the same map, review list and counts, on
+a first build and on each kind of update (a register destroyed, rows purged, an extract
+added). A batch of 97 rows splits every extract and every client across batches."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import update
+
+from factories import rows_for, write_extract
+from governance.schema import extracts
+from linkage import person_index
+from linkage.index_matcher import estimate_quality, match_profiles
+from linkage.landing.land import land_file
+from pipeline.land import land
+from synth import generate
+
+pytestmark = pytest.mark.parametrize("backend", [""])
+SMALL = 97
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(400, 7, out, progress=False)
+    return out
+
+
+def _update(haven, batch_rows: int, **kwargs) -> person_index.LinkSummary:
+    return person_index.update(haven.settings, haven.engine, haven.keys.current("linkage"),
+                               match_profiles, quality=estimate_quality,
+                               batch_rows=batch_rows, **kwargs)
+
+
+def _outputs(haven) -> tuple[pd.DataFrame, pd.DataFrame]:
+    layout = haven.settings.layout
+    return pq.read_table(layout.link_map).to_pandas(), pq.read_table(layout.review).to_pandas()
+
+
+def _both_ways(haven, tmp_path: Path, **kwargs) -> tuple[tuple, tuple]:
+    """The same update from the same index, once in small batches and once in one batch."""
+    index = haven.settings.layout.index_dir
+    before = tmp_path / "index-before"
+    shutil.rmtree(before, ignore_errors=True)
+    if index.exists():
+        shutil.copytree(index, before)
+    small = _update(haven, SMALL, **kwargs)
+    small_out = _outputs(haven)
+    shutil.rmtree(index)
+    if before.exists():
+        shutil.copytree(before, index)
+    whole = _update(haven, 10_000_000, **kwargs)
+    return (small, small_out), (whole, _outputs(haven))
+
+
+def _same(left: tuple, right: tuple) -> None:
+    (summary_a, (map_a, review_a)), (summary_b, (map_b, review_b)) = left, right
+    pd.testing.assert_frame_equal(map_a, map_b)
+    pd.testing.assert_frame_equal(review_a, review_b)
+    assert summary_a.to_json() == summary_b.to_json()
+
+
+def test_batch_size_changes_nothing_on_build_destroy_purge_and_add(haven, synthetic, tmp_path,
+                                                                  backend):
+    reports = land(haven, synthetic)
+    landed = {r.extract_id: r for r in reports if r.status == "landed"}
+    held_back = next(e for e, r in landed.items() if "apc" in e)
+    with haven.engine.begin() as connection:  # landed later, as a new month's extract
+        connection.execute(update(extracts).where(extracts.c.extract_id == held_back)
+                           .values(status="held"))
+    small, whole = _both_ways(haven, tmp_path)
+    _same(small, whole)
+    frame = whole[1][0]
+    methods = set(frame["method"])
+    assert {"nhs_number", "client", "probabilistic"} <= methods  # every method exercised
+    assert len(frame) > 50 * SMALL
+
+    # a register destroyed: its rows leave, the links resting on it are retried
+    register = next(e for e in landed if "gp_patients" in e)
+    with haven.engine.begin() as connection:
+        connection.execute(update(extracts).where(extracts.c.extract_id == register)
+                           .values(status="destroyed"))
+    small, whole = _both_ways(haven, tmp_path)
+    _same(small, whole)
+    assert register not in set(whole[1][0]["extract_id"])
+    assert register not in set(whole[1][0]["via_extract"].dropna())
+    assert "unlinked" in set(whole[1][0]["method"])  # rows left without their register
+
+    # rows purged after an objection, in social care and in the other register
+    care = frame[frame["source"] == "social_care"]
+    purged = {e: list(g["row"].head(15)) for e, g in care.groupby("extract_id")}
+    small, whole = _both_ways(haven, tmp_path, drop_rows=purged)
+    _same(small, whole)
+    left = whole[1][0]
+    assert not any(((left["extract_id"] == e) & left["row"].isin(rows)).any()
+                   for e, rows in purged.items())
+
+    # a new extract arrives
+    with haven.engine.begin() as connection:
+        connection.execute(update(extracts).where(extracts.c.extract_id == held_back)
+                           .values(status="landed"))
+    small, whole = _both_ways(haven, tmp_path)
+    _same(small, whole)
+    assert whole[0].extracts_added == [held_back]
+
+
+def test_a_client_whose_rows_fall_in_different_batches_is_still_one_person(haven, landing,
+                                                                          inbox, backend):
+    """The carrier of a client's pseudonym is the last row, its bare rows the first ones:
+    with 4 rows a batch, the client link must reach across batches."""
+    rows = rows_for("social_care", 24, seed=3)
+    for bare in range(0, 20, 5):
+        rows[bare]["client_id"] = rows[23 - bare // 5]["client_id"]
+        rows[bare]["nhs_number"] = ""
+    land_file(landing, write_extract(inbox, "social_care", rows, sender="E08000035"))
+    key = haven.keys.current("linkage")
+    small = person_index.update(haven.settings, haven.engine, key, batch_rows=4)
+    written = person_index.read_link_map(haven.settings)
+    shutil.rmtree(haven.settings.layout.index_dir)
+    whole = person_index.update(haven.settings, haven.engine, key)
+    pd.testing.assert_frame_equal(written, person_index.read_link_map(haven.settings))
+    frame = written.set_index("row")
+    assert small.to_json() == whole.to_json()
+    for bare in range(0, 20, 5):
+        assert frame.loc[bare + 1, "method"] == "client"
+        assert frame.loc[bare + 1, "person_key"] == frame.loc[24 - bare // 5, "person_key"]
