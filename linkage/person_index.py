@@ -639,7 +639,14 @@ def leftovers(settings: Settings, extract_ids: Sequence[str]) -> dict[str, int]:
       longer has (it describes a map that held them), else 0.
     """
     wanted = set(extract_ids)
-    frame = read_link_map(settings, columns=["extract_id", "via_extract"])
+    rows = index_rows = links_via = 0
+    if settings.layout.link_map.exists():  # a batch at a time: the map is never held whole
+        for batch in pq.ParquetFile(settings.layout.link_map).iter_batches(
+                batch_size=BATCH_ROWS, columns=["extract_id", "via_extract"]):
+            frame = batch.to_pandas()
+            rows += len(frame)
+            index_rows += int(frame["extract_id"].isin(wanted).sum())
+            links_via += int(frame["via_extract"].isin(wanted).sum())
     review = _read_review(settings)
     stale = 0
     if settings.layout.link_quality.exists():
@@ -648,10 +655,10 @@ def leftovers(settings: Settings, extract_ids: Sequence[str]) -> dict[str, int]:
             counted = json.loads(text).get("rows")
         except ValueError:
             counted = None  # unreadable: it cannot be shown to describe the map as it is
-        stale = int(any(e in text for e in wanted) or counted != len(frame))
+        stale = int(any(e in text for e in wanted) or counted != rows)
     return {
-        "index_rows": int(frame["extract_id"].isin(wanted).sum()),
-        "index_links_via": int(frame["via_extract"].isin(wanted).sum()),
+        "index_rows": index_rows,
+        "index_links_via": links_via,
         "review_pairs": int((review["query_extract"].isin(wanted)
                              | review["profile_extract"].isin(wanted)).sum()),
         "quality_files": stale,
