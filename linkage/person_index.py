@@ -89,6 +89,11 @@ def read_link_map(settings: Settings, columns: list[str] | None = None) -> pd.Da
     return pq.read_table(path, columns=columns).to_pandas()
 
 
+def indexed_extracts(settings: Settings) -> list[str]:
+    """The extracts the map holds rows of, sorted (read a batch at a time)."""
+    return sorted(_map_contents(settings, {})[0])
+
+
 def link_rows(settings: Settings, column: str, values: Sequence[str]) -> list[dict]:
     """(person_id, person_key) of the index rows whose `column` is one of `values`, rows
     without a pseudonym left out."""

@@ -28,8 +28,7 @@ def link(ctx: Context, progress: Progress = quiet) -> LinkSummary:
     with ctx.engine.begin() as connection:
         connection.execute(insert(runs).values(
             run_id=run_id, kind="link", at=datetime.now(UTC), status="complete",
-            extract_ids=sorted(person_index.read_link_map(
-                ctx.settings, columns=["extract_id"])["extract_id"].unique().tolist()),
+            extract_ids=person_index.indexed_extracts(ctx.settings),
             summary=summary.to_json()))
         audit.record(connection, ctx.actor, "link.run", f"run/{run_id}",
                      n_records=summary.rows,

@@ -35,7 +35,7 @@ from governance.model_approvals import approved_models
 from governance.schema import extracts, runs
 from governance.schema import optouts as optout_register
 from governance.settings import Settings
-from linkage.person_index import read_link_map
+from linkage.person_index import link_rows
 
 DEFAULT_RUN_PURPOSE = "commissioning"  # what `haven score` scores for unless told
 
@@ -209,9 +209,7 @@ def person_keys_of(settings: Settings, person_ids: set[str]) -> set[str]:
     """Person keys the person index gives these pseudonyms."""
     if not person_ids:
         return set()
-    link = read_link_map(settings, columns=["person_id", "person_key"])
-    hit = link["person_id"].isin(person_ids)
-    return set(link.loc[hit, "person_key"].astype(str))
+    return {str(r["person_key"]) for r in link_rows(settings, "person_id", sorted(person_ids))}
 
 
 def withheld_person_keys(settings: Settings, engine: Engine, purpose: str,
@@ -222,8 +220,9 @@ def withheld_person_keys(settings: Settings, engine: Engine, purpose: str,
     ids = withheld_person_ids(engine, purpose, run, today)
     if not ids:
         return set()
-    link = read_link_map(settings, columns=["person_id", "person_key"])
-    link = link[link["person_id"].isin(set(ids))].drop_duplicates()
+    # Read with the pseudonyms as a filter: the map is never held whole (50M rows at 1M persons).
+    link = pd.DataFrame(link_rows(settings, "person_id", sorted(ids)),
+                        columns=["person_id", "person_key"]).drop_duplicates()
     covered: dict[str, frozenset[str] | None] = {}
     for person, key in zip(link["person_id"], link["person_key"].astype(str), strict=True):
         known, more = covered.get(key, frozenset()), ids[person]
