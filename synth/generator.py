@@ -100,6 +100,13 @@ class _Extracts:
         """The files written so far, in the order first met."""
         return list(self.open)
 
+    def abort(self) -> None:
+        """Close every file without a manifest (a run that failed part way): landing refuses
+        a file without one, so a partial file cannot pass for a whole one."""
+        for handle, _, _ in self.open.values():
+            handle.close()
+        self.open = {}
+
     def close(self) -> list[dict[str, Any]]:
         """Close every file and write its manifest; return the files' summaries."""
         summaries = []
@@ -283,9 +290,12 @@ def generate(persons: int, seed: int, out: Path, progress: bool = True,
                 _chunk(seed, persistent, part, first, numbers[first:first + size], across,
                        files, truth, steps, label, timings, len(sizes))
                 first += size
+    except BaseException:
+        files.abort()         # no manifest may vouch for a file cut short
+        raise
     finally:
         truth.close()
-        summaries = files.close()
+    summaries = files.close()
     _write_meta(truth_dir, seed, persons, persistent, files=[s["file"] for s in summaries])
     return {
         "out": str(out), "persons": persons, "seed": seed,

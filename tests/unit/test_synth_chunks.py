@@ -81,6 +81,24 @@ def test_no_step_holds_more_than_a_chunk_of_persons(tmp_path: Path,
     assert max(built) <= CHUNK and sum(built) == PERSONS
 
 
+def test_a_run_that_fails_part_way_leaves_no_manifest(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files cut short by a failure in a later chunk carry no manifest to vouch for them."""
+    real = population.build
+
+    def fail_second(n: int, *args: Any, **kwargs: Any) -> population.Population:
+        if kwargs.get("part", 0) == 1:
+            raise MemoryError("chunk 1")
+        return real(n, *args, **kwargs)
+
+    monkeypatch.setattr(population, "build", fail_second)
+    with pytest.raises(MemoryError):
+        generate(PERSONS, 4, tmp_path, progress=False, chunk=CHUNK)
+    assert (tmp_path / "apc.csv").stat().st_size > 0          # chunk 0 was written
+    assert not list(tmp_path.glob("*.manifest.json"))
+    assert not (tmp_path / "truth" / "meta.json").exists()
+
+
 def test_chunk_sizes_are_even_and_never_over_the_chunk() -> None:
     assert chunk_sizes(2500, 1000) == [834, 833, 833]
     assert chunk_sizes(1_000_001, 200_000) == [166_667] * 5 + [166_666]
