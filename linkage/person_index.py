@@ -578,15 +578,23 @@ def _assign_keys(frame: pd.DataFrame, key: Key, kept: dict[str, str] | None = No
 
 
 def rekey(settings: Settings, mapping: dict[str, str]) -> int:
-    """After a pseudonym key rotation: the index's pseudonyms mapped old -> new, keys kept."""
+    """After a pseudonym key rotation: the index's pseudonyms mapped old -> new, keys kept
+    (rewritten a batch at a time)."""
     path = settings.layout.link_map
     if not path.exists():
         return 0
-    frame = read_link_map(settings)
-    changed = frame["person_id"].isin(set(mapping))
-    frame.loc[changed, "person_id"] = frame.loc[changed, "person_id"].map(mapping)
-    _write_map(settings, frame)
-    return int(changed.sum())
+    changed = 0
+    tmp = path.with_suffix(".rekey")
+    with pq.ParquetWriter(tmp, MAP_SCHEMA, compression="zstd") as writer:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+            frame = batch.to_pandas()
+            hit = frame["person_id"].isin(set(mapping))
+            frame.loc[hit, "person_id"] = frame.loc[hit, "person_id"].map(mapping)
+            changed += int(hit.sum())
+            writer.write_table(pa.Table.from_pandas(frame, schema=MAP_SCHEMA,
+                                                    preserve_index=False))
+    os.replace(tmp, path)
+    return changed
 
 
 def forget_extracts(settings: Settings, engine: Engine, key: Key, extract_ids: list[str],
@@ -616,11 +624,14 @@ def forget_rows(settings: Settings, engine: Engine, key: Key, rows: dict[str, li
 
 def _purged_in_index(settings: Settings, rows: dict[str, list[int]]) -> tuple[int, int]:
     """(map rows, review pairs) that still hold any of `rows`."""
-    frame = read_link_map(settings, columns=["extract_id", "row"])
+    held = 0
+    for batch in pq.ParquetFile(settings.layout.link_map).iter_batches(
+            batch_size=BATCH_ROWS, columns=["extract_id", "row"]):
+        held += int(_rows_in(batch.to_pandas(), rows).sum())
     review = _read_review(settings)
     pairs = _rows_in(review, rows, "query_extract", "query_row") | _rows_in(
         review, rows, "profile_extract", "profile_row")
-    return int(_rows_in(frame, rows).sum()), int(pairs.sum())
+    return held, int(pairs.sum())
 
 
 def _read_review(settings: Settings) -> pd.DataFrame:
@@ -671,14 +682,31 @@ def leftovers(settings: Settings, extract_ids: Sequence[str]) -> dict[str, int]:
 
 
 def export(settings: Settings, out: Path) -> int:
-    """Write the linkage map an IG lead can audit, as Parquet or CSV (by the file's extension)."""
-    frame = read_link_map(settings, columns=["extract_id", "source", "row", "person_key",
-                                              "method", "weight"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".csv":
-        frame.to_csv(out, index=False)
-    elif out.suffix.lower() == ".parquet":
-        frame.to_parquet(out, index=False)
-    else:
+    """Write the linkage map an IG lead can audit, as Parquet or CSV (by the file's extension),
+    a batch at a time; nothing is left at `out` if writing fails."""
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
         raise ValueError(f"--out must end in .csv or .parquet, not {out.suffix or 'nothing'}")
-    return len(frame)
+    columns = ["extract_id", "source", "row", "person_key", "method", "weight"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    batches = (pq.ParquetFile(settings.layout.link_map).iter_batches(
+        batch_size=BATCH_ROWS, columns=columns) if settings.layout.link_map.exists() else [])
+    count = 0
+    try:
+        if suffix == ".csv":
+            with tmp.open("w", encoding="utf-8", newline="") as handle:
+                handle.write(",".join(columns) + "\n")
+                for batch in batches:
+                    batch.to_pandas().to_csv(handle, index=False, header=False)
+                    count += batch.num_rows
+        else:
+            schema = pa.schema([MAP_SCHEMA.field(c) for c in columns])
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for batch in batches:
+                    writer.write_batch(batch)
+                    count += batch.num_rows
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count

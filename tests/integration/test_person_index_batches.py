@@ -130,3 +130,21 @@ def test_a_client_whose_rows_fall_in_different_batches_is_still_one_person(haven
     for bare in range(0, 20, 5):
         assert frame.loc[bare + 1, "method"] == "client"
         assert frame.loc[bare + 1, "person_key"] == frame.loc[24 - bare // 5, "person_key"]
+
+
+def test_export_written_a_batch_at_a_time_is_the_map(haven, landing, inbox, tmp_path,
+                                                     monkeypatch, backend):
+    """The auditable export (CSV and Parquet) equals the map's columns whatever the batch."""
+    land_file(landing, write_extract(inbox, "apc", rows_for("apc", 11, seed=4)))
+    person_index.update(haven.settings, haven.engine, haven.keys.current("linkage"))
+    monkeypatch.setattr(person_index, "BATCH_ROWS", 3)
+    columns = ["extract_id", "source", "row", "person_key", "method", "weight"]
+    want = person_index.read_link_map(haven.settings)[columns]
+    assert person_index.export(haven.settings, tmp_path / "map.csv") == 11
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "map.csv"), want,
+                                  check_dtype=False)
+    assert person_index.export(haven.settings, tmp_path / "map.parquet") == 11
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "map.parquet"), want)
+    with pytest.raises(ValueError, match="--out must end in"):
+        person_index.export(haven.settings, tmp_path / "map.txt")
+    assert not (tmp_path / "map.txt").exists()
