@@ -23,8 +23,15 @@ import pandas as pd
 from governance.identifiers import digest_letters
 from governance.layout import RunFiles
 from stratify import codelists, explain
-from stratify.catalogue import AGE_BANDS
-from stratify.features import Sources, _ts, connect, features_from
+from stratify.catalogue import AGE_BANDS, NAMES
+from stratify.features import (
+    Sources,
+    _ts,
+    connect,
+    feature_keys,
+    feature_table,
+    fetch_features,
+)
 from stratify.sources import extract_ids
 from stratify.tiers import assign, thresholds, tier_change
 from stratify.train import ModelBundle, train
@@ -100,6 +107,8 @@ def _conditions(X: pd.DataFrame) -> pd.Series:
 
 
 EXACT_TIERS = ("very_high", "high")
+# Persons predicted and explained at a time (`score_connected`): bounds scoring's memory.
+SCORE_BATCH = 100_000
 CANDIDATE_GROUPS = 8
 
 
@@ -160,10 +169,16 @@ def score(sources: Sources, at: dt.date, seed: int = 0,
 def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int = 0,
                     previous: pd.DataFrame | None = None, bundle: ModelBundle | None = None,
                     max_train_persons: int | None = 400_000,
-                    model: str | None = None) -> ScoreRun:
+                    model: str | None = None, batch: int | None = None) -> ScoreRun:
     """`score` on a connection holding the typed sources (`features.connect`, or
     `features.connect_on_disk` for a population larger than memory), which it closes once the
-    features are read; `ids`: the extract ids each source's rows came from."""
+    features are read; `ids`: the extract ids each source's rows came from.
+
+    The features of everyone at `at` stay in DuckDB (`features.feature_table`); persons are
+    predicted, then explained, `batch` at a time (None: `SCORE_BATCH`), so no feature table of
+    the whole population is held (issue #12). Every step is row by row and the tier
+    thresholds come from everyone's probabilities, so the results do not depend on `batch`."""
+    size = SCORE_BATCH if batch is None else batch
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -174,43 +189,53 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
         clock = now
 
     try:
+        if size < 1:
+            raise ValueError(f"batch must be 1 or more, not {size}")
         if bundle is None:
             bundle = train(con, at, seed, max_train_persons=max_train_persons)
             lap("train")
         bundle = choose_model(bundle, model)
-        X = features_from(con, at, bundle.lookback_months)
-        attributes = _attributes(con, at, X.index)
+        feature_table(con, at, bundle.lookback_months)
+        keys = feature_keys(con)
+        index = pd.Index(keys, name="person_key", dtype=object)
+        attributes = _attributes(con, at, index)
         lap("features")
+        spans = [(start, min(start + size, len(keys)))
+                 for start in range(0, len(keys), size)] or [(0, 0)]
+        parts = [bundle.probabilities(fetch_features(con, NAMES, keys[a:b])) for a, b in spans]
+        probability = {name: np.concatenate([part[name] for part in parts])
+                       for name in parts[0]}
+        chosen = probability[bundle.chosen]
+        cut = thresholds(chosen)
+        lap("predict")
+        tiers = assign(chosen, cut)
+        explained = []
+        reasons_method: dict[str, str] = {}
+        for a, b in spans:
+            X = fetch_features(con, NAMES, keys[a:b])
+            contributions, reasons_method = _contributions(bundle, X, tiers[a:b])
+            explained.append(_explained(X, contributions))
+        rows = pd.concat(explained)
+        lap("reasons")
     finally:
         con.close()
-    probability = bundle.probabilities(X)
-    chosen = probability[bundle.chosen]
-    cut = thresholds(chosen)
-    lap("predict")
-    tiers = assign(chosen, cut)
-    contributions, reasons_method = _contributions(bundle, X, tiers)
-    why = explain.reasons(contributions, X)
-    lap("reasons")
-    scores = pd.DataFrame({"person_key": X.index.to_numpy(), "probability": chosen},
-                          index=X.index)
+    scores = pd.DataFrame({"person_key": keys, "probability": chosen}, index=index)
     scores["tier"] = tiers
-    scores["reasons"] = explain.joined(why)
-    scores = scores.join(why[["reason_group_1", "reason_group_2", "reason_group_3"]])
+    scores["reasons"] = rows["reasons"]
+    scores = scores.join(rows[["reason_group_1", "reason_group_2", "reason_group_3"]])
     scores["previous_probability"] = np.nan
     scores["previous_tier"] = None
     if previous is not None and len(previous):
         before = previous.drop_duplicates("person_key").set_index("person_key")
-        scores["previous_probability"] = before["probability"].reindex(X.index).astype(float)
-        scores["previous_tier"] = before["tier"].reindex(X.index).astype(object)
+        scores["previous_probability"] = before["probability"].reindex(index).astype(float)
+        scores["previous_tier"] = before["tier"].reindex(index).astype(object)
     scores["change"] = scores["probability"] - scores["previous_probability"]
     scores["tier_change"] = tier_change(scores["tier"], scores["previous_tier"])
     scores = scores.join(attributes)
-    scores["age"] = X["age"]
-    scores["age_band"] = age_band(X["age"])
-    scores["conditions"] = _conditions(X)
-    scores["social_care_known"] = X["sc_known"].astype(bool)
+    for column in ("age", "age_band", "conditions", "social_care_known"):
+        scores[column] = rows[column]
     scores = scores.reset_index(drop=True)
-    candidates = pd.DataFrame({"person_key": X.index.to_numpy(),
+    candidates = pd.DataFrame({"person_key": keys,
                                **{name: p for name, p in probability.items()}})
     tier_counts = scores["tier"].value_counts().to_dict()
     metrics = {"persons": int(len(scores)),
@@ -231,6 +256,19 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
                           "features": bundle.features,
                           "codelists_digest": bundle.codelists_digest,
                           "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+
+
+def _explained(X: pd.DataFrame, contributions: pd.DataFrame) -> pd.DataFrame:
+    """The row-only columns of a batch of persons: reasons (joined, and the top three
+    groups), age, age band, conditions and whether social care knows them."""
+    why = explain.reasons(contributions, X)
+    out = pd.DataFrame({"reasons": explain.joined(why)}, index=X.index)
+    out = out.join(why[["reason_group_1", "reason_group_2", "reason_group_3"]])
+    out["age"] = X["age"]
+    out["age_band"] = age_band(X["age"])
+    out["conditions"] = _conditions(X)
+    out["social_care_known"] = X["sc_known"].astype(bool)
+    return out
 
 
 class UnknownModel(ValueError):
