@@ -62,9 +62,9 @@ CALIBRATION_SHARE = 0.2
 # Persons of a training date that training reads (issue #12: memory independent of the
 # population): a larger population is sampled down to this many before any feature is fetched.
 # 250,000: 200,000 to fit and 50,000 to calibrate (a standard error of the calibrated mean
-# under 0.1 percentage point at a 10% event rate); training then needs what it needed at
-# 250,000 persons (about 2.6 GB measured at 300,000, with DuckDB's 1 GB), whatever the
-# population. The 100,000-person benchmark and every test population stay below it.
+# of 0.13 percentage point at a 10% event rate); training then needs what it needed at
+# 250,000 persons (a peak of 2.8 GB measured with 243,794, DuckDB's 1 GB included), whatever
+# the population. The 100,000-person benchmark and every test population stay below it.
 SAMPLE_PERSONS = 250_000
 
 
