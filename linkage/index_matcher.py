@@ -11,6 +11,8 @@ carry a pseudonym are linked as if they did not, and their links are checked aga
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 
@@ -23,11 +25,13 @@ from linkage.probabilistic import (
     compare,
     fit_model,
 )
+from linkage.probabilistic.blocking import pairs_for_rows, plan_blocking
 
 UPPER = 0.95
 LOWER = 0.5
 DEFAULT_COVERAGE = 0.95
 RANDOM_PAIRS = 200_000
+QUERY_CHUNK = 5_000  # query rows scored at a time: memory holds their candidate pairs
 MIN_LABELLED = 50
 # The engine's passes, with the registered practice (`identifier`) paired with parts of the
 # date of birth instead of alone (a practice alone is a block of thousands).
@@ -78,21 +82,31 @@ def fit_supervised(query: Encoded, profile: Encoded, person_q: np.ndarray,
                       method="supervised")
 
 
-def _score_pairs(query: pd.DataFrame, profile: pd.DataFrame,
-                 model: MatchModel | None = None) -> pd.DataFrame:
+def _score_pairs(query: pd.DataFrame, profile: pd.DataFrame, model: MatchModel | None = None,
+                 chunk: int | None = None) -> Iterator[pd.DataFrame]:
+    """Scored candidate pairs, `chunk` query rows at a time (every pair of a query row in
+    one chunk), so memory holds one chunk's pairs, not all of them. Blocking is planned once
+    over every query row (the same pairs as one pass over all). A model fitted here (ECM,
+    when none is given) needs every pair at once, so then there is one chunk."""
     q, p = Encoded(query), Encoded(profile)
-    pairs = candidate_pairs(q, p, INDEX_PASSES)
-    if len(pairs) == 0:
-        return pd.DataFrame(columns=["query", "profile", "weight", "probability"])
-    vectors = compare(q, p, pairs)
-    if model is None:
-        model = fit_model(q, p, pairs, vectors, method="ecm")
-    weight = model.weight(vectors)
-    scored = pd.DataFrame({"query": pairs["left"].to_numpy(), "profile": pairs["right"].to_numpy(),
-                           "weight": weight, "probability": model.probability(weight)})
-    for name in vectors.columns:
-        scored[f"cmp_{name}"] = vectors[name].to_numpy()
-    return scored
+    plan = plan_blocking(q, p, INDEX_PASSES)
+    step = max(chunk or QUERY_CHUNK, 1) if model is not None else max(len(query), 1)
+    for start in range(0, len(query), step):
+        rows = None if step >= len(query) else np.arange(
+            start, min(start + step, len(query)), dtype=np.int64)
+        pairs = pairs_for_rows(plan, rows, sort=True)
+        if len(pairs) == 0:
+            continue
+        vectors = compare(q, p, pairs)
+        if model is None:
+            model = fit_model(q, p, pairs, vectors, method="ecm")
+        weight = model.weight(vectors)
+        scored = pd.DataFrame({"query": pairs["left"].to_numpy(),
+                               "profile": pairs["right"].to_numpy(),
+                               "weight": weight, "probability": model.probability(weight)})
+        for name in vectors.columns:
+            scored[f"cmp_{name}"] = vectors[name].to_numpy()
+        yield scored
 
 
 def train_on_profiles(profile: pd.DataFrame, fields: list[str]) -> MatchModel | None:
@@ -140,15 +154,22 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame,
                                profile["person_id"].astype(object).to_numpy())
     if model is None:
         model = train_on_profiles(profile, fields)
-    scored = _score_pairs(query, profile, model)
-    if scored.empty:
-        return scored.assign(band=pd.Series(dtype=str))
     person = profile["person_id"].astype(object).to_numpy()
+    persons = max(len(pd.unique(person)), 1)
+    best = [_best(scored, person, persons, coverage)
+            for scored in _score_pairs(query, profile, model)]
+    if not best:
+        return pd.DataFrame(columns=["query", "profile", "weight", "probability", "band"])
+    return pd.concat(best, ignore_index=True)
+
+
+def _best(scored: pd.DataFrame, person: np.ndarray, persons: int, coverage: float
+          ) -> pd.DataFrame:
+    """Each query's most probable person, banded (`scored` holds every pair of its queries)."""
     scored["person"] = person[scored["profile"].to_numpy()]
     scored = scored.sort_values(["query", "weight"], ascending=[True, False], kind="stable")
     # The best pair per (query, person) speaks for that person.
     per_person = scored.drop_duplicates(["query", "person"]).copy()
-    persons = max(len(pd.unique(person)), 1)
     factor = np.exp2(np.clip(per_person["weight"].to_numpy(), -60, 60)) / persons
     per_person["factor"] = factor
     total = per_person.groupby("query")["factor"].transform("sum").to_numpy()

@@ -148,3 +148,27 @@ def test_export_written_a_batch_at_a_time_is_the_map(haven, landing, inbox, tmp_
     with pytest.raises(ValueError, match="--out must end in"):
         person_index.export(haven.settings, tmp_path / "map.txt")
     assert not (tmp_path / "map.txt").exists()
+
+
+def test_matching_a_chunk_of_query_rows_at_a_time_finds_the_same_links(haven, synthetic,
+                                                                       monkeypatch, backend):
+    """Candidate pairs are scored a chunk of query rows at a time (memory holds a chunk's
+    pairs); the links, weights and review band are those of scoring all pairs at once."""
+    from linkage import index_matcher
+    from linkage.index_matching import read_rows
+
+    land(haven, synthetic)
+    landed = person_index.landed_extracts(haven.engine)
+    frames = {s: read_rows(haven.settings, e, encodings=True)
+              for e, s in zip(landed["extract_id"], landed["source"], strict=True)}
+    profile = frames["gp_patients"]
+    profile = profile[profile["person_id"].notna()].reset_index(drop=True)
+    query = pd.concat([frames["social_care"], profile])  # the register against itself too
+    fields = [c for c in query.columns if c.startswith("lk_") and c in profile.columns]
+    query = query[["extract_id", "row", *fields]].reset_index(drop=True)
+    profile = profile[["extract_id", "row", "person_id", *fields]]
+    whole = index_matcher.match_profiles(query, profile, 0.95)
+    monkeypatch.setattr(index_matcher, "QUERY_CHUNK", 7)
+    chunked = index_matcher.match_profiles(query, profile, 0.95)
+    assert len(whole) > 300 and (whole["band"] == "link").any()
+    pd.testing.assert_frame_equal(chunked, whole)
