@@ -21,7 +21,6 @@ from linkage.probabilistic import (
     MISSING,
     Encoded,
     MatchModel,
-    candidate_pairs,
     compare,
     fit_model,
 )
@@ -52,11 +51,18 @@ def fit_supervised(query: Encoded, profile: Encoded, person_q: np.ndarray,
     """
     import recordlinkage
 
-    pairs = candidate_pairs(query, profile, INDEX_PASSES)
-    if exclude_self is not None and len(pairs):
-        pairs = pairs[exclude_self[pairs["left"].to_numpy()] != pairs["right"].to_numpy()]
-    same = person_q[pairs["left"].to_numpy()] == person_p[pairs["right"].to_numpy()]
-    positives = pairs[same]
+    # Candidate pairs a chunk of query rows at a time: only the positives are kept.
+    plan = plan_blocking(query, profile, INDEX_PASSES)
+    found = []
+    for start in range(0, query.n, QUERY_CHUNK):
+        pairs = pairs_for_rows(plan, np.arange(start, min(start + QUERY_CHUNK, query.n),
+                                               dtype=np.int64), sort=True)
+        if exclude_self is not None and len(pairs):
+            pairs = pairs[exclude_self[pairs["left"].to_numpy()] != pairs["right"].to_numpy()]
+        same = person_q[pairs["left"].to_numpy()] == person_p[pairs["right"].to_numpy()]
+        found.append(pairs[same])
+    positives = (pd.concat(found, ignore_index=True) if found
+                 else pd.DataFrame({"left": [], "right": []}, dtype=np.int64))
     if len(positives) < MIN_LABELLED:
         return None
     rng = np.random.default_rng(seed)

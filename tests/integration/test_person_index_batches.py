@@ -167,8 +167,13 @@ def test_matching_a_chunk_of_query_rows_at_a_time_finds_the_same_links(haven, sy
     fields = [c for c in query.columns if c.startswith("lk_") and c in profile.columns]
     query = query[["extract_id", "row", *fields]].reset_index(drop=True)
     profile = profile[["extract_id", "row", "person_id", *fields]]
-    whole = index_matcher.match_profiles(query, profile, 0.95)
+    examples = profile.iloc[::2]  # labelled rows: a supervised model, fitted chunk by chunk
+    whole = index_matcher.match_profiles(query, profile, 0.95, examples)
+    unsupervised = index_matcher.match_profiles(query, profile, 0.95)
     monkeypatch.setattr(index_matcher, "QUERY_CHUNK", 7)
-    chunked = index_matcher.match_profiles(query, profile, 0.95)
+    assert index_matcher.QUERY_CHUNK < len(query) // 50
+    chunked = index_matcher.match_profiles(query, profile, 0.95, examples)
     assert len(whole) > 300 and (whole["band"] == "link").any()
     pd.testing.assert_frame_equal(chunked, whole)
+    pd.testing.assert_frame_equal(index_matcher.match_profiles(query, profile, 0.95),
+                                  unsupervised)
