@@ -66,6 +66,32 @@ MAP_SCHEMA = pa.schema([
 
 
 
+PARTIAL_SUFFIXES = (".tmp", ".rekey")  # files being written; left behind by a killed run
+
+
+def partial_files(settings: Settings) -> list[Path]:
+    """Index files a killed update or key rotation left half-written (they may hold rows of
+    any extract: destruction counts them as left over until they are removed)."""
+    folder = settings.layout.index_dir
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix in PARTIAL_SUFFIXES)
+
+
+def discard_partial_files(settings: Settings) -> int:
+    """Remove what a killed run left half-written in the index, under the index lock."""
+    with store.data_lock(settings, "index"):
+        return clear_partial_files(settings)
+
+
+def clear_partial_files(settings: Settings) -> int:
+    """Remove what a killed run left half-written in the index (the caller holds the lock)."""
+    found = partial_files(settings)
+    for path in found:
+        path.unlink(missing_ok=True)
+    return len(found)
+
+
 @dataclass
 class LinkSummary:
     """What a linkage run did, per source and method, and its quality estimates."""
@@ -353,6 +379,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
     """
     say = progress or (lambda _message: None)
     with store.data_lock(settings, "index"):
+        clear_partial_files(settings)
         landed = landed_extracts(engine)
         extract_ids, counted, purged = _map_contents(settings, drop_rows or {})
         gone = sorted(extract_ids - set(landed["extract_id"]))
@@ -652,7 +679,9 @@ def leftovers(settings: Settings, extract_ids: Sequence[str]) -> dict[str, int]:
     - `index_links_via`: rows whose link rests on them (`via_extract`);
     - `review_pairs`: review-list pairs with a row of theirs, on either side;
     - `quality_files`: 1 if the quality file names one of them or counts rows the map no
-      longer has (it describes a map that held them), else 0.
+      longer has (it describes a map that held them), else 0;
+    - `index_partial_files`: files a killed run left half-written in the index (any of them
+      may hold the extracts' rows).
     """
     wanted = set(extract_ids)
     rows = index_rows = links_via = 0
@@ -678,6 +707,7 @@ def leftovers(settings: Settings, extract_ids: Sequence[str]) -> dict[str, int]:
         "review_pairs": int((review["query_extract"].isin(wanted)
                              | review["profile_extract"].isin(wanted)).sum()),
         "quality_files": stale,
+        "index_partial_files": len(partial_files(settings)),
     }
 
 

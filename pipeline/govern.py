@@ -21,8 +21,11 @@ def dependents(ctx: Context) -> list[retention.Dependent]:
     rested on them), and the runs, reports and exports made from them."""
 
     def index(ids: list[str]) -> dict[str, int]:
-        if not ctx.settings.layout.link_map.exists():
-            return {"index_rows_removed": 0}  # no index yet: nothing derived, nothing to build
+        if not ctx.settings.layout.link_map.exists():  # no index yet: nothing to build, but
+            # a first build killed part way may have left a half-written map
+            return {"index_rows_removed": 0,
+                    "index_partial_files_removed": person_index.discard_partial_files(
+                        ctx.settings)}
         return person_index.forget_extracts(ctx.settings, ctx.engine,
                                             ctx.keys.current("linkage"), ids, match_profiles)
 

@@ -409,3 +409,26 @@ def test_a_killed_score_s_working_copy_is_destroyed_and_a_running_one_refuses_th
     running.rmdir()  # the running stage ends
     certificate = govern.destroy_expired(haven, dt.date(2099, 1, 1))
     assert certificate.extract_ids == ids and set(certificate.remaining.values()) == {0}
+
+
+@pytest.mark.parametrize("index_built", [True, False])
+def test_a_half_written_map_left_by_a_killed_link_is_destroyed_and_certified(
+        haven, linked, index_built):
+    """Promise: a link (or key rotation) killed while writing the new map leaves a partial
+    file holding rows of any extract; destruction removes it and certifies the measurement,
+    also when the kill came before the first map was written."""
+    ids = sorted(e for listed in linked.values() for e in listed)
+    layout = haven.settings.layout
+    partial = layout.link_map.with_suffix(".tmp")
+    partial.write_bytes(layout.link_map.read_bytes())  # what a killed writing pass leaves
+    if not index_built:
+        for path in (layout.link_map, layout.review, layout.link_quality):
+            path.unlink(missing_ok=True)
+    assert person_index.leftovers(haven.settings, ids)["index_partial_files"] == 1
+
+    certificate = govern.destroy_expired(haven, dt.date(2099, 1, 1))
+
+    assert not partial.exists()
+    assert certificate.remaining["index_partial_files"] == 0
+    assert certificate.counts["index_partial_files_removed"] == 1
+    assert set(certificate.remaining.values()) == {0}
