@@ -316,17 +316,25 @@ class _Survey:
     review_rows: list[pd.DataFrame] = field(default_factory=list)
     rows: int = 0
 
-    def count(self, frame: pd.DataFrame, registered: set | None) -> None:
+    def count(self, frame: pd.DataFrame, registered: pd.Index | None) -> None:
+        """Add `frame`'s rows with a pseudonym, and those of a registered person, per source
+        (`registered` an Index: its hash table is built once, not once a batch)."""
         known = frame.loc[frame["person_id"].notna(), ["source", "person_id"]]
-        for source, group in known.groupby("source", sort=False):
-            found = int(group["person_id"].isin(registered).sum()) if registered else 0
+        if known.empty:
+            return
+        found = (registered.get_indexer(known["person_id"]) >= 0 if registered is not None
+                 and len(registered) else np.zeros(len(known), dtype=bool))
+        sums = pd.DataFrame({"source": known["source"].to_numpy(), "found": found}).groupby(
+            "source", sort=False)["found"].agg(["size", "sum"])
+        for source, (size, hits) in sums.iterrows():
             total = self.counts.setdefault(str(source), [0, 0])
-            total[0] += len(group)
-            total[1] += found
+            total[0] += int(size)
+            total[1] += int(hits)
 
 
 def _survey(settings: Settings, plan: _Plan, batch_rows: int, say: Callable[[str], None],
-            kept: dict[str, str], registered: set | None, earlier: pd.DataFrame) -> _Survey:
+            kept: dict[str, str], registered: pd.Index | None, earlier: pd.DataFrame
+            ) -> _Survey:
     """First pass over the rows of the new map: everything the linking steps need to know."""
     survey = _Survey()
     review_keys = _review_keys(earlier)
@@ -396,7 +404,8 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
                                      & set(PROFILE_SOURCES))
         earlier = _read_earlier_review(settings)
         kept: dict[str, str] = {}
-        registered = registered_persons(settings, landed) if matcher is not None else None
+        registered = (pd.Index(sorted(registered_persons(settings, landed)), dtype=object)
+                      if matcher is not None else None)
         survey = _survey(settings, plan, batch_rows, say, kept, registered, earlier)
         clients = _link_clients(pd.concat(survey.clients) if survey.clients else None)
         todo = _todo_rows(survey, clients, plan, registered)
@@ -482,7 +491,7 @@ def _link_clients(clients: pd.DataFrame | None) -> pd.DataFrame | None:
 
 
 def _todo_rows(survey: _Survey, clients: pd.DataFrame | None, plan: _Plan,
-               registered: set | None) -> dict[str, set]:
+               registered: pd.Index | None) -> dict[str, set]:
     """{extract_id: rows} to link probabilistically (counting the client rows' pseudonyms
     into the survey's counts now that their client links are made)."""
     parts = list(survey.todo)
