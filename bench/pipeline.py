@@ -125,18 +125,28 @@ def main() -> None:
     parser.add_argument("--until", default=None,
                         help="stop after this stage (e.g. link: on a shared machine the "
                              "later stages may not fit beside other work)")
+    parser.add_argument("--resume", default=None, metavar="STAGE",
+                        help="land, link or score: go on from this stage on the home a run "
+                             "with --work left (its keys.env); earlier stages are not run")
     parser.add_argument("--tree", type=Path, default=ROOT,
                         help="the source tree to run (e.g. a clean worktree of a commit; this "
                              "checkout's .venv runs it)")
     args = parser.parse_args()
+    if args.resume and args.work is None:
+        parser.error("--resume needs the --work folder of an earlier run")
     work = args.work or Path(tempfile.mkdtemp(prefix="haven-pipeline-"))
     inbound, home = work / "extracts", work / "home"
-    shutil.rmtree(home, ignore_errors=True)
-    shutil.rmtree(inbound, ignore_errors=True)
-    env = {**os.environ, "HAVEN_HOME": str(home), **{
-        f"HAVEN_KEY_{p.upper()}": f"b1:{base64.b64encode(secrets.token_bytes(32)).decode()}"
-        for p in ("pseudonym", "linkage", "vault", "release")}}
-    if args.work is not None or args.keep:  # so a stage can be run again on this home by hand
+    if args.resume:  # the earlier run's home and keys
+        env = {**os.environ, "HAVEN_HOME": str(home), **dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in (work / "keys.env").read_text().splitlines() if "=" in line)}
+    else:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(inbound, ignore_errors=True)
+        env = {**os.environ, "HAVEN_HOME": str(home), **{
+            f"HAVEN_KEY_{p.upper()}": f"b1:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+            for p in ("pseudonym", "linkage", "vault", "release")}}
+    if not args.resume and (args.work is not None or args.keep):  # to run stages again by hand
         keys_file = work / "keys.env"
         keys_file.parent.mkdir(parents=True, exist_ok=True)
         keys_file.touch(mode=0o600)
@@ -150,9 +160,16 @@ def main() -> None:
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     stages: list[Stage] = []
 
+    order = ["synth", "land", "link", "score"]  # later stages need the score run it names
+    skipped = set(order[:order.index(args.resume)]) if args.resume in order else set()
+    if args.resume and args.resume not in order:
+        parser.error(f"--resume must be one of {', '.join(order)}")
+
     def stage(name: str, *argv: str) -> Stage:
         if args.until and any(s.name == args.until for s in stages):
             return Stage(name, 0.0, 0.0, 0.0, 0, "not run (--until)")
+        if name in skipped:  # run before, by the run being resumed
+            return Stage(name, 0.0, 0.0, 0.0, 0, "", "")
         result = run_stage(name, [str(HAVEN), *argv], env, tree)
         stages.append(result)
         print(f"  {name}: {result.seconds:.1f} s, {result.tree_peak_mb:,.0f} MB "
@@ -163,7 +180,7 @@ def main() -> None:
 
     synth = stage("synth", "synth", "--persons", str(args.persons), "--seed", str(args.seed),
                   "--out", str(inbound), "--quiet")
-    if synth.status == 0:
+    if synth.status == 0 and (inbound / "truth" / "meta.json").exists():
         meta = json.loads((inbound / "truth" / "meta.json").read_text())
         stage("land", "land", str(inbound))
         stage("link", "link")
