@@ -57,6 +57,7 @@ from linkage.index_matching import (
 from linkage.landing.pseudonymise import keyed_hashes
 
 BATCH_ROWS = 1_000_000
+MEMO_PERSONS = 250_000  # person keys remembered between batches of the writing pass
 MAP_SCHEMA = pa.schema([
     ("extract_id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
     ("person_id", pa.string()), ("person_key", pa.string()), ("method", pa.string()),
@@ -409,6 +410,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         survey = _survey(settings, plan, batch_rows, say, kept, registered, earlier)
         clients = _link_clients(pd.concat(survey.clients) if survey.clients else None)
         todo = _todo_rows(survey, clients, plan, registered)
+        registered = None  # only the counts were needed: not held through matching
         review_rows = _review_rows(survey, clients, plan, earlier)
         review = pd.DataFrame()
         matched = Matched(pd.DataFrame(), pd.DataFrame(), None, None)
@@ -561,6 +563,8 @@ def _write_linked(settings: Settings, plan: _Plan, batch_rows: int, key: Key,
             if linked is not None:
                 _apply_links(frame, linked)
             frame = _assign_keys(frame, key, kept, memo)
+            if len(memo) > MEMO_PERSONS:  # bounded: a person's rows are mostly near each other
+                memo.clear()
             _add_counts(counted, frame)
             writer.write_table(pa.Table.from_pandas(frame[columns], schema=MAP_SCHEMA,
                                                     preserve_index=False))
