@@ -188,21 +188,6 @@ def _write(settings: Settings, target: Path, table: pa.Table) -> None:
     os.replace(tmp, target)
 
 
-def _write_map(settings: Settings, frame: pd.DataFrame, slice_rows: int = 1_000_000) -> None:
-    """The link map, converted to Arrow a slice at a time (a whole-map copy in Arrow was the
-    index's peak memory: 0.9 GB of the 2.7 GB for 5M rows)."""
-    settings.layout.index_dir.mkdir(parents=True, exist_ok=True)
-    target = settings.layout.link_map
-    tmp = target.with_suffix(".tmp")
-    columns = [f.name for f in MAP_SCHEMA]
-    with pq.ParquetWriter(tmp, MAP_SCHEMA, compression="zstd") as writer:
-        for start in range(0, max(len(frame), 1), slice_rows):
-            writer.write_table(pa.Table.from_pandas(
-                frame.iloc[start:start + slice_rows][columns], schema=MAP_SCHEMA,
-                preserve_index=False))
-    os.replace(tmp, target)
-
-
 def _rows_in(frame: pd.DataFrame, rows: dict[str, Sequence[int]], extract: str = "extract_id",
              row: str = "row") -> np.ndarray:
     """Mask of `frame`'s rows whose (extract, row) is one of `rows` ({extract_id: rows})."""
@@ -219,7 +204,6 @@ def _rows_in(frame: pd.DataFrame, rows: dict[str, Sequence[int]], extract: str =
 class _Plan:
     """What an update changes: extracts gone and new, rows purged, whether registers changed."""
 
-    landed: pd.DataFrame
     new: pd.DataFrame
     gone: list[str]
     drop_rows: dict[str, Sequence[int]]
@@ -400,7 +384,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
             summary.by_source_method = counted
             return summary
         gone_sources = _sources_of(settings, gone, drop_rows or {})
-        plan = _Plan(landed=landed, new=new, gone=gone, drop_rows=drop_rows or {})
+        plan = _Plan(new=new, gone=gone, drop_rows=drop_rows or {})
         plan.profiles_changed = bool((set(new["source"]) | gone_sources)
                                      & set(PROFILE_SOURCES))
         earlier = _read_earlier_review(settings)

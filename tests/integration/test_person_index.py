@@ -10,7 +10,6 @@ from cli.main import main
 from factories import nhs_numbers, rows_for, write_extract
 from governance import store
 from governance.schema import extracts
-from governance.settings import Settings
 from linkage import person_index
 from linkage.landing.land import land_file
 
@@ -144,21 +143,3 @@ def test_only_new_rows_are_retried_unless_the_registers_change(haven, landing, i
                                                                            seed=12)))
     _index(haven, matcher)
     assert sorted(seen[2:]) == [2, 3]  # a new register: every unlinked row is tried again
-
-
-def test_the_map_is_written_a_slice_at_a_time_and_reads_back_whole(tmp_path):
-    frame = pd.DataFrame({
-        "extract_id": ["e1"] * 5, "source": ["apc"] * 5, "row": [1, 2, 3, 4, 5],
-        "person_id": ["a", "a", None, "b", "c"], "person_key": ["Pa", "Pa", "Pr", "Pb", "Pc"],
-        "method": ["nhs_number"] * 2 + ["unlinked"] + ["nhs_number"] * 2,
-        "weight": [None, None, None, None, None], "via_extract": [None] * 5,
-        "client_key": [None] * 5})
-    settings = Settings(home=tmp_path)
-    person_index._write_map(settings, frame, slice_rows=2)
-    back = person_index.read_link_map(settings)
-    assert back["row"].tolist() == [1, 2, 3, 4, 5]
-    assert back["person_key"].tolist() == frame["person_key"].tolist()
-    assert pq.ParquetFile(settings.layout.link_map).metadata \
-        .num_row_groups == 3
-    person_index._write_map(settings, frame.iloc[:0])
-    assert len(person_index.read_link_map(settings)) == 0

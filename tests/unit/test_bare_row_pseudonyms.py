@@ -6,9 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from governance.settings import Settings
-from linkage.person_index import MAP_SCHEMA, _write_map, pseudonyms_behind_bare_rows
+from linkage.person_index import MAP_SCHEMA, pseudonyms_behind_bare_rows
+
+
+def _write_map(settings: Settings, frame: pd.DataFrame) -> None:
+    settings.layout.index_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(frame, schema=MAP_SCHEMA, preserve_index=False),
+                   settings.layout.link_map)
 
 
 def _map(rows: list[tuple[str, str | None, str]]) -> pd.DataFrame:
