@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import random
@@ -139,3 +140,13 @@ def approve_candidates(engine: Any, reason: str = "approved for the test") -> li
     for model in waiting:
         model_approvals.decide(engine, officer, model, "approve", reason)
     return waiting
+
+
+def bench_score() -> Any:
+    """bench/score.py as a module: its `make_sources` builds the scoring tests' populations."""
+    path = Path(__file__).parents[1] / "bench" / "score.py"
+    spec = importlib.util.spec_from_file_location("bench_score", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -5,13 +5,11 @@ nor on whether the features are read from frames or from the on-disk copy."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
-from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 
+from factories import bench_score
 from stratify.features import connect
 from stratify.scoring import score_connected
 from stratify.sources import extract_ids
@@ -19,17 +17,8 @@ from stratify.sources import extract_ids
 AT = dt.date(2025, 4, 1)
 
 
-def _bench() -> Any:
-    path = Path(__file__).parents[2] / "bench" / "score.py"
-    spec = importlib.util.spec_from_file_location("bench_score", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_scores_do_not_depend_on_the_batch_size() -> None:
-    sources = _bench().make_sources(900, seed=8)
+    sources = bench_score().make_sources(900, seed=8)
     ids = extract_ids(sources)
     whole = score_connected(connect(sources), ids, AT, seed=0, batch=10**9)
     assert whole.bundle is not None and len(whole.scores) > 600

@@ -5,32 +5,22 @@ figures; once the year is in the data, the evaluation is prospective."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
+from factories import bench_score
 from stratify.backtest import NoBacktest, backtest, backtest_dates
 from stratify.evaluate import evaluate, follow_up
 from stratify.report import write_report
 from stratify.scoring import ScoreRun, score
 
 END = dt.date(2026, 4, 1)  # the bench's records run to 2026-03: a run here has no outcome year
-
-
-def _bench() -> Any:
-    path = Path(__file__).parents[2] / "bench" / "score.py"
-    spec = importlib.util.spec_from_file_location("bench_score", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,7 +33,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def sources() -> dict[str, pd.DataFrame]:
-    return _bench().make_sources(1000, seed=5)
+    return bench_score().make_sources(1000, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import importlib.util
 import secrets
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from factories import bench_score
 from stratify.catalogue import BY_NAME, LONG_HISTORY, NAMES, history_years
 from stratify.features import build_features
 from stratify.scoring import score
@@ -125,15 +123,6 @@ def test_stable_order_follows_content_not_keys() -> None:
     assert not np.array_equal(draw(100, 0.2, 3, 1), draw(100, 0.2, 3, 2))
 
 
-def _bench() -> Any:
-    path = Path(__file__).parents[2] / "bench" / "score.py"
-    spec = importlib.util.spec_from_file_location("bench_score", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _keyed(sources: dict[str, pd.DataFrame], key: bytes
            ) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """The sources under a person key made with `key` (as another data directory would)."""
@@ -148,7 +137,7 @@ def _keyed(sources: dict[str, pd.DataFrame], key: bytes
 
 
 def test_the_same_data_under_other_keys_give_the_same_model() -> None:
-    sources = _bench().make_sources(800, seed=5)
+    sources = bench_score().make_sources(800, seed=5)
     runs = []
     for _ in range(2):
         keyed, back = _keyed(sources, secrets.token_bytes(32))

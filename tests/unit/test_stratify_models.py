@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from factories import bench_score
 from stratify.evaluate import calibration_fit, delong, evaluate, summary
 from stratify.models import Calibrator, RuleBaseline, expit
 from stratify.report import write_report
@@ -22,18 +21,9 @@ from stratify.tiers import assign, thresholds, tier_change
 AT = dt.date(2025, 4, 1)
 
 
-def _bench() -> Any:
-    path = Path(__file__).parents[2] / "bench" / "score.py"
-    spec = importlib.util.spec_from_file_location("bench_score", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def sources() -> dict[str, pd.DataFrame]:
-    return _bench().make_sources(2500, seed=3)
+    return bench_score().make_sources(2500, seed=3)
 
 
 @pytest.fixture(scope="module")

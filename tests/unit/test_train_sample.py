@@ -12,16 +12,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import importlib.util
 import secrets
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from factories import bench_score
 from stratify import train as train_module
 from stratify.catalogue import NAMES
 from stratify.features import connect, features_from
@@ -35,18 +33,9 @@ AT = dt.date(2025, 4, 1)
 T1 = add_months(AT, -12)
 
 
-def _bench() -> Any:
-    path = Path(__file__).parents[2] / "bench" / "score.py"
-    spec = importlib.util.spec_from_file_location("bench_score", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def sources() -> dict[str, pd.DataFrame]:
-    return _bench().make_sources(1500, seed=11)
+    return bench_score().make_sources(1500, seed=11)
 
 
 def _keyed(sources: dict[str, pd.DataFrame], key: bytes
