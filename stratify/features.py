@@ -10,7 +10,8 @@ bucket) at a time; persons never span partitions when partitioned by `person_key
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,13 @@ CHARLSON_LOOKBACK_MONTHS = 60
 HFRS_LOOKBACK_MONTHS = 24
 FETCH_COLUMNS = 16
 HISTORY_TABLES = ("h_apc", "h_ae", "h_op", "h_gp", "h_meds", "h_sc")
+# Persons per partition of the feature table: above it, features are worked a person-hash
+# partition at a time, so DuckDB's working set is bounded by a partition (`feature_table`).
+PARTITION_PERSONS = 500_000
+# The tables `feature_table` makes: the result, the population, then the working tables.
+WORK_TABLES = ("features_out", "pop", "f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds",
+               "f_sc", "f_community", "dx", "ltc_first", "f_ltc", "f_cci", "f_hfrs",
+               *HISTORY_TABLES)
 COMMUNITY_SERVICES = ("district_nursing", "therapy", "rapid_response", "reablement", "other")
 
 
@@ -154,13 +162,18 @@ def history_months(con: duckdb.DuckDBPyConnection, at: dt.date) -> int | None:
     return max(months, 0)
 
 
+def _has_gp(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether any GP registration is on record (else other records stand in for it)."""
+    return con.execute("SELECT count(*) FROM v_gp_patients").fetchone()[0] > 0
+
+
 def population(con: duckdb.DuckDBPyConnection, at: dt.date) -> None:
     """Table `pop`: persons registered on or before `at` and not dead before `at`.
 
     Without GP registrations, persons with any dated record before `at` stand in.
     """
     at_ = _ts(at)
-    has_gp = con.execute("SELECT count(*) FROM v_gp_patients").fetchone()[0] > 0
+    has_gp = _has_gp(con)
     if has_gp:
         base = f"SELECT DISTINCT person_key FROM v_gp_patients WHERE registration_date <= {at_}"
     else:
@@ -181,8 +194,7 @@ def population(con: duckdb.DuckDBPyConnection, at: dt.date) -> None:
     """)
 
 
-def _demographics(con: duckdb.DuckDBPyConnection, at: dt.date) -> str:
-    has_gp = con.execute("SELECT count(*) FROM v_gp_patients").fetchone()[0] > 0
+def _demographics(at: dt.date, has_gp: bool) -> str:
     parts = ["SELECT person_key, birth_ym, sex, 0 AS pri FROM v_gp_patients"]
     if not has_gp:
         parts += [f"SELECT person_key, birth_ym, sex, 1 AS pri FROM v_{s}"
@@ -531,24 +543,75 @@ def features_from(con: duckdb.DuckDBPyConnection, at: dt.date,
 
 
 def feature_table(con: duckdb.DuckDBPyConnection, at: dt.date,
-                  lookback_months: int | None = None) -> int:
+                  lookback_months: int | None = None,
+                  partition_persons: int = PARTITION_PERSONS) -> int:
     """Work out the features at `at` into the connection's table `features_out` (one row per
     person, nothing fetched into Python: `fetch_features`, `feature_keys`, `feature_columns`
     read it); returns how many persons it holds. Training uses it to draw a sample before
-    fetching anything (stratify.train)."""
-    for table in ("features_out", "pop", "f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds",
-                  "f_sc", "f_community", "dx", "ltc_first", "f_ltc", "f_cci", "f_hfrs",
-                  *HISTORY_TABLES):
+    fetching anything (stratify.train).
+
+    A population above `partition_persons` is worked a person-hash partition at a time
+    (`_partition_views`): every feature is one person's own records, so the partitions'
+    rows are exactly the whole's, and DuckDB's working tables (joins, windows, the 126-column
+    result) hold one partition, not everyone (at 3 million persons they did not fit in 1 GB).
+    """
+    for table in ("pop_all", *WORK_TABLES):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     _codelist_tables(con)
     population(con, at)
-    for sql in [_demographics(con, at), *_activity_sql(at), *_history_sql(at, lookback_months),
-                *_diagnosis_sql(at, lookback_months)]:
-        con.execute(sql)
-    # Materialise in person_key order (row order feeds model fitting, so it must not vary),
-    # then fetch column arrays: much faster than a row-wise DataFrame conversion.
-    con.execute(f"CREATE OR REPLACE TEMP TABLE features_out AS {_final_sql()}")
-    return int(con.execute("SELECT count(*) FROM features_out").fetchone()[0])
+    persons = int(con.execute("SELECT count(*) FROM pop").fetchone()[0])
+    parts = max(1, -(-persons // max(partition_persons, 1)))
+    has_gp = _has_gp(con)
+    if parts == 1:
+        _feature_statements(con, at, lookback_months, has_gp, lambda sql: sql)
+        # Materialise in person_key order (row order feeds model fitting, so it must not
+        # vary), then fetch column arrays: much faster than a row-wise conversion.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE features_out AS {_final_sql()}")
+        return persons
+    con.execute("ALTER TABLE pop RENAME TO pop_all")
+    for part in range(parts):
+        _partition_views(con, part, parts)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE pop AS SELECT person_key FROM pop_all "
+                    f"WHERE {_bucket(part, parts)}")
+        _feature_statements(con, at, lookback_months, has_gp, _partitioned)
+        final = _final_sql()
+        con.execute(f"CREATE TEMP TABLE features_out AS {final}" if part == 0
+                    else f"INSERT INTO features_out {final}")
+        for table in WORK_TABLES[2:]:  # the partition's working tables, not the result
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+    con.execute("DROP TABLE pop_all")
+    return persons
+
+
+def _feature_statements(con: duckdb.DuckDBPyConnection, at: dt.date,
+                        lookback_months: int | None, has_gp: bool,
+                        tables: Callable[[str], str]) -> None:
+    """Build every feature table (`f_*`, `h_*`) of the persons in `pop`; `tables` rewrites
+    each statement's source views (a partition's, or unchanged)."""
+    for sql in [_demographics(at, has_gp), *_activity_sql(at),
+                *_history_sql(at, lookback_months), *_diagnosis_sql(at, lookback_months)]:
+        con.execute(tables(sql))
+
+
+def _bucket(part: int, parts: int) -> str:
+    """SQL: the person is in partition `part` of `parts` (DuckDB's hash of the key)."""
+    return f"hash(person_key) % {parts} = {part}"
+
+
+def _partition_views(con: duckdb.DuckDBPyConnection, part: int, parts: int) -> None:
+    """Views `p_<source>`: each source's rows of the persons in partition `part`."""
+    for name in COLUMNS:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW p_{name} AS SELECT * FROM v_{name} "
+                    f"WHERE {_bucket(part, parts)}")
+
+
+_SOURCE_VIEW = re.compile(r"\bv_(" + "|".join(sorted(COLUMNS, key=len, reverse=True))
+                          + r")\b")
+
+
+def _partitioned(sql: str) -> str:
+    """A feature statement reading the partition's views (`p_apc`) for the sources (`v_apc`)."""
+    return _SOURCE_VIEW.sub(r"p_\1", sql)
 
 
 def feature_keys(con: duckdb.DuckDBPyConnection) -> np.ndarray:
