@@ -37,6 +37,7 @@ UNITS = ("emergency_spell", "elective_spell", "day_case", "other_spell", "excess
          "trim_point", "ae_attendance", "outpatient_attendance", "prescription_item",
          *(f"community_{s}" for s in COMMUNITY_SERVICES),
          *(f"social_care_{s}" for s in SOCIAL_CARE_TYPES))
+WINDOWS_PER_QUERY = 500_000  # windows priced by one query (`spend_in_windows`)
 TABLE_COLUMNS = ("unit", "cost", "per", "source", "price_year", "note")
 ONE_OFF = ("equipment",)   # social care items priced once, on their start date
 
@@ -97,17 +98,27 @@ def spend_in_windows(sources: Sources, windows: pd.DataFrame,
     if missing:
         raise ValueError(f"costs: windows lack {', '.join(sorted(missing))}")
     con = connect(sources, threads)
+    found = []
     try:
-        frame = windows[["window", "person_key", "start", "end"]].rename(
-            columns={"window": "wid", "start": "ws", "end": "we"})
-        frame["ws"] = pd.to_datetime(frame["ws"])
-        frame["we"] = pd.to_datetime(frame["we"])
-        con.register("w_raw", frame)
-        con.execute("CREATE TEMP TABLE w AS SELECT wid, person_key, CAST(ws AS DATE) AS s, "
-                    "CAST(we AS DATE) AS e FROM w_raw")
-        priced = con.execute(_priced_sql(unit_costs)).df().rename(columns={"wid": "window"})
+        # A query per `WINDOWS_PER_QUERY` windows: each window is priced on its own, so the
+        # parts are the whole's rows, and DuckDB's joins and pivot hold one part (a whole
+        # population's year is one window per person).
+        for first in range(0, len(windows), WINDOWS_PER_QUERY):
+            frame = windows.iloc[first:first + WINDOWS_PER_QUERY][
+                ["window", "person_key", "start", "end"]].rename(
+                columns={"window": "wid", "start": "ws", "end": "we"})
+            frame["ws"] = pd.to_datetime(frame["ws"])
+            frame["we"] = pd.to_datetime(frame["we"])
+            con.register("w_raw", frame)
+            con.execute("CREATE OR REPLACE TEMP TABLE w AS SELECT wid, person_key, "
+                        "CAST(ws AS DATE) AS s, CAST(we AS DATE) AS e FROM w_raw")
+            con.unregister("w_raw")
+            found.append(con.execute(_priced_sql(unit_costs)).df())
     finally:
         con.close()
+    priced = (pd.concat(found, ignore_index=True) if found else
+              pd.DataFrame({"wid": pd.Series([], dtype="int64")})).rename(
+        columns={"wid": "window"})
     out = windows[["window"]].drop_duplicates().merge(priced, on="window", how="left")
     for column in SETTINGS:
         if column not in out:

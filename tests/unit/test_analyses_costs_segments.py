@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from policies import POLICIES_DIR
+from stratify import costs as costs_module
 from stratify.costs import (
     UNITS,
     around_discharges,
@@ -81,6 +82,20 @@ def test_each_setting_priced_by_its_rule() -> None:
     assert c["social_care"] == pytest.approx(70.0 + 200.0)
     assert costs.loc["D", "total"] == 0.0
     assert a["total"] == pytest.approx(1300 + 3500 + 700 + 150 + 240)
+
+
+def test_windows_priced_a_part_at_a_time_equal_one_query(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    # A whole population's year is one window per person: priced a part at a time (bounded
+    # memory), the figures must be the single query's, every window in its place.
+    whole = person_costs(sources(), 2024, UNIT)
+    monkeypatch.setattr(costs_module, "WINDOWS_PER_QUERY", 1)
+    parted = person_costs(sources(), 2024, UNIT)
+    assert whole["total"].sum() > 0
+    pd.testing.assert_frame_equal(parted, whole)
+    empty = spend_in_windows(sources(), pd.DataFrame(
+        {"window": [], "person_key": [], "start": [], "end": []}), UNIT)
+    assert empty.empty and list(empty.columns)[-1] == "total"
 
 
 def test_windows_and_spend_before_and_after_a_discharge() -> None:
