@@ -39,7 +39,7 @@ from governance.keys import Key
 from linkage.landing.contracts import CONTRACTS
 from linkage.landing.pseudonymise import HashMemo, Pseudonymised, pseudonymise, record_keys
 from linkage.landing.reader import Batch
-from linkage.landing.validate import check_batch
+from linkage.landing.validate import Checked, check_batch
 
 WORKERS = 2
 # Below this many batches a pool costs more (forking, copying batches) than it saves.
@@ -105,19 +105,28 @@ def prepare_batch(batch: Batch, job: Job, memo: HashMemo) -> Prepared:
     nhs_invalid = int(checked.nhs_invalid.sum())
     result = None
     if len(candidates):
-        mask = pa.array(good)
-        kept = type(checked)(
-            table=checked.table.filter(mask), rows=pc.filter(batch.rows, mask),
-            reasons=np.full(len(candidates), None, dtype=object),
-            nhs_valid=checked.nhs_valid[good], nhs_invalid=checked.nhs_invalid[good],
-            nhs_normalised=pc.filter(checked.nhs_normalised, mask)
-            if checked.nhs_normalised is not None else None,
-            parsed={k: pc.filter(v, mask) for k, v in checked.parsed.items()})
+        everyone = len(candidates) == len(good)  # every row kept: nothing to filter
+        kept = checked if everyone else _only(checked, good)
+        kept.reasons = np.full(len(candidates), None, dtype=object)
+        if not everyone and record_key is not None:
+            record_key = pc.filter(record_key, pa.array(good))
         del checked  # the whole batch checked: not held while the kept rows are pseudonymised
         result = pseudonymise(kept, contract, job.extract_id, job.keys, job.sender, memo,
-                              pc.filter(record_key, mask) if record_key is not None else None)
+                              record_key)
     return Prepared(rows, reasons, nhs_invalid, nhs_missing, dropped, candidates, fingerprints,
                     result)
+
+
+def _only(checked: Checked, good: np.ndarray) -> Checked:
+    """The `good` rows of a checked batch (its reasons are left to the caller)."""
+    mask = pa.array(good)
+    return Checked(
+        table=checked.table.filter(mask), rows=pc.filter(checked.rows, mask),
+        reasons=checked.reasons[good], nhs_valid=checked.nhs_valid[good],
+        nhs_invalid=checked.nhs_invalid[good],
+        nhs_normalised=pc.filter(checked.nhs_normalised, mask)
+        if checked.nhs_normalised is not None else None,
+        parsed={k: pc.filter(v, mask) for k, v in checked.parsed.items()})
 
 
 def pool_size(batches: int) -> int:

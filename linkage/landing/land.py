@@ -37,7 +37,7 @@ from governance.settings import Settings
 from linkage.landing.batches import Job, Prepared, pool_size, prepared_batches
 from linkage.landing.contracts import CONTRACTS, Contract
 from linkage.landing.manifest import Manifest, ManifestError, read_manifest
-from linkage.landing.pseudonymise import HashMemo, Pseudonymised
+from linkage.landing.pseudonymise import MEMO_LIMIT, Pseudonymised
 from linkage.landing.reader import (
     Batch,
     FileRefused,
@@ -310,7 +310,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
     reasons: list[tuple[int, str]] = []
     seen_ids: list[np.ndarray] = []
     sealed = 0
-    memo = HashMemo()  # persons sealed so far: each is sealed once, when first seen
+    persons_sealed = SealedPersons()  # each person is sealed once, when first seen
     writer: list[pq.ParquetWriter] = []
     optout_rows: list[dict[str, Any]] = []
     job = Job(contract.source, extract_id, manifest.sender, keys)
@@ -322,9 +322,13 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
 
     def write(table: pa.Table) -> None:
         if not writer:
+            # Keyed columns get neither dictionaries nor min/max statistics: their values are
+            # near-unique and uniformly spread, so neither would ever spare a read (the
+            # statistics alone were a fifth of the writing time).
+            plain = _dictionary_columns(table)
             writer.append(pq.ParquetWriter(staging / ROWS_FILE, table.schema,
-                                           compression="zstd",
-                                           use_dictionary=_dictionary_columns(table)))
+                                           compression="zstd", use_dictionary=plain,
+                                           write_statistics=plain))
         writer[0].write_table(table.cast(writer[0].schema))
 
     def seal(person_ids: list[str], nhs: list[str]) -> None:
@@ -360,7 +364,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
             table = result.table if keep.all() else result.table.filter(pa.array(keep))
             if result.encoded is not None:
                 counts["encoded"] += int(result.encoded[keep].sum())
-            entries = _new_persons(result, keep, memo)
+            entries = _new_persons(result, keep, persons_sealed)
             if ctx.exclusion is not None:
                 excluded = ctx.exclusion(table, contract.source, manifest.sender)
                 if excluded.any():
@@ -490,24 +494,51 @@ def _not_senders_to_assert(check: SenderCheck, table: pa.Table, good: np.ndarray
     return rejected
 
 
+class SealedPersons:
+    """The NHS numbers (as integers) a landing has sealed into the vault so far, sorted.
+
+    8 bytes a person, looked up a batch at a time; cleared past `limit` numbers to keep memory
+    bounded (a person met again after that is sealed again, and the vault keeps one entry).
+    """
+
+    def __init__(self, limit: int = MEMO_LIMIT) -> None:
+        self.limit = limit
+        self._numbers = np.zeros(0, dtype=np.int64)
+
+    def unknown(self, numbers: np.ndarray) -> np.ndarray:
+        """Per number: not sealed yet."""
+        if not len(self._numbers):
+            return np.ones(len(numbers), dtype=bool)
+        at = np.minimum(np.searchsorted(self._numbers, numbers), len(self._numbers) - 1)
+        return self._numbers[at] != numbers
+
+    def add(self, numbers: np.ndarray) -> None:
+        """Remember distinct `numbers` not remembered yet."""
+        if len(self._numbers) + len(numbers) > self.limit:
+            self._numbers = self._numbers[:0]
+        ordered = np.sort(numbers)
+        self._numbers = np.insert(self._numbers, np.searchsorted(self._numbers, ordered),
+                                  ordered)
+
+
 def _new_persons(result: Pseudonymised, keep: np.ndarray,
-                 memo: HashMemo) -> tuple[list[str], list[str]]:
+                 sealed: SealedPersons) -> tuple[list[str], list[str]]:
     """The (pseudonym, NHS number) pairs of kept rows' persons not sealed before in this file."""
     persons = result.persons
     if persons is None:
         return [], []
     codes = persons.codes[keep]
-    present = np.unique(codes[codes >= 0])
-    if not len(present):
+    codes = codes[codes >= 0]
+    if not len(codes):
         return [], []
+    present = np.flatnonzero(np.bincount(codes, minlength=len(persons.numbers)))
     at = pa.array(present)
     numbers = pc.take(persons.numbers, at)
     values = pc.cast(numbers, pa.int64()).to_numpy(zero_copy_only=False)
-    digests, unknown = memo.lookup(values, 64)
+    unknown = sealed.unknown(values)
     if not unknown.any():
         return [], []
-    digests = pc.take(persons.digests, at).to_numpy(zero_copy_only=False).astype("S64")
-    memo.add(values[unknown], digests[unknown])
+    sealed.add(values[unknown])
     fresh = pa.array(unknown)
     return (pc.filter(pc.take(persons.digests, at), fresh).to_pylist(),
             pc.filter(numbers, fresh).to_pylist())

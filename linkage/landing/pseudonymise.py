@@ -161,7 +161,7 @@ def _distinct_numbers(values: pa.Array, base: hmac.HMAC, length: int,
     numbers = (data - ord("0")).astype(np.int64) @ _POWERS
     codes, distinct = pd.factorize(numbers, sort=True)
     digits = ((distinct[:, None] // _POWERS) % 10 + ord("0")).astype(np.uint8)
-    texts = pa.array(np.ascontiguousarray(digits).view("S10").ravel(), pa.binary(10))
+    texts = fixed_width_text(digits.view("S10").ravel(), 10)
     digests, new = memo.lookup(distinct, length)
     if new.any():
         copy, made = base.copy, []
@@ -175,10 +175,20 @@ def _distinct_numbers(values: pa.Array, base: hmac.HMAC, length: int,
         memo.add(distinct[new], digests[new])
     rows = np.zeros(len(values), dtype=np.int64)
     rows[valid] = codes
-    return _Distinct(pa.array(rows, mask=~valid),
-                     texts.cast(pa.binary()).cast(pa.string()),
-                     pa.array(digests, pa.binary(length)).cast(pa.binary()).cast(pa.string()),
-                     new)
+    return _Distinct(pa.array(rows, mask=~valid), texts, fixed_width_text(digests, length), new)
+
+
+def fixed_width_text(data: np.ndarray | bytes, width: int) -> pa.Array:
+    """A string array over ASCII values of one width laid end to end (no copy, no objects).
+
+    Building it from a NumPy `S<width>` array with `pa.array` goes value by value: about a
+    third of a second for 200,000 hex digests; this takes a millisecond.
+    """
+    count = len(data) // width if isinstance(data, bytes) else len(data)
+    offsets = np.arange(0, width * (count + 1), width, dtype=np.int32)
+    values = np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data
+    return pa.Array.from_buffers(pa.string(), count,
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(values)])
 
 
 def keyed_record_ids(values: pa.Array, key: Key, domain: str) -> pa.Array:
@@ -220,8 +230,7 @@ def record_keys(values: pa.Array, key: Key, domain: str) -> tuple[pa.Array, np.n
         start = int(offsets[0])
         block = padded.buffers()[2].to_pybytes()[start:start + 16 * len(padded)]
         encrypted = cipher.update(block) + cipher.finalize()
-        parts.append(pa.array(np.frombuffer(binascii.hexlify(encrypted), dtype="S32"))
-                     .cast(pa.string()))
+        parts.append(fixed_width_text(binascii.hexlify(encrypted), 32))
         fingerprints[short] = np.frombuffer(encrypted, dtype=np.uint64)[::2]
         order[short] = np.arange(int(short.sum()))
     if long_ids.any():
