@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from governance.keys import Key
+from linkage.landing.ahead import ahead
 from linkage.landing.contracts import CONTRACTS
 from linkage.landing.pseudonymise import HashMemo, Pseudonymised, pseudonymise, record_keys
 from linkage.landing.reader import Batch
@@ -75,10 +76,28 @@ class Prepared:
     result: Pseudonymised | None
 
 
+@dataclass
+class Examined:
+    """A batch checked but not pseudonymised yet: `prepared` lacks only its `result`."""
+
+    prepared: Prepared
+    kept: Checked | None  # the rows that meet the contract (and gave consent), if any
+    record_key: pa.Array | None  # their keyed record ids, for sources with one
+
+
 def prepare_batch(batch: Batch, job: Job, memo: HashMemo) -> Prepared:
     """Check a batch against its contract and pseudonymise the rows that meet it.
 
     `memo` spares re-hashing NHS numbers already hashed for this file; it changes no output.
+    """
+    return finish(examine(batch, job), job, memo)
+
+
+def examine(batch: Batch, job: Job) -> Examined:
+    """The first half of `prepare_batch`: check a batch and choose the rows that will land.
+
+    Depends on the batch alone (no memo), so it can run on a thread of its own ahead of the
+    pseudonymising (see `prepared_batches`).
     """
     contract = CONTRACTS[job.source]
     checked = check_batch(batch.table.select(contract.names), batch.rows, contract)
@@ -103,18 +122,24 @@ def prepare_batch(batch: Batch, job: Job, memo: HashMemo) -> Prepared:
                                                f"{contract.source}|{job.sender}")
     candidates = np.flatnonzero(good)
     nhs_invalid = int(checked.nhs_invalid.sum())
-    result = None
+    kept = None
     if len(candidates):
         everyone = len(candidates) == len(good)  # every row kept: nothing to filter
         kept = checked if everyone else _only(checked, good)
         kept.reasons = np.full(len(candidates), None, dtype=object)
         if not everyone and record_key is not None:
             record_key = pc.filter(record_key, pa.array(good))
-        del checked  # the whole batch checked: not held while the kept rows are pseudonymised
-        result = pseudonymise(kept, contract, job.extract_id, job.keys, job.sender, memo,
-                              record_key)
-    return Prepared(rows, reasons, nhs_invalid, nhs_missing, dropped, candidates, fingerprints,
-                    result)
+    return Examined(Prepared(rows, reasons, nhs_invalid, nhs_missing, dropped, candidates,
+                             fingerprints, None), kept, record_key)
+
+
+def finish(examined: Examined, job: Job, memo: HashMemo) -> Prepared:
+    """The second half of `prepare_batch`: pseudonymise the rows `examine` kept."""
+    prepared = examined.prepared
+    if examined.kept is not None:
+        prepared.result = pseudonymise(examined.kept, CONTRACTS[job.source], job.extract_id,
+                                       job.keys, job.sender, memo, examined.record_key)
+    return prepared
 
 
 def _only(checked: Checked, good: np.ndarray) -> Checked:
@@ -152,9 +177,15 @@ def prepared_batches(batches: Iterator[Batch], job: Job, workers: int) -> Iterat
     Call before starting any thread of one's own when `workers` > 1 (the pool forks on entry).
     """
     if workers <= 1:
+        # Checking (Arrow compute, mostly free of the GIL) runs a batch ahead on a thread of
+        # its own while this thread pseudonymises (keyed hashing: mostly Python).
         memo = HashMemo()
-        for batch in batches:
-            yield prepare_batch(batch, job, memo)
+        examined = ahead((examine(batch, job) for batch in batches), "landing-check")
+        try:
+            for each in examined:
+                yield finish(each, job, memo)
+        finally:
+            examined.close()
         return
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                initializer=_start_worker, initargs=(os.getpid(),))

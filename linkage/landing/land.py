@@ -34,6 +34,7 @@ from governance.layout import ROWS_FILE
 from governance.policy_tables import retention_date
 from governance.schema import extracts, optouts, rejected_rows
 from governance.settings import Settings
+from linkage.landing.ahead import ahead
 from linkage.landing.batches import Job, Prepared, pool_size, prepared_batches
 from linkage.landing.contracts import CONTRACTS, Contract
 from linkage.landing.manifest import Manifest, ManifestError, read_manifest
@@ -257,48 +258,6 @@ class _Worker:
             self.finish()
 
 
-def _prefetched(items: Iterator[Any]) -> Iterator[Any]:
-    """Iterate `items` one step ahead on a thread (CSV parsing releases the GIL).
-
-    Like any generator it starts (and starts its thread) when the first item is asked for.
-    """
-    slot: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-    done = object()
-
-    def put(entry: tuple[Any, BaseException | None]) -> bool:
-        while not stop.is_set():
-            try:
-                slot.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in items:
-                if not put((item, None)):
-                    return
-            put((done, None))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
-            put((None, exc))
-
-    thread = threading.Thread(target=run, name="landing-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = slot.get()
-            if error is not None:
-                raise error
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
 def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parquet: bool,
                   columns: list[str], manifest: Manifest, contract: Contract, extract_id: str,
                   digest: str, name: str, keys: dict[str, Any], ignored: list[str]) -> Receipt:
@@ -318,7 +277,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
     workers = 1 if contract.source == "optouts" else pool_size(
         -(-manifest.rows // max(ctx.settings.batch_rows, 1)))
     # The pool forks on entry, before the reading and writing threads start.
-    prepared = (ctx.preparer or prepared_batches)(_prefetched(batches), job, workers)
+    prepared = (ctx.preparer or prepared_batches)(ahead(batches, "landing-read"), job, workers)
 
     def write(table: pa.Table) -> None:
         if not writer:
