@@ -38,7 +38,14 @@ import pyarrow.compute as pc
 from governance.keys import Key
 from linkage.landing.ahead import ahead
 from linkage.landing.contracts import CONTRACTS
-from linkage.landing.pseudonymise import HashMemo, Pseudonymised, pseudonymise, record_keys
+from linkage.landing.pseudonymise import (
+    DistinctHashes,
+    HashMemo,
+    Pseudonymised,
+    person_hashes,
+    pseudonymise,
+    record_keys,
+)
 from linkage.landing.reader import Batch
 from linkage.landing.validate import Checked, check_batch
 
@@ -83,6 +90,7 @@ class Examined:
     prepared: Prepared
     kept: Checked | None  # the rows that meet the contract (and gave consent), if any
     record_key: pa.Array | None  # their keyed record ids, for sources with one
+    hashed: DistinctHashes | None  # their persons' pseudonyms, for sources with NHS numbers
 
 
 def prepare_batch(batch: Batch, job: Job, memo: HashMemo) -> Prepared:
@@ -90,14 +98,15 @@ def prepare_batch(batch: Batch, job: Job, memo: HashMemo) -> Prepared:
 
     `memo` spares re-hashing NHS numbers already hashed for this file; it changes no output.
     """
-    return finish(examine(batch, job), job, memo)
+    return finish(examine(batch, job, memo), job)
 
 
-def examine(batch: Batch, job: Job) -> Examined:
-    """The first half of `prepare_batch`: check a batch and choose the rows that will land.
+def examine(batch: Batch, job: Job, memo: HashMemo) -> Examined:
+    """The first half of `prepare_batch`: check a batch, choose the rows that will land and
+    make their pseudonyms (record ids and persons: keyed hashing).
 
-    Depends on the batch alone (no memo), so it can run on a thread of its own ahead of the
-    pseudonymising (see `prepared_batches`).
+    Runs on a thread of its own ahead of the rest (see `prepared_batches`); `memo` is that
+    thread's alone.
     """
     contract = CONTRACTS[job.source]
     checked = check_batch(batch.table.select(contract.names), batch.rows, contract)
@@ -122,23 +131,26 @@ def examine(batch: Batch, job: Job) -> Examined:
                                                f"{contract.source}|{job.sender}")
     candidates = np.flatnonzero(good)
     nhs_invalid = int(checked.nhs_invalid.sum())
-    kept = None
+    kept = hashed = None
     if len(candidates):
         everyone = len(candidates) == len(good)  # every row kept: nothing to filter
         kept = checked if everyone else _only(checked, good)
         kept.reasons = np.full(len(candidates), None, dtype=object)
         if not everyone and record_key is not None:
             record_key = pc.filter(record_key, pa.array(good))
+        if "nhs_number" in contract.names:
+            hashed = person_hashes(kept.nhs_normalised, job.keys["pseudonym"], memo)
     return Examined(Prepared(rows, reasons, nhs_invalid, nhs_missing, dropped, candidates,
-                             fingerprints, None), kept, record_key)
+                             fingerprints, None), kept, record_key, hashed)
 
 
-def finish(examined: Examined, job: Job, memo: HashMemo) -> Prepared:
-    """The second half of `prepare_batch`: pseudonymise the rows `examine` kept."""
+def finish(examined: Examined, job: Job) -> Prepared:
+    """The second half of `prepare_batch`: turn the rows `examine` kept into the landed form."""
     prepared = examined.prepared
     if examined.kept is not None:
         prepared.result = pseudonymise(examined.kept, CONTRACTS[job.source], job.extract_id,
-                                       job.keys, job.sender, memo, examined.record_key)
+                                       job.keys, job.sender, None, examined.record_key,
+                                       examined.hashed)
     return prepared
 
 
@@ -177,13 +189,13 @@ def prepared_batches(batches: Iterator[Batch], job: Job, workers: int) -> Iterat
     Call before starting any thread of one's own when `workers` > 1 (the pool forks on entry).
     """
     if workers <= 1:
-        # Checking (Arrow compute, mostly free of the GIL) runs a batch ahead on a thread of
-        # its own while this thread pseudonymises (keyed hashing: mostly Python).
+        # Checking and hashing run a batch ahead on a thread of their own while this thread
+        # makes the rest of the landed form (the linkage encodings, the generalised fields).
         memo = HashMemo()
-        examined = ahead((examine(batch, job) for batch in batches), "landing-check")
+        examined = ahead((examine(batch, job, memo) for batch in batches), "landing-check")
         try:
             for each in examined:
-                yield finish(each, job, memo)
+                yield finish(each, job)
         finally:
             examined.close()
         return
@@ -250,7 +262,4 @@ def _ready() -> bool:
 
 
 def _prepare_in_worker(batch: Batch, job: Job) -> Prepared:
-    prepared = prepare_batch(batch, job, _WORKER_MEMO[0])
-    if prepared.result is not None:  # the landing decides the vault from `persons`; not sent
-        prepared.result.vault_entries = ([], [])
-    return prepared
+    return prepare_batch(batch, job, _WORKER_MEMO[0])

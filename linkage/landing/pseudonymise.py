@@ -1,7 +1,8 @@
 """The pseudonymisation boundary: the one place where clear identifiers become what Haven keeps.
 
 In: a checked batch of text columns (identifiers in clear, in memory only).
-Out: an Arrow table in the landed schema (docs/landed-schema.md) and the vault entries.
+Out: an Arrow table in the landed schema (docs/landed-schema.md) and its persons (each
+distinct NHS number with its pseudonym: the landing seals the new ones into the vault).
 - NHS number -> `person_id`, HMAC-SHA256 under the pseudonymisation key (one hash per distinct
   number), and an AES-GCM copy in the vault (see governance/vault.py).
 - Date of birth -> `birth_ym`; postcode -> `postcode_district`, `postcode_sector`.
@@ -95,7 +96,9 @@ def keyed_hashes(values: pa.Array, key: Key, domain: str = "", length: int = 64,
 
 
 @dataclass
-class _Distinct:
+class DistinctHashes:
+    """A column's distinct values, their keyed hashes, and each row's place among them."""
+
     indices: pa.Array  # per row: index of its value among the distinct ones (null for null)
     values: pa.Array   # the distinct values
     digests: pa.Array  # their keyed hashes
@@ -103,7 +106,7 @@ class _Distinct:
 
 
 def _distinct_keyed_hashes(values: pa.Array, key: Key, domain: str, length: int,
-                           memo: dict[str, str] | HashMemo | None) -> _Distinct:
+                           memo: dict[str, str] | HashMemo | None) -> DistinctHashes:
     """Keyed hashes of the distinct values; only values the memo lacks are hashed."""
     base = hmac.HMAC(key.secret, hashes.SHA256())
     if domain:
@@ -136,11 +139,11 @@ def _distinct_keyed_hashes(values: pa.Array, key: Key, domain: str, length: int,
             found = memo[value] = digest(value)
             new[i] = True
         out.append(found)
-    return _Distinct(encoded.indices, distinct, pa.array(out, pa.string()), new)
+    return DistinctHashes(encoded.indices, distinct, pa.array(out, pa.string()), new)
 
 
 def _distinct_numbers(values: pa.Array, base: hmac.HMAC, length: int,
-                      memo: HashMemo) -> _Distinct | None:
+                      memo: HashMemo) -> DistinctHashes | None:
     """`_distinct_keyed_hashes` for 10-digit numbers, found and memoised as integers.
 
     None when some value is not 10 ASCII digits (the caller then takes the general path).
@@ -175,7 +178,8 @@ def _distinct_numbers(values: pa.Array, base: hmac.HMAC, length: int,
         memo.add(distinct[new], digests[new])
     rows = np.zeros(len(values), dtype=np.int64)
     rows[valid] = codes
-    return _Distinct(pa.array(rows, mask=~valid), texts, fixed_width_text(digests, length), new)
+    return DistinctHashes(pa.array(rows, mask=~valid), texts, fixed_width_text(digests, length),
+                          new)
 
 
 def fixed_width_text(data: np.ndarray | bytes, width: int) -> pa.Array:
@@ -245,6 +249,13 @@ def record_keys(values: pa.Array, key: Key, domain: str) -> tuple[pa.Array, np.n
     return pc.take(keyed, pa.array(order, mask=order < 0)), fingerprints
 
 
+def person_hashes(normalised: pa.Array, key: Key,
+                  memo: dict[str, str] | HashMemo | None = None) -> DistinctHashes:
+    """The person pseudonyms of normalised NHS numbers (null where invalid): one HMAC-SHA256
+    per distinct number not in `memo`, with each row's place among the distinct numbers."""
+    return _distinct_keyed_hashes(normalised, key, "nhs_number", 64, memo)
+
+
 def pseudonymise_nhs(normalised: pa.Array, key: Key,
                      memo: dict[str, str] | HashMemo | None = None) -> pa.Array:
     """The person pseudonym: HMAC-SHA256 of the 10-digit NHS number."""
@@ -283,8 +294,9 @@ class Persons:
 
 @dataclass
 class Pseudonymised:
+    """A batch in the landed form, and its persons (the landing decides who to seal)."""
+
     table: pa.Table
-    vault_entries: tuple[list[str], list[str]]  # (person_ids, nhs_numbers), distinct
     encoded_rows: int
     persons: Persons | None = None  # None for sources without an NHS number
     encoded: np.ndarray | None = None  # per row: were its linkage encodings made
@@ -292,12 +304,13 @@ class Pseudonymised:
 
 def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: dict[str, Key],
                  sender: str, memo: dict[str, str] | HashMemo | None = None,
-                 record_key: pa.Array | None = None) -> Pseudonymised:
+                 record_key: pa.Array | None = None,
+                 hashed: DistinctHashes | None = None) -> Pseudonymised:
     """Turn the good rows of a checked batch into the landed form. Only good rows may be passed.
 
-    `vault_entries` are the persons whose pseudonym was made here rather than found in `memo`
-    (with a memo shared by a landing's batches: each person once). `record_key`, when given, is
-    the keyed record id already made for these rows (see `record_keys`).
+    `memo` spares re-hashing NHS numbers hashed for an earlier batch. `record_key` and `hashed`,
+    when given, are the keyed record ids and the person pseudonyms (`person_hashes`) already
+    made for these rows.
     """
     t = checked.table
     n = t.num_rows
@@ -306,23 +319,19 @@ def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: di
         "extract_id": pa.repeat(pa.scalar(extract_id, pa.string()), n),
         "row": checked.rows,
     }
-    vault_entries: tuple[list[str], list[str]] = ([], [])
     persons: Persons | None = None
     names = contract.names
     chosen: np.ndarray | None = None
     if "nhs_number" in names:
         # Normalised numbers are null unless valid: each distinct one is a person to vault.
-        distinct = _distinct_keyed_hashes(checked.nhs_normalised, pkey, "nhs_number", 64, memo)
+        distinct = hashed if hashed is not None else person_hashes(checked.nhs_normalised,
+                                                                   pkey, memo)
         out["person_id"] = pc.take(distinct.digests, distinct.indices)
         out["key_id"] = pa.repeat(pa.scalar(pkey.key_id, pa.string()), n)
         status = checked.nhs_valid * 2 + (checked.nhs_invalid & ~checked.nhs_valid)
         out["nhs_status"] = pc.take(NHS_STATUS, pa.array(status.astype(np.int8)))
         persons = Persons(pc.fill_null(distinct.indices, -1).to_numpy(zero_copy_only=False)
                           .astype(np.int64), distinct.values, distinct.digests)
-        if distinct.new.any():
-            new = pa.array(distinct.new)
-            vault_entries = (pc.filter(distinct.digests, new).to_pylist(),
-                             pc.filter(distinct.values, new).to_pylist())
         sampled = np.append(_sampled(distinct.digests), False)
         chosen = sampled[pc.fill_null(distinct.indices, len(distinct.values))
                          .to_numpy(zero_copy_only=False)]
@@ -367,7 +376,7 @@ def pseudonymise(checked: Checked, contract: Contract, extract_id: str, keys: di
         lk = _encode(t, checked, wanted, selector, lkey)
         for name in lk.column_names:
             out[name] = lk.column(name)
-    return Pseudonymised(pa.table(out), vault_entries, encoded_rows, persons, selector)
+    return Pseudonymised(pa.table(out), encoded_rows, persons, selector)
 
 
 def training_sample(person_id: pa.Array) -> np.ndarray:
