@@ -296,11 +296,13 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
                     nonces, ciphertexts)
         connection.commit()
 
+    # Parquet is written on one thread, vault entries sealed and staged on another.
     output: _Worker | None = None
+    sealing: _Worker | None = None
     try:
         for batch in prepared:
-            if output is None:
-                output = _Worker("landing-write")
+            if output is None or sealing is None:
+                output, sealing = _Worker("landing-write"), _Worker("landing-vault")
             counts["nhs_invalid"] += batch.nhs_invalid
             counts["nhs_missing"] += batch.nhs_missing
             counts["dropped_no_consent"] += batch.dropped_no_consent
@@ -333,17 +335,19 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
             counts["landed"] += table.num_rows
             if entries[0]:
                 sealed += len(entries[0])
-                output.submit(partial(seal, *entries))
+                sealing.submit(partial(seal, *entries))
             if contract.source == "optouts":
                 optout_rows.extend(_optout_register_rows(table, manifest.sender))
             # Let go of this batch before the next is prepared (the writer holds what it needs).
             del batch, result, table
-        if output is not None:
-            output.finish()
+        for worker in (output, sealing):
+            if worker is not None:
+                worker.finish()
     finally:
         prepared.close()
-        if output is not None:
-            output.finish_quietly()
+        for worker in (output, sealing):
+            if worker is not None:
+                worker.finish_quietly()
         if writer:
             writer[0].close()
     for row in stats.unsplittable:
