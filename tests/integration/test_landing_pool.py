@@ -108,16 +108,19 @@ def test_a_failing_worker_lands_nothing(tmp_path, monkeypatch):
         haven.close()
 
 
-def test_the_pool_is_used_only_for_large_files_on_two_free_cores_in_one_thread(monkeypatch):
-    monkeypatch.setattr(batches.os, "cpu_count", lambda: 2)
+def test_the_pool_is_used_only_for_large_files_with_cores_to_spare_in_one_thread(monkeypatch):
+    monkeypatch.setattr(batches.os, "cpu_count", lambda: 4)
     monkeypatch.setattr(batches.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
     monkeypatch.setattr(batches.threading, "active_count", lambda: 1)
     assert batches.pool_size(10) == 2
     assert batches.pool_size(batches.MIN_POOLED_BATCHES - 1) == 1
-    monkeypatch.setattr(batches.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
-    assert batches.pool_size(10) == 1  # the other core is busy: a pool would only add work
+    monkeypatch.setattr(batches.os, "getloadavg", lambda: (2.5, 1.0, 1.0))
+    assert batches.pool_size(10) == 1  # the spare cores are busy: a pool would only add work
     monkeypatch.setattr(batches.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
     monkeypatch.setattr(batches.threading, "active_count", lambda: 3)
+    assert batches.pool_size(10) == 1
+    monkeypatch.setattr(batches.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(batches.os, "cpu_count", lambda: 2)  # the landing's threads fill both
     assert batches.pool_size(10) == 1
     monkeypatch.setattr(batches.threading, "active_count", threading.active_count)
     monkeypatch.setattr(batches.os, "cpu_count", lambda: 1)
