@@ -41,6 +41,7 @@ from linkage.landing.manifest import Manifest, ManifestError, read_manifest
 from linkage.landing.pseudonymise import MEMO_LIMIT, Pseudonymised
 from linkage.landing.reader import (
     Batch,
+    Checksum,
     FileRefused,
     ReadStats,
     csv_batches,
@@ -48,7 +49,6 @@ from linkage.landing.reader import (
     parquet_batches,
     parquet_columns,
     read_header,
-    sha256_of,
 )
 
 # More rejected rows than this share means the file itself is wrong (e.g. columns shifted).
@@ -162,13 +162,39 @@ def land_file(ctx: LandingContext, path: Path, manifest: Manifest | None = None,
 def _land_locked(ctx: LandingContext, path: Path, manifest: Manifest, name: str) -> Receipt:
     if not path.exists():
         raise FileRefused("the file does not exist")
-    digest = sha256_of(path)
-    if digest != manifest.sha256:
+    # The file is hashed while it lands; nothing is committed before the digest is checked,
+    # and a file that differs from the manifest is refused for that before any other reason.
+    # Opt-outs are checked against the register as they land: those stay in this process.
+    workers = 1 if manifest.source == "optouts" else pool_size(
+        -(-manifest.rows // max(ctx.settings.batch_rows, 1)))
+    checksum = Checksum(path)
+    if workers > 1:
+        checksum.hexdigest()  # the pool forks: no other thread may be running then
+    try:
+        return _land_checksummed(ctx, path, manifest, name, checksum, workers)
+    except Exception:
+        _verify(checksum, manifest)
+        raise
+    finally:
+        with suppress(Exception):
+            checksum.hexdigest()  # the hashing thread does not outlive the landing
+
+
+def _verify(checksum: Checksum, manifest: Manifest) -> None:
+    """Refuse the file unless its SHA-256 is the manifest's."""
+    if checksum.hexdigest() != manifest.sha256:
         raise FileRefused("sha256 does not match the manifest: the file differs from what was sent")
+
+
+def _land_checksummed(ctx: LandingContext, path: Path, manifest: Manifest, name: str,
+                      checksum: Checksum, workers: int) -> Receipt:
+    digest = manifest.sha256  # what the file is, once `_verify` has passed
     with ctx.engine.connect() as connection:
         existing = connection.execute(
             select(extracts.c.extract_id, extracts.c.counts, extracts.c.uploaded_by_org)
             .where(extracts.c.landed_sha256 == digest)).first()
+    if existing is not None:
+        _verify(checksum, manifest)
     if existing is not None and ctx.uploaded_by_org not in (None, existing.uploaded_by_org):
         # Another organisation's upload (or one landed by Haven's operators): a receipt only
         # ever describes the sender's own uploads, so this sender learns neither that extract
@@ -188,7 +214,8 @@ def _land_locked(ctx: LandingContext, path: Path, manifest: Manifest, name: str)
     staging = ctx.settings.layout.staged(extract_id)
     staging.mkdir(parents=True)
     try:
-        return _stage_and_commit(ctx, path, manifest, contract, extract_id, digest, name)
+        return _stage_and_commit(ctx, path, manifest, contract, extract_id, name, checksum,
+                                 workers)
     finally:
         store.remove_tree(staging)
 
@@ -198,7 +225,8 @@ def _columns_of(path: Path, parquet: bool) -> list[str]:
 
 
 def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contract: Contract,
-                      extract_id: str, digest: str, name: str) -> Receipt:
+                      extract_id: str, name: str, checksum: Checksum,
+                      workers: int) -> Receipt:
     parquet = is_parquet(path)
     columns = _columns_of(path, parquet)
     missing = [c for c in contract.names if c not in columns]
@@ -211,7 +239,7 @@ def _stage_and_commit(ctx: LandingContext, path: Path, manifest: Manifest, contr
         connection.commit()
         try:
             return _land_batches(ctx, connection, path, parquet, columns, manifest, contract,
-                                 extract_id, digest, name, keys, ignored)
+                                 extract_id, name, keys, ignored, checksum, workers)
         finally:
             with suppress(SQLAlchemyError):
                 vault.stage_close(connection)
@@ -260,7 +288,8 @@ class _Worker:
 
 def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parquet: bool,
                   columns: list[str], manifest: Manifest, contract: Contract, extract_id: str,
-                  digest: str, name: str, keys: dict[str, Any], ignored: list[str]) -> Receipt:
+                  name: str, keys: dict[str, Any], ignored: list[str],
+                  checksum: Checksum, workers: int) -> Receipt:
     stats = ReadStats()
     batches = (parquet_batches(path, ctx.settings.batch_rows, stats) if parquet
                else csv_batches(path, columns, ctx.settings.batch_rows, stats))
@@ -273,9 +302,6 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
     writer: list[pq.ParquetWriter] = []
     optout_rows: list[dict[str, Any]] = []
     job = Job(contract.source, extract_id, manifest.sender, keys)
-    # Opt-outs are checked against the register as they land: those stay in this process.
-    workers = 1 if contract.source == "optouts" else pool_size(
-        -(-manifest.rows // max(ctx.settings.batch_rows, 1)))
     # The pool forks on entry, before the reading and writing threads start.
     prepared = (ctx.preparer or prepared_batches)(ahead(batches, "landing-read"), job, workers)
 
@@ -376,6 +402,8 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
     if ignored:
         counts_out["ignored_columns"] = len(ignored)
     retain = retention_date(contract.source, manifest.period_end, ctx.engine)
+    _verify(checksum, manifest)
+    digest = manifest.sha256
     store.publish(ctx.settings, extract_id)
     try:
         with connection.begin():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,32 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class Checksum:
+    """A file's SHA-256, computed on a thread of its own (hashing releases the GIL) while the
+    file is read for landing; `hexdigest` waits for it."""
+
+    def __init__(self, path: Path) -> None:
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(path,), name="landing-sha256",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            self._digest = sha256_of(path)
+        except BaseException as exc:  # noqa: BLE001 - raised by `hexdigest` in the caller
+            self._error = exc
+
+    def hexdigest(self) -> str:
+        """The digest (hex), once computed; raises what computing it raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._digest is not None
+        return self._digest
 
 
 def is_parquet(path: Path) -> bool:
