@@ -198,11 +198,12 @@ def prepared_batches(batches: Iterator[Batch], job: Job, workers: int) -> Iterat
     if workers <= 1:
         # Checking and hashing run a batch ahead on a thread of their own while this thread
         # makes the rest of the landed form (the linkage encodings, the generalised fields).
-        memo = HashMemo()
-        examined = ahead((examine(batch, job, memo) for batch in batches), "landing-check")
+        examined = ahead(_examined(batches, job, HashMemo()), "landing-check")
         try:
             for each in examined:
-                yield finish(each, job)
+                prepared = finish(each, job)
+                del each  # the checked batch is not held while the landing takes this one
+                yield prepared
         finally:
             examined.close()
         return
@@ -221,6 +222,14 @@ def prepared_batches(batches: Iterator[Batch], job: Job, workers: int) -> Iterat
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _examined(batches: Iterator[Batch], job: Job, memo: HashMemo) -> Iterator[Examined]:
+    """Each batch examined; the raw batch let go before its result waits to be taken."""
+    for batch in batches:
+        examined = examine(batch, job, memo)
+        del batch
+        yield examined
 
 
 _WORKER_MEMO: list[HashMemo] = []
