@@ -303,7 +303,8 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
     optout_rows: list[dict[str, Any]] = []
     job = Job(contract.source, extract_id, manifest.sender, keys)
     # The pool forks on entry, before the reading and writing threads start.
-    prepared = (ctx.preparer or prepared_batches)(ahead(batches, "landing-read"), job, workers)
+    read = ahead(batches, "landing-read")
+    prepared = (ctx.preparer or prepared_batches)(read, job, workers)
 
     def write(table: pa.Table) -> None:
         if not writer:
@@ -371,6 +372,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
                 worker.finish()
     finally:
         prepared.close()
+        read.close()  # its thread stops now, not when a failure's traceback is let go
         for worker in (output, sealing):
             if worker is not None:
                 worker.finish_quietly()

@@ -1,0 +1,105 @@
+"""Landing's threads: a failure on any of them lands nothing and leaves no landing thread behind;
+the threads land what the plain one-batch-at-a-time form (prepare_batch) would."""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import select
+
+from conftest import key_environment
+from factories import rows_for, write_extract
+from governance.schema import extracts
+from governance.schema import vault as vault_table
+from governance.settings import Settings
+from linkage.landing import batches, land
+from linkage.landing.land import LandingContext, land_file
+from pipeline.context import Context as Haven
+
+BATCH = 400
+STAGES = {"landing-read", "landing-check", "landing-write", "landing-vault", "landing-sha256"}
+
+
+def _parquet_extract(folder, rows):
+    """A Parquet extract: read in batches of exactly `batch_rows` (a small CSV is one block)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    return write_extract(folder, "apc", rows, name="apc.parquet",
+                         raw=sink.getvalue().to_pybytes())
+
+
+def _landing_threads() -> set[str]:
+    return {t.name for t in threading.enumerate()} & STAGES
+
+
+@pytest.mark.parametrize("where", ["examine", "finish", "seal"])
+def test_a_failure_on_any_thread_lands_nothing(where, tmp_path, monkeypatch):
+    path = _parquet_extract(tmp_path / "inbox", rows_for("apc", 5 * BATCH))
+    if where == "seal":
+        real_seal = land.vault.seal_columns
+        calls: list[int] = []
+
+        def failing_seal(*args):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("failed on landing-vault")
+            return real_seal(*args)
+
+        monkeypatch.setattr(land.vault, "seal_columns", failing_seal)
+    else:
+        real = getattr(batches, where)
+
+        def failing(examined_or_batch, *args):
+            prepared = examined_or_batch.prepared if where == "finish" else None
+            rows = (prepared.rows if prepared is not None
+                    else examined_or_batch.rows.to_numpy())
+            if rows[0] > 2 * BATCH:
+                raise RuntimeError(f"failed in {where}")
+            return real(examined_or_batch, *args)
+
+        monkeypatch.setattr(batches, where, failing)
+    monkeypatch.setattr(land, "pool_size", lambda _batches: 1)
+    settings = Settings(home=tmp_path / "home", key_env=key_environment(), batch_rows=BATCH)
+    haven = Haven(settings)
+    try:
+        with pytest.raises(RuntimeError, match="failed"):
+            land_file(LandingContext(settings, haven.engine, haven.keys), path)
+        with haven.engine.connect() as connection:
+            assert connection.scalar(select(extracts.c.extract_id)) is None
+            assert connection.scalar(select(vault_table.c.person_id)) is None
+        assert not any(settings.layout.staging_dir.glob("*"))
+        assert _landing_threads() == set()
+    finally:
+        haven.close()
+
+
+def test_threads_land_what_one_batch_at_a_time_lands(tmp_path, monkeypatch):
+    rows = rows_for("apc", 3 * BATCH + 17)
+    for i, row in enumerate(rows):
+        row["nhs_number"] = rows[i % 250]["nhs_number"]  # persons recur across batches
+    path = _parquet_extract(tmp_path / "inbox", rows)
+    keys = key_environment()
+    monkeypatch.setattr(land, "pool_size", lambda _batches: 1)
+
+    def plain(source, job, workers):
+        memo = batches.HashMemo()
+        for batch in source:
+            yield batches.prepare_batch(batch, job, memo)
+
+    tables = []
+    for name, preparer in (("threads", None), ("plain", plain)):
+        settings = Settings(home=tmp_path / name, key_env=keys, batch_rows=BATCH)
+        haven = Haven(settings)
+        try:
+            receipt = land_file(LandingContext(settings, haven.engine, haven.keys,
+                                               preparer=preparer), path)
+            assert receipt.status == "landed", receipt.reason
+            tables.append(pq.read_table(settings.layout.rows(receipt.extract_id))
+                          .drop(["extract_id"]))
+        finally:
+            haven.close()
+    assert tables[0].num_rows == len(rows)
+    assert tables[0].equals(tables[1])
