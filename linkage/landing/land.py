@@ -308,13 +308,8 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
 
     def write(table: pa.Table) -> None:
         if not writer:
-            # Keyed columns get neither dictionaries nor min/max statistics: their values are
-            # near-unique and uniformly spread, so neither would ever spare a read (the
-            # statistics alone were a fifth of the writing time).
-            plain = _dictionary_columns(table)
             writer.append(pq.ParquetWriter(staging / ROWS_FILE, table.schema,
-                                           compression="zstd", use_dictionary=plain,
-                                           write_statistics=plain))
+                                           compression="zstd", **_parquet_options(table)))
         writer[0].write_table(table.cast(writer[0].schema))
 
     def seal(person_ids: list[str], nhs: list[str]) -> None:
@@ -442,6 +437,26 @@ def _dictionary_columns(table: pa.Table) -> list[str]:
     """Columns worth dictionary-encoding in Parquet: not the keyed, near-unique ones."""
     return [f.name for f in table.schema
             if not (f.name in ("person_id", "record_key") or f.name.startswith("lk_"))]
+
+
+# Encodings of the landed rows' near-unique columns, cheaper to write than plain values and
+# smaller: row numbers rise by one (deltas), pseudonyms are text of one length (the lengths
+# stored as deltas, the text end to end). Read by Arrow, DuckDB and Spark alike.
+_ENCODINGS = {"row": "DELTA_BINARY_PACKED", "person_id": "DELTA_LENGTH_BYTE_ARRAY",
+              "record_key": "DELTA_LENGTH_BYTE_ARRAY"}
+
+
+def _parquet_options(table: pa.Table) -> dict[str, Any]:
+    """How the landed rows are written (the values are the same whatever the options).
+
+    Keyed columns get neither dictionaries nor min/max statistics: their values are near-unique
+    and uniformly spread, so neither would ever spare a read (the statistics alone were a fifth
+    of the writing time). Row numbers keep their statistics (a reader may look rows up).
+    """
+    plain = _dictionary_columns(table)
+    encoded = {name: how for name, how in _ENCODINGS.items() if name in table.column_names}
+    return {"use_dictionary": [n for n in plain if n not in encoded],
+            "write_statistics": plain, "column_encoding": encoded}
 
 
 def _duplicate_ids(fingerprints: np.ndarray, good: np.ndarray, seen: list[np.ndarray],
