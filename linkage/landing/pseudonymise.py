@@ -162,8 +162,10 @@ def _distinct_numbers(values: pa.Array, base: hmac.HMAC, length: int,
     if m and not ((data >= ord("0")) & (data <= ord("9"))).all():
         return None
     numbers = (data - ord("0")).astype(np.int64) @ _POWERS
-    codes, distinct = pd.factorize(numbers, sort=True)
-    digits = ((distinct[:, None] // _POWERS) % 10 + ord("0")).astype(np.uint8)
+    codes, distinct = pd.factorize(numbers)  # in order of first appearance
+    first = np.empty(len(distinct), dtype=np.int64)
+    first[codes[::-1]] = np.arange(m - 1, -1, -1)  # each number's first row
+    digits = data[first]  # its ten digit bytes, as given
     texts = fixed_width_text(digits.view("S10").ravel(), 10)
     digests, new = memo.lookup(distinct, length)
     if new.any():

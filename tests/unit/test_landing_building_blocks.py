@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import binascii
+import hashlib
+import hmac
 import secrets
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from governance.keys import Key
 from linkage.landing.land import SealedPersons
-from linkage.landing.pseudonymise import fixed_width_text
+from linkage.landing.pseudonymise import HashMemo, fixed_width_text, person_hashes
 
 
 def test_fixed_width_text_equals_the_value_by_value_array():
@@ -50,3 +54,22 @@ def test_sealed_persons_forgets_everyone_past_its_limit():
     sealed.add(np.array([1, 2, 3], dtype=np.int64))
     sealed.add(np.array([4, 5], dtype=np.int64))  # 5 > 4: starts again with these
     assert sealed.unknown(np.array([1, 2, 3, 4, 5])).tolist() == [True, True, True, False, False]
+
+
+def test_person_hashes_are_the_hmac_of_each_number_across_batches_with_a_memo():
+    key = Key("k1", secrets.token_bytes(32))
+
+    def reference(number: str) -> str:
+        return hmac.new(key.secret, b"nhs_number\x00" + number.encode(), hashlib.sha256).hexdigest()
+
+    first = ["9990000018", None, "9990000026", "9990000018", "9990000034"]
+    second = ["9990000042", "9990000026", None, "9990000042", "9990000000"]
+    memo = HashMemo()
+    for batch in (first, second):
+        hashed = person_hashes(pa.array(batch, pa.string()), key, memo)
+        rows = pc.take(hashed.digests, hashed.indices).to_pylist()
+        assert rows == [None if n is None else reference(n) for n in batch]
+        assert pc.take(hashed.values, hashed.indices).to_pylist() == batch
+    # only numbers the memo lacked were hashed in the second batch
+    assert sorted(hashed.values.filter(pa.array(hashed.new)).to_pylist()) == [
+        "9990000000", "9990000042"]
