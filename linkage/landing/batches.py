@@ -117,7 +117,8 @@ def examine(batch: Batch, job: Job, memo: HashMemo) -> Examined:
     nhs_missing = 0
     if "nhs_number" in contract.names:
         nhs_missing = int(pc.sum(pc.is_null(checked.table.column("nhs_number"))).as_py() or 0)
-    good = checked.good
+    meets = checked.good  # the contract (consent aside)
+    good = meets
     reasons_of = checked.reasons
     dropped = 0
     if contract.consent_column:
@@ -126,7 +127,7 @@ def examine(batch: Batch, job: Job, memo: HashMemo) -> Examined:
         dropped = int((good & ~consent).sum())
         good = good & consent
     rows = batch.rows.to_numpy()
-    bad = np.flatnonzero(~checked.good)
+    bad = np.flatnonzero(~meets)
     reasons = list(zip(rows[bad].tolist(), reasons_of[bad].tolist(), strict=True))
     record_key = fingerprints = None
     if contract.unique:
