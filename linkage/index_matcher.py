@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from linkage.probabilistic import (
     DEFAULT_PASSES,
@@ -24,19 +26,56 @@ from linkage.probabilistic import (
     compare,
     fit_model,
 )
-from linkage.probabilistic.blocking import pairs_for_rows, plan_blocking
+from linkage.probabilistic.blocking import (
+    pair_bounds,
+    pairs_for_rows,
+    plan_blocking,
+    row_parts,
+)
 
 UPPER = 0.95
 LOWER = 0.5
 DEFAULT_COVERAGE = 0.95
 RANDOM_PAIRS = 200_000
-QUERY_CHUNK = 5_000  # query rows scored at a time: memory holds their candidate pairs
+# Query rows are scored a part at a time: at most QUERY_CHUNK rows and about CHUNK_PAIRS
+# candidate pairs (`blocking.row_parts`). Pairs per row grow with the register (a block of one
+# date of birth holds three times the persons at three million), so a part bounded in rows
+# alone held more pairs the larger the population (0.9 GB at a million persons): bounded in
+# pairs, a part's memory does not grow with it.
+QUERY_CHUNK = 50_000
+CHUNK_PAIRS = 1_000_000
 MIN_LABELLED = 50
 # The engine's passes, with the registered practice (`identifier`) paired with parts of the
 # date of birth instead of alone (a practice alone is a block of thousands).
 INDEX_PASSES = tuple(p for p in DEFAULT_PASSES if p != ("identifier",)) + (
     ("identifier", "date_of_birth__ym"), ("identifier", "date_of_birth__md"),
     ("identifier", "date_of_birth__yd"), ("identifier", "sex", "postcode__sector"))
+
+
+def person_codes(persons: pd.Series) -> tuple[np.ndarray, pa.Array]:
+    """The profiles' pseudonyms as int64 codes (equal pseudonyms, equal codes; -1 for none)
+    and the pseudonyms coded, in Arrow: comparing and grouping integers, never a million
+    Python strings, keeps matching fast and small at a whole population."""
+    encoded = pc.dictionary_encode(_strings(persons))
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.unify_dictionaries().combine_chunks()
+    return _filled(encoded.indices), encoded.dictionary
+
+
+def codes_for(persons: pd.Series, uniques: pa.Array) -> np.ndarray:
+    """Pseudonyms in the code space of `person_codes` (-1, no profile's code, for a
+    pseudonym no profile has)."""
+    return _filled(pc.index_in(_strings(persons), value_set=uniques))
+
+
+def _strings(persons: pd.Series) -> pa.Array | pa.ChunkedArray:
+    if isinstance(persons.dtype, pd.ArrowDtype):
+        return pc.cast(pa.array(persons.array), pa.string())
+    return pa.array(persons.to_numpy(dtype=object), type=pa.string(), from_pandas=True)
+
+
+def _filled(codes: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(codes, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def fit_supervised(query: Encoded, profile: Encoded, person_q: np.ndarray,
@@ -54,9 +93,8 @@ def fit_supervised(query: Encoded, profile: Encoded, person_q: np.ndarray,
     # Candidate pairs a chunk of query rows at a time: only the positives are kept.
     plan = plan_blocking(query, profile, INDEX_PASSES)
     found = []
-    for start in range(0, query.n, QUERY_CHUNK):
-        pairs = pairs_for_rows(plan, np.arange(start, min(start + QUERY_CHUNK, query.n),
-                                               dtype=np.int64), sort=True)
+    for rows in row_parts(pair_bounds(plan), CHUNK_PAIRS, QUERY_CHUNK):
+        pairs = pairs_for_rows(plan, rows, sort=True)
         if exclude_self is not None and len(pairs):
             pairs = pairs[exclude_self[pairs["left"].to_numpy()] != pairs["right"].to_numpy()]
         same = person_q[pairs["left"].to_numpy()] == person_p[pairs["right"].to_numpy()]
@@ -88,18 +126,18 @@ def fit_supervised(query: Encoded, profile: Encoded, person_q: np.ndarray,
                       method="supervised")
 
 
-def _score_pairs(query: pd.DataFrame, profile: pd.DataFrame, model: MatchModel | None = None,
-                 chunk: int | None = None) -> Iterator[pd.DataFrame]:
-    """Scored candidate pairs, `chunk` query rows at a time (every pair of a query row in
-    one chunk), so memory holds one chunk's pairs, not all of them. Blocking is planned once
-    over every query row (the same pairs as one pass over all). A model fitted here (ECM,
-    when none is given) needs every pair at once, so then there is one chunk."""
+def _score_pairs(query: pd.DataFrame, profile: pd.DataFrame, model: MatchModel | None = None
+                 ) -> Iterator[pd.DataFrame]:
+    """Scored candidate pairs, a part of query rows at a time (every pair of a query row in
+    one part: `QUERY_CHUNK`, `CHUNK_PAIRS`), so memory holds one part's pairs, not all of
+    them. Blocking is planned once over every query row (the same pairs as one pass over
+    all). A model fitted here (ECM, when none is given) needs every pair at once, so then
+    there is one part."""
     q, p = Encoded(query), Encoded(profile)
     plan = plan_blocking(q, p, INDEX_PASSES)
-    step = max(chunk or QUERY_CHUNK, 1) if model is not None else max(len(query), 1)
-    for start in range(0, len(query), step):
-        rows = None if step >= len(query) else np.arange(
-            start, min(start + step, len(query)), dtype=np.int64)
+    parts = (row_parts(pair_bounds(plan), CHUNK_PAIRS, QUERY_CHUNK) if model is not None
+             else [None])
+    for rows in parts:
         pairs = pairs_for_rows(plan, rows, sort=True)
         if len(pairs) == 0:
             continue
@@ -121,9 +159,9 @@ def train_on_profiles(profile: pd.DataFrame, fields: list[str]) -> MatchModel | 
     Profiles of persons who have more than one (a social care row with an NHS number and the
     person's GP registration) are linked against the others with their own row left out.
     """
-    person = profile["person_id"].astype(object).to_numpy()
-    counts = pd.Series(person).value_counts()
-    twins = np.flatnonzero(pd.Series(person).map(counts).to_numpy() > 1)
+    person, _ = person_codes(profile["person_id"])
+    twins = np.flatnonzero(np.bincount(person[person >= 0])[np.maximum(person, 0)] * (
+        person >= 0) > 1)
     if len(twins) < MIN_LABELLED:
         return None
     columns = ["extract_id", "row", *fields]
@@ -152,16 +190,15 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame,
     query = query[["extract_id", "row", *fields]]
     profile = profile[["extract_id", "row", "person_id", *fields]]
     model = None
+    person, uniques = person_codes(profile["person_id"])
     if examples is not None and len(examples) >= MIN_LABELLED:
         columns = ["extract_id", "row", *fields]
         model = fit_supervised(Encoded(examples[columns].reset_index(drop=True)),
                                Encoded(profile[columns]),
-                               examples["person_id"].astype(object).to_numpy(),
-                               profile["person_id"].astype(object).to_numpy())
+                               codes_for(examples["person_id"], uniques), person)
     if model is None:
         model = train_on_profiles(profile, fields)
-    person = profile["person_id"].astype(object).to_numpy()
-    persons = max(len(pd.unique(person)), 1)
+    persons = max(len(uniques), 1)
     best = [_best(scored, person, persons, coverage)
             for scored in _score_pairs(query, profile, model)]
     if not best:
@@ -210,7 +247,7 @@ def estimate_quality(profile: pd.DataFrame, examples: pd.DataFrame | None = None
     missed match.
     """
     out: dict[str, dict] = {}
-    person_p = profile["person_id"].astype(object).to_numpy()
+    person_p, uniques = person_codes(profile["person_id"])
     rng = np.random.default_rng(seed)
     if examples is not None and len(examples):
         for source, rows in examples.groupby("source", sort=True):
@@ -226,11 +263,11 @@ def estimate_quality(profile: pd.DataFrame, examples: pd.DataFrame | None = None
             matches = match_profiles(test[["extract_id", "row", *fields]],
                                      profile[["extract_id", "row", "person_id", *fields]],
                                      1.0 - 1e-3, train)
-            out[str(source)] = _rates(matches, test["person_id"].astype(object).to_numpy(),
+            out[str(source)] = _rates(matches, codes_for(test["person_id"], uniques),
                                       person_p, len(test))
     if "source" in profile:
-        counts = pd.Series(person_p).value_counts()
-        twin = pd.Series(person_p).map(counts).to_numpy() > 1
+        twin = np.bincount(person_p[person_p >= 0], minlength=len(uniques))[
+            np.maximum(person_p, 0)] * (person_p >= 0) > 1
         candidates = np.flatnonzero(twin & (profile["source"] == "social_care").to_numpy())
         if len(candidates):
             chosen = np.sort(rng.choice(candidates, size=min(sample, len(candidates)),
@@ -238,6 +275,6 @@ def estimate_quality(profile: pd.DataFrame, examples: pd.DataFrame | None = None
             query = profile.iloc[chosen].reset_index(drop=True)
             rest = profile.drop(index=profile.index[chosen]).reset_index(drop=True)
             matches = match_profiles(query.drop(columns=["person_id"]), rest, 1.0 - 1e-3)
-            out["social_care"] = _rates(matches, query["person_id"].astype(object).to_numpy(),
-                                        rest["person_id"].astype(object).to_numpy(), len(query))
+            out["social_care"] = _rates(matches, person_p[chosen],
+                                        np.delete(person_p, chosen), len(query))
     return out

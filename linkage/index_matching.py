@@ -9,17 +9,21 @@ Memory holds the profiles and the pending rows, never the link map.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from governance.settings import Settings
 
 PROFILE_SOURCES = ("gp_patients", "social_care")
+READ_ROWS = 1_000_000  # rows of an extract read at a time for the probabilistic step
 
 # Given query rows and profile rows (both with `lk_*` encodings; profiles with person_id), the
 # prior that a query row belongs to a registered person, and labelled examples of the query's
@@ -41,19 +45,59 @@ class Matched:
 
 def read_rows(settings: Settings, extract_id: str, encodings: bool) -> pd.DataFrame:
     """A landed extract's rows: ids, pseudonym and record key (and keyed encodings if asked)."""
+    table = read_table(settings, extract_id, encodings)
+    if encodings:  # keyed encodings are int64 with nulls: Arrow dtypes keep them exact
+        return table.to_pandas(types_mapper=pd.ArrowDtype)
+    return table.to_pandas()
+
+
+def read_table(settings: Settings, extract_id: str, encodings: bool) -> pa.Table:
+    """`read_rows`'s columns as an Arrow table (filtered and joined without a pandas copy)."""
     path = settings.layout.rows(extract_id)
+    return pq.read_table(path, columns=_columns(path, encodings))
+
+
+def _columns(path: Path, encodings: bool) -> list[str]:
     names = pq.read_schema(path).names
     wanted = ["extract_id", "row"] + [c for c in ("person_id", "record_key") if c in names]
     if encodings:
         wanted += [c for c in names if c.startswith("lk_")]
-        # Keyed encodings are int64 with nulls: Arrow dtypes keep them exact.
-        return pq.read_table(path, columns=wanted).to_pandas(types_mapper=pd.ArrowDtype)
-    return pq.read_table(path, columns=wanted).to_pandas()
+    return wanted
 
 
-def registered_persons(settings: Settings, landed: pd.DataFrame) -> set:
-    """Pseudonyms of the profiles: register rows with a pseudonym, in extracts with encodings."""
-    registered: set = set()
+def _kept_rows(settings: Settings, extract_id: str, source: str, pending: set | None,
+               is_profile: bool) -> tuple[list[pa.Table], list[pa.Table], list[pa.Table]]:
+    """An extract's profile rows, pending rows and labelled examples, read `READ_ROWS` at a
+    time: a hospital extract is mostly rows without encodings, and reading all of it at once
+    to keep a few per cent cost 2.3 GB at three million persons."""
+    path = settings.layout.rows(extract_id)
+    columns = _columns(path, encodings=True)
+    lk = [c for c in columns if c.startswith("lk_")]
+    profiles: list[pa.Table] = []
+    queries: list[pa.Table] = []
+    training: list[pa.Table] = []
+    if not lk:
+        return profiles, queries, training
+    wanted = None if pending is None else pa.array(sorted(pending), type=pa.int64())
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, columns=columns):
+        rows = pa.Table.from_batches([batch])
+        rows = rows.append_column("source", pa.array(np.full(rows.num_rows, source)))
+        has_person = pc.is_valid(rows["person_id"])
+        if is_profile:
+            profiles.append(rows.filter(has_person))
+        if wanted is not None:
+            queries.append(rows.filter(pc.is_in(rows["row"], value_set=wanted)))
+            if not is_profile:  # the sampled NHS-numbered rows: labelled examples
+                encoded = functools.reduce(pc.or_, [pc.is_valid(rows[c]) for c in lk])
+                training.append(rows.filter(pc.and_(encoded, has_person)))
+    return profiles, queries, training
+
+
+def registered_persons(settings: Settings, landed: pd.DataFrame) -> pd.Index:
+    """Pseudonyms of the profiles (register rows with a pseudonym, in extracts with
+    encodings), distinct and sorted; made distinct in Arrow, not through a Python set (three
+    million pseudonyms in a set cost a gigabyte)."""
+    found: list[pa.Array] = []
     for item in landed.itertuples():
         if item.source not in PROFILE_SOURCES:
             continue
@@ -62,8 +106,12 @@ def registered_persons(settings: Settings, landed: pd.DataFrame) -> set:
         if "person_id" not in names or not any(c.startswith("lk_") for c in names):
             continue
         ids = pq.read_table(path, columns=["person_id"]).column("person_id")
-        registered.update(v for v in ids.unique().to_pylist() if v is not None)
-    return registered
+        found.append(pc.drop_null(pc.unique(ids)).cast(pa.string()))
+    if not found:
+        return pd.Index([], dtype=object)
+    distinct = pc.unique(pa.chunked_array(found, type=pa.string()))
+    ordered = distinct.take(pc.sort_indices(distinct))
+    return pd.Index(ordered.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def coverage(known: int, registered: int) -> float:
@@ -74,10 +122,9 @@ def coverage(known: int, registered: int) -> float:
     return min(max(registered / known, 0.5), 0.999)
 
 
-def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate frames of encodings through Arrow, so a column some frames lack keeps its
-    type (fixed-size binary Bloom filters, int64 keys) with nulls, instead of turning object."""
-    tables = [pa.Table.from_pandas(f, preserve_index=False) for f in frames]
+def _concat(tables: list[pa.Table]) -> pd.DataFrame:
+    """Concatenate tables of encodings in Arrow, so a column some lack keeps its type
+    (fixed-size binary Bloom filters, int64 keys) with nulls, and pandas is made once."""
     return pa.concat_tables(tables, promote_options="default").to_pandas(
         types_mapper=pd.ArrowDtype)
 
@@ -92,19 +139,11 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
         is_profile = item.source in PROFILE_SOURCES
         if not is_profile and item.extract_id not in todo_rows:
             continue
-        rows = read_rows(settings, item.extract_id, encodings=True)
-        lk = [c for c in rows.columns if c.startswith("lk_")]
-        if not lk:
-            continue
-        if is_profile:
-            profiles.append(rows[rows["person_id"].notna()].assign(source=item.source))
-        if item.extract_id in todo_rows:
-            pending = todo_rows[item.extract_id]
-            queries.append(rows[rows["row"].isin(pending)].assign(source=item.source))
-            if not is_profile:  # the sampled NHS-numbered rows: labelled examples
-                encoded = rows[lk].notna().any(axis=1) & rows["person_id"].notna()
-                training.append(rows[encoded].assign(source=item.source))
-        del rows
+        found = _kept_rows(settings, item.extract_id, item.source,
+                           todo_rows.get(item.extract_id), is_profile)
+        profiles += found[0]
+        queries += found[1]
+        training += found[2]
     profile = _concat(profiles) if profiles else None
     examples = _concat(training) if training else None
     nothing = Matched(pd.DataFrame(), pd.DataFrame(), profile, examples)

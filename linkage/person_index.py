@@ -389,8 +389,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
                                      & set(PROFILE_SOURCES))
         earlier = _read_earlier_review(settings)
         kept: dict[str, str] = {}
-        registered = (pd.Index(sorted(registered_persons(settings, landed)), dtype=object)
-                      if matcher is not None else None)
+        registered = registered_persons(settings, landed) if matcher is not None else None
         survey = _survey(settings, plan, batch_rows, say, kept, registered, earlier)
         clients = _link_clients(pd.concat(survey.clients) if survey.clients else None)
         todo = _todo_rows(survey, clients, plan, registered)

@@ -192,6 +192,33 @@ def plan_blocking(left: Encoded, right: Encoded | None, passes: Iterable[Sequenc
                         estimated_pairs=estimated, stats=stats)
 
 
+def pair_bounds(plan: BlockingPlan) -> np.ndarray:
+    """Per left record, the sum over passes of the right block its key falls in: an upper
+    bound of its candidate pairs (the union counts a pair once), read from the plan's groups
+    without making a pair. Drivers cut left records into parts of a bounded pair count."""
+    bounds = np.zeros(plan.n_left, dtype=np.int64)
+    for keys, (_, unique, _, counts) in zip(plan.left, plan.right_groups, strict=True):
+        if len(unique) == 0:
+            continue
+        at = np.minimum(np.searchsorted(unique, keys), len(unique) - 1)
+        bounds += np.where((keys != 0) & (unique[at] == keys), counts[at], 0)
+    return bounds
+
+
+def row_parts(bounds: np.ndarray, pairs: int, rows: int) -> list[np.ndarray]:
+    """Consecutive left positions cut into parts of at most `rows` records and about `pairs`
+    candidate pairs (by `pair_bounds`; a record over the budget makes a part of its own)."""
+    parts, start, total = [], 0, 0
+    for i, bound in enumerate(bounds.tolist()):
+        if i > start and (i - start >= rows or total + bound > pairs):
+            parts.append(np.arange(start, i, dtype=np.int64))
+            start, total = i, 0
+        total += bound
+    if start < len(bounds):
+        parts.append(np.arange(start, len(bounds), dtype=np.int64))
+    return parts
+
+
 def pairs_for_rows(plan: BlockingPlan, rows: np.ndarray | None = None, *,
                    max_pairs: int = 50_000_000, sort: bool = False) -> pd.DataFrame:
     """Candidate pairs of the left records at positions `rows` (all when None): DataFrame

@@ -175,5 +175,10 @@ def test_matching_a_chunk_of_query_rows_at_a_time_finds_the_same_links(haven, sy
     chunked = index_matcher.match_profiles(query, profile, 0.95, examples)
     assert len(whole) > 300 and (whole["band"] == "link").any()
     pd.testing.assert_frame_equal(chunked, whole)
+    # parts bounded by candidate pairs rather than rows: the same links again
+    monkeypatch.setattr(index_matcher, "QUERY_CHUNK", 10**6)
+    monkeypatch.setattr(index_matcher, "CHUNK_PAIRS", 40)
+    pd.testing.assert_frame_equal(index_matcher.match_profiles(query, profile, 0.95, examples),
+                                  whole)
     pd.testing.assert_frame_equal(index_matcher.match_profiles(query, profile, 0.95),
                                   unsupervised)

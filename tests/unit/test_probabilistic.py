@@ -407,6 +407,32 @@ def test_partitions_make_exactly_the_unpartitioned_candidates(two_files: tuple,
                                                                  strict=True)}
 
 
+def test_pair_bounds_bound_each_rows_candidates_and_parts_cover_every_row_once(
+        two_files: tuple) -> None:
+    from linkage.probabilistic.blocking import pair_bounds, row_parts
+
+    left, right, _ = two_files
+    plan = P.plan_blocking(P.Encoded(left), P.Encoded(right), P.DEFAULT_PASSES)
+    bounds = pair_bounds(plan)
+    made = P.pairs_for_rows(plan)["left"].value_counts().reindex(range(len(left)),
+                                                                 fill_value=0).to_numpy()
+    assert made.sum() > 0 and (bounds >= made).all()
+    # a row's bound is its blocks' sizes summed over passes: equal to brute force
+    R = P.Encoded(right)
+    L = P.Encoded(left)
+    brute = np.zeros(len(left), dtype=np.int64)
+    for i, cols in enumerate(plan.passes):
+        a, b = plan.left[i], R.pass_key(cols)
+        brute += ((a[:, None] == b[None, :]) & (a[:, None] != 0)).sum(axis=1)
+    assert L.n == len(bounds) and (bounds == brute).all()
+    for pairs, rows in ((1, 10**6), (50, 10**6), (10**9, 7), (10**9, 10**6)):
+        parts = row_parts(bounds, pairs, rows)
+        assert np.array_equal(np.concatenate(parts), np.arange(len(left)))
+        for part in parts:
+            assert len(part) <= rows
+            assert len(part) == 1 or bounds[part].sum() <= pairs
+
+
 def test_partitioned_link_decides_as_one_run(two_files: tuple) -> None:
     left, right, truth = two_files
     one = P.link(left, right)
