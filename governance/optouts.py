@@ -331,11 +331,16 @@ def excluded_rows(frame: pd.DataFrame, source: str, purpose: str, live: pd.DataF
         if rule.sender_scope and "sender" in frame:
             council = objections["sender"].map(lambda s: _is_council(s, care_senders))
             everywhere = set(objections.loc[~council.astype(bool), "person_id"])
-            pairs = pd.MultiIndex.from_frame(objections.loc[council.astype(bool),
-                                                            ["person_id", "sender"]])
+            scoped = objections.loc[council.astype(bool), ["person_id", "sender"]]
             mask |= person.isin(everywhere).to_numpy()
-            rows = pd.MultiIndex.from_arrays([person, frame["sender"].astype(object)])
-            mask |= rows.isin(pairs)
+            # (person, sender) pairs are looked up only for rows of a person with a council's
+            # objection: a batch of a million rows is not paired up whole for a few hundred.
+            near = np.flatnonzero(person.isin(set(scoped["person_id"])).to_numpy())
+            pairs = set(zip(scoped["person_id"], scoped["sender"], strict=True))
+            senders = frame["sender"].astype(object).to_numpy()[near]
+            mask[near] |= np.fromiter(
+                ((p, s) in pairs for p, s in zip(person.to_numpy()[near], senders,
+                                                 strict=True)), dtype=bool, count=len(near))
         else:
             mask |= person.isin(set(objections["person_id"])).to_numpy()
     return mask
