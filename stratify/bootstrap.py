@@ -59,9 +59,10 @@ class _Ranked:
             mu = expit(a + b * self.z)
             r = w * (self.y - mu)
             v = w * mu * (1 - mu)
+            vz = v * self.z  # made once (the same products as written out twice)
+            cross = vz.sum()
             g = np.array([r.sum(), (r * self.z).sum()])
-            h = np.array([[v.sum(), (v * self.z).sum()],
-                          [(v * self.z).sum(), (v * self.z * self.z).sum()]])
+            h = np.array([[v.sum(), cross], [cross, (vz * self.z).sum()]])
             try:
                 step = np.linalg.solve(h, g)
             except np.linalg.LinAlgError:
