@@ -312,8 +312,9 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
                                            compression="zstd", **_parquet_options(table)))
         writer[0].write_table(table.cast(writer[0].schema))
 
-    def seal(person_ids: list[str], nhs: list[str]) -> None:
-        nonces, ciphertexts = vault.seal_columns(person_ids, nhs, keys["vault"])
+    def seal(pseudonyms: pa.Array, numbers: pa.Array) -> None:
+        person_ids = pseudonyms.to_pylist()  # made into Python text here, off the landing thread
+        nonces, ciphertexts = vault.seal_columns(person_ids, numbers.to_pylist(), keys["vault"])
         vault.stage(connection, person_ids, keys["pseudonym"].key_id, keys["vault"].key_id,
                     nonces, ciphertexts)
         connection.commit()
@@ -355,7 +356,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
                     table = table.filter(pa.array(~excluded))
             output.submit(partial(write, table))
             counts["landed"] += table.num_rows
-            if entries[0]:
+            if len(entries[0]):
                 sealed += len(entries[0])
                 sealing.submit(partial(seal, *entries))
             if contract.source == "optouts":
@@ -530,26 +531,26 @@ class SealedPersons:
 
 
 def _new_persons(result: Pseudonymised, keep: np.ndarray,
-                 sealed: SealedPersons) -> tuple[list[str], list[str]]:
-    """The (pseudonym, NHS number) pairs of kept rows' persons not sealed before in this file."""
+                 sealed: SealedPersons) -> tuple[pa.Array, pa.Array]:
+    """The pseudonyms and NHS numbers of kept rows' persons not sealed before in this file."""
+    none = pa.array([], pa.string())
     persons = result.persons
     if persons is None:
-        return [], []
+        return none, none
     codes = persons.codes[keep]
     codes = codes[codes >= 0]
     if not len(codes):
-        return [], []
+        return none, none
     present = np.flatnonzero(np.bincount(codes, minlength=len(persons.numbers)))
     at = pa.array(present)
     numbers = pc.take(persons.numbers, at)
     values = pc.cast(numbers, pa.int64()).to_numpy(zero_copy_only=False)
     unknown = sealed.unknown(values)
     if not unknown.any():
-        return [], []
+        return none, none
     sealed.add(values[unknown])
     fresh = pa.array(unknown)
-    return (pc.filter(pc.take(persons.digests, at), fresh).to_pylist(),
-            pc.filter(numbers, fresh).to_pylist())
+    return pc.filter(pc.take(persons.digests, at), fresh), pc.filter(numbers, fresh)
 
 
 def _optout_register_rows(table: pa.Table, sender: str) -> Iterable[dict[str, Any]]:
