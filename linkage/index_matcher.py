@@ -273,8 +273,15 @@ def estimate_quality(profile: pd.DataFrame, examples: pd.DataFrame | None = None
             chosen = np.sort(rng.choice(candidates, size=min(sample, len(candidates)),
                                         replace=False))
             query = profile.iloc[chosen].reset_index(drop=True)
-            rest = profile.drop(index=profile.index[chosen]).reset_index(drop=True)
-            matches = match_profiles(query.drop(columns=["person_id"]), rest, 1.0 - 1e-3)
+            # Only the columns `match_profiles` reads (the fields these rows carry) are copied
+            # into the register without them: three million rows' other columns are not.
+            fields = [c for c in query.columns if c.startswith("lk_") and query[c].notna().any()]
+            columns = ["extract_id", "row", "person_id", *fields]
+            keep = np.ones(len(profile), dtype=bool)
+            keep[chosen] = False
+            rest = profile[columns][keep].reset_index(drop=True)
+            matches = match_profiles(query[columns].drop(columns=["person_id"]), rest,
+                                     1.0 - 1e-3)
             out["social_care"] = _rates(matches, person_p[chosen],
                                         np.delete(person_p, chosen), len(query))
     return out
