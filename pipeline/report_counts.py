@@ -1,7 +1,7 @@
 """The measured counts a model report states about whom a run covers (stratify.model_card).
 
 Everything is counted from records, never assumed: persons in the run's linked extracts and
-their GP registration from the link map (linkage.person_index.read_link_map, restricted to the
+their GP registration from the link map (read in DuckDB over its Parquet, restricted to the
 extracts the run used, the opt-out register itself aside); opt-outs from what the run recorded
 it applied (pipeline.serving.applied_by: the day, the register extracts and the policy table),
 re-counted per type with governance.optouts.active_optouts; scored persons from the run's own
@@ -14,13 +14,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
-from governance import optouts
+from governance import optouts, store
 from governance.settings import Settings
 from pipeline.serving import ServingRun, applied_by
 from stratify.model_card import OptoutCount, RunCounts
@@ -66,9 +65,9 @@ def run_counts(settings: Settings, engine: Engine, serving: ServingRun,
                                 scored=len(keys & scored_keys), takes=_takes(rules, kind)))
     return RunCounts(
         purpose=serving.purpose, in_force_on=str(record["in_force_on"]),
-        linked_persons=len(persons), registered=len(registered), scored=len(scored_keys),
+        linked_persons=persons, registered=registered, scored=len(scored_keys),
         optouts=rows, optout_persons_in_data=len(covered_keys),
-        probabilistic_persons=len(found.probabilistic_keys),
+        probabilistic_persons=found.probabilistic_persons,
         probabilistic_records=found.probabilistic_records,
         unlinked_records=found.unlinked_records,
         withheld_now=withheld_now)
@@ -76,48 +75,53 @@ def run_counts(settings: Settings, engine: Engine, serving: ServingRun,
 
 @dataclass
 class _LinkCounts:
-    persons: set[str] = field(default_factory=set)
-    registered: set[str] = field(default_factory=set)
+    persons: int = 0
+    registered: int = 0
     key_of: dict[str, set[str]] = field(default_factory=dict)
-    probabilistic_keys: set[str] = field(default_factory=set)
+    probabilistic_persons: int = 0
     probabilistic_records: int = 0
     unlinked_records: int = 0
 
 
-def _link_counts(settings: Settings, used: set[str], scored_keys: set[str], opted: set[str],
-                 batch_rows: int = 1_000_000) -> _LinkCounts:
+def _link_counts(settings: Settings, used: set[str], scored_keys: set[str], opted: set[str]
+                 ) -> _LinkCounts:
     """What the counts need of the link map rows of the `used` extracts (the opt-out register
-    aside), read a batch at a time (the whole map in pandas was 13 GB at a million persons):
-    persons, registered persons, the keys of the `opted` pseudonyms, probabilistic links among
-    the `scored_keys`, unlinked rows."""
+    aside), counted by DuckDB over the map's Parquet within `HAVEN_DUCKDB_MEMORY`, spilling to
+    a scratch workspace: persons, registered persons, the keys of the `opted` pseudonyms,
+    probabilistic links among the `scored_keys`, unlinked rows. (Sets of every person key in
+    Python cost gigabytes at three million persons, and matching a batch against the scored
+    keys rebuilt their hash table once a batch.)"""
     out = _LinkCounts()
     path = settings.layout.link_map
     if not path.exists() or not used:
         return out
-    wanted = pa.array(sorted(used), pa.string())
-    scored = pa.array(sorted(scored_keys), pa.string())
-    opted_ids = pa.array(sorted(opted), pa.string())
-    columns = ["extract_id", "source", "person_id", "person_key", "method"]
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
-        table = pa.Table.from_batches([batch])
-        table = table.filter(pc.and_(pc.is_in(table.column("extract_id"), value_set=wanted),
-                                     pc.not_equal(table.column("source"), optouts.REGISTER)))
-        keys = table.column("person_key")
-        out.persons.update(pc.unique(keys.drop_null()).to_pylist())
-        gp = pc.equal(table.column("source"), "gp_patients")
-        out.registered.update(pc.unique(pc.filter(keys, gp).drop_null()).to_pylist())
-        mine = table.filter(pc.and_(pc.is_in(table.column("person_id"), value_set=opted_ids),
-                                    pc.is_valid(keys)))
-        for person_id, key in zip(mine.column("person_id").to_pylist(),
-                                  mine.column("person_key").to_pylist(), strict=True):
-            out.key_of.setdefault(person_id, set()).add(key)
-        method = table.column("method")
-        linked = table.filter(pc.and_(pc.equal(method, "probabilistic"),
-                                      pc.is_in(keys, value_set=scored)))
-        out.probabilistic_records += linked.num_rows
-        out.probabilistic_keys.update(pc.unique(linked.column("person_key")).to_pylist())
-        out.unlinked_records += int(pc.sum(pc.equal(method, "unlinked")).as_py() or 0)
-    out.persons.discard(None)  # type: ignore[arg-type]
+    quoted = str(path).replace("'", "''")
+    with store.scratch_workspace(settings) as folder:
+        con = duckdb.connect()
+        try:
+            con.execute(f"SET memory_limit = '{settings.duckdb_memory}'")
+            con.execute(f"SET temp_directory = '{folder}'")
+            con.execute("SET preserve_insertion_order = false")
+            for name, values in (("used_ids", used), ("scored_keys", scored_keys),
+                                 ("opted_ids", opted)):
+                con.register(name, pa.table({"v": pa.array(sorted(values), pa.string())}))
+            con.execute(f"""CREATE TEMP VIEW m AS SELECT source, person_id, person_key, method
+                FROM read_parquet('{quoted}') WHERE extract_id IN (SELECT v FROM used_ids)
+                AND source <> '{optouts.REGISTER}'""")
+            persons, registered, unlinked = con.execute("""SELECT count(DISTINCT person_key),
+                count(DISTINCT person_key) FILTER (WHERE source = 'gp_patients'),
+                count(*) FILTER (WHERE method = 'unlinked') FROM m""").fetchone()
+            records, linked = con.execute("""SELECT count(*), count(DISTINCT person_key)
+                FROM m WHERE method = 'probabilistic'
+                AND person_key IN (SELECT v FROM scored_keys)""").fetchone()
+            for person_id, key in con.execute("""SELECT DISTINCT person_id, person_key FROM m
+                    WHERE person_key IS NOT NULL AND person_id IN (SELECT v FROM opted_ids)
+                    """).fetchall():
+                out.key_of.setdefault(person_id, set()).add(key)
+        finally:
+            con.close()
+    out.persons, out.registered, out.unlinked_records = persons, registered, unlinked
+    out.probabilistic_records, out.probabilistic_persons = records, linked
     return out
 
 
