@@ -4,6 +4,7 @@ stops the stage before it when stopped early."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -51,3 +52,21 @@ def test_stopping_early_stops_the_thread_and_closes_the_stage_before_it():
     assert closed.wait(5)
     names = {t.name for t in threading.enumerate()}
     assert not names & {"stage-read", "stage-check"}
+
+
+def test_the_thread_makes_one_item_ahead_and_no_more():
+    made: list[int] = []
+
+    def source() -> Iterator[int]:
+        for i in range(10):
+            made.append(i)
+            yield i
+
+    stage = ahead(source(), "stage-d")
+    assert next(stage) == 0
+    time.sleep(0.2)  # while item 0 is worked on, item 1 is made; item 2 waits for 1 to be taken
+    assert made == [0, 1]
+    assert next(stage) == 1
+    time.sleep(0.2)
+    assert made == [0, 1, 2]
+    stage.close()
