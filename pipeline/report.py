@@ -25,6 +25,11 @@ from stratify.evaluate import Evaluation, evaluate, follow_up
 from stratify.report import EVALUATION_FILE, write_report
 from stratify.scoring import load_run
 
+# The scores' columns the evaluation and the report read (stratify.evaluate, stratify.report,
+# stratify.model_card): the reasons and conditions text of a whole population is not loaded.
+REPORT_COLUMNS = ("person_key", "probability", "tier", "reason_group_1", "change",
+                  "tier_change", "sources", "sex", "age_band", "social_care_known")
+
 
 def model_report(ctx: Context, run_id: str | None = None, out: Path | None = None) -> Path:
     """Evaluate `run_id` (default: the run serving commissioning) from landed data and write
@@ -42,7 +47,7 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
                          "no score run yet: run `haven score` first")
     run_id = serving.run_id
     files = ctx.settings.layout.run(run_id)
-    run = load_run(files)
+    run = load_run(files, columns=list(REPORT_COLUMNS))
     withheld = withheld_person_keys(ctx.settings, ctx.engine, serving.purpose, serving)
     scored = scored_keys_of(files.scores)
     run = replace(run, scores=run.scores[~run.scores["person_key"].isin(withheld)])

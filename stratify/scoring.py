@@ -304,8 +304,9 @@ def save_run(run: ScoreRun, directory: RunFiles | Path | str) -> Path:
     return files.folder
 
 
-def load_run(directory: RunFiles | Path | str) -> ScoreRun:
-    """Read a run written by `save_run` (the model too, when it was saved)."""
+def load_run(directory: RunFiles | Path | str, columns: list[str] | None = None) -> ScoreRun:
+    """Read a run written by `save_run` (the model too, when it was saved); `columns`: only
+    these columns of the scores (a reader that needs a few of a whole population's)."""
     files = _files(directory)
     meta = json.loads(files.description.read_text(encoding="utf-8"))
     bundle = joblib.load(files.model) if files.model.exists() else None
@@ -314,7 +315,8 @@ def load_run(directory: RunFiles | Path | str) -> ScoreRun:
     return ScoreRun(run_id=meta["run_id"], at=dt.date.fromisoformat(meta["at"]),
                     model_version=meta["model_version"], model=meta["model"], seed=meta["seed"],
                     thresholds=meta["thresholds"], extract_ids=meta["extract_ids"],
-                    metrics=meta["metrics"], scores=pd.read_parquet(files.scores),
+                    metrics=meta["metrics"],
+                    scores=pd.read_parquet(files.scores, columns=columns),
                     candidates=pd.read_parquet(files.candidates), bundle=bundle,
                     meta={k: v for k, v in meta.items() if k not in known})
 
