@@ -73,8 +73,6 @@ def prepare_blob(blob: bytes, job: Job, memo: HashMemo) -> bytes:
     """One shipped batch prepared, as the landing will read it back (vault entries are
     decided by the landing from `persons`, as for the embedded pool's workers: not sent)."""
     prepared = prepare_batch(batch_from_bytes(blob), job, memo)
-    if prepared.result is not None:
-        prepared.result.vault_entries = ([], [])
     return pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL)
 
 
