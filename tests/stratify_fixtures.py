@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from linkage.landing.contracts import (
     CONTRACTS,
@@ -134,3 +135,12 @@ def generate_synth(persons: int, seed: int, out: Path) -> Path | None:
     if not (out / "truth" / "persons.parquet").exists():
         generate(persons=persons, seed=seed, out=out, progress=None)
     return out
+
+
+def synth_or_skip(factory: pytest.TempPathFactory, persons: int, seed: int) -> SynthData:
+    """A generated population in a fresh temporary folder, read by `load_synth` (the test is
+    skipped while `synth` has no generator)."""
+    out = generate_synth(persons, seed=seed, out=factory.mktemp("synth"))
+    if out is None:
+        pytest.skip("synth.generate is not available")
+    return load_synth(out)

@@ -11,15 +11,12 @@ import pytest
 from stratify.evaluate import evaluate, summary
 from stratify.report import write_report
 from stratify.scoring import UnknownModel, score
-from stratify_fixtures import SynthData, generate_synth, load_synth
+from stratify_fixtures import SynthData, synth_or_skip
 
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> SynthData:
-    out = generate_synth(3000, seed=11, out=tmp_path_factory.mktemp("synth"))
-    if out is None:
-        pytest.skip("synth.generate is not available")
-    return load_synth(out)
+    return synth_or_skip(tmp_path_factory, 3000, seed=11)
 
 
 def test_oracle_landing_matches_the_contracts(synth_data: SynthData) -> None:

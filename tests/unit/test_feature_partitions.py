@@ -23,15 +23,12 @@ from stratify.features import (
     feature_table,
     fetch_features,
 )
-from stratify_fixtures import SynthData, generate_synth, load_synth
+from stratify_fixtures import SynthData, synth_or_skip
 
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> SynthData:
-    out = generate_synth(1200, seed=5, out=tmp_path_factory.mktemp("synth"))
-    if out is None:
-        pytest.skip("synth.generate is not available")
-    return load_synth(out)
+    return synth_or_skip(tmp_path_factory, 1200, seed=5)
 
 
 def _at(data: SynthData) -> dt.date:
