@@ -11,7 +11,17 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import select
+
+from governance.schema import extracts
+from governance.schema import vault as vault_table
+from governance.settings import Settings
 from linkage.landing.contracts import CONTRACTS
+from linkage.landing.land import LandingContext, land_file
+from pipeline.context import Context
 
 
 def nhs_numbers(count: int, seed: int = 0) -> list[str]:
@@ -150,3 +160,27 @@ def bench_score() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def parquet_extract(folder: Path, rows: list[dict[str, Any]]) -> Path:
+    """An `apc` extract written as Parquet: read in batches of exactly `batch_rows` (a small
+    CSV is one block)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    return write_extract(folder, "apc", rows, name="apc.parquet",
+                         raw=sink.getvalue().to_pybytes())
+
+
+def landing_fails_leaving_nothing(settings: Settings, path: Path, match: str) -> None:
+    """Landing `path` fails with a RuntimeError matching `match`, and nothing of it is kept:
+    no extract, no vault entry, nothing staged."""
+    haven = Context(settings)
+    try:
+        with pytest.raises(RuntimeError, match=match):
+            land_file(LandingContext(settings, haven.engine, haven.keys), path)
+        with haven.engine.connect() as connection:
+            assert connection.scalar(select(extracts.c.extract_id)) is None
+            assert connection.scalar(select(vault_table.c.person_id)) is None
+        assert not any(settings.layout.staging_dir.glob("*"))
+    finally:
+        haven.close()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select
 
 from conftest import key_environment
-from factories import rows_for, write_extract
+from factories import landing_fails_leaving_nothing, parquet_extract, rows_for
 from governance import vault
 from governance.schema import extracts, rejected_rows
 from governance.schema import vault as vault_table
@@ -38,14 +37,6 @@ def _messy_apc(count: int) -> list[dict[str, str]]:
     return rows
 
 
-def _parquet_extract(folder: Path, rows: list[dict[str, str]]) -> Path:
-    """A Parquet extract: read in batches of exactly `batch_rows` (a small CSV is one block)."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows), sink)
-    return write_extract(folder, "apc", rows, name="apc.parquet",
-                         raw=sink.getvalue().to_pybytes())
-
-
 def _land(tmp_path: Path, name: str, keys: dict[str, str], path: Path,
           workers: int, monkeypatch: pytest.MonkeyPatch) -> dict:
     monkeypatch.setattr(land, "pool_size", lambda _batches: workers)
@@ -69,7 +60,7 @@ def _land(tmp_path: Path, name: str, keys: dict[str, str], path: Path,
 
 def test_two_processes_land_what_one_does(tmp_path, monkeypatch):
     rows = _messy_apc(5 * BATCH + 123)
-    path = _parquet_extract(tmp_path / "inbox", rows)
+    path = parquet_extract(tmp_path / "inbox", rows)
     keys = key_environment()
     one = _land(tmp_path, "one", keys, path, 1, monkeypatch)
     two = _land(tmp_path, "two", keys, path, 2, monkeypatch)
@@ -83,7 +74,7 @@ def test_two_processes_land_what_one_does(tmp_path, monkeypatch):
 
 
 def test_a_failing_worker_lands_nothing(tmp_path, monkeypatch):
-    path = _parquet_extract(tmp_path / "inbox", rows_for("apc", 4 * BATCH))
+    path = parquet_extract(tmp_path / "inbox", rows_for("apc", 4 * BATCH))
     real = batches.prepare_batch
 
     def failing(batch, job, memo):
@@ -94,18 +85,9 @@ def test_a_failing_worker_lands_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(batches, "prepare_batch", failing)  # inherited by the forked workers
     monkeypatch.setattr(land, "pool_size", lambda _batches: 2)
     settings = Settings(home=tmp_path / "home", key_env=key_environment(), batch_rows=BATCH)
-    haven = Haven(settings)
-    try:
-        with pytest.raises(RuntimeError, match="worker failed"):
-            land_file(LandingContext(settings, haven.engine, haven.keys), path)
-        with haven.engine.connect() as connection:
-            assert connection.scalar(select(extracts.c.extract_id)) is None
-            assert connection.scalar(select(vault_table.c.person_id)) is None
-        assert not any(settings.layout.extracts_dir.glob("*")) \
-            if settings.layout.extracts_dir.exists() else True
-        assert not any(settings.layout.staging_dir.glob("*"))
-    finally:
-        haven.close()
+    landing_fails_leaving_nothing(settings, path, "worker failed")
+    assert not any(settings.layout.extracts_dir.glob("*")) \
+        if settings.layout.extracts_dir.exists() else True
 
 
 def test_the_pool_is_used_only_for_large_files_with_cores_to_spare_in_one_thread(monkeypatch):

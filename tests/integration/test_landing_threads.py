@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import threading
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import select
 
 from conftest import key_environment
-from factories import rows_for, write_extract
-from governance.schema import extracts
-from governance.schema import vault as vault_table
+from factories import landing_fails_leaving_nothing, parquet_extract, rows_for
 from governance.settings import Settings
 from linkage.landing import batches, land
 from linkage.landing.land import LandingContext, land_file
@@ -23,21 +19,13 @@ BATCH = 400
 STAGES = {"landing-read", "landing-check", "landing-write", "landing-vault", "landing-sha256"}
 
 
-def _parquet_extract(folder, rows):
-    """A Parquet extract: read in batches of exactly `batch_rows` (a small CSV is one block)."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows), sink)
-    return write_extract(folder, "apc", rows, name="apc.parquet",
-                         raw=sink.getvalue().to_pybytes())
-
-
 def _landing_threads() -> set[str]:
     return {t.name for t in threading.enumerate()} & STAGES
 
 
 @pytest.mark.parametrize("where", ["examine", "finish", "seal"])
 def test_a_failure_on_any_thread_lands_nothing(where, tmp_path, monkeypatch):
-    path = _parquet_extract(tmp_path / "inbox", rows_for("apc", 5 * BATCH))
+    path = parquet_extract(tmp_path / "inbox", rows_for("apc", 5 * BATCH))
     if where == "seal":
         real_seal = land.vault.seal_columns
         calls: list[int] = []
@@ -63,24 +51,15 @@ def test_a_failure_on_any_thread_lands_nothing(where, tmp_path, monkeypatch):
         monkeypatch.setattr(batches, where, failing)
     monkeypatch.setattr(land, "pool_size", lambda _batches: 1)
     settings = Settings(home=tmp_path / "home", key_env=key_environment(), batch_rows=BATCH)
-    haven = Haven(settings)
-    try:
-        with pytest.raises(RuntimeError, match="failed"):
-            land_file(LandingContext(settings, haven.engine, haven.keys), path)
-        with haven.engine.connect() as connection:
-            assert connection.scalar(select(extracts.c.extract_id)) is None
-            assert connection.scalar(select(vault_table.c.person_id)) is None
-        assert not any(settings.layout.staging_dir.glob("*"))
-        assert _landing_threads() == set()
-    finally:
-        haven.close()
+    landing_fails_leaving_nothing(settings, path, "failed")
+    assert _landing_threads() == set()
 
 
 def test_threads_land_what_one_batch_at_a_time_lands(tmp_path, monkeypatch):
     rows = rows_for("apc", 3 * BATCH + 17)
     for i, row in enumerate(rows):
         row["nhs_number"] = rows[i % 250]["nhs_number"]  # persons recur across batches
-    path = _parquet_extract(tmp_path / "inbox", rows)
+    path = parquet_extract(tmp_path / "inbox", rows)
     keys = key_environment()
     monkeypatch.setattr(land, "pool_size", lambda _batches: 1)
 
