@@ -78,6 +78,13 @@ def _filled(codes: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.fill_null(codes, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def _has_twin(codes: np.ndarray) -> np.ndarray:
+    """Mask of profiles whose person (a `person_codes` code) has another profile too."""
+    known = codes >= 0
+    counts = np.bincount(codes[known], minlength=int(codes.max(initial=-1)) + 1)
+    return known & (counts[np.where(known, codes, 0)] > 1) if len(counts) else known
+
+
 def fit_supervised(query: Encoded, profile: Encoded, person_q: np.ndarray,
                    person_p: np.ndarray, exclude_self: np.ndarray | None = None,
                    seed: int = 0) -> MatchModel | None:
@@ -160,8 +167,7 @@ def train_on_profiles(profile: pd.DataFrame, fields: list[str]) -> MatchModel | 
     person's GP registration) are linked against the others with their own row left out.
     """
     person, _ = person_codes(profile["person_id"])
-    twins = np.flatnonzero(np.bincount(person[person >= 0])[np.maximum(person, 0)] * (
-        person >= 0) > 1)
+    twins = np.flatnonzero(_has_twin(person))
     if len(twins) < MIN_LABELLED:
         return None
     columns = ["extract_id", "row", *fields]
@@ -266,8 +272,7 @@ def estimate_quality(profile: pd.DataFrame, examples: pd.DataFrame | None = None
             out[str(source)] = _rates(matches, codes_for(test["person_id"], uniques),
                                       person_p, len(test))
     if "source" in profile:
-        twin = np.bincount(person_p[person_p >= 0], minlength=len(uniques))[
-            np.maximum(person_p, 0)] * (person_p >= 0) > 1
+        twin = _has_twin(person_p)
         candidates = np.flatnonzero(twin & (profile["source"] == "social_care").to_numpy())
         if len(candidates):
             chosen = np.sort(rng.choice(candidates, size=min(sample, len(candidates)),

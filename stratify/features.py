@@ -167,13 +167,13 @@ def _has_gp(con: duckdb.DuckDBPyConnection) -> bool:
     return con.execute("SELECT count(*) FROM v_gp_patients").fetchone()[0] > 0
 
 
-def population(con: duckdb.DuckDBPyConnection, at: dt.date) -> None:
+def population(con: duckdb.DuckDBPyConnection, at: dt.date, has_gp: bool) -> None:
     """Table `pop`: persons registered on or before `at` and not dead before `at`.
 
-    Without GP registrations, persons with any dated record before `at` stand in.
+    Without GP registrations (`has_gp` false), persons with any dated record before `at`
+    stand in.
     """
     at_ = _ts(at)
-    has_gp = _has_gp(con)
     if has_gp:
         base = f"SELECT DISTINCT person_key FROM v_gp_patients WHERE registration_date <= {at_}"
     else:
@@ -558,10 +558,10 @@ def feature_table(con: duckdb.DuckDBPyConnection, at: dt.date,
     for table in ("pop_all", *WORK_TABLES):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     _codelist_tables(con)
-    population(con, at)
+    has_gp = _has_gp(con)
+    population(con, at, has_gp)
     persons = int(con.execute("SELECT count(*) FROM pop").fetchone()[0])
     parts = max(1, -(-persons // max(partition_persons, 1)))
-    has_gp = _has_gp(con)
     if parts == 1:
         _feature_statements(con, at, lookback_months, has_gp, lambda sql: sql)
         # Materialise in person_key order (row order feeds model fitting, so it must not
