@@ -55,6 +55,12 @@ class RunFiles:
     def candidates(self) -> Path:
         return self.folder / "candidates.parquet"
 
+    def part(self, name: str, number: int) -> Path:
+        """Batch `number` of the file `name` (`scores`, `candidates`) while a run is written a
+        batch at a time into a stage's scratch workspace (stratify.scoring), before the
+        batches are joined into that file."""
+        return self.folder / f"{name}.part{number:06d}.parquet"
+
     @property
     def description(self) -> Path:
         return self.folder / "run.json"

@@ -164,14 +164,26 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
         previous = pd.read_parquet(ctx.settings.layout.run(before.run_id).scores,
                                    columns=["person_key", "probability", "tier"])
     # Either engine reads the linked rows through an on-disk copy (the Spark engine's driver
-    # builds the features from it too), so neither holds them all in memory.
-    scorer = persons_scorer(ctx.settings) if ctx.settings.engine == "spark" else score_persons
+    # builds the features from it too), so neither holds them all in memory. The embedded
+    # engine writes the scores into the copy's workspace as it makes them, a batch at a time
+    # (`out`); they are moved into the run's folder when it is saved, before the copy goes.
+    spark = ctx.settings.engine == "spark"
+    scorer = persons_scorer(ctx.settings) if spark else score_persons
     with linked_copy(ctx, purpose_filter(ctx, purpose, applied), progress) as copy:
         if not copy.rows:
             raise NothingToScore("nothing landed and linked to score: land extracts and "
                                  "run `haven link`")
         progress(_training_note(at, copy.rows, bundle))
-        run = scorer(copy, at, seed=seed, previous=previous, model=model, bundle=bundle)
+        run = scorer(copy, at, seed=seed, previous=previous, model=model, bundle=bundle,
+                     **({} if spark else {"out": copy.folder}))
+        return _record(ctx, run, at, purpose, progress, bundle, bundle_id, applied)
+
+
+def _record(ctx: Context, run: ScoreRun, at: dt.date, purpose: str, progress: Progress,
+            bundle: ModelBundle | None, bundle_id: str | None,
+            applied: dict[str, Any]) -> ScoreResult:
+    """Record, save and publish the scored `run` (`score`), or return the run of its id
+    already made."""
     description = json.loads(json.dumps(model_description(run), default=str))  # plain JSON
     chosen_id = bundle_id if bundle is not None and bundle_id else model_id(description)
     stage_id, run.run_id = run.run_id, run_id(run.run_id, at, purpose, chosen_id, applied)
@@ -196,10 +208,10 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
                     status="complete", extract_ids=used,
                     summary={"at": at.isoformat(), "model": run.model, "purpose": purpose,
                              "model_version": run.model_version, "model_id": chosen_id,
-                             "persons": int(len(run.scores)), "thresholds": run.thresholds,
+                             "persons": run.persons, "thresholds": run.thresholds,
                              "optouts": applied, "stage_run_id": stage_id}))
                 audit.record(connection, ctx.actor, "score.run", f"run/{run.run_id}",
-                             n_records=int(len(run.scores)), purpose=purpose,
+                             n_records=run.persons, purpose=purpose,
                              detail={"model": run.model, "extracts": len(used),
                                      "model_id": chosen_id, "model_status": status,
                                      "chosen_by": run.metrics.get("chosen_by", "validation")})
@@ -207,7 +219,7 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
             store.remove_tree(staged.folder)  # no row: no run, and no half folder
             raise
         folder = _publish(ctx, run.run_id)
-    result = ScoreResult(run_id=run.run_id, persons=int(len(run.scores)), model=run.model,
+    result = ScoreResult(run_id=run.run_id, persons=run.persons, model=run.model,
                          purpose=purpose, tiers=run.metrics.get("tiers", {}),
                          thresholds=run.thresholds, model_id=chosen_id, model_status=status)
     progress(f"score run {result.run_id}: {result.persons:,} persons, model {result.model}; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from governance.identifiers import digest_letters
 from governance.layout import RunFiles
@@ -28,7 +31,6 @@ from stratify.features import (
     Sources,
     _ts,
     connect,
-    feature_keys,
     feature_table,
     fetch_features,
 )
@@ -57,6 +59,14 @@ class ScoreRun:
     candidates: pd.DataFrame
     bundle: ModelBundle | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # A folder holding the scores and candidates as files (`RunFiles`), written a batch at a
+    # time by `score_connected(out=...)`; `scores` and `candidates` are then empty frames.
+    written: Path | None = None
+
+    @property
+    def persons(self) -> int:
+        """How many persons the run scored (in memory or in its written files)."""
+        return int(self.metrics["persons"]) if self.written is not None else len(self.scores)
 
     def to_json(self) -> dict[str, Any]:
         """Run metadata as written to `run.json`."""
@@ -75,19 +85,44 @@ def age_band(age: pd.Series) -> pd.Series:
 
 def _attributes(con: Any, at: dt.date, persons: pd.Index) -> pd.DataFrame:
     """Practice, sex and the sources each person appears in before `at`, for filters."""
+    _attribute_tables(con, at)
+    return _batch_attributes(con, persons)
+
+
+def _attribute_tables(con: Any, at: dt.date) -> None:
+    """Work out everyone's practice, sex and sources before `at` into DuckDB's temporary
+    tables `score_practice` and `score_seen` (`_batch_attributes` reads a batch's rows of
+    them): the whole population's text never comes into Python at once (issue #12)."""
     at_ = _ts(at)
-    practice = con.execute(f"""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE score_practice AS
         SELECT person_key, arg_max(gp_practice_code, registration_date) AS gp_practice_code,
             arg_max(sex, registration_date) AS sex
         FROM v_gp_patients WHERE registration_date <= {at_} GROUP BY person_key
-    """).df().set_index("person_key")
+    """)
     union = " UNION ALL ".join(
         f"SELECT DISTINCT person_key, '{s}' AS source FROM v_{s} WHERE {d} < {at_}"
         for s, d in SOURCE_DATES)
-    seen = con.execute(f"""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE score_seen AS
         SELECT person_key, string_agg(source, ';' ORDER BY source) AS sources
         FROM ({union}) GROUP BY person_key
-    """).df().set_index("person_key")
+    """)
+
+
+def _batch_attributes(con: Any, persons: pd.Index) -> pd.DataFrame:
+    """The rows of `persons` (in their order) of the tables `_attribute_tables` made."""
+    con.register("score_batch_keys", pd.DataFrame({"person_key": np.asarray(persons,
+                                                                            dtype=object)}))
+    try:
+        practice = con.execute("""SELECT p.person_key, p.gp_practice_code, p.sex
+            FROM score_practice p JOIN score_batch_keys k USING (person_key)
+            """).df().set_index("person_key")
+        seen = con.execute("""SELECT s.person_key, s.sources
+            FROM score_seen s JOIN score_batch_keys k USING (person_key)
+            """).df().set_index("person_key")
+    finally:
+        con.unregister("score_batch_keys")
     out = pd.DataFrame(index=persons)
     out["gp_practice_code"] = practice["gp_practice_code"].reindex(persons)
     out["sex"] = practice["sex"].reindex(persons)
@@ -152,7 +187,8 @@ def _run_id(at: dt.date, seed: int, ids: dict[str, list[str]], version: str) -> 
 def score(sources: Sources, at: dt.date, seed: int = 0,
           previous: pd.DataFrame | None = None, bundle: ModelBundle | None = None,
           max_train_persons: int | None = 400_000,
-          threads: int | None = None, model: str | None = None) -> ScoreRun:
+          threads: int | None = None, model: str | None = None,
+          out: Path | None = None) -> ScoreRun:
     """Score everyone alive and registered at `at`; see the module docstring.
 
     `previous`: an earlier run's scores (`person_key`, `probability`, `tier`) to report change.
@@ -160,24 +196,34 @@ def score(sources: Sources, at: dt.date, seed: int = 0,
     before this, by the caller (the pipeline, through governance's `purpose_filter`: which rows
     each purpose may use); this function reads only what it is given. `model`: score with
     this candidate instead of the one chosen on validation (a super user's choice, recorded in
-    the run's metrics and part of its id).
+    the run's metrics and part of its id). `out`: write the scores there a batch at a time
+    instead of returning them in memory (`score_connected`).
     """
     return score_connected(connect(sources, threads), extract_ids(sources), at, seed,
-                           previous, bundle, max_train_persons, model)
+                           previous, bundle, max_train_persons, model, out=out)
 
 
 def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int = 0,
                     previous: pd.DataFrame | None = None, bundle: ModelBundle | None = None,
                     max_train_persons: int | None = 400_000,
-                    model: str | None = None, batch: int | None = None) -> ScoreRun:
+                    model: str | None = None, batch: int | None = None,
+                    out: Path | None = None) -> ScoreRun:
     """`score` on a connection holding the typed sources (`features.connect`, or
     `features.connect_on_disk` for a population larger than memory), which it closes once the
     features are read; `ids`: the extract ids each source's rows came from.
 
-    The features of everyone at `at` stay in DuckDB (`features.feature_table`); persons are
-    predicted, then explained, `batch` at a time (None: `SCORE_BATCH`), so no feature table of
-    the whole population is held (issue #12). Every step is row by row and the tier
-    thresholds come from everyone's probabilities, so the results do not depend on `batch`."""
+    The features of everyone at `at` stay in DuckDB (`features.feature_table`), and so do
+    the persons' order and their filter attributes; persons are predicted, then explained,
+    `batch` at a time (None: `SCORE_BATCH`), so no feature table of the whole population is
+    held (issue #12). Every step is row by row and the tier thresholds come from everyone's
+    probabilities, so the results do not depend on `batch`.
+
+    `out`: a folder (a scratch workspace) to write the run's scores and candidates to as
+    they are made (`RunFiles(out)`), a batch at a time; the run returned then holds them
+    there (`ScoreRun.written`) and not in memory, which keeps only the chosen model's
+    probability of each person (8 bytes a person: the tier thresholds and the mean are
+    numpy's own on the whole column). The files read back equal the frames returned without
+    `out`."""
     size = SCORE_BATCH if batch is None else batch
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -188,6 +234,7 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
         seconds[stage] = round(now - clock, 2)
         clock = now
 
+    sink = _Sink(out)
     try:
         if size < 1:
             raise ValueError(f"batch must be 1 or more, not {size}")
@@ -196,49 +243,39 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
             lap("train")
         bundle = choose_model(bundle, model)
         feature_table(con, at, bundle.lookback_months)
-        keys = feature_keys(con)
-        index = pd.Index(keys, name="person_key", dtype=object)
-        attributes = _attributes(con, at, index)
+        persons = _order_persons(con)
+        _attribute_tables(con, at)
         lap("features")
-        spans = [(start, min(start + size, len(keys)))
-                 for start in range(0, len(keys), size)] or [(0, 0)]
-        parts = [bundle.probabilities(fetch_features(con, NAMES, keys[a:b])) for a, b in spans]
-        probability = {name: np.concatenate([part[name] for part in parts])
-                       for name in parts[0]}
-        chosen = probability[bundle.chosen]
+        spans = [(start, min(start + size, persons))
+                 for start in range(0, persons, size)] or [(0, 0)]
+        chosen_parts = []
+        for a, b in spans:
+            keys = _batch_keys(con, a, b)
+            probability = bundle.probabilities(fetch_features(con, NAMES, keys))
+            chosen_parts.append(probability[bundle.chosen])
+            sink.candidates(pd.DataFrame({"person_key": keys,
+                                          **{name: p for name, p in probability.items()}}))
+        chosen = np.concatenate(chosen_parts)
+        del chosen_parts
         cut = thresholds(chosen)
         lap("predict")
-        tiers = assign(chosen, cut)
-        explained = []
+        before = None
+        if previous is not None and len(previous):
+            before = previous.drop_duplicates("person_key").set_index("person_key")
         reasons_method: dict[str, str] = {}
         for a, b in spans:
-            X = fetch_features(con, NAMES, keys[a:b])
-            contributions, reasons_method = _contributions(bundle, X, tiers[a:b])
-            explained.append(_explained(X, contributions))
-        rows = pd.concat(explained)
+            keys = _batch_keys(con, a, b)
+            X = fetch_features(con, NAMES, keys)
+            tiers = assign(chosen[a:b], cut)
+            contributions, reasons_method = _contributions(bundle, X, tiers)
+            sink.scores(_scored(keys, chosen[a:b], tiers, _explained(X, contributions),
+                                _batch_attributes(con, X.index), before))
         lap("reasons")
     finally:
         con.close()
-    scores = pd.DataFrame({"person_key": keys, "probability": chosen}, index=index)
-    scores["tier"] = tiers
-    scores["reasons"] = rows["reasons"]
-    scores = scores.join(rows[["reason_group_1", "reason_group_2", "reason_group_3"]])
-    scores["previous_probability"] = np.nan
-    scores["previous_tier"] = None
-    if previous is not None and len(previous):
-        before = previous.drop_duplicates("person_key").set_index("person_key")
-        scores["previous_probability"] = before["probability"].reindex(index).astype(float)
-        scores["previous_tier"] = before["tier"].reindex(index).astype(object)
-    scores["change"] = scores["probability"] - scores["previous_probability"]
-    scores["tier_change"] = tier_change(scores["tier"], scores["previous_tier"])
-    scores = scores.join(attributes)
-    for column in ("age", "age_band", "conditions", "social_care_known"):
-        scores[column] = rows[column]
-    scores = scores.reset_index(drop=True)
-    candidates = pd.DataFrame({"person_key": keys,
-                               **{name: p for name, p in probability.items()}})
-    tier_counts = scores["tier"].value_counts().to_dict()
-    metrics = {"persons": int(len(scores)),
+    scores, candidates = sink.finish()
+    tier_counts = pd.Series(assign(chosen, cut)).value_counts().to_dict()
+    metrics = {"persons": int(len(chosen)),
                "mean_probability": float(np.mean(chosen)) if len(chosen) else float("nan"),
                "tiers": {k: int(v) for k, v in tier_counts.items()},
                "selection": bundle.selection, "training": bundle.metrics,
@@ -249,13 +286,103 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
     return ScoreRun(run_id=_run_id(at, seed, ids, version), at=at,
                     model_version=bundle.version, model=bundle.chosen, seed=seed,
                     thresholds=cut, extract_ids=ids, metrics=metrics, scores=scores,
-                    candidates=candidates, bundle=bundle,
+                    candidates=candidates, bundle=bundle, written=out,
                     meta={"train_at": bundle.train_at, "train_window": list(bundle.train_window),
                           "training_thresholds": bundle.thresholds,
                           "lookback_months": bundle.lookback_months,
                           "features": bundle.features,
                           "codelists_digest": bundle.codelists_digest,
                           "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+
+
+def _order_persons(con: Any) -> int:
+    """Number the persons of `features_out` in person-key order (the order of every fetch)
+    in DuckDB's temporary table `score_order`; returns how many there are."""
+    con.execute("""CREATE OR REPLACE TEMP TABLE score_order AS
+        SELECT person_key, row_number() OVER (ORDER BY person_key) - 1 AS position
+        FROM features_out""")
+    return int(con.execute("SELECT count(*) FROM score_order").fetchone()[0])
+
+
+def _batch_keys(con: Any, start: int, stop: int) -> np.ndarray:
+    """The person keys at positions `start` to `stop` of `score_order`, in order."""
+    found = con.execute(f"""SELECT person_key FROM score_order
+        WHERE position >= {int(start)} AND position < {int(stop)} ORDER BY position
+        """).fetchnumpy()["person_key"]
+    return np.asarray(found, dtype=object)
+
+
+def _scored(keys: np.ndarray, probability: np.ndarray, tiers: np.ndarray,
+            rows: pd.DataFrame, attributes: pd.DataFrame,
+            before: pd.DataFrame | None) -> pd.DataFrame:
+    """A batch of persons' rows of the scores file, in its column order: probability, tier,
+    reasons, change against `before` (the previous run's scores by person key, or None),
+    filter attributes and the row-only columns of `_explained`."""
+    index = pd.Index(keys, name="person_key", dtype=object)
+    scores = pd.DataFrame({"person_key": keys, "probability": probability}, index=index)
+    scores["tier"] = tiers
+    scores["reasons"] = rows["reasons"]
+    scores = scores.join(rows[["reason_group_1", "reason_group_2", "reason_group_3"]])
+    scores["previous_probability"] = np.nan
+    scores["previous_tier"] = None
+    if before is not None:
+        scores["previous_probability"] = before["probability"].reindex(index).astype(float)
+        scores["previous_tier"] = before["tier"].reindex(index).astype(object)
+    scores["change"] = scores["probability"] - scores["previous_probability"]
+    scores["tier_change"] = tier_change(scores["tier"], scores["previous_tier"])
+    scores = scores.join(attributes)
+    for column in ("age", "age_band", "conditions", "social_care_known"):
+        scores[column] = rows[column]
+    return scores.reset_index(drop=True)
+
+
+class _Sink:
+    """Where `score_connected` puts each batch's scores and candidates: kept and joined
+    (`folder` None), or written to `folder` as a Parquet part each and joined into the run's
+    two files by `finish` (`_join_parts`), a part at a time."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.parts: dict[str, list[Any]] = {"scores": [], "candidates": []}
+
+    def _put(self, kind: str, frame: pd.DataFrame) -> None:
+        if self.folder is None:
+            self.parts[kind].append(frame)
+            return
+        path = RunFiles(self.folder).part(kind, len(self.parts[kind]))
+        frame.to_parquet(path, index=False)
+        self.parts[kind].append(path)
+
+    def scores(self, frame: pd.DataFrame) -> None:
+        """Take one batch of the scores."""
+        self._put("scores", frame)
+
+    def candidates(self, frame: pd.DataFrame) -> None:
+        """Take one batch of every candidate's probability."""
+        self._put("candidates", frame)
+
+    def finish(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The scores and candidates in memory; or, written, both joined into their files
+        and empty frames returned (the run's `written` folder holds them)."""
+        if self.folder is None:
+            return (pd.concat(self.parts["scores"], ignore_index=True),
+                    pd.concat(self.parts["candidates"], ignore_index=True))
+        files = RunFiles(self.folder)
+        _join_parts(self.parts["scores"], files.scores)
+        _join_parts(self.parts["candidates"], files.candidates)
+        return pd.DataFrame(), pd.DataFrame()
+
+
+def _join_parts(parts: list[Path], target: Path) -> None:
+    """Write the Parquet `parts` (one batch each, in order) as the one file `target`, a part
+    at a time, and remove them. A column with no value in some parts (Arrow's null type
+    there) takes its type from the parts that have one, as writing the whole frame at once
+    would type it."""
+    schema = pa.unify_schemas([pq.read_schema(part) for part in parts])
+    with pq.ParquetWriter(target, schema) as writer:
+        for part in parts:
+            writer.write_table(pq.read_table(part).cast(schema))
+            part.unlink()
 
 
 def _explained(X: pd.DataFrame, contributions: pd.DataFrame) -> pd.DataFrame:
@@ -292,11 +419,18 @@ def _files(directory: RunFiles | Path | str) -> RunFiles:
 
 
 def save_run(run: ScoreRun, directory: RunFiles | Path | str) -> Path:
-    """Write the run to `directory` (created): scores, candidates, description, model."""
+    """Write the run to `directory` (created): scores, candidates, description, model. A run
+    whose scores were written as it was scored (`ScoreRun.written`) has its files moved there;
+    it can be saved once."""
     files = _files(directory)
     files.folder.mkdir(parents=True, exist_ok=True)
-    run.scores.to_parquet(files.scores, index=False)
-    run.candidates.to_parquet(files.candidates, index=False)
+    if run.written is not None:  # moved, not read: a whole population's rows
+        made = RunFiles(run.written)
+        shutil.move(made.scores, files.scores)
+        shutil.move(made.candidates, files.candidates)
+    else:
+        run.scores.to_parquet(files.scores, index=False)
+        run.candidates.to_parquet(files.candidates, index=False)
     files.description.write_text(json.dumps(run.to_json(), indent=2, default=_json),
                                  encoding="utf-8")
     if run.bundle is not None:
