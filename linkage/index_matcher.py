@@ -7,6 +7,12 @@ between `LOWER` and `UPPER` (weak evidence, or two persons alike) goes to the re
 
 `estimate_quality` measures the method on labels the data gives for free: profile rows that do
 carry a pseudonym are linked as if they did not, and their links are checked against it.
+
+The profiles come as a `ProfileStore`: a bucket of persons at a time, so memory holds one
+bucket's profiles and blocks, not the register. Blocks are sized on the whole register
+(`_plans`); a person's profiles share a bucket, so each query row's best pair per person is
+found within one, and only its sum of evidence and its best pair are carried across buckets
+(`_combined`). A DataFrame of profiles is taken as a store of one bucket.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ from linkage.probabilistic import (
     fit_model,
 )
 from linkage.probabilistic.blocking import (
+    BlockingPlan,
+    key_counts,
     pair_bounds,
     pairs_for_rows,
     plan_blocking,
     row_parts,
+    usable_passes,
 )
+from linkage.profile_store import ProfileStore
 
 UPPER = 0.95
 LOWER = 0.5
@@ -85,38 +95,75 @@ def _has_twin(codes: np.ndarray) -> np.ndarray:
     return known & (counts[np.where(known, codes, 0)] > 1) if len(counts) else known
 
 
-def fit_supervised(query: Encoded, profile: Encoded, person_q: np.ndarray,
-                   person_p: np.ndarray, exclude_self: np.ndarray | None = None,
-                   seed: int = 0) -> MatchModel | None:
+def _as_store(profile: pd.DataFrame | ProfileStore) -> ProfileStore:
+    return profile if isinstance(profile, ProfileStore) else ProfileStore.from_frame(profile)
+
+
+def _plans(query: Encoded, store: ProfileStore, fields: list[str]
+           ) -> Iterator[tuple[np.ndarray, pd.DataFrame, Encoded, BlockingPlan]]:
+    """Per bucket: its profiles' positions, their frame (`person_id` and `fields`), their
+    encodings and the query's blocking plan against them. With several buckets, blocks are
+    sized on the whole register first (one pass counting each query key's profiles), so the
+    blocks skipped as oversized are those one plan over every profile would skip."""
+    totals = None
+    if len(store.buckets) > 1:
+        for _, frame in store.frames(fields):
+            profiles = Encoded(frame)
+            passes = usable_passes(query, profiles, INDEX_PASSES)
+            if totals is None:
+                totals = [np.zeros(query.n, dtype=np.int64) for _ in passes]
+            for i, cols in enumerate(passes):
+                totals[i] += key_counts(query.pass_key(cols), profiles.pass_key(cols))
+    for positions, frame in store.frames(["person_id", *fields]):
+        profiles = Encoded(frame)
+        yield positions, frame, profiles, plan_blocking(query, profiles, INDEX_PASSES,
+                                                        right_totals=totals)
+
+
+def fit_supervised(query: Encoded, person_q: pd.Series, store: ProfileStore, fields: list[str],
+                   exclude_self: np.ndarray | None = None, seed: int = 0) -> MatchModel | None:
     """Fellegi-Sunter m and u from labels the data gives for free (recordlinkage NaiveBayes).
 
     m: levels among candidate pairs of the same person (pseudonyms equal); u: levels among
     random pairs of different persons, so u is what chance agreement looks like in the whole
     register, not among blocked pairs (which already agree on something). None when there are
-    too few labelled matches to fit.
+    too few labelled matches to fit. `exclude_self`: each query row's own profile position.
     """
     import recordlinkage
 
-    # Candidate pairs a chunk of query rows at a time: only the positives are kept.
-    plan = plan_blocking(query, profile, INDEX_PASSES)
+    # Candidate pairs a bucket and a chunk of query rows at a time: only positives are kept.
     found = []
-    for rows in row_parts(pair_bounds(plan), CHUNK_PAIRS, QUERY_CHUNK):
-        pairs = pairs_for_rows(plan, rows, sort=True)
-        if exclude_self is not None and len(pairs):
-            pairs = pairs[exclude_self[pairs["left"].to_numpy()] != pairs["right"].to_numpy()]
-        same = person_q[pairs["left"].to_numpy()] == person_p[pairs["right"].to_numpy()]
-        found.append(pairs[same])
-    positives = (pd.concat(found, ignore_index=True) if found
-                 else pd.DataFrame({"left": [], "right": []}, dtype=np.int64))
-    if len(positives) < MIN_LABELLED:
+    for positions, frame, profiles, plan in _plans(query, store, fields):
+        person_p, uniques = person_codes(frame["person_id"])
+        mine = codes_for(person_q, uniques)
+        for rows in row_parts(pair_bounds(plan), CHUNK_PAIRS, QUERY_CHUNK):
+            pairs = pairs_for_rows(plan, rows, sort=True)
+            left, right = pairs["left"].to_numpy(), pairs["right"].to_numpy()
+            keep = mine[left] == person_p[right]
+            if exclude_self is not None:
+                keep &= exclude_self[left] != positions[right]
+            if keep.any():
+                chosen = pairs[keep]
+                vectors = compare(query, profiles, chosen)
+                vectors.insert(0, "left", left[keep])
+                vectors.insert(1, "right", positions[right[keep]])
+                found.append(vectors.reset_index(drop=True))
+    if not found or sum(len(f) for f in found) < MIN_LABELLED:
         return None
+    positives = pd.concat(found, ignore_index=True).sort_values(
+        ["left", "right"], kind="stable").drop(columns=["left", "right"])
     rng = np.random.default_rng(seed)
-    size = min(RANDOM_PAIRS, len(person_q) * len(person_p))
-    random_pairs = pd.DataFrame({"left": rng.integers(0, len(person_q), size),
-                                 "right": rng.integers(0, len(person_p), size)})
-    different = person_q[random_pairs["left"]] != person_p[random_pairs["right"]]
-    negatives = random_pairs[different]
-    vectors = pd.concat([compare(query, profile, positives), compare(query, profile, negatives)],
+    size = min(RANDOM_PAIRS, len(person_q) * store.n)
+    left = rng.integers(0, len(person_q), size)
+    right = rng.integers(0, store.n, size)
+    drawn = store.gather(right, ["person_id", *fields])
+    different = (np.asarray(person_q, dtype=object)[left]
+                 != drawn["person_id"].to_numpy(dtype=object))
+    drawn = drawn[different].reset_index(drop=True)
+    negatives = pd.DataFrame({"left": left[different],
+                              "right": np.arange(len(drawn), dtype=np.int64)})
+    vectors = pd.concat([positives.reset_index(drop=True),
+                         compare(query, Encoded(drawn), negatives)],
                         ignore_index=True).astype(np.int8)
     ids = np.arange(len(vectors))
     vectors.index = pd.MultiIndex.from_arrays([ids, ids])  # recordlinkage wants pair indexes
@@ -133,50 +180,59 @@ def fit_supervised(query: Encoded, profile: Encoded, person_q: np.ndarray,
                       method="supervised")
 
 
-def _score_pairs(query: pd.DataFrame, profile: pd.DataFrame, model: MatchModel | None = None
-                 ) -> Iterator[pd.DataFrame]:
-    """Scored candidate pairs, a part of query rows at a time (every pair of a query row in
-    one part: `QUERY_CHUNK`, `CHUNK_PAIRS`), so memory holds one part's pairs, not all of
-    them. Blocking is planned once over every query row (the same pairs as one pass over
-    all). A model fitted here (ECM, when none is given) needs every pair at once, so then
+def _scored(query: Encoded, store: ProfileStore, fields: list[str], model: MatchModel | None
+            ) -> Iterator[pd.DataFrame]:
+    """Scored candidate pairs (query, profile position, weight, probability, cmp_*, person: a
+    code within the bucket), a bucket and a part of query rows at a time (every pair of a
+    query row and a bucket in one part: `QUERY_CHUNK`, `CHUNK_PAIRS`). A model fitted here
+    (ECM, when none is given) needs every pair at once: then the store is one bucket and
     there is one part."""
-    q, p = Encoded(query), Encoded(profile)
-    plan = plan_blocking(q, p, INDEX_PASSES)
-    parts = (row_parts(pair_bounds(plan), CHUNK_PAIRS, QUERY_CHUNK) if model is not None
-             else [None])
-    for rows in parts:
-        pairs = pairs_for_rows(plan, rows, sort=True)
-        if len(pairs) == 0:
-            continue
-        vectors = compare(q, p, pairs)
-        if model is None:
-            model = fit_model(q, p, pairs, vectors, method="ecm")
-        weight = model.weight(vectors)
-        scored = pd.DataFrame({"query": pairs["left"].to_numpy(),
-                               "profile": pairs["right"].to_numpy(),
-                               "weight": weight, "probability": model.probability(weight)})
-        for name in vectors.columns:
-            scored[f"cmp_{name}"] = vectors[name].to_numpy()
-        yield scored
+    for positions, frame, profiles, plan in _plans(query, store, fields):
+        person, _ = person_codes(frame["person_id"])
+        parts = (row_parts(pair_bounds(plan), CHUNK_PAIRS, QUERY_CHUNK) if model is not None
+                 else [None])
+        for rows in parts:
+            pairs = pairs_for_rows(plan, rows, sort=True)
+            if len(pairs) == 0:
+                continue
+            vectors = compare(query, profiles, pairs)
+            if model is None:
+                model = fit_model(query, profiles, pairs, vectors, method="ecm")
+            weight = model.weight(vectors)
+            right = pairs["right"].to_numpy()
+            scored = pd.DataFrame({"query": pairs["left"].to_numpy(),
+                                   "profile": positions[right],
+                                   "weight": weight, "probability": model.probability(weight)})
+            for name in vectors.columns:
+                scored[f"cmp_{name}"] = vectors[name].to_numpy()
+            scored["person"] = person[right]
+            yield scored
 
 
-def train_on_profiles(profile: pd.DataFrame, fields: list[str]) -> MatchModel | None:
+def train_on_profiles(profile: pd.DataFrame | ProfileStore, fields: list[str]
+                      ) -> MatchModel | None:
     """A supervised model for queries carrying `fields`, trained on profiles with twins.
 
     Profiles of persons who have more than one (a social care row with an NHS number and the
     person's GP registration) are linked against the others with their own row left out.
     """
-    person, _ = person_codes(profile["person_id"])
-    twins = np.flatnonzero(_has_twin(person))
+    store = _as_store(profile)
+    at, rows = [], []
+    for positions, frame in store.frames(["person_id", *fields]):
+        person, _ = person_codes(frame["person_id"])
+        twin = _has_twin(person)
+        at.append(positions[twin])
+        rows.append(frame[twin])
+    twins = np.concatenate(at) if at else np.zeros(0, dtype=np.int64)
     if len(twins) < MIN_LABELLED:
         return None
-    columns = ["extract_id", "row", *fields]
-    query = profile.iloc[twins][columns].reset_index(drop=True)
-    return fit_supervised(Encoded(query), Encoded(profile[columns]), person[twins], person,
-                          exclude_self=twins)
+    order = np.argsort(twins, kind="stable")
+    query = pd.concat(rows, ignore_index=True).iloc[order].reset_index(drop=True)
+    return fit_supervised(Encoded(query[fields]), query["person_id"], store, fields,
+                          exclude_self=twins[order])
 
 
-def match_profiles(query: pd.DataFrame, profile: pd.DataFrame,
+def match_profiles(query: pd.DataFrame, profile: pd.DataFrame | ProfileStore,
                    coverage: float = DEFAULT_COVERAGE,
                    examples: pd.DataFrame | None = None) -> pd.DataFrame:
     """Best profile per query row: columns query, profile, weight, probability, band, cmp_*.
@@ -189,61 +245,77 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame,
     so the same agreement is conclusive in a small register and not in a national one, and two
     similar candidates share the probability between them (and go to review).
     The model is trained on `examples` (labelled rows of the query's own source) when there
-    are enough, else on profile twins, else fitted unsupervised (ECM).
+    are enough, else on profile twins, else fitted unsupervised (ECM). `profile` is a
+    `ProfileStore` (or a frame of profiles: one bucket); `profile` in the result is a position.
     """
     # Compare only the fields the query rows carry (an all-null column is not evidence).
     fields = [c for c in query.columns if c.startswith("lk_") and query[c].notna().any()]
-    query = query[["extract_id", "row", *fields]]
-    profile = profile[["extract_id", "row", "person_id", *fields]]
+    store = _as_store(profile)
+    encoded = Encoded(query[["extract_id", "row", *fields]])
     model = None
-    person, uniques = person_codes(profile["person_id"])
     if examples is not None and len(examples) >= MIN_LABELLED:
         columns = ["extract_id", "row", *fields]
         model = fit_supervised(Encoded(examples[columns].reset_index(drop=True)),
-                               Encoded(profile[columns]),
-                               codes_for(examples["person_id"], uniques), person)
+                               examples["person_id"], store, fields)
     if model is None:
-        model = train_on_profiles(profile, fields)
-    persons = max(len(uniques), 1)
-    best = [_best(scored, person, persons, coverage)
-            for scored in _score_pairs(query, profile, model)]
+        model = train_on_profiles(store, fields)
+    if model is None and len(store.buckets) > 1:
+        # ECM fits on every candidate pair at once: the one step that holds the register
+        # (only when it has too few persons with twins to learn from: never a large one)
+        store = ProfileStore.from_frame(store.whole(["person_id", *fields]))
+    persons = max(store.persons, 1)
+    best = [_best(scored, persons) for scored in _scored(encoded, store, fields, model)]
     if not best:
         return pd.DataFrame(columns=["query", "profile", "weight", "probability", "band"])
-    return pd.concat(best, ignore_index=True)
+    return _combined(best, coverage, several=len(store.buckets) > 1)
 
 
-def _best(scored: pd.DataFrame, person: np.ndarray, persons: int, coverage: float
-          ) -> pd.DataFrame:
-    """Each query's most probable person, banded (`scored` holds every pair of its queries)."""
-    scored["person"] = person[scored["profile"].to_numpy()]
+def _best(scored: pd.DataFrame, persons: int) -> pd.DataFrame:
+    """Each query's best pair in one part (one bucket), with `factor` (its person's evidence)
+    and `total` (the sum of every person's in the part): `scored` holds every pair of its
+    queries with the part's profiles."""
     scored = scored.sort_values(["query", "weight"], ascending=[True, False], kind="stable")
     # The best pair per (query, person) speaks for that person.
     per_person = scored.drop_duplicates(["query", "person"]).copy()
-    factor = np.exp2(np.clip(per_person["weight"].to_numpy(), -60, 60)) / persons
-    per_person["factor"] = factor
-    total = per_person.groupby("query")["factor"].transform("sum").to_numpy()
-    per_person["probability"] = coverage * factor / (coverage * total + (1 - coverage))
-    best = per_person.drop_duplicates("query", keep="first")
-    band = np.where(best["probability"] >= UPPER, "link",
-                    np.where(best["probability"] >= LOWER, "review", "none"))
-    out = best.assign(band=band)
-    return out[out["band"] != "none"].drop(columns=["person", "factor"]).reset_index(drop=True)
+    per_person["factor"] = np.exp2(np.clip(per_person["weight"].to_numpy(), -60, 60)) / persons
+    per_person["total"] = per_person.groupby("query")["factor"].transform("sum").to_numpy()
+    return per_person.drop_duplicates("query", keep="first")
 
 
-def _rates(matches: pd.DataFrame, truth: np.ndarray, found_person: np.ndarray,
+def _combined(best: list[pd.DataFrame], coverage: float, several: bool) -> pd.DataFrame:
+    """Each query's most probable person over every bucket, banded: evidence summed over the
+    buckets (a person is in one), the best pair the highest weight (ties: lowest position)."""
+    found = pd.concat(best, ignore_index=True)
+    if several:
+        total = found.groupby("query", sort=False)["total"].transform("sum").to_numpy()
+        found = found.assign(total=total).sort_values(
+            ["query", "weight", "profile"], ascending=[True, False, True], kind="stable")
+        found = found.drop_duplicates("query", keep="first")
+    factor, total = found["factor"].to_numpy(), found["total"].to_numpy()
+    found["probability"] = coverage * factor / (coverage * total + (1 - coverage))
+    band = np.where(found["probability"] >= UPPER, "link",
+                    np.where(found["probability"] >= LOWER, "review", "none"))
+    out = found.assign(band=band)
+    return out[out["band"] != "none"].drop(columns=["person", "factor", "total"]).reset_index(
+        drop=True)
+
+
+def _rates(matches: pd.DataFrame, truth: np.ndarray, store: ProfileStore,
            evaluated: int) -> dict[str, float | int]:
     linked = matches[matches["band"] == "link"]
     # positions as integers: a source with no match at all gives empty object columns
+    found = store.gather(linked["profile"].to_numpy(dtype=np.int64), ["person_id"])
     correct = int((truth[linked["query"].to_numpy(dtype=np.int64)] ==
-                   found_person[linked["profile"].to_numpy(dtype=np.int64)]).sum())
+                   found["person_id"].to_numpy(dtype=object)).sum())
     return {"evaluated_rows": evaluated,
             "false_match_rate": round((len(linked) - correct) / max(len(linked), 1), 5),
             "missed_match_rate": round(1 - correct / max(evaluated, 1), 5),
             "review": int((matches["band"] == "review").sum())}
 
 
-def estimate_quality(profile: pd.DataFrame, examples: pd.DataFrame | None = None,
-                     sample: int = 5000, seed: int = 0) -> dict:
+def estimate_quality(profile: pd.DataFrame | ProfileStore,
+                     examples: pd.DataFrame | None = None, sample: int = 5000, seed: int = 0
+                     ) -> dict:
     """False-match and missed-match rates, measured on rows whose pseudonym is known.
 
     Per source with labelled examples (the sampled NHS-numbered rows): half the persons train
@@ -252,8 +324,8 @@ def estimate_quality(profile: pd.DataFrame, examples: pd.DataFrame | None = None
     out. A link to another person is a false match; a row not linked to its own person is a
     missed match.
     """
+    store = _as_store(profile)
     out: dict[str, dict] = {}
-    person_p, uniques = person_codes(profile["person_id"])
     rng = np.random.default_rng(seed)
     if examples is not None and len(examples):
         for source, rows in examples.groupby("source", sort=True):
@@ -266,27 +338,25 @@ def estimate_quality(profile: pd.DataFrame, examples: pd.DataFrame | None = None
             if len(test) > sample:
                 test = test.iloc[np.sort(rng.choice(len(test), sample, replace=False))]
                 test = test.reset_index(drop=True)
-            matches = match_profiles(test[["extract_id", "row", *fields]],
-                                     profile[["extract_id", "row", "person_id", *fields]],
-                                     1.0 - 1e-3, train)
-            out[str(source)] = _rates(matches, codes_for(test["person_id"], uniques),
-                                      person_p, len(test))
-    if "source" in profile:
-        twin = _has_twin(person_p)
-        candidates = np.flatnonzero(twin & (profile["source"] == "social_care").to_numpy())
+            matches = match_profiles(test[["extract_id", "row", *fields]], store, 1.0 - 1e-3,
+                                     train)
+            out[str(source)] = _rates(matches, test["person_id"].to_numpy(dtype=object), store,
+                                      len(test))
+    if "source" in store.columns:
+        found = []
+        for positions, frame in store.frames(["person_id", "source"]):
+            person, _ = person_codes(frame["person_id"])
+            social = (frame["source"] == "social_care").to_numpy(dtype=bool, na_value=False)
+            found.append(positions[_has_twin(person) & social])
+        candidates = np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
         if len(candidates):
             chosen = np.sort(rng.choice(candidates, size=min(sample, len(candidates)),
                                         replace=False))
-            query = profile.iloc[chosen].reset_index(drop=True)
-            # Only the columns `match_profiles` reads (the fields these rows carry) are copied
-            # into the register without them: three million rows' other columns are not.
+            lk = [c for c in store.columns if c.startswith("lk_")]
+            query = store.gather(chosen, ["extract_id", "row", "person_id", *lk])
             fields = [c for c in query.columns if c.startswith("lk_") and query[c].notna().any()]
-            columns = ["extract_id", "row", "person_id", *fields]
-            keep = np.ones(len(profile), dtype=bool)
-            keep[chosen] = False
-            rest = profile[columns][keep].reset_index(drop=True)
-            matches = match_profiles(query[columns].drop(columns=["person_id"]), rest,
-                                     1.0 - 1e-3)
-            out["social_care"] = _rates(matches, person_p[chosen],
-                                        np.delete(person_p, chosen), len(query))
+            rest = store.without(chosen)
+            matches = match_profiles(query[["extract_id", "row", *fields]], rest, 1.0 - 1e-3)
+            out["social_care"] = _rates(matches, query["person_id"].to_numpy(dtype=object),
+                                        rest, len(query))
     return out

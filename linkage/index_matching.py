@@ -4,7 +4,8 @@
 registered person is measured against them); `match_pending` reads the pending rows' keyed
 encodings and the profiles' (register rows that carry a pseudonym and encodings), runs the
 matcher one source at a time, and returns links and review pairs keyed by (extract_id, row).
-Memory holds the profiles and the pending rows, never the link map.
+Memory holds the pending rows and one bucket of the profiles (`linkage.profile_store`), never
+the link map.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from governance.settings import Settings
+from linkage.profile_store import ProfileStore, ProfileWriter
 
 PROFILE_SOURCES = ("gp_patients", "social_care")
 READ_ROWS = 1_000_000  # rows of an extract read at a time for the probabilistic step
@@ -29,7 +31,7 @@ READ_ROWS = 1_000_000  # rows of an extract read at a time for the probabilistic
 # prior that a query row belongs to a registered person, and labelled examples of the query's
 # source (encoded rows with person_id, or None), return matches: query index, profile index,
 # weight, probability, band ("link"/"review").
-Matcher = Callable[[pd.DataFrame, pd.DataFrame, float, pd.DataFrame | None], pd.DataFrame]
+Matcher = Callable[[pd.DataFrame, ProfileStore, float, pd.DataFrame | None], pd.DataFrame]
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Matched:
 
     links: pd.DataFrame
     review: pd.DataFrame
-    profile: pd.DataFrame | None
+    profile: ProfileStore | None
     examples: pd.DataFrame | None
 
 
@@ -66,31 +68,51 @@ def _columns(path: Path, encodings: bool) -> list[str]:
 
 
 def _kept_rows(settings: Settings, extract_id: str, source: str, pending: set | None,
-               is_profile: bool) -> tuple[list[pa.Table], list[pa.Table], list[pa.Table]]:
-    """An extract's profile rows, pending rows and labelled examples, read `READ_ROWS` at a
-    time: a hospital extract is mostly rows without encodings, and reading all of it at once
-    to keep a few per cent cost 2.3 GB at three million persons."""
+               profiles: ProfileWriter | None) -> tuple[list[pa.Table], list[pa.Table]]:
+    """An extract's pending rows and labelled examples, its profile rows handed to `profiles`,
+    read `READ_ROWS` at a time: a hospital extract is mostly rows without encodings, and
+    reading all of it at once to keep a few per cent cost 2.3 GB at three million persons."""
     path = settings.layout.rows(extract_id)
     columns = _columns(path, encodings=True)
     lk = [c for c in columns if c.startswith("lk_")]
-    profiles: list[pa.Table] = []
     queries: list[pa.Table] = []
     training: list[pa.Table] = []
     if not lk:
-        return profiles, queries, training
+        return queries, training
     wanted = None if pending is None else pa.array(sorted(pending), type=pa.int64())
     for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, columns=columns):
         rows = pa.Table.from_batches([batch])
         rows = rows.append_column("source", pa.array(np.full(rows.num_rows, source)))
         has_person = pc.is_valid(rows["person_id"])
-        if is_profile:
-            profiles.append(rows.filter(has_person))
+        if profiles is not None:
+            profiles.add(rows.filter(has_person))
         if wanted is not None:
             queries.append(rows.filter(pc.is_in(rows["row"], value_set=wanted)))
-            if not is_profile:  # the sampled NHS-numbered rows: labelled examples
+            if profiles is None:  # the sampled NHS-numbered rows: labelled examples
                 encoded = functools.reduce(pc.or_, [pc.is_valid(rows[c]) for c in lk])
                 training.append(rows.filter(pc.and_(encoded, has_person)))
-    return profiles, queries, training
+    return queries, training
+
+
+def _profile_writer(settings: Settings, landed: pd.DataFrame, scratch: Path | None
+                    ) -> ProfileWriter | None:
+    """A writer for the register's profiles (None if no register extract has encodings),
+    sized on the register extracts' rows: one bucket in memory, or buckets under `scratch`."""
+    schemas, rows = [], 0
+    for item in landed.itertuples():
+        if item.source not in PROFILE_SOURCES:
+            continue
+        path = settings.layout.rows(item.extract_id)
+        columns = _columns(path, encodings=True)
+        if not any(c.startswith("lk_") for c in columns):
+            continue
+        schema = pq.read_schema(path)
+        schemas.append(pa.schema([schema.field(c) for c in columns]))
+        rows += pq.ParquetFile(path).metadata.num_rows
+    if not schemas:
+        return None
+    schema = pa.unify_schemas([*schemas, pa.schema([("source", pa.string())])])
+    return ProfileWriter(scratch, rows, schema)
 
 
 def registered_persons(settings: Settings, landed: pd.DataFrame) -> pd.Index:
@@ -131,26 +153,29 @@ def _concat(tables: list[pa.Table]) -> pd.DataFrame:
 
 def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
                   say: Callable[[str], None], todo_rows: dict[str, set],
-                  counts: dict[str, tuple[int, int]]) -> Matched:
+                  counts: dict[str, tuple[int, int]], scratch: Path | None = None) -> Matched:
     """Link the pending rows (`todo_rows`: {extract_id: rows}) to person profiles on their
-    encodings; `counts` gives each source's (rows with a pseudonym, of them registered)."""
-    queries, profiles, training = [], [], []
+    encodings; `counts` gives each source's (rows with a pseudonym, of them registered).
+    The profiles go to a `ProfileStore`: in memory when small, else in buckets of persons
+    under `scratch` (a folder the caller owns and removes)."""
+    writer = _profile_writer(settings, landed, scratch)
+    queries, training = [], []
     for item in landed.itertuples():
         is_profile = item.source in PROFILE_SOURCES
         if not is_profile and item.extract_id not in todo_rows:
             continue
         found = _kept_rows(settings, item.extract_id, item.source,
-                           todo_rows.get(item.extract_id), is_profile)
-        profiles += found[0]
-        queries += found[1]
-        training += found[2]
-    profile = _concat(profiles) if profiles else None
+                           todo_rows.get(item.extract_id), writer if is_profile else None)
+        queries += found[0]
+        training += found[1]
+    profile = writer.close() if writer is not None else None
     examples = _concat(training) if training else None
     nothing = Matched(pd.DataFrame(), pd.DataFrame(), profile, examples)
     if not queries or profile is None:
         return nothing
     query = _concat(queries)
-    say(f"probabilistic linkage: {len(query):,} rows against {len(profile):,} profiles")
+    say(f"probabilistic linkage: {len(query):,} rows against {profile.rows:,} profiles"
+        f" ({len(profile.buckets)} bucket(s) of persons)")
     # One model per source: sources carry different fields (names only in social care), and
     # a model fitted on a mixture would under-weight the fields a source does carry.
     found = []
@@ -158,7 +183,7 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
         # Compared on the fields both sides carry: once the last register carrying a field is
         # destroyed, the profiles left may lack fields the query rows still have.
         carried = [c for c in rows.columns if c.startswith("lk_") and rows[c].notna().any()
-                   and c in profile.columns and profile[c].notna().any()]
+                   and profile.has_values(c)]
         if not carried:
             continue  # nothing to compare on: the rows stay unlinked
         prior = coverage(*counts.get(str(source), (0, 0)))
@@ -169,7 +194,7 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
             labelled = examples.loc[examples["source"] == source,
                                     ["extract_id", "row", "person_id", *carried]]
         part = matcher(rows[["extract_id", "row", *carried]].reset_index(drop=True),
-                       profile[["extract_id", "row", "person_id", *carried]], prior, labelled)
+                       profile, prior, labelled)
         part["query"] = rows.index.to_numpy()[part["query"].to_numpy(dtype=np.int64)]
         if len(part):
             found.append(part)
@@ -179,19 +204,21 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
     review = matches[matches["band"] == "review"]
     links = matches[matches["band"] == "link"].sort_values("weight", ascending=False)
     links = links.drop_duplicates("query")
-    chosen = links["profile"].to_numpy()
+    chosen = profile.gather(links["profile"].to_numpy(dtype=np.int64),
+                            ["extract_id", "person_id"])
     linked = pd.DataFrame({
         "extract_id": query.loc[links["query"], "extract_id"].to_numpy(dtype=object),
         "row": query.loc[links["query"], "row"].to_numpy(dtype=np.int64),
-        "person_id": profile.loc[chosen, "person_id"].to_numpy(dtype=object),
+        "person_id": chosen["person_id"].to_numpy(dtype=object),
         "weight": links["weight"].to_numpy(dtype=np.float64),
-        "via_extract": profile.loc[chosen, "extract_id"].to_numpy(dtype=object),
+        "via_extract": chosen["extract_id"].to_numpy(dtype=object),
     })
+    against = profile.gather(review["profile"].to_numpy(dtype=np.int64), ["extract_id", "row"])
     review_out = pd.DataFrame({
         "query_extract": query.loc[review["query"], "extract_id"].to_numpy(),
         "query_row": query.loc[review["query"], "row"].to_numpy(),
-        "profile_extract": profile.loc[review["profile"], "extract_id"].to_numpy(),
-        "profile_row": profile.loc[review["profile"], "row"].to_numpy(),
+        "profile_extract": against["extract_id"].to_numpy(),
+        "profile_row": against["row"].to_numpy(),
         "weight": review["weight"].to_numpy(),
     })
     for column in review.columns:

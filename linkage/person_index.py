@@ -55,6 +55,7 @@ from linkage.index_matching import (
     registered_persons,
 )
 from linkage.landing.pseudonymise import keyed_hashes
+from linkage.profile_store import ProfileStore
 
 BATCH_ROWS = 1_000_000
 MEMO_PERSONS = 250_000  # person keys remembered between batches of the writing pass
@@ -359,7 +360,7 @@ def _found(frame: pd.DataFrame, keys: pd.MultiIndex, scope: np.ndarray) -> pd.Da
 
 def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None = None,
            progress: Callable[[str], None] | None = None,
-           quality: Callable[[pd.DataFrame, pd.DataFrame | None], dict] | None = None,
+           quality: Callable[[ProfileStore, pd.DataFrame | None], dict] | None = None,
            drop_rows: dict[str, Sequence[int]] | None = None,
            batch_rows: int = BATCH_ROWS) -> LinkSummary:
     """Bring the index up to date with what is landed: add new extracts, drop gone ones
@@ -398,13 +399,16 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         review = pd.DataFrame()
         matched = Matched(pd.DataFrame(), pd.DataFrame(), None, None)
         if matcher is not None:
-            matched = match_pending(settings, landed, matcher, say, todo,
-                                    {s: (c[0], c[1]) for s, c in survey.counts.items()})
-            review = _merge_review(earlier, review_rows, matched.review)
-            if quality is not None and matched.profile is not None:
-                say("estimating linkage quality on rows whose NHS number is known")
-                summary.quality = quality(matched.profile, matched.examples)
-        matched.profile = matched.examples = None  # not held through the writing pass
+            # a large register's profiles go to buckets in a folder of this run's own
+            with store.scratch_workspace(settings) as scratch:
+                matched = match_pending(settings, landed, matcher, say, todo,
+                                        {s: (c[0], c[1]) for s, c in survey.counts.items()},
+                                        scratch)
+                review = _merge_review(earlier, review_rows, matched.review)
+                if quality is not None and matched.profile is not None:
+                    say("estimating linkage quality on rows whose NHS number is known")
+                    summary.quality = quality(matched.profile, matched.examples)
+                matched.profile = matched.examples = None  # not held through the writing pass
         summary.by_source_method = _write_linked(settings, plan, batch_rows, key, kept,
                                                  clients, matched.links)
         summary.rows = survey.rows

@@ -154,9 +154,14 @@ class BlockingPlan:
 
 
 def plan_blocking(left: Encoded, right: Encoded | None, passes: Iterable[Sequence[str]], *,
-                  max_block_pairs: int = 100_000, stats: BlockingStats | None = None
-                  ) -> BlockingPlan:
-    """Keys and right-side groups of every usable pass, oversized blocks removed."""
+                  max_block_pairs: int = 100_000, stats: BlockingStats | None = None,
+                  right_totals: Sequence[np.ndarray] | None = None) -> BlockingPlan:
+    """Keys and right-side groups of every usable pass, oversized blocks removed.
+
+    `right_totals` (per usable pass, per left record: the right records sharing its key in
+    the whole right side, `key_counts` summed over its parts) sizes blocks when `right` is one
+    part of a larger right side, so a block is oversized by the whole's count, not the part's.
+    """
     stats = stats if stats is not None else BlockingStats()
     usable = usable_passes(left, right, passes)
     lefts, rights, groups = [], [], []
@@ -170,6 +175,9 @@ def plan_blocking(left: Encoded, right: Encoded | None, passes: Iterable[Sequenc
         _, lu, _, lc = lgroups
         if right is None:
             sizes, keys = lc * (lc - 1) // 2, lu
+        elif right_totals is not None:
+            keys = lu
+            sizes = lc * right_totals[len(lefts)][lgroups[0][lgroups[2]]]
         else:
             keys, li, ri = np.intersect1d(lu, rgroups[1], assume_unique=True,
                                           return_indices=True)
@@ -190,6 +198,15 @@ def plan_blocking(left: Encoded, right: Encoded | None, passes: Iterable[Sequenc
                         within=right is None, n_left=left.n,
                         n_right=left.n if right is None else right.n,
                         estimated_pairs=estimated, stats=stats)
+
+
+def key_counts(left_keys: np.ndarray, right_keys: np.ndarray) -> np.ndarray:
+    """Per left record, how many right records share its (non-zero) key."""
+    _, unique, _, counts = _groups(right_keys)
+    if len(unique) == 0:
+        return np.zeros(len(left_keys), dtype=np.int64)
+    at = np.minimum(np.searchsorted(unique, left_keys), len(unique) - 1)
+    return np.where((left_keys != 0) & (unique[at] == left_keys), counts[at], 0)
 
 
 def pair_bounds(plan: BlockingPlan) -> np.ndarray:

@@ -35,6 +35,10 @@ def _dice_level(lbits: tuple[np.ndarray, np.ndarray], rbits: tuple[np.ndarray, n
                 li: np.ndarray, ri: np.ndarray, cuts: Sequence[float]) -> np.ndarray:
     lb, lpop = lbits
     rb, rpop = rbits
+    if lb.shape[1] != rb.shape[1]:
+        if min(lb.shape[1], rb.shape[1]) == 0:  # one side has no filter at all: no agreement
+            return np.zeros(len(li), dtype=np.int8)
+        raise ValueError("Bloom filters of different lengths on the two sides")
     both = np.take(lb, li, axis=0)
     both &= np.take(rb, ri, axis=0)
     ones = np.bitwise_count(both)

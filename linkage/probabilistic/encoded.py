@@ -86,7 +86,8 @@ def _as_keys(series: pd.Series, name: str) -> np.ndarray:
 
 
 def _as_bits(series: pd.Series) -> np.ndarray:
-    """Bloom filters (bytes objects, Arrow binary or fixed_size_binary) as (n, words) uint64."""
+    """Bloom filters (bytes objects, Arrow binary or fixed_size_binary) as (n, words) uint64;
+    (n, 0) when none has a value (a few profiles taken from a register may have none)."""
     if isinstance(series.dtype, pd.ArrowDtype) and pa.types.is_fixed_size_binary(
             series.dtype.pyarrow_dtype):
         arr = pa.array(series.array)
@@ -99,7 +100,9 @@ def _as_bits(series: pd.Series) -> np.ndarray:
         return data
     values = series.to_numpy(dtype=object, na_value=None)
     present = pd.notna(values)
-    width = len(values[present][0]) if present.any() else 8
+    if not present.any():  # no filter to take a width from: none (compares as missing)
+        return np.zeros((len(values), 0), dtype="<u8")
+    width = len(values[present][0])
     filled = values.copy()
     filled[~present] = bytes(width)  # (np.where would turn this into b"": numpy strips NULs)
     raw = b"".join(filled.tolist())

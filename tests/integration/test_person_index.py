@@ -12,6 +12,7 @@ from governance import store
 from governance.schema import extracts
 from linkage import person_index
 from linkage.landing.land import land_file
+from linkage.profile_store import ProfileStore
 
 
 def _index(haven, matcher=None):
@@ -89,10 +90,11 @@ def test_probabilistic_links_and_review_band_go_where_the_matcher_says(haven, la
         row["nhs_number"] = ""
     land_file(landing, write_extract(inbox / "b", "apc", apc))
 
-    def matcher(query: pd.DataFrame, profile: pd.DataFrame, coverage: float,
+    def matcher(query: pd.DataFrame, profile: ProfileStore, coverage: float,
                 examples: pd.DataFrame | None) -> pd.DataFrame:
         assert 0.5 <= coverage <= 0.999
-        assert "person_id" not in query and profile["person_id"].notna().all()
+        held = profile.whole(["person_id"])
+        assert "person_id" not in query and held["person_id"].notna().all()
         return pd.DataFrame({"query": [0, 1], "profile": [0, 1], "weight": [25.0, 4.0],
                              "probability": [0.999, 0.6], "band": ["link", "review"]})
 

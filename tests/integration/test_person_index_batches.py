@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import update
@@ -18,6 +19,7 @@ from governance.schema import extracts
 from linkage import person_index
 from linkage.index_matcher import estimate_quality, match_profiles
 from linkage.landing.land import land_file
+from linkage.profile_store import ProfileWriter
 from pipeline.land import land
 from synth import generate
 
@@ -151,7 +153,8 @@ def test_export_written_a_batch_at_a_time_is_the_map(haven, landing, inbox, tmp_
 
 
 def test_matching_a_chunk_of_query_rows_at_a_time_finds_the_same_links(haven, synthetic,
-                                                                       monkeypatch, backend):
+                                                                       monkeypatch, tmp_path,
+                                                                       backend):
     """Candidate pairs are scored a chunk of query rows at a time (memory holds a chunk's
     pairs); the links, weights and review band are those of scoring all pairs at once."""
     from linkage import index_matcher
@@ -182,3 +185,56 @@ def test_matching_a_chunk_of_query_rows_at_a_time_finds_the_same_links(haven, sy
                                   whole)
     pd.testing.assert_frame_equal(index_matcher.match_profiles(query, profile, 0.95),
                                   unsupervised)
+    # the register in buckets of persons: the same links (the evidence summed over buckets
+    # may differ from one sum in its last bits: probabilities to 1e-12)
+    writer = ProfileWriter(tmp_path / "buckets", len(profile), pa.Schema.from_pandas(
+        profile, preserve_index=False), bucket_rows=len(profile) // 5)
+    for start in range(0, len(profile), 100):
+        writer.add(pa.Table.from_pandas(profile.iloc[start:start + 100], preserve_index=False))
+    store = writer.close()
+    assert len(store.buckets) == 5 and store.n == len(profile)
+    pd.testing.assert_frame_equal(index_matcher.match_profiles(query, store, 0.95, examples),
+                                  whole, check_exact=False, rtol=1e-12, atol=0)
+
+
+def test_profiles_held_in_buckets_of_persons_change_nothing(haven, synthetic, tmp_path,
+                                                            monkeypatch, backend):
+    """A large register's profiles are held a bucket of persons at a time (written to the
+    run's scratch folder): the map, review list and quality figures are those of one bucket,
+    on a first build and after a register is destroyed."""
+    from linkage import profile_store
+
+    def both(**kwargs) -> tuple[tuple, tuple]:
+        index = haven.settings.layout.index_dir
+        before = tmp_path / "index-before"
+        shutil.rmtree(before, ignore_errors=True)
+        if index.exists():
+            shutil.copytree(index, before)
+        one = _update(haven, 10_000_000, **kwargs)
+        one_out = _outputs(haven)
+        shutil.rmtree(index)
+        if before.exists():
+            shutil.copytree(before, index)
+        monkeypatch.setattr(profile_store, "BUCKET_ROWS", 90)
+        said: list[str] = []
+        several = person_index.update(haven.settings, haven.engine,
+                                      haven.keys.current("linkage"), match_profiles,
+                                      quality=estimate_quality, progress=said.append, **kwargs)
+        monkeypatch.setattr(profile_store, "BUCKET_ROWS", 400_000)
+        buckets.extend(s for s in said if "bucket(s) of persons" in s)
+        return (one, one_out), (several, _outputs(haven))
+
+    buckets: list[str] = []
+
+    landed = {r.extract_id: r for r in land(haven, synthetic) if r.status == "landed"}
+    one, several = both()
+    _same(one, several)
+    assert "probabilistic" in set(one[1][0]["method"])
+    assert one[0].quality["social_care"]["evaluated_rows"] > 0  # quality measured too
+    assert buckets and "(1 bucket" not in buckets[0]
+    assert not any(haven.settings.layout.scratch_dir.iterdir())  # buckets removed
+    register = next(e for e in landed if "gp_patients" in e)
+    with haven.engine.begin() as connection:
+        connection.execute(update(extracts).where(extracts.c.extract_id == register)
+                           .values(status="destroyed"))
+    _same(*both())

@@ -343,8 +343,9 @@ def test_a_purge_reaches_the_person_index_and_the_runs_made_from_purged_rows(hav
 
     def matcher(query, profile, coverage, examples):
         # apc row 1 goes to review against social care row 2 (the person who will withdraw)
-        mine = (profile["extract_id"] == care_receipt.extract_id) & (profile["row"] == 2)
-        target = int(profile.index[mine.to_numpy()][0])
+        held = profile.whole(["extract_id", "row"])
+        mine = (held["extract_id"] == care_receipt.extract_id) & (held["row"] == 2)
+        target = int(held.index[mine.to_numpy()][0])
         return pd.DataFrame({"query": [0], "profile": [target], "weight": [4.0],
                              "probability": [0.6], "band": ["review"]})
 

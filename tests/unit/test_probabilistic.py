@@ -407,6 +407,36 @@ def test_partitions_make_exactly_the_unpartitioned_candidates(two_files: tuple,
                                                                  strict=True)}
 
 
+def test_right_side_in_parts_sized_on_the_whole_makes_the_whole_candidates(
+        two_files: tuple) -> None:
+    """A register held a part at a time (buckets of persons): with each left key's count on the
+    whole right side (`key_counts` summed over the parts), the parts' pairs are the whole's,
+    the same oversized blocks skipped; sized on a part alone they would not be."""
+    from linkage.probabilistic.blocking import key_counts
+
+    left, right, _ = two_files
+    right = pd.concat([right, right.iloc[:150]], ignore_index=True)  # blocks of two
+    L, R = P.Encoded(left), P.Encoded(right)
+    whole_stats = P.BlockingStats()
+    whole = P.candidate_pairs(L, R, max_block_pairs=1, stats=whole_stats)
+    assert sum(whole_stats.skipped_blocks.values()) > 0
+    at = np.random.default_rng(3).permutation(len(right)) % 3  # three parts, rows mixed
+    parts = [np.flatnonzero(at == i) for i in range(3)]
+    encoded = [P.Encoded(right.iloc[rows].reset_index(drop=True)) for rows in parts]
+    passes = P.usable_passes(L, R, P.DEFAULT_PASSES)
+    totals = [sum(key_counts(L.pass_key(cols), e.pass_key(cols)) for e in encoded)
+              for cols in passes]
+    sized, alone = [], []
+    for rows, part in zip(parts, encoded, strict=True):
+        for found, kwargs in ((sized, {"right_totals": totals}), (alone, {})):
+            plan = P.plan_blocking(L, part, P.DEFAULT_PASSES, max_block_pairs=1, **kwargs)
+            pairs = P.pairs_for_rows(plan)
+            found.append(pd.DataFrame({"left": pairs["left"],
+                                       "right": rows[pairs["right"].to_numpy()]}))
+    assert _pair_set(pd.concat(sized)) == _pair_set(whole)
+    assert _pair_set(pd.concat(alone)) != _pair_set(whole)
+
+
 def test_pair_bounds_bound_each_rows_candidates_and_parts_cover_every_row_once(
         two_files: tuple) -> None:
     from linkage.probabilistic.blocking import pair_bounds, row_parts
