@@ -51,6 +51,7 @@ from linkage.index_matching import (
     PROFILE_SOURCES,
     Matched,
     Matcher,
+    Register,
     match_pending,
     registered_persons,
 )
@@ -302,14 +303,13 @@ class _Survey:
     review_rows: list[pd.DataFrame] = field(default_factory=list)
     rows: int = 0
 
-    def count(self, frame: pd.DataFrame, registered: pd.Index | None) -> None:
-        """Add `frame`'s rows with a pseudonym, and those of a registered person, per source
-        (`registered` an Index: its hash table is built once, not once a batch)."""
+    def count(self, frame: pd.DataFrame, registered: Register | None) -> None:
+        """Add `frame`'s rows with a pseudonym, and those of a registered person, per source."""
         known = frame.loc[frame["person_id"].notna(), ["source", "person_id"]]
         if known.empty:
             return
-        found = (registered.get_indexer(known["person_id"]) >= 0 if registered is not None
-                 and len(registered) else np.zeros(len(known), dtype=bool))
+        found = (registered.contains(known["person_id"]) if registered is not None
+                 else np.zeros(len(known), dtype=bool))
         sums = pd.DataFrame({"source": known["source"].to_numpy(), "found": found}).groupby(
             "source", sort=False)["found"].agg(["size", "sum"])
         for source, (size, hits) in sums.iterrows():
@@ -319,7 +319,7 @@ class _Survey:
 
 
 def _survey(settings: Settings, plan: _Plan, batch_rows: int, say: Callable[[str], None],
-            kept: dict[str, str], registered: pd.Index | None, earlier: pd.DataFrame
+            kept: dict[str, str], registered: Register | None, earlier: pd.DataFrame
             ) -> _Survey:
     """First pass over the rows of the new map: everything the linking steps need to know."""
     survey = _Survey()
@@ -480,7 +480,7 @@ def _link_clients(clients: pd.DataFrame | None) -> pd.DataFrame | None:
 
 
 def _todo_rows(survey: _Survey, clients: pd.DataFrame | None, plan: _Plan,
-               registered: pd.Index | None) -> dict[str, set]:
+               registered: Register | None) -> dict[str, set]:
     """{extract_id: rows} to link probabilistically (counting the client rows' pseudonyms
     into the survey's counts now that their client links are made)."""
     parts = list(survey.todo)

@@ -1,0 +1,37 @@
+"""The register's pseudonyms held as sorted fixed-width bytes (`index_matching.Register`):
+membership is exact, whatever the lengths, and an empty register holds nobody."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from linkage.index_matching import Register, _fixed_width
+
+
+def _register(ids: list[str]) -> Register:
+    distinct = pc.unique(pa.array(ids, pa.string()))
+    return Register(_fixed_width(distinct.take(pc.sort_indices(distinct)).cast(pa.binary())))
+
+
+def test_membership_is_exact_for_equal_and_unequal_lengths() -> None:
+    rng = np.random.default_rng(5)
+    ids = [f"{v:064x}" for v in rng.integers(0, 2**62, 300)]
+    register = _register(ids[:200] + ids[:50])  # repeats made distinct
+    assert len(register) == 200 and register.ids.dtype == np.dtype("S64")
+    asked = pd.Series(ids[150:300] + [ids[0] + "0", ids[1][:-1]], dtype=object)
+    found = register.contains(asked)
+    assert found.tolist() == [True] * 50 + [False] * 100 + [False, False]
+    mixed = _register(["b", "abc", "ab", "c"])  # unequal lengths: padded, still exact
+    assert mixed.contains(pd.Series(["ab", "a", "abc", "abcd", "c", "d"])).tolist() == [
+        True, False, True, False, True, False]
+    sliced = pa.array(ids[:10]).slice(3)  # an offset array is read from its own start
+    assert _fixed_width(sliced.cast(pa.binary())).tolist() == [i.encode() for i in ids[3:10]]
+
+
+def test_an_empty_register_holds_nobody() -> None:
+    empty = Register(np.zeros(0, dtype="S1"))
+    assert len(empty) == 0
+    assert empty.contains(pd.Series(["a", "b"])).tolist() == [False, False]
