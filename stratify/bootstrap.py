@@ -17,6 +17,7 @@ Newton steps, PPV from the weighted top of the ranking.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -96,6 +97,15 @@ def _interval(values: np.ndarray) -> tuple[float, float, float]:
     return float(lo), float(hi), float(kept.std(ddof=1)) if len(kept) > 1 else 0.0
 
 
+def _resamples(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """The counts of each of `n` persons in each of `resamples` bootstrap resamples, drawn
+    from `numpy.random.default_rng(seed)` (all ones when there is no person)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(resamples):
+        yield np.bincount(rng.integers(0, n, n), minlength=n).astype(float) if n \
+            else np.ones(n)
+
+
 def bootstrap_intervals(y: np.ndarray, models: dict[str, np.ndarray],
                         resamples: int = RESAMPLES, seed: int = 0,
                         chosen: str = "chosen") -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -109,27 +119,29 @@ def bootstrap_intervals(y: np.ndarray, models: dict[str, np.ndarray],
     for name, p in models.items():
         if len(p) != len(y):
             raise ValueError(f"models[{name!r}]: {len(p)} probabilities for {len(y)} outcomes")
-    ranked = {name: _Ranked(y, np.asarray(p, dtype=float)) for name, p in models.items()}
-    ones = np.ones(len(y))
-    point = {name: r.figures(ones) for name, r in ranked.items()}
-    draws = {name: {f: np.empty(resamples) for f in FIGURES} for name in ranked}
-    rng = np.random.default_rng(seed)
-    for i in range(resamples):
-        w = np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y)).astype(float) \
-            if len(y) else ones
-        for name, r in ranked.items():
-            for figure, value in r.figures(w).items():
+    # One model's sort at a time (its figures on every resample), each model drawing the same
+    # resamples from a generator of its own with the same seed: the draws and figures are
+    # those of every model at once, but memory holds one model's per-person arrays, not all.
+    point: dict[str, dict[str, float]] = {}
+    draws: dict[str, dict[str, np.ndarray]] = {}
+    for name, p in models.items():
+        ranked = _Ranked(y, np.asarray(p, dtype=float))
+        point[name] = ranked.figures(np.ones(len(y)))
+        draws[name] = {f: np.empty(resamples) for f in FIGURES}
+        for i, w in enumerate(_resamples(len(y), resamples, seed)):
+            for figure, value in ranked.figures(w).items():
                 draws[name][figure][i] = value
+        del ranked
     rows = []
-    for name in ranked:
+    for name in models:
         for figure in FIGURES:
             lo, hi, sd = _interval(draws[name][figure])
             rows.append({"model": name, "figure": figure, "estimate": point[name][figure],
                          "lo": lo, "hi": hi, "sd": sd, "resamples": resamples})
     differences = []
-    if chosen in ranked:
+    if chosen in models:
         base = np.asarray(models[chosen], dtype=float)
-        for name in ranked:
+        for name in models:
             if name == chosen or np.array_equal(np.asarray(models[name], dtype=float), base):
                 continue
             for figure in FIGURES:

@@ -1,0 +1,58 @@
+"""The bootstrap works one model at a time (issue #12: one model's per-person arrays held,
+not every model's), each model drawing the same resamples: its intervals and differences
+must equal those of every model worked on each resample together, bit for bit, on data with
+tied probabilities and a candidate identical to the chosen model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stratify import bootstrap
+from stratify.bootstrap import FIGURES, _interval, _Ranked, bootstrap_intervals
+
+
+def _all_at_once(y: np.ndarray, models: dict[str, np.ndarray], resamples: int,
+                 seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """Every model's figures on each resample, the resample drawn once for all models."""
+    ranked = {name: _Ranked(y, p) for name, p in models.items()}
+    draws = {name: {f: np.empty(resamples) for f in FIGURES} for name in ranked}
+    rng = np.random.default_rng(seed)
+    for i in range(resamples):
+        w = np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y)).astype(float)
+        for name, r in ranked.items():
+            for figure, value in r.figures(w).items():
+                draws[name][figure][i] = value
+    return draws
+
+
+def test_model_at_a_time_equals_every_model_at_once() -> None:
+    rng = np.random.default_rng(5)
+    n = 3_000
+    y = (rng.random(n) < 0.1).astype(float)
+    chosen = np.round(rng.random(n) * 0.3 + 0.3 * y, 2)  # two decimals: many ties
+    models = {"chosen": chosen, "other": np.clip(chosen + rng.normal(0, 0.05, n), 0.01, 0.99),
+              "copy": chosen.copy(), "flat": np.full(n, 0.1)}
+    intervals, differences = bootstrap_intervals(y, models, resamples=25, seed=11)
+    draws = _all_at_once(y, models, 25, 11)
+    ones = np.ones(n)
+    for row in intervals.itertuples():
+        lo, hi, sd = _interval(draws[row.model][row.figure])
+        point = _Ranked(y, models[row.model]).figures(ones)[row.figure]
+        assert (row.lo, row.hi, row.sd) == (lo, hi, sd) or np.isnan([lo, row.lo]).all()
+        assert row.estimate == point or (np.isnan(point) and np.isnan(row.estimate))
+    assert set(differences["model"]) == {"other", "flat"}  # the copy differs in nothing
+    for row in differences.itertuples():
+        delta = draws[row.model][row.figure] - draws["chosen"][row.figure]
+        lo, hi, sd = _interval(delta)
+        assert (row.lo, row.hi, row.sd) == (lo, hi, sd) or np.isnan([lo, row.lo]).all()
+    # a different seed gives other intervals (the comparison above can fail)
+    other, _ = bootstrap_intervals(y, models, resamples=25, seed=12)
+    assert not other["lo"].equals(intervals["lo"])
+
+
+def test_each_model_draws_the_same_resamples() -> None:
+    first = list(bootstrap._resamples(50, 3, seed=4))
+    again = list(bootstrap._resamples(50, 3, seed=4))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert all(w.sum() == 50 for w in first) and not np.array_equal(first[0], first[1])
+    assert list(bootstrap._resamples(0, 2, seed=4))[0].shape == (0,)
