@@ -17,7 +17,7 @@ from typing import Any
 from governance import audit, model_approvals
 from pipeline.context import Context
 from pipeline.linked_copy import linked_copy
-from pipeline.report_counts import run_counts, scored_keys_of
+from pipeline.report_counts import run_counts
 from pipeline.score import NoScoreRun, use_filter
 from pipeline.serving import ServingRun, complete_run, serving_run, withheld_person_keys
 from stratify.backtest import NoBacktest, backtest
@@ -47,12 +47,16 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
                          "no score run yet: run `haven score` first")
     run_id = serving.run_id
     files = ctx.settings.layout.run(run_id)
-    run = load_run(files, columns=list(REPORT_COLUMNS))
     withheld = withheld_person_keys(ctx.settings, ctx.engine, serving.purpose, serving)
-    scored = scored_keys_of(files.scores)
-    run = replace(run, scores=run.scores[~run.scores["person_key"].isin(withheld)])
     keep = use_filter(ctx, serving.purpose, dt.datetime.now(dt.UTC).date())
     with linked_copy(ctx, keep) as sources:  # on disk: a population larger than memory
+        # The run's rows are read once the copy is made: making it (a batch of rows and
+        # DuckDB's memory) and a whole population's scores are not held at once.
+        run = load_run(files, columns=list(REPORT_COLUMNS))
+        held = run.scores["person_key"].isin(withheld)
+        withheld_now = int(held.sum())  # the keys of a run's scores are distinct
+        if withheld_now:  # (no copy of a whole population's rows to hold none back)
+            run = replace(run, scores=run.scores[~held])
         status = follow_up(sources, run.at)
         evaluation: Evaluation | None
         if status.complete:
@@ -62,8 +66,8 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
                 evaluation = backtest(sources, run, leave_out=withheld)
             except NoBacktest:
                 evaluation = None
-    counts = run_counts(ctx.settings, ctx.engine, serving, scored, run.extract_ids,
-                        withheld_now=len(withheld & scored))
+    counts = run_counts(ctx.settings, ctx.engine, serving, files.scores, run.extract_ids,
+                        withheld_now=withheld_now)
     path = write_report(evaluation, out or ctx.settings.layout.report(run_id), run=run,
                         status=status, counts=counts, approval=approval_of(ctx, serving))
     audit.log(ctx.engine, ctx.actor, "model.report", f"run/{run_id}",
