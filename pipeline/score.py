@@ -159,10 +159,6 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     progress(f"reading linked, pseudonymised data for {at.isoformat()} ({purpose})")
     applied = optouts_applied(ctx.engine)
     before = serving_run(ctx.engine, purpose)
-    previous = None
-    if before is not None:
-        previous = pd.read_parquet(ctx.settings.layout.run(before.run_id).scores,
-                                   columns=["person_key", "probability", "tier"])
     # Either engine reads the linked rows through an on-disk copy (the Spark engine's driver
     # builds the features from it too), so neither holds them all in memory. The embedded
     # engine writes the scores into the copy's workspace as it makes them, a batch at a time
@@ -174,6 +170,10 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
             raise NothingToScore("nothing landed and linked to score: land extracts and "
                                  "run `haven link`")
         progress(_training_note(at, copy.rows, bundle))
+        previous = None  # read once the copy is made: not held while it is being made
+        if before is not None:
+            previous = pd.read_parquet(ctx.settings.layout.run(before.run_id).scores,
+                                       columns=["person_key", "probability", "tier"])
         run = scorer(copy, at, seed=seed, previous=previous, model=model, bundle=bundle,
                      **({} if spark else {"out": copy.folder}))
         return _record(ctx, run, at, purpose, progress, bundle, bundle_id, applied)

@@ -179,11 +179,17 @@ def subgroup_columns(scores: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "sex": sex,
         "age_band": scores["age_band"].fillna("unknown").astype(str),
-        "social_care": np.where(scores["social_care_known"].astype(bool), "with social care",
-                                "without social care"),
-        "community": np.where(sources.str.contains("community"), "with community data",
-                              "without community data"),
+        "social_care": _labels(scores["social_care_known"].astype(bool).to_numpy(),
+                               "with social care", "without social care"),
+        "community": _labels(sources.str.contains("community").to_numpy(dtype=bool),
+                             "with community data", "without community data"),
     }, index=scores.index)
+
+
+def _labels(mask: np.ndarray, yes: str, no: str) -> np.ndarray:
+    """`yes` where `mask`, else `no`, as one shared text object each (numpy.where's text
+    array became a new Python string per person in the frame)."""
+    return np.array([no, yes], dtype=object)[mask.astype(np.intp)]
 
 
 def error_rates(y: np.ndarray, p: np.ndarray, groups: pd.DataFrame,
@@ -221,7 +227,10 @@ def evaluate(run: ScoreRun, sources: Sources | None = None,
     data. `resamples` bootstrap resamples (0: none), drawn with `seed` (default the run's) over
     persons in person-key order, give the spread of the headline figures.
     """
-    scores = run.scores.set_index("person_key").sort_index(kind="stable")
+    used = ["person_key", "probability", "tier", "sex", "sources", "age_band",
+            "social_care_known"]  # not a copy of every column the caller read
+    scores = run.scores[[c for c in used if c in run.scores.columns]].set_index(
+        "person_key").sort_index(kind="stable")
     if outcomes is None:
         if sources is None:
             raise ValueError("give outcomes or sources to read them from")
