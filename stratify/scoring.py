@@ -448,6 +448,7 @@ def load_run(directory: RunFiles | Path | str, columns: list[str] | None = None)
              "metrics"}
     scores = pd.read_parquet(files.scores, columns=columns)
     candidates = pd.read_parquet(files.candidates)
+    _share_keys(scores, candidates)
     # Arrow's allocator keeps the pages the reading freed (twice the frames, at a million
     # persons): handed back, so what follows can use them.
     pa.default_memory_pool().release_unused()
@@ -457,6 +458,17 @@ def load_run(directory: RunFiles | Path | str, columns: list[str] | None = None)
                     metrics=meta["metrics"],
                     scores=scores, candidates=candidates, bundle=bundle,
                     meta={k: v for k, v in meta.items() if k not in known})
+
+
+def _share_keys(scores: pd.DataFrame, candidates: pd.DataFrame) -> None:
+    """When the candidates list the scores' persons in the same order (as `save_run` writes
+    them), make their person keys the scores' own text objects, not a second copy of a whole
+    population's keys (the values are the same)."""
+    if "person_key" not in scores.columns or "person_key" not in candidates.columns:
+        return
+    keys, theirs = scores["person_key"].to_numpy(), candidates["person_key"].to_numpy()
+    if len(keys) == len(theirs) and bool((keys == theirs).all()):
+        candidates["person_key"] = keys
 
 
 def _json(value: Any) -> Any:
