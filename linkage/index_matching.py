@@ -99,6 +99,7 @@ def _profile_writer(settings: Settings, landed: pd.DataFrame, scratch: Path | No
     """A writer for the register's profiles (None if no register extract has encodings),
     sized on the register extracts' rows: one bucket in memory, or buckets under `scratch`."""
     schemas, rows = [], 0
+    widths: dict[str, set[int]] = {}
     for item in landed.itertuples():
         if item.source not in PROFILE_SOURCES:
             continue
@@ -108,10 +109,23 @@ def _profile_writer(settings: Settings, landed: pd.DataFrame, scratch: Path | No
             continue
         schema = pq.read_schema(path)
         schemas.append(pa.schema([schema.field(c) for c in columns]))
-        rows += pq.ParquetFile(path).metadata.num_rows
+        source = pq.ParquetFile(path)
+        rows += source.metadata.num_rows
+        binary = [c for c in columns if pa.types.is_binary(schema.field(c).type)]
+        if binary and source.metadata.num_row_groups:
+            first = source.read_row_group(0, columns=binary)
+            for name in binary:
+                lengths = pc.unique(pc.drop_null(pc.binary_length(first.column(name))))
+                widths.setdefault(name, set()).update(lengths.to_pylist())
     if not schemas:
         return None
     schema = pa.unify_schemas([*schemas, pa.schema([("source", pa.string())])])
+    # Bloom filters of one length held as fixed-size binary: read as numpy words without
+    # making a Python object of each (a bucket is read several times while matching)
+    for name, found in widths.items():
+        if len(found) == 1 and next(iter(found)) % 8 == 0:
+            at = schema.get_field_index(name)
+            schema = schema.set(at, pa.field(name, pa.binary(next(iter(found)))))
     return ProfileWriter(scratch, rows, schema)
 
 
