@@ -35,3 +35,14 @@ def test_an_empty_register_holds_nobody() -> None:
     empty = Register(np.zeros(0, dtype="S1"))
     assert len(empty) == 0
     assert empty.contains(pd.Series(["a", "b"])).tolist() == [False, False]
+
+
+def test_pseudonyms_sharing_a_hash_are_told_apart_by_their_bytes(monkeypatch) -> None:
+    """The hash only narrows the search: with every pseudonym hashed alike (as two could be
+    by chance), membership is still decided on the bytes."""
+    monkeypatch.setattr(pd.util, "hash_array",
+                        lambda values: np.array([len(v) % 2 for v in values], dtype=np.uint64))
+    register = _register(["aa", "bb", "cc", "ddd", "eee"])
+    assert register.longest_run == 3
+    asked = pd.Series(["cc", "ab", "eee", "dd", "aa", "fff"])
+    assert register.contains(asked).tolist() == [True, False, True, False, True, False]
