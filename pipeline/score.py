@@ -170,10 +170,12 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
             raise NothingToScore("nothing landed and linked to score: land extracts and "
                                  "run `haven link`")
         progress(_training_note(at, copy.rows, bundle))
-        previous = None  # read once the copy is made: not held while it is being made
-        if before is not None:
-            previous = pd.read_parquet(ctx.settings.layout.run(before.run_id).scores,
-                                       columns=["person_key", "probability", "tier"])
+        previous: pd.DataFrame | Path | None = None  # the embedded engine reads the file
+        if before is not None:  # a batch of persons at a time; Spark's driver, as a frame
+            previous = ctx.settings.layout.run(before.run_id).scores
+            if spark:
+                previous = pd.read_parquet(previous, columns=["person_key", "probability",
+                                                              "tier"])
         run = scorer(copy, at, seed=seed, previous=previous, model=model, bundle=bundle,
                      **({} if spark else {"out": copy.folder}))
         return _record(ctx, run, at, purpose, progress, bundle, bundle_id, applied)

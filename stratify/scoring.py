@@ -185,16 +185,17 @@ def _run_id(at: dt.date, seed: int, ids: dict[str, list[str]], version: str) -> 
 
 
 def score(sources: Sources, at: dt.date, seed: int = 0,
-          previous: pd.DataFrame | None = None, bundle: ModelBundle | None = None,
+          previous: pd.DataFrame | Path | None = None, bundle: ModelBundle | None = None,
           max_train_persons: int | None = 400_000,
           threads: int | None = None, model: str | None = None,
           out: Path | None = None) -> ScoreRun:
     """Score everyone alive and registered at `at`; see the module docstring.
 
-    `previous`: an earlier run's scores (`person_key`, `probability`, `tier`) to report change.
-    `bundle`: a fitted model to reuse (else one is trained for `at`). Opt-outs are applied
-    before this, by the caller (the pipeline, through governance's `purpose_filter`: which rows
-    each purpose may use); this function reads only what it is given. `model`: score with
+    `previous`: an earlier run's scores (`person_key`, `probability`, `tier`) to report change,
+    or its scores file (read a batch of persons at a time by DuckDB). `bundle`: a fitted model
+    to reuse (else one is trained for `at`). Opt-outs are applied before this, by the caller
+    (the pipeline, through governance's `purpose_filter`: which rows each purpose may use);
+    this function reads only what it is given. `model`: score with
     this candidate instead of the one chosen on validation (a super user's choice, recorded in
     the run's metrics and part of its id). `out`: write the scores there a batch at a time
     instead of returning them in memory (`score_connected`).
@@ -204,7 +205,7 @@ def score(sources: Sources, at: dt.date, seed: int = 0,
 
 
 def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int = 0,
-                    previous: pd.DataFrame | None = None, bundle: ModelBundle | None = None,
+                    previous: pd.DataFrame | Path | None = None, bundle: ModelBundle | None = None,
                     max_train_persons: int | None = 400_000,
                     model: str | None = None, batch: int | None = None,
                     out: Path | None = None) -> ScoreRun:
@@ -259,9 +260,7 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
         del chosen_parts
         cut = thresholds(chosen)
         lap("predict")
-        before = None
-        if previous is not None and len(previous):
-            before = previous.drop_duplicates("person_key").set_index("person_key")
+        before = _previous(con, previous)
         reasons_method: dict[str, str] = {}
         for a, b in spans:
             keys = _batch_keys(con, a, b)
@@ -269,7 +268,8 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
             tiers = assign(chosen[a:b], cut)
             contributions, reasons_method = _contributions(bundle, X, tiers)
             sink.scores(_scored(keys, chosen[a:b], tiers, _explained(X, contributions),
-                                _batch_attributes(con, X.index), before))
+                                _batch_attributes(con, X.index),
+                                _batch_previous(con, X.index) if before is True else before))
         lap("reasons")
     finally:
         con.close()
@@ -310,6 +310,37 @@ def _batch_keys(con: Any, start: int, stop: int) -> np.ndarray:
         WHERE position >= {int(start)} AND position < {int(stop)} ORDER BY position
         """).fetchnumpy()["person_key"]
     return np.asarray(found, dtype=object)
+
+
+def _previous(con: Any, previous: pd.DataFrame | Path | None) -> pd.DataFrame | bool | None:
+    """The previous run's scores by person key (its first row of each), or True when they
+    are a scores file now in DuckDB's temporary table `score_previous` (`_batch_previous`
+    reads a batch's rows of it), or None when there is no previous row."""
+    if previous is None:
+        return None
+    if not isinstance(previous, Path):
+        return previous.drop_duplicates("person_key").set_index("person_key") \
+            if len(previous) else None
+    quoted = str(previous).replace("'", "''")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE score_previous AS
+        SELECT person_key, probability, tier FROM (
+            SELECT person_key, probability, tier, row_number() OVER (
+                PARTITION BY person_key ORDER BY file_row_number) AS nth
+            FROM read_parquet('{quoted}', file_row_number = true)) WHERE nth = 1""")
+    rows = con.execute("SELECT count(*) FROM score_previous").fetchone()[0]
+    return True if rows else None
+
+
+def _batch_previous(con: Any, persons: pd.Index) -> pd.DataFrame:
+    """The rows of `persons` in `score_previous` (`_previous`), by person key."""
+    con.register("score_batch_keys", pd.DataFrame({"person_key": np.asarray(persons,
+                                                                            dtype=object)}))
+    try:
+        return con.execute("""SELECT p.person_key, p.probability, p.tier
+            FROM score_previous p JOIN score_batch_keys k USING (person_key)
+            """).df().set_index("person_key")
+    finally:
+        con.unregister("score_batch_keys")
 
 
 def _scored(keys: np.ndarray, probability: np.ndarray, tiers: np.ndarray,

@@ -1,7 +1,8 @@
 """Scores written a batch at a time (issue #12: `haven score` holds no whole population's
 scores): the files `score_connected(out=...)` writes must read back as exactly the frames
 the in-memory path returns, whatever the batch size, including batches whose previous tiers
-are all missing (a column Arrow types as null in those parts and as text in the others)."""
+are all missing (a column Arrow types as null in those parts and as text in the others),
+and with the previous run read from its scores file a batch at a time."""
 
 from __future__ import annotations
 
@@ -30,10 +31,14 @@ def test_written_scores_equal_the_in_memory_ones(tmp_path: Path) -> None:
     # the written run is compared with the in-memory run of the same batches, bit for bit)
     expected = score_connected(connect(sources), ids, AT, seed=0, bundle=whole.bundle,
                                previous=previous, batch=97)
+    # written a batch at a time, the previous run given as its scores file (read a batch at a
+    # time in DuckDB; a key twice in it counts once, its first row, as drop_duplicates keeps)
+    file = tmp_path / "previous.parquet"
+    pd.concat([previous, previous.iloc[:5].assign(tier="high")]).to_parquet(file, index=False)
     out = tmp_path / "written"
     out.mkdir()
     written = score_connected(connect(sources), ids, AT, seed=0, bundle=whole.bundle,
-                              previous=previous, batch=97, out=out)
+                              previous=file, batch=97, out=out)
     assert written.written == out and written.scores.empty
     assert written.persons == len(expected.scores) == len(whole.scores)
     files = RunFiles(out)
@@ -47,6 +52,12 @@ def test_written_scores_equal_the_in_memory_ones(tmp_path: Path) -> None:
     assert list(written.metrics["tiers"].items()) == list(expected.metrics["tiers"].items())
     assert written.metrics["mean_probability"] == expected.metrics["mean_probability"]
     assert written.metrics["reasons_method"] == expected.metrics["reasons_method"]
+    # an empty previous file: no previous row, as no previous run
+    empty = tmp_path / "empty.parquet"
+    previous.iloc[:0].to_parquet(empty, index=False)
+    nothing = score_connected(connect(sources), ids, AT, seed=0, bundle=whole.bundle,
+                              previous=empty, batch=10**9)
+    pd.testing.assert_frame_equal(nothing.scores, whole.scores, check_exact=True)
     # saving moves the written files into the run's folder; it reads back as the whole run
     saved = save_run(written, tmp_path / "run")
     assert not files.scores.exists() and not files.candidates.exists()
