@@ -44,6 +44,7 @@ from sklearn.metrics import roc_auc_score
 from stratify import codelists
 from stratify.catalogue import BY_NAME, NAMES
 from stratify.features import (
+    WORK_TABLES,
     _ts,
     feature_columns,
     feature_keys,
@@ -205,9 +206,18 @@ def _training_rows(con: duckdb.DuckDBPyConnection, at: dt.date, lookback: int | 
         X = fetch_features(con, names)
         y = outcomes_from(con, X.index, at)["emergency"].to_numpy()
         X, y = _in_stable_order(X, y)
-        return X, y, persons
-    X, y = _sampled_rows(con, at, names, sample, seed, stream)
+    else:
+        X, y = _sampled_rows(con, at, names, sample, seed, stream)
+    _drop_feature_tables(con)
     return X, y, persons
+
+
+def _drop_feature_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop the date's feature table and its working tables once the training rows are
+    fetched: the next `feature_table` makes its own, and DuckDB does not hold a population's
+    features (up to its memory limit) while the models are fitted."""
+    for table in ("features_wanted", "pop_all", *WORK_TABLES):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _sampled_rows(con: duckdb.DuckDBPyConnection, at: dt.date, names: list[str], sample: int,
