@@ -7,7 +7,9 @@
       staging/<extract_id>/         an extract being landed, moved into place in one rename
       staging-runs/<run_id>/        a score run being written, moved into runs/ in one rename
       scratch/<pid>-<token>/        a stage's working copy of linked rows (DuckDB files that
-                                    spill to disk), removed when the stage ends; one whose
+                                    spill to disk), and score's scores and candidates written a
+                                    batch at a time (RunFiles.part), removed when the stage
+                                    ends; one whose
                                     process is gone is removed by the next stage or destruction
                                     once its runs row commits (landing clears staging/)
       extracts/<extract_id>/rows.parquet     landed, pseudonymised rows
