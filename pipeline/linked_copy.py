@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pyarrow as pa
+
 from governance import store
 from linkage.linked_view import RowFilter, linked_batches
 from pipeline.context import Context, Progress, quiet
@@ -45,5 +47,8 @@ def linked_copy(ctx: Context, row_filter: RowFilter | None,
                         progress(f"  {rows:,} linked rows read")
         finally:
             con.close()
+            # Arrow's allocator keeps the pages the batches freed: handed back to the system,
+            # so the stage's next steps do not sit on top of the copy's making.
+            pa.default_memory_pool().release_unused()
         yield OnDisk(folder=folder, memory_limit=ctx.settings.duckdb_memory,
                      ids={s: sorted(found) for s, found in ids.items()}, rows=rows)

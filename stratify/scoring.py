@@ -239,6 +239,10 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
     try:
         if size < 1:
             raise ValueError(f"batch must be 1 or more, not {size}")
+        # DuckDB hands the memory of dropped tables back to the system (a background thread
+        # of its allocator): training's feature tables are dropped before the models are
+        # fitted (stratify.train), and without it the process kept their pages.
+        con.execute("SET allocator_background_threads = true")
         if bundle is None:
             bundle = train(con, at, seed, max_train_persons=max_train_persons)
             lap("train")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pandas as pd
+import pytest
 
 from factories import bench_score
 from stratify.catalogue import NAMES
@@ -34,3 +35,22 @@ def test_the_feature_tables_are_gone_once_the_training_rows_are_fetched() -> Non
         assert (y_again == y).all()
     finally:
         con.close()
+
+
+def test_scoring_lets_duckdb_hand_freed_memory_back(monkeypatch) -> None:
+    """The dropped tables' memory goes back to the system only with DuckDB's allocator
+    background threads on: they are on while training runs inside scoring."""
+    from stratify import scoring
+
+    seen: list[object] = []
+
+    def training(con, *args, **kwargs):
+        seen.append(con.execute(
+            "SELECT current_setting('allocator_background_threads')").fetchone()[0])
+        raise RuntimeError("stop after training")
+
+    monkeypatch.setattr(scoring, "train", training)
+    sources = bench_score().make_sources(50, seed=3)
+    with pytest.raises(RuntimeError, match="stop after training"):
+        scoring.score(sources, T1)
+    assert seen == [True]
