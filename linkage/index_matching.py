@@ -130,13 +130,14 @@ def _profile_writer(settings: Settings, landed: pd.DataFrame, scratch: Path | No
 
 
 class Register:
-    """The register's pseudonyms as fixed-width bytes ordered by a 64-bit hash: membership by
-    binary search on the hashes, each hit confirmed on the bytes (exact). Three million
-    pseudonyms take 72 bytes each here; a pandas Index of Python strings with its hash table
-    took five times that."""
+    """The register's pseudonyms as fixed-width bytes ordered by a 64-bit hash of their bytes:
+    membership by binary search on the hashes, each hit confirmed on the bytes (exact). No
+    Python object is made per pseudonym: three million take 72 bytes each here, where a
+    pandas Index of Python strings and its hash table took a gigabyte that stayed held."""
 
     def __init__(self, ids: np.ndarray):
-        hashes = pd.util.hash_array(ids.astype(object)) if len(ids) else np.zeros(0, np.uint64)
+        ids = _padded(ids, -(-max(ids.dtype.itemsize, 1) // 8) * 8)
+        hashes = _hashed(ids)
         order = np.argsort(hashes, kind="stable")
         self.hashes, self.ids = hashes[order], ids[order]
         edges = np.flatnonzero(self.hashes[1:] != self.hashes[:-1]) + 1
@@ -154,15 +155,37 @@ class Register:
         values = (pa.array(person_ids.array) if isinstance(person_ids.dtype, pd.ArrowDtype)
                   else pa.array(person_ids.to_numpy(dtype=object), type=pa.string()))
         encoded = pc.dictionary_encode(values.cast(pa.string()))
-        distinct = encoded.dictionary
-        wanted = _fixed_width(distinct.cast(pa.binary()))
-        hashes = pd.util.hash_array(wanted.astype(object))
+        distinct = _fixed_width(encoded.dictionary.cast(pa.binary()))
+        width = self.ids.dtype.itemsize
+        fits = np.ones(len(distinct), dtype=bool)
+        if distinct.dtype.itemsize > width:  # longer than every pseudonym held: not held
+            fits = np.char.str_len(distinct) <= width
+        wanted = _padded(distinct, width)
+        hashes = _hashed(wanted)
         first = np.searchsorted(self.hashes, hashes)
-        found = np.zeros(len(distinct), dtype=bool)
+        found = np.zeros(len(wanted), dtype=bool)
         for step in range(self.longest_run):  # past pseudonyms sharing the hash, if any
             at = np.minimum(first + step, len(self.ids) - 1)
             found |= (self.hashes[at] == hashes) & (self.ids[at] == wanted)
+        found &= fits
         return found[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _padded(values: np.ndarray, width: int) -> np.ndarray:
+    """Bytes values at exactly `width` bytes (NUL-padded; longer ones cut: callers rule those
+    out), so their words can be read as integers."""
+    return values if values.dtype.itemsize == width else values.astype(f"S{width}")
+
+
+def _hashed(values: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of fixed-width bytes (width a multiple of 8), word by word, in numpy."""
+    words = values.view(np.uint64).reshape(len(values), values.dtype.itemsize // 8)
+    hashed = np.zeros(len(values), dtype=np.uint64)
+    for i in range(words.shape[1]):
+        hashed ^= words[:, i]
+        hashed *= np.uint64(0x9E3779B97F4A7C15)
+        hashed ^= hashed >> np.uint64(29)
+    return hashed
 
 
 def registered_persons(settings: Settings, landed: pd.DataFrame) -> Register:

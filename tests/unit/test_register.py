@@ -27,6 +27,8 @@ def test_membership_is_exact_for_equal_and_unequal_lengths() -> None:
     mixed = _register(["b", "abc", "ab", "c"])  # unequal lengths: padded, still exact
     assert mixed.contains(pd.Series(["ab", "a", "abc", "abcd", "c", "d"])).tolist() == [
         True, False, True, False, True, False]
+    eight = _register(["abcdefgh", "b"])  # a value longer than any held is not cut to fit
+    assert eight.contains(pd.Series(["abcdefghij", "abcdefgh"])).tolist() == [False, True]
     sliced = pa.array(ids[:10]).slice(3)  # an offset array is read from its own start
     assert _fixed_width(sliced.cast(pa.binary())).tolist() == [i.encode() for i in ids[3:10]]
 
@@ -38,10 +40,12 @@ def test_an_empty_register_holds_nobody() -> None:
 
 
 def test_pseudonyms_sharing_a_hash_are_told_apart_by_their_bytes(monkeypatch) -> None:
-    """The hash only narrows the search: with every pseudonym hashed alike (as two could be
-    by chance), membership is still decided on the bytes."""
-    monkeypatch.setattr(pd.util, "hash_array",
-                        lambda values: np.array([len(v) % 2 for v in values], dtype=np.uint64))
+    """The hash only narrows the search: with pseudonyms hashed alike (as two could be by
+    chance), membership is still decided on the bytes."""
+    from linkage import index_matching
+
+    monkeypatch.setattr(index_matching, "_hashed", lambda values: np.array(
+        [len(v) % 2 for v in values.tolist()], dtype=np.uint64))
     register = _register(["aa", "bb", "cc", "ddd", "eee"])
     assert register.longest_run == 3
     asked = pd.Series(["cc", "ab", "eee", "dd", "aa", "fff"])
