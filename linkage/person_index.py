@@ -409,6 +409,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
                     say("estimating linkage quality on rows whose NHS number is known")
                     summary.quality = quality(matched.profile, matched.examples)
                 matched.profile = matched.examples = None  # not held through the writing pass
+        say(f"writing the person index ({survey.rows:,} rows)")
         summary.by_source_method = _write_linked(settings, plan, batch_rows, key, kept,
                                                  clients, matched.links)
         summary.rows = survey.rows
