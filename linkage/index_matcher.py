@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from linkage.encodings import PREFIX
 from linkage.probabilistic import (
     DEFAULT_PASSES,
     MISSING,
@@ -41,6 +42,7 @@ from linkage.probabilistic.blocking import (
     row_parts,
     usable_passes,
 )
+from linkage.probabilistic.encoded import pass_columns
 from linkage.profile_store import ProfileStore
 
 UPPER = 0.95
@@ -54,6 +56,7 @@ RANDOM_PAIRS = 200_000
 # pairs, a part's memory does not grow with it.
 QUERY_CHUNK = 50_000
 CHUNK_PAIRS = 1_000_000
+MAX_BLOCK_PAIRS = 100_000  # a block of more pairs is skipped (counted on the whole register)
 MIN_LABELLED = 50
 # The engine's passes, with the registered practice (`identifier`) paired with parts of the
 # date of birth instead of alone (a practice alone is a block of thousands).
@@ -107,17 +110,18 @@ def _plans(query: Encoded, store: ProfileStore, fields: list[str]
     blocks skipped as oversized are those one plan over every profile would skip."""
     totals = None
     if len(store.buckets) > 1:
-        for _, frame in store.frames(fields):
+        # only the blocking keys' columns are read for this count (not the Bloom filters)
+        passes = usable_passes(query, Encoded(pd.DataFrame(columns=fields)), INDEX_PASSES)
+        keyed = sorted({PREFIX + c for cols in passes for c in pass_columns(cols)})
+        totals = [np.zeros(query.n, dtype=np.int64) for _ in passes]
+        for _, frame in store.frames(keyed):
             profiles = Encoded(frame)
-            passes = usable_passes(query, profiles, INDEX_PASSES)
-            if totals is None:
-                totals = [np.zeros(query.n, dtype=np.int64) for _ in passes]
             for i, cols in enumerate(passes):
                 totals[i] += key_counts(query.pass_key(cols), profiles.pass_key(cols))
     for positions, frame in store.frames(["person_id", *fields]):
         profiles = Encoded(frame)
-        yield positions, frame, profiles, plan_blocking(query, profiles, INDEX_PASSES,
-                                                        right_totals=totals)
+        yield positions, frame, profiles, plan_blocking(
+            query, profiles, INDEX_PASSES, max_block_pairs=MAX_BLOCK_PAIRS, right_totals=totals)
 
 
 def fit_supervised(query: Encoded, person_q: pd.Series, store: ProfileStore, fields: list[str],

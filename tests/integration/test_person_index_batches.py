@@ -195,6 +195,12 @@ def test_matching_a_chunk_of_query_rows_at_a_time_finds_the_same_links(haven, sy
     assert len(store.buckets) == 5 and store.n == len(profile)
     pd.testing.assert_frame_equal(index_matcher.match_profiles(query, store, 0.95, examples),
                                   whole, check_exact=False, rtol=1e-12, atol=0)
+    # blocks skipped as oversized are those of the whole register, not of a bucket
+    monkeypatch.setattr(index_matcher, "MAX_BLOCK_PAIRS", 3)
+    capped = index_matcher.match_profiles(query, profile, 0.95, examples)
+    assert not capped.equals(whole)  # the cap bites
+    pd.testing.assert_frame_equal(index_matcher.match_profiles(query, store, 0.95, examples),
+                                  capped, check_exact=False, rtol=1e-12, atol=0)
 
 
 def test_profiles_held_in_buckets_of_persons_change_nothing(haven, synthetic, tmp_path,
