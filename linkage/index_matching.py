@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from governance.settings import Settings
 from linkage.profile_store import ProfileStore, ProfileWriter
+from linkage.pseudonym_table import PseudonymTable, fixed_width
 
 PROFILE_SOURCES = ("gp_patients", "social_care")
 READ_ROWS = 1_000_000  # rows of an extract read at a time for the probabilistic step
@@ -129,69 +130,14 @@ def _profile_writer(settings: Settings, landed: pd.DataFrame, scratch: Path | No
     return ProfileWriter(scratch, rows, schema)
 
 
-class Register:
-    """The register's pseudonyms as fixed-width bytes ordered by a 64-bit hash of their bytes:
-    membership by binary search on the hashes, each hit confirmed on the bytes (exact). No
-    Python object is made per pseudonym: three million take 72 bytes each here, where a
-    pandas Index of Python strings and its hash table took a gigabyte that stayed held."""
-
-    def __init__(self, ids: np.ndarray):
-        ids = _padded(ids, -(-max(ids.dtype.itemsize, 1) // 8) * 8)
-        hashes = _hashed(ids)
-        order = np.argsort(hashes, kind="stable")
-        self.hashes, self.ids = hashes[order], ids[order]
-        edges = np.flatnonzero(self.hashes[1:] != self.hashes[:-1]) + 1
-        runs = np.diff(np.concatenate(([0], edges, [len(self.hashes)])))
-        self.longest_run = int(runs.max(initial=1))  # pseudonyms sharing one hash, at most
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def contains(self, person_ids: pd.Series) -> np.ndarray:
-        """Whether each pseudonym (none null) is the register's: each distinct one looked up
-        once."""
-        if not len(self.ids) or not len(person_ids):
-            return np.zeros(len(person_ids), dtype=bool)
-        values = (pa.array(person_ids.array) if isinstance(person_ids.dtype, pd.ArrowDtype)
-                  else pa.array(person_ids.to_numpy(dtype=object), type=pa.string()))
-        encoded = pc.dictionary_encode(values.cast(pa.string()))
-        distinct = _fixed_width(encoded.dictionary.cast(pa.binary()))
-        width = self.ids.dtype.itemsize
-        fits = np.ones(len(distinct), dtype=bool)
-        if distinct.dtype.itemsize > width:  # longer than every pseudonym held: not held
-            fits = np.char.str_len(distinct) <= width
-        wanted = _padded(distinct, width)
-        hashes = _hashed(wanted)
-        first = np.searchsorted(self.hashes, hashes)
-        found = np.zeros(len(wanted), dtype=bool)
-        for step in range(self.longest_run):  # past pseudonyms sharing the hash, if any
-            at = np.minimum(first + step, len(self.ids) - 1)
-            found |= (self.hashes[at] == hashes) & (self.ids[at] == wanted)
-        found &= fits
-        return found[encoded.indices.to_numpy(zero_copy_only=False)]
-
-
-def _padded(values: np.ndarray, width: int) -> np.ndarray:
-    """Bytes values at exactly `width` bytes (NUL-padded; longer ones cut: callers rule those
-    out), so their words can be read as integers."""
-    return values if values.dtype.itemsize == width else values.astype(f"S{width}")
-
-
-def _hashed(values: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of fixed-width bytes (width a multiple of 8), word by word, in numpy."""
-    words = values.view(np.uint64).reshape(len(values), values.dtype.itemsize // 8)
-    hashed = np.zeros(len(values), dtype=np.uint64)
-    for i in range(words.shape[1]):
-        hashed ^= words[:, i]
-        hashed *= np.uint64(0x9E3779B97F4A7C15)
-        hashed ^= hashed >> np.uint64(29)
-    return hashed
+class Register(PseudonymTable):
+    """The register's pseudonyms (`PseudonymTable` without values): membership only."""
 
 
 def registered_persons(settings: Settings, landed: pd.DataFrame) -> Register:
     """Pseudonyms of the profiles (register rows with a pseudonym, in extracts with
-    encodings), distinct and sorted; made distinct in Arrow, not through a Python set (three
-    million pseudonyms in a set cost a gigabyte)."""
+    encodings), distinct; made distinct in Arrow, not through a Python set (three million
+    pseudonyms in a set cost a gigabyte)."""
     found: list[pa.Array] = []
     for item in landed.itertuples():
         if item.source not in PROFILE_SOURCES:
@@ -205,23 +151,7 @@ def registered_persons(settings: Settings, landed: pd.DataFrame) -> Register:
     if not found:
         return Register(np.zeros(0, dtype="S1"))
     distinct = pc.unique(pa.chunked_array(found, type=pa.string()))
-    ordered = distinct.take(pc.sort_indices(distinct)).cast(pa.binary())
-    return Register(_fixed_width(ordered))
-
-
-def _fixed_width(values: pa.Array) -> np.ndarray:
-    """Binary values as a numpy bytes array (zero-copy when all have one length). Arrow's
-    byte order is numpy's, so a sorted Arrow array stays sorted."""
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False)
-    width = int(lengths.max(initial=1))
-    if len(values) and (lengths == width).all() and width > 0:
-        offsets = np.frombuffer(values.buffers()[1], dtype=np.int32,
-                                count=len(values) + 1, offset=values.offset * 4)
-        start = int(offsets[0])
-        data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[start:start + width * len(values)]
-        return data.view(f"S{width}").copy()
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=f"S{max(width, 1)}")
+    return Register(fixed_width(distinct.cast(pa.binary())))
 
 
 def coverage(known: int, registered: int) -> float:

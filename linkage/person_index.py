@@ -21,8 +21,9 @@ certifies that measurement, not what was asked for).
 
 Memory: `update` streams the map and the new extracts twice, `BATCH_ROWS` rows at a time (a
 survey pass that finds the rows to link and the client rows, then a writing pass), so it holds
-a batch, the social care client rows, each pseudonym's person key (`kept`) and what the
-probabilistic step reads (profiles and pending rows): it grows with persons, not rows.
+a batch, the social care client rows, each pseudonym's person key (`KeptKeys`, about 90 bytes a
+person) and what the probabilistic step reads (a bucket of the register's profiles and the
+pending rows): it grows with persons, not rows.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from linkage.index_matching import (
 )
 from linkage.landing.pseudonymise import keyed_hashes
 from linkage.profile_store import ProfileStore
+from linkage.pseudonym_table import PseudonymTable
 
 BATCH_ROWS = 1_000_000
 MEMO_PERSONS = 250_000  # person keys remembered between batches of the writing pass
@@ -212,8 +214,42 @@ class _Plan:
     profiles_changed: bool = False
 
 
+class KeptKeys:
+    """Each pseudonym's person key as the map gives it (its first row's), gathered a batch at
+    a time in Arrow and looked up through a `PseudonymTable`: a million persons' keys as a
+    dict of Python strings cost a quarter of a gigabyte that stayed with the process."""
+
+    def __init__(self) -> None:
+        self.ids: list[pa.Array] = []
+        self.keys: list[pa.Array] = []
+        self.seen: pa.Array | None = None
+        self.table: PseudonymTable | None = None
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """Keys of `frame`'s pseudonyms not seen in an earlier batch (first row's wins)."""
+        known = frame.loc[frame["person_id"].notna(), ["person_id", "person_key"]]
+        known = known.drop_duplicates("person_id")
+        ids = pa.array(known["person_id"].to_numpy(dtype=object), pa.string())
+        keys = pa.array(known["person_key"].to_numpy(dtype=object), pa.string())
+        if self.seen is not None and len(self.seen):
+            fresh = pc.invert(pc.is_in(ids, value_set=self.seen))
+            ids, keys = ids.filter(fresh), keys.filter(fresh)
+        self.ids.append(ids)
+        self.keys.append(keys)
+        self.seen = pa.concat_arrays([a for a in (self.seen, ids) if a is not None])
+
+    def freeze(self) -> PseudonymTable | None:
+        """The table of every key gathered (None if none was)."""
+        self.seen = None
+        if any(len(a) for a in self.ids):
+            self.table = PseudonymTable.from_arrow(pa.chunked_array(self.ids, pa.string()),
+                                                   pa.chunked_array(self.keys, pa.string()))
+        self.ids, self.keys = [], []
+        return self.table
+
+
 def _current_batches(settings: Settings, plan: _Plan, batch_rows: int,
-                     kept: dict[str, str] | None = None) -> Iterator[pd.DataFrame]:
+                     kept: KeptKeys | None = None) -> Iterator[pd.DataFrame]:
     """The current map's rows that stay, a batch at a time, those whose link rested on a
     destroyed extract (probabilistic or client) reset to unlinked and marked `retry`.
 
@@ -226,11 +262,7 @@ def _current_batches(settings: Settings, plan: _Plan, batch_rows: int,
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
         frame = batch.to_pandas()
         if kept is not None:
-            known = frame.loc[frame["person_id"].notna(), ["person_id", "person_key"]]
-            known = known.drop_duplicates("person_id")
-            for person_id, person_key in zip(known["person_id"], known["person_key"],
-                                             strict=True):
-                kept.setdefault(person_id, person_key)
+            kept.add(frame)
         leaving = frame["extract_id"].isin(gone).to_numpy() | _rows_in(frame, plan.drop_rows)
         # Links to a purged row's pseudonym are kept: they are that person's rows, and the
         # objection covers them.
@@ -272,7 +304,7 @@ def _new_batches(settings: Settings, plan: _Plan, batch_rows: int,
 
 def _combined(settings: Settings, plan: _Plan, batch_rows: int,
               say: Callable[[str], None] = lambda _m: None,
-              kept: dict[str, str] | None = None) -> Iterator[pd.DataFrame]:
+              kept: KeptKeys | None = None) -> Iterator[pd.DataFrame]:
     """Every row the new map will hold, in its order (the current map's, then the new
     extracts'), a batch at a time, indexed by position in the new map."""
     position = 0
@@ -319,7 +351,7 @@ class _Survey:
 
 
 def _survey(settings: Settings, plan: _Plan, batch_rows: int, say: Callable[[str], None],
-            kept: dict[str, str], registered: Register | None, earlier: pd.DataFrame
+            kept: KeptKeys, registered: Register | None, earlier: pd.DataFrame
             ) -> _Survey:
     """First pass over the rows of the new map: everything the linking steps need to know."""
     survey = _Survey()
@@ -389,7 +421,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         plan.profiles_changed = bool((set(new["source"]) | gone_sources)
                                      & set(PROFILE_SOURCES))
         earlier = _read_earlier_review(settings)
-        kept: dict[str, str] = {}
+        kept = KeptKeys()
         registered = registered_persons(settings, landed) if matcher is not None else None
         survey = _survey(settings, plan, batch_rows, say, kept, registered, earlier)
         clients = _link_clients(pd.concat(survey.clients) if survey.clients else None)
@@ -410,7 +442,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
                     summary.quality = quality(matched.profile, matched.examples)
                 matched.profile = matched.examples = None  # not held through the writing pass
         say(f"writing the person index ({survey.rows:,} rows)")
-        summary.by_source_method = _write_linked(settings, plan, batch_rows, key, kept,
+        summary.by_source_method = _write_linked(settings, plan, batch_rows, key, kept.freeze(),
                                                  clients, matched.links)
         summary.rows = survey.rows
         summary.review_pairs = len(review)
@@ -529,7 +561,8 @@ def _merge_review(earlier: pd.DataFrame, rows: pd.DataFrame, fresh: pd.DataFrame
 
 
 def _write_linked(settings: Settings, plan: _Plan, batch_rows: int, key: Key,
-                  kept: dict[str, str], clients: pd.DataFrame | None, links: pd.DataFrame
+                  kept: PseudonymTable | None, clients: pd.DataFrame | None,
+                  links: pd.DataFrame
                   ) -> dict[str, dict[str, int]]:
     """Second pass: each batch takes its client and probabilistic links and its person keys,
     and is written to the new map (replacing the old one only once complete)."""
@@ -581,7 +614,7 @@ def _apply_links(frame: pd.DataFrame, linked: pd.DataFrame) -> None:
     frame.loc[at, "via_extract"] = hit["via_extract"].to_numpy(dtype=object)
 
 
-def _assign_keys(frame: pd.DataFrame, key: Key, kept: dict[str, str] | None = None,
+def _assign_keys(frame: pd.DataFrame, key: Key, kept: PseudonymTable | None = None,
                  memo: dict[str, str] | None = None) -> pd.DataFrame:
     """Person keys from pseudonyms (a person keeps a key once given); unlinked rows get a key
     of their own first row. `memo` carries keyed hashes from batch to batch."""
@@ -598,9 +631,9 @@ def _assign_keys(frame: pd.DataFrame, key: Key, kept: dict[str, str] | None = No
     per_anchor = person_keys(pa.array(np.asarray(distinct, dtype=object), pa.string()),
                              key, memo).to_numpy(zero_copy_only=False)
     fresh = per_anchor[codes]
-    if kept:
-        existing = ids.map(kept)
-        fresh = np.where(existing.notna(), existing.to_numpy(dtype=object), fresh)
+    if kept is not None:
+        existing = kept.lookup(ids)
+        fresh = np.where(pd.notna(existing), existing, fresh)
     frame["person_key"] = fresh
     return frame
 

@@ -1,5 +1,6 @@
-"""The register's pseudonyms held as sorted fixed-width bytes (`index_matching.Register`):
-membership is exact, whatever the lengths, and an empty register holds nobody."""
+"""Pseudonyms held as fixed-width bytes ordered by a hash (`linkage.pseudonym_table`, the
+register's `index_matching.Register`): membership and lookup are exact, whatever the lengths,
+nulls are never found, and an empty table holds nobody."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
-from linkage.index_matching import Register, _fixed_width
+from linkage.index_matching import Register
+from linkage.pseudonym_table import PseudonymTable, fixed_width
 
 
 def _register(ids: list[str]) -> Register:
-    distinct = pc.unique(pa.array(ids, pa.string()))
-    return Register(_fixed_width(distinct.take(pc.sort_indices(distinct)).cast(pa.binary())))
+    return Register(fixed_width(pc.unique(pa.array(ids, pa.string())).cast(pa.binary())))
 
 
 def test_membership_is_exact_for_equal_and_unequal_lengths() -> None:
@@ -30,7 +32,7 @@ def test_membership_is_exact_for_equal_and_unequal_lengths() -> None:
     eight = _register(["abcdefgh", "b"])  # a value longer than any held is not cut to fit
     assert eight.contains(pd.Series(["abcdefghij", "abcdefgh"])).tolist() == [False, True]
     sliced = pa.array(ids[:10]).slice(3)  # an offset array is read from its own start
-    assert _fixed_width(sliced.cast(pa.binary())).tolist() == [i.encode() for i in ids[3:10]]
+    assert fixed_width(sliced.cast(pa.binary())).tolist() == [i.encode() for i in ids[3:10]]
 
 
 def test_an_empty_register_holds_nobody() -> None:
@@ -42,11 +44,23 @@ def test_an_empty_register_holds_nobody() -> None:
 def test_pseudonyms_sharing_a_hash_are_told_apart_by_their_bytes(monkeypatch) -> None:
     """The hash only narrows the search: with pseudonyms hashed alike (as two could be by
     chance), membership is still decided on the bytes."""
-    from linkage import index_matching
+    from linkage import pseudonym_table
 
-    monkeypatch.setattr(index_matching, "_hashed", lambda values: np.array(
+    monkeypatch.setattr(pseudonym_table, "_hashed", lambda values: np.array(
         [len(v) % 2 for v in values.tolist()], dtype=np.uint64))
     register = _register(["aa", "bb", "cc", "ddd", "eee"])
     assert register.longest_run == 3
     asked = pd.Series(["cc", "ab", "eee", "dd", "aa", "fff"])
     assert register.contains(asked).tolist() == [True, False, True, False, True, False]
+
+
+def test_lookup_gives_each_pseudonyms_value_and_none_for_the_absent_and_nulls() -> None:
+    table = PseudonymTable.from_arrow(pa.array(["p1", "p22", "p333"]),
+                                      pa.array(["Pa", "Pbb", "Pccc"]))
+    asked = pd.Series(["p22", None, "p4", "p1", "p22"], dtype=object)
+    assert table.lookup(asked).tolist() == ["Pbb", None, None, "Pa", "Pbb"]
+    assert table.lookup(pd.Series([None, None], dtype=object)).tolist() == [None, None]
+    assert table.contains(pd.Series(["p333", None], dtype="string[pyarrow]")).tolist() == [
+        True, False]
+    with pytest.raises(ValueError, match="no null"):
+        PseudonymTable.from_arrow(pa.array(["p1", None]))
