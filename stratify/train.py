@@ -17,9 +17,10 @@ never from their person keys, and every draw comes from the recorded seed (`draw
 whose rows are identical are interchangeable, so which of them is drawn changes nothing.
 
 Training memory does not grow with the population (issue #12): a date with more than
-`SAMPLE_PERSONS` persons is put in that same order inside DuckDB's table and a column chunk at
-a time (`_sampled_rows`), a seeded plain random sample of `SAMPLE_PERSONS` is drawn from it, and
-only the sample's features are fetched. A date with fewer persons uses them all, exactly as
+`SAMPLE_PERSONS` persons is put in that same order from DuckDB's table, `HASH_BATCH` persons
+at a time (`_sampled_rows`: only everyone's outcome and order hashes are held), a seeded plain
+random sample of `SAMPLE_PERSONS` is drawn from it, and only the sample's features are
+fetched. A date with fewer persons uses them all, exactly as
 before. The sample is unweighted and the calibration hold-out is drawn from it, so the
 calibrated probabilities keep the population's event rate.
 
@@ -47,7 +48,6 @@ from stratify.features import (
     WORK_TABLES,
     _ts,
     feature_columns,
-    feature_keys,
     feature_table,
     fetch_features,
     history_months,
@@ -67,6 +67,8 @@ CALIBRATION_SHARE = 0.2
 # 250,000 persons (a peak of 2.8 GB measured with 243,794, DuckDB's 1 GB included), whatever
 # the population. The 100,000-person benchmark and every test population stay below it.
 SAMPLE_PERSONS = 250_000
+# Persons whose order hashes `_sampled_rows` makes at a time (their keys and features only).
+HASH_BATCH = 100_000
 
 
 @dataclass
@@ -216,33 +218,59 @@ def _drop_feature_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Drop the date's feature table and its working tables once the training rows are
     fetched: the next `feature_table` makes its own, and DuckDB does not hold a population's
     features (up to its memory limit) while the models are fitted."""
-    for table in ("features_wanted", "pop_all", *WORK_TABLES):
+    for table in ("features_wanted", "train_order", "pop_all", *WORK_TABLES):
         con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _sampled_rows(con: duckdb.DuckDBPyConnection, at: dt.date, names: list[str], sample: int,
-                  seed: int, stream: int) -> tuple[pd.DataFrame, np.ndarray]:
+                  seed: int, stream: int, batch: int | None = None
+                  ) -> tuple[pd.DataFrame, np.ndarray]:
     """`sample` persons of `features_out` (at `at`) drawn at random (seeded, `stream`) from
     the population in `stable_order`, kept in that order, with their features and outcomes.
 
-    The order is made as `stable_order` makes it, from column chunks (`_RowHash`): only the
-    keys, outcomes and hashes of the whole population are held, and the features of the
-    sample alone are fetched. A plain random sample keeps the event rate of the population,
-    so the calibration hold-out drawn from it calibrates to the population (no weights)."""
-    keys = feature_keys(con)
-    y = outcomes_from(con, pd.Index(keys), at)["emergency"].to_numpy()
-    hashes = [_RowHash(len(keys), len(names) + 1, key) for key in HASH_KEYS]
-    for block in feature_columns(con, names):
-        for values in block.values():  # in the order of `names`, as stable_order hashes
-            for rows in hashes:
-                rows.add(values)
-    for rows in hashes:
-        rows.add(y)
-    first, second = (rows.finish() for rows in hashes)
-    order = np.lexsort((second, first))
-    del first, second, hashes
-    picked = order[np.sort(np.random.default_rng([seed, stream]).permutation(len(keys))[:sample])]
-    return fetch_features(con, names, keys[picked]), y[picked]
+    The order is made as `stable_order` makes it (`_RowHash`), `batch` persons at a time in
+    person-key order (None: `HASH_BATCH`): each row's hashes are its own, so only the
+    outcomes and hashes of the whole population are held (24 bytes a person), never its keys
+    as text nor a column of everyone's features, and the features of the sample alone are
+    fetched. A plain random sample keeps the event rate of the population, so the calibration
+    hold-out drawn from it calibrates to the population (no weights)."""
+    size = HASH_BATCH if batch is None else batch
+    con.execute("""CREATE OR REPLACE TEMP TABLE train_order AS
+        SELECT person_key, row_number() OVER (ORDER BY person_key) - 1 AS position
+        FROM features_out""")
+    persons = int(con.execute("SELECT count(*) FROM train_order").fetchone()[0])
+    outcomes, firsts, seconds = [], [], []
+    for start in range(0, persons, size):
+        keys = np.asarray(con.execute(f"""SELECT person_key FROM train_order
+            WHERE position >= {start} AND position < {start + size} ORDER BY position
+            """).fetchnumpy()["person_key"], dtype=object)
+        y = outcomes_from(con, pd.Index(keys), at)["emergency"].to_numpy()
+        hashes = [_RowHash(len(keys), len(names) + 1, key) for key in HASH_KEYS]
+        for block in feature_columns(con, names, keys):
+            for values in block.values():  # in the order of `names`, as stable_order hashes
+                for rows in hashes:
+                    rows.add(values)
+        for rows in hashes:
+            rows.add(y)
+        first, second = (rows.finish() for rows in hashes)
+        outcomes.append(y)
+        firsts.append(first)
+        seconds.append(second)
+        del keys, hashes
+    y = np.concatenate(outcomes) if outcomes else np.zeros(0, dtype=np.int8)
+    order = np.lexsort((np.concatenate(seconds or [np.zeros(0, np.uint64)]),
+                        np.concatenate(firsts or [np.zeros(0, np.uint64)])))
+    del firsts, seconds
+    picked = order[np.sort(np.random.default_rng([seed, stream]).permutation(persons)[:sample])]
+    wanted = pd.DataFrame({"position": picked, "nth": np.arange(len(picked))})
+    con.register("train_picked", wanted)
+    try:
+        keys = np.asarray(con.execute("""SELECT o.person_key FROM train_picked p
+            JOIN train_order o USING (position) ORDER BY p.nth""").fetchnumpy()["person_key"],
+                          dtype=object)
+    finally:
+        con.unregister("train_picked")
+    return fetch_features(con, names, keys), y[picked]
 
 
 def _in_stable_order(X: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
