@@ -6,12 +6,13 @@
       <name>.lock                   one writer at a time (landing, jobs, the index)
       staging/<extract_id>/         an extract being landed, moved into place in one rename
       staging-runs/<run_id>/        a score run being written, moved into runs/ in one rename
-      scratch/<pid>-<token>/        a stage's working copy of linked rows (DuckDB files that
-                                    spill to disk), and score's scores and candidates written a
-                                    batch at a time (RunFiles.part), removed when the stage
-                                    ends; one whose
-                                    process is gone is removed by the next stage or destruction
                                     once its runs row commits (landing clears staging/)
+      scratch/<pid>-<token>/        a stage's working copy of linked rows (DuckDB files that
+                                    spill to disk), score's scores and candidates written a
+                                    batch at a time (RunFiles.part), link's buckets of register
+                                    profiles (profiles-NNN.parquet); removed when the stage
+                                    ends; one whose process is gone is removed by the next
+                                    stage or destruction
       extracts/<extract_id>/rows.parquet     landed, pseudonymised rows
       index/link_map.parquet        the person index (one row per landed row)
       index/review.parquet          candidate links held for review
