@@ -152,6 +152,11 @@ class Layout:
     def scratch(self, owner: int, token: str) -> Path:
         return self.scratch_dir / f"{owner}-{token}"
 
+    @staticmethod
+    def profile_bucket(scratch: Path, number: int) -> Path:
+        """Link's bucket `number` of register profiles, in its scratch workspace."""
+        return scratch / f"profiles-{number:03d}.parquet"
+
     def extract(self, extract_id: str) -> Path:
         return self.extracts_dir / extract_id
 

@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from governance.layout import Layout
+
 BUCKET_ROWS = 400_000  # profiles a bucket holds, about: one bucket's encodings and blocks
 
 
@@ -178,7 +180,7 @@ class ProfileWriter:
         if self.count > 1:
             assert folder is not None
             folder.mkdir(parents=True, exist_ok=True)
-            self.paths = [folder / f"profiles-{i:03d}.parquet" for i in range(self.count)]
+            self.paths = [Layout.profile_bucket(folder, i) for i in range(self.count)]
             self.writers = [pq.ParquetWriter(p, self.schema) for p in self.paths]
 
     def add(self, table: pa.Table) -> None:
