@@ -78,7 +78,7 @@ class PseudonymTable:
         at = self.positions(person_ids)
         out = np.full(len(at), None, dtype=object)
         hit = at >= 0
-        out[hit] = np.char.decode(self.values[at[hit]], "ascii").astype(object)
+        out[hit] = np.char.decode(self.values[at[hit]], "utf-8").astype(object)
         return out
 
 
