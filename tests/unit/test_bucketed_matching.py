@@ -150,7 +150,8 @@ def test_a_bucket_with_a_field_all_null_and_empty_buckets(tmp_path: Path, fixed:
               match_profiles(query, small, 0.95, labelled))
 
 
-def test_profiles_left_out_at_bucket_edges_and_views_of_views(tmp_path: Path) -> None:
+def test_profiles_left_out_at_bucket_edges_and_views_of_views(tmp_path: Path,
+                                                               monkeypatch) -> None:
     profiles, query, examples = _world(seed=7)
     store = _store(profiles, tmp_path / "b", bucket_rows=50, fixed=True)
     edges = []
@@ -159,12 +160,18 @@ def test_profiles_left_out_at_bucket_edges_and_views_of_views(tmp_path: Path) ->
     gone = np.unique(np.array(edges))
     rest = store.without(gone)
     kept = profiles.drop(index=gone).reset_index(drop=True)
-    _same(match_profiles(query, rest, 0.95, examples), match_profiles(query, kept, 0.95,
-                                                                         examples))
+    want = match_profiles(query, kept, 0.95, examples)
+    _same(match_profiles(query, rest, 0.95, examples), want)
     again = rest.without(np.array([0, 1, rest.n - 1]))
     kept2 = kept.drop(index=[0, 1, len(kept) - 1]).reset_index(drop=True)
     assert again.persons == kept2["person_id"].nunique()
     _same(match_profiles(query, again, 0.95), match_profiles(query, kept2, 0.95))
+    # blocks sized on the view (the register less those left out), not on a bucket of it
+    monkeypatch.setattr(index_matcher, "MAX_BLOCK_PAIRS", 5)
+    capped = match_profiles(query, kept, 0.95, examples)
+    assert not capped.equals(want)  # the cap bites
+    _same(match_profiles(query, rest, 0.95, examples), capped)
+    monkeypatch.undo()
     # quality: social care rows linked against the rest with their own left out
     assert estimate_quality(store, examples) == estimate_quality(profiles, examples)
     assert estimate_quality(store, examples)["social_care"]["evaluated_rows"] > 20
