@@ -221,7 +221,11 @@ def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
     columns = []
     for item in schema:
         if item.name in table.column_names:
-            columns.append(table.column(item.name).cast(item.type))
+            try:
+                columns.append(table.column(item.name).cast(item.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                raise ValueError(f"profile column {item.name}: values do not fit "
+                                 f"{item.type} (an encoding of another length?)") from error
         else:
             columns.append(pa.nulls(table.num_rows, item.type))
     return pa.Table.from_arrays(columns, schema=schema)

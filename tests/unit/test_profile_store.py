@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from linkage.profile_store import ProfileStore, ProfileWriter
 
@@ -66,3 +67,13 @@ def test_gather_and_without_keep_the_registers_order(tmp_path: Path) -> None:
         assert again.whole(["row"])["row"].tolist() == kept["row"].iloc[2:].tolist()
         for positions, part in rest.frames(["row"]):
             assert kept["row"].iloc[positions].tolist() == part["row"].tolist()
+
+
+def test_a_filter_of_another_length_is_refused_naming_its_column(tmp_path: Path) -> None:
+    """Bloom filters are held at the length the register's first rows give; a later one of
+    another length is a clear error naming the column, not Arrow's."""
+    schema = pa.schema([("person_id", pa.string()), ("lk_surname__bf", pa.binary(8))])
+    writer = ProfileWriter(tmp_path, 10, schema)
+    writer.add(pa.table({"person_id": ["a"], "lk_surname__bf": [b"12345678"]}))
+    with pytest.raises(ValueError, match="lk_surname__bf"):
+        writer.add(pa.table({"person_id": ["b"], "lk_surname__bf": [b"123"]}))
