@@ -200,13 +200,18 @@ def plan_blocking(left: Encoded, right: Encoded | None, passes: Iterable[Sequenc
                         estimated_pairs=estimated, stats=stats)
 
 
+def _counts_in(keys: np.ndarray, groups: Groups) -> np.ndarray:
+    """Per record, the size of the group (of `groups`) its non-zero key falls in, else 0."""
+    _, unique, _, counts = groups
+    if len(unique) == 0:
+        return np.zeros(len(keys), dtype=np.int64)
+    at = np.minimum(np.searchsorted(unique, keys), len(unique) - 1)
+    return np.where((keys != 0) & (unique[at] == keys), counts[at], 0)
+
+
 def key_counts(left_keys: np.ndarray, right_keys: np.ndarray) -> np.ndarray:
     """Per left record, how many right records share its (non-zero) key."""
-    _, unique, _, counts = _groups(right_keys)
-    if len(unique) == 0:
-        return np.zeros(len(left_keys), dtype=np.int64)
-    at = np.minimum(np.searchsorted(unique, left_keys), len(unique) - 1)
-    return np.where((left_keys != 0) & (unique[at] == left_keys), counts[at], 0)
+    return _counts_in(left_keys, _groups(right_keys))
 
 
 def pair_bounds(plan: BlockingPlan) -> np.ndarray:
@@ -214,11 +219,8 @@ def pair_bounds(plan: BlockingPlan) -> np.ndarray:
     bound of its candidate pairs (the union counts a pair once), read from the plan's groups
     without making a pair. Drivers cut left records into parts of a bounded pair count."""
     bounds = np.zeros(plan.n_left, dtype=np.int64)
-    for keys, (_, unique, _, counts) in zip(plan.left, plan.right_groups, strict=True):
-        if len(unique) == 0:
-            continue
-        at = np.minimum(np.searchsorted(unique, keys), len(unique) - 1)
-        bounds += np.where((keys != 0) & (unique[at] == keys), counts[at], 0)
+    for keys, groups in zip(plan.left, plan.right_groups, strict=True):
+        bounds += _counts_in(keys, groups)
     return bounds
 
 
