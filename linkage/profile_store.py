@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from governance.layout import Layout
+from linkage.pseudonym_table import pseudonym_hashes
 
 BUCKET_ROWS = 400_000  # profiles a bucket holds, about: one bucket's encodings and blocks
 
@@ -211,9 +212,7 @@ class ProfileWriter:
 
 def person_buckets(person_ids: pa.ChunkedArray | pa.Array, count: int) -> np.ndarray:
     """Bucket of each pseudonym (0..count-1): a person's profiles always share one."""
-    values = pc.cast(person_ids, pa.string()).to_numpy(zero_copy_only=False)
-    hashed = pd.util.hash_array(np.asarray(values, dtype=object))
-    return (hashed % np.uint64(count)).astype(np.int64)
+    return (pseudonym_hashes(person_ids) % np.uint64(count)).astype(np.int64)
 
 
 def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:

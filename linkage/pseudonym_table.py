@@ -104,11 +104,20 @@ def _padded(values: np.ndarray, width: int) -> np.ndarray:
     return values if values.dtype.itemsize == width else values.astype(f"S{width}")
 
 
+def pseudonym_hashes(person_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash of each pseudonym (none null) from its bytes, made in numpy: equal
+    pseudonyms have equal hashes whatever else is in the batch."""
+    held = fixed_width(pc.cast(person_ids, pa.binary()))
+    return _hashed(_padded(held, -(-max(held.dtype.itemsize, 1) // 8) * 8))
+
+
 def _hashed(values: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of fixed-width bytes (width a multiple of 8), word by word, in numpy."""
+    """A 64-bit hash of fixed-width bytes (width a multiple of 8), word by word, in numpy.
+    Folded from the last word, which leaves the NUL words of padding out (a zero word on a
+    zero hash stays zero): the same value padded to any width hashes alike."""
     words = values.view(np.uint64).reshape(len(values), values.dtype.itemsize // 8)
     hashed = np.zeros(len(values), dtype=np.uint64)
-    for i in range(words.shape[1]):
+    for i in reversed(range(words.shape[1])):
         hashed ^= words[:, i]
         hashed *= np.uint64(0x9E3779B97F4A7C15)
         hashed ^= hashed >> np.uint64(29)

@@ -64,3 +64,14 @@ def test_lookup_gives_each_pseudonyms_value_and_none_for_the_absent_and_nulls() 
         True, False]
     with pytest.raises(ValueError, match="no null"):
         PseudonymTable.from_arrow(pa.array(["p1", None]))
+
+
+def test_a_pseudonyms_hash_does_not_depend_on_the_batch_it_comes_in() -> None:
+    """Buckets of persons are chosen by this hash batch by batch: a batch holding a longer
+    pseudonym (wider padding) must not move a person to another bucket."""
+    from linkage.pseudonym_table import pseudonym_hashes
+
+    alone = pseudonym_hashes(pa.array(["abc", "abcdefghij"]))
+    beside_longer = pseudonym_hashes(pa.array(["x" * 40, "abc", "abcdefghij"]))
+    assert alone.tolist() == beside_longer[1:].tolist()
+    assert len(set(pseudonym_hashes(pa.array(["a", "b", "ab", "ba"])).tolist())) == 4
