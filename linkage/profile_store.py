@@ -34,13 +34,13 @@ BUCKET_ROWS = 400_000  # profiles a bucket holds, about: one bucket's encodings 
 
 @dataclass
 class ProfileStore:
-    """Profiles in buckets of persons (in-memory tables or Parquet files), each with `pos`."""
+    """Profiles in buckets of persons: one in-memory frame, or Parquet files with `pos`."""
 
-    buckets: list[pd.DataFrame | pa.Table | Path]
+    buckets: list[pd.DataFrame | Path]
     rows: int
     persons: int
     carried: frozenset[str]
-    names: tuple[str, ...]
+    columns: tuple[str, ...]
     excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @classmethod
@@ -49,30 +49,27 @@ class ProfileStore:
         return cls._made([frame.reset_index(drop=True)])
 
     @classmethod
-    def _made(cls, buckets: list[pd.DataFrame | pa.Table | Path]) -> ProfileStore:
+    def _made(cls, buckets: list[pd.DataFrame | Path],
+              carried: set[str] | None = None) -> ProfileStore:
+        """A store of `buckets`, counting rows and persons; `carried` (the encodings with a
+        value somewhere), when the caller did not record it, is found by reading them."""
         rows = persons = 0
-        carried: set[str] = set()
-        names: tuple[str, ...] = ()
+        columns = tuple(n for n in _names(buckets[0]) if n != "pos")
+        found = set(carried or ())
         for bucket in buckets:
             ids = _column(bucket, "person_id")
             rows += len(ids)
             persons += len(pc.drop_null(pc.unique(ids)))
-            names = tuple(n for n in _names(bucket) if n != "pos")
-            for name in names:
-                if name.startswith("lk_") and name not in carried:
-                    column = _column(bucket, name)
-                    if column.null_count < len(column):
-                        carried.add(name)
-        return cls(buckets, rows, persons, frozenset(carried), names)
+            if carried is None:
+                found.update(name for name in columns if name.startswith("lk_")
+                             and name not in found and _column(bucket, name).null_count
+                             < len(ids))
+        return cls(buckets, rows, persons, frozenset(found), columns)
 
     @property
     def n(self) -> int:
         """Profiles in this view (the register less those left out)."""
         return self.rows - len(self.excluded)
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return self.names
 
     def has_values(self, column: str) -> bool:
         """Whether any profile has a value in `column` (a register may lack a field)."""
@@ -99,9 +96,9 @@ class ProfileStore:
         one row each in that order."""
         positions = np.asarray(positions, dtype=np.int64)
         wanted = self._original(positions)
-        distinct = np.unique(wanted)
         if len(self.buckets) == 1 and isinstance(self.buckets[0], pd.DataFrame):
             return self.buckets[0][list(columns)].iloc[wanted].reset_index(drop=True)
+        distinct = np.unique(wanted)
         found: list[pa.Table] = []
         for bucket in self.buckets:
             table = _read(bucket, ["pos", *columns])
@@ -127,7 +124,7 @@ class ProfileStore:
         """This register less the profiles at `positions` (this view's numbering), the rest
         renumbered in order."""
         gone = np.union1d(self.excluded, self._original(np.asarray(positions, np.int64)))
-        view = ProfileStore(self.buckets, self.rows, 0, self.carried, self.names, gone)
+        view = ProfileStore(self.buckets, self.rows, 0, self.carried, self.columns, gone)
         view.persons = sum(len(pc.drop_null(pc.unique(pa.array(frame["person_id"].array))))
                            for _, frame in view.frames(["person_id"]))
         return view
@@ -140,13 +137,13 @@ class ProfileStore:
         return positions + np.searchsorted(shifted, positions, side="right")
 
 
-def _names(bucket: pd.DataFrame | pa.Table | Path) -> list[str]:
+def _names(bucket: pd.DataFrame | Path) -> list[str]:
     if isinstance(bucket, pd.DataFrame):
         return [str(c) for c in bucket.columns]
-    return (bucket.schema if isinstance(bucket, pa.Table) else pq.read_schema(bucket)).names
+    return pq.read_schema(bucket).names
 
 
-def _column(bucket: pd.DataFrame | pa.Table | Path, name: str) -> pa.Array | pa.ChunkedArray:
+def _column(bucket: pd.DataFrame | Path, name: str) -> pa.Array | pa.ChunkedArray:
     if isinstance(bucket, pd.DataFrame):
         series = bucket[name]
         if isinstance(series.dtype, pd.ArrowDtype):
@@ -155,13 +152,11 @@ def _column(bucket: pd.DataFrame | pa.Table | Path, name: str) -> pa.Array | pa.
     return _read(bucket, [name]).column(name)
 
 
-def _read(bucket: pd.DataFrame | pa.Table | Path, columns: Sequence[str]) -> pa.Table:
+def _read(bucket: pd.DataFrame | Path, columns: Sequence[str]) -> pa.Table:
     if isinstance(bucket, pd.DataFrame):
         table = pa.Table.from_pandas(bucket[[c for c in columns if c != "pos"]],
                                      preserve_index=False)
         return table.append_column("pos", pa.array(np.arange(len(bucket), dtype=np.int64)))
-    if isinstance(bucket, pa.Table):
-        return bucket.select(list(columns))
     return pq.read_table(bucket, columns=list(columns))
 
 
@@ -178,6 +173,7 @@ class ProfileWriter:
         self.tables: list[pa.Table] = []
         self.paths: list[Path] = []
         self.writers: list[pq.ParquetWriter] = []
+        self.carried: set[str] = set()  # encodings with a value in some profile added
         if self.count > 1:
             assert folder is not None
             folder.mkdir(parents=True, exist_ok=True)
@@ -187,6 +183,8 @@ class ProfileWriter:
     def add(self, table: pa.Table) -> None:
         """Append profiles (any subset of the schema's columns; the rest null)."""
         table = _conformed(table, self.schema.remove(self.schema.get_field_index("pos")))
+        self.carried.update(name for name in table.column_names if name.startswith("lk_")
+                            and table.column(name).null_count < table.num_rows)
         positions = np.arange(self.position, self.position + table.num_rows, dtype=np.int64)
         self.position += table.num_rows
         table = table.append_column("pos", pa.array(positions))
@@ -207,7 +205,7 @@ class ProfileWriter:
                 types_mapper=pd.ArrowDtype))
         for writer in self.writers:
             writer.close()
-        return ProfileStore._made(list(self.paths))
+        return ProfileStore._made(list(self.paths), self.carried)
 
 
 def person_buckets(person_ids: pa.ChunkedArray | pa.Array, count: int) -> np.ndarray:
