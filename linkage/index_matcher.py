@@ -10,7 +10,8 @@ carry a pseudonym are linked as if they did not, and their links are checked aga
 
 The profiles come as a `ProfileStore`: a bucket of persons at a time, so memory holds one
 bucket's profiles and blocks, not the register. Blocks are sized on the whole register
-(`_plans`); a person's profiles share a bucket, so each query row's best pair per person is
+(`_plans`, from each blocking pass's key tally, counted once per store: `register_tallies`);
+a person's profiles share a bucket, so each query row's best pair per person is
 found within one, and only its sum of evidence and its best pair are carried across buckets
 (`_combined`). A DataFrame of profiles is taken as a store of one bucket.
 """
@@ -35,7 +36,7 @@ from linkage.probabilistic import (
 )
 from linkage.probabilistic.blocking import (
     BlockingPlan,
-    key_counts,
+    KeyTally,
     pair_bounds,
     pairs_for_rows,
     plan_blocking,
@@ -110,18 +111,42 @@ def _plans(query: Encoded, store: ProfileStore, fields: list[str]
     blocks skipped as oversized are those one plan over every profile would skip."""
     totals = None
     if len(store.buckets) > 1:
-        # only the blocking keys' columns are read for this count (not the Bloom filters)
         passes = usable_passes(query, Encoded(pd.DataFrame(columns=fields)), INDEX_PASSES)
-        keyed = sorted({PREFIX + c for cols in passes for c in pass_columns(cols)})
-        totals = [np.zeros(query.n, dtype=np.int64) for _ in passes]
-        for _, frame in store.frames(keyed):
-            profiles = Encoded(frame)
-            for i, cols in enumerate(passes):
-                totals[i] += key_counts(query.pass_key(cols), profiles.pass_key(cols))
+        tallies = register_tallies(store, passes)
+        totals = [tallies[cols].counts_for(query.pass_key(cols)) for cols in passes]
     for positions, frame in store.frames(["person_id", *fields]):
         profiles = Encoded(frame)
         yield positions, frame, profiles, plan_blocking(
             query, profiles, INDEX_PASSES, max_block_pairs=MAX_BLOCK_PAIRS, right_totals=totals)
+
+
+def register_tallies(store: ProfileStore, passes: list[tuple[str, ...]]
+                     ) -> dict[tuple[str, ...], KeyTally]:
+    """The whole register's key tally of each blocking pass in `passes`, kept in the store's
+    memo: the buckets are read for it once per store (for every index pass the register's
+    columns allow, so the next source's passes are there too), not once per match call.
+
+    A tally is small beside a bucket (a key and a count per distinct key: at most two int64
+    per profile per pass, about 30 MB a pass at a million profiles, less where keys repeat),
+    and holding it is what lets each match read the buckets once instead of twice.
+    """
+    memo: dict[tuple[str, ...], KeyTally] = store.memo.setdefault("tallies", {})
+    missing = [cols for cols in passes if cols not in memo]
+    if missing:
+        held = set(store.columns)
+        missing += [tuple(cols) for cols in INDEX_PASSES if tuple(cols) not in memo
+                    and tuple(cols) not in missing
+                    and all(PREFIX + c in held for c in pass_columns(cols))]
+        # only the blocking keys' columns are read for this count (not the Bloom filters)
+        keyed = sorted({PREFIX + c for cols in missing for c in pass_columns(cols)})
+        parts: dict[tuple[str, ...], list[KeyTally]] = {cols: [] for cols in missing}
+        for _, frame in store.frames(keyed):
+            profiles = Encoded(frame)
+            for cols in missing:
+                parts[cols].append(KeyTally.of(profiles.pass_key(cols)))
+        for cols in missing:
+            memo[cols] = KeyTally.merged(parts[cols])
+    return {cols: memo[cols] for cols in passes}
 
 
 def fit_supervised(query: Encoded, person_q: pd.Series, store: ProfileStore, fields: list[str],

@@ -17,6 +17,8 @@ import pytest
 from linkage import index_matcher
 from linkage.encodings import encode_identifiers
 from linkage.index_matcher import estimate_quality, match_profiles
+from linkage.probabilistic import Encoded
+from linkage.probabilistic.blocking import key_counts, usable_passes
 from linkage.profile_store import ProfileStore, ProfileWriter, person_buckets
 
 KEY = bytes(range(32))  # a test's own linkage key (synthetic identifiers only)
@@ -194,3 +196,49 @@ def test_ecm_fallback_and_oversized_blocks_with_several_buckets(tmp_path: Path,
     many = _store(twinned, tmp_path / "t", bucket_rows=30)
     _same(match_profiles(query2, many, 0.95, examples),
           match_profiles(query2, twinned, 0.95, examples))
+
+
+def test_register_tallies_are_each_pass_own_read_once_and_a_views_own(tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """The whole register's key counts, kept per store and per blocking pass: each pass's are
+    that pass's (one pass's counts served for another changes which blocks are oversized),
+    the buckets are read for them once however many matches follow, and a view less some
+    profiles counts without them."""
+    profiles, query, examples = _world(seed=13)
+    store = _store(profiles, tmp_path / "b", bucket_rows=40, fixed=True)
+    whole, asked = Encoded(profiles), Encoded(query)
+    passes = usable_passes(asked, whole, index_matcher.INDEX_PASSES)
+    tallies = index_matcher.register_tallies(store, passes)
+    wanted = {cols: key_counts(asked.pass_key(cols), whole.pass_key(cols)) for cols in passes}
+    for cols in passes:
+        np.testing.assert_array_equal(tallies[cols].counts_for(asked.pass_key(cols)),
+                                      wanted[cols])
+    assert len({tuple(counts) for counts in wanted.values()}) > 5  # a swap would be seen
+    # a fresh store, warmed by a source carrying fewer fields (fewer passes), then matched
+    # with the blocks capped so that the whole register's counts decide what is skipped
+    fresh = _store(profiles, tmp_path / "c", bucket_rows=40, fixed=True)
+    keyed_reads = []
+    frames = fresh.frames
+
+    def counting(columns):
+        if "person_id" not in columns:  # the tallies' read: blocking keys only
+            keyed_reads.append(tuple(columns))
+        return frames(columns)
+
+    monkeypatch.setattr(fresh, "frames", counting)
+    few = query.drop(columns=[c for c in query.columns if c.startswith("lk_surname")])
+    _same(match_profiles(few, fresh, 0.95, examples),
+          match_profiles(few, profiles, 0.95, examples))
+    monkeypatch.setattr(index_matcher, "MAX_BLOCK_PAIRS", 5)
+    capped = match_profiles(query, profiles, 0.95, examples)
+    assert not capped.equals(match_profiles(query, profiles, 0.95))  # the cap bites
+    _same(match_profiles(query, fresh, 0.95, examples), capped)
+    assert len(keyed_reads) == 1  # two sources' matches (four plans), one read of the keys
+    # a view less some profiles has tallies of its own, counted without them
+    rest = store.without(np.arange(0, store.n, 3))
+    kept = Encoded(profiles.drop(index=np.arange(0, len(profiles), 3)).reset_index(drop=True))
+    mine = index_matcher.register_tallies(rest, passes)
+    for cols in passes:
+        np.testing.assert_array_equal(mine[cols].counts_for(asked.pass_key(cols)),
+                                      key_counts(asked.pass_key(cols), kept.pass_key(cols)))
+
