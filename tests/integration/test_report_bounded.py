@@ -68,3 +68,27 @@ def test_a_backtest_written_in_batches_judges_as_the_scores_kept_in_memory(
     assert not set(batched.frame.index) & left_out
     assert_same_evaluation(batched, kept)
 
+
+
+@pytest.mark.parametrize("backend", [""])
+def test_the_report_of_a_run_without_its_outcome_year_is_the_in_memory_one(
+        haven, extracts, backend, monkeypatch, tmp_path):
+    """`haven model report` on a run whose outcome year is not in the data: the back-test
+    in batches (and the run's rows let go meanwhile) writes the same report, byte for byte,
+    and the same figures as the back-test keeping its scores in memory."""
+    from pipeline.report import model_report
+    from pipeline.score import score as score_stage
+
+    folder, at = extracts
+    land(haven, folder)
+    link(haven)
+    end = dt.date(at.year + 1, at.month, at.day)  # the data end before this run's year
+    monkeypatch.setattr(scoring_module, "SCORE_BATCH", 113)
+    run_id = score_stage(haven, end).run_id
+    batched = model_report(haven, run_id, tmp_path / "batched")
+    assert "## Back-test evaluation" in batched.read_text()
+    monkeypatch.setattr(backtest_module, "OnDisk", _NotACopy)
+    kept = model_report(haven, run_id, tmp_path / "kept")
+    assert batched.read_text() == kept.read_text()
+    for name in ("evaluation.json", "roc_calibration.png", "subgroup_auroc.png"):
+        assert (batched.parent / name).read_bytes() == (kept.parent / name).read_bytes()
