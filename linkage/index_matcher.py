@@ -10,7 +10,8 @@ carry a pseudonym are linked as if they did not, and their links are checked aga
 
 The profiles come as a `ProfileStore`: a bucket of persons at a time, so memory holds one
 bucket's profiles and blocks, not the register. Blocks are sized on the whole register
-(`_plans`); a person's profiles share a bucket, so each query row's best pair per person is
+(`_plans`, from each blocking pass's key tally, counted once per store: `register_tallies`);
+a person's profiles share a bucket, so each query row's best pair per person is
 found within one, and only its sum of evidence and its best pair are carried across buckets
 (`_combined`). A DataFrame of profiles is taken as a store of one bucket.
 """
@@ -35,7 +36,7 @@ from linkage.probabilistic import (
 )
 from linkage.probabilistic.blocking import (
     BlockingPlan,
-    key_counts,
+    KeyTally,
     pair_bounds,
     pairs_for_rows,
     plan_blocking,
@@ -48,6 +49,7 @@ from linkage.profile_store import ProfileStore
 UPPER = 0.95
 LOWER = 0.5
 DEFAULT_COVERAGE = 0.95
+ASSUMED_REGISTERED = 1.0 - 1e-3  # the quality estimate's prior for a source of no known prior
 RANDOM_PAIRS = 200_000
 # Query rows are scored a part at a time: at most QUERY_CHUNK rows and about CHUNK_PAIRS
 # candidate pairs (`blocking.row_parts`). Pairs per row grow with the register (a block of one
@@ -110,18 +112,42 @@ def _plans(query: Encoded, store: ProfileStore, fields: list[str]
     blocks skipped as oversized are those one plan over every profile would skip."""
     totals = None
     if len(store.buckets) > 1:
-        # only the blocking keys' columns are read for this count (not the Bloom filters)
         passes = usable_passes(query, Encoded(pd.DataFrame(columns=fields)), INDEX_PASSES)
-        keyed = sorted({PREFIX + c for cols in passes for c in pass_columns(cols)})
-        totals = [np.zeros(query.n, dtype=np.int64) for _ in passes]
-        for _, frame in store.frames(keyed):
-            profiles = Encoded(frame)
-            for i, cols in enumerate(passes):
-                totals[i] += key_counts(query.pass_key(cols), profiles.pass_key(cols))
+        tallies = register_tallies(store, passes)
+        totals = [tallies[cols].counts_for(query.pass_key(cols)) for cols in passes]
     for positions, frame in store.frames(["person_id", *fields]):
         profiles = Encoded(frame)
         yield positions, frame, profiles, plan_blocking(
             query, profiles, INDEX_PASSES, max_block_pairs=MAX_BLOCK_PAIRS, right_totals=totals)
+
+
+def register_tallies(store: ProfileStore, passes: list[tuple[str, ...]]
+                     ) -> dict[tuple[str, ...], KeyTally]:
+    """The whole register's key tally of each blocking pass in `passes`, kept in the store's
+    memo: the buckets are read for it once per store (for every index pass the register's
+    columns allow, so the next source's passes are there too), not once per match call.
+
+    A tally is small beside a bucket (a key and a count per distinct key: at most two int64
+    per profile per pass, about 30 MB a pass at a million profiles, less where keys repeat),
+    and holding it is what lets each match read the buckets once instead of twice.
+    """
+    memo: dict[tuple[str, ...], KeyTally] = store.memo.setdefault("tallies", {})
+    missing = [cols for cols in passes if cols not in memo]
+    if missing:
+        held = set(store.columns)
+        missing += [tuple(cols) for cols in INDEX_PASSES if tuple(cols) not in memo
+                    and tuple(cols) not in missing
+                    and all(PREFIX + c in held for c in pass_columns(cols))]
+        # only the blocking keys' columns are read for this count (not the Bloom filters)
+        keyed = sorted({PREFIX + c for cols in missing for c in pass_columns(cols)})
+        parts: dict[tuple[str, ...], list[KeyTally]] = {cols: [] for cols in missing}
+        for _, frame in store.frames(keyed):
+            profiles = Encoded(frame)
+            for cols in missing:
+                parts[cols].append(KeyTally.of(profiles.pass_key(cols)))
+        for cols in missing:
+            memo[cols] = KeyTally.merged(parts[cols])
+    return {cols: memo[cols] for cols in passes}
 
 
 def fit_supervised(query: Encoded, person_q: pd.Series, store: ProfileStore, fields: list[str],
@@ -306,29 +332,58 @@ def _combined(best: list[pd.DataFrame], coverage: float, several: bool) -> pd.Da
 
 def _rates(matches: pd.DataFrame, truth: np.ndarray, store: ProfileStore,
            evaluated: int) -> dict[str, float | int]:
+    """False-match rate over the links made; missed-match rate over the rows whose person has
+    a profile in `store` (a row of a person the register does not hold cannot be found: left
+    unlinked it is right, and it is counted apart, as `unregistered_rows`)."""
     linked = matches[matches["band"] == "link"]
     # positions as integers: a source with no match at all gives empty object columns
     found = store.gather(linked["profile"].to_numpy(dtype=np.int64), ["person_id"])
     correct = int((truth[linked["query"].to_numpy(dtype=np.int64)] ==
                    found["person_id"].to_numpy(dtype=object)).sum())
+    findable = int(_registered(truth, store).sum())
     return {"evaluated_rows": evaluated,
+            "unregistered_rows": evaluated - findable,
             "false_match_rate": round((len(linked) - correct) / max(len(linked), 1), 5),
-            "missed_match_rate": round(1 - correct / max(evaluated, 1), 5),
+            "missed_match_rate": round(1 - correct / max(findable, 1), 5),
             "review": int((matches["band"] == "review").sum())}
 
 
+def _registered(persons: np.ndarray, store: ProfileStore) -> np.ndarray:
+    """Mask of `persons` (pseudonyms) that have a profile in `store`."""
+    wanted = pa.array(persons, type=pa.string())
+    found = np.zeros(len(persons), dtype=bool)
+    for _, frame in store.frames(["person_id"]):
+        held = pc.unique(_strings(frame["person_id"]))
+        found |= np.asarray(pc.is_in(wanted, value_set=held).to_numpy(zero_copy_only=False),
+                            dtype=bool)
+    return found
+
+
 def estimate_quality(profile: pd.DataFrame | ProfileStore,
-                     examples: pd.DataFrame | None = None, sample: int = 5000, seed: int = 0
-                     ) -> dict:
+                     examples: pd.DataFrame | None = None,
+                     priors: dict[str, float] | None = None, sample: int = 5000,
+                     seed: int = 0) -> dict:
     """False-match and missed-match rates, measured on rows whose pseudonym is known.
 
     Per source with labelled examples (the sampled NHS-numbered rows): half the persons train
     the model, the other half are linked with their pseudonym hidden. For social care, rows
     that carry an NHS number are linked against the other profiles with their own row left
-    out. A link to another person is a false match; a row not linked to its own person is a
-    missed match.
+    out. A link to another person is a false match; a row of a registered person not linked
+    to that person is a missed match (see `_rates`).
+
+    Each source's held-out rows are linked at the prior production linked that source at
+    (`priors`: `Matched.priors`, the share of its NHS-numbered rows whose person is
+    registered). The labelled sample is a fixed share of a source's persons chosen by
+    pseudonym, not by registration, so its held-out rows are registered in the proportion
+    the source's rows are: they are the production mix, and the production prior is theirs.
+    Linked at 0.999 instead, a row of an unregistered person is pushed onto a lookalike that
+    production (at, say, 0.949) leaves unlinked, and the estimate reports false matches
+    production does not make. A source missing from `priors` (a caller that measured no
+    coverage) is linked at `ASSUMED_REGISTERED`: every row registered but one in a thousand,
+    the prior of rows known to be registered and the figure earlier runs reported.
     """
     store = _as_store(profile)
+    priors = priors or {}
     out: dict[str, dict] = {}
     rng = np.random.default_rng(seed)
     if examples is not None and len(examples):
@@ -342,8 +397,8 @@ def estimate_quality(profile: pd.DataFrame | ProfileStore,
             if len(test) > sample:
                 test = test.iloc[np.sort(rng.choice(len(test), sample, replace=False))]
                 test = test.reset_index(drop=True)
-            matches = match_profiles(test[["extract_id", "row", *fields]], store, 1.0 - 1e-3,
-                                     train)
+            matches = match_profiles(test[["extract_id", "row", *fields]], store,
+                                     priors.get(str(source), ASSUMED_REGISTERED), train)
             out[str(source)] = _rates(matches, test["person_id"].to_numpy(dtype=object), store,
                                       len(test))
     if "source" in store.columns:
@@ -360,7 +415,8 @@ def estimate_quality(profile: pd.DataFrame | ProfileStore,
             query = store.gather(chosen, ["extract_id", "row", "person_id", *lk])
             fields = [c for c in query.columns if c.startswith("lk_") and query[c].notna().any()]
             rest = store.without(chosen)
-            matches = match_profiles(query[["extract_id", "row", *fields]], rest, 1.0 - 1e-3)
+            matches = match_profiles(query[["extract_id", "row", *fields]], rest,
+                                     priors.get("social_care", ASSUMED_REGISTERED))
             out["social_care"] = _rates(matches, query["person_id"].to_numpy(dtype=object),
                                         rest, len(query))
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +38,15 @@ Matcher = Callable[[pd.DataFrame, ProfileStore, float, pd.DataFrame | None], pd.
 @dataclass
 class Matched:
     """What the probabilistic step found: links (extract_id, row, person_id, weight,
-    via_extract), review pairs, and the profiles and labelled examples it read."""
+    via_extract), review pairs, the profiles and labelled examples it read, and each
+    source's prior (`coverage`: the share of its NHS-numbered rows whose person is
+    registered), which the quality estimate must link its held-out rows at too."""
 
     links: pd.DataFrame
     review: pd.DataFrame
     profile: ProfileStore | None
     examples: pd.DataFrame | None
+    priors: dict[str, float] = field(default_factory=dict)
 
 
 def read_rows(settings: Settings, extract_id: str, encodings: bool) -> pd.DataFrame:
@@ -188,7 +191,10 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
         training += found[1]
     profile = writer.close() if writer is not None else None
     examples = _concat(training) if training else None
-    nothing = Matched(pd.DataFrame(), pd.DataFrame(), profile, examples)
+    # Every counted source's prior, whether or not it has rows to link this run: the quality
+    # estimate links its labelled rows at the prior its unlinked rows are linked at.
+    priors = {str(source): coverage(*found) for source, found in counts.items()}
+    nothing = Matched(pd.DataFrame(), pd.DataFrame(), profile, examples, priors)
     if not queries or profile is None:
         return nothing
     query = _concat(queries)
@@ -204,7 +210,7 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
                    and profile.has_values(c)]
         if not carried:
             continue  # nothing to compare on: the rows stay unlinked
-        prior = coverage(*counts.get(str(source), (0, 0)))
+        prior = priors.get(str(source), coverage(0, 0))
         say(f"  {source}: {len(rows):,} rows; {prior:.1%} of its rows with an NHS number "
             "belong to a registered person")
         labelled = None
@@ -242,4 +248,4 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
     for column in review.columns:
         if column.startswith("cmp_"):
             review_out[column] = review[column].to_numpy()
-    return Matched(linked, review_out, profile, examples)
+    return Matched(linked, review_out, profile, examples, priors)

@@ -42,6 +42,10 @@ class ProfileStore:
     carried: frozenset[str]
     columns: tuple[str, ...]
     excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # What callers derive from this view's profiles and keep while it lives (the matcher's
+    # whole-register key tallies per blocking pass: read once, not once per match). A view
+    # made by `without` starts its own: its profiles are not these.
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> ProfileStore:

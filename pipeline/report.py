@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from governance import audit, model_approvals
+from governance.layout import RunFiles
 from pipeline.context import Context
 from pipeline.linked_copy import linked_copy
 from pipeline.report_counts import run_counts
@@ -23,7 +24,7 @@ from pipeline.serving import ServingRun, complete_run, serving_run, withheld_per
 from stratify.backtest import NoBacktest, backtest
 from stratify.evaluate import Evaluation, evaluate, follow_up
 from stratify.report import EVALUATION_FILE, write_report
-from stratify.scoring import load_run
+from stratify.scoring import ScoreRun, load_run
 
 # The scores' columns the evaluation and the report read (stratify.evaluate, stratify.report,
 # stratify.model_card): the reasons and conditions text of a whole population is not loaded.
@@ -52,20 +53,21 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
     with linked_copy(ctx, keep) as sources:  # on disk: a population larger than memory
         # The run's rows are read once the copy is made: making it (a batch of rows and
         # DuckDB's memory) and a whole population's scores are not held at once.
-        run = load_run(files, columns=list(REPORT_COLUMNS))
-        held = run.scores["person_key"].isin(withheld)
-        withheld_now = int(held.sum())  # the keys of a run's scores are distinct
-        if withheld_now:  # (no copy of a whole population's rows to hold none back)
-            run = replace(run, scores=run.scores[~held])
+        run, withheld_now = _run_rows(files, withheld)
         status = follow_up(sources, run.at)
         evaluation: Evaluation | None
         if status.complete:
             evaluation = evaluate(run, sources)
         else:
+            # The back-test reads only the run's date, seed, model and id: the run's rows are
+            # let go while it trains and scores everyone a year earlier, and read again after.
+            meta = replace(run, scores=run.scores.iloc[:0], candidates=run.candidates.iloc[:0])
+            del run
             try:
-                evaluation = backtest(sources, run, leave_out=withheld)
+                evaluation = backtest(sources, meta, leave_out=withheld)
             except NoBacktest:
                 evaluation = None
+            run, withheld_now = _run_rows(files, withheld)
     counts = run_counts(ctx.settings, ctx.engine, serving, files.scores, run.extract_ids,
                         withheld_now=withheld_now)
     path = write_report(evaluation, out or ctx.settings.layout.report(run_id), run=run,
@@ -75,6 +77,17 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
               detail={"evaluation": evaluation.kind if evaluation else "none",
                       "outcome_year_complete": status.complete})
     return path
+
+
+def _run_rows(files: RunFiles, withheld: set[str]) -> tuple[ScoreRun, int]:
+    """The run at `files` with the scores' `REPORT_COLUMNS`, less the persons `withheld`
+    now, and how many of its persons that withholds."""
+    run = load_run(files, columns=list(REPORT_COLUMNS))
+    held = run.scores["person_key"].isin(withheld)
+    withheld_now = int(held.sum())  # the keys of a run's scores are distinct
+    if withheld_now:  # (no copy of a whole population's rows to hold none back)
+        run = replace(run, scores=run.scores[~held])
+    return run, withheld_now
 
 
 def approval_of(ctx: Context, serving: ServingRun) -> dict[str, Any] | None:

@@ -11,6 +11,12 @@ back-test year is the most recent one whose outcomes are known, so the report sh
 `at - 12 months` with the run's chosen candidate (`score` with that bundle), and evaluates it on
 emergency admissions in the year up to `at`. Nothing on or after `at` is read; the run's seed is
 reused, so the back-test is as deterministic as the run.
+
+Given an on-disk copy of the sources (`features.OnDisk`, as the model report passes), the
+back-test's scores are written a batch at a time into the copy's workspace
+(`scoring.score(out=...)`) and only the columns the evaluation reads are read back (issue #12:
+the whole population's scores, reasons and conditions text included, were held in memory);
+the evaluation is the same as from the scores kept in memory.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+import pandas as pd
+
+from governance.layout import RunFiles
 from stratify.bootstrap import RESAMPLES
 from stratify.evaluate import Evaluation, evaluate
-from stratify.features import Sources, connect
+from stratify.features import OnDisk, Sources, connect
 from stratify.outcomes import OUTCOME_MONTHS
 from stratify.scoring import ScoreRun, score
 from stratify.sources import EMERGENCY_METHODS, add_months
@@ -59,8 +68,29 @@ def backtest(sources: Sources, run: ScoreRun, months: int = OUTCOME_MONTHS,
     finally:
         con.close()
     model = run.model if run.model in bundle.models else None
-    past: ScoreRun = score(sources, judged_at, seed=run.seed, bundle=bundle, model=model)
+    out = sources.folder if isinstance(sources, OnDisk) else None
+    past: ScoreRun = score(sources, judged_at, seed=run.seed, bundle=bundle, model=model,
+                           out=out)
+    if out is not None:
+        past = _read_back(past, RunFiles(out))
     kept = ~past.scores["person_key"].isin(leave_out or set())
     past = dataclasses.replace(past, run_id=run.run_id, scores=past.scores[kept])
     ev = evaluate(past, sources, months=months, resamples=resamples, seed=run.seed)
     return dataclasses.replace(ev, at=run.at, kind="backtest", judged_at=judged_at)
+
+
+# The scores' columns `evaluate` reads (its `used`): a back-test written to files reads back
+# only these, not the reasons and conditions text of a whole population.
+EVALUATED = ["person_key", "probability", "tier", "sex", "sources", "age_band",
+             "social_care_known"]
+
+
+def _read_back(past: ScoreRun, files: RunFiles) -> ScoreRun:
+    """The back-test run `past`, whose scores and candidates were written to `files` (a
+    scratch workspace), with the scores' `EVALUATED` columns and the candidates read back;
+    the files are removed once read (the workspace itself goes with the stage)."""
+    scores = pd.read_parquet(files.scores, columns=EVALUATED)
+    candidates = pd.read_parquet(files.candidates)
+    files.scores.unlink()
+    files.candidates.unlink()
+    return dataclasses.replace(past, scores=scores, candidates=candidates, written=None)

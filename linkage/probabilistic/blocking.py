@@ -214,6 +214,38 @@ def key_counts(left_keys: np.ndarray, right_keys: np.ndarray) -> np.ndarray:
     return _counts_in(left_keys, _groups(right_keys))
 
 
+@dataclass(frozen=True)
+class KeyTally:
+    """A right side's distinct non-zero keys of one pass (sorted) and how many records carry
+    each: what `key_counts` needs of the right side, independent of any left side, so a
+    right side read in parts is tallied once and any later left side counted against it."""
+
+    keys: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, right_keys: np.ndarray) -> KeyTally:
+        """The tally of one part's pass keys (0 = missing, not counted)."""
+        _, unique, _, counts = _groups(right_keys)
+        return cls(unique, counts)
+
+    @classmethod
+    def merged(cls, parts: Sequence[KeyTally]) -> KeyTally:
+        """The tally of a right side made of `parts` (a key may be in several)."""
+        if not parts:
+            return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        keys = np.concatenate([p.keys for p in parts])
+        unique, inverse = np.unique(keys, return_inverse=True)
+        counts = np.bincount(inverse, weights=np.concatenate([p.counts for p in parts]),
+                             minlength=len(unique))
+        return cls(unique, counts.astype(np.int64))
+
+    def counts_for(self, left_keys: np.ndarray) -> np.ndarray:
+        """Per left record, the right records sharing its non-zero key (`key_counts`)."""
+        empty = np.zeros(0, dtype=np.int64)
+        return _counts_in(left_keys, (empty, self.keys, empty, self.counts))
+
+
 def pair_bounds(plan: BlockingPlan) -> np.ndarray:
     """Per left record, the sum over passes of the right block its key falls in: an upper
     bound of its candidate pairs (the union counts a pair once), read from the plan's groups

@@ -17,6 +17,8 @@ import pytest
 from linkage import index_matcher
 from linkage.encodings import encode_identifiers
 from linkage.index_matcher import estimate_quality, match_profiles
+from linkage.probabilistic import Encoded
+from linkage.probabilistic.blocking import key_counts, usable_passes
 from linkage.profile_store import ProfileStore, ProfileWriter, person_buckets
 
 KEY = bytes(range(32))  # a test's own linkage key (synthetic identifiers only)
@@ -194,3 +196,107 @@ def test_ecm_fallback_and_oversized_blocks_with_several_buckets(tmp_path: Path,
     many = _store(twinned, tmp_path / "t", bucket_rows=30)
     _same(match_profiles(query2, many, 0.95, examples),
           match_profiles(query2, twinned, 0.95, examples))
+
+
+def test_register_tallies_are_each_pass_own_read_once_and_a_views_own(tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """The whole register's key counts, kept per store and per blocking pass: each pass's are
+    that pass's (one pass's counts served for another changes which blocks are oversized),
+    the buckets are read for them once however many matches follow, and a view less some
+    profiles counts without them."""
+    profiles, query, examples = _world(seed=13)
+    store = _store(profiles, tmp_path / "b", bucket_rows=40, fixed=True)
+    whole, asked = Encoded(profiles), Encoded(query)
+    passes = usable_passes(asked, whole, index_matcher.INDEX_PASSES)
+    tallies = index_matcher.register_tallies(store, passes)
+    wanted = {cols: key_counts(asked.pass_key(cols), whole.pass_key(cols)) for cols in passes}
+    for cols in passes:
+        np.testing.assert_array_equal(tallies[cols].counts_for(asked.pass_key(cols)),
+                                      wanted[cols])
+    assert len({tuple(counts) for counts in wanted.values()}) > 5  # a swap would be seen
+    # a fresh store, warmed by a source carrying fewer fields (fewer passes), then matched
+    # with the blocks capped so that the whole register's counts decide what is skipped
+    fresh = _store(profiles, tmp_path / "c", bucket_rows=40, fixed=True)
+    keyed_reads = []
+    frames = fresh.frames
+
+    def counting(columns):
+        if "person_id" not in columns:  # the tallies' read: blocking keys only
+            keyed_reads.append(tuple(columns))
+        return frames(columns)
+
+    monkeypatch.setattr(fresh, "frames", counting)
+    few = query.drop(columns=[c for c in query.columns if c.startswith("lk_surname")])
+    _same(match_profiles(few, fresh, 0.95, examples),
+          match_profiles(few, profiles, 0.95, examples))
+    monkeypatch.setattr(index_matcher, "MAX_BLOCK_PAIRS", 5)
+    capped = match_profiles(query, profiles, 0.95, examples)
+    assert not capped.equals(match_profiles(query, profiles, 0.95))  # the cap bites
+    _same(match_profiles(query, fresh, 0.95, examples), capped)
+    assert len(keyed_reads) == 1  # two sources' matches (four plans), one read of the keys
+    # a view less some profiles has tallies of its own, counted without them
+    rest = store.without(np.arange(0, store.n, 3))
+    kept = Encoded(profiles.drop(index=np.arange(0, len(profiles), 3)).reset_index(drop=True))
+    mine = index_matcher.register_tallies(rest, passes)
+    for cols in passes:
+        np.testing.assert_array_equal(mine[cols].counts_for(asked.pass_key(cols)),
+                                      key_counts(asked.pass_key(cols), kept.pass_key(cols)))
+
+
+def _with_strangers(seed: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(register, a hospital source's labelled rows, how many of those rows' persons are on
+    the register). A third of the labelled rows are of persons the register lacks, each a
+    lookalike of a registered person (kin: the same surname, birth date and postcode, any
+    forename and sex)."""
+    rng = np.random.default_rng(seed)
+    people = _people(240, rng)
+    people["person_id"] = [rng.bytes(32).hex() for _ in range(len(people))]
+    register = _encoded(people.assign(source="gp_patients", extract_id="gp",
+                                      row=np.arange(len(people))))
+    registered = _noisy(people.iloc[rng.integers(0, len(people), 400)], rng)
+    strangers = _noisy(people.iloc[:200], rng)
+    strangers["forename"] = rng.choice(FORENAMES, len(strangers))  # kin, not the person
+    strangers["sex"] = rng.choice(["M", "F"], len(strangers))
+    strangers["person_id"] = [rng.bytes(32).hex() for _ in range(len(strangers))]
+    rows = pd.concat([registered, strangers], ignore_index=True)
+    labelled = _encoded(rows.assign(source="acute", extract_id="acute",
+                                    row=np.arange(len(rows))))
+    return register, labelled, len(registered)
+
+
+def test_quality_links_held_out_rows_at_the_prior_production_used(tmp_path: Path) -> None:
+    """The labelled sample is chosen by person, not by registration, so its held-out rows
+    include persons the register lacks in the share the source's rows do. Linked at 0.999
+    they are pushed onto lookalikes (false matches production does not make); linked at
+    the source's measured coverage, as production links it, they are what production does
+    with such rows: the same links as matching them at that prior."""
+    from linkage.index_matching import coverage
+
+    register, labelled, known = _with_strangers(seed=21)
+    prior = coverage(len(labelled), known)
+    assert 0.6 < prior < 0.75
+    measured = estimate_quality(register, labelled, {"acute": prior})["acute"]
+    assumed = estimate_quality(register, labelled)["acute"]  # no prior known: 0.999
+    # what production matching does with the held-out half at its prior, counted here
+    person = labelled["person_id"]
+    half = person.map(lambda p: int(str(p)[6:10], 16) % 2 == 0).to_numpy()
+    train, test = labelled[half], labelled[~half].reset_index(drop=True)
+    fields = [c for c in labelled.columns if c.startswith("lk_")]
+    links = match_profiles(test[["extract_id", "row", *fields]], register, prior, train)
+    links = links[links["band"] == "link"]
+    truth = test["person_id"].to_numpy(dtype=object)[links["query"].to_numpy(dtype=np.int64)]
+    wrong = int((truth != register["person_id"].to_numpy(dtype=object)[
+        links["profile"].to_numpy(dtype=np.int64)]).sum())
+    assert wrong > 0 and measured["false_match_rate"] == round(wrong / len(links), 5)
+    assert assumed["false_match_rate"] > measured["false_match_rate"] + 0.02
+    # a stranger's row left unlinked is right: missed matches are counted over rows whose
+    # person is registered, and the rest are counted apart
+    on_register = test["person_id"].isin(set(register["person_id"])).to_numpy()
+    assert measured["unregistered_rows"] == int((~on_register).sum()) > 50
+    assert measured["evaluated_rows"] == len(test)
+    right = len(links) - wrong
+    assert measured["missed_match_rate"] == round(1 - right / on_register.sum(), 5)
+    # the same held in buckets
+    store = _store(register, tmp_path / "b", bucket_rows=60)
+    assert estimate_quality(store, labelled, {"acute": prior}) == estimate_quality(
+        register, labelled, {"acute": prior})

@@ -1,0 +1,57 @@
+"""The probabilistic step hands back the prior it linked each source at (`Matched.priors`),
+so that the quality estimate links its held-out rows at the same one (issue #12): a source
+is linked at its measured coverage, and every counted source's prior is there, pending rows
+or not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from linkage.index_matching import coverage, match_pending, read_rows
+from linkage.person_index import landed_extracts
+from pipeline.land import land
+from synth import generate
+
+pytestmark = pytest.mark.parametrize("backend", [""])
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(300, 5, out, progress=False)
+    return out
+
+
+def test_each_source_is_linked_at_its_coverage_and_the_priors_are_returned(
+        haven, synthetic, tmp_path, backend) -> None:
+    land(haven, synthetic)
+    landed = landed_extracts(haven.engine)
+    source_of = dict(zip(landed["extract_id"], landed["source"], strict=True))
+    todo = {}
+    for extract_id in landed["extract_id"]:
+        rows = read_rows(haven.settings, extract_id, encodings=False)
+        missing = set(rows.loc[rows["person_id"].isna(), "row"].tolist())
+        if missing:
+            todo[extract_id] = missing
+    pending = {source_of[e] for e in todo}
+    assert len(pending) >= 2
+    # made-up counts: each pending source a coverage of its own, and one source not pending
+    counts = {source: (100 + 10 * i, 60 + 7 * i) for i, source in enumerate(sorted(pending))}
+    counts["deaths"] = (40, 39)
+    used: dict[str, float] = {}
+
+    def recording(query: pd.DataFrame, profile, prior: float, labelled) -> pd.DataFrame:
+        used[source_of[str(query["extract_id"].iloc[0])]] = prior
+        return pd.DataFrame({"query": [], "profile": [], "weight": [], "probability": [],
+                             "band": []})
+
+    matched = match_pending(haven.settings, landed, recording, lambda _m: None, todo, counts,
+                            tmp_path / "scratch")
+    want = {source: coverage(*found) for source, found in counts.items()}
+    assert matched.priors == want
+    assert len(set(want.values())) == len(want)  # a source's prior is its own
+    assert used and all(used[s] == want[s] for s in used)
+    assert "deaths" not in used and matched.priors["deaths"] == pytest.approx(39 / 40)
