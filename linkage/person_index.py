@@ -449,7 +449,8 @@ def _purged_extracts(base: map_store.Generation | None,
 
 def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None = None,
            progress: Callable[[str], None] | None = None,
-           quality: Callable[[ProfileStore, pd.DataFrame | None], dict] | None = None,
+           quality: Callable[[ProfileStore, pd.DataFrame | None, dict[str, float]], dict]
+           | None = None,
            drop_rows: dict[str, Sequence[int]] | None = None,
            batch_rows: int = BATCH_ROWS) -> LinkSummary:
     """Bring the index up to date with what is landed: add new extracts, drop gone ones
@@ -504,7 +505,8 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
                 review = _merge_review(earlier, review_rows, matched.review)
                 if quality is not None and matched.profile is not None:
                     say("estimating linkage quality on rows whose NHS number is known")
-                    summary.quality = quality(matched.profile, matched.examples)
+                    summary.quality = quality(matched.profile, matched.examples,
+                                              matched.priors)
                 matched.profile = matched.examples = None  # not held through the writing pass
         _release_arrow_memory()
         written = _write_linked(settings, base, plan, batch_rows, key, kept.freeze(),

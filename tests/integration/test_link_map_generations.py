@@ -200,3 +200,21 @@ def test_a_map_of_one_file_is_split_unchanged_on_the_next_update(haven, syntheti
     # linked in the run before takes its pseudonym now)
     others = (before["source"] != "social_care").to_numpy()
     pd.testing.assert_frame_equal(after[others], before[others])
+
+
+def test_the_quality_estimate_is_given_the_priors_matching_used(haven, synthetic, backend):
+    land(haven, synthetic)
+    given: list[dict[str, float]] = []
+    said: list[str] = []
+
+    def quality(profile, examples, priors):
+        given.append(priors)
+        return {}
+
+    person_index.update(haven.settings, haven.engine, haven.keys.current("linkage"),
+                        match_profiles, progress=said.append, quality=quality)
+    assert len(given) == 1 and given[0]
+    for source, prior in given[0].items():  # each source matched was linked at its prior
+        told = [m for m in said if m.strip().startswith(f"{source}:") and "registered" in m]
+        assert not told or f"{prior:.1%}" in told[0]
+    assert any(f"{given[0]['apc']:.1%}" in m for m in said if "apc:" in m)
