@@ -134,7 +134,13 @@ def read_table(settings: Settings, columns: Sequence[str] | None = None,
     """The map's rows (those `filters` keeps), as one table with the map's schema."""
     names = list(columns) if columns else MAP_SCHEMA.names
     schema = pa.schema([MAP_SCHEMA.field(c) for c in names])
-    parts = [pq.read_table(p, columns=names, filters=filters) for p in files(settings)]
+    for attempt in range(3):
+        try:
+            parts = [pq.read_table(p, columns=names, filters=filters) for p in files(settings)]
+            break
+        except FileNotFoundError:  # an update swapped generations while this read: again
+            if attempt == 2:
+                raise
     return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
 
 
