@@ -508,6 +508,8 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
                     summary.quality = quality(matched.profile, matched.examples,
                                               matched.priors)
                 matched.profile = matched.examples = None  # not held through the writing pass
+        if clients is not None and len(matched.links):
+            clients = _with_links(clients, matched.links)
         _release_arrow_memory()
         written = _write_linked(settings, base, plan, batch_rows, key, kept.freeze(),
                                 clients, matched.links, say)
@@ -545,6 +547,13 @@ def _link_clients(clients: pd.DataFrame | None) -> pd.DataFrame | None:
     via = carriers["via_extract"].where(carriers["via_extract"].notna(), carriers["extract_id"])
     clients.loc[take, "via_extract"] = keys[take].map(via)
     return clients
+
+
+def _with_links(clients: pd.DataFrame, links: pd.DataFrame) -> pd.DataFrame:
+    """Client rows after the probabilistic step: a client's rows linked probabilistically
+    carry the pseudonym to the client's other rows in the same run (not a run later)."""
+    _apply_links(clients, links.set_index(["extract_id", "row"]))
+    return _link_clients(clients)
 
 
 def _todo_rows(survey: _Survey, clients: pd.DataFrame | None, plan: _Plan,
@@ -606,8 +615,8 @@ def _write_linked(settings: Settings, base: map_store.Generation | None, plan: _
     settings.layout.index_dir.mkdir(parents=True, exist_ok=True)
     linked = links.set_index(["extract_id", "row"]) if len(links) else None
     given = set(links["extract_id"]) if len(links) else set()
-    by_row = (clients.set_index(["extract_id", "row"])[["person_id", "method", "via_extract"]]
-              if clients is not None else None)
+    by_row = (clients.set_index(["extract_id", "row"])[
+        ["person_id", "method", "via_extract", "weight"]] if clients is not None else None)
     memo: dict[str, str] = {}
 
     def finished(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -647,7 +656,8 @@ def _write_linked(settings: Settings, base: map_store.Generation | None, plan: _
 
 
 def _apply_clients(frame: pd.DataFrame, by_row: pd.DataFrame) -> None:
-    """Client links ((extract_id, row) -> person_id, method, via_extract) into `frame`."""
+    """Client links ((extract_id, row) -> person_id, method, via_extract, weight) into
+    `frame`."""
     mine = frame["client_key"].notna().to_numpy()
     if not mine.any():
         return
@@ -660,6 +670,7 @@ def _apply_clients(frame: pd.DataFrame, by_row: pd.DataFrame) -> None:
     at = rows.index[ok]
     for column in ("person_id", "method", "via_extract"):
         frame.loc[at, column] = hit[column].to_numpy(dtype=object)
+    frame.loc[at, "weight"] = hit["weight"].to_numpy(dtype=np.float64)
 
 
 def _apply_links(frame: pd.DataFrame, linked: pd.DataFrame) -> None:
