@@ -132,3 +132,30 @@ def test_the_linked_copy_reopened_every_few_rows_holds_the_same_rows(
     for name, frame in whole.items():
         pd.testing.assert_frame_equal(parts[name], frame, check_exact=True, obj=name)
     pd.testing.assert_frame_equal(part_scores, whole_scores, check_exact=True)
+
+
+def test_the_purpose_filter_hands_back_what_reading_the_map_freed(tmp_path, monkeypatch):
+    """`use_filter` reads the link map (the pseudonyms behind rows without one of their own)
+    and then hands Arrow's freed pages back, before the stage makes its linked copy on top."""
+    import pipeline.score as score_module
+    from governance.settings import Settings
+    from pipeline.context import Context
+
+    calls: list[str] = []
+
+    class Pool:
+        def release_unused(self) -> None:
+            calls.append("released")
+
+    def pairs(settings):
+        calls.append("map read")
+        return pd.DataFrame({"person_key": [], "person_id": []}, dtype=object)
+
+    monkeypatch.setattr(score_module, "pseudonyms_behind_bare_rows", pairs)
+    monkeypatch.setattr(score_module.pa, "default_memory_pool", lambda: Pool())
+    ctx = Context(Settings(home=tmp_path / "home"))
+    try:
+        score_module.use_filter(ctx, "commissioning", dt.date(2025, 4, 1))
+    finally:
+        ctx.close()
+    assert calls == ["map read", "released"]
