@@ -92,3 +92,70 @@ def test_the_report_of_a_run_without_its_outcome_year_is_the_in_memory_one(
     assert batched.read_text() == kept.read_text()
     for name in ("evaluation.json", "roc_calibration.png", "subgroup_auroc.png"):
         assert (batched.parent / name).read_bytes() == (kept.parent / name).read_bytes()
+
+
+@pytest.mark.parametrize("backend", [""])
+def test_the_linked_copy_reopened_every_few_rows_holds_the_same_rows(
+        haven, extracts, backend, monkeypatch):
+    """The copy's connection closed and opened again every 50 rows (its rows written to the
+    file, DuckDB's memory of them freed) holds every row the copy made through one
+    connection holds, typed alike, and scores them alike."""
+    import duckdb
+
+    import pipeline.linked_copy as copy_module
+    from stratify.sources import COLUMNS
+
+    folder, at = extracts
+    land(haven, folder)
+    link(haven)
+    keep = use_filter(haven, "commissioning", dt.datetime.now(dt.UTC).date())
+    made: dict[int, tuple[dict[str, pd.DataFrame], pd.DataFrame, int]] = {}
+    opened = []
+    real = copy_module.connect_on_disk
+    monkeypatch.setattr(copy_module, "connect_on_disk",
+                        lambda *a, **k: opened.append(k.get("create", True)) or real(*a, **k))
+    for reopen in (10**9, 50):
+        monkeypatch.setattr(copy_module, "REOPEN_ROWS", reopen)
+        opened.clear()
+        with linked_copy(haven, keep) as copy:
+            con = duckdb.connect(str(copy.folder / "sources.duckdb"), read_only=True)
+            try:
+                tables = {name: con.execute(f"SELECT * FROM v_{name} ORDER BY ALL").df()
+                          for name in COLUMNS}
+            finally:
+                con.close()
+            scores = score(copy, at, seed=1).scores
+        made[reopen] = tables, scores, len(opened)
+    (whole, whole_scores, once), (parts, part_scores, reopened) = made.values()
+    assert once == 1 and reopened >= 5  # reopened indeed (after each batch of rows)
+    assert sum(len(frame) for frame in whole.values()) > 10_000
+    for name, frame in whole.items():
+        pd.testing.assert_frame_equal(parts[name], frame, check_exact=True, obj=name)
+    pd.testing.assert_frame_equal(part_scores, whole_scores, check_exact=True)
+
+
+def test_the_purpose_filter_hands_back_what_reading_the_map_freed(tmp_path, monkeypatch):
+    """`use_filter` reads the link map (the pseudonyms behind rows without one of their own)
+    and then hands Arrow's freed pages back, before the stage makes its linked copy on top."""
+    import pipeline.score as score_module
+    from governance.settings import Settings
+    from pipeline.context import Context
+
+    calls: list[str] = []
+
+    class Pool:
+        def release_unused(self) -> None:
+            calls.append("released")
+
+    def pairs(settings):
+        calls.append("map read")
+        return pd.DataFrame({"person_key": [], "person_id": []}, dtype=object)
+
+    monkeypatch.setattr(score_module, "pseudonyms_behind_bare_rows", pairs)
+    monkeypatch.setattr(score_module.pa, "default_memory_pool", lambda: Pool())
+    ctx = Context(Settings(home=tmp_path / "home"))
+    try:
+        score_module.use_filter(ctx, "commissioning", dt.date(2025, 4, 1))
+    finally:
+        ctx.close()
+    assert calls == ["map read", "released"]
