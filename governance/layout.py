@@ -14,7 +14,15 @@
                                     ends; one whose process is gone is removed by the next
                                     stage or destruction
       extracts/<extract_id>/rows.parquet     landed, pseudonymised rows
-      index/link_map.parquet        the person index (one row per landed row)
+      index/link_map -> map-<token>/  the person index (one row per landed row): a symlink to
+                                    the current generation, one Parquet file per extract
+                                    (<extract_id>.parquet), each with its persons
+                                    (_persons/<extract_id>.parquet: pseudonym, person key, rows)
+                                    and _manifest.json (extracts in order, rows per method); an
+                                    update writes a new generation (unchanged files hard-linked)
+                                    and swaps the symlink in one rename
+      index/link_map.parquet        the person index as one file (homes linked before
+                                    generations; split into one on the next update)
       index/review.parquet          candidate links held for review
       index/quality.json            the last linkage run's measured error rates
       runs/<run_id>/                a score run: scores.parquet, candidates.parquet, run.json,
@@ -172,6 +180,16 @@ class Layout:
 
     @property
     def link_map(self) -> Path:
+        """The current link map generation (a symlink to a `map_generation` folder)."""
+        return self.index_dir / "link_map"
+
+    def map_generation(self, token: str) -> Path:
+        """A generation of the link map: one Parquet file per extract, persons, manifest."""
+        return self.index_dir / f"map-{token}"
+
+    @property
+    def legacy_link_map(self) -> Path:
+        """The link map as one file, as homes linked before generations hold it."""
         return self.index_dir / "link_map.parquet"
 
     @property

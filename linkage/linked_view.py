@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
 from governance.settings import Settings
+from linkage import map_store
 from linkage.person_index import landed_extracts
 
 # Given a source's linked rows (with person_id, extract_id, sender), a mask of rows to keep.
@@ -25,10 +26,9 @@ RowFilter = Callable[[pd.DataFrame, str], "pd.Series"]
 def load_sources(settings: Settings, engine: Engine, row_filter: RowFilter | None = None,
                  sources: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """Every landed source as one frame with `person_key`, linkage encodings left out."""
-    link_path = settings.layout.link_map
-    if not link_path.exists():
+    if not map_store.exists(settings):
         raise FileNotFoundError("no person index yet: run `haven link` first")
-    link_map = pq.read_table(link_path, columns=["extract_id", "row", "person_key"])
+    link_map = map_store.read_table(settings, ["extract_id", "row", "person_key"])
     landed = landed_extracts(engine)
     out: dict[str, pd.DataFrame] = {}
     for source, group in landed.groupby("source"):
@@ -67,8 +67,7 @@ def linked_batches(settings: Settings, engine: Engine, row_filter: RowFilter | N
     from the batch's first row, read with filters on extract id and row, so Parquet's row
     group statistics skip the rest) searched by row number.
     """
-    link_path = settings.layout.link_map
-    if not link_path.exists():
+    if not map_store.exists(settings):
         raise FileNotFoundError("no person index yet: run `haven link` first")
     landed = landed_extracts(engine)
     for item in landed.sort_values(["source", "extract_id"]).itertuples():
@@ -80,7 +79,8 @@ def linked_batches(settings: Settings, engine: Engine, row_filter: RowFilter | N
         if columns is not None and source in columns:
             keep = {"extract_id", "row", "person_id", *columns[source]}
             present = [n for n in present if n in keep]
-        window = _Window(link_path, str(item.extract_id), window_rows)
+        window = _Window(map_store.extract_file(settings, str(item.extract_id)),
+                         str(item.extract_id), window_rows)
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=present):
             table = pa.Table.from_batches([batch])
             wanted = table.column("row").to_numpy()
@@ -99,7 +99,7 @@ def linked_batches(settings: Settings, engine: Engine, row_filter: RowFilter | N
 class _Window:
     """Person keys of an extract's rows, read from the link map a window of rows at a time."""
 
-    def __init__(self, link_path: Path, extract_id: str, rows: int) -> None:
+    def __init__(self, link_path: Path | None, extract_id: str, rows: int) -> None:
         self.link_path, self.extract_id, self.rows = link_path, extract_id, max(rows, 1)
         self.low = self.high = 0  # rows [low, high) are held
         self.numbers = np.zeros(0, dtype=np.int64)
@@ -118,6 +118,9 @@ class _Window:
         return found, self.keys.take(pa.array(at[found]))
 
     def _read(self, low: int, high: int) -> None:
+        if self.link_path is None:  # the map holds none of the extract's rows
+            self.low, self.high = low, high
+            return
         table = pq.read_table(self.link_path, columns=["row", "person_key"], filters=[
             ("extract_id", "=", self.extract_id), ("row", ">=", low), ("row", "<", high)])
         table = table.sort_by("row")

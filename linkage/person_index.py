@@ -19,16 +19,22 @@ link, the carrier's for a client link); `forget_rows` does the same for rows an 
 removed. `leftovers` measures what the index still holds of given extracts (destruction
 certifies that measurement, not what was asked for).
 
-Memory: `update` streams the map and the new extracts twice, `BATCH_ROWS` rows at a time (a
-survey pass that finds the rows to link and the client rows, then a writing pass), so it holds
-a batch, the social care client rows, each pseudonym's person key (`KeptKeys`, about 90 bytes a
-person) and what the probabilistic step reads (a bucket of the register's profiles and the
-pending rows): it grows with persons, not rows.
+Storage (`linkage.map_store`): one Parquet file per extract in a generation folder. An update
+writes the next generation: new extracts' files, and the files of extracts whose rows change
+(rows purged, links resting on a destroyed extract, social care's client links, rows given a
+probabilistic link); every other extract's files are the current ones, hard-linked, so a
+month's refresh writes the month and what it changed, not the history.
+
+Memory: `update` reads the extracts it writes twice, `BATCH_ROWS` rows at a time (a survey
+pass that finds the rows to link and the client rows, then a writing pass); of the others it
+reads their persons files and their unlinked rows. It holds a batch, the social care client
+rows, each pseudonym's person key (`KeptKeys`, about 90 bytes a person) and what the
+probabilistic step reads (a bucket of the register's profiles and the pending rows): it grows
+with persons, not rows.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +54,7 @@ from governance import store
 from governance.keys import Key
 from governance.schema import extracts
 from governance.settings import Settings
+from linkage import map_store
 from linkage.index_matching import (
     PROFILE_SOURCES,
     Matched,
@@ -57,30 +64,18 @@ from linkage.index_matching import (
     registered_persons,
 )
 from linkage.landing.pseudonymise import keyed_hashes
+from linkage.map_store import MAP_SCHEMA
 from linkage.profile_store import ProfileStore
 from linkage.pseudonym_table import PseudonymTable
 
 BATCH_ROWS = 1_000_000
 MEMO_PERSONS = 250_000  # person keys remembered between batches of the writing pass
-MAP_SCHEMA = pa.schema([
-    ("extract_id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
-    ("person_id", pa.string()), ("person_key", pa.string()), ("method", pa.string()),
-    ("weight", pa.float64()), ("via_extract", pa.string()), ("client_key", pa.string()),
-])
-
-
-
-
-PARTIAL_SUFFIXES = (".tmp", ".rekey")  # files being written; left behind by a killed run
 
 
 def partial_files(settings: Settings) -> list[Path]:
-    """Index files a killed update or key rotation left half-written (they may hold rows of
-    any extract: destruction counts them as left over until they are removed)."""
-    folder = settings.layout.index_dir
-    if not folder.exists():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix in PARTIAL_SUFFIXES)
+    """What a killed update or key rotation left half-written in the index (it may hold rows
+    of any extract: destruction counts it as left over until it is removed)."""
+    return map_store.partial(settings)
 
 
 def discard_partial_files(settings: Settings) -> int:
@@ -93,7 +88,7 @@ def clear_partial_files(settings: Settings) -> int:
     """Remove what a killed run left half-written in the index (the caller holds the lock)."""
     found = partial_files(settings)
     for path in found:
-        path.unlink(missing_ok=True)
+        map_store.remove(path)
     return len(found)
 
 
@@ -114,25 +109,25 @@ class LinkSummary:
 
 def read_link_map(settings: Settings, columns: list[str] | None = None) -> pd.DataFrame:
     """The current link map (empty frame with the schema when nothing is indexed yet)."""
-    path = settings.layout.link_map
-    if not path.exists():
-        return MAP_SCHEMA.empty_table().to_pandas()
-    return pq.read_table(path, columns=columns).to_pandas()
+    return map_store.read_table(settings, columns).to_pandas()
 
 
 def indexed_extracts(settings: Settings) -> list[str]:
-    """The extracts the map holds rows of, sorted (read a batch at a time)."""
-    return sorted(_map_contents(settings, {})[0])
+    """The extracts the map holds rows of, sorted (from the manifest)."""
+    generation = map_store.current(settings)
+    if generation is None:
+        return sorted(set(pc.unique(map_store.read_table(
+            settings, ["extract_id"]).column("extract_id")).to_pylist()))
+    return sorted(e.extract_id for e in generation.entries if e.rows)
 
 
 def link_rows(settings: Settings, column: str, values: Sequence[str]) -> list[dict]:
     """(person_id, person_key) of the index rows whose `column` is one of `values`, rows
     without a pseudonym left out."""
-    path = settings.layout.link_map
-    if not path.exists() or not values:
+    if not values:
         return []
-    table = pq.read_table(path, columns=["person_id", "person_key"],
-                          filters=pc.field(column).isin(pa.array(list(values), pa.string())))
+    table = map_store.read_table(settings, ["person_id", "person_key"],
+                                 pc.field(column).isin(pa.array(list(values), pa.string())))
     return table.filter(pc.is_valid(table.column("person_id"))).to_pylist()
 
 
@@ -145,14 +140,10 @@ def pseudonyms_behind_bare_rows(settings: Settings, batch_rows: int = 1_000_000
     Read in two streaming passes over the link map (the keys, then their pseudonyms), so
     memory holds those persons' pairs, not the map.
     """
-    path = settings.layout.link_map
     empty = pd.DataFrame({"person_key": pd.Series(dtype=object),
                           "person_id": pd.Series(dtype=object)})
-    if not path.exists():
-        return empty
-    source = pq.ParquetFile(path)
     keys: set[str] = set()
-    for batch in source.iter_batches(batch_size=batch_rows, columns=["person_key", "method"]):
+    for batch in map_store.batches(settings, ["person_key", "method"], batch_rows):
         bare = pc.not_equal(batch.column("method"), "nhs_number")
         keys.update(pc.unique(pc.filter(batch.column("person_key"), bare)).to_pylist())
     keys.discard(None)
@@ -160,7 +151,7 @@ def pseudonyms_behind_bare_rows(settings: Settings, batch_rows: int = 1_000_000
         return empty
     wanted = pa.array(sorted(keys), pa.string())
     found = []
-    for batch in source.iter_batches(batch_size=batch_rows, columns=["person_key", "person_id"]):
+    for batch in map_store.batches(settings, ["person_key", "person_id"], batch_rows):
         table = pa.Table.from_batches([batch])
         table = table.filter(pc.and_(pc.is_in(table.column("person_key"), value_set=wanted),
                                      pc.is_valid(table.column("person_id"))))
@@ -206,12 +197,20 @@ def _rows_in(frame: pd.DataFrame, rows: dict[str, Sequence[int]], extract: str =
 
 @dataclass
 class _Plan:
-    """What an update changes: extracts gone and new, rows purged, whether registers changed."""
+    """What an update changes: extracts gone and new, rows purged (and the extracts holding
+    them), whether registers changed."""
 
     new: pd.DataFrame
     gone: list[str]
     drop_rows: dict[str, Sequence[int]]
+    purged: set[str] = field(default_factory=set)
     profiles_changed: bool = False
+
+    def touched(self, entry: map_store.Entry) -> bool:
+        """Whether an extract already in the map is read whole and rewritten: its rows may
+        leave (purged) or lose their link (a destroyed extract's), or it holds client rows
+        (social care: client links are made across extracts each run)."""
+        return bool(self.gone) or entry.extract_id in self.purged or entry.source == "social_care"
 
 
 class KeptKeys:
@@ -248,22 +247,26 @@ class KeptKeys:
         return self.table
 
 
-def _current_batches(settings: Settings, plan: _Plan, batch_rows: int,
-                     kept: KeptKeys | None = None) -> Iterator[pd.DataFrame]:
-    """The current map's rows that stay, a batch at a time, those whose link rested on a
-    destroyed extract (probabilistic or client) reset to unlinked and marked `retry`.
+def _kept_keys(base: map_store.Generation | None) -> KeptKeys:
+    """Each pseudonym's person key from the current generation's persons files, in map order,
+    destroyed extracts' included (keys already given to persons stay theirs, also across a
+    key rotation): a file's persons, not its rows, are read."""
+    kept = KeptKeys()
+    for entry in base.entries if base is not None else ():
+        kept.add(pq.read_table(base.persons(entry.extract_id),
+                               columns=["person_id", "person_key"]).to_pandas())
+    return kept
 
-    `kept`, if given, collects each pseudonym's person key (its first row's) before anything
-    is dropped: keys already given to persons stay theirs, also across a key rotation."""
-    path = settings.layout.link_map
-    if not path.exists():
-        return
+
+def _old_frames(base: map_store.Generation, entry: map_store.Entry, plan: _Plan,
+                batch_rows: int) -> Iterator[pd.DataFrame]:
+    """A touched extract's map rows that stay, a batch at a time, those whose link rested on
+    a destroyed extract (probabilistic or client) reset to unlinked and marked `retry`."""
     gone = set(plan.gone)
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+    for batch in pq.ParquetFile(base.path(entry.extract_id)).iter_batches(
+            batch_size=batch_rows):
         frame = batch.to_pandas()
-        if kept is not None:
-            kept.add(frame)
-        leaving = frame["extract_id"].isin(gone).to_numpy() | _rows_in(frame, plan.drop_rows)
+        leaving = _rows_in(frame, plan.drop_rows)
         # Links to a purged row's pseudonym are kept: they are that person's rows, and the
         # objection covers them.
         retry = frame["via_extract"].isin(gone).to_numpy()
@@ -276,42 +279,27 @@ def _current_batches(settings: Settings, plan: _Plan, batch_rows: int,
             for column, value in (("method", "unlinked"), ("person_id", None),
                                   ("weight", np.nan), ("via_extract", None)):
                 frame.loc[frame["retry"], column] = value
-        yield frame
+        yield frame.reset_index(drop=True)
 
 
-def _new_batches(settings: Settings, plan: _Plan, batch_rows: int,
-                 say: Callable[[str], None]) -> Iterator[pd.DataFrame]:
-    """The new extracts' rows, a batch at a time: linked by NHS number where they carry a
+def _new_frames(settings: Settings, extract_id: str, source: str, batch_rows: int
+                ) -> Iterator[pd.DataFrame]:
+    """A new extract's rows, a batch at a time: linked by NHS number where they carry a
     pseudonym, else unlinked; social care rows carry their keyed client id."""
-    for item in plan.new.itertuples():
-        say(f"indexing {item.extract_id} ({item.source})")
-        path = settings.layout.rows(item.extract_id)
-        names = pq.read_schema(path).names
-        wanted = ["extract_id", "row"] + [c for c in ("person_id", "record_key") if c in names]
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=wanted):
-            rows = batch.to_pandas()
-            frame = pd.DataFrame({
-                "extract_id": rows["extract_id"], "source": item.source, "row": rows["row"],
-                "person_id": rows.get("person_id"),
-                "person_key": None, "method": "unlinked", "weight": np.nan,
-                "via_extract": None, "client_key": None, "retry": False, "new": True,
-            })
-            frame.loc[frame["person_id"].notna(), "method"] = "nhs_number"
-            if item.source == "social_care" and "record_key" in rows:
-                frame["client_key"] = rows["record_key"].to_numpy()
-            yield frame
-
-
-def _combined(settings: Settings, plan: _Plan, batch_rows: int,
-              say: Callable[[str], None] = lambda _m: None,
-              kept: KeptKeys | None = None) -> Iterator[pd.DataFrame]:
-    """Every row the new map will hold, in its order (the current map's, then the new
-    extracts'), a batch at a time, indexed by position in the new map."""
-    position = 0
-    for frame in itertools.chain(_current_batches(settings, plan, batch_rows, kept),
-                                 _new_batches(settings, plan, batch_rows, say)):
-        frame.index = pd.RangeIndex(position, position + len(frame))
-        position += len(frame)
+    path = settings.layout.rows(extract_id)
+    names = pq.read_schema(path).names
+    wanted = ["extract_id", "row"] + [c for c in ("person_id", "record_key") if c in names]
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=wanted):
+        rows = batch.to_pandas()
+        frame = pd.DataFrame({
+            "extract_id": rows["extract_id"], "source": source, "row": rows["row"],
+            "person_id": rows.get("person_id"),
+            "person_key": None, "method": "unlinked", "weight": np.nan,
+            "via_extract": None, "client_key": None, "retry": False, "new": True,
+        })
+        frame.loc[frame["person_id"].notna(), "method"] = "nhs_number"
+        if source == "social_care" and "record_key" in rows:
+            frame["client_key"] = rows["record_key"].to_numpy()
         yield frame
 
 
@@ -345,30 +333,83 @@ class _Survey:
         sums = pd.DataFrame({"source": known["source"].to_numpy(), "found": found}).groupby(
             "source", sort=False)["found"].agg(["size", "sum"])
         for source, (size, hits) in sums.iterrows():
-            total = self.counts.setdefault(str(source), [0, 0])
-            total[0] += int(size)
-            total[1] += int(hits)
+            self.add(str(source), int(size), int(hits))
 
+    def add(self, source: str, size: int, hits: int) -> None:
+        total = self.counts.setdefault(source, [0, 0])
+        total[0] += size
+        total[1] += hits
 
-def _survey(settings: Settings, plan: _Plan, batch_rows: int, say: Callable[[str], None],
-            kept: KeptKeys, registered: Register | None, earlier: pd.DataFrame
-            ) -> _Survey:
-    """First pass over the rows of the new map: everything the linking steps need to know."""
-    survey = _Survey()
-    review_keys = _review_keys(earlier)
-    for frame in _combined(settings, plan, batch_rows, say, kept):
-        survey.rows += len(frame)
+    def take(self, frame: pd.DataFrame, plan: _Plan, registered: Register | None,
+             review_keys: pd.MultiIndex | None) -> None:
+        """Everything the linking steps need of a frame of rows read whole."""
+        self.rows += len(frame)
         is_client = frame["client_key"].notna().to_numpy()
         if is_client.any():
-            survey.clients.append(frame[is_client])
+            self.clients.append(frame[is_client])
         rest = frame[~is_client]
-        survey.count(rest, registered)
+        self.count(rest, registered)
         scope = _in_scope(rest, plan)
-        survey.todo.append(rest.loc[scope & rest["person_id"].isna().to_numpy(),
-                                    ["extract_id", "row"]])
+        self.todo.append(rest.loc[scope & rest["person_id"].isna().to_numpy(),
+                                  ["extract_id", "row"]])
         if review_keys is not None:
-            survey.review_rows.append(_found(rest, review_keys, scope))
+            self.review_rows.append(_found(rest, review_keys, scope))
+
+
+def _survey(settings: Settings, base: map_store.Generation | None, plan: _Plan,
+            batch_rows: int, say: Callable[[str], None], registered: Register | None,
+            earlier: pd.DataFrame) -> _Survey:
+    """First pass over the rows of the new map: everything the linking steps need to know.
+    An extract already in the map that the update does not touch is not read whole: its
+    pseudonym counts come from its persons file, its rows to retry (unlinked, when the
+    registers changed) and its review rows from a filtered read."""
+    survey = _Survey()
+    review_keys = _review_keys(earlier)
+    gone = set(plan.gone)
+    for entry in base.entries if base is not None else ():
+        if entry.extract_id in gone:
+            continue
+        if plan.touched(entry):
+            for frame in _old_frames(base, entry, plan, batch_rows):
+                survey.take(frame, plan, registered, review_keys)
+            continue
+        survey.rows += entry.rows
+        persons = pq.read_table(base.persons(entry.extract_id), columns=["person_id", "rows"])
+        hits = registered.contains(persons.column("person_id").to_pandas()) if (
+            registered is not None) else np.zeros(persons.num_rows, dtype=bool)
+        counts = persons.column("rows").to_numpy()
+        survey.add(entry.source, int(counts.sum()), int(counts[hits].sum()))
+        survey.todo.append(_untouched_rows(base, entry, plan, survey, review_keys))
+    for item in plan.new.itertuples():
+        say(f"indexing {item.extract_id} ({item.source})")
+        for frame in _new_frames(settings, item.extract_id, item.source, batch_rows):
+            survey.take(frame, plan, registered, review_keys)
     return survey
+
+
+def _untouched_rows(base: map_store.Generation, entry: map_store.Entry, plan: _Plan,
+                    survey: _Survey, review_keys: pd.MultiIndex | None) -> pd.DataFrame:
+    """An untouched extract's rows to link (its unlinked rows, when the registers changed),
+    read filtered; its rows on the review list go to `survey` with whether they are retried."""
+    unlinked = pc.field("method") == "unlinked"
+    none = pd.DataFrame({"extract_id": pd.Series(dtype=object),
+                         "row": pd.Series(dtype="int64")})
+    listed = None
+    if review_keys is not None:
+        mine = review_keys[review_keys.get_level_values(0) == entry.extract_id]
+        if len(mine):
+            listed = pa.array(mine.get_level_values(1).astype("int64"), pa.int64())
+            found = pq.read_table(base.path(entry.extract_id), columns=["row", "method"],
+                                  filters=pc.field("row").isin(listed)).to_pandas()
+            survey.review_rows.append(pd.DataFrame({
+                "extract_id": entry.extract_id, "row": found["row"],
+                "retried": plan.profiles_changed & (found["method"] == "unlinked")}))
+    if not plan.profiles_changed or not entry.methods.get("unlinked"):
+        return none
+    rows = pq.read_table(base.path(entry.extract_id), columns=["row", "person_id"],
+                         filters=unlinked).to_pandas()
+    rows = rows[rows["person_id"].isna()]
+    return pd.DataFrame({"extract_id": entry.extract_id, "row": rows["row"].to_numpy()})
 
 
 def _review_keys(earlier: pd.DataFrame) -> pd.MultiIndex | None:
@@ -390,42 +431,66 @@ def _found(frame: pd.DataFrame, keys: pd.MultiIndex, scope: np.ndarray) -> pd.Da
     return hits[inside]
 
 
+def _purged_extracts(base: map_store.Generation | None,
+                     drop_rows: dict[str, Sequence[int]]) -> set[str]:
+    """The extracts in the map that still hold any of `drop_rows`."""
+    held = {e.extract_id for e in base.entries} if base is not None else set()
+    found = set()
+    for extract_id, rows in drop_rows.items():
+        if extract_id not in held or not len(rows):
+            continue
+        present = pq.read_table(base.path(extract_id), columns=["row"],  # type: ignore[union-attr]
+                                filters=pc.field("row").isin(pa.array(
+                                    [int(r) for r in rows], pa.int64())))
+        if present.num_rows:
+            found.add(extract_id)
+    return found
+
+
 def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None = None,
            progress: Callable[[str], None] | None = None,
-           quality: Callable[[ProfileStore, pd.DataFrame | None], dict] | None = None,
+           quality: Callable[[ProfileStore, pd.DataFrame | None, dict[str, float]], dict]
+           | None = None,
            drop_rows: dict[str, Sequence[int]] | None = None,
            batch_rows: int = BATCH_ROWS) -> LinkSummary:
     """Bring the index up to date with what is landed: add new extracts, drop gone ones
     (and the rows `drop_rows` names: {extract_id: rows} an opt-out purge removed).
 
-    Two streaming passes over the map and the new extracts (`batch_rows` at a time): the
-    first finds the rows to link and the client links, the second writes the new map, so
-    memory holds a batch, the client rows and what the probabilistic step reads, never the
-    map itself.
+    Two streaming passes (`batch_rows` at a time) over the new extracts and the extracts in
+    the map that the update touches (`_Plan.touched`): the first finds the rows to link and
+    the client links, the second writes the next generation of the map, in which extracts
+    whose rows do not change are the current generation's files, hard-linked. Memory holds a
+    batch, the client rows and what the probabilistic step reads, never the map itself.
     """
     say = progress or (lambda _message: None)
     with store.data_lock(settings, "index"):
         clear_partial_files(settings)
+        moved = map_store.split_legacy(settings)
+        if moved:
+            say(f"the link map ({moved:,} rows) split into one file per extract")
+        base = map_store.current(settings)
+        held = {e.extract_id: e for e in base.entries} if base is not None else {}
         landed = landed_extracts(engine)
-        extract_ids, counted, purged = _map_contents(settings, drop_rows or {})
-        gone = sorted(extract_ids - set(landed["extract_id"]))
-        new = landed[~landed["extract_id"].isin(extract_ids)]
+        purged = _purged_extracts(base, drop_rows or {})
+        gone = sorted(set(held) - set(landed["extract_id"]))
+        new = landed[~landed["extract_id"].isin(held)]
         summary = LinkSummary(extracts_added=sorted(new["extract_id"]), extracts_removed=gone)
-        if not gone and new.empty and counted and not purged:
+        if not gone and new.empty and base is not None and not purged:
             say("the person index is up to date: nothing landed or destroyed since the last run")
-            summary.rows = sum(sum(methods.values()) for methods in counted.values())
-            summary.by_source_method = counted
+            summary.rows = base.rows
+            summary.by_source_method = base.counts()
             return summary
-        gone_sources = _sources_of(settings, gone, drop_rows or {})
-        plan = _Plan(new=new, gone=gone, drop_rows=drop_rows or {})
+        gone_sources = {held[e].source for e in (*gone, *purged)}
+        plan = _Plan(new=new, gone=gone, drop_rows=drop_rows or {}, purged=purged)
         plan.profiles_changed = bool((set(new["source"]) | gone_sources)
                                      & set(PROFILE_SOURCES))
         earlier = _read_earlier_review(settings)
-        kept = KeptKeys()
+        kept = _kept_keys(base)
         registered = registered_persons(settings, landed) if matcher is not None else None
         _release_arrow_memory()  # reading the register's pseudonyms left Arrow's pool full
-        survey = _survey(settings, plan, batch_rows, say, kept, registered, earlier)
-        clients = _link_clients(pd.concat(survey.clients) if survey.clients else None)
+        survey = _survey(settings, base, plan, batch_rows, say, registered, earlier)
+        clients = _link_clients(pd.concat(survey.clients, ignore_index=True)
+                                if survey.clients else None)
         todo = _todo_rows(survey, clients, plan, registered)
         registered = None  # only the counts were needed: not held through matching
         review_rows = _review_rows(survey, clients, plan, earlier)
@@ -440,13 +505,16 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
                 review = _merge_review(earlier, review_rows, matched.review)
                 if quality is not None and matched.profile is not None:
                     say("estimating linkage quality on rows whose NHS number is known")
-                    summary.quality = quality(matched.profile, matched.examples)
+                    summary.quality = quality(matched.profile, matched.examples,
+                                              matched.priors)
                 matched.profile = matched.examples = None  # not held through the writing pass
+        if clients is not None and len(matched.links):
+            clients = _with_links(clients, matched.links)
         _release_arrow_memory()
-        say(f"writing the person index ({survey.rows:,} rows)")
-        summary.by_source_method = _write_linked(settings, plan, batch_rows, key, kept.freeze(),
-                                                 clients, matched.links)
-        summary.rows = survey.rows
+        written = _write_linked(settings, base, plan, batch_rows, key, kept.freeze(),
+                                clients, matched.links, say)
+        summary.by_source_method = written.counts()
+        summary.rows = written.rows
         summary.review_pairs = len(review)
         _write(settings, settings.layout.review, pa.Table.from_pandas(review, preserve_index=False))
         # The quality file counts; it names no extract, so destroying one leaves no trace here.
@@ -461,45 +529,6 @@ def _release_arrow_memory() -> None:
     """Hand Arrow's freed memory back to the system: its allocator keeps what a large read
     freed (650 MB after reading three million pseudonyms), which numpy and pandas cannot use."""
     pa.default_memory_pool().release_unused()
-
-
-def _map_contents(settings: Settings, drop_rows: dict[str, Sequence[int]]
-                  ) -> tuple[set[str], dict[str, dict[str, int]], bool]:
-    """The map's extracts, its rows counted per source and method, and whether it holds any
-    of `drop_rows`: read a few columns a batch at a time."""
-    path = settings.layout.link_map
-    extract_ids: set[str] = set()
-    counted: dict[str, dict[str, int]] = {}
-    purged = False
-    if not path.exists():
-        return extract_ids, counted, purged
-    for batch in pq.ParquetFile(path).iter_batches(
-            batch_size=BATCH_ROWS, columns=["extract_id", "source", "row", "method"]):
-        frame = batch.to_pandas()
-        extract_ids.update(frame["extract_id"].unique())
-        _add_counts(counted, frame)
-        purged = purged or bool(_rows_in(frame, drop_rows).any())
-    return extract_ids, counted, purged
-
-
-def _add_counts(counted: dict[str, dict[str, int]], frame: pd.DataFrame) -> None:
-    for (source, method), n in frame.groupby(["source", "method"]).size().items():
-        into = counted.setdefault(str(source), {})
-        into[str(method)] = into.get(str(method), 0) + int(n)
-
-
-def _sources_of(settings: Settings, gone: list[str], drop_rows: dict[str, Sequence[int]]
-                ) -> set[str]:
-    """Sources of the rows leaving the map (destroyed extracts' and purged rows')."""
-    path = settings.layout.link_map
-    leaving = set(gone) | {e for e, rows in drop_rows.items() if len(rows)}
-    if not leaving or not path.exists():
-        return set()
-    table = pq.read_table(path, columns=["extract_id", "source", "row"],
-                          filters=pc.field("extract_id").isin(pa.array(sorted(leaving))))
-    frame = table.to_pandas()
-    mask = frame["extract_id"].isin(set(gone)).to_numpy() | _rows_in(frame, drop_rows)
-    return set(frame.loc[mask, "source"])
 
 
 def _link_clients(clients: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -518,6 +547,13 @@ def _link_clients(clients: pd.DataFrame | None) -> pd.DataFrame | None:
     via = carriers["via_extract"].where(carriers["via_extract"].notna(), carriers["extract_id"])
     clients.loc[take, "via_extract"] = keys[take].map(via)
     return clients
+
+
+def _with_links(clients: pd.DataFrame, links: pd.DataFrame) -> pd.DataFrame:
+    """Client rows after the probabilistic step: a client's rows linked probabilistically
+    carry the pseudonym to the client's other rows in the same run (not a run later)."""
+    _apply_links(clients, links.set_index(["extract_id", "row"]))
+    return _link_clients(clients)
 
 
 def _todo_rows(survey: _Survey, clients: pd.DataFrame | None, plan: _Plan,
@@ -568,40 +604,73 @@ def _merge_review(earlier: pd.DataFrame, rows: pd.DataFrame, fresh: pd.DataFrame
     return pd.concat([earlier[keep], fresh], ignore_index=True)
 
 
-def _write_linked(settings: Settings, plan: _Plan, batch_rows: int, key: Key,
-                  kept: PseudonymTable | None, clients: pd.DataFrame | None,
-                  links: pd.DataFrame
-                  ) -> dict[str, dict[str, int]]:
-    """Second pass: each batch takes its client and probabilistic links and its person keys,
-    and is written to the new map (replacing the old one only once complete)."""
+def _write_linked(settings: Settings, base: map_store.Generation | None, plan: _Plan,
+                  batch_rows: int, key: Key, kept: PseudonymTable | None,
+                  clients: pd.DataFrame | None, links: pd.DataFrame,
+                  say: Callable[[str], None]) -> map_store.Generation:
+    """Second pass: the next generation of the map. Extracts the update touched, those given
+    links and the new ones are written a batch at a time, each batch taking its client and
+    probabilistic links and its person keys; the rest are the current files, hard-linked.
+    The generation replaces the current one only once complete."""
     settings.layout.index_dir.mkdir(parents=True, exist_ok=True)
-    target = settings.layout.link_map
-    tmp = target.with_suffix(".tmp")
-    columns = [f.name for f in MAP_SCHEMA]
-    counted: dict[str, dict[str, int]] = {}
     linked = links.set_index(["extract_id", "row"]) if len(links) else None
+    given = set(links["extract_id"]) if len(links) else set()
+    by_row = (clients.set_index(["extract_id", "row"])[
+        ["person_id", "method", "via_extract", "weight"]] if clients is not None else None)
     memo: dict[str, str] = {}
-    wrote = False
-    with pq.ParquetWriter(tmp, MAP_SCHEMA, compression="zstd") as writer:
-        for frame in _combined(settings, plan, batch_rows):
-            if clients is not None:
-                mine = clients.index.intersection(frame.index)
-                if len(mine):
-                    frame.loc[mine, ["person_id", "method", "via_extract"]] = clients.loc[
-                        mine, ["person_id", "method", "via_extract"]]
+
+    def finished(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            if by_row is not None:
+                _apply_clients(frame, by_row)
             if linked is not None:
                 _apply_links(frame, linked)
             frame = _assign_keys(frame, key, kept, memo)
             if len(memo) > MEMO_PERSONS:  # bounded: a person's rows are mostly near each other
                 memo.clear()
-            _add_counts(counted, frame)
-            writer.write_table(pa.Table.from_pandas(frame[columns], schema=MAP_SCHEMA,
-                                                    preserve_index=False))
-            wrote = True
-        if not wrote:  # every extract destroyed: an empty map, never the old one
-            writer.write_table(MAP_SCHEMA.empty_table())
-    os.replace(tmp, target)
-    return counted
+            yield frame
+
+    gone = set(plan.gone)
+    generation = map_store.NextGeneration(settings, base)
+    try:
+        rewritten = 0
+        for entry in base.entries if base is not None else ():
+            if entry.extract_id in gone:
+                continue
+            if plan.touched(entry) or entry.extract_id in given:
+                generation.write(entry.extract_id, entry.source,
+                                 finished(_old_frames(base, entry, plan, batch_rows)))
+                rewritten += 1
+            else:
+                generation.keep(entry)
+        say(f"writing the person index: {len(plan.new)} new extract(s), {rewritten} "
+            f"rewritten, {len(generation.entries) - rewritten} unchanged")
+        for item in plan.new.itertuples():
+            generation.write(item.extract_id, item.source,
+                             finished(_new_frames(settings, item.extract_id, item.source,
+                                                  batch_rows)))
+        return generation.commit()
+    except BaseException:
+        generation.abandon()
+        raise
+
+
+def _apply_clients(frame: pd.DataFrame, by_row: pd.DataFrame) -> None:
+    """Client links ((extract_id, row) -> person_id, method, via_extract, weight) into
+    `frame`."""
+    mine = frame["client_key"].notna().to_numpy()
+    if not mine.any():
+        return
+    rows = frame.loc[mine, ["extract_id", "row"]]
+    where = by_row.index.get_indexer(pd.MultiIndex.from_frame(rows))
+    ok = where >= 0
+    if not ok.any():
+        return
+    hit = by_row.iloc[where[ok]]
+    at = rows.index[ok]
+    for column in ("person_id", "method", "via_extract"):
+        frame.loc[at, column] = hit[column].to_numpy(dtype=object)
+    frame.loc[at, "weight"] = hit["weight"].to_numpy(dtype=np.float64)
 
 
 def _apply_links(frame: pd.DataFrame, linked: pd.DataFrame) -> None:
@@ -648,21 +717,32 @@ def _assign_keys(frame: pd.DataFrame, key: Key, kept: PseudonymTable | None = No
 
 def rekey(settings: Settings, mapping: dict[str, str]) -> int:
     """After a pseudonym key rotation: the index's pseudonyms mapped old -> new, keys kept
-    (rewritten a batch at a time)."""
-    path = settings.layout.link_map
-    if not path.exists():
+    (a new generation, rewritten a batch at a time)."""
+    map_store.split_legacy(settings)
+    base = map_store.current(settings)
+    if base is None:
         return 0
     changed = 0
-    tmp = path.with_suffix(".rekey")
-    with pq.ParquetWriter(tmp, MAP_SCHEMA, compression="zstd") as writer:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+    wanted = set(mapping)
+
+    def mapped(entry: map_store.Entry) -> Iterator[pd.DataFrame]:
+        nonlocal changed
+        for batch in pq.ParquetFile(base.path(entry.extract_id)).iter_batches(
+                batch_size=BATCH_ROWS):
             frame = batch.to_pandas()
-            hit = frame["person_id"].isin(set(mapping))
+            hit = frame["person_id"].isin(wanted)
             frame.loc[hit, "person_id"] = frame.loc[hit, "person_id"].map(mapping)
             changed += int(hit.sum())
-            writer.write_table(pa.Table.from_pandas(frame, schema=MAP_SCHEMA,
-                                                    preserve_index=False))
-    os.replace(tmp, path)
+            yield frame
+
+    generation = map_store.NextGeneration(settings, base)
+    try:
+        for entry in base.entries:
+            generation.write(entry.extract_id, entry.source, mapped(entry))
+        generation.commit()
+    except BaseException:
+        generation.abandon()
+        raise
     return changed
 
 
@@ -682,7 +762,7 @@ def forget_rows(settings: Settings, engine: Engine, key: Key, rows: dict[str, li
                 matcher: Matcher | None = None) -> dict[str, int]:
     """After an opt-out purge: drop the purged rows ({extract_id: rows}) from the index and
     the review list, and re-link the rows whose link rested on them."""
-    if not settings.layout.link_map.exists():
+    if not map_store.exists(settings):
         return {"index_rows_removed": 0, "review_pairs_removed": 0}
     before = _purged_in_index(settings, rows)
     update(settings, engine, key, matcher, drop_rows=rows)
@@ -694,8 +774,7 @@ def forget_rows(settings: Settings, engine: Engine, key: Key, rows: dict[str, li
 def _purged_in_index(settings: Settings, rows: dict[str, list[int]]) -> tuple[int, int]:
     """(map rows, review pairs) that still hold any of `rows`."""
     held = 0
-    for batch in pq.ParquetFile(settings.layout.link_map).iter_batches(
-            batch_size=BATCH_ROWS, columns=["extract_id", "row"]):
+    for batch in map_store.batches(settings, ["extract_id", "row"], BATCH_ROWS):
         held += int(_rows_in(batch.to_pandas(), rows).sum())
     review = _read_review(settings)
     pairs = _rows_in(review, rows, "query_extract", "query_row") | _rows_in(
@@ -727,13 +806,12 @@ def leftovers(settings: Settings, extract_ids: Sequence[str]) -> dict[str, int]:
     """
     wanted = set(extract_ids)
     rows = index_rows = links_via = 0
-    if settings.layout.link_map.exists():  # a batch at a time: the map is never held whole
-        for batch in pq.ParquetFile(settings.layout.link_map).iter_batches(
-                batch_size=BATCH_ROWS, columns=["extract_id", "via_extract"]):
-            frame = batch.to_pandas()
-            rows += len(frame)
-            index_rows += int(frame["extract_id"].isin(wanted).sum())
-            links_via += int(frame["via_extract"].isin(wanted).sum())
+    # measured on the rows of every file, not the manifest: a batch at a time
+    for batch in map_store.batches(settings, ["extract_id", "via_extract"], BATCH_ROWS):
+        frame = batch.to_pandas()
+        rows += len(frame)
+        index_rows += int(frame["extract_id"].isin(wanted).sum())
+        links_via += int(frame["via_extract"].isin(wanted).sum())
     review = _read_review(settings)
     stale = 0
     if settings.layout.link_quality.exists():
@@ -762,8 +840,7 @@ def export(settings: Settings, out: Path) -> int:
     columns = ["extract_id", "source", "row", "person_key", "method", "weight"]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    batches = (pq.ParquetFile(settings.layout.link_map).iter_batches(
-        batch_size=BATCH_ROWS, columns=columns) if settings.layout.link_map.exists() else [])
+    batches = map_store.batches(settings, columns, BATCH_ROWS)
     count = 0
     try:
         if suffix == ".csv":

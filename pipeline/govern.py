@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 
 from governance import optouts, retention, rotation
-from linkage import person_index
+from linkage import map_store, person_index
 from linkage.index_matcher import match_profiles
 from pipeline.context import Context
 
@@ -21,7 +21,7 @@ def dependents(ctx: Context) -> list[retention.Dependent]:
     rested on them), and the runs, reports and exports made from them."""
 
     def index(ids: list[str]) -> dict[str, int]:
-        if not ctx.settings.layout.link_map.exists():  # no index yet: nothing to build, but
+        if not map_store.exists(ctx.settings):  # no index yet: nothing to build, but
             # a first build killed part way may have left a half-written map
             return {"index_rows_removed": 0,
                     "index_partial_files_removed": person_index.discard_partial_files(

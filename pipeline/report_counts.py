@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from governance import optouts, store
 from governance.settings import Settings
+from linkage import map_store
 from pipeline.serving import ServingRun, applied_by
 from stratify.model_card import OptoutCount, RunCounts
 
@@ -97,7 +98,7 @@ def _link_counts(settings: Settings, used: set[str], scored_keys: set[str] | Pat
     gigabytes at three million persons, and matching a batch against the scored keys rebuilt
     their hash table once a batch.) `scored_keys` given as a scores file is read there."""
     out = _LinkCounts()
-    path = settings.layout.link_map
+    paths = map_store.files(settings)
     with store.scratch_workspace(settings) as folder:
         con = duckdb.connect()
         try:
@@ -114,18 +115,20 @@ def _link_counts(settings: Settings, used: set[str], scored_keys: set[str] | Pat
                 con.register("scored_keys", pa.table({"v": pa.array(sorted(scored_keys),
                                                                     pa.string())}))
             out.scored = con.execute("SELECT count(DISTINCT v) FROM scored_keys").fetchone()[0]
-            if path.exists() and used:
-                _count_map(con, str(path).replace("'", "''"), out)
+            if paths and used:
+                _count_map(con, ", ".join("'" + str(p).replace("'", "''") + "'"
+                                          for p in paths), out)
         finally:
             con.close()
     return out
 
 
 def _count_map(con: duckdb.DuckDBPyConnection, quoted: str, out: _LinkCounts) -> None:
-    """`_link_counts`' counts over the link map at `quoted` (its path, SQL-quoted) on `con`,
-    which holds the views `used_ids`, `opted_ids` and `scored_keys`; into `out`."""
+    """`_link_counts`' counts over the link map's files `quoted` (their paths, SQL-quoted and
+    joined by commas) on `con`, which holds the views `used_ids`, `opted_ids` and
+    `scored_keys`; into `out`."""
     con.execute(f"""CREATE TEMP VIEW m AS SELECT source, person_id, person_key, method
-        FROM read_parquet('{quoted}') WHERE extract_id IN (SELECT v FROM used_ids)
+        FROM read_parquet([{quoted}]) WHERE extract_id IN (SELECT v FROM used_ids)
         AND source <> '{optouts.REGISTER}'""")
     out.persons, out.registered, out.unlinked_records = con.execute("""SELECT
         count(DISTINCT person_key), count(DISTINCT person_key) FILTER (WHERE source =

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from governance import optouts
+from linkage import map_store
 from linkage.person_index import landed_extracts
 from pipeline.context import Context
 
@@ -51,12 +52,11 @@ def activity_by_month(ctx: Context, person_key: str, sources: Iterable[str], pur
     settings, engine = ctx.settings, ctx.engine
     wanted = [s for s in EVENT_DATE if s in set(sources)]
     empty: dict[str, object] = {"months": [], "sources": [], "counts": {}, "total": 0}
-    path = settings.layout.link_map
-    if not wanted or not path.exists():
+    if not wanted or not map_store.exists(settings):
         return empty
-    linked = pq.read_table(path, columns=["extract_id", "source", "row"],
-                           filters=(pc.field("person_key") == person_key)
-                           & pc.field("source").isin(pa.array(wanted, pa.string())))
+    linked = map_store.read_table(settings, ["extract_id", "source", "row"],
+                                  (pc.field("person_key") == person_key)
+                                  & pc.field("source").isin(pa.array(wanted, pa.string())))
     if linked.num_rows == 0:
         return empty
     landed = landed_extracts(engine).set_index("extract_id")["sender"].to_dict()

@@ -12,6 +12,7 @@ from sqlalchemy import insert
 
 from governance import optouts
 from governance.schema import optouts as register
+from linkage import map_store
 from linkage.person_index import MAP_SCHEMA
 from pipeline.report_counts import run_counts
 from pipeline.serving import ServingRun
@@ -53,7 +54,8 @@ def _world(haven) -> ServingRun:
     table = pa.table({**frame, "weight": [None] * n, "via_extract": [None] * n,
                       "client_key": [None] * n}, schema=MAP_SCHEMA)
     haven.settings.layout.link_map.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, haven.settings.layout.link_map)
+    pq.write_table(table, haven.settings.layout.legacy_link_map)  # one file, as older homes
+    map_store.split_legacy(haven.settings)
     with haven.engine.begin() as connection:
         connection.execute(insert(register), [
             {"person_id": p, "optout_type": t, "effective_date": dt.date.fromisoformat(d),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -78,8 +79,14 @@ def left_behind(haven, ids: list[str]) -> dict[str, int]:
     """What the data directory and database still hold of the extracts, measured here."""
     layout, wanted = haven.settings.layout, set(ids)
     found: dict[str, int] = {}
-    link_map = (pq.read_table(layout.link_map).to_pandas() if layout.link_map.exists()
-                else pd.DataFrame(columns=["extract_id", "via_extract"]))
+    # every Parquet file under the index with map rows (any generation, any partial folder)
+    index_files = sorted(layout.index_dir.rglob("*.parquet")) if layout.index_dir.exists() \
+        else []
+    held = [pq.read_table(p, columns=["extract_id", "via_extract"]).to_pandas()
+            for p in index_files if "via_extract" in pq.read_schema(p).names]
+    link_map = pd.concat(held) if held else pd.DataFrame(columns=["extract_id", "via_extract"])
+    found["index files named by them"] = sum(any(e in p.name for e in wanted)
+                                             for p in index_files)
     found["map rows"] = int(link_map["extract_id"].isin(wanted).sum())
     found["map links resting on them"] = int(link_map["via_extract"].isin(wanted).sum())
     review = pq.read_table(layout.review).to_pandas() if layout.review.exists() \
@@ -420,9 +427,11 @@ def test_a_half_written_map_left_by_a_killed_link_is_destroyed_and_certified(
     also when the kill came before the first map was written."""
     ids = sorted(e for listed in linked.values() for e in listed)
     layout = haven.settings.layout
-    partial = layout.link_map.with_suffix(".tmp")
-    partial.write_bytes(layout.link_map.read_bytes())  # what a killed writing pass leaves
+    current = layout.link_map.resolve()
+    partial = layout.map_generation("killed").with_suffix(".tmp")
+    shutil.copytree(current, partial)  # what a killed writing pass leaves: a whole generation
     if not index_built:
+        shutil.rmtree(current)
         for path in (layout.link_map, layout.review, layout.link_quality):
             path.unlink(missing_ok=True)
     assert person_index.leftovers(haven.settings, ids)["index_partial_files"] == 1

@@ -3,6 +3,7 @@ read streaming, not the whole map), equal to the whole-map computation it replac
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -10,13 +11,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from governance.settings import Settings
+from linkage import map_store
 from linkage.person_index import MAP_SCHEMA, pseudonyms_behind_bare_rows
 
 
 def _write_map(settings: Settings, frame: pd.DataFrame) -> None:
-    settings.layout.index_dir.mkdir(parents=True, exist_ok=True)
+    """A map written as one file (as older homes hold it), split into a generation."""
+    shutil.rmtree(settings.layout.index_dir, ignore_errors=True)
+    settings.layout.index_dir.mkdir(parents=True)
     pq.write_table(pa.Table.from_pandas(frame, schema=MAP_SCHEMA, preserve_index=False),
-                   settings.layout.link_map)
+                   settings.layout.legacy_link_map)
+    assert map_store.split_legacy(settings) == len(frame)
 
 
 def _map(rows: list[tuple[str, str | None, str]]) -> pd.DataFrame:

@@ -1,0 +1,302 @@
+"""The link map's files: one Parquet file per extract, in a generation folder swapped in whole.
+
+A generation (`Layout.map_generation`) holds `<extract_id>.parquet` (the map's rows of that
+extract), `_persons/<extract_id>.parquet` (each pseudonym in it, its first row's person key and
+its rows) and `_manifest.json` (the extracts in map order, with source, rows and rows per
+method). `Layout.link_map` is a symlink to the current generation. An update writes the next
+generation beside it, hard-linking the files it does not change, then swaps the symlink in one
+rename and removes the old folder: a reader sees the old map or the new, never a mixture, and a
+killed update leaves only folders that `partial` names and the next update removes.
+
+Why: a month's refresh then writes the month's extracts and the few older ones whose rows it
+changes, not the whole history; destroying an extract removes its files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from governance.settings import Settings
+
+MAP_SCHEMA = pa.schema([
+    ("extract_id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
+    ("person_id", pa.string()), ("person_key", pa.string()), ("method", pa.string()),
+    ("weight", pa.float64()), ("via_extract", pa.string()), ("client_key", pa.string()),
+])
+PERSONS_SCHEMA = pa.schema([("person_id", pa.string()), ("person_key", pa.string()),
+                            ("rows", pa.int64())])
+MANIFEST = "_manifest.json"
+PERSONS = "_persons"
+READ_ROWS = 1_000_000
+PARTIAL_SUFFIXES = (".tmp", ".rekey", ".new")  # left behind by a killed run
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One extract's file in a generation: its source, rows and rows per linkage method."""
+
+    extract_id: str
+    source: str
+    rows: int
+    methods: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generation folder and its manifest's entries, in map order."""
+
+    folder: Path
+    entries: tuple[Entry, ...]
+
+    def path(self, extract_id: str) -> Path:
+        return self.folder / f"{extract_id}.parquet"
+
+    def persons(self, extract_id: str) -> Path:
+        return self.folder / PERSONS / f"{extract_id}.parquet"
+
+    @property
+    def rows(self) -> int:
+        return sum(e.rows for e in self.entries)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Rows per source and method, from the manifest (no file is read)."""
+        counted: dict[str, dict[str, int]] = {}
+        for entry in self.entries:
+            into = counted.setdefault(entry.source, {})
+            for method, n in entry.methods.items():
+                into[method] = into.get(method, 0) + n
+        return counted
+
+
+def current(settings: Settings) -> Generation | None:
+    """The current generation (None when nothing is indexed, or only a legacy single file)."""
+    link = settings.layout.link_map
+    if link.is_symlink():
+        folder = link.parent / os.readlink(link)
+    elif link.is_dir():  # a home copied without its symlinks (shutil.copytree, cp -L)
+        folder = link
+    else:
+        return None
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    return Generation(folder, tuple(Entry(**e) for e in manifest["extracts"]))
+
+
+def exists(settings: Settings) -> bool:
+    """Whether an index has been written (a generation, or a legacy single file)."""
+    link = settings.layout.link_map
+    return link.is_symlink() or link.is_dir() or settings.layout.legacy_link_map.exists()
+
+
+def files(settings: Settings) -> list[Path]:
+    """The map's Parquet files in map order (the legacy single file if that is what there is)."""
+    generation = current(settings)
+    if generation is not None:
+        return [generation.path(e.extract_id) for e in generation.entries]
+    legacy = settings.layout.legacy_link_map
+    return [legacy] if legacy.exists() else []
+
+
+def extract_file(settings: Settings, extract_id: str) -> Path | None:
+    """The file holding an extract's map rows (filter on `extract_id` when it is the legacy
+    single file); None when the map holds none of them."""
+    generation = current(settings)
+    if generation is not None:
+        held = any(e.extract_id == extract_id for e in generation.entries)
+        return generation.path(extract_id) if held else None
+    legacy = settings.layout.legacy_link_map
+    return legacy if legacy.exists() else None
+
+
+def batches(settings: Settings, columns: Sequence[str] | None = None,
+            batch_rows: int = READ_ROWS) -> Iterator[pa.RecordBatch]:
+    """The whole map a batch at a time, in map order."""
+    for path in files(settings):
+        yield from pq.ParquetFile(path).iter_batches(
+            batch_size=batch_rows, columns=list(columns) if columns else None)
+
+
+def read_table(settings: Settings, columns: Sequence[str] | None = None,
+               filters: pc.Expression | None = None) -> pa.Table:
+    """The map's rows (those `filters` keeps), as one table with the map's schema."""
+    names = list(columns) if columns else MAP_SCHEMA.names
+    schema = pa.schema([MAP_SCHEMA.field(c) for c in names])
+    for attempt in range(3):
+        try:
+            parts = [pq.read_table(p, columns=names, filters=filters) for p in files(settings)]
+            break
+        except FileNotFoundError:  # an update swapped generations while this read: again
+            if attempt == 2:
+                raise
+    return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
+
+
+def persons_part(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each pseudonym of a frame of map rows with its first row's person key and its rows,
+    in order of first appearance."""
+    known = frame.loc[frame["person_id"].notna(), ["person_id", "person_key"]]
+    return known.groupby("person_id", sort=False).agg(
+        person_key=("person_key", "first"), rows=("person_key", "size")).reset_index()
+
+
+def persons_of_parts(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Persons of consecutive parts of one file combined (first key, rows summed): what
+    `_persons/` holds for the file."""
+    if not parts:
+        return PERSONS_SCHEMA.empty_table().to_pandas()
+    joined = pd.concat(parts, ignore_index=True)
+    return joined.groupby("person_id", sort=False).agg(
+        person_key=("person_key", "first"), rows=("rows", "sum")).reset_index()
+
+
+def partial(settings: Settings) -> list[Path]:
+    """What a killed update or key rotation left in the index: half-written files and
+    folders, and generation folders that are not the current one (any may hold rows of any
+    extract: destruction counts them as left over until they are removed)."""
+    folder = settings.layout.index_dir
+    if not folder.exists():
+        return []
+    link = settings.layout.link_map
+    live = os.readlink(link) if link.is_symlink() else None  # (a copied home: a folder)
+    found = []
+    for path in folder.iterdir():
+        stale = path.name.startswith("map-") and path.is_dir() and path.name != live
+        if path.suffix in PARTIAL_SUFFIXES or stale:
+            found.append(path)
+    return sorted(found)
+
+
+def remove(path: Path) -> None:
+    """Remove a file, symlink or folder."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class NextGeneration:
+    """The next generation, written beside the current one and swapped in by `commit`.
+
+    `keep` hard-links an unchanged extract's files from the current generation; `write`
+    writes an extract's rows (and its persons) afresh. Entries go to the manifest in the
+    order they were kept or written."""
+
+    def __init__(self, settings: Settings, base: Generation | None) -> None:
+        self.settings = settings
+        self.base = base
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        self.token = f"{stamp}-{secrets.token_hex(4)}"
+        self.final = settings.layout.map_generation(self.token)
+        self.folder = self.final.with_name(self.final.name + ".tmp")
+        (self.folder / PERSONS).mkdir(parents=True)
+        self.entries: list[Entry] = []
+        self.written: list[str] = []
+
+    def path(self, extract_id: str) -> Path:
+        return self.folder / f"{extract_id}.parquet"
+
+    def keep(self, entry: Entry) -> None:
+        """Take an extract's files unchanged from the current generation (hard links)."""
+        assert self.base is not None
+        os.link(self.base.path(entry.extract_id), self.path(entry.extract_id))
+        os.link(self.base.persons(entry.extract_id),
+                self.folder / PERSONS / f"{entry.extract_id}.parquet")
+        self.entries.append(entry)
+
+    def write(self, extract_id: str, source: str, frames: Iterable[pd.DataFrame]) -> Entry:
+        """Write an extract's map rows (frames with the map's columns) and its persons."""
+        methods: dict[str, int] = {}
+        persons = []
+        rows = 0
+        columns = MAP_SCHEMA.names
+        with pq.ParquetWriter(self.path(extract_id), MAP_SCHEMA, compression="zstd") as writer:
+            for frame in frames:
+                for method, n in frame["method"].value_counts(sort=False).items():
+                    methods[str(method)] = methods.get(str(method), 0) + int(n)
+                rows += len(frame)
+                persons.append(persons_part(frame))
+                writer.write_table(pa.Table.from_pandas(frame[columns], schema=MAP_SCHEMA,
+                                                        preserve_index=False))
+        found = persons_of_parts(persons)
+        pq.write_table(pa.Table.from_pandas(found, schema=PERSONS_SCHEMA, preserve_index=False),
+                       self.folder / PERSONS / f"{extract_id}.parquet", compression="zstd")
+        entry = Entry(extract_id, source, rows, methods)
+        self.entries.append(entry)
+        self.written.append(extract_id)
+        return entry
+
+    def commit(self) -> Generation:
+        """Swap the new generation in (one rename of the symlink) and remove the old one."""
+        layout = self.settings.layout
+        manifest = {"extracts": [asdict(e) for e in self.entries]}
+        (self.folder / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+        os.rename(self.folder, self.final)
+        pointer = layout.link_map.with_name(layout.link_map.name + ".new")
+        pointer.unlink(missing_ok=True)
+        os.symlink(self.final.name, pointer)
+        old = self.base.folder if self.base is not None else None
+        if layout.link_map.is_dir() and not layout.link_map.is_symlink():
+            # a copied home's generation, a folder in the symlink's place: moved aside first
+            old = layout.map_generation(f"{self.token}-copied")
+            os.rename(layout.link_map, old)
+        os.replace(pointer, layout.link_map)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        layout.legacy_link_map.unlink(missing_ok=True)
+        return Generation(self.final, tuple(self.entries))
+
+    def abandon(self) -> None:
+        """Remove what was written (the current generation is untouched)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def split_legacy(settings: Settings) -> int:
+    """A home's single-file map (as homes linked before generations hold it) split into a
+    generation, rows and order unchanged, streamed; returns the rows moved (0 if none).
+    An extract's rows are one run in such a map (an update appended each extract whole)."""
+    legacy = settings.layout.legacy_link_map
+    link = settings.layout.link_map
+    if not legacy.exists() or link.is_symlink() or link.is_dir():
+        return 0
+    generation = NextGeneration(settings, None)
+    try:
+        runs = _runs(pq.ParquetFile(legacy).iter_batches(batch_size=READ_ROWS))
+        for extract_id, parts in itertools.groupby(runs, key=lambda run: run[0]):
+            if generation.path(extract_id).exists():
+                raise ValueError("the single-file link map holds an extract's rows in more "
+                                 "than one run; re-link from scratch (haven link after "
+                                 "removing index/link_map.parquet)")
+            frames = (frame for _, frame in parts)
+            first = next(frames)
+            generation.write(extract_id, str(first["source"].iloc[0]),
+                             itertools.chain([first], frames))
+        generation.commit()
+    except BaseException:
+        generation.abandon()
+        raise
+    return sum(e.rows for e in generation.entries)
+
+
+def _runs(source: Iterable[pa.RecordBatch]) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Consecutive runs of one extract's rows, batch by batch."""
+    for batch in source:
+        frame = batch.to_pandas()
+        ids = frame["extract_id"].to_numpy(dtype=object)
+        if not len(ids):
+            continue
+        bounds = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+        for start, end in itertools.pairwise(bounds):
+            yield str(ids[start]), frame.iloc[start:end]
