@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,6 +44,7 @@ MANIFEST = "_manifest.json"
 PERSONS = "_persons"
 READ_ROWS = 1_000_000
 PARTIAL_SUFFIXES = (".tmp", ".rekey", ".new")  # left behind by a killed run
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,10 @@ class Generation:
     entries: tuple[Entry, ...]
 
     def path(self, extract_id: str) -> Path:
-        return self.folder / f"{extract_id}.parquet"
+        return self.folder / f"{safe_extract_id(extract_id)}.parquet"
 
     def persons(self, extract_id: str) -> Path:
-        return self.folder / PERSONS / f"{extract_id}.parquet"
+        return self.folder / PERSONS / f"{safe_extract_id(extract_id)}.parquet"
 
     @property
     def rows(self) -> int:
@@ -86,13 +88,37 @@ def current(settings: Settings) -> Generation | None:
     """The current generation (None when nothing is indexed, or only a legacy single file)."""
     link = settings.layout.link_map
     if link.is_symlink():
-        folder = link.parent / os.readlink(link)
+        folder = _live_folder(link)
     elif link.is_dir():  # a home copied without its symlinks (shutil.copytree, cp -L)
         folder = link
     else:
         return None
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     return Generation(folder, tuple(Entry(**e) for e in manifest["extracts"]))
+
+
+def _live_folder(link: Path) -> Path:
+    """The generation folder the `link_map` symlink names, refused unless it is a folder of
+    index/ named `map-<token>` (not a symlink itself): an update removes the generation it
+    replaces, so a planted symlink must never lead a read or a removal out of the index."""
+    name = os.readlink(link)
+    folder = link.parent / name
+    if (not SAFE_NAME.fullmatch(name) or not name.startswith("map-")
+            or name.endswith(PARTIAL_SUFFIXES) or folder.is_symlink()):
+        raise ValueError("index/link_map does not name a generation folder of index/ "
+                         "(map-<token>, not a symlink): restore the symlink to the current "
+                         "generation, or remove it and re-link from scratch")
+    return folder
+
+
+def safe_extract_id(extract_id: str) -> str:
+    """An extract id usable as a map file's name (letters, digits, `.`, `_`, `-`, not
+    starting with `.` or `_`), else a ValueError naming the field: a map file is written
+    inside its generation folder, never beside or above it."""
+    if not SAFE_NAME.fullmatch(extract_id) or extract_id[0] in "._":
+        raise ValueError("link map row: extract_id is not a plain file name (letters, digits, "
+                         "'.', '_', '-'; not starting with '.' or '_'): refused")
+    return extract_id
 
 
 def exists(settings: Settings) -> bool:
@@ -206,7 +232,7 @@ class NextGeneration:
         self.written: list[str] = []
 
     def path(self, extract_id: str) -> Path:
-        return self.folder / f"{extract_id}.parquet"
+        return self.folder / f"{safe_extract_id(extract_id)}.parquet"
 
     def keep(self, entry: Entry) -> None:
         """Take an extract's files unchanged from the current generation (hard links)."""

@@ -717,7 +717,16 @@ def _assign_keys(frame: pd.DataFrame, key: Key, kept: PseudonymTable | None = No
 
 def rekey(settings: Settings, mapping: dict[str, str]) -> int:
     """After a pseudonym key rotation: the index's pseudonyms mapped old -> new, keys kept
-    (a new generation, rewritten a batch at a time)."""
+    (a new generation, rewritten a batch at a time). Under the index lock, as an update: a
+    link running meanwhile would clear this generation as half-written, or swap in a map of
+    old pseudonyms over it."""
+    with store.data_lock(settings, "index"):
+        clear_partial_files(settings)
+        return _rekey(settings, mapping)
+
+
+def _rekey(settings: Settings, mapping: dict[str, str]) -> int:
+    """`rekey`, the caller holding the index lock."""
     map_store.split_legacy(settings)
     base = map_store.current(settings)
     if base is None:

@@ -1,0 +1,174 @@
+"""The link map's generations as an attacker meets them (Haven issue #12): a planted symlink,
+an extract id that is not a file name, a key rotation racing a link, and what an opt-out purge
+or a rotation leaves in the persons files. Each test names the promise it guards
+(docs/threat-model.md). Synthetic 999-range data only; no identifier is printed."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from factories import rows_for, write_extract
+from governance import rotation
+from governance.keys import KeyProvider
+from governance.settings import Settings
+from linkage import map_store, person_index
+from linkage.landing.land import LandingContext, land_file
+
+
+def _rows(extract_id: str, n: int) -> pd.DataFrame:
+    return pd.DataFrame({
+        "extract_id": extract_id, "source": "apc", "row": range(n),
+        "person_id": [f"id{i}" for i in range(n)], "person_key": [f"P{i}" for i in range(n)],
+        "method": "nhs_number", "weight": float("nan"), "via_extract": None,
+        "client_key": None})
+
+
+def _first_generation(settings: Settings) -> map_store.Generation:
+    settings.layout.index_dir.mkdir(parents=True, exist_ok=True)
+    generation = map_store.NextGeneration(settings, None)
+    generation.write("e1", "apc", [_rows("e1", 4)])
+    return generation.commit()
+
+
+def _victim(tmp_path: Path) -> Path:
+    """A folder outside the index that looks like a generation (a manifest and a file)."""
+    victim = tmp_path / "not-the-index"
+    (victim / map_store.PERSONS).mkdir(parents=True)
+    (victim / map_store.MANIFEST).write_text(json.dumps({"extracts": [
+        {"extract_id": "e1", "source": "apc", "rows": 4, "methods": {"nhs_number": 4}}]}))
+    pq.write_table(pa.Table.from_pandas(_rows("e1", 4), schema=map_store.MAP_SCHEMA,
+                                        preserve_index=False), victim / "e1.parquet")
+    pq.write_table(pa.table({"person_id": ["x"], "person_key": ["P"], "rows": [1]},
+                            schema=map_store.PERSONS_SCHEMA),
+                   victim / map_store.PERSONS / "e1.parquet")
+    return victim
+
+
+@pytest.mark.parametrize("target", ["absolute", "relative", "inner symlink"])
+def test_a_link_map_symlink_leading_out_of_the_index_is_refused_and_nothing_removed(
+        tmp_path: Path, target: str):
+    """Promise: the map is read from, and an update removes, only generation folders inside
+    index/; a `link_map` symlink planted to lead elsewhere (absolute, `../`, or through a
+    `map-*` symlink) is refused with a clear error, and what it names is left alone."""
+    settings = Settings(home=tmp_path / "home")
+    _first_generation(settings)
+    victim = _victim(tmp_path)
+    link = settings.layout.link_map
+    link.unlink()
+    if target == "absolute":
+        os.symlink(victim, link)
+    elif target == "relative":
+        os.symlink(os.path.relpath(victim, link.parent), link)
+    else:
+        inner = settings.layout.map_generation("planted")
+        os.symlink(victim, inner)
+        os.symlink(inner.name, link)
+    with pytest.raises(ValueError, match="link_map"):
+        map_store.current(settings)
+    with pytest.raises(ValueError, match="link_map"):
+        map_store.read_table(settings)
+    with pytest.raises(ValueError, match="link_map"):  # an update never swaps it away
+        map_store.NextGeneration(settings, map_store.current(settings))
+    assert sorted(p.name for p in victim.rglob("*")) == ["_manifest.json", "_persons",
+                                                         "e1.parquet", "e1.parquet"]
+
+
+@pytest.mark.parametrize("extract_id", ["../../escaped", "a/b", "", ".", "_persons/x"])
+def test_an_extract_id_that_is_not_a_file_name_is_refused_before_anything_is_written(
+        tmp_path: Path, extract_id: str):
+    """Promise: every map file is written inside its generation folder; an extract id that
+    is not a plain file name (a legacy single-file map's rows name it) is refused with an
+    error naming the field, and the home is left as it was."""
+    settings = Settings(home=tmp_path / "home")
+    settings.layout.index_dir.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(_rows(extract_id, 3), schema=map_store.MAP_SCHEMA,
+                                        preserve_index=False), settings.layout.legacy_link_map)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="extract_id"):
+        map_store.split_legacy(settings)
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    assert not settings.layout.link_map.exists()
+
+
+@pytest.fixture
+def file_keys(haven) -> KeyProvider:
+    """Rotation needs keys it can write: a key file rather than environment keys."""
+    haven._keys = KeyProvider(haven.settings.layout.key_file)
+    return haven.keys
+
+
+def _linked_home(haven, file_keys, inbox: Path) -> list[str]:
+    landing = LandingContext(haven.settings, haven.engine, file_keys, haven.actor)
+    ids = [land_file(landing, write_extract(inbox / name, source, rows_for(source, 6, seed=3))
+                     ).extract_id
+           for name, source in (("a", "apc"), ("b", "gp_patients"), ("c", "ae"))]
+    person_index.update(haven.settings, haven.engine, file_keys.current("linkage"))
+    return ids
+
+
+def _pseudonyms_under_index(settings: Settings) -> set[str]:
+    """Every value of a `person_id` column in any Parquet file under index/ (any generation,
+    any partial folder, persons files included), read here, not through the map store."""
+    found: set[str] = set()
+    for path in settings.layout.index_dir.rglob("*.parquet"):
+        if "person_id" in pq.read_schema(path).names:
+            found |= set(pq.read_table(path, columns=["person_id"]).column("person_id")
+                         .drop_null().to_pylist())
+    return found
+
+
+def test_a_key_rotation_rewrites_the_map_under_the_index_lock(haven, file_keys, inbox,
+                                                               monkeypatch):
+    """Promise: a key rotation's new generation is written while no link may run (the index
+    lock is held), so a concurrent link can neither clear the rotation's half-written
+    generation nor swap in a map of old pseudonyms over it; afterwards no old pseudonym is
+    left in any file under index/, persons files included."""
+    _linked_home(haven, file_keys, inbox)
+    old = _pseudonyms_under_index(haven.settings)
+    assert old
+    probes: list[bool] = []
+    real = map_store.NextGeneration.write
+
+    def write(self, *args, **kwargs):
+        with haven.settings.layout.lock("index").open("a") as handle:
+            try:  # another process's link would wait here
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                probes.append(False)
+            except BlockingIOError:
+                probes.append(True)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(map_store.NextGeneration, "write", write)
+    rotation.rotate_pseudonym_key(
+        haven.settings, haven.engine, file_keys, haven.actor,
+        [lambda mapping: person_index.rekey(haven.settings, mapping)])
+    monkeypatch.undo()
+    assert probes and all(probes)
+    left = _pseudonyms_under_index(haven.settings)
+    assert left and not (left & old)
+
+
+def test_a_purged_person_s_pseudonym_leaves_the_persons_files(haven, file_keys, inbox):
+    """Promise: an opt-out purge removes the purged rows from the map and their pseudonym
+    from every persons file whose extract no longer holds a row carrying it."""
+    ids = _linked_home(haven, file_keys, inbox)
+    frame = person_index.read_link_map(haven.settings)
+    apc = frame[frame["extract_id"] == ids[0]]
+    victim = apc["person_id"].dropna().iloc[0]
+    rows = apc.loc[apc["person_id"] == victim, "row"].tolist()
+    person_index.forget_rows(haven.settings, haven.engine, file_keys.current("linkage"),
+                             {ids[0]: rows})
+    generation = map_store.current(haven.settings)
+    persons = pq.read_table(generation.persons(ids[0])).column("person_id").to_pylist()
+    assert victim not in persons
+    others = pq.read_table(generation.persons(ids[1])).column("person_id").to_pylist()
+    assert victim in others  # the register still holds the person: their pseudonym stays
