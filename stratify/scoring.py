@@ -100,13 +100,19 @@ def _attribute_tables(con: Any, at: dt.date) -> None:
             arg_max(sex, registration_date) AS sex
         FROM v_gp_patients WHERE registration_date <= {at_} GROUP BY person_key
     """)
+    # Each source a bit, the bits of a person or-ed by a plain grouping (which DuckDB spills
+    # past its memory limit; an ordered string_agg of a million persons' sources ran out of
+    # 768 MB), then the names joined in alphabetical order, as string_agg ordered them.
+    names = sorted(source for source, _ in SOURCE_DATES)
     union = " UNION ALL ".join(
-        f"SELECT DISTINCT person_key, '{s}' AS source FROM v_{s} WHERE {d} < {at_}"
+        f"SELECT DISTINCT person_key, {1 << names.index(s)} AS bit FROM v_{s} WHERE {d} < {at_}"
         for s, d in SOURCE_DATES)
+    joined = ", ".join(f"CASE WHEN flags & {1 << i} <> 0 THEN '{name}' END"
+                       for i, name in enumerate(names))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE score_seen AS
-        SELECT person_key, string_agg(source, ';' ORDER BY source) AS sources
-        FROM ({union}) GROUP BY person_key
+        SELECT person_key, concat_ws(';', {joined}) AS sources
+        FROM (SELECT person_key, bit_or(bit) AS flags FROM ({union}) GROUP BY person_key)
     """)
 
 
