@@ -447,6 +447,25 @@ def _purged_extracts(base: map_store.Generation | None,
     return found
 
 
+def _beside_current(settings: Settings, base: map_store.Generation,
+                    drop_rows: dict[str, Sequence[int]]) -> bool:
+    """Whether the review list and quality file describe the current map: no review pair of
+    an extract it does not hold or of a row `drop_rows` names, and the quality file counting
+    its rows. An update killed after its swap, before rewriting them, leaves them describing
+    the old map; the next run must mend them, not find the map up to date."""
+    held = {e.extract_id for e in base.entries}
+    review = _read_review(settings)
+    named = set(review["query_extract"]) | set(review["profile_extract"])
+    if named - held or (_rows_in(review, drop_rows, "query_extract", "query_row")
+                        | _rows_in(review, drop_rows, "profile_extract", "profile_row")).any():
+        return False
+    try:
+        counted = json.loads(settings.layout.link_quality.read_text(encoding="utf-8"))["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return counted == base.rows
+
+
 def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None = None,
            progress: Callable[[str], None] | None = None,
            quality: Callable[[ProfileStore, pd.DataFrame | None, dict[str, float]], dict]
@@ -475,7 +494,8 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         gone = sorted(set(held) - set(landed["extract_id"]))
         new = landed[~landed["extract_id"].isin(held)]
         summary = LinkSummary(extracts_added=sorted(new["extract_id"]), extracts_removed=gone)
-        if not gone and new.empty and base is not None and not purged:
+        if (not gone and new.empty and base is not None and not purged
+                and _beside_current(settings, base, drop_rows or {})):
             say("the person index is up to date: nothing landed or destroyed since the last run")
             summary.rows = base.rows
             summary.by_source_method = base.counts()

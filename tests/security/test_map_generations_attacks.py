@@ -172,3 +172,140 @@ def test_a_purged_person_s_pseudonym_leaves_the_persons_files(haven, file_keys, 
     assert victim not in persons
     others = pq.read_table(generation.persons(ids[1])).column("person_id").to_pylist()
     assert victim in others  # the register still holds the person: their pseudonym stays
+
+
+class Killed(BaseException):
+    """The process stopped here (no clean-up runs: `abandon` is switched off)."""
+
+
+class _KillAt:
+    """`os` and `shutil` as `map_store` sees them, stopping the process at the n-th step of a
+    swap (rename of the folder, new symlink, replace of `link_map`, removal of the old one)."""
+
+    def __init__(self, module, at: int, steps: list[str]) -> None:
+        self.module, self.at, self.steps = module, at, steps
+
+    def __getattr__(self, name: str):
+        real = getattr(self.module, name)
+        if name not in ("rename", "symlink", "replace", "rmtree"):
+            return real
+
+        def step(*args, **kwargs):
+            self.steps.append(name)
+            if len(self.steps) == self.at:
+                raise Killed
+            return real(*args, **kwargs)
+
+        return step
+
+
+@pytest.mark.parametrize("at", [1, 2, 3, 4])
+def test_a_kill_at_each_step_of_the_swap_leaves_one_whole_map_and_is_cleared(
+        haven, file_keys, inbox, monkeypatch, at):
+    """Promise: an update killed at any step of the swap leaves the old map or the new one
+    whole, what it left is named by `partial_files` (so destruction counts and removes it),
+    and the next update clears it and gives the full map."""
+    import shutil
+
+    _linked_home(haven, file_keys, inbox)
+    before = person_index.read_link_map(haven.settings)
+    landing = LandingContext(haven.settings, haven.engine, file_keys, haven.actor)
+    new = land_file(landing, write_extract(inbox / "d", "op", rows_for("op", 5, seed=3)))
+    steps: list[str] = []
+    with monkeypatch.context() as patched:
+        patched.setattr(map_store, "os", _KillAt(os, at, steps))
+        patched.setattr(map_store, "shutil", _KillAt(shutil, at, steps))
+        patched.setattr(map_store.NextGeneration, "abandon", lambda self: None)
+        with pytest.raises(Killed):
+            person_index.update(haven.settings, haven.engine, file_keys.current("linkage"))
+    assert steps == ["rename", "symlink", "replace", "rmtree"][:at]
+    seen = person_index.read_link_map(haven.settings)
+    if at <= 3:  # before the symlink was replaced: the old map, whole
+        pd.testing.assert_frame_equal(seen, before)
+    else:
+        assert set(seen["extract_id"]) == set(before["extract_id"]) | {new.extract_id}
+        pd.testing.assert_frame_equal(seen.iloc[:len(before)], before)
+    assert person_index.partial_files(haven.settings)  # the unfinished or the old generation
+    person_index.update(haven.settings, haven.engine, file_keys.current("linkage"))
+    assert person_index.partial_files(haven.settings) == []
+    assert [p.name for p in haven.settings.layout.index_dir.glob("map-*")] == [
+        map_store.current(haven.settings).folder.name]
+    after = person_index.read_link_map(haven.settings)
+    assert set(after["extract_id"]) == set(before["extract_id"]) | {new.extract_id}
+
+
+def _some_to_review(query, profile, prior, labelled) -> pd.DataFrame:
+    """The linkage engine, with every third match sent to the review list."""
+    from linkage.index_matcher import match_profiles
+
+    found = match_profiles(query, profile, prior, labelled)
+    found.loc[found.index % 3 == 0, "band"] = "review"
+    return found
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from synth import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(300, 5, out, progress=False)
+    return out
+
+
+def _review(settings: Settings) -> pd.DataFrame:
+    return pq.read_table(settings.layout.review).to_pandas()
+
+
+@pytest.mark.parametrize("action", ["destroy", "purge"])
+def test_a_kill_after_the_swap_before_the_review_list_is_finished_on_the_next_run(
+        haven, synthetic, monkeypatch, action, backend):
+    """Promise: a destruction or purge killed after the new map was swapped in, before the
+    review list and quality file were rewritten, is finished when run again: the review list
+    keeps no pair of a destroyed or purged row and destruction can certify (the map being
+    up to date does not stop the run from mending the files beside it)."""
+    from sqlalchemy import update as sql_update
+
+    from governance.schema import extracts
+    from pipeline.land import land
+
+    land(haven, synthetic)
+    key = haven.keys.current("linkage")
+    person_index.update(haven.settings, haven.engine, key, _some_to_review)
+    review = _review(haven.settings)
+    assert len(review)
+    target = str(review["query_extract"].iloc[0])
+    rows = sorted({int(r) for r in review.loc[review["query_extract"] == target, "query_row"]})
+
+    def held() -> int:
+        now = _review(haven.settings)
+        if action == "destroy":
+            return int((now["query_extract"] == target).sum()
+                       + (now["profile_extract"] == target).sum())
+        return int(((now["query_extract"] == target) & now["query_row"].isin(rows)).sum())
+
+    def act() -> None:
+        if action == "destroy":
+            person_index.forget_extracts(haven.settings, haven.engine, key, [target],
+                                         _some_to_review)
+        else:
+            person_index.forget_rows(haven.settings, haven.engine, key, {target: rows},
+                                     _some_to_review)
+
+    if action == "destroy":
+        with haven.engine.begin() as connection:
+            connection.execute(sql_update(extracts).where(extracts.c.extract_id == target)
+                               .values(status="destroying"))
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patched:
+        patched.setattr(person_index, "_write", killed)  # the review list is written next
+        with pytest.raises(Killed):
+            act()
+    assert held()  # the kill left the review list as it was
+    act()
+    assert held() == 0
+    if action == "destroy":
+        left = person_index.leftovers(haven.settings, [target])
+        assert set(left.values()) == {0}, left
