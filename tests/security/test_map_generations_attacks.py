@@ -309,3 +309,66 @@ def test_a_kill_after_the_swap_before_the_review_list_is_finished_on_the_next_ru
     if action == "destroy":
         left = person_index.leftovers(haven.settings, [target])
         assert set(left.values()) == {0}, left
+
+
+@pytest.mark.parametrize("at", [0, 1, 2, 3, 4])
+def test_a_rotation_killed_while_rewriting_the_map_and_run_again_leaves_no_old_pseudonym(
+        haven, file_keys, inbox, monkeypatch, at):
+    """Promise: a key rotation killed while writing the map's next generation (0: while
+    writing a file) or at any step of its swap, then run again, leaves no old pseudonym in
+    any file under index/, and each person their key."""
+    import shutil
+
+    _linked_home(haven, file_keys, inbox)
+    old = _pseudonyms_under_index(haven.settings)
+    keys_before = person_index.read_link_map(haven.settings)[["extract_id", "row", "person_key"]]
+    steps: list[str] = []
+
+    def rotate() -> None:
+        rotation.rotate_pseudonym_key(
+            haven.settings, haven.engine, file_keys, haven.actor,
+            [lambda mapping: person_index.rekey(haven.settings, mapping)])
+
+    def dies(self, *args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patched:
+        if at == 0:
+            patched.setattr(map_store.NextGeneration, "write", dies)
+        patched.setattr(map_store, "os", _KillAt(os, at or -1, steps))
+        patched.setattr(map_store, "shutil", _KillAt(shutil, at or -1, steps))
+        patched.setattr(map_store.NextGeneration, "abandon", lambda self: None)
+        with pytest.raises(Killed):
+            rotate()
+    assert person_index.partial_files(haven.settings)
+    rotate()
+    assert person_index.partial_files(haven.settings) == []
+    left = _pseudonyms_under_index(haven.settings)
+    assert left and not (left & old)
+    keys_after = person_index.read_link_map(haven.settings)[["extract_id", "row", "person_key"]]
+    pd.testing.assert_frame_equal(keys_after, keys_before)
+
+
+@pytest.mark.xfail(strict=True, reason="hole reported to the lead (issue #12): linked_batches "
+                   "looks up each extract's map file when it reaches it, so a swap between "
+                   "two extracts gives person keys of two generations; the fix pins one "
+                   "generation for the whole read (linkage/linked_view.py, not this helper's)")
+def test_score_s_linked_copy_never_mixes_two_generations(haven, file_keys, inbox):
+    """Promise: a reader of the linked rows (score's linked copy) sees one generation of the
+    map from its first extract to its last, though an update swaps a new one in meanwhile."""
+    from linkage.linked_view import linked_batches
+
+    _linked_home(haven, file_keys, inbox)
+    base = map_store.current(haven.settings)
+    reader = linked_batches(haven.settings, haven.engine, batch_rows=2)
+    first = next(reader)
+    # an update swaps in a generation in which every person has a new key
+    generation = map_store.NextGeneration(haven.settings, base)
+    for entry in base.entries:
+        frame = pq.read_table(base.path(entry.extract_id)).to_pandas()
+        frame["person_key"] = "Pnew" + frame["person_key"].str[1:]
+        generation.write(entry.extract_id, entry.source, [frame])
+    generation.commit()
+    keys = [first[2]["person_key"]] + [frame["person_key"] for _, _, frame in reader]
+    generations = {str(k).startswith("Pnew") for part in keys for k in part}
+    assert len(generations) == 1  # one generation's keys, whichever
