@@ -191,17 +191,23 @@ def persons_of_parts(parts: list[pd.DataFrame]) -> pd.DataFrame:
 def partial(settings: Settings) -> list[Path]:
     """What a killed update or key rotation left in the index: half-written files and
     folders, and generation folders that are not the current one (any may hold rows of any
-    extract: destruction counts them as left over until they are removed)."""
+    extract: destruction counts them as left over until they are removed), and the single-file
+    map of an older home once a generation holds its rows (a split killed before removing
+    it). A `link_map` symlink leading out of the index is refused (ValueError) before
+    anything is named: every generation folder would look stale beside it."""
     folder = settings.layout.index_dir
     if not folder.exists():
         return []
     link = settings.layout.link_map
-    live = os.readlink(link) if link.is_symlink() else None  # (a copied home: a folder)
+    live = _live_folder(link).name if link.is_symlink() else None  # (a copied home: a folder)
     found = []
     for path in folder.iterdir():
         stale = path.name.startswith("map-") and path.is_dir() and path.name != live
         if path.suffix in PARTIAL_SUFFIXES or stale:
             found.append(path)
+    legacy = settings.layout.legacy_link_map
+    if legacy.exists() and (link.is_symlink() or link.is_dir()):
+        found.append(legacy)
     return sorted(found)
 
 

@@ -59,7 +59,7 @@ def test_a_link_map_symlink_leading_out_of_the_index_is_refused_and_nothing_remo
     index/; a `link_map` symlink planted to lead elsewhere (absolute, `../`, or through a
     `map-*` symlink) is refused with a clear error, and what it names is left alone."""
     settings = Settings(home=tmp_path / "home")
-    _first_generation(settings)
+    real = _first_generation(settings).folder
     victim = _victim(tmp_path)
     link = settings.layout.link_map
     link.unlink()
@@ -77,6 +77,9 @@ def test_a_link_map_symlink_leading_out_of_the_index_is_refused_and_nothing_remo
         map_store.read_table(settings)
     with pytest.raises(ValueError, match="link_map"):  # an update never swaps it away
         map_store.NextGeneration(settings, map_store.current(settings))
+    with pytest.raises(ValueError, match="link_map"):  # nor clears the real one as stale
+        map_store.partial(settings)
+    assert real.is_dir()
     assert sorted(p.name for p in victim.rglob("*")) == ["_manifest.json", "_persons",
                                                          "e1.parquet", "e1.parquet"]
 
@@ -372,3 +375,18 @@ def test_score_s_linked_copy_never_mixes_two_generations(haven, file_keys, inbox
     keys = [first[2]["person_key"]] + [frame["person_key"] for _, _, frame in reader]
     generations = {str(k).startswith("Pnew") for part in keys for k in part}
     assert len(generations) == 1  # one generation's keys, whichever
+
+
+def test_a_single_file_map_left_beside_a_generation_is_named_and_removed(tmp_path: Path):
+    """Promise: the single-file map of an older home, left beside the generation it was split
+    into (a split killed before removing it), is named by `partial` (so destruction counts it
+    until it is removed) and removed with what else a killed run left."""
+    settings = Settings(home=tmp_path / "home")
+    _first_generation(settings)
+    legacy = settings.layout.legacy_link_map
+    pq.write_table(pa.Table.from_pandas(_rows("e0", 3), schema=map_store.MAP_SCHEMA,
+                                        preserve_index=False), legacy)
+    assert map_store.partial(settings) == [legacy]
+    assert person_index.leftovers(settings, ["e0"])["index_partial_files"] == 1
+    assert person_index.discard_partial_files(settings) == 1
+    assert not legacy.exists() and map_store.read_table(settings).num_rows == 4
