@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -153,6 +154,59 @@ def batches(settings: Settings, columns: Sequence[str] | None = None,
     for path in files(settings):
         yield from pq.ParquetFile(path).iter_batches(
             batch_size=batch_rows, columns=list(columns) if columns else None)
+
+
+class Pinned:
+    """One generation's files, every one opened at once and held open: a read of several
+    passes (or of one extract, then another) sees that generation whole, though an update
+    swaps a new one in and removes it meanwhile (an open file outlives its last name)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.handles: list[BinaryIO] = []
+        for attempt in range(3):
+            try:
+                generation = current(settings)
+                ids = [e.extract_id for e in generation.entries] if generation else []
+                paths = [generation.path(e) for e in ids] if generation else files(settings)
+                for path in paths:
+                    self.handles.append(path.open("rb"))
+                break
+            except FileNotFoundError:  # an update swapped generations while this opened
+                self.close()
+                if attempt == 2:
+                    raise
+        self.legacy = generation is None
+        self.by_extract = {} if self.legacy else dict(zip(ids, self.handles, strict=True))
+
+    def files(self) -> list[pq.ParquetFile]:
+        """The map's files in map order, each readable any number of times."""
+        return [pq.ParquetFile(h) for h in self.handles]
+
+    def extract(self, extract_id: str) -> BinaryIO | None:
+        """The open file holding an extract's rows (the single file of an older home, to
+        filter on `extract_id`), for `pq.read_table`; None when the map holds none."""
+        if self.legacy:
+            return self.handles[0] if self.handles else None
+        return self.by_extract.get(extract_id)
+
+    def batches(self, columns: Sequence[str] | None = None,
+                batch_rows: int = READ_ROWS) -> Iterator[pa.RecordBatch]:
+        """The pinned map a batch at a time, in map order (as `batches`)."""
+        for parquet in self.files():
+            yield from parquet.iter_batches(batch_size=batch_rows,
+                                            columns=list(columns) if columns else None)
+
+    def close(self) -> None:
+        """Close every file (the generation's rows are freed if it was removed meanwhile)."""
+        for handle in self.handles:
+            handle.close()
+        self.handles = []
+
+    def __enter__(self) -> Pinned:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def read_table(settings: Settings, columns: Sequence[str] | None = None,

@@ -138,12 +138,19 @@ def pseudonyms_behind_bare_rows(settings: Settings, batch_rows: int = 1_000_000
     the map gives such a row its person's pseudonym): every pseudonym the index gives them.
 
     Read in two streaming passes over the link map (the keys, then their pseudonyms), so
-    memory holds those persons' pairs, not the map.
+    memory holds those persons' pairs, not the map; both passes read one generation
+    (`map_store.Pinned`), though an update swaps another in between them.
     """
+    with map_store.Pinned(settings) as pinned:
+        return _bare_pairs(pinned, batch_rows)
+
+
+def _bare_pairs(pinned: map_store.Pinned, batch_rows: int) -> pd.DataFrame:
+    """`pseudonyms_behind_bare_rows` over a pinned generation."""
     empty = pd.DataFrame({"person_key": pd.Series(dtype=object),
                           "person_id": pd.Series(dtype=object)})
     keys: set[str] = set()
-    for batch in map_store.batches(settings, ["person_key", "method"], batch_rows):
+    for batch in pinned.batches(["person_key", "method"], batch_rows):
         bare = pc.not_equal(batch.column("method"), "nhs_number")
         keys.update(pc.unique(pc.filter(batch.column("person_key"), bare)).to_pylist())
     keys.discard(None)
@@ -151,7 +158,7 @@ def pseudonyms_behind_bare_rows(settings: Settings, batch_rows: int = 1_000_000
         return empty
     wanted = pa.array(sorted(keys), pa.string())
     found = []
-    for batch in map_store.batches(settings, ["person_key", "person_id"], batch_rows):
+    for batch in pinned.batches(["person_key", "person_id"], batch_rows):
         table = pa.Table.from_batches([batch])
         table = table.filter(pc.and_(pc.is_in(table.column("person_key"), value_set=wanted),
                                      pc.is_valid(table.column("person_id"))))

@@ -390,3 +390,115 @@ def test_a_single_file_map_left_beside_a_generation_is_named_and_removed(tmp_pat
     assert person_index.leftovers(settings, ["e0"])["index_partial_files"] == 1
     assert person_index.discard_partial_files(settings) == 1
     assert not legacy.exists() and map_store.read_table(settings).num_rows == 4
+
+
+def _swap_in_new_keys(settings: Settings, current=None) -> None:
+    """What an update's swap does to a reader: a new generation (every person key changed)
+    in, the old one removed."""
+    base = (current or map_store.current)(settings)
+    generation = map_store.NextGeneration(settings, base)
+    for entry in base.entries:
+        frame = pq.read_table(base.path(entry.extract_id)).to_pandas()
+        frame["person_key"] = "Pnew" + frame["person_key"].str[1:]
+        generation.write(entry.extract_id, entry.source, [frame])
+    generation.commit()
+    assert not base.folder.exists()
+
+
+def test_a_pinned_read_sees_one_generation_whole_across_a_swap(tmp_path: Path):
+    """Promise: a reader that pins the map (`map_store.Pinned`) reads the generation it
+    pinned, every pass and every extract, though an update swaps another in and removes it."""
+    settings = Settings(home=tmp_path / "home")
+    settings.layout.index_dir.mkdir(parents=True)
+    first = map_store.NextGeneration(settings, None)
+    first.write("e1", "apc", [_rows("e1", 4)])
+    first.write("e2", "apc", [_rows("e2", 3)])
+    first.commit()
+    with map_store.Pinned(settings) as pinned:
+        _swap_in_new_keys(settings)
+        for _ in range(2):
+            keys = [k for b in pinned.batches(["person_key"]) for k in
+                    b.column("person_key").to_pylist()]
+            assert len(keys) == 7 and not any(k.startswith("Pnew") for k in keys)
+        e2 = pq.read_table(pinned.extract("e2"), columns=["person_key"],
+                           filters=[("row", ">=", 1)]).column("person_key").to_pylist()
+        assert e2 == ["P1", "P2"] and pinned.extract("e9") is None
+    assert pinned.handles == []
+    with map_store.Pinned(settings) as pinned:  # a new pin: the new generation
+        assert all(k.startswith("Pnew") for b in pinned.batches(["person_key"])
+                   for k in b.column("person_key").to_pylist())
+
+
+def test_a_pinned_read_meeting_a_swap_while_opening_opens_the_new_generation(
+        tmp_path: Path, monkeypatch):
+    """Promise: a pin that meets a swap while opening the files opens the new generation
+    whole (up to three tries), and a map with nothing indexed or an older home's single file
+    is pinned as it is."""
+    settings = Settings(home=tmp_path / "home")
+    with map_store.Pinned(settings) as pinned:
+        assert pinned.files() == [] and pinned.extract("e1") is None
+    _first_generation(settings)
+    real = map_store.current
+    calls: list[int] = []
+
+    def swapping(settings: Settings) -> map_store.Generation | None:
+        calls.append(1)
+        found = real(settings)
+        if len(calls) == 1:  # the generation read, then swapped away before its files open
+            _swap_in_new_keys(settings, real)
+        return found
+
+    monkeypatch.setattr(map_store, "current", swapping)
+    with map_store.Pinned(settings) as pinned:
+        keys = pq.read_table(pinned.extract("e1")).column("person_key").to_pylist()
+    assert len(calls) == 2 and all(k.startswith("Pnew") for k in keys)
+    monkeypatch.setattr(map_store, "current", lambda settings: pytest.fail("not reached")
+                        if False else (_ for _ in ()).throw(FileNotFoundError("gone")))
+    with pytest.raises(FileNotFoundError):
+        map_store.Pinned(settings)
+    monkeypatch.setattr(map_store, "current", real)
+    legacy = Settings(home=tmp_path / "legacy")
+    legacy.layout.index_dir.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(_rows("e1", 3), schema=map_store.MAP_SCHEMA,
+                                        preserve_index=False), legacy.layout.legacy_link_map)
+    with map_store.Pinned(legacy) as pinned:
+        assert pq.read_table(pinned.extract("e1")).num_rows == 3
+        assert pinned.extract("any") is pinned.extract("e1")  # filter on extract_id
+
+
+def test_the_pseudonyms_behind_bare_rows_are_read_from_one_generation(
+        haven, file_keys, inbox, monkeypatch):
+    """Promise: the purpose filter's pairs of person key and pseudonym (read in two passes)
+    come from one generation of the map, though an update swaps another in between them:
+    never keys of one generation looked up in another."""
+    from factories import invalid_nhs
+    from linkage.index_matcher import match_profiles
+
+    _linked_home(haven, file_keys, inbox)
+    rows = rows_for("ae", 6, seed=3)  # the register's persons, without a valid NHS number
+    for row in rows:
+        row["nhs_number"] = invalid_nhs(row["nhs_number"])
+        row["attendance_id"] = "B" + row["attendance_id"]
+    landing = LandingContext(haven.settings, haven.engine, file_keys, haven.actor)
+    land_file(landing, write_extract(inbox / "bare", "ae", rows))
+    person_index.update(haven.settings, haven.engine, file_keys.current("linkage"),
+                        match_profiles)
+    want = person_index.pseudonyms_behind_bare_rows(haven.settings, batch_rows=2)
+    assert len(want)
+    real = person_index.pc
+
+    class SwapAfterFirstPass:
+        swapped = False
+
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        def is_in(self, *args, **kwargs):  # the second pass has begun
+            if not self.swapped:
+                self.swapped = True
+                _swap_in_new_keys(haven.settings)
+            return real.is_in(*args, **kwargs)
+
+    monkeypatch.setattr(person_index, "pc", SwapAfterFirstPass())
+    got = person_index.pseudonyms_behind_bare_rows(haven.settings, batch_rows=2)
+    pd.testing.assert_frame_equal(got, want)
