@@ -329,6 +329,7 @@ class NextGeneration:
         layout = self.settings.layout
         manifest = {"extracts": [asdict(e) for e in self.entries]}
         (self.folder / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+        _durable(self.folder)
         os.rename(self.folder, self.final)
         pointer = layout.link_map.with_name(layout.link_map.name + ".new")
         pointer.unlink(missing_ok=True)
@@ -339,6 +340,7 @@ class NextGeneration:
             old = layout.map_generation(f"{self.token}-copied")
             os.rename(layout.link_map, old)
         os.replace(pointer, layout.link_map)
+        _durable_folder(layout.index_dir)  # the swap on disk before the old map goes
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         layout.legacy_link_map.unlink(missing_ok=True)
@@ -347,6 +349,24 @@ class NextGeneration:
     def abandon(self) -> None:
         """Remove what was written (the current generation is untouched)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _durable(folder: Path) -> None:
+    """Every file and folder of a generation flushed to disk before it is swapped in: after
+    a power cut the symlink must not name a generation of empty files while the old one,
+    and the person keys it kept, are gone."""
+    for path in sorted(folder.rglob("*")):
+        _durable_folder(path)
+    _durable_folder(folder)
+
+
+def _durable_folder(path: Path) -> None:
+    """One file or folder flushed to disk (a folder: the names in it)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def split_legacy(settings: Settings) -> int:

@@ -503,3 +503,49 @@ def test_the_pseudonyms_behind_bare_rows_are_read_from_one_generation(
     monkeypatch.setattr(person_index, "pc", SwapAfterFirstPass())
     got = person_index.pseudonyms_behind_bare_rows(haven.settings, batch_rows=2)
     pd.testing.assert_frame_equal(got, want)
+
+
+def test_a_generation_is_on_disk_before_it_is_swapped_in_and_the_swap_before_the_old_goes(
+        tmp_path: Path, monkeypatch):
+    """Promise: a power cut never leaves the symlink naming a generation whose files were not
+    yet written to disk while the old map (and the person keys it kept) is removed: every
+    file and folder of the new generation is flushed before the swap, and the index folder
+    (the swap itself) before the old generation is removed."""
+    import shutil
+
+    settings = Settings(home=tmp_path / "home")
+    base = _first_generation(settings)
+    events: list[tuple[str, str]] = []
+
+    class Recording:
+        def __init__(self, module) -> None:
+            self.module = module
+
+        def __getattr__(self, name: str):
+            real = getattr(self.module, name)
+            if name == "fsync":
+                def fsync(fd: int) -> None:
+                    events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                    return real(fd)
+                return fsync
+            if name in ("rename", "replace", "rmtree"):
+                def step(*args, **kwargs):
+                    events.append((name, str(args[0])))
+                    return real(*args, **kwargs)
+                return step
+            return real
+
+    monkeypatch.setattr(map_store, "os", Recording(os))
+    monkeypatch.setattr(map_store, "shutil", Recording(shutil))
+    generation = map_store.NextGeneration(settings, base)
+    generation.keep(base.entries[0])
+    generation.write("e2", "apc", [_rows("e2", 3)])
+    tmp = generation.folder
+    final = generation.commit().folder
+    names = [e[0] for e in events]
+    renamed, replaced, removed = (names.index("rename"), names.index("replace"),
+                                  names.index("rmtree"))
+    flushed = {path for kind, path in events[:renamed] if kind == "fsync"}
+    wanted = {str(p).replace(str(final), str(tmp)) for p in final.rglob("*")} | {str(tmp)}
+    assert wanted <= flushed
+    assert ("fsync", str(settings.layout.index_dir)) in events[replaced:removed]
