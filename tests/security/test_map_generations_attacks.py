@@ -549,3 +549,46 @@ def test_a_generation_is_on_disk_before_it_is_swapped_in_and_the_swap_before_the
     wanted = {str(p).replace(str(final), str(tmp)) for p in final.rglob("*")} | {str(tmp)}
     assert wanted <= flushed
     assert ("fsync", str(settings.layout.index_dir)) in events[replaced:removed]
+
+
+@pytest.mark.parametrize("change", ["register rows purged", "register destroyed, apc new"])
+def test_an_update_on_a_register_s_change_equals_rewriting_every_extract(
+        haven, synthetic, tmp_path, monkeypatch, change, backend):
+    """Promise: the incremental update gives the map, review list and summary that rewriting
+    every extract gives, also when a register's rows are purged (the registers changed: every
+    unlinked row of untouched extracts is tried again) and when a register is destroyed in
+    the same run as a new extract lands."""
+    from integration.test_link_map_generations import _against_rewriting_everything
+    from sqlalchemy import update as sql_update
+
+    from governance.schema import extracts
+    from pipeline.land import land
+
+    reports = land(haven, synthetic)
+    landed = {r.extract_id: r.source for r in reports if r.status == "landed"}
+    apc = next(e for e, s in landed.items() if s == "apc")
+    register = next(e for e, s in landed.items() if s == "gp_patients")
+
+    def hold(extract_id: str, status: str) -> None:
+        with haven.engine.begin() as connection:
+            connection.execute(sql_update(extracts).where(extracts.c.extract_id == extract_id)
+                               .values(status=status))
+
+    hold(apc, "held")
+    person_index.update(haven.settings, haven.engine, haven.keys.current("linkage"),
+                        _some_to_review, batch_rows=211)
+    if change == "register rows purged":
+        frame = person_index.read_link_map(haven.settings)
+        rows = list(frame.loc[frame["extract_id"] == register, "row"].head(40))
+        kept = _against_rewriting_everything(haven, tmp_path, monkeypatch,
+                                             drop_rows={register: rows})
+        assert register not in kept
+        left = person_index.read_link_map(haven.settings)
+        assert not ((left["extract_id"] == register) & left["row"].isin(rows)).any()
+    else:
+        hold(register, "destroying")
+        hold(apc, "landed")
+        _against_rewriting_everything(haven, tmp_path, monkeypatch)
+        left = person_index.read_link_map(haven.settings)
+        assert apc in set(left["extract_id"]) and register not in set(left["extract_id"])
+        assert not (left["via_extract"] == register).any()
