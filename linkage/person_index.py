@@ -810,8 +810,9 @@ def forget_rows(settings: Settings, engine: Engine, key: Key, rows: dict[str, li
 def _purged_in_index(settings: Settings, rows: dict[str, list[int]]) -> tuple[int, int]:
     """(map rows, review pairs) that still hold any of `rows`."""
     held = 0
-    for batch in map_store.batches(settings, ["extract_id", "row"], BATCH_ROWS):
-        held += int(_rows_in(batch.to_pandas(), rows).sum())
+    with map_store.Pinned(settings) as pinned:
+        for batch in pinned.batches(["extract_id", "row"], BATCH_ROWS):
+            held += int(_rows_in(batch.to_pandas(), rows).sum())
     review = _read_review(settings)
     pairs = _rows_in(review, rows, "query_extract", "query_row") | _rows_in(
         review, rows, "profile_extract", "profile_row")
@@ -842,12 +843,14 @@ def leftovers(settings: Settings, extract_ids: Sequence[str]) -> dict[str, int]:
     """
     wanted = set(extract_ids)
     rows = index_rows = links_via = 0
-    # measured on the rows of every file, not the manifest: a batch at a time
-    for batch in map_store.batches(settings, ["extract_id", "via_extract"], BATCH_ROWS):
-        frame = batch.to_pandas()
-        rows += len(frame)
-        index_rows += int(frame["extract_id"].isin(wanted).sum())
-        links_via += int(frame["via_extract"].isin(wanted).sum())
+    # measured on the rows of every file, not the manifest: a batch at a time, of one
+    # generation though a link swaps another in meanwhile (destruction holds no index lock)
+    with map_store.Pinned(settings) as pinned:
+        for batch in pinned.batches(["extract_id", "via_extract"], BATCH_ROWS):
+            frame = batch.to_pandas()
+            rows += len(frame)
+            index_rows += int(frame["extract_id"].isin(wanted).sum())
+            links_via += int(frame["via_extract"].isin(wanted).sum())
     review = _read_review(settings)
     stale = 0
     if settings.layout.link_quality.exists():

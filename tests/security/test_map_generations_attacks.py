@@ -592,3 +592,26 @@ def test_an_update_on_a_register_s_change_equals_rewriting_every_extract(
         left = person_index.read_link_map(haven.settings)
         assert apc in set(left["extract_id"]) and register not in set(left["extract_id"])
         assert not (left["via_extract"] == register).any()
+
+
+def test_what_destruction_measures_is_one_generation_though_a_link_swaps_meanwhile(
+        haven, file_keys, inbox, monkeypatch):
+    """Promise: destruction's measurement of what the index holds (`leftovers`; destruction
+    holds no index lock, so a link may swap a generation in meanwhile) reads one generation
+    whole: it neither fails on the removed files nor counts parts of two maps."""
+    ids = _linked_home(haven, file_keys, inbox)
+    want = person_index.leftovers(haven.settings, ids[:1])
+    assert want["index_rows"] == 6
+    real = pq.ParquetFile.iter_batches
+    swapped: list[bool] = []
+
+    def iter_batches(self, *args, **kwargs):
+        for batch in real(self, *args, **kwargs):
+            yield batch
+            if not swapped:  # a link swaps a generation in after the first batch is read
+                swapped.append(True)
+                _swap_in_new_keys(haven.settings)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", iter_batches)
+    got = person_index.leftovers(haven.settings, ids[:1])
+    assert swapped and got == want
