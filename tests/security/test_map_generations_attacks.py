@@ -615,3 +615,35 @@ def test_what_destruction_measures_is_one_generation_though_a_link_swaps_meanwhi
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", iter_batches)
     got = person_index.leftovers(haven.settings, ids[:1])
     assert swapped and got == want
+
+
+def test_a_destroyed_extract_s_files_had_no_other_name_and_have_none_left(
+        haven, file_keys, inbox):
+    """Promise: though generations share unchanged files by hard links, after each update
+    every file of the map has one name (the current generation's), so destroying an extract
+    removes the last name of its map and persons files: their rows are freed, not kept alive
+    under another name anywhere under index/."""
+    ids = _linked_home(haven, file_keys, inbox)
+    landing = LandingContext(haven.settings, haven.engine, file_keys, haven.actor)
+    land_file(landing, write_extract(inbox / "d", "op", rows_for("op", 5, seed=3)))
+    key = file_keys.current("linkage")
+    person_index.update(haven.settings, haven.engine, key)  # the first three hard-linked
+    generation = map_store.current(haven.settings)
+    index = haven.settings.layout.index_dir
+    files = [p for p in index.rglob("*") if p.is_file()]
+    assert {p.stat().st_nlink for p in files} == {1}
+    doomed = {(p.stat().st_ino, p.stat().st_size) for p in (
+        generation.path(ids[0]), generation.persons(ids[0]))}
+    from sqlalchemy import update as sql_update
+
+    from governance.schema import extracts
+    with haven.engine.begin() as connection:
+        connection.execute(sql_update(extracts).where(extracts.c.extract_id == ids[0])
+                           .values(status="destroying"))
+    person_index.forget_extracts(haven.settings, haven.engine, key, [ids[0]])
+    after = [p for p in index.rglob("*") if p.is_file()]
+    assert {p.stat().st_nlink for p in after} == {1}
+    assert not [p for p in index.rglob("*") if ids[0] in p.name]
+    assert not doomed & {(p.stat().st_ino, p.stat().st_size) for p in after
+                         if p.suffix == ".parquet" and p.parent.parent == index}
+    assert person_index.partial_files(haven.settings) == []
