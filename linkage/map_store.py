@@ -7,6 +7,10 @@ method). `Layout.link_map` is a symlink to the current generation. An update wri
 generation beside it, hard-linking the files it does not change, then swaps the symlink in one
 rename and removes the old folder: a reader sees the old map or the new, never a mixture, and a
 killed update leaves only folders that `partial` names and the next update removes.
+The new generation is flushed to disk before the swap, and the swap before the old one goes.
+A read of several passes or extracts pins one generation (`Pinned`: its files held open).
+The symlink must name a `map-<token>` folder of the index and an extract id must be a plain
+file name: nothing is read, written or removed outside the index.
 
 Why: a month's refresh then writes the month's extracts and the few older ones whose rows it
 changes, not the whole history; destroying an extract removes its files.
