@@ -651,3 +651,66 @@ def test_a_destroyed_extract_s_files_had_no_other_name_and_have_none_left(
     assert not doomed & {(p.stat().st_ino, p.stat().st_size) for p in after
                          if p.suffix == ".parquet" and p.parent.parent == index}
     assert person_index.partial_files(haven.settings) == []
+
+
+KILLED_LINK = """
+import os, signal, sys
+from cli.main import main
+from linkage import map_store
+
+step = sys.argv[1]
+
+
+class KillAfter:
+    def __getattr__(self, name):
+        real = getattr(os, name)
+        if name != step:
+            return real
+
+        def then_die(*args, **kwargs):
+            real(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        return then_die
+
+
+map_store.os = KillAfter()
+sys.exit(main(["link"], dict(os.environ)))
+"""
+
+
+@pytest.mark.parametrize("step", ["link", "rename", "replace"])
+def test_a_link_killed_by_sigkill_mid_swap_is_found_and_destroyed_with_the_extracts(
+        haven, landing, inbox, step):
+    """Promise: `haven link` killed outright (SIGKILL: no clean-up of any kind) after hard-
+    linking a kept file, after renaming its new generation into place, or after swapping the
+    symlink, leaves a map readers read whole; what it left is named by `partial_files`, and
+    destroying every extract removes it and certifies nothing left under index/."""
+    import datetime as dt
+    import subprocess
+    import sys
+
+    from security.test_destruction import environ, left_behind, nothing_left
+
+    from pipeline import govern
+
+    ids = [land_file(landing, write_extract(inbox / s, s, rows_for(s, 6, seed=4))).extract_id
+           for s in ("apc", "gp_patients")]
+    person_index.update(haven.settings, haven.engine, haven.keys.current("linkage"))
+    before = person_index.read_link_map(haven.settings)
+    ids.append(land_file(landing, write_extract(inbox / "ae", "ae", rows_for("ae", 6, seed=4))
+                         ).extract_id)
+    done = subprocess.run([sys.executable, "-c", KILLED_LINK, step], env={
+        **os.environ, **environ(haven)}, cwd=Path(__file__).parents[2], capture_output=True,
+        timeout=300)
+    assert done.returncode == -9, done.stderr.decode()[-2000:]
+    seen = person_index.read_link_map(haven.settings)
+    if step == "replace":
+        assert set(seen["extract_id"]) == set(ids)
+    else:
+        pd.testing.assert_frame_equal(seen, before)
+    assert person_index.partial_files(haven.settings)
+    certificate = govern.destroy_expired(haven, dt.date(2099, 1, 1))
+    assert set(certificate.remaining.values()) == {0}
+    assert left_behind(haven, ids) == nothing_left(haven, ids)
+    assert person_index.partial_files(haven.settings) == []
