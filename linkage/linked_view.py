@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -70,36 +71,41 @@ def linked_batches(settings: Settings, engine: Engine, row_filter: RowFilter | N
     if not map_store.exists(settings):
         raise FileNotFoundError("no person index yet: run `haven link` first")
     landed = landed_extracts(engine)
-    for item in landed.sort_values(["source", "extract_id"]).itertuples():
-        source = str(item.source)
-        if sources is not None and source not in sources:
-            continue
-        path = settings.layout.rows(item.extract_id)
-        present = [n for n in pq.read_schema(path).names if not n.startswith("lk_")]
-        if columns is not None and source in columns:
-            keep = {"extract_id", "row", "person_id", *columns[source]}
-            present = [n for n in present if n in keep]
-        window = _Window(map_store.extract_file(settings, str(item.extract_id)),
-                         str(item.extract_id), window_rows)
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=present):
-            table = pa.Table.from_batches([batch])
-            wanted = table.column("row").to_numpy()
-            found, person_keys = window.keys_of(wanted)
-            table = table.filter(pa.array(found)).append_column("person_key", person_keys)
-            table = table.append_column("sender", pa.array([item.sender] * table.num_rows,
-                                                           pa.string()))
-            frame = table.to_pandas()
-            del table
-            if row_filter is not None and len(frame):
-                frame = frame[row_filter(frame, source).to_numpy()]
-            if len(frame):
-                yield source, str(item.extract_id), frame.reset_index(drop=True)
+    # one generation of the map from the first extract to the last, though a link swaps in
+    # another meanwhile (its files held open)
+    with map_store.Pinned(settings) as pinned:
+        for item in landed.sort_values(["source", "extract_id"]).itertuples():
+            source = str(item.source)
+            if sources is not None and source not in sources:
+                continue
+            path = settings.layout.rows(item.extract_id)
+            present = [n for n in pq.read_schema(path).names if not n.startswith("lk_")]
+            if columns is not None and source in columns:
+                keep = {"extract_id", "row", "person_id", *columns[source]}
+                present = [n for n in present if n in keep]
+            window = _Window(pinned.extract(str(item.extract_id)), str(item.extract_id),
+                             window_rows)
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows,
+                                                           columns=present):
+                table = pa.Table.from_batches([batch])
+                wanted = table.column("row").to_numpy()
+                found, person_keys = window.keys_of(wanted)
+                table = table.filter(pa.array(found)).append_column("person_key", person_keys)
+                table = table.append_column("sender", pa.array([item.sender] * table.num_rows,
+                                                               pa.string()))
+                frame = table.to_pandas()
+                del table
+                if row_filter is not None and len(frame):
+                    frame = frame[row_filter(frame, source).to_numpy()]
+                if len(frame):
+                    yield source, str(item.extract_id), frame.reset_index(drop=True)
 
 
 class _Window:
     """Person keys of an extract's rows, read from the link map a window of rows at a time."""
 
-    def __init__(self, link_path: Path | None, extract_id: str, rows: int) -> None:
+    def __init__(self, link_path: Path | BinaryIO | None, extract_id: str, rows: int
+                 ) -> None:
         self.link_path, self.extract_id, self.rows = link_path, extract_id, max(rows, 1)
         self.low = self.high = 0  # rows [low, high) are held
         self.numbers = np.zeros(0, dtype=np.int64)

@@ -356,11 +356,6 @@ def test_a_rotation_killed_while_rewriting_the_map_and_run_again_leaves_no_old_p
     pd.testing.assert_frame_equal(keys_after, keys_before)
 
 
-@pytest.mark.xfail(strict=True, reason="hole reported to the lead (issue #12): linked_batches "
-                   "looks up each extract's map file when it reaches it, so a swap between "
-                   "two extracts gives person keys of two generations; the fix: "
-                   "linked_batches reads inside `with map_store.Pinned(settings) as pinned:` "
-                   "and gives _Window `pinned.extract(extract_id)` (linkage/linked_view.py)")
 def test_score_s_linked_copy_never_mixes_two_generations(haven, file_keys, inbox):
     """Promise: a reader of the linked rows (score's linked copy) sees one generation of the
     map from its first extract to its last, though an update swaps a new one in meanwhile."""
