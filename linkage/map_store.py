@@ -293,17 +293,18 @@ class NextGeneration:
         self.folder = self.final.with_name(self.final.name + ".tmp")
         (self.folder / PERSONS).mkdir(parents=True)
         self.entries: list[Entry] = []
-        self.written: list[str] = []
 
     def path(self, extract_id: str) -> Path:
         return self.folder / f"{safe_extract_id(extract_id)}.parquet"
+
+    def persons(self, extract_id: str) -> Path:
+        return self.folder / PERSONS / f"{safe_extract_id(extract_id)}.parquet"
 
     def keep(self, entry: Entry) -> None:
         """Take an extract's files unchanged from the current generation (hard links)."""
         assert self.base is not None
         os.link(self.base.path(entry.extract_id), self.path(entry.extract_id))
-        os.link(self.base.persons(entry.extract_id),
-                self.folder / PERSONS / f"{entry.extract_id}.parquet")
+        os.link(self.base.persons(entry.extract_id), self.persons(entry.extract_id))
         self.entries.append(entry)
 
     def write(self, extract_id: str, source: str, frames: Iterable[pd.DataFrame]) -> Entry:
@@ -322,10 +323,9 @@ class NextGeneration:
                                                         preserve_index=False))
         found = persons_of_parts(persons)
         pq.write_table(pa.Table.from_pandas(found, schema=PERSONS_SCHEMA, preserve_index=False),
-                       self.folder / PERSONS / f"{extract_id}.parquet", compression="zstd")
+                       self.persons(extract_id), compression="zstd")
         entry = Entry(extract_id, source, rows, methods)
         self.entries.append(entry)
-        self.written.append(extract_id)
         return entry
 
     def commit(self) -> Generation:
