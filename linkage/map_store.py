@@ -89,7 +89,7 @@ class Generation:
         return counted
 
 
-def current(settings: Settings) -> Generation | None:
+def current(settings: Settings, attempt: int = 0) -> Generation | None:
     """The current generation (None when nothing is indexed, or only a legacy single file)."""
     link = settings.layout.link_map
     if link.is_symlink():
@@ -98,7 +98,12 @@ def current(settings: Settings) -> Generation | None:
         folder = link
     else:
         return None
-    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:  # swapped out and removed between the symlink and the manifest
+        if attempt == 2:
+            raise
+        return current(settings, attempt + 1)
     return Generation(folder, tuple(Entry(**e) for e in manifest["extracts"]))
 
 
@@ -141,23 +146,12 @@ def files(settings: Settings) -> list[Path]:
     return [legacy] if legacy.exists() else []
 
 
-def extract_file(settings: Settings, extract_id: str) -> Path | None:
-    """The file holding an extract's map rows (filter on `extract_id` when it is the legacy
-    single file); None when the map holds none of them."""
-    generation = current(settings)
-    if generation is not None:
-        held = any(e.extract_id == extract_id for e in generation.entries)
-        return generation.path(extract_id) if held else None
-    legacy = settings.layout.legacy_link_map
-    return legacy if legacy.exists() else None
-
-
 def batches(settings: Settings, columns: Sequence[str] | None = None,
             batch_rows: int = READ_ROWS) -> Iterator[pa.RecordBatch]:
-    """The whole map a batch at a time, in map order."""
-    for path in files(settings):
-        yield from pq.ParquetFile(path).iter_batches(
-            batch_size=batch_rows, columns=list(columns) if columns else None)
+    """The whole map a batch at a time, in map order, from one generation (pinned: a link
+    swapping in another meanwhile neither fails the read nor mixes the two)."""
+    with Pinned(settings) as pinned:
+        yield from pinned.batches(columns, batch_rows)
 
 
 class Pinned:

@@ -95,3 +95,35 @@ def test_a_read_that_meets_a_swap_reads_the_new_generation(tmp_path: Path, monke
     monkeypatch.setattr(map_store, "files", lambda settings: [tmp_path / "gone.parquet"])
     with pytest.raises(FileNotFoundError):
         map_store.read_table(settings)
+
+
+def test_a_batch_read_across_a_swap_reads_one_generation_whole(tmp_path: Path):
+    settings = Settings(home=tmp_path)
+    _generation(settings, {"e1": _rows("e1", 8, key="Pold"), "e2": _rows("e2", 8, key="Pold")})
+    reader = map_store.batches(settings, ["person_key"], batch_rows=3)
+    keys = next(reader).column("person_key").to_pylist()
+    _generation(settings, {"e1": _rows("e1", 8, key="Pnew"), "e2": _rows("e2", 8, key="Pnew")})
+    for batch in reader:  # the old generation's files were removed meanwhile
+        keys += batch.column("person_key").to_pylist()
+    assert len(keys) == 16 and "Pold" in keys and "Pnew" not in keys
+
+
+def test_the_current_generation_when_a_swap_removes_the_one_being_opened(tmp_path: Path,
+                                                                         monkeypatch):
+    settings = Settings(home=tmp_path)
+    old = _generation(settings, {"e1": _rows("e1", 4)})
+    real = Path.read_text
+    swapped = []
+
+    def read_text(self: Path, *args, **kwargs) -> str:
+        if self.name == map_store.MANIFEST and not swapped:
+            swapped.append(1)  # an update swaps a generation in and removes this one
+            with monkeypatch.context() as inner:
+                inner.setattr(Path, "read_text", real)
+                _generation(settings, {"e1": None, "e2": _rows("e2", 3)})
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    found = map_store.current(settings)
+    assert swapped and not old.folder.exists()
+    assert [e.extract_id for e in found.entries] == ["e1", "e2"]
