@@ -682,19 +682,27 @@ def _write_linked(settings: Settings, base: map_store.Generation | None, plan: _
         raise
 
 
-def _apply_clients(frame: pd.DataFrame, by_row: pd.DataFrame) -> None:
-    """Client links ((extract_id, row) -> person_id, method, via_extract, weight) into
-    `frame`."""
-    mine = frame["client_key"].notna().to_numpy()
-    if not mine.any():
-        return
-    rows = frame.loc[mine, ["extract_id", "row"]]
+def _found_rows(frame: pd.DataFrame, mask: np.ndarray, by_row: pd.DataFrame
+                ) -> tuple[pd.Index, pd.DataFrame] | None:
+    """Of `frame`'s rows under `mask`, those `by_row` (indexed by extract_id and row) holds:
+    their labels in `frame` and their rows of `by_row`, in the same order (None if none)."""
+    if not mask.any():
+        return None
+    rows = frame.loc[mask, ["extract_id", "row"]]
     where = by_row.index.get_indexer(pd.MultiIndex.from_frame(rows))
     ok = where >= 0
     if not ok.any():
+        return None
+    return rows.index[ok], by_row.iloc[where[ok]]
+
+
+def _apply_clients(frame: pd.DataFrame, by_row: pd.DataFrame) -> None:
+    """Client links ((extract_id, row) -> person_id, method, via_extract, weight) into
+    `frame`."""
+    found = _found_rows(frame, frame["client_key"].notna().to_numpy(), by_row)
+    if found is None:
         return
-    hit = by_row.iloc[where[ok]]
-    at = rows.index[ok]
+    at, hit = found
     for column in ("person_id", "method", "via_extract"):
         frame.loc[at, column] = hit[column].to_numpy(dtype=object)
     frame.loc[at, "weight"] = hit["weight"].to_numpy(dtype=np.float64)
@@ -702,16 +710,10 @@ def _apply_clients(frame: pd.DataFrame, by_row: pd.DataFrame) -> None:
 
 def _apply_links(frame: pd.DataFrame, linked: pd.DataFrame) -> None:
     """Probabilistic links ((extract_id, row) -> person_id, weight, via_extract) into `frame`."""
-    pending = frame["person_id"].isna().to_numpy()
-    if not pending.any():
+    found = _found_rows(frame, frame["person_id"].isna().to_numpy(), linked)
+    if found is None:
         return
-    rows = frame.loc[pending, ["extract_id", "row"]]
-    where = linked.index.get_indexer(pd.MultiIndex.from_frame(rows))
-    ok = where >= 0
-    if not ok.any():
-        return
-    at = rows.index[ok]
-    hit = linked.iloc[where[ok]]
+    at, hit = found
     frame.loc[at, "person_id"] = hit["person_id"].to_numpy(dtype=object)
     frame.loc[at, "method"] = "probabilistic"
     frame.loc[at, "weight"] = hit["weight"].to_numpy()
