@@ -10,7 +10,7 @@ carry a pseudonym are linked as if they did not, and their links are checked aga
 
 The profiles come as a `ProfileStore`: a bucket of persons at a time, so memory holds one
 bucket's profiles and blocks, not the register. Blocks are sized on the whole register
-(`_plans`, from each blocking pass's key tally, counted once per store: `register_tallies`);
+(`_totals`, from each blocking pass's key tally, counted once per store: `register_tallies`);
 a person's profiles share a bucket, so each query row's best pair per person is
 found within one, and only its sum of evidence and its best pair are carried across buckets
 (`_combined`). A DataFrame of profiles is taken as a store of one bucket.
@@ -18,7 +18,10 @@ found within one, and only its sum of evidence and its best pair are carried acr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -104,22 +107,59 @@ def _as_store(profile: pd.DataFrame | ProfileStore) -> ProfileStore:
     return profile if isinstance(profile, ProfileStore) else ProfileStore.from_frame(profile)
 
 
-def _plans(query: Encoded, store: ProfileStore, fields: list[str]
-           ) -> Iterator[tuple[np.ndarray, pd.DataFrame, Encoded, BlockingPlan]]:
-    """Per bucket: its profiles' positions, their frame (`person_id` and `fields`), their
-    encodings and the query's blocking plan against them. With several buckets, blocks are
-    sized on the whole register first (each query key's profiles, counted from the
-    register's key tallies), so the blocks skipped as oversized are those one plan over every
-    profile would skip."""
-    totals = None
-    if len(store.buckets) > 1:
-        passes = usable_passes(query, Encoded(pd.DataFrame(columns=fields)), INDEX_PASSES)
-        tallies = register_tallies(store, passes)
-        totals = [tallies[cols].counts_for(query.pass_key(cols)) for cols in passes]
-    for positions, frame in store.frames(["person_id", *fields]):
-        profiles = Encoded(frame)
-        yield positions, frame, profiles, plan_blocking(
-            query, profiles, INDEX_PASSES, max_block_pairs=MAX_BLOCK_PAIRS, right_totals=totals)
+def _totals(query: Encoded, store: ProfileStore, fields: list[str]) -> list[np.ndarray] | None:
+    """Each blocking pass's count of the whole register's profiles per query key (None for a
+    store of one bucket): with several buckets, blocks are sized on the whole register, so
+    the blocks skipped as oversized are those one plan over every profile would skip."""
+    if len(store.buckets) <= 1:
+        return None
+    passes = usable_passes(query, Encoded(pd.DataFrame(columns=fields)), INDEX_PASSES)
+    tallies = register_tallies(store, passes)
+    return [tallies[cols].counts_for(query.pass_key(cols)) for cols in passes]
+
+
+@dataclass(frozen=True)
+class BucketJob:
+    """What one bucket's task needs beside the bucket's number: the same for every bucket of
+    a match, so an engine ships it once (a broadcast) and runs `task(job, i)` per bucket."""
+
+    query: Encoded
+    store: ProfileStore  # the view's buckets and exclusions, without its memo
+    fields: list[str]
+    totals: list[np.ndarray] | None
+    model: MatchModel | None = None
+    persons: int = 1  # the view's persons: a pair's prior odds are 1 in this many
+    person_q: pd.Series | None = None  # each query row's pseudonym (training)
+    exclude_self: np.ndarray | None = None  # each query row's own profile position (training)
+    # read on the driver: an executor's copy of this module has its own globals
+    max_block_pairs: int = MAX_BLOCK_PAIRS
+
+
+# How the buckets' tasks are run: `map_buckets(task, count)` is [task(0), ..., task(count-1)],
+# in bucket order; the embedded engine runs them here one after the other (`in_order`), the
+# Spark engine on executors (pipeline/engines/spark_link.py). A task reads its bucket itself.
+BucketMap = Callable[[Callable[[int], Any], int], list[Any]]
+
+
+def in_order(task: Callable[[int], Any], count: int) -> list[Any]:
+    """Each bucket's task in this process, one bucket in memory at a time."""
+    return [task(index) for index in range(count)]
+
+
+def _job(query: Encoded, store: ProfileStore, fields: list[str], **extra: Any) -> BucketJob:
+    return BucketJob(query, store.shipped(), fields, _totals(query, store, fields),
+                     max_block_pairs=MAX_BLOCK_PAIRS, **extra)
+
+
+def _bucket_plan(job: BucketJob, index: int
+                 ) -> tuple[np.ndarray, pd.DataFrame, Encoded, BlockingPlan]:
+    """Bucket `index`'s profile positions, frame (`person_id` and the fields), encodings and
+    the query's blocking plan against them."""
+    positions, frame = job.store.bucket(index, ["person_id", *job.fields])
+    profiles = Encoded(frame)
+    return positions, frame, profiles, plan_blocking(
+        job.query, profiles, INDEX_PASSES, max_block_pairs=job.max_block_pairs,
+        right_totals=job.totals)
 
 
 def register_tallies(store: ProfileStore, passes: list[tuple[str, ...]]
@@ -154,33 +194,22 @@ def register_tallies(store: ProfileStore, passes: list[tuple[str, ...]]
 
 
 def fit_supervised(query: Encoded, person_q: pd.Series, store: ProfileStore, fields: list[str],
-                   exclude_self: np.ndarray | None = None, seed: int = 0) -> MatchModel | None:
+                   exclude_self: np.ndarray | None = None, seed: int = 0,
+                   map_buckets: BucketMap = in_order) -> MatchModel | None:
     """Fellegi-Sunter m and u from labels the data gives for free (recordlinkage NaiveBayes).
 
     m: levels among candidate pairs of the same person (pseudonyms equal); u: levels among
     random pairs of different persons, so u is what chance agreement looks like in the whole
     register, not among blocked pairs (which already agree on something). None when there are
     too few labelled matches to fit. `exclude_self`: each query row's own profile position.
+    The candidate pairs are found a bucket at a time through `map_buckets`.
     """
     import recordlinkage
 
     # Candidate pairs a bucket and a chunk of query rows at a time: only positives are kept.
-    found = []
-    for positions, frame, profiles, plan in _plans(query, store, fields):
-        person_p, uniques = person_codes(frame["person_id"])
-        mine = codes_for(person_q, uniques)
-        for rows in row_parts(pair_bounds(plan), CHUNK_PAIRS, QUERY_CHUNK):
-            pairs = pairs_for_rows(plan, rows, sort=True)
-            left, right = pairs["left"].to_numpy(), pairs["right"].to_numpy()
-            keep = mine[left] == person_p[right]
-            if exclude_self is not None:
-                keep &= exclude_self[left] != positions[right]
-            if keep.any():
-                chosen = pairs[keep]
-                vectors = compare(query, profiles, chosen)
-                vectors.insert(0, "left", left[keep])
-                vectors.insert(1, "right", positions[right[keep]])
-                found.append(vectors.reset_index(drop=True))
+    job = _job(query, store, fields, person_q=person_q, exclude_self=exclude_self)
+    found = [part for parts in map_buckets(functools.partial(_positives_in_bucket, job),
+                                           len(store.buckets)) for part in parts]
     if not found or sum(len(f) for f in found) < MIN_LABELLED:
         return None
     positives = pd.concat(found, ignore_index=True).sort_values(
@@ -213,37 +242,64 @@ def fit_supervised(query: Encoded, person_q: pd.Series, store: ProfileStore, fie
                       method="supervised")
 
 
-def _scored(query: Encoded, store: ProfileStore, fields: list[str], model: MatchModel | None
-            ) -> Iterator[pd.DataFrame]:
-    """Scored candidate pairs (query, profile position, weight, probability, cmp_*, person: a
-    code within the bucket), a bucket and a part of query rows at a time (every pair of a
-    query row and a bucket in one part: `QUERY_CHUNK`, `CHUNK_PAIRS`). A model fitted here
-    (ECM, when none is given) needs every pair at once: then the store is one bucket and
-    there is one part."""
-    for positions, frame, profiles, plan in _plans(query, store, fields):
-        person, _ = person_codes(frame["person_id"])
-        parts = (row_parts(pair_bounds(plan), CHUNK_PAIRS, QUERY_CHUNK) if model is not None
-                 else [None])
-        for rows in parts:
-            pairs = pairs_for_rows(plan, rows, sort=True)
-            if len(pairs) == 0:
-                continue
-            vectors = compare(query, profiles, pairs)
-            if model is None:
-                model = fit_model(query, profiles, pairs, vectors, method="ecm")
-            weight = model.weight(vectors)
-            right = pairs["right"].to_numpy()
-            scored = pd.DataFrame({"query": pairs["left"].to_numpy(),
-                                   "profile": positions[right],
-                                   "weight": weight, "probability": model.probability(weight)})
-            for name in vectors.columns:
-                scored[f"cmp_{name}"] = vectors[name].to_numpy()
-            scored["person"] = person[right]
-            yield scored
+def _positives_in_bucket(job: BucketJob, index: int) -> list[pd.DataFrame]:
+    """Comparison vectors (with `left`, `right`: query row, profile position) of bucket
+    `index`'s candidate pairs of one person, a query rows' part at a time."""
+    positions, frame, profiles, plan = _bucket_plan(job, index)
+    person_p, uniques = person_codes(frame["person_id"])
+    mine = codes_for(job.person_q, uniques)
+    found = []
+    for rows in row_parts(pair_bounds(plan), CHUNK_PAIRS, QUERY_CHUNK):
+        pairs = pairs_for_rows(plan, rows, sort=True)
+        left, right = pairs["left"].to_numpy(), pairs["right"].to_numpy()
+        keep = mine[left] == person_p[right]
+        if job.exclude_self is not None:
+            keep &= job.exclude_self[left] != positions[right]
+        if keep.any():
+            chosen = pairs[keep]
+            vectors = compare(job.query, profiles, chosen)
+            vectors.insert(0, "left", left[keep])
+            vectors.insert(1, "right", positions[right[keep]])
+            found.append(vectors.reset_index(drop=True))
+    return found
 
 
-def train_on_profiles(profile: pd.DataFrame | ProfileStore, fields: list[str]
-                      ) -> MatchModel | None:
+def _scored_in_bucket(job: BucketJob, index: int) -> Iterator[pd.DataFrame]:
+    """Scored candidate pairs of bucket `index` (query, profile position, weight,
+    probability, cmp_*, person: a code within the bucket), a part of query rows at a time
+    (every pair of a query row and the bucket in one part: `QUERY_CHUNK`, `CHUNK_PAIRS`). A
+    model fitted here (ECM, when the job has none) needs every pair at once: then the store
+    is one bucket and there is one part."""
+    positions, frame, profiles, plan = _bucket_plan(job, index)
+    person, _ = person_codes(frame["person_id"])
+    model = job.model
+    parts = (row_parts(pair_bounds(plan), CHUNK_PAIRS, QUERY_CHUNK) if model is not None
+             else [None])
+    for rows in parts:
+        pairs = pairs_for_rows(plan, rows, sort=True)
+        if len(pairs) == 0:
+            continue
+        vectors = compare(job.query, profiles, pairs)
+        if model is None:
+            model = fit_model(job.query, profiles, pairs, vectors, method="ecm")
+        weight = model.weight(vectors)
+        right = pairs["right"].to_numpy()
+        scored = pd.DataFrame({"query": pairs["left"].to_numpy(),
+                               "profile": positions[right],
+                               "weight": weight, "probability": model.probability(weight)})
+        for name in vectors.columns:
+            scored[f"cmp_{name}"] = vectors[name].to_numpy()
+        scored["person"] = person[right]
+        yield scored
+
+
+def _best_in_bucket(job: BucketJob, index: int) -> list[pd.DataFrame]:
+    """Each query row's best pair in bucket `index`, a part at a time (`_best`)."""
+    return [_best(scored, job.persons) for scored in _scored_in_bucket(job, index)]
+
+
+def train_on_profiles(profile: pd.DataFrame | ProfileStore, fields: list[str],
+                      map_buckets: BucketMap = in_order) -> MatchModel | None:
     """A supervised model for queries carrying `fields`, trained on profiles with twins.
 
     Profiles of persons who have more than one (a social care row with an NHS number and the
@@ -262,12 +318,13 @@ def train_on_profiles(profile: pd.DataFrame | ProfileStore, fields: list[str]
     order = np.argsort(twins, kind="stable")
     query = pd.concat(rows, ignore_index=True).iloc[order].reset_index(drop=True)
     return fit_supervised(Encoded(query[fields]), query["person_id"], store, fields,
-                          exclude_self=twins[order])
+                          exclude_self=twins[order], map_buckets=map_buckets)
 
 
 def match_profiles(query: pd.DataFrame, profile: pd.DataFrame | ProfileStore,
                    coverage: float = DEFAULT_COVERAGE,
-                   examples: pd.DataFrame | None = None) -> pd.DataFrame:
+                   examples: pd.DataFrame | None = None,
+                   map_buckets: BucketMap = in_order) -> pd.DataFrame:
     """Best profile per query row: columns query, profile, weight, probability, band, cmp_*.
 
     `weight` is the pair's Fellegi-Sunter match weight (log2 Bayes factor). `probability` is
@@ -280,6 +337,7 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame | ProfileStore,
     The model is trained on `examples` (labelled rows of the query's own source) when there
     are enough, else on profile twins, else fitted unsupervised (ECM). `profile` is a
     `ProfileStore` (or a frame of profiles: one bucket); `profile` in the result is a position.
+    Each bucket's pairs are found and scored by a task of its own, run by `map_buckets`.
     """
     # Compare only the fields the query rows carry (an all-null column is not evidence).
     fields = [c for c in query.columns if c.startswith("lk_") and query[c].notna().any()]
@@ -289,15 +347,17 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame | ProfileStore,
     if examples is not None and len(examples) >= MIN_LABELLED:
         columns = ["extract_id", "row", *fields]
         model = fit_supervised(Encoded(examples[columns].reset_index(drop=True)),
-                               examples["person_id"], store, fields)
+                               examples["person_id"], store, fields, map_buckets=map_buckets)
     if model is None:
-        model = train_on_profiles(store, fields)
+        model = train_on_profiles(store, fields, map_buckets)
     if model is None and len(store.buckets) > 1:
         # ECM fits on every candidate pair at once: the one step that holds the register
         # (only when it has too few persons with twins to learn from: never a large one)
         store = ProfileStore.from_frame(store.whole(["person_id", *fields]))
-    persons = max(store.persons, 1)
-    best = [_best(scored, persons) for scored in _scored(encoded, store, fields, model)]
+    job = _job(encoded, store, fields, model=model, persons=max(store.persons, 1))
+    run = map_buckets if model is not None else in_order  # ECM: one bucket, fitted here
+    best = [part for parts in run(functools.partial(_best_in_bucket, job), len(store.buckets))
+            for part in parts]
     if not best:
         return pd.DataFrame(columns=["query", "profile", "weight", "probability", "band"])
     return _combined(best, coverage, several=len(store.buckets) > 1)
@@ -365,7 +425,7 @@ def _registered(persons: np.ndarray, store: ProfileStore) -> np.ndarray:
 def estimate_quality(profile: pd.DataFrame | ProfileStore,
                      examples: pd.DataFrame | None = None,
                      priors: dict[str, float] | None = None, sample: int = 5000,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, map_buckets: BucketMap = in_order) -> dict:
     """False-match and missed-match rates, measured on rows whose pseudonym is known.
 
     Per source with labelled examples (the sampled NHS-numbered rows): half the persons train
@@ -401,7 +461,8 @@ def estimate_quality(profile: pd.DataFrame | ProfileStore,
                 test = test.iloc[np.sort(rng.choice(len(test), sample, replace=False))]
                 test = test.reset_index(drop=True)
             matches = match_profiles(test[["extract_id", "row", *fields]], store,
-                                     priors.get(str(source), ASSUMED_REGISTERED), train)
+                                     priors.get(str(source), ASSUMED_REGISTERED), train,
+                                     map_buckets)
             out[str(source)] = _rates(matches, test["person_id"].to_numpy(dtype=object), store,
                                       len(test))
     if "source" in store.columns:
@@ -419,7 +480,8 @@ def estimate_quality(profile: pd.DataFrame | ProfileStore,
             fields = [c for c in query.columns if c.startswith("lk_") and query[c].notna().any()]
             rest = store.without(chosen)
             matches = match_profiles(query[["extract_id", "row", *fields]], rest,
-                                     priors.get("social_care", ASSUMED_REGISTERED))
+                                     priors.get("social_care", ASSUMED_REGISTERED),
+                                     map_buckets=map_buckets)
             out["social_care"] = _rates(matches, query["person_id"].to_numpy(dtype=object),
                                         rest, len(query))
     return out

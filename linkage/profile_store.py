@@ -81,19 +81,31 @@ class ProfileStore:
 
     def frames(self, columns: Sequence[str]) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
         """Each bucket's (positions, frame of `columns`), rows in position order."""
-        for bucket in self.buckets:
-            if isinstance(bucket, pd.DataFrame):
-                positions = np.arange(len(bucket), dtype=np.int64)
-                frame = bucket[list(columns)]
-            else:
-                table = _read(bucket, ["pos", *columns])
-                positions = table.column("pos").to_numpy()
-                frame = table.drop_columns(["pos"]).to_pandas(types_mapper=pd.ArrowDtype)
-            if len(self.excluded):
-                keep = ~np.isin(positions, self.excluded)
-                frame = frame[keep].reset_index(drop=True)
-                positions = positions[keep] - np.searchsorted(self.excluded, positions[keep])
-            yield positions, frame
+        for index in range(len(self.buckets)):
+            yield self.bucket(index, columns)
+
+    def bucket(self, index: int, columns: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
+        """Bucket `index`'s (positions in this view, frame of `columns`), in position order:
+        what one task of a match reads (on an executor, from the bucket's file)."""
+        bucket = self.buckets[index]
+        if isinstance(bucket, pd.DataFrame):
+            positions = np.arange(len(bucket), dtype=np.int64)
+            frame = bucket[list(columns)]
+        else:
+            table = _read(bucket, ["pos", *columns])
+            positions = table.column("pos").to_numpy()
+            frame = table.drop_columns(["pos"]).to_pandas(types_mapper=pd.ArrowDtype)
+        if len(self.excluded):
+            keep = ~np.isin(positions, self.excluded)
+            frame = frame[keep].reset_index(drop=True)
+            positions = positions[keep] - np.searchsorted(self.excluded, positions[keep])
+        return positions, frame
+
+    def shipped(self) -> ProfileStore:
+        """This view without its memo (what is derived from it stays with the caller): what
+        a bucket's task is sent, small when the buckets are files."""
+        return ProfileStore(self.buckets, self.rows, self.persons, self.carried, self.columns,
+                            self.excluded)
 
     def gather(self, positions: np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
         """The profiles at `positions` (this view's numbering; any order, repeats allowed),

@@ -12,8 +12,8 @@ import datetime as dt
 
 from governance import optouts, retention, rotation
 from linkage import map_store, person_index
-from linkage.index_matcher import match_profiles
 from pipeline.context import Context
+from pipeline.engines.dispatch import profile_matching
 
 
 def dependents(ctx: Context) -> list[retention.Dependent]:
@@ -26,8 +26,9 @@ def dependents(ctx: Context) -> list[retention.Dependent]:
             return {"index_rows_removed": 0,
                     "index_partial_files_removed": person_index.discard_partial_files(
                         ctx.settings)}
-        return person_index.forget_extracts(ctx.settings, ctx.engine,
-                                            ctx.keys.current("linkage"), ids, match_profiles)
+        with profile_matching(ctx.settings) as (matcher, _):
+            return person_index.forget_extracts(ctx.settings, ctx.engine,
+                                                ctx.keys.current("linkage"), ids, matcher)
 
     def derived(ids: list[str]) -> dict[str, int]:
         return retention.void_runs(ctx.settings, ctx.engine, ids)
@@ -62,8 +63,9 @@ def purge_dependents(ctx: Context) -> list[optouts.PurgeDependent]:
     exports (they were computed from rows no purpose may use)."""
 
     def index(rows: dict[str, list[int]]) -> dict[str, int]:
-        return person_index.forget_rows(ctx.settings, ctx.engine,
-                                        ctx.keys.current("linkage"), rows, match_profiles)
+        with profile_matching(ctx.settings) as (matcher, _):
+            return person_index.forget_rows(ctx.settings, ctx.engine,
+                                            ctx.keys.current("linkage"), rows, matcher)
 
     def derived(rows: dict[str, list[int]]) -> dict[str, int]:
         return retention.void_runs(ctx.settings, ctx.engine, sorted(rows))

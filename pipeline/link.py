@@ -12,18 +12,20 @@ from governance import audit
 from governance.schema import runs
 from linkage import person_index
 from linkage.encodings import KINDS as FIELD_KINDS
-from linkage.index_matcher import estimate_quality, match_profiles
 from linkage.link_files import link_files
 from linkage.person_index import LinkSummary
 from pipeline.context import Context, Progress, quiet
+from pipeline.engines.dispatch import profile_matching
 
 __all__ = ["FIELD_KINDS", "LinkSummary", "export_link_map", "link", "link_files"]
 
 
 def link(ctx: Context, progress: Progress = quiet) -> LinkSummary:
-    """Add new extracts' rows to the index (and drop destroyed ones'), then record the run."""
-    summary = person_index.update(ctx.settings, ctx.engine, ctx.keys.current("linkage"),
-                                  match_profiles, progress=progress, quality=estimate_quality)
+    """Add new extracts' rows to the index (and drop destroyed ones'), then record the run;
+    with HAVEN_ENGINE=spark each bucket of the register's persons is matched on Spark."""
+    with profile_matching(ctx.settings) as (matcher, quality):
+        summary = person_index.update(ctx.settings, ctx.engine, ctx.keys.current("linkage"),
+                                      matcher, progress=progress, quality=quality)
     run_id = f"link-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
     with ctx.engine.begin() as connection:
         connection.execute(insert(runs).values(

@@ -26,6 +26,14 @@ class Encoded:
         self._frequencies: dict[str, np.ndarray] = {}
         self._lock = threading.RLock()
 
+    def __getstate__(self) -> dict:
+        """Pickled (sent to a Spark executor) as its frame alone: the caches are made again
+        where they are needed, and a lock cannot travel."""
+        return {"frame": self.frame}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["frame"])  # type: ignore[misc]
+
     def has(self, name: str) -> bool:
         return PREFIX + name in self.frame.columns
 

@@ -1,19 +1,29 @@
-"""Which engine scores the persons: the one `Settings.engine` names.
+"""Which engine scores the persons and matches the person index's profiles: the one
+`Settings.engine` names.
 
 `persons_scorer(settings)` is what `pipeline.score` will call in place of
 `stratify.scoring.score` (the one-line change is left to that module's owner; docs/scale.md):
 the embedded engine's function itself, or one with the same arguments that runs prediction,
 tiers and reasons on Spark (`spark_score.score_on_spark`) in a session made for the call from
 the settings and stopped after it, or in the session the caller passes (and keeps).
+
+`profile_matching(settings)` gives the person index's matcher and quality estimate: the
+embedded ones, or the same functions with each bucket of persons matched on Spark
+(`spark_link.bucket_mapper`), in a session started only when a register of several buckets is
+matched and stopped when the command's block ends.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from governance.settings import Settings
+from linkage.index_matcher import estimate_quality, in_order, match_profiles
+from pipeline.engines.spark_link import spark_buckets
 from pipeline.engines.spark_score import score_on_spark
 from pipeline.engines.spark_session import session
 from stratify.features import Sources
@@ -38,3 +48,27 @@ def persons_scorer(settings: Settings, spark: SparkSession | None = None) -> Sco
             return score_on_spark(made, sources, at, **options)
 
     return on_spark
+
+
+@contextmanager
+def profile_matching(settings: Settings) -> Iterator[tuple[Callable[..., Any],
+                                                           Callable[..., Any]]]:
+    """(matcher, quality estimate) for `person_index.update` and the re-linking of a purge or
+    a destruction: `match_profiles` and `estimate_quality` themselves for the embedded engine;
+    for `spark`, the same with every bucket's task on Spark (a session started on the first
+    match of several buckets, stopped when the block ends)."""
+    if settings.engine != "spark":
+        yield match_profiles, estimate_quality
+        return
+    with ExitStack() as stack:
+        started: list[SparkSession] = []
+
+        def on_spark(task: Callable[[int], Any], count: int) -> list[Any]:
+            if count <= 1:
+                return in_order(task, count)
+            if not started:
+                started.append(stack.enter_context(session(settings, "haven-link")))
+            return spark_buckets(started[0], task, count)
+
+        yield (functools.partial(match_profiles, map_buckets=on_spark),
+               functools.partial(estimate_quality, map_buckets=on_spark))

@@ -1,0 +1,171 @@
+"""The person index's probabilistic step on Spark (`pipeline/engines/spark_link.py`): each
+bucket of the register's persons matched in a Spark task gives exactly the embedded engine's
+matches, model and quality figures; `haven link` with HAVEN_ENGINE=spark on a register of
+several buckets runs Spark jobs and gives every landed row the embedded engine's person; a
+destruction re-links on Spark and certifies the same counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` session
+from sqlalchemy import select
+from unit.test_bucketed_matching import _store, _world
+
+from cli.main import main
+from conftest import key_environment
+from governance import retention
+from governance.schema import extracts as extract_table
+from governance.settings import Settings
+from linkage import index_matcher, profile_store
+from linkage.index_matcher import estimate_quality, in_order, match_profiles
+from linkage.person_index import read_link_map
+from pipeline import govern
+from pipeline.context import Context
+from pipeline.engines.spark_link import bucket_mapper
+from synth import generate
+
+
+def _jobs(spark: Any) -> int:
+    return len(spark.sparkContext.statusTracker().getJobIdsForGroup())
+
+
+def test_buckets_matched_on_spark_equal_those_matched_here(spark: Any, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    profiles, query, examples = _world(seed=3)
+    store = _store(profiles, tmp_path / "b", bucket_rows=40, fixed=True)
+    on_spark = bucket_mapper(spark)
+    before = _jobs(spark)
+    for labelled in (examples, None):  # trained on the examples, or on profile twins
+        want = match_profiles(query, store, 0.95, labelled, in_order)
+        got = match_profiles(query, store, 0.95, labelled, on_spark)
+        assert (want["band"] == "link").sum() > 20 and (want["band"] == "review").any()
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert _jobs(spark) >= before + 4  # training and scoring, twice, each a Spark job
+    # a view less some profiles (the quality estimate's), and blocks capped on the register
+    rest = store.without(np.arange(0, store.n, 5))
+    pd.testing.assert_frame_equal(match_profiles(query, rest, 0.95, examples, on_spark),
+                                  match_profiles(query, rest, 0.95, examples), check_exact=True)
+    want = match_profiles(query, store, 0.95, examples)
+    monkeypatch.setattr(index_matcher, "MAX_BLOCK_PAIRS", 5)  # executors see the cap too
+    capped = match_profiles(query, store, 0.95, examples)
+    assert not capped.equals(want)
+    pd.testing.assert_frame_equal(match_profiles(query, store, 0.95, examples, on_spark),
+                                  capped, check_exact=True)
+    monkeypatch.undo()
+    quality = estimate_quality(store, examples, {"acute": 0.9}, map_buckets=on_spark)
+    assert quality == estimate_quality(store, examples, {"acute": 0.9})
+    assert quality["social_care"]["evaluated_rows"] > 20
+
+
+def test_tasks_run_in_spark_jobs_and_come_back_in_bucket_order(spark: Any) -> None:
+    """The mapper runs each bucket's task in a Spark job, one bucket a partition, and gives
+    the results back in bucket order; a store of one bucket is matched here (no job)."""
+    before = _jobs(spark)
+    assert bucket_mapper(spark)(str, 7) == [str(i) for i in range(7)]
+    assert _jobs(spark) == before + 1
+    assert bucket_mapper(spark)(str, 1) == ["0"]
+    assert _jobs(spark) == before + 1
+
+
+def test_what_a_bucket_task_is_sent_holds_no_key_and_no_identifier(tmp_path: Path) -> None:
+    """Everything shipped to an executor for a match (the task and its `BucketJob`, pickled
+    as a broadcast is) holds keyed encodings, a model and counts: not the linkage key, and
+    not one of the query rows' or profiles' names, dates of birth or postcodes in clear."""
+    import pickle
+
+    from unit.test_bucketed_matching import KEY, _people
+
+    profiles, query, examples = _world(seed=3)
+    store = _store(profiles, tmp_path / "b", bucket_rows=40)
+    shipped: list[bytes] = []
+
+    def recording(task: Any, count: int) -> list[Any]:
+        shipped.append(pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
+        return in_order(task, count)
+
+    pd.testing.assert_frame_equal(match_profiles(query, store, 0.95, examples, recording),
+                                  match_profiles(query, store, 0.95, examples))
+    assert len(shipped) == 2  # the training pairs' tasks, then the scoring's
+    clear = _people(160, np.random.default_rng(3))  # the world's own identifiers (seed 3)
+    values = {str(v).encode() for c in clear.columns for v in clear[c]}
+    for payload in shipped:
+        assert KEY not in payload
+        assert not [v for v in values if len(v) > 3 and v in payload]
+
+
+def _links(settings: Settings) -> pd.DataFrame:
+    """Every landed row's person, keyed so two homes compare (extract ids differ between
+    landings: rows are named by source and row, and a key made from an extract id (an
+    unlinked row's) by its row)."""
+    links = read_link_map(settings)
+    alone = links["person_id"].isna() & links["client_key"].isna()
+    own = dict(zip(links.loc[alone, "person_key"],
+                   "U:" + links.loc[alone, "source"] + ":" + links.loc[alone, "row"].astype(str),
+                   strict=True))
+    links["person_key"] = links["person_key"].map(lambda k: own.get(k, k))
+    links = links.drop(columns=[c for c in links.columns if "extract" in c])
+    return links.sort_values(list(links.columns)).reset_index(drop=True)
+
+
+def _home(home: Path, extracts: Path, keys: dict[str, str], engine: str) -> dict[str, Any]:
+    """Land and link on `engine`, then destroy a social care extract (its links re-made
+    against the register that is left) and say what each step gave."""
+    env = {"HAVEN_HOME": str(home), "HAVEN_ENGINE": engine, **keys}
+    assert main(["land", str(extracts)], env) == 0
+    assert main(["link"], env) == 0
+    haven = Context(Settings.from_environ(env))
+    linked = _links(haven.settings)
+    with haven.engine.connect() as connection:
+        # the same extract on both homes: by sender (extract ids are each landing's own)
+        social = [row.extract_id for row in sorted(connection.execute(select(
+            extract_table.c.extract_id, extract_table.c.sender).where(
+            extract_table.c.source == "social_care")), key=lambda row: row.sender)]
+        assert len(social) > 1
+    certificate = retention.destroy(haven.settings, haven.engine, social[:1], haven.actor,
+                                    "test", govern.dependents(haven), checks=govern.checks(haven))
+    after = _links(haven.settings)
+    haven.engine.dispose()
+    return {"linked": linked, "after": after, "counts": certificate.counts,
+            "remaining": certificate.remaining}
+
+
+def test_link_and_destruction_on_spark_equal_the_embedded_engine(spark: Any, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    # a register of several buckets, so the Spark engine has buckets to send
+    monkeypatch.setattr(profile_store, "BUCKET_ROWS", 90)
+    extracts = tmp_path / "extracts"
+    generate(400, 4, extracts, progress=False)
+    keys = key_environment()
+    before = _jobs(spark)
+    embedded = _home(tmp_path / "embedded", extracts, keys, "embedded")
+    assert _jobs(spark) == before  # the embedded engine uses no Spark
+    on_spark = _home(tmp_path / "spark", extracts, keys, "spark")
+    assert _jobs(spark) > before  # landing's batches and link's buckets ran on Spark
+    probabilistic = embedded["linked"]["method"] == "probabilistic"
+    assert probabilistic.sum() > 5  # there were rows for the buckets to link
+    pd.testing.assert_frame_equal(on_spark["linked"], embedded["linked"])
+    pd.testing.assert_frame_equal(on_spark["after"], embedded["after"])
+    assert on_spark["counts"] == embedded["counts"]
+    assert on_spark["remaining"] == embedded["remaining"]
+    assert not any(on_spark["remaining"].values())
+    assert embedded["counts"]["index_rows_removed"] > 0
+
+
+@pytest.mark.parametrize("engine", ["embedded", "spark"])
+def test_link_starts_no_spark_for_a_register_of_one_bucket(spark: Any, tmp_path: Path,
+                                                           engine: str) -> None:
+    """A register small enough to hold in memory is matched in the driver: no Spark job."""
+    extracts = tmp_path / "extracts"
+    generate(120, 4, extracts, progress=False)
+    env = {"HAVEN_HOME": str(tmp_path / "home"), "HAVEN_ENGINE": "embedded",
+           **key_environment()}
+    assert main(["land", str(extracts)], env) == 0
+    before = _jobs(spark)
+    assert main(["link"], {**env, "HAVEN_ENGINE": engine}) == 0
+    assert _jobs(spark) == before
+    assert len(read_link_map(Settings.from_environ(env))) > 1000
