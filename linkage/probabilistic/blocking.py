@@ -308,8 +308,12 @@ def pairs_for_rows(plan: BlockingPlan, rows: np.ndarray | None = None, *,
     a = np.concatenate(lefts) if lefts else np.zeros(0, dtype=np.int64)
     b = np.concatenate(rights) if rights else np.zeros(0, dtype=np.int64)
     if sort and len(a):
-        order = np.argsort(a * np.int64(plan.n_right) + b)
-        a, b = a[order], b[order]
+        # each pair once, so its key (left, right) is unique: sorting the keys themselves and
+        # taking them apart again is the order an argsort gives, in about a third of the time
+        width = np.int64(plan.n_right)
+        pair = a.astype(np.int64) * width + b
+        pair.sort()
+        a, b = np.divmod(pair, width)
     with stats.lock:
         stats.pairs += len(a)
     return pd.DataFrame({"left": a.astype(np.int64, copy=False),
