@@ -13,6 +13,12 @@
                                     profiles (profiles-NNN.parquet); removed when the stage
                                     ends; one whose process is gone is removed by the next
                                     stage or destruction
+      cache/linked/<key>/           the last working copy of linked rows a stage made
+                                    (sources.duckdb, meta.json), copied into the next stage's
+                                    workspace when nothing it depends on changed (the map's
+                                    generation, the landed extracts, the opt-outs in force for
+                                    the purpose: the key digests them); one entry at a time;
+                                    removed by destruction, a purge and a key rotation
       extracts/<extract_id>/rows.parquet     landed, pseudonymised rows
       index/link_map -> map-<token>/  the person index (one row per landed row): a symlink to
                                     the current generation, one Parquet file per extract
@@ -159,6 +165,13 @@ class Layout:
 
     def scratch(self, owner: int, token: str) -> Path:
         return self.scratch_dir / f"{owner}-{token}"
+
+    @property
+    def linked_cache_dir(self) -> Path:
+        return self.home / "cache" / "linked"
+
+    def linked_cache(self, key: str) -> Path:
+        return self.linked_cache_dir / key
 
     @staticmethod
     def profile_bucket(scratch: Path, number: int) -> Path:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import io
+import json
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -449,6 +451,28 @@ def purpose_filter(engine: Engine, purpose: str, at: dt.date,
     return keep
 
 
+def filter_digest(engine: Engine, purpose: str, at: dt.date,
+                  rules: Sequence[Coverage] | None = None,
+                  register: Sequence[str] | None = None) -> str:
+    """A digest of everything `purpose_filter(engine, purpose, at, rules, register)` decides
+    by: the purpose, the day, the policy rows, every opt-out in force (person, type, sender,
+    date) and the councils' senders. Two filters with the same digest keep the same rows of
+    the same data; an opt-out registered since changes it (a stage's cached copy of linked
+    rows is keyed on it: pipeline/linked_cache.py)."""
+    _check_purpose(purpose)
+    rules = coverage(engine) if rules is None else rules
+    live = active_optouts(engine, at, rules, register)
+    digest = hashlib.sha256()
+    for part in (purpose, at.isoformat(), json.dumps(coverage_rows(rules), sort_keys=True),
+                 json.dumps(sorted(_social_care_senders(engine)))):
+        digest.update(part.encode() + b"\x00")
+    if len(live):
+        ordered = live.astype(str).sort_values(list(live.columns)).reset_index(drop=True)
+        digest.update(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes())
+    digest.update(str(len(live)).encode())
+    return digest.hexdigest()
+
+
 def purge(settings: Settings, engine: Engine, at: dt.date, actor: Actor = SYSTEM,
           dependents: Sequence[PurgeDependent] = ()) -> dict[str, int]:
     """Remove from landed extracts the rows no purpose may use any more (later opt-outs).
@@ -496,6 +520,8 @@ def purge(settings: Settings, engine: Engine, at: dt.date, actor: Actor = SYSTEM
             for dependent in dependents:
                 for name, value in dependent(removed).items():
                     derived[name] = derived.get(name, 0) + int(value)
+            # a cached working copy of linked rows may hold the purged rows
+            derived["linked_cache_entries_removed"] = store.clear_linked_cache(settings)
     result = {extract_id: len(rows) for extract_id, rows in removed.items()}
     audit.log(engine, actor, "optouts.purge", "extracts", n_records=sum(result.values()),
               detail={"extracts": len(result), "as_of": at.isoformat(), **derived})

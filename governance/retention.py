@@ -194,7 +194,9 @@ def measure(settings: Settings, engine: Engine, extract_ids: Sequence[str]) -> d
       made from them;
     - `vault_entries`: vault entries no landed row or register row references once they go;
     - `scratch_workspaces`: stage workspaces (working copies of linked rows of every landed
-      extract, these among them) still in the data directory: a stage running now holds one.
+      extract, these among them) still in the data directory: a stage running now holds one;
+    - `linked_cache_entries`: cached working copies of linked rows (of every landed extract,
+      these among them), which destruction removes whatever their key.
     """
     ids = sorted(set(extract_ids))
     folders = [settings.layout.extract(e) for e in ids]
@@ -217,7 +219,8 @@ def measure(settings: Settings, engine: Engine, extract_ids: Sequence[str]) -> d
             "runs_in_use": sum(r.status != "void" for r in used), "run_files": files,
             "exports": len(exports),
             "vault_entries": len(unreferenced_vault_entries(settings, engine, ids)),
-            "scratch_workspaces": store.scratch_workspaces(settings)}
+            "scratch_workspaces": store.scratch_workspaces(settings),
+            "linked_cache_entries": store.linked_cache_entries(settings)}
 
 
 def _names_run(described: Any, run_ids: set[str]) -> bool:
@@ -357,6 +360,7 @@ def _destroy_locked(settings: Settings, engine: Engine, ids: list[str], actor: A
         store.remove_tree(settings.layout.extract(extract_id))
         store.remove_tree(settings.layout.staged(extract_id))
     store.clear_dead_scratch(settings)  # a killed stage's copy; a live stage's is measured
+    store.clear_linked_cache(settings)  # copies of linked rows kept for the next stage
     derived: dict[str, int] = {}
     for dependent in dependents:
         for name, value in dependent(ids).items():

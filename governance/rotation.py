@@ -110,6 +110,8 @@ def rotate_pseudonym_key(settings: Settings, engine: Engine, keys: KeyProvider, 
                 counts["unmapped_rows"] += done[1]
         for dependent in dependents:
             counts["derived_rows"] += int(dependent(mapping))
+        # a cached working copy of linked rows carries the old pseudonyms: gone with them
+        counts["linked_cache_entries_removed"] = store.clear_linked_cache(settings)
         with engine.begin() as connection:
             registered = set(connection.scalars(select(optouts.c.person_id).distinct()))
             moves = [{"old": p, "new": mapping[p]} for p in sorted(registered & set(mapping))]

@@ -87,6 +87,27 @@ def clear_dead_scratch(settings: Settings) -> int:
     return removed
 
 
+def clear_linked_cache(settings: Settings) -> int:
+    """Remove every cached copy of linked rows (`Layout.linked_cache_dir`), under its lock:
+    what destruction, a purge and a key rotation do, whatever the copies' keys; returns how
+    many entries (finished or half-written) went."""
+    folder = settings.layout.linked_cache_dir
+    if not folder.exists():
+        return 0
+    with data_lock(settings, "linked-cache"):
+        entries = sorted(folder.iterdir())
+        for path in entries:
+            remove_tree(path)
+    return len(entries)
+
+
+def linked_cache_entries(settings: Settings) -> int:
+    """How many cached copies of linked rows (finished or half-written) the data directory
+    holds now."""
+    folder = settings.layout.linked_cache_dir
+    return sum(1 for _ in folder.iterdir()) if folder.exists() else 0
+
+
 def scratch_workspaces(settings: Settings) -> int:
     """How many stage workspaces the data directory holds now (live or not)."""
     if not settings.layout.scratch_dir.exists():

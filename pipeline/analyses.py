@@ -104,7 +104,8 @@ def _reading(ctx: Context, progress: Progress) -> Iterator[tuple[Sources, dict[s
     applied = optouts_applied(ctx.engine)
     progress(f"reading linked, pseudonymised data ({PURPOSE}; opt-outs in force on "
              f"{applied['in_force_on']})")
-    with linked_copy(ctx, purpose_filter(ctx, PURPOSE, applied), progress) as copy:
+    with linked_copy(ctx, purpose_filter(ctx, PURPOSE, applied), progress,
+                     reuse=(PURPOSE, applied)) as copy:
         if not copy.rows:
             raise NothingToAnalyse("nothing landed and linked to analyse: land extracts and "
                                    "run `haven link`")

@@ -15,17 +15,24 @@ held 0.6 GB of a million persons' 48M rows by its end (issue #12: growing with t
 population). The connection is closed and opened again every `REOPEN_ROWS` rows, so what
 DuckDB holds is bounded by those rows, not by the population; the rows in the file are the
 same.
+
+A stage that says which purpose and opt-outs its filter applies (`reuse`) is given the last
+copy made for the same rows, if nothing they depend on changed since
+(`pipeline.linked_cache`): a copy of one file instead of reading the linked rows again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
 from governance import store
 from linkage.linked_view import RowFilter, linked_batches
+from pipeline import linked_cache
 from pipeline.context import Context, Progress, quiet
 from stratify.features import OnDisk, append_rows, connect_on_disk
 from stratify.sources import COLUMNS, PERSON_FIELDS
@@ -39,31 +46,52 @@ WANTED = {source: [*columns, *PERSON_FIELDS] for source, columns in COLUMNS.item
 
 
 @contextmanager
-def linked_copy(ctx: Context, row_filter: RowFilter | None,
-                progress: Progress = quiet) -> Iterator[OnDisk]:
-    """The linked rows `row_filter` keeps, copied into a DuckDB file for the stage's span."""
+def linked_copy(ctx: Context, row_filter: RowFilter | None, progress: Progress = quiet,
+                reuse: tuple[str, dict[str, Any]] | None = None) -> Iterator[OnDisk]:
+    """The linked rows `row_filter` keeps, copied into a DuckDB file for the stage's span.
+
+    `reuse`: (purpose, what `optouts_applied` recorded) when `row_filter` is that purpose's
+    `purpose_filter` under it: the copy is then taken from, or kept in, the linked cache."""
     with store.scratch_workspace(ctx.settings) as folder:
-        con = connect_on_disk(folder, ctx.settings.duckdb_memory)
-        ids: dict[str, set[str]] = {}
-        rows = since = 0
-        try:
-            for source, extract_id, frame in linked_batches(ctx.settings, ctx.engine,
-                                                            row_filter, columns=WANTED):
-                added = append_rows(con, source, frame)
-                if added:
-                    ids.setdefault(source, set()).add(extract_id)
-                    rows += added
-                    since += added
-                    if rows // PROGRESS_EVERY != (rows - added) // PROGRESS_EVERY:
-                        progress(f"  {rows:,} linked rows read")
-                if since >= REOPEN_ROWS:
-                    con.close()
-                    con = connect_on_disk(folder, ctx.settings.duckdb_memory, create=False)
-                    since = 0
-        finally:
-            con.close()
-            # Arrow's allocator keeps the pages the batches freed: handed back to the system,
-            # so the stage's next steps do not sit on top of the copy's making.
-            pa.default_memory_pool().release_unused()
-        yield OnDisk(folder=folder, memory_limit=ctx.settings.duckdb_memory,
-                     ids={s: sorted(found) for s, found in ids.items()}, rows=rows)
+        key = linked_cache.cache_key(ctx, *reuse, WANTED) if reuse is not None else None
+        kept = linked_cache.take(ctx, key, folder) if key is not None else None
+        if kept is not None:
+            progress(f"  {kept['rows']:,} linked rows: the copy the last stage made of the "
+                     "same rows (nothing they depend on changed since)")
+            yield OnDisk(folder=folder, memory_limit=ctx.settings.duckdb_memory,
+                         ids=kept["ids"], rows=kept["rows"])
+            return
+        copy = _made(ctx, folder, row_filter, progress)
+        if key is not None and reuse is not None:
+            again = linked_cache.cache_key(ctx, *reuse, WANTED)  # unchanged while made?
+            linked_cache.keep(ctx, key, again, folder, {"ids": copy.ids, "rows": copy.rows})
+        yield copy
+
+
+def _made(ctx: Context, folder: Path, row_filter: RowFilter | None, progress: Progress
+          ) -> OnDisk:
+    """Read the linked rows `row_filter` keeps a batch at a time into `folder`'s DuckDB file."""
+    con = connect_on_disk(folder, ctx.settings.duckdb_memory)
+    ids: dict[str, set[str]] = {}
+    rows = since = 0
+    try:
+        for source, extract_id, frame in linked_batches(ctx.settings, ctx.engine,
+                                                        row_filter, columns=WANTED):
+            added = append_rows(con, source, frame)
+            if added:
+                ids.setdefault(source, set()).add(extract_id)
+                rows += added
+                since += added
+                if rows // PROGRESS_EVERY != (rows - added) // PROGRESS_EVERY:
+                    progress(f"  {rows:,} linked rows read")
+            if since >= REOPEN_ROWS:
+                con.close()
+                con = connect_on_disk(folder, ctx.settings.duckdb_memory, create=False)
+                since = 0
+    finally:
+        con.close()
+        # Arrow's allocator keeps the pages the batches freed: handed back to the system,
+        # so the stage's next steps do not sit on top of the copy's making.
+        pa.default_memory_pool().release_unused()
+    return OnDisk(folder=folder, memory_limit=ctx.settings.duckdb_memory,
+                  ids={s: sorted(found) for s, found in ids.items()}, rows=rows)

@@ -40,7 +40,7 @@ from pipeline.link import link
 from pipeline.linked_copy import linked_copy
 from pipeline.refresh_report import markdown
 from pipeline.score import purpose_filter, score
-from pipeline.serving import ServingRun, run_purpose, serving_rank
+from pipeline.serving import ServingRun, optouts_applied, run_purpose, serving_rank
 from stratify import drift
 from stratify.features import connect, features_from
 from stratify.outcomes import OUTCOME_MONTHS, outcomes_from
@@ -160,7 +160,9 @@ def compare(ctx: Context, before: ServingRun | None, after_run: str, at: dt.date
         "linkage_runs": {"before_rows": (link_before or {}).get("rows"),
                          "after_rows": link_after.get("rows")}}
     after = _scores(ctx, after_run)
-    with linked_copy(ctx, purpose_filter(ctx, purpose)) as sources:  # on disk, bounded
+    applied = optouts_applied(ctx.engine)
+    with linked_copy(ctx, purpose_filter(ctx, purpose, applied),
+                     reuse=(purpose, applied)) as sources:  # on disk, bounded
         con = connect(sources)
         try:
             data_end = hospital_data_end(ctx)

@@ -8,7 +8,6 @@ with the model card and the measured counts of whom the run covers (pipeline.rep
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -19,8 +18,14 @@ from governance.layout import RunFiles
 from pipeline.context import Context
 from pipeline.linked_copy import linked_copy
 from pipeline.report_counts import run_counts
-from pipeline.score import NoScoreRun, use_filter
-from pipeline.serving import ServingRun, complete_run, serving_run, withheld_person_keys
+from pipeline.score import NoScoreRun, purpose_filter
+from pipeline.serving import (
+    ServingRun,
+    complete_run,
+    optouts_applied,
+    serving_run,
+    withheld_person_keys,
+)
 from stratify.backtest import NoBacktest, backtest
 from stratify.evaluate import Evaluation, evaluate, follow_up
 from stratify.report import EVALUATION_FILE, write_report
@@ -49,8 +54,9 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
     run_id = serving.run_id
     files = ctx.settings.layout.run(run_id)
     withheld = withheld_person_keys(ctx.settings, ctx.engine, serving.purpose, serving)
-    keep = use_filter(ctx, serving.purpose, dt.datetime.now(dt.UTC).date())
-    with linked_copy(ctx, keep) as sources:  # on disk: a population larger than memory
+    applied = optouts_applied(ctx.engine)  # in force today, as use_filter's defaults
+    keep = purpose_filter(ctx, serving.purpose, applied)
+    with linked_copy(ctx, keep, reuse=(serving.purpose, applied)) as sources:  # on disk
         # The run's rows are read once the copy is made: making it (a batch of rows and
         # DuckDB's memory) and a whole population's scores are not held at once.
         run, withheld_now = _run_rows(files, withheld)

@@ -169,7 +169,8 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     # (`out`); they are moved into the run's folder when it is saved, before the copy goes.
     spark = ctx.settings.engine == "spark"
     scorer = persons_scorer(ctx.settings) if spark else score_persons
-    with linked_copy(ctx, purpose_filter(ctx, purpose, applied), progress) as copy:
+    with linked_copy(ctx, purpose_filter(ctx, purpose, applied), progress,
+                     reuse=(purpose, applied)) as copy:
         if not copy.rows:
             raise NothingToScore("nothing landed and linked to score: land extracts and "
                                  "run `haven link`")

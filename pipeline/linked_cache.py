@@ -1,0 +1,110 @@
+"""The last working copy of linked rows, kept so the next stage that needs the same one copies
+a file instead of reading and filtering every linked row again.
+
+Score, the model report, journeys, costs and segments each read every linked row their
+purpose may use into a DuckDB file of their own (`pipeline.linked_copy`): at a million persons
+48M rows, about 40 s a stage, the same rows five times over when they run one after another.
+A copy is kept under `Layout.linked_cache(key)` and given to a stage whose key is the same;
+the stage gets a copy of the file in its own workspace (stages write working tables into it).
+
+The key digests everything the copy's rows depend on, read when the copy is taken and again
+when it is kept (kept only if nothing changed meanwhile):
+- the map's generation (a link, a purge's or a destruction's re-linking, a key rotation each
+  make a new one),
+- every landed extract (id, source, sender) with its rows file's size, modification time and
+  inode (a landing, a purge's rewrite, a destruction each change them),
+- the purpose's opt-out filter (`governance.optouts.filter_digest`: the day, the policy rows,
+  every opt-out in force, the councils' senders: an opt-out registered since, or a new day,
+  gives another key, so a cached copy never outlives the opt-outs in force when it is used),
+- the columns copied and this module's version.
+One entry is kept at a time. Destruction, a purge and a key rotation remove every entry
+whatever its key (`governance.store.clear_linked_cache`), and destruction counts entries left
+(`linked_cache_entries`) before it certifies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from governance import optouts, store
+from linkage import map_store
+from linkage.person_index import landed_extracts
+from pipeline.context import Context
+
+VERSION = 1
+FILE = "sources.duckdb"
+META = "meta.json"
+
+
+def cache_key(ctx: Context, purpose: str, applied: dict[str, Any],
+              columns: dict[str, list[str]]) -> str | None:
+    """The key of the copy of `purpose`'s linked rows under `applied` (what
+    `pipeline.serving.optouts_applied` recorded); None when the map has no generation yet."""
+    generation = map_store.current(ctx.settings)
+    if generation is None:
+        return None
+    landed = []
+    for item in landed_extracts(ctx.engine).sort_values("extract_id").itertuples():
+        path = ctx.settings.layout.rows(str(item.extract_id))
+        try:
+            found = path.stat()
+        except FileNotFoundError:
+            return None  # an extract being destroyed: no key, no copy kept or taken
+        landed.append([str(item.extract_id), str(item.source), str(item.sender),
+                       found.st_size, found.st_mtime_ns, found.st_ino])
+    rules = optouts.parse_coverage(applied["policy"])
+    allowed = optouts.filter_digest(ctx.engine, purpose,
+                                    dt.date.fromisoformat(applied["in_force_on"]), rules,
+                                    applied["register"])
+    payload = json.dumps({"version": VERSION, "generation": generation.folder.name,
+                          "landed": landed, "filter": allowed, "columns": columns},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:40]
+
+
+def take(ctx: Context, key: str, folder: Path) -> dict[str, Any] | None:
+    """Copy the entry `key` (if kept) into the stage's workspace `folder`; its meta (`ids`,
+    `rows`), or None when there is no such entry."""
+    entry = ctx.settings.layout.linked_cache(key)
+    with store.data_lock(ctx.settings, "linked-cache"):
+        try:
+            meta = json.loads((entry / META).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        shutil.copyfile(entry / FILE, folder / FILE)
+    return meta
+
+
+def keep(ctx: Context, key: str, again: str | None, folder: Path, meta: dict[str, Any]
+         ) -> bool:
+    """Keep the stage's fresh copy in `folder` as the entry `key`, replacing any other, when
+    the key taken again now (`again`, computed by the caller under nothing) is the same: the
+    rows did not change while the copy was made. Returns whether it was kept."""
+    if again != key:
+        return False
+    cache = ctx.settings.layout.linked_cache_dir
+    cache.mkdir(parents=True, exist_ok=True)
+    entry = ctx.settings.layout.linked_cache(key)
+    partial = cache / f".{key}.{secrets.token_hex(4)}.tmp"
+    with store.data_lock(ctx.settings, "linked-cache"):
+        for old in sorted(cache.iterdir()):
+            store.remove_tree(old)
+        partial.mkdir()
+        try:
+            shutil.copyfile(folder / FILE, partial / FILE)
+            (partial / META).write_text(json.dumps(meta), encoding="utf-8")
+            for path in (partial / FILE, partial / META):
+                with path.open("rb") as handle:
+                    os.fsync(handle.fileno())
+            os.replace(partial, entry)
+        except BaseException:
+            store.remove_tree(partial)
+            raise
+    return True
