@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from governance.settings import Settings
+from linkage.person_index import read_link_map
 from pipeline.engines.spark_session import missing, spark_session
 
 WHY_NOT = missing()
@@ -35,3 +37,18 @@ def spark_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+def comparable_links(settings: Settings) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Every landed row's person, as two homes landed from the same files compare: extract
+    ids (each landing draws its own) are dropped, and a row linked to no one, whose person
+    key hashes its extract id, is named by its source and row instead; with that renaming
+    ({person key: name}) for other tables keyed by person."""
+    links = read_link_map(settings)
+    alone = links["person_id"].isna() & links["client_key"].isna()
+    own = dict(zip(links.loc[alone, "person_key"],
+                   "U:" + links.loc[alone, "source"] + ":" + links.loc[alone, "row"].astype(str),
+                   strict=True))
+    links["person_key"] = links["person_key"].map(lambda k: own.get(k, k))
+    links = links.drop(columns=[c for c in links.columns if "extract" in c])
+    return links.sort_values(list(links.columns)).reset_index(drop=True), own

@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` session
+from spark_fixtures import (
+    comparable_links,
+    spark_fixture,  # noqa: F401 - the shared `spark` session
+)
 from sqlalchemy import select
 
 from cli.main import main
 from conftest import key_environment
 from governance.schema import extracts as extract_table
 from governance.settings import Settings
-from linkage.person_index import read_link_map
 from pipeline.context import Context
 from synth import generate
 
@@ -30,15 +32,9 @@ def _pipeline(home: Path, extracts: Path, keys: dict[str, str], engine: str,
     assert main(["score", "--at", at.isoformat()], env) == 0
     haven = Context(Settings.from_environ(env))
     (run,) = sorted(haven.settings.layout.runs_dir.glob("score-*"))
-    links = read_link_map(haven.settings)
     # A row linked to no one keys a person of its own from its extract id, which each landing
     # draws afresh: such keys are named by the row instead, on both engines alike.
-    alone = links["person_id"].isna() & links["client_key"].isna()
-    own = dict(zip(links.loc[alone, "person_key"],
-                   "U:" + links.loc[alone, "source"] + ":" + links.loc[alone, "row"].astype(str),
-                   strict=True))
-    links["person_key"] = links["person_key"].map(lambda k: own.get(k, k))
-    links = links.drop(columns=[c for c in links.columns if "extract" in c])
+    links, own = comparable_links(haven.settings)
     with haven.engine.connect() as connection:
         receipts = sorted((r.source, r.sender, r.status, r.rows_landed,
                            json.dumps(r.counts, sort_keys=True)) for r in connection.execute(
@@ -49,7 +45,7 @@ def _pipeline(home: Path, extracts: Path, keys: dict[str, str], engine: str,
             "scores": pd.read_parquet(run / "scores.parquet").assign(
                 person_key=lambda f: f["person_key"].map(lambda k: own.get(k, k))).sort_values(
                 "person_key").reset_index(drop=True),
-            "links": links.sort_values(list(links.columns)).reset_index(drop=True)}
+            "links": links}
 
 
 def test_the_commands_on_spark_equal_the_embedded_engine(spark: Any, tmp_path: Path) -> None:

@@ -12,7 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` session
+from spark_fixtures import (
+    comparable_links,
+    spark_fixture,  # noqa: F401 - the shared `spark` session
+)
 from sqlalchemy import select
 from unit.test_bucketed_matching import _store, _world
 
@@ -98,20 +101,6 @@ def test_what_a_bucket_task_is_sent_holds_no_key_and_no_identifier(tmp_path: Pat
         assert not [v for v in values if len(v) > 3 and v in payload]
 
 
-def _links(settings: Settings) -> pd.DataFrame:
-    """Every landed row's person, keyed so two homes compare (extract ids differ between
-    landings: rows are named by source and row, and a key made from an extract id (an
-    unlinked row's) by its row)."""
-    links = read_link_map(settings)
-    alone = links["person_id"].isna() & links["client_key"].isna()
-    own = dict(zip(links.loc[alone, "person_key"],
-                   "U:" + links.loc[alone, "source"] + ":" + links.loc[alone, "row"].astype(str),
-                   strict=True))
-    links["person_key"] = links["person_key"].map(lambda k: own.get(k, k))
-    links = links.drop(columns=[c for c in links.columns if "extract" in c])
-    return links.sort_values(list(links.columns)).reset_index(drop=True)
-
-
 def _home(home: Path, extracts: Path, keys: dict[str, str], engine: str) -> dict[str, Any]:
     """Land and link on `engine`, then destroy a social care extract (its links re-made
     against the register that is left) and say what each step gave."""
@@ -119,7 +108,7 @@ def _home(home: Path, extracts: Path, keys: dict[str, str], engine: str) -> dict
     assert main(["land", str(extracts)], env) == 0
     assert main(["link"], env) == 0
     haven = Context(Settings.from_environ(env))
-    linked = _links(haven.settings)
+    linked, _ = comparable_links(haven.settings)
     with haven.engine.connect() as connection:
         # the same extract on both homes: by sender (extract ids are each landing's own)
         social = [row.extract_id for row in sorted(connection.execute(select(
@@ -128,7 +117,7 @@ def _home(home: Path, extracts: Path, keys: dict[str, str], engine: str) -> dict
         assert len(social) > 1
     certificate = retention.destroy(haven.settings, haven.engine, social[:1], haven.actor,
                                     "test", govern.dependents(haven), checks=govern.checks(haven))
-    after = _links(haven.settings)
+    after, _ = comparable_links(haven.settings)
     haven.engine.dispose()
     return {"linked": linked, "after": after, "counts": certificate.counts,
             "remaining": certificate.remaining}
