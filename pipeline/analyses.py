@@ -44,7 +44,7 @@ from pipeline.analysis_tables import (
 )
 from pipeline.context import Context, Progress, quiet
 from pipeline.linked_copy import linked_copy
-from pipeline.score import purpose_filter
+from pipeline.score import purpose_rows
 from pipeline.serving import ServingRun, optouts_applied, serving_run, withheld_person_keys
 from stratify import costs as costing
 from stratify.features import Sources
@@ -104,8 +104,7 @@ def _reading(ctx: Context, progress: Progress) -> Iterator[tuple[Sources, dict[s
     applied = optouts_applied(ctx.engine)
     progress(f"reading linked, pseudonymised data ({PURPOSE}; opt-outs in force on "
              f"{applied['in_force_on']})")
-    with linked_copy(ctx, purpose_filter(ctx, PURPOSE, applied), progress,
-                     reuse=(PURPOSE, applied)) as copy:
+    with linked_copy(ctx, purpose_rows(ctx, PURPOSE, applied), progress) as copy:
         if not copy.rows:
             raise NothingToAnalyse("nothing landed and linked to analyse: land extracts and "
                                    "run `haven link`")

@@ -16,15 +16,17 @@ population). The connection is closed and opened again every `REOPEN_ROWS` rows,
 DuckDB holds is bounded by those rows, not by the population; the rows in the file are the
 same.
 
-A stage that says which purpose and opt-outs its filter applies (`reuse`) is given the last
-copy made for the same rows, if nothing they depend on changed since
-(`pipeline.linked_cache`): a copy of one file instead of reading the linked rows again.
+A stage that asks for a purpose's rows (`PurposeRows`: the purpose, the opt-outs it applies
+and how its filter is made) is given the last copy made for the same rows, if nothing they
+depend on changed since (`pipeline.linked_cache`): a copy of one file instead of reading the
+linked rows again; the filter (which reads the link map) is made only when a copy is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +47,26 @@ REOPEN_ROWS = 4_000_000
 WANTED = {source: [*columns, *PERSON_FIELDS] for source, columns in COLUMNS.items()}
 
 
-@contextmanager
-def linked_copy(ctx: Context, row_filter: RowFilter | None, progress: Progress = quiet,
-                reuse: tuple[str, dict[str, Any]] | None = None) -> Iterator[OnDisk]:
-    """The linked rows `row_filter` keeps, copied into a DuckDB file for the stage's span.
+@dataclass(frozen=True)
+class PurposeRows:
+    """The rows a purpose may use under `applied` (what `optouts_applied` recorded):
+    `make_filter` makes that purpose's filter under `applied`, only when a copy is made."""
 
-    `reuse`: (purpose, what `optouts_applied` recorded) when `row_filter` is that purpose's
-    `purpose_filter` under it: the copy is then taken from, or kept in, the linked cache."""
+    purpose: str
+    applied: dict[str, Any]
+    make_filter: Callable[[], RowFilter]
+
+
+@contextmanager
+def linked_copy(ctx: Context, rows: RowFilter | PurposeRows | None,
+                progress: Progress = quiet) -> Iterator[OnDisk]:
+    """The linked rows `rows` keeps (a row filter, or a purpose's rows), copied into a DuckDB
+    file for the stage's span; a purpose's copy is taken from, or kept in, the linked cache."""
     with store.scratch_workspace(ctx.settings) as folder:
-        key = linked_cache.cache_key(ctx, *reuse, WANTED) if reuse is not None else None
+        if not isinstance(rows, PurposeRows):
+            yield _made(ctx, folder, rows, progress)
+            return
+        key = linked_cache.cache_key(ctx, rows.purpose, rows.applied, WANTED)
         kept = linked_cache.take(ctx, key, folder) if key is not None else None
         if kept is not None:
             progress(f"  {kept['rows']:,} linked rows: the copy the last stage made of the "
@@ -61,9 +74,9 @@ def linked_copy(ctx: Context, row_filter: RowFilter | None, progress: Progress =
             yield OnDisk(folder=folder, memory_limit=ctx.settings.duckdb_memory,
                          ids=kept["ids"], rows=kept["rows"])
             return
-        copy = _made(ctx, folder, row_filter, progress)
-        if key is not None and reuse is not None:
-            again = linked_cache.cache_key(ctx, *reuse, WANTED)  # unchanged while made?
+        copy = _made(ctx, folder, rows.make_filter(), progress)
+        if key is not None:
+            again = linked_cache.cache_key(ctx, rows.purpose, rows.applied, WANTED)
             linked_cache.keep(ctx, key, again, folder, {"ids": copy.ids, "rows": copy.rows})
         yield copy
 

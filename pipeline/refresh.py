@@ -39,7 +39,7 @@ from pipeline.land import land
 from pipeline.link import link
 from pipeline.linked_copy import linked_copy
 from pipeline.refresh_report import markdown
-from pipeline.score import purpose_filter, score
+from pipeline.score import purpose_rows, score
 from pipeline.serving import ServingRun, optouts_applied, run_purpose, serving_rank
 from stratify import drift
 from stratify.features import connect, features_from
@@ -161,8 +161,7 @@ def compare(ctx: Context, before: ServingRun | None, after_run: str, at: dt.date
                          "after_rows": link_after.get("rows")}}
     after = _scores(ctx, after_run)
     applied = optouts_applied(ctx.engine)
-    with linked_copy(ctx, purpose_filter(ctx, purpose, applied),
-                     reuse=(purpose, applied)) as sources:  # on disk, bounded
+    with linked_copy(ctx, purpose_rows(ctx, purpose, applied)) as sources:  # on disk
         con = connect(sources)
         try:
             data_end = hospital_data_end(ctx)

@@ -18,7 +18,7 @@ from governance.layout import RunFiles
 from pipeline.context import Context
 from pipeline.linked_copy import linked_copy
 from pipeline.report_counts import run_counts
-from pipeline.score import NoScoreRun, purpose_filter
+from pipeline.score import NoScoreRun, purpose_rows
 from pipeline.serving import (
     ServingRun,
     complete_run,
@@ -55,8 +55,7 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
     files = ctx.settings.layout.run(run_id)
     withheld = withheld_person_keys(ctx.settings, ctx.engine, serving.purpose, serving)
     applied = optouts_applied(ctx.engine)  # in force today, as use_filter's defaults
-    keep = purpose_filter(ctx, serving.purpose, applied)
-    with linked_copy(ctx, keep, reuse=(serving.purpose, applied)) as sources:  # on disk
+    with linked_copy(ctx, purpose_rows(ctx, serving.purpose, applied)) as sources:  # on disk
         # The run's rows are read once the copy is made: making it (a batch of rows and
         # DuckDB's memory) and a whole population's scores are not held at once.
         run, withheld_now = _run_rows(files, withheld)

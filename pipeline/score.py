@@ -35,7 +35,7 @@ from linkage.linked_view import RowFilter, load_sources
 from linkage.person_index import pseudonyms_behind_bare_rows
 from pipeline.context import Context, Progress, quiet
 from pipeline.engines.dispatch import persons_scorer
-from pipeline.linked_copy import linked_copy
+from pipeline.linked_copy import PurposeRows, linked_copy
 from pipeline.serving import optouts_applied, serving_run, withheld_person_keys
 from stratify.catalogue import FEATURES
 from stratify.scoring import ScoreRun, UnknownModel, save_run
@@ -116,6 +116,12 @@ def purpose_filter(ctx: Context, purpose: str, applied: dict[str, Any] | None = 
                       optouts.parse_coverage(applied["policy"]), applied["register"])
 
 
+def purpose_rows(ctx: Context, purpose: str, applied: dict[str, Any]) -> PurposeRows:
+    """What `linked_copy` needs for the rows `purpose` may use under `applied`: the filter is
+    made (reading the link map) only if the copy is not taken from the linked cache."""
+    return PurposeRows(purpose, applied, lambda: purpose_filter(ctx, purpose, applied))
+
+
 def purpose_sources(ctx: Context, purpose: str, applied: dict[str, Any] | None = None
                     ) -> dict[str, pd.DataFrame]:
     """The linked rows `purpose` may use now (`purpose_filter`), as frames in memory;
@@ -169,8 +175,7 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     # (`out`); they are moved into the run's folder when it is saved, before the copy goes.
     spark = ctx.settings.engine == "spark"
     scorer = persons_scorer(ctx.settings) if spark else score_persons
-    with linked_copy(ctx, purpose_filter(ctx, purpose, applied), progress,
-                     reuse=(purpose, applied)) as copy:
+    with linked_copy(ctx, purpose_rows(ctx, purpose, applied), progress) as copy:
         if not copy.rows:
             raise NothingToScore("nothing landed and linked to score: land extracts and "
                                  "run `haven link`")

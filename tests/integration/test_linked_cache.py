@@ -26,7 +26,7 @@ from pipeline import govern
 from pipeline.land import land
 from pipeline.link import link
 from pipeline.linked_copy import linked_copy
-from pipeline.score import purpose_filter
+from pipeline.score import purpose_filter, purpose_rows
 from pipeline.serving import optouts_applied
 from stratify.sources import COLUMNS
 from synth import generate
@@ -53,8 +53,9 @@ def _copy(haven: Any, purpose: str = "commissioning", reuse: bool = True,
 
     cache_module.take = spy  # type: ignore[assignment]
     try:
-        with linked_copy(haven, purpose_filter(haven, purpose, applied),
-                         reuse=(purpose, applied) if reuse else None) as copy:
+        rows = (purpose_rows(haven, purpose, applied) if reuse
+                else purpose_filter(haven, purpose, applied))
+        with linked_copy(haven, rows) as copy:
             con = duckdb.connect(str(copy.folder / "sources.duckdb"), read_only=True)
             try:
                 tables = {n: con.execute(f"SELECT * FROM v_{n} ORDER BY ALL").df()
