@@ -81,7 +81,9 @@ def _rows(tables: dict[str, pd.DataFrame]) -> int:
 
 def _fresh_equals_next(haven: Any, **options: Any) -> dict[str, pd.DataFrame]:
     """The next stage's copy is made afresh (not taken) and equals a copy made without the
-    cache at all; then the one after is taken from the cache, equal again."""
+    cache at all; then the one after is taken from the cache, equal again. The opt-outs
+    applied are taken once: a run crossing midnight applies another day's, another key."""
+    options.setdefault("applied", optouts_applied(haven.engine))
     fresh, _ = _copy(haven, reuse=False, **options)
     made, taken = _copy(haven, **options)
     assert not taken
