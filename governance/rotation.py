@@ -110,7 +110,9 @@ def rotate_pseudonym_key(settings: Settings, engine: Engine, keys: KeyProvider, 
                 counts["unmapped_rows"] += done[1]
         for dependent in dependents:
             counts["derived_rows"] += int(dependent(mapping))
-        # a cached working copy of linked rows carries the old pseudonyms: gone with them
+        # a cached working copy of linked rows holds person keys, not pseudonyms, but it was
+        # made from the files just rewritten (their change times moved, so no key matches
+        # it again): removed now rather than left for the next keep to replace
         counts["linked_cache_entries_removed"] = store.clear_linked_cache(settings)
         with engine.begin() as connection:
             registered = set(connection.scalars(select(optouts.c.person_id).distinct()))

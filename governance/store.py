@@ -41,8 +41,36 @@ def publish(settings: Settings, extract_id: str) -> Path:
     return target
 
 
+class UnsafeFolder(RuntimeError):
+    """A working folder of the data directory is a symlink, or lies under one, or is not a
+    folder: refused, so that a planted link never leads a write, a read or a removal out of
+    the data directory."""
+
+
+def own_folder(settings: Settings, path: Path, create: bool = True) -> Path:
+    """`path`, a folder under the data directory, made if missing (when `create`); refused
+    (UnsafeFolder, naming it relative to the data directory) when it or any folder between
+    the data directory and it is a symlink or not a folder."""
+    home = settings.home
+    current = home
+    for part in path.relative_to(home).parts:
+        current = current / part
+        if current.is_symlink() or (current.exists() and not current.is_dir()):
+            raise UnsafeFolder(
+                f"{current.relative_to(home)} in the data directory is a symlink or not a "
+                "folder: refused (remove it; Haven makes the folder again when it needs it)")
+        if create and not current.exists():
+            current.mkdir(exist_ok=True)
+    return path
+
+
 def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a folder, a file or a symlink: a symlink itself, never what it points to (a
+    folder's contents are removed without following the links inside it)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def landed_folders(settings: Settings) -> list[str]:
@@ -67,8 +95,9 @@ def scratch_workspace(settings: Settings) -> Iterator[Path]:
     """A folder of this process's own for a stage's working copy of linked rows, removed when
     the stage ends however it ends; workspaces of processes that died are removed first."""
     clear_dead_scratch(settings)
+    own_folder(settings, settings.layout.scratch_dir)
     folder = settings.layout.scratch(os.getpid(), secrets.token_hex(4))
-    folder.mkdir(parents=True)
+    folder.mkdir()
     try:
         yield folder
     finally:
@@ -79,6 +108,7 @@ def clear_dead_scratch(settings: Settings) -> int:
     """Remove workspaces whose process is gone (killed mid-stage); returns how many."""
     if not settings.layout.scratch_dir.exists():
         return 0
+    own_folder(settings, settings.layout.scratch_dir, create=False)
     removed = 0
     for path in settings.layout.scratch_dir.iterdir():
         if not _owner_alive(path.name.split("-", 1)[0]):
@@ -90,29 +120,37 @@ def clear_dead_scratch(settings: Settings) -> int:
 def clear_linked_cache(settings: Settings) -> int:
     """Remove every cached copy of linked rows (`Layout.linked_cache_dir`), under its lock:
     what destruction, a purge and a key rotation do, whatever the copies' keys; returns how
-    many entries (finished or half-written) went."""
+    many entries (finished or half-written, or anything else found there) went, counted
+    before and after. A symlink planted in place of the folder is removed itself, never
+    followed (what it points to is not the data directory's)."""
     folder = settings.layout.linked_cache_dir
-    if not folder.exists():
-        return 0
     with data_lock(settings, "linked-cache"):
-        entries = sorted(folder.iterdir())
-        for path in entries:
-            remove_tree(path)
-    return len(entries)
+        before = linked_cache_entries(settings)
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            folder.unlink()
+        elif folder.exists():
+            own_folder(settings, folder, create=False)
+            for path in sorted(folder.iterdir()):
+                remove_tree(path)
+        return before - linked_cache_entries(settings)
 
 
 def linked_cache_entries(settings: Settings) -> int:
-    """How many cached copies of linked rows (finished or half-written) the data directory
-    holds now."""
+    """How many cached copies of linked rows (finished or half-written, or anything else)
+    the data directory holds now; a symlink or file in place of the folder counts as one."""
     folder = settings.layout.linked_cache_dir
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        return 1
     return sum(1 for _ in folder.iterdir()) if folder.exists() else 0
 
 
 def scratch_workspaces(settings: Settings) -> int:
-    """How many stage workspaces the data directory holds now (live or not)."""
-    if not settings.layout.scratch_dir.exists():
-        return 0
-    return sum(1 for _ in settings.layout.scratch_dir.iterdir())
+    """How many stage workspaces the data directory holds now (live or not); a symlink or
+    file in place of the folder counts as one."""
+    folder = settings.layout.scratch_dir
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        return 1
+    return sum(1 for _ in folder.iterdir()) if folder.exists() else 0
 
 
 def _owner_alive(owner: str) -> bool:

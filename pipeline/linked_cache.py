@@ -11,15 +11,25 @@ The key digests everything the copy's rows depend on, read when the copy is take
 when it is kept (kept only if nothing changed meanwhile):
 - the map's generation (a link, a purge's or a destruction's re-linking, a key rotation each
   make a new one),
-- every landed extract (id, source, sender) with its rows file's size, modification time and
-  inode (a landing, a purge's rewrite, a destruction each change them),
+- every landed extract (id, source, sender) with its rows file's size, modification and
+  change times and inode (a landing, a purge's rewrite, a destruction each change them; the
+  change time also catches a rewrite in place whose modification time was set back, which
+  `os.utime` can do and nothing but the clock can do to the change time),
 - the purpose's opt-out filter (`governance.optouts.filter_digest`: the day, the policy rows,
   every opt-out in force, the councils' senders: an opt-out registered since, or a new day,
   gives another key, so a cached copy never outlives the opt-outs in force when it is used),
 - the columns copied and this module's version.
 One entry is kept at a time. Destruction, a purge and a key rotation remove every entry
 whatever its key (`governance.store.clear_linked_cache`), and destruction counts entries left
-(`linked_cache_entries`) before it certifies.
+(`linked_cache_entries`) before it certifies. The key is taken the second time under the cache's
+lock, which those removals take after changing the rows, so an entry either sees their change
+(another key: not kept) or is removed by them.
+
+The cache folder and its entries are refused when they are symlinks (`store.own_folder`): a
+planted link never leads a copy of linked rows out of the data directory, or a removal out of
+it. An entry is not authenticated: whoever can write the data directory can also rewrite the
+landed rows it was copied from (docs/threat-model.md: the data directory is protected by the
+operating system's permissions, on an encrypted volume).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +49,7 @@ from linkage import map_store
 from linkage.person_index import landed_extracts
 from pipeline.context import Context
 
-VERSION = 1
+VERSION = 2
 FILE = "sources.duckdb"
 META = "meta.json"
 
@@ -58,7 +69,7 @@ def cache_key(ctx: Context, purpose: str, applied: dict[str, Any],
         except FileNotFoundError:
             return None  # an extract being destroyed: no key, no copy kept or taken
         landed.append([str(item.extract_id), str(item.source), str(item.sender),
-                       found.st_size, found.st_mtime_ns, found.st_ino])
+                       found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino])
     rules = optouts.parse_coverage(applied["policy"])
     allowed = optouts.filter_digest(ctx.engine, purpose,
                                     dt.date.fromisoformat(applied["in_force_on"]), rules,
@@ -74,6 +85,11 @@ def take(ctx: Context, key: str, folder: Path) -> dict[str, Any] | None:
     `rows`), or None when there is no such entry."""
     entry = ctx.settings.layout.linked_cache(key)
     with store.data_lock(ctx.settings, "linked-cache"):
+        if not ctx.settings.layout.linked_cache_dir.exists():
+            return None
+        store.own_folder(ctx.settings, entry.parent, create=False)
+        if entry.is_symlink() or any((entry / name).is_symlink() for name in (META, FILE)):
+            return None  # planted: never followed (the next keep or clear removes it)
         try:
             meta = json.loads((entry / META).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -82,18 +98,19 @@ def take(ctx: Context, key: str, folder: Path) -> dict[str, Any] | None:
     return meta
 
 
-def keep(ctx: Context, key: str, again: str | None, folder: Path, meta: dict[str, Any]
-         ) -> bool:
+def keep(ctx: Context, key: str, key_now: Callable[[], str | None], folder: Path,
+         meta: dict[str, Any]) -> bool:
     """Keep the stage's fresh copy in `folder` as the entry `key`, replacing any other, when
-    the key taken again now (`again`, computed by the caller under nothing) is the same: the
-    rows did not change while the copy was made. Returns whether it was kept."""
-    if again != key:
-        return False
+    the key taken again (`key_now()`, under the cache's lock) is the same: the rows did not
+    change while the copy was made, and a destruction, purge or rotation that changed them
+    since either shows in the key or removes the entry after this. Returns whether kept."""
     cache = ctx.settings.layout.linked_cache_dir
-    cache.mkdir(parents=True, exist_ok=True)
     entry = ctx.settings.layout.linked_cache(key)
     partial = cache / f".{key}.{secrets.token_hex(4)}.tmp"
     with store.data_lock(ctx.settings, "linked-cache"):
+        if key_now() != key:
+            return False
+        store.own_folder(ctx.settings, cache)
         for old in sorted(cache.iterdir()):
             store.remove_tree(old)
         partial.mkdir()

@@ -76,8 +76,9 @@ def linked_copy(ctx: Context, rows: RowFilter | PurposeRows | None,
             return
         copy = _made(ctx, folder, rows.make_filter(), progress)
         if key is not None:
-            again = linked_cache.cache_key(ctx, rows.purpose, rows.applied, WANTED)
-            linked_cache.keep(ctx, key, again, folder, {"ids": copy.ids, "rows": copy.rows})
+            linked_cache.keep(
+                ctx, key, lambda: linked_cache.cache_key(ctx, rows.purpose, rows.applied, WANTED),
+                folder, {"ids": copy.ids, "rows": copy.rows})
         yield copy
 
 

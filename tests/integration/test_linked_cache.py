@@ -193,7 +193,7 @@ def test_landing_linking_destroying_and_rotating_each_give_a_fresh_copy(
     assert store.linked_cache_entries(haven.settings) == 0
     destroyed = _fresh_equals_next(haven)
     assert _rows(destroyed) < _rows(linked)
-    # a key rotation: the kept copy carries the old pseudonyms, and goes with them
+    # a key rotation rewrites the landed files the kept copy was made from: it goes
     counts = govern.rotate_pseudonym_key(haven)
     assert counts["linked_cache_entries_removed"] == 1
     assert store.linked_cache_entries(haven.settings) == 0
