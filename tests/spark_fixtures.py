@@ -20,6 +20,7 @@ from linkage.person_index import read_link_map
 from pipeline.engines.spark_session import missing, spark_session
 
 WHY_NOT = missing()
+CANARY = "HAVEN_KEY_CANARY"
 
 
 @pytest.fixture(scope="session", name="spark")
@@ -33,7 +34,13 @@ def spark_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     settings = Settings(home=home, engine="spark", spark_master="local[2]", spark_conf={
         "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
         "spark.local.dir": str(home / "spark-local")})
-    session = spark_session(settings, "haven-tests")
+    # A key in the environment as the session starts (as `haven` run with HAVEN_KEY_* has):
+    # tests/spark/test_engine_settings checks no executor's worker holds it.
+    os.environ[CANARY] = "b1:canary-not-a-key"
+    try:
+        session = spark_session(settings, "haven-tests")
+    finally:
+        os.environ.pop(CANARY, None)
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

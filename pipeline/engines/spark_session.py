@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from governance.settings import Settings
 if TYPE_CHECKING:  # pyspark is the optional `spark` extra
     from pyspark.sql import SparkSession
 
+KEY_PREFIX = "HAVEN_KEY_"
 DEFAULTS = {
     "spark.driver.memory": "1g",
     "spark.sql.shuffle.partitions": "4",
@@ -66,7 +67,22 @@ def spark_session(settings: Settings, app_name: str = "haven") -> SparkSession:
     builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
     for key, value in spark_conf(settings).items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    with keys_withheld(os.environ):
+        return builder.getOrCreate()
+
+
+@contextmanager
+def keys_withheld(environ: MutableMapping[str, str]) -> Iterator[None]:
+    """`environ` without Haven's key variables (`HAVEN_KEY_*`) while the Spark JVM starts,
+    then as it was. The JVM copies the environment it starts in, and local executors' Python
+    workers copy the JVM's: without this every worker would hold every key (the vault's and
+    the release key too). Executors get the keys a job needs in its broadcast, nothing else."""
+    withheld = {name: environ.pop(name) for name in list(environ)
+                if name.startswith(KEY_PREFIX)}
+    try:
+        yield
+    finally:
+        environ.update(withheld)
 
 
 @contextmanager

@@ -50,3 +50,16 @@ def test_a_spark_key_with_capitals_is_given_whole_in_the_value() -> None:
         "spark.sql.shuffle.partitions", "4")
     assert spark_setting("HAVEN_SPARK_CONF_SPARK_UI_ENABLED", "false") == (
         "spark.ui.enabled", "false")
+
+
+def test_keys_are_withheld_from_the_environment_spark_starts_in_then_put_back() -> None:
+    from pipeline.engines.spark_session import keys_withheld
+
+    environ = {"HAVEN_KEY_VAULT": "b1:v", "HAVEN_KEY_LINKAGE": "b1:l", "PATH": "/bin",
+               "HAVEN_HOME": "/h"}
+    with keys_withheld(environ):
+        assert environ == {"PATH": "/bin", "HAVEN_HOME": "/h"}
+    assert environ["HAVEN_KEY_VAULT"] == "b1:v" and len(environ) == 4
+    with pytest.raises(RuntimeError), keys_withheld(environ):
+        raise RuntimeError("the JVM did not start")
+    assert environ["HAVEN_KEY_LINKAGE"] == "b1:l"  # put back however the start ends

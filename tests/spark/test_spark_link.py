@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from spark_fixtures import (
+    CANARY,
     comparable_links,
     spark_fixture,  # noqa: F401 - the shared `spark` session
 )
@@ -73,6 +74,18 @@ def test_tasks_run_in_spark_jobs_and_come_back_in_bucket_order(spark: Any) -> No
     assert _jobs(spark) == before + 1
     assert bucket_mapper(spark)(str, 1) == ["0"]
     assert _jobs(spark) == before + 1
+
+
+def test_no_executor_worker_holds_a_haven_key(spark: Any) -> None:
+    """The session started with a key in the driver's environment (spark_fixtures' canary, as
+    `haven` run with HAVEN_KEY_* has); local executors' Python workers copy the JVM's
+    environment, which must not have it (pipeline.engines.spark_session.keys_withheld)."""
+    import os
+
+    held = spark.sparkContext.parallelize(range(2), 2).map(
+        lambda _: sorted(k for k in os.environ if k.startswith("HAVEN_KEY_"))).collect()
+    assert held == [[], []]
+    assert CANARY.startswith("HAVEN_KEY_")
 
 
 def test_what_a_bucket_task_is_sent_holds_no_key_and_no_identifier(tmp_path: Path) -> None:
