@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlalchemy import insert, select
 
 from governance import audit
@@ -47,7 +52,7 @@ from pipeline.linked_copy import linked_copy
 from pipeline.score import purpose_rows
 from pipeline.serving import ServingRun, optouts_applied, serving_run, withheld_person_keys
 from stratify import costs as costing
-from stratify.features import Sources
+from stratify.features import OnDisk, Sources, person_ranges
 from stratify.journeys import OUTCOMES_91, PATHWAYS, data_through, discharge_journeys
 from stratify.segments import SEGMENTS, assign_segments, latest_practices, parse_segments
 from stratify.sources import add_months, extract_ids
@@ -61,6 +66,16 @@ UNKNOWN = "unknown"
 SHARE_DIGITS = 3  # shares worked out from published figures
 TOP_SHARE_DIGITS = 2  # the top spenders' share of spend: true figures, so shown coarsely
 MEAN_ROUNDING = 100  # pounds: a mean shown with no count beside it
+TOP_SHARES = (0.01, 0.05)  # the top spenders' shares of spend: the top 1% and 5% of persons
+COST_DIMENSIONS = ("tier", "segment", "gp_practice_code", "pcn")  # what cost tables count by
+SEGMENT_DIMENSIONS = ("segment", "tier", "gp_practice_code", "pcn")
+# Persons an analysis holds at a time: costs and segments (one record a person) and journeys
+# run a range of person keys at a time (`stratify.features.person_ranges`), so their frames,
+# and DuckDB's working set, are one range's, not the population's. Their tables are built
+# from the ranges' counts and sums by group (`WEIGHT`), a few thousand rows however many
+# persons; each range's records go to the run's records file as they are made.
+PART_PERSONS = 250_000
+WEIGHT = "_persons"  # how many records a grouped row stands for
 
 
 class NothingToAnalyse(LookupError):
@@ -123,19 +138,40 @@ def _with_places(frame: pd.DataFrame, places: Geography) -> pd.DataFrame:
     return frame
 
 
-def _tiers(ctx: Context) -> tuple[pd.Series, str | None]:
-    """Risk tier per person from the run serving commissioning (approved), if any."""
+def _tier_run(ctx: Context) -> str | None:
+    """The run serving commissioning (approved), whose tiers the analyses show, if any."""
     run = serving_run(ctx.engine, PURPOSE)
-    if run is None:
-        return pd.Series(dtype=object), None
-    scores = pd.read_parquet(ctx.settings.layout.run(run.run_id).scores,
-                             columns=["person_key", "tier"])
-    return scores.set_index("person_key")["tier"].astype(str), run.run_id
+    return None if run is None else run.run_id
+
+
+def _tiers(ctx: Context, run_id: str | None, sources: Sources) -> pd.Series:
+    """Risk tier per person from run `run_id`, of the persons in `sources`' range of keys
+    only (read with the range as a filter: a range's tiers, not the population's)."""
+    if run_id is None:
+        return pd.Series(dtype=object)
+    low, high = (sources.persons if isinstance(sources, OnDisk) and sources.persons
+                 else (None, None))
+    bounds = [("person_key", ">=", low)] if low is not None else []
+    bounds += [("person_key", "<", high)] if high is not None else []
+    scores = pd.read_parquet(ctx.settings.layout.run(run_id).scores,
+                             columns=["person_key", "tier"], filters=bounds or None)
+    return scores.set_index("person_key")["tier"].astype(str)
+
+
+def _workspace(sources: Sources) -> Path | None:
+    """Where a run's records are written before they are moved into place: the stage's own
+    workspace (removed with it); None for frames (the records are kept as a frame)."""
+    return sources.folder if isinstance(sources, OnDisk) else None
 
 
 def _grid(frame: pd.DataFrame, rows: str, cols: str, row_values: list[str] | None = None,
           col_values: list[str] | None = None) -> pd.DataFrame:
-    table = pd.crosstab(frame[rows].astype(str), frame[cols].astype(str))
+    """Counts of `rows` by `cols`: of records, or of grouped rows' `WEIGHT`s."""
+    if WEIGHT in frame:
+        table = pd.crosstab(frame[rows].astype(str), frame[cols].astype(str),
+                            values=frame[WEIGHT], aggfunc="sum").fillna(0).astype("int64")
+    else:
+        table = pd.crosstab(frame[rows].astype(str), frame[cols].astype(str))
     if row_values is not None:
         table = table.reindex(index=row_values, fill_value=0)
     if col_values is not None:
@@ -163,7 +199,8 @@ def _long(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 def _list_table(frame: pd.DataFrame, dimension: str, values: list[str] | None = None
                 ) -> pd.DataFrame:
-    counts = frame[dimension].astype(str).value_counts()
+    key = frame[dimension].astype(str)
+    counts = (frame.groupby(key)[WEIGHT].sum() if WEIGHT in frame else key.value_counts())
     counts = counts.sort_index() if values is None else counts.reindex(values, fill_value=0)
     table = counts.to_frame("persons")
     table.index.name, table.columns.name = dimension, "measure"
@@ -179,17 +216,23 @@ def _run_id(kind: str, label: str, ids: dict[str, list[str]]) -> str:
 
 
 def _save(ctx: Context, kind: str, label: str, ids: dict[str, list[str]],
-          applied: dict[str, Any], records: pd.DataFrame, tables: dict[str, pd.DataFrame],
-          summary: dict[str, Any], progress: Progress) -> AnalysisResult:
+          applied: dict[str, Any], records: pd.DataFrame | RecordsFile,
+          tables: dict[str, pd.DataFrame], summary: dict[str, Any], progress: Progress
+          ) -> AnalysisResult:
     """Write the run's files, record it in the runs table and audit it, in that order (the
-    run is listed only once its files are there). `ids`: the extracts the rows came from."""
+    run is listed only once its files are there). `ids`: the extracts the rows came from;
+    `records`: a frame, or a file of them written a range at a time (moved into place)."""
     run_id = _run_id(kind, label, ids)
     files = ctx.settings.layout.analysis(run_id)
     files.folder.mkdir(parents=True, exist_ok=True)
-    records.to_parquet(files.records, index=False)
+    if isinstance(records, RecordsFile):
+        records.move_to(files.records)
+    else:
+        records.to_parquet(files.records, index=False)
     _long(tables).to_parquet(files.published, index=False)
     used = sorted({e for found in ids.values() for e in found})
-    summary = {**summary, "kind": kind, "purpose": PURPOSE, "rows": int(len(records)),
+    count = len(records)
+    summary = {**summary, "kind": kind, "purpose": PURPOSE, "rows": int(count),
                "optouts": applied}
     files.description.write_text(json.dumps({"run_id": run_id, **summary}, indent=1,
                                             default=str))
@@ -198,12 +241,78 @@ def _save(ctx: Context, kind: str, label: str, ids: dict[str, list[str]],
             run_id=run_id, kind=kind, at=dt.datetime.now(dt.UTC), status="complete",
             extract_ids=used, summary=summary))
         audit.record(connection, ctx.actor, f"{kind}.run", f"run/{run_id}",
-                     n_records=int(len(records)), purpose=PURPOSE,
+                     n_records=int(count), purpose=PURPOSE,
                      detail={"extracts": len(used), "tables": sorted(tables)})
-    progress(f"{kind} run {run_id}: {len(records):,} records and {len(tables)} published "
+    progress(f"{kind} run {run_id}: {count:,} records and {len(tables)} published "
              f"tables written to {files.folder}")
-    return AnalysisResult(run_id=run_id, kind=kind, purpose=PURPOSE, rows=int(len(records)),
+    return AnalysisResult(run_id=run_id, kind=kind, purpose=PURPOSE, rows=int(count),
                           folder=str(files.folder), summary=summary)
+
+
+# ------------------------------------------------------------------------------ ranges
+def _ranges(sources: Sources, progress: Progress) -> list[Sources]:
+    """`sources` a range of person keys at a time (`PART_PERSONS` persons), in key order;
+    `sources` itself when one range holds everyone (or it is frames)."""
+    ranges = person_ranges(sources, PART_PERSONS)
+    if len(ranges) == 1 or not isinstance(sources, OnDisk):
+        return [sources]
+    progress(f"  {len(ranges)} ranges of about {PART_PERSONS:,} persons, one at a time")
+    return [sources.part(low, high) for low, high in ranges]
+
+
+class RecordsFile:
+    """A run's records written a range at a time: each range's frame to a Parquet file of its
+    own in the stage's workspace `folder`, then joined (`move_to`) into one file, a row group
+    at a time, under the schema they share (a column empty in one range takes the others'
+    type). With no folder (frames in memory, as tests give) the frame is kept."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.parts: list[Path] = []
+        self.frames: list[pd.DataFrame] = []
+        self.rows = 0
+
+    def add(self, frame: pd.DataFrame) -> None:
+        self.rows += len(frame)
+        if self.folder is None:
+            self.frames.append(frame)
+            return
+        path = self.folder / f"records-{len(self.parts):04d}.parquet"
+        frame.to_parquet(path, index=False)
+        self.parts.append(path)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def move_to(self, target: Path) -> None:
+        if self.folder is None:
+            pd.concat(self.frames, ignore_index=True).to_parquet(target, index=False)
+            return
+        if len(self.parts) == 1:
+            shutil.move(self.parts[0], target)
+            return
+        schemas = [pq.read_schema(p) for p in self.parts]
+        schema = pa.unify_schemas(schemas, promote_options="default").with_metadata(
+            schemas[0].metadata)
+        with pq.ParquetWriter(target, schema) as writer:
+            for path in self.parts:
+                for batch in pq.ParquetFile(path).iter_batches():
+                    writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+                path.unlink()
+
+
+def _grouped(records: pd.DataFrame, dims: list[str], sums: list[str]) -> pd.DataFrame:
+    """`records` as one row per combination of `dims` (a missing value is a value): how many
+    records (`WEIGHT`) and the sums of `sums`; tables built from it equal those built from
+    the records (`_grid`, `_list_table` count `WEIGHT`s; sums add)."""
+    return (records.assign(**{WEIGHT: 1})
+            .groupby(dims, dropna=False, sort=False)[[WEIGHT, *sums]].sum().reset_index())
+
+
+def _regrouped(parts: list[pd.DataFrame], dims: list[str], sums: list[str]) -> pd.DataFrame:
+    """The ranges' grouped rows (`_grouped`) added up into one row per combination."""
+    return (pd.concat(parts, ignore_index=True)
+            .groupby(dims, dropna=False, sort=True)[[WEIGHT, *sums]].sum().reset_index())
 
 
 # ------------------------------------------------------------------------------ journeys
@@ -237,9 +346,8 @@ def run_journeys(ctx: Context, at: dt.date, months: int = 12,
         raise ValueError("journeys: --months must be from 1 to 60")
     with _reading(ctx, progress) as (sources, applied):
         records, tables, summary = _journeys(ctx, sources, at, months, progress)
-        ids = extract_ids(sources)
-    return _save(ctx, "journeys", at.isoformat(), ids, applied, records, tables, summary,
-                 progress)
+        return _save(ctx, "journeys", at.isoformat(), extract_ids(sources), applied, records,
+                     tables, summary, progress)
 
 
 def _journeys(ctx: Context, sources: Sources, at: dt.date, months: int, progress: Progress
@@ -249,7 +357,10 @@ def _journeys(ctx: Context, sources: Sources, at: dt.date, months: int, progress
     through = data_through(sources)
     progress(f"discharges of people 65+ from {start} to {at - dt.timedelta(days=1)}; "
              f"outcomes followed to {through}")
-    found = discharge_journeys(sources, start, at, through=through)
+    # a range of persons at a time (one person's discharges and outcomes are their own rows):
+    # DuckDB's working set is a range's; the discharges themselves are few enough to keep
+    found = pd.concat([discharge_journeys(part, start, at, through=through)
+                       for part in _ranges(sources, progress)], ignore_index=True)
     places = _places(ctx)
     records = _with_places(found.drop(columns=["age"]), places)
     tables = journey_tables(records, Rule.load(engine=ctx.engine), places)
@@ -269,10 +380,10 @@ def run_costs(ctx: Context, year: int, progress: Progress = quiet) -> AnalysisRe
     """Each person's spend by setting in the financial year from April `year`, with spend by
     tier, segment, practice, PCN and discharge pathway, and the top spenders' share."""
     costing.financial_year(year)  # a wrong year is refused before anything is read
-    with _reading(ctx, progress) as (sources, applied):
+    with _reading(ctx, progress) as (sources, applied):  # saved before the workspace goes
         records, tables, summary = _costs(ctx, sources, year, progress)
-        ids = extract_ids(sources)
-    return _save(ctx, "costs", str(year), ids, applied, records, tables, summary, progress)
+        return _save(ctx, "costs", str(year), extract_ids(sources), applied, records, tables,
+                     summary, progress)
 
 
 def _costs(ctx: Context, sources: Sources, year: int, progress: Progress
@@ -280,41 +391,62 @@ def _costs(ctx: Context, sources: Sources, year: int, progress: Progress
     """The costs run's records, published tables and summary from `sources`."""
     start, end = costing.financial_year(year)
     prices = unit_costs(ctx)
+    order = segment_order(ctx)
     progress(f"pricing activity from {start} to {end - dt.timedelta(days=1)} with the unit "
              f"cost table in force")
-    segments = assign_segments(sources, start, order=segment_order(ctx)).set_index(
-        "person_key")["segment"]
-    spend = costing.person_costs(sources, year, prices, persons=pd.Index(segments.index))
-    tiers, tier_run = _tiers(ctx)
+    through = data_through(sources)
+    tier_run = _tier_run(ctx)
     places = _places(ctx)
-    records = spend.reset_index()
-    records["segment"] = segments.reindex(records["person_key"]).to_numpy()
-    records["tier"] = tiers.reindex(records["person_key"]).fillna(UNKNOWN).to_numpy()
-    records["gp_practice_code"] = latest_practices(sources).reindex(
-        records["person_key"]).to_numpy()
-    records = _with_places(records, places)
-    progress(f"spend before and after each discharge pathway of the year ({len(records):,} "
+    written = RecordsFile(_workspace(sources))
+    grouped, arounds, totals = [], [], []
+    for part in _ranges(sources, progress):
+        segments = assign_segments(part, start, order=order).set_index("person_key")["segment"]
+        spend = costing.person_costs(part, year, prices, persons=pd.Index(segments.index))
+        records = spend.reset_index()
+        records["segment"] = segments.reindex(records["person_key"]).to_numpy()
+        records["tier"] = _tiers(ctx, tier_run, part).reindex(
+            records["person_key"]).fillna(UNKNOWN).to_numpy()
+        records["gp_practice_code"] = latest_practices(part).reindex(
+            records["person_key"]).to_numpy()
+        records = _with_places(records, places)
+        written.add(records)
+        grouped.append(_grouped(records, list(COST_DIMENSIONS), [*costing.SETTINGS, "total"]))
+        totals.append(records["total"].to_numpy(dtype="float64"))
+        journeys = discharge_journeys(part, start, end, through=through)
+        if len(journeys):
+            arounds.append(costing.around_discharges(part, journeys, prices)[
+                ["pathway", "spend_before", "spend_after"]])
+    progress(f"spend before and after each discharge pathway of the year ({len(written):,} "
              "persons priced)")
-    journeys = discharge_journeys(sources, start, end, through=data_through(sources))
-    around = costing.around_discharges(sources, journeys, prices) if len(journeys) else \
-        journeys.assign(spend_before=[], spend_after=[])
+    around = pd.concat(arounds, ignore_index=True) if arounds else pd.DataFrame(
+        {"pathway": pd.Series([], dtype=object), "spend_before": [], "spend_after": []})
+    groups = _regrouped(grouped, list(COST_DIMENSIONS), [*costing.SETTINGS, "total"])
+    # the top spenders' shares need every person's total: one number a person, 8 bytes
+    total = pd.Series(np.concatenate(totals) if totals else np.array([], dtype="float64"))
+    shares = {share: costing.top_share(total, share) for share in TOP_SHARES}
+    del totals, total
     rule = Rule.load(engine=ctx.engine)
-    tables = cost_tables(records, around, rule, places)
-    total = records["total"]
+    tables = cost_tables(groups, around, rule, places, shares)
     summary = {"year": year, "start": start.isoformat(), "end": end.isoformat(),
-               "persons": int(len(records)), "spend": round(float(total.sum()), 2),
-               "top_1pct_share": round(costing.top_share(total, 0.01), 4),
-               "top_5pct_share": round(costing.top_share(total, 0.05), 4),
-               "by_setting": {s: round(float(records[s].sum()), 2) for s in costing.SETTINGS},
+               "persons": int(groups[WEIGHT].sum()),
+               "spend": round(float(groups["total"].sum()), 2),
+               "top_1pct_share": round(shares[0.01], 4),
+               "top_5pct_share": round(shares[0.05], 4),
+               "by_setting": {s: round(float(groups[s].sum()), 2) for s in costing.SETTINGS},
                "tiers_from": tier_run}
-    return records, tables, summary
+    return written, tables, summary
 
 
 def cost_tables(records: pd.DataFrame, around: pd.DataFrame, rule: Rule,
-                places: Geography) -> dict[str, pd.DataFrame]:
+                places: Geography, shares: dict[float, float] | None = None
+                ) -> dict[str, pd.DataFrame]:
     """The published cost tables: persons and spend by tier, segment, practice and PCN (one
     publication of persons), spend by setting and the top spenders' share over the area, and
-    discharges with mean spend the year before and after, by pathway (one of discharges)."""
+    discharges with mean spend the year before and after, by pathway (one of discharges).
+    `records`: one a person, or grouped (`_grouped`) with the top `shares` worked out from
+    every person's total beside them."""
+    if shares is None:
+        shares = {share: costing.top_share(records["total"], share) for share in TOP_SHARES}
     dims = {"tier": list(TIERS), "segment": list(SEGMENTS), "gp_practice_code": None,
             "pcn": None}
     lists = {f"persons_by_{d}": _list_table(records, d, v) for d, v in dims.items()}
@@ -331,8 +463,7 @@ def cost_tables(records: pd.DataFrame, around: pd.DataFrame, rule: Rule,
     settings.loc[TOTAL] = int(round(records["total"].sum() / 1000) * 1000)
     tables["spend_by_setting"] = settings
     tables["top_spenders"] = pd.DataFrame(  # coarse: no count is shown beside it
-        {"share_of_spend": [round(costing.top_share(records["total"], s), TOP_SHARE_DIGITS)
-                            for s in (0.01, 0.05)]},
+        {"share_of_spend": [round(shares[s], TOP_SHARE_DIGITS) for s in TOP_SHARES]},
         index=pd.Index(["top_1pct", "top_5pct"], name="persons"))
     tables["spend_around_discharge"] = _around_table(around, rule)
     return tables
@@ -365,35 +496,42 @@ def _coarse_mean(values: pd.Series) -> int:
 def run_segments(ctx: Context, at: dt.date, progress: Progress = quiet) -> AnalysisResult:
     """Everyone alive and registered at `at` in one segment, with the share of persons and of
     the 12 months' spend before `at` in each segment by practice and PCN, beside the tiers."""
-    with _reading(ctx, progress) as (sources, applied):
+    with _reading(ctx, progress) as (sources, applied):  # saved before the workspace goes
         records, tables, summary = _segments(ctx, sources, at, progress)
-        ids = extract_ids(sources)
-    return _save(ctx, "segments", at.isoformat(), ids, applied, records, tables, summary,
-                 progress)
+        return _save(ctx, "segments", at.isoformat(), extract_ids(sources), applied, records,
+                     tables, summary, progress)
 
 
 def _segments(ctx: Context, sources: Sources, at: dt.date, progress: Progress
               ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
     """The segments run's records, published tables and summary from `sources`."""
     progress(f"segments at {at} by the segment table in force")
-    found = assign_segments(sources, at, order=segment_order(ctx))
-    windows = pd.DataFrame({"window": range(len(found)), "person_key": found["person_key"],
-                            "start": add_months(at, -12), "end": at})
-    spent = costing.spend_in_windows(sources, windows, unit_costs(ctx))
-    tiers, tier_run = _tiers(ctx)
+    order, prices = segment_order(ctx), unit_costs(ctx)
+    tier_run = _tier_run(ctx)
     places = _places(ctx)
-    records = found.drop(columns=["age"])
-    records["spend_12m"] = spent.set_index("window")["total"].reindex(
-        range(len(found))).to_numpy()
-    records["tier"] = tiers.reindex(records["person_key"]).fillna(UNKNOWN).to_numpy()
-    records["gp_practice_code"] = latest_practices(sources).reindex(
-        records["person_key"]).to_numpy()
-    records = _with_places(records, places)
-    tables = segment_tables(records, Rule.load(engine=ctx.engine), places)
-    counts = records["segment"].value_counts().reindex(list(SEGMENTS), fill_value=0)
-    summary = {"at": at.isoformat(), "persons": int(len(records)),
+    written = RecordsFile(_workspace(sources))
+    grouped = []
+    for part in _ranges(sources, progress):
+        found = assign_segments(part, at, order=order)
+        windows = pd.DataFrame({"window": range(len(found)), "person_key": found["person_key"],
+                                "start": add_months(at, -12), "end": at})
+        spent = costing.spend_in_windows(part, windows, prices)
+        records = found.drop(columns=["age"])
+        records["spend_12m"] = spent.set_index("window")["total"].reindex(
+            range(len(found))).to_numpy()
+        records["tier"] = _tiers(ctx, tier_run, part).reindex(
+            records["person_key"]).fillna(UNKNOWN).to_numpy()
+        records["gp_practice_code"] = latest_practices(part).reindex(
+            records["person_key"]).to_numpy()
+        records = _with_places(records, places)
+        written.add(records)
+        grouped.append(_grouped(records, list(SEGMENT_DIMENSIONS), ["spend_12m"]))
+    groups = _regrouped(grouped, list(SEGMENT_DIMENSIONS), ["spend_12m"])
+    tables = segment_tables(groups, Rule.load(engine=ctx.engine), places)
+    counts = groups.groupby("segment")[WEIGHT].sum().reindex(list(SEGMENTS), fill_value=0)
+    summary = {"at": at.isoformat(), "persons": int(groups[WEIGHT].sum()),
                "segments": {k: int(v) for k, v in counts.items()}, "tiers_from": tier_run}
-    return records, tables, summary
+    return written, tables, summary
 
 
 def segment_tables(records: pd.DataFrame, rule: Rule, places: Geography

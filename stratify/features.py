@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
@@ -59,7 +59,10 @@ def connect(sources: Sources, threads: int | None = None) -> duckdb.DuckDBPyConn
     """A DuckDB connection with one typed view per source (`v_apc`, ...); absent ones empty.
     Given an `OnDisk` copy, a connection to its file (the tables are there already)."""
     if isinstance(sources, OnDisk):
-        return connect_on_disk(sources.folder, sources.memory_limit, threads, create=False)
+        con = connect_on_disk(sources.folder, sources.memory_limit, threads, create=False)
+        if sources.persons is not None:
+            _person_range_views(con, *sources.persons)
+        return con
     con = duckdb.connect()
     if threads:
         con.execute(f"SET threads = {int(threads)}")
@@ -72,6 +75,49 @@ def connect(sources: Sources, threads: int | None = None) -> duckdb.DuckDBPyConn
         else:
             con.execute(f"CREATE TABLE v_{name} ({_ddl(name)})")
     return con
+
+
+def _person_range_views(con: duckdb.DuckDBPyConnection, low: str | None,
+                        high: str | None) -> None:
+    """Temporary views `v_<source>` (found before the file's tables of that name) holding the
+    rows of the persons whose keys are in `[low, high)` only (rows with no key go with the
+    first range, whose `low` is None, so the ranges' rows are exactly the whole's)."""
+    catalog = con.execute("SELECT current_database()").fetchone()[0]
+    within = " AND ".join([f"person_key >= {_quoted(low)}" if low is not None else "TRUE",
+                           f"person_key < {_quoted(high)}" if high is not None else "TRUE"])
+    if low is None:
+        within = f"person_key IS NULL OR ({within})"
+    for name in COLUMNS:
+        con.execute(f'CREATE OR REPLACE TEMP VIEW v_{name} AS SELECT * FROM '
+                    f'"{catalog}".main.v_{name} WHERE {within}')
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def person_ranges(sources: Sources, persons_per_part: int
+                  ) -> list[tuple[str | None, str | None]]:
+    """Ranges of person keys `[low, high)` (None: unbounded) of about `persons_per_part`
+    persons each, in key order, covering every key: a stage run a range at a time holds one
+    range's persons, and its results put one after another are in person-key order. One
+    range, `(None, None)`, for frames or a population of at most `persons_per_part`."""
+    if not isinstance(sources, OnDisk) or persons_per_part < 1:
+        return [(None, None)]
+    union = " UNION ".join(f"SELECT person_key FROM v_{name} WHERE person_key IS NOT NULL"
+                           for name in COLUMNS)
+    con = connect(sources)
+    try:
+        starts = [row[0] for row in con.execute(f"""
+            SELECT person_key FROM (
+                SELECT person_key, row_number() OVER (ORDER BY person_key) - 1 AS n
+                FROM ({union}))
+            WHERE n > 0 AND n % {int(persons_per_part)} = 0 ORDER BY person_key
+        """).fetchall()]
+    finally:
+        con.close()
+    edges: list[str | None] = [None, *starts, None]
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 def _types(name: str) -> dict[str, str]:
@@ -96,12 +142,19 @@ class OnDisk:
     """Linked rows typed into a DuckDB file by `append_rows` (see `connect_on_disk`): given in
     place of the `sources` dict, `connect` opens the file, so every stage function that reads
     sources through `connect` runs over a population larger than memory unchanged.
-    `ids`: the extract ids each source's rows came from; `rows`: how many rows it holds."""
+    `ids`: the extract ids each source's rows came from; `rows`: how many rows it holds.
+    `persons`: when set, the range of person keys `[low, high)` (None: unbounded) a stage sees
+    (`person_ranges`): every view holds those persons' rows only."""
 
     folder: Path
     memory_limit: str
     ids: dict[str, list[str]]
     rows: int
+    persons: tuple[str | None, str | None] | None = None
+
+    def part(self, low: str | None, high: str | None) -> OnDisk:
+        """The same copy seen as the persons whose keys are in `[low, high)` only."""
+        return replace(self, persons=(low, high))
 
 
 Sources = dict[str, pd.DataFrame] | OnDisk

@@ -221,3 +221,104 @@ def test_latest_practice_rule_on_hand_made_registrations(backend) -> None:
         assert list(segments.maternity(con, dt.date(2024, 6, 1)).index) == ["A"]
     finally:
         con.close()
+
+
+# ------------------------------------------------------------------ ranges of persons
+def test_each_analysis_a_range_of_persons_at_a_time_equals_it_run_whole(haven, extracts,
+                                                                       backend, monkeypatch):
+    """Journeys, costs and segments run a range of person keys at a time (memory bounded by
+    a range, issue #12) give exactly what one pass over everyone gives: the same records in
+    the same order, the same published tables and summaries."""
+    at = _linked(haven, extracts)
+    whole = {kind: _run(haven, kind, at) for kind in analyses.KINDS}
+    ranges: list[int] = []
+    real = analyses.person_ranges
+
+    def counted(sources, persons):
+        found = real(sources, persons)
+        ranges.append(len(found))
+        return found
+
+    monkeypatch.setattr(analyses, "person_ranges", counted)
+    monkeypatch.setattr(analyses, "PART_PERSONS", PERSONS // 4)
+    parted = {kind: _run(haven, kind, at) for kind in analyses.KINDS}
+    assert ranges and all(n >= 4 for n in ranges)
+    for kind in analyses.KINDS:
+        got_records, got_published = _outputs(haven, parted[kind])
+        want_records, want_published = _outputs(haven, whole[kind])
+        assert len(got_records) == len(want_records) > 40, kind
+        pd.testing.assert_frame_equal(got_records, want_records, check_exact=True,
+                                      obj=f"{kind} records")
+        pd.testing.assert_frame_equal(got_published, want_published, obj=f"{kind} tables")
+        assert parted[kind].summary == whole[kind].summary, kind
+    assert not any(haven.settings.layout.scratch_dir.iterdir())  # the ranges' files went
+
+
+def test_the_ranges_cover_every_person_once_in_key_order(haven, extracts, backend):
+    _linked(haven, extracts)
+    with linked_copy(haven, _filter(haven)) as copy:
+        everyone = list(costs.everyone(copy))
+        ranges = features.person_ranges(copy, 100)
+        assert len(ranges) == -(-len(everyone) // 100) > 3
+        assert ranges[0][0] is None and ranges[-1][1] is None
+        seen: list[str] = []
+        rows = 0
+        for low, high in ranges:
+            part = copy.part(low, high)
+            keys = list(costs.everyone(part))
+            assert 0 < len(keys) <= 100 and all(
+                (low is None or k >= low) and (high is None or k < high) for k in keys)
+            seen += keys
+            con = features.connect(part)
+            try:
+                rows += sum(con.execute(f"SELECT count(*) FROM v_{name}").fetchone()[0]
+                            for name in features.COLUMNS)
+            finally:
+                con.close()
+        assert seen == everyone  # each person once, in key order
+        assert rows == copy.rows  # and every row in one range
+        assert features.person_ranges(copy, len(everyone)) == [(None, None)]
+        assert features.person_ranges(_frames(haven), 100) == [(None, None)]
+
+
+def test_tables_from_grouped_rows_equal_tables_from_records(haven, extracts, backend):
+    """The tables are built from counts and sums by group (a few thousand rows at any
+    population): they equal those built from one record a person."""
+    at = _linked(haven, extracts)
+    rule, places = analyses.Rule.load(engine=haven.engine), analyses._places(haven)
+    records, _ = _outputs(haven, _run(haven, "costs", at))
+    around = pd.DataFrame({"pathway": ["pathway_0"] * 9, "spend_before": range(9),
+                           "spend_after": range(9)})
+    sums = [*costs.SETTINGS, "total"]
+    grouped = analyses._regrouped([analyses._grouped(records[:100], list(
+        analyses.COST_DIMENSIONS), sums), analyses._grouped(records[100:], list(
+            analyses.COST_DIMENSIONS), sums)], list(analyses.COST_DIMENSIONS), sums)
+    assert len(grouped) < len(records) // 2
+    shares = {s: costs.top_share(records["total"], s) for s in analyses.TOP_SHARES}
+    want = analyses.cost_tables(records, around, rule, places)
+    got = analyses.cost_tables(grouped, around, rule, places, shares)
+    assert want.keys() == got.keys()
+    for name in want:
+        pd.testing.assert_frame_equal(got[name], want[name], obj=name)
+    segs, _ = _outputs(haven, _run(haven, "segments", at))
+    want = analyses.segment_tables(segs, rule, places)
+    got = analyses.segment_tables(analyses._grouped(segs, list(analyses.SEGMENT_DIMENSIONS),
+                                                    ["spend_12m"]), rule, places)
+    for name in want:
+        pd.testing.assert_frame_equal(got[name], want[name], obj=name)
+
+
+def test_records_written_a_range_at_a_time_read_back_as_one_frame(tmp_path, backend):
+    """A column empty in one range (all missing) takes the type the others give it."""
+    written = analyses.RecordsFile(tmp_path)
+    parts = [pd.DataFrame({"person_key": ["a", "b"], "code": [None, None], "x": [1.5, 2.0]}),
+             pd.DataFrame({"person_key": ["c"], "code": ["Y1"], "x": [3.0]}),
+             pd.DataFrame({"person_key": pd.Series([], dtype=object),
+                           "code": pd.Series([], dtype=object), "x": pd.Series([], dtype=float)})]
+    for part in parts:
+        written.add(part)
+    assert len(written) == 3
+    written.move_to(tmp_path / "records.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "records.parquet"),
+                                  pd.concat(parts[:2], ignore_index=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["records.parquet"]
