@@ -82,3 +82,20 @@ def test_features_grouped_by_their_catalogue_source() -> None:
     grouped = features_by_source(["age", "ae_attendances_12m", "emergency_admissions_12m"])
     assert grouped == {"gp_patients (else any source)": ["age"], "ae": ["ae_attendances_12m"],
                        "apc": ["emergency_admissions_12m"]}
+
+
+def test_persons_with_little_history_are_counted_over_distinct_source_lists() -> None:
+    """Persons seen in no source but their GP registration: counted over the distinct source
+    lists (issue #12: not a list of texts a person), as the person-by-person count was."""
+    from dataclasses import replace
+
+    from stratify.model_card import _little_history
+
+    sources = pd.Series(["gp_patients", "apc;gp_patients", None, "", ";gp_patients",
+                         "gp_patients;", "community", "gp_patients", "ae;apc"] * 7,
+                        dtype=object)
+    run = replace(_run(), scores=pd.DataFrame({"sources": sources}))
+    person_by_person = int(sources.fillna("").str.split(";").map(
+        lambda s: not (set(s) - {"", "gp_patients"})).sum())
+    assert _little_history(run) == person_by_person == 7 * 6
+    assert _little_history(replace(run, scores=pd.DataFrame({"x": [1]}))) == 0
