@@ -13,6 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from governance import audit, model_approvals
 from governance.layout import RunFiles
 from pipeline.context import Context
@@ -54,11 +58,16 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
     run_id = serving.run_id
     files = ctx.settings.layout.run(run_id)
     withheld = withheld_person_keys(ctx.settings, ctx.engine, serving.purpose, serving)
+    # The counts first, holding none of the run's rows: DuckDB's count over the whole link map
+    # (up to its memory limit) and the evaluation's frames of a whole population are never
+    # in memory at once (issue #12: at 3M persons they were, together).
+    counts = run_counts(ctx.settings, ctx.engine, serving, files.scores,
+                        _extract_ids(files), withheld_now=_withheld_count(files, withheld))
     applied = optouts_applied(ctx.engine)  # in force today, as use_filter's defaults
     with linked_copy(ctx, purpose_rows(ctx, serving.purpose, applied)) as sources:  # on disk
         # The run's rows are read once the copy is made: making it (a batch of rows and
         # DuckDB's memory) and a whole population's scores are not held at once.
-        run, withheld_now = _run_rows(files, withheld)
+        run, _ = _run_rows(files, withheld)
         status = follow_up(sources, run.at)
         evaluation: Evaluation | None
         if status.complete:
@@ -72,9 +81,7 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
                 evaluation = backtest(sources, meta, leave_out=withheld)
             except NoBacktest:
                 evaluation = None
-            run, withheld_now = _run_rows(files, withheld)
-    counts = run_counts(ctx.settings, ctx.engine, serving, files.scores, run.extract_ids,
-                        withheld_now=withheld_now)
+            run, _ = _run_rows(files, withheld)
     path = write_report(evaluation, out or ctx.settings.layout.report(run_id), run=run,
                         status=status, counts=counts, approval=approval_of(ctx, serving))
     audit.log(ctx.engine, ctx.actor, "model.report", f"run/{run_id}",
@@ -82,6 +89,21 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
               detail={"evaluation": evaluation.kind if evaluation else "none",
                       "outcome_year_complete": status.complete})
     return path
+
+
+def _extract_ids(files: RunFiles) -> dict[str, list[str]]:
+    """The extracts the run at `files` read, from its description (none of its rows)."""
+    return dict(json.loads(files.description.read_text(encoding="utf-8"))["extract_ids"])
+
+
+def _withheld_count(files: RunFiles, withheld: set[str]) -> int:
+    """How many of the run's persons `withheld` holds back now, counted in Arrow over its
+    person keys alone (the keys of a run's scores are distinct)."""
+    keys = pq.read_table(files.scores, columns=["person_key"]).column("person_key")
+    if not withheld:
+        return 0
+    return int(pc.sum(pc.is_in(keys, value_set=pa.array(sorted(withheld), pa.string())))
+               .as_py() or 0)
 
 
 def _run_rows(files: RunFiles, withheld: set[str]) -> tuple[ScoreRun, int]:
