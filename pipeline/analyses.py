@@ -158,6 +158,17 @@ def _tiers(ctx: Context, run_id: str | None, sources: Sources) -> pd.Series:
     return scores.set_index("person_key")["tier"].astype(str)
 
 
+def _placed(ctx: Context, records: pd.DataFrame, sources: Sources, tier_run: str | None,
+            places: Geography) -> pd.DataFrame:
+    """`records` (one a person of `sources`' range) with each person's tier from `tier_run`,
+    their practice (the latest registration's) and its PCN and locality."""
+    records["tier"] = _tiers(ctx, tier_run, sources).reindex(
+        records["person_key"]).fillna(UNKNOWN).to_numpy()
+    records["gp_practice_code"] = latest_practices(sources).reindex(
+        records["person_key"]).to_numpy()
+    return _with_places(records, places)
+
+
 def _workspace(sources: Sources) -> Path | None:
     """Where a run's records are written before they are moved into place: the stage's own
     workspace (removed with it); None for frames (the records are kept as a frame)."""
@@ -387,7 +398,7 @@ def run_costs(ctx: Context, year: int, progress: Progress = quiet) -> AnalysisRe
 
 
 def _costs(ctx: Context, sources: Sources, year: int, progress: Progress
-           ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
+           ) -> tuple[RecordsFile, dict[str, pd.DataFrame], dict[str, Any]]:
     """The costs run's records, published tables and summary from `sources`."""
     start, end = costing.financial_year(year)
     prices = unit_costs(ctx)
@@ -404,11 +415,7 @@ def _costs(ctx: Context, sources: Sources, year: int, progress: Progress
         spend = costing.person_costs(part, year, prices, persons=pd.Index(segments.index))
         records = spend.reset_index()
         records["segment"] = segments.reindex(records["person_key"]).to_numpy()
-        records["tier"] = _tiers(ctx, tier_run, part).reindex(
-            records["person_key"]).fillna(UNKNOWN).to_numpy()
-        records["gp_practice_code"] = latest_practices(part).reindex(
-            records["person_key"]).to_numpy()
-        records = _with_places(records, places)
+        records = _placed(ctx, records, part, tier_run, places)
         written.add(records)
         grouped.append(_grouped(records, list(COST_DIMENSIONS), [*costing.SETTINGS, "total"]))
         totals.append(records["total"].to_numpy(dtype="float64"))
@@ -503,7 +510,7 @@ def run_segments(ctx: Context, at: dt.date, progress: Progress = quiet) -> Analy
 
 
 def _segments(ctx: Context, sources: Sources, at: dt.date, progress: Progress
-              ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
+              ) -> tuple[RecordsFile, dict[str, pd.DataFrame], dict[str, Any]]:
     """The segments run's records, published tables and summary from `sources`."""
     progress(f"segments at {at} by the segment table in force")
     order, prices = segment_order(ctx), unit_costs(ctx)
@@ -519,11 +526,7 @@ def _segments(ctx: Context, sources: Sources, at: dt.date, progress: Progress
         records = found.drop(columns=["age"])
         records["spend_12m"] = spent.set_index("window")["total"].reindex(
             range(len(found))).to_numpy()
-        records["tier"] = _tiers(ctx, tier_run, part).reindex(
-            records["person_key"]).fillna(UNKNOWN).to_numpy()
-        records["gp_practice_code"] = latest_practices(part).reindex(
-            records["person_key"]).to_numpy()
-        records = _with_places(records, places)
+        records = _placed(ctx, records, part, tier_run, places)
         written.add(records)
         grouped.append(_grouped(records, list(SEGMENT_DIMENSIONS), ["spend_12m"]))
     groups = _regrouped(grouped, list(SEGMENT_DIMENSIONS), ["spend_12m"])
