@@ -99,9 +99,9 @@ def _extract_ids(files: RunFiles) -> dict[str, list[str]]:
 def _withheld_count(files: RunFiles, withheld: set[str]) -> int:
     """How many of the run's persons `withheld` holds back now, counted in Arrow over its
     person keys alone (the keys of a run's scores are distinct)."""
-    keys = pq.read_table(files.scores, columns=["person_key"]).column("person_key")
     if not withheld:
         return 0
+    keys = pq.read_table(files.scores, columns=["person_key"]).column("person_key")
     return int(pc.sum(pc.is_in(keys, value_set=pa.array(sorted(withheld), pa.string())))
                .as_py() or 0)
 
