@@ -309,6 +309,7 @@ def test_scoring_applies_the_optouts_in_force_now_not_on_its_date(
         or real(run, sources))
     model_report(haven, run_id, tmp_path / "report")
     assert not set(seen["run"].scores["person_key"]) & late_keys
+    assert "did not apply): 2\n" in (tmp_path / "report" / "report.md").read_text()  # counted
     assert len(seen["medicated"]) > 100 and not seen["medicated"] & late_keys
 
 
