@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 from governance.settings import Settings
@@ -97,6 +97,12 @@ def session(settings: Settings, app_name: str = "haven") -> Iterator[SparkSessio
     spark = running or spark_session(settings, app_name)
     try:
         yield spark
-    finally:
+    except BaseException:
         if running is None:
-            spark.stop()
+            # A JVM that died (a driver out of memory) cannot be stopped either: the stage's
+            # own error is the one to see, not the failed stop's (which used to replace it).
+            with suppress(Exception):
+                spark.stop()
+        raise
+    if running is None:
+        spark.stop()

@@ -63,3 +63,21 @@ def test_keys_are_withheld_from_the_environment_spark_starts_in_then_put_back() 
     with pytest.raises(RuntimeError), keys_withheld(environ):
         raise RuntimeError("the JVM did not start")
     assert environ["HAVEN_KEY_LINKAGE"] == "b1:l"  # put back however the start ends
+
+
+def test_a_stage_error_is_not_replaced_by_a_failed_stop(tmp_path: Path, monkeypatch) -> None:
+    """A JVM that died mid-stage cannot be stopped either: the stage's own error is raised
+    (a 1M-person score on Spark reported only the failed stop)."""
+    from pipeline.engines import spark_session as module
+
+    class Dead:
+        def stop(self) -> None:
+            raise RuntimeError("SparkSession does not exist in the JVM")
+
+    monkeypatch.setattr(module, "missing", lambda: "not wanted here")
+    monkeypatch.setattr(module, "spark_session", lambda *_a: Dead())
+    settings = Settings.from_environ({"HAVEN_HOME": str(tmp_path)})
+    with pytest.raises(MemoryError, match="driver"), module.session(settings):
+        raise MemoryError("driver out of memory")
+    with pytest.raises(RuntimeError, match="does not exist"), module.session(settings):
+        pass  # the stage ended well: a failed stop is still said
