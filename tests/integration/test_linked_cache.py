@@ -16,6 +16,7 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from linked_cache_fixtures import takes_watched
 
 import pipeline.linked_cache as cache_module
 from factories import rows_for, write_extract
@@ -43,16 +44,7 @@ def _copy(haven: Any, purpose: str = "commissioning", reuse: bool = True,
           applied: dict[str, Any] | None = None) -> tuple[dict[str, pd.DataFrame], bool]:
     """Every table of the stage's copy (ordered), and whether it came from the cache."""
     applied = applied or optouts_applied(haven.engine)
-    taken: list[bool] = []
-    real = cache_module.take
-
-    def spy(*args: Any) -> Any:
-        found = real(*args)
-        taken.append(found is not None)
-        return found
-
-    cache_module.take = spy  # type: ignore[assignment]
-    try:
+    with takes_watched() as taken:
         rows = (purpose_rows(haven, purpose, applied) if reuse
                 else purpose_filter(haven, purpose, applied))
         with linked_copy(haven, rows) as copy:
@@ -63,8 +55,6 @@ def _copy(haven: Any, purpose: str = "commissioning", reuse: bool = True,
             finally:
                 con.close()
             rows = copy.rows
-    finally:
-        cache_module.take = real  # type: ignore[assignment]
     assert rows == sum(len(t) for t in tables.values())
     return tables, any(taken)
 

@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from linked_cache_fixtures import takes_watched
 from sqlalchemy import select
 
 import pipeline.linked_cache as cache_module
@@ -49,24 +50,13 @@ def _stage(haven: Any, applied: dict[str, Any] | None = None) -> tuple[int, bool
     """A stage's copy of commissioning's rows: how many apc rows it holds, and whether the
     copy came from the cache."""
     applied = applied or optouts_applied(haven.engine)
-    taken: list[bool] = []
-    real = cache_module.take
-
-    def spy(*args: Any) -> Any:
-        found = real(*args)
-        taken.append(found is not None)
-        return found
-
-    cache_module.take = spy  # type: ignore[assignment]
-    try:
-        with linked_copy(haven, purpose_rows(haven, "commissioning", applied)) as copy:
-            con = duckdb.connect(str(copy.folder / "sources.duckdb"), read_only=True)
-            try:
-                apc = con.execute("SELECT count(*) FROM v_apc").fetchone()[0]
-            finally:
-                con.close()
-    finally:
-        cache_module.take = real  # type: ignore[assignment]
+    with takes_watched() as taken, linked_copy(
+            haven, purpose_rows(haven, "commissioning", applied)) as copy:
+        con = duckdb.connect(str(copy.folder / "sources.duckdb"), read_only=True)
+        try:
+            apc = con.execute("SELECT count(*) FROM v_apc").fetchone()[0]
+        finally:
+            con.close()
     return int(apc), any(taken)
 
 
