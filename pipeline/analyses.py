@@ -281,12 +281,16 @@ class RecordsFile:
         self.folder = folder
         self.parts: list[Path] = []
         self.frames: list[pd.DataFrame] = []
+        self.empty: pd.DataFrame | None = None
         self.rows = 0
 
     def add(self, frame: pd.DataFrame) -> None:
         self.rows += len(frame)
         if self.folder is None:
             self.frames.append(frame)
+            return
+        if not len(frame):  # a range with no records: its empty columns carry no types (an
+            self.empty = frame if self.empty is None else self.empty  # empty list is float)
             return
         path = self.folder / f"records-{len(self.parts):04d}.parquet"
         frame.to_parquet(path, index=False)
@@ -298,6 +302,10 @@ class RecordsFile:
     def move_to(self, target: Path) -> None:
         if self.folder is None:
             pd.concat(self.frames, ignore_index=True).to_parquet(target, index=False)
+            return
+        if not self.parts:
+            (self.empty if self.empty is not None else pd.DataFrame()).to_parquet(
+                target, index=False)
             return
         if len(self.parts) == 1:
             shutil.move(self.parts[0], target)

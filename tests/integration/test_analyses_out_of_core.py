@@ -309,16 +309,24 @@ def test_tables_from_grouped_rows_equal_tables_from_records(haven, extracts, bac
 
 
 def test_records_written_a_range_at_a_time_read_back_as_one_frame(tmp_path, backend):
-    """A column empty in one range (all missing) takes the type the others give it."""
+    """A column empty in one range (all missing) takes the type the others give it; a range
+    with no records at all (whose empty text columns are float: CI met one) adds nothing."""
     written = analyses.RecordsFile(tmp_path)
-    parts = [pd.DataFrame({"person_key": ["a", "b"], "code": [None, None], "x": [1.5, 2.0]}),
-             pd.DataFrame({"person_key": ["c"], "code": ["Y1"], "x": [3.0]}),
-             pd.DataFrame({"person_key": pd.Series([], dtype=object),
-                           "code": pd.Series([], dtype=object), "x": pd.Series([], dtype=float)})]
+    none = pd.DataFrame({"person_key": pd.Series([], dtype=object),
+                         "code": pd.Series([], dtype=float), "x": pd.Series([], dtype=float)})
+    parts = [none, pd.DataFrame({"person_key": ["a", "b"], "code": [None, None],
+                                 "x": [1.5, 2.0]}),
+             pd.DataFrame({"person_key": ["c"], "code": ["Y1"], "x": [3.0]}), none]
     for part in parts:
         written.add(part)
     assert len(written) == 3
     written.move_to(tmp_path / "records.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "records.parquet"),
-                                  pd.concat(parts[:2], ignore_index=True))
+                                  pd.concat(parts[1:3], ignore_index=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records.parquet"]
+    only_empty = analyses.RecordsFile(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    only_empty.add(none)
+    only_empty.move_to(tmp_path / "empty.parquet")
+    assert pd.read_parquet(tmp_path / "empty.parquet").columns.tolist() == ["person_key",
+                                                                          "code", "x"]
