@@ -44,6 +44,7 @@ PARTITION_PERSONS = 500_000
 WORK_TABLES = ("features_out", "pop", "f_demo", "f_apc", "f_ae", "f_op", "f_gp", "f_meds",
                "f_sc", "f_community", "dx", "ltc_first", "f_ltc", "f_cci", "f_hfrs",
                *HISTORY_TABLES)
+WHOLE_GP = "whole_gp_patients"  # a range's view of every GP registration (`_has_gp`)
 COMMUNITY_SERVICES = ("district_nursing", "therapy", "rapid_response", "reablement", "other")
 
 
@@ -90,6 +91,8 @@ def _person_range_views(con: duckdb.DuckDBPyConnection, low: str | None,
     for name in COLUMNS:
         con.execute(f'CREATE OR REPLACE TEMP VIEW v_{name} AS SELECT * FROM '
                     f'"{catalog}".main.v_{name} WHERE {within}')
+    con.execute(f'CREATE OR REPLACE TEMP VIEW {WHOLE_GP} AS SELECT * FROM '
+                f'"{catalog}".main.v_gp_patients')
 
 
 def _quoted(text: str) -> str:
@@ -216,8 +219,13 @@ def history_months(con: duckdb.DuckDBPyConnection, at: dt.date) -> int | None:
 
 
 def _has_gp(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether any GP registration is on record (else other records stand in for it)."""
-    return con.execute("SELECT count(*) FROM v_gp_patients").fetchone()[0] > 0
+    """Whether any GP registration is on record (else other records stand in for it): in
+    the whole copy also when one range of persons is viewed (`_person_range_views`), so a
+    range of persons none of whom is registered is not given the other rule."""
+    whole = con.execute("SELECT count(*) FROM duckdb_views() "
+                        f"WHERE view_name = '{WHOLE_GP}'").fetchone()[0]
+    table = WHOLE_GP if whole else "v_gp_patients"
+    return bool(con.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0])
 
 
 def population(con: duckdb.DuckDBPyConnection, at: dt.date, has_gp: bool) -> None:

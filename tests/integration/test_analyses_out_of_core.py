@@ -330,3 +330,25 @@ def test_records_written_a_range_at_a_time_read_back_as_one_frame(tmp_path, back
     only_empty.move_to(tmp_path / "empty.parquet")
     assert pd.read_parquet(tmp_path / "empty.parquet").columns.tolist() == ["person_key",
                                                                           "code", "x"]
+
+
+def test_a_range_of_persons_none_registered_keeps_the_registered_rule(haven, extracts,
+                                                                      backend):
+    """Whether GP registrations exist is the whole copy's: a range holding only persons
+    with no registration (unlinked rows' keys; a small last range can be such) gets the
+    registered persons' rule, as the whole does (nobody), not the rule for data without
+    registrations (everyone with a record)."""
+    at = _linked(haven, extracts)
+    with linked_copy(haven, _filter(haven)) as copy:
+        con = features.connect(copy)
+        try:
+            key = con.execute("""SELECT min(person_key) FROM v_apc WHERE person_key NOT IN
+                (SELECT person_key FROM v_gp_patients WHERE person_key IS NOT NULL)
+                AND admission_date < ?""", [at]).fetchone()[0]
+        finally:
+            con.close()
+        assert key is not None
+        alone = copy.part(key, key + "\0")
+        assert list(costs.everyone(alone)) == [key]
+        assert segments.assign_segments(alone, at).empty
+        assert key not in set(segments.assign_segments(copy, at)["person_key"])
