@@ -15,19 +15,18 @@ Then the outputs are compared: the same receipts (every count, by the extract's 
 same person key for every landed row (the link map by digest, source and row) and, per person,
 the same tier and a probability within 1e-9.
 
-Last, what a cost model needs and a command cannot report: throughput per Spark task, from a
-small instrumented run in this process (local[2], the Spark home's keys and model): rows per
-second per task for landing's batch preparation (`prepare_batch` in `mapInArrow`, timed inside
-the task) and persons per second per task for prediction and for reasons. What is still on the
-driver (linkage, features, training) is timed by the commands themselves: `run.json` records
-the score stage's own seconds.
+Last, what a cost model needs: throughput per Spark task. Landing's, from a small
+instrumented run in this process (local[2], the Spark home's keys): rows per second per task
+for landing's batch preparation (`prepare_batch` in `mapInArrow`, timed inside the task).
+Scoring's, from the Spark command's own run (its run.json: persons per task second of each
+pass, features and prediction, then tiers and reasons, measured by the tasks). What is still
+on the driver (linkage's survey, training) is timed by the commands themselves.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import datetime as dt
 import json
 import os
 import secrets
@@ -346,70 +345,16 @@ def prepare_throughput(spark: Any, env: dict[str, str], inbound: Path, batch_row
     return out
 
 
-def predict_throughput(spark: Any, env: dict[str, str], partitions: int) -> dict[str, Any]:
-    """Persons/s per task of prediction and of reasons on Spark, with the Spark home's newest
-    run's model and thresholds, over the features the driver computes (timed too: that step
-    is still the driver's)."""
-    import joblib
-
+def score_tasks(env: dict[str, str]) -> dict[str, Any]:
+    """Per-task figures of the Spark home's newest score run, as its tasks measured them
+    (`metrics.tasks` in its run.json: persons, ranges, and each pass's persons a second per
+    task), with the driver's own stage seconds (`metrics.seconds`)."""
     from governance.settings import Settings
-    from pipeline.context import Context
-    from pipeline.score import purpose_sources
-    from stratify.features import connect, features_from
-    from stratify.score_partition import explain_partition, predict_partition
 
-    haven = Context(Settings.from_environ(env))
-    runs = sorted(haven.settings.layout.runs_dir.glob("score-*"), key=lambda p: p.stat().st_mtime)
-    meta = json.loads((runs[-1] / "run.json").read_text())
-    bundle = joblib.load(runs[-1] / "model.joblib")
-    at = meta["at"]
-    start = time.perf_counter()
-    sources = purpose_sources(haven, "commissioning")  # what `haven score` scores by default
-    loaded = time.perf_counter() - start
-    con = connect(dict(sources), None)
-    try:
-        start = time.perf_counter()
-        X = features_from(con, dt.date.fromisoformat(at), bundle.lookback_months)
-        featured = time.perf_counter() - start
-    finally:
-        con.close()
-    haven.engine.dispose()
-    cut, features = meta["thresholds"], list(X.columns)
-    shared = spark.sparkContext.broadcast(bundle)
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-
-        task = TaskContext.get().partitionId()
-        model = shared.value
-        for batch in batches:
-            X_part = batch.to_pandas().set_index("person_key")[features]
-            start = time.perf_counter()
-            probability = predict_partition(model, X_part)[model.chosen].to_numpy()
-            predicted = time.perf_counter() - start
-            start = time.perf_counter()
-            explain_partition(model, X_part, probability, cut)
-            explained = time.perf_counter() - start
-            yield pa.RecordBatch.from_pydict({
-                "task": [task, task], "step": ["predict", "reasons"],
-                "n": [len(X_part), len(X_part)], "seconds": [predicted, explained]})
-
-    table = spark.createDataFrame(X.reset_index()).repartition(partitions)
-    table = table.persist()
-    table.count()  # the feature table shipped into Spark before the timed job
-    start = time.perf_counter()
-    records = [r.asDict() for r in table.mapInArrow(
-        run, "task long, step string, n long, seconds double").collect()]
-    wall = time.perf_counter() - start
-    table.unpersist()
-    shared.destroy()
-    slots = min(max(spark.sparkContext.defaultParallelism, 1), partitions)
-    return {"persons": len(X), "features": len(features), "partitions": partitions,
-            "effective_rate": round(len(X) / wall / slots, 1),
-            "driver_load_sources_s": round(loaded, 2), "driver_features_s": round(featured, 2),
-            "job_wall_s": round(wall, 2),
-            "predict": task_rates([r for r in records if r["step"] == "predict"], "persons"),
-            "reasons": task_rates([r for r in records if r["step"] == "reasons"], "persons")}
+    runs_dir = Settings.from_environ(env).layout.runs_dir
+    runs = sorted(runs_dir.glob("score-*"), key=lambda p: p.stat().st_mtime)
+    metrics = json.loads((runs[-1] / "run.json").read_text())["metrics"]
+    return {**metrics["tasks"], "driver_seconds": metrics["seconds"]}
 
 
 def throughput(env: dict[str, str], inbound: Path, master: str, driver_memory: str,
@@ -425,9 +370,8 @@ def throughput(env: dict[str, str], inbound: Path, master: str, driver_memory: s
     try:
         before = loadavg()
         prepared = prepare_throughput(spark, env, inbound, batch_rows, max_batches)
-        predicted = predict_throughput(spark, env, 2)
         return {"load_before": before, "load_after": loadavg(), "prepare": prepared,
-                "score": predicted}
+                "score": score_tasks(env)}
     finally:
         spark.stop()
 
@@ -446,14 +390,16 @@ def print_throughput(found: dict[str, Any]) -> None:
               f"{rates['tasks']} | {rates['pooled_rate']:,.0f} rows | "
               f"{rates['effective_rate']:,.0f} rows | {rates['job_wall_s']} |")
     score = found["score"]
-    for step in ("predict", "reasons"):
-        rates = score[step]
-        print(f"| {step} | persons | {score['persons']:,} | {rates['tasks']} | "
-              f"{rates['pooled_rate']:,.0f} persons | {score['effective_rate']:,.0f} persons "
-              f"(both steps) | {score['job_wall_s']} (both) |")
-    print(f"driver: purpose-filtered sources read in {score['driver_load_sources_s']} s, "
-          f"{score['features']} features for {score['persons']:,} persons in "
-          f"{score['driver_features_s']} s")
+    print(f"\nscore on Spark (the command's own run, {score['ranges']} tasks of a range of "
+          f"persons each, two passes; per task: persons over the seconds the tasks spent)")
+    print("| pass | persons | task seconds (sum) | persons per task second |")
+    print("|---|---:|---:|---:|")
+    print(f"| features + every candidate's probability | {score['persons']:,} | "
+          f"{score['features_predict_seconds']} | "
+          f"{score['features_predict_persons_per_task_second']:,} |")
+    print(f"| tiers + reasons + scores file | {score['persons']:,} | "
+          f"{score['reasons_seconds']} | {score['reasons_persons_per_task_second']:,} |")
+    print(f"driver: {score['driver_seconds']}")
 
 
 def main() -> None:

@@ -169,10 +169,11 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
     progress(f"reading linked, pseudonymised data for {at.isoformat()} ({purpose})")
     applied = optouts_applied(ctx.engine)
     before = serving_run(ctx.engine, purpose)
-    # Either engine reads the linked rows through an on-disk copy (the Spark engine's driver
-    # builds the features from it too), so neither holds them all in memory. The embedded
-    # engine writes the scores into the copy's workspace as it makes them, a batch at a time
-    # (`out`); they are moved into the run's folder when it is saved, before the copy goes.
+    # Either engine reads the linked rows through an on-disk copy (Spark's tasks each open it
+    # read-only for their range of persons), so neither holds them all in memory. Both write
+    # the scores into the copy's workspace as they make them, a batch (or a task's range) at
+    # a time (`out`); they are moved into the run's folder when it is saved, before the copy
+    # goes.
     spark = ctx.settings.engine == "spark"
     scorer = persons_scorer(ctx.settings) if spark else score_persons
     with linked_copy(ctx, purpose_rows(ctx, purpose, applied), progress) as copy:
@@ -180,14 +181,11 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
             raise NothingToScore("nothing landed and linked to score: land extracts and "
                                  "run `haven link`")
         progress(_training_note(at, copy.rows, bundle))
-        previous: pd.DataFrame | Path | None = None  # the embedded engine reads the file
-        if before is not None:  # a batch of persons at a time; Spark's driver, as a frame
+        previous: Path | None = None  # read a batch (or a range) of persons at a time
+        if before is not None:
             previous = ctx.settings.layout.run(before.run_id).scores
-            if spark:
-                previous = pd.read_parquet(previous, columns=["person_key", "probability",
-                                                              "tier"])
         run = scorer(copy, at, seed=seed, previous=previous, model=model, bundle=bundle,
-                     **({} if spark else {"out": copy.folder}))
+                     out=copy.folder)
         return _record(ctx, run, at, purpose, progress, bundle, bundle_id, applied)
 
 

@@ -10,6 +10,7 @@ bucket) at a time; persons never span partitions when partitioned by `person_key
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -60,7 +61,8 @@ def connect(sources: Sources, threads: int | None = None) -> duckdb.DuckDBPyConn
     """A DuckDB connection with one typed view per source (`v_apc`, ...); absent ones empty.
     Given an `OnDisk` copy, a connection to its file (the tables are there already)."""
     if isinstance(sources, OnDisk):
-        con = connect_on_disk(sources.folder, sources.memory_limit, threads, create=False)
+        con = connect_on_disk(sources.folder, sources.memory_limit, threads, create=False,
+                              read_only=sources.read_only)
         if sources.persons is not None:
             _person_range_views(con, *sources.persons)
         return con
@@ -84,8 +86,7 @@ def _person_range_views(con: duckdb.DuckDBPyConnection, low: str | None,
     rows of the persons whose keys are in `[low, high)` only (rows with no key go with the
     first range, whose `low` is None, so the ranges' rows are exactly the whole's)."""
     catalog = con.execute("SELECT current_database()").fetchone()[0]
-    within = " AND ".join([f"person_key >= {_quoted(low)}" if low is not None else "TRUE",
-                           f"person_key < {_quoted(high)}" if high is not None else "TRUE"])
+    within = key_range_sql(low, high)
     if low is None:
         within = f"person_key IS NULL OR ({within})"
     for name in COLUMNS:
@@ -93,6 +94,12 @@ def _person_range_views(con: duckdb.DuckDBPyConnection, low: str | None,
                     f'"{catalog}".main.v_{name} WHERE {within}')
     con.execute(f'CREATE OR REPLACE TEMP VIEW {WHOLE_GP} AS SELECT * FROM '
                 f'"{catalog}".main.v_gp_patients')
+
+
+def key_range_sql(low: str | None, high: str | None) -> str:
+    """SQL: `person_key` is in `[low, high)` (None: unbounded on that side)."""
+    return " AND ".join([f"person_key >= {_quoted(low)}" if low is not None else "TRUE",
+                         f"person_key < {_quoted(high)}" if high is not None else "TRUE"])
 
 
 def _quoted(text: str) -> str:
@@ -147,30 +154,40 @@ class OnDisk:
     sources through `connect` runs over a population larger than memory unchanged.
     `ids`: the extract ids each source's rows came from; `rows`: how many rows it holds.
     `persons`: when set, the range of person keys `[low, high)` (None: unbounded) a stage sees
-    (`person_ranges`): every view holds those persons' rows only."""
+    (`person_ranges`): every view holds those persons' rows only. `read_only`: opened by
+    several processes at once (Spark's tasks, `shared`)."""
 
     folder: Path
     memory_limit: str
     ids: dict[str, list[str]]
     rows: int
     persons: tuple[str | None, str | None] | None = None
+    read_only: bool = False
 
     def part(self, low: str | None, high: str | None) -> OnDisk:
         """The same copy seen as the persons whose keys are in `[low, high)` only."""
         return replace(self, persons=(low, high))
+
+    def shared(self) -> OnDisk:
+        """The same copy for processes that read it at the same time: each opens the file
+        read-only (DuckDB lets many readers in, or one writer) and spills to its own folder."""
+        return replace(self, read_only=True)
 
 
 Sources = dict[str, pd.DataFrame] | OnDisk
 
 
 def connect_on_disk(folder: Path, memory_limit: str = "1GB", threads: int | None = None,
-                    create: bool = True) -> duckdb.DuckDBPyConnection:
+                    create: bool = True, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A connection like `connect`'s whose typed tables live in a DuckDB file in `folder`
     (filled a batch at a time by `append_rows`, when `create`), with a memory limit past
-    which DuckDB spills to `folder`: features of a whole population in bounded memory."""
-    con = duckdb.connect(str(folder / "sources.duckdb"))
+    which DuckDB spills to `folder`: features of a whole population in bounded memory.
+    `read_only`: one of several processes reading the file at once, spilling to a folder of
+    its own (DuckDB names its spill files alike in every process)."""
+    con = duckdb.connect(str(folder / "sources.duckdb"), read_only=read_only)
+    spill = folder / "spill" / f"reader-{os.getpid()}" if read_only else folder / "spill"
     con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute(f"SET temp_directory = '{folder / 'spill'}'")
+    con.execute(f"SET temp_directory = '{spill}'")
     con.execute("SET preserve_insertion_order = false")
     if threads:
         con.execute(f"SET threads = {int(threads)}")

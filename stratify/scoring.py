@@ -33,6 +33,7 @@ from stratify.features import (
     connect,
     feature_table,
     fetch_features,
+    key_range_sql,
 )
 from stratify.sources import extract_ids
 from stratify.tiers import assign, thresholds, tier_change
@@ -322,22 +323,27 @@ def _batch_keys(con: Any, start: int, stop: int) -> np.ndarray:
     return np.asarray(found, dtype=object)
 
 
-def _previous(con: Any, previous: pd.DataFrame | Path | None) -> pd.DataFrame | bool | None:
+def _previous(con: Any, previous: pd.DataFrame | Path | None,
+              persons: tuple[str | None, str | None] = (None, None)
+              ) -> pd.DataFrame | bool | None:
     """The previous run's scores by person key (its first row of each), or True when they
     are a scores file now in DuckDB's temporary table `score_previous` (`_batch_previous`
-    reads a batch's rows of it), or None when there is no previous row."""
+    reads a batch's rows of it), or None when there is no previous row. `persons`: of a
+    file, keep the keys in `[low, high)` only (a range of persons scored apart)."""
     if previous is None:
         return None
     if not isinstance(previous, Path):
         return previous.drop_duplicates("person_key").set_index("person_key") \
             if len(previous) else None
     quoted = str(previous).replace("'", "''")
+    within = key_range_sql(*persons)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE score_previous AS
         SELECT person_key, probability, tier FROM (
             SELECT person_key, probability, tier, row_number() OVER (
                 PARTITION BY person_key ORDER BY file_row_number) AS nth
-            FROM read_parquet('{quoted}', file_row_number = true)) WHERE nth = 1""")
-    rows = con.execute("SELECT count(*) FROM score_previous").fetchone()[0]
+            FROM read_parquet('{quoted}', file_row_number = true)) WHERE nth = 1
+            AND {within}""")
+    rows = con.execute("SELECT count(*) FROM score_previous").fetchall()[0][0]
     return True if rows else None
 
 

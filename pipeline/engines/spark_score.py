@@ -1,100 +1,222 @@
-"""`haven score` on Spark: the model fitted on the driver, prediction, tiers and reasons over
-partitions.
+"""`haven score` on Spark: the model fitted on the driver; features, prediction, tiers and
+reasons on the executors, one range of persons a task.
 
 What runs where (docs/scale.md):
-- driver: training (stratify.train, on its fixed-size sample, exactly as the embedded engine),
-  the feature table and the filter attributes (stratify.features over DuckDB: this slice still
-  computes features in the driver process), the previous run's join and the run record;
-- executors: `stratify.score_partition.predict_partition` then `explain_partition` through
-  `mapInArrow`, with the fitted bundle broadcast once;
-- Spark: the tier thresholds, from the population's count and a sort (`tier_thresholds`), the
-  same numbers `stratify.tiers.thresholds` takes from the whole column.
-The result is a `stratify.scoring.ScoreRun` equal to the embedded one (probabilities within
-1e-9, the same tiers and reasons), saved by `stratify.scoring.save_run` as before.
+- driver: training (stratify.train on its fixed-size sample, exactly as the embedded
+  engine), the ranges of person keys (`stratify.features.person_ranges`), the tier
+  thresholds' queries, joining the tasks' files into the run's two files, the run record;
+- executors, one range of persons a task (`mapInArrow` over a table of ranges, one range a
+  partition, in key order), in two passes:
+  1. the range's features, filter attributes and previous scores (DuckDB over the linked
+     copy, opened read-only by every task: `OnDisk.shared`) and every candidate's probability
+     (`ModelBundle.probabilities`); the candidates are written as the range's part of the
+     run's candidates file, the features kept in the work folder for pass 2, and the chosen
+     model's probabilities handed to Spark;
+  2. once Spark has the thresholds from those probabilities (`tier_thresholds`: a count and
+     sorts), tiers and reasons by the embedded engine's own batch code
+     (`stratify.scoring._contributions`, `_explained`, `_scored`), written as the range's
+     part of the run's scores file.
+  The fitted bundle is broadcast once. No person's row passes through the driver.
+So the linked copy and the work folder must be on storage every executor reads: local disk
+in local mode, a shared volume (the warehouse path's mount) on a cluster. The result is a
+`ScoreRun` equal to the embedded one: the same files in person-key order, probabilities within
+1e-9 (the same code on the same float32 features), the same tiers and reasons.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from stratify.features import Sources, connect, features_from
-from stratify.score_partition import (
-    explain_partition,
-    predict_partition,
-    reasons_method,
-    tier_thresholds,
+from governance.layout import RunFiles
+from stratify.catalogue import NAMES
+from stratify.features import (
+    OnDisk,
+    Sources,
+    append_rows,
+    connect,
+    connect_on_disk,
+    feature_table,
+    fetch_features,
+    person_ranges,
 )
-from stratify.scoring import ScoreRun, _attributes, _run_id, choose_model
+from stratify.score_partition import reasons_method, tier_thresholds
+from stratify.scoring import (
+    SCORE_BATCH,
+    ScoreRun,
+    _attributes,
+    _batch_previous,
+    _contributions,
+    _explained,
+    _join_parts,
+    _previous,
+    _run_id,
+    _scored,
+    choose_model,
+)
 from stratify.sources import extract_ids
-from stratify.tiers import tier_change
+from stratify.tiers import assign
 from stratify.train import ModelBundle, train
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 KEY = "person_key"
-PREFIX = "p_"  # candidate probabilities beside the features: p_rule, p_logistic, ...
-EXPLAINED = [("probability", "double"), ("tier", "string"), ("reasons", "string"),
-             ("reason_group_1", "string"), ("reason_group_2", "string"),
-             ("reason_group_3", "string"), ("age", "double"), ("age_band", "string"),
-             ("conditions", "string"), ("social_care_known", "boolean")]
+PERSONS_PER_TASK = SCORE_BATCH  # a task's range: the embedded engine's batch of persons
+ATTRIBUTES = ("gp_practice_code", "sex", "sources")  # the filter attributes a task keeps
+FIRST = "part int, persons long, p double, seconds double"  # pass 1's rows, to Spark
+SECOND = "part int, persons long, seconds double"  # pass 2's, one row a range, to the driver
 
 
-def _features(batch: pa.RecordBatch, features: list[str]) -> pd.DataFrame:
-    frame = batch.to_pandas()
-    return frame.set_index(KEY)[features]
+class NoOneToScore(ValueError):
+    """No one in the linked data is alive and registered at the date asked for."""
 
 
-def predicted(spark: SparkSession, X: pd.DataFrame, bundle: ModelBundle, shared: Any,
-              partitions: int) -> DataFrame:
-    """The feature table on Spark with every candidate's probability (`p_<name>`) added, each
-    partition scored by `predict_partition` with the bundle (`shared`: its broadcast)."""
-    frame = X.reset_index()
-    table = spark.createDataFrame(frame).repartition(partitions)
-    names = list(bundle.models)
-    features = list(X.columns)
-    from pyspark.sql.types import DoubleType, StructField, StructType
+@dataclass(frozen=True)
+class RangeJob:
+    """What every task is shipped: the copy to read (read-only), the date, the work folder,
+    the previous run's scores file and the candidates' names."""
 
-    schema = StructType([*table.schema.fields,
-                         *[StructField(f"{PREFIX}{name}", DoubleType()) for name in names]])
+    disk: OnDisk
+    at: dt.date
+    lookback_months: int | None
+    work: Path
+    previous: Path | None
+    chosen: str
 
+    def features(self, part: int) -> Path:
+        """Where pass 1 keeps range `part`'s features and attributes for pass 2."""
+        return self.work / f"spark-features.part{part:06d}.parquet"
+
+    def before(self, part: int) -> Path:
+        """Where pass 1 keeps range `part`'s rows of the previous run's scores."""
+        return self.work / f"spark-previous.part{part:06d}.parquet"
+
+
+def _task_threads() -> int:
+    """DuckDB's threads in a task: the CPUs Spark gave it (1 unless `spark.task.cpus`)."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return max(1, int(context.cpus())) if context is not None else 1
+
+
+def _write(frame: pd.DataFrame, path: Path) -> None:
+    """Write a task's file whole or not at all: a retried or speculative attempt of the same
+    range writes the same bytes and replaces it."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{time.monotonic_ns()}")
+    frame.to_parquet(partial, index=False)
+    os.replace(partial, path)
+
+
+def predict_range(job: RangeJob, bundle: ModelBundle, part: int, low: str | None,
+                  high: str | None) -> np.ndarray:
+    """Pass 1 for the persons with keys in `[low, high)`: their features at `job.at` (the
+    embedded engine's SQL over a view of their rows), attributes and previous scores, every
+    candidate's probability written as the candidates part `part`; returns the chosen
+    model's probabilities, in person-key order."""
+    con = connect(job.disk.part(low, high), threads=_task_threads())
+    try:
+        feature_table(con, job.at, job.lookback_months)
+        X = fetch_features(con, NAMES)
+        attributes = _attributes(con, job.at, X.index)
+        before = _previous(con, job.previous, (low, high))
+        if before is True:
+            before = _batch_previous(con, X.index)
+    finally:
+        con.close()
+    if not len(X):
+        return np.zeros(0)
+    probability = bundle.probabilities(X)
+    keys = X.index.to_numpy()
+    _write(pd.DataFrame({KEY: keys, **dict(probability.items())}),
+           RunFiles(job.work).part("candidates", part))
+    kept = X.join(attributes.add_prefix("a_"))
+    _write(kept.reset_index(), job.features(part))
+    if isinstance(before, pd.DataFrame):
+        _write(before.reset_index(), job.before(part))
+    return np.asarray(probability[job.chosen], dtype=float)
+
+
+def explain_range(job: RangeJob, bundle: ModelBundle, part: int, cut: dict[str, float]
+                  ) -> int:
+    """Pass 2 for range `part`: tiers under the population's thresholds `cut`, reasons and
+    the scores part `part` (the embedded engine's `_scored` rows); returns how many persons
+    it holds."""
+    files = RunFiles(job.work)
+    kept = pd.read_parquet(job.features(part)).set_index(KEY)
+    X = kept[list(NAMES)]
+    attributes = kept[[f"a_{name}" for name in ATTRIBUTES]].rename(
+        columns=lambda c: c[2:])
+    chosen = pd.read_parquet(files.part("candidates", part), columns=[job.chosen])[
+        job.chosen].to_numpy()
+    before = (pd.read_parquet(job.before(part)).set_index(KEY)
+              if job.before(part).exists() else None)
+    tiers = assign(chosen, cut)
+    contributions, _ = _contributions(bundle, X, tiers)
+    keys = X.index.to_numpy()
+    _write(_scored(keys, chosen, tiers, _explained(X, contributions), attributes, before),
+           files.part("scores", part))
+    return len(X)  # pass 1's files stay until the driver has joined the run's (a retry)
+
+
+def _ranges_table(spark: SparkSession, ranges: list[tuple[str | None, str | None]]
+                  ) -> DataFrame:
+    """One row a range (`part`, `low`, `high`), each range its own partition, in key order
+    (an RDD parallelised into as many slices as rows keeps them so)."""
+    rows = [(part, low, high) for part, (low, high) in enumerate(ranges)]
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, len(rows)),
+                                 "part int, low string, high string")
+
+
+def _each_range(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[int, Any, Any]]:
+    for batch in batches:
+        for row in batch.to_pylist():
+            yield row["part"], row["low"], row["high"]
+
+
+def first_pass(ranges: DataFrame, job: RangeJob, shared: Any) -> DataFrame:
+    """Spark rows (`FIRST`) of every scored person's chosen probability, range by range."""
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        model = shared.value
-        for batch in batches:
-            X_part = _features(batch, features)
-            probability = predict_partition(model, X_part)
-            out = batch
-            for name in names:
-                out = out.append_column(f"{PREFIX}{name}",
-                                        pa.array(probability[name].to_numpy(), pa.float64()))
-            yield out
+        for part, low, high in _each_range(batches):
+            start = time.perf_counter()
+            p = predict_range(job, shared.value, part, low, high)
+            n = len(p)
+            yield pa.RecordBatch.from_pydict({
+                "part": pa.array([part] * n, pa.int32()),
+                "persons": pa.array([n] * n, pa.int64()), "p": pa.array(p, pa.float64()),
+                "seconds": pa.array([time.perf_counter() - start] * n, pa.float64())})
 
-    return table.mapInArrow(run, schema)
+    return ranges.mapInArrow(run, FIRST)
 
 
-def explained(table: DataFrame, bundle: ModelBundle, shared: Any, features: list[str],
-              cut: dict[str, float]) -> DataFrame:
-    """Tier, reasons and row-only columns for every person of `predicted`'s table, each
-    partition through `explain_partition` (thresholds `cut` shipped with the function)."""
-    chosen = f"{PREFIX}{bundle.chosen}"
-    schema = ", ".join([f"{KEY} string"] + [f"{name} {kind}" for name, kind in EXPLAINED])
-
+def second_pass(ranges: DataFrame, job: RangeJob, shared: Any, cut: dict[str, float],
+                persons: dict[int, int]) -> DataFrame:
+    """Spark rows (`SECOND`), one a range, of pass 2 (`explain_range`) over the ranges pass 1
+    found `persons` in (a range of no one alive and registered at the date has no files)."""
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        model = shared.value
-        for batch in batches:
-            frame = batch.to_pandas().set_index(KEY)
-            out = explain_partition(model, frame[features], frame[chosen].to_numpy(), cut)
-            out = out.astype({"age": float})
-            yield pa.RecordBatch.from_pandas(out.reset_index(), preserve_index=False)
+        for part, _low, _high in _each_range(batches):
+            start = time.perf_counter()
+            n = explain_range(job, shared.value, part, cut) if persons.get(part) else 0
+            if n != persons.get(part, 0):
+                raise RuntimeError(f"range {part} of the scoring: pass 1 found "
+                                   f"{persons.get(part, 0)} persons, pass 2 {n}")
+            yield pa.RecordBatch.from_pydict({
+                "part": pa.array([part], pa.int32()), "persons": pa.array([n], pa.int64()),
+                "seconds": pa.array([time.perf_counter() - start], pa.float64())})
 
-    return table.mapInArrow(run, schema)
+    return ranges.mapInArrow(run, SECOND)
 
 
 def spark_thresholds(table: DataFrame, column: str) -> dict[str, float]:
@@ -111,13 +233,30 @@ def spark_thresholds(table: DataFrame, column: str) -> dict[str, float]:
     return tier_thresholds(n, nth_largest)
 
 
+def _on_disk(sources: Sources, folder: Path, memory_limit: str = "1GB") -> OnDisk:
+    """The linked rows as a DuckDB file the tasks can open: an on-disk copy as it is, frames
+    (a caller's own, small) written into `folder` first."""
+    if isinstance(sources, OnDisk):
+        return sources
+    con = connect_on_disk(folder, memory_limit)
+    try:
+        rows = sum(append_rows(con, name, frame) for name, frame in sources.items())
+    finally:
+        con.close()
+    return OnDisk(folder=folder, memory_limit=memory_limit, ids=extract_ids(sources),
+                  rows=rows)
+
+
 def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
-                   seed: int = 0, previous: pd.DataFrame | None = None,
+                   seed: int = 0, previous: pd.DataFrame | Path | None = None,
                    bundle: ModelBundle | None = None,
                    max_train_persons: int | None = 400_000, threads: int | None = None,
-                   model: str | None = None, partitions: int = 4) -> ScoreRun:
-    """`stratify.scoring.score` with prediction, tiers and reasons on Spark (same arguments;
-    `partitions`: how many partitions the feature table is scored in)."""
+                   model: str | None = None, persons_per_task: int = PERSONS_PER_TASK,
+                   out: Path | None = None) -> ScoreRun:
+    """`stratify.scoring.score` with features, prediction, tiers and reasons on Spark (same
+    arguments; `persons_per_task`: the size of a task's range of persons). `out`: the
+    run's files are written there (the scratch workspace of the linked copy) and the run
+    holds them (`ScoreRun.written`), as the embedded engine's; else they are read back."""
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -127,69 +266,93 @@ def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
         seconds[stage] = round(now - clock, 2)
         clock = now
 
-    con = connect(sources, threads)
-    try:
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix="haven-spark-score-")))
+        work = out if out is not None else scratch
+        disk = _on_disk(sources, scratch)
         if bundle is None:
-            bundle = train(con, at, seed, max_train_persons=max_train_persons)
+            con = connect(disk, threads)
+            try:
+                bundle = train(con, at, seed, max_train_persons=max_train_persons)
+            finally:
+                con.close()
             lap("train")
         bundle = choose_model(bundle, model)
-        X = features_from(con, at, bundle.lookback_months)
-        attributes = _attributes(con, at, X.index)
-        lap("features")
-    finally:
-        con.close()
-    shared = spark.sparkContext.broadcast(bundle)  # once; destroyed when the run is scored
-    table = predicted(spark, X, bundle, shared, partitions).persist()
-    try:
-        cut = spark_thresholds(table, f"{PREFIX}{bundle.chosen}")
+        if isinstance(previous, pd.DataFrame):  # the tasks read a file, a range each
+            previous.to_parquet(scratch / "previous.parquet", index=False)
+            previous = scratch / "previous.parquet"
+        job = RangeJob(disk.shared(), at, bundle.lookback_months, work, previous,
+                       bundle.chosen)
+        ranges = _ranges_table(spark, person_ranges(disk, persons_per_task))
+        lap("ranges")
+        shared = spark.sparkContext.broadcast(bundle)  # once; destroyed when scored
+        stack.callback(shared.destroy)
+        chosen = first_pass(ranges, job, shared).persist()
+        stack.callback(chosen.unpersist)
+        cut = spark_thresholds(chosen, "p")
+        first = chosen.groupBy("part").agg({"persons": "max", "seconds": "max"}).collect()
         lap("predict")
-        rows = explained(table, bundle, shared, list(X.columns), cut).toPandas().set_index(KEY)
-        candidates = table.select(KEY, *[f"{PREFIX}{n}" for n in bundle.models]).toPandas()
-    finally:
-        table.unpersist()
-        shared.destroy()
-    lap("reasons")
-    rows = rows.reindex(X.index)
-    scores = _assemble(X, rows, attributes, previous)
-    candidates = candidates.set_index(KEY).reindex(X.index).rename(
-        columns=lambda c: c[len(PREFIX):]).reset_index()
-    return _run(bundle, at, seed, sources, scores, candidates, cut, seconds)
+        found = {row["part"]: row["max(persons)"] for row in first}
+        second = sorted(second_pass(ranges, job, shared, cut, found).collect())
+        lap("reasons")
+        parts = sorted(found)
+        if not parts:
+            raise NoOneToScore(f"no one in the linked data is alive and registered on "
+                               f"{at.isoformat()}")
+        files = RunFiles(work)
+        _join_parts([files.part("candidates", part) for part in parts], files.candidates)
+        _join_parts([files.part("scores", part) for part in parts], files.scores)
+        for part in parts:
+            job.features(part).unlink()
+            job.before(part).unlink(missing_ok=True)
+        lap("join")
+        scores, candidates, chosen_p, tiers = _read(files, out is None)
+    run = _run(bundle, at, seed, disk.ids, (scores, candidates), (chosen_p, tiers), cut,
+               seconds, written=out)
+    run.metrics["tasks"] = _task_figures(first, second)
+    return run
 
 
-def _assemble(X: pd.DataFrame, rows: pd.DataFrame, attributes: pd.DataFrame,
-              previous: pd.DataFrame | None) -> pd.DataFrame:
-    """The scores table in `stratify.scoring.score`'s column order, from the executors' rows,
-    the previous run (a join) and the driver's attributes."""
-    scores = pd.DataFrame({KEY: X.index.to_numpy(), "probability": rows["probability"]},
-                          index=X.index)
-    for column in ("tier", "reasons", "reason_group_1", "reason_group_2", "reason_group_3"):
-        scores[column] = rows[column].astype(object)
-    scores["previous_probability"] = np.nan
-    scores["previous_tier"] = None
-    if previous is not None and len(previous):
-        before = previous.drop_duplicates(KEY).set_index(KEY)
-        scores["previous_probability"] = before["probability"].reindex(X.index).astype(float)
-        scores["previous_tier"] = before["tier"].reindex(X.index).astype(object)
-    scores["change"] = scores["probability"] - scores["previous_probability"]
-    scores["tier_change"] = tier_change(scores["tier"], scores["previous_tier"])
-    scores = scores.join(attributes)
-    scores["age"] = X["age"]
-    scores["age_band"] = rows["age_band"].astype(object)
-    scores["conditions"] = rows["conditions"].astype(object)
-    scores["social_care_known"] = rows["social_care_known"].astype(bool)
-    return scores.reset_index(drop=True)
+def _task_figures(first: list[Any], second: list[Any]) -> dict[str, Any]:
+    """Per-task figures of the two passes (the cost model's throughput, docs/scale.md):
+    ranges, persons, and each pass's persons a second per task (summed over tasks)."""
+    persons = sum(row["persons"] for row in second)
+    busy_first = sum(row["max(seconds)"] for row in first)
+    busy_second = sum(row["seconds"] for row in second)
+    return {"ranges": len(second), "persons": int(persons),
+            "features_predict_seconds": round(busy_first, 2),
+            "reasons_seconds": round(busy_second, 2),
+            "features_predict_persons_per_task_second":
+                round(persons / busy_first, 1) if busy_first else None,
+            "reasons_persons_per_task_second":
+                round(persons / busy_second, 1) if busy_second else None}
 
 
-def _run(bundle: ModelBundle, at: dt.date, seed: int, sources: Sources,
-         scores: pd.DataFrame, candidates: pd.DataFrame, cut: dict[str, float],
-         seconds: dict[str, float]) -> ScoreRun:
+def _read(files: RunFiles, whole: bool
+          ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]:
+    """The run's scores and candidates (`whole`), or empty frames (they stay in their files),
+    with the chosen probability and tier of everyone (8 bytes and a word a person)."""
+    if whole:
+        scores = pd.read_parquet(files.scores)
+        candidates = pd.read_parquet(files.candidates)
+        return (scores, candidates, scores["probability"].to_numpy(),
+                scores["tier"].to_numpy())
+    column = pd.read_parquet(files.scores, columns=["probability", "tier"])
+    return (pd.DataFrame(), pd.DataFrame(), column["probability"].to_numpy(),
+            column["tier"].to_numpy())
+
+
+def _run(bundle: ModelBundle, at: dt.date, seed: int, ids: dict[str, list[str]],
+         frames: tuple[pd.DataFrame, pd.DataFrame], chosen: tuple[np.ndarray, np.ndarray],
+         cut: dict[str, float], seconds: dict[str, Any], written: Path | None) -> ScoreRun:
     """The ScoreRun, with the metadata `stratify.scoring.score` records."""
-    ids = extract_ids(sources)
-    chosen = scores["probability"].to_numpy()
-    tier_counts = scores["tier"].value_counts().to_dict()
+    scores, candidates = frames
+    probability, tiers = chosen
+    tier_counts = pd.Series(tiers).value_counts().to_dict()
     metrics: dict[str, Any] = {
-        "persons": int(len(scores)),
-        "mean_probability": float(np.mean(chosen)) if len(chosen) else float("nan"),
+        "persons": int(len(probability)),
+        "mean_probability": float(np.mean(probability)) if len(probability) else float("nan"),
         "tiers": {k: int(v) for k, v in tier_counts.items()},
         "selection": bundle.selection, "training": bundle.metrics, "seconds": seconds,
         "reasons_method": reasons_method(bundle),
@@ -199,7 +362,7 @@ def _run(bundle: ModelBundle, at: dt.date, seed: int, sources: Sources,
     return ScoreRun(run_id=_run_id(at, seed, ids, version), at=at,
                     model_version=bundle.version, model=bundle.chosen, seed=seed,
                     thresholds=cut, extract_ids=ids, metrics=metrics, scores=scores,
-                    candidates=candidates, bundle=bundle,
+                    candidates=candidates, bundle=bundle, written=written,
                     meta={"train_at": bundle.train_at, "train_window": list(bundle.train_window),
                           "training_thresholds": bundle.thresholds,
                           "lookback_months": bundle.lookback_months,

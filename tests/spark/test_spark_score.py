@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` session
 
 from governance.settings import Settings
 from pipeline.engines.dispatch import persons_scorer
-from pipeline.engines.spark_score import score_on_spark, spark_thresholds
+from pipeline.engines.spark_score import NoOneToScore, score_on_spark, spark_thresholds
 from stratify.score_partition import higher_rank, tier_thresholds
 from stratify.scoring import ScoreRun, score
 from stratify.tiers import TIERS, thresholds
@@ -67,7 +68,9 @@ def test_scores_on_spark_equal_the_embedded_engine(spark: Any, sources: dict[str
                                                    embedded: ScoreRun) -> None:
     # The model is fitted on the driver by the same stratify.train either way; reusing the
     # embedded run's keeps this test under a minute on a loaded machine.
-    run = score_on_spark(spark, sources, AT, seed=0, partitions=3, bundle=embedded.bundle)
+    run = score_on_spark(spark, sources, AT, seed=0, persons_per_task=300,
+                         bundle=embedded.bundle)
+    assert run.metrics["tasks"]["ranges"] >= 3  # features made a range of persons a task
     ours, theirs = run.scores, embedded.scores
     assert run.run_id == embedded.run_id and run.model == embedded.model
     assert list(ours.columns) == list(theirs.columns)
@@ -95,7 +98,7 @@ def test_a_reused_model_and_previous_run_give_the_same_change(
     previous["tier"] = "low"
     again = score(sources, AT, seed=0, previous=previous, bundle=embedded.bundle)
     run = score_on_spark(spark, sources, AT, seed=0, previous=previous,
-                         bundle=embedded.bundle, partitions=2)
+                         bundle=embedded.bundle, persons_per_task=400)
     assert np.abs(run.scores["change"] - again.scores["change"]).max() <= 1e-9
     assert run.scores["tier_change"].tolist() == again.scores["tier_change"].tolist()
     assert (run.scores["tier_change"] > 0).any()
@@ -111,3 +114,30 @@ def test_the_engine_setting_chooses_the_scorer(spark: Any, tmp_path: Path,
     assert (run.run_id, run.model, run.model_version) == (
         embedded.run_id, embedded.model, embedded.model_version)
     assert np.abs(run.scores["probability"] - embedded.scores["probability"]).max() <= 1e-9
+
+
+def test_a_written_run_is_the_embedded_engines_files_and_leaves_no_task_files(
+        spark: Any, sources: dict[str, pd.DataFrame], embedded: ScoreRun,
+        tmp_path: Path) -> None:
+    ours, theirs = tmp_path / "spark", tmp_path / "embedded"
+    ours.mkdir()
+    theirs.mkdir()
+    run = score_on_spark(spark, sources, AT, seed=0, bundle=embedded.bundle,
+                         persons_per_task=250, out=ours)
+    score(sources, AT, seed=0, bundle=embedded.bundle, out=theirs)
+    assert run.written == ours and run.persons == len(embedded.scores)
+    assert sorted(p.name for p in ours.iterdir()) == ["candidates.parquet", "scores.parquet"]
+    for name in ("scores.parquet", "candidates.parquet"):
+        assert pq.read_schema(ours / name).remove_metadata() == \
+            pq.read_schema(theirs / name).remove_metadata()
+        a, b = pd.read_parquet(ours / name), pd.read_parquet(theirs / name)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-9, rtol=0)
+    assert run.metrics["tiers"] == embedded.metrics["tiers"]
+    assert run.metrics["mean_probability"] == pytest.approx(
+        embedded.metrics["mean_probability"], abs=1e-12)
+
+
+def test_a_date_no_one_is_registered_on_is_refused_by_name(
+        spark: Any, sources: dict[str, pd.DataFrame], embedded: ScoreRun) -> None:
+    with pytest.raises(NoOneToScore, match="alive and registered on 1990-01-01"):
+        score_on_spark(spark, sources, dt.date(1990, 1, 1), bundle=embedded.bundle)
