@@ -40,6 +40,20 @@ from governance.identifiers import digest_letters
 from governance.policy_tables import policy_text
 from governance.schema import runs
 from governance.suppression import Rule
+from pipeline.analysis_ranges import (
+    COST_DIMENSIONS,
+    COST_SUMS,
+    SEGMENT_DIMENSIONS,
+    UNKNOWN,
+    WEIGHT,
+    CostTask,
+    JourneyTask,
+    RangeRecords,
+    Ranges,
+    SegmentTask,
+    keep_records,
+    with_places,
+)
 from pipeline.analysis_tables import (
     SPEND_ROUNDING,
     TOTAL,
@@ -48,13 +62,14 @@ from pipeline.analysis_tables import (
     spend_beside,
 )
 from pipeline.context import Context, Progress, quiet
+from pipeline.engines.dispatch import RangeMap, range_mapper
 from pipeline.linked_copy import linked_copy
 from pipeline.score import purpose_rows
 from pipeline.serving import ServingRun, optouts_applied, serving_run, withheld_person_keys
 from stratify import costs as costing
 from stratify.features import OnDisk, Sources, person_ranges
-from stratify.journeys import OUTCOMES_91, PATHWAYS, data_through, discharge_journeys
-from stratify.segments import SEGMENTS, assign_segments, latest_practices, parse_segments
+from stratify.journeys import OUTCOMES_91, PATHWAYS, data_through
+from stratify.segments import SEGMENTS, parse_segments
 from stratify.sources import add_months, extract_ids
 
 KINDS = ("journeys", "costs", "segments")
@@ -62,20 +77,17 @@ PURPOSE = "commissioning"
 UNIT_COSTS = "unit_costs.csv"
 SEGMENT_TABLE = "segments.csv"
 TIERS = ("very_high", "high", "moderate", "low", "unknown")
-UNKNOWN = "unknown"
 SHARE_DIGITS = 3  # shares worked out from published figures
 TOP_SHARE_DIGITS = 2  # the top spenders' share of spend: true figures, so shown coarsely
 MEAN_ROUNDING = 100  # pounds: a mean shown with no count beside it
 TOP_SHARES = (0.01, 0.05)  # the top spenders' shares of spend: the top 1% and 5% of persons
-COST_DIMENSIONS = ("tier", "segment", "gp_practice_code", "pcn")  # what cost tables count by
-SEGMENT_DIMENSIONS = ("segment", "tier", "gp_practice_code", "pcn")
 # Persons an analysis holds at a time: costs and segments (one record a person) and journeys
-# run a range of person keys at a time (`stratify.features.person_ranges`), so their frames,
-# and DuckDB's working set, are one range's, not the population's. Their tables are built
-# from the ranges' counts and sums by group (`WEIGHT`), a few thousand rows however many
-# persons; each range's records go to the run's records file as they are made.
+# run a range of person keys at a time (`stratify.features.person_ranges`; a task each on
+# Spark: `pipeline.analysis_ranges`), so their frames, and DuckDB's working set, are one
+# range's, not the population's. Their tables are built from the ranges' counts and sums by
+# group (`WEIGHT`), a few thousand rows however many persons; each range's records go to the
+# run's records file as they are made.
 PART_PERSONS = 250_000
-WEIGHT = "_persons"  # how many records a grouped row stands for
 
 
 class NothingToAnalyse(LookupError):
@@ -130,43 +142,10 @@ def _places(ctx: Context) -> Geography:
     return Geography.load(engine=ctx.engine)
 
 
-def _with_places(frame: pd.DataFrame, places: Geography) -> pd.DataFrame:
-    practice = frame["gp_practice_code"].fillna(UNKNOWN).astype(str)
-    frame = frame.assign(gp_practice_code=practice)
-    for level in ("pcn", "locality"):
-        frame[level] = [places.unit(level, p) if p != UNKNOWN else UNKNOWN for p in practice]
-    return frame
-
-
 def _tier_run(ctx: Context) -> str | None:
     """The run serving commissioning (approved), whose tiers the analyses show, if any."""
     run = serving_run(ctx.engine, PURPOSE)
     return None if run is None else run.run_id
-
-
-def _tiers(ctx: Context, run_id: str | None, sources: Sources) -> pd.Series:
-    """Risk tier per person from run `run_id`, of the persons in `sources`' range of keys
-    only (read with the range as a filter: a range's tiers, not the population's)."""
-    if run_id is None:
-        return pd.Series(dtype=object)
-    low, high = (sources.persons if isinstance(sources, OnDisk) and sources.persons
-                 else (None, None))
-    bounds = [("person_key", ">=", low)] if low is not None else []
-    bounds += [("person_key", "<", high)] if high is not None else []
-    scores = pd.read_parquet(ctx.settings.layout.run(run_id).scores,
-                             columns=["person_key", "tier"], filters=bounds or None)
-    return scores.set_index("person_key")["tier"].astype(str)
-
-
-def _placed(ctx: Context, records: pd.DataFrame, sources: Sources, tier_run: str | None,
-            places: Geography) -> pd.DataFrame:
-    """`records` (one a person of `sources`' range) with each person's tier from `tier_run`,
-    their practice (the latest registration's) and its PCN and locality."""
-    records["tier"] = _tiers(ctx, tier_run, sources).reindex(
-        records["person_key"]).fillna(UNKNOWN).to_numpy()
-    records["gp_practice_code"] = latest_practices(sources).reindex(
-        records["person_key"]).to_numpy()
-    return _with_places(records, places)
 
 
 def _workspace(sources: Sources) -> Path | None:
@@ -261,14 +240,21 @@ def _save(ctx: Context, kind: str, label: str, ids: dict[str, list[str]],
 
 
 # ------------------------------------------------------------------------------ ranges
-def _ranges(sources: Sources, progress: Progress) -> list[Sources]:
-    """`sources` a range of person keys at a time (`PART_PERSONS` persons), in key order;
-    `sources` itself when one range holds everyone (or it is frames)."""
+def _ranges(ctx: Context, sources: Sources, progress: Progress) -> Ranges:
+    """`sources` a range of person keys at a time (`PART_PERSONS` persons), in key order,
+    each opened read-only (a range's task may run beside others'); `sources` itself when one
+    range holds everyone (or it is frames); with what every range's task shares."""
     ranges = person_ranges(sources, PART_PERSONS)
     if len(ranges) == 1 or not isinstance(sources, OnDisk):
-        return [sources]
-    progress(f"  {len(ranges)} ranges of about {PART_PERSONS:,} persons, one at a time")
-    return [sources.part(low, high) for low, high in ranges]
+        parts: tuple[Sources, ...] = (sources,)
+    else:
+        progress(f"  {len(ranges)} ranges of about {PART_PERSONS:,} persons")
+        shared = sources.shared()
+        parts = tuple(shared.part(low, high) for low, high in ranges)
+    run_id = _tier_run(ctx)
+    return Ranges(parts, _workspace(sources), run_id,
+                  None if run_id is None else ctx.settings.layout.run(run_id).scores,
+                  _places(ctx))
 
 
 class RecordsFile:
@@ -285,16 +271,18 @@ class RecordsFile:
         self.rows = 0
 
     def add(self, frame: pd.DataFrame) -> None:
-        self.rows += len(frame)
-        if self.folder is None:
-            self.frames.append(frame)
-            return
-        if not len(frame):  # a range with no records: its empty columns carry no types (an
-            self.empty = frame if self.empty is None else self.empty  # empty list is float)
-            return
-        path = self.folder / f"records-{len(self.parts):04d}.parquet"
-        frame.to_parquet(path, index=False)
-        self.parts.append(path)
+        """Take the next range's records (written to the folder, if any)."""
+        self.take(keep_records(self.folder, len(self.parts) + len(self.frames), frame))
+
+    def take(self, part: RangeRecords) -> None:
+        """Take a range's records as its task left them (`analysis_ranges.keep_records`)."""
+        self.rows += part.rows
+        if part.path is not None:
+            self.parts.append(part.path)
+        elif self.folder is None:
+            self.frames.append(part.frame)
+        elif self.empty is None:  # a range with no records: its empty columns carry no
+            self.empty = part.frame  # types (an empty list is float), so none is written
 
     def __len__(self) -> int:
         return self.rows
@@ -318,14 +306,6 @@ class RecordsFile:
                 for batch in pq.ParquetFile(path).iter_batches():
                     writer.write_table(pa.Table.from_batches([batch]).cast(schema))
                 path.unlink()
-
-
-def _grouped(records: pd.DataFrame, dims: list[str], sums: list[str]) -> pd.DataFrame:
-    """`records` as one row per combination of `dims` (a missing value is a value): how many
-    records (`WEIGHT`) and the sums of `sums`; tables built from it equal those built from
-    the records (`_grid`, `_list_table` count `WEIGHT`s; sums add)."""
-    return (records.assign(**{WEIGHT: 1})
-            .groupby(dims, dropna=False, sort=False)[[WEIGHT, *sums]].sum().reset_index())
 
 
 def _regrouped(parts: list[pd.DataFrame], dims: list[str], sums: list[str]) -> pd.DataFrame:
@@ -363,25 +343,27 @@ def run_journeys(ctx: Context, at: dt.date, months: int = 12,
     """Journeys after every discharge of a person 65+ in the `months` before `at`."""
     if not 1 <= months <= 60:
         raise ValueError("journeys: --months must be from 1 to 60")
-    with _reading(ctx, progress) as (sources, applied):
-        records, tables, summary = _journeys(ctx, sources, at, months, progress)
+    with _reading(ctx, progress) as (sources, applied), range_mapper(ctx.settings) as each:
+        records, tables, summary = _journeys(ctx, sources, at, months, progress, each)
         return _save(ctx, "journeys", at.isoformat(), extract_ids(sources), applied, records,
                      tables, summary, progress)
 
 
-def _journeys(ctx: Context, sources: Sources, at: dt.date, months: int, progress: Progress
-              ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
-    """The journeys run's records, published tables and summary from `sources`."""
+def _journeys(ctx: Context, sources: Sources, at: dt.date, months: int, progress: Progress,
+              each: RangeMap) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
+    """The journeys run's records, published tables and summary from `sources` (`each`
+    runs a range's task for every range: in order, or on Spark)."""
     start = add_months(at, -months)
     through = data_through(sources)
     progress(f"discharges of people 65+ from {start} to {at - dt.timedelta(days=1)}; "
              f"outcomes followed to {through}")
     # a range of persons at a time (one person's discharges and outcomes are their own rows):
     # DuckDB's working set is a range's; the discharges themselves are few enough to keep
-    found = pd.concat([discharge_journeys(part, start, at, through=through)
-                       for part in _ranges(sources, progress)], ignore_index=True)
-    places = _places(ctx)
-    records = _with_places(found.drop(columns=["age"]), places)
+    ranges = _ranges(ctx, sources, progress)
+    found = pd.concat(each(JourneyTask(ranges, start, at, through), len(ranges)),
+                      ignore_index=True)
+    places = ranges.places
+    records = with_places(found.drop(columns=["age"]), places)
     tables = journey_tables(records, Rule.load(engine=ctx.engine), places)
     counts = records["pathway"].value_counts().reindex(list(PATHWAYS), fill_value=0)
     followed = records[records["outcome_91d"] != "not_yet_known"]
@@ -399,43 +381,38 @@ def run_costs(ctx: Context, year: int, progress: Progress = quiet) -> AnalysisRe
     """Each person's spend by setting in the financial year from April `year`, with spend by
     tier, segment, practice, PCN and discharge pathway, and the top spenders' share."""
     costing.financial_year(year)  # a wrong year is refused before anything is read
-    with _reading(ctx, progress) as (sources, applied):  # saved before the workspace goes
-        records, tables, summary = _costs(ctx, sources, year, progress)
+    with _reading(ctx, progress) as (sources, applied), range_mapper(ctx.settings) as each:
+        records, tables, summary = _costs(ctx, sources, year, progress, each)
         return _save(ctx, "costs", str(year), extract_ids(sources), applied, records, tables,
                      summary, progress)
 
 
-def _costs(ctx: Context, sources: Sources, year: int, progress: Progress
+def _costs(ctx: Context, sources: Sources, year: int, progress: Progress, each: RangeMap
            ) -> tuple[RecordsFile, dict[str, pd.DataFrame], dict[str, Any]]:
-    """The costs run's records, published tables and summary from `sources`."""
+    """The costs run's records, published tables and summary from `sources` (`each`: as
+    `_journeys`)."""
     start, end = costing.financial_year(year)
     prices = unit_costs(ctx)
     order = segment_order(ctx)
     progress(f"pricing activity from {start} to {end - dt.timedelta(days=1)} with the unit "
              f"cost table in force")
     through = data_through(sources)
-    tier_run = _tier_run(ctx)
-    places = _places(ctx)
-    written = RecordsFile(_workspace(sources))
-    grouped, arounds, totals = [], [], []
-    for part in _ranges(sources, progress):
-        segments = assign_segments(part, start, order=order).set_index("person_key")["segment"]
-        spend = costing.person_costs(part, year, prices, persons=pd.Index(segments.index))
-        records = spend.reset_index()
-        records["segment"] = segments.reindex(records["person_key"]).to_numpy()
-        records = _placed(ctx, records, part, tier_run, places)
-        written.add(records)
-        grouped.append(_grouped(records, list(COST_DIMENSIONS), [*costing.SETTINGS, "total"]))
-        totals.append(records["total"].to_numpy(dtype="float64"))
-        journeys = discharge_journeys(part, start, end, through=through)
-        if len(journeys):
-            arounds.append(costing.around_discharges(part, journeys, prices)[
-                ["pathway", "spend_before", "spend_after"]])
+    ranges = _ranges(ctx, sources, progress)
+    places, tier_run = ranges.places, ranges.tier_run
+    written = RecordsFile(ranges.folder)
+    found = each(CostTask(ranges, year, start, end, through, prices, tuple(order)),
+                 len(ranges))
+    for part in found:
+        written.take(part.records)
+    grouped = [part.grouped for part in found]
+    totals = [part.totals for part in found]
+    arounds = [part.around for part in found if part.around is not None]
+    del found
     progress(f"spend before and after each discharge pathway of the year ({len(written):,} "
              "persons priced)")
     around = pd.concat(arounds, ignore_index=True) if arounds else pd.DataFrame(
         {"pathway": pd.Series([], dtype=object), "spend_before": [], "spend_after": []})
-    groups = _regrouped(grouped, list(COST_DIMENSIONS), [*costing.SETTINGS, "total"])
+    groups = _regrouped(grouped, list(COST_DIMENSIONS), list(COST_SUMS))
     # the top spenders' shares need every person's total: one number a person, 8 bytes
     total = pd.Series(np.concatenate(totals) if totals else np.array([], dtype="float64"))
     shares = {share: costing.top_share(total, share) for share in TOP_SHARES}
@@ -511,32 +488,26 @@ def _coarse_mean(values: pd.Series) -> int:
 def run_segments(ctx: Context, at: dt.date, progress: Progress = quiet) -> AnalysisResult:
     """Everyone alive and registered at `at` in one segment, with the share of persons and of
     the 12 months' spend before `at` in each segment by practice and PCN, beside the tiers."""
-    with _reading(ctx, progress) as (sources, applied):  # saved before the workspace goes
-        records, tables, summary = _segments(ctx, sources, at, progress)
+    with _reading(ctx, progress) as (sources, applied), range_mapper(ctx.settings) as each:
+        records, tables, summary = _segments(ctx, sources, at, progress, each)
         return _save(ctx, "segments", at.isoformat(), extract_ids(sources), applied, records,
                      tables, summary, progress)
 
 
-def _segments(ctx: Context, sources: Sources, at: dt.date, progress: Progress
-              ) -> tuple[RecordsFile, dict[str, pd.DataFrame], dict[str, Any]]:
-    """The segments run's records, published tables and summary from `sources`."""
+def _segments(ctx: Context, sources: Sources, at: dt.date, progress: Progress,
+              each: RangeMap) -> tuple[RecordsFile, dict[str, pd.DataFrame], dict[str, Any]]:
+    """The segments run's records, published tables and summary from `sources` (`each`: as
+    `_journeys`)."""
     progress(f"segments at {at} by the segment table in force")
     order, prices = segment_order(ctx), unit_costs(ctx)
-    tier_run = _tier_run(ctx)
-    places = _places(ctx)
-    written = RecordsFile(_workspace(sources))
-    grouped = []
-    for part in _ranges(sources, progress):
-        found = assign_segments(part, at, order=order)
-        windows = pd.DataFrame({"window": range(len(found)), "person_key": found["person_key"],
-                                "start": add_months(at, -12), "end": at})
-        spent = costing.spend_in_windows(part, windows, prices)
-        records = found.drop(columns=["age"])
-        records["spend_12m"] = spent.set_index("window")["total"].reindex(
-            range(len(found))).to_numpy()
-        records = _placed(ctx, records, part, tier_run, places)
-        written.add(records)
-        grouped.append(_grouped(records, list(SEGMENT_DIMENSIONS), ["spend_12m"]))
+    ranges = _ranges(ctx, sources, progress)
+    places, tier_run = ranges.places, ranges.tier_run
+    written = RecordsFile(ranges.folder)
+    found = each(SegmentTask(ranges, at, prices, tuple(order)), len(ranges))
+    for part in found:
+        written.take(part.records)
+    grouped = [part.grouped for part in found]
+    del found
     groups = _regrouped(grouped, list(SEGMENT_DIMENSIONS), ["spend_12m"])
     tables = segment_tables(groups, Rule.load(engine=ctx.engine), places)
     counts = groups.groupby("segment")[WEIGHT].sum().reindex(list(SEGMENTS), fill_value=0)

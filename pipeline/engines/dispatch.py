@@ -10,7 +10,8 @@ the settings and stopped after it, or in the session the caller passes (and keep
 `profile_matching(settings)` gives the person index's matcher and quality estimate: the
 embedded ones, or the same functions with each bucket of persons matched on Spark
 (`spark_link.bucket_mapper`), in a session started only when a register of several buckets is
-matched and stopped when the command's block ends.
+matched and stopped when the command's block ends. `range_mapper(settings)` does the same for
+the analyses' ranges of persons (journeys, costs, segments).
 """
 
 from __future__ import annotations
@@ -50,6 +51,25 @@ def persons_scorer(settings: Settings, spark: SparkSession | None = None) -> Sco
     return on_spark
 
 
+RangeMap = Callable[[Callable[[int], Any], int], list[Any]]  # [task(0), ..., task(n - 1)]
+
+
+def _on_spark(settings: Settings, stack: ExitStack, app_name: str) -> RangeMap:
+    """A `RangeMap` running each of several tasks on Spark (`spark_buckets`: a task a
+    partition, results in order), in a session started on its first use and stopped when
+    `stack` closes; one task runs here."""
+    started: list[SparkSession] = []
+
+    def run(task: Callable[[int], Any], count: int) -> list[Any]:
+        if count <= 1:
+            return in_order(task, count)
+        if not started:
+            started.append(stack.enter_context(session(settings, app_name)))
+        return spark_buckets(started[0], task, count)
+
+    return run
+
+
 @contextmanager
 def profile_matching(settings: Settings) -> Iterator[tuple[Callable[..., Any],
                                                            Callable[..., Any]]]:
@@ -61,14 +81,18 @@ def profile_matching(settings: Settings) -> Iterator[tuple[Callable[..., Any],
         yield match_profiles, estimate_quality
         return
     with ExitStack() as stack:
-        started: list[SparkSession] = []
-
-        def on_spark(task: Callable[[int], Any], count: int) -> list[Any]:
-            if count <= 1:
-                return in_order(task, count)
-            if not started:
-                started.append(stack.enter_context(session(settings, "haven-link")))
-            return spark_buckets(started[0], task, count)
-
+        on_spark = _on_spark(settings, stack, "haven-link")
         yield (functools.partial(match_profiles, map_buckets=on_spark),
                functools.partial(estimate_quality, map_buckets=on_spark))
+
+
+@contextmanager
+def range_mapper(settings: Settings) -> Iterator[RangeMap]:
+    """How journeys, costs and segments run their ranges of persons' tasks
+    (`pipeline.analysis_ranges`): in order in this process, or for `spark` a Spark task each
+    (a session started only when there are several ranges, stopped when the block ends)."""
+    if settings.engine != "spark":
+        yield in_order
+        return
+    with ExitStack() as stack:
+        yield _on_spark(settings, stack, "haven-analyses")

@@ -19,7 +19,7 @@ import pytest
 
 from governance import optouts
 from linkage.linked_view import load_sources
-from pipeline import analyses
+from pipeline import analyses, analysis_ranges
 from pipeline.land import land
 from pipeline.link import link
 from pipeline.linked_copy import linked_copy
@@ -142,7 +142,7 @@ def test_each_analysis_out_of_core_equals_the_in_memory_path(haven, extracts, ba
 
     monkeypatch.setattr(analyses, "_reading", in_memory)
     monkeypatch.setattr(analyses, "data_through", old_data_through)
-    monkeypatch.setattr(analyses, "latest_practices", old_practices)
+    monkeypatch.setattr(analysis_ranges, "latest_practices", old_practices)
     monkeypatch.setattr(segments, "maternity", lambda con, day: old_maternity(frames, day))
     want = {kind: _run(haven, kind, at) for kind in analyses.KINDS}
 
@@ -289,10 +289,10 @@ def test_tables_from_grouped_rows_equal_tables_from_records(haven, extracts, bac
     records, _ = _outputs(haven, _run(haven, "costs", at))
     around = pd.DataFrame({"pathway": ["pathway_0"] * 9, "spend_before": range(9),
                            "spend_after": range(9)})
-    sums = [*costs.SETTINGS, "total"]
-    grouped = analyses._regrouped([analyses._grouped(records[:100], list(
-        analyses.COST_DIMENSIONS), sums), analyses._grouped(records[100:], list(
-            analyses.COST_DIMENSIONS), sums)], list(analyses.COST_DIMENSIONS), sums)
+    sums, dims = analysis_ranges.COST_SUMS, analysis_ranges.COST_DIMENSIONS
+    grouped = analyses._regrouped([analysis_ranges.grouped(records[:100], dims, sums),
+                                   analysis_ranges.grouped(records[100:], dims, sums)],
+                                  list(dims), list(sums))
     assert len(grouped) < len(records) // 2
     shares = {s: costs.top_share(records["total"], s) for s in analyses.TOP_SHARES}
     want = analyses.cost_tables(records, around, rule, places)
@@ -302,8 +302,8 @@ def test_tables_from_grouped_rows_equal_tables_from_records(haven, extracts, bac
         pd.testing.assert_frame_equal(got[name], want[name], obj=name)
     segs, _ = _outputs(haven, _run(haven, "segments", at))
     want = analyses.segment_tables(segs, rule, places)
-    got = analyses.segment_tables(analyses._grouped(segs, list(analyses.SEGMENT_DIMENSIONS),
-                                                    ["spend_12m"]), rule, places)
+    got = analyses.segment_tables(analysis_ranges.grouped(
+        segs, analysis_ranges.SEGMENT_DIMENSIONS, ("spend_12m",)), rule, places)
     for name in want:
         pd.testing.assert_frame_equal(got[name], want[name], obj=name)
 
