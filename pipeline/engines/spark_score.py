@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -238,6 +239,7 @@ def _on_disk(sources: Sources, folder: Path, memory_limit: str = "1GB") -> OnDis
     (a caller's own, small) written into `folder` first."""
     if isinstance(sources, OnDisk):
         return sources
+    folder.mkdir()
     con = connect_on_disk(folder, memory_limit)
     try:
         rows = sum(append_rows(con, name, frame) for name, frame in sources.items())
@@ -267,10 +269,14 @@ def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
         clock = now
 
     with ExitStack() as stack:
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
-            prefix="haven-spark-score-")))
-        work = out if out is not None else scratch
-        disk = _on_disk(sources, scratch)
+        # The pipeline's `out` is the copy's workspace in the data directory: nothing of the
+        # run is written anywhere else. A caller's own frames (no `out`) go to a temporary
+        # folder, removed when the run is read back.
+        work = out if out is not None else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="haven-spark-score-")))
+        if not isinstance(sources, OnDisk):
+            stack.callback(shutil.rmtree, work / "frames", ignore_errors=True)
+        disk = _on_disk(sources, work / "frames")
         if bundle is None:
             con = connect(disk, threads)
             try:
@@ -280,8 +286,9 @@ def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
             lap("train")
         bundle = choose_model(bundle, model)
         if isinstance(previous, pd.DataFrame):  # the tasks read a file, a range each
-            previous.to_parquet(scratch / "previous.parquet", index=False)
-            previous = scratch / "previous.parquet"
+            previous.to_parquet(work / "spark-previous.parquet", index=False)
+            previous = work / "spark-previous.parquet"
+            stack.callback(previous.unlink, missing_ok=True)
         job = RangeJob(disk.shared(), at, bundle.lookback_months, work, previous,
                        bundle.chosen)
         ranges = _ranges_table(spark, person_ranges(disk, persons_per_task))
