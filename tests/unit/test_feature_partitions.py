@@ -10,13 +10,17 @@ made per partition).
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pytest
 
 from stratify.catalogue import NAMES
 from stratify.features import (
+    OnDisk,
     append_rows,
     connect,
     connect_on_disk,
@@ -81,3 +85,42 @@ def test_without_gp_registrations_every_partition_uses_other_records(synth_data:
         con.close()
     assert persons > 100
     pd.testing.assert_frame_equal(parted, whole)
+
+
+READER = """
+import sys
+from pathlib import Path
+from stratify.features import OnDisk, connect
+copy = OnDisk(folder=Path(sys.argv[1]), memory_limit="256MB", ids={}, rows=0,
+              read_only=sys.argv[2] == "shared")
+con = connect(copy)
+print(con.execute("SELECT count(*) FROM v_gp_patients").fetchall()[0][0])
+"""
+
+
+def _open_elsewhere(folder: Path, how: str) -> subprocess.CompletedProcess[str]:
+    """Open the copy in another process, as a Spark task does (`shared`) or as a writer."""
+    return subprocess.run([sys.executable, "-c", READER, str(folder), how],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[2],
+                          check=False, timeout=120)
+
+
+def test_a_shared_copy_lets_tasks_read_beside_each_other_and_keeps_writers_out(
+        synth_data: SynthData, tmp_path: Path) -> None:
+    con = connect_on_disk(tmp_path, "256MB")
+    try:
+        rows = append_rows(con, "gp_patients", synth_data.sources["gp_patients"])
+    finally:
+        con.close()
+    copy = OnDisk(folder=tmp_path, memory_limit="256MB", ids={}, rows=rows).shared()
+    reading = connect(copy)  # a task holding the copy open, read-only
+    try:
+        beside = _open_elsewhere(tmp_path, "shared")
+        assert beside.returncode == 0, beside.stderr[-500:]
+        assert int(beside.stdout.split()[-1]) == rows
+        writer = _open_elsewhere(tmp_path, "write")
+        assert writer.returncode != 0 and "lock" in writer.stderr.lower()
+        with pytest.raises(duckdb.Error):  # and the task itself cannot change the copy
+            reading.execute("CREATE TABLE main.planted (x INTEGER)")
+    finally:
+        reading.close()
