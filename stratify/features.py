@@ -10,8 +10,8 @@ bucket) at a time; persons never span partitions when partitioned by `person_key
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -182,10 +182,14 @@ def connect_on_disk(folder: Path, memory_limit: str = "1GB", threads: int | None
     """A connection like `connect`'s whose typed tables live in a DuckDB file in `folder`
     (filled a batch at a time by `append_rows`, when `create`), with a memory limit past
     which DuckDB spills to `folder`: features of a whole population in bounded memory.
-    `read_only`: one of several processes reading the file at once, spilling to a folder of
-    its own (DuckDB names its spill files alike in every process)."""
+    `read_only`: one of several readers of the file at once (Spark's tasks, perhaps on other
+    hosts sharing the folder, where process ids repeat), each spilling to a folder of its own,
+    made here (DuckDB makes only a folder's last level)."""
     con = duckdb.connect(str(folder / "sources.duckdb"), read_only=read_only)
-    spill = folder / "spill" / f"reader-{os.getpid()}" if read_only else folder / "spill"
+    spill = folder / "spill"
+    if read_only:
+        spill = spill / f"reader-{secrets.token_hex(8)}"
+        spill.mkdir(parents=True)
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute(f"SET temp_directory = '{spill}'")
     con.execute("SET preserve_insertion_order = false")

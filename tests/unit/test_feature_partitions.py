@@ -124,3 +124,23 @@ def test_a_shared_copy_lets_tasks_read_beside_each_other_and_keeps_writers_out(
             reading.execute("CREATE TABLE main.planted (x INTEGER)")
     finally:
         reading.close()
+
+
+def test_a_shared_copy_spills_past_its_memory_limit(tmp_path: Path) -> None:
+    """A task's read-only connection spills to a folder of its own (made for it: DuckDB makes
+    only the last level, and the writer that made `spill/` removed it when it closed)."""
+    con = connect_on_disk(tmp_path, "64MB")
+    try:
+        con.execute("CREATE TABLE big AS SELECT (random() * 1e9)::BIGINT AS a, "
+                    "repeat('x', 40) || range::VARCHAR AS b FROM range(2000000)")
+    finally:
+        con.close()
+    assert not (tmp_path / "spill").exists()
+    reader = connect_on_disk(tmp_path, "32MB", threads=1, create=False, read_only=True)
+    try:
+        folder = Path(reader.execute("SELECT current_setting('temp_directory')").fetchall()[0][0])
+        assert folder.parent == tmp_path / "spill" and folder.name.startswith("reader-")
+        reader.execute("CREATE TEMP TABLE sorted AS SELECT b, a FROM big ORDER BY b DESC")
+        assert reader.execute("SELECT count(*) FROM sorted").fetchall()[0][0] == 2_000_000
+    finally:
+        reader.close()
