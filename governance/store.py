@@ -11,7 +11,7 @@ import fcntl
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,6 +45,18 @@ class UnsafeFolder(RuntimeError):
     """A working folder of the data directory is a symlink, or lies under one, or is not a
     folder: refused, so that a planted link never leads a write, a read or a removal out of
     the data directory."""
+
+
+def write_whole(write: Callable[[Path], None], path: Path) -> None:
+    """Make `path` whole or not at all: `write` writes a partial file of its own name beside
+    it, which then replaces `path` in one rename. A task retried, or run twice at once by a
+    speculative scheduler, writes the same bytes; a reader never finds half a file."""
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def own_folder(settings: Settings, path: Path, create: bool = True) -> Path:

@@ -14,13 +14,15 @@ executor mounts (docs/scale.md), as for scoring.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from governance import store
 from governance.geography import Geography
+from pipeline.engines.spark_session import task_cpus
 from stratify import costs as costing
 from stratify.features import OnDisk, Sources
 from stratify.journeys import discharge_journeys
@@ -58,13 +60,20 @@ class RangeRecords:
     frame: pd.DataFrame | None = None
 
 
+def _in_task(part: Sources) -> Sources:
+    """Range `part` as this task reads it: in a Spark task, DuckDB uses the task's CPUs, not
+    every core of the host (tasks run side by side); here, as it is."""
+    cpus = task_cpus()
+    return replace(part, threads=cpus) if cpus and isinstance(part, OnDisk) else part
+
+
 def keep_records(folder: Path | None, number: int, frame: pd.DataFrame) -> RangeRecords:
     """Range `number`'s records, written to `folder` as `records-<number>.parquet` when there
     is a folder and they are not empty."""
     if folder is None or not len(frame):
         return RangeRecords(len(frame), frame=frame)
     path = folder / f"records-{number:04d}.parquet"
-    frame.to_parquet(path, index=False)
+    store.write_whole(lambda partial: frame.to_parquet(partial, index=False), path)
     return RangeRecords(len(frame), path=path)
 
 
@@ -120,7 +129,7 @@ class JourneyTask:
     through: dt.date | None
 
     def __call__(self, number: int) -> pd.DataFrame:
-        return discharge_journeys(self.ranges.parts[number], self.start, self.end,
+        return discharge_journeys(_in_task(self.ranges.parts[number]), self.start, self.end,
                                   through=self.through)
 
 
@@ -148,7 +157,7 @@ class CostTask:
     order: tuple[str, ...]
 
     def __call__(self, number: int) -> CostPart:
-        part = self.ranges.parts[number]
+        part = _in_task(self.ranges.parts[number])
         segments = assign_segments(part, self.start, order=list(self.order)).set_index(
             "person_key")["segment"]
         spend = costing.person_costs(part, self.year, self.prices,
@@ -182,7 +191,7 @@ class SegmentTask:
     order: tuple[str, ...]
 
     def __call__(self, number: int) -> SegmentPart:
-        part = self.ranges.parts[number]
+        part = _in_task(self.ranges.parts[number])
         found = assign_segments(part, self.at, order=list(self.order))
         windows = pd.DataFrame({"window": range(len(found)), "person_key": found["person_key"],
                                 "start": add_months(self.at, -12), "end": self.at})

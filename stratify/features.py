@@ -61,8 +61,8 @@ def connect(sources: Sources, threads: int | None = None) -> duckdb.DuckDBPyConn
     """A DuckDB connection with one typed view per source (`v_apc`, ...); absent ones empty.
     Given an `OnDisk` copy, a connection to its file (the tables are there already)."""
     if isinstance(sources, OnDisk):
-        con = connect_on_disk(sources.folder, sources.memory_limit, threads, create=False,
-                              read_only=sources.read_only)
+        con = connect_on_disk(sources.folder, sources.memory_limit, threads or sources.threads,
+                              create=False, read_only=sources.read_only)
         if sources.persons is not None:
             _person_range_views(con, *sources.persons)
         return con
@@ -155,7 +155,8 @@ class OnDisk:
     `ids`: the extract ids each source's rows came from; `rows`: how many rows it holds.
     `persons`: when set, the range of person keys `[low, high)` (None: unbounded) a stage sees
     (`person_ranges`): every view holds those persons' rows only. `read_only`: opened by
-    several processes at once (Spark's tasks, `shared`)."""
+    several processes at once (Spark's tasks, `shared`). `threads`: DuckDB's threads when
+    the caller names none (a Spark task's CPUs; None: every core)."""
 
     folder: Path
     memory_limit: str
@@ -163,6 +164,7 @@ class OnDisk:
     rows: int
     persons: tuple[str | None, str | None] | None = None
     read_only: bool = False
+    threads: int | None = None
 
     def part(self, low: str | None, high: str | None) -> OnDisk:
         """The same copy seen as the persons whose keys are in `[low, high)` only."""

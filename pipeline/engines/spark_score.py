@@ -16,7 +16,8 @@ What runs where (docs/scale.md):
      sorts), tiers and reasons by the embedded engine's own batch code
      (`stratify.scoring._contributions`, `_explained`, `_scored`), written as the range's
      part of the run's scores file.
-  The fitted bundle is broadcast once. No person's row passes through the driver.
+  The fitted bundle is broadcast once. Spark itself moves only the chosen probabilities (for
+  the thresholds); the driver joins the tasks' files into the run's, a part at a time.
 So the linked copy and the work folder must be on storage every executor reads: local disk
 in local mode, a shared volume (the warehouse path's mount) on a cluster. The result is a
 `ScoreRun` equal to the embedded one: the same files in person-key order, probabilities within
@@ -26,7 +27,6 @@ in local mode, a shared volume (the warehouse path's mount) on a cluster. The re
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 import tempfile
 import time
@@ -40,7 +40,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from governance import store
 from governance.layout import RunFiles
+from pipeline.engines.spark_session import task_cpus
 from stratify.catalogue import NAMES
 from stratify.features import (
     OnDisk,
@@ -105,20 +107,9 @@ class RangeJob:
         return self.work / f"spark-previous.part{part:06d}.parquet"
 
 
-def _task_threads() -> int:
-    """DuckDB's threads in a task: the CPUs Spark gave it (1 unless `spark.task.cpus`)."""
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    return max(1, int(context.cpus())) if context is not None else 1
-
-
 def _write(frame: pd.DataFrame, path: Path) -> None:
-    """Write a task's file whole or not at all: a retried or speculative attempt of the same
-    range writes the same bytes and replaces it."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}-{time.monotonic_ns()}")
-    frame.to_parquet(partial, index=False)
-    os.replace(partial, path)
+    """A task's file, written whole or not at all (`store.write_whole`)."""
+    store.write_whole(lambda partial: frame.to_parquet(partial, index=False), path)
 
 
 def predict_range(job: RangeJob, bundle: ModelBundle, part: int, low: str | None,
@@ -127,7 +118,7 @@ def predict_range(job: RangeJob, bundle: ModelBundle, part: int, low: str | None
     embedded engine's SQL over a view of their rows), attributes and previous scores, every
     candidate's probability written as the candidates part `part`; returns the chosen
     model's probabilities, in person-key order."""
-    con = connect(job.disk.part(low, high), threads=_task_threads())
+    con = connect(job.disk.part(low, high), threads=task_cpus() or 1)
     try:
         feature_table(con, job.at, job.lookback_months)
         X = fetch_features(con, NAMES)
@@ -147,6 +138,8 @@ def predict_range(job: RangeJob, bundle: ModelBundle, part: int, low: str | None
     _write(kept.reset_index(), job.features(part))
     if isinstance(before, pd.DataFrame):
         _write(before.reset_index(), job.before(part))
+    else:  # pass 2 takes a range's previous scores from this file alone: none left over
+        job.before(part).unlink(missing_ok=True)
     return np.asarray(probability[job.chosen], dtype=float)
 
 

@@ -106,3 +106,15 @@ def session(settings: Settings, app_name: str = "haven") -> Iterator[SparkSessio
         raise
     if running is None:
         spark.stop()
+
+
+def task_cpus() -> int | None:
+    """The CPUs Spark gave the task this code runs in (`spark.task.cpus`, 1 by default), or
+    None outside a Spark task: what a task's DuckDB may use, so the tasks an executor runs
+    side by side do not each take every core of the host."""
+    try:
+        from pyspark import TaskContext
+    except ImportError:
+        return None
+    context = TaskContext.get()
+    return max(1, int(context.cpus())) if context is not None else None

@@ -17,8 +17,9 @@ from cli.main import main
 from conftest import key_environment
 from factories import approve_candidates
 from governance.settings import Settings
-from pipeline import analyses
+from pipeline import analyses, analysis_ranges
 from pipeline.context import Context
+from stratify.features import OnDisk
 from synth import generate
 
 
@@ -66,3 +67,11 @@ def test_the_analyses_on_spark_equal_the_embedded_engine(spark: Any, tmp_path: P
         assert got.summary == want.summary, kind
     assert want_records["tier"].ne("unknown").any()  # tiers were read on the executors
     assert not any((tmp_path / "spark" / "scratch").iterdir())  # the ranges' files went
+
+
+def test_a_range_task_on_spark_gives_duckdb_the_tasks_cpus_not_the_hosts(spark: Any) -> None:
+    part = OnDisk(folder=Path("/nowhere"), memory_limit="1GB", ids={}, rows=0)
+    assert analysis_ranges._in_task(part).threads is None  # here: DuckDB takes every core
+    threads = spark.sparkContext.parallelize([0, 1], 2).map(
+        lambda _: analysis_ranges._in_task(part).threads).collect()
+    assert threads == [1, 1]  # in a task: spark.task.cpus

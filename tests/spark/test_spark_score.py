@@ -141,3 +141,26 @@ def test_a_date_no_one_is_registered_on_is_refused_by_name(
         spark: Any, sources: dict[str, pd.DataFrame], embedded: ScoreRun) -> None:
     with pytest.raises(NoOneToScore, match="alive and registered on 1990-01-01"):
         score_on_spark(spark, sources, dt.date(1990, 1, 1), bundle=embedded.bundle)
+
+
+def test_a_previous_scores_file_with_repeated_keys_gives_the_embedded_change(
+        spark: Any, sources: dict[str, pd.DataFrame], embedded: ScoreRun,
+        tmp_path: Path) -> None:
+    """The pipeline's own path: the previous run as its scores file, read a range of persons
+    at a time by each task (the first row of a repeated key counts, as embedded)."""
+    previous = embedded.scores[["person_key", "probability", "tier"]].copy()
+    previous["probability"] = previous["probability"] * 0.9
+    previous["tier"] = "low"
+    again = previous.iloc[::7].assign(probability=0.99, tier="very_high")  # after the firsts
+    path = tmp_path / "previous.parquet"
+    pd.concat([previous, again], ignore_index=True).to_parquet(path, index=False)
+    want = score(sources, AT, seed=0, previous=path, bundle=embedded.bundle)
+    run = score_on_spark(spark, sources, AT, seed=0, previous=path, bundle=embedded.bundle,
+                         persons_per_task=200)
+    assert run.metrics["tasks"]["ranges"] >= 4
+    assert run.scores["person_key"].tolist() == want.scores["person_key"].tolist()
+    for column in ("previous_probability", "change"):
+        assert np.abs(run.scores[column] - want.scores[column]).max() <= 1e-9
+    assert run.scores["previous_tier"].tolist() == want.scores["previous_tier"].tolist()
+    assert run.scores["tier_change"].tolist() == want.scores["tier_change"].tolist()
+    assert (run.scores["previous_tier"] == "low").all()  # the first rows, not the repeats
