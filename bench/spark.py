@@ -46,6 +46,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import duckdb  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
@@ -101,7 +102,7 @@ class Outputs:
     on (extract ids differ between homes: extracts are named by their file's digest)."""
 
     receipts: dict[str, dict[str, Any]]
-    links: pa.Table  # `comparable_links`: digest, source, row, person_key, own, first
+    links: Links  # the link map's rows and each extract's digest, compared by DuckDB
     scores: pa.Table  # person_key, probability, tier: sorted by person_key
     run: dict[str, Any] = field(default_factory=dict)
 
@@ -112,6 +113,7 @@ def read_outputs(env: dict[str, str]) -> Outputs:
 
     from governance.schema import extracts
     from governance.settings import Settings
+    from linkage import map_store
     from pipeline.context import Context
 
     haven = Context(Settings.from_environ(env))
@@ -126,8 +128,7 @@ def read_outputs(env: dict[str, str]) -> Outputs:
                            "rows_landed": r.rows_landed, "counts": r.counts} for r in found}
     digest_of = {r.extract_id: r.sha256 for r in found}
     layout = haven.settings.layout
-    links = pq.read_table(layout.link_map, columns=["extract_id", "source", "row", "person_key",
-                                                     "method", "person_id", "client_key"])
+    links = Links(sorted(str(p) for p in map_store.files(haven.settings)), digest_of)
     runs = sorted(layout.runs_dir.glob("score-*"), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise SystemExit(f"no score run in {layout.runs_dir}")
@@ -135,34 +136,78 @@ def read_outputs(env: dict[str, str]) -> Outputs:
                            columns=["person_key", "probability", "tier"])
     run = json.loads((runs[-1] / "run.json").read_text())
     run["folder"] = str(runs[-1])
-    return Outputs(receipts, comparable_links(links, digest_of),
-                   scores.sort_by("person_key"), run)
+    return Outputs(receipts, links, scores.sort_by("person_key"), run)
 
 
-def comparable_links(links: pa.Table, digest_of: dict[str, str]) -> pa.Table:
-    """The link map keyed by (extract digest, source, row), sorted, with each row's person key,
-    whether that key is the row's own (an unlinked row with neither pseudonym nor client key:
-    its key hashes its extract id, which each landing draws afresh, so two homes differ there
-    by design) and `first`: the position of the person's first row, which names the grouping
-    of rows into persons independently of the keys. A KeyError says only that an extract id
-    has no receipt (no identifier)."""
-    ids = links.column("extract_id").to_pylist()
-    unknown = {i for i in set(ids) if i not in digest_of}
+@dataclass
+class Links:
+    """A home's link map: its Parquet files (or, in tests, a table of the same columns) and
+    each extract's file digest, by which two homes' rows are matched (extract ids differ)."""
+
+    rows: list[str] | pa.Table  # extract_id, source, row, person_key, method, person_id,
+    digest_of: dict[str, str]   # client_key
+
+
+def comparable_links(con: duckdb.DuckDBPyConnection, name: str, links: Links) -> None:
+    """View `name` of the link map keyed by (extract digest, source, row) with each row's
+    person key, whether that key is the row's own (an unlinked row with neither pseudonym
+    nor client key: its key hashes its extract id, which each landing draws afresh, so two
+    homes differ there by design) and `first`: the position, in key order, of the person's
+    first row, which names the grouping of rows into persons independently of the keys.
+    DuckDB, within its memory limit: a 1M-person map is 50M rows. A KeyError says only that
+    an extract id has no receipt (no identifier)."""
+    con.register(f"{name}_digests", pa.table({
+        "extract_id": pa.array(list(links.digest_of), pa.string()),
+        "digest": pa.array(list(links.digest_of.values()), pa.string())}))
+    if isinstance(links.rows, pa.Table):
+        con.register(f"{name}_map", links.rows)
+    else:
+        files = ", ".join("'" + f.replace("'", "''") + "'" for f in links.rows)
+        con.execute(f"CREATE VIEW {name}_map AS SELECT * FROM read_parquet([{files}])")
+    unknown = con.execute(f"""SELECT count(DISTINCT extract_id) FROM {name}_map
+        WHERE extract_id NOT IN (SELECT extract_id FROM {name}_digests)""").fetchall()[0][0]
     if unknown:
-        raise KeyError(f"{len(unknown)} extract id(s) in the link map have no receipt")
-    own = pc.and_(pc.equal(links.column("method"), "unlinked"),
-                  pc.and_(pc.is_null(links.column("person_id")),
-                          pc.is_null(links.column("client_key"))))
-    table = pa.table({"digest": pa.array([digest_of[i] for i in ids], pa.string()),
-                      "source": links.column("source"), "row": links.column("row"),
-                      "person_key": pc.fill_null(links.column("person_key"), ""),
-                      "own": pc.fill_null(own, False)})
-    table = table.sort_by([("digest", "ascending"), ("source", "ascending"),
-                           ("row", "ascending")])
-    table = table.append_column("position", pa.array(range(table.num_rows), pa.int64()))
-    first = table.group_by("person_key").aggregate([("position", "min")])
-    table = table.join(first, "person_key").sort_by("position")
-    return table.rename_columns([*table.column_names[:-1], "first"]).drop_columns("position")
+        raise KeyError(f"{unknown} extract id(s) in the link map have no receipt")
+    con.execute(f"""CREATE TEMP TABLE {name} AS
+        SELECT *, min(position) OVER (PARTITION BY person_key) AS first FROM (
+            SELECT d.digest, m.source, m."row", coalesce(m.person_key, '') AS person_key,
+                coalesce(m.method = 'unlinked' AND m.person_id IS NULL
+                         AND m.client_key IS NULL, false) AS own,
+                row_number() OVER (ORDER BY d.digest, m.source, m."row") AS position
+            FROM {name}_map m JOIN {name}_digests d USING (extract_id))""")
+
+
+def compare_links(embedded: Links, spark: Links) -> list[tuple[str, bool, str]]:
+    """The link map checks of `compare`: the same landed rows, the same person key for each
+    (rows keyed by their own extract id compared by grouping only), the same grouping."""
+    with tempfile.TemporaryDirectory(prefix="haven-bench-compare-") as spill:
+        con = duckdb.connect()
+        try:
+            con.execute("SET memory_limit = '4GB'")
+            con.execute(f"SET temp_directory = '{spill}'")
+            comparable_links(con, "a", embedded)
+            comparable_links(con, "b", spark)
+            rows_a, rows_b = (con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+                              for t in ("a", "b"))
+            joined, differing, own_rows, own_differs, regrouped = con.execute("""SELECT
+                count(*),
+                count(*) FILTER (WHERE a.person_key <> b.person_key AND NOT (a.own OR b.own)),
+                count(*) FILTER (WHERE a.own OR b.own),
+                count(*) FILTER (WHERE a.own <> b.own),
+                count(*) FILTER (WHERE a.first <> b.first)
+                FROM a JOIN b USING (digest, source, "row")""").fetchall()[0]
+        finally:
+            con.close()
+    if not rows_a == rows_b == joined:
+        return [("landed rows in the link map", False,
+                 f"{rows_a:,} vs {rows_b:,} rows, not the same rows")]
+    return [("person key of every landed row (by digest, source, row)",
+             differing == 0 and own_differs == 0,
+             f"{rows_a:,} rows, {differing:,} with a different key; {own_rows:,} unlinked rows "
+             f"keyed by their own extract id and row (a per-landing id: differs between homes "
+             f"by design) compared by grouping only"),
+            ("the same rows grouped into the same persons", regrouped == 0,
+             f"{regrouped:,} rows grouped differently")]
 
 
 def compare(embedded: Outputs, spark: Outputs) -> list[tuple[str, bool, str]]:
@@ -175,28 +220,7 @@ def compare(embedded: Outputs, spark: Outputs) -> list[tuple[str, bool, str]]:
     checks.append(("receipts (status, rows landed, every count; by file digest)", same_receipts,
                    f"{len(embedded.receipts)} vs {len(spark.receipts)} extracts, "
                    f"{rows:,} rows landed"))
-    a, b = embedded.links, spark.links
-    where = ["digest", "source", "row"]
-    same_rows = a.num_rows == b.num_rows and a.select(where).equals(b.select(where))
-    if not same_rows:
-        checks.append(("landed rows in the link map", False,
-                       f"{a.num_rows:,} vs {b.num_rows:,} rows, not the same rows"))
-    else:
-        own = pc.or_(a.column("own"), b.column("own"))
-        keys_differ = pc.invert(pc.equal(a.column("person_key"), b.column("person_key")))
-        differing = int(pc.sum(pc.and_(keys_differ, pc.invert(own))).as_py() or 0)
-        own_rows = int(pc.sum(own).as_py() or 0)
-        same_own = a.column("own").equals(b.column("own"))
-        checks.append(("person key of every landed row (by digest, source, row)",
-                       differing == 0 and same_own,
-                       f"{a.num_rows:,} rows, {differing:,} with a different key; "
-                       f"{own_rows:,} unlinked rows keyed by their own extract id and row "
-                       f"(a per-landing id: differs between homes by design) compared by "
-                       f"grouping only"))
-        regrouped = int(pc.sum(pc.invert(pc.equal(a.column("first"), b.column("first"))
-                               )).as_py() or 0)
-        checks.append(("the same rows grouped into the same persons", regrouped == 0,
-                       f"{regrouped:,} rows grouped differently"))
+    checks.extend(compare_links(embedded.links, spark.links))
     x, y = embedded.scores, spark.scores
     same_persons = x.column("person_key").equals(y.column("person_key"))
     checks.append(("scored persons (person keys)", same_persons,
@@ -402,6 +426,34 @@ def print_throughput(found: dict[str, Any]) -> None:
     print(f"driver: {score['driver_seconds']}")
 
 
+def save_keys(work: Path, keys: dict[str, str]) -> None:
+    """The run's keys beside its homes (owner-only), so `--compare-only` can open them later;
+    they are the benchmark's own, made for it, never a deployment's."""
+    path = work / "keys.env"
+    path.touch(mode=0o600)
+    path.write_text("".join(f"{k}={v}\n" for k, v in keys.items()))
+
+
+def compare_only(work: Path, args: argparse.Namespace) -> None:
+    """Compare the homes of an earlier run in `work` (its keys.env, or fresh keys: reading
+    receipts, map and scores decrypts nothing) and measure the per-task throughput."""
+    saved = work / "keys.env"
+    keys = (dict(line.split("=", 1) for line in saved.read_text().splitlines() if "=" in line)
+            if saved.exists() else generated_keys())
+    envs = {e: engine_env(dict(os.environ), keys, work / e, e, args.master, args.driver_memory)
+            for e in ENGINES}
+    checks = compare(*(read_outputs(envs[e]) for e in ENGINES))
+    print("equality, embedded vs spark (homes of an earlier run):")
+    for what, held, figures in checks:
+        print(f"- {'EQUAL' if held else 'DIFFERENT'}: {what}: {figures}")
+    if not args.no_throughput:
+        print_throughput(throughput(envs["spark"], work / "extracts", args.master,
+                                    args.driver_memory, args.sample_batch_rows,
+                                    args.sample_batches))
+    if not all(held for _, held, _ in checks):
+        raise SystemExit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--persons", type=int, default=20_000)
@@ -418,12 +470,18 @@ def main() -> None:
                         help="batch size of the throughput run's landing sample")
     parser.add_argument("--sample-batches", type=int, default=6,
                         help="batches per source in the throughput run's landing sample")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="compare the two homes already in --work (and measure throughput)"
+                             " without running the commands again")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="haven-spark-bench-"))
     inbound = work / "extracts"
+    if args.compare_only:
+        return compare_only(work, args)
     for old in (inbound, *(work / e for e in ENGINES), work / "spark-local"):
         shutil.rmtree(old, ignore_errors=True)
     keys = generated_keys()
+    save_keys(work, keys)
     envs = {e: engine_env(dict(os.environ), keys, work / e, e, args.master, args.driver_memory)
             for e in ENGINES}
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from bench.spark import Outputs, comparable_links, compare, task_rates
+from bench.spark import Links, Outputs, compare, compare_links, task_rates
 
 
 def _links(extract_ids: list[str], keys: list[str]) -> pa.Table:
@@ -30,7 +30,7 @@ def _outputs(extract_ids: list[str], keys: list[str], probability: list[float],
                 for d in digest_of.values()}
     scores = pa.table({"person_key": ["PA", "PB"], "probability": probability,
                        "tier": ["high", "low"]})
-    return Outputs(receipts, comparable_links(_links(extract_ids, keys), digest_of), scores)
+    return Outputs(receipts, Links(_links(extract_ids, keys), digest_of), scores)
 
 
 def _held(checks: list[tuple[str, bool, str]]) -> dict[str, bool]:
@@ -67,7 +67,8 @@ def test_a_probability_past_the_tolerance_and_a_changed_receipt_are_found() -> N
 
 def test_a_link_map_row_without_a_receipt_is_refused_without_naming_it() -> None:
     with pytest.raises(KeyError, match="1 extract id"):
-        comparable_links(_links(["e1", "e2"], ["PA", "PA", "PB", "P0"]), {"e1": "d"})
+        compare_links(Links(_links(["e1", "e2"], ["PA", "PA", "PB", "P0"]), {"e1": "d"}),
+                      Links(_links(["e1", "e2"], ["PA", "PA", "PB", "P0"]), {"e1": "d"}))
 
 
 def test_task_rates_sum_each_task_before_dividing() -> None:
