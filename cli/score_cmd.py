@@ -14,9 +14,11 @@ from rich.table import Table
 from governance import model_approvals
 from pipeline.report import model_report, what_was_judged
 from pipeline.score import (
+    NoOneToScore,
     NoScoreRun,
     NothingToScore,
     RunIdTaken,
+    TooLittleHistory,
     UnknownModel,
     export_scores,
     score,
@@ -44,7 +46,7 @@ def register(app: typer.Typer) -> None:
             result = score(ctx.obj, day, seed=seed, model=model, progress=console.print)
         except UnknownModel as exc:
             raise typer.BadParameter(str(exc), param_hint="--model") from exc
-        except (NothingToScore, RunIdTaken) as exc:
+        except (NothingToScore, RunIdTaken, TooLittleHistory, NoOneToScore) as exc:
             console.print(f"[red]not scored[/]: {exc}")
             raise typer.Exit(code=1) from None
         console.print(f"tiers {json.dumps(result.tiers)}")

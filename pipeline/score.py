@@ -35,14 +35,16 @@ from linkage.linked_view import RowFilter, load_sources
 from linkage.person_index import pseudonyms_behind_bare_rows
 from pipeline.context import Context, Progress, quiet
 from pipeline.engines.dispatch import persons_scorer
+from pipeline.engines.spark_score import NoOneToScore
 from pipeline.linked_copy import PurposeRows, linked_copy
 from pipeline.serving import optouts_applied, serving_run, withheld_person_keys
 from stratify.catalogue import FEATURES
 from stratify.scoring import ScoreRun, UnknownModel, save_run
 from stratify.scoring import score as score_persons  # the embedded engine
-from stratify.train import ModelBundle
+from stratify.train import ModelBundle, TooLittleHistory
 
-__all__ = ["NoScoreRun", "NothingToScore", "RunIdTaken", "ScoreResult", "UnknownModel",
+__all__ = ["NoOneToScore", "NoScoreRun", "NothingToScore", "RunIdTaken", "ScoreResult",
+           "TooLittleHistory", "UnknownModel",
            "export_scores", "model_description", "purpose_sources", "reason_group_sources",
            "run_id", "score", "use_filter"]
 

@@ -318,6 +318,23 @@ def history_gain(models: dict[str, Model], learner: str, fit: tuple[pd.DataFrame
             "features": len(Xf.columns)}
 
 
+class TooLittleHistory(ValueError):
+    """The data hold no one, or no one with and without an emergency admission, to learn
+    from in a training year (the message says which year and what it holds)."""
+
+
+def _learnable(y: np.ndarray, start: dt.date, end: dt.date) -> None:
+    """TooLittleHistory unless the persons alive and registered on `start` include some with
+    an emergency admission from `start` to `end` and some without."""
+    events = int(np.sum(y))
+    if len(y) == 0 or events in (0, len(y)):
+        raise TooLittleHistory(
+            f"no model can be trained for this date: on {start} the data hold {len(y):,} "
+            f"persons alive and registered, {events:,} of them with an emergency admission "
+            f"before {end}; a model needs persons with and without one (land more history, "
+            f"or score a later date)")
+
+
 def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
           candidates: tuple[str, ...] = ("rule", "logistic", "boosting", "blend"),
           calibration: str = "platt", max_train_persons: int | None = 400_000,
@@ -344,10 +361,12 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
     if sample < 1:
         raise ValueError(f"sample_persons must be 1 or more, not {sample}")
     X1, y1, population = _training_rows(con, t1, lookback, names, sample, seed, 4)
+    _learnable(y1, t1, at)
     held = draw(len(X1), CALIBRATION_SHARE, seed, 1)
     selection: dict[str, Any] = {}
     if _has_history(con, t0):
         X0, y0, _ = _training_rows(con, t0, lookback, names, sample, seed, 5)
+        _learnable(y0, t0, t1)
         Xs, ys = _subsample(X0, y0, max_train_persons, seed, 2)
         selection["method"] = "backtest"
         selection["fit_at"], selection["validate_at"] = t0.isoformat(), t1.isoformat()
