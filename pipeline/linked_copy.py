@@ -36,7 +36,7 @@ from governance import store
 from linkage.linked_view import RowFilter, linked_batches
 from pipeline import linked_cache
 from pipeline.context import Context, Progress, quiet
-from stratify.features import OnDisk, append_rows, connect_on_disk
+from stratify.features import OnDisk, append_rows, cluster_by_person, connect_on_disk
 from stratify.sources import COLUMNS, PERSON_FIELDS
 
 PROGRESS_EVERY = 5_000_000
@@ -107,5 +107,7 @@ def _made(ctx: Context, folder: Path, row_filter: RowFilter | None, progress: Pr
         # Arrow's allocator keeps the pages the batches freed: handed back to the system,
         # so the stage's next steps do not sit on top of the copy's making.
         pa.default_memory_pool().release_unused()
+    cluster_by_person(folder, ctx.settings.duckdb_memory)
+    progress(f"  {rows:,} linked rows copied, in person-key order")
     return OnDisk(folder=folder, memory_limit=ctx.settings.duckdb_memory,
                   ids={s: sorted(found) for s, found in ids.items()}, rows=rows)

@@ -10,6 +10,7 @@ bucket) at a time; persons never span partitions when partitioned by `person_key
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
@@ -201,6 +202,38 @@ def connect_on_disk(folder: Path, memory_limit: str = "1GB", threads: int | None
         for name in COLUMNS:
             con.execute(f"CREATE TABLE v_{name} ({_ddl(name)})")
     return con
+
+
+def cluster_by_person(folder: Path, memory_limit: str = "1GB") -> None:
+    """Rewrite the copy in `folder` (`connect_on_disk`, filled) with every table's rows in
+    person-key order, into a new file that replaces the old one whole. Rows arrive extract
+    by extract, so a range of persons (`person_ranges`) was spread over the whole file and
+    every range read all of it; in key order DuckDB's zone maps skip the row groups of other
+    ranges, so a range's task reads about its own rows (at 1M persons a range's features
+    took 1.35 s instead of 2.5 s; at 60M each of 600 tasks would otherwise scan 3 billion
+    rows). Results do not change: no feature depends on the order rows are stored in."""
+    target = folder / "sorted.duckdb"
+    target.unlink(missing_ok=True)
+    con = duckdb.connect(str(target))
+    try:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+        con.execute(f"SET temp_directory = '{folder / 'spill'}'")
+        con.execute("SET preserve_insertion_order = true")  # the ORDER BY is the point
+        con.execute(f"ATTACH '{_sql_path(folder / 'sources.duckdb')}' AS unsorted (READ_ONLY)")
+        for name in COLUMNS:
+            con.execute(f"CREATE TABLE v_{name} AS SELECT * FROM unsorted.v_{name} "
+                        f"ORDER BY person_key NULLS FIRST")
+        con.execute("DETACH unsorted")
+    except BaseException:
+        con.close()
+        target.unlink(missing_ok=True)
+        raise
+    con.close()
+    os.replace(target, folder / "sources.duckdb")
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
 
 
 def append_rows(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> int:

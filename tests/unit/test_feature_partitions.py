@@ -20,8 +20,10 @@ import pytest
 
 from stratify.catalogue import NAMES
 from stratify.features import (
+    COLUMNS,
     OnDisk,
     append_rows,
+    cluster_by_person,
     connect,
     connect_on_disk,
     feature_table,
@@ -144,3 +146,36 @@ def test_a_shared_copy_spills_past_its_memory_limit(tmp_path: Path) -> None:
         assert reader.execute("SELECT count(*) FROM sorted").fetchall()[0][0] == 2_000_000
     finally:
         reader.close()
+
+
+def test_a_copy_clustered_by_person_holds_the_same_rows_in_key_order(synth_data: SynthData,
+                                                                     tmp_path: Path) -> None:
+    con = connect_on_disk(tmp_path, "256MB")
+    try:
+        for name, frame in synth_data.sources.items():
+            append_rows(con, name, frame)
+        before = {name: con.execute(f"SELECT * FROM v_{name}").df() for name in COLUMNS}
+        _, whole = _table(con, _at(synth_data), 10**9)
+    finally:
+        con.close()
+    cluster_by_person(tmp_path, "256MB")
+    assert sorted(p.name for p in tmp_path.glob("*.duckdb")) == ["sources.duckdb"]
+    con = connect_on_disk(tmp_path, "256MB", create=False)
+    try:
+        for name in COLUMNS:
+            stored = con.execute(f"SELECT person_key FROM v_{name} ORDER BY rowid").df()
+            keys = stored["person_key"]
+            assert keys.isna().sum() == keys.isna()[:keys.isna().sum()].sum()  # nulls first
+            present = keys.dropna().tolist()
+            assert present == sorted(present), name  # stored in person-key order
+            after = con.execute(f"SELECT * FROM v_{name}").df()
+            columns = list(before[name].columns)
+            pd.testing.assert_frame_equal(
+                after.sort_values(columns, na_position="first").reset_index(drop=True),
+                before[name].sort_values(columns, na_position="first").reset_index(drop=True),
+                obj=name)
+        assert sum(len(frame) for frame in before.values()) > 10_000
+        _, clustered = _table(con, _at(synth_data), 10**9)
+    finally:
+        con.close()
+    pd.testing.assert_frame_equal(clustered, whole)
