@@ -49,7 +49,7 @@ from linkage import map_store
 from linkage.person_index import landed_extracts
 from pipeline.context import Context
 
-VERSION = 2
+VERSION = 3  # 3: copies kept in person-key order (features.cluster_by_person)
 FILE = "sources.duckdb"
 META = "meta.json"
 
