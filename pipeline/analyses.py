@@ -51,7 +51,6 @@ from pipeline.analysis_ranges import (
     RangeRecords,
     Ranges,
     SegmentTask,
-    keep_records,
     with_places,
 )
 from pipeline.analysis_tables import (
@@ -269,10 +268,6 @@ class RecordsFile:
         self.frames: list[pd.DataFrame] = []
         self.empty: pd.DataFrame | None = None
         self.rows = 0
-
-    def add(self, frame: pd.DataFrame) -> None:
-        """Take the next range's records (written to the folder, if any)."""
-        self.take(keep_records(self.folder, len(self.parts) + len(self.frames), frame))
 
     def take(self, part: RangeRecords) -> None:
         """Take a range's records as its task left them (`analysis_ranges.keep_records`)."""

@@ -317,8 +317,8 @@ def test_records_written_a_range_at_a_time_read_back_as_one_frame(tmp_path, back
     parts = [none, pd.DataFrame({"person_key": ["a", "b"], "code": [None, None],
                                  "x": [1.5, 2.0]}),
              pd.DataFrame({"person_key": ["c"], "code": ["Y1"], "x": [3.0]}), none]
-    for part in parts:
-        written.add(part)
+    for number, part in enumerate(parts):
+        written.take(analysis_ranges.keep_records(tmp_path, number, part))
     assert len(written) == 3
     written.move_to(tmp_path / "records.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "records.parquet"),
@@ -326,7 +326,7 @@ def test_records_written_a_range_at_a_time_read_back_as_one_frame(tmp_path, back
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records.parquet"]
     only_empty = analyses.RecordsFile(tmp_path / "empty")
     (tmp_path / "empty").mkdir()
-    only_empty.add(none)
+    only_empty.take(analysis_ranges.keep_records(tmp_path / "empty", 0, none))
     only_empty.move_to(tmp_path / "empty.parquet")
     assert pd.read_parquet(tmp_path / "empty.parquet").columns.tolist() == ["person_key",
                                                                           "code", "x"]
