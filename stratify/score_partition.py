@@ -1,6 +1,6 @@
 """What a distributed engine needs besides the embedded scoring's own batch code.
 
-On Spark (pipeline.engines.spark_score) each task runs `stratify.scoring`'s batch functions
+On Spark (pipeline.engines.spark_score) each task runs `stratify.score_batch`'s functions
 on a range of persons; what spans the population is worked out from counts and ranks here:
 `tier_thresholds` gives the same thresholds as `stratify.tiers.thresholds` from a count and
 the m-th largest probability (a distributed sort), and `reasons_method` says which model's

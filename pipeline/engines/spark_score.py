@@ -13,9 +13,9 @@ What runs where (docs/scale.md):
      run's candidates file, the features kept in the work folder for pass 2, and the chosen
      model's probabilities handed to Spark;
   2. once Spark has the thresholds from those probabilities (`tier_thresholds`: a count and
-     sorts), tiers and reasons by the embedded engine's own batch code
-     (`stratify.scoring._contributions`, `_explained`, `_scored`), written as the range's
-     part of the run's scores file.
+     sorts), tiers and reasons by the batch code the embedded engine runs
+     (`stratify.score_batch`: `contributions`, `explained`, `scored`), written as the
+     range's part of the run's scores file.
   The fitted bundle is broadcast once. Spark itself moves only the chosen probabilities (for
   the thresholds); the driver joins the tasks' files into the run's, a part at a time.
 So the linked copy and the work folder must be on storage every executor reads: local disk
@@ -43,6 +43,7 @@ import pyarrow as pa
 from governance import store
 from governance.layout import RunFiles
 from pipeline.engines.spark_session import task_cpus
+from stratify import score_batch
 from stratify.catalogue import NAMES
 from stratify.features import (
     OnDisk,
@@ -58,14 +59,6 @@ from stratify.score_partition import reasons_method, tier_thresholds
 from stratify.scoring import (
     SCORE_BATCH,
     ScoreRun,
-    _attributes,
-    _batch_previous,
-    _contributions,
-    _explained,
-    _join_parts,
-    _previous,
-    _run_id,
-    _scored,
     choose_model,
 )
 from stratify.sources import extract_ids
@@ -122,10 +115,10 @@ def predict_range(job: RangeJob, bundle: ModelBundle, part: int, low: str | None
     try:
         feature_table(con, job.at, job.lookback_months)
         X = fetch_features(con, NAMES)
-        attributes = _attributes(con, job.at, X.index)
-        before = _previous(con, job.previous, (low, high))
+        attributes = score_batch.attributes(con, job.at, X.index)
+        before = score_batch.previous(con, job.previous, (low, high))
         if before is True:
-            before = _batch_previous(con, X.index)
+            before = score_batch.batch_previous(con, X.index)
     finally:
         con.close()
     if not len(X):
@@ -146,8 +139,8 @@ def predict_range(job: RangeJob, bundle: ModelBundle, part: int, low: str | None
 def explain_range(job: RangeJob, bundle: ModelBundle, part: int, cut: dict[str, float]
                   ) -> int:
     """Pass 2 for range `part`: tiers under the population's thresholds `cut`, reasons and
-    the scores part `part` (the embedded engine's `_scored` rows); returns how many persons
-    it holds."""
+    the scores part `part` (the embedded engine's `score_batch.scored` rows); returns how
+    many persons it holds."""
     files = RunFiles(job.work)
     kept = pd.read_parquet(job.features(part)).set_index(KEY)
     X = kept[list(NAMES)]
@@ -158,9 +151,10 @@ def explain_range(job: RangeJob, bundle: ModelBundle, part: int, cut: dict[str, 
     before = (pd.read_parquet(job.before(part)).set_index(KEY)
               if job.before(part).exists() else None)
     tiers = assign(chosen, cut)
-    contributions, _ = _contributions(bundle, X, tiers)
+    contributions, _ = score_batch.contributions(bundle, X, tiers)
     keys = X.index.to_numpy()
-    _write(_scored(keys, chosen, tiers, _explained(X, contributions), attributes, before),
+    rows = score_batch.explained(X, contributions)
+    _write(score_batch.scored(keys, chosen, tiers, rows, attributes, before),
            files.part("scores", part))
     return len(X)  # pass 1's files stay until the driver has joined the run's (a retry)
 
@@ -301,8 +295,8 @@ def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
             raise NoOneToScore(f"no one in the linked data is alive and registered on "
                                f"{at.isoformat()}")
         files = RunFiles(work)
-        _join_parts([files.part("candidates", part) for part in parts], files.candidates)
-        _join_parts([files.part("scores", part) for part in parts], files.scores)
+        score_batch.join_parts([files.part("candidates", part) for part in parts], files.candidates)
+        score_batch.join_parts([files.part("scores", part) for part in parts], files.scores)
         for part in parts:
             job.features(part).unlink()
             job.before(part).unlink(missing_ok=True)
@@ -359,7 +353,7 @@ def _run(bundle: ModelBundle, at: dt.date, seed: int, ids: dict[str, list[str]],
         "chosen_by": bundle.extra.get("chosen_by", "validation"), "engine": "spark"}
     by_user = bundle.extra.get("chosen_by") == "user"
     version = f"{bundle.version}/{bundle.chosen}" if by_user else bundle.version
-    return ScoreRun(run_id=_run_id(at, seed, ids, version), at=at,
+    return ScoreRun(run_id=score_batch.run_id(at, seed, ids, version), at=at,
                     model_version=bundle.version, model=bundle.chosen, seed=seed,
                     thresholds=cut, extract_ids=ids, metrics=metrics, scores=scores,
                     candidates=candidates, bundle=bundle, written=written,

@@ -1,4 +1,4 @@
-"""Scoring's filter attributes worked out in DuckDB (stratify.scoring._attribute_tables): the
+"""Scoring's filter attributes worked out in DuckDB (stratify.score_batch.attribute_tables): the
 sources each person was seen in before the date, as the ordered `string_agg` gave them (it
 did not spill: a million persons ran out of 768 MB), now or-ed as bits by a plain grouping."""
 
@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from stratify.scoring import SOURCE_DATES, _attribute_tables
+from stratify.score_batch import SOURCE_DATES, attribute_tables
 
 AT = dt.date(2025, 4, 1)
 
@@ -40,7 +40,7 @@ def test_the_sources_each_person_was_seen_in_are_those_string_agg_gave():
             f"'{AT.isoformat()}'" for s, d in SOURCE_DATES)
         want = con.execute(f"""SELECT person_key, string_agg(source, ';' ORDER BY source)
             AS sources FROM ({union}) GROUP BY person_key ORDER BY person_key""").df()
-        _attribute_tables(con, AT)
+        attribute_tables(con, AT)
         got = con.execute("SELECT * FROM score_seen ORDER BY person_key").df()
         assert len(want) > 100 and want["sources"].str.contains(";").any()
         pd.testing.assert_frame_equal(got, want, check_exact=True)
