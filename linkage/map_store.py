@@ -222,22 +222,33 @@ def read_table(settings: Settings, columns: Sequence[str] | None = None,
     return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
 
 
-def persons_part(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each pseudonym of a frame of map rows with its first row's person key and its rows,
-    in order of first appearance."""
-    known = frame.loc[frame["person_id"].notna(), ["person_id", "person_key"]]
-    return known.groupby("person_id", sort=False).agg(
-        person_key=("person_key", "first"), rows=("person_key", "size")).reset_index()
+def persons_part(table: pa.Table) -> pa.Table:
+    """Each pseudonym of a table of map rows with its first row's person key and its rows,
+    in order of first appearance (Arrow strings: a part of the biggest extract is kept until
+    the file is written, so not a Python object a person)."""
+    known = table.select(["person_id", "person_key"]).filter(pc.is_valid(table["person_id"]))
+    return _first_appearance(known, [("person_key", "first"),
+                                     ("person_key", "count", pc.CountOptions(mode="all"))])
 
 
-def persons_of_parts(parts: list[pd.DataFrame]) -> pd.DataFrame:
+def persons_of_parts(parts: list[pa.Table]) -> pa.Table:
     """Persons of consecutive parts of one file combined (first key, rows summed): what
     `_persons/` holds for the file."""
     if not parts:
-        return PERSONS_SCHEMA.empty_table().to_pandas()
-    joined = pd.concat(parts, ignore_index=True)
-    return joined.groupby("person_id", sort=False).agg(
-        person_key=("person_key", "first"), rows=("rows", "sum")).reset_index()
+        return PERSONS_SCHEMA.empty_table()
+    return _first_appearance(pa.concat_tables(parts), [("person_key", "first"),
+                                                       ("rows", "sum")])
+
+
+def _first_appearance(table: pa.Table, aggregates: list[tuple]) -> pa.Table:
+    """`table` grouped by person_id, in order of each pseudonym's first row (Arrow's grouping
+    keeps no order of its own), as `PERSONS_SCHEMA`: the key and rows `aggregates` make."""
+    at = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    grouped = table.append_column("at", at).group_by("person_id", use_threads=False).aggregate(
+        [*aggregates, ("at", "min")]).sort_by("at_min")
+    key, rows = (f"{a[0]}_{a[1]}" for a in aggregates)
+    return pa.table([grouped["person_id"], grouped[key], grouped[rows]],
+                    schema=PERSONS_SCHEMA)
 
 
 def partial(settings: Settings) -> list[Path]:
@@ -312,12 +323,11 @@ class NextGeneration:
                 for method, n in frame["method"].value_counts(sort=False).items():
                     methods[str(method)] = methods.get(str(method), 0) + int(n)
                 rows += len(frame)
-                persons.append(persons_part(frame))
-                writer.write_table(pa.Table.from_pandas(frame[columns], schema=MAP_SCHEMA,
-                                                        preserve_index=False))
-        found = persons_of_parts(persons)
-        pq.write_table(pa.Table.from_pandas(found, schema=PERSONS_SCHEMA, preserve_index=False),
-                       self.persons(extract_id), compression="zstd")
+                table = pa.Table.from_pandas(frame[columns], schema=MAP_SCHEMA,
+                                             preserve_index=False)
+                persons.append(persons_part(table))
+                writer.write_table(table)
+        pq.write_table(persons_of_parts(persons), self.persons(extract_id), compression="zstd")
         entry = Entry(extract_id, source, rows, methods)
         self.entries.append(entry)
         return entry

@@ -25,12 +25,13 @@ writes the next generation: new extracts' files, and the files of extracts whose
 probabilistic link); every other extract's files are the current ones, hard-linked, so a
 month's refresh writes the month and what it changed, not the history.
 
-Memory: `update` reads the extracts it writes twice, `BATCH_ROWS` rows at a time (a survey
-pass that finds the rows to link and the client rows, then a writing pass); of the others it
-reads their persons files and their unlinked rows. It holds a batch, the social care client
-rows, each pseudonym's person key (`KeptKeys`, about 90 bytes a person) and what the
-probabilistic step reads (a bucket of the register's profiles and the pending rows): it grows
-with persons, not rows.
+Memory: `update` reads the extracts it writes twice: `BATCH_ROWS` rows at a time in a survey
+pass that finds the rows to link and the client rows, then `WRITE_ROWS` at a time in a
+writing pass (whose per-row frames and keyed hashes are the larger); of the others it reads
+their persons files and their unlinked rows. It holds a batch, the social care client rows,
+each pseudonym's person key (`KeptKeys`, about 90 bytes a person), an extract's persons as
+Arrow text until its persons file is written, and what the probabilistic step reads (a
+bucket of the register's profiles and the pending rows): it grows with persons, not rows.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from linkage.profile_store import ProfileStore
 from linkage.pseudonym_table import PseudonymTable
 
 BATCH_ROWS = 1_000_000
+WRITE_ROWS = 250_000  # rows a batch of the writing pass: its per-row and per-person frames
 MEMO_PERSONS = 250_000  # person keys remembered between batches of the writing pass
 
 
@@ -538,7 +540,8 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         if clients is not None and len(matched.links):
             clients = _with_links(clients, matched.links)
         _release_arrow_memory()
-        written = _write_linked(settings, base, plan, batch_rows, key, kept.freeze(),
+        written = _write_linked(settings, base, plan, min(batch_rows, WRITE_ROWS), key,
+                                kept.freeze(),
                                 clients, matched.links, say)
         summary.by_source_method = written.counts()
         summary.rows = written.rows

@@ -40,8 +40,9 @@ def _matcher(query, profile, prior, labelled) -> pd.DataFrame:
 
 
 def _update(haven, said: list[str] | None = None, **kwargs) -> person_index.LinkSummary:
+    kwargs.setdefault("batch_rows", 211)
     return person_index.update(haven.settings, haven.engine, haven.keys.current("linkage"),
-                               _matcher, quality=estimate_quality, batch_rows=211,
+                               _matcher, quality=estimate_quality,
                                progress=None if said is None else said.append, **kwargs)
 
 
@@ -227,3 +228,31 @@ def test_a_client_is_one_person_after_one_run_when_any_of_its_rows_links(haven, 
     part = linked[(linked["count"] > 0) & (linked["count"] < linked["size"])]
     assert part.empty  # no client with some rows linked and others left unlinked
     assert (clients["method"] == "client").any() and (clients["method"] == "probabilistic").any()
+
+
+def test_the_writing_pass_holds_at_most_write_rows_and_writes_the_same_map(
+        haven, synthetic, tmp_path, monkeypatch, backend):
+    """The writing pass reads `WRITE_ROWS` rows a batch however large the survey's batch (its
+    per-row frames and per-batch persons are what grew with the population at 3M persons),
+    and the map, persons files and review list are those of one batch a file."""
+    land(haven, synthetic)
+    monkeypatch.setattr(person_index, "WRITE_ROWS", 10**9)
+    _update(haven, batch_rows=10**9)
+    whole = _outputs(haven)
+    generation = map_store.current(haven.settings)
+    persons = {e.extract_id: pq.read_table(generation.persons(e.extract_id))
+               for e in generation.entries}
+    shutil.rmtree(haven.settings.layout.index_dir)  # a new map of the same landed extracts
+    monkeypatch.setattr(person_index, "WRITE_ROWS", 97)
+    _update(haven, batch_rows=10**9)
+    generation = map_store.current(haven.settings)
+    biggest = 0
+    for entry in generation.entries:
+        metadata = pq.ParquetFile(generation.path(entry.extract_id)).metadata
+        sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        biggest = max(biggest, *sizes)
+        assert pq.read_table(generation.persons(entry.extract_id)).equals(
+            persons[entry.extract_id])
+    assert biggest == 97  # the biggest extracts were written 97 rows at a time
+    for got, want in zip(_outputs(haven), whole, strict=True):
+        pd.testing.assert_frame_equal(got, want)
