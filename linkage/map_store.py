@@ -37,14 +37,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from governance.settings import Settings
+from linkage.persons_file import PersonsOfFile, persons_part
 
 MAP_SCHEMA = pa.schema([
     ("extract_id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
     ("person_id", pa.string()), ("person_key", pa.string()), ("method", pa.string()),
     ("weight", pa.float64()), ("via_extract", pa.string()), ("client_key", pa.string()),
 ])
-PERSONS_SCHEMA = pa.schema([("person_id", pa.string()), ("person_key", pa.string()),
-                            ("rows", pa.int64())])
 MANIFEST = "_manifest.json"
 PERSONS = "_persons"
 READ_ROWS = 1_000_000
@@ -222,35 +221,6 @@ def read_table(settings: Settings, columns: Sequence[str] | None = None,
     return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
 
 
-def persons_part(table: pa.Table) -> pa.Table:
-    """Each pseudonym of a table of map rows with its first row's person key and its rows,
-    in order of first appearance (Arrow strings: a part of the biggest extract is kept until
-    the file is written, so not a Python object a person)."""
-    known = table.select(["person_id", "person_key"]).filter(pc.is_valid(table["person_id"]))
-    return _first_appearance(known, [("person_key", "first"),
-                                     ("person_key", "count", pc.CountOptions(mode="all"))])
-
-
-def persons_of_parts(parts: list[pa.Table]) -> pa.Table:
-    """Persons of consecutive parts of one file combined (first key, rows summed): what
-    `_persons/` holds for the file."""
-    if not parts:
-        return PERSONS_SCHEMA.empty_table()
-    return _first_appearance(pa.concat_tables(parts), [("person_key", "first"),
-                                                       ("rows", "sum")])
-
-
-def _first_appearance(table: pa.Table, aggregates: list[tuple]) -> pa.Table:
-    """`table` grouped by person_id, in order of each pseudonym's first row (Arrow's grouping
-    keeps no order of its own), as `PERSONS_SCHEMA`: the key and rows `aggregates` make."""
-    at = pa.array(np.arange(table.num_rows, dtype=np.int64))
-    grouped = table.append_column("at", at).group_by("person_id", use_threads=False).aggregate(
-        [*aggregates, ("at", "min")]).sort_by("at_min")
-    key, rows = (f"{a[0]}_{a[1]}" for a in aggregates)
-    return pa.table([grouped["person_id"], grouped[key], grouped[rows]],
-                    schema=PERSONS_SCHEMA)
-
-
 def partial(settings: Settings) -> list[Path]:
     """What a killed update or key rotation left in the index: half-written files and
     folders, and generation folders that are not the current one (any may hold rows of any
@@ -315,19 +285,23 @@ class NextGeneration:
     def write(self, extract_id: str, source: str, frames: Iterable[pd.DataFrame]) -> Entry:
         """Write an extract's map rows (frames with the map's columns) and its persons."""
         methods: dict[str, int] = {}
-        persons = []
+        persons = PersonsOfFile(self.folder, safe_extract_id(extract_id))
         rows = 0
         columns = MAP_SCHEMA.names
-        with pq.ParquetWriter(self.path(extract_id), MAP_SCHEMA, compression="zstd") as writer:
-            for frame in frames:
-                for method, n in frame["method"].value_counts(sort=False).items():
-                    methods[str(method)] = methods.get(str(method), 0) + int(n)
-                rows += len(frame)
-                table = pa.Table.from_pandas(frame[columns], schema=MAP_SCHEMA,
-                                             preserve_index=False)
-                persons.append(persons_part(table))
-                writer.write_table(table)
-        pq.write_table(persons_of_parts(persons), self.persons(extract_id), compression="zstd")
+        try:
+            with pq.ParquetWriter(self.path(extract_id), MAP_SCHEMA,
+                                  compression="zstd") as writer:
+                for frame in frames:
+                    for method, n in frame["method"].value_counts(sort=False).items():
+                        methods[str(method)] = methods.get(str(method), 0) + int(n)
+                    rows += len(frame)
+                    table = pa.Table.from_pandas(frame[columns], schema=MAP_SCHEMA,
+                                                 preserve_index=False)
+                    persons.add(persons_part(table))
+                    writer.write_table(table)
+            persons.write(self.persons(extract_id))
+        finally:
+            persons.close()
         entry = Entry(extract_id, source, rows, methods)
         self.entries.append(entry)
         return entry

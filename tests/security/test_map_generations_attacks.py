@@ -19,7 +19,7 @@ from factories import rows_for, write_extract
 from governance import rotation
 from governance.keys import KeyProvider
 from governance.settings import Settings
-from linkage import map_store, person_index
+from linkage import map_store, person_index, persons_file
 from linkage.landing.land import LandingContext, land_file
 
 
@@ -47,7 +47,7 @@ def _victim(tmp_path: Path) -> Path:
     pq.write_table(pa.Table.from_pandas(_rows("e1", 4), schema=map_store.MAP_SCHEMA,
                                         preserve_index=False), victim / "e1.parquet")
     pq.write_table(pa.table({"person_id": ["x"], "person_key": ["P"], "rows": [1]},
-                            schema=map_store.PERSONS_SCHEMA),
+                            schema=persons_file.PERSONS_SCHEMA),
                    victim / map_store.PERSONS / "e1.parquet")
     return victim
 
