@@ -29,9 +29,9 @@ Memory: `update` reads the extracts it writes twice: `BATCH_ROWS` rows at a time
 pass that finds the rows to link and the client rows, then `WRITE_ROWS` at a time in a
 writing pass (whose per-row frames and keyed hashes are the larger); of the others it reads
 their persons files and their unlinked rows. It holds a batch, the social care client rows,
-each pseudonym's person key (`KeptKeys`, about 90 bytes a person), an extract's persons as
-Arrow text until its persons file is written, and what the probabilistic step reads (a
-bucket of the register's profiles and the pending rows): it grows with persons, not rows.
+each pseudonym's person key (`KeptKeys`, about 90 bytes a person) and what the probabilistic
+step reads (a bucket of the register's profiles and the pending rows): it grows with
+persons, not rows. An extract's persons file is made out of core (`linkage.persons_file`).
 """
 
 from __future__ import annotations
@@ -541,8 +541,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
             clients = _with_links(clients, matched.links)
         _release_arrow_memory()
         written = _write_linked(settings, base, plan, min(batch_rows, WRITE_ROWS), key,
-                                kept.freeze(),
-                                clients, matched.links, say)
+                                kept.freeze(), clients, matched.links, say)
         summary.by_source_method = written.counts()
         summary.rows = written.rows
         summary.review_pairs = len(review)
