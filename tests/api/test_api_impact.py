@@ -17,7 +17,10 @@ def world(haven, tmp_path) -> World:
 def test_analysts_read_evaluations_and_the_forecast(world: World) -> None:
     assert world.call("analyst", "GET", "/impact/forecast").status_code == 404
     assert world.call("analyst", "GET", "/impact/evaluations").json() == {"items": []}
-    keys = sorted(world.practice)[:12]  # matched and comparison groups of 8 or more (F7)
+    # Every third person of the world, the same 12 each run: the first 12 by person key (a
+    # keyed hash under the run's own key) were another cohort each run, and now and then one
+    # that could not be matched in groups of 8 or more (F7); CI met one on 2026-12-06.
+    keys = list(world.practice)[::3][:12]
     cohort = "person_key,start_date\n" + "".join(f"{k},2024-06-01\n" for k in keys)
     evaluation_id, _ = impact.evaluate(world.haven, cohort, outcomes=("emergency_admissions",),
                                        ratio=2)
