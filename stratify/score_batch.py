@@ -110,6 +110,14 @@ EXACT_TIERS = ("very_high", "high")  # explained by the chosen model itself (tre
 CANDIDATE_GROUPS = 8
 
 
+def reasons_method(bundle: ModelBundle) -> dict[str, str]:
+    """Which model's contributions explain which tiers: what `contributions` uses, as a run
+    records it."""
+    if bundle.chosen in ("rule", "logistic") or "logistic" not in bundle.models:
+        return {"all": bundle.chosen}
+    return {"very_high, high": bundle.chosen, "moderate, low": "logistic"}
+
+
 def contributions(bundle: ModelBundle, X: pd.DataFrame, tiers: np.ndarray
                    ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Per-group contributions behind each person's reasons.
@@ -124,7 +132,7 @@ def contributions(bundle: ModelBundle, X: pd.DataFrame, tiers: np.ndarray
     features = X[bundle.features]
     linear = bundle.models.get("logistic")
     if bundle.chosen in ("rule", "logistic") or linear is None:
-        return model.contributions(features), {"all": bundle.chosen}
+        return model.contributions(features), reasons_method(bundle)
     exact = np.isin(tiers, EXACT_TIERS)
     parts = []
     if exact.any():
@@ -137,7 +145,7 @@ def contributions(bundle: ModelBundle, X: pd.DataFrame, tiers: np.ndarray
     if (~exact).any():
         parts.append(linear.contributions(features[~exact]))
     combined = pd.concat(parts).reindex(X.index).fillna(0.0)
-    return combined, {"very_high, high": bundle.chosen, "moderate, low": "logistic"}
+    return combined, reasons_method(bundle)
 
 
 def run_id(at: dt.date, seed: int, ids: dict[str, list[str]], version: str) -> str:

@@ -1,10 +1,9 @@
-"""What a distributed engine needs besides the embedded scoring's own batch code.
+"""What a distributed engine needs besides the batch code both engines run.
 
 On Spark (pipeline.engines.spark_score) each task runs `stratify.score_batch`'s functions
 on a range of persons; what spans the population is worked out from counts and ranks here:
 `tier_thresholds` gives the same thresholds as `stratify.tiers.thresholds` from a count and
-the m-th largest probability (a distributed sort), and `reasons_method` says which model's
-contributions explain which tiers, as `stratify.scoring.score` records it.
+the m-th largest probability (a distributed sort).
 """
 
 from __future__ import annotations
@@ -13,14 +12,6 @@ import math
 from collections.abc import Callable
 
 from stratify.tiers import TIERS
-from stratify.train import ModelBundle
-
-
-def reasons_method(bundle: ModelBundle) -> dict[str, str]:
-    """Which model's contributions explain which tiers (as `scoring.score` records it)."""
-    if bundle.chosen in ("rule", "logistic") or "logistic" not in bundle.models:
-        return {"all": bundle.chosen}
-    return {"very_high, high": bundle.chosen, "moderate, low": "logistic"}
 
 
 def higher_rank(n: int, share: float) -> int:

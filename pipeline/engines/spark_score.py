@@ -55,7 +55,7 @@ from stratify.features import (
     fetch_features,
     person_ranges,
 )
-from stratify.score_partition import reasons_method, tier_thresholds
+from stratify.score_partition import tier_thresholds
 from stratify.scoring import (
     SCORE_BATCH,
     ScoreRun,
@@ -295,8 +295,8 @@ def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
             raise NoOneToScore(f"no one in the linked data is alive and registered on "
                                f"{at.isoformat()}")
         files = RunFiles(work)
-        score_batch.join_parts([files.part("candidates", part) for part in parts], files.candidates)
-        score_batch.join_parts([files.part("scores", part) for part in parts], files.scores)
+        for kind, target in (("candidates", files.candidates), ("scores", files.scores)):
+            score_batch.join_parts([files.part(kind, part) for part in parts], target)
         for part in parts:
             job.features(part).unlink()
             job.before(part).unlink(missing_ok=True)
@@ -349,7 +349,7 @@ def _run(bundle: ModelBundle, at: dt.date, seed: int, ids: dict[str, list[str]],
         "mean_probability": float(np.mean(probability)) if len(probability) else float("nan"),
         "tiers": {k: int(v) for k, v in tier_counts.items()},
         "selection": bundle.selection, "training": bundle.metrics, "seconds": seconds,
-        "reasons_method": reasons_method(bundle),
+        "reasons_method": score_batch.reasons_method(bundle),
         "chosen_by": bundle.extra.get("chosen_by", "validation"), "engine": "spark"}
     by_user = bundle.extra.get("chosen_by") == "user"
     version = f"{bundle.version}/{bundle.chosen}" if by_user else bundle.version
