@@ -27,10 +27,15 @@ READ_ROWS = 1_000_000  # persons written to the file at a time
 
 def persons_part(table: pa.Table) -> pa.Table:
     """Each pseudonym of a table of map rows (a batch) with its first row's person key and
-    its rows, in order of first appearance."""
+    its rows, in order of first appearance (Arrow's grouping keeps no order of its own: each
+    group's first row number orders them)."""
     known = table.select(["person_id", "person_key"]).filter(pc.is_valid(table["person_id"]))
-    return _first_appearance(known, [("person_key", "first"),
-                                     ("person_key", "count", pc.CountOptions(mode="all"))])
+    at = pa.array(np.arange(known.num_rows, dtype=np.int64))
+    grouped = known.append_column("at", at).group_by("person_id", use_threads=False).aggregate(
+        [("person_key", "first"), ("person_key", "count", pc.CountOptions(mode="all")),
+         ("at", "min")]).sort_by("at_min")
+    return pa.table([grouped["person_id"], grouped["person_key_first"],
+                     grouped["person_key_count"]], schema=PERSONS_SCHEMA)
 
 
 class PersonsOfFile:
@@ -79,14 +84,3 @@ class PersonsOfFile:
         self.writer.close()
         self.parts.unlink(missing_ok=True)
         shutil.rmtree(self.spill, ignore_errors=True)
-
-
-def _first_appearance(table: pa.Table, aggregates: list[tuple]) -> pa.Table:
-    """`table` grouped by person_id, in order of each pseudonym's first row (Arrow's grouping
-    keeps no order of its own), as `PERSONS_SCHEMA`: the key and rows `aggregates` make."""
-    at = pa.array(np.arange(table.num_rows, dtype=np.int64))
-    grouped = table.append_column("at", at).group_by("person_id", use_threads=False).aggregate(
-        [*aggregates, ("at", "min")]).sort_by("at_min")
-    key, rows = (f"{a[0]}_{a[1]}" for a in aggregates)
-    return pa.table([grouped["person_id"], grouped[key], grouped[rows]],
-                    schema=PERSONS_SCHEMA)
