@@ -48,6 +48,7 @@ from linkage.probabilistic.blocking import (
 )
 from linkage.probabilistic.encoded import pass_columns
 from linkage.profile_store import ProfileStore
+from linkage.pseudonym_table import pseudonym_hashes
 
 UPPER = 0.95
 LOWER = 0.5
@@ -63,6 +64,12 @@ QUERY_CHUNK = 50_000
 CHUNK_PAIRS = 1_000_000
 MAX_BLOCK_PAIRS = 100_000  # a block of more pairs is skipped (counted on the whole register)
 MIN_LABELLED = 50
+# A model learnt from profile twins (`train_on_profiles`) is trained on at most about this
+# many of their profiles: persons sampled by pseudonym, all of a sampled person's profiles
+# kept. Twins grow with the register (62,000 profiles at a million persons, 185,000 at three)
+# and training on all of them was the peak of a large link; the model's few dozen level
+# weights are learnt as well from a sample of this size.
+TWIN_PROFILES = 100_000
 # The engine's passes, with the registered practice (`identifier`) paired with parts of the
 # date of birth instead of alone (a practice alone is a block of thousands).
 INDEX_PASSES = tuple(p for p in DEFAULT_PASSES if p != ("identifier",)) + (
@@ -299,17 +306,30 @@ def _best_in_bucket(job: BucketJob, index: int) -> list[pd.DataFrame]:
 
 
 def train_on_profiles(profile: pd.DataFrame | ProfileStore, fields: list[str],
-                      map_buckets: BucketMap = in_order) -> MatchModel | None:
+                      map_buckets: BucketMap = in_order,
+                      most: int = TWIN_PROFILES) -> MatchModel | None:
     """A supervised model for queries carrying `fields`, trained on profiles with twins.
 
     Profiles of persons who have more than one (a social care row with an NHS number and the
     person's GP registration) are linked against the others with their own row left out.
+    When there are more than `most` such profiles, one person in k is kept (chosen by a hash
+    of the pseudonym, so the sample is the same whatever the order or bucketing of the
+    register), k the smallest that keeps about `most`.
     """
     store = _as_store(profile)
+    twin_rows = sum(int(_has_twin(person_codes(frame["person_id"])[0]).sum())
+                    for _, frame in store.frames(["person_id"]))
+    if twin_rows < MIN_LABELLED:
+        return None
+    every = np.uint64(-(-twin_rows // max(most, 1)))
     at, rows = [], []
     for positions, frame in store.frames(["person_id", *fields]):
         person, _ = person_codes(frame["person_id"])
         twin = _has_twin(person)
+        if every > 1 and twin.any():
+            # the hash's high half: its low half places persons in buckets
+            hashed = pseudonym_hashes(pa.array(frame["person_id"], pa.string()).fill_null(""))
+            twin &= (hashed >> np.uint64(32)) % every == 0
         at.append(positions[twin])
         rows.append(frame[twin])
     twins = np.concatenate(at) if at else np.zeros(0, dtype=np.int64)

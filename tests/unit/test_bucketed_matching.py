@@ -300,3 +300,51 @@ def test_quality_links_held_out_rows_at_the_prior_production_used(tmp_path: Path
     store = _store(register, tmp_path / "b", bucket_rows=60)
     assert estimate_quality(store, labelled, {"acute": prior}) == estimate_quality(
         register, labelled, {"acute": prior})
+
+
+def test_a_model_learnt_from_twins_trains_on_a_sample_of_fixed_size(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """Past `most` twin profiles, a sample of persons (all of a person's profiles, chosen by
+    pseudonym) trains the model: bounded in size, the same however the register is ordered
+    or bucketed, and learning the weights the whole set does."""
+    profiles, query, _ = _world(seed=13, persons=1200, twin_share=0.6)
+    fields = [c for c in query.columns if c.startswith("lk_")]
+    seen: list[pd.Series] = []
+    fit = index_matcher.fit_supervised
+
+    def spy(query_rows, person_q, *args, **kwargs):
+        seen.append(person_q.reset_index(drop=True))
+        return fit(query_rows, person_q, *args, **kwargs)
+
+    monkeypatch.setattr(index_matcher, "fit_supervised", spy)
+    whole = index_matcher.train_on_profiles(profiles, fields)
+    twins = len(seen[-1])
+    assert twins > 800
+    most = twins // 3
+    sampled = index_matcher.train_on_profiles(profiles, fields, most=most)
+    sample = seen[-1]
+    assert most // 2 <= len(sample) <= most * 1.3  # bounded, and not a handful
+    assert (sample.value_counts() >= 2).all()  # a sampled person's twins come together
+    # the same persons sampled from the register shuffled; the same model from it in buckets
+    shuffled = profiles.iloc[np.random.default_rng(1).permutation(len(profiles))]
+    index_matcher.train_on_profiles(shuffled.reset_index(drop=True), fields, most=most)
+    assert sorted(seen[-1]) == sorted(sample)
+    bucketed = index_matcher.train_on_profiles(
+        _store(profiles, tmp_path / "b", bucket_rows=300), fields, most=most)
+    assert list(seen[-1]) == list(sample)
+    assert _flat(bucketed.level_weights) == pytest.approx(_flat(sampled.level_weights),
+                                                         rel=1e-12)
+    # what the sample learns is what the whole set learns: the agreement levels' weights to
+    # within sampling error; a disagreement no true pair shows stays strongly against (its
+    # weight rests on the smoothing of a zero count, so on the sample's size: log2(3) here)
+    for key, weight in _flat(whole.level_weights).items():
+        got = _flat(sampled.level_weights)[key]
+        if weight > 0:
+            assert got == pytest.approx(weight, abs=0.5), key
+        else:
+            assert (got < -1) == (weight < -1) and got <= weight + 2.5, key
+    assert sampled.level_weights != whole.level_weights  # the sample is a sample
+
+
+def _flat(weights: dict[str, dict[int, float]]) -> dict[tuple[str, int], float]:
+    return {(name, level): w for name, levels in weights.items() for level, w in levels.items()}
