@@ -105,11 +105,12 @@ def test_no_identifier_from_synthetic_extracts_is_kept(haven, landing, tmp_path)
     assert leaked == [], f"{len(leaked)} identifier values found in stored data"
 
 
-def _land_in_subprocess(home: Path, inbox: Path, key_env: dict[str, str]) -> subprocess.Popen:
+def _land_in_subprocess(home: Path, inbox: Path, key_env: dict[str, str],
+                        stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
     env = {**os.environ, **key_env, "HAVEN_HOME": str(home), "HAVEN_BATCH_ROWS": "500"}
     code = "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen([sys.executable, "-c", code, "land", str(inbox)], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
 
 def test_killed_landing_then_rerun_lands_each_extract_exactly_once(tmp_path, inbox):
@@ -135,8 +136,9 @@ def test_killed_landing_then_rerun_lands_each_extract_exactly_once(tmp_path, inb
             kills += 1
         process.wait()
     assert kills >= 3, "too few runs were killed part-way: the test would prove little"
-    final = _land_in_subprocess(home, inbox, key_env)
-    assert final.wait(timeout=300) == 0
+    final = _land_in_subprocess(home, inbox, key_env, stderr=subprocess.PIPE)
+    _, error = final.communicate(timeout=300)
+    assert final.returncode == 0, error  # what the rerun said, if it could not go on
     haven = Haven(Settings(home=home, key_env=key_env))
     with haven.engine.connect() as connection:
         landed = connection.execute(select(extracts.c.extract_id, extracts.c.source,
