@@ -48,7 +48,7 @@ from linkage.probabilistic.blocking import (
 )
 from linkage.probabilistic.encoded import pass_columns
 from linkage.profile_store import ProfileStore
-from linkage.pseudonym_table import pseudonym_hashes
+from linkage.pseudonym_table import one_person_in
 
 UPPER = 0.95
 LOWER = 0.5
@@ -321,15 +321,14 @@ def train_on_profiles(profile: pd.DataFrame | ProfileStore, fields: list[str],
                     for _, frame in store.frames(["person_id"]))
     if twin_rows < MIN_LABELLED:
         return None
-    every = np.uint64(-(-twin_rows // max(most, 1)))
+    every = -(-twin_rows // max(most, 1))
     at, rows = [], []
     for positions, frame in store.frames(["person_id", *fields]):
         person, _ = person_codes(frame["person_id"])
         twin = _has_twin(person)
         if every > 1 and twin.any():
-            # the hash's high half: its low half places persons in buckets
-            hashed = pseudonym_hashes(pa.array(frame["person_id"], pa.string()).fill_null(""))
-            twin &= (hashed >> np.uint64(32)) % every == 0
+            twin &= one_person_in(pa.array(frame["person_id"], pa.string()).fill_null(""),
+                                  every)
         at.append(positions[twin])
         rows.append(frame[twin])
     twins = np.concatenate(at) if at else np.zeros(0, dtype=np.int64)

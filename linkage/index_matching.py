@@ -23,10 +23,19 @@ import pyarrow.parquet as pq
 
 from governance.settings import Settings
 from linkage.profile_store import ProfileStore, ProfileWriter
-from linkage.pseudonym_table import PseudonymTable, fixed_width
+from linkage.pseudonym_table import PseudonymTable, fixed_width, one_person_in
 
 PROFILE_SOURCES = ("gp_patients", "social_care")
-READ_ROWS = 1_000_000  # rows of an extract read at a time for the probabilistic step
+# Labelled examples (the rows landing encoded for the fixed share of persons it samples) a
+# source trains its model and measures its quality on, at most about: past this many, a
+# sample of their persons (`one_person_in`). Landing's share grows with the population (an
+# outpatient extract gave 64,885 at a million persons and 194,964 at three); the model's few
+# dozen weights, and a quality estimate on 5,000 held-out rows, need no more.
+LABELLED_ROWS = 100_000
+# Rows of an extract read at a time for the probabilistic step. A batch of the register's
+# rows with every encoding, filtered and split into buckets, was the peak of a million-person
+# link at a million rows a batch (about 0.8 GB over the matching's baseline).
+READ_ROWS = 250_000
 
 # Given query rows and profile rows (both with `lk_*` encodings; profiles with person_id), the
 # prior that a query row belongs to a registered person, and labelled examples of the query's
@@ -165,6 +174,21 @@ def coverage(known: int, registered: int) -> float:
     return min(max(registered / known, 0.5), 0.999)
 
 
+def labelled_sample(training: list[pa.Table], most: int) -> list[pa.Table]:
+    """Each source's labelled rows, a sample of its persons when it has more than `most`
+    rows (all of a sampled person's rows kept; the same persons whatever the batches)."""
+    sources = [t.column("source")[0].as_py() if t.num_rows else None for t in training]
+    rows: dict[str | None, int] = {}
+    for source, table in zip(sources, training, strict=True):
+        rows[source] = rows.get(source, 0) + table.num_rows
+    kept = []
+    for source, table in zip(sources, training, strict=True):
+        every = -(-rows[source] // max(most, 1))
+        kept.append(table.filter(one_person_in(table["person_id"], every)) if every > 1
+                    else table)
+    return kept
+
+
 def _concat(tables: list[pa.Table]) -> pd.DataFrame:
     """Concatenate tables of encodings in Arrow, so a column some lack keeps its type
     (fixed-size binary Bloom filters, int64 keys) with nulls, and pandas is made once."""
@@ -190,7 +214,7 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
         queries += found[0]
         training += found[1]
     profile = writer.close() if writer is not None else None
-    examples = _concat(training) if training else None
+    examples = _concat(labelled_sample(training, LABELLED_ROWS)) if training else None
     # Every counted source's prior, whether or not it has rows to link this run: the quality
     # estimate links its labelled rows at the prior its unlinked rows are linked at.
     priors = {str(source): coverage(*found) for source, found in counts.items()}

@@ -111,6 +111,16 @@ def pseudonym_hashes(person_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return _hashed(_padded(held, -(-max(held.dtype.itemsize, 1) // 8) * 8))
 
 
+def one_person_in(person_ids: pa.Array | pa.ChunkedArray, every: int) -> np.ndarray:
+    """Whether each row's person (pseudonym, none null) is in a fixed sample of about one
+    person in `every`, chosen by the high half of the pseudonym's hash (its low half places
+    persons in buckets): a person's rows are kept or left together, whatever the batch."""
+    hashed = pseudonym_hashes(person_ids)
+    if every <= 1:
+        return np.ones(len(hashed), dtype=bool)
+    return (hashed >> np.uint64(32)) % np.uint64(every) == 0
+
+
 def _hashed(values: np.ndarray) -> np.ndarray:
     """A 64-bit hash of fixed-width bytes (width a multiple of 8), word by word, in numpy.
     Folded from the last word, which leaves the NUL words of padding out (a zero word on a

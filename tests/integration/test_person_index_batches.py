@@ -1,7 +1,8 @@
 """The person index is built in two streaming passes, a batch of rows at a time (issue #12):
 whatever the batch size, the same landed data give the same map, review list and counts, on
 a first build and on each kind of update (a register destroyed, rows purged, an extract
-added). A batch of 97 rows splits every extract and every client across batches."""
+added). A batch of 97 rows splits every extract and every client across batches, and the
+probabilistic step's reads of the register and the rows to link."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sqlalchemy import update
 
 from factories import rows_for, write_extract
 from governance.schema import extracts
-from linkage import person_index
+from linkage import index_matching, person_index
 from linkage.index_matcher import estimate_quality, match_profiles
 from linkage.landing.land import land_file
 from linkage.profile_store import ProfileWriter
@@ -52,7 +53,9 @@ def _both_ways(haven, tmp_path: Path, **kwargs) -> tuple[tuple, tuple]:
     shutil.rmtree(before, ignore_errors=True)
     if index.exists():
         shutil.copytree(index, before)
-    small = _update(haven, SMALL, **kwargs)
+    with pytest.MonkeyPatch.context() as patch:  # the probabilistic step's reads too
+        patch.setattr(index_matching, "READ_ROWS", SMALL)
+        small = _update(haven, SMALL, **kwargs)
     small_out = _outputs(haven)
     shutil.rmtree(index)
     if before.exists():

@@ -55,3 +55,38 @@ def test_each_source_is_linked_at_its_coverage_and_the_priors_are_returned(
     assert len(set(want.values())) == len(want)  # a source's prior is its own
     assert used and all(used[s] == want[s] for s in used)
     assert "deaths" not in used and matched.priors["deaths"] == pytest.approx(39 / 40)
+
+
+def test_labelled_examples_past_the_cap_are_a_sample_of_whole_persons(
+        haven, synthetic, tmp_path, monkeypatch, backend) -> None:
+    """The matcher and the quality estimate get each source's labelled rows capped
+    (`LABELLED_ROWS`): a sample of persons, every row of a kept person."""
+    from linkage import index_matching
+
+    land(haven, synthetic)
+    landed = landed_extracts(haven.engine)
+    todo = {}
+    for extract_id in landed["extract_id"]:
+        rows = read_rows(haven.settings, extract_id, encodings=False)
+        missing = set(rows.loc[rows["person_id"].isna(), "row"].tolist())
+        if missing:
+            todo[extract_id] = missing
+
+    def nothing(query: pd.DataFrame, profile, prior: float, labelled) -> pd.DataFrame:
+        return pd.DataFrame({"query": [], "profile": [], "weight": [], "probability": [],
+                             "band": []})
+
+    def examples(scratch: str) -> pd.DataFrame:
+        return match_pending(haven.settings, landed, nothing, lambda _m: None, todo, {},
+                             tmp_path / scratch).examples
+
+    whole = examples("a")
+    per_source = whole.groupby("source").size()
+    assert per_source.max() >= 10
+    monkeypatch.setattr(index_matching, "LABELLED_ROWS", int(per_source.max()) // 3)
+    capped = examples("b")
+    sizes = capped.groupby("source").size().reindex(per_source.index, fill_value=0)
+    assert (sizes <= per_source).all() and sizes[per_source.idxmax()] < per_source.max()
+    rows = whole.groupby(["source", "person_id"]).size()
+    kept = capped.groupby(["source", "person_id"]).size()
+    assert (rows[kept.index] == kept).all()  # a kept person's rows, all of them
