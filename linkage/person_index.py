@@ -25,9 +25,9 @@ writes the next generation: new extracts' files, and the files of extracts whose
 probabilistic link); every other extract's files are the current ones, hard-linked, so a
 month's refresh writes the month and what it changed, not the history.
 
-Memory: `update` reads the extracts it writes twice: `BATCH_ROWS` rows at a time in a survey
-pass that finds the rows to link and the client rows, then `WRITE_ROWS` at a time in a
-writing pass (whose per-row frames and keyed hashes are the larger); of the others it reads
+Memory: `update` reads the extracts it writes twice, `PASS_ROWS` rows at a time: a survey
+pass that finds the rows to link and the client rows, then a writing pass (whose per-row
+frames and keyed hashes are the larger); of the others it reads
 their persons files and their unlinked rows. It holds a batch, the social care client rows,
 each pseudonym's person key (`KeptKeys`, about 90 bytes a person) and what the probabilistic
 step reads (a bucket of the register's profiles and the pending rows): it grows with
@@ -70,7 +70,9 @@ from linkage.profile_store import ProfileStore
 from linkage.pseudonym_table import PseudonymTable
 
 BATCH_ROWS = 1_000_000
-WRITE_ROWS = 250_000  # rows a batch of the writing pass: its per-row and per-person frames
+# Rows a batch of the survey and the writing pass: their per-row frames of Python objects
+# (a million rows a batch took the survey 0.9 GB over its start at a million persons).
+PASS_ROWS = 250_000
 MEMO_PERSONS = 250_000  # person keys remembered between batches of the writing pass
 
 
@@ -517,7 +519,8 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         kept = _kept_keys(base)
         registered = registered_persons(settings, landed) if matcher is not None else None
         _release_arrow_memory()  # reading the register's pseudonyms left Arrow's pool full
-        survey = _survey(settings, base, plan, batch_rows, say, registered, earlier)
+        survey = _survey(settings, base, plan, min(batch_rows, PASS_ROWS), say, registered,
+                         earlier)
         clients = _link_clients(pd.concat(survey.clients, ignore_index=True)
                                 if survey.clients else None)
         todo = _todo_rows(survey, clients, plan, registered)
@@ -540,7 +543,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         if clients is not None and len(matched.links):
             clients = _with_links(clients, matched.links)
         _release_arrow_memory()
-        written = _write_linked(settings, base, plan, min(batch_rows, WRITE_ROWS), key,
+        written = _write_linked(settings, base, plan, min(batch_rows, PASS_ROWS), key,
                                 kept.freeze(), clients, matched.links, say)
         summary.by_source_method = written.counts()
         summary.rows = written.rows

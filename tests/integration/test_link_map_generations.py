@@ -230,21 +230,33 @@ def test_a_client_is_one_person_after_one_run_when_any_of_its_rows_links(haven, 
     assert (clients["method"] == "client").any() and (clients["method"] == "probabilistic").any()
 
 
-def test_the_writing_pass_holds_at_most_write_rows_and_writes_the_same_map(
+def test_both_passes_hold_at_most_pass_rows_and_write_the_same_map(
         haven, synthetic, tmp_path, monkeypatch, backend):
-    """The writing pass reads `WRITE_ROWS` rows a batch however large the survey's batch (its
-    per-row frames and per-batch persons are what grew with the population at 3M persons),
-    and the map, persons files and review list are those of one batch a file."""
+    """The survey and the writing pass read `PASS_ROWS` rows a batch however large the
+    batch asked for (their per-row frames and per-batch persons are what grew with the
+    population), and the map, persons files and review list are those of one batch a file."""
     land(haven, synthetic)
-    monkeypatch.setattr(person_index, "WRITE_ROWS", 10**9)
+    frames = person_index._new_frames
+    largest: list[int] = []
+
+    def recorded(*args, **kwargs):
+        for frame in frames(*args, **kwargs):
+            largest.append(len(frame))
+            yield frame
+
+    monkeypatch.setattr(person_index, "_new_frames", recorded)
+    monkeypatch.setattr(person_index, "PASS_ROWS", 10**9)
     _update(haven, batch_rows=10**9)
     whole = _outputs(haven)
     generation = map_store.current(haven.settings)
     persons = {e.extract_id: pq.read_table(generation.persons(e.extract_id))
                for e in generation.entries}
     shutil.rmtree(haven.settings.layout.index_dir)  # a new map of the same landed extracts
-    monkeypatch.setattr(person_index, "WRITE_ROWS", 97)
+    assert max(largest) > 97
+    largest.clear()
+    monkeypatch.setattr(person_index, "PASS_ROWS", 97)
     _update(haven, batch_rows=10**9)
+    assert max(largest) == 97  # both passes: every new extract is read through `_new_frames`
     generation = map_store.current(haven.settings)
     biggest = 0
     for entry in generation.entries:
