@@ -526,14 +526,16 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         todo = _todo_rows(survey, clients, plan, registered)
         registered = None  # only the counts were needed: not held through matching
         review_rows = _review_rows(survey, clients, plan, earlier)
+        counts = {source: (found[0], found[1]) for source, found in survey.counts.items()}
+        # its frames are in clients, todo and review_rows now: not held twice while matching
+        del survey
         review = pd.DataFrame()
         matched = Matched(pd.DataFrame(), pd.DataFrame(), None, None)
         if matcher is not None:
             # a large register's profiles go to buckets in a folder of this run's own
             with store.scratch_workspace(settings) as scratch:
-                matched = match_pending(settings, landed, matcher, say, todo,
-                                        {s: (c[0], c[1]) for s, c in survey.counts.items()},
-                                        scratch)
+                matched = match_pending(settings, landed, matcher, say, todo, counts, scratch)
+                del todo  # matched: the rows to link are not held through the quality estimate
                 review = _merge_review(earlier, review_rows, matched.review)
                 if quality is not None and matched.profile is not None:
                     say("estimating linkage quality on rows whose NHS number is known")

@@ -25,17 +25,23 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_each_source_is_linked_at_its_coverage_and_the_priors_are_returned(
-        haven, synthetic, tmp_path, backend) -> None:
-    land(haven, synthetic)
-    landed = landed_extracts(haven.engine)
-    source_of = dict(zip(landed["extract_id"], landed["source"], strict=True))
+def _pending(haven, landed: pd.DataFrame) -> dict[str, set]:
+    """{extract_id: rows without a pseudonym}: the rows the probabilistic step links."""
     todo = {}
     for extract_id in landed["extract_id"]:
         rows = read_rows(haven.settings, extract_id, encodings=False)
         missing = set(rows.loc[rows["person_id"].isna(), "row"].tolist())
         if missing:
             todo[extract_id] = missing
+    return todo
+
+
+def test_each_source_is_linked_at_its_coverage_and_the_priors_are_returned(
+        haven, synthetic, tmp_path, backend) -> None:
+    land(haven, synthetic)
+    landed = landed_extracts(haven.engine)
+    source_of = dict(zip(landed["extract_id"], landed["source"], strict=True))
+    todo = _pending(haven, landed)
     pending = {source_of[e] for e in todo}
     assert len(pending) >= 2
     # made-up counts: each pending source a coverage of its own, and one source not pending
@@ -69,12 +75,7 @@ def test_labelled_examples_past_the_cap_are_a_sample_of_whole_persons(
     monkeypatch.setattr(pseudonymise, "TRAINING_SHARE", 5)
     land(haven, synthetic)
     landed = landed_extracts(haven.engine)
-    todo = {}
-    for extract_id in landed["extract_id"]:
-        rows = read_rows(haven.settings, extract_id, encodings=False)
-        missing = set(rows.loc[rows["person_id"].isna(), "row"].tolist())
-        if missing:
-            todo[extract_id] = missing
+    todo = _pending(haven, landed)
 
     def nothing(query: pd.DataFrame, profile, prior: float, labelled) -> pd.DataFrame:
         return pd.DataFrame({"query": [], "profile": [], "weight": [], "probability": [],
