@@ -319,8 +319,6 @@ def train_on_profiles(profile: pd.DataFrame | ProfileStore, fields: list[str],
     store = _as_store(profile)
     twin_rows = sum(int(_has_twin(person_codes(frame["person_id"])[0]).sum())
                     for _, frame in store.frames(["person_id"]))
-    if twin_rows < MIN_LABELLED:
-        return None
     every = -(-twin_rows // max(most, 1))
     at, rows = [], []
     for positions, frame in store.frames(["person_id", *fields]):

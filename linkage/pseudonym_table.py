@@ -115,10 +115,9 @@ def one_person_in(person_ids: pa.Array | pa.ChunkedArray, every: int) -> np.ndar
     """Whether each row's person (pseudonym, none null) is in a fixed sample of about one
     person in `every`, chosen by the high half of the pseudonym's hash (its low half places
     persons in buckets): a person's rows are kept or left together, whatever the batch."""
-    hashed = pseudonym_hashes(person_ids)
     if every <= 1:
-        return np.ones(len(hashed), dtype=bool)
-    return (hashed >> np.uint64(32)) % np.uint64(every) == 0
+        return np.ones(len(person_ids), dtype=bool)
+    return (pseudonym_hashes(person_ids) >> np.uint64(32)) % np.uint64(every) == 0
 
 
 def _hashed(values: np.ndarray) -> np.ndarray:
