@@ -139,7 +139,8 @@ def pseudonyms_behind_bare_rows(settings: Settings, batch_rows: int = 1_000_000
                                 ) -> pd.DataFrame:
     """(person_key, person_id) of every person with a row that carries no pseudonym of its
     own (linked probabilistically or by client id, or unlinked: any method but `nhs_number`;
-    the map gives such a row its person's pseudonym): every pseudonym the index gives them.
+    the map gives such a row its person's pseudonym): every pseudonym the index gives them,
+    sorted (Arrow's grouping uses threads, so its order is not fixed).
 
     Read in two streaming passes over the link map (the keys, then their pseudonyms), so
     memory holds those persons' pairs, not the map; both passes read one generation
@@ -167,7 +168,8 @@ def _bare_pairs(pinned: map_store.Pinned, batch_rows: int) -> pd.DataFrame:
         table = table.filter(pc.and_(pc.is_in(table.column("person_key"), value_set=wanted),
                                      pc.is_valid(table.column("person_id"))))
         found.append(table.group_by(["person_key", "person_id"]).aggregate([]))
-    pairs = pa.concat_tables(found).group_by(["person_key", "person_id"]).aggregate([])
+    pairs = (pa.concat_tables(found).group_by(["person_key", "person_id"]).aggregate([])
+             .sort_by([("person_key", "ascending"), ("person_id", "ascending")]))
     return pairs.to_pandas() if pairs.num_rows else empty
 
 
