@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_HOME ?= demo/home
 PERSONS ?= 20000
+# Test processes (pytest-xdist): a file's tests run in one, so a module's fixture is made once.
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test lint bench clean
 
@@ -28,7 +30,8 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -p no:cacheprovider --cov --cov-branch --cov-report=term $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile \
+		--cov --cov-branch --cov-report=term $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/landing.py
