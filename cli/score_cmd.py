@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         """Evaluate a run on the year after its date, or, before that year has happened, show the
         back-test its model was chosen on: Markdown and PNG plots."""
         try:
-            path = model_report(ctx.obj, run, out)
+            path = model_report(ctx.obj, run, out, progress=Console().print)
         except NoScoreRun as exc:
             raise typer.BadParameter(str(exc)) from exc
         Console().print(f"model report written to {path}\n{what_was_judged(path)}")

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from governance import audit, model_approvals
 from governance.layout import RunFiles
-from pipeline.context import Context
+from pipeline.context import Context, Progress, quiet
 from pipeline.linked_copy import linked_copy
 from pipeline.report_counts import run_counts
 from pipeline.score import NoScoreRun, purpose_rows
@@ -41,7 +41,8 @@ REPORT_COLUMNS = ("person_key", "probability", "tier", "reason_group_1", "change
                   "tier_change", "sources", "sex", "age_band", "social_care_known")
 
 
-def model_report(ctx: Context, run_id: str | None = None, out: Path | None = None) -> Path:
+def model_report(ctx: Context, run_id: str | None = None, out: Path | None = None,
+                 progress: Progress = quiet) -> Path:
     """Evaluate `run_id` (default: the run serving commissioning) from landed data and write
     Markdown and plots to `out` (default: the run's report folder); returns the report path.
 
@@ -49,7 +50,8 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
     the model was chosen on, said plainly (module docstring). Like every release, the
     evaluation follows the opt-outs in force now: outcomes are read from what the run's purpose
     may use today, and persons the run must withhold now (pipeline.serving) are left out of
-    every figure."""
+    every figure. `progress` hears each step (the report takes minutes at millions of persons).
+    """
     serving = serving_run(ctx.engine, "commissioning") if run_id is None \
         else complete_run(ctx.engine, run_id)
     if serving is None:
@@ -57,6 +59,7 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
                          "no score run yet: run `haven score` first")
     run_id = serving.run_id
     files = ctx.settings.layout.run(run_id)
+    progress(f"counting whom run {run_id} covers")
     withheld = withheld_person_keys(ctx.settings, ctx.engine, serving.purpose, serving)
     # The counts first, holding none of the run's rows: DuckDB's count over the whole link map
     # (up to its memory limit) and the evaluation's frames of a whole population are never
@@ -64,6 +67,8 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
     counts = run_counts(ctx.settings, ctx.engine, serving, files.scores,
                         _extract_ids(files), withheld_now=_withheld_count(files, withheld))
     applied = optouts_applied(ctx.engine)  # in force today, as use_filter's defaults
+    progress(f"reading linked, pseudonymised data for {serving.purpose} (the opt-outs in force "
+             "today)")
     with linked_copy(ctx, purpose_rows(ctx, serving.purpose, applied)) as sources:  # on disk
         # The run's rows are read once the copy is made: making it (a batch of rows and
         # DuckDB's memory) and a whole population's scores are not held at once.
@@ -71,10 +76,14 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
         status = follow_up(sources, run.at)
         evaluation: Evaluation | None
         if status.complete:
+            progress(f"judging the run's {len(run.scores):,} persons on the year after "
+                     f"{run.at.isoformat()}")
             evaluation = evaluate(run, sources)
         else:
             # The back-test reads only the run's date, seed, model and id: the run's rows are
             # let go while it trains and scores everyone a year earlier, and read again after.
+            progress(f"the year after {run.at.isoformat()} is not complete: back-testing the "
+                     "model a year earlier")
             meta = replace(run, scores=run.scores.iloc[:0], candidates=run.candidates.iloc[:0])
             del run
             try:
@@ -82,6 +91,7 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
             except NoBacktest:
                 evaluation = None
             run, _ = _run_rows(files, withheld)
+    progress("writing the report and its figures")
     path = write_report(evaluation, out or ctx.settings.layout.report(run_id), run=run,
                         status=status, counts=counts, approval=approval_of(ctx, serving))
     audit.log(ctx.engine, ctx.actor, "model.report", f"run/{run_id}",

@@ -50,7 +50,7 @@ class Evaluation:
     subgroups: pd.DataFrame          # one row per model x subgroup
     error_rates: pd.DataFrame        # FPR/FNR per subgroup x tier threshold (chosen model)
     calibration: dict[str, pd.DataFrame]  # per model: decile, mean predicted, observed, n
-    frame: pd.DataFrame              # person-level: outcome, model probabilities, subgroups
+    frame: pd.DataFrame              # person-level: outcome and each model's probability
     notes: list[str] = field(default_factory=list)
     kind: str = "prospective"        # or "backtest" (stratify.backtest)
     judged_at: dt.date | None = None  # the reference date the outcomes follow (default: at)
@@ -175,14 +175,16 @@ def calibration_curve(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFr
 def subgroup_columns(scores: pd.DataFrame) -> pd.DataFrame:
     """Subgroup labels per person: sex, age band, social care known, community data."""
     sex = scores["sex"].map({"1": "male", "2": "female"}).fillna("unknown")
-    sources = scores["sources"].fillna("")
+    # Whether each person's sources name community data, worked out once per distinct list
+    # of sources (a few dozen), not by a string search over every person.
+    codes, lists = pd.factorize(scores["sources"])  # a missing list is -1: the last, False
+    community = np.array([*("community" in str(v) for v in lists), False], dtype=bool)[codes]
     return pd.DataFrame({
         "sex": sex,
         "age_band": scores["age_band"].fillna("unknown").astype(str),
         "social_care": _labels(scores["social_care_known"].astype(bool).to_numpy(),
                                "with social care", "without social care"),
-        "community": _labels(sources.str.contains("community").to_numpy(dtype=bool),
-                             "with community data", "without community data"),
+        "community": _labels(community, "with community data", "without community data"),
     }, index=scores.index)
 
 
@@ -229,15 +231,15 @@ def evaluate(run: ScoreRun, sources: Sources | None = None,
     """
     used = ["person_key", "probability", "tier", "sex", "sources", "age_band",
             "social_care_known"]  # not a copy of every column the caller read
-    scores = run.scores[[c for c in used if c in run.scores.columns]].set_index(
-        "person_key").sort_index(kind="stable")
+    scores = run.scores[[c for c in used if c in run.scores.columns]].set_index("person_key")
+    if not scores.index.is_monotonic_increasing:  # a saved run is in key order: no second copy
+        scores = scores.sort_index(kind="stable")
     if outcomes is None:
         if sources is None:
             raise ValueError("give outcomes or sources to read them from")
         outcomes = build_outcomes(sources, scores.index, run.at, months)[outcome]
     y = outcomes.reindex(scores.index).fillna(0).astype(int).to_numpy()
-    probabilities = run.candidates.set_index("person_key").reindex(scores.index)
-    models = {name: probabilities[name].to_numpy() for name in probabilities.columns}
+    models = _candidate_probabilities(run.candidates, scores.index)
     models["chosen"] = scores["probability"].to_numpy()
     for name, values in (extra_scores or {}).items():
         models[name] = values.reindex(scores.index).astype(float).to_numpy()
@@ -252,8 +254,7 @@ def evaluate(run: ScoreRun, sources: Sources | None = None,
                              **metrics(y[mask], p[mask])})
     subgroups = pd.DataFrame(rows)
     frame = pd.DataFrame({"outcome": y, **{f"p_{k}": v for k, v in models.items()}},
-                         index=scores.index).join(groups)
-    frame["tier"] = scores["tier"]
+                         index=scores.index)
     notes = [f"Outcome: {outcome} in the {months} months from {run.at.isoformat()}; "
              f"{int(y.sum()):,} events among {len(y):,} persons."]
     spread, differences = (bootstrap_intervals(y, models, resamples,
@@ -265,6 +266,19 @@ def evaluate(run: ScoreRun, sources: Sources | None = None,
                       calibration={k: calibration_curve(y, p) for k, p in models.items()},
                       frame=frame, notes=notes, judged_at=run.at, months=months,
                       bootstrap=spread, differences=differences)
+
+
+def _candidate_probabilities(candidates: pd.DataFrame, persons: pd.Index
+                             ) -> dict[str, np.ndarray]:
+    """Each candidate model's probabilities in the order of `persons`: the candidates' own
+    columns when they list exactly those persons in that order (as a saved run does, unless
+    some are withheld now), else reindexed (a copy of a whole population's frame)."""
+    keys = candidates["person_key"].to_numpy()
+    if len(keys) == len(persons) and bool((keys == persons.to_numpy()).all()):
+        return {name: candidates[name].to_numpy() for name in candidates.columns
+                if name != "person_key"}
+    probabilities = candidates.set_index("person_key").reindex(persons)
+    return {name: probabilities[name].to_numpy() for name in probabilities.columns}
 
 
 def summary(evaluation: Evaluation) -> dict[str, Any]:

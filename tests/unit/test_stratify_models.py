@@ -139,6 +139,29 @@ def test_evaluation_and_report(sources: dict[str, pd.DataFrame], run: ScoreRun,
     assert figures["calibration"]["chosen"] and "frame" not in figures
 
 
+def test_evaluation_does_not_depend_on_the_order_of_the_run_s_rows(
+        sources: dict[str, pd.DataFrame], run: ScoreRun) -> None:
+    """A saved run lists scores and candidates in key order, and the evaluation then uses the
+    candidates' columns as they are; shuffled (and one person's sources missing), it sorts and
+    reindexes and must judge exactly as before: every figure, and each person's values."""
+    from dataclasses import replace
+
+    ordered = replace(run, scores=run.scores.sort_values("person_key", ignore_index=True),
+                      candidates=run.candidates.sort_values("person_key", ignore_index=True))
+    ordered.scores.loc[3, "sources"] = None
+    shuffled = replace(ordered, scores=ordered.scores.sample(frac=1, random_state=1),
+                       candidates=ordered.candidates.sample(frac=1, random_state=2))
+    want, got = evaluate(ordered, sources, resamples=20), evaluate(shuffled, sources, resamples=20)
+    for name in ("overall", "subgroups", "error_rates", "bootstrap", "frame"):
+        pd.testing.assert_frame_equal(getattr(got, name), getattr(want, name), check_exact=True)
+    community = want.subgroups[(want.subgroups["subgroup"] == "community")
+                               & (want.subgroups["model"] == "chosen")]
+    has = ordered.scores["sources"].fillna("").str.contains("community")
+    assert 0 < has.sum() < len(has)
+    assert dict(zip(community["value"], community["persons"], strict=True)) == {
+        "with community data": has.sum(), "without community data": (~has).sum()}
+
+
 def test_delong_and_calibration_helpers() -> None:
     rng = np.random.default_rng(0)
     p = rng.uniform(0.01, 0.6, 5000)
