@@ -139,6 +139,31 @@ def test_evaluation_and_report(sources: dict[str, pd.DataFrame], run: ScoreRun,
     assert figures["calibration"]["chosen"] and "frame" not in figures
 
 
+def test_a_loaded_run_is_what_pandas_reads_and_shares_its_person_keys(
+        run: ScoreRun, tmp_path: Path) -> None:
+    """`load_run` makes the person keys without Arrow's de-duplication and gives the
+    candidates the scores' own key objects when they list the same persons in the same
+    order: the frames must still be exactly `pandas.read_parquet`'s, with or without a
+    choice of columns, and a file whose candidates are in another order keeps its own keys."""
+    save_run(run, tmp_path / "run")
+    files = tmp_path / "run"
+    for columns in (None, ["person_key", "probability", "tier", "sources"],
+                    ["probability", "tier"]):
+        loaded = load_run(files, columns=columns)
+        pd.testing.assert_frame_equal(loaded.scores,
+                                      pd.read_parquet(files / "scores.parquet", columns=columns))
+        pd.testing.assert_frame_equal(loaded.candidates,
+                                      pd.read_parquet(files / "candidates.parquet"))
+    loaded = load_run(files)
+    theirs, ours = loaded.candidates["person_key"], loaded.scores["person_key"]
+    assert theirs.to_numpy()[7] is ours.to_numpy()[7]
+    candidates = pd.read_parquet(files / "candidates.parquet")
+    candidates.iloc[::-1].reset_index(drop=True).to_parquet(files / "candidates.parquet")
+    loaded = load_run(files)
+    pd.testing.assert_frame_equal(loaded.candidates, pd.read_parquet(files / "candidates.parquet"))
+    assert list(loaded.candidates["person_key"]) == list(candidates["person_key"])[::-1]
+
+
 def test_evaluation_does_not_depend_on_the_order_of_the_run_s_rows(
         sources: dict[str, pd.DataFrame], run: ScoreRun) -> None:
     """A saved run lists scores and candidates in key order, and the evaluation then uses the
