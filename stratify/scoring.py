@@ -317,7 +317,7 @@ def load_run(directory: RunFiles | Path | str, columns: list[str] | None = None)
 def _frame(table: pa.Table, keys: np.ndarray | None = None) -> pd.DataFrame:
     """`table` as pandas, as `pandas.read_parquet` gives it, with its `person_key` column (if
     any) made without Arrow's de-duplication: every key is distinct, so de-duplicating only
-    built a hash table of a whole population's keys (about 330 MB of the 1.75 GB peak of
+    built a hash table of a whole population's keys (277 MB of the 1.77 GB peak of
     reading 2.7M persons' scores). `keys`: the person keys to use instead, already made."""
     if "person_key" not in table.column_names:
         return table.to_pandas()
