@@ -12,7 +12,9 @@ against the embedded or PostgreSQL database, as today.
 Keys: executors get only what preparing a batch uses, the `pseudonym` and `linkage` keys of
 the landing's job (`executor_job`), in one broadcast destroyed when the landing's batches are
 back. The vault and release keys never leave the driver (the vault is sealed there); no key
-provider, key file or environment is shipped. See docs/scale.md, "Keys on executors".
+provider, key file or environment is shipped. Nothing is handed to Spark unless the session
+encrypts its local files (`spark_session.require_protections`): PySpark writes a broadcast, and
+the slices it hands to the JVM, to files there. See docs/scale.md, "Keys on executors".
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pyarrow as pa
 from linkage.landing.batches import Job, Prepared, prepare_batch
 from linkage.landing.pseudonymise import HashMemo
 from linkage.landing.reader import Batch
+from pipeline.engines.spark_session import require_protections
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -90,6 +93,7 @@ def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
     it to count the calls).
     """
     window = window or 2 * partitions
+    require_protections(spark)  # before a key or a raw row is handed to Spark
     shared = spark.sparkContext.broadcast(executor_job(job))
     try:
         pending: list[tuple[int, bytes]] = []

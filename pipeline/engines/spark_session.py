@@ -5,6 +5,13 @@ There is no global session: `spark_session(settings)` builds one from `HAVEN_SPA
 own defaults keep a local session small (a 1 GB driver, few shuffle partitions, no UI); any
 `HAVEN_SPARK_CONF_*` value wins over them. Executors run this interpreter (`sys.executable`)
 unless the cluster says otherwise, so they import the same stage code.
+
+One setting is not a default but a condition (`REQUIRED`): Spark's I/O encryption. Without it
+Spark writes what it moves to its local folders in clear: PySpark pickles a broadcast (a
+landing's pseudonymisation and linkage keys) into a file there, hands driver data to the JVM
+through another (a landing's raw slices, NHS numbers and names), and the block manager spills
+task results to disk. Haven turns it on, refuses a setting that turns it off, and refuses a
+running session (a notebook's, a cluster's) started without it.
 """
 
 from __future__ import annotations
@@ -31,8 +38,17 @@ DEFAULTS = {
 }
 
 
+# Spark's own protection of what it writes to local disk (broadcasts, blocks, spills, PySpark's
+# hand-over files): encrypted under a key each application makes in memory.
+REQUIRED = {"spark.io.encryption.enabled": "true"}
+
+
 class SparkUnavailable(RuntimeError):
     """The Spark engine was asked for but PySpark or a Java runtime is missing (says which)."""
+
+
+class SparkRefused(SparkUnavailable):
+    """A Spark session (or its settings) would write keys or identifiers to disk in clear."""
 
 
 def missing() -> str | None:
@@ -48,8 +64,28 @@ def missing() -> str | None:
 
 def spark_conf(settings: Settings) -> dict[str, str]:
     """The configuration a session gets: Haven's small defaults (Python workers on this
-    interpreter), then the settings' own."""
-    return {**DEFAULTS, "spark.pyspark.python": sys.executable, **dict(settings.spark_conf)}
+    interpreter), then the settings' own, then `REQUIRED` (SparkRefused naming a setting that
+    would turn it off)."""
+    conf = {**DEFAULTS, "spark.pyspark.python": sys.executable, **dict(settings.spark_conf)}
+    for key, value in REQUIRED.items():
+        if conf.get(key, value).strip().lower() != value:
+            raise SparkRefused(f"HAVEN_SPARK_CONF sets {key}={conf[key]}: refused, because "
+                               "Spark would then write keys and identifiers to its local "
+                               f"folders in clear ({key} must be {value})")
+        conf[key] = value
+    return conf
+
+
+def require_protections(spark: SparkSession) -> None:
+    """SparkRefused unless `spark` was started with `REQUIRED` (a setting Spark reads only at
+    start, so a running session without it cannot be put right: it must be restarted)."""
+    conf = spark.sparkContext.getConf()
+    for key, value in REQUIRED.items():
+        found = (conf.get(key) or "false").strip().lower()
+        if found != value:
+            raise SparkRefused(f"the running Spark session has {key}={found}: Haven refuses to "
+                               "use it, because Spark would write keys and identifiers to its "
+                               f"local folders in clear; start the session with {key}={value}")
 
 
 def spark_session(settings: Settings, app_name: str = "haven") -> SparkSession:
@@ -94,6 +130,8 @@ def session(settings: Settings, app_name: str = "haven") -> Iterator[SparkSessio
         from pyspark.sql import SparkSession
 
         running = SparkSession.getActiveSession()
+    if running is not None:
+        require_protections(running)
     spark = running or spark_session(settings, app_name)
     try:
         yield spark

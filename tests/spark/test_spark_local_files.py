@@ -1,0 +1,145 @@
+"""What a landing on Spark leaves in Spark's own local folders: no key and no NHS number in
+clear. Without Spark's I/O encryption, PySpark pickled the landing's broadcast (the
+pseudonymisation and linkage keys) into a file under `spark.local.dir` and handed the raw
+slices to the JVM through another; Haven's sessions now encrypt those files, a setting that
+turns that off is refused, and so is a running session started without it."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` session
+
+from factories import rows_for, write_extract
+from governance.keys import Key
+from governance.settings import Settings
+from linkage.landing.batches import Job
+from linkage.landing.contracts import CONTRACTS
+from linkage.landing.reader import ReadStats, csv_batches
+from pipeline.engines.spark_land import spark_prepared
+from pipeline.engines.spark_session import (
+    REQUIRED,
+    SparkRefused,
+    require_protections,
+    session,
+    spark_conf,
+)
+
+
+def _found(folder: str, secrets_: list[bytes]) -> list[str]:
+    """Files under `folder` holding any of `secrets_` in clear (a file may vanish mid-scan)."""
+    hits = []
+    for path in Path(folder).rglob("*"):
+        try:
+            data = path.read_bytes() if path.is_file() else b""
+        except OSError:
+            continue
+        hits += [f"{path.name}: secret {i}" for i, s in enumerate(secrets_) if s in data]
+    return hits
+
+
+def test_a_landing_on_spark_leaves_no_key_or_nhs_number_in_spark_s_local_folders(
+        spark: Any, tmp_path: Path) -> None:
+    """The folders are searched while the landing runs: inside every task (the broadcast's
+    file, the slices handed over) and from the driver, over and over, until it ends."""
+    local = spark.sparkContext.getConf().get("spark.local.dir")
+    assert local and Path(local).is_dir()
+    keys = {p: Key(f"{p[0]}lf1", secrets.token_bytes(32))
+            for p in ("pseudonym", "linkage", "vault")}
+    rows = rows_for("apc", 400, seed=11)
+    path = write_extract(tmp_path, "apc", rows)
+    numbers = sorted({row["nhs_number"].encode() for row in rows})[:20]
+    secrets_ = [keys["pseudonym"].secret, keys["linkage"].secret, *numbers]
+
+    def searching(blob: bytes, job: Job, memo: Any, local: str = local,
+                  secrets_: list[bytes] = secrets_) -> bytes:
+        # Runs in a Python worker, which cannot import this test module: self-contained.
+        from pathlib import Path
+
+        from pipeline.engines.spark_land import prepare_blob
+
+        hits = []
+        for path in Path(local).rglob("*"):  # the broadcast was read: its file is there
+            try:
+                data = path.read_bytes() if path.is_file() else b""
+            except OSError:
+                continue
+            hits += [path.name for s in secrets_ if s in data]
+        if hits:
+            raise AssertionError(f"in clear under spark.local.dir: {hits[:3]}")
+        return prepare_blob(blob, job, memo)
+
+    seen: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.extend(_found(local, secrets_))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        job = Job("apc", "20261206-local-0001", "RR8", keys)
+        batches = list(csv_batches(path, CONTRACTS["apc"].names, 100, ReadStats()))
+        prepared = list(spark_prepared(spark, batches, job, partitions=2, window=2,
+                                       prepare=searching, slice_rows=100))
+    finally:
+        done.set()
+        watcher.join()
+    assert sum(len(p.rows) for p in prepared) == len(rows)
+    assert seen == []
+
+
+def test_haven_turns_spark_s_io_encryption_on_and_refuses_a_setting_that_turns_it_off(
+        tmp_path: Path) -> None:
+    assert spark_conf(Settings(home=tmp_path))["spark.io.encryption.enabled"] == "true"
+    for off in ("false", "False", " no"):
+        settings = Settings(home=tmp_path, engine="spark",
+                            spark_conf={"spark.io.encryption.enabled": off})
+        with pytest.raises(SparkRefused, match="spark.io.encryption.enabled.*refused"):
+            spark_conf(settings)
+
+
+class _Session:
+    """A stand-in for a running session started without Spark's I/O encryption."""
+
+    def __init__(self) -> None:
+        self.broadcasts = 0
+        self.stopped = False
+        self.sparkContext = self
+
+    def getConf(self) -> dict[str, str]:  # noqa: N802 - Spark's name
+        return {"spark.master": "local[2]"}
+
+    def broadcast(self, value: Any) -> None:
+        self.broadcasts += 1
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_a_running_session_without_io_encryption_is_refused_and_left_running(
+        spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyspark.sql import SparkSession
+
+    running = _Session()
+    monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: running))
+    with pytest.raises(SparkRefused, match="start the session with spark.io.encryption"), \
+            session(Settings(home=tmp_path, engine="spark")):
+        pass
+    assert not running.stopped  # not ours to stop
+
+
+def test_no_key_is_broadcast_on_a_session_without_io_encryption() -> None:
+    running = _Session()
+    keys = {p: Key(f"{p[0]}lf2", bytes(32)) for p in ("pseudonym", "linkage", "vault")}
+    with pytest.raises(SparkRefused):
+        list(spark_prepared(running, [], Job("apc", "x", "RR8", keys)))
+    assert running.broadcasts == 0
+    require_protections_ok = _Session()
+    require_protections_ok.getConf = lambda: dict.fromkeys(REQUIRED, "true")  # type: ignore[method-assign]
+    require_protections(require_protections_ok)  # started with it: accepted
