@@ -307,14 +307,20 @@ def task_rates(records: list[dict[str, Any]], unit: str) -> dict[str, Any]:
 def prepare_throughput(spark: Any, env: dict[str, str], inbound: Path, batch_rows: int,
                        max_batches: int) -> dict[str, Any]:
     """Rows/s per task of landing's batch preparation on Spark, for each source's largest
-    file: up to `max_batches` batches of `batch_rows`, prepared by `prepare_blob` (what
-    `spark_land` runs) in `mapInArrow`, each batch timed inside its task."""
+    file: up to `max_batches` batches of `batch_rows`, prepared by `prepare_shipped` and
+    pickled by `handed_back` (what `spark_land` runs, without the hand-over file) in
+    `mapInArrow`, each batch timed inside its task."""
     from governance.settings import Settings
     from linkage.landing.batches import Job
     from linkage.landing.pseudonymise import HashMemo
     from linkage.landing.reader import ReadStats, csv_batches, read_header
     from pipeline.context import Context
-    from pipeline.engines.spark_land import batch_bytes, executor_job, prepare_blob
+    from pipeline.engines.spark_land import (
+        batch_bytes,
+        executor_job,
+        handed_back,
+        prepare_shipped,
+    )
 
     keys = Context(Settings.from_environ(env)).keys
     shared_keys = {p: keys.current(p) for p in ("pseudonym", "linkage", "vault")}
@@ -349,7 +355,7 @@ def prepare_throughput(spark: Any, env: dict[str, str], inbound: Path, batch_row
                 for blob in chunk.column("payload").to_pylist():
                     rows = batch_from_bytes(blob).table.num_rows
                     start = time.perf_counter()
-                    prepare_blob(blob, on_executor, memo)
+                    handed_back(prepare_shipped(blob, on_executor, memo), None)
                     yield pa.RecordBatch.from_pydict({
                         "task": [task], "n": [rows],
                         "seconds": [time.perf_counter() - start]})

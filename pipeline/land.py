@@ -19,6 +19,8 @@ from pipeline.context import Context, Progress, quiet
 from pipeline.engines.spark_land import spark_preparer
 from pipeline.engines.spark_session import session
 
+HANDOVER = "handover"  # a staging subfolder, removed before the extract is published
+
 __all__ = ["SENDER_RE", "Manifest", "ManifestError", "Receipt", "land", "land_upload",
            "parse_manifest"]
 
@@ -34,8 +36,12 @@ def _landing(ctx: Context, uploaded_by_org: str | None = None) -> Iterator[Landi
     if ctx.settings.engine != "spark":
         yield landing
         return
+    layout = ctx.settings.layout
     with session(ctx.settings, "haven-land") as spark:
-        landing.preparer = spark_preparer(spark)
+        # Executors leave each slice's landed rows in the landing's staging folder, which
+        # every executor mounts (the data directory), for this process to read back.
+        landing.preparer = spark_preparer(
+            spark, handover=lambda job: layout.staged(job.extract_id) / HANDOVER)
         yield landing
 
 

@@ -4,6 +4,7 @@ person pseudonym and linkage encodings for every row; executors get no vault key
 
 from __future__ import annotations
 
+import pickle
 import secrets
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ from pipeline.engines.spark_land import (
     batch_bytes,
     batch_from_bytes,
     executor_job,
+    handed_back,
     pieces,
     reassembled,
     spark_prepared,
     spark_preparer,
+    taken_back,
 )
 
 BATCH_ROWS = 60
@@ -75,13 +78,20 @@ def _same(ours: Prepared, theirs: Prepared) -> None:
     assert ours.result.persons.digests.equals(theirs.result.persons.digests)
 
 
+@pytest.mark.parametrize("handover", [True, False], ids=["rows-through-files", "through-spark"])
 @pytest.mark.parametrize("source", ["apc", "gp_patients"])
 def test_batches_prepared_on_spark_equal_the_embedded_ones(spark: Any, tmp_path: Path,
-                                                           source: str) -> None:
+                                                           source: str, handover: bool) -> None:
+    """With a hand-over folder (the commands' way) the landed rows come back through files,
+    which are gone when the batches are; without one, through Spark."""
     path = _extract(tmp_path, source)
     job = Job(source, "20261205-test-0001", "RR8", _keys())
     embedded = list(prepared_batches(iter(_batches(path, source)), job, workers=1))
-    on_spark = list(spark_prepared(spark, _batches(path, source), job, partitions=2, window=3))
+    folder = tmp_path / "staging" / "handover" if handover else None
+    (tmp_path / "staging").mkdir()
+    on_spark = list(spark_prepared(spark, _batches(path, source), job, partitions=2, window=3,
+                                   handover=folder))
+    assert list((tmp_path / "staging").iterdir()) == []
     assert len(on_spark) == len(embedded) == 5
     for ours, theirs in zip(on_spark, embedded, strict=True):
         _same(ours, theirs)
@@ -98,14 +108,14 @@ def test_each_batch_is_prepared_once(spark: Any, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
 
-    def counting(blob: bytes, job: Job, memo: Any, marks: str = str(marks)) -> bytes:
+    def counting(blob: bytes, job: Job, memo: Any, marks: str = str(marks)) -> Prepared:
         import os
         import uuid
 
-        from pipeline.engines.spark_land import prepare_blob
+        from pipeline.engines.spark_land import prepare_shipped
 
         Path(os.path.join(marks, uuid.uuid4().hex)).touch()
-        return prepare_blob(blob, job, memo)
+        return prepare_shipped(blob, job, memo)
 
     job = Job("apc", "20261205-test-0004", "RR8", _keys())
     batches = _batches(_extract(tmp_path, "apc"), "apc")
@@ -165,7 +175,8 @@ def test_batches_cut_into_slices_land_the_same_rows(spark: Any, tmp_path: Path) 
     path = _extract(tmp_path, "apc")
     job = Job("apc", "20261205-test-0005", "RR8", _keys())
     embedded = list(prepared_batches(iter(_batches(path, "apc")), job, workers=1))
-    on_spark = list(spark_prepared(spark, _batches(path, "apc"), job, window=4, slice_rows=25))
+    on_spark = list(spark_prepared(spark, _batches(path, "apc"), job, window=4, slice_rows=25,
+                                   handover=tmp_path / "handover"))
     assert len(embedded) == 5 and len(on_spark) == 14  # 4 x (25, 25, 10) + (25, 5)
     assert [r for p in on_spark for r in p.rows.tolist()] == [
         r for p in embedded for r in p.rows.tolist()]
@@ -176,3 +187,43 @@ def test_batches_cut_into_slices_land_the_same_rows(spark: Any, tmp_path: Path) 
     ours = pa.concat_tables([p.result.table for p in on_spark if p.result],
                             promote_options="permissive")
     assert ours.cast(theirs.schema).equals(theirs)
+
+
+def test_a_hand_over_file_is_read_whole_then_removed_and_must_be_the_landing_s(
+        tmp_path: Path) -> None:
+    """What a task hands back names its file in the hand-over folder; the driver reads the
+    rows from it, removes it, and refuses a name that is hidden or leads out of the folder."""
+    path = _extract(tmp_path, "apc")
+    job = Job("apc", "20261206-test-0006", "RR8", _keys())
+    prepared = next(prepared_batches(iter(_batches(path, "apc")), job, workers=1))
+    assert prepared.result is not None
+    table = prepared.result.table
+    folder = tmp_path / "handover"
+    folder.mkdir()
+    blob = handed_back(prepared, str(folder))
+    assert len(list(folder.iterdir())) == 1
+    through_spark = handed_back(prepared, None)
+    assert len(blob) < len(through_spark) - table.nbytes / 2  # the rows do not cross Spark
+    back = taken_back(blob, folder)
+    assert back.result is not None and back.result.table.equals(table)
+    assert list(folder.iterdir()) == []
+    assert taken_back(through_spark, None).result.table.equals(table)
+    light, _ = pickle.loads(blob)
+    for name in ("../rows.parquet", ".x.arrow.part", "/etc/passwd"):
+        with pytest.raises(RuntimeError, match="did not make"):
+            taken_back(pickle.dumps((light, name)), folder)
+
+
+def test_the_hand_over_folder_is_removed_when_a_landing_stops_half_way(
+        spark: Any, tmp_path: Path) -> None:
+    """A landing that fails after its first slice (its generator closed, as the landing's
+    `finally` does) leaves nothing in the hand-over folder: it is removed whole."""
+    path = _extract(tmp_path, "apc")
+    job = Job("apc", "20261206-test-0007", "RR8", _keys())
+    folder = tmp_path / "handover"
+    prepared = spark_prepared(spark, _batches(path, "apc"), job, window=2, slice_rows=30,
+                              handover=folder)
+    first = next(prepared)
+    assert first.result is not None and folder.is_dir() and any(folder.iterdir())
+    prepared.close()
+    assert not folder.exists()

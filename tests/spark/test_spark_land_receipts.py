@@ -97,8 +97,12 @@ def test_a_landing_prepared_on_spark_gives_the_same_receipt_and_pseudonyms(
     path = _parquet_extract(tmp_path / "inbox")
     keys = key_environment()
     embedded = _land(tmp_path / "embedded", backend, keys, path)
-    monkeypatch.setattr(landing_module, "prepared_batches", spark_preparer(spark, 2))
+    staged = Settings(home=tmp_path / "spark").layout.staged  # as `haven land` hands over
+    monkeypatch.setattr(landing_module, "prepared_batches", spark_preparer(
+        spark, 2, handover=lambda job: staged(job.extract_id) / "handover"))
     on_spark = _land(tmp_path / "spark", second_database, keys, path)
+    landed = Settings(home=tmp_path / "spark").layout.extract(on_spark[0].extract_id)
+    assert [f.name for f in landed.iterdir()] == ["rows.parquet"]  # no hand-over file left
     ours, theirs = on_spark[0].to_json(), embedded[0].to_json()
     assert ours.pop("extract_id") != theirs.pop("extract_id")  # a fresh id per landing
     assert ours == theirs

@@ -17,7 +17,7 @@ from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` sess
 from factories import rows_for, write_extract
 from governance.keys import Key
 from governance.settings import Settings
-from linkage.landing.batches import Job
+from linkage.landing.batches import Job, Prepared
 from linkage.landing.contracts import CONTRACTS
 from linkage.landing.reader import ReadStats, csv_batches
 from pipeline.engines.spark_land import spark_prepared
@@ -56,11 +56,11 @@ def test_a_landing_on_spark_leaves_no_key_or_nhs_number_in_spark_s_local_folders
     secrets_ = [keys["pseudonym"].secret, keys["linkage"].secret, *numbers]
 
     def searching(blob: bytes, job: Job, memo: Any, local: str = local,
-                  secrets_: list[bytes] = secrets_) -> bytes:
+                  secrets_: list[bytes] = secrets_) -> Prepared:
         # Runs in a Python worker, which cannot import this test module: self-contained.
         from pathlib import Path
 
-        from pipeline.engines.spark_land import prepare_blob
+        from pipeline.engines.spark_land import prepare_shipped
 
         hits = []
         for path in Path(local).rglob("*"):  # the broadcast was read: its file is there
@@ -71,7 +71,7 @@ def test_a_landing_on_spark_leaves_no_key_or_nhs_number_in_spark_s_local_folders
             hits += [path.name for s in secrets_ if s in data]
         if hits:
             raise AssertionError(f"in clear under spark.local.dir: {hits[:3]}")
-        return prepare_blob(blob, job, memo)
+        return prepare_shipped(blob, job, memo)
 
     seen: list[str] = []
     done = threading.Event()
