@@ -38,8 +38,8 @@ class Settings:
     """
 
     home: Path
-    database_url: str = ""
-    key_env: Mapping[str, str] = field(default_factory=dict)
+    database_url: str = field(default="", repr=False)  # may hold a password: never printed
+    key_env: Mapping[str, str] = field(default_factory=dict, repr=False)  # never printed
     batch_rows: int = 200_000
     engine: str = "embedded"
     spark_master: str = "local[2]"

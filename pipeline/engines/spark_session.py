@@ -11,7 +11,8 @@ Spark writes what it moves to its local folders in clear: PySpark pickles a broa
 landing's pseudonymisation and linkage keys) into a file there, hands driver data to the JVM
 through another (a landing's raw slices, NHS numbers and names), and the block manager spills
 task results to disk. Haven turns it on, refuses a setting that turns it off, and refuses a
-running session (a notebook's, a cluster's) started without it.
+running session (a notebook's, a cluster's) started without it. It refuses JVMs that would
+write a heap dump too (`HEAP_DUMPS`): a dump is the JVM's memory, raw rows and keys in clear.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ DEFAULTS = {
 # Spark's own protection of what it writes to local disk (broadcasts, blocks, spills, PySpark's
 # hand-over files): encrypted under a key each application makes in memory.
 REQUIRED = {"spark.io.encryption.enabled": "true"}
+# HotSpot options that write a JVM's memory to disk in clear (a heap dump holds a landing's raw
+# slices and, while it runs, its broadcast keys: Spark's I/O encryption does not cover it). A
+# common production flag (`-XX:+HeapDumpOnOutOfMemoryError`), and drivers have run out of heap.
+HEAP_DUMPS = ("HeapDumpOnOutOfMemoryError", "HeapDumpBeforeFullGC", "HeapDumpAfterFullGC")
+JAVA_OPTIONS = tuple(f"spark.{side}.{kind}JavaOptions"
+                     for side in ("driver", "executor") for kind in ("extra", "default"))
 
 
 class SparkUnavailable(RuntimeError):
@@ -73,7 +80,18 @@ def spark_conf(settings: Settings) -> dict[str, str]:
                                "Spark would then write keys and identifiers to its local "
                                f"folders in clear ({key} must be {value})")
         conf[key] = value
+    for key in JAVA_OPTIONS:
+        _refuse_heap_dumps(key, conf.get(key, ""))
     return conf
+
+
+def _refuse_heap_dumps(key: str, options: str) -> None:
+    """SparkRefused when the JVM options `options` (of setting `key`) turn a heap dump on."""
+    dumps = [flag for flag in HEAP_DUMPS if f"+{flag}" in options]
+    if dumps:
+        raise SparkRefused(f"{key} turns on -XX:+{dumps[0]}: refused, because a heap dump "
+                           "writes the JVM's memory (raw extract rows, the landing's keys) "
+                           "to disk in clear")
 
 
 def require_protections(spark: SparkSession) -> None:
@@ -86,6 +104,29 @@ def require_protections(spark: SparkSession) -> None:
             raise SparkRefused(f"the running Spark session has {key}={found}: Haven refuses to "
                                "use it, because Spark would write keys and identifiers to its "
                                f"local folders in clear; start the session with {key}={value}")
+    for key in JAVA_OPTIONS:  # executors' JVMs, as the session will start them
+        _refuse_heap_dumps(key, conf.get(key) or "")
+    dumps = driver_heap_dumps(spark)
+    if dumps:
+        raise SparkRefused(f"the Spark driver's JVM runs with -XX:+{dumps[0]} (from its "
+                           "options, JAVA_TOOL_OPTIONS or spark-defaults): refused, because a "
+                           "heap dump writes its memory (raw extract rows, the landing's keys) "
+                           "to disk in clear")
+
+
+def driver_heap_dumps(spark: SparkSession) -> list[str]:
+    """The `HEAP_DUMPS` options the driver's JVM is running with, as HotSpot reports them
+    (however they were given); empty on a JVM without HotSpot's diagnostic bean."""
+    jvm = getattr(spark.sparkContext, "_jvm", None)
+    if jvm is None:
+        return []
+    try:
+        bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
+            jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean"))
+    except Exception:  # noqa: BLE001 - not HotSpot: nothing to ask
+        return []
+    return [flag for flag in HEAP_DUMPS
+            if str(bean.getVMOption(flag).getValue()).lower() == "true"]
 
 
 def spark_session(settings: Settings, app_name: str = "haven") -> SparkSession:
@@ -104,7 +145,13 @@ def spark_session(settings: Settings, app_name: str = "haven") -> SparkSession:
     for key, value in spark_conf(settings).items():
         builder = builder.config(key, value)
     with keys_withheld(os.environ):
-        return builder.getOrCreate()
+        spark = builder.getOrCreate()
+    try:
+        require_protections(spark)  # what the JVM was started with, however it was given
+    except SparkRefused:
+        spark.stop()
+        raise
+    return spark
 
 
 @contextmanager

@@ -2,11 +2,15 @@
 clear. Without Spark's I/O encryption, PySpark pickled the landing's broadcast (the
 pseudonymisation and linkage keys) into a file under `spark.local.dir` and handed the raw
 slices to the JVM through another; Haven's sessions now encrypt those files, a setting that
-turns that off is refused, and so is a running session started without it."""
+turns that off is refused, and so is a running session started without it. A JVM that would
+write a heap dump (its memory: raw slices and keys) is refused too, however it was told to."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,10 @@ from linkage.landing.contracts import CONTRACTS
 from linkage.landing.reader import ReadStats, csv_batches
 from pipeline.engines.spark_land import spark_prepared
 from pipeline.engines.spark_session import (
+    JAVA_OPTIONS,
     REQUIRED,
     SparkRefused,
+    driver_heap_dumps,
     require_protections,
     session,
     spark_conf,
@@ -143,3 +149,42 @@ def test_no_key_is_broadcast_on_a_session_without_io_encryption() -> None:
     require_protections_ok = _Session()
     require_protections_ok.getConf = lambda: dict.fromkeys(REQUIRED, "true")  # type: ignore[method-assign]
     require_protections(require_protections_ok)  # started with it: accepted
+
+
+@pytest.mark.parametrize("key", JAVA_OPTIONS)
+def test_jvm_options_that_write_heap_dumps_are_refused(tmp_path: Path, key: str) -> None:
+    """A heap dump is the JVM's memory on disk: a landing's raw slices and keys in clear (a
+    reviewer dumped one with `-XX:+HeapDumpBeforeFullGC` and found both)."""
+    for options in ("-Xss4m -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath=/tmp",
+                    "-XX:+HeapDumpBeforeFullGC", "-XX:+HeapDumpAfterFullGC"):
+        settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
+        with pytest.raises(SparkRefused, match=f"{key} turns on -XX:\\+HeapDump"):
+            spark_conf(settings)
+    for options in ("-Xss4m", "-XX:-HeapDumpOnOutOfMemoryError"):  # other options, or off
+        settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
+        assert spark_conf(settings)[key] == options
+    running = _Session()
+    running.getConf = lambda: {**REQUIRED, key: "-XX:+HeapDumpOnOutOfMemoryError"}  # type: ignore[method-assign]
+    with pytest.raises(SparkRefused, match="HeapDumpOnOutOfMemoryError"):
+        require_protections(running)
+
+
+def test_a_driver_jvm_given_heap_dumps_another_way_is_refused(spark: Any, tmp_path: Path
+                                                             ) -> None:
+    """JAVA_TOOL_OPTIONS reaches the JVM without passing Haven's settings: the JVM is asked
+    what it runs with, and the session is refused (and stopped). A second process, since a
+    process has one Spark driver; the shared session's own JVM has no dump option."""
+    assert driver_heap_dumps(spark) == []
+    script = ("from pathlib import Path\n"
+              "from governance.settings import Settings\n"
+              "from pipeline.engines.spark_session import SparkRefused, spark_session\n"
+              "try:\n"
+              f"    spark_session(Settings(home=Path({str(tmp_path)!r}), engine='spark',\n"
+              "                           spark_master='local[1]'))\n"
+              "except SparkRefused as exc:\n"
+              "    print('refused:', exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=240, cwd=Path(__file__).resolve().parents[2],
+                          env={**os.environ, "JAVA_TOOL_OPTIONS": "-XX:+HeapDumpBeforeFullGC"})
+    assert "refused: the Spark driver's JVM runs with -XX:+HeapDumpBeforeFullGC" in done.stdout, (
+        done.stdout[-500:], done.stderr[-1500:])

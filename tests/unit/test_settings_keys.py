@@ -118,3 +118,15 @@ def test_retention_dates_from_the_policy_table():
     assert add_months(date(2024, 1, 31), 1) == date(2024, 2, 29)
     with pytest.raises(ValueError, match="no row for source"):
         retention_date("nothing", date(2026, 1, 1))
+
+
+def test_settings_never_print_their_keys_or_database_password(tmp_path: Path):
+    """A reviewer found `repr(settings)` printed every `HAVEN_KEY_*` value: an error message or
+    a log line that shows the settings would have carried the keys."""
+    settings = Settings.from_environ({
+        "HAVEN_HOME": str(tmp_path), "HAVEN_KEY_VAULT": "b1:c2VjcmV0LXZhdWx0LWtleQ==",
+        "HAVEN_DATABASE_URL": "postgresql+psycopg://haven:pa55word@db/haven"})
+    shown = repr(settings) + str(settings)
+    assert settings.key_env and "pa55word" in settings.db_url
+    assert "c2VjcmV0" not in shown and "pa55word" not in shown
+    assert str(tmp_path) in shown  # still says which home it is
