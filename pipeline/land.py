@@ -19,10 +19,13 @@ from pipeline.context import Context, Progress, quiet
 from pipeline.engines.spark_land import spark_preparer
 from pipeline.engines.spark_session import session
 
-HANDOVER = "handover"  # a staging subfolder, removed before the extract is published
-
 __all__ = ["SENDER_RE", "Manifest", "ManifestError", "Receipt", "land", "land_upload",
            "parse_manifest"]
+
+
+def handover_folder(staging: Path, extract_id: str) -> Path:
+    """Where a Spark landing's tasks hand its rows back: beside the extract's staging folder."""
+    return staging / f"{extract_id}.handover"
 
 
 @contextmanager
@@ -38,10 +41,12 @@ def _landing(ctx: Context, uploaded_by_org: str | None = None) -> Iterator[Landi
         return
     layout = ctx.settings.layout
     with session(ctx.settings, "haven-land") as spark:
-        # Executors leave each slice's landed rows in the landing's staging folder, which
-        # every executor mounts (the data directory), for this process to read back.
-        landing.preparer = spark_preparer(
-            spark, handover=lambda job: layout.staged(job.extract_id) / HANDOVER)
+        # Executors leave each slice's landed rows, sealed, in a folder beside the landing's
+        # staging folder (the data directory, which every executor mounts; not inside what
+        # is published), for this process to read back; an interrupted landing's is cleared
+        # with the staging area.
+        landing.preparer = spark_preparer(spark, handover=lambda job: handover_folder(
+            layout.staging_dir, job.extract_id))
         yield landing
 
 

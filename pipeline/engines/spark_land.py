@@ -24,11 +24,13 @@ import pickle
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from linkage.landing.batches import Job, Prepared, prepare_batch
 from linkage.landing.pseudonymise import HashMemo
@@ -86,41 +88,75 @@ def prepare_shipped(blob: bytes, job: Job, memo: HashMemo) -> Prepared:
     return prepare_batch(batch_from_bytes(blob), job, memo)
 
 
-def handed_back(prepared: Prepared, handover: str | None) -> bytes:
-    """What a task sends the driver for a prepared slice, pickled. With a `handover` folder
-    the slice's landed rows are left there as an Arrow IPC file (named in what is sent, the
-    table itself sent empty): they reach the driver from disk, not through Spark's JVM, which
-    copied them several times and spent three times the CPU the preparing did. The file is
-    written under a temporary name and renamed, so the driver never reads half of one (a
-    retried attempt leaves a file of its own, removed with the folder)."""
+@dataclass(frozen=True)
+class Handover:
+    """Where a landing's tasks leave their slices' landed rows for the driver, and the key
+    they are sealed under: AES-GCM under a key made for this landing alone, held in memory
+    (the driver's and the broadcast's, which Spark encrypts), so a file a crash leaves
+    behind, or one read by anyone else, is ciphertext. The rows are pseudonymised, but they
+    are all of the slice's rows, before the landing drops repeated ids and opted-out persons.
+    """
+
+    folder: str
+    key: bytes = field(repr=False)
+
+
+def handed_back(prepared: Prepared, handover: Handover | None) -> bytes:
+    """What a task sends the driver for a prepared slice, pickled. With a `handover` the
+    slice's landed rows are left in its folder as a sealed Arrow IPC file (named in what is
+    sent, the table itself sent empty): they reach the driver from disk, not through Spark's
+    JVM, which copied them several times and spent three times the CPU the preparing did.
+    The file is written under a temporary name and renamed, so the driver never reads half of
+    one (a retried attempt leaves a file of its own, removed with the folder)."""
     if handover is None or prepared.result is None:
         return pickle.dumps((prepared, None), protocol=pickle.HIGHEST_PROTOCOL)
     table = prepared.result.table
     name = f"{uuid.uuid4().hex}.arrow"
-    partial = os.path.join(handover, f".{name}.part")
+    sink = pa.BufferOutputStream()
     options = pa.ipc.IpcWriteOptions(compression="lz4")
-    with pa.OSFile(partial, "wb") as sink, pa.ipc.new_file(sink, table.schema,
-                                                           options=options) as writer:
+    with pa.ipc.new_file(sink, table.schema, options=options) as writer:
         writer.write_table(table)
-    os.replace(partial, os.path.join(handover, name))
+    nonce = os.urandom(12)
+    sealed = AESGCM(handover.key).encrypt(nonce, sink.getvalue().to_pybytes(), name.encode())
+    partial = os.path.join(handover.folder, f".{name}.part")
+    with open(partial, "wb") as file:
+        file.write(nonce + sealed)
+    os.replace(partial, os.path.join(handover.folder, name))
     light = replace(prepared, result=replace(prepared.result, table=table.schema.empty_table()))
     return pickle.dumps((light, name), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def taken_back(blob: bytes, handover: Path | None) -> Prepared:
+def taken_back(blob: bytes, handover: Handover | None) -> Prepared:
     """`handed_back` read on the driver: the prepared slice with its landed rows read from
-    the hand-over folder, whose file is then removed."""
+    the hand-over folder, whose file is then removed. RuntimeError for a name this landing's
+    tasks did not make or a file not sealed under its key for that name (swapped, cut short,
+    altered)."""
     prepared, name = pickle.loads(blob)  # noqa: S301 - made by this landing's executors
     if name is None:
         return prepared
     if handover is None or os.sep in name or name.startswith("."):
         raise RuntimeError("a prepared slice named a hand-over file this landing did not make")
-    path = handover / name
-    with pa.OSFile(str(path), "rb") as source:
-        table = pa.ipc.open_file(source).read_all()
+    path = Path(handover.folder) / name
+    data = path.read_bytes()
     path.unlink()
+    try:
+        opened = AESGCM(handover.key).decrypt(data[:12], data[12:], name.encode())
+    except InvalidTag:
+        raise RuntimeError("a hand-over file was not sealed by this landing's tasks") from None
+    table = pa.ipc.open_file(pa.py_buffer(opened)).read_all()
     prepared.result = replace(prepared.result, table=table)
     return prepared
+
+
+def _remove(folder: Path) -> None:
+    """The hand-over folder removed, or RuntimeError: a file a late task attempt wrote while
+    it was removed would otherwise stay in the data directory until the next landing."""
+    for _ in range(3):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+    raise RuntimeError("the landing's hand-over folder could not be removed: a Spark task "
+                       "may still be writing to it (the next landing clears it)")
 
 
 def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
@@ -136,15 +172,18 @@ def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
     reading the raw file on the executors (splits with row offsets) is the next step
     (docs/scale.md). `prepare`: what runs on a shipped slice (`prepare_shipped`; a test may
     wrap it to count the calls). `handover`: a folder every executor and the driver can reach
-    (the landing's staging folder in the data directory), made here and removed with whatever
-    is left in it when the landing's batches are done; the landed rows come back through it
-    (`handed_back`). Without one they come back through Spark.
+    (beside the landing's staging folder in the data directory, never inside what is
+    published), made here and removed with whatever is left in it when the landing's batches
+    are done; the landed rows come back through it, sealed (`Handover`, `handed_back`).
+    Without one they come back through Spark.
     """
     window = window or WINDOW_PER_PARTITION * partitions
     require_protections(spark)  # before a key or a raw row is handed to Spark
+    sealed = None
     if handover is not None:
         handover.mkdir(parents=True, exist_ok=False)
-    shared = spark.sparkContext.broadcast(executor_job(job))
+        sealed = Handover(str(handover), AESGCM.generate_key(bit_length=256))
+    shared = spark.sparkContext.broadcast((executor_job(job), sealed))
     try:
         pending: list[tuple[int, bytes]] = []
         number = 0
@@ -153,14 +192,16 @@ def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
                 pending.append((number, batch_bytes(part)))
                 number += 1
                 if len(pending) >= window:
-                    yield from _prepare_window(spark, pending, shared, prepare, handover)
+                    yield from _prepare_window(spark, pending, shared, prepare, sealed)
                     pending = []
         if pending:
-            yield from _prepare_window(spark, pending, shared, prepare, handover)
+            yield from _prepare_window(spark, pending, shared, prepare, sealed)
     finally:
-        shared.destroy()
-        if handover is not None:
-            shutil.rmtree(handover, ignore_errors=True)
+        try:
+            shared.destroy()
+        finally:
+            if handover is not None:
+                _remove(handover)
 
 
 def sliced(batch: Batch, rows: int) -> Iterator[Batch]:
@@ -171,7 +212,7 @@ def sliced(batch: Batch, rows: int) -> Iterator[Batch]:
 
 def _prepare_window(spark: SparkSession, shipped: list[tuple[int, bytes]], shared: Any,
                     prepare: Callable[[bytes, Job, HashMemo], Prepared],
-                    handover: Path | None) -> Iterator[Prepared]:
+                    handover: Handover | None) -> Iterator[Prepared]:
     """One window of shipped slices, one per partition, prepared by `prepare` in `mapInArrow`
     in one job and collected (the window is what the driver holds), then handed on in file
     order. Handing the slices in as one Arrow table and the landed rows back through files
@@ -189,16 +230,15 @@ def _prepare_window(spark: SparkSession, shipped: list[tuple[int, bytes]], share
         pa.RecordBatch.from_arrays([pa.array([number], pa.int64()), pa.array([blob], pa.binary())],
                                    names=["batch", "payload"])
         for number, blob in shipped]))
-    folder = None if handover is None else str(handover)
 
     def run(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         memo = HashMemo()  # spares re-hashing within a partition; changes no output
-        on_executor = shared.value
+        on_executor, sealed = shared.value
         for chunk in chunks:
             numbers = chunk.column("batch").to_pylist()
             blobs = chunk.column("payload").to_pylist()
             for number, blob in zip(numbers, blobs, strict=True):
-                yield pieces(number, handed_back(prepare(blob, on_executor, memo), folder))
+                yield pieces(number, handed_back(prepare(blob, on_executor, memo), sealed))
 
     done = frame.mapInArrow(run, OUT_SCHEMA).collect()
     for blob in reassembled(done, [number for number, _ in shipped]):

@@ -46,8 +46,13 @@ REQUIRED = {"spark.io.encryption.enabled": "true"}
 # slices and, while it runs, its broadcast keys: Spark's I/O encryption does not cover it). A
 # common production flag (`-XX:+HeapDumpOnOutOfMemoryError`), and drivers have run out of heap.
 HEAP_DUMPS = ("HeapDumpOnOutOfMemoryError", "HeapDumpBeforeFullGC", "HeapDumpAfterFullGC")
-JAVA_OPTIONS = tuple(f"spark.{side}.{kind}JavaOptions"
-                     for side in ("driver", "executor") for kind in ("extra", "default"))
+JAVA_OPTIONS = (*(f"spark.{side}.{kind}JavaOptions"
+                   for side in ("driver", "executor") for kind in ("extra", "default")),
+                *(f"spark.executorEnv.{name}"  # what executors' JVMs read from their environment
+                  for name in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")))
+# Other ways Java options ask for a dump: a command run on an error (`jcmd %p GC.heap_dump`,
+# `jmap`), or options read from a file Haven cannot see.
+DUMP_WORDS = ("heap_dump", "dumpheap", "jmap", "vmoptionsfile", "-xx:flags=")
 
 
 class SparkUnavailable(RuntimeError):
@@ -87,9 +92,10 @@ def spark_conf(settings: Settings) -> dict[str, str]:
 
 def _refuse_heap_dumps(key: str, options: str) -> None:
     """SparkRefused when the JVM options `options` (of setting `key`) turn a heap dump on."""
-    dumps = [flag for flag in HEAP_DUMPS if f"+{flag}" in options]
+    dumps = [f"-XX:+{flag}" for flag in HEAP_DUMPS if f"+{flag}" in options]
+    dumps += [word for word in DUMP_WORDS if word in options.lower()]
     if dumps:
-        raise SparkRefused(f"{key} turns on -XX:+{dumps[0]}: refused, because a heap dump "
+        raise SparkRefused(f"{key} turns on {dumps[0]}: refused, because a heap dump "
                            "writes the JVM's memory (raw extract rows, the landing's keys) "
                            "to disk in clear")
 
@@ -107,6 +113,10 @@ def require_protections(spark: SparkSession) -> None:
     for key in JAVA_OPTIONS:  # executors' JVMs, as the session will start them
         _refuse_heap_dumps(key, conf.get(key) or "")
     dumps = driver_heap_dumps(spark)
+    if dumps is None:
+        raise SparkRefused("Haven cannot tell whether the Spark driver's JVM writes heap dumps "
+                           "(it has no HotSpot diagnostic bean to ask): refused; run Spark on "
+                           "an OpenJDK (HotSpot) Java runtime")
     if dumps:
         raise SparkRefused(f"the Spark driver's JVM runs with -XX:+{dumps[0]} (from its "
                            "options, JAVA_TOOL_OPTIONS or spark-defaults): refused, because a "
@@ -114,19 +124,21 @@ def require_protections(spark: SparkSession) -> None:
                            "to disk in clear")
 
 
-def driver_heap_dumps(spark: SparkSession) -> list[str]:
+def driver_heap_dumps(spark: SparkSession) -> list[str] | None:
     """The `HEAP_DUMPS` options the driver's JVM is running with, as HotSpot reports them
-    (however they were given); empty on a JVM without HotSpot's diagnostic bean."""
+    (however they were given); None when there is no HotSpot diagnostic bean to ask (another
+    JVM, e.g. OpenJ9, which dumps on running out of memory by default). A session without a
+    JVM of its own here (a stand-in) has nothing to ask: empty."""
     jvm = getattr(spark.sparkContext, "_jvm", None)
     if jvm is None:
         return []
     try:
         bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
             jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean"))
+        return [flag for flag in HEAP_DUMPS
+                if str(bean.getVMOption(flag).getValue()).lower() == "true"]
     except Exception:  # noqa: BLE001 - not HotSpot: nothing to ask
-        return []
-    return [flag for flag in HEAP_DUMPS
-            if str(bean.getVMOption(flag).getValue()).lower() == "true"]
+        return None
 
 
 def spark_session(settings: Settings, app_name: str = "haven") -> SparkSession:
@@ -144,12 +156,16 @@ def spark_session(settings: Settings, app_name: str = "haven") -> SparkSession:
     builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
     for key, value in spark_conf(settings).items():
         builder = builder.config(key, value)
+    from pyspark import SparkContext
+
+    ours = SparkContext._active_spark_context is None  # else getOrCreate hands back another's
     with keys_withheld(os.environ):
         spark = builder.getOrCreate()
     try:
         require_protections(spark)  # what the JVM was started with, however it was given
     except SparkRefused:
-        spark.stop()
+        if ours:
+            spark.stop()
         raise
     return spark
 

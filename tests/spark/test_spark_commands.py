@@ -28,6 +28,11 @@ def _pipeline(home: Path, extracts: Path, keys: dict[str, str], engine: str,
               at: dt.date) -> dict[str, Any]:
     env = {"HAVEN_HOME": str(home), "HAVEN_ENGINE": engine, **keys}
     assert main(["land", str(extracts)], env) == 0
+    layout = Settings.from_environ(env).layout
+    # Nothing left beside the landed extracts: no hand-over folder, no staged file.
+    assert not layout.staging_dir.exists() or not any(layout.staging_dir.iterdir())
+    assert {f.name for folder in layout.extracts_dir.iterdir() for f in folder.iterdir()} == {
+        "rows.parquet"}
     assert main(["link"], env) == 0
     assert main(["score", "--at", at.isoformat()], env) == 0
     haven = Context(Settings.from_environ(env))

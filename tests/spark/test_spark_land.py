@@ -21,6 +21,7 @@ from linkage.landing.batches import Job, Prepared, prepared_batches
 from linkage.landing.contracts import CONTRACTS
 from linkage.landing.reader import Batch, ReadStats, csv_batches
 from pipeline.engines.spark_land import (
+    Handover,
     batch_bytes,
     batch_from_bytes,
     executor_job,
@@ -189,10 +190,12 @@ def test_batches_cut_into_slices_land_the_same_rows(spark: Any, tmp_path: Path) 
     assert ours.cast(theirs.schema).equals(theirs)
 
 
-def test_a_hand_over_file_is_read_whole_then_removed_and_must_be_the_landing_s(
+def test_a_hand_over_file_is_sealed_read_whole_then_removed_and_must_be_the_landing_s(
         tmp_path: Path) -> None:
-    """What a task hands back names its file in the hand-over folder; the driver reads the
-    rows from it, removes it, and refuses a name that is hidden or leads out of the folder."""
+    """What a task hands back names its file in the hand-over folder; the file is ciphertext
+    under the landing's own key, bound to its name; the driver reads the rows from it, removes
+    it, and refuses a name that is hidden or leads out of the folder, a file swapped for
+    another's, cut short, or sealed under another landing's key."""
     path = _extract(tmp_path, "apc")
     job = Job("apc", "20261206-test-0006", "RR8", _keys())
     prepared = next(prepared_batches(iter(_batches(path, "apc")), job, workers=1))
@@ -200,18 +203,33 @@ def test_a_hand_over_file_is_read_whole_then_removed_and_must_be_the_landing_s(
     table = prepared.result.table
     folder = tmp_path / "handover"
     folder.mkdir()
-    blob = handed_back(prepared, str(folder))
-    assert len(list(folder.iterdir())) == 1
+    handover = Handover(str(folder), secrets.token_bytes(32))
+    assert repr(handover) == f"Handover(folder={str(folder)!r})"  # the key never printed
+    blob = handed_back(prepared, handover)
+    [written] = list(folder.iterdir())
+    on_disk = written.read_bytes()
+    for value in table.column("person_id").drop_null().to_pylist()[:20]:
+        assert value.encode() not in on_disk  # sealed, not the rows in clear
     through_spark = handed_back(prepared, None)
     assert len(blob) < len(through_spark) - table.nbytes / 2  # the rows do not cross Spark
-    back = taken_back(blob, folder)
+    back = taken_back(blob, handover)
     assert back.result is not None and back.result.table.equals(table)
     assert list(folder.iterdir()) == []
     assert taken_back(through_spark, None).result.table.equals(table)
-    light, _ = pickle.loads(blob)
-    for name in ("../rows.parquet", ".x.arrow.part", "/etc/passwd"):
+    light, name = pickle.loads(blob)
+    for bad in ("../rows.parquet", ".x.arrow.part", "/etc/passwd"):
         with pytest.raises(RuntimeError, match="did not make"):
-            taken_back(pickle.dumps((light, name)), folder)
+            taken_back(pickle.dumps((light, bad)), handover)
+    other = Handover(str(folder), secrets.token_bytes(32))
+    for tampered, under in ((on_disk[:-40], handover), (on_disk, other)):
+        written.write_bytes(tampered)
+        with pytest.raises(RuntimeError, match="not sealed by this landing"):
+            taken_back(blob, under)
+    second = handed_back(prepared, handover)  # another slice's file, under the first's name
+    _, second_name = pickle.loads(second)
+    (folder / second_name).rename(folder / name)
+    with pytest.raises(RuntimeError, match="not sealed by this landing"):
+        taken_back(blob, handover)
 
 
 def test_the_hand_over_folder_is_removed_when_a_landing_stops_half_way(

@@ -28,6 +28,7 @@ from governance.settings import Settings
 from linkage.landing.land import LandingContext, Receipt, land_file
 from pipeline.context import Context
 from pipeline.engines.spark_land import spark_preparer
+from pipeline.land import handover_folder
 
 BATCH_ROWS = 400
 
@@ -97,12 +98,13 @@ def test_a_landing_prepared_on_spark_gives_the_same_receipt_and_pseudonyms(
     path = _parquet_extract(tmp_path / "inbox")
     keys = key_environment()
     embedded = _land(tmp_path / "embedded", backend, keys, path)
-    staged = Settings(home=tmp_path / "spark").layout.staged  # as `haven land` hands over
+    staging = Settings(home=tmp_path / "spark").layout.staging_dir  # as `haven land` does
     monkeypatch.setattr(landing_module, "prepared_batches", spark_preparer(
-        spark, 2, handover=lambda job: staged(job.extract_id) / "handover"))
+        spark, 2, handover=lambda job: handover_folder(staging, job.extract_id)))
     on_spark = _land(tmp_path / "spark", second_database, keys, path)
     landed = Settings(home=tmp_path / "spark").layout.extract(on_spark[0].extract_id)
     assert [f.name for f in landed.iterdir()] == ["rows.parquet"]  # no hand-over file left
+    assert list(staging.iterdir()) == []  # nor a hand-over folder beside it
     ours, theirs = on_spark[0].to_json(), embedded[0].to_json()
     assert ours.pop("extract_id") != theirs.pop("extract_id")  # a fresh id per landing
     assert ours == theirs

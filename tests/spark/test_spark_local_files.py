@@ -92,7 +92,8 @@ def test_a_landing_on_spark_leaves_no_key_or_nhs_number_in_spark_s_local_folders
         job = Job("apc", "20261206-local-0001", "RR8", keys)
         batches = list(csv_batches(path, CONTRACTS["apc"].names, 100, ReadStats()))
         prepared = list(spark_prepared(spark, batches, job, partitions=2, window=2,
-                                       prepare=searching, slice_rows=100))
+                                       prepare=searching, slice_rows=100,
+                                       handover=Path(local) / "20261206-local-0001.handover"))
     finally:
         done.set()
         watcher.join()
@@ -160,12 +161,33 @@ def test_jvm_options_that_write_heap_dumps_are_refused(tmp_path: Path, key: str)
         settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
         with pytest.raises(SparkRefused, match=f"{key} turns on -XX:\\+HeapDump"):
             spark_conf(settings)
+    for options in ("-XX:OnOutOfMemoryError='jcmd %p GC.heap_dump /tmp/d.hprof'",
+                    "-XX:OnError='jmap -dump:file=/tmp/d %p'", "-XX:VMOptionsFile=/etc/x"):
+        settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
+        with pytest.raises(SparkRefused, match="refused, because a heap dump"):
+            spark_conf(settings)
     for options in ("-Xss4m", "-XX:-HeapDumpOnOutOfMemoryError"):  # other options, or off
         settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
         assert spark_conf(settings)[key] == options
     running = _Session()
     running.getConf = lambda: {**REQUIRED, key: "-XX:+HeapDumpOnOutOfMemoryError"}  # type: ignore[method-assign]
     with pytest.raises(SparkRefused, match="HeapDumpOnOutOfMemoryError"):
+        require_protections(running)
+
+
+class _NotHotSpot:
+    """A JVM gateway whose diagnostic bean cannot be had (another vendor's JVM)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("no such class")
+
+
+def test_a_driver_jvm_that_cannot_say_whether_it_dumps_is_refused() -> None:
+    running = _Session()
+    running.getConf = lambda: dict(REQUIRED)  # type: ignore[method-assign]
+    running._jvm = _NotHotSpot()  # type: ignore[attr-defined]
+    assert driver_heap_dumps(running) is None
+    with pytest.raises(SparkRefused, match="cannot tell whether"):
         require_protections(running)
 
 
