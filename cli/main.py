@@ -28,6 +28,7 @@ from cli.link_files_cmd import link_files_command
 from cli.synth_cmd import synth_command
 from governance.settings import Settings
 from pipeline.context import Context
+from pipeline.engines.spark_session import SparkUnavailable
 
 
 def build_app(environ: Mapping[str, str]) -> typer.Typer:
@@ -58,6 +59,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             standalone_mode=True)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except SparkUnavailable as exc:  # HAVEN_ENGINE=spark cannot be honoured: why, not a trace
+        print(f"haven: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -143,7 +143,8 @@ def driver_heap_dumps(spark: SparkSession) -> list[str] | None:
 
 def spark_session(settings: Settings, app_name: str = "haven") -> SparkSession:
     """A new (or the running) Spark session on `settings.spark_master`; SparkUnavailable when
-    PySpark or Java is missing."""
+    PySpark or Java is missing; SparkRefused for settings Haven refuses (checked first)."""
+    conf = spark_conf(settings)
     reason = missing()
     if reason:
         raise SparkUnavailable(f"HAVEN_ENGINE=spark cannot start: {reason}")
@@ -154,7 +155,7 @@ def spark_session(settings: Settings, app_name: str = "haven") -> SparkSession:
     # packages. Set only when the deployment has not chosen one.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
-    for key, value in spark_conf(settings).items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
     from pyspark import SparkContext
 

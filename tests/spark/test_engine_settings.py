@@ -81,3 +81,17 @@ def test_a_stage_error_is_not_replaced_by_a_failed_stop(tmp_path: Path, monkeypa
         raise MemoryError("driver out of memory")
     with pytest.raises(RuntimeError, match="does not exist"), module.session(settings):
         pass  # the stage ended well: a failed stop is still said
+
+
+def test_the_command_line_says_why_the_spark_engine_is_refused_without_a_trace(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    (tmp_path / "inbox").mkdir()
+    status = main(["land", str(tmp_path / "inbox")], {
+        "HAVEN_HOME": str(tmp_path / "home"), "HAVEN_ENGINE": "spark",
+        "HAVEN_SPARK_CONF_SPARK_IO_ENCRYPTION_ENABLED": "false"})
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "haven: HAVEN_SPARK_CONF sets spark.io.encryption.enabled=false: refused" in err
+    assert "Traceback" not in err

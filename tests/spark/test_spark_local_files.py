@@ -80,11 +80,16 @@ def test_a_landing_on_spark_leaves_no_key_or_nhs_number_in_spark_s_local_folders
         return prepare_shipped(blob, job, memo)
 
     seen: list[str] = []
+    scans = []
     done = threading.Event()
 
     def watch() -> None:
         while not done.is_set():
-            seen.extend(_found(local, secrets_))
+            try:
+                seen.extend(_found(local, secrets_))
+            except OSError:  # a folder removed while it was walked: look again
+                continue
+            scans.append(1)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -99,6 +104,7 @@ def test_a_landing_on_spark_leaves_no_key_or_nhs_number_in_spark_s_local_folders
         watcher.join()
     assert sum(len(p.rows) for p in prepared) == len(rows)
     assert seen == []
+    assert len(scans) > 1  # the driver did look, over and over, while the landing ran
 
 
 def test_haven_turns_spark_s_io_encryption_on_and_refuses_a_setting_that_turns_it_off(
