@@ -188,7 +188,10 @@ def keys_withheld(environ: MutableMapping[str, str]) -> Iterator[None]:
 @contextmanager
 def session(settings: Settings, app_name: str = "haven") -> Iterator[SparkSession]:
     """A session for one command, stopped when it is done; a session already running in this
-    process (a notebook's, a cluster job's, the tests') is used and left running."""
+    process (a notebook's, a cluster job's, the tests') is used and left running. Haven's
+    settings are checked either way (`spark_conf`): a setting it refuses is refused even when
+    a running session means it would not be applied."""
+    spark_conf(settings)
     running = None
     if missing() is None:
         from pyspark.sql import SparkSession
