@@ -43,7 +43,8 @@ class Settings:
     batch_rows: int = 200_000
     engine: str = "embedded"
     spark_master: str = "local[2]"
-    spark_conf: Mapping[str, str] = field(default_factory=dict)
+    # may hold spark.authenticate.secret (a standalone cluster's shared secret): never printed
+    spark_conf: Mapping[str, str] = field(default_factory=dict, repr=False)
     duckdb_memory: str = "1GB"
 
     @property

@@ -6,13 +6,17 @@ own defaults keep a local session small (a 1 GB driver, few shuffle partitions, 
 `HAVEN_SPARK_CONF_*` value wins over them. Executors run this interpreter (`sys.executable`)
 unless the cluster says otherwise, so they import the same stage code.
 
-One setting is not a default but a condition (`REQUIRED`): Spark's I/O encryption. Without it
+Three settings are not defaults but conditions (`REQUIRED`). Spark's I/O encryption: without it
 Spark writes what it moves to its local folders in clear: PySpark pickles a broadcast (a
 landing's pseudonymisation and linkage keys) into a file there, hands driver data to the JVM
 through another (a landing's raw slices, NHS numbers and names), and the block manager spills
-task results to disk. Haven turns it on, refuses a setting that turns it off, and refuses a
-running session (a notebook's, a cluster's) started without it. It refuses JVMs that would
-write a heap dump too (`HEAP_DUMPS`): a dump is the JVM's memory, raw rows and keys in clear.
+task results to disk. Spark's authentication and network encryption: without them anyone who
+can reach the driver's or an executor's port (every Spark process listens on one, even in
+local mode) can talk to it unauthenticated, and blocks (a broadcast of keys, shuffled rows)
+cross the network in clear. Haven turns all three on, refuses a setting that turns one off,
+and refuses a running session (a notebook's, a cluster's) started without them. It refuses
+JVMs that would write a heap dump too (`HEAP_DUMPS`): a dump is the JVM's memory, raw rows and
+keys in clear.
 """
 
 from __future__ import annotations
@@ -39,9 +43,17 @@ DEFAULTS = {
 }
 
 
-# Spark's own protection of what it writes to local disk (broadcasts, blocks, spills, PySpark's
-# hand-over files): encrypted under a key each application makes in memory.
-REQUIRED = {"spark.io.encryption.enabled": "true"}
+# Spark's own protections, each a setting that must be "true", with what Spark would do without
+# it. I/O encryption: what it writes to local disk (broadcasts, blocks, spills, PySpark's
+# hand-over files) under a key each application makes in memory. Authentication: every RPC and
+# block connection proves it holds the application's secret (local, YARN and Kubernetes masters
+# make one; a standalone cluster is given one, `spark.authenticate.secret`). Network encryption:
+# what crosses between the driver and executors (tasks, broadcasts, shuffle blocks) is encrypted.
+REQUIRED = {
+    "spark.io.encryption.enabled": "write keys and identifiers to its local folders in clear",
+    "spark.authenticate": "answer anyone who reaches its ports, without a secret",
+    "spark.network.crypto.enabled": "send keys and identifiers between its processes in clear",
+}
 # HotSpot options that write a JVM's memory to disk in clear (a heap dump holds a landing's raw
 # slices and, while it runs, its broadcast keys: Spark's I/O encryption does not cover it). A
 # common production flag (`-XX:+HeapDumpOnOutOfMemoryError`), and drivers have run out of heap.
@@ -77,14 +89,13 @@ def missing() -> str | None:
 def spark_conf(settings: Settings) -> dict[str, str]:
     """The configuration a session gets: Haven's small defaults (Python workers on this
     interpreter), then the settings' own, then `REQUIRED` (SparkRefused naming a setting that
-    would turn it off)."""
+    would turn one off)."""
     conf = {**DEFAULTS, "spark.pyspark.python": sys.executable, **dict(settings.spark_conf)}
-    for key, value in REQUIRED.items():
-        if conf.get(key, value).strip().lower() != value:
+    for key, without in REQUIRED.items():
+        if conf.get(key, "true").strip().lower() != "true":
             raise SparkRefused(f"HAVEN_SPARK_CONF sets {key}={conf[key]}: refused, because "
-                               "Spark would then write keys and identifiers to its local "
-                               f"folders in clear ({key} must be {value})")
-        conf[key] = value
+                               f"Spark would then {without} ({key} must be true)")
+        conf[key] = "true"
     for key in JAVA_OPTIONS:
         _refuse_heap_dumps(key, conf.get(key, ""))
     return conf
@@ -101,15 +112,16 @@ def _refuse_heap_dumps(key: str, options: str) -> None:
 
 
 def require_protections(spark: SparkSession) -> None:
-    """SparkRefused unless `spark` was started with `REQUIRED` (a setting Spark reads only at
-    start, so a running session without it cannot be put right: it must be restarted)."""
+    """SparkRefused unless `spark` was started with every `REQUIRED` setting (settings Spark
+    reads only at start, so a running session without one cannot be put right: it must be
+    restarted)."""
     conf = spark.sparkContext.getConf()
-    for key, value in REQUIRED.items():
+    for key, without in REQUIRED.items():
         found = (conf.get(key) or "false").strip().lower()
-        if found != value:
+        if found != "true":
             raise SparkRefused(f"the running Spark session has {key}={found}: Haven refuses to "
-                               "use it, because Spark would write keys and identifiers to its "
-                               f"local folders in clear; start the session with {key}={value}")
+                               f"use it, because Spark would {without}; start the session "
+                               f"with {key}=true")
     for key in JAVA_OPTIONS:  # executors' JVMs, as the session will start them
         _refuse_heap_dumps(key, conf.get(key) or "")
     dumps = driver_heap_dumps(spark)

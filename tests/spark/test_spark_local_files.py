@@ -176,7 +176,8 @@ def test_jvm_options_that_write_heap_dumps_are_refused(tmp_path: Path, key: str)
         settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
         assert spark_conf(settings)[key] == options
     running = _Session()
-    running.getConf = lambda: {**REQUIRED, key: "-XX:+HeapDumpOnOutOfMemoryError"}  # type: ignore[method-assign]
+    dumping = {**dict.fromkeys(REQUIRED, "true"), key: "-XX:+HeapDumpOnOutOfMemoryError"}
+    running.getConf = lambda: dumping  # type: ignore[method-assign]
     with pytest.raises(SparkRefused, match="HeapDumpOnOutOfMemoryError"):
         require_protections(running)
 
@@ -190,7 +191,7 @@ class _NotHotSpot:
 
 def test_a_driver_jvm_that_cannot_say_whether_it_dumps_is_refused() -> None:
     running = _Session()
-    running.getConf = lambda: dict(REQUIRED)  # type: ignore[method-assign]
+    running.getConf = lambda: dict.fromkeys(REQUIRED, "true")  # type: ignore[method-assign]
     running._jvm = _NotHotSpot()  # type: ignore[attr-defined]
     assert driver_heap_dumps(running) is None
     with pytest.raises(SparkRefused, match="cannot tell whether"):
@@ -216,3 +217,4 @@ def test_a_driver_jvm_given_heap_dumps_another_way_is_refused(spark: Any, tmp_pa
                           env={**os.environ, "JAVA_TOOL_OPTIONS": "-XX:+HeapDumpBeforeFullGC"})
     assert "refused: the Spark driver's JVM runs with -XX:+HeapDumpBeforeFullGC" in done.stdout, (
         done.stdout[-500:], done.stderr[-1500:])
+

@@ -125,8 +125,10 @@ def test_settings_never_print_their_keys_or_database_password(tmp_path: Path):
     a log line that shows the settings would have carried the keys."""
     settings = Settings.from_environ({
         "HAVEN_HOME": str(tmp_path), "HAVEN_KEY_VAULT": "b1:c2VjcmV0LXZhdWx0LWtleQ==",
-        "HAVEN_DATABASE_URL": "postgresql+psycopg://haven:pa55word@db/haven"})
+        "HAVEN_DATABASE_URL": "postgresql+psycopg://haven:pa55word@db/haven",
+        "HAVEN_SPARK_CONF_SECRET": "spark.authenticate.secret=sh4red-s3cret"})
     shown = repr(settings) + str(settings)
     assert settings.key_env and "pa55word" in settings.db_url
-    assert "c2VjcmV0" not in shown and "pa55word" not in shown
+    assert settings.spark_conf["spark.authenticate.secret"] == "sh4red-s3cret"
+    assert "c2VjcmV0" not in shown and "pa55word" not in shown and "sh4red" not in shown
     assert str(tmp_path) in shown  # still says which home it is
