@@ -48,6 +48,7 @@ from api.routes import (
 )
 from api.scored_run import NoRun
 from api.trail import AuditMiddleware, AuditWriter
+from governance import core_dumps
 from governance.db import open_database
 from governance.keys import KeyProvider
 from governance.settings import Settings
@@ -194,6 +195,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
 
 def create_app_from_environ() -> FastAPI:  # pragma: no cover - used by uvicorn workers
     """Factory for `uvicorn --factory` (several workers): settings from this process's
-    environment, read once here, at the process's entry point."""
+    environment, read once here, at the process's entry point. No core dumps (it holds the
+    release key and serves identifiable rows)."""
+    core_dumps.forbid()
     return create_app(Settings.from_environ(os.environ),
                       config=ApiConfig.from_environ(os.environ))

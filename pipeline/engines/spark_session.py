@@ -28,6 +28,7 @@ from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
+from governance import core_dumps
 from governance.settings import Settings
 
 if TYPE_CHECKING:  # pyspark is the optional `spark` extra
@@ -172,6 +173,7 @@ def spark_session(settings: Settings, app_name: str = "haven") -> SparkSession:
     from pyspark import SparkContext
 
     ours = SparkContext._active_spark_context is None  # else getOrCreate hands back another's
+    core_dumps.forbid()  # before the JVM starts: it and its Python workers inherit the limit
     with keys_withheld(os.environ):
         spark = builder.getOrCreate()
     try:
