@@ -6,17 +6,17 @@ own defaults keep a local session small (a 1 GB driver, few shuffle partitions, 
 `HAVEN_SPARK_CONF_*` value wins over them. Executors run this interpreter (`sys.executable`)
 unless the cluster says otherwise, so they import the same stage code.
 
-Three settings are not defaults but conditions (`REQUIRED`). Spark's I/O encryption: without it
+Four settings are not defaults but conditions (`REQUIRED`). Spark's I/O encryption: without it
 Spark writes what it moves to its local folders in clear: PySpark pickles a broadcast (a
 landing's pseudonymisation and linkage keys) into a file there, hands driver data to the JVM
 through another (a landing's raw slices, NHS numbers and names), and the block manager spills
-task results to disk. Spark's authentication and network encryption: without them anyone who
-can reach the driver's or an executor's port (every Spark process listens on one, even in
-local mode) can talk to it unauthenticated, and blocks (a broadcast of keys, shuffled rows)
-cross the network in clear. Haven turns all three on, refuses a setting that turns one off,
-and refuses a running session (a notebook's, a cluster's) started without them. It refuses
-JVMs that would write a heap dump too (`HEAP_DUMPS`): a dump is the JVM's memory, raw rows and
-keys in clear.
+task results to disk. Spark's authentication and network encryption, with no fall-back to
+unencrypted SASL: without them anyone who can reach the driver's or an executor's port (every
+Spark process listens on one, even in local mode) can talk to it unauthenticated, and blocks (a
+broadcast of keys, shuffled rows) cross the network in clear. Haven sets all four, refuses a
+setting that undoes one, and refuses a running session (a notebook's, a cluster's) started
+without them. It refuses JVMs that would write a heap dump too (`HEAP_DUMPS`): a dump is the
+JVM's memory, raw rows and keys in clear.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import shutil
 import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from governance import core_dumps
@@ -44,17 +45,39 @@ DEFAULTS = {
 }
 
 
-# Spark's own protections, each a setting that must be "true", with what Spark would do without
-# it. I/O encryption: what it writes to local disk (broadcasts, blocks, spills, PySpark's
+@dataclass(frozen=True)
+class Protection:
+    """A Spark setting Haven requires: its value, Spark's own default (what a session started
+    without it has), and what Spark would do without it (said when Haven refuses)."""
+
+    value: str
+    default: str
+    without: str
+
+
+# I/O encryption: what Spark writes to local disk (broadcasts, blocks, spills, PySpark's
 # hand-over files) under a key each application makes in memory. Authentication: every RPC and
 # block connection proves it holds the application's secret (local, YARN and Kubernetes masters
 # make one; a standalone cluster is given one, `spark.authenticate.secret`). Network encryption:
-# what crosses between the driver and executors (tasks, broadcasts, shuffle blocks) is encrypted.
+# what crosses between the driver and executors (tasks, broadcasts, shuffle blocks) is encrypted,
+# with no fall-back to SASL, whose connections are not encrypted by default: a client whose
+# handshake fails (a man in the middle can make it fail) would otherwise retry over SASL.
 REQUIRED = {
-    "spark.io.encryption.enabled": "write keys and identifiers to its local folders in clear",
-    "spark.authenticate": "answer anyone who reaches its ports, without a secret",
-    "spark.network.crypto.enabled": "send keys and identifiers between its processes in clear",
+    "spark.io.encryption.enabled": Protection(
+        "true", "false", "write keys and identifiers to its local folders in clear"),
+    "spark.authenticate": Protection(
+        "true", "false", "answer anyone who reaches its ports, without a secret"),
+    "spark.network.crypto.enabled": Protection(
+        "true", "false", "send keys and identifiers between its processes in clear"),
+    "spark.network.crypto.saslFallback": Protection(
+        "false", "true", "let a connection whose handshake fails fall back to SASL, which "
+        "sends keys and identifiers in clear"),
 }
+
+
+def protected_conf() -> dict[str, str]:
+    """The `REQUIRED` settings with the values Haven requires."""
+    return {key: protection.value for key, protection in REQUIRED.items()}
 # HotSpot options that write a JVM's memory to disk in clear (a heap dump holds a landing's raw
 # slices and, while it runs, its broadcast keys: Spark's I/O encryption does not cover it). A
 # common production flag (`-XX:+HeapDumpOnOutOfMemoryError`), and drivers have run out of heap.
@@ -92,11 +115,11 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     interpreter), then the settings' own, then `REQUIRED` (SparkRefused naming a setting that
     would turn one off)."""
     conf = {**DEFAULTS, "spark.pyspark.python": sys.executable, **dict(settings.spark_conf)}
-    for key, without in REQUIRED.items():
-        if conf.get(key, "true").strip().lower() != "true":
+    for key, need in REQUIRED.items():
+        if conf.get(key, need.value).strip().lower() != need.value:
             raise SparkRefused(f"HAVEN_SPARK_CONF sets {key}={conf[key]}: refused, because "
-                               f"Spark would then {without} ({key} must be true)")
-        conf[key] = "true"
+                               f"Spark would then {need.without} ({key} must be {need.value})")
+        conf[key] = need.value
     for key in JAVA_OPTIONS:
         _refuse_heap_dumps(key, conf.get(key, ""))
     return conf
@@ -117,12 +140,12 @@ def require_protections(spark: SparkSession) -> None:
     reads only at start, so a running session without one cannot be put right: it must be
     restarted)."""
     conf = spark.sparkContext.getConf()
-    for key, without in REQUIRED.items():
-        found = (conf.get(key) or "false").strip().lower()
-        if found != "true":
+    for key, need in REQUIRED.items():
+        found = (conf.get(key) or need.default).strip().lower()
+        if found != need.value:
             raise SparkRefused(f"the running Spark session has {key}={found}: Haven refuses to "
-                               f"use it, because Spark would {without}; start the session "
-                               f"with {key}=true")
+                               f"use it, because Spark would {need.without}; start the "
+                               f"session with {key}={need.value}")
     for key in JAVA_OPTIONS:  # executors' JVMs, as the session will start them
         _refuse_heap_dumps(key, conf.get(key) or "")
     dumps = driver_heap_dumps(spark)

@@ -27,9 +27,9 @@ from linkage.landing.reader import ReadStats, csv_batches
 from pipeline.engines.spark_land import spark_prepared
 from pipeline.engines.spark_session import (
     JAVA_OPTIONS,
-    REQUIRED,
     SparkRefused,
     driver_heap_dumps,
+    protected_conf,
     require_protections,
     session,
     spark_conf,
@@ -154,7 +154,7 @@ def test_no_key_is_broadcast_on_a_session_without_io_encryption() -> None:
         list(spark_prepared(running, [], Job("apc", "x", "RR8", keys)))
     assert running.broadcasts == 0
     require_protections_ok = _Session()
-    require_protections_ok.getConf = lambda: dict.fromkeys(REQUIRED, "true")  # type: ignore[method-assign]
+    require_protections_ok.getConf = lambda: protected_conf()  # type: ignore[method-assign]
     require_protections(require_protections_ok)  # started with it: accepted
 
 
@@ -176,7 +176,7 @@ def test_jvm_options_that_write_heap_dumps_are_refused(tmp_path: Path, key: str)
         settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
         assert spark_conf(settings)[key] == options
     running = _Session()
-    dumping = {**dict.fromkeys(REQUIRED, "true"), key: "-XX:+HeapDumpOnOutOfMemoryError"}
+    dumping = {**protected_conf(), key: "-XX:+HeapDumpOnOutOfMemoryError"}
     running.getConf = lambda: dumping  # type: ignore[method-assign]
     with pytest.raises(SparkRefused, match="HeapDumpOnOutOfMemoryError"):
         require_protections(running)
@@ -191,7 +191,7 @@ class _NotHotSpot:
 
 def test_a_driver_jvm_that_cannot_say_whether_it_dumps_is_refused() -> None:
     running = _Session()
-    running.getConf = lambda: dict.fromkeys(REQUIRED, "true")  # type: ignore[method-assign]
+    running.getConf = lambda: protected_conf()  # type: ignore[method-assign]
     running._jvm = _NotHotSpot()  # type: ignore[attr-defined]
     assert driver_heap_dumps(running) is None
     with pytest.raises(SparkRefused, match="cannot tell whether"):

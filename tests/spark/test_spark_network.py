@@ -2,7 +2,8 @@
 secret, over encrypted connections. Every Spark driver listens on a port, even in local mode;
 without `spark.authenticate` anyone who reaches it has their messages handled by Spark's RPC
 dispatcher (the attack below), and without `spark.network.crypto.enabled` broadcasts (a
-landing's keys) and shuffled rows cross between a cluster's machines in clear."""
+landing's keys) and shuffled rows cross between a cluster's machines in clear; with SASL's
+fall-back a client whose handshake fails retries over SASL, unencrypted by default."""
 
 from __future__ import annotations
 
@@ -15,17 +16,27 @@ import pytest
 from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` session
 
 from governance.settings import Settings
-from pipeline.engines.spark_session import REQUIRED, SparkRefused, require_protections, spark_conf
+from pipeline.engines.spark_session import (
+    REQUIRED,
+    SparkRefused,
+    protected_conf,
+    require_protections,
+    spark_conf,
+)
 
-NETWORK = ("spark.authenticate", "spark.network.crypto.enabled")
+# Each network protection, with settings that would undo it.
+NETWORK = {"spark.authenticate": ("false", "FALSE", "0"),
+           "spark.network.crypto.enabled": ("false", "FALSE", "0"),
+           "spark.network.crypto.saslFallback": ("true", "TRUE", "1")}
 
 
 @pytest.mark.parametrize("key", NETWORK)
-def test_haven_turns_authentication_and_network_encryption_on_and_refuses_turning_them_off(
+def test_haven_sets_authentication_and_network_encryption_and_refuses_undoing_them(
         tmp_path: Path, key: str) -> None:
-    assert key in REQUIRED
-    assert spark_conf(Settings(home=tmp_path))[key] == "true"
-    for off in ("false", "FALSE", "0"):
+    required = REQUIRED[key].value
+    assert spark_conf(Settings(home=tmp_path))[key] == required
+    assert spark_conf(Settings(home=tmp_path, spark_conf={key: required}))[key] == required
+    for off in NETWORK[key]:
         settings = Settings(home=tmp_path, engine="spark", spark_conf={key: off})
         with pytest.raises(SparkRefused, match=f"sets {key}={off}: refused"):
             spark_conf(settings)
@@ -45,11 +56,12 @@ class _Running:
 @pytest.mark.parametrize("key", NETWORK)
 def test_a_running_session_without_authentication_or_network_encryption_is_refused(
         key: str) -> None:
-    protected = dict.fromkeys(REQUIRED, "true")
+    protected = protected_conf()
     require_protections(_Running(protected))  # every protection on: accepted
-    for conf in ({**protected, key: "false"}, {k: v for k, v in protected.items() if k != key}):
-        with pytest.raises(SparkRefused, match=f"has {key}=false.*start the session with "
-                                               f"{key}=true"):
+    undone = NETWORK[key][0]  # set so, or not set at all (Spark's default is the same)
+    for conf in ({**protected, key: undone}, {k: v for k, v in protected.items() if k != key}):
+        with pytest.raises(SparkRefused, match=f"has {key}={undone}.*start the session with "
+                                               f"{key}={REQUIRED[key].value}"):
             require_protections(_Running(conf))
 
 
@@ -74,9 +86,10 @@ def test_an_unauthenticated_client_is_turned_away_at_the_driver_s_port(spark: An
     """The attack: connect to the driver's RPC port and send a request. Without
     authentication (tried by hand on Spark 4.x) Spark hands it to its dispatcher, which tries
     to decode it as a message to an endpoint (`RequestMessage`); with it, the request is
-    refused before any decoding, as not the authentication handshake it expects."""
+    refused before any decoding, as not the authentication handshake it expects (Spark's own,
+    `AuthRpcHandler`; with SASL's fall-back on, SASL's)."""
     conf = spark.sparkContext.getConf()
-    assert all(conf.get(key) == "true" for key in REQUIRED)
+    assert {key: conf.get(key) for key in REQUIRED} == protected_conf()
     reply = _rpc_reply(conf.get("spark.driver.host"), int(conf.get("spark.driver.port")),
                        b"not a handshake")
     assert b"RequestMessage" not in reply  # never reached the dispatcher
