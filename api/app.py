@@ -197,6 +197,6 @@ def create_app_from_environ() -> FastAPI:  # pragma: no cover - used by uvicorn 
     """Factory for `uvicorn --factory` (several workers): settings from this process's
     environment, read once here, at the process's entry point. No core dumps (it holds the
     release key and serves identifiable rows)."""
-    core_dumps.forbid()
+    core_dumps.forbid(hard=True)
     return create_app(Settings.from_environ(os.environ),
                       config=ApiConfig.from_environ(os.environ))

@@ -29,7 +29,7 @@ from cli.synth_cmd import synth_command
 from governance import core_dumps
 from governance.settings import Settings
 from pipeline.context import Context
-from pipeline.engines.spark_session import SparkUnavailable
+from pipeline.engines.spark_protections import SparkUnavailable
 
 
 def build_app(environ: Mapping[str, str]) -> typer.Typer:
@@ -67,7 +67,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     return 0
 
 
-def run() -> None:  # pragma: no cover - the console-script entry point
+def run() -> None:
+    """The console script: no process of this tree may ever write a core file, then `main`."""
+    core_dumps.forbid(hard=True)
     sys.exit(main())
 
 

@@ -4,10 +4,11 @@ extract rows and keys in clear, kept by the host's crash collector long after th
 `forbid()` sets the core-file limit to zero for this process; every process it starts
 afterwards inherits the limit (a landing's worker processes, the Spark JVM and its Python
 workers). The kernel writes no core file under a zero limit, and crash collectors that take the
-dump through a pipe (systemd-coredump, apport) read the limit and store nothing. Only the soft
-limit is lowered: a process could raise it again, but none of Haven's (nor Spark's JVM) does,
-and a hard limit of zero could never be raised in a long-lived process that embeds Haven (a
-notebook's, the test suite's).
+dump through a pipe (systemd-coredump, apport) read the limit and store nothing. At a process's
+entry point (`haven`, the API's workers) the hard limit is lowered too, so nothing started
+later can raise it again (a reviewer's `spark-env.sh` with `ulimit -c unlimited` did, and the
+Spark JVM's core file held the keys); code that embeds Haven in a process of its own (a
+notebook, the tests) lowers the soft limit only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import resource
 
 
-def forbid() -> None:
-    """Set this process's core-file limit to zero (for it and the processes it starts)."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+def forbid(hard: bool = False) -> None:
+    """Set this process's core-file limit to zero (for it and the processes it starts); with
+    `hard`, for good: no process of this tree can raise it again."""
+    _, ceiling = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0 if hard else ceiling))

@@ -13,7 +13,7 @@ Keys: executors get only what preparing a batch uses, the `pseudonym` and `linka
 the landing's job (`executor_job`), in one broadcast destroyed when the landing's batches are
 back. The vault and release keys never leave the driver (the vault is sealed there); no key
 provider, key file or environment is shipped. Nothing is handed to Spark unless the session
-encrypts its local files (`spark_session.require_protections`): PySpark writes a broadcast, and
+encrypts its local files (`spark_protections.require_protections`): PySpark writes a broadcast, and
 the slices it hands to the JVM, to files there. See docs/scale.md, "Keys on executors".
 """
 
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from linkage.landing.batches import Job, Prepared, prepare_batch
 from linkage.landing.pseudonymise import HashMemo
 from linkage.landing.reader import Batch
-from pipeline.engines.spark_session import require_protections
+from pipeline.engines.spark_protections import require_protections
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

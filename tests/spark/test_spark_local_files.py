@@ -25,15 +25,16 @@ from linkage.landing.batches import Job, Prepared
 from linkage.landing.contracts import CONTRACTS
 from linkage.landing.reader import ReadStats, csv_batches
 from pipeline.engines.spark_land import spark_prepared
-from pipeline.engines.spark_session import (
+from pipeline.engines.spark_protections import (
     JAVA_OPTIONS,
+    NO_CORE,
     SparkRefused,
-    driver_heap_dumps,
+    core_limit,
+    driver_memory_rules,
     protected_conf,
     require_protections,
-    session,
-    spark_conf,
 )
+from pipeline.engines.spark_session import session, spark_conf
 
 
 def _found(folder: str, secrets_: list[bytes]) -> list[str]:
@@ -168,13 +169,14 @@ def test_jvm_options_that_write_heap_dumps_are_refused(tmp_path: Path, key: str)
         with pytest.raises(SparkRefused, match=f"{key} turns on -XX:\\+HeapDump"):
             spark_conf(settings)
     for options in ("-XX:OnOutOfMemoryError='jcmd %p GC.heap_dump /tmp/d.hprof'",
-                    "-XX:OnError='jmap -dump:file=/tmp/d %p'", "-XX:VMOptionsFile=/etc/x"):
+                    "-XX:OnError='jmap -dump:file=/tmp/d %p'", "-XX:VMOptionsFile=/etc/x",
+                    "-XX:OnError='gcore %p'", "-XX:OnOutOfMemoryError=/bin/true"):
         settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
         with pytest.raises(SparkRefused, match="refused, because a heap dump"):
             spark_conf(settings)
     for options in ("-Xss4m", "-XX:-HeapDumpOnOutOfMemoryError"):  # other options, or off
         settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
-        assert spark_conf(settings)[key] == options
+        assert spark_conf(settings)[key].startswith(options)
     running = _Session()
     dumping = {**protected_conf(), key: "-XX:+HeapDumpOnOutOfMemoryError"}
     running.getConf = lambda: dumping  # type: ignore[method-assign]
@@ -193,8 +195,8 @@ def test_a_driver_jvm_that_cannot_say_whether_it_dumps_is_refused() -> None:
     running = _Session()
     running.getConf = lambda: protected_conf()  # type: ignore[method-assign]
     running._jvm = _NotHotSpot()  # type: ignore[attr-defined]
-    assert driver_heap_dumps(running) is None
-    with pytest.raises(SparkRefused, match="cannot tell whether"):
+    assert "cannot be asked" in (driver_memory_rules(running) or "")
+    with pytest.raises(SparkRefused, match="cannot be asked"):
         require_protections(running)
 
 
@@ -203,7 +205,7 @@ def test_a_driver_jvm_given_heap_dumps_another_way_is_refused(spark: Any, tmp_pa
     """JAVA_TOOL_OPTIONS reaches the JVM without passing Haven's settings: the JVM is asked
     what it runs with, and the session is refused (and stopped). A second process, since a
     process has one Spark driver; the shared session's own JVM has no dump option."""
-    assert driver_heap_dumps(spark) == []
+    assert driver_memory_rules(spark) is None
     script = ("from pathlib import Path\n"
               "from governance.settings import Settings\n"
               "from pipeline.engines.spark_session import SparkRefused, spark_session\n"
@@ -234,3 +236,50 @@ def test_spark_s_jvm_and_python_workers_may_write_no_core_file(spark: Any) -> No
         lambda _: (os.getpid(), Path("/proc/self/limits").read_text())).collect()
     assert {pid for pid, _ in workers} != {os.getpid()}  # asked in the workers, not here
     assert all(_core_limit(limits) == "0" for _, limits in workers)
+
+
+def test_every_jvm_haven_starts_is_told_to_write_no_core_on_a_crash(spark: Any,
+                                                                    tmp_path: Path) -> None:
+    for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+        assert NO_CORE in spark_conf(Settings(home=tmp_path))[key].split()
+    jvm = spark.sparkContext._jvm
+    bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
+        jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean"))
+    assert str(bean.getVMOption("CreateCoredumpOnCrash").getValue()) == "false"
+
+
+def test_the_core_limit_is_read_from_proc(tmp_path: Path) -> None:
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "limits").write_text(
+        "Limit                     Soft Limit           Hard Limit           Units\n"
+        "Max core file size        unlimited            unlimited            bytes\n")
+    assert core_limit(7, tmp_path) == "unlimited"
+    assert core_limit(8, tmp_path) is None
+    assert core_limit(os.getpid()) is not None
+
+
+def test_a_driver_jvm_whose_core_limit_was_raised_again_is_refused(tmp_path: Path) -> None:
+    """A reviewer's `spark-env.sh` said `ulimit -c unlimited`; the JVM it started wrote a
+    690 MB core holding the keys when killed. Haven asks the JVM's own limit after it starts.
+    (A `haven` command lowers the hard limit too, so there the script cannot raise it.)"""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_CORE)[1] == 0:
+        pytest.skip("this host allows no core file at all: the limit cannot be raised")
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    (conf_dir / "spark-env.sh").write_text("ulimit -c unlimited\n")
+    script = ("from pathlib import Path\n"
+              "from governance.settings import Settings\n"
+              "from pipeline.engines.spark_session import SparkRefused, spark_session\n"
+              "try:\n"
+              f"    spark_session(Settings(home=Path({str(tmp_path)!r}), engine='spark',\n"
+              "                           spark_master='local[1]'))\n"
+              "    print('accepted')\n"
+              "except SparkRefused as exc:\n"
+              "    print('refused:', exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=240, cwd=Path(__file__).resolve().parents[2],
+                          env={**os.environ, "SPARK_CONF_DIR": str(conf_dir)})
+    assert "refused: the Spark driver's JVM may write a core file" in done.stdout, (
+        done.stdout[-500:], done.stderr[-1500:])
