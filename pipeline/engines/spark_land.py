@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from linkage.landing.batches import Job, Prepared, prepare_batch
 from linkage.landing.pseudonymise import HashMemo
 from linkage.landing.reader import Batch
+from pipeline.engines.spark_broadcast import broadcast, value_of
 from pipeline.engines.spark_protections import require_protections
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
     if handover is not None:
         handover.mkdir(parents=True, exist_ok=False)
         sealed = Handover(str(handover), AESGCM.generate_key(bit_length=256))
-    shared = spark.sparkContext.broadcast((executor_job(job), sealed))
+    shared = broadcast(spark, (executor_job(job), sealed))
     try:
         pending: list[tuple[int, bytes]] = []
         number = 0
@@ -233,7 +234,7 @@ def _prepare_window(spark: SparkSession, shipped: list[tuple[int, bytes]], share
 
     def run(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         memo = HashMemo()  # spares re-hashing within a partition; changes no output
-        on_executor, sealed = shared.value
+        on_executor, sealed = value_of(shared)
         for chunk in chunks:
             numbers = chunk.column("batch").to_pylist()
             blobs = chunk.column("payload").to_pylist()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from linkage.index_matcher import BucketMap, in_order
+from pipeline.engines.spark_broadcast import broadcast, value_of
 from pipeline.engines.spark_land import OUT_SCHEMA, pieces, reassembled
 
 if TYPE_CHECKING:
@@ -42,13 +43,13 @@ def spark_buckets(spark: SparkSession, task: Callable[[int], Any], count: int) -
     A store of one bucket (a register small enough to hold in memory) is matched here."""
     if count <= 1:
         return in_order(task, count)
-    shared = spark.sparkContext.broadcast(task)
+    shared = broadcast(spark, task)
     try:
         numbers = spark.sparkContext.parallelize([(i,) for i in range(count)], count)
         frame = spark.createDataFrame(numbers, "bucket long")
 
         def run(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            on_executor = shared.value
+            on_executor = value_of(shared)
             for chunk in chunks:
                 for number in chunk.column("bucket").to_pylist():
                     found = on_executor(number)

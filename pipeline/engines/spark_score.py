@@ -42,6 +42,7 @@ import pyarrow as pa
 
 from governance import store
 from governance.layout import RunFiles
+from pipeline.engines.spark_broadcast import broadcast, value_of
 from pipeline.engines.spark_session import task_cpus
 from stratify import score_batch
 from stratify.catalogue import NAMES
@@ -177,9 +178,10 @@ def _each_range(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[int, Any, A
 def first_pass(ranges: DataFrame, job: RangeJob, shared: Any) -> DataFrame:
     """Spark rows (`FIRST`) of every scored person's chosen probability, range by range."""
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        bundle = value_of(shared)
         for part, low, high in _each_range(batches):
             start = time.perf_counter()
-            p = predict_range(job, shared.value, part, low, high)
+            p = predict_range(job, bundle, part, low, high)
             n = len(p)
             yield pa.RecordBatch.from_pydict({
                 "part": pa.array([part] * n, pa.int32()),
@@ -194,9 +196,10 @@ def second_pass(ranges: DataFrame, job: RangeJob, shared: Any, cut: dict[str, fl
     """Spark rows (`SECOND`), one a range, of pass 2 (`explain_range`) over the ranges pass 1
     found `persons` in (a range of no one alive and registered at the date has no files)."""
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        bundle = value_of(shared)
         for part, _low, _high in _each_range(batches):
             start = time.perf_counter()
-            n = explain_range(job, shared.value, part, cut) if persons.get(part) else 0
+            n = explain_range(job, bundle, part, cut) if persons.get(part) else 0
             if n != persons.get(part, 0):
                 raise RuntimeError(f"range {part} of the scoring: pass 1 found "
                                    f"{persons.get(part, 0)} persons, pass 2 {n}")
@@ -280,7 +283,7 @@ def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
                        bundle.chosen)
         ranges = _ranges_table(spark, person_ranges(disk, persons_per_task))
         lap("ranges")
-        shared = spark.sparkContext.broadcast(bundle)  # once; destroyed when scored
+        shared = broadcast(spark, bundle)  # once; destroyed when scored
         stack.callback(shared.destroy)
         chosen = first_pass(ranges, job, shared).persist()
         stack.callback(chosen.unpersist)
