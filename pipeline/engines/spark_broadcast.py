@@ -14,6 +14,8 @@ from __future__ import annotations
 import pickle
 from typing import TYPE_CHECKING, Any
 
+from governance import core_dumps
+
 if TYPE_CHECKING:  # pyspark is the optional `spark` extra
     from pyspark import Broadcast
     from pyspark.sql import SparkSession
@@ -25,5 +27,10 @@ def broadcast(spark: SparkSession, value: Any) -> Broadcast[bytes]:
 
 
 def value_of(shared: Broadcast[bytes]) -> Any:
-    """The value a `broadcast` carries, as the driver had it (in a task on an executor)."""
+    """The value a `broadcast` carries, as the driver had it (in a task on an executor). The
+    task's Python worker first sets its own core-file limit to zero, for good: what it is
+    about to hold (a landing's keys, rows) must never reach a core file, whatever started it
+    (a reviewer's `PYSPARK_PYTHON` wrapper raised the limit, and a worker's core held both
+    keys)."""
+    core_dumps.forbid(hard=True)
     return pickle.loads(shared.value)  # noqa: S301 - pickled by this application's driver

@@ -74,10 +74,15 @@ JAVA_OPTIONS = (*(f"spark.{side}.{kind}JavaOptions"
                    for side in ("driver", "executor") for kind in ("extra", "default")),
                 *(f"spark.executorEnv.{name}"  # what executors' JVMs read from their environment
                   for name in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")))
-# Other ways Java options ask for memory on disk: the dump commands themselves, error commands,
-# and options read from a file Haven cannot see.
+# Other ways Java options let a JVM's memory out: dump commands, error commands, a debugger or
+# any other agent (`-agentlib:jdwp` lets whoever connects read memory), remote JMX (a heap dump
+# on request), and options read from a file Haven cannot see (`-XX:VMOptionsFile`, `@file`).
 DUMP_WORDS = ("heap_dump", "dumpheap", "jmap", "gcore", "-xx:onerror", "-xx:onoutofmemoryerror",
+              "-agentlib", "-agentpath", "-javaagent", "-xrunjdwp", "jmxremote",
               "vmoptionsfile", "-xx:flags=")
+# Environment variables a JVM reads its options from, wherever a setting hands them to one
+# (`spark.executorEnv.*`, `spark.yarn.appMasterEnv.*`, `spark.kubernetes.driverEnv.*`).
+OPTION_VARIABLES = ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")
 # Added to every JVM's options: a crash writes no core file even where the limit allows one.
 NO_CORE = "-XX:-CreateCoredumpOnCrash"
 # What Spark's file server would serve to anyone who reaches the driver's port.
@@ -85,6 +90,14 @@ SERVED = ("spark.jars", "spark.jars.packages", "spark.files", "spark.submit.pyFi
           "spark.archives")
 SECRET = "spark.authenticate.secret"
 LOCAL_MASTER = re.compile(r"local(\[.*\])?$")
+LOOPBACK = "127.0.0.1"
+
+
+def java_option_keys(conf: dict[str, str]) -> list[str]:
+    """Every setting of `conf` that gives a JVM options: `JAVA_OPTIONS`, and any other key
+    ending in `JavaOptions` (the YARN application master's) or naming `OPTION_VARIABLES`."""
+    return sorted({*JAVA_OPTIONS, *(key for key in conf if key.endswith("JavaOptions")
+                                    or key.rsplit(".", 1)[-1] in OPTION_VARIABLES)})
 
 
 def protected_conf() -> dict[str, str]:
@@ -107,24 +120,32 @@ def check_settings(conf: dict[str, str], master: str) -> dict[str, str]:
                                f"{need.value}: refused, because Spark would then "
                                f"{need.without}")
         conf[key] = need.value
-    for key in JAVA_OPTIONS:
+    for key in java_option_keys(conf):
         refuse_memory_on_disk(key, conf.get(key, ""))
     for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
         conf[key] = f"{conf.get(key, '')} {NO_CORE}".strip()
-    served = [key for key in SERVED if conf.get(key, "").strip()]
-    if served:
-        raise SparkRefused(f"HAVEN_SPARK_CONF sets {served[0]}: refused, because Spark's file "
-                           "server hands what it serves to a client that has not "
-                           "authenticated (Haven's stage code needs no jars or files)")
+    refuse_served(conf, "HAVEN_SPARK_CONF sets")
     if SECRET in conf:
         raise SparkRefused(f"HAVEN_SPARK_CONF sets {SECRET}: refused, because settings reach "
                            "the JVM's command line, which any local user can read; put the "
                            "secret in the spark-defaults.conf of the driver's Spark "
                            "(SPARK_CONF_DIR, readable by the service account alone)")
     if LOCAL_MASTER.match(master):  # nothing but this host's processes need the ports
-        conf.setdefault("spark.driver.bindAddress", "127.0.0.1")
-        conf.setdefault("spark.driver.host", "127.0.0.1")
+        for key in ("spark.driver.bindAddress", "spark.driver.host"):
+            if conf.setdefault(key, LOOPBACK) != LOOPBACK:
+                raise SparkRefused(f"HAVEN_SPARK_CONF sets {key} for a local master: refused, "
+                                   f"because only this host's processes need the driver's "
+                                   f"ports (it listens on {LOOPBACK})")
     return conf
+
+
+def refuse_served(conf: dict[str, str], where: str) -> None:
+    """SparkRefused when `conf` has Spark's file server serve anything (`SERVED`)."""
+    served = [key for key in SERVED if (conf.get(key) or "").strip()]
+    if served:
+        raise SparkRefused(f"{where} {served[0]}: refused, because Spark's file server hands "
+                           "what it serves to a client that has not authenticated (Haven's "
+                           "stage code needs no jars or files)")
 
 
 def refuse_memory_on_disk(key: str, options: str) -> None:
@@ -132,6 +153,7 @@ def refuse_memory_on_disk(key: str, options: str) -> None:
     for a command run on an error."""
     found = [f"-XX:+{flag}" for flag in HEAP_DUMPS if f"+{flag}" in options]
     found += [word for word in DUMP_WORDS if word in options.lower()]
+    found += [token for token in options.split() if token.startswith("@")]  # an argument file
     if found:
         raise SparkRefused(f"{key} turns on {found[0]}: refused, because a heap dump or a "
                            "command run on an error writes the JVM's memory (raw extract "
@@ -148,8 +170,10 @@ def require_protections(spark: SparkSession) -> None:
             raise SparkRefused(f"the running Spark session does not have {key}={need.value}: "
                                f"Haven refuses to use it, because Spark would {need.without}; "
                                f"start the session with {key}={need.value}")
-    for key in JAVA_OPTIONS:  # executors' JVMs, as the session will start them
-        refuse_memory_on_disk(key, conf.get(key) or "")
+    settings = dict(conf.getAll()) if hasattr(conf, "getAll") else dict(conf)
+    for key in java_option_keys(settings):  # executors' JVMs, as the session will start them
+        refuse_memory_on_disk(key, settings.get(key) or "")
+    refuse_served(settings, "the running Spark session has")
     broken = driver_memory_rules(spark)
     if broken:
         raise SparkRefused(f"the Spark driver's JVM {broken}: refused, because its memory "

@@ -174,6 +174,12 @@ def test_jvm_options_that_write_heap_dumps_are_refused(tmp_path: Path, key: str)
         settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
         with pytest.raises(SparkRefused, match="refused, because a heap dump"):
             spark_conf(settings)
+    for options in ("-agentlib:jdwp=transport=dt_socket,server=y,address=*:5005",
+                    "-javaagent:/tmp/a.jar", "-agentpath:/tmp/a.so",
+                    "-Dcom.sun.management.jmxremote.port=9999", "@/tmp/options"):
+        settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
+        with pytest.raises(SparkRefused, match="refused"):
+            spark_conf(settings)
     for options in ("-Xss4m", "-XX:-HeapDumpOnOutOfMemoryError"):  # other options, or off
         settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
         assert spark_conf(settings)[key].startswith(options)
@@ -283,3 +289,50 @@ def test_a_driver_jvm_whose_core_limit_was_raised_again_is_refused(tmp_path: Pat
                           env={**os.environ, "SPARK_CONF_DIR": str(conf_dir)})
     assert "refused: the Spark driver's JVM may write a core file" in done.stdout, (
         done.stdout[-500:], done.stderr[-1500:])
+
+
+@pytest.mark.parametrize("key", ["spark.yarn.am.extraJavaOptions",
+                                 "spark.yarn.appMasterEnv.JAVA_TOOL_OPTIONS",
+                                 "spark.kubernetes.driverEnv.JDK_JAVA_OPTIONS"])
+def test_java_options_are_checked_wherever_a_setting_gives_them(tmp_path: Path,
+                                                                key: str) -> None:
+    """A reviewer's options slipped past in settings other than the driver's and executors'."""
+    with pytest.raises(SparkRefused, match=f"{key} turns on"):
+        spark_conf(Settings(home=tmp_path, spark_conf={key: "-XX:OnError=gcore"}))
+
+
+def test_a_task_s_python_worker_sets_its_own_core_limit_before_it_reads_a_broadcast(
+        tmp_path: Path) -> None:
+    """A reviewer's `PYSPARK_PYTHON` wrapper raised the workers' limit (the JVM's stayed zero),
+    and a worker's core held both keys. Each worker now lowers its own limit, for good,
+    before it reads what a broadcast carries. A second process, for a session of its own."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_CORE)[1] == 0:
+        pytest.skip("this host allows no core file at all: the limit cannot be raised")
+    wrapper = tmp_path / "python.sh"
+    wrapper.write_text(f"#!/bin/sh\nulimit -c unlimited\nexec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    script = f"""
+from pathlib import Path
+import resource
+from governance.settings import Settings
+from pipeline.engines.spark_broadcast import broadcast, value_of
+from pipeline.engines.spark_session import spark_session
+spark = spark_session(Settings(home=Path({str(tmp_path)!r}), engine="spark",
+                               spark_master="local[1]"))
+shared = broadcast(spark, "held")
+def limit(_):
+    return resource.getrlimit(resource.RLIMIT_CORE)
+def read(_):
+    value_of(shared)
+    return resource.getrlimit(resource.RLIMIT_CORE)
+print("before", spark.sparkContext.parallelize([0], 1).map(limit).collect()[0])
+print("after", spark.sparkContext.parallelize([0], 1).map(read).collect()[0])
+spark.stop()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=240, cwd=Path(__file__).resolve().parents[2],
+                          env={**os.environ, "PYSPARK_PYTHON": str(wrapper)})
+    assert "before (-1, -1)" in done.stdout, (done.stdout[-500:], done.stderr[-1500:])
+    assert "after (0, 0)" in done.stdout

@@ -174,3 +174,21 @@ def test_a_command_in_another_thread_uses_the_running_session_and_leaves_it(
     assert seen == [spark.sparkContext]
     assert spark.sparkContext._jsc is not None  # still running
     assert spark.range(3).count() == 3
+
+
+def test_a_running_session_that_serves_files_is_refused() -> None:
+    """A reviewer had a jar served through `PYSPARK_SUBMIT_ARGS='--jars ...'` and through
+    spark-defaults.conf, neither of them Haven's settings: the running session is checked."""
+    for key in SERVED:
+        with pytest.raises(SparkRefused, match=f"the running Spark session has {key}: refused"):
+            require_protections(_Running({**protected_conf(), key: "/tmp/x.jar"}))
+
+
+def test_a_local_master_s_driver_may_not_be_bound_elsewhere(tmp_path: Path) -> None:
+    for key in ("spark.driver.bindAddress", "spark.driver.host"):
+        with pytest.raises(SparkRefused, match=f"sets {key} for a local master: refused"):
+            spark_conf(Settings(home=tmp_path, spark_master="local[2]",
+                                spark_conf={key: "0.0.0.0"}))
+    assert spark_conf(Settings(home=tmp_path, spark_master="yarn",
+                               spark_conf={"spark.driver.host": "10.0.0.5"})
+                      )["spark.driver.host"] == "10.0.0.5"
