@@ -170,15 +170,12 @@ def test_jvm_options_that_write_heap_dumps_are_refused(tmp_path: Path, key: str)
             spark_conf(settings)
     for options in ("-XX:OnOutOfMemoryError='jcmd %p GC.heap_dump /tmp/d.hprof'",
                     "-XX:OnError='jmap -dump:file=/tmp/d %p'", "-XX:VMOptionsFile=/etc/x",
-                    "-XX:OnError='gcore %p'", "-XX:OnOutOfMemoryError=/bin/true"):
-        settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
-        with pytest.raises(SparkRefused, match="refused, because a heap dump"):
-            spark_conf(settings)
-    for options in ("-agentlib:jdwp=transport=dt_socket,server=y,address=*:5005",
+                    "-XX:OnError='gcore %p'", "-XX:OnOutOfMemoryError=/bin/true",
+                    "-agentlib:jdwp=transport=dt_socket,server=y,address=*:5005",
                     "-javaagent:/tmp/a.jar", "-agentpath:/tmp/a.so",
                     "-Dcom.sun.management.jmxremote.port=9999", "@/tmp/options"):
         settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
-        with pytest.raises(SparkRefused, match="refused"):
+        with pytest.raises(SparkRefused, match="refused, because a heap dump"):
             spark_conf(settings)
     for options in ("-Xss4m", "-XX:-HeapDumpOnOutOfMemoryError"):  # other options, or off
         settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
@@ -206,23 +203,30 @@ def test_a_driver_jvm_that_cannot_say_whether_it_dumps_is_refused() -> None:
         require_protections(running)
 
 
+def _session_elsewhere(home: Path, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Start a Spark session in a second process (a process has one Spark driver) with
+    `environ` added; it prints `accepted` or `refused: <why>`."""
+    script = ("from pathlib import Path\n"
+              "from governance.settings import Settings\n"
+              "from pipeline.engines.spark_session import SparkRefused, spark_session\n"
+              "try:\n"
+              f"    spark_session(Settings(home=Path({str(home)!r}), engine='spark',\n"
+              "                           spark_master='local[1]'))\n"
+              "    print('accepted')\n"
+              "except SparkRefused as exc:\n"
+              "    print('refused:', exc)\n")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=240, cwd=Path(__file__).resolve().parents[2],
+                          env={**os.environ, **environ})
+
+
 def test_a_driver_jvm_given_heap_dumps_another_way_is_refused(spark: Any, tmp_path: Path
                                                              ) -> None:
     """JAVA_TOOL_OPTIONS reaches the JVM without passing Haven's settings: the JVM is asked
     what it runs with, and the session is refused (and stopped). A second process, since a
     process has one Spark driver; the shared session's own JVM has no dump option."""
     assert driver_memory_rules(spark) is None
-    script = ("from pathlib import Path\n"
-              "from governance.settings import Settings\n"
-              "from pipeline.engines.spark_session import SparkRefused, spark_session\n"
-              "try:\n"
-              f"    spark_session(Settings(home=Path({str(tmp_path)!r}), engine='spark',\n"
-              "                           spark_master='local[1]'))\n"
-              "except SparkRefused as exc:\n"
-              "    print('refused:', exc)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=240, cwd=Path(__file__).resolve().parents[2],
-                          env={**os.environ, "JAVA_TOOL_OPTIONS": "-XX:+HeapDumpBeforeFullGC"})
+    done = _session_elsewhere(tmp_path, {"JAVA_TOOL_OPTIONS": "-XX:+HeapDumpBeforeFullGC"})
     assert "refused: the Spark driver's JVM runs with -XX:+HeapDumpBeforeFullGC" in done.stdout, (
         done.stdout[-500:], done.stderr[-1500:])
 
@@ -275,18 +279,7 @@ def test_a_driver_jvm_whose_core_limit_was_raised_again_is_refused(tmp_path: Pat
     conf_dir = tmp_path / "conf"
     conf_dir.mkdir()
     (conf_dir / "spark-env.sh").write_text("ulimit -c unlimited\n")
-    script = ("from pathlib import Path\n"
-              "from governance.settings import Settings\n"
-              "from pipeline.engines.spark_session import SparkRefused, spark_session\n"
-              "try:\n"
-              f"    spark_session(Settings(home=Path({str(tmp_path)!r}), engine='spark',\n"
-              "                           spark_master='local[1]'))\n"
-              "    print('accepted')\n"
-              "except SparkRefused as exc:\n"
-              "    print('refused:', exc)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=240, cwd=Path(__file__).resolve().parents[2],
-                          env={**os.environ, "SPARK_CONF_DIR": str(conf_dir)})
+    done = _session_elsewhere(tmp_path, {"SPARK_CONF_DIR": str(conf_dir)})
     assert "refused: the Spark driver's JVM may write a core file" in done.stdout, (
         done.stdout[-500:], done.stderr[-1500:])
 
