@@ -11,11 +11,13 @@ can be a secret put in the wrong setting):
   sends keys and rows between its processes in clear or open to tampering.
 - No memory on disk: no heap dump (`HEAP_DUMPS`, `DUMP_WORDS`), no command run on a JVM error
   (`-XX:OnError`, `-XX:OnOutOfMemoryError`: `gcore %p` writes a core file whatever the core
-  limit), and a driver JVM whose core-file limit is zero (a `spark-env.sh` can raise it).
+  limit), no debugger, agent or remote JMX, and no driver JVM whose core-file limit is not
+  zero (a `spark-env.sh` can raise it).
 - Nothing served: Spark's file server answers a stream request on the driver's port before
-  authentication (Spark 4.3; fixed upstream after it), so Haven's settings may add no jars,
-  files or archives, and the shared secret is never a setting (settings reach the JVM's
-  command line, which every local user can read in `ps`).
+  authentication (Spark 4.3), so neither the settings nor a running session may have jars,
+  files or archives to serve; a local master's driver listens on loopback alone; and the
+  shared secret is never a setting (settings reach the JVM's command line, which every local
+  user can read in `ps`).
 """
 
 from __future__ import annotations
@@ -70,19 +72,18 @@ HEAP_DUMPS = ("HeapDumpOnOutOfMemoryError", "HeapDumpBeforeFullGC", "HeapDumpAft
 # Commands a JVM runs on an error or on running out of memory: any of them can copy its memory
 # out (`gcore %p`, `jcmd %p GC.heap_dump`), and the core-file limit does not stop them.
 ERROR_COMMANDS = ("OnError", "OnOutOfMemoryError")
+# Environment variables a JVM reads its options from, wherever a setting hands them to one
+# (`spark.executorEnv.*`, `spark.yarn.appMasterEnv.*`, `spark.kubernetes.driverEnv.*`).
+OPTION_VARIABLES = ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")
 JAVA_OPTIONS = (*(f"spark.{side}.{kind}JavaOptions"
                    for side in ("driver", "executor") for kind in ("extra", "default")),
-                *(f"spark.executorEnv.{name}"  # what executors' JVMs read from their environment
-                  for name in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")))
+                *(f"spark.executorEnv.{name}" for name in OPTION_VARIABLES))
 # Other ways Java options let a JVM's memory out: dump commands, error commands, a debugger or
 # any other agent (`-agentlib:jdwp` lets whoever connects read memory), remote JMX (a heap dump
 # on request), and options read from a file Haven cannot see (`-XX:VMOptionsFile`, `@file`).
 DUMP_WORDS = ("heap_dump", "dumpheap", "jmap", "gcore", "-xx:onerror", "-xx:onoutofmemoryerror",
               "-agentlib", "-agentpath", "-javaagent", "-xrunjdwp", "jmxremote",
               "vmoptionsfile", "-xx:flags=")
-# Environment variables a JVM reads its options from, wherever a setting hands them to one
-# (`spark.executorEnv.*`, `spark.yarn.appMasterEnv.*`, `spark.kubernetes.driverEnv.*`).
-OPTION_VARIABLES = ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")
 # Added to every JVM's options: a crash writes no core file even where the limit allows one.
 NO_CORE = "-XX:-CreateCoredumpOnCrash"
 # What Spark's file server would serve to anyone who reaches the driver's port.
