@@ -166,12 +166,12 @@ def require_protections(spark: SparkSession) -> None:
     reads only at start, so a running session without one cannot be put right: it must be
     restarted) and its driver JVM writes no memory to disk (`driver_memory_rules`)."""
     conf = spark.sparkContext.getConf()
+    settings = dict(conf.getAll()) if hasattr(conf, "getAll") else dict(conf)
     for key, need in REQUIRED.items():
-        if not _same(conf.get(key) or need.default, need.value):
+        if not _same(settings.get(key) or need.default, need.value):
             raise SparkRefused(f"the running Spark session does not have {key}={need.value}: "
                                f"Haven refuses to use it, because Spark would {need.without}; "
                                f"start the session with {key}={need.value}")
-    settings = dict(conf.getAll()) if hasattr(conf, "getAll") else dict(conf)
     for key in java_option_keys(settings):  # executors' JVMs, as the session will start them
         refuse_memory_on_disk(key, settings.get(key) or "")
     refuse_served(settings, "the running Spark session has")

@@ -231,21 +231,15 @@ def test_a_driver_jvm_given_heap_dumps_another_way_is_refused(spark: Any, tmp_pa
         done.stdout[-500:], done.stderr[-1500:])
 
 
-def _core_limit(limits: str) -> str:
-    """The soft core-file limit in a /proc/<pid>/limits text."""
-    line = next(row for row in limits.splitlines() if row.startswith("Max core file size"))
-    return line.split()[4]
-
-
 def test_spark_s_jvm_and_python_workers_may_write_no_core_file(spark: Any) -> None:
     """A crashing JVM or Python worker would write its memory (raw slices, the broadcast keys)
     as a core file; Haven sets the limit to zero before the JVM starts, and both inherit it."""
     jvm = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
-    assert _core_limit(Path(f"/proc/{jvm}/limits").read_text()) == "0"
+    assert core_limit(int(jvm)) == "0"
     workers = spark.sparkContext.parallelize(range(2), 2).map(
-        lambda _: (os.getpid(), Path("/proc/self/limits").read_text())).collect()
+        lambda _: (os.getpid(), core_limit(os.getpid()))).collect()
     assert {pid for pid, _ in workers} != {os.getpid()}  # asked in the workers, not here
-    assert all(_core_limit(limits) == "0" for _, limits in workers)
+    assert [limit for _, limit in workers] == ["0", "0"]
 
 
 def test_every_jvm_haven_starts_is_told_to_write_no_core_on_a_crash(spark: Any,
