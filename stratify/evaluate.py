@@ -29,7 +29,7 @@ from sklearn.metrics import average_precision_score
 from stratify.bootstrap import RESAMPLES, bootstrap_intervals
 from stratify.features import Sources, connect
 from stratify.models import expit, logit
-from stratify.outcomes import OUTCOME_MONTHS, build_outcomes, follow_up_complete
+from stratify.outcomes import OUTCOME_MONTHS, build_outcome_flags, follow_up_complete
 from stratify.scoring import ScoreRun
 from stratify.sources import add_months
 from stratify.tiers import TIERS
@@ -229,20 +229,23 @@ def evaluate(run: ScoreRun, sources: Sources | None = None,
     data. `resamples` bootstrap resamples (0: none), drawn with `seed` (default the run's) over
     persons in person-key order, give the spread of the headline figures.
     """
-    used = ["person_key", "probability", "tier", "sex", "sources", "age_band",
-            "social_care_known"]  # not a copy of every column the caller read
-    scores = run.scores[[c for c in used if c in run.scores.columns]].set_index("person_key")
-    if not scores.index.is_monotonic_increasing:  # a saved run is in key order: no second copy
-        scores = scores.sort_index(kind="stable")
-    if outcomes is None:
-        if sources is None:
-            raise ValueError("give outcomes or sources to read them from")
-        outcomes = build_outcomes(sources, scores.index, run.at, months)[outcome]
-    y = outcomes.reindex(scores.index).fillna(0).astype(int).to_numpy()
-    models = _candidate_probabilities(run.candidates, scores.index)
+    # The run's own columns, not a copy of them indexed by person key: a frame of the whole
+    # population's scores was copied here, and its outcomes reindexed by key through a hash
+    # table of every person (issue #12: the report's memory grew with the population).
+    scores = run.scores
+    if not scores["person_key"].is_monotonic_increasing:  # a saved run is in key order
+        scores = scores.sort_values("person_key", kind="stable")
+    persons = pd.Index(scores["person_key"].to_numpy(), name="person_key", copy=False)
+    if outcomes is not None:
+        y = outcomes.reindex(persons).fillna(0).astype(int).to_numpy()
+    elif sources is None:
+        raise ValueError("give outcomes or sources to read them from")
+    else:
+        y = build_outcome_flags(sources, persons, run.at, months)[outcome].astype(int)
+    models = _candidate_probabilities(run.candidates, persons)
     models["chosen"] = scores["probability"].to_numpy()
     for name, values in (extra_scores or {}).items():
-        models[name] = values.reindex(scores.index).astype(float).to_numpy()
+        models[name] = values.reindex(persons).astype(float).to_numpy()
     groups = subgroup_columns(scores)
     overall = pd.DataFrame([{"model": name, **metrics(y, p)} for name, p in models.items()])
     rows = []
@@ -254,7 +257,7 @@ def evaluate(run: ScoreRun, sources: Sources | None = None,
                              **metrics(y[mask], p[mask])})
     subgroups = pd.DataFrame(rows)
     frame = pd.DataFrame({"outcome": y, **{f"p_{k}": v for k, v in models.items()}},
-                         index=scores.index)
+                         index=persons, copy=False)  # the arrays above, not copies
     notes = [f"Outcome: {outcome} in the {months} months from {run.at.isoformat()}; "
              f"{int(y.sum()):,} events among {len(y):,} persons."]
     spread, differences = (bootstrap_intervals(y, models, resamples,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from stratify.features import Sources, _in, _ts, connect
@@ -21,6 +22,18 @@ OUTCOME_MONTHS = 12
 def outcomes_from(con: duckdb.DuckDBPyConnection, persons: pd.Index, at: dt.date,
                   months: int = OUTCOME_MONTHS) -> pd.DataFrame:
     """`emergency` and `emergency_or_death` (0/1) for `persons`, over `[at, at + months)`."""
+    out = pd.DataFrame(index=persons.astype(str))
+    for name, flags in outcome_flags(con, out.index, at, months).items():
+        out[name] = flags.astype("int8")
+    return out
+
+
+def outcome_flags(con: duckdb.DuckDBPyConnection, persons: pd.Index, at: dt.date,
+                  months: int = OUTCOME_MONTHS) -> dict[str, np.ndarray]:
+    """`outcomes_from`'s two outcomes as boolean arrays in the order of `persons` (text
+    person keys), with no frame indexed by them: only the persons with an event are held
+    as a set (a tenth of a population or less), which a whole population's keys are
+    looked up in."""
     start, end = _ts(at), _ts(add_months(at, months))
     emergency = con.execute(f"""
         SELECT DISTINCT person_key FROM v_apc
@@ -32,11 +45,9 @@ def outcomes_from(con: duckdb.DuckDBPyConnection, persons: pd.Index, at: dt.date
         UNION SELECT person_key FROM v_apc WHERE discharge_destination = '{DIED_DESTINATION}'
         AND discharge_date >= {start} AND discharge_date < {end}
     """).df()["person_key"].astype(str)
-    out = pd.DataFrame(index=persons.astype(str))
-    out["emergency"] = out.index.isin(emergency).astype("int8")
-    out["emergency_or_death"] = (out["emergency"].astype(bool)
-                                 | out.index.isin(died)).astype("int8")
-    return out
+    flags = {"emergency": np.asarray(persons.isin(emergency), dtype=bool)}
+    flags["emergency_or_death"] = flags["emergency"] | np.asarray(persons.isin(died), dtype=bool)
+    return flags
 
 
 def build_outcomes(sources: Sources, persons: pd.Index, at: dt.date,
@@ -45,6 +56,16 @@ def build_outcomes(sources: Sources, persons: pd.Index, at: dt.date,
     con = connect(sources)
     try:
         return outcomes_from(con, persons, at, months)
+    finally:
+        con.close()
+
+
+def build_outcome_flags(sources: Sources, persons: pd.Index, at: dt.date,
+                        months: int = OUTCOME_MONTHS) -> dict[str, np.ndarray]:
+    """Outcome flags of `persons` in the `months` from `at` (see `outcome_flags`)."""
+    con = connect(sources)
+    try:
+        return outcome_flags(con, persons, at, months)
     finally:
         con.close()
 
