@@ -293,16 +293,16 @@ def load_run(directory: RunFiles | Path | str, columns: list[str] | None = None)
     bundle = joblib.load(files.model) if files.model.exists() else None
     known = {"run_id", "at", "model_version", "model", "seed", "thresholds", "extract_ids",
              "metrics"}
-    scores_table = pq.read_table(files.scores, columns=columns)
-    candidates_table = pq.read_table(files.candidates)
-    scores = _frame(scores_table)
-    same = ("person_key" in scores.columns and "person_key" in candidates_table.column_names
-            and scores_table.column("person_key").equals(candidates_table.column("person_key")))
-    del scores_table
+    names = list(columns) if columns is not None else pq.read_schema(files.scores).names
+    same = "person_key" in names and _same_keys(files.scores, files.candidates)
+    scores = _frame(files.scores, names)
     # When the candidates list the scores' persons in the same order (as `save_run` writes
     # them), their person keys are the scores' own text objects, not a second copy.
-    candidates = _frame(candidates_table, scores["person_key"].to_numpy() if same else None)
-    del candidates_table
+    names = pq.read_schema(files.candidates).names
+    candidates = _frame(files.candidates, [n for n in names if not same or n != "person_key"])
+    if same:
+        candidates.insert(names.index("person_key"), "person_key",
+                          scores["person_key"].to_numpy())
     # Arrow's allocator keeps the pages the reading freed (twice the frames, at a million
     # persons): handed back, so what follows can use them.
     pa.default_memory_pool().release_unused()
@@ -314,19 +314,28 @@ def load_run(directory: RunFiles | Path | str, columns: list[str] | None = None)
                     meta={k: v for k, v in meta.items() if k not in known})
 
 
-def _frame(table: pa.Table, keys: np.ndarray | None = None) -> pd.DataFrame:
-    """`table` as pandas, as `pandas.read_parquet` gives it, with its `person_key` column (if
-    any) made without Arrow's de-duplication: every key is distinct, so de-duplicating only
-    built a hash table of a whole population's keys (277 MB of the 1.77 GB peak of
-    reading 2.7M persons' scores). `keys`: the person keys to use instead, already made."""
-    if "person_key" not in table.column_names:
-        return table.to_pandas()
-    at = table.column_names.index("person_key")
-    if keys is None:
-        keys = table.column(at).to_pandas(deduplicate_objects=False).to_numpy()
-    frame = table.remove_column(at).to_pandas()
-    frame.insert(at, "person_key", keys)
-    return frame
+def _frame(path: Path, names: list[str]) -> pd.DataFrame:
+    """The columns `names` of the Parquet file at `path` as `pandas.read_parquet` gives them,
+    read and converted one column at a time, so a whole population's rows are never held in
+    Arrow and pandas at once: one column is, while it is converted (the file's pandas
+    metadata says how: a nullable integer column is `Int64`). `person_key` is made without
+    Arrow's de-duplication: every key is distinct, so de-duplicating only built a hash table
+    of every key."""
+    series: dict[str, Any] = {}
+    for name in names:
+        part = pq.read_table(path, columns=[name])
+        series[name] = part.to_pandas(deduplicate_objects=name != "person_key")[name]
+        del part
+    return pd.DataFrame(series, copy=False)
+
+
+def _same_keys(scores: Path, candidates: Path) -> bool:
+    """Whether the files at `scores` and `candidates` have equal `person_key` columns, row
+    for row (compared in Arrow)."""
+    if "person_key" not in pq.read_schema(candidates).names:
+        return False
+    keys = pq.read_table(scores, columns=["person_key"]).column(0)
+    return bool(pq.read_table(candidates, columns=["person_key"]).column(0).equals(keys))
 
 
 def _json(value: Any) -> Any:
