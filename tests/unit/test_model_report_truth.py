@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -17,10 +18,12 @@ from threadpoolctl import threadpool_limits
 from factories import bench_score
 from stratify.backtest import NoBacktest, backtest, backtest_dates
 from stratify.evaluate import evaluate, follow_up
+from stratify.outcomes import build_outcomes
 from stratify.report import write_report
 from stratify.scoring import ScoreRun, score
 
 END = dt.date(2026, 4, 1)  # the bench's records run to 2026-03: a run here has no outcome year
+JUDGED = dt.date(2025, 4, 1)  # a year before: the outcome year is in the data
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,12 +85,17 @@ def test_a_history_only_run_says_so_and_shows_its_backtest(
     assert len(fewer.frame) == len(ev.frame) - 25
 
 
+@pytest.fixture(scope="module")
+def judged(sources: dict[str, pd.DataFrame]) -> ScoreRun:
+    """A run whose outcome year is in the data."""
+    return score(sources, JUDGED, seed=0)
+
+
 def test_a_run_whose_year_has_passed_is_judged_on_it(
-        sources: dict[str, pd.DataFrame], tmp_path: Path) -> None:
-    at = dt.date(2025, 4, 1)
+        sources: dict[str, pd.DataFrame], judged: ScoreRun, tmp_path: Path) -> None:
+    at, run = JUDGED, judged
     status = follow_up(sources, at)
     assert status.complete and status.months_observed >= 11
-    run = score(sources, at, seed=0)
     ev = evaluate(run, sources, resamples=30)
     assert ev.kind == "prospective" and ev.judged_at == at
     # the report's intervals follow the run's seed: the same run, the same intervals
@@ -132,3 +140,28 @@ def test_the_command_line_says_what_a_report_judged(tmp_path):
     (tmp_path / "evaluation.json").write_text(_json.dumps({"kind": "backtest",
                                                           "judged_at": "2024-04-01"}))
     assert "judged one year earlier, on the year from 2024-04-01" in what_was_judged(report)
+
+
+def test_outcomes_read_as_flags_are_those_given_by_person_key(
+        sources: dict[str, pd.DataFrame], judged: ScoreRun) -> None:
+    """`evaluate` reads a run's outcomes as flags in the order of its rows (issue #12: no frame
+    of a whole population's outcomes indexed by key); its figures are those of the same
+    outcomes given by person key, and do not depend on the order of the run's rows."""
+    persons = pd.Index(judged.scores["person_key"])
+    survivors = build_outcomes(sources, persons, JUDGED).query("emergency == 0").index[:3]
+    deaths = pd.DataFrame({"extract_id": "deaths-x", "person_key": list(survivors),
+                           "date_of_death": pd.Timestamp(JUDGED) + pd.Timedelta(days=40)})
+    sources = {**sources, "deaths": pd.concat([sources["deaths"], deaths], ignore_index=True)
+               .astype(sources["deaths"].dtypes)}  # deaths without an emergency admission
+    by_key = build_outcomes(sources, persons, JUDGED)
+    assert by_key["emergency_or_death"].sum() == by_key["emergency"].sum() + 3
+    for outcome in ("emergency", "emergency_or_death"):
+        flags = evaluate(judged, sources, outcome=outcome, resamples=0)
+        given = evaluate(judged, outcomes=by_key[outcome], outcome=outcome, resamples=0)
+        pd.testing.assert_frame_equal(flags.frame, given.frame)
+        pd.testing.assert_frame_equal(flags.overall, given.overall)
+        pd.testing.assert_frame_equal(flags.subgroups, given.subgroups)
+        assert 0 < flags.frame["outcome"].sum() == by_key[outcome].sum() < len(by_key)
+    shuffled = replace(judged, scores=judged.scores.sample(frac=1, random_state=1))
+    pd.testing.assert_frame_equal(evaluate(shuffled, sources, resamples=0).frame,
+                                  evaluate(judged, sources, resamples=0).frame)
