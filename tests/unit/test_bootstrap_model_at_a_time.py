@@ -1,14 +1,18 @@
-"""The bootstrap works one model at a time (issue #12: one model's per-person arrays held,
-not every model's), each model drawing the same resamples: its intervals and differences
-must equal those of every model worked on each resample together, bit for bit, on data with
-tied probabilities and a candidate identical to the chosen model."""
+"""The bootstrap works a model at a time on each thread (issue #12: one or two models'
+per-person arrays held, not every model's), each model drawing the same resamples: its
+intervals and differences must equal those of every model worked on each resample together,
+bit for bit, with one thread or two, on data with tied probabilities and a candidate
+identical to the chosen model. The calibration slope's Newton steps, written into buffers
+made once, give the values of the same steps written out."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from stratify import bootstrap
 from stratify.bootstrap import FIGURES, _interval, _Ranked, bootstrap_intervals
+from stratify.models import expit
 
 
 def _all_at_once(y: np.ndarray, models: dict[str, np.ndarray], resamples: int,
@@ -25,14 +29,16 @@ def _all_at_once(y: np.ndarray, models: dict[str, np.ndarray], resamples: int,
     return draws
 
 
-def test_model_at_a_time_equals_every_model_at_once() -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_model_at_a_time_equals_every_model_at_once(threads: int) -> None:
     rng = np.random.default_rng(5)
     n = 3_000
     y = (rng.random(n) < 0.1).astype(float)
     chosen = np.round(rng.random(n) * 0.3 + 0.3 * y, 2)  # two decimals: many ties
     models = {"chosen": chosen, "other": np.clip(chosen + rng.normal(0, 0.05, n), 0.01, 0.99),
               "copy": chosen.copy(), "flat": np.full(n, 0.1)}
-    intervals, differences = bootstrap_intervals(y, models, resamples=25, seed=11)
+    intervals, differences = bootstrap_intervals(y, models, resamples=25, seed=11,
+                                                 threads=threads)
     draws = _all_at_once(y, models, 25, 11)
     ones = np.ones(n)
     for row in intervals.itertuples():
@@ -56,3 +62,31 @@ def test_each_model_draws_the_same_resamples() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert all(w.sum() == 50 for w in first) and not np.array_equal(first[0], first[1])
     assert list(bootstrap._resamples(0, 2, seed=4))[0].shape == (0,)
+
+
+def _slope_written_out(ranked: _Ranked, w: np.ndarray) -> float:
+    """The calibration slope's Newton steps as plain expressions (a new array a product)."""
+    a, b = 0.0, 1.0
+    for _ in range(50):
+        mu = expit(a + b * ranked.z)
+        r = w * (ranked.y - mu)
+        v = w * mu * (1 - mu)
+        vz = v * ranked.z
+        g = np.array([r.sum(), (r * ranked.z).sum()])
+        h = np.array([[v.sum(), vz.sum()], [vz.sum(), (vz * ranked.z).sum()]])
+        step = np.linalg.solve(h, g)
+        a, b = a + float(step[0]), b + float(step[1])
+        if np.abs(step).max() < 1e-9:
+            break
+    return b
+
+
+def test_the_slope_in_buffers_is_the_slope_written_out() -> None:
+    rng = np.random.default_rng(8)
+    n = 20_000
+    y = (rng.random(n) < 0.12).astype(float)
+    p = np.clip(rng.beta(1, 8, n) + 0.1 * y, 0.001, 0.999)
+    ranked = _Ranked(y, p)
+    slopes = [ranked.slope(w) for w in bootstrap._resamples(n, 5, seed=2)]
+    assert slopes == [_slope_written_out(ranked, w) for w in bootstrap._resamples(n, 5, seed=2)]
+    assert len(set(slopes)) == 5 and all(0.5 < s < 2 for s in slopes)
