@@ -43,7 +43,7 @@ from pipeline.score import purpose_rows, score
 from pipeline.serving import ServingRun, optouts_applied, run_purpose, serving_rank
 from stratify import drift
 from stratify.features import connect, features_from
-from stratify.outcomes import OUTCOME_MONTHS, outcomes_from
+from stratify.outcomes import OUTCOME_MONTHS, outcome_flags
 from stratify.sources import add_months
 
 SCORE_COLUMNS = ["person_key", "probability", "tier", "reason_group_1", "sources"]
@@ -138,8 +138,8 @@ def performance_figures(ctx: Context, con: Any, model: str, purpose: str,
         if data_end is None or data_end < add_months(at, OUTCOME_MONTHS) - dt.timedelta(days=1):
             continue  # its outcome year is not wholly in the hospital data held
         scored = _scores(ctx, run_id)
-        outcome = outcomes_from(con, pd.Index(scored["person_key"].astype(str)), at)
-        found = drift.performance(outcome["emergency"].to_numpy(),
+        outcome = outcome_flags(con, pd.Index(scored["person_key"].astype(str)), at)
+        found = drift.performance(outcome["emergency"].astype("int8"),
                                   scored["probability"].to_numpy())
         return {"status": "measured", "run_id": run_id, "year": [
             at.isoformat(), add_months(at, OUTCOME_MONTHS).isoformat()], **found}
