@@ -84,8 +84,13 @@ JAVA_OPTIONS = (*(f"spark.{side}.{kind}JavaOptions"
 DUMP_WORDS = ("heap_dump", "dumpheap", "jmap", "gcore", "-xx:onerror", "-xx:onoutofmemoryerror",
               "-agentlib", "-agentpath", "-javaagent", "-xrunjdwp", "jmxremote",
               "vmoptionsfile", "-xx:flags=")
-# Added to every JVM's options: a crash writes no core file even where the limit allows one.
+# Added to every JVM's options: a crash writes no core file even where the limit allows one,
+# and no error report (`hs_err_pid<pid>.log` in the working folder: the JVM's command line,
+# its registers and a few hundred bytes of the crashing thread's stack, which may hold a
+# slice's raw values); the crash is still seen (the JVM exits, Spark reports it).
 NO_CORE = "-XX:-CreateCoredumpOnCrash"
+NO_ERROR_REPORT = "-XX:+SuppressFatalErrorMessage"
+CRASH_OPTIONS = (NO_CORE, NO_ERROR_REPORT)
 # What Spark's file server would serve to anyone who reaches the driver's port.
 SERVED = ("spark.jars", "spark.jars.packages", "spark.files", "spark.submit.pyFiles",
           "spark.archives")
@@ -124,7 +129,7 @@ def check_settings(conf: dict[str, str], master: str) -> dict[str, str]:
     for key in java_option_keys(conf):
         refuse_memory_on_disk(key, conf.get(key, ""))
     for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
-        conf[key] = f"{conf.get(key, '')} {NO_CORE}".strip()
+        conf[key] = " ".join([conf.get(key, ""), *CRASH_OPTIONS]).strip()  # last: they win
     refuse_served(conf, "HAVEN_SPARK_CONF sets")
     if SECRET in conf:
         raise SparkRefused(f"HAVEN_SPARK_CONF sets {SECRET}: refused, because settings reach "

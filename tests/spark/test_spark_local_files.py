@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ from pipeline.engines.spark_land import spark_prepared
 from pipeline.engines.spark_protections import (
     JAVA_OPTIONS,
     NO_CORE,
+    NO_ERROR_REPORT,
     SparkRefused,
     core_limit,
     driver_memory_rules,
@@ -245,11 +247,38 @@ def test_spark_s_jvm_and_python_workers_may_write_no_core_file(spark: Any) -> No
 def test_every_jvm_haven_starts_is_told_to_write_no_core_on_a_crash(spark: Any,
                                                                     tmp_path: Path) -> None:
     for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
-        assert NO_CORE in spark_conf(Settings(home=tmp_path))[key].split()
+        options = spark_conf(Settings(home=tmp_path))[key].split()
+        assert NO_CORE in options and NO_ERROR_REPORT in options
     jvm = spark.sparkContext._jvm
     bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
         jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean"))
     assert str(bean.getVMOption("CreateCoredumpOnCrash").getValue()) == "false"
+    assert str(bean.getVMOption("SuppressFatalErrorMessage").getValue()) == "true"
+
+
+def test_a_jvm_given_haven_s_options_writes_no_error_report_when_it_crashes(
+        tmp_path: Path) -> None:
+    """A crashing JVM writes `hs_err_pid<pid>.log` into its working folder (its command line,
+    registers, a few hundred bytes of stack); one with the options Haven gives every JVM
+    writes nothing there, and still dies. A JVM of its own, so the shared session lives on."""
+    source = tmp_path / "Wait.java"
+    source.write_text("public class Wait { public static void main(String[] a) throws "
+                      "Exception { System.out.println(\"up\"); Thread.sleep(120000); } }\n")
+    options = spark_conf(Settings(home=tmp_path))["spark.driver.extraJavaOptions"].split()
+
+    def crashed(name: str, given: list[str]) -> list[str]:
+        folder = tmp_path / name
+        folder.mkdir()
+        jvm = subprocess.Popen(["java", *given, str(source)], cwd=folder, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert jvm.stdout is not None and jvm.stdout.readline().strip() == "up"
+        jvm.send_signal(signal.SIGSEGV)
+        assert jvm.wait(timeout=60) != 0
+        return sorted(path.name for path in folder.iterdir())
+
+    control = crashed("control", [NO_CORE])  # no core file either way
+    assert len(control) == 1 and control[0].startswith("hs_err_pid")
+    assert crashed("haven", options) == []
 
 
 def test_the_core_limit_is_read_from_proc(tmp_path: Path) -> None:
