@@ -89,7 +89,8 @@ DUMP_WORDS = ("heap_dump", "dumpheap", "jmap", "gcore", "-xx:onerror", "-xx:onou
 # its registers and a few hundred bytes of the crashing thread's stack, which may hold a
 # slice's raw values); the crash is still seen (the JVM exits, Spark reports it).
 NO_CORE = "-XX:-CreateCoredumpOnCrash"
-NO_ERROR_REPORT = "-XX:+SuppressFatalErrorMessage"
+ERROR_REPORT_FLAG = "SuppressFatalErrorMessage"
+NO_ERROR_REPORT = f"-XX:+{ERROR_REPORT_FLAG}"
 CRASH_OPTIONS = (NO_CORE, NO_ERROR_REPORT)
 # What Spark's file server would serve to anyone who reaches the driver's port.
 SERVED = ("spark.jars", "spark.jars.packages", "spark.files", "spark.submit.pyFiles",
@@ -199,7 +200,7 @@ def driver_memory_rules(spark: SparkSession) -> str | None:
         bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
             jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean"))
         options = {flag: str(bean.getVMOption(flag).getValue())
-                   for flag in (*HEAP_DUMPS, *ERROR_COMMANDS)}
+                   for flag in (*HEAP_DUMPS, *ERROR_COMMANDS, ERROR_REPORT_FLAG)}
         pid = int(jvm.java.lang.ProcessHandle.current().pid())
     except Exception:  # noqa: BLE001 - not HotSpot: nothing to ask
         return ("cannot be asked whether it writes heap dumps (it has no HotSpot diagnostic "
@@ -210,6 +211,9 @@ def driver_memory_rules(spark: SparkSession) -> str | None:
     commands = [flag for flag in ERROR_COMMANDS if options[flag].strip()]
     if commands:
         return f"runs a command on an error (-XX:{commands[0]})"
+    if options[ERROR_REPORT_FLAG].lower() != "true":
+        return (f"would write an error report of its registers and stack on a crash (start "
+                f"it with {NO_ERROR_REPORT}; `_JAVA_OPTIONS` overrides the command line)")
     limit = core_limit(pid)
     if limit != "0":
         return (f"may write a core file (its core-file limit is {limit or 'unknown'}; a "

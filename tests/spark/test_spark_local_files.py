@@ -281,6 +281,15 @@ def test_a_jvm_given_haven_s_options_writes_no_error_report_when_it_crashes(
     assert crashed("haven", options) == []
 
 
+def test_a_driver_jvm_told_to_write_error_reports_after_haven_s_options_is_refused(
+        tmp_path: Path) -> None:
+    """`_JAVA_OPTIONS` is read after the command line, so it overrides Haven's options: the
+    JVM is asked what it runs with, and the session is refused."""
+    done = _session_elsewhere(tmp_path, {"_JAVA_OPTIONS": "-XX:-SuppressFatalErrorMessage"})
+    assert ("refused: the Spark driver's JVM would write an error report of its registers and "
+            "stack on a crash") in done.stdout, (done.stdout[-500:], done.stderr[-1500:])
+
+
 def test_the_core_limit_is_read_from_proc(tmp_path: Path) -> None:
     (tmp_path / "7").mkdir()
     (tmp_path / "7" / "limits").write_text(
