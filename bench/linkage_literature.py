@@ -192,8 +192,8 @@ def main() -> None:
     for name, h, s in rows:
         def f(r: dict | None) -> str:
             return "-" if r is None else f"{r['precision']:.4f} / {r['recall']:.4f} / {r['f1']:.4f}"
-        t = "-" if not (h and s) else f"{h['seconds']:.1f} / {s['seconds']:.1f}"
-        m = "-" if not (h and s) else f"{h['peak_mb']:.0f} / {s['peak_mb']:.0f}"
+        t = " / ".join("-" if r is None else f"{r['seconds']:.1f}" for r in (h, s))
+        m = " / ".join("-" if r is None else f"{r['peak_mb']:.0f}" for r in (h, s))
         print(f"| {name} | {f(h)} | {f(s)} | {t} | {m} |")
 
 
