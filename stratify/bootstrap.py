@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,14 +32,15 @@ FIGURES = ("auroc", "calibration_slope", "ppv_top5")
 RESAMPLES = 200
 TOP = 0.05
 LEVEL = 0.95
-# A model's per-person arrays while its figures are worked out (log-odds, tie groups, the
-# ranking, a resample's counts, the Newton step's buffers): 85 bytes a person, measured on
-# 2.7 million.
-MODEL_BYTES = 88
+# What a second model worked on at once adds to the process's resident memory, a person:
+# its arrays (log-odds, tie groups, the ranking, a resample's counts, the Newton step's
+# buffers: 80 bytes by numpy's own count) and what the allocator keeps for a second thread
+# (the report at 898,901 persons rose 127 MB).
+MODEL_BYTES = 145
 # What working on a second model at once may add: it halves the time on two cores (1M
 # persons, 4 models and the chosen: 19.0 s -> 8.5 s for 10 resamples), but a second set of a
 # whole population's arrays would make memory grow with the population again (issue #12).
-PARALLEL_BYTES = 128 << 20
+PARALLEL_BYTES = 192 << 20
 
 
 class _Ranked:
@@ -130,9 +132,14 @@ def _resamples(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
 
 
 def default_threads(persons: int) -> int:
-    """Models to work on at once for `persons`: two on two cores or more while a second
-    model's arrays fit in `PARALLEL_BYTES`, else one."""
-    return 2 if (os.cpu_count() or 1) >= 2 and persons * MODEL_BYTES <= PARALLEL_BYTES else 1
+    """Models to work on at once for `persons`: two when this process may use two cores or
+    more and a second model's arrays fit in `PARALLEL_BYTES`, else one."""
+    return 2 if len(os.sched_getaffinity(0)) >= 2 and persons * MODEL_BYTES <= PARALLEL_BYTES \
+        else 1
+
+
+class _Stopped(Exception):
+    """A model's bootstrap given up because another's failed or the caller was interrupted."""
 
 
 def bootstrap_intervals(y: np.ndarray, models: dict[str, np.ndarray],
@@ -154,18 +161,29 @@ def bootstrap_intervals(y: np.ndarray, models: dict[str, np.ndarray],
     # from a generator of its own with the same seed: the draws and figures are those of
     # every model at once, but memory holds `threads` models' per-person arrays, not all.
     # The models are worked on side by side (numpy lets go of the interpreter in the work).
+    stop = threading.Event()
+
     def one(p: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         ranked = _Ranked(y, np.asarray(p, dtype=float))
         drawn = {f: np.empty(resamples) for f in FIGURES}
         for i, w in enumerate(_resamples(len(y), resamples, seed)):
+            if stop.is_set():  # a resample is under a second at millions of persons
+                raise _Stopped
             for figure, value in ranked.figures(w).items():
                 drawn[figure][i] = value
         return ranked.figures(np.ones(len(y))), drawn
 
-    threads = default_threads(len(y)) if threads is None else threads
-    with ThreadPoolExecutor(max(1, min(threads, len(models))),
-                            thread_name_prefix="haven-bootstrap") as pool:
-        done = dict(zip(models, pool.map(one, models.values()), strict=True))
+    workers = max(1, min(default_threads(len(y)) if threads is None else threads, len(models)))
+    if workers == 1:  # in this thread: an interrupt stops it at once
+        found = [one(p) for p in models.values()]
+    else:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="haven-bootstrap")
+        try:
+            found = list(pool.map(one, models.values()))
+        finally:  # on an error or an interrupt, the other models stop at their next resample
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+    done = dict(zip(models, found, strict=True))
     point = {name: found[0] for name, found in done.items()}
     draws = {name: found[1] for name, found in done.items()}
     rows = []

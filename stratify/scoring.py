@@ -294,7 +294,8 @@ def load_run(directory: RunFiles | Path | str, columns: list[str] | None = None)
     known = {"run_id", "at", "model_version", "model", "seed", "thresholds", "extract_ids",
              "metrics"}
     names = list(columns) if columns is not None else pq.read_schema(files.scores).names
-    same = "person_key" in names and _same_keys(files.scores, files.candidates)
+    same = ("person_key" in names and not _stored_index(files.scores)
+            and _same_keys(files.scores, files.candidates))
     scores = _frame(files.scores, names)
     # When the candidates list the scores' persons in the same order (as `save_run` writes
     # them), their person keys are the scores' own text objects, not a second copy.
@@ -321,12 +322,22 @@ def _frame(path: Path, names: list[str]) -> pd.DataFrame:
     metadata says how: a nullable integer column is `Int64`). `person_key` is made without
     Arrow's de-duplication: every key is distinct, so de-duplicating only built a hash table
     of every key."""
+    if not names or len(set(names)) < len(names) or _stored_index(path):
+        # no column (the frame keeps its rows), a name twice, or a stored pandas index:
+        # pyarrow's own reading says what these give (Haven writes none of them)
+        return pq.read_table(path, columns=names).to_pandas()
     series: dict[str, Any] = {}
     for name in names:
         part = pq.read_table(path, columns=[name])
         series[name] = part.to_pandas(deduplicate_objects=name != "person_key")[name]
         del part
     return pd.DataFrame(series, copy=False)
+
+
+def _stored_index(path: Path) -> bool:
+    """Whether the Parquet file at `path` holds a pandas index as columns."""
+    stored = pq.read_schema(path).pandas_metadata or {}
+    return any(isinstance(index, str) for index in stored.get("index_columns", []))
 
 
 def _same_keys(scores: Path, candidates: Path) -> bool:

@@ -83,7 +83,12 @@ JAVA_OPTIONS = (*(f"spark.{side}.{kind}JavaOptions"
 # on request), and options read from a file Haven cannot see (`-XX:VMOptionsFile`, `@file`).
 DUMP_WORDS = ("heap_dump", "dumpheap", "jmap", "gcore", "-xx:onerror", "-xx:onoutofmemoryerror",
               "-agentlib", "-agentpath", "-javaagent", "-xrunjdwp", "jmxremote",
-              "vmoptionsfile", "-xx:flags=")
+              "vmoptionsfile", "-xx:flags=",
+              # undoing `CRASH_OPTIONS` where a setting's options come after Haven's
+              # (`_JAVA_OPTIONS`, read after the command line, in an executor's environment),
+              # or sending a crash's report elsewhere
+              "-xx:+createcoredumponcrash", "-xx:-suppressfatalerrormessage", "-xx:errorfile",
+              "errorfiletostdout", "errorfiletostderr")
 # Added to every JVM's options: a crash writes no core file even where the limit allows one,
 # and no error report (`hs_err_pid<pid>.log` in the working folder: the JVM's command line,
 # its registers and a few hundred bytes of the crashing thread's stack, which may hold a
@@ -156,15 +161,16 @@ def refuse_served(conf: dict[str, str], where: str) -> None:
 
 
 def refuse_memory_on_disk(key: str, options: str) -> None:
-    """SparkRefused when the JVM options `options` (of setting `key`) ask for a heap dump or
-    for a command run on an error."""
+    """SparkRefused when the JVM options `options` (of setting `key`) ask for a heap dump, a
+    crash's core file or error report, or a command run on an error."""
     found = [f"-XX:+{flag}" for flag in HEAP_DUMPS if f"+{flag}" in options]
     found += [word for word in DUMP_WORDS if word in options.lower()]
     found += [token for token in options.split() if token.startswith("@")]  # an argument file
     if found:
-        raise SparkRefused(f"{key} turns on {found[0]}: refused, because a heap dump or a "
-                           "command run on an error writes the JVM's memory (raw extract "
-                           "rows, the landing's keys) to disk in clear")
+        raise SparkRefused(f"{key} turns on {found[0]}: refused, because a heap dump, a "
+                           "crash's core or error report, or a command run on an error writes "
+                           "the JVM's memory (raw extract rows, the landing's keys) to disk "
+                           "in clear")
 
 
 def require_protections(spark: SparkSession) -> None:

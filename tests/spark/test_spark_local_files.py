@@ -175,7 +175,9 @@ def test_jvm_options_that_write_heap_dumps_are_refused(tmp_path: Path, key: str)
                     "-XX:OnError='gcore %p'", "-XX:OnOutOfMemoryError=/bin/true",
                     "-agentlib:jdwp=transport=dt_socket,server=y,address=*:5005",
                     "-javaagent:/tmp/a.jar", "-agentpath:/tmp/a.so",
-                    "-Dcom.sun.management.jmxremote.port=9999", "@/tmp/options"):
+                    "-Dcom.sun.management.jmxremote.port=9999", "@/tmp/options",
+                    "-XX:-SuppressFatalErrorMessage", "-XX:+CreateCoredumpOnCrash",
+                    "-XX:ErrorFile=/tmp/e.log", "-XX:+ErrorFileToStderr"):
         settings = Settings(home=tmp_path, engine="spark", spark_conf={key: options})
         with pytest.raises(SparkRefused, match="refused, because a heap dump"):
             spark_conf(settings)

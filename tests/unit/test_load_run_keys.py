@@ -38,3 +38,19 @@ def test_candidates_share_the_scores_keys_only_in_the_same_order(tmp_path: Path)
                                           again.candidates["person_key"], strict=True))
     fewer = load_run(tmp_path / "same", columns=["probability"])  # no keys read: none shared
     pd.testing.assert_frame_equal(fewer.candidates, same.candidates)
+
+
+def test_files_read_a_column_at_a_time_equal_pandas_reading_them(tmp_path: Path) -> None:
+    """`load_run` reads a column at a time (issue #12); what it gives equals
+    `pandas.read_parquet`'s, for a run as `save_run` writes it and for files it does not
+    write: a nullable integer column, no column asked for, a stored pandas index."""
+    run = _run(np.arange(30))
+    run.scores["tier_change"] = pd.array([None, *range(29)], dtype="Int64")
+    folder = save_run(run, tmp_path / "run")
+    scores = folder / "scores.parquet"
+    loaded = load_run(folder)
+    pd.testing.assert_frame_equal(loaded.scores, pd.read_parquet(scores))
+    assert str(loaded.scores["tier_change"].dtype) == "Int64"
+    assert load_run(folder, columns=[]).scores.shape == (30, 0)
+    run.scores.set_index("person_key").to_parquet(scores)  # an index stored as a column
+    pd.testing.assert_frame_equal(load_run(folder).scores, pd.read_parquet(scores))
