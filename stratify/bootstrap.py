@@ -183,9 +183,8 @@ def bootstrap_intervals(y: np.ndarray, models: dict[str, np.ndarray],
         finally:  # on an error or an interrupt, the other models stop at their next resample
             stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
-    done = dict(zip(models, found, strict=True))
-    point = {name: found[0] for name, found in done.items()}
-    draws = {name: found[1] for name, found in done.items()}
+    point = {name: figures for name, (figures, _) in zip(models, found, strict=True)}
+    draws = {name: drawn for name, (_, drawn) in zip(models, found, strict=True)}
     rows = []
     for name in models:
         for figure in FIGURES:

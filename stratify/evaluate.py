@@ -51,6 +51,7 @@ class Evaluation:
     error_rates: pd.DataFrame        # FPR/FNR per subgroup x tier threshold (chosen model)
     calibration: dict[str, pd.DataFrame]  # per model: decile, mean predicted, observed, n
     frame: pd.DataFrame              # person-level: outcome and each model's probability
+    #                                  (views of the run's arrays, not copies: read, not write)
     notes: list[str] = field(default_factory=list)
     kind: str = "prospective"        # or "backtest" (stratify.backtest)
     judged_at: dt.date | None = None  # the reference date the outcomes follow (default: at)
