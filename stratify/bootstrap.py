@@ -20,7 +20,7 @@ import math
 import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import numpy as np
 import pandas as pd
@@ -179,7 +179,12 @@ def bootstrap_intervals(y: np.ndarray, models: dict[str, np.ndarray],
     else:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="haven-bootstrap")
         try:
-            found = list(pool.map(one, models.values()))
+            futures = [pool.submit(one, p) for p in models.values()]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f.exception() for f in futures if f.done() and f.exception()]
+            if failed:  # whichever model it was, not after the ones before it finish
+                raise failed[0]
+            found = [f.result() for f in futures]
         finally:  # on an error or an interrupt, the other models stop at their next resample
             stop.set()
             pool.shutdown(wait=True, cancel_futures=True)

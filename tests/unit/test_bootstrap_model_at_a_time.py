@@ -7,12 +7,14 @@ made once, give the values of the same steps written out."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
 from stratify import bootstrap
 from stratify.bootstrap import FIGURES, _interval, _Ranked, bootstrap_intervals
-from stratify.models import expit
+from stratify.models import expit, logit
 
 
 def _all_at_once(y: np.ndarray, models: dict[str, np.ndarray], resamples: int,
@@ -90,3 +92,30 @@ def test_the_slope_in_buffers_is_the_slope_written_out() -> None:
     slopes = [ranked.slope(w) for w in bootstrap._resamples(n, 5, seed=2)]
     assert slopes == [_slope_written_out(ranked, w) for w in bootstrap._resamples(n, 5, seed=2)]
     assert len(set(slopes)) == 5 and all(0.5 < s < 2 for s in slopes)
+
+
+def test_a_model_that_fails_stops_the_others_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two threads, a model whose figures fail is raised at once, whatever its place
+    among the models: the model working beside it stops at its next resample, and no
+    bootstrap thread is left."""
+    rng = np.random.default_rng(4)
+    n, resamples = 4_000, 400
+    y = (rng.random(n) < 0.1).astype(float)
+    failing = np.full(n, 0.25)
+    models = {"first": rng.random(n) * 0.5, "failing": failing, "third": rng.random(n) * 0.5}
+    calls = {name: 0 for name in models}
+    figures = _Ranked.figures
+
+    def counted(self: _Ranked, w: np.ndarray) -> dict[str, float]:
+        name = next(k for k, p in models.items() if self.z[0] == logit(p[:1])[0])
+        calls[name] += 1
+        if name == "failing":
+            raise ArithmeticError("a figure failed")
+        return figures(self, w)
+
+    monkeypatch.setattr(_Ranked, "figures", counted)
+    with pytest.raises(ArithmeticError, match="a figure failed"):
+        bootstrap_intervals(y, models, resamples=resamples, seed=1, threads=2)
+    # the first stopped early, not after its 400 resamples (the third may have begun)
+    assert calls["first"] < resamples and calls["third"] < resamples
+    assert not [t for t in threading.enumerate() if t.name.startswith("haven-bootstrap")]
