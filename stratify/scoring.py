@@ -304,8 +304,8 @@ def load_run(directory: RunFiles | Path | str, columns: list[str] | None = None)
     if same:
         candidates.insert(names.index("person_key"), "person_key",
                           scores["person_key"].to_numpy())
-    # Arrow's allocator keeps the pages the reading freed (twice the frames, at a million
-    # persons): handed back, so what follows can use them.
+    # Arrow's allocator keeps the pages the column reads freed: handed back, so what follows
+    # can use them.
     pa.default_memory_pool().release_unused()
     return ScoreRun(run_id=meta["run_id"], at=dt.date.fromisoformat(meta["at"]),
                     model_version=meta["model_version"], model=meta["model"], seed=meta["seed"],
