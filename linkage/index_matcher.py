@@ -12,14 +12,15 @@ The profiles come as a `ProfileStore`: a bucket of persons at a time, so memory 
 bucket's profiles and blocks, not the register. Blocks are sized on the whole register
 (`_totals`, from each blocking pass's key tally, counted once per store: `register_tallies`);
 a person's profiles share a bucket, so each query row's best pair per person is
-found within one, and only its sum of evidence and its best pair are carried across buckets
-(`_combined`). A DataFrame of profiles is taken as a store of one bucket.
+found within one, and only its sum of evidence and its best pair are carried across buckets,
+folded as each bucket's results come (`linkage.bucket_best`). A DataFrame of profiles is
+taken as a store of one bucket.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from linkage.bucket_best import BestOverBuckets, best_in_part
 from linkage.encodings import PREFIX
 from linkage.probabilistic import (
     DEFAULT_PASSES,
@@ -142,15 +144,21 @@ class BucketJob:
     max_block_pairs: int = MAX_BLOCK_PAIRS
 
 
-# How the buckets' tasks are run: `map_buckets(task, count)` is [task(0), ..., task(count-1)],
-# in bucket order; the embedded engine runs them here one after the other (`in_order`), the
-# Spark engine on executors (pipeline/engines/spark_link.py). A task reads its bucket itself.
-BucketMap = Callable[[Callable[[int], Any], int], list[Any]]
+# How the buckets' tasks are run: `map_buckets(task, count)` gives task(0), ..., task(count-1)
+# in bucket order; the embedded engine runs each here when the caller comes to it (`in_turn`),
+# the Spark engine on executors (pipeline/engines/spark_link.py). A task reads its bucket itself.
+BucketMap = Callable[[Callable[[int], Any], int], Iterable[Any]]
 
 
 def in_order(task: Callable[[int], Any], count: int) -> list[Any]:
-    """Each bucket's task in this process, one bucket in memory at a time."""
+    """Each task in this process, one after the other: the list of their results."""
     return [task(index) for index in range(count)]
+
+
+def in_turn(task: Callable[[int], Any], count: int) -> Iterator[Any]:
+    """Each bucket's task in this process as the caller comes to its result: a caller that
+    folds the results holds one bucket's at a time (a list would hold every bucket's)."""
+    return (task(index) for index in range(count))
 
 
 def _job(query: Encoded, store: ProfileStore, fields: list[str], **extra: Any) -> BucketJob:
@@ -202,7 +210,7 @@ def register_tallies(store: ProfileStore, passes: list[tuple[str, ...]]
 
 def fit_supervised(query: Encoded, person_q: pd.Series, store: ProfileStore, fields: list[str],
                    exclude_self: np.ndarray | None = None, seed: int = 0,
-                   map_buckets: BucketMap = in_order) -> MatchModel | None:
+                   map_buckets: BucketMap = in_turn) -> MatchModel | None:
     """Fellegi-Sunter m and u from labels the data gives for free (recordlinkage NaiveBayes).
 
     m: levels among candidate pairs of the same person (pseudonyms equal); u: levels among
@@ -301,12 +309,12 @@ def _scored_in_bucket(job: BucketJob, index: int) -> Iterator[pd.DataFrame]:
 
 
 def _best_in_bucket(job: BucketJob, index: int) -> list[pd.DataFrame]:
-    """Each query row's best pair in bucket `index`, a part at a time (`_best`)."""
-    return [_best(scored, job.persons) for scored in _scored_in_bucket(job, index)]
+    """Each query row's best pair in bucket `index`, a part at a time (`best_in_part`)."""
+    return [best_in_part(scored, job.persons) for scored in _scored_in_bucket(job, index)]
 
 
 def train_on_profiles(profile: pd.DataFrame | ProfileStore, fields: list[str],
-                      map_buckets: BucketMap = in_order,
+                      map_buckets: BucketMap = in_turn,
                       most: int = TWIN_PROFILES) -> MatchModel | None:
     """A supervised model for queries carrying `fields`, trained on profiles with twins.
 
@@ -341,7 +349,7 @@ def train_on_profiles(profile: pd.DataFrame | ProfileStore, fields: list[str],
 def match_profiles(query: pd.DataFrame, profile: pd.DataFrame | ProfileStore,
                    coverage: float = DEFAULT_COVERAGE,
                    examples: pd.DataFrame | None = None,
-                   map_buckets: BucketMap = in_order) -> pd.DataFrame:
+                   map_buckets: BucketMap = in_turn) -> pd.DataFrame:
     """Best profile per query row: columns query, profile, weight, probability, band, cmp_*.
 
     `weight` is the pair's Fellegi-Sunter match weight (log2 Bayes factor). `probability` is
@@ -372,35 +380,20 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame | ProfileStore,
         # (only when it has too few persons with twins to learn from: never a large one)
         store = ProfileStore.from_frame(store.whole(["person_id", *fields]))
     job = _job(encoded, store, fields, model=model, persons=max(store.persons, 1))
-    run = map_buckets if model is not None else in_order  # ECM: one bucket, fitted here
-    best = [part for parts in run(functools.partial(_best_in_bucket, job), len(store.buckets))
-            for part in parts]
-    if not best:
+    run = map_buckets if model is not None else in_turn  # ECM: one bucket, fitted here
+    folded = BestOverBuckets(several=len(store.buckets) > 1)
+    for parts in run(functools.partial(_best_in_bucket, job), len(store.buckets)):
+        for part in parts:
+            folded.add(part)
+    found = folded.found()
+    if found is None:
         return pd.DataFrame(columns=["query", "profile", "weight", "probability", "band"])
-    return _combined(best, coverage, several=len(store.buckets) > 1)
+    return _banded(found, coverage)
 
 
-def _best(scored: pd.DataFrame, persons: int) -> pd.DataFrame:
-    """Each query's best pair in one part (one bucket), with `factor` (its person's evidence)
-    and `total` (the sum of every person's in the part): `scored` holds every pair of its
-    queries with the part's profiles."""
-    scored = scored.sort_values(["query", "weight"], ascending=[True, False], kind="stable")
-    # The best pair per (query, person) speaks for that person.
-    per_person = scored.drop_duplicates(["query", "person"]).copy()
-    per_person["factor"] = np.exp2(np.clip(per_person["weight"].to_numpy(), -60, 60)) / persons
-    per_person["total"] = per_person.groupby("query")["factor"].transform("sum").to_numpy()
-    return per_person.drop_duplicates("query", keep="first")
-
-
-def _combined(best: list[pd.DataFrame], coverage: float, several: bool) -> pd.DataFrame:
-    """Each query's most probable person over every bucket, banded: evidence summed over the
-    buckets (a person is in one), the best pair the highest weight (ties: lowest position)."""
-    found = pd.concat(best, ignore_index=True)
-    if several:
-        total = found.groupby("query", sort=False)["total"].transform("sum").to_numpy()
-        found = found.assign(total=total).sort_values(
-            ["query", "weight", "profile"], ascending=[True, False, True], kind="stable")
-        found = found.drop_duplicates("query", keep="first")
+def _banded(found: pd.DataFrame, coverage: float) -> pd.DataFrame:
+    """Each query's most probable person, banded: its best pair with `factor` (the person's
+    evidence) and `total` (every person's of the register, summed over the buckets)."""
     factor, total = found["factor"].to_numpy(), found["total"].to_numpy()
     found["probability"] = coverage * factor / (coverage * total + (1 - coverage))
     band = np.where(found["probability"] >= UPPER, "link",
@@ -442,7 +435,7 @@ def _registered(persons: np.ndarray, store: ProfileStore) -> np.ndarray:
 def estimate_quality(profile: pd.DataFrame | ProfileStore,
                      examples: pd.DataFrame | None = None,
                      priors: dict[str, float] | None = None, sample: int = 5000,
-                     seed: int = 0, map_buckets: BucketMap = in_order) -> dict:
+                     seed: int = 0, map_buckets: BucketMap = in_turn) -> dict:
     """False-match and missed-match rates, measured on rows whose pseudonym is known.
 
     Per source with labelled examples (the sampled NHS-numbered rows): half the persons train

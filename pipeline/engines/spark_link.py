@@ -3,7 +3,7 @@
 The register's profiles are held in buckets of persons (`linkage.profile_store`: a Parquet
 file a bucket, under the link's scratch folder in the data directory), and everything the
 matcher decides per person is decided within a bucket (`linkage.index_matcher`). So a bucket
-is a partition: `bucket_mapper(spark)` is a drop-in for `index_matcher.in_order` that runs
+is a partition: `bucket_mapper(spark)` is a drop-in for `index_matcher.in_turn` that runs
 each bucket's task (finding the training pairs of one person, or scoring the query rows'
 candidate pairs and keeping each row's best) in a Spark task of its own, with what the tasks
 share (`BucketJob`: the query rows' keyed encodings, the fitted model, the register's key

@@ -1,0 +1,76 @@
+"""Each query row's best pair over the buckets of a match, folded as the buckets' results come.
+
+A person's profiles share a bucket, so a bucket gives each query row its best pair per person
+and the sum of their evidence (`best_in_part`); across buckets only the row's best pair and the
+evidence summed over buckets are carried. Folding bucket by bucket holds one frame of query
+rows and 16 bytes a (row, bucket) for the sums: a list of every bucket's best pairs, which the
+caller used to hold, grew with query rows times buckets, and both grow with the register.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+# A query's best pair over buckets: the highest weight, ties to the lowest profile position.
+_ORDER = (["query", "weight", "profile"], [True, False, True])
+
+
+def best_in_part(scored: pd.DataFrame, persons: int) -> pd.DataFrame:
+    """Each query's best pair in one part (one bucket), with `factor` (its person's evidence)
+    and `total` (the sum of every person's in the part): `scored` holds every pair of its
+    queries with the part's profiles."""
+    scored = scored.sort_values(["query", "weight"], ascending=[True, False], kind="stable")
+    # The best pair per (query, person) speaks for that person.
+    per_person = scored.drop_duplicates(["query", "person"]).copy()
+    per_person["factor"] = np.exp2(np.clip(per_person["weight"].to_numpy(), -60, 60)) / persons
+    per_person["total"] = per_person.groupby("query")["factor"].transform("sum").to_numpy()
+    return per_person.drop_duplicates("query", keep="first")
+
+
+def _first_per_query(found: pd.DataFrame) -> pd.DataFrame:
+    """Each query's best row of `found`, in query order."""
+    columns, ascending = _ORDER
+    return found.sort_values(columns, ascending=ascending, kind="stable").drop_duplicates(
+        "query", keep="first")
+
+
+class BestOverBuckets:
+    """The parts of a match (`best_in_part`'s frames, in bucket order) folded as they come.
+
+    With one bucket the parts are kept as they are (each query is in one part). With several,
+    each query's best pair so far is kept, and each part's `total` column as it came: the
+    evidence is summed at the end over every part's totals in their order, the sum pandas made
+    when the parts were one frame, so the probabilities are the same to the bit.
+    """
+
+    def __init__(self, several: bool) -> None:
+        self.several = several
+        self.parts: list[pd.DataFrame] = []
+        self.best: pd.DataFrame | None = None
+        self.queries: list[np.ndarray] = []
+        self.totals: list[np.ndarray] = []
+
+    def add(self, part: pd.DataFrame) -> None:
+        """Fold in one part's best pairs."""
+        if not self.several:
+            self.parts.append(part)
+            return
+        self.queries.append(part["query"].to_numpy(dtype=np.int64, copy=True))
+        self.totals.append(part["total"].to_numpy(dtype=np.float64, copy=True))
+        held = part if self.best is None else pd.concat([self.best, part], ignore_index=True)
+        self.best = _first_per_query(held)
+
+    def found(self) -> pd.DataFrame | None:
+        """Each query's best pair with `factor` and `total` (its evidence over every bucket),
+        in query order for several buckets; None when no part had a pair."""
+        if not self.several:
+            return pd.concat(self.parts, ignore_index=True) if self.parts else None
+        if self.best is None:
+            return None
+        queries = np.concatenate(self.queries)
+        summed = pd.Series(np.concatenate(self.totals)).groupby(queries, sort=True).sum()
+        best = self.best.reset_index(drop=True)
+        if not np.array_equal(summed.index.to_numpy(), best["query"].to_numpy(dtype=np.int64)):
+            raise AssertionError("the summed evidence and the best pairs name other queries")
+        return best.assign(total=summed.to_numpy())
