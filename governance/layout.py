@@ -176,7 +176,7 @@ class Layout:
     @staticmethod
     def profile_bucket(scratch: Path, number: int) -> Path:
         """Link's bucket `number` of register profiles, in its scratch workspace."""
-        return scratch / f"profiles-{number:03d}.parquet"
+        return scratch / f"profiles-{number:03d}.arrow"
 
     def extract(self, extract_id: str) -> Path:
         return self.extracts_dir / extract_id

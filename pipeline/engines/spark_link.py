@@ -1,7 +1,7 @@
 """The person index's probabilistic step on Spark: each bucket of persons matched on an executor.
 
-The register's profiles are held in buckets of persons (`linkage.profile_store`: a Parquet
-file a bucket, under the link's scratch folder in the data directory), and everything the
+The register's profiles are held in buckets of persons (`linkage.profile_store`: an Arrow
+IPC file a bucket, under the link's scratch folder in the data directory), and everything the
 matcher decides per person is decided within a bucket (`linkage.index_matcher`). So a bucket
 is a partition: `bucket_mapper(spark)` is a drop-in for `index_matcher.in_turn` that runs
 each bucket's task (finding the training pairs of one person, or scoring the query rows'
