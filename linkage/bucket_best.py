@@ -52,7 +52,8 @@ class BestOverBuckets:
         self.totals: list[np.ndarray] = []
 
     def add(self, part: pd.DataFrame) -> None:
-        """Fold in one part's best pairs."""
+        """Fold in the best pairs of a part, or of a bucket's parts in one frame (a query row
+        at most once: a bucket's parts hold other rows)."""
         if not self.several:
             self.parts.append(part)
             return

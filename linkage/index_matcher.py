@@ -383,8 +383,8 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame | ProfileStore,
     run = map_buckets if model is not None else in_turn  # ECM: one bucket, fitted here
     folded = BestOverBuckets(several=len(store.buckets) > 1)
     for parts in run(functools.partial(_best_in_bucket, job), len(store.buckets)):
-        for part in parts:
-            folded.add(part)
+        if parts:  # a bucket's parts hold other query rows: folded once, in one frame
+            folded.add(pd.concat(parts, ignore_index=True))
     found = folded.found()
     if found is None:
         return pd.DataFrame(columns=["query", "profile", "weight", "probability", "band"])

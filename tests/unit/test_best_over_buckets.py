@@ -113,8 +113,8 @@ def test_the_embedded_engine_runs_a_bucket_after_the_last_is_folded(
 
     profiles, query, examples = _world(seed=5)
     store = _store(profiles, tmp_path / "b", bucket_rows=40)
-    folds: list[int] = []  # parts folded so far
-    started: list[tuple[int, int]] = []  # per scoring task: (parts folded, parts given before)
+    folds: list[int] = []  # folds so far
+    started: list[tuple[int, int]] = []  # per scoring task: (folds, buckets with pairs before)
     given: list[int] = []
     real_add = BestOverBuckets.add
 
@@ -130,7 +130,7 @@ def test_the_embedded_engine_runs_a_bucket_after_the_last_is_folded(
                 started.append((len(folds), sum(given)))
             result = task(index)
             if scoring:
-                given.append(len(result))
+                given.append(1 if result else 0)
             return result
 
         return in_turn(noted, count)
@@ -140,5 +140,5 @@ def test_the_embedded_engine_runs_a_bucket_after_the_last_is_folded(
     got = match_profiles(query, store, 0.95, examples, recording)
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert len(started) == len(store.buckets) > 2 and min(given) >= 1
-    # each bucket's task starts once every part the ones before gave is folded
+    # each bucket's task starts once every bucket before it is folded
     assert all(folded == before for folded, before in started), started
