@@ -52,6 +52,15 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
+class MapBatch:
+    """A batch of map rows already in `MAP_SCHEMA`, with its persons (`persons_part`'s
+    table) when the caller has them at hand: written without a pandas frame."""
+
+    table: pa.Table
+    persons: pa.Table | None = None
+
+
+@dataclass(frozen=True)
 class Entry:
     """One extract's file in a generation: its source, rows and rows per linkage method."""
 
@@ -282,8 +291,10 @@ class NextGeneration:
         os.link(self.base.persons(entry.extract_id), self.persons(entry.extract_id))
         self.entries.append(entry)
 
-    def write(self, extract_id: str, source: str, frames: Iterable[pd.DataFrame]) -> Entry:
-        """Write an extract's map rows (frames with the map's columns) and its persons."""
+    def write(self, extract_id: str, source: str,
+              frames: Iterable[pd.DataFrame | MapBatch]) -> Entry:
+        """Write an extract's map rows (frames with the map's columns, or `MapBatch`es) and
+        its persons."""
         methods: dict[str, int] = {}
         persons = PersonsOfFile(self.folder, safe_extract_id(extract_id))
         rows = 0
@@ -292,12 +303,20 @@ class NextGeneration:
             with pq.ParquetWriter(self.path(extract_id), MAP_SCHEMA,
                                   compression="zstd") as writer:
                 for frame in frames:
-                    for method, n in frame["method"].value_counts(sort=False).items():
+                    if isinstance(frame, MapBatch):
+                        table, part = frame.table, frame.persons
+                        counted = pc.value_counts(table["method"])
+                        counts = zip(counted.field("values").to_pylist(),
+                                     counted.field("counts").to_pylist(), strict=True)
+                    else:
+                        table = pa.Table.from_pandas(frame[columns], schema=MAP_SCHEMA,
+                                                     preserve_index=False)
+                        part = None
+                        counts = frame["method"].value_counts(sort=False).items()
+                    for method, n in counts:
                         methods[str(method)] = methods.get(str(method), 0) + int(n)
-                    rows += len(frame)
-                    table = pa.Table.from_pandas(frame[columns], schema=MAP_SCHEMA,
-                                                 preserve_index=False)
-                    persons.add(persons_part(table))
+                    rows += table.num_rows
+                    persons.add(persons_part(table) if part is None else part)
                     writer.write_table(table)
             persons.write(self.persons(extract_id))
         finally:

@@ -35,14 +35,18 @@ class PseudonymTable:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def positions(self, person_ids: pd.Series) -> np.ndarray:
+    def positions(self, person_ids: pd.Series | pa.Array) -> np.ndarray:
         """Each pseudonym's place in the table, -1 if absent (nulls are absent); each
         distinct one is looked up once."""
         if not len(person_ids):
             return np.zeros(0, dtype=np.int64)
-        values = (pa.array(person_ids.array) if isinstance(person_ids.dtype, pd.ArrowDtype)
-                  else pa.array(person_ids.to_numpy(dtype=object), type=pa.string(),
-                                from_pandas=True))
+        if isinstance(person_ids, pa.Array | pa.ChunkedArray):
+            values = person_ids
+        elif isinstance(person_ids.dtype, pd.ArrowDtype):
+            values = pa.array(person_ids.array)
+        else:
+            values = pa.array(person_ids.to_numpy(dtype=object), type=pa.string(),
+                              from_pandas=True)
         encoded = pc.dictionary_encode(values.cast(pa.string()))
         if isinstance(encoded, pa.ChunkedArray):
             encoded = encoded.unify_dictionaries().combine_chunks()
@@ -81,6 +85,18 @@ class PseudonymTable:
         out[hit] = np.char.decode(self.values[at[hit]], "utf-8").astype(object)
         return out
 
+    def lookup_arrow(self, person_ids: pa.Array) -> pa.Array:
+        """`lookup` for an Arrow array, as an Arrow string array (null if absent): no Python
+        object per row."""
+        if self.values is None:
+            raise ValueError("this table holds pseudonyms without values")
+        at = self.positions(person_ids)
+        hit = at >= 0
+        found = _as_text(self.values[at[hit]])
+        spread = np.full(len(at), -1, dtype=np.int64)
+        spread[hit] = np.arange(int(hit.sum()))
+        return found.take(pa.array(spread, mask=~hit))
+
 
 def fixed_width(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Binary values (none null) as a numpy bytes array, zero-copy when all have one length."""
@@ -96,6 +112,17 @@ def fixed_width(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[start:start + width * len(values)]
         return data.view(f"S{width}").copy()
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=f"S{max(width, 1)}")
+
+
+def _as_text(values: np.ndarray) -> pa.Array:
+    """Fixed-width bytes (UTF-8) as an Arrow string array: laid end to end without a copy
+    when none is shorter than the width (NUL-padded ones are cut as numpy cuts them)."""
+    width = values.dtype.itemsize
+    if len(values) and width and (np.char.str_len(values) == width).all():
+        offsets = np.arange(0, width * (len(values) + 1), width, dtype=np.int32)
+        return pa.Array.from_buffers(pa.string(), len(values), [
+            None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(values))])
+    return pa.array(np.char.decode(values, "utf-8").astype(object), pa.string())
 
 
 def _padded(values: np.ndarray, width: int) -> np.ndarray:
