@@ -26,12 +26,15 @@ probabilistic link); every other extract's files are the current ones, hard-link
 month's refresh writes the month and what it changed, not the history.
 
 Memory: `update` reads the extracts it writes twice, `PASS_ROWS` rows at a time: a survey
-pass that finds the rows to link and the client rows, then a writing pass (whose per-row
-frames and keyed hashes are the larger); of the others it reads
-their persons files and their unlinked rows. It holds a batch, the social care client rows,
-each pseudonym's person key (`KeptKeys`, about 90 bytes a person) and what the probabilistic
-step reads (a bucket of the register's profiles and the pending rows): it grows with
-persons, not rows. An extract's persons file is made out of core (`linkage.persons_file`).
+pass that finds the rows to link and the client rows, then a writing pass. A new extract's
+rows go through both in Arrow (`_new_tables`, `_Survey.take_new`, `_map_batch`), and so do
+the rows of an extract rewritten only to take new links through the writing pass
+(`_map_tables`); extracts whose rows leave or lose links, and social care's, go as frames.
+Of the others it reads their persons files and their unlinked rows. It holds a batch, the
+social care client rows, each pseudonym's person key (`KeptKeys`, about 90 bytes a person)
+and what the probabilistic step reads (a bucket of the register's profiles and the pending
+rows): it grows with persons, not rows. An extract's persons file is made out of core
+(`linkage.persons_file`).
 """
 
 from __future__ import annotations
@@ -376,9 +379,10 @@ class _RowLinks:
 
 def _map_batch(table: pa.Table, clients: _RowLinks, links: _RowLinks, key: Key,
                kept: PseudonymTable | None, memo: dict[str, str]) -> map_store.MapBatch:
-    """A new extract's batch (`_new_tables`) given its client and probabilistic links and
-    its person keys, with its persons: what `finished` makes of `_new_frames`' frame through
-    `_apply_clients`, `_apply_links` and `_assign_keys`, value for value, in Arrow."""
+    """A batch of map rows (a new extract's, `_new_tables`, or an untouched extract's,
+    `_map_tables`) given its client and probabilistic links and its person keys, with its
+    persons: what `finished` makes of the same rows as a frame through `_apply_clients`,
+    `_apply_links` and `_assign_keys`, value for value, in Arrow."""
     table = table.combine_chunks()
     column = {name: table.column(name).chunk(0) if table.column(name).num_chunks
               else pa.array([], table.schema.field(name).type) for name in MAP_SCHEMA.names}
@@ -425,6 +429,15 @@ def _persons_of(encoded: pa.DictionaryArray, person_id: pa.Array, person_key: pa
     return pa.table([encoded.dictionary.take(pa.array(distinct[order])),
                      person_key.filter(pa.array(known)).take(pa.array(first[order])),
                      pa.array(counts[order], pa.int64())], schema=PERSONS_SCHEMA)
+
+
+def _map_tables(base: map_store.Generation, entry: map_store.Entry, batch_rows: int
+                ) -> Iterator[pa.Table]:
+    """An extract's map rows as they are, a batch at a time (what `_old_frames` gives of
+    an extract the update does not touch: no row leaves, no link is reset)."""
+    for batch in pq.ParquetFile(base.path(entry.extract_id)).iter_batches(
+            batch_size=batch_rows):
+        yield pa.Table.from_batches([batch]).cast(MAP_SCHEMA)
 
 
 def _in_scope(frame: pd.DataFrame, plan: _Plan) -> np.ndarray:
@@ -821,9 +834,13 @@ def _write_linked(settings: Settings, base: map_store.Generation | None, plan: _
         for entry in base.entries if base is not None else ():
             if entry.extract_id in gone:
                 continue
-            if plan.touched(entry) or entry.extract_id in given:
+            if plan.touched(entry):
                 generation.write(entry.extract_id, entry.source,
                                  finished(_old_frames(base, entry, plan, batch_rows)))
+                rewritten += 1
+            elif entry.extract_id in given:  # only given links: its rows as they are
+                generation.write(entry.extract_id, entry.source,
+                                 made(_map_tables(base, entry, batch_rows)))
                 rewritten += 1
             else:
                 generation.keep(entry)
