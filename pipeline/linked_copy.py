@@ -2,8 +2,9 @@
 
 Scoring and the model report read every linked row of a purpose. Held as pandas frames that
 cost about 40 KB per person (issue #12), so a million persons did not fit on one machine.
-Here the rows are read a batch at a time (`linkage.linked_view.linked_batches`: the same rows
-and the same opt-out filter as `load_sources`) and typed into a DuckDB file in a scratch
+Here the rows are read a batch at a time as Arrow tables (`linkage.linked_view.linked_tables`:
+the same rows and the same opt-out filter as `load_sources`, the filter asked once per person
+of a batch) and typed into a DuckDB file (`stratify.features.append_table`) in a scratch
 workspace of this process (`governance.store.scratch_workspace`), which DuckDB reads with a
 memory limit (`Settings.duckdb_memory`) and spills past it. The copy is an
 `stratify.features.OnDisk`, which every stage function that reads sources through
@@ -33,10 +34,10 @@ from typing import Any
 import pyarrow as pa
 
 from governance import store
-from linkage.linked_view import RowFilter, linked_batches
+from linkage.linked_view import RowFilter, linked_tables
 from pipeline import linked_cache
 from pipeline.context import Context, Progress, quiet
-from stratify.features import OnDisk, append_rows, cluster_by_person, connect_on_disk
+from stratify.features import OnDisk, append_table, cluster_by_person, connect_on_disk
 from stratify.sources import COLUMNS, PERSON_FIELDS
 
 PROGRESS_EVERY = 5_000_000
@@ -89,9 +90,9 @@ def _made(ctx: Context, folder: Path, row_filter: RowFilter | None, progress: Pr
     ids: dict[str, set[str]] = {}
     rows = since = 0
     try:
-        for source, extract_id, frame in linked_batches(ctx.settings, ctx.engine,
-                                                        row_filter, columns=WANTED):
-            added = append_rows(con, source, frame)
+        for source, extract_id, table in linked_tables(ctx.settings, ctx.engine,
+                                                       row_filter, columns=WANTED):
+            added = append_table(con, source, table)
             if added:
                 ids.setdefault(source, set()).add(extract_id)
                 rows += added

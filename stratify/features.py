@@ -20,6 +20,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from stratify import codelists
 from stratify.catalogue import DAYS_CAP, FEATURES, NAMES, YEARS_CAP, history_years
@@ -249,6 +251,65 @@ def append_rows(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) 
     finally:
         con.unregister("batch_rows")
     return len(prepared)
+
+
+def append_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> int:
+    """`append_rows` for an Arrow table (as `linkage.linked_view.linked_tables` gives):
+    DuckDB reads its columns as they are, with what `prepare` does to a frame done in Arrow,
+    when every column has a type whose cast is `prepare`'s (else the frame's way)."""
+    if name not in COLUMNS or table.num_rows == 0:
+        return 0
+    if "person_key" not in table.column_names:
+        raise ValueError(f"source {name} has no person_key column")
+    typed = _arrow_prepared(name, table)
+    if typed is None:
+        return append_rows(con, name, table.to_pandas())
+    con.register("batch_rows", typed)
+    try:
+        con.execute(f"INSERT INTO v_{name} {_typed_select(name, typed.column_names)}"
+                    f" FROM batch_rows")
+    finally:
+        con.unregister("batch_rows")
+    return typed.num_rows
+
+
+# pandas' nanosecond datetimes: `prepare` makes dates outside these bounds NaT (null)
+_NS_FIRST, _NS_LAST = dt.date(1677, 9, 22), dt.date(2262, 4, 11)
+
+
+def _arrow_prepared(name: str, table: pa.Table) -> pa.Table | None:
+    """The columns `_types(name)` names, as `prepare` leaves them for DuckDB's casts: NaN
+    numbers null, a null or absent `withdrawn` false, dates pandas cannot hold null; None when a
+    column's type is not one this knows `prepare`'s result for (text as text, dates as
+    dates or zone-less timestamps, numbers as numbers, `withdrawn` as booleans)."""
+    out = {}
+    for column in _types(name):
+        if column not in table.column_names:
+            if column == "withdrawn":  # `prepare` reads a missing flag as not withdrawn
+                out[column] = pa.repeat(pa.scalar(False), table.num_rows)
+            continue
+        values = table.column(column)
+        kind = values.type
+        if column in DATES:
+            if pa.types.is_date(kind):
+                outside = pc.or_(pc.less(values, pa.scalar(_NS_FIRST, kind)),
+                                 pc.greater(values, pa.scalar(_NS_LAST, kind)))
+                values = pc.if_else(outside, pa.scalar(None, kind), values)
+            elif not (pa.types.is_timestamp(kind) and kind.tz is None):
+                return None
+        elif column in NUMBERS:
+            if pa.types.is_floating(kind):
+                values = pc.if_else(pc.is_nan(values), pa.scalar(None, kind), values)
+            elif not pa.types.is_integer(kind):
+                return None
+        elif column == "withdrawn":
+            if not pa.types.is_boolean(kind):
+                return None
+            values = pc.fill_null(values, False)
+        elif not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            return None
+        out[column] = values
+    return pa.table(out)
 
 
 def _codelist_tables(con: duckdb.DuckDBPyConnection) -> None:

@@ -169,6 +169,50 @@ def test_linked_batches_read_the_map_a_window_at_a_time_and_give_every_row_its_k
             assert len(batched) > 300  # several windows, batches across them
 
 
+def test_linked_tables_keep_the_rows_linked_batches_keep_under_an_opt_out_filter(
+        haven, extracts, backend):
+    """The linked copy's Arrow reader asks the purpose filter once per person of a batch and
+    spreads its verdict: it keeps exactly the rows the frames' reader keeps, with every
+    column alike, opt-outs on rows with a pseudonym and on rows linked without one."""
+    from linkage.linked_view import linked_batches, linked_tables
+    from pipeline.score import use_filter
+
+    folder, _ = extracts
+    land(haven, folder)
+    link(haven)
+    asked: list[int] = []
+    purpose = use_filter(haven, "commissioning", dt.datetime.now(dt.UTC).date())
+
+    def counted(frame, source):
+        asked.append(len(frame))
+        return purpose(frame, source)
+
+    def rows(reader, row_filter):
+        got = {}
+        for source, _, batch in reader(haven.settings, haven.engine, row_filter,
+                                       batch_rows=90):
+            frame = batch if isinstance(batch, pd.DataFrame) else batch.to_pandas()
+            got.setdefault(source, []).append(frame)
+        return {s: pd.concat(f, ignore_index=True).sort_values(["extract_id", "row"])
+                .reset_index(drop=True) for s, f in got.items()}
+
+    everything = rows(linked_batches, None)
+    expected = rows(linked_batches, purpose)
+    asked.clear()
+    got = rows(linked_tables, counted)
+    assert set(got) == set(expected)
+    for source in expected:
+        pd.testing.assert_frame_equal(got[source], expected[source])
+    dropped = sum(len(everything[s]) - len(expected.get(s, [])) for s in everything)
+    assert dropped > 0  # the synthetic opt-outs remove rows, so the filter is exercised
+    bare = pd.concat([f[f["person_id"].isna()] for f in everything.values()
+                      if "person_id" in f])
+    kept_bare = pd.concat([f[f["person_id"].isna()] for f in expected.values()
+                           if "person_id" in f])
+    assert len(bare) > len(kept_bare) > 0  # rows without a pseudonym were judged too
+    assert sum(asked) < sum(len(f) for f in everything.values())  # once per person, not row
+
+
 def test_another_user_s_live_workspace_is_kept(tmp_path, monkeypatch, backend):
     """A workspace whose owner cannot be signalled (another user's live process) is live."""
     from governance.settings import Settings
