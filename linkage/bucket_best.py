@@ -19,9 +19,34 @@ _ORDER = (["query", "weight", "profile"], [True, False, True])
 def best_in_part(scored: pd.DataFrame, persons: int) -> pd.DataFrame:
     """Each query's best pair in one part (one bucket), with `factor` (its person's evidence)
     and `total` (the sum of every person's in the part): `scored` holds every pair of its
-    queries with the part's profiles."""
-    scored = scored.sort_values(["query", "weight"], ascending=[True, False], kind="stable")
+    queries with the part's profiles.
+
+    The pairs are ordered (query up, weight down, ties as they came) and each (query, person)'s
+    first kept in numpy, then taken from the frame once: pandas' sort and duplicate search on
+    the whole frame of pairs were a third of matching's time at a million persons. The rows,
+    their labels and order, and the sums are those of sorting and dropping in pandas."""
+    query = scored["query"].to_numpy(dtype=np.int64)
+    weight = scored["weight"].to_numpy(dtype=np.float64)
+    person = scored["person"].to_numpy(dtype=np.int64)
+    if np.isnan(weight).any():
+        return _best_in_part_by_pandas(scored, persons)
+    order = np.lexsort((-weight, query))  # stable: ties keep the order they came in
+    person = person - person.min(initial=0)
+    pair = query[order] * (int(person.max(initial=0)) + 1) + person[order]
+    _, first = np.unique(pair, return_index=True)
     # The best pair per (query, person) speaks for that person.
+    per_person = scored.iloc[order[np.sort(first)]].copy()
+    per_person["factor"] = np.exp2(np.clip(per_person["weight"].to_numpy(), -60, 60)) / persons
+    per_person["total"] = per_person.groupby("query")["factor"].transform("sum").to_numpy()
+    kept = per_person["query"].to_numpy(dtype=np.int64)
+    return per_person[np.concatenate(([True], kept[1:] != kept[:-1]))] if len(kept) \
+        else per_person
+
+
+def _best_in_part_by_pandas(scored: pd.DataFrame, persons: int) -> pd.DataFrame:
+    """`best_in_part` by pandas' sort and duplicate search, for a part with a weight that is
+    NaN (pandas puts those last; the numpy way is not written for them)."""
+    scored = scored.sort_values(["query", "weight"], ascending=[True, False], kind="stable")
     per_person = scored.drop_duplicates(["query", "person"]).copy()
     per_person["factor"] = np.exp2(np.clip(per_person["weight"].to_numpy(), -60, 60)) / persons
     per_person["total"] = per_person.groupby("query")["factor"].transform("sum").to_numpy()

@@ -142,3 +142,47 @@ def test_the_embedded_engine_runs_a_bucket_after_the_last_is_folded(
     assert len(started) == len(store.buckets) > 2 and min(given) >= 1
     # each bucket's task starts once every bucket before it is folded
     assert all(folded == before for folded, before in started), started
+
+
+def _best_in_part_before(scored: pd.DataFrame, persons: int) -> pd.DataFrame:
+    """`best_in_part` as it was: pandas' sort and duplicate search on the frame of pairs."""
+    scored = scored.sort_values(["query", "weight"], ascending=[True, False], kind="stable")
+    per_person = scored.drop_duplicates(["query", "person"]).copy()
+    per_person["factor"] = np.exp2(np.clip(per_person["weight"].to_numpy(), -60, 60)) / persons
+    per_person["total"] = per_person.groupby("query")["factor"].transform("sum").to_numpy()
+    return per_person.drop_duplicates("query", keep="first")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_best_in_part_is_pandas_sort_and_drop(seed: int) -> None:
+    """The numpy ordering gives the rows, labels, order and sums of pandas' stable sort and
+    duplicate search: weights tied within a query (rounded to few values) and across
+    persons, several pairs per (query, person), persons coded -1, pairs in any order."""
+    from linkage.bucket_best import best_in_part
+
+    rng = np.random.default_rng(seed)
+    n = 5000
+    scored = pd.DataFrame({
+        "query": rng.integers(0, 400, n), "profile": rng.permutation(n),
+        "weight": np.round(rng.normal(0, 8, n), 0 if seed % 2 else 1),
+        "probability": rng.random(n), "cmp_name": rng.integers(0, 3, n).astype(np.int8),
+        "person": rng.integers(-1, 60, n)})
+    if seed == 3:  # as the bucket gives them: by query, a chunk's pairs together
+        scored = scored.sort_values("query", kind="stable").reset_index(drop=True)
+    got = best_in_part(scored, 1234)
+    want = _best_in_part_before(scored, 1234)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert len(want) == scored["query"].nunique()
+    assert (scored.groupby(["query", "weight"]).size() > 1).any()  # ties were there
+
+
+def test_best_in_part_with_a_nan_weight_or_nothing_is_pandas_too() -> None:
+    from linkage.bucket_best import best_in_part
+
+    scored = pd.DataFrame({"query": [0, 0, 1, 1], "profile": [3, 2, 1, 0],
+                           "weight": [np.nan, 1.0, 2.0, 2.0], "probability": 0.5,
+                           "person": [0, 1, 1, 2]})
+    pd.testing.assert_frame_equal(best_in_part(scored, 5), _best_in_part_before(scored, 5))
+    assert best_in_part(scored, 5)["profile"].tolist() == [2, 1]
+    empty = scored.iloc[:0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(best_in_part(empty, 5), _best_in_part_before(empty, 5))
