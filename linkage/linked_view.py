@@ -81,7 +81,9 @@ def _verdicts(table: pa.Table, row_filter: RowFilter, source: str) -> np.ndarray
               else pa.nulls(table.num_rows, pa.string()))
     codes = []
     for column in (person, table.column("person_key")):
-        encoded = pc.dictionary_encode(column).combine_chunks()
+        encoded = pc.dictionary_encode(column)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.combine_chunks()
         codes.append((pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
                       .astype(np.int64) + 1, len(encoded.dictionary) + 1))
     (ids, id_span), (keys, _) = codes
