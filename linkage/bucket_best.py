@@ -34,13 +34,17 @@ def best_in_part(scored: pd.DataFrame, persons: int) -> pd.DataFrame:
     person = person - person.min(initial=0)
     pair = query[order] * (int(person.max(initial=0)) + 1) + person[order]
     _, first = np.unique(pair, return_index=True)
-    # The best pair per (query, person) speaks for that person.
-    per_person = scored.iloc[order[np.sort(first)]].copy()
-    per_person["factor"] = np.exp2(np.clip(per_person["weight"].to_numpy(), -60, 60)) / persons
-    per_person["total"] = per_person.groupby("query")["factor"].transform("sum").to_numpy()
-    kept = per_person["query"].to_numpy(dtype=np.int64)
-    return per_person[np.concatenate(([True], kept[1:] != kept[:-1]))] if len(kept) \
-        else per_person
+    # The best pair per (query, person) speaks for that person: its factor, summed per query
+    # as pandas sums a column by group; only each query's first row is taken from the frame.
+    per_person = order[np.sort(first)]
+    queries = query[per_person]
+    factor = np.exp2(np.clip(weight[per_person], -60, 60)) / persons
+    total = pd.Series(factor).groupby(queries).transform("sum").to_numpy()
+    best = np.concatenate(([True], queries[1:] != queries[:-1]))[:len(queries)]
+    out = scored.iloc[per_person[best]].copy()
+    out["factor"] = factor[best]
+    out["total"] = total[best]
+    return out
 
 
 def _best_in_part_by_pandas(scored: pd.DataFrame, persons: int) -> pd.DataFrame:
