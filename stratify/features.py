@@ -244,13 +244,18 @@ def append_rows(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) 
     prepared = prepare({name: frame}).get(name)
     if prepared is None or name not in COLUMNS:
         return 0
-    con.register("batch_rows", prepared)
+    _insert(con, name, prepared, list(prepared.columns))
+    return len(prepared)
+
+
+def _insert(con: duckdb.DuckDBPyConnection, name: str, rows: pd.DataFrame | pa.Table,
+            columns: list[str]) -> None:
+    """Insert prepared rows (a frame or an Arrow table) into `v_<name>`, cast to its types."""
+    con.register("batch_rows", rows)
     try:
-        con.execute(f"INSERT INTO v_{name} {_typed_select(name, prepared.columns)}"
-                    f" FROM batch_rows")
+        con.execute(f"INSERT INTO v_{name} {_typed_select(name, columns)} FROM batch_rows")
     finally:
         con.unregister("batch_rows")
-    return len(prepared)
 
 
 def append_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> int:
@@ -264,12 +269,7 @@ def append_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> 
     typed = _arrow_prepared(name, table)
     if typed is None:
         return append_rows(con, name, table.to_pandas())
-    con.register("batch_rows", typed)
-    try:
-        con.execute(f"INSERT INTO v_{name} {_typed_select(name, typed.column_names)}"
-                    f" FROM batch_rows")
-    finally:
-        con.unregister("batch_rows")
+    _insert(con, name, typed, typed.column_names)
     return typed.num_rows
 
 
