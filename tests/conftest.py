@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from sqlalchemy import create_engine, inspect, text
+from threadpoolctl import threadpool_limits
 
 from governance.keys import KeyProvider
 from governance.settings import Settings
@@ -24,6 +25,23 @@ from pipeline.context import Context as Haven
 
 POSTGRES_URL = os.environ.get("HAVEN_TEST_POSTGRES_URL", "")
 KINDS = ("unit", "integration", "api", "acceptance", "security", "browser")
+
+# One OpenMP (and BLAS) thread per test process. `make test` runs two processes on two cores;
+# gradient boosting's OpenMP threads then spin against the other process and fit four to
+# ten times slower, and fit the same model whatever their number. Set here, on import, it
+# reaches OpenMP when scikit-learn first loads it, every xdist worker (started after this
+# file is read) and every process a test starts (the CLI, Spark's Python workers);
+# `one_thread_each` below limits the libraries already loaded. A value already set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_each() -> Iterator[None]:
+    """BLAS loaded before OMP_NUM_THREADS was set (by numpy, on pandas' import) limited to
+    the same number of threads."""
+    first = os.environ["OMP_NUM_THREADS"].split(",")[0].strip()
+    with threadpool_limits(int(first) if first.isdigit() else None):
+        yield
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
