@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from longest_first import scheduler
 from sqlalchemy import create_engine, inspect, text
 from threadpoolctl import threadpool_limits
 
@@ -42,6 +43,13 @@ def one_thread_each() -> Iterator[None]:
     first = os.environ["OMP_NUM_THREADS"].split(",")[0].strip()
     with threadpool_limits(int(first) if first.isdigit() else None):
         yield
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile` (as `make test` runs): each file whole to one worker, as ever, the
+    longest files first (tests/longest_first.py)."""
+    return scheduler(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
