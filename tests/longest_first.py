@@ -23,6 +23,7 @@ from typing import Any
 
 DURATIONS = Path(__file__).with_name("durations.json")
 UNKNOWN = 5.0  # seconds: about the median file
+TOGETHER = ("tests/spark/",)  # folders whose files run in one worker, one after the other
 
 
 def file_seconds() -> dict[str, float]:
@@ -41,9 +42,23 @@ def scheduler(config: Any, log: Any) -> Any:
     seconds = file_seconds()
 
     class LongestFileFirst(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return next((folder for folder in TOGETHER if path.startswith(folder)), path)
+
+        def _seconds(self, scope: str) -> float:
+            if scope not in TOGETHER:
+                return seconds.get(scope, UNKNOWN)
+            files = {self._split_file(nodeid) for nodeid in self.workqueue[scope]}
+            return sum(seconds.get(path, UNKNOWN) for path in files)
+
+        @staticmethod
+        def _split_file(nodeid: str) -> str:
+            return nodeid.split("::", 1)[0]
+
         def _assign_work_unit(self, node: Any) -> None:
-            # The base class gives `node` the first file of its queue: put the longest first.
-            longest = max(self.workqueue, key=lambda scope: seconds.get(scope, UNKNOWN))
+            # The base class gives `node` the first unit of its queue: put the longest first.
+            longest = max(self.workqueue, key=self._seconds)
             self.workqueue.move_to_end(longest, last=False)
             super()._assign_work_unit(node)
 
