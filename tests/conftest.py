@@ -34,7 +34,8 @@ KINDS = ("unit", "integration", "api", "acceptance", "security", "browser")
 # ten times slower, and fit the same model whatever their number. Set here, on import, it
 # reaches OpenMP when scikit-learn first loads it, every xdist worker (started after this
 # file is read) and every process a test starts (the CLI, Spark's Python workers);
-# `one_thread_each` below limits the libraries already loaded. A value already set is kept.
+# `one_thread_each` below limits the libraries already loaded. Arrow's CPU pool reads it too
+# (one thread; its results do not depend on that). A value already set is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
