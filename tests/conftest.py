@@ -9,14 +9,18 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from longest_first import scheduler
 from sqlalchemy import create_engine, inspect, text
+from threadpoolctl import threadpool_limits
 
+from governance.db import open_database
 from governance.keys import KeyProvider
 from governance.settings import Settings
 from linkage.landing.land import LandingContext
@@ -24,6 +28,31 @@ from pipeline.context import Context as Haven
 
 POSTGRES_URL = os.environ.get("HAVEN_TEST_POSTGRES_URL", "")
 KINDS = ("unit", "integration", "api", "acceptance", "security", "browser")
+
+# One OpenMP (and BLAS) thread per test process. `make test` runs two processes on two cores;
+# gradient boosting's OpenMP threads then spin against the other process and fit four to
+# ten times slower, and fit the same model whatever their number. Set here, on import, it
+# reaches OpenMP when scikit-learn first loads it, every xdist worker (started after this
+# file is read) and every process a test starts (the CLI, Spark's Python workers);
+# `one_thread_each` below limits the libraries already loaded. Arrow's CPU pool reads it too
+# (one thread; its results do not depend on that). A value already set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_each() -> Iterator[None]:
+    """BLAS loaded before OMP_NUM_THREADS was set (by numpy, on pandas' import) limited to
+    the same number of threads."""
+    first = os.environ["OMP_NUM_THREADS"].split(",")[0].strip()
+    with threadpool_limits(int(first) if first.isdigit() else None):
+        yield
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile` (as `make test` runs): each file whole to one worker, as ever, the
+    longest files first (tests/longest_first.py)."""
+    return scheduler(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -56,13 +85,39 @@ def postgres_admin_url() -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture
-def postgres_url(postgres_admin_url: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    name = f"haven_test_{uuid.uuid4().hex[:12]}"
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory
+                      ) -> Iterator[str]:
+    """The name of a PostgreSQL database migrated to the newest schema (`open_database`, as
+    every command starts), made once per test process, never connected to afterwards: the
+    template `postgres_url` copies for a test that uses `haven`."""
+    name = f"haven_template_{uuid.uuid4().hex[:12]}"
     admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
+    base, _, _ = postgres_admin_url.rpartition("/")
+    settings = Settings(home=tmp_path_factory.mktemp("migrated-postgres"),
+                        database_url=f"{base}/{name}")
+    try:
+        open_database(settings).dispose()
+        yield name
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards: empty, or, for a test
+    that uses `haven`, a copy of `migrated_postgres` (what `haven`'s first use of its
+    database would make of an empty one, without alembic's tenth of a second each time)."""
+    name = f"haven_test_{uuid.uuid4().hex[:12]}"
+    template = (f' TEMPLATE "{request.getfixturevalue("migrated_postgres")}"'
+                if "haven" in request.fixturenames else "")
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"{template}'))
     base, _, _ = postgres_admin_url.rpartition("/")
     try:
         yield f"{base}/{name}"
@@ -86,10 +141,30 @@ def backend(request: pytest.FixtureRequest) -> str:
     return ""
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database file migrated to the newest schema (`open_database`), made once per
+    test process: `haven` on SQLite starts from a copy of it."""
+    settings = Settings(home=tmp_path_factory.mktemp("migrated-sqlite") / "home")
+    open_database(settings).dispose()
+    database = settings.layout.database_file
+    left = [p.name for p in database.parent.iterdir() if p != database]
+    assert not left, f"a closed SQLite database left {left}: copy it whole"
+    return database
+
+
 @pytest.fixture
-def haven(tmp_path: Path, backend: str) -> Iterator[Haven]:
+def haven(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[Haven]:
+    """A fresh Haven: its own data directory, database and random keys. The database is
+    already migrated (a copy of `migrated_sqlite`, or, on PostgreSQL, of `migrated_postgres`
+    made by `postgres_url`), as its first use would leave it; migrating an empty database is
+    tested in tests/integration (test_migration_interrupted, test_*_migration)."""
     settings = Settings(home=tmp_path / "home", database_url=backend,
                         key_env=key_environment(), batch_rows=1000)
+    if settings.embedded:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"),
+                        settings.layout.database_file)
     handle = Haven(settings)
     yield handle
     handle.close()
