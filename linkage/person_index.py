@@ -323,8 +323,8 @@ def _new_frames(settings: Settings, extract_id: str, source: str, batch_rows: in
 def _new_tables(settings: Settings, extract_id: str, source: str, batch_rows: int
                 ) -> Iterator[pa.Table]:
     """`_new_frames` as Arrow tables in `MAP_SCHEMA` (person keys still null), for the
-    writing pass: no Python object per row (a million persons' writing pass spent a third
-    of its time making and converting its frames of objects)."""
+    survey and the writing pass: no Python object per row (at a million persons the two
+    passes spent about half their time making and converting frames of objects)."""
     path = settings.layout.rows(extract_id)
     names = pq.read_schema(path).names
     wanted = ["extract_id", "row"] + [c for c in ("person_id", "record_key") if c in names]
