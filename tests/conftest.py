@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from longest_first import scheduler
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import Engine, create_engine, inspect, text
 from threadpoolctl import threadpool_limits
 
-from governance.db import open_database
+from governance.db import engine_for, open_database
 from governance.keys import KeyProvider
 from governance.settings import Settings
 from linkage.landing.land import LandingContext
@@ -86,14 +86,22 @@ def postgres_admin_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def migrated_postgres(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory
-                      ) -> Iterator[str]:
+def postgres_admin(postgres_admin_url: str) -> Iterator[Engine]:
+    """One engine on the admin database for the whole process: each test's CREATE and DROP
+    DATABASE reuse its connection rather than open (and authenticate) two of their own."""
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    yield admin
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_admin_url: str, postgres_admin: Engine,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The name of a PostgreSQL database migrated to the newest schema (`open_database`, as
     every command starts), made once per test process, never connected to afterwards: the
     template `postgres_url` copies for a test that uses `haven`."""
     name = f"haven_template_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
+    with postgres_admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     base, _, _ = postgres_admin_url.rpartition("/")
     settings = Settings(home=tmp_path_factory.mktemp("migrated-postgres"),
@@ -102,27 +110,34 @@ def migrated_postgres(postgres_admin_url: str, tmp_path_factory: pytest.TempPath
         open_database(settings).dispose()
         yield name
     finally:
-        with admin.connect() as connection:
+        with postgres_admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+
+
+# The URLs `postgres_url` made as copies of `migrated_postgres` (already at the newest schema).
+MIGRATED: set[str] = set()
 
 
 @pytest.fixture
-def postgres_url(postgres_admin_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+def postgres_url(postgres_admin_url: str, postgres_admin: Engine,
+                 request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards: empty, or, for a test
     that uses `haven`, a copy of `migrated_postgres` (what `haven`'s first use of its
     database would make of an empty one, without alembic's tenth of a second each time)."""
     name = f"haven_test_{uuid.uuid4().hex[:12]}"
-    template = (f' TEMPLATE "{request.getfixturevalue("migrated_postgres")}"'
-                if "haven" in request.fixturenames else "")
-    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
+    migrated = "haven" in request.fixturenames
+    template = f' TEMPLATE "{request.getfixturevalue("migrated_postgres")}"' if migrated else ""
+    with postgres_admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"{template}'))
     base, _, _ = postgres_admin_url.rpartition("/")
+    url = f"{base}/{name}"
+    if migrated:
+        MIGRATED.add(url)
     try:
-        yield f"{base}/{name}"
+        yield url
     finally:
-        with admin.connect() as connection:
+        MIGRATED.discard(url)
+        with postgres_admin.connect() as connection:
             # Our own connections left open by the test; not a superuser's (an autovacuum
             # worker on the new database, which DROP DATABASE itself stops): terminating one
             # of those is refused and failed the test in teardown.
@@ -130,7 +145,6 @@ def postgres_url(postgres_admin_url: str, request: pytest.FixtureRequest) -> Ite
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 f"WHERE datname = '{name}' AND usename = current_user"))
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -158,14 +172,17 @@ def haven(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Itera
     """A fresh Haven: its own data directory, database and random keys. The database is
     already migrated (a copy of `migrated_sqlite`, or, on PostgreSQL, of `migrated_postgres`
     made by `postgres_url`), as its first use would leave it; migrating an empty database is
-    tested in tests/integration (test_migration_interrupted, test_*_migration)."""
+    tested in tests/integration (test_migration_interrupted, test_*_migration). Being a copy
+    made at the newest migration, it is opened as `open_database` opens one, without asking
+    alembic again whether it is (its scripts read anew each time: 30 ms)."""
     settings = Settings(home=tmp_path / "home", database_url=backend,
                         key_env=key_environment(), batch_rows=1000)
     if settings.embedded:
         settings.home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(request.getfixturevalue("migrated_sqlite"),
                         settings.layout.database_file)
-    handle = Haven(settings)
+    migrated = settings.embedded or backend in MIGRATED
+    handle = Haven(settings, engine=engine_for(settings) if migrated else None)
     yield handle
     handle.close()
 
