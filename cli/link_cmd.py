@@ -16,12 +16,15 @@ def register(app: typer.Typer) -> None:
                         invoke_without_command=True)
 
     @group.callback()
-    def link_command(ctx: typer.Context) -> None:
+    def link_command(ctx: typer.Context, retrain: bool = typer.Option(
+            False, "--retrain", help="train every source's linkage model again (by default "
+            "a model kept from an earlier run is reused while policies/drift.json allows)"),
+            ) -> None:
         """Build or update the person index over everything landed."""
         if ctx.invoked_subcommand is not None:
             return
         console = Console()
-        summary = link(ctx.obj, progress=console.print)
+        summary = link(ctx.obj, progress=console.print, retrain=retrain)
         for source, methods in sorted(summary.by_source_method.items()):
             parts = ", ".join(f"{m} {n:,}" for m, n in sorted(methods.items()))
             console.print(f"  {source}: {parts}")

@@ -17,6 +17,10 @@ POLICY = "drift.json"
 # Each threshold: a non-negative number (PSI or percentage points), AUROC between 0 and 1.
 NUMBERS = ("feature_psi", "source_share_points", "score_psi", "tier_churn_share",
            "match_rate_drop_points", "probabilistic_share_points", "min_auroc")
+# When a link trains a source's linkage model again instead of reusing the kept one
+# (`linkage.kept_models`): the register's profiles changed by more than this share, or the
+# model is older than this many days. Optional: a version stored before they existed has these.
+LINKAGE_RETRAIN = {"linkage_retrain_register_change": 0.10, "linkage_retrain_days": 92.0}
 
 
 def parse_drift(content: str) -> dict[str, Any]:
@@ -25,6 +29,11 @@ def parse_drift(content: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in NUMBERS:
         value = data.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{POLICY}: {name} must be a number, 0 or more")
+        out[name] = float(value)
+    for name, default in LINKAGE_RETRAIN.items():
+        value = data.get(name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{POLICY}: {name} must be a number, 0 or more")
         out[name] = float(value)

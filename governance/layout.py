@@ -214,6 +214,11 @@ class Layout:
         return self.index_dir / "quality.json"
 
     @property
+    def link_models(self) -> Path:
+        """The linkage models a later link may reuse (`linkage.kept_models`)."""
+        return self.index_dir / "models.json"
+
+    @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
 

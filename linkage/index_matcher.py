@@ -349,7 +349,8 @@ def train_on_profiles(profile: pd.DataFrame | ProfileStore, fields: list[str],
 def match_profiles(query: pd.DataFrame, profile: pd.DataFrame | ProfileStore,
                    coverage: float = DEFAULT_COVERAGE,
                    examples: pd.DataFrame | None = None,
-                   map_buckets: BucketMap = in_turn) -> pd.DataFrame:
+                   map_buckets: BucketMap = in_turn,
+                   model: MatchModel | None = None) -> pd.DataFrame:
     """Best profile per query row: columns query, profile, weight, probability, band, cmp_*.
 
     `weight` is the pair's Fellegi-Sunter match weight (log2 Bayes factor). `probability` is
@@ -363,13 +364,14 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame | ProfileStore,
     are enough, else on profile twins, else fitted unsupervised (ECM). `profile` is a
     `ProfileStore` (or a frame of profiles: one bucket); `profile` in the result is a position.
     Each bucket's pairs are found and scored by a task of its own, run by `map_buckets`.
+    `model`: one trained before on the same fields (`linkage.kept_models`), used as it is.
+    The model used is the result's `attrs["model"]` (None for an ECM fit: not kept).
     """
     # Compare only the fields the query rows carry (an all-null column is not evidence).
     fields = [c for c in query.columns if c.startswith("lk_") and query[c].notna().any()]
     store = _as_store(profile)
     encoded = Encoded(query[["extract_id", "row", *fields]])
-    model = None
-    if examples is not None and len(examples) >= MIN_LABELLED:
+    if model is None and examples is not None and len(examples) >= MIN_LABELLED:
         columns = ["extract_id", "row", *fields]
         model = fit_supervised(Encoded(examples[columns].reset_index(drop=True)),
                                examples["person_id"], store, fields, map_buckets=map_buckets)
@@ -386,9 +388,10 @@ def match_profiles(query: pd.DataFrame, profile: pd.DataFrame | ProfileStore,
         if parts:  # a bucket's parts hold other query rows: folded once, in one frame
             folded.add(pd.concat(parts, ignore_index=True))
     found = folded.found()
-    if found is None:
-        return pd.DataFrame(columns=["query", "profile", "weight", "probability", "band"])
-    return _banded(found, coverage)
+    out = (_banded(found, coverage) if found is not None else
+           pd.DataFrame(columns=["query", "profile", "weight", "probability", "band"]))
+    out.attrs["model"] = model
+    return out
 
 
 def _banded(found: pd.DataFrame, coverage: float) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from governance.settings import Settings
+from linkage.kept_models import KeptModel, KeptModels
+from linkage.kept_models import name as kept_name
 from linkage.profile_store import ProfileStore, ProfileWriter
 from linkage.pseudonym_table import PseudonymTable, fixed_width, one_person_in
 
@@ -49,13 +52,16 @@ class Matched:
     """What the probabilistic step found: links (extract_id, row, person_id, weight,
     via_extract), review pairs, the profiles and labelled examples it read, and each
     source's prior (`coverage`: the share of its NHS-numbered rows whose person is
-    registered), which the quality estimate must link its held-out rows at too."""
+    registered), which the quality estimate must link its held-out rows at too; the models
+    this run trained (`trained`, to keep) and the sources it linked with kept ones (`reused`)."""
 
     links: pd.DataFrame
     review: pd.DataFrame
     profile: ProfileStore | None
     examples: pd.DataFrame | None
     priors: dict[str, float] = field(default_factory=dict)
+    trained: dict[str, KeptModel] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
 
 
 def read_rows(settings: Settings, extract_id: str, encodings: bool) -> pd.DataFrame:
@@ -203,11 +209,16 @@ def _concat(tables: list[pa.Table]) -> pd.DataFrame:
 
 def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
                   say: Callable[[str], None], todo_rows: dict[str, set],
-                  counts: dict[str, tuple[int, int]], scratch: Path | None = None) -> Matched:
+                  counts: dict[str, tuple[int, int]], scratch: Path | None = None,
+                  kept: KeptModels | None = None, now: datetime | None = None) -> Matched:
     """Link the pending rows (`todo_rows`: {extract_id: rows}) to person profiles on their
     encodings; `counts` gives each source's (rows with a pseudonym, of them registered).
     The profiles go to a `ProfileStore`: in memory when small, else in buckets of persons
-    under `scratch` (a folder the caller owns and removes)."""
+    under `scratch` (a folder the caller owns and removes). A source's model is `kept`'s
+    when it may be reused (`KeptModels.usable`), else trained, and then returned to keep."""
+    now = now or datetime.now(UTC)
+    register = frozenset(item.extract_id for item in landed.itertuples()
+                         if item.source in PROFILE_SOURCES)
     writer = _profile_writer(settings, landed, scratch)
     queries, training = [], []
     for item in landed.itertuples():
@@ -246,8 +257,21 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
         if examples is not None and set(carried) <= set(examples.columns):
             labelled = examples.loc[examples["source"] == source,
                                     ["extract_id", "row", "person_id", *carried]]
+        usable = kept.usable(str(source), carried, profile.rows, now) if kept else None
+        if usable is not None:
+            say(f"  {source}: linked with the model trained on {usable.trained_at:%Y-%m-%d} "
+                f"(register then {usable.profiles:,} profiles; `haven link --retrain` trains "
+                "again)")
         part = matcher(rows[["extract_id", "row", *carried]].reset_index(drop=True),
-                       profile, prior, labelled)
+                       profile, prior, labelled,
+                       **({"model": usable.model} if usable is not None else {}))
+        if usable is not None:
+            nothing.reused.append(str(source))
+        elif part.attrs.get("model") is not None:
+            on = register | (frozenset(map(str, labelled["extract_id"].unique()))
+                             if labelled is not None else frozenset())
+            nothing.trained[kept_name(str(source), carried)] = KeptModel(
+                tuple(carried), part.attrs["model"], profile.rows, now, on)
         part["query"] = rows.index.to_numpy()[part["query"].to_numpy(dtype=np.int64)]
         if len(part):
             found.append(part)
@@ -277,4 +301,5 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
     for column in review.columns:
         if column.startswith("cmp_"):
             review_out[column] = review[column].to_numpy()
-    return Matched(linked, review_out, profile, examples, priors)
+    return Matched(linked, review_out, profile, examples, priors, nothing.trained,
+                   nothing.reused)

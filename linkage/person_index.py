@@ -55,10 +55,11 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine, select
 
 from governance import store
+from governance.drift_policy import load_drift
 from governance.keys import Key
 from governance.schema import extracts
 from governance.settings import Settings
-from linkage import map_store
+from linkage import kept_models, map_store
 from linkage.index_matching import (
     PROFILE_SOURCES,
     Matched,
@@ -637,9 +638,14 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
            quality: Callable[[ProfileStore, pd.DataFrame | None, dict[str, float]], dict]
            | None = None,
            drop_rows: dict[str, Sequence[int]] | None = None,
-           batch_rows: int = BATCH_ROWS) -> LinkSummary:
+           batch_rows: int = BATCH_ROWS, retrain: bool = False) -> LinkSummary:
     """Bring the index up to date with what is landed: add new extracts, drop gone ones
     (and the rows `drop_rows` names: {extract_id: rows} an opt-out purge removed).
+
+    Each source's linkage model is the one kept from an earlier run while the policy allows
+    (`linkage.kept_models`; `retrain` trains every one again), and the quality measured with
+    the kept models is reported while no model was trained; a model trained on an extract
+    gone or purged is forgotten first, whether or not this run matches anything.
 
     Two streaming passes (`batch_rows` at a time) over the new extracts and the extracts in
     the map that the update touches (`_Plan.touched`): the first finds the rows to link and
@@ -660,6 +666,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         gone = sorted(set(held) - set(landed["extract_id"]))
         new = landed[~landed["extract_id"].isin(held)]
         summary = LinkSummary(extracts_added=sorted(new["extract_id"]), extracts_removed=gone)
+        models = _kept_models(settings, engine, landed, purged, retrain, say)
         if (not gone and new.empty and base is not None and not purged
                 and _beside_current(settings, base, drop_rows or {})):
             say("the person index is up to date: nothing landed or destroyed since the last run")
@@ -689,19 +696,22 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         if matcher is not None:
             # a large register's profiles go to buckets in a folder of this run's own
             with store.scratch_workspace(settings) as scratch:
-                matched = match_pending(settings, landed, matcher, say, todo, counts, scratch)
+                matched = match_pending(settings, landed, matcher, say, todo, counts, scratch,
+                                        models)
                 del todo  # matched: the rows to link are not held through the quality estimate
                 review = _merge_review(earlier, review_rows, matched.review)
                 if quality is not None and matched.profile is not None:
-                    say("estimating linkage quality on rows whose NHS number is known")
-                    summary.quality = quality(matched.profile, matched.examples,
-                                              matched.priors)
+                    summary.quality = _quality(models, matched, quality, say)
+                elif matched.trained:  # the kept quality was measured with other models
+                    models.quality, models.quality_at = {}, None
                 matched.profile = matched.examples = None  # not held through the writing pass
+                models.models.update(matched.trained)
         if clients is not None and len(matched.links):
             clients = _with_links(clients, matched.links)
         _release_arrow_memory()
         written = _write_linked(settings, base, plan, min(batch_rows, PASS_ROWS), key,
                                 kept.freeze(), clients, matched.links, say)
+        kept_models.write(settings.layout.link_models, models)
         summary.by_source_method = written.counts()
         summary.rows = written.rows
         summary.review_pairs = len(review)
@@ -712,6 +722,43 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
              "extracts_removed": len(summary.extracts_removed),
              "at": datetime.now(UTC).isoformat()}, default=str))
     return summary
+
+
+def _kept_models(settings: Settings, engine: Engine, landed: pd.DataFrame, purged: set[str],
+                 retrain: bool, say: Callable[[str], None]) -> kept_models.KeptModels:
+    """The kept linkage models this update may reuse: those trained on an extract no longer
+    landed (destroyed, whether or not the map still holds it) or with rows purged are
+    forgotten, and the file rewritten at once, before anything else can fail (all of them
+    if `retrain`)."""
+    path = settings.layout.link_models
+    kept = kept_models.read(path, load_drift(engine))
+    trained_on = set().union(*(m.trained_on for m in kept.models.values()))
+    dropped = kept.drop((trained_on - set(landed["extract_id"])) | purged)
+    if retrain and kept.models:
+        dropped += list(kept.models)
+        kept.models.clear()
+        kept.quality, kept.quality_at = {}, None
+    if dropped:
+        sources = sorted({d.split(":", 1)[0] for d in dropped})
+        say(f"linkage models to train again: {', '.join(sources)}")
+        kept_models.write(path, kept)
+    return kept
+
+
+def _quality(kept: kept_models.KeptModels, matched: Matched,
+             quality: Callable[[ProfileStore, pd.DataFrame | None, dict[str, float]], dict],
+             say: Callable[[str], None]) -> dict[str, Any]:
+    """The quality estimate: measured again when this run trained a model (or none was kept),
+    else the one measured with the kept models, each source's marked with when."""
+    if kept.quality and kept.quality_at is not None and not matched.trained:
+        say(f"linkage quality as measured on {kept.quality_at:%Y-%m-%d} with the models "
+            "kept (no model trained this run)")
+        return {source: {**rates, "measured_at": kept.quality_at.isoformat()}
+                for source, rates in kept.quality.items()}
+    say("estimating linkage quality on rows whose NHS number is known")
+    measured = quality(matched.profile, matched.examples, matched.priors)
+    kept.quality, kept.quality_at = measured, datetime.now(UTC)
+    return measured
 
 
 def _release_arrow_memory() -> None:
@@ -1015,7 +1062,8 @@ def leftovers(settings: Settings, extract_ids: Sequence[str]) -> dict[str, int]:
     - `quality_files`: 1 if the quality file names one of them or counts rows the map no
       longer has (it describes a map that held them), else 0;
     - `index_partial_files`: files a killed run left half-written in the index (any of them
-      may hold the extracts' rows).
+      may hold the extracts' rows);
+    - `kept_linkage_models`: linkage models kept for reuse that were trained on their rows.
     """
     wanted = set(extract_ids)
     rows = index_rows = links_via = 0
@@ -1043,6 +1091,7 @@ def leftovers(settings: Settings, extract_ids: Sequence[str]) -> dict[str, int]:
                              | review["profile_extract"].isin(wanted)).sum()),
         "quality_files": stale,
         "index_partial_files": len(partial_files(settings)),
+        "kept_linkage_models": kept_models.read(settings.layout.link_models).holding(wanted),
     }
 
 

@@ -20,12 +20,14 @@ from pipeline.engines.dispatch import profile_matching
 __all__ = ["FIELD_KINDS", "LinkSummary", "export_link_map", "link", "link_files"]
 
 
-def link(ctx: Context, progress: Progress = quiet) -> LinkSummary:
+def link(ctx: Context, progress: Progress = quiet, retrain: bool = False) -> LinkSummary:
     """Add new extracts' rows to the index (and drop destroyed ones'), then record the run;
-    with HAVEN_ENGINE=spark each bucket of the register's persons is matched on Spark."""
+    with HAVEN_ENGINE=spark each bucket of the register's persons is matched on Spark.
+    `retrain`: train every source's linkage model again, not the kept ones."""
     with profile_matching(ctx.settings) as (matcher, quality):
         summary = person_index.update(ctx.settings, ctx.engine, ctx.keys.current("linkage"),
-                                      matcher, progress=progress, quality=quality)
+                                      matcher, progress=progress, quality=quality,
+                                      retrain=retrain)
     run_id = f"link-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
     with ctx.engine.begin() as connection:
         connection.execute(insert(runs).values(

@@ -1,0 +1,204 @@
+"""A link reuses each source's linkage model kept from an earlier run (issue #12: a monthly
+refresh's link was mostly training and the quality estimate), within the policy's limits, and
+never a model trained on rows destroyed or purged since."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from factories import write_extract
+from governance.schema import extracts
+from linkage import index_matcher, person_index
+from linkage.index_matcher import estimate_quality, match_profiles
+from pipeline.land import land
+from synth import generate
+
+pytestmark = pytest.mark.parametrize("backend", [""])
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(2000, 7, out, progress=False)
+    return out
+
+
+class Trained:
+    """Counts the supervised fits (a kept model used as it is makes none)."""
+
+    def __init__(self, patch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = index_matcher.fit_supervised
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        patch.setattr(index_matcher, "fit_supervised", counted)
+
+
+def _update(haven, said: list[str] | None = None, **kwargs) -> person_index.LinkSummary:
+    return person_index.update(haven.settings, haven.engine, haven.keys.current("linkage"),
+                               match_profiles, quality=estimate_quality,
+                               progress=(said.append if said is not None else None), **kwargs)
+
+
+def _set_status(haven, extract_id: str, status: str) -> None:
+    with haven.engine.begin() as connection:
+        connection.execute(update(extracts).where(extracts.c.extract_id == extract_id)
+                           .values(status=status))
+
+
+def _first_build(haven, synthetic: Path) -> dict[str, str]:
+    """Everything landed and linked: {extract_id: source}."""
+    landed = {r.extract_id: r.source for r in land(haven, synthetic) if r.status == "landed"}
+    _update(haven)
+    return landed
+
+
+def _month(haven, synthetic: Path, folder: Path) -> str:
+    """A month's A&E extract: the world's rows without an NHS number (the rows the first
+    build linked probabilistically, so they carry the same fields) and one row in ten."""
+    with (synthetic / "ae.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = [r for i, r in enumerate(rows) if not r["nhs_number"] or i % 10 == 0]
+    manifest = json.loads((synthetic / "ae.csv.manifest.json").read_text())
+    path = write_extract(folder, "ae", chosen, name="ae_month.csv", sender=manifest["sender"])
+    report = next(r for r in land(haven, folder) if r.source == "ae")
+    assert report.status == "landed", report
+    path.unlink()
+    return report.extract_id
+
+
+def _kept(haven) -> dict:
+    return json.loads(haven.settings.layout.link_models.read_text(encoding="utf-8"))
+
+
+def test_a_later_link_reuses_the_kept_models_and_their_quality(haven, synthetic, monkeypatch,
+                                                               tmp_path, backend):
+    landed = _first_build(haven, synthetic)
+    first = _kept(haven)
+    assert any(name.startswith("ae:") for name in first["models"]), first["models"].keys()
+    assert first["quality"] and first["quality_at"]
+    registers = {e for e, s in landed.items() if s in ("gp_patients", "social_care")}
+    for name, kept in first["models"].items():
+        assert set(kept["trained_on"]) >= registers, name
+    trained = Trained(monkeypatch)
+    month = _month(haven, synthetic, tmp_path / "month")
+    said: list[str] = []
+    summary = _update(haven, said)
+    assert summary.extracts_added == [month]
+    assert trained.calls == 0, "\n".join(said)  # nor the quality estimate
+    assert any("ae: linked with the model trained on" in line for line in said)
+    assert summary.by_source_method["ae"].get("probabilistic", 0) > 0
+    assert _kept(haven)["models"] == first["models"]
+    assert summary.quality
+    assert all(rates["measured_at"] == first["quality_at"]
+               for rates in summary.quality.values())
+    assert {s: {k: v for k, v in r.items() if k != "measured_at"}
+            for s, r in summary.quality.items()} == first["quality"]
+
+
+def test_retrain_and_the_policys_limits_train_again(haven, synthetic, monkeypatch, tmp_path,
+                                                   backend):
+    _first_build(haven, synthetic)
+    trained = Trained(monkeypatch)
+    path = haven.settings.layout.link_models
+    first = _kept(haven)
+    name = next(n for n in first["models"] if n.startswith("ae:"))
+    month = _month(haven, synthetic, tmp_path / "month")
+    _set_status(haven, month, "held")
+    _update(haven)
+
+    def month_linked(**kwargs) -> tuple[person_index.LinkSummary, dict]:
+        """The month landed and linked, and the models kept then (it is taken out of the map
+        again: the models trained on its rows go with it)."""
+        _set_status(haven, month, "landed")
+        summary = _update(haven, **kwargs)
+        kept = _kept(haven)["models"]
+        _set_status(haven, month, "held")
+        _update(haven)
+        return summary, kept
+
+    def edited(change) -> None:
+        data = json.loads(path.read_text())
+        change(data["models"])
+        path.write_text(json.dumps(data))
+        trained.calls = 0
+
+    month_linked()
+    assert trained.calls == 0  # the kept models, as they are
+
+    # a register grown by more than the policy's share since the model was trained
+    edited(lambda models: models[name].update(profiles=models[name]["profiles"] // 2))
+    summary, kept = month_linked()
+    assert trained.calls > 0
+    assert not any("measured_at" in r for r in summary.quality.values())  # measured again
+    assert kept[name]["profiles"] == first["models"][name]["profiles"]
+    assert month in kept[name]["trained_on"]  # its labelled rows: forgotten when it goes
+    assert name not in _kept(haven)["models"]
+    path.write_text(json.dumps(first))
+
+    # a model older than the policy's days
+    edited(lambda models: models[name].update(trained_at=(
+        datetime.now(UTC) - timedelta(days=93)).isoformat()))
+    _, kept = month_linked()
+    assert trained.calls > 0
+    assert datetime.fromisoformat(kept[name]["trained_at"]) > (
+        datetime.now(UTC) - timedelta(minutes=5))
+    path.write_text(json.dumps(first))
+
+    # kept only for other fields than the rows carry
+    edited(lambda models: models.update({"ae:lk_sex": models.pop(name)}))
+    month_linked()
+    assert trained.calls > 0
+    path.write_text(json.dumps(first))
+
+    # asked
+    trained.calls = 0
+    month_linked()
+    assert trained.calls == 0
+    month_linked(retrain=True)
+    assert trained.calls > 0
+
+
+def test_a_model_trained_on_a_destroyed_extract_is_forgotten_and_measured(haven, synthetic,
+                                                                        backend):
+    landed = _first_build(haven, synthetic)
+    register = next(e for e, s in landed.items() if s == "gp_patients")
+    path = haven.settings.layout.link_models
+    stale = path.read_text()
+    assert person_index.leftovers(haven.settings, [register])["kept_linkage_models"] == len(
+        _kept(haven)["models"])
+    # destroyed with no matcher at hand: the models trained on it go all the same
+    _set_status(haven, register, "destroyed")
+    said: list[str] = []
+    person_index.update(haven.settings, haven.engine, haven.keys.current("linkage"),
+                        progress=said.append)
+    assert person_index.leftovers(haven.settings, [register])["kept_linkage_models"] == 0
+    assert not path.exists()
+    assert any("linkage models to train again" in line for line in said)
+    # a file left as a run killed before its rewrite would leave it: measured, then dropped
+    path.write_text(stale)
+    assert person_index.leftovers(haven.settings, [register])["kept_linkage_models"] > 0
+    _update(haven)
+    assert person_index.leftovers(haven.settings, [register])["kept_linkage_models"] == 0
+
+
+def test_rows_purged_from_a_training_extract_forget_its_models(haven, synthetic, backend):
+    _first_build(haven, synthetic)
+    frame = person_index.read_link_map(haven.settings)
+    care = frame[frame["source"] == "social_care"]
+    purged = {e: list(g["row"].head(3)) for e, g in care.groupby("extract_id")}
+    before = _kept(haven)
+    summary = _update(haven, drop_rows=purged)
+    after = _kept(haven) if haven.settings.layout.link_models.exists() else {"models": {}}
+    for source, kept in after["models"].items():  # trained again by this run, if at all
+        assert kept["trained_at"] != before["models"].get(source, {}).get("trained_at")
+    assert not any("measured_at" in rates for rates in summary.quality.values())
