@@ -242,12 +242,21 @@ class KeptKeys:
         self.seen: pa.Array | None = None
         self.table: PseudonymTable | None = None
 
-    def add(self, frame: pd.DataFrame) -> None:
-        """Keys of `frame`'s pseudonyms not seen in an earlier batch (first row's wins)."""
-        known = frame.loc[frame["person_id"].notna(), ["person_id", "person_key"]]
-        known = known.drop_duplicates("person_id")
-        ids = pa.array(known["person_id"].to_numpy(dtype=object), pa.string())
-        keys = pa.array(known["person_key"].to_numpy(dtype=object), pa.string())
+    def add(self, rows: pa.Table | pd.DataFrame) -> None:
+        """Keys of the pseudonyms of `rows` (person_id, person_key) not seen in an earlier
+        batch (first row's wins), found in Arrow: a persons file read as a frame of Python
+        strings took 11 s of a month's link at a million persons."""
+        if isinstance(rows, pd.DataFrame):
+            rows = pa.table({c: pa.array(rows[c].to_numpy(dtype=object), pa.string(),
+                                         from_pandas=True)
+                             for c in ("person_id", "person_key")})
+        ids = rows.column("person_id").combine_chunks().cast(pa.string())
+        keys = rows.column("person_key").combine_chunks().cast(pa.string())
+        known = pc.is_valid(ids)
+        ids, keys = ids.filter(known), keys.filter(known)
+        codes = pc.dictionary_encode(ids).indices.to_numpy(zero_copy_only=False)
+        first = np.sort(np.unique(codes, return_index=True)[1])  # each one's first row
+        ids, keys = ids.take(pa.array(first)), keys.take(pa.array(first))
         if self.seen is not None and len(self.seen):
             fresh = pc.invert(pc.is_in(ids, value_set=self.seen))
             ids, keys = ids.filter(fresh), keys.filter(fresh)
@@ -272,7 +281,7 @@ def _kept_keys(base: map_store.Generation | None) -> KeptKeys:
     kept = KeptKeys()
     for entry in base.entries if base is not None else ():
         kept.add(pq.read_table(base.persons(entry.extract_id),
-                               columns=["person_id", "person_key"]).to_pandas())
+                               columns=["person_id", "person_key"]))
     return kept
 
 
@@ -538,7 +547,7 @@ def _survey(settings: Settings, base: map_store.Generation | None, plan: _Plan,
             continue
         survey.rows += entry.rows
         persons = pq.read_table(base.persons(entry.extract_id), columns=["person_id", "rows"])
-        hits = registered.contains(persons.column("person_id").to_pandas()) if (
+        hits = registered.contains(persons.column("person_id")) if (
             registered is not None) else np.zeros(persons.num_rows, dtype=bool)
         counts = persons.column("rows").to_numpy()
         survey.add(entry.source, int(counts.sum()), int(counts[hits].sum()))

@@ -35,7 +35,7 @@ class PseudonymTable:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def positions(self, person_ids: pd.Series | pa.Array) -> np.ndarray:
+    def positions(self, person_ids: pd.Series | pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Each pseudonym's place in the table, -1 if absent (nulls are absent); each
         distinct one is looked up once."""
         if not len(person_ids):
@@ -71,7 +71,7 @@ class PseudonymTable:
         out[pc.is_null(indices).to_numpy(zero_copy_only=False)] = -1
         return out
 
-    def contains(self, person_ids: pd.Series) -> np.ndarray:
+    def contains(self, person_ids: pd.Series | pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Whether each pseudonym is in the table."""
         return self.positions(person_ids) >= 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from linkage.person_index import KeptKeys
 from linkage.pseudonym_table import PseudonymTable
@@ -43,9 +44,11 @@ def test_an_empty_table_with_values_finds_nothing() -> None:
     assert table.lookup(pd.Series([], dtype=object)).tolist() == []
 
 
-def test_kept_keys_are_each_pseudonyms_first_key_across_batches() -> None:
+@pytest.mark.parametrize("as_arrow", [False, True])
+def test_kept_keys_are_each_pseudonyms_first_key_across_batches(as_arrow: bool) -> None:
     """The map read a batch at a time: a pseudonym's key is its first row's, even when a
-    later batch (or a later row of the same batch) gives it another."""
+    later batch (or a later row of the same batch) gives it another; the same whether a
+    batch comes as a frame or as an Arrow table (a persons file as read)."""
     rng = np.random.default_rng(9)
     persons = [f"{v:064x}" for v in rng.integers(0, 2**62, 60)] + ["é" * 3, ""]
     kept, reference = KeptKeys(), {}
@@ -53,7 +56,7 @@ def test_kept_keys_are_each_pseudonyms_first_key_across_batches() -> None:
         ids = rng.choice(np.array(persons + [None], dtype=object), 40)
         frame = pd.DataFrame({"person_id": ids,
                               "person_key": [f"k{batch}-{i}" for i in range(len(ids))]})
-        kept.add(frame)
+        kept.add(pa.Table.from_pandas(frame, preserve_index=False) if as_arrow else frame)
         for p, k in zip(frame["person_id"], frame["person_key"], strict=True):
             if p is not None:
                 reference.setdefault(p, k)
