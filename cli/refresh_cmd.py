@@ -19,6 +19,9 @@ def register(app: typer.Typer) -> None:
         extracts: Path = typer.Argument(..., help="What arrived: an extract file (manifest "
                                                   "beside it) or a folder, as `haven land`."),
         at: str = typer.Option(..., "--at", help="Reference date to score at (YYYY-MM-DD)."),
+        retrain_linkage: bool = typer.Option(
+            False, "--retrain-linkage", help="train the linkage models again (by default the "
+            "link reuses the kept ones while policies/drift.json allows)"),
     ) -> None:
         """Land what arrived, link, score with the approved model and report drift against
         the run before (warnings past `policies/drift.json` are audited; a model whose
@@ -32,7 +35,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"{extracts} does not exist", param_hint="EXTRACTS")
         console = Console()
         try:
-            result = refresh(ctx.obj, extracts, day, progress=console.print)
+            result = refresh(ctx.obj, extracts, day, progress=console.print,
+                             retrain_linkage=retrain_linkage)
         except (NoApprovedModel, NothingToScore) as exc:
             console.print(f"[red]not refreshed[/]: {exc}")
             raise typer.Exit(code=1) from None

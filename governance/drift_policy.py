@@ -21,6 +21,7 @@ NUMBERS = ("feature_psi", "source_share_points", "score_psi", "tier_churn_share"
 # (`linkage.kept_models`): the register's profiles changed by more than this share, or the
 # model is older than this many days. Optional: a version stored before they existed has these.
 LINKAGE_RETRAIN = {"linkage_retrain_register_change": 0.10, "linkage_retrain_days": 92.0}
+LINKAGE_RETRAIN_MOST = {"linkage_retrain_register_change": 1.0, "linkage_retrain_days": 3650.0}
 
 
 def parse_drift(content: str) -> dict[str, Any]:
@@ -34,8 +35,10 @@ def parse_drift(content: str) -> dict[str, Any]:
         out[name] = float(value)
     for name, default in LINKAGE_RETRAIN.items():
         value = data.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{POLICY}: {name} must be a number, 0 or more")
+        most = LINKAGE_RETRAIN_MOST[name]
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not 0 <= value <= most):  # NaN and infinities fail this too
+            raise ValueError(f"{POLICY}: {name} must be a number from 0 to {most:g}")
         out[name] = float(value)
     if out["min_auroc"] > 1 or out["tier_churn_share"] > 1:
         raise ValueError(f"{POLICY}: min_auroc and tier_churn_share are at most 1")

@@ -53,7 +53,8 @@ class Matched:
     via_extract), review pairs, the profiles and labelled examples it read, and each
     source's prior (`coverage`: the share of its NHS-numbered rows whose person is
     registered), which the quality estimate must link its held-out rows at too; the models
-    this run trained (`trained`, to keep) and the sources it linked with kept ones (`reused`)."""
+    this run trained (`trained`, to keep), the sources it linked with kept ones (`reused`) and
+    those it linked with a model made in this run (`fresh`: trained, or fitted by ECM)."""
 
     links: pd.DataFrame
     review: pd.DataFrame
@@ -62,6 +63,7 @@ class Matched:
     priors: dict[str, float] = field(default_factory=dict)
     trained: dict[str, KeptModel] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)
 
 
 def read_rows(settings: Settings, extract_id: str, encodings: bool) -> pd.DataFrame:
@@ -217,8 +219,11 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
     under `scratch` (a folder the caller owns and removes). A source's model is `kept`'s
     when it may be reused (`KeptModels.usable`), else trained, and then returned to keep."""
     now = now or datetime.now(UTC)
-    register = frozenset(item.extract_id for item in landed.itertuples()
-                         if item.source in PROFILE_SOURCES)
+    rows_landed = dict(zip(landed["extract_id"], landed["rows_landed"].astype(int), strict=True)
+                       ) if "rows_landed" in landed else {}
+    register = {e: rows_landed.get(e, -1) for e, s in zip(landed["extract_id"],
+                                                           landed["source"], strict=True)
+                if s in PROFILE_SOURCES}
     writer = _profile_writer(settings, landed, scratch)
     queries, training = [], []
     for item in landed.itertuples():
@@ -267,11 +272,14 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
                        **({"model": usable.model} if usable is not None else {}))
         if usable is not None:
             nothing.reused.append(str(source))
-        elif part.attrs.get("model") is not None:
-            on = register | (frozenset(map(str, labelled["extract_id"].unique()))
-                             if labelled is not None else frozenset())
-            nothing.trained[kept_name(str(source), carried)] = KeptModel(
-                tuple(carried), part.attrs["model"], profile.rows, now, on)
+        else:
+            nothing.fresh.append(str(source))  # trained now, or fitted by ECM (not kept)
+            if part.attrs.get("model") is not None:
+                examples_from = (map(str, labelled["extract_id"].unique())
+                                 if labelled is not None else ())
+                on = {**register, **{e: rows_landed.get(e, -1) for e in examples_from}}
+                nothing.trained[kept_name(str(source), carried)] = KeptModel(
+                    tuple(carried), part.attrs["model"], profile.rows, now, on)
         part["query"] = rows.index.to_numpy()[part["query"].to_numpy(dtype=np.int64)]
         if len(part):
             found.append(part)
@@ -302,4 +310,4 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
         if column.startswith("cmp_"):
             review_out[column] = review[column].to_numpy()
     return Matched(linked, review_out, profile, examples, priors, nothing.trained,
-                   nothing.reused)
+                   nothing.reused, nothing.fresh)

@@ -187,11 +187,13 @@ def person_keys(person_ids: pa.Array, key: Key, memo: dict[str, str] | None = No
 
 
 def landed_extracts(engine: Engine) -> pd.DataFrame:
+    """The extracts landed now: extract_id, source, sender and rows_landed (lowered by a
+    purge, which is how a kept linkage model learns its training rows changed)."""
     with engine.connect() as connection:
         rows = connection.execute(select(extracts.c.extract_id, extracts.c.source,
-                                         extracts.c.sender)
+                                         extracts.c.sender, extracts.c.rows_landed)
                                   .where(extracts.c.status == "landed")).all()
-    return pd.DataFrame(rows, columns=["extract_id", "source", "sender"])
+    return pd.DataFrame(rows, columns=["extract_id", "source", "sender", "rows_landed"])
 
 
 def _write(settings: Settings, target: Path, table: pa.Table) -> None:
@@ -675,7 +677,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
         gone = sorted(set(held) - set(landed["extract_id"]))
         new = landed[~landed["extract_id"].isin(held)]
         summary = LinkSummary(extracts_added=sorted(new["extract_id"]), extracts_removed=gone)
-        models = _kept_models(settings, engine, landed, purged, retrain, say)
+        models = _kept_models(settings, engine, landed, set(drop_rows or {}), retrain, say)
         if (not gone and new.empty and base is not None and not purged
                 and _beside_current(settings, base, drop_rows or {})):
             say("the person index is up to date: nothing landed or destroyed since the last run")
@@ -711,7 +713,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
                 review = _merge_review(earlier, review_rows, matched.review)
                 if quality is not None and matched.profile is not None:
                     summary.quality = _quality(models, matched, quality, say)
-                elif matched.trained:  # the kept quality was measured with other models
+                elif matched.fresh:  # the kept quality was measured with other models
                     models.quality, models.quality_at = {}, None
                 matched.profile = matched.examples = None  # not held through the writing pass
                 models.models.update(matched.trained)
@@ -735,14 +737,22 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
 
 def _kept_models(settings: Settings, engine: Engine, landed: pd.DataFrame, purged: set[str],
                  retrain: bool, say: Callable[[str], None]) -> kept_models.KeptModels:
-    """The kept linkage models this update may reuse: those trained on an extract no longer
-    landed (destroyed, whether or not the map still holds it) or with rows purged are
-    forgotten, and the file rewritten at once, before anything else can fail (all of them
-    if `retrain`)."""
+    """The kept linkage models this update may reuse. Forgotten first, and the file
+    rewritten at once, before anything else can fail: those trained on an extract no longer
+    landed (destroyed, whether or not the map still holds it), or whose landed rows changed
+    since (a purge, even one this update is not told of: killed, or run while this link
+    matched), or named in `purged`; all of them if `retrain`. An unreadable file is removed
+    (models trained again), so it never blocks a link or a destruction."""
     path = settings.layout.link_models
-    kept = kept_models.read(path, load_drift(engine))
-    trained_on = set().union(*(m.trained_on for m in kept.models.values()))
-    dropped = kept.drop((trained_on - set(landed["extract_id"])) | purged)
+    try:
+        kept = kept_models.read(path, load_drift(engine))
+    except ValueError as exc:  # a derived file: never blocks a link, or a destruction's
+        say(f"{exc}: forgotten, the models are trained again")
+        path.unlink()
+        kept = kept_models.read(path, load_drift(engine))
+    dropped = kept.drop_stale(dict(zip(landed["extract_id"], landed["rows_landed"].astype(int),
+                                       strict=True)))
+    dropped += kept.drop(purged)
     if retrain and kept.models:
         dropped += list(kept.models)
         kept.models.clear()
@@ -757,9 +767,10 @@ def _kept_models(settings: Settings, engine: Engine, landed: pd.DataFrame, purge
 def _quality(kept: kept_models.KeptModels, matched: Matched,
              quality: Callable[[ProfileStore, pd.DataFrame | None, dict[str, float]], dict],
              say: Callable[[str], None]) -> dict[str, Any]:
-    """The quality estimate: measured again when this run trained a model (or none was kept),
-    else the one measured with the kept models, each source's marked with when."""
-    if kept.quality and kept.quality_at is not None and not matched.trained:
+    """The quality estimate: measured again when a source was linked with a model made in
+    this run (trained, or fitted by ECM) or none was kept, else the one measured with the
+    kept models, each source's marked with when."""
+    if kept.quality and kept.quality_at is not None and not matched.fresh:
         say(f"linkage quality as measured on {kept.quality_at:%Y-%m-%d} with the models "
             "kept (no model trained this run)")
         return {source: {**rates, "measured_at": kept.quality_at.isoformat()}
@@ -1100,8 +1111,17 @@ def leftovers(settings: Settings, extract_ids: Sequence[str]) -> dict[str, int]:
                              | review["profile_extract"].isin(wanted)).sum()),
         "quality_files": stale,
         "index_partial_files": len(partial_files(settings)),
-        "kept_linkage_models": kept_models.read(settings.layout.link_models).holding(wanted),
+        "kept_linkage_models": _kept_holding(settings, wanted),
     }
+
+
+def _kept_holding(settings: Settings, extract_ids: set[str]) -> int:
+    """Kept linkage models trained on any of `extract_ids`; 1 for a file that cannot be read
+    (it cannot be shown not to be: the next update removes it)."""
+    try:
+        return kept_models.read(settings.layout.link_models).holding(extract_ids)
+    except ValueError:
+        return 1
 
 
 def export(settings: Settings, out: Path) -> int:

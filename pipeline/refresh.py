@@ -183,15 +183,17 @@ def compare(ctx: Context, before: ServingRun | None, after_run: str, at: dt.date
 
 
 def refresh(ctx: Context, extracts: Path, at: dt.date, *, purpose: str = "commissioning",
-            progress: Progress = quiet) -> RefreshResult:
+            progress: Progress = quiet, retrain_linkage: bool = False) -> RefreshResult:
     """Land `extracts`, link, score at `at` with the approved model, compare with the run
-    serving before, warn, report and audit (see the module docstring)."""
+    serving before, warn, report and audit (see the module docstring). The link reuses the
+    kept linkage models unless `retrain_linkage`."""
     model, bundle = approved_bundle(ctx)
     link_before = last_link_summary(ctx)
     progress(f"1. land {extracts}")
     receipts = land(ctx, extracts, progress=lambda line: progress(f"  {line}"))
     progress("2. link")
-    link_after = link(ctx, progress=lambda line: progress(f"  {line}")).to_json()
+    link_after = link(ctx, progress=lambda line: progress(f"  {line}"),
+                      retrain=retrain_linkage).to_json()
     progress(f"3. score at {at.isoformat()} with the approved model {model['model_id']}")
     result = score(ctx, at, purpose=purpose, bundle=bundle, bundle_id=model["model_id"],
                    progress=lambda line: progress(f"  {line}"))

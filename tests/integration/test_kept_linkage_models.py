@@ -9,12 +9,15 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import update
 
 from factories import write_extract
 from governance.schema import extracts
-from linkage import index_matcher, person_index
+from linkage import index_matcher, kept_models, person_index
 from linkage.index_matcher import estimate_quality, match_profiles
 from pipeline.land import land
 from synth import generate
@@ -201,4 +204,82 @@ def test_rows_purged_from_a_training_extract_forget_its_models(haven, synthetic,
     after = _kept(haven) if haven.settings.layout.link_models.exists() else {"models": {}}
     for source, kept in after["models"].items():  # trained again by this run, if at all
         assert kept["trained_at"] != before["models"].get(source, {}).get("trained_at")
+    assert not any("measured_at" in rates for rates in summary.quality.values())
+
+
+def _purge_like_optouts(haven, extract_id: str, rows: list[int]) -> None:
+    """What `governance.optouts.purge` does to a landed extract: its rows file rewritten
+    without `rows`, and its landed row count lowered."""
+    path = haven.settings.layout.rows(extract_id)
+    table = pq.read_table(path)
+    kept = table.filter(pc.invert(pc.is_in(table["row"], value_set=pa.array(rows))))
+    pq.write_table(kept, path)
+    with haven.engine.begin() as connection:
+        connection.execute(update(extracts).where(extracts.c.extract_id == extract_id)
+                           .values(rows_landed=kept.num_rows))
+
+
+def test_a_purge_while_a_link_matches_forgets_the_model_trained_on_its_rows(
+        haven, synthetic, tmp_path, monkeypatch, backend):
+    """A reviewer's attack: a purge (which holds the data lock, not the index lock) rewrites
+    a new extract between a link's matching, which trained on its labelled rows, and its
+    writing pass. The map then never holds the purged rows, so the purge's own update is told
+    of rows the map lacks, and a purge killed before that update tells nothing: either way
+    the next update forgets the model, since the extract's landed rows changed."""
+    _first_build(haven, synthetic)
+    month = _month(haven, synthetic, tmp_path / "month")
+    table = pq.read_table(haven.settings.layout.rows(month))
+    labelled = table.filter(pc.is_valid(table["person_id"]))["row"].to_pylist()
+    real = person_index._write_linked
+
+    def purged_meanwhile(*args, **kwargs):
+        _purge_like_optouts(haven, month, labelled)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(person_index, "_write_linked", purged_meanwhile)
+    _update(haven, retrain=True)
+    monkeypatch.setattr(person_index, "_write_linked", real)
+    trained_on_month = [n for n, m in _kept(haven)["models"].items() if month in m["trained_on"]]
+    assert trained_on_month, "the month's labelled rows trained a model"
+    said: list[str] = []
+    _update(haven, said)  # not told of the purge (killed before its update)
+    left = _kept(haven)["models"] if haven.settings.layout.link_models.exists() else {}
+    assert not set(trained_on_month) & set(left)
+    assert any("linkage models to train again" in line for line in said)
+
+
+def test_a_model_retrained_without_a_quality_estimate_does_not_carry_the_old_one(
+        haven, synthetic, tmp_path, backend):
+    """A destruction's or a purge's update re-links without measuring quality: the quality
+    kept was measured with the models it replaced, so it is not carried to a later link."""
+    _first_build(haven, synthetic)
+    path = haven.settings.layout.link_models
+    data = _kept(haven)
+    assert data["quality"]
+    name = next(n for n in data["models"] if n.startswith("ae:"))
+    data["models"][name]["profiles"] //= 2  # so the month's A&E rows train a model again
+    path.write_text(json.dumps(data))
+    _month(haven, synthetic, tmp_path / "month")
+    person_index.update(haven.settings, haven.engine, haven.keys.current("linkage"),
+                        match_profiles)
+    after = _kept(haven)
+    assert after["models"][name]["trained_at"] != data["models"][name]["trained_at"]
+    assert after["models"] and after["quality"] == {} and after["quality_at"] is None
+
+
+def test_a_source_fitted_afresh_by_ecm_gets_its_quality_measured(haven, synthetic, tmp_path,
+                                                                 monkeypatch, backend):
+    """No kept model usable for A&E and too few labels to train one: its rows are linked by
+    an ECM fit made in the run (never kept), so the quality is measured again, not carried."""
+    _first_build(haven, synthetic)
+    _month(haven, synthetic, tmp_path / "month")
+    real = kept_models.KeptModels.usable
+    monkeypatch.setattr(kept_models.KeptModels, "usable",
+                        lambda self, source, *a: None if source == "ae" else real(
+                            self, source, *a))
+    monkeypatch.setattr(index_matcher, "fit_supervised", lambda *a, **k: None)
+    said: list[str] = []
+    summary = _update(haven, said)
+    assert not any("ae: linked with the model" in line for line in said)
+    assert "estimating linkage quality on rows whose NHS number is known" in said
     assert not any("measured_at" in rates for rates in summary.quality.values())

@@ -29,7 +29,8 @@ from factories import approve_candidates, nhs_numbers, rows_for, write_extract
 from governance import audit, retention
 from governance.audit import SYSTEM
 from governance.schema import audit_log, destruction_certificates, extracts, optouts, runs, vault
-from linkage import person_index
+from linkage import kept_models, person_index
+from linkage.probabilistic import MatchModel
 from pipeline import govern, land, link
 from synth.generator import generate
 
@@ -442,3 +443,33 @@ def test_a_half_written_map_left_by_a_killed_link_is_destroyed_and_certified(
     assert certificate.remaining["index_partial_files"] == 0
     assert certificate.counts["index_partial_files_removed"] == 1
     assert set(certificate.remaining.values()) == {0}
+
+
+def test_a_kept_linkage_model_of_a_destroyed_extract_refuses_the_certificate(haven, linked,
+                                                                           monkeypatch):
+    """Promise: no linkage model trained on a destroyed extract's rows is kept past its
+    destruction. Attack: a models.json naming the extract left after the index step (as a
+    run killed before rewriting it would leave it): destruction measures it and certifies
+    nothing."""
+    register = linked["gp_patients"]
+    _due_only(haven, register)
+    real = person_index.forget_extracts
+
+    def leaves_a_model(settings, engine, key, extract_ids, matcher=None):
+        counts = real(settings, engine, key, extract_ids, matcher)
+        model = MatchModel(fields=("sex",), level_weights={"sex": {0: -1.0, 1: 1.0}},
+                           prior=0.5, method="supervised")
+        kept_models.write(settings.layout.link_models, kept_models.KeptModels(models={
+            "ae:lk_sex": kept_models.KeptModel(("lk_sex",), model, 400, dt.datetime.now(dt.UTC),
+                                               {register[0]: 400})}))
+        return counts
+
+    monkeypatch.setattr(person_index, "forget_extracts", leaves_a_model)
+    with pytest.raises(retention.DestructionIncomplete) as failed:
+        govern.destroy_expired(haven, dt.date(2099, 1, 1))
+    assert failed.value.certificate.remaining["kept_linkage_models"] == 1
+    assert retention.list_certificates(haven.engine) == []
+    monkeypatch.undo()
+    certificate = govern.destroy_expired(haven, dt.date(2099, 1, 1))  # run again: its update
+    assert certificate.remaining["kept_linkage_models"] == 0  # forgets the stale model
+    assert not haven.settings.layout.link_models.exists()
