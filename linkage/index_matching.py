@@ -209,6 +209,13 @@ def _concat(tables: list[pa.Table]) -> pd.DataFrame:
         types_mapper=pd.ArrowDtype)
 
 
+def landed_rows(landed: pd.DataFrame) -> dict[str, int]:
+    """Each landed extract's row count (`person_index.landed_extracts`): what a kept model
+    records of the extracts it read, and checks them against."""
+    return {str(e): int(n) for e, n in zip(landed["extract_id"], landed["rows_landed"],
+                                           strict=True)}
+
+
 def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
                   say: Callable[[str], None], todo_rows: dict[str, set],
                   counts: dict[str, tuple[int, int]], scratch: Path | None = None,
@@ -219,11 +226,9 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
     under `scratch` (a folder the caller owns and removes). A source's model is `kept`'s
     when it may be reused (`KeptModels.usable`), else trained, and then returned to keep."""
     now = now or datetime.now(UTC)
-    rows_landed = dict(zip(landed["extract_id"], landed["rows_landed"].astype(int), strict=True)
-                       ) if "rows_landed" in landed else {}
-    register = {e: rows_landed.get(e, -1) for e, s in zip(landed["extract_id"],
-                                                           landed["source"], strict=True)
-                if s in PROFILE_SOURCES}
+    rows_landed = landed_rows(landed)
+    register = {e: rows_landed[e] for e, s in zip(landed["extract_id"], landed["source"],
+                                                  strict=True) if s in PROFILE_SOURCES}
     writer = _profile_writer(settings, landed, scratch)
     queries, training = [], []
     for item in landed.itertuples():
@@ -277,7 +282,7 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
             if part.attrs.get("model") is not None:
                 examples_from = (map(str, labelled["extract_id"].unique())
                                  if labelled is not None else ())
-                on = {**register, **{e: rows_landed.get(e, -1) for e in examples_from}}
+                on = {**register, **{e: rows_landed[e] for e in examples_from}}
                 nothing.trained[kept_name(str(source), carried)] = KeptModel(
                     tuple(carried), part.attrs["model"], profile.rows, now, on)
         part["query"] = rows.index.to_numpy()[part["query"].to_numpy(dtype=np.int64)]

@@ -65,6 +65,7 @@ from linkage.index_matching import (
     Matched,
     Matcher,
     Register,
+    landed_rows,
     match_pending,
     registered_persons,
 )
@@ -750,8 +751,7 @@ def _kept_models(settings: Settings, engine: Engine, landed: pd.DataFrame, purge
         say(f"{exc}: forgotten, the models are trained again")
         path.unlink()
         kept = kept_models.read(path, load_drift(engine))
-    dropped = kept.drop_stale(dict(zip(landed["extract_id"], landed["rows_landed"].astype(int),
-                                       strict=True)))
+    dropped = kept.drop_stale(landed_rows(landed))
     dropped += kept.drop(purged)
     if retrain and kept.models:
         dropped += list(kept.models)
