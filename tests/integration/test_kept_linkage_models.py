@@ -67,10 +67,12 @@ def _first_build(haven, synthetic: Path) -> dict[str, str]:
 
 def _month(haven, synthetic: Path, folder: Path) -> str:
     """A month's A&E extract: the world's rows without an NHS number (the rows the first
-    build linked probabilistically, so they carry the same fields) and one row in ten."""
+    build linked probabilistically, so they carry the same fields) and every other row: about
+    1,400 rows with an NHS number, so landing's 2% sample of persons labels some of them
+    whatever the test's keys (with one row in ten, about five: none, now and then)."""
     with (synthetic / "ae.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    chosen = [r for i, r in enumerate(rows) if not r["nhs_number"] or i % 10 == 0]
+    chosen = [r for i, r in enumerate(rows) if not r["nhs_number"] or i % 2 == 0]
     manifest = json.loads((synthetic / "ae.csv.manifest.json").read_text())
     path = write_extract(folder, "ae", chosen, name="ae_month.csv", sender=manifest["sender"])
     report = next(r for r in land(haven, folder) if r.source == "ae")
