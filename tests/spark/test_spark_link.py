@@ -66,6 +66,29 @@ def test_buckets_matched_on_spark_equal_those_matched_here(spark: Any, tmp_path:
     assert quality["social_care"]["evaluated_rows"] > 20
 
 
+def test_a_kept_model_links_on_spark_as_here_without_training_again(spark: Any,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """A link that reuses a kept linkage model (`linkage.kept_models`) sends it to the
+    executors as it is: the matches made here with it, and one Spark job (scoring), none to
+    find training pairs."""
+    profiles, query, examples = _world(seed=3)
+    store = _store(profiles, tmp_path / "b", bucket_rows=40, fixed=True)
+    trained = match_profiles(query, store, 0.95, examples, in_order)
+    model = trained.attrs["model"]
+    assert model is not None and (trained["band"] == "link").sum() > 20
+
+    def no_training(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("a kept model was trained again")
+
+    monkeypatch.setattr(index_matcher, "fit_supervised", no_training)
+    before = _jobs(spark)
+    got = match_profiles(query, store, 0.95, examples, bucket_mapper(spark), model=model)
+    assert _jobs(spark) == before + 1
+    assert got.attrs["model"] is model
+    pd.testing.assert_frame_equal(got, trained, check_exact=True)
+
+
 def test_tasks_run_in_spark_jobs_and_come_back_in_bucket_order(spark: Any) -> None:
     """The mapper runs each bucket's task in a Spark job, one bucket a partition, and gives
     the results back in bucket order; a store of one bucket is matched here (no job)."""
