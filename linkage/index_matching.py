@@ -267,7 +267,8 @@ def match_pending(settings: Settings, landed: pd.DataFrame, matcher: Matcher,
         if examples is not None and set(carried) <= set(examples.columns):
             labelled = examples.loc[examples["source"] == source,
                                     ["extract_id", "row", "person_id", *carried]]
-        usable = kept.usable(str(source), carried, profile.rows, now) if kept else None
+        usable = (kept.usable(str(source), carried, profile.rows, now) if kept is not None
+                  else None)
         if usable is not None:
             say(f"  {source}: linked with the model trained on {usable.trained_at:%Y-%m-%d} "
                 f"(register then {usable.profiles:,} profiles; `haven link --retrain` trains "

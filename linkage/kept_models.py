@@ -104,20 +104,25 @@ class KeptModels:
         with any of them, the quality measured beside them; the models' names."""
         dropped = [n for n, kept in self.models.items()
                    if any(landed_rows.get(e) != rows for e, rows in kept.trained_on.items())]
-        return self._forget(dropped)
+        return self.forget(dropped)
 
     def drop(self, extract_ids: Iterable[str]) -> list[str]:
         """Forget the models trained on any of `extract_ids` (rows purged from them)."""
         gone = set(extract_ids)
-        return self._forget([n for n, kept in self.models.items()
-                             if gone.intersection(kept.trained_on)])
+        return self.forget([n for n, kept in self.models.items()
+                            if gone.intersection(kept.trained_on)])
 
-    def _forget(self, names: list[str]) -> list[str]:
+    def forget(self, names: list[str]) -> list[str]:
+        """Forget the models `names` and, with any of them, the quality measured with them."""
         for model_name in names:
             del self.models[model_name]
         if names:
-            self.quality, self.quality_at = {}, None
+            self.forget_quality()
         return names
+
+    def forget_quality(self) -> None:
+        """The quality measured with the kept models no longer describes the models used."""
+        self.quality, self.quality_at = {}, None
 
     def holding(self, extract_ids: Iterable[str]) -> int:
         """How many kept models were trained on any of `extract_ids` (destruction's check)."""

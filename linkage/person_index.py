@@ -656,8 +656,9 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
 
     Each source's linkage model is the one kept from an earlier run while the policy allows
     (`linkage.kept_models`; `retrain` trains every one again), and the quality measured with
-    the kept models is reported while no model was trained; a model trained on an extract
-    gone or purged is forgotten first, whether or not this run matches anything.
+    the kept models is reported while no source was linked with a model made in this run; a
+    model trained on an extract gone, changed or purged is forgotten first, whether or not
+    this run matches anything.
 
     Two streaming passes (`batch_rows` at a time) over the new extracts and the extracts in
     the map that the update touches (`_Plan.touched`): the first finds the rows to link and
@@ -715,7 +716,7 @@ def update(settings: Settings, engine: Engine, key: Key, matcher: Matcher | None
                 if quality is not None and matched.profile is not None:
                     summary.quality = _quality(models, matched, quality, say)
                 elif matched.fresh:  # the kept quality was measured with other models
-                    models.quality, models.quality_at = {}, None
+                    models.forget_quality()
                 matched.profile = matched.examples = None  # not held through the writing pass
                 models.models.update(matched.trained)
         if clients is not None and len(matched.links):
@@ -744,19 +745,17 @@ def _kept_models(settings: Settings, engine: Engine, landed: pd.DataFrame, purge
     since (a purge, even one this update is not told of: killed, or run while this link
     matched), or named in `purged`; all of them if `retrain`. An unreadable file is removed
     (models trained again), so it never blocks a link or a destruction."""
-    path = settings.layout.link_models
+    path, policy = settings.layout.link_models, load_drift(engine)
     try:
-        kept = kept_models.read(path, load_drift(engine))
+        kept = kept_models.read(path, policy)
     except ValueError as exc:  # a derived file: never blocks a link, or a destruction's
         say(f"{exc}: forgotten, the models are trained again")
         path.unlink()
-        kept = kept_models.read(path, load_drift(engine))
+        kept = kept_models.read(path, policy)
     dropped = kept.drop_stale(landed_rows(landed))
     dropped += kept.drop(purged)
-    if retrain and kept.models:
-        dropped += list(kept.models)
-        kept.models.clear()
-        kept.quality, kept.quality_at = {}, None
+    if retrain:
+        dropped += kept.forget(list(kept.models))
     if dropped:
         sources = sorted({d.split(":", 1)[0] for d in dropped})
         say(f"linkage models to train again: {', '.join(sources)}")
