@@ -19,23 +19,19 @@ the slices it hands to the JVM, to files there. See docs/scale.md, "Keys on exec
 
 from __future__ import annotations
 
-import os
 import pickle
-import shutil
-import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from linkage.landing.batches import Job, Prepared, prepare_batch
 from linkage.landing.pseudonymise import HashMemo
 from linkage.landing.reader import Batch
 from pipeline.engines.spark_broadcast import broadcast, value_of
+from pipeline.engines.spark_handover import Handover, remove, seal, unsealed
 from pipeline.engines.spark_protections import require_protections
 
 if TYPE_CHECKING:
@@ -89,40 +85,22 @@ def prepare_shipped(blob: bytes, job: Job, memo: HashMemo) -> Prepared:
     return prepare_batch(batch_from_bytes(blob), job, memo)
 
 
-@dataclass(frozen=True)
-class Handover:
-    """Where a landing's tasks leave their slices' landed rows for the driver, and the key
-    they are sealed under: AES-GCM under a key made for this landing alone, held in memory
-    (the driver's and the broadcast's, which Spark encrypts), so a file a crash leaves
-    behind, or one read by anyone else, is ciphertext. The rows are pseudonymised, but they
-    are all of the slice's rows, before the landing drops repeated ids and opted-out persons.
-    """
-
-    folder: str
-    key: bytes = field(repr=False)
-
-
 def handed_back(prepared: Prepared, handover: Handover | None) -> bytes:
     """What a task sends the driver for a prepared slice, pickled. With a `handover` the
-    slice's landed rows are left in its folder as a sealed Arrow IPC file (named in what is
-    sent, the table itself sent empty): they reach the driver from disk, not through Spark's
-    JVM, which copied them several times and spent three times the CPU the preparing did.
-    The file is written under a temporary name and renamed, so the driver never reads half of
-    one (a retried attempt leaves a file of its own, removed with the folder)."""
+    slice's landed rows are left in its folder as a sealed Arrow IPC file (`spark_handover`;
+    named in what is sent, the table itself sent empty): they reach the driver from disk, not
+    through Spark's JVM, which copied them several times and spent three times the CPU the
+    preparing did. The rows are pseudonymised, but they are all of the slice's rows, before
+    the landing drops repeated ids and opted-out persons: sealed, a file a crash leaves
+    behind, or one read by anyone else, is ciphertext."""
     if handover is None or prepared.result is None:
         return pickle.dumps((prepared, None), protocol=pickle.HIGHEST_PROTOCOL)
     table = prepared.result.table
-    name = f"{uuid.uuid4().hex}.arrow"
     sink = pa.BufferOutputStream()
     options = pa.ipc.IpcWriteOptions(compression="lz4")
     with pa.ipc.new_file(sink, table.schema, options=options) as writer:
         writer.write_table(table)
-    nonce = os.urandom(12)
-    sealed = AESGCM(handover.key).encrypt(nonce, sink.getvalue().to_pybytes(), name.encode())
-    partial = os.path.join(handover.folder, f".{name}.part")
-    with open(partial, "wb") as file:
-        file.write(nonce + sealed)
-    os.replace(partial, os.path.join(handover.folder, name))
+    name = seal(handover, sink.getvalue().to_pybytes(), ".arrow")
     light = replace(prepared, result=replace(prepared.result, table=table.schema.empty_table()))
     return pickle.dumps((light, name), protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -135,29 +113,12 @@ def taken_back(blob: bytes, handover: Handover | None) -> Prepared:
     prepared, name = pickle.loads(blob)  # noqa: S301 - made by this landing's executors
     if name is None:
         return prepared
-    if handover is None or os.sep in name or name.startswith("."):
+    if handover is None:
         raise RuntimeError("a prepared slice named a hand-over file this landing did not make")
-    path = Path(handover.folder) / name
-    data = path.read_bytes()
-    path.unlink()
-    try:
-        opened = AESGCM(handover.key).decrypt(data[:12], data[12:], name.encode())
-    except InvalidTag:
-        raise RuntimeError("a hand-over file was not sealed by this landing's tasks") from None
+    opened = unsealed(handover, name, "this landing")
     table = pa.ipc.open_file(pa.py_buffer(opened)).read_all()
     prepared.result = replace(prepared.result, table=table)
     return prepared
-
-
-def _remove(folder: Path) -> None:
-    """The hand-over folder removed, or RuntimeError: a file a late task attempt wrote while
-    it was removed would otherwise stay in the data directory until the next landing."""
-    for _ in range(3):
-        shutil.rmtree(folder, ignore_errors=True)
-        if not folder.exists():
-            return
-    raise RuntimeError("the landing's hand-over folder could not be removed: a Spark task "
-                       "may still be writing to it (the next landing clears it)")
 
 
 def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
@@ -182,8 +143,7 @@ def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
     require_protections(spark)  # before a key or a raw row is handed to Spark
     sealed = None
     if handover is not None:
-        handover.mkdir(parents=True, exist_ok=False)
-        sealed = Handover(str(handover), AESGCM.generate_key(bit_length=256))
+        sealed = Handover.made(handover)
     shared = broadcast(spark, (executor_job(job), sealed))
     try:
         pending: list[tuple[int, bytes]] = []
@@ -202,7 +162,7 @@ def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
             shared.destroy()
         finally:
             if handover is not None:
-                _remove(handover)
+                remove(handover, "landing")
 
 
 def sliced(batch: Batch, rows: int) -> Iterator[Batch]:
