@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from governance.settings import Settings
+from governance.store import scratch_workspace
 from linkage.index_matcher import estimate_quality, in_order, match_profiles
 from pipeline.engines.spark_link import spark_buckets
 from pipeline.engines.spark_score import score_on_spark
@@ -54,18 +57,26 @@ def persons_scorer(settings: Settings, spark: SparkSession | None = None) -> Sco
 RangeMap = Callable[[Callable[[int], Any], int], list[Any]]  # [task(0), ..., task(n - 1)]
 
 
-def _on_spark(settings: Settings, stack: ExitStack, app_name: str) -> RangeMap:
+def _on_spark(settings: Settings, stack: ExitStack, app_name: str,
+              handed_over: bool = False) -> Callable[[Callable[[int], Any], int], Any]:
     """A `RangeMap` running each of several tasks on Spark (`spark_buckets`: a task a
     partition, results in order), in a session started on its first use and stopped when
-    `stack` closes; one task runs here."""
+    `stack` closes; one task runs here. `handed_over`: the results come back through sealed
+    files in a scratch workspace of this stage's (removed when `stack` closes), read one at
+    a time (an iterator, not a list)."""
     started: list[SparkSession] = []
+    folders: list[Path] = []
+    calls = itertools.count()
 
-    def run(task: Callable[[int], Any], count: int) -> list[Any]:
+    def run(task: Callable[[int], Any], count: int) -> Any:
         if count <= 1:
             return in_order(task, count)
         if not started:
             started.append(stack.enter_context(session(settings, app_name)))
-        return spark_buckets(started[0], task, count)
+        if handed_over and not folders:
+            folders.append(stack.enter_context(scratch_workspace(settings)))
+        folder = folders[0] / f"buckets-{next(calls)}" if handed_over else None
+        return spark_buckets(started[0], task, count, folder)
 
     return run
 
@@ -76,12 +87,13 @@ def profile_matching(settings: Settings) -> Iterator[tuple[Callable[..., Any],
     """(matcher, quality estimate) for `person_index.update` and the re-linking of a purge or
     a destruction: `match_profiles` and `estimate_quality` themselves for the embedded engine;
     for `spark`, the same with every bucket's task on Spark (a session started on the first
-    match of several buckets, stopped when the block ends)."""
+    match of several buckets, stopped when the block ends), each bucket's results read back
+    from the stage's scratch workspace one at a time."""
     if settings.engine != "spark":
         yield match_profiles, estimate_quality
         return
     with ExitStack() as stack:
-        on_spark = _on_spark(settings, stack, "haven-link")
+        on_spark = _on_spark(settings, stack, "haven-link", handed_over=True)
         yield (functools.partial(match_profiles, map_buckets=on_spark),
                functools.partial(estimate_quality, map_buckets=on_spark))
 

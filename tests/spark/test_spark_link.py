@@ -1,11 +1,16 @@
 """The person index's probabilistic step on Spark (`pipeline/engines/spark_link.py`): each
 bucket of the register's persons matched in a Spark task gives exactly the embedded engine's
 matches, model and quality figures; `haven link` with HAVEN_ENGINE=spark on a register of
-several buckets runs Spark jobs and gives every landed row the embedded engine's person; a
-destruction re-links on Spark and certifies the same counts."""
+several buckets runs Spark jobs and gives every landed row the embedded engine's person, the
+first time and again after a month lands (the kept linkage models reused); a destruction
+re-links on Spark and certifies the same counts."""
 
 from __future__ import annotations
 
+import csv
+import functools
+import json
+import operator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ from unit.test_bucketed_matching import _store, _world
 
 from cli.main import main
 from conftest import key_environment
+from factories import write_extract
 from governance import retention
 from governance.schema import extracts as extract_table
 from governance.settings import Settings
@@ -42,7 +48,7 @@ def test_buckets_matched_on_spark_equal_those_matched_here(spark: Any, tmp_path:
                                                            monkeypatch) -> None:
     profiles, query, examples = _world(seed=3)
     store = _store(profiles, tmp_path / "b", bucket_rows=40, fixed=True)
-    on_spark = bucket_mapper(spark)
+    on_spark = bucket_mapper(spark, tmp_path / "handover")  # as `haven link` runs it
     before = _jobs(spark)
     for labelled in (examples, None):  # trained on the examples, or on profile twins
         want = match_profiles(query, store, 0.95, labelled, in_order)
@@ -89,7 +95,8 @@ def test_a_kept_model_links_on_spark_as_here_without_training_again(spark: Any,
     pd.testing.assert_frame_equal(got, trained, check_exact=True)
 
 
-def test_tasks_run_in_spark_jobs_and_come_back_in_bucket_order(spark: Any) -> None:
+def test_tasks_run_in_spark_jobs_and_come_back_in_bucket_order(spark: Any,
+                                                               tmp_path: Path) -> None:
     """The mapper runs each bucket's task in a Spark job, one bucket a partition, and gives
     the results back in bucket order; a store of one bucket is matched here (no job)."""
     before = _jobs(spark)
@@ -97,6 +104,57 @@ def test_tasks_run_in_spark_jobs_and_come_back_in_bucket_order(spark: Any) -> No
     assert _jobs(spark) == before + 1
     assert bucket_mapper(spark)(str, 1) == ["0"]
     assert _jobs(spark) == before + 1
+    assert list(bucket_mapper(spark, tmp_path)(str, 7)) == [str(i) for i in range(7)]
+    assert _jobs(spark) == before + 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_results_handed_over_are_read_one_bucket_at_a_time(spark: Any, tmp_path: Path) -> None:
+    """With a scratch folder, the job leaves each bucket's result there sealed and the
+    driver reads them in bucket order as the caller comes to them, removing each file as it
+    is read and the folder after the last (or when the caller stops): the driver holds one
+    bucket's results, not every bucket's."""
+    mapper = bucket_mapper(spark, tmp_path)
+    results = iter(mapper(functools.partial(operator.mul, "haven-result;"), 5))
+    [folder] = list(tmp_path.iterdir())  # every bucket matched before the first is read
+    assert len(list(folder.iterdir())) == 5
+    assert next(results) == ""
+    assert len(list(folder.iterdir())) == 4
+    for value in list(folder.iterdir()):
+        assert b"haven-result;" not in value.read_bytes()  # sealed, not the result in clear
+    assert [r.count(";") for r in results] == [1, 2, 3, 4]
+    assert list(tmp_path.iterdir()) == []
+    stopped = iter(mapper(str, 4))
+    assert next(stopped) == "0"
+    stopped.close()  # as when the matcher fails half-way
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_planted_among_the_results_is_refused_unopened(spark: Any,
+                                                             tmp_path: Path) -> None:
+    """A file put in place of a bucket's result (a pickle that would run code when loaded,
+    or another bucket's sealed result) is refused before it is unpickled."""
+    import pickle
+
+    ran = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (Path.touch, (ran,))
+
+    for swap in (False, True):
+        results = iter(bucket_mapper(spark, tmp_path / "s")(str, 3))
+        [folder] = list((tmp_path / "s").iterdir())
+        names = sorted(p.name for p in folder.iterdir())
+        target = folder / names[0]
+        if swap:  # another bucket's sealed result under this one's name
+            target.write_bytes((folder / names[1]).read_bytes())
+        else:
+            target.write_bytes(pickle.dumps(Planted()))
+        with pytest.raises(RuntimeError, match="not sealed by this link"):
+            list(results)
+        assert not ran.exists()
+        assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
 
 
 def test_no_executor_worker_holds_a_haven_key(spark: Any) -> None:
@@ -137,14 +195,35 @@ def test_what_a_bucket_task_is_sent_holds_no_key_and_no_identifier(tmp_path: Pat
         assert not [v for v in values if len(v) > 3 and v in payload]
 
 
-def _home(home: Path, extracts: Path, keys: dict[str, str], engine: str) -> dict[str, Any]:
-    """Land and link on `engine`, then destroy a social care extract (its links re-made
-    against the register that is left) and say what each step gave."""
+def _month(extracts: Path, folder: Path) -> Path:
+    """A later A&E extract: the world's rows without an NHS number and every other row (as
+    tests/integration/test_kept_linkage_models.py's month), for a second `haven link`."""
+    with (extracts / "ae.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = [r for i, r in enumerate(rows) if not r["nhs_number"] or i % 2 == 0]
+    sender = json.loads((extracts / "ae.csv.manifest.json").read_text())["sender"]
+    write_extract(folder, "ae", chosen, name="ae_month.csv", sender=sender)
+    return folder
+
+
+def _home(home: Path, extracts: Path, month: Path, keys: dict[str, str],
+          engine: str) -> dict[str, Any]:
+    """Land and link on `engine`; land a month and link again (the kept linkage models
+    reused); then destroy a social care extract (its links re-made against the register that
+    is left) and say what each step gave."""
     env = {"HAVEN_HOME": str(home), "HAVEN_ENGINE": engine, **keys}
     assert main(["land", str(extracts)], env) == 0
     assert main(["link"], env) == 0
     haven = Context(Settings.from_environ(env))
     linked, _ = comparable_links(haven.settings)
+    kept = json.loads(haven.settings.layout.link_models.read_text(encoding="utf-8"))
+    assert kept["models"]
+    assert main(["land", str(month)], env) == 0
+    assert main(["link"], env) == 0
+    again = json.loads(haven.settings.layout.link_models.read_text(encoding="utf-8"))
+    assert again["models"] == kept["models"]  # reused as they were: none trained again
+    relinked, _ = comparable_links(haven.settings)
+    assert len(relinked) > len(linked)
     with haven.engine.connect() as connection:
         # the same extract on both homes: by sender (extract ids are each landing's own)
         social = [row.extract_id for row in sorted(connection.execute(select(
@@ -155,25 +234,31 @@ def _home(home: Path, extracts: Path, keys: dict[str, str], engine: str) -> dict
                                     "test", govern.dependents(haven), checks=govern.checks(haven))
     after, _ = comparable_links(haven.settings)
     haven.engine.dispose()
-    return {"linked": linked, "after": after, "counts": certificate.counts,
-            "remaining": certificate.remaining}
+    return {"linked": linked, "relinked": relinked, "after": after,
+            "counts": certificate.counts, "remaining": certificate.remaining}
 
 
 def test_link_and_destruction_on_spark_equal_the_embedded_engine(spark: Any, tmp_path: Path,
                                                                   monkeypatch) -> None:
     # a register of several buckets, so the Spark engine has buckets to send
     monkeypatch.setattr(profile_store, "BUCKET_ROWS", 90)
+    # and models trained on this small world's few labelled rows, so they are kept and the
+    # second link reuses them (the driver reads the threshold: both engines see it)
+    monkeypatch.setattr(index_matcher, "MIN_LABELLED", 10)
     extracts = tmp_path / "extracts"
     generate(400, 4, extracts, progress=False)
+    month = _month(extracts, tmp_path / "month")
     keys = key_environment()
     before = _jobs(spark)
-    embedded = _home(tmp_path / "embedded", extracts, keys, "embedded")
+    embedded = _home(tmp_path / "embedded", extracts, month, keys, "embedded")
     assert _jobs(spark) == before  # the embedded engine uses no Spark
-    on_spark = _home(tmp_path / "spark", extracts, keys, "spark")
+    on_spark = _home(tmp_path / "spark", extracts, month, keys, "spark")
     assert _jobs(spark) > before  # landing's batches and link's buckets ran on Spark
     probabilistic = embedded["linked"]["method"] == "probabilistic"
     assert probabilistic.sum() > 5  # there were rows for the buckets to link
     pd.testing.assert_frame_equal(on_spark["linked"], embedded["linked"])
+    # a second link, with the kept models, on Spark as here
+    pd.testing.assert_frame_equal(on_spark["relinked"], embedded["relinked"])
     pd.testing.assert_frame_equal(on_spark["after"], embedded["after"])
     assert on_spark["counts"] == embedded["counts"]
     assert on_spark["remaining"] == embedded["remaining"]
