@@ -87,10 +87,11 @@ class JobRunner:
                 return True
         return False
 
-    def start_link(self, actor: Actor) -> dict[str, Any]:
-        """Update the person index as `actor`."""
+    def start_link(self, actor: Actor, retrain: bool = False) -> dict[str, Any]:
+        """Update the person index as `actor` (`retrain`: every linkage model trained
+        again, not the kept ones)."""
         ctx = self.context.acting_as(actor)
-        return self._start("link", actor, lambda say: link(ctx, progress=say))
+        return self._start("link", actor, lambda say: link(ctx, progress=say, retrain=retrain))
 
     def start_score(self, actor: Actor, at: dt.date, seed: int = 0,
                     purpose: str = "commissioning", model: str | None = None

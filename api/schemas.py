@@ -209,6 +209,16 @@ class ReceiptList(BaseModel):
     scope: str
 
 
+class LinkJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "retrain": False}]})
+    retrain: bool = Field(
+        False, description="Train every source's linkage model again. By default a source's "
+                           "model kept from an earlier run is reused while the register has "
+                           "changed and aged less than the drift policy allows "
+                           "(`linkage_retrain_*` in policies/drift.json).")
+
+
 class ScoreJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "at": "2025-04-01", "seed": 0, "model": None, "purpose": "commissioning"}]})

@@ -25,7 +25,7 @@ from api.pages.render import render
 from api.problems import Problem
 from api.routes import jobs as job_routes
 from api.routes import risk
-from api.schemas import ExportRequest, ScoreJobRequest
+from api.schemas import ExportRequest, LinkJobRequest, ScoreJobRequest
 from api.scored_run import AGE_BANDS, CONDITION_SOURCES, SEXES, TIERS
 from pipeline import report as model_report
 
@@ -184,8 +184,9 @@ async def jobs(request: Request, access: PageAccess) -> Response:
 @router.post("/pages/jobs/link", summary="Start linkage")
 @permission("job_link", "create")
 async def start_link(request: Request, access: PageAccess) -> Response:
-    await form(request)
-    job = answer(await run_in_threadpool(job_routes.start_link, access))
+    data = await form(request)
+    body = LinkJobRequest(retrain=data.get("retrain") == "yes")
+    job = answer(await run_in_threadpool(job_routes.start_link, access, body))
     return see_other(f"/pages/jobs/{job['job_id']}")
 
 

@@ -15,7 +15,7 @@ from api.guard import Access, authorise, permission
 from api.jobs import JOB_ID, JobRefused
 from api.problems import Problem, responses
 from api.routes import current_release, example_response, ok
-from api.schemas import Export, ExportRequest, Job, ScoreJobRequest
+from api.schemas import Export, ExportRequest, Job, LinkJobRequest, ScoreJobRequest
 from api.scored_run import CONDITION_SOURCES
 from governance.audit import Actor
 from governance.release_rule import ReleaseRule
@@ -45,9 +45,12 @@ def _start(access: Access, start: Callable[[Actor], dict[str, Any]]) -> JSONResp
 @router.post("/jobs/link", summary="Run linkage", status_code=202,
              responses={202: example_response(Job, "Started"), **responses(401, 403, 409)})
 @permission("job_link", "create")
-def start_link(access: Annotated[Access, Depends(authorise)]) -> JSONResponse:
-    """Update the person index over everything landed (`haven link`), in the background."""
-    return _start(access, access.services.jobs.start_link)
+def start_link(access: Annotated[Access, Depends(authorise)],
+               body: LinkJobRequest | None = None) -> JSONResponse:
+    """Update the person index over everything landed (`haven link`), in the background;
+    with `retrain`, every source's linkage model trained again (`haven link --retrain`)."""
+    retrain = body.retrain if body is not None else False
+    return _start(access, lambda actor: access.services.jobs.start_link(actor, retrain))
 
 
 @router.post("/jobs/score", summary="Run scoring", status_code=202,

@@ -47,6 +47,31 @@ def test_link_job_runs_the_linkage_stage(world: World) -> None:
     assert world.call("super_user", "GET", "/jobs/job-20250101000000-abcdef").status_code == 404
 
 
+def test_link_job_trains_the_linkage_models_again_only_when_asked(world: World,
+                                                                  monkeypatch) -> None:
+    """`retrain` reaches the link (`haven link --retrain`); without a body, or with it false,
+    the kept models are used; an unknown field is refused before any job starts."""
+    seen: list[bool] = []
+
+    def run_link(ctx, progress=None, retrain=False) -> dict:
+        seen.append(retrain)
+        return {"rows": 40}
+
+    monkeypatch.setattr(jobs, "link", run_link)
+    for body, expected in ((None, False), ({"retrain": False}, False), ({"retrain": True}, True)):
+        started = world.call("super_user", "POST", "/jobs/link",
+                             **({"json": body} if body is not None else {}))
+        assert started.status_code == 202
+        assert wait(world, started.json()["job_id"])["status"] == "complete"
+        assert seen[-1] is expected
+    assert len(seen) == 3
+    for bad in ({"retrain": "sometimes"}, {"retrain": True, "everything": True}):
+        assert world.call("super_user", "POST", "/jobs/link", json=bad).status_code == 422
+    assert len(seen) == 3
+    assert world.call("analyst", "POST", "/jobs/link", json={"retrain": True}).status_code == 403
+    assert len(seen) == 3
+
+
 def test_score_job_passes_date_and_seed_and_reports_failure_by_kind(world: World,
                                                                     monkeypatch) -> None:
     seen = {}

@@ -213,7 +213,10 @@ def test_a_job_page_shows_its_progress_without_server_paths(world: World,
 
     from api import jobs
 
-    def link(ctx, progress) -> dict:
+    asked: list[bool] = []
+
+    def link(ctx, progress, retrain=False) -> dict:
+        asked.append(retrain)
         progress("reading 3 extracts from /srv/haven/extracts")
         progress("person index: 40 rows")
         return {"rows": 40}
@@ -229,6 +232,15 @@ def test_a_job_page_shows_its_progress_without_server_paths(world: World,
         time.sleep(0.05)
     assert "person index: 40 rows" in page.text and "(on the server)" in page.text
     assert "/srv/haven" not in page.text
+    assert asked == [False]  # the box unticked: the kept linkage models are reused
+    again = browser.post("/pages/jobs/link", data={"csrf": csrf, "retrain": "yes"},
+                         follow_redirects=False)
+    assert again.status_code == 303
+    for _ in range(100):
+        if "complete" in browser.get(again.headers["location"]).text:
+            break
+        time.sleep(0.05)
+    assert asked == [False, True]
 
 
 def evaluation(run_id: str) -> dict:
