@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import itertools
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from governance.settings import Settings
 from governance.store import scratch_workspace
 from linkage.index_matcher import estimate_quality, in_order, match_profiles
-from pipeline.engines.spark_link import spark_buckets
+from pipeline.engines.spark_link import handover_in, spark_buckets
 from pipeline.engines.spark_score import score_on_spark
 from pipeline.engines.spark_session import session
 from stratify.features import Sources
@@ -66,7 +65,6 @@ def _on_spark(settings: Settings, stack: ExitStack, app_name: str,
     a time (an iterator, not a list)."""
     started: list[SparkSession] = []
     folders: list[Path] = []
-    calls = itertools.count()
 
     def run(task: Callable[[int], Any], count: int) -> Any:
         if count <= 1:
@@ -75,7 +73,7 @@ def _on_spark(settings: Settings, stack: ExitStack, app_name: str,
             started.append(stack.enter_context(session(settings, app_name)))
         if handed_over and not folders:
             folders.append(stack.enter_context(scratch_workspace(settings)))
-        folder = folders[0] / f"buckets-{next(calls)}" if handed_over else None
+        folder = handover_in(folders[0]) if handed_over else None
         return spark_buckets(started[0], task, count, folder)
 
     return run

@@ -9,20 +9,28 @@ time and removed.
 Each file is AES-GCM ciphertext under a key made for the job alone, held in memory (the
 driver's, and the broadcast's, which Spark encrypts: `spark_protections`), with the file's
 name as associated data. So a file a crash leaves behind is ciphertext, and a file planted in
-the folder, swapped for another or cut short is refused before the driver reads a byte of it
-(a linkage bucket's result is a pickle: opened unsealed, a planted one would run code).
+the folder, swapped for another or cut short is refused before anything is made of its bytes
+(a linkage bucket's result is a pickle: opened unsealed, a planted one would run code); a
+link, a pipe or a folder in a file's place is refused without being read.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
+import struct
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+# Sealed a segment at a time: AES-GCM in `cryptography` refuses more than 2**31 - 1 bytes at
+# once (a linkage bucket's results for tens of millions of query rows would be more).
+SEGMENT = 1 << 30
+LENGTH = struct.Struct(">I")  # each segment's length (nonce, ciphertext and tag) before it
 
 
 @dataclass(frozen=True)
@@ -42,33 +50,81 @@ class Handover:
 
 def seal(handover: Handover, data: bytes, suffix: str) -> str:
     """Leave `data` sealed in the folder under a new name ending in `suffix`; returns the
-    name. Written under a temporary name and renamed, so the driver never reads half a file
-    (a retried task attempt leaves a file of its own, removed with the folder)."""
+    name. Sealed in segments of at most `SEGMENT` bytes (AES-GCM here takes at most 2 GiB at
+    once), each bound to the name, its place and their count, so a file cut short by whole
+    segments, or with segments swapped, is refused too. Written under a temporary name and
+    renamed, so the driver never reads half a file (a retried task attempt leaves a file of
+    its own, removed with the folder)."""
     name = f"{uuid.uuid4().hex}{suffix}"
-    nonce = os.urandom(12)
-    sealed = AESGCM(handover.key).encrypt(nonce, data, name.encode())
+    count = max(1, -(-len(data) // SEGMENT))
+    cipher = AESGCM(handover.key)
     partial = os.path.join(handover.folder, f".{name}.part")
     with open(partial, "wb") as file:
-        file.write(nonce + sealed)
+        for index in range(count):
+            nonce = os.urandom(12)
+            sealed = cipher.encrypt(nonce, data[index * SEGMENT:(index + 1) * SEGMENT],
+                                    _bound(name, index, count))
+            file.write(LENGTH.pack(len(nonce) + len(sealed)) + nonce + sealed)
     os.replace(partial, os.path.join(handover.folder, name))
     return name
 
 
 def unsealed(handover: Handover, name: str, what: str) -> bytes:
     """The data `seal` left under `name`, its file removed. RuntimeError, naming `what` (the
-    job: "this landing"), for a name the job's tasks cannot have made (hidden, or leading out
-    of the folder) or a file not sealed under its key for that name (swapped, cut short,
-    altered, planted)."""
+    job: "this landing") and never the path, for a name the job's tasks cannot have made
+    (hidden, or leading out of the folder), a file missing or not a plain file (a link, a
+    pipe, a folder: refused without reading it), or one not sealed under its key for that
+    name (swapped, cut short, altered, planted): nothing is handed on that was not sealed by
+    the job's tasks."""
     if not name or os.sep in name or name.startswith(".") or (
             os.altsep is not None and os.altsep in name):
         raise RuntimeError(f"a task named a hand-over file {what} did not make")
     path = Path(handover.folder) / name
-    data = path.read_bytes()
+    data = _read_plain(path, what)
     path.unlink()
+    refused = RuntimeError(f"a hand-over file was not sealed by {what}'s tasks")
+    segments, at = [], 0
+    while at < len(data):
+        if at + LENGTH.size > len(data):
+            raise refused
+        (size,) = LENGTH.unpack_from(data, at)
+        at += LENGTH.size
+        if size < 28 or at + size > len(data):  # a nonce and a tag at least
+            raise refused
+        segments.append(data[at:at + size])
+        at += size
+    cipher = AESGCM(handover.key)
+    opened = []
     try:
-        return AESGCM(handover.key).decrypt(data[:12], data[12:], name.encode())
+        for index, segment in enumerate(segments):
+            opened.append(cipher.decrypt(segment[:12], segment[12:],
+                                         _bound(name, index, len(segments))))
     except InvalidTag:
-        raise RuntimeError(f"a hand-over file was not sealed by {what}'s tasks") from None
+        raise refused from None
+    if not opened:
+        raise refused
+    return b"".join(opened)
+
+
+def _bound(name: str, index: int, count: int) -> bytes:
+    """What a segment is bound to: the file's name, its place and how many there are."""
+    return f"{name}\x00{index}\x00{count}".encode()
+
+
+def _read_plain(path: Path, what: str) -> bytes:
+    """The whole of the plain file at `path`, opened without following a link and without
+    waiting on a pipe; RuntimeError (not naming the path) for anything else."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError:
+        raise RuntimeError(f"a hand-over file of {what}'s tasks is missing or cannot be "
+                           "opened") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise RuntimeError(f"a hand-over file of {what}'s tasks is not a plain file")
+    with os.fdopen(descriptor, "rb") as file:
+        return file.read()
 
 
 def remove(folder: Path, what: str) -> None:

@@ -26,8 +26,10 @@ storage every executor mounts (docs/scale.md).
 
 from __future__ import annotations
 
-import itertools
 import pickle
+import secrets
+import shutil
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,7 @@ from linkage.index_matcher import BucketMap, in_order
 from pipeline.engines.spark_broadcast import broadcast, value_of
 from pipeline.engines.spark_handover import Handover, remove, seal, unsealed
 from pipeline.engines.spark_land import OUT_SCHEMA, pieces, reassembled
+from pipeline.engines.spark_protections import require_protections
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -60,6 +63,8 @@ def spark_buckets(spark: SparkSession, task: Callable[[int], Any], count: int,
     and query rows there are, with every bucket still matched at once on the executors."""
     if count <= 1:
         return in_order(task, count)
+    if handover is not None:
+        require_protections(spark)  # the sealing key goes in the broadcast: encrypted
     sealed = Handover.made(handover) if handover is not None else None
     shared = broadcast(spark, (task, sealed))
     try:
@@ -87,13 +92,16 @@ def spark_buckets(spark: SparkSession, task: Callable[[int], Any], count: int,
         return [pickle.loads(blob)  # noqa: S301 - made by this link's executors
                 for blob in done]
     assert handover is not None
-    return _read_back(sealed, handover, [name.decode() for name in done])
+    results = _read_back(sealed, handover, [name.decode() for name in done])
+    # a caller that never starts reading: the folder goes when the results are dropped
+    weakref.finalize(results, shutil.rmtree, handover, True)
+    return results
 
 
 def _read_back(sealed: Handover, folder: Path, names: list[str]) -> Iterator[Any]:
     """Each bucket's result from its sealed file, in bucket order; the folder removed when
-    the last is read or the caller stops. RuntimeError for a file not sealed by this call's
-    tasks: it is refused before it is unpickled."""
+    the last is read or the caller stops (or, never started, drops the results). RuntimeError
+    for a file not sealed by this call's tasks: it is refused before it is unpickled."""
     try:
         for name in names:
             yield pickle.loads(unsealed(sealed, name, "this link"))  # noqa: S301 - sealed above
@@ -101,15 +109,18 @@ def _read_back(sealed: Handover, folder: Path, names: list[str]) -> Iterator[Any
         remove(folder, "link")
 
 
+def handover_in(scratch: Path) -> Path:
+    """A new folder's path in `scratch` for one call's results: never one an earlier call
+    used (its results, dropped unread, remove their folder whenever they are collected)."""
+    return scratch / f"buckets-{secrets.token_hex(8)}"
+
+
 def bucket_mapper(spark: SparkSession, scratch: Path | None = None) -> BucketMap:
     """`index_matcher`'s `map_buckets` on Spark: what `pipeline.link` passes to the matcher
     and the quality estimate when HAVEN_ENGINE=spark. With `scratch` (a folder executors and
     driver share) each call's results come back through a folder of their own in it
     (`spark_buckets`' `handover`), read one bucket at a time."""
-    calls = itertools.count()
-
     def run(task: Callable[[int], Any], count: int) -> Iterable[Any]:
-        folder = None if scratch is None else scratch / f"buckets-{next(calls)}"
-        return spark_buckets(spark, task, count, folder)
+        return spark_buckets(spark, task, count, None if scratch is None else handover_in(scratch))
 
     return run

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import gc
 import json
 import operator
 from pathlib import Path
@@ -128,6 +129,17 @@ def test_results_handed_over_are_read_one_bucket_at_a_time(spark: Any, tmp_path:
     assert next(stopped) == "0"
     stopped.close()  # as when the matcher fails half-way
     assert list(tmp_path.iterdir()) == []
+    never_read = mapper(str, 3)  # a caller that fails before it reads a result
+    assert any(tmp_path.iterdir())
+    del never_read
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+    read = bucket_mapper(spark, tmp_path)(str, 3)
+    assert list(read) == ["0", "1", "2"]  # its folder removed: its name free again
+    kept = bucket_mapper(spark, tmp_path)(str, 3)
+    del read  # collected later, it never takes a later call's folder with it
+    gc.collect()
+    assert list(kept) == ["0", "1", "2"]
 
 
 def test_a_file_planted_among_the_results_is_refused_unopened(spark: Any,
@@ -191,6 +203,36 @@ def test_what_a_bucket_task_is_sent_holds_no_key_and_no_identifier(tmp_path: Pat
     clear = _people(160, np.random.default_rng(3))  # the world's own identifiers (seed 3)
     values = {str(v).encode() for c in clear.columns for v in clear[c]}
     for payload in shipped:
+        assert KEY not in payload
+        assert not [v for v in values if len(v) > 3 and v in payload]
+
+
+def test_what_a_spark_link_broadcasts_holds_no_haven_key_and_no_identifier(
+        spark: Any, tmp_path: Path, monkeypatch) -> None:
+    """What reaches the executors in a match on Spark (the task, its `BucketJob` and the
+    hand-over's sealing key, a key made for the call): not the linkage key, and not one of the
+    world's names, dates of birth or postcodes in clear."""
+    import pickle
+
+    from unit.test_bucketed_matching import KEY, _people
+
+    from pipeline.engines import spark_link
+
+    profiles, query, examples = _world(seed=3)
+    store = _store(profiles, tmp_path / "b", bucket_rows=40, fixed=True)
+    sent: list[bytes] = []
+    real = spark_link.broadcast
+
+    def recording(session: Any, value: Any) -> Any:
+        sent.append(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        return real(session, value)
+
+    monkeypatch.setattr(spark_link, "broadcast", recording)
+    match_profiles(query, store, 0.95, examples, bucket_mapper(spark, tmp_path / "h"))
+    assert len(sent) == 2  # the training pairs' tasks, then the scoring's
+    clear = _people(160, np.random.default_rng(3))
+    values = {str(v).encode() for c in clear.columns for v in clear[c]}
+    for payload in sent:
         assert KEY not in payload
         assert not [v for v in values if len(v) > 3 and v in payload]
 
