@@ -91,7 +91,8 @@ class JobRunner:
         """Update the person index as `actor` (`retrain`: every linkage model trained
         again, not the kept ones)."""
         ctx = self.context.acting_as(actor)
-        return self._start("link", actor, lambda say: link(ctx, progress=say, retrain=retrain))
+        return self._start("link", actor, lambda say: link(ctx, progress=say, retrain=retrain),
+                           {"retrain": retrain})
 
     def start_score(self, actor: Actor, at: dt.date, seed: int = 0,
                     purpose: str = "commissioning", model: str | None = None
@@ -102,8 +103,8 @@ class JobRunner:
         return self._start("score", actor, lambda say: score(
             ctx, at, seed=seed, purpose=purpose, model=model, progress=say))
 
-    def _start(self, kind: str, actor: Actor, work: Callable[[Callable[[str], None]], Any]
-               ) -> dict[str, Any]:
+    def _start(self, kind: str, actor: Actor, work: Callable[[Callable[[str], None]], Any],
+               options: dict[str, Any] | None = None) -> dict[str, Any]:
         # The thread lock for this process, the file lock for the API's other processes.
         with self._lock, store.data_lock(self.settings, "jobs"):
             if self._busy():
@@ -111,7 +112,7 @@ class JobRunner:
             job = {"job_id": f"job-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}",
                    "kind": kind, "status": "queued", "org": actor.org, "user": actor.user,
                    "created_at": _now(), "finished_at": None, "result": None, "error": None,
-                   "pid": os.getpid()}
+                   "pid": os.getpid(), "options": options or {}}
             self._save(job)
         thread = threading.Thread(target=self._run, args=(job, work),
                                   name=f"haven-{job['job_id']}", daemon=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 PERSON_KEY = r"^P[0-9a-f]{20}$"
 ODS = r"^[A-Z0-9]{3,10}$"
@@ -212,10 +212,11 @@ class ReceiptList(BaseModel):
 class LinkJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "retrain": False}]})
-    retrain: bool = Field(
-        False, description="Train every source's linkage model again. By default a source's "
-                           "model kept from an earlier run is reused while the register has "
-                           "changed and aged less than the drift policy allows "
+    retrain: StrictBool = Field(
+        False, description="Train every source's linkage model again (JSON true or false). "
+                           "By default a source's model kept from an earlier run is reused "
+                           "while the register has changed and aged less than the drift "
+                           "policy allows "
                            "(`linkage_retrain_*` in policies/drift.json).")
 
 

@@ -38,7 +38,7 @@ def link(ctx: Context, progress: Progress = quiet, retrain: bool = False) -> Lin
                      n_records=summary.rows,
                      detail={"added": len(summary.extracts_added),
                              "removed": len(summary.extracts_removed),
-                             "review_pairs": summary.review_pairs})
+                             "review_pairs": summary.review_pairs, "retrain": retrain})
     progress(f"person index: {summary.rows:,} rows; {len(summary.extracts_added)} extracts "
              f"added, {len(summary.extracts_removed)} removed; {summary.review_pairs:,} pairs "
              f"for review; written to {ctx.settings.layout.index_dir}")

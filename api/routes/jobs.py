@@ -31,14 +31,16 @@ def _public(job: dict[str, Any]) -> dict[str, Any]:
                                      "finished_at", "result", "error")}
 
 
-def _start(access: Access, start: Callable[[Actor], dict[str, Any]]) -> JSONResponse:
+def _start(access: Access, start: Callable[[Actor], dict[str, Any]],
+           **asked: Any) -> JSONResponse:
+    """Start a job as the caller; its audit event records the job and what was `asked`."""
     principal = access.principal
     actor = Actor(principal.user, access.role, principal.org, access.purpose)
     try:
         job = start(actor)
     except JobRefused as exc:
         raise Problem(409, str(exc), slug="job-refused") from None
-    access.answered(0, job_id=job["job_id"])
+    access.answered(0, job_id=job["job_id"], **asked)
     return ok(_public(job), 202)
 
 
@@ -50,7 +52,8 @@ def start_link(access: Annotated[Access, Depends(authorise)],
     """Update the person index over everything landed (`haven link`), in the background;
     with `retrain`, every source's linkage model trained again (`haven link --retrain`)."""
     retrain = body.retrain if body is not None else False
-    return _start(access, lambda actor: access.services.jobs.start_link(actor, retrain))
+    return _start(access, lambda actor: access.services.jobs.start_link(actor, retrain),
+                  retrain=retrain)
 
 
 @router.post("/jobs/score", summary="Run scoring", status_code=202,

@@ -11,10 +11,12 @@ import time
 import pyarrow.parquet as pq
 import pytest
 from api_matrix import OWN_PRACTICE, World, build_world, score_rows, write_score_run
+from sqlalchemy import select
 
 from api import jobs
 from api.users import add_user
 from governance.audit import SYSTEM
+from governance.schema import audit_log
 
 
 @pytest.fixture
@@ -65,7 +67,13 @@ def test_link_job_trains_the_linkage_models_again_only_when_asked(world: World,
         assert wait(world, started.json()["job_id"])["status"] == "complete"
         assert seen[-1] is expected
     assert len(seen) == 3
-    for bad in ({"retrain": "sometimes"}, {"retrain": True, "everything": True}):
+    with world.haven.engine.connect() as connection:  # an IG lead sees who forced a retrain
+        asked = [row.detail.get("retrain") for row in connection.execute(
+            select(audit_log.c.detail).where(audit_log.c.action == "job_link.create")
+            .order_by(audit_log.c.seq))]
+    assert asked == [False, False, True]
+    for bad in ({"retrain": "sometimes"}, {"retrain": "yes"}, {"retrain": 1},
+                {"retrain": True, "everything": True}):
         assert world.call("super_user", "POST", "/jobs/link", json=bad).status_code == 422
     assert len(seen) == 3
     assert world.call("analyst", "POST", "/jobs/link", json={"retrain": True}).status_code == 403

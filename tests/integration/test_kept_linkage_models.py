@@ -285,3 +285,21 @@ def test_a_source_fitted_afresh_by_ecm_gets_its_quality_measured(haven, syntheti
     assert not any("ae: linked with the model" in line for line in said)
     assert "estimating linkage quality on rows whose NHS number is known" in said
     assert not any("measured_at" in rates for rates in summary.quality.values())
+
+
+def test_a_forced_retrain_is_on_record(haven, synthetic, backend):
+    """`retrain` (the command's `--retrain`, a link job's) is in the link run's audit event:
+    an IG lead can see who made every model be trained again."""
+    from sqlalchemy import select
+
+    from governance.schema import audit_log
+    from pipeline.link import link
+
+    land(haven, synthetic)
+    link(haven)
+    link(haven, retrain=True)
+    with haven.engine.connect() as connection:
+        asked = [row.detail.get("retrain") for row in connection.execute(
+            select(audit_log.c.detail).where(audit_log.c.action == "link.run")
+            .order_by(audit_log.c.seq))]
+    assert asked == [False, True]
