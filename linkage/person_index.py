@@ -1036,6 +1036,16 @@ def forget_extracts(settings: Settings, engine: Engine, key: Key, extract_ids: l
     return {"index_rows_removed": before - after, "index_rows": summary.rows}
 
 
+def forget_kept_models(settings: Settings, engine: Engine, extract_ids: list[str]) -> None:
+    """Forget the kept linkage models trained on `extract_ids`, or on any extract no longer
+    landed or changed since, as an update does first: what destruction does when there is no
+    map to update (a first build killed after it kept its models, or an index removed), so
+    no model of a destroyed extract outlives it."""
+    with store.data_lock(settings, "index"):
+        _kept_models(settings, engine, landed_extracts(engine), set(extract_ids), False,
+                     lambda _message: None)
+
+
 def forget_rows(settings: Settings, engine: Engine, key: Key, rows: dict[str, list[int]],
                 matcher: Matcher | None = None) -> dict[str, int]:
     """After an opt-out purge: drop the purged rows ({extract_id: rows}) from the index and

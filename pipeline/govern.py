@@ -22,7 +22,8 @@ def dependents(ctx: Context) -> list[retention.Dependent]:
 
     def index(ids: list[str]) -> dict[str, int]:
         if not map_store.exists(ctx.settings):  # no index yet: nothing to build, but
-            # a first build killed part way may have left a half-written map
+            # a first build killed part way may have left a half-written map, and models
+            person_index.forget_kept_models(ctx.settings, ctx.engine, ids)
             return {"index_rows_removed": 0,
                     "index_partial_files_removed": person_index.discard_partial_files(
                         ctx.settings)}

@@ -445,6 +445,32 @@ def test_a_half_written_map_left_by_a_killed_link_is_destroyed_and_certified(
     assert set(certificate.remaining.values()) == {0}
 
 
+def test_a_kept_linkage_model_is_forgotten_by_a_destruction_with_no_map(haven, linked):
+    """Promise: no linkage model trained on a destroyed extract's rows is kept past its
+    destruction, also when there is no map to update (a first build killed after it kept its
+    models, or an index removed). Found by CI: with a map removed, whether the test of the
+    half-written map passed hung on whether its keys' labelled sample was large enough for
+    a model to be kept."""
+    register = linked["gp_patients"]
+    model = MatchModel(fields=("sex",), level_weights={"sex": {0: -1.0, 1: 1.0}}, prior=0.5,
+                       method="supervised")
+    layout = haven.settings.layout
+    kept_models.write(layout.link_models, kept_models.KeptModels(models={
+        "ae:lk_sex": kept_models.KeptModel(("lk_sex",), model, 400, dt.datetime.now(dt.UTC),
+                                           {register[0]: 400})}))
+    shutil.rmtree(layout.link_map.resolve())
+    for path in (layout.link_map, layout.review, layout.link_quality):
+        path.unlink(missing_ok=True)
+    ids = sorted(e for listed in linked.values() for e in listed)
+    assert person_index.leftovers(haven.settings, ids)["kept_linkage_models"] == 1
+
+    certificate = govern.destroy_expired(haven, dt.date(2099, 1, 1))
+
+    assert certificate.remaining["kept_linkage_models"] == 0
+    assert set(certificate.remaining.values()) == {0}
+    assert not kept_models.read(layout.link_models, None).models
+
+
 def test_a_kept_linkage_model_of_a_destroyed_extract_refuses_the_certificate(haven, linked,
                                                                            monkeypatch):
     """Promise: no linkage model trained on a destroyed extract's rows is kept past its
