@@ -213,7 +213,9 @@ class LinkJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "retrain": False}]})
     retrain: StrictBool = Field(
-        False, description="Train every source's linkage model again (JSON true or false). "
+        False, description="Forget every kept linkage model (JSON true or false): each "
+                           "source's is trained again when its rows are next linked, this "
+                           "run's now. "
                            "By default a source's model kept from an earlier run is reused "
                            "while the register has changed and aged less than the drift "
                            "policy allows "

@@ -17,8 +17,9 @@ def register(app: typer.Typer) -> None:
 
     @group.callback()
     def link_command(ctx: typer.Context, retrain: bool = typer.Option(
-            False, "--retrain", help="train every source's linkage model again (by default "
-            "a model kept from an earlier run is reused while policies/drift.json allows)"),
+            False, "--retrain", help="forget every kept linkage model: each source's is trained "
+            "again when its rows are next linked, this run's now (by default a model kept "
+            "from an earlier run is reused while policies/drift.json allows)"),
             ) -> None:
         """Build or update the person index over everything landed."""
         if ctx.invoked_subcommand is not None:
