@@ -88,8 +88,8 @@ class JobRunner:
         return False
 
     def start_link(self, actor: Actor, retrain: bool = False) -> dict[str, Any]:
-        """Update the person index as `actor` (`retrain`: every linkage model trained
-        again, not the kept ones)."""
+        """Update the person index as `actor` (`retrain`: every kept linkage model
+        forgotten, as `haven link --retrain`)."""
         ctx = self.context.acting_as(actor)
         return self._start("link", actor, lambda say: link(ctx, progress=say, retrain=retrain),
                            {"retrain": retrain})

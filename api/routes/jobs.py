@@ -50,7 +50,7 @@ def _start(access: Access, start: Callable[[Actor], dict[str, Any]],
 def start_link(access: Annotated[Access, Depends(authorise)],
                body: LinkJobRequest | None = None) -> JSONResponse:
     """Update the person index over everything landed (`haven link`), in the background;
-    with `retrain`, every source's linkage model trained again (`haven link --retrain`)."""
+    with `retrain`, every kept linkage model forgotten (`haven link --retrain`)."""
     retrain = body.retrain if body is not None else False
     return _start(access, lambda actor: access.services.jobs.start_link(actor, retrain),
                   retrain=retrain)

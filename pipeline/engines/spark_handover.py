@@ -57,12 +57,12 @@ def seal(handover: Handover, data: bytes, suffix: str) -> str:
     its own, removed with the folder)."""
     name = f"{uuid.uuid4().hex}{suffix}"
     count = max(1, -(-len(data) // SEGMENT))
-    cipher = AESGCM(handover.key)
+    cipher, whole = AESGCM(handover.key), memoryview(data)  # segments sliced, not copied
     partial = os.path.join(handover.folder, f".{name}.part")
     with open(partial, "wb") as file:
         for index in range(count):
             nonce = os.urandom(12)
-            sealed = cipher.encrypt(nonce, data[index * SEGMENT:(index + 1) * SEGMENT],
+            sealed = cipher.encrypt(nonce, whole[index * SEGMENT:(index + 1) * SEGMENT],
                                     _bound(name, index, count))
             file.write(LENGTH.pack(len(nonce) + len(sealed)) + nonce + sealed)
     os.replace(partial, os.path.join(handover.folder, name))
@@ -80,7 +80,7 @@ def unsealed(handover: Handover, name: str, what: str) -> bytes:
             os.altsep is not None and os.altsep in name):
         raise RuntimeError(f"a task named a hand-over file {what} did not make")
     path = Path(handover.folder) / name
-    data = _read_plain(path, what)
+    data = memoryview(_read_plain(path, what))  # segments sliced, not copied
     path.unlink()
     refused = RuntimeError(f"a hand-over file was not sealed by {what}'s tasks")
     segments, at = [], 0
@@ -103,7 +103,7 @@ def unsealed(handover: Handover, name: str, what: str) -> bytes:
         raise refused from None
     if not opened:
         raise refused
-    return b"".join(opened)
+    return opened[0] if len(opened) == 1 else b"".join(opened)
 
 
 def _bound(name: str, index: int, count: int) -> bytes:
