@@ -487,6 +487,7 @@ def main() -> None:
     for old in (inbound, *(work / e for e in ENGINES), work / "spark-local"):
         shutil.rmtree(old, ignore_errors=True)
     keys = generated_keys()
+    work.mkdir(parents=True, exist_ok=True)  # a --work folder not made yet
     save_keys(work, keys)
     envs = {e: engine_env(dict(os.environ), keys, work / e, e, args.master, args.driver_memory)
             for e in ENGINES}
