@@ -184,3 +184,15 @@ def landing_fails_leaving_nothing(settings: Settings, path: Path, match: str) ->
         assert not any(settings.layout.staging_dir.glob("*"))
     finally:
         haven.close()
+
+
+def later_ae_extract(synthetic: Path, folder: Path) -> Path:
+    """A later A&E extract of a `haven synth` world, written to `folder`: the world's rows
+    without an NHS number (the rows a first link matched probabilistically, so they carry the
+    same fields) and every other row (enough rows with an NHS number that landing's 2%
+    sample of persons labels some whatever the keys: with one row in ten, now and then none)."""
+    with (synthetic / "ae.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = [r for i, r in enumerate(rows) if not r["nhs_number"] or i % 2 == 0]
+    sender = json.loads((synthetic / "ae.csv.manifest.json").read_text())["sender"]
+    return write_extract(folder, "ae", chosen, name="ae_month.csv", sender=sender)

@@ -4,7 +4,6 @@ never a model trained on rows destroyed or purged since."""
 
 from __future__ import annotations
 
-import csv
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import update
 
-from factories import write_extract
+from factories import later_ae_extract
 from governance.schema import extracts
 from linkage import index_matcher, kept_models, person_index
 from linkage.index_matcher import estimate_quality, match_profiles
@@ -66,15 +65,9 @@ def _first_build(haven, synthetic: Path) -> dict[str, str]:
 
 
 def _month(haven, synthetic: Path, folder: Path) -> str:
-    """A month's A&E extract: the world's rows without an NHS number (the rows the first
-    build linked probabilistically, so they carry the same fields) and every other row: about
-    1,400 rows with an NHS number, so landing's 2% sample of persons labels some of them
-    whatever the test's keys (with one row in ten, about five: none, now and then)."""
-    with (synthetic / "ae.csv").open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    chosen = [r for i, r in enumerate(rows) if not r["nhs_number"] or i % 2 == 0]
-    manifest = json.loads((synthetic / "ae.csv.manifest.json").read_text())
-    path = write_extract(folder, "ae", chosen, name="ae_month.csv", sender=manifest["sender"])
+    """A month's A&E extract (`factories.later_ae_extract`: about 1,400 rows with an NHS
+    number) landed; its extract id."""
+    path = later_ae_extract(synthetic, folder)
     report = next(r for r in land(haven, folder) if r.source == "ae")
     assert report.status == "landed", report
     path.unlink()

@@ -7,7 +7,6 @@ re-links on Spark and certifies the same counts."""
 
 from __future__ import annotations
 
-import csv
 import functools
 import gc
 import json
@@ -28,7 +27,7 @@ from unit.test_bucketed_matching import _store, _world
 
 from cli.main import main
 from conftest import key_environment
-from factories import write_extract
+from factories import later_ae_extract
 from governance import retention
 from governance.schema import extracts as extract_table
 from governance.settings import Settings
@@ -181,13 +180,24 @@ def test_no_executor_worker_holds_a_haven_key(spark: Any) -> None:
     assert CANARY.startswith("HAVEN_KEY_")
 
 
+def _holds_no_key_or_identifier(payloads: list[bytes]) -> None:
+    """None of `payloads` (pickled as a broadcast is) holds the world's linkage key, or one of
+    its names, dates of birth or postcodes in clear (`_world(seed=3)`'s own people)."""
+    from unit.test_bucketed_matching import KEY, _people
+
+    assert payloads
+    clear = _people(160, np.random.default_rng(3))
+    values = {str(v).encode() for c in clear.columns for v in clear[c]}
+    for payload in payloads:
+        assert KEY not in payload
+        assert not [v for v in values if len(v) > 3 and v in payload]
+
+
 def test_what_a_bucket_task_is_sent_holds_no_key_and_no_identifier(tmp_path: Path) -> None:
     """Everything shipped to an executor for a match (the task and its `BucketJob`, pickled
     as a broadcast is) holds keyed encodings, a model and counts: not the linkage key, and
     not one of the query rows' or profiles' names, dates of birth or postcodes in clear."""
     import pickle
-
-    from unit.test_bucketed_matching import KEY, _people
 
     profiles, query, examples = _world(seed=3)
     store = _store(profiles, tmp_path / "b", bucket_rows=40)
@@ -200,11 +210,7 @@ def test_what_a_bucket_task_is_sent_holds_no_key_and_no_identifier(tmp_path: Pat
     pd.testing.assert_frame_equal(match_profiles(query, store, 0.95, examples, recording),
                                   match_profiles(query, store, 0.95, examples))
     assert len(shipped) == 2  # the training pairs' tasks, then the scoring's
-    clear = _people(160, np.random.default_rng(3))  # the world's own identifiers (seed 3)
-    values = {str(v).encode() for c in clear.columns for v in clear[c]}
-    for payload in shipped:
-        assert KEY not in payload
-        assert not [v for v in values if len(v) > 3 and v in payload]
+    _holds_no_key_or_identifier(shipped)
 
 
 def test_what_a_spark_link_broadcasts_holds_no_haven_key_and_no_identifier(
@@ -213,8 +219,6 @@ def test_what_a_spark_link_broadcasts_holds_no_haven_key_and_no_identifier(
     hand-over's sealing key, a key made for the call): not the linkage key, and not one of the
     world's names, dates of birth or postcodes in clear."""
     import pickle
-
-    from unit.test_bucketed_matching import KEY, _people
 
     from pipeline.engines import spark_link
 
@@ -230,22 +234,7 @@ def test_what_a_spark_link_broadcasts_holds_no_haven_key_and_no_identifier(
     monkeypatch.setattr(spark_link, "broadcast", recording)
     match_profiles(query, store, 0.95, examples, bucket_mapper(spark, tmp_path / "h"))
     assert len(sent) == 2  # the training pairs' tasks, then the scoring's
-    clear = _people(160, np.random.default_rng(3))
-    values = {str(v).encode() for c in clear.columns for v in clear[c]}
-    for payload in sent:
-        assert KEY not in payload
-        assert not [v for v in values if len(v) > 3 and v in payload]
-
-
-def _month(extracts: Path, folder: Path) -> Path:
-    """A later A&E extract: the world's rows without an NHS number and every other row (as
-    tests/integration/test_kept_linkage_models.py's month), for a second `haven link`."""
-    with (extracts / "ae.csv").open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    chosen = [r for i, r in enumerate(rows) if not r["nhs_number"] or i % 2 == 0]
-    sender = json.loads((extracts / "ae.csv.manifest.json").read_text())["sender"]
-    write_extract(folder, "ae", chosen, name="ae_month.csv", sender=sender)
-    return folder
+    _holds_no_key_or_identifier(sent)
 
 
 def _home(home: Path, extracts: Path, month: Path, keys: dict[str, str],
@@ -289,7 +278,7 @@ def test_link_and_destruction_on_spark_equal_the_embedded_engine(spark: Any, tmp
     monkeypatch.setattr(index_matcher, "MIN_LABELLED", 10)
     extracts = tmp_path / "extracts"
     generate(400, 4, extracts, progress=False)
-    month = _month(extracts, tmp_path / "month")
+    month = later_ae_extract(extracts, tmp_path / "month").parent
     keys = key_environment()
     before = _jobs(spark)
     embedded = _home(tmp_path / "embedded", extracts, month, keys, "embedded")
