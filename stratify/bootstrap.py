@@ -11,7 +11,16 @@ the persons in the order given (the caller passes a stable order), never from ke
 
 A resample is a vector of counts (how often each person was drawn), so every figure is computed
 in linear time from one sort made up front: AUROC from weighted ranks, the slope by weighted
-Newton steps, PPV from the weighted top of the ranking.
+Newton steps, PPV from the weighted top of the ranking. AUROC and PPV are sums of whole and
+half counts, exact in floating point whatever their order; the slope's steps are always the
+same operations in the same order. So the figures are the same to the bit however the work
+is shared out.
+
+Models are worked on one at a time (one model's per-person arrays held); a model whose
+probabilities equal an earlier one's (the chosen model is one of the candidates) is not worked
+on again. A model's resamples are drawn in turn in this thread and their figures worked out by
+it and `threads - 1` workers beside it (numpy lets go of the interpreter in the work), each
+writing into arrays of its own made once (`Buffers`).
 """
 
 from __future__ import annotations
@@ -20,27 +29,37 @@ import math
 import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 from scipy import special
 
-from stratify.models import logit
+from stratify.models import equal_to_earlier, logit
 
 FIGURES = ("auroc", "calibration_slope", "ppv_top5")
 RESAMPLES = 200
 TOP = 0.05
 LEVEL = 0.95
-# What a second model worked on at once adds to the process's resident memory, a person:
-# its arrays (log-odds, tie groups, the ranking, a resample's counts, the Newton step's
-# buffers: 80 bytes by numpy's own count) and what the allocator keeps for a second thread
-# (the report at 898,901 persons rose 127 MB).
-MODEL_BYTES = 145
-# What working on a second model at once may add: it halves the time on two cores (1M
-# persons, 4 models and the chosen: 19.0 s -> 8.5 s for 10 resamples), but a second set of a
-# whole population's arrays would make memory grow with the population again (issue #12).
+# What a second worker adds to the process's resident memory, a person: its `Buffers` (32
+# bytes), AUROC's counts by tie group (16), the resample it holds (1) and what the allocator
+# keeps for its thread. Measured at 898,901 and 2,695,369 persons: 57 and 47 bytes over a
+# report's bootstrap, 58 and 54 over a model's resamples alone (docs/one-machine.md).
+WORKER_BYTES = 60
+# What a second worker may add: it nearly halves the time on two cores, but a second set of a
+# whole population's arrays would make memory grow with the population again (issue #12);
+# past this (about 3.3M persons), one worker.
 PARALLEL_BYTES = 192 << 20
+
+
+class Buffers:
+    """Four arrays of a population's length that one worker writes a resample's figures
+    into, made once and used for every resample and model it works on: made anew each
+    resample, a second worker's thread kept freed arrays of its own (the allocator's arena
+    for that thread), and memory rose twice what the arrays hold."""
+
+    def __init__(self, n: int) -> None:
+        self.arrays = tuple(np.empty(n) for _ in range(4))
 
 
 class _Ranked:
@@ -53,42 +72,51 @@ class _Ranked:
         self.groups = int(self.tie.max()) + 1 if len(p) else 0
         self.desc = np.argsort(-p, kind="stable")  # as evaluate.top_share ranks
 
-    def auroc(self, w: np.ndarray) -> float:
-        """Weighted Mann-Whitney AUROC (ties count half)."""
-        pos = np.bincount(self.tie, weights=w * self.y, minlength=self.groups)
-        neg = np.bincount(self.tie, weights=w * (1 - self.y), minlength=self.groups)
+    def auroc(self, w: np.ndarray, buffers: Buffers | None = None) -> float:
+        """Weighted Mann-Whitney AUROC (ties count half). The weights drawn with and without
+        the outcome per tie group are whole counts, so taking one from the other, and the
+        sums below (of halves), are exact: the figure does not depend on their order."""
+        weighted, counts, below, _ = (buffers or Buffers(len(w))).arrays
+        pos = np.bincount(self.tie, weights=np.multiply(w, self.y, out=weighted),
+                          minlength=self.groups)
+        np.copyto(counts, w)  # as floats, written here: bincount would copy them
+        neg = np.bincount(self.tie, weights=counts, minlength=self.groups)
+        np.subtract(neg, pos, out=neg)
         total = pos.sum() * neg.sum()
         if total == 0:
             return float("nan")
-        below = np.cumsum(neg) - neg
-        return float((pos * (below + 0.5 * neg)).sum() / total)
+        below = np.cumsum(neg, out=below[:self.groups])
+        np.subtract(below, neg, out=below)
+        np.multiply(neg, 0.5, out=neg)
+        np.add(below, neg, out=below)
+        return float(np.multiply(pos, below, out=below).sum() / total)
 
-    def slope(self, w: np.ndarray) -> float:
+    def slope(self, w: np.ndarray, buffers: Buffers | None = None) -> float:
         """Calibration slope: b of y ~ a + b logit(p), weighted maximum likelihood.
 
-        Each Newton step's products are written into five arrays made once per call, not
-        new arrays per product (a few hundred a resample, each a whole population's, whose
+        Each Newton step's products are written into four arrays (`buffers`), not new
+        arrays per product (a few hundred a resample, each a whole population's, whose
         making was most of the time): the same operations in the same order, so the same
         values to the bit."""
-        positives = float((w * self.y).sum())
+        z, y = self.z, self.y
+        mu, r, v, vz = (buffers or Buffers(len(w))).arrays
+        positives = float(np.multiply(w, y, out=mu).sum())
         if positives == 0 or positives == float(w.sum()):
             return float("nan")
-        z, y = self.z, self.y
-        mu, r, v, vz, spare = (np.empty_like(z) for _ in range(5))
         a, b = 0.0, 1.0
         for _ in range(50):
-            np.multiply(z, b, out=spare)
-            np.add(spare, a, out=spare)
-            special.expit(spare, out=mu)                      # mu = expit(a + b z)
+            np.multiply(z, b, out=mu)
+            np.add(mu, a, out=mu)
+            special.expit(mu, out=mu)                         # mu = expit(a + b z)
             np.subtract(y, mu, out=r)
             np.multiply(w, r, out=r)                          # r = w (y - mu)
             np.multiply(w, mu, out=v)
-            np.subtract(1, mu, out=spare)
-            np.multiply(v, spare, out=v)                      # v = w mu (1 - mu)
+            np.subtract(1, mu, out=vz)
+            np.multiply(v, vz, out=v)                         # v = w mu (1 - mu)
             np.multiply(v, z, out=vz)
             cross = vz.sum()
-            g = np.array([r.sum(), np.multiply(r, z, out=spare).sum()])
-            h = np.array([[v.sum(), cross], [cross, np.multiply(vz, z, out=spare).sum()]])
+            g = np.array([r.sum(), np.multiply(r, z, out=mu).sum()])
+            h = np.array([[v.sum(), cross], [cross, np.multiply(vz, z, out=mu).sum()]])
             try:
                 step = np.linalg.solve(h, g)
             except np.linalg.LinAlgError:
@@ -99,17 +127,31 @@ class _Ranked:
         return b
 
     def ppv(self, w: np.ndarray, share: float = TOP) -> float:
-        """Share with the outcome among the top `share` of the resample by probability."""
+        """Share with the outcome among the top `share` of the resample by probability.
+
+        Only the top of the ranking is read: a prefix of it, doubled until its persons were
+        drawn `k` times. Past it nobody is taken, and the sum is of whole counts, so it is
+        the sum over the whole ranking exactly (and a whole population's arrays are not made
+        for the top 5% of it)."""
         k = math.ceil(share * float(w.sum()))
         if k == 0:
             return float("nan")
-        ws = w[self.desc]
-        before = np.cumsum(ws) - ws
+        n = len(w)
+        m = min(n, max(1024, 2 * math.ceil(share * n)))
+        while True:
+            top = self.desc[:m]
+            ws = w[top].astype(np.float64)  # counts as floats: k - before may be negative
+            before = np.cumsum(ws) - ws
+            if m == n or before[-1] + ws[-1] >= k:
+                break
+            m = min(n, 2 * m)
         taken = np.clip(k - before, 0, ws)
-        return float((taken * self.y[self.desc]).sum() / k)
+        return float((taken * self.y[top]).sum() / k)
 
-    def figures(self, w: np.ndarray) -> dict[str, float]:
-        return {"auroc": self.auroc(w), "calibration_slope": self.slope(w),
+    def figures(self, w: np.ndarray, buffers: Buffers | None = None) -> dict[str, float]:
+        """Every figure on the resample `w` (counts a person), in `buffers` if given."""
+        buffers = buffers or Buffers(len(w))
+        return {"auroc": self.auroc(w, buffers), "calibration_slope": self.slope(w, buffers),
                 "ppv_top5": self.ppv(w)}
 
 
@@ -127,19 +169,63 @@ def _resamples(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
     from `numpy.random.default_rng(seed)` (all ones when there is no person)."""
     rng = np.random.default_rng(seed)
     for _ in range(resamples):
-        yield np.bincount(rng.integers(0, n, n), minlength=n).astype(float) if n \
-            else np.ones(n)
+        if not n:
+            yield np.ones(n)
+            continue
+        counts = np.bincount(rng.integers(0, n, n), minlength=n)
+        # held as bytes when they fit (a count is about 1; numpy widens each to a float
+        # exactly where a figure uses it): a resample held by each worker is n bytes, not 8n
+        yield counts.astype(np.uint8) if counts.max() <= np.iinfo(np.uint8).max \
+            else counts.astype(float)
 
 
 def default_threads(persons: int) -> int:
-    """Models to work on at once for `persons`: two when this process may use two cores or
-    more and a second model's arrays fit in `PARALLEL_BYTES`, else one."""
-    return 2 if len(os.sched_getaffinity(0)) >= 2 and persons * MODEL_BYTES <= PARALLEL_BYTES \
+    """Workers on a model's resamples: two when this process may use two cores or more and
+    a second worker's arrays fit in `PARALLEL_BYTES`, else one."""
+    return 2 if len(os.sched_getaffinity(0)) >= 2 and persons * WORKER_BYTES <= PARALLEL_BYTES \
         else 1
 
 
-class _Stopped(Exception):
-    """A model's bootstrap given up because another's failed or the caller was interrupted."""
+def _drawn(ranked: _Ranked, n: int, resamples: int, seed: int, threads: int
+           ) -> dict[str, np.ndarray]:
+    """Each figure of `ranked` on each of the `resamples` resamples (`_resamples(n, ...)`).
+    This thread and `threads - 1` workers each take the next resample as they come free,
+    drawing it in turn (under a lock, so the draws are those of one generator in order), and
+    write its figures into arrays of their own; this thread's are those the model's sorting
+    freed. A worker's error is raised as soon as this thread sees it; on it, or on an
+    interrupt, nothing more is begun and the workers stop after the resample they are on."""
+    drawn = {figure: np.empty(resamples) for figure in FIGURES}
+    draws = enumerate(_resamples(n, resamples, seed))
+    taking = threading.Lock()
+    stop = threading.Event()
+
+    def take_and_work(buffers: Buffers, workers: list[Future]) -> None:
+        while not stop.is_set():
+            failed = [f.exception() for f in workers if f.done() and f.exception()]
+            if failed:
+                raise failed[0]
+            with taking:
+                item = next(draws, None)
+            if item is None:
+                return
+            i, w = item
+            for figure, value in ranked.figures(w, buffers).items():
+                drawn[figure][i] = value
+
+    if threads <= 1:  # in this thread alone: an interrupt stops it at once
+        take_and_work(Buffers(n), [])
+        return drawn
+    pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="haven-bootstrap")
+    try:
+        workers = [pool.submit(lambda: take_and_work(Buffers(n), []))
+                   for _ in range(threads - 1)]
+        take_and_work(Buffers(n), workers)
+        for worker in workers:
+            worker.result()  # a worker's error, raised here
+    finally:  # on an error or an interrupt, the workers stop after their resample
+        stop.set()
+        pool.shutdown(wait=True)
+    return drawn
 
 
 def bootstrap_intervals(y: np.ndarray, models: dict[str, np.ndarray],
@@ -149,7 +235,7 @@ def bootstrap_intervals(y: np.ndarray, models: dict[str, np.ndarray],
     """(intervals, differences) over `resamples` paired bootstrap resamples; see the module
     docstring. `models` maps a name to probabilities in the order of `y`; differences are
     taken against `chosen` (left out when it is not among `models`), for every model whose
-    probabilities differ from its. `threads`: models worked on at once (default:
+    probabilities differ from its. `threads`: workers on a model's resamples (default:
     `default_threads`; the figures are the same whatever it is)."""
     y = np.asarray(y, dtype=float)
     if resamples < 2:
@@ -157,39 +243,21 @@ def bootstrap_intervals(y: np.ndarray, models: dict[str, np.ndarray],
     for name, p in models.items():
         if len(p) != len(y):
             raise ValueError(f"models[{name!r}]: {len(p)} probabilities for {len(y)} outcomes")
-    # Each model's sort and figures on every resample, each model drawing the same resamples
-    # from a generator of its own with the same seed: the draws and figures are those of
-    # every model at once, but memory holds `threads` models' per-person arrays, not all.
-    # The models are worked on side by side (numpy lets go of the interpreter in the work).
-    stop = threading.Event()
-
-    def one(p: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    workers = max(1, default_threads(len(y)) if threads is None else threads)
+    # Each model drawing the same resamples from a generator of its own with the same seed:
+    # the draws and figures are those of every model at once, but memory holds one model's
+    # per-person arrays, not all. A model equal to one before it shares that one's figures.
+    point: dict[str, dict[str, float]] = {}
+    draws: dict[str, dict[str, np.ndarray]] = {}
+    same = equal_to_earlier(models)
+    for name, p in models.items():
+        if name in same:
+            point[name], draws[name] = point[same[name]], draws[same[name]]
+            continue
         ranked = _Ranked(y, np.asarray(p, dtype=float))
-        drawn = {f: np.empty(resamples) for f in FIGURES}
-        for i, w in enumerate(_resamples(len(y), resamples, seed)):
-            if stop.is_set():  # a resample is under a second at millions of persons
-                raise _Stopped
-            for figure, value in ranked.figures(w).items():
-                drawn[figure][i] = value
-        return ranked.figures(np.ones(len(y))), drawn
-
-    workers = max(1, min(default_threads(len(y)) if threads is None else threads, len(models)))
-    if workers == 1:  # in this thread: an interrupt stops it at once
-        found = [one(p) for p in models.values()]
-    else:
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="haven-bootstrap")
-        try:
-            futures = [pool.submit(one, p) for p in models.values()]
-            wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f.exception() for f in futures if f.done() and f.exception()]
-            if failed:  # whichever model it was, not after the ones before it finish
-                raise failed[0]
-            found = [f.result() for f in futures]
-        finally:  # on an error or an interrupt, the other models stop at their next resample
-            stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-    point = {name: figures for name, (figures, _) in zip(models, found, strict=True)}
-    draws = {name: drawn for name, (_, drawn) in zip(models, found, strict=True)}
+        draws[name] = _drawn(ranked, len(y), resamples, seed, workers)
+        point[name] = ranked.figures(np.ones(len(y)))
+        del ranked
     rows = []
     for name in models:
         for figure in FIGURES:

@@ -336,3 +336,16 @@ CANDIDATES = {"rule": RuleBaseline, "logistic": Logistic, "boosting": Boosting, 
 def make(name: str) -> Model:
     """A fresh, unfitted candidate by name."""
     return CANDIDATES[name]()
+
+
+def equal_to_earlier(models: dict[str, np.ndarray]) -> dict[str, str]:
+    """Each model whose probabilities equal an earlier model's, to the first such one."""
+    same: dict[str, str] = {}
+    names = list(models)
+    for i, name in enumerate(names):
+        for other in names[:i]:
+            if other not in same and np.array_equal(np.asarray(models[name], dtype=float),
+                                                    np.asarray(models[other], dtype=float)):
+                same[name] = other
+                break
+    return same

@@ -94,10 +94,11 @@ def test_the_slope_in_buffers_is_the_slope_written_out() -> None:
     assert len(set(slopes)) == 5 and all(0.5 < s < 2 for s in slopes)
 
 
-def test_a_model_that_fails_stops_the_others_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With two threads, a model whose figures fail is raised at once, whatever its place
-    among the models: the model working beside it stops at its next resample, and no
-    bootstrap thread is left."""
+def test_a_resample_that_fails_is_raised_at_once_and_nothing_more_begun(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two workers, a resample whose figures fail is raised as soon as it is seen: no
+    more of that model's resamples are begun than the workers had in hand, no later model is
+    begun, and no bootstrap thread is left."""
     rng = np.random.default_rng(4)
     n, resamples = 4_000, 400
     y = (rng.random(n) < 0.1).astype(float)
@@ -106,16 +107,55 @@ def test_a_model_that_fails_stops_the_others_at_once(monkeypatch: pytest.MonkeyP
     calls = {name: 0 for name in models}
     figures = _Ranked.figures
 
-    def counted(self: _Ranked, w: np.ndarray) -> dict[str, float]:
+    def counted(self: _Ranked, w: np.ndarray, buffers: object = None) -> dict[str, float]:
         name = next(k for k, p in models.items() if self.z[0] == logit(p[:1])[0])
         calls[name] += 1
-        if name == "failing":
+        if name == "failing" and calls[name] == 3:
             raise ArithmeticError("a figure failed")
-        return figures(self, w)
+        return figures(self, w, buffers)
 
     monkeypatch.setattr(_Ranked, "figures", counted)
     with pytest.raises(ArithmeticError, match="a figure failed"):
         bootstrap_intervals(y, models, resamples=resamples, seed=1, threads=2)
-    # the first stopped early, not after its 400 resamples (the third may have begun)
-    assert calls["first"] < resamples and calls["third"] < resamples
+    assert calls["first"] == resamples + 1  # every resample and the point estimate
+    assert 3 <= calls["failing"] <= 5 and calls["third"] == 0
     assert not [t for t in threading.enumerate() if t.name.startswith("haven-bootstrap")]
+
+
+def test_a_model_equal_to_an_earlier_one_is_worked_on_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chosen model is one of the candidates: its figures are that candidate's, not
+    worked out a second time (a fifth of a report's bootstrap)."""
+    rng = np.random.default_rng(9)
+    n = 2_000
+    y = (rng.random(n) < 0.2).astype(float)
+    blend = rng.random(n)
+    models = {"rule": np.round(blend, 1).clip(0.05, 0.95), "blend": blend,
+              "chosen": blend.copy()}
+    made = []
+    init = _Ranked.__init__
+
+    def counted(self: _Ranked, y: np.ndarray, p: np.ndarray) -> None:
+        made.append(len(p))
+        init(self, y, p)
+
+    monkeypatch.setattr(_Ranked, "__init__", counted)
+    intervals, differences = bootstrap_intervals(y, models, resamples=20, seed=3, threads=1)
+    assert len(made) == 2
+    table = intervals.set_index(["model", "figure"])
+    for figure in FIGURES:
+        assert table.loc[("chosen", figure)].equals(table.loc[("blend", figure)])
+    assert set(differences["model"]) == {"rule"}
+
+
+def test_a_second_worker_only_while_its_arrays_fit_the_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers on two cores while a second one's arrays fit `PARALLEL_BYTES`, then one:
+    what the second adds is bounded by the budget, not by the population."""
+    fits = bootstrap.PARALLEL_BYTES // bootstrap.WORKER_BYTES
+    monkeypatch.setattr(bootstrap.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert bootstrap.default_threads(fits) == 2
+    assert bootstrap.default_threads(fits + 1) == 1
+    assert 3_000_000 < fits < 3_500_000  # a three-million-person area's report: two
+    monkeypatch.setattr(bootstrap.os, "sched_getaffinity", lambda pid: {0})
+    assert bootstrap.default_threads(1_000) == 1

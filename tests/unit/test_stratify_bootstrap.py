@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stratify.bootstrap import bootstrap_intervals
+from stratify.bootstrap import TOP, _Ranked, _resamples, bootstrap_intervals
 from stratify.evaluate import metrics
 
 
@@ -96,3 +96,48 @@ def test_no_events_gives_no_figure_rather_than_a_false_one() -> None:
     assert np.isnan(table.loc[("chosen", "auroc"), "estimate"])
     assert np.isnan(table.loc[("chosen", "calibration_slope"), "lo"])
     assert table.loc[("chosen", "ppv_top5"), "estimate"] == 0.0
+
+
+def _ppv_over_the_whole_ranking(r: _Ranked, w: np.ndarray) -> float:
+    """PPV in the top 5% as the sum over every person of the ranking (no prefix)."""
+    k = np.ceil(TOP * w.sum())
+    ws = w[r.desc]
+    taken = np.clip(k - (np.cumsum(ws) - ws), 0, ws)
+    return float((taken * r.y[r.desc]).sum() / k)
+
+
+def test_ppv_read_from_the_top_of_the_ranking_is_the_whole_rankings():
+    """PPV reads a prefix of the ranking, doubled until enough persons were drawn: equal to
+    the sum over all, to the bit, also when the top of the ranking was hardly drawn (the
+    prefix must grow) and with ties."""
+    rng = np.random.default_rng(21)
+    n = 60_000
+    p = np.round(rng.beta(1, 6, n), 3)  # ties
+    y = (rng.random(n) < p).astype(float)
+    r = _Ranked(y, p)
+    draws = list(_resamples(n, 4, seed=5))
+    sparse = np.ones(n)
+    sparse[r.desc[: n // 2]] = 0.0  # nobody of the top half drawn: the prefix must grow
+    sparse[r.desc[-5:]] = 2.0
+    for w in [*draws, sparse, np.ones(n)]:
+        assert r.ppv(w) == _ppv_over_the_whole_ranking(r, w)
+    assert r.ppv(sparse) != r.ppv(np.ones(n))
+
+
+def test_auroc_and_slope_are_those_of_scikit_learn_and_statsmodels_on_the_resample():
+    """A resample's AUROC is scikit-learn's with the counts as weights; its calibration
+    slope is statsmodels' logistic fit of the outcome on logit(p) with the counts as
+    frequency weights."""
+    import statsmodels.api as sm
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(22)
+    n = 20_000
+    p = np.clip(np.round(rng.beta(1, 7, n), 3), 0.001, 0.999)
+    y = (rng.random(n) < np.clip(1.3 * p, 0, 1)).astype(float)
+    r = _Ranked(y, p)
+    for w in _resamples(n, 3, seed=6):
+        assert r.auroc(w) == pytest.approx(roc_auc_score(y, p, sample_weight=w), abs=1e-12)
+        fit = sm.GLM(y, sm.add_constant(r.z), family=sm.families.Binomial(),
+                     freq_weights=w).fit(tol=1e-12)
+        assert r.slope(w) == pytest.approx(fit.params[1], abs=1e-8)
