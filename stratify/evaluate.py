@@ -28,7 +28,7 @@ from sklearn.metrics import average_precision_score
 
 from stratify.bootstrap import RESAMPLES, bootstrap_intervals
 from stratify.features import Sources, connect
-from stratify.models import expit, logit
+from stratify.models import equal_to_earlier, expit, logit
 from stratify.outcomes import OUTCOME_MONTHS, build_outcome_flags, follow_up_complete
 from stratify.scoring import ScoreRun
 from stratify.sources import add_months
@@ -131,14 +131,21 @@ def calibration_fit(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     return slope, float(a)
 
 
-def top_share(p: np.ndarray, share: float | None = None, count: int | None = None) -> np.ndarray:
-    """Mask of the highest-risk persons: a share of the population or a count (stable order)."""
+def top_share(p: np.ndarray, share: float | None = None, count: int | None = None,
+              order: np.ndarray | None = None) -> np.ndarray:
+    """Mask of the highest-risk persons: a share of the population or a count (stable order).
+    `order`: `ranking(p)` when the caller has it (one sort for several shares)."""
     n = len(p)
     k = count if count is not None else int(math.ceil((share or 0) * n))
     mask = np.zeros(n, dtype=bool)
     if k > 0 and n:
-        mask[np.argsort(-np.asarray(p, dtype=float), kind="stable")[:min(k, n)]] = True
+        mask[(ranking(p) if order is None else order)[:min(k, n)]] = True
     return mask
+
+
+def ranking(p: np.ndarray) -> np.ndarray:
+    """Persons from the highest probability down, ties in their order (`top_share`'s)."""
+    return np.argsort(-np.asarray(p, dtype=float), kind="stable")
 
 
 def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -154,14 +161,15 @@ def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     out["brier"] = float(np.mean((p - y) ** 2)) if len(y) else float("nan")
     out["mean_predicted"] = float(p.mean()) if len(y) else float("nan")
     out["calibration_slope"], out["calibration_intercept"] = calibration_fit(y, p)
+    order = ranking(p)  # one sort for every share below
     for share in TOP_SHARES:
-        top = top_share(p, share)
+        top = top_share(p, share, order=order)
         label = f"{share * 100:g}".replace(".", "_")
         hits = float(y[top].sum())
         out[f"ppv_top{label}"] = hits / top.sum() if top.sum() else float("nan")
         out[f"sensitivity_top{label}"] = hits / y.sum() if y.sum() else float("nan")
         out[f"events_top{label}"] = hits
-    out["events_top1000"] = float(y[top_share(p, count=TOP_COUNT)].sum())
+    out["events_top1000"] = float(y[top_share(p, count=TOP_COUNT, order=order)].sum())
     return out
 
 
@@ -248,15 +256,24 @@ def evaluate(run: ScoreRun, sources: Sources | None = None,
     for name, values in (extra_scores or {}).items():
         models[name] = values.reindex(persons).astype(float).to_numpy()
     groups = subgroup_columns(scores)
-    overall = pd.DataFrame([{"model": name, **metrics(y, p)} for name, p in models.items()])
+    # The chosen model is one of the candidates: its figures are that one's, worked out once.
+    same = equal_to_earlier(models)
+    found: dict[str, dict[str, float]] = {}
+    for name, p in models.items():
+        found[name] = found[same[name]] if name in same else metrics(y, p)
+    overall = pd.DataFrame([{"model": name, **found[name]} for name in models])
     rows = []
     for column in groups.columns:
         for value in sorted(groups[column].unique()):
             mask = (groups[column] == value).to_numpy()
+            found = {}
             for name, p in models.items():
-                rows.append({"model": name, "subgroup": column, "value": value,
-                             **metrics(y[mask], p[mask])})
+                found[name] = found[same[name]] if name in same else metrics(y[mask], p[mask])
+                rows.append({"model": name, "subgroup": column, "value": value, **found[name]})
     subgroups = pd.DataFrame(rows)
+    curves: dict[str, pd.DataFrame] = {}
+    for name, p in models.items():
+        curves[name] = curves[same[name]].copy() if name in same else calibration_curve(y, p)
     frame = pd.DataFrame({"outcome": y, **{f"p_{k}": v for k, v in models.items()}},
                          index=persons, copy=False)  # the arrays above, not copies
     notes = [f"Outcome: {outcome} in the {months} months from {run.at.isoformat()}; "
@@ -267,7 +284,7 @@ def evaluate(run: ScoreRun, sources: Sources | None = None,
     return Evaluation(run_id=run.run_id, at=run.at, outcome=outcome, chosen=run.model,
                       overall=overall, subgroups=subgroups,
                       error_rates=error_rates(y, models["chosen"], groups, run.thresholds),
-                      calibration={k: calibration_curve(y, p) for k, p in models.items()},
+                      calibration=curves,
                       frame=frame, notes=notes, judged_at=run.at, months=months,
                       bootstrap=spread, differences=differences)
 

@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
 from factories import bench_score
 from stratify.backtest import NoBacktest, backtest, backtest_dates
-from stratify.evaluate import evaluate, follow_up
+from stratify.evaluate import calibration_curve, evaluate, follow_up, metrics
 from stratify.outcomes import build_outcomes
 from stratify.report import write_report
 from stratify.scoring import ScoreRun, score
@@ -102,6 +103,17 @@ def test_a_run_whose_year_has_passed_is_judged_on_it(
     pd.testing.assert_frame_equal(ev.bootstrap, evaluate(run, sources, resamples=30).bootstrap)
     other = evaluate(run, sources, resamples=30, seed=run.seed + 1).bootstrap
     assert not other["lo"].equals(ev.bootstrap["lo"])
+    # each model's figures and calibration curve are its own, the chosen model's worked out
+    # once with the candidate it is (the chosen is one of them: that sharing is tried here)
+    y = ev.frame["outcome"].to_numpy()
+    candidates = [m for m in ev.overall["model"] if m != "chosen"]
+    assert any(np.array_equal(ev.frame["p_chosen"], ev.frame[f"p_{m}"]) for m in candidates)
+    overall = ev.overall.set_index("model")
+    for name in overall.index:
+        p = ev.frame[f"p_{name}"].to_numpy()
+        want = pd.Series(metrics(y, p), name=name)
+        pd.testing.assert_series_equal(overall.loc[name, want.index].astype(float), want)
+        pd.testing.assert_frame_equal(ev.calibration[name], calibration_curve(y, p))
     text = write_report(ev, tmp_path, run=run, status=status).read_text()
     assert "is complete in the data: the evaluation below is prospective" in text
     assert "## Evaluation on the year after the reference date (prospective)" in text
