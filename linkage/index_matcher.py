@@ -50,7 +50,7 @@ from linkage.probabilistic.blocking import (
 )
 from linkage.probabilistic.encoded import pass_columns
 from linkage.profile_store import ProfileStore
-from linkage.pseudonym_table import one_person_in
+from linkage.pseudonym_table import dictionary_of, one_person_in
 
 UPPER = 0.95
 LOWER = 0.5
@@ -83,9 +83,7 @@ def person_codes(persons: pd.Series) -> tuple[np.ndarray, pa.Array]:
     """The profiles' pseudonyms as int64 codes (equal pseudonyms, equal codes; -1 for none)
     and the pseudonyms coded, in Arrow: comparing and grouping integers, never a million
     Python strings, keeps matching fast and small at a whole population."""
-    encoded = pc.dictionary_encode(_strings(persons))
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.unify_dictionaries().combine_chunks()
+    encoded = dictionary_of(_strings(persons))
     return _filled(encoded.indices), encoded.dictionary
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from governance.settings import Settings
 from linkage import map_store
 from linkage.person_index import landed_extracts
+from linkage.pseudonym_table import dictionary_of
 
 # Given a source's linked rows (with person_id, extract_id, sender), a mask of rows to keep.
 RowFilter = Callable[[pd.DataFrame, str], "pd.Series"]
@@ -81,9 +82,7 @@ def _verdicts(table: pa.Table, row_filter: RowFilter, source: str) -> np.ndarray
               else pa.nulls(table.num_rows, pa.string()))
     codes = []
     for column in (person, table.column("person_key")):
-        encoded = pc.dictionary_encode(column)
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.combine_chunks()
+        encoded = dictionary_of(column)
         codes.append((pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
                       .astype(np.int64) + 1, len(encoded.dictionary) + 1))
     (ids, id_span), (keys, _) = codes

@@ -11,6 +11,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+# Strings combined into one array before a dictionary is made of them, up to this many bytes:
+# encoding chunk by chunk and unifying the chunks' dictionaries takes time growing with the
+# chunks (a profile bucket holds a batch of every register read, more the larger the
+# register). Past it (32-bit offsets hold 2 GiB) the chunks are encoded one by one.
+ONE_ARRAY_BYTES = 1 << 30
+
+
+def dictionary_of(values: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+    """`values` dictionary-encoded as one array: the indices number the distinct values in
+    the order they first appear, whether or not the values came in chunks."""
+    if isinstance(values, pa.ChunkedArray):
+        if values.nbytes <= ONE_ARRAY_BYTES:
+            values = values.combine_chunks()
+        else:
+            return pc.dictionary_encode(values).unify_dictionaries().combine_chunks()
+    return pc.dictionary_encode(values)
+
 
 class PseudonymTable:
     """Distinct pseudonyms (bytes), optionally each with a value (bytes)."""
@@ -47,9 +64,7 @@ class PseudonymTable:
         else:
             values = pa.array(person_ids.to_numpy(dtype=object), type=pa.string(),
                               from_pandas=True)
-        encoded = pc.dictionary_encode(values.cast(pa.string()))
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.unify_dictionaries().combine_chunks()
+        encoded = dictionary_of(values.cast(pa.string()))
         found = np.full(len(encoded.dictionary), -1, dtype=np.int64)
         if len(self.ids) and len(encoded.dictionary):
             distinct = fixed_width(encoded.dictionary.cast(pa.binary()))

@@ -10,8 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from linkage import pseudonym_table
 from linkage.person_index import KeptKeys
-from linkage.pseudonym_table import PseudonymTable
+from linkage.pseudonym_table import PseudonymTable, dictionary_of
 
 
 def _reference(ids: list[str], values: list[str], asked: list[str | None]) -> list[str | None]:
@@ -65,3 +66,21 @@ def test_kept_keys_are_each_pseudonyms_first_key_across_batches(as_arrow: bool) 
     asked = pd.Series([*persons, None, "absent"], dtype=object)
     assert table.lookup(asked).tolist() == [reference.get(p) for p in persons] + [None, None]
     assert KeptKeys().freeze() is None  # a map without pseudonyms keeps no key
+
+
+@pytest.mark.parametrize("one_array_bytes", [1 << 30, 0])
+def test_pseudonyms_in_chunks_are_coded_as_in_one_array(monkeypatch, one_array_bytes):
+    """A bucket's pseudonyms come in a chunk a batch read: their codes are those of one
+    array (the order of first appearance, nulls left null), whether the chunks are combined
+    first or, past `ONE_ARRAY_BYTES`, encoded one by one and their dictionaries unified."""
+    monkeypatch.setattr(pseudonym_table, "ONE_ARRAY_BYTES", one_array_bytes)
+    rng = np.random.default_rng(3)
+    ids = [None if i % 17 == 0 else f"p{int(v):05d}" for i, v in
+           enumerate(rng.integers(0, 400, 3_000))]
+    whole = pa.array(ids, pa.string())
+    chunked = pa.chunked_array([whole.slice(a, 250) for a in range(0, len(ids), 250)])
+    one, many = dictionary_of(whole), dictionary_of(chunked)
+    assert isinstance(many, pa.DictionaryArray)
+    assert many.indices.equals(one.indices) and many.dictionary.equals(one.dictionary)
+    assert many.dictionary.to_pylist() == list(dict.fromkeys(v for v in ids if v is not None))
+    assert many.indices.null_count == sum(v is None for v in ids)
