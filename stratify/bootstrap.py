@@ -18,9 +18,9 @@ is shared out.
 
 Models are worked on one at a time (one model's per-person arrays held); a model whose
 probabilities equal an earlier one's (the chosen model is one of the candidates) is not worked
-on again. A model's resamples are drawn in turn in this thread and their figures worked out by
-it and `threads - 1` workers beside it (numpy lets go of the interpreter in the work), each
-writing into arrays of its own made once (`Buffers`).
+on again. A model's resamples are worked on by this thread and `threads - 1` workers beside it
+(numpy lets go of the interpreter in the work): each takes the next resample as it comes free,
+drawn in turn from the one generator, and writes into arrays of its own made once (`Buffers`).
 """
 
 from __future__ import annotations
