@@ -16,7 +16,7 @@ from linkage.landing.land import LandingContext, Receipt, land_file
 from linkage.landing.land import land_path as _land_path
 from linkage.landing.manifest import SENDER_RE, Manifest, ManifestError, parse_manifest
 from pipeline.context import Context, Progress, quiet
-from pipeline.engines.spark_land import spark_preparer
+from pipeline.engines.spark_land import spark_file_preparer
 from pipeline.engines.spark_session import session
 
 __all__ = ["SENDER_RE", "Manifest", "ManifestError", "Receipt", "land", "land_upload",
@@ -30,8 +30,9 @@ def handover_folder(staging: Path, extract_id: str) -> Path:
 
 @contextmanager
 def _landing(ctx: Context, uploaded_by_org: str | None = None) -> Iterator[LandingContext]:
-    """The landing's context; with `HAVEN_ENGINE=spark`, batches are prepared on Spark in a
-    session for the call (receipts, vault and audit stay with this process's database)."""
+    """The landing's context; with `HAVEN_ENGINE=spark`, the file is read and its batches
+    prepared on Spark in a session for the call (receipts, vault and audit stay with this
+    process's database)."""
     landing = LandingContext(ctx.settings, ctx.engine, ctx.keys, ctx.actor,
                              exclusion=landing_exclusion(ctx.engine),
                              uploaded_by_org=uploaded_by_org,
@@ -45,9 +46,19 @@ def _landing(ctx: Context, uploaded_by_org: str | None = None) -> Iterator[Landi
         # staging folder (the data directory, which every executor mounts; not inside what
         # is published), for this process to read back; an interrupted landing's is cleared
         # with the staging area.
-        landing.preparer = spark_preparer(spark, handover=lambda job: handover_folder(
-            layout.staging_dir, job.extract_id))
+        # Executors read the file themselves when they can reach it: always on a local
+        # master, else when it is in the data directory (an upload lands from there);
+        # any other file is read here and its batches shipped to them.
+        local = spark.sparkContext.master.startswith("local")
+        landing.file_preparer = spark_file_preparer(
+            spark, handover=lambda job: handover_folder(layout.staging_dir, job.extract_id),
+            readable=lambda path: local or within(path, layout.home))
         yield landing
+
+
+def within(path: Path, folder: Path) -> bool:
+    """Whether `path` is inside `folder`, links resolved."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def land(ctx: Context, path: Path, *, remove: bool = False,

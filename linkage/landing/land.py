@@ -99,10 +99,14 @@ class LandingContext:
     exclusion: Exclusion | None = None
     uploaded_by_org: str | None = None
     sender_check: SenderCheck | None = None  # who may assert which opt-out (the register)
-    # How batches are checked and pseudonymised: `prepared_batches` (here, or two forked
-    # processes) unless an engine passes its own with the same arguments (Spark's
-    # `pipeline.engines.spark_land.spark_preparer`); the file-wide decisions stay here.
-    preparer: Callable[[Iterator[Batch], Job, int], Iterator[Prepared]] | None = None
+    # How the file is read and its batches checked and pseudonymised: read here and
+    # `prepared_batches` (here, or two forked processes) unless an engine passes its own
+    # (Spark's `pipeline.engines.spark_land.spark_file_preparer`), given (path, columns,
+    # parquet, batch_rows, stats, job): it yields what `prepared_batches` would for the
+    # file's batches (possibly more, smaller ones) and leaves the reader's counts in
+    # `stats`. The decisions that span the file stay here.
+    file_preparer: Callable[[Path, list[str], bool, int, ReadStats, Job],
+                            Iterator[Prepared]] | None = None
 
 
 def new_extract_id(source: str | None) -> str:
@@ -291,8 +295,6 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
                   name: str, keys: dict[str, Any], ignored: list[str],
                   checksum: Checksum, workers: int) -> Receipt:
     stats = ReadStats()
-    batches = (parquet_batches(path, ctx.settings.batch_rows, stats) if parquet
-               else csv_batches(path, columns, ctx.settings.batch_rows, stats))
     staging = ctx.settings.layout.staged(extract_id)
     counts: Counter[str] = Counter()
     reasons: list[tuple[int, str]] = []
@@ -302,9 +304,16 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
     writer: list[pq.ParquetWriter] = []
     optout_rows: list[dict[str, Any]] = []
     job = Job(contract.source, extract_id, manifest.sender, keys)
-    # The pool forks on entry, before the reading and writing threads start.
-    read = ahead(batches, "landing-read")
-    prepared = (ctx.preparer or prepared_batches)(read, job, workers)
+    read: Iterator[Batch] | None = None
+    if ctx.file_preparer is not None:
+        prepared = ctx.file_preparer(path, columns, parquet, ctx.settings.batch_rows, stats,
+                                     job)
+    else:
+        batches = (parquet_batches(path, ctx.settings.batch_rows, stats) if parquet
+                   else csv_batches(path, columns, ctx.settings.batch_rows, stats))
+        # The pool forks on entry, before the reading and writing threads start.
+        read = ahead(batches, "landing-read")
+        prepared = prepared_batches(read, job, workers)
 
     def write(table: pa.Table) -> None:
         if not writer:
@@ -368,7 +377,8 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
                 worker.finish()
     finally:
         prepared.close()
-        read.close()  # its thread stops now, not when a failure's traceback is let go
+        if read is not None:
+            read.close()  # its thread stops now, not when a failure's traceback is let go
         for worker in (output, sealing):
             if worker is not None:
                 worker.finish_quietly()

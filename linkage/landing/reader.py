@@ -9,7 +9,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +106,19 @@ def read_header(path: Path) -> list[str]:
     return names
 
 
+def csv_options(names: list[str], on_invalid: Callable[[pacsv.InvalidRow], str],
+                skip_rows: int) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions,
+                                         pacsv.ConvertOptions]:
+    """How an extract's CSV is parsed, whole (`csv_batches`) or in splits
+    (`linkage.landing.splits`): every column text, no row split across lines."""
+    read = pacsv.ReadOptions(column_names=names, skip_rows=skip_rows, use_threads=False,
+                             block_size=1 << 22, encoding="utf8")
+    parse = pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=False)
+    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                   strings_can_be_null=False, quoted_strings_can_be_null=False)
+    return read, parse, convert
+
+
 def csv_batches(path: Path, names: list[str], batch_rows: int,
                 stats: ReadStats) -> Iterator[Batch]:
     """Yield batches from a CSV whose header is `names`; unsplittable rows go to stats."""
@@ -115,11 +128,7 @@ def csv_batches(path: Path, names: list[str], batch_rows: int,
         line_of_invalid.append((row.number or 0) - 1)
         return "skip"
 
-    read_options = pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False,
-                                     block_size=1 << 22, encoding="utf8")
-    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                   strings_can_be_null=False, quoted_strings_can_be_null=False)
-    parse = pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=False)
+    read_options, parse, convert = csv_options(names, on_invalid, skip_rows=1)
     try:
         reader = pacsv.open_csv(path, read_options=read_options, parse_options=parse,
                                 convert_options=convert)
@@ -163,8 +172,10 @@ def _numbered(batches: list[pa.RecordBatch], stats: ReadStats,
 
 def _refusal(path: Path, exc: Exception) -> FileRefused:
     message = str(exc)
-    if "UTF8" in message or "utf8" in message.lower():
-        row = first_bad_utf8_row(path)
+    # A byte that is not UTF-8 in a row the parser cannot split fails the parser's own
+    # handling of that row, with no word of UTF-8: the file is looked through either way.
+    row = first_bad_utf8_row(path)
+    if row is not None or "UTF8" in message or "utf8" in message.lower():
         where = f" (data row {row})" if row else ""
         return FileRefused(f"the file is not valid UTF-8{where}")
     return FileRefused("the file could not be parsed as CSV")
@@ -177,22 +188,28 @@ def parquet_batches(path: Path, batch_rows: int, stats: ReadStats) -> Iterator[B
     except (pa.ArrowInvalid, OSError) as exc:
         raise FileRefused("the file could not be read as Parquet") from exc
     for record_batch in parquet.iter_batches(batch_size=batch_rows):
-        columns, names = [], []
-        for name, column in zip(record_batch.schema.names, record_batch.columns, strict=True):
-            names.append(name.strip().lower())
-            if pa.types.is_date(column.type):
-                column = column.cast(pa.string())
-            elif not pa.types.is_string(column.type):
-                try:
-                    column = column.cast(pa.string())
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise FileRefused(f"column {name}: type {column.type} cannot be read as "
-                                      "text") from exc
-            columns.append(column.fill_null(""))
-        table = pa.Table.from_arrays(columns, names=names)
+        table = as_text(record_batch)
         start = stats.rows_seen + 1
         stats.rows_seen += table.num_rows
         yield Batch(table, pa.array(range(start, start + table.num_rows), pa.int64()))
+
+
+def as_text(record_batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """A Parquet batch with every column cast to text (nulls empty) and its names as the
+    header's are read; FileRefused naming a column that cannot be text."""
+    columns, names = [], []
+    for name, column in zip(record_batch.schema.names, record_batch.columns, strict=True):
+        names.append(name.strip().lower())
+        if pa.types.is_date(column.type):
+            column = column.cast(pa.string())
+        elif not pa.types.is_string(column.type):
+            try:
+                column = column.cast(pa.string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise FileRefused(f"column {name}: type {column.type} cannot be read as "
+                                  "text") from exc
+        columns.append(column.fill_null(""))
+    return pa.Table.from_arrays(columns, names=names)
 
 
 def parquet_columns(path: Path) -> list[str]:

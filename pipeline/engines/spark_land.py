@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,17 @@ import pyarrow as pa
 
 from linkage.landing.batches import Job, Prepared, prepare_batch
 from linkage.landing.pseudonymise import HashMemo
-from linkage.landing.reader import Batch
+from linkage.landing.reader import Batch, FileRefused, ReadStats, csv_batches, parquet_batches
+from linkage.landing.splits import (
+    SPLIT_BYTES,
+    Split,
+    SplitCount,
+    count_split,
+    csv_splits,
+    numbered,
+    parquet_splits,
+    split_batches,
+)
 from pipeline.engines.spark_broadcast import broadcast, value_of
 from pipeline.engines.spark_handover import Handover, remove, seal, unsealed
 from pipeline.engines.spark_protections import require_protections
@@ -39,7 +49,8 @@ if TYPE_CHECKING:
 
 EXECUTOR_KEYS = ("pseudonym", "linkage")
 ROW = "__haven_row"
-OUT_SCHEMA = "batch long, part long, parts long, prepared binary"
+OUT_SCHEMA = "batch long, part long, parts long, prepared binary, refused string"
+COUNT_SCHEMA = "split long, counted binary"
 # What one Spark task prepares: a landing batch (200,000 rows by default, at least a 4 MB
 # block of the file) is cut into slices of at most this many rows, each prepared and handed
 # to the landing as a batch of its own (the landing's results do not depend on where batches
@@ -52,6 +63,11 @@ SLICE_ROWS = 20_000
 WINDOW_PER_PARTITION = 4
 # A prepared slice comes back in values of at most this many bytes.
 PIECE_BYTES = 1 << 20
+
+# What `LandingContext.file_preparer` is: (path, columns, parquet, batch_rows, stats, job).
+FilePreparer = Callable[[Path, list[str], bool, int, ReadStats, Job], Iterator[Prepared]]
+# What a task does with one payload of a window: the prepared slices it makes, numbered.
+Work = Callable[[int, bytes, Job, HashMemo], Iterator[tuple[int, Prepared]]]
 
 
 def executor_job(job: Job) -> Job:
@@ -141,6 +157,11 @@ def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
     """
     window = window or WINDOW_PER_PARTITION * partitions
     require_protections(spark)  # before a key or a raw row is handed to Spark
+
+    def work(number: int, blob: bytes, on_executor: Job,
+             memo: HashMemo) -> Iterator[tuple[int, Prepared]]:
+        yield number, prepare(blob, on_executor, memo)
+
     sealed = None
     if handover is not None:
         sealed = Handover.made(handover)
@@ -153,10 +174,117 @@ def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
                 pending.append((number, batch_bytes(part)))
                 number += 1
                 if len(pending) >= window:
-                    yield from _prepare_window(spark, pending, shared, prepare, sealed)
+                    yield from _prepare_window(spark, pending, shared, work, sealed)
                     pending = []
         if pending:
-            yield from _prepare_window(spark, pending, shared, prepare, sealed)
+            yield from _prepare_window(spark, pending, shared, work, sealed)
+    finally:
+        try:
+            shared.destroy()
+        finally:
+            if handover is not None:
+                remove(handover, "landing")
+
+
+@dataclass(frozen=True)
+class ToRead:
+    """A split of the file for a task to read itself: where, which columns, and the number
+    of its first data row (`splits.numbered`)."""
+
+    path: str
+    names: list[str]
+    split: Split
+    first: int
+    slice_rows: int
+
+
+def read_and_prepare(number: int, blob: bytes, job: Job,
+                     memo: HashMemo) -> Iterator[tuple[int, Prepared]]:
+    """A split (`ToRead`, pickled) read and numbered where the task runs, in slices of its
+    `slice_rows`, each prepared: slices numbered on from `number`."""
+    to_read: ToRead = pickle.loads(blob)  # noqa: S301 - made by this landing's driver
+    batches = split_batches(Path(to_read.path), to_read.names, to_read.split, to_read.first,
+                            to_read.slice_rows)
+    for offset, batch in enumerate(batches):
+        yield number + offset, prepare_batch(batch, job, memo)
+
+
+def split_counts(spark: SparkSession, path: Path, names: list[str], splits: list[Split],
+                 count: Callable[[Path, list[str], Split], SplitCount] = count_split,
+                 ) -> list[SplitCount]:
+    """Every CSV split counted by a task that reads it (`splits.count_split`), in one job;
+    only the counts come back."""
+    frame = spark.createDataFrame(pa.Table.from_batches([
+        pa.RecordBatch.from_arrays([pa.array([split.index], pa.int64()),
+                                    pa.array([pickle.dumps(split)], pa.binary())],
+                                   names=["split", "payload"])
+        for split in splits]))
+    where = str(path)
+
+    def run(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for chunk in chunks:
+            for index, blob in zip(chunk.column("split").to_pylist(),
+                                   chunk.column("payload").to_pylist(), strict=True):
+                counted = count(Path(where), names, pickle.loads(blob))  # noqa: S301
+                yield pa.RecordBatch.from_pydict(
+                    {"split": [index], "counted": [pickle.dumps(counted)]},
+                    schema=pa.schema([("split", pa.int64()), ("counted", pa.binary())]))
+
+    by_index = {row["split"]: pickle.loads(row["counted"])  # noqa: S301 - this job's tasks'
+                for row in frame.mapInArrow(run, COUNT_SCHEMA).collect()}
+    if len(by_index) != len(splits):
+        raise RuntimeError(f"Spark counted {len(by_index)} of the file's {len(splits)} splits")
+    return [by_index[split.index] for split in splits]
+
+
+def spark_file_prepared(spark: SparkSession, path: Path, names: list[str], parquet: bool,
+                        stats: ReadStats, job: Job, partitions: int = 2,
+                        window: int | None = None, slice_rows: int = SLICE_ROWS,
+                        split_bytes: int = SPLIT_BYTES, handover: Path | None = None,
+                        work: Work = read_and_prepare) -> Iterator[Prepared]:
+    """The file prepared on Spark by tasks that read it themselves: its rows never pass
+    through the driver. Yields what `spark_prepared` yields for the file's batches, and
+    leaves in `stats` what the whole-file reader would (rows seen, unsplittable rows).
+
+    The driver cuts the file into splits (`splits.csv_splits`: a few bytes read at each
+    cut; a Parquet file's row groups); one job counts every CSV split's rows where it is
+    read (`split_counts`), which numbers each split's first row and refuses a file the
+    reader would refuse, with its message, before anything is prepared; then windows of
+    `window` splits are read, numbered, sliced and prepared by `work` (`read_and_prepare`),
+    a split a task, their slices handed back as `spark_prepared`'s are. The file must be
+    where every executor can read it (`pipeline.land` checks).
+    """
+    window = window or WINDOW_PER_PARTITION * partitions
+    require_protections(spark)  # before a key is handed to Spark
+    if parquet:
+        splits, group_rows = parquet_splits(path)
+        counts = [SplitCount(rows) for rows in group_rows]
+    else:
+        splits = csv_splits(path, split_bytes)
+        counts = split_counts(spark, path, names, splits)
+    plan = numbered(counts)
+    stats.rows_seen, stats.unsplittable = plan.rows_seen, list(plan.unsplittable)
+    sealed = None
+    if handover is not None:
+        sealed = Handover.made(handover)
+    shared = broadcast(spark, (executor_job(job), sealed))
+    try:
+        pending: list[tuple[int, bytes]] = []
+        expected: list[int] = []
+        number = 0
+        for split, first, count in zip(splits, plan.firsts, counts, strict=True):
+            slices = -(-(count.rows - len(count.unsplittable)) // max(slice_rows, 1))
+            if not slices:
+                continue
+            to_read = ToRead(str(path), names, split, first, slice_rows)
+            pending.append((number, pickle.dumps(to_read)))
+            expected.extend(range(number, number + slices))
+            number += slices
+            if len(pending) >= window:
+                yield from _prepare_window(spark, pending, shared, work, sealed, expected)
+                pending, expected = [], []
+        if pending:
+            yield from _prepare_window(spark, pending, shared, work, sealed, expected)
     finally:
         try:
             shared.destroy()
@@ -172,12 +300,14 @@ def sliced(batch: Batch, rows: int) -> Iterator[Batch]:
 
 
 def _prepare_window(spark: SparkSession, shipped: list[tuple[int, bytes]], shared: Any,
-                    prepare: Callable[[bytes, Job, HashMemo], Prepared],
-                    handover: Handover | None) -> Iterator[Prepared]:
-    """One window of shipped slices, one per partition, prepared by `prepare` in `mapInArrow`
-    in one job and collected (the window is what the driver holds), then handed on in file
-    order. Handing the slices in as one Arrow table and the landed rows back through files
-    (`handed_back`) took a 1,000,000-row landing on local[2] from 25.5-26.3 s to 17.5-18.1 s.
+                    work: Work, handover: Handover | None,
+                    expected: list[int] | None = None) -> Iterator[Prepared]:
+    """One window of payloads (a shipped slice, or a split of the file to read), one per
+    partition, each prepared by `work` in `mapInArrow` in one job and collected (the window
+    is what the driver holds), then handed on in file order: the slices numbered `expected`
+    (by default, the payloads' own numbers, a slice each). Handing the slices in as one
+    Arrow table and the landed rows back through files (`handed_back`) took a
+    1,000,000-row landing on local[2] from 25.5-26.3 s to 17.5-18.1 s.
 
     No sort, no cache and no `toLocalIterator`: a global sort (`orderBy`) ran the preparation
     twice (once to sample the sort keys) and shuffled every prepared batch; reading back a
@@ -199,11 +329,20 @@ def _prepare_window(spark: SparkSession, shipped: list[tuple[int, bytes]], share
             numbers = chunk.column("batch").to_pylist()
             blobs = chunk.column("payload").to_pylist()
             for number, blob in zip(numbers, blobs, strict=True):
-                yield pieces(number, handed_back(prepare(blob, on_executor, memo), sealed))
+                try:
+                    for slice_number, prepared in work(number, blob, on_executor, memo):
+                        yield pieces(slice_number, handed_back(prepared, sealed))
+                except FileRefused as refused:
+                    yield refusal(number, refused)
 
     done = frame.mapInArrow(run, OUT_SCHEMA).collect()
-    for blob in reassembled(done, [number for number, _ in shipped]):
+    for blob in reassembled(done, expected if expected is not None
+                            else [number for number, _ in shipped]):
         yield taken_back(blob, handover)
+
+
+_PIECES = pa.schema([("batch", pa.int64()), ("part", pa.int64()), ("parts", pa.int64()),
+                     ("prepared", pa.binary()), ("refused", pa.string())])
 
 
 def pieces(number: int, prepared: bytes, size: int = PIECE_BYTES) -> pa.RecordBatch:
@@ -212,18 +351,28 @@ def pieces(number: int, prepared: bytes, size: int = PIECE_BYTES) -> pa.RecordBa
     return pa.RecordBatch.from_pydict(
         {"batch": [number] * len(starts), "part": list(range(len(starts))),
          "parts": [len(starts)] * len(starts),
-         "prepared": [prepared[start:start + size] for start in starts]},
-        schema=pa.schema([("batch", pa.int64()), ("part", pa.int64()), ("parts", pa.int64()),
-                          ("prepared", pa.binary())]))
+         "prepared": [prepared[start:start + size] for start in starts],
+         "refused": [None] * len(starts)}, schema=_PIECES)
+
+
+def refusal(number: int, refused: FileRefused) -> pa.RecordBatch:
+    """What a task sends instead of its pieces when what it reads refuses the whole file
+    (the reader's message: it names a row or column, never a value)."""
+    return pa.RecordBatch.from_pydict({"batch": [number], "part": [0], "parts": [1],
+                                       "prepared": [b""], "refused": [str(refused)]},
+                                      schema=_PIECES)
 
 
 def reassembled(rows: Iterable[Any], expected: list[int]) -> Iterator[bytes]:
     """Each slice's prepared bytes, joined from its pieces (rows with batch, part, parts,
-    prepared, in any order) and yielded in the order of `expected` as soon as each is whole;
-    RuntimeError when one never comes whole."""
+    prepared, refused, in any order) and yielded in the order of `expected` as soon as each
+    is whole; FileRefused when a task's reading refused the file, RuntimeError when a slice
+    never comes whole."""
     expected = list(expected)
     waiting: dict[int, list[bytes | None]] = {}
     for row in rows:
+        if row["refused"] is not None:
+            raise FileRefused(row["refused"])
         parts = waiting.setdefault(row["batch"], [None] * row["parts"])
         parts[row["part"]] = row["prepared"]
         while expected and all(p is not None for p in waiting.get(expected[0], [None])):
@@ -233,16 +382,24 @@ def reassembled(rows: Iterable[Any], expected: list[int]) -> Iterator[bytes]:
                            f"batch(es) of the window")
 
 
-def spark_preparer(spark: SparkSession, partitions: int = 2,
-                   handover: Callable[[Job], Path] | None = None,
-                   ) -> Callable[[Iterator[Batch], Job, int], Iterator[Prepared]]:
-    """A drop-in for `prepared_batches(batches, job, workers)` that prepares on Spark (the
-    `workers` hint is the embedded pool's and is not used): what `pipeline.land` puts in
-    `LandingContext.preparer` when HAVEN_ENGINE=spark. `handover(job)`: the folder a landing's
-    rows come back through (see `spark_prepared`)."""
+def spark_file_preparer(spark: SparkSession, partitions: int = 2,
+                        handover: Callable[[Job], Path] | None = None,
+                        readable: Callable[[Path], bool] = lambda path: True,
+                        split_bytes: int = SPLIT_BYTES) -> FilePreparer:
+    """What `pipeline.land` puts in `LandingContext.file_preparer` when HAVEN_ENGINE=spark:
+    a file every executor can read (`readable`) is read by the tasks themselves
+    (`spark_file_prepared`); any other is read here, on the driver, and its batches shipped
+    (`spark_prepared`). `handover(job)`: the folder a landing's rows come back through."""
 
-    def prepare(batches: Iterator[Batch], job: Job, workers: int) -> Iterator[Prepared]:
-        return spark_prepared(spark, batches, job, partitions,
-                              handover=None if handover is None else handover(job))
+    def prepare(path: Path, names: list[str], parquet: bool, batch_rows: int,
+                stats: ReadStats, job: Job) -> Iterator[Prepared]:
+        folder = None if handover is None else handover(job)
+        if readable(path):
+            return spark_file_prepared(spark, path, names, parquet, stats, job, partitions,
+                                       split_bytes=split_bytes, handover=folder)
+        batches = (parquet_batches(path, batch_rows, stats) if parquet
+                   else csv_batches(path, names, batch_rows, stats))
+        return spark_prepared(spark, batches, job, partitions, handover=folder)
 
     return prepare
+

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` session
 
@@ -19,7 +21,7 @@ from factories import invalid_nhs, rows_for, write_extract
 from governance.keys import Key
 from linkage.landing.batches import Job, Prepared, prepared_batches
 from linkage.landing.contracts import CONTRACTS
-from linkage.landing.reader import Batch, ReadStats, csv_batches
+from linkage.landing.reader import Batch, FileRefused, ReadStats, csv_batches, parquet_batches
 from pipeline.engines.spark_land import (
     Handover,
     batch_bytes,
@@ -28,8 +30,9 @@ from pipeline.engines.spark_land import (
     handed_back,
     pieces,
     reassembled,
+    spark_file_prepared,
+    spark_file_preparer,
     spark_prepared,
-    spark_preparer,
     taken_back,
 )
 
@@ -130,14 +133,129 @@ def test_an_empty_file_prepares_no_batch(spark: Any) -> None:
     assert list(spark_prepared(spark, [], job)) == []
 
 
-def test_the_spark_preparer_stands_in_for_the_embedded_one(spark: Any, tmp_path: Path) -> None:
+def _messy(tmp_path: Path) -> Path:
+    """An apc extract of 270 rows with blank lines (which take no row number), three rows the
+    parser cannot split (which do), a bad date and a bad NHS number, with CRLF line ends."""
     path = _extract(tmp_path, "apc")
-    job = Job("apc", "20261205-test-0003", "RR8", _keys())
-    embedded = list(prepared_batches(iter(_batches(path, "apc")), job, workers=1))
-    prepare = spark_preparer(spark, partitions=2)
-    for ours, theirs in zip(prepare(iter(_batches(path, "apc")), job, 1), embedded,
-                            strict=True):
-        _same(ours, theirs)
+    lines = path.read_bytes().split(b"\n")
+    lines[40:40] = [b"", b"only,three,values"]
+    lines[150:150] = [b"", b"", b"x" * 30]
+    lines.insert(-1, b"1,2")  # the last row, before the final line feed
+    path.write_bytes(b"\r\n".join(lines))
+    return path
+
+
+def _everything(prepared: list[Prepared]) -> tuple[Any, ...]:
+    """What a landing takes from its prepared batches, wherever the batches end."""
+    tables = [p.result.table for p in prepared if p.result]
+    landed = pa.concat_tables(tables, promote_options="permissive") if tables else None
+    return ([r for p in prepared for r in p.rows.tolist()],
+            [x for p in prepared for x in p.reasons],
+            sum(p.nhs_invalid for p in prepared), landed)
+
+
+def test_a_file_read_by_the_tasks_themselves_prepares_as_the_embedded_reader_does(
+        spark: Any, tmp_path: Path) -> None:
+    """Executors read the file in splits (a few hundred bytes each here, so a split's rows
+    are numbered after others it never sees): the same rows and numbers, reasons, landed
+    rows and reader's counts as the file read whole and prepared in this process."""
+    path = _messy(tmp_path)
+    job = Job("apc", "20261207-test-0008", "RR8", _keys())
+    names = CONTRACTS["apc"].names
+    theirs_stats = ReadStats()
+    embedded = list(prepared_batches(csv_batches(path, names, BATCH_ROWS, theirs_stats), job,
+                                     workers=1))
+    stats = ReadStats()
+    on_spark = list(spark_file_prepared(spark, path, names, False, stats, job, window=3,
+                                        slice_rows=7, split_bytes=700,
+                                        handover=tmp_path / "handover"))
+    assert len(on_spark) > 40  # slices of 7 rows, from splits of about 700 bytes
+    assert (stats.rows_seen, sorted(stats.unsplittable)) == (
+        theirs_stats.rows_seen, sorted(theirs_stats.unsplittable)) == (273, [40, 149, 273])
+    ours, theirs = _everything(on_spark), _everything(embedded)
+    assert ours[:3] == theirs[:3]
+    assert [r for r, _ in theirs[1]] == [97]  # the bad date, numbered past the 40th row
+    assert ours[3].cast(theirs[3].schema).equals(theirs[3])
+    assert not (tmp_path / "handover").exists()
+
+
+def test_a_parquet_file_is_read_by_row_group_on_the_executors(spark: Any,
+                                                                tmp_path: Path) -> None:
+    path = _extract(tmp_path, "apc")
+    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in CONTRACTS["apc"].names}))
+    parquet = tmp_path / "apc.parquet"
+    pq.write_table(table, parquet, row_group_size=100)
+    job = Job("apc", "20261207-test-0009", "RR8", _keys())
+    embedded = list(prepared_batches(parquet_batches(parquet, BATCH_ROWS, ReadStats()), job,
+                                     workers=1))
+    stats = ReadStats()
+    on_spark = list(spark_file_prepared(spark, parquet, CONTRACTS["apc"].names, True, stats,
+                                        job, slice_rows=30))
+    assert stats.rows_seen == 270 and len(on_spark) == 4 + 4 + 3  # 100, 100, 70 rows
+    ours, theirs = _everything(on_spark), _everything(embedded)
+    assert ours[:3] == theirs[:3] and ours[3].cast(theirs[3].schema).equals(theirs[3])
+
+
+def test_a_file_the_reader_would_refuse_is_refused_before_a_row_is_prepared(
+        spark: Any, tmp_path: Path) -> None:
+    """A byte that is not UTF-8 far into the file: the reader's refusal, naming the row,
+    from the count of the splits, before any split is prepared."""
+    path = _extract(tmp_path, "apc")
+    lines = path.read_bytes().split(b"\n")
+    lines[200] = lines[200].replace(b"RR8", b"R\xff8", 1)
+    path.write_bytes(b"\n".join(lines))
+    names = CONTRACTS["apc"].names
+    with pytest.raises(FileRefused) as whole:
+        list(csv_batches(path, names, BATCH_ROWS, ReadStats()))
+    assert str(whole.value) == "the file is not valid UTF-8 (data row 200)"
+
+    def never(number: int, blob: bytes, job: Job, memo: Any) -> Any:
+        raise AssertionError("a split was prepared")
+
+    job = Job("apc", "20261207-test-0010", "RR8", _keys())
+    with pytest.raises(FileRefused) as split:
+        list(spark_file_prepared(spark, path, names, False, ReadStats(), job,
+                                 split_bytes=500, work=never))
+    assert str(split.value) == str(whole.value)
+
+
+def test_a_refusal_met_by_a_task_refuses_the_file(spark: Any, tmp_path: Path) -> None:
+    """A Parquet column that cannot be read as text is met only when a task reads its row
+    group: the task sends the reader's refusal back, and the driver raises it."""
+    parquet = tmp_path / "apc.parquet"
+    columns = {name: pa.array(["x"] * 5) for name in CONTRACTS["apc"].names}
+    columns["admission_date"] = pa.array([[1]] * 5)
+    pq.write_table(pa.table(columns), parquet, row_group_size=2)
+    job = Job("apc", "20261207-test-0011", "RR8", _keys())
+    with pytest.raises(FileRefused, match="column admission_date: type list<.* cannot be "
+                                          "read as text"):
+        list(spark_file_prepared(spark, parquet, CONTRACTS["apc"].names, True, ReadStats(),
+                                 job))
+
+
+@pytest.mark.parametrize("readable", [True, False], ids=["executors-read", "driver-reads"])
+def test_the_file_preparer_reads_where_the_executors_can_reach_the_file(
+        spark: Any, tmp_path: Path, readable: bool) -> None:
+    """A file executors cannot reach (a cluster's driver's own folder) is read by the driver
+    and its batches shipped: the same batches either way."""
+    path = _messy(tmp_path)
+    job = Job("apc", "20261207-test-0012", "RR8", _keys())
+    names = CONTRACTS["apc"].names
+    embedded = list(prepared_batches(csv_batches(path, names, BATCH_ROWS, ReadStats()), job,
+                                     workers=1))
+    asked: list[Path] = []
+
+    def can_read(where: Path) -> bool:
+        asked.append(where)
+        return readable
+
+    prepare = spark_file_preparer(spark, readable=can_read)
+    stats = ReadStats()
+    on_spark = list(prepare(path, names, False, BATCH_ROWS, stats, job))
+    assert asked == [path] and stats.rows_seen == 273
+    ours, theirs = _everything(on_spark), _everything(embedded)
+    assert ours[:3] == theirs[:3] and ours[3].cast(theirs[3].schema).equals(theirs[3])
 
 
 def test_executors_get_no_vault_key() -> None:

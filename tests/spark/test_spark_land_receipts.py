@@ -1,10 +1,8 @@
 """A whole landing with its batches prepared on Spark gives the embedded engine's receipt and
 the same person pseudonym for every landed row, with governance (receipt, vault, audit) in the
-driver's database, SQLite or PostgreSQL.
-
-`linkage.landing.land` does not take a preparer yet (docs/scale.md, "Not done yet"), so this
-test puts `spark_preparer` where the landing looks for `prepared_batches` (pytest's
-monkeypatch, for this test only): it proves the seam, one line in that module, is enough.
+driver's database, SQLite or PostgreSQL: the file read by the executors themselves (CSV or
+Parquet) or, where they cannot reach it, by the driver, through `LandingContext.file_preparer`
+as `haven land` sets it (pipeline/land.py).
 """
 
 from __future__ import annotations
@@ -20,22 +18,21 @@ import pytest
 from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` session
 from sqlalchemy import create_engine, select, text
 
-import linkage.landing.land as landing_module
 from conftest import key_environment
 from factories import invalid_nhs, rows_for, write_extract, write_manifest
 from governance.schema import audit_log, vault
 from governance.settings import Settings
 from linkage.landing.land import LandingContext, Receipt, land_file
 from pipeline.context import Context
-from pipeline.engines.spark_land import spark_preparer
+from pipeline.engines.spark_land import spark_file_preparer
 from pipeline.land import handover_folder
 
 BATCH_ROWS = 400
 
 
-def _parquet_extract(folder: Path) -> Path:
+def _extract(folder: Path, parquet: bool) -> Path:
     """1,300 apc rows (persons repeated across batches, a bad date, a bad NHS number, a
-    repeated spell id) as a Parquet file of text columns, with its manifest."""
+    repeated spell id) as a CSV file or a Parquet file of text columns, with its manifest."""
     rows = rows_for("apc", 1000, seed=9)
     rows += [dict(row) for row in rows[:300]]
     for row in rows[1000:]:
@@ -44,6 +41,8 @@ def _parquet_extract(folder: Path) -> Path:
     rows[650]["admission_date"] = "2024-13-45"
     rows[1200]["spell_id"] = rows[3]["spell_id"]  # a record id already landed in batch one
     csv = write_extract(folder / "csv", "apc", rows)
+    if not parquet:
+        return csv
     table = pacsv.read_csv(csv, convert_options=pacsv.ConvertOptions(
         column_types={name: pa.string() for name in rows[0]}))
     path = folder / "apc.parquet"
@@ -52,13 +51,13 @@ def _parquet_extract(folder: Path) -> Path:
     return path
 
 
-def _land(home: Path, backend: str, keys: dict[str, str], path: Path
-          ) -> tuple[Receipt, pa.Table, set[str], list[Any]]:
+def _land(home: Path, backend: str, keys: dict[str, str], path: Path,
+          file_preparer: Any = None) -> tuple[Receipt, pa.Table, set[str], list[Any]]:
     settings = Settings(home=home, database_url=backend, key_env=keys, batch_rows=BATCH_ROWS)
     haven = Context(settings)
     try:
-        receipt = land_file(LandingContext(settings, haven.engine, haven.keys, haven.actor),
-                            path)
+        receipt = land_file(LandingContext(settings, haven.engine, haven.keys, haven.actor,
+                                           file_preparer=file_preparer), path)
         rows = pq.read_table(settings.layout.extract(receipt.extract_id) / "rows.parquet")
         with haven.engine.connect() as connection:
             sealed = set(connection.scalars(select(vault.c.person_id)))
@@ -92,16 +91,18 @@ def _drop(engine: Any, name: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize(("parquet", "readable"), [(True, True), (False, True), (False, False)],
+                         ids=["parquet", "csv", "csv-read-by-the-driver"])
 def test_a_landing_prepared_on_spark_gives_the_same_receipt_and_pseudonyms(
-        spark: Any, tmp_path: Path, backend: str, second_database: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _parquet_extract(tmp_path / "inbox")
+        spark: Any, tmp_path: Path, backend: str, second_database: str, parquet: bool,
+        readable: bool) -> None:
+    path = _extract(tmp_path / "inbox", parquet)
     keys = key_environment()
     embedded = _land(tmp_path / "embedded", backend, keys, path)
     staging = Settings(home=tmp_path / "spark").layout.staging_dir  # as `haven land` does
-    monkeypatch.setattr(landing_module, "prepared_batches", spark_preparer(
-        spark, 2, handover=lambda job: handover_folder(staging, job.extract_id)))
-    on_spark = _land(tmp_path / "spark", second_database, keys, path)
+    on_spark = _land(tmp_path / "spark", second_database, keys, path, spark_file_preparer(
+        spark, 2, handover=lambda job: handover_folder(staging, job.extract_id),
+        readable=lambda where: readable, split_bytes=20_000))  # the CSV in 12 splits
     landed = Settings(home=tmp_path / "spark").layout.extract(on_spark[0].extract_id)
     assert [f.name for f in landed.iterdir()] == ["rows.parquet"]  # no hand-over file left
     assert list(staging.iterdir()) == []  # nor a hand-over folder beside it

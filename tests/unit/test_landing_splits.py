@@ -1,0 +1,170 @@
+"""An extract read in splits (linkage.landing.splits) gives what the whole-file reader gives:
+the same rows, row numbers, unsplittable rows and refusals, wherever the cuts fall."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from linkage.landing.reader import FileRefused, ReadStats, csv_batches, parquet_batches
+from linkage.landing.splits import (
+    count_split,
+    csv_splits,
+    numbered,
+    parquet_splits,
+    read_split,
+    split_batches,
+)
+
+NAMES = ["a", "b", "c"]
+SIZES = [1, 2, 5, 9, 13, 40, 1 << 20]
+BATCH_ROWS = 3
+
+
+def _whole(path: Path, parquet: bool = False) -> tuple[Any, ...]:
+    """The reader's rows, numbers and stats, or its refusal."""
+    stats = ReadStats()
+    try:
+        batches = list(parquet_batches(path, BATCH_ROWS, stats) if parquet
+                       else csv_batches(path, NAMES, BATCH_ROWS, stats))
+    except FileRefused as exc:
+        return ("refused", str(exc))
+    return _joined(batches) + (stats.rows_seen, sorted(stats.unsplittable))
+
+
+def _split(path: Path, size: int) -> tuple[Any, ...]:
+    splits = csv_splits(path, size)
+    try:
+        plan = numbered([count_split(path, NAMES, s) for s in splits])
+    except FileRefused as exc:
+        return ("refused", str(exc))
+    batches = [b for s, first in zip(splits, plan.firsts, strict=True)
+               for b in split_batches(path, NAMES, s, first, BATCH_ROWS)]
+    assert all(b.table.num_rows <= BATCH_ROWS for b in batches)
+    return _joined(batches) + (plan.rows_seen, sorted(plan.unsplittable))
+
+
+def _joined(batches: list[Any]) -> tuple[Any, ...]:
+    values: dict[str, list[Any]] = {}
+    numbers: list[int] = []
+    for batch in batches:
+        for name, column in batch.table.to_pydict().items():
+            values.setdefault(name, []).extend(column)
+        numbers.extend(batch.rows.to_pylist())
+    return (values, numbers)
+
+
+FILES = {
+    "plain": b"a,b,c\n1,2,3\n4,5,6\n7,8,9\n",
+    "no final line feed": b"a,b,c\n1,2,3\n4,5,6\n7,8,9",
+    "blank lines, crlf and unsplittable rows": (
+        b"a,b,c\r\n1,2,3\r\n\r\n4,5\r\n\r\n\r\n6,7,8\r\n9,10,11,12\r\n13,14,15\r\n16\r\n"),
+    "quoted commas and an unsplittable last row": (
+        b'a,b,c\n"x,y",2,3\n\n"p","q,r","s"\n1,2\n'),
+    "byte order mark and blank lines at the end": b"\xef\xbb\xbfa,b,c\n1,2,3\n\n\n",
+    "header only": b"a,b,c\n",
+    "header only, no line feed": b"a,b,c",
+    "unsplittable rows only": b"a,b,c\n1\n2\n\n3,4\n",
+    "a bad byte in a row": b"a,b,c\n1,2,3\n4,\xff,6\n7,8,9\n",
+    "a bad byte in an unsplittable row before another": (
+        b"a,b,c\n1,2,3\n\xfe\n4,5,6\n7,\xff,9\n"),
+    "a sequence cut short by the end": b"a,b,c\n1,2,3\n4,5,\xc3",
+}
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_a_csv_read_in_splits_is_read_as_whole(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "extract.csv"
+    path.write_bytes(FILES[name])
+    whole = _whole(path)
+    for size in SIZES:
+        assert _split(path, size) == whole, f"split size {size}"
+
+
+def test_the_files_cover_what_they_are_named_for(tmp_path: Path) -> None:
+    """The whole-file reader's answers for the trickiest files, so the comparison above
+    compares something: numbers skip unsplittable rows and never blank lines, and a bad
+    byte refuses the file at its data row."""
+    path = tmp_path / "extract.csv"
+    path.write_bytes(FILES["blank lines, crlf and unsplittable rows"])
+    values, numbers, seen, unsplittable = _whole(path)
+    assert values["a"] == ["1", "6", "13"] and numbers == [1, 3, 5]
+    assert (seen, unsplittable) == (6, [2, 4, 6])
+    path.write_bytes(FILES["a bad byte in a row"])
+    assert _whole(path) == ("refused", "the file is not valid UTF-8 (data row 2)")
+    path.write_bytes(FILES["a bad byte in an unsplittable row before another"])
+    assert _whole(path) == ("refused", "the file is not valid UTF-8 (data row 2)")
+
+
+def test_splits_end_after_a_line_feed_and_cover_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "extract.csv"
+    data = b"a,b,c\n" + b"".join(f"{i},{i},{i}\n".encode() for i in range(500))
+    path.write_bytes(data)
+    for size in SIZES:
+        splits = csv_splits(path, size)
+        assert splits[0].start == 0 and splits[-1].end == len(data)
+        assert all(s.end == t.start for s, t in zip(splits, splits[1:], strict=False))
+        assert all(read_split(path, s).endswith(b"\n") for s in splits)
+        # each at least `size` long, and longer only by what finishes its last line
+        assert all(size <= s.end - s.start < size + 12 for s in splits[:-1])  # lines <= 12
+    # about 100 bytes each (a line is 10 to 12): one a 100 bytes or so, no more
+    assert len(data) // 112 <= len(csv_splits(path, 100)) <= len(data) // 100 + 1
+    assert len(csv_splits(path, 1 << 20)) == 1
+
+
+def _parquet(tmp_path: Path, columns: dict[str, pa.Array], group_rows: int) -> Path:
+    path = tmp_path / "extract.parquet"
+    pq.write_table(pa.table(columns), path, row_group_size=group_rows)
+    return path
+
+
+def _parquet_split(path: Path) -> tuple[Any, ...]:
+    splits, rows = parquet_splits(path)
+    plan = numbered([_counted(n) for n in rows])
+    try:
+        batches = [b for s, first in zip(splits, plan.firsts, strict=True)
+                   for b in split_batches(path, NAMES, s, first, BATCH_ROWS)]
+    except FileRefused as exc:
+        return ("refused", str(exc))
+    return _joined(batches) + (plan.rows_seen, sorted(plan.unsplittable))
+
+
+def _counted(rows: int) -> Any:
+    from linkage.landing.splits import SplitCount
+
+    return SplitCount(rows)
+
+
+@pytest.mark.parametrize("group_rows", [1, 4, 5, 100])
+def test_a_parquet_file_read_by_row_group_is_read_as_whole(tmp_path: Path,
+                                                          group_rows: int) -> None:
+    n = 11
+    path = _parquet(tmp_path, {
+        "A": pa.array([f"x{i}" if i % 4 else None for i in range(n)]),
+        " b ": pa.array(range(n)),
+        "c": pa.array([datetime.date(2024, 1, 1 + i) for i in range(n)])}, group_rows)
+    whole = _whole(path, parquet=True)
+    assert whole[1] == list(range(1, n + 1)) and whole[0]["a"][0] == ""
+    assert sorted(whole[0]) == ["a", "b", "c"] and whole[0]["c"][2] == "2024-01-03"
+    assert _parquet_split(path) == whole
+
+
+def test_a_parquet_column_that_cannot_be_text_refuses_the_file_the_same_way(
+        tmp_path: Path) -> None:
+    path = _parquet(tmp_path, {"a": pa.array([[1], [2], [3]]), "b": pa.array(["x"] * 3),
+                               "c": pa.array(["y"] * 3)}, 2)
+    whole = _whole(path, parquet=True)
+    assert whole[0] == "refused" and "column a" in whole[1]
+    assert _parquet_split(path) == whole
+
+
+def test_an_unreadable_parquet_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "extract.parquet"
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(FileRefused, match="could not be read as Parquet"):
+        parquet_splits(path)
