@@ -306,21 +306,20 @@ def task_rates(records: list[dict[str, Any]], unit: str) -> dict[str, Any]:
 
 def prepare_throughput(spark: Any, env: dict[str, str], inbound: Path, batch_rows: int,
                        max_batches: int) -> dict[str, Any]:
-    """Rows/s per task of landing's batch preparation on Spark, for each source's largest
-    file: up to `max_batches` batches of `batch_rows`, prepared by `prepare_shipped` and
+    """Rows/s per task of landing's preparation on Spark, for each source's largest file: its
+    first `max_batches` splits (`linkage.landing.splits`, about 4 MB each), each read,
+    numbered and prepared in slices of at most `batch_rows` rows by `read_and_prepare` and
     pickled by `handed_back` (what `spark_land` runs, without the hand-over file) in
-    `mapInArrow`, each batch timed inside its task."""
+    `mapInArrow`, each split timed inside its task."""
+    import pickle
+
     from governance.settings import Settings
     from linkage.landing.batches import Job
     from linkage.landing.pseudonymise import HashMemo
-    from linkage.landing.reader import ReadStats, csv_batches, read_header
+    from linkage.landing.reader import read_header
+    from linkage.landing.splits import count_split, csv_splits, numbered
     from pipeline.context import Context
-    from pipeline.engines.spark_land import (
-        batch_bytes,
-        executor_job,
-        handed_back,
-        prepare_shipped,
-    )
+    from pipeline.engines.spark_land import ToRead, executor_job
 
     keys = Context(Settings.from_environ(env)).keys
     shared_keys = {p: keys.current(p) for p in ("pseudonym", "linkage", "vault")}
@@ -328,7 +327,7 @@ def prepare_throughput(spark: Any, env: dict[str, str], inbound: Path, batch_row
     for manifest in inbound.glob("*.manifest.json"):
         meta = json.loads(manifest.read_text())
         if meta["source"] == "optouts":
-            continue  # prepared on the driver by the landing, never on Spark
+            continue  # small, and checked against the register by the landing
         path = manifest.with_name(manifest.name[: -len(".manifest.json")])
         if meta["rows"] > largest.get(meta["source"], (-1, path, ""))[0]:
             largest[meta["source"]] = (int(meta["rows"]), path, meta["sender"])
@@ -336,26 +335,28 @@ def prepare_throughput(spark: Any, env: dict[str, str], inbound: Path, batch_row
     slots = max(spark.sparkContext.defaultParallelism, 1)  # tasks that can run at once
     for source, (_, path, sender) in sorted(largest.items()):
         job = executor_job(Job(source, "bench-throughput", sender, shared_keys))
-        shipped = []
-        for number, batch in enumerate(csv_batches(path, read_header(path), batch_rows,
-                                                   ReadStats())):
-            if number >= max_batches:
-                break
-            shipped.append((number, batch_bytes(batch)))
+        names = read_header(path)
+        splits = csv_splits(path)[:max_batches]
+        plan = numbered([count_split(path, names, split) for split in splits])
+        shipped = [(split.index, pickle.dumps(ToRead(str(path), names, split, first,
+                                                     batch_rows)))
+                   for split, first in zip(splits, plan.firsts, strict=True)]
         shared = spark.sparkContext.broadcast(job)
 
         def run(chunks: Iterator[pa.RecordBatch], shared: Any = shared) -> Iterator[
                 pa.RecordBatch]:
             from pyspark import TaskContext
 
-            from pipeline.engines.spark_land import batch_from_bytes
+            from pipeline.engines.spark_land import handed_back, read_and_prepare
             task = TaskContext.get().partitionId()
             memo, on_executor = HashMemo(), shared.value
             for chunk in chunks:
-                for blob in chunk.column("payload").to_pylist():
-                    rows = batch_from_bytes(blob).table.num_rows
-                    start = time.perf_counter()
-                    handed_back(prepare_shipped(blob, on_executor, memo), None)
+                for number, blob in zip(chunk.column("batch").to_pylist(),
+                                        chunk.column("payload").to_pylist(), strict=True):
+                    start, rows = time.perf_counter(), 0
+                    for _, prepared in read_and_prepare(number, blob, on_executor, memo):
+                        rows += len(prepared.rows)
+                        handed_back(prepared, None)
                     yield pa.RecordBatch.from_pydict({
                         "task": [task], "n": [rows],
                         "seconds": [time.perf_counter() - start]})
@@ -472,10 +473,11 @@ def main() -> None:
     parser.add_argument("--driver-memory", default="1g")
     parser.add_argument("--no-throughput", action="store_true",
                         help="skip the in-process per-task throughput run")
-    parser.add_argument("--sample-batch-rows", type=int, default=50_000,
-                        help="batch size of the throughput run's landing sample")
+    parser.add_argument("--sample-batch-rows", type=int, default=20_000,
+                        help="slice size of the throughput run's landing sample")
     parser.add_argument("--sample-batches", type=int, default=6,
-                        help="batches per source in the throughput run's landing sample")
+                        help="splits (about 4 MB each) per source in the throughput run's "
+                             "landing sample")
     parser.add_argument("--compare-only", action="store_true",
                         help="compare the two homes already in --work (and measure throughput)"
                              " without running the commands again")

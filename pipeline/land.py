@@ -46,13 +46,14 @@ def _landing(ctx: Context, uploaded_by_org: str | None = None) -> Iterator[Landi
         # staging folder (the data directory, which every executor mounts; not inside what
         # is published), for this process to read back; an interrupted landing's is cleared
         # with the staging area.
-        # Executors read the file themselves when they can reach it: always on a local
-        # master, else when it is in the data directory (an upload lands from there);
-        # any other file is read here and its batches shipped to them.
+        # Executors read the file themselves: where it is when they can reach it (a local
+        # master, or a file in the data directory: an upload lands from there), else from
+        # a copy beside the staging folder, removed with it.
         local = spark.sparkContext.master.startswith("local")
         landing.file_preparer = spark_file_preparer(
             spark, handover=lambda job: handover_folder(layout.staging_dir, job.extract_id),
-            readable=lambda path: local or within(path, layout.home))
+            readable=lambda path: local or within(path, layout.home),
+            inbound=lambda job: layout.staging_dir / f"{job.extract_id}.inbound")
         yield landing
 
 

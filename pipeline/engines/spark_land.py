@@ -1,25 +1,30 @@
-"""Landing's costly part on Spark: each batch checked and pseudonymised on an executor.
+"""Landing's costly part on Spark: the file read, and each slice of it checked and
+pseudonymised, by the executors.
 
-`spark_prepared` is the Spark counterpart of `linkage.landing.batches.prepared_batches`: the
-same batches (read and numbered by `linkage.landing.reader`, so row numbers are the embedded
-engine's), cut into slices of at most `SLICE_ROWS` rows, each prepared by the same
-partition-pure `prepare_batch` inside `mapInArrow`, and handed back in file order (a slice is
-a batch of its own to the landing, whose results do not depend on where batches end). What
-spans the file (a record id repeated across batches, persons already sealed, opt-out
-senders, the vault, the receipt, the audit event) stays with the landing on the driver,
-against the embedded or PostgreSQL database, as today.
+`spark_file_prepared` is the Spark counterpart of reading a file with
+`linkage.landing.reader` and preparing its batches with `linkage.landing.batches.
+prepared_batches`. The driver cuts the file into splits (`linkage.landing.splits`: a few bytes
+read at each cut), a job counts each split's rows where a task reads it, which numbers every
+split's first row as the whole-file reader would, and then each task reads its split, numbers
+it and prepares it, in slices of at most `SLICE_ROWS` rows, with the same partition-pure
+`prepare_batch`, in `mapInArrow`; the slices are handed back in file order (a slice is a batch
+of its own to the landing, whose results do not depend on where batches end). The raw rows
+never pass through the driver or Spark's JVM. What spans the file (a record id repeated
+across batches, persons already sealed, opt-out senders, the vault, the receipt, the audit
+event) stays with the landing on the driver, against the embedded or PostgreSQL database.
 
 Keys: executors get only what preparing a batch uses, the `pseudonym` and `linkage` keys of
 the landing's job (`executor_job`), in one broadcast destroyed when the landing's batches are
 back. The vault and release keys never leave the driver (the vault is sealed there); no key
 provider, key file or environment is shipped. Nothing is handed to Spark unless the session
-encrypts its local files (`spark_protections.require_protections`): PySpark writes a broadcast, and
-the slices it hands to the JVM, to files there. See docs/scale.md, "Keys on executors".
+encrypts its local files (`spark_protections.require_protections`): PySpark writes a
+broadcast to a file there. See docs/scale.md, "Keys on executors".
 """
 
 from __future__ import annotations
 
 import pickle
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +34,7 @@ import pyarrow as pa
 
 from linkage.landing.batches import Job, Prepared, prepare_batch
 from linkage.landing.pseudonymise import HashMemo
-from linkage.landing.reader import Batch, FileRefused, ReadStats, csv_batches, parquet_batches
+from linkage.landing.reader import FileRefused, ReadStats
 from linkage.landing.splits import (
     SPLIT_BYTES,
     Split,
@@ -48,18 +53,17 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 EXECUTOR_KEYS = ("pseudonym", "linkage")
-ROW = "__haven_row"
 OUT_SCHEMA = "batch long, part long, parts long, prepared binary, refused string"
 COUNT_SCHEMA = "split long, counted binary"
-# What one Spark task prepares: a landing batch (200,000 rows by default, at least a 4 MB
-# block of the file) is cut into slices of at most this many rows, each prepared and handed
-# to the landing as a batch of its own (the landing's results do not depend on where batches
-# end). A whole batch's prepared result (tens of MB) moved through a 1 or 2 GB driver's JVM
-# in several copies at once and ran it out of heap.
+# What a Spark task hands back at once: its split (about 4 MB of the file,
+# `splits.SPLIT_BYTES`) is prepared in slices of at most this many rows, each handed to the
+# landing as a batch of its own (the landing's results do not depend on where batches end).
+# A whole 200,000-row batch's prepared result (tens of MB) moved through a 1 or 2 GB
+# driver's JVM in several copies at once and ran it out of heap.
 SLICE_ROWS = 20_000
-# Slices in one Spark job, per partition of the preparer: more amortise a job's fixed cost
-# (8 in flight on local[2]: 15.8 s against 17.5 s for 4, for 1,000,000 rows), fewer keep less
-# raw data in the driver's JVM at once (about 3 MB a slice of apc).
+# Splits in one Spark job, per partition: more amortise a job's fixed cost (8 slices in
+# flight on local[2]: 15.8 s against 17.5 s for 4, for 1,000,000 rows), fewer keep fewer
+# prepared slices waiting for the driver at once.
 WINDOW_PER_PARTITION = 4
 # A prepared slice comes back in values of at most this many bytes.
 PIECE_BYTES = 1 << 20
@@ -77,28 +81,6 @@ def executor_job(job: Job) -> Job:
     if missing:
         raise KeyError(f"landing job has no {', '.join(missing)} key")
     return replace(job, keys={p: job.keys[p] for p in EXECUTOR_KEYS})
-
-
-def batch_bytes(batch: Batch) -> bytes:
-    """A batch (its text columns and row numbers) as one Arrow IPC stream."""
-    table = batch.table.append_column(ROW, batch.rows)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def batch_from_bytes(blob: bytes) -> Batch:
-    """`batch_bytes` read back."""
-    table = pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
-    rows = table.column(ROW).combine_chunks()
-    return Batch(table.drop_columns([ROW]), rows)
-
-
-def prepare_shipped(blob: bytes, job: Job, memo: HashMemo) -> Prepared:
-    """One shipped batch prepared (vault entries are decided by the landing from `persons`,
-    as for the embedded pool's workers: not here)."""
-    return prepare_batch(batch_from_bytes(blob), job, memo)
 
 
 def handed_back(prepared: Prepared, handover: Handover | None) -> bytes:
@@ -135,55 +117,6 @@ def taken_back(blob: bytes, handover: Handover | None) -> Prepared:
     table = pa.ipc.open_file(pa.py_buffer(opened)).read_all()
     prepared.result = replace(prepared.result, table=table)
     return prepared
-
-
-def spark_prepared(spark: SparkSession, batches: Iterable[Batch], job: Job,
-                   partitions: int = 2, window: int | None = None,
-                   prepare: Callable[[bytes, Job, HashMemo], Prepared] = prepare_shipped,
-                   slice_rows: int = SLICE_ROWS,
-                   handover: Path | None = None) -> Iterator[Prepared]:
-    """Each batch prepared on Spark, in slices of at most `slice_rows` rows, yielded in file
-    order (what `prepared_batches` yields, with more, smaller batches).
-
-    Slices go to Spark `window` at a time (default `WINDOW_PER_PARTITION`), so the driver holds a
-    window of slices, not the file. This slice ships the driver's batches to the executors;
-    reading the raw file on the executors (splits with row offsets) is the next step
-    (docs/scale.md). `prepare`: what runs on a shipped slice (`prepare_shipped`; a test may
-    wrap it to count the calls). `handover`: a folder every executor and the driver can reach
-    (beside the landing's staging folder in the data directory, never inside what is
-    published), made here and removed with whatever is left in it when the landing's batches
-    are done; the landed rows come back through it, sealed (`Handover`, `handed_back`).
-    Without one they come back through Spark.
-    """
-    window = window or WINDOW_PER_PARTITION * partitions
-    require_protections(spark)  # before a key or a raw row is handed to Spark
-
-    def work(number: int, blob: bytes, on_executor: Job,
-             memo: HashMemo) -> Iterator[tuple[int, Prepared]]:
-        yield number, prepare(blob, on_executor, memo)
-
-    sealed = None
-    if handover is not None:
-        sealed = Handover.made(handover)
-    shared = broadcast(spark, (executor_job(job), sealed))
-    try:
-        pending: list[tuple[int, bytes]] = []
-        number = 0
-        for batch in batches:
-            for part in sliced(batch, slice_rows):
-                pending.append((number, batch_bytes(part)))
-                number += 1
-                if len(pending) >= window:
-                    yield from _prepare_window(spark, pending, shared, work, sealed)
-                    pending = []
-        if pending:
-            yield from _prepare_window(spark, pending, shared, work, sealed)
-    finally:
-        try:
-            shared.destroy()
-        finally:
-            if handover is not None:
-                remove(handover, "landing")
 
 
 @dataclass(frozen=True)
@@ -243,16 +176,17 @@ def spark_file_prepared(spark: SparkSession, path: Path, names: list[str], parqu
                         split_bytes: int = SPLIT_BYTES, handover: Path | None = None,
                         work: Work = read_and_prepare) -> Iterator[Prepared]:
     """The file prepared on Spark by tasks that read it themselves: its rows never pass
-    through the driver. Yields what `spark_prepared` yields for the file's batches, and
-    leaves in `stats` what the whole-file reader would (rows seen, unsplittable rows).
+    through the driver. Yields what `prepared_batches` yields for the file's batches (in
+    more, smaller batches) and leaves in `stats` what the whole-file reader would (rows
+    seen, unsplittable rows).
 
     The driver cuts the file into splits (`splits.csv_splits`: a few bytes read at each
     cut; a Parquet file's row groups); one job counts every CSV split's rows where it is
     read (`split_counts`), which numbers each split's first row and refuses a file the
     reader would refuse, with its message, before anything is prepared; then windows of
     `window` splits are read, numbered, sliced and prepared by `work` (`read_and_prepare`),
-    a split a task, their slices handed back as `spark_prepared`'s are. The file must be
-    where every executor can read it (`pipeline.land` checks).
+    a split a task, their landed rows handed back through `handover` (else through Spark).
+    The file must be where every executor can read it (`spark_file_preparer` sees to it).
     """
     window = window or WINDOW_PER_PARTITION * partitions
     require_protections(spark)  # before a key is handed to Spark
@@ -293,29 +227,24 @@ def spark_file_prepared(spark: SparkSession, path: Path, names: list[str], parqu
                 remove(handover, "landing")
 
 
-def sliced(batch: Batch, rows: int) -> Iterator[Batch]:
-    """The batch in consecutive slices of at most `rows` rows, row numbers kept."""
-    for start in range(0, batch.table.num_rows, max(rows, 1)):
-        yield Batch(batch.table.slice(start, rows), batch.rows.slice(start, rows))
-
-
 def _prepare_window(spark: SparkSession, shipped: list[tuple[int, bytes]], shared: Any,
                     work: Work, handover: Handover | None,
-                    expected: list[int] | None = None) -> Iterator[Prepared]:
-    """One window of payloads (a shipped slice, or a split of the file to read), one per
-    partition, each prepared by `work` in `mapInArrow` in one job and collected (the window
-    is what the driver holds), then handed on in file order: the slices numbered `expected`
-    (by default, the payloads' own numbers, a slice each). Handing the slices in as one
-    Arrow table and the landed rows back through files (`handed_back`) took a
-    1,000,000-row landing on local[2] from 25.5-26.3 s to 17.5-18.1 s.
+                    expected: list[int]) -> Iterator[Prepared]:
+    """One window of payloads (splits of the file to read, `ToRead`), one per partition,
+    each prepared by `work` in `mapInArrow` in one job and collected (the window is what the
+    driver holds), then handed on in file order: the slices numbered `expected`. The landed
+    rows come back through files (`handed_back`).
 
     No sort, no cache and no `toLocalIterator`: a global sort (`orderBy`) ran the preparation
     twice (once to sample the sort keys) and shuffled every prepared batch; reading back a
     partition of several prepared batches, or a cached one, held them whole in the driver's
     JVM; and `toLocalIterator` left about 10 MB in the driver's JVM for every 20,000-row
-    slice it served, so a 1 GB driver ran out of heap after about 1.6 million rows.
+    slice it served, so a 1 GB driver ran out of heap after about 1.6 million rows. Nor the
+    slices themselves in the tasks: shipped from the driver inside each task (the way before
+    2026-12-07), eight slices of a wide extract at once ran a 1 GB driver's JVM out of heap
+    as it serialised them, and Spark then waited for ever.
     """
-    # Handed to Spark as Arrow, a record batch (so a partition) a slice: Spark reads Arrow
+    # Handed to Spark as Arrow, a record batch (so a partition) a split: Spark reads Arrow
     # into its rows directly, where Python tuples (`parallelize`) were unpickled in the JVM.
     frame = spark.createDataFrame(pa.Table.from_batches([
         pa.RecordBatch.from_arrays([pa.array([number], pa.int64()), pa.array([blob], pa.binary())],
@@ -336,8 +265,7 @@ def _prepare_window(spark: SparkSession, shipped: list[tuple[int, bytes]], share
                     yield refusal(number, refused)
 
     done = frame.mapInArrow(run, OUT_SCHEMA).collect()
-    for blob in reassembled(done, expected if expected is not None
-                            else [number for number, _ in shipped]):
+    for blob in reassembled(done, expected):
         yield taken_back(blob, handover)
 
 
@@ -385,11 +313,14 @@ def reassembled(rows: Iterable[Any], expected: list[int]) -> Iterator[bytes]:
 def spark_file_preparer(spark: SparkSession, partitions: int = 2,
                         handover: Callable[[Job], Path] | None = None,
                         readable: Callable[[Path], bool] = lambda path: True,
+                        inbound: Callable[[Job], Path] | None = None,
                         split_bytes: int = SPLIT_BYTES) -> FilePreparer:
     """What `pipeline.land` puts in `LandingContext.file_preparer` when HAVEN_ENGINE=spark:
-    a file every executor can read (`readable`) is read by the tasks themselves
-    (`spark_file_prepared`); any other is read here, on the driver, and its batches shipped
-    (`spark_prepared`). `handover(job)`: the folder a landing's rows come back through."""
+    the file read and prepared by the tasks (`spark_file_prepared`). A file the executors
+    cannot reach (`readable` says no: a cluster's driver's own folder) is first copied into
+    `inbound(job)`, a folder in the data directory they mount, removed with the copy when
+    the landing's batches are done (and by the next landing's recovery after a crash).
+    `handover(job)`: the folder the landed rows come back through."""
 
     def prepare(path: Path, names: list[str], parquet: bool, batch_rows: int,
                 stats: ReadStats, job: Job) -> Iterator[Prepared]:
@@ -397,9 +328,23 @@ def spark_file_preparer(spark: SparkSession, partitions: int = 2,
         if readable(path):
             return spark_file_prepared(spark, path, names, parquet, stats, job, partitions,
                                        split_bytes=split_bytes, handover=folder)
-        batches = (parquet_batches(path, batch_rows, stats) if parquet
-                   else csv_batches(path, names, batch_rows, stats))
-        return spark_prepared(spark, batches, job, partitions, handover=folder)
+        if inbound is None:
+            raise RuntimeError("the executors cannot read the file and no folder they can "
+                               "read was given to copy it into")
+        return _from_copy(inbound(job), path, lambda copy: spark_file_prepared(
+            spark, copy, names, parquet, stats, job, partitions, split_bytes=split_bytes,
+            handover=folder))
 
     return prepare
 
+
+def _from_copy(folder: Path, path: Path,
+               prepared: Callable[[Path], Iterator[Prepared]]) -> Iterator[Prepared]:
+    """`prepared` of a copy of `path` in `folder` (made here, new), removed at the end."""
+    folder.mkdir(parents=True, exist_ok=False)
+    try:
+        copy = folder / f"extract{path.suffix.lower()}"
+        shutil.copyfile(path, copy)
+        yield from prepared(copy)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

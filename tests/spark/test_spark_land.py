@@ -22,17 +22,15 @@ from governance.keys import Key
 from linkage.landing.batches import Job, Prepared, prepared_batches
 from linkage.landing.contracts import CONTRACTS
 from linkage.landing.reader import Batch, FileRefused, ReadStats, csv_batches, parquet_batches
+from linkage.landing.splits import csv_splits
 from pipeline.engines.spark_land import (
     Handover,
-    batch_bytes,
-    batch_from_bytes,
     executor_job,
     handed_back,
     pieces,
     reassembled,
     spark_file_prepared,
     spark_file_preparer,
-    spark_prepared,
     taken_back,
 )
 
@@ -84,17 +82,20 @@ def _same(ours: Prepared, theirs: Prepared) -> None:
 
 @pytest.mark.parametrize("handover", [True, False], ids=["rows-through-files", "through-spark"])
 @pytest.mark.parametrize("source", ["apc", "gp_patients"])
-def test_batches_prepared_on_spark_equal_the_embedded_ones(spark: Any, tmp_path: Path,
-                                                           source: str, handover: bool) -> None:
-    """With a hand-over folder (the commands' way) the landed rows come back through files,
-    which are gone when the batches are; without one, through Spark."""
+def test_slices_prepared_on_spark_equal_the_embedded_batches(spark: Any, tmp_path: Path,
+                                                             source: str, handover: bool) -> None:
+    """Read by the tasks in slices of the embedded batches' size: slice for batch, the same
+    rows, reasons, counts, fingerprints, landed table and persons. With a hand-over folder
+    (the commands' way) the landed rows come back through files, which are gone when the
+    batches are; without one, through Spark."""
     path = _extract(tmp_path, source)
     job = Job(source, "20261205-test-0001", "RR8", _keys())
     embedded = list(prepared_batches(iter(_batches(path, source)), job, workers=1))
     folder = tmp_path / "staging" / "handover" if handover else None
     (tmp_path / "staging").mkdir()
-    on_spark = list(spark_prepared(spark, _batches(path, source), job, partitions=2, window=3,
-                                   handover=folder))
+    on_spark = list(spark_file_prepared(spark, path, CONTRACTS[source].names, False,
+                                        ReadStats(), job, window=3, slice_rows=BATCH_ROWS,
+                                        handover=folder))
     assert list((tmp_path / "staging").iterdir()) == []
     assert len(on_spark) == len(embedded) == 5
     for ours, theirs in zip(on_spark, embedded, strict=True):
@@ -106,31 +107,41 @@ def test_batches_prepared_on_spark_equal_the_embedded_ones(spark: Any, tmp_path:
     assert [row for p in on_spark for row, _ in p.reasons] == REJECTED[source]
 
 
-def test_each_batch_is_prepared_once(spark: Any, tmp_path: Path) -> None:
+def test_each_split_is_prepared_once(spark: Any, tmp_path: Path) -> None:
     """A global sort of the prepared batches ran the preparation twice (once to sample the
-    sort keys): 10 calls for 5 batches. Each call leaves a file (local mode: one disk)."""
+    sort keys). Each call leaves a file (local mode: one disk)."""
     marks = tmp_path / "marks"
     marks.mkdir()
 
-    def counting(blob: bytes, job: Job, memo: Any, marks: str = str(marks)) -> Prepared:
+    def counting(number: int, blob: bytes, job: Job, memo: Any,
+                 marks: str = str(marks)) -> Any:
         import os
         import uuid
 
-        from pipeline.engines.spark_land import prepare_shipped
+        from pipeline.engines.spark_land import read_and_prepare
 
         Path(os.path.join(marks, uuid.uuid4().hex)).touch()
-        return prepare_shipped(blob, job, memo)
+        return read_and_prepare(number, blob, job, memo)
 
     job = Job("apc", "20261205-test-0004", "RR8", _keys())
-    batches = _batches(_extract(tmp_path, "apc"), "apc")
-    out = list(spark_prepared(spark, batches, job, partitions=2, window=3, prepare=counting))
-    assert [int(p.rows[0]) for p in out] == [1, 61, 121, 181, 241]  # file order
-    assert len(list(marks.iterdir())) == len(batches) == 5
+    path = _extract(tmp_path, "apc")
+    splits = csv_splits(path, 4_000)
+    out = list(spark_file_prepared(spark, path, CONTRACTS["apc"].names, False, ReadStats(),
+                                   job, window=3, slice_rows=BATCH_ROWS, split_bytes=4_000,
+                                   work=counting))
+    rows = [r for p in out for r in p.rows.tolist()]
+    assert rows == list(range(1, 271))  # file order
+    assert len(splits) > 5 and len(list(marks.iterdir())) == len(splits)
 
 
-def test_an_empty_file_prepares_no_batch(spark: Any) -> None:
+def test_an_empty_file_prepares_no_batch(spark: Any, tmp_path: Path) -> None:
+    path = tmp_path / "apc.csv"
+    path.write_text(",".join(CONTRACTS["apc"].names) + "\n")
     job = Job("apc", "20261205-test-0002", "RR8", _keys())
-    assert list(spark_prepared(spark, [], job)) == []
+    stats = ReadStats()
+    assert list(spark_file_prepared(spark, path, CONTRACTS["apc"].names, False, stats,
+                                    job)) == []
+    assert (stats.rows_seen, stats.unsplittable) == (0, [])
 
 
 def _messy(tmp_path: Path) -> Path:
@@ -234,28 +245,39 @@ def test_a_refusal_met_by_a_task_refuses_the_file(spark: Any, tmp_path: Path) ->
                                  job))
 
 
-@pytest.mark.parametrize("readable", [True, False], ids=["executors-read", "driver-reads"])
-def test_the_file_preparer_reads_where_the_executors_can_reach_the_file(
+@pytest.mark.parametrize("readable", [True, False], ids=["executors-read", "from-a-copy"])
+def test_a_file_the_executors_cannot_reach_is_read_from_a_copy_they_can(
         spark: Any, tmp_path: Path, readable: bool) -> None:
-    """A file executors cannot reach (a cluster's driver's own folder) is read by the driver
-    and its batches shipped: the same batches either way."""
+    """A file outside what executors mount (a cluster's driver's own folder) is copied into
+    the folder given for it (the data directory's staging), read from there, and the copy
+    removed when the batches are done: the same batches either way."""
     path = _messy(tmp_path)
     job = Job("apc", "20261207-test-0012", "RR8", _keys())
     names = CONTRACTS["apc"].names
     embedded = list(prepared_batches(csv_batches(path, names, BATCH_ROWS, ReadStats()), job,
                                      workers=1))
     asked: list[Path] = []
+    inbound = tmp_path / "staging" / "inbound"
 
     def can_read(where: Path) -> bool:
         asked.append(where)
         return readable
 
-    prepare = spark_file_preparer(spark, readable=can_read)
+    prepare = spark_file_preparer(spark, readable=can_read, inbound=lambda job: inbound,
+                                  split_bytes=2_000)
     stats = ReadStats()
-    on_spark = list(prepare(path, names, False, BATCH_ROWS, stats, job))
+    prepared = prepare(path, names, False, BATCH_ROWS, stats, job)
+    first = next(prepared)
+    copies = [c.read_bytes() for c in inbound.iterdir()] if inbound.exists() else []
+    on_spark = [first, *prepared]
     assert asked == [path] and stats.rows_seen == 273
+    assert copies == ([] if readable else [path.read_bytes()])
+    assert not inbound.exists()  # the copy is gone with the batches
     ours, theirs = _everything(on_spark), _everything(embedded)
     assert ours[:3] == theirs[:3] and ours[3].cast(theirs[3].schema).equals(theirs[3])
+    with pytest.raises(RuntimeError, match="cannot read the file"):
+        spark_file_preparer(spark, readable=lambda where: False)(path, names, False,
+                                                                 BATCH_ROWS, stats, job)
 
 
 def test_executors_get_no_vault_key() -> None:
@@ -265,13 +287,6 @@ def test_executors_get_no_vault_key() -> None:
     assert shipped.keys["pseudonym"] is job.keys["pseudonym"]
     with pytest.raises(KeyError, match="no linkage key"):
         executor_job(Job("apc", "x", "RR8", {"pseudonym": job.keys["pseudonym"]}))
-
-
-def test_a_shipped_batch_reads_back_whole(tmp_path: Path) -> None:
-    batch = _batches(_extract(tmp_path, "apc"), "apc")[1]
-    back = batch_from_bytes(batch_bytes(batch))
-    assert back.table.equals(batch.table)
-    assert back.rows.to_pylist() == batch.rows.to_pylist() == list(range(61, 121))
 
 
 def test_a_prepared_batch_comes_back_in_pieces_joined_in_file_order() -> None:
@@ -286,26 +301,6 @@ def test_a_prepared_batch_comes_back_in_pieces_joined_in_file_order() -> None:
     assert list(reassembled(shuffled, [0, 1, 2])) == [blobs[0], blobs[1], blobs[2]]
     with pytest.raises(RuntimeError, match="no whole prepared batch for 1"):
         list(reassembled(rows[:-1], [0, 1, 2]))
-
-
-def test_batches_cut_into_slices_land_the_same_rows(spark: Any, tmp_path: Path) -> None:
-    """Each Spark task prepares a slice of a batch (SLICE_ROWS): the same rows, reasons and
-    landed table, in file order, as the embedded engine's whole batches."""
-    path = _extract(tmp_path, "apc")
-    job = Job("apc", "20261205-test-0005", "RR8", _keys())
-    embedded = list(prepared_batches(iter(_batches(path, "apc")), job, workers=1))
-    on_spark = list(spark_prepared(spark, _batches(path, "apc"), job, window=4, slice_rows=25,
-                                   handover=tmp_path / "handover"))
-    assert len(embedded) == 5 and len(on_spark) == 14  # 4 x (25, 25, 10) + (25, 5)
-    assert [r for p in on_spark for r in p.rows.tolist()] == [
-        r for p in embedded for r in p.rows.tolist()]
-    assert [x for p in on_spark for x in p.reasons] == [x for p in embedded for x in p.reasons]
-    # a batch or slice whose column is all empty has a null type for it: unify the types
-    theirs = pa.concat_tables([p.result.table for p in embedded if p.result],
-                              promote_options="permissive")
-    ours = pa.concat_tables([p.result.table for p in on_spark if p.result],
-                            promote_options="permissive")
-    assert ours.cast(theirs.schema).equals(theirs)
 
 
 def test_a_hand_over_file_is_sealed_read_whole_then_removed_and_must_be_the_landing_s(
@@ -357,8 +352,9 @@ def test_the_hand_over_folder_is_removed_when_a_landing_stops_half_way(
     path = _extract(tmp_path, "apc")
     job = Job("apc", "20261206-test-0007", "RR8", _keys())
     folder = tmp_path / "handover"
-    prepared = spark_prepared(spark, _batches(path, "apc"), job, window=2, slice_rows=30,
-                              handover=folder)
+    prepared = spark_file_prepared(spark, path, CONTRACTS["apc"].names, False, ReadStats(),
+                                   job, window=2, slice_rows=30, split_bytes=3_000,
+                                   handover=folder)
     first = next(prepared)
     assert first.result is not None and folder.is_dir() and any(folder.iterdir())
     prepared.close()

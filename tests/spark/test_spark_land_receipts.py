@@ -1,8 +1,8 @@
 """A whole landing with its batches prepared on Spark gives the embedded engine's receipt and
 the same person pseudonym for every landed row, with governance (receipt, vault, audit) in the
 driver's database, SQLite or PostgreSQL: the file read by the executors themselves (CSV or
-Parquet) or, where they cannot reach it, by the driver, through `LandingContext.file_preparer`
-as `haven land` sets it (pipeline/land.py).
+Parquet; where they cannot reach it, from a copy in the staging folder), through
+`LandingContext.file_preparer` as `haven land` sets it (pipeline/land.py).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _drop(engine: Any, name: str) -> None:
 
 
 @pytest.mark.parametrize(("parquet", "readable"), [(True, True), (False, True), (False, False)],
-                         ids=["parquet", "csv", "csv-read-by-the-driver"])
+                         ids=["parquet", "csv", "csv-from-a-copy"])
 def test_a_landing_prepared_on_spark_gives_the_same_receipt_and_pseudonyms(
         spark: Any, tmp_path: Path, backend: str, second_database: str, parquet: bool,
         readable: bool) -> None:
@@ -102,7 +102,8 @@ def test_a_landing_prepared_on_spark_gives_the_same_receipt_and_pseudonyms(
     staging = Settings(home=tmp_path / "spark").layout.staging_dir  # as `haven land` does
     on_spark = _land(tmp_path / "spark", second_database, keys, path, spark_file_preparer(
         spark, 2, handover=lambda job: handover_folder(staging, job.extract_id),
-        readable=lambda where: readable, split_bytes=20_000))  # the CSV in 12 splits
+        readable=lambda where: readable, split_bytes=20_000,  # the CSV in 12 splits
+        inbound=lambda job: staging / f"{job.extract_id}.inbound"))
     landed = Settings(home=tmp_path / "spark").layout.extract(on_spark[0].extract_id)
     assert [f.name for f in landed.iterdir()] == ["rows.parquet"]  # no hand-over file left
     assert list(staging.iterdir()) == []  # nor a hand-over folder beside it

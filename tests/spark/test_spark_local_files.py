@@ -1,9 +1,10 @@
 """What a landing on Spark leaves in Spark's own local folders: no key and no NHS number in
 clear. Without Spark's I/O encryption, PySpark pickled the landing's broadcast (the
-pseudonymisation and linkage keys) into a file under `spark.local.dir` and handed the raw
-slices to the JVM through another; Haven's sessions now encrypt those files, a setting that
-turns that off is refused, and so is a running session started without it. A JVM that would
-write a heap dump (its memory: raw slices and keys) is refused too, however it was told to."""
+pseudonymisation and linkage keys) into a file under `spark.local.dir` and, before executors
+read the file themselves, handed the raw slices to the JVM through another; Haven's sessions
+now encrypt those files, a setting that turns that off is refused, and so is a running session
+started without it. A JVM that would write a heap dump (its memory: keys, and rows the tasks
+hand back) is refused too, however it was told to."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,8 @@ from governance.keys import Key
 from governance.settings import Settings
 from linkage.landing.batches import Job, Prepared
 from linkage.landing.contracts import CONTRACTS
-from linkage.landing.reader import ReadStats, csv_batches
-from pipeline.engines.spark_land import spark_prepared
+from linkage.landing.reader import ReadStats
+from pipeline.engines.spark_land import spark_file_prepared
 from pipeline.engines.spark_protections import (
     JAVA_OPTIONS,
     NO_CORE,
@@ -64,12 +66,12 @@ def test_a_landing_on_spark_leaves_no_key_or_nhs_number_in_spark_s_local_folders
     numbers = sorted({row["nhs_number"].encode() for row in rows})[:20]
     secrets_ = [keys["pseudonym"].secret, keys["linkage"].secret, *numbers]
 
-    def searching(blob: bytes, job: Job, memo: Any, local: str = local,
-                  secrets_: list[bytes] = secrets_) -> Prepared:
+    def searching(number: int, blob: bytes, job: Job, memo: Any, local: str = local,
+                  secrets_: list[bytes] = secrets_) -> Iterator[tuple[int, Prepared]]:
         # Runs in a Python worker, which cannot import this test module: self-contained.
         from pathlib import Path
 
-        from pipeline.engines.spark_land import prepare_shipped
+        from pipeline.engines.spark_land import read_and_prepare
 
         hits = []
         for path in Path(local).rglob("*"):  # the broadcast was read: its file is there
@@ -80,7 +82,7 @@ def test_a_landing_on_spark_leaves_no_key_or_nhs_number_in_spark_s_local_folders
             hits += [path.name for s in secrets_ if s in data]
         if hits:
             raise AssertionError(f"in clear under spark.local.dir: {hits[:3]}")
-        return prepare_shipped(blob, job, memo)
+        return read_and_prepare(number, blob, job, memo)
 
     seen: list[str] = []
     scans = []
@@ -98,10 +100,10 @@ def test_a_landing_on_spark_leaves_no_key_or_nhs_number_in_spark_s_local_folders
     watcher.start()
     try:
         job = Job("apc", "20261206-local-0001", "RR8", keys)
-        batches = list(csv_batches(path, CONTRACTS["apc"].names, 100, ReadStats()))
-        prepared = list(spark_prepared(spark, batches, job, partitions=2, window=2,
-                                       prepare=searching, slice_rows=100,
-                                       handover=Path(local) / "20261206-local-0001.handover"))
+        prepared = list(spark_file_prepared(
+            spark, path, CONTRACTS["apc"].names, False, ReadStats(), job, partitions=2,
+            window=2, work=searching, slice_rows=100, split_bytes=20_000,
+            handover=Path(local) / "20261206-local-0001.handover"))
     finally:
         done.set()
         watcher.join()
@@ -150,11 +152,12 @@ def test_a_running_session_without_io_encryption_is_refused_and_left_running(
     assert not running.stopped  # not ours to stop
 
 
-def test_no_key_is_broadcast_on_a_session_without_io_encryption() -> None:
+def test_no_key_is_broadcast_on_a_session_without_io_encryption(tmp_path: Path) -> None:
     running = _Session()
     keys = {p: Key(f"{p[0]}lf2", bytes(32)) for p in ("pseudonym", "linkage", "vault")}
     with pytest.raises(SparkRefused):
-        list(spark_prepared(running, [], Job("apc", "x", "RR8", keys)))
+        list(spark_file_prepared(running, tmp_path / "none.csv", [], False, ReadStats(),
+                                 Job("apc", "x", "RR8", keys)))
     assert running.broadcasts == 0
     require_protections_ok = _Session()
     require_protections_ok.getConf = lambda: protected_conf()  # type: ignore[method-assign]
