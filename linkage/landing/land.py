@@ -171,7 +171,7 @@ def _land_locked(ctx: LandingContext, path: Path, manifest: Manifest, name: str)
     # Opt-outs are checked against the register as they land: those stay in this process.
     workers = 1 if manifest.source == "optouts" else pool_size(
         -(-manifest.rows // max(ctx.settings.batch_rows, 1)))
-    checksum = Checksum(path)
+    checksum = Checksum(path, lines=not is_parquet(path))
     if workers > 1:
         checksum.hexdigest()  # the pool forks: no other thread may be running then
     try:
@@ -185,9 +185,14 @@ def _land_locked(ctx: LandingContext, path: Path, manifest: Manifest, name: str)
 
 
 def _verify(checksum: Checksum, manifest: Manifest) -> None:
-    """Refuse the file unless its SHA-256 is the manifest's."""
+    """Refuse the file unless its SHA-256 is the manifest's and a CSV's lines are whole
+    (`reader.LineCheck`: else its rows would depend on how the file is cut): those before
+    any other reason, so either engine refuses a file for the same one."""
     if checksum.hexdigest() != manifest.sha256:
         raise FileRefused("sha256 does not match the manifest: the file differs from what was sent")
+    why = checksum.line_refusal()
+    if why is not None:
+        raise FileRefused(why)
 
 
 def _land_checksummed(ctx: LandingContext, path: Path, manifest: Manifest, name: str,

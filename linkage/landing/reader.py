@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,30 +38,105 @@ class ReadStats:
     unsplittable: list[int] = field(default_factory=list)
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, lines: LineCheck | None = None) -> str:
+    """The file's SHA-256 (hex); its bytes fed to `lines` in the same pass, if given."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
+            if lines is not None:
+                lines.feed(chunk)
+    if lines is not None:
+        lines.finish()
     return digest.hexdigest()
+
+
+# A CSV line may be at most this long: the parser reads 4 MiB blocks, and whether a longer
+# row parses depends on where its blocks fall (in the whole file, or in a split of it).
+MAX_LINE_BYTES = 1 << 20
+# A line whose every field is whole: quoted ones close on the line (`""` a quote inside),
+# text after a closing quote and quotes inside an unquoted field are kept as the parser keeps
+# them. A field that opens a quote and does not close it runs over the line's end.
+# (`*+`, possessive: as the parser reads a quoted field, a doubled quote is a quote, never
+# a closing one followed by another)
+_FIELD = rb'(?:"(?:[^"]|"")*+"[^,]*|[^,"][^,]*|)'
+_WHOLE_LINE = re.compile(_FIELD + rb"(?:," + _FIELD + rb")*")
+
+
+class LineCheck:
+    """What the CSV's lines must be for its rows to be the same however the file is cut
+    (whole, in the parser's blocks, or in splits, `linkage.landing.splits`): no quoted value
+    running over a line's end (a line break in a value: the contract has none, and the
+    parser splits such a row where its blocks fall), and no line over `MAX_LINE_BYTES`. Fed
+    the file's bytes in order; `refusal` names the first line (1 is the header) that is not."""
+
+    def __init__(self) -> None:
+        self.lines = 0  # line feeds seen
+        self.since = 0  # bytes of the current line seen so far
+        self.pending = b""  # the current line's bytes so far
+        self.refusal: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self.refusal is not None or not chunk:
+            return
+        first = chunk.find(b"\n")
+        if first < 0:
+            first = len(chunk)
+        if self.since + first > MAX_LINE_BYTES:
+            self.refusal = (f"line {self.lines + 1} runs over {MAX_LINE_BYTES >> 20} MiB without "
+                            "a line feed: rows must be shorter, each ending in LF or CRLF")
+            return
+        last = chunk.rfind(b"\n")
+        if b'"' in chunk or b'"' in self.pending:
+            self._quotes(chunk)
+            if self.refusal is not None:
+                return
+        else:
+            self.pending = chunk[last + 1:] if last >= 0 else self.pending + chunk
+        self.since = len(chunk) - last - 1 if last >= 0 else self.since + len(chunk)
+        self.lines += chunk.count(b"\n")
+
+    def _quotes(self, chunk: bytes) -> None:
+        """Each line that holds a quote, of `chunk` with the part of a line before it,
+        checked whole; the chunk's last, unfinished line is kept for the next."""
+        lines = (self.pending + chunk).split(b"\n")
+        self.pending = lines.pop()
+        for offset, line in enumerate(lines):
+            if b'"' in line and not all(_WHOLE_LINE.fullmatch(part)
+                                        for part in line.removesuffix(b"\r").split(b"\r")):
+                self.refusal = (f"line {self.lines + offset + 1}: a quoted value runs over the "
+                                "line's end (a line break inside a value is not accepted)")
+                return
+
+    def finish(self) -> None:
+        """The last line, when the file does not end in a line feed."""
+        if self.refusal is None and b'"' in self.pending:
+            self._quotes(b"\n")
 
 
 class Checksum:
     """A file's SHA-256, computed on a thread of its own (hashing releases the GIL) while the
-    file is read for landing; `hexdigest` waits for it."""
+    file is read for landing; `hexdigest` waits for it. With `lines`, the same pass checks a
+    CSV's lines (`LineCheck`); `line_refusal` says what it found."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, lines: bool = False) -> None:
         self._digest: str | None = None
         self._error: BaseException | None = None
+        self._lines = LineCheck() if lines else None
         self._thread = threading.Thread(target=self._run, args=(path,), name="landing-sha256",
                                         daemon=True)
         self._thread.start()
 
     def _run(self, path: Path) -> None:
         try:
-            self._digest = sha256_of(path)
+            self._digest = sha256_of(path, self._lines)
         except BaseException as exc:  # noqa: BLE001 - raised by `hexdigest` in the caller
             self._error = exc
+
+    def line_refusal(self) -> str | None:
+        """Why the CSV's lines refuse the file (`LineCheck`), once read; None if they do not."""
+        self.hexdigest()
+        return None if self._lines is None else self._lines.refusal
 
     def hexdigest(self) -> str:
         """The digest (hex), once computed; raises what computing it raised."""
@@ -77,7 +153,8 @@ def is_parquet(path: Path) -> bool:
 
 
 def first_bad_utf8_row(path: Path) -> int | None:
-    """The 1-based data row holding the first byte that is not UTF-8, or None if all is."""
+    """The 0-based line (the header is line 0) holding the first byte that is not UTF-8, or
+    None if all is."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     line = 0
     with path.open("rb") as handle:
@@ -176,7 +253,7 @@ def _refusal(path: Path, exc: Exception) -> FileRefused:
     # handling of that row, with no word of UTF-8: the file is looked through either way.
     row = first_bad_utf8_row(path)
     if row is not None or "UTF8" in message or "utf8" in message.lower():
-        where = f" (data row {row})" if row else ""
+        where = f" (line {row + 1})" if row else ""
         return FileRefused(f"the file is not valid UTF-8{where}")
     return FileRefused("the file could not be parsed as CSV")
 

@@ -8,8 +8,12 @@ it is read (`count_split`); the counts give every split the number of its first 
 `reader.csv_batches` and `reader.parquet_batches` number them in one pass: the same rows,
 the same row numbers, the same unsplittable rows and the same refusals.
 
-CSV splits rely on the reader's `newlines_in_values=False`: every line feed ends a row, so
-a cut after one never falls inside a row. Rows are numbered as the CSV parser numbers them:
+CSV splits rely on every line feed ending a row, so that a cut after one never falls inside a
+row. The parser does not quite promise that (`newlines_in_values=False` still keeps a quoted
+line feed inside a value within one of its blocks), so the landing refuses, whichever engine
+reads the file, a CSV in which a quoted value runs over a line's end or a line is longer than
+1 MiB (`reader.LineCheck`, checked as the file is hashed): for every other file the splits
+give what the whole-file reader gives. Rows are numbered as the CSV parser numbers them:
 empty lines take no number, rows it cannot split do (`reader._numbered`).
 """
 
@@ -160,9 +164,9 @@ def numbered(counts: list[SplitCount]) -> Numbered:
 
 
 def _refusal(kind: str, counts: list[SplitCount]) -> FileRefused:
-    """The reader's refusal (`reader._refusal`): not UTF-8, at the file's first bad line as
-    a data row (the header is line 0), when the parser said so or the file has such a byte;
-    else not CSV."""
+    """The reader's refusal (`reader._refusal`): not UTF-8, at the file's first bad line
+    (the header is line 1), when the parser said so or the file has such a byte; else not
+    CSV."""
     line, bad = 0, False
     for count in counts:
         if count.bad_line is not None:
@@ -171,7 +175,7 @@ def _refusal(kind: str, counts: list[SplitCount]) -> FileRefused:
         line += count.lines
     if kind != "utf8" and not bad:
         return FileRefused("the file could not be parsed as CSV")
-    where = f" (data row {line})" if bad and line else ""
+    where = f" (line {line + 1})" if bad and line else ""
     return FileRefused(f"the file is not valid UTF-8{where}")
 
 
@@ -190,10 +194,10 @@ def split_batches(path: Path, names: list[str], split: Split, first: int,
         positions = positions[~np.isin(positions, np.array(unsplittable, dtype=np.int64))]
     numbers = positions + (first - 1)
     table = pa.Table.from_batches(parsed) if parsed else None
-    for start in range(0, len(numbers), max(batch_rows, 1)):
+    size = max(batch_rows, 1)
+    for start in range(0, len(numbers), size):
         assert table is not None
-        yield Batch(table.slice(start, batch_rows),
-                    pa.array(numbers[start:start + batch_rows], pa.int64()))
+        yield Batch(table.slice(start, size), pa.array(numbers[start:start + size], pa.int64()))
 
 
 def _parsed(data: bytes, names: list[str], split: Split,
@@ -207,6 +211,11 @@ def _parsed(data: bytes, names: list[str], split: Split,
         unsplittable.append((row.number or 0) - skip)
         return "skip"
 
+    if not split.header and data.startswith(codecs.BOM_UTF8):
+        # The parser drops a byte order mark that starts what it reads, where the whole file
+        # keeps one that starts a later line: an empty line before it (which takes no row
+        # number) keeps it.
+        data = b"\n" + data
     read, parse, convert = csv_options(names, on_invalid, skip)
     yield from pacsv.open_csv(pa.BufferReader(data), read_options=read, parse_options=parse,
                               convert_options=convert)
@@ -216,7 +225,8 @@ def _parquet_split_batches(path: Path, split: Split, first: int,
                            batch_rows: int) -> Iterator[Batch]:
     """A row group's rows as text (`reader.as_text`), numbered from `first`."""
     group = pq.ParquetFile(path).read_row_group(split.start)
-    for start in range(0, group.num_rows, max(batch_rows, 1)):
-        table = as_text(group.slice(start, batch_rows))
+    size = max(batch_rows, 1)
+    for start in range(0, group.num_rows, size):
+        table = as_text(group.slice(start, size))
         yield Batch(table, pa.array(range(first + start, first + start + table.num_rows),
                                     pa.int64()))

@@ -23,6 +23,7 @@ broadcast to a file there. See docs/scale.md, "Keys on executors".
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -121,14 +122,37 @@ def taken_back(blob: bytes, handover: Handover | None) -> Prepared:
 
 @dataclass(frozen=True)
 class ToRead:
-    """A split of the file for a task to read itself: where, which columns, and the number
-    of its first data row (`splits.numbered`)."""
+    """A split of the file for a task to read itself: where (an absolute path), which
+    columns, the number of its first data row (`splits.numbered`), and the file as the driver
+    found it (`Seen`)."""
 
     path: str
     names: list[str]
     split: Split
     first: int
     slice_rows: int
+    seen: Seen
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A file's size and modification time (whole seconds: what every file system an
+    executor mounts reports alike) as the driver found them when the landing began: a task
+    that finds others refuses the file (it changed while it landed, so what the tasks read
+    may not be what the driver hashed and the manifest names)."""
+
+    size: int
+    mtime: int
+
+    @classmethod
+    def of(cls, path: Path) -> Seen:
+        found = path.stat()
+        return cls(found.st_size, int(found.st_mtime))
+
+    def check(self, path: Path) -> None:
+        """FileRefused unless `path` is still the file seen."""
+        if Seen.of(path) != self:
+            raise FileRefused("the file changed while it was landing")
 
 
 def read_and_prepare(number: int, blob: bytes, job: Job,
@@ -136,6 +160,7 @@ def read_and_prepare(number: int, blob: bytes, job: Job,
     """A split (`ToRead`, pickled) read and numbered where the task runs, in slices of its
     `slice_rows`, each prepared: slices numbered on from `number`."""
     to_read: ToRead = pickle.loads(blob)  # noqa: S301 - made by this landing's driver
+    to_read.seen.check(Path(to_read.path))
     batches = split_batches(Path(to_read.path), to_read.names, to_read.split, to_read.first,
                             to_read.slice_rows)
     for offset, batch in enumerate(batches):
@@ -143,10 +168,11 @@ def read_and_prepare(number: int, blob: bytes, job: Job,
 
 
 def split_counts(spark: SparkSession, path: Path, names: list[str], splits: list[Split],
+                 seen: Seen,
                  count: Callable[[Path, list[str], Split], SplitCount] = count_split,
                  ) -> list[SplitCount]:
     """Every CSV split counted by a task that reads it (`splits.count_split`), in one job;
-    only the counts come back."""
+    only the counts come back (FileRefused if a task finds the file changed: `Seen`)."""
     frame = spark.createDataFrame(pa.Table.from_batches([
         pa.RecordBatch.from_arrays([pa.array([split.index], pa.int64()),
                                     pa.array([pickle.dumps(split)], pa.binary())],
@@ -158,7 +184,12 @@ def split_counts(spark: SparkSession, path: Path, names: list[str], splits: list
         for chunk in chunks:
             for index, blob in zip(chunk.column("split").to_pylist(),
                                    chunk.column("payload").to_pylist(), strict=True):
-                counted = count(Path(where), names, pickle.loads(blob))  # noqa: S301
+                try:
+                    seen.check(Path(where))
+                except FileRefused:
+                    counted = SplitCount(0, refusal="changed")
+                else:
+                    counted = count(Path(where), names, pickle.loads(blob))  # noqa: S301
                 yield pa.RecordBatch.from_pydict(
                     {"split": [index], "counted": [pickle.dumps(counted)]},
                     schema=pa.schema([("split", pa.int64()), ("counted", pa.binary())]))
@@ -190,19 +221,22 @@ def spark_file_prepared(spark: SparkSession, path: Path, names: list[str], parqu
     """
     window = window or WINDOW_PER_PARTITION * partitions
     require_protections(spark)  # before a key is handed to Spark
+    path = path.resolve()  # executors do not share the driver's working folder
+    seen = Seen.of(path)
     if parquet:
         splits, group_rows = parquet_splits(path)
         counts = [SplitCount(rows) for rows in group_rows]
     else:
         splits = csv_splits(path, split_bytes)
-        counts = split_counts(spark, path, names, splits)
+        counts = split_counts(spark, path, names, splits, seen)
+    if any(count.refusal == "changed" for count in counts):
+        raise FileRefused("the file changed while it was landing")
     plan = numbered(counts)
     stats.rows_seen, stats.unsplittable = plan.rows_seen, list(plan.unsplittable)
-    sealed = None
-    if handover is not None:
-        sealed = Handover.made(handover)
-    shared = broadcast(spark, (executor_job(job), sealed))
+    shared = None
     try:
+        sealed = None if handover is None else Handover.made(handover)
+        shared = broadcast(spark, (executor_job(job), sealed))
         pending: list[tuple[int, bytes]] = []
         expected: list[int] = []
         number = 0
@@ -210,7 +244,7 @@ def spark_file_prepared(spark: SparkSession, path: Path, names: list[str], parqu
             slices = -(-(count.rows - len(count.unsplittable)) // max(slice_rows, 1))
             if not slices:
                 continue
-            to_read = ToRead(str(path), names, split, first, slice_rows)
+            to_read = ToRead(str(path), names, split, first, slice_rows, seen)
             pending.append((number, pickle.dumps(to_read)))
             expected.extend(range(number, number + slices))
             number += slices
@@ -219,9 +253,11 @@ def spark_file_prepared(spark: SparkSession, path: Path, names: list[str], parqu
                 pending, expected = [], []
         if pending:
             yield from _prepare_window(spark, pending, shared, work, sealed, expected)
+        seen.check(path)  # and not since the tasks read it
     finally:
         try:
-            shared.destroy()
+            if shared is not None:
+                shared.destroy()
         finally:
             if handover is not None:
                 remove(handover, "landing")
@@ -340,11 +376,21 @@ def spark_file_preparer(spark: SparkSession, partitions: int = 2,
 
 def _from_copy(folder: Path, path: Path,
                prepared: Callable[[Path], Iterator[Prepared]]) -> Iterator[Prepared]:
-    """`prepared` of a copy of `path` in `folder` (made here, new), removed at the end."""
-    folder.mkdir(parents=True, exist_ok=False)
+    """`prepared` of a copy of `path` in `folder` (made here, new, readable by this user
+    only: the copy is the raw extract), removed at the end (RuntimeError if it cannot be)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700)
     try:
         copy = folder / f"extract{path.suffix.lower()}"
-        shutil.copyfile(path, copy)
+        with path.open("rb") as source, os.fdopen(
+                os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
         yield from prepared(copy)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        for _ in range(3):
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                break
+        else:
+            raise RuntimeError("the landing's copy of the file could not be removed from the "
+                               "staging folder (the next landing clears it)")

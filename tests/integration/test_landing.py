@@ -108,7 +108,9 @@ def test_social_care_without_consent_is_dropped_and_counted(haven, landing, inbo
     ("missing_column", "missing columns for source apc: admission_method"),
     ("empty_file", "the file is empty: no header row"),
     ("no_header", "missing columns for source apc"),
-    ("not_utf8", "the file is not valid UTF-8 (data row 3)"),
+    ("not_utf8", "the file is not valid UTF-8 (line 4)"),
+    ("quote_over_line", "line 3: a quoted value runs over the line's end"),
+    ("long_line", "line 2 runs over 1 MiB without a line feed"),
     ("checksum", "sha256 does not match the manifest"),
     ("row_count", "row count 12 does not match the manifest's 13"),
     ("unknown_source", "manifest field source: unknown source 'xyz'"),
@@ -126,6 +128,17 @@ def test_bad_files_are_refused_whole(case, expected, haven, landing, inbox):
     elif case == "no_header":
         body = "\n".join(",".join(r.values()) for r in rows) + "\n"
         raw = body.encode()
+    elif case == "quote_over_line":
+        path = write_extract(inbox, "apc", rows)
+        lines = path.read_bytes().split(b"\n")
+        lines[2] = lines[2].replace(b"RR8", b'"RR8', 1)  # opens a quote the next line closes
+        lines[3] = lines[3].replace(b"RR8", b'RR8"', 1)
+        raw = b"\n".join(lines)
+    elif case == "long_line":
+        path = write_extract(inbox, "apc", rows)
+        lines = path.read_bytes().split(b"\n")
+        lines[1] = lines[1].replace(b"RR8", b"R" * (1 << 20), 1)
+        raw = b"\n".join(lines)
     elif case == "not_utf8":
         path = write_extract(inbox, "apc", rows)
         lines = path.read_bytes().split(b"\n")

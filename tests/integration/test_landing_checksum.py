@@ -66,9 +66,9 @@ def test_the_hashing_thread_is_waited_for_before_a_pool_forks(haven, landing, in
         seen.append(sum(t.name == "landing-sha256" for t in threading.enumerate()))
         return real(batches, job, workers)
 
-    def slow_sha256(path):
+    def slow_sha256(path, lines=None):
         time.sleep(0.3)  # still hashing when the batches are asked for, unless waited for
-        return real_sha256(path)
+        return real_sha256(path, lines)
 
     monkeypatch.setattr(reader, "sha256_of", slow_sha256)
     monkeypatch.setattr(land, "pool_size", lambda _batches: 2)

@@ -21,13 +21,17 @@ from factories import invalid_nhs, rows_for, write_extract
 from governance.keys import Key
 from linkage.landing.batches import Job, Prepared, prepared_batches
 from linkage.landing.contracts import CONTRACTS
+from linkage.landing.pseudonymise import HashMemo
 from linkage.landing.reader import Batch, FileRefused, ReadStats, csv_batches, parquet_batches
 from linkage.landing.splits import csv_splits
 from pipeline.engines.spark_land import (
     Handover,
+    Seen,
+    ToRead,
     executor_job,
     handed_back,
     pieces,
+    read_and_prepare,
     reassembled,
     spark_file_prepared,
     spark_file_preparer,
@@ -107,9 +111,12 @@ def test_slices_prepared_on_spark_equal_the_embedded_batches(spark: Any, tmp_pat
     assert [row for p in on_spark for row, _ in p.reasons] == REJECTED[source]
 
 
-def test_each_split_is_prepared_once(spark: Any, tmp_path: Path) -> None:
+def test_each_split_is_prepared_once(spark: Any, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A global sort of the prepared batches ran the preparation twice (once to sample the
-    sort keys). Each call leaves a file (local mode: one disk)."""
+    sort keys). Each call leaves a file (local mode: one disk). The file is named relative
+    to this process's working folder, which is not the Python workers': they are given it
+    whole."""
     marks = tmp_path / "marks"
     marks.mkdir()
 
@@ -126,9 +133,10 @@ def test_each_split_is_prepared_once(spark: Any, tmp_path: Path) -> None:
     job = Job("apc", "20261205-test-0004", "RR8", _keys())
     path = _extract(tmp_path, "apc")
     splits = csv_splits(path, 4_000)
-    out = list(spark_file_prepared(spark, path, CONTRACTS["apc"].names, False, ReadStats(),
-                                   job, window=3, slice_rows=BATCH_ROWS, split_bytes=4_000,
-                                   work=counting))
+    monkeypatch.chdir(tmp_path)
+    out = list(spark_file_prepared(spark, Path(path.name), CONTRACTS["apc"].names, False,
+                                   ReadStats(), job, window=3, slice_rows=BATCH_ROWS,
+                                   split_bytes=4_000, work=counting))
     rows = [r for p in out for r in p.rows.tolist()]
     assert rows == list(range(1, 271))  # file order
     assert len(splits) > 5 and len(list(marks.iterdir())) == len(splits)
@@ -219,7 +227,7 @@ def test_a_file_the_reader_would_refuse_is_refused_before_a_row_is_prepared(
     names = CONTRACTS["apc"].names
     with pytest.raises(FileRefused) as whole:
         list(csv_batches(path, names, BATCH_ROWS, ReadStats()))
-    assert str(whole.value) == "the file is not valid UTF-8 (data row 200)"
+    assert str(whole.value) == "the file is not valid UTF-8 (line 201)"
 
     def never(number: int, blob: bytes, job: Job, memo: Any) -> Any:
         raise AssertionError("a split was prepared")
@@ -269,9 +277,12 @@ def test_a_file_the_executors_cannot_reach_is_read_from_a_copy_they_can(
     prepared = prepare(path, names, False, BATCH_ROWS, stats, job)
     first = next(prepared)
     copies = [c.read_bytes() for c in inbound.iterdir()] if inbound.exists() else []
+    modes = [oct(f.stat().st_mode & 0o777) for f in (inbound, *inbound.iterdir())
+             ] if inbound.exists() else []
     on_spark = [first, *prepared]
     assert asked == [path] and stats.rows_seen == 273
     assert copies == ([] if readable else [path.read_bytes()])
+    assert modes == ([] if readable else ["0o700", "0o600"])  # the raw file: its user's only
     assert not inbound.exists()  # the copy is gone with the batches
     ours, theirs = _everything(on_spark), _everything(embedded)
     assert ours[:3] == theirs[:3] and ours[3].cast(theirs[3].schema).equals(theirs[3])
@@ -359,3 +370,31 @@ def test_the_hand_over_folder_is_removed_when_a_landing_stops_half_way(
     assert first.result is not None and folder.is_dir() and any(folder.iterdir())
     prepared.close()
     assert not folder.exists()
+
+
+def test_a_file_changed_while_it_lands_is_refused(spark: Any, tmp_path: Path) -> None:
+    """What the tasks read must be what the driver hashed: a file whose size or time changed
+    after the landing began is refused, by a task or by the driver at the end."""
+    path = _extract(tmp_path, "apc")
+    names = CONTRACTS["apc"].names
+    job = Job("apc", "20261207-test-0013", "RR8", _keys())
+
+    def touching(number: int, blob: bytes, job: Job, memo: Any,
+                 where: str = str(path)) -> Any:
+        import os
+
+        from pipeline.engines.spark_land import read_and_prepare
+
+        os.utime(where, (0, 10**9))  # the next task, or the driver, sees another time
+        return read_and_prepare(number, blob, job, memo)
+
+    with pytest.raises(FileRefused, match="the file changed while it was landing"):
+        list(spark_file_prepared(spark, path, names, False, ReadStats(), job,
+                                 split_bytes=3_000, work=touching))
+    seen = Seen.of(path)
+    [split] = csv_splits(path)
+    blob = pickle.dumps(ToRead(str(path), names, split, 1, 50, seen))
+    assert len(list(read_and_prepare(0, blob, executor_job(job), HashMemo()))) == 6
+    path.write_bytes(path.read_bytes() + b"\n")
+    with pytest.raises(FileRefused, match="changed"):
+        list(read_and_prepare(0, blob, executor_job(job), HashMemo()))

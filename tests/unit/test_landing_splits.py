@@ -11,7 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from linkage.landing.reader import FileRefused, ReadStats, csv_batches, parquet_batches
+from linkage.landing.reader import (
+    MAX_LINE_BYTES,
+    FileRefused,
+    LineCheck,
+    ReadStats,
+    csv_batches,
+    parquet_batches,
+    sha256_of,
+)
 from linkage.landing.splits import (
     count_split,
     csv_splits,
@@ -74,6 +82,9 @@ FILES = {
     "a bad byte in an unsplittable row before another": (
         b"a,b,c\n1,2,3\n\xfe\n4,5,6\n7,\xff,9\n"),
     "a sequence cut short by the end": b"a,b,c\n1,2,3\n4,5,\xc3",
+    "a byte order mark starting a later line": b"a,b,c\n1,2,3\n\xef\xbb\xbf4,5,6\n",
+    "a byte order mark alone on a line": b"a,b,c\n\n\xef\xbb\xbf\n1,2,3\n",
+    "quotes kept inside a field": b'a,b,c\n5\'11",x,y\n"a"b,"c""d",e\n',
 }
 
 
@@ -96,9 +107,9 @@ def test_the_files_cover_what_they_are_named_for(tmp_path: Path) -> None:
     assert values["a"] == ["1", "6", "13"] and numbers == [1, 3, 5]
     assert (seen, unsplittable) == (6, [2, 4, 6])
     path.write_bytes(FILES["a bad byte in a row"])
-    assert _whole(path) == ("refused", "the file is not valid UTF-8 (data row 2)")
+    assert _whole(path) == ("refused", "the file is not valid UTF-8 (line 3)")
     path.write_bytes(FILES["a bad byte in an unsplittable row before another"])
-    assert _whole(path) == ("refused", "the file is not valid UTF-8 (data row 2)")
+    assert _whole(path) == ("refused", "the file is not valid UTF-8 (line 3)")
 
 
 def test_splits_end_after_a_line_feed_and_cover_the_file(tmp_path: Path) -> None:
@@ -168,3 +179,79 @@ def test_an_unreadable_parquet_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"PAR1 not really")
     with pytest.raises(FileRefused, match="could not be read as Parquet"):
         parquet_splits(path)
+
+
+def _line_refusal(data: bytes, chunk: int = 1 << 20) -> str | None:
+    check = LineCheck()
+    for start in range(0, len(data), chunk):
+        check.feed(data[start:start + chunk])
+    check.finish()
+    return check.refusal
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 20])
+def test_a_quoted_value_over_a_line_end_or_a_long_line_is_found(chunk: int) -> None:
+    """What would make the rows depend on how the file is cut, found in the bytes as they
+    are hashed, however they come (in chunks of 1 byte, 3, 1 MiB), naming the line."""
+    ok = [b'a,b\n"x,y",2\n"p""q",r\n5\'11",z\n"a"b,c\r\n', b"a,b\n1,2", b'a,b\n"x"']
+    for data in ok:
+        assert _line_refusal(data, chunk) is None, data
+    over = {b'a,b\n1,2\n"x\ny",2\n': 3, b'a,b\n1,"2\n': 2, b'a,b\n"x""\n': 2,
+            b'a,b\nx"y,"z\n': 2, b'a,b\n1,2\n"x': 3, b'a,b\n"x\ry",2\n': 2}
+    for data, line in over.items():
+        why = _line_refusal(data, chunk)
+        assert why is not None and why.startswith(f"line {line}: a quoted value runs over"), (
+            data, why)
+
+
+def test_a_line_over_the_limit_is_found_wherever_the_chunks_fall() -> None:
+    short = b"1," * (MAX_LINE_BYTES // 2 - 1) + b"1\n"  # MAX_LINE_BYTES - 1 bytes and its LF
+    assert _line_refusal(b"a,b\n" + short + short) is None
+    long_ = b"x" * (MAX_LINE_BYTES + 1)
+    for data in (b"a,b\n" + long_ + b"\n", b"a,b\n" + short + long_, b"a\r1\r" + long_):
+        for chunk in (1 << 20, 4096, 333_333):
+            why = _line_refusal(data, chunk)
+            assert why is not None and "runs over 1 MiB without a line feed" in why
+
+
+def test_the_hash_is_the_file_s_whatever_the_line_check_finds(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "extract.csv"
+    path.write_bytes(b'a,b\n"x\ny",2\n' * 1000)
+    check = LineCheck()
+    assert sha256_of(path, check) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert check.refusal is not None and check.refusal.startswith("line 2:")
+
+
+def test_random_files_the_line_check_accepts_read_the_same_in_splits(tmp_path: Path) -> None:
+    """A property, on 600 random files of a few awkward bytes (quotes, commas, CR, LF, a
+    byte order mark's, a byte that is not UTF-8): for every file the landing does not refuse
+    for its lines, the splits give what the whole-file reader gives, at every cut."""
+    import random
+
+    rng = random.Random(7)
+    alphabet = [b",", b'"', b"\n", b"\r", b"a", b"1", b" ", b"\xff", b"\xef\xbb\xbf", b"\r\n"]
+    path = tmp_path / "extract.csv"
+    accepted = 0
+    for _ in range(600):
+        body = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        data = b"a,b,c\n" + body
+        path.write_bytes(data)
+        if _line_refusal(data) is not None:
+            continue
+        accepted += 1
+        whole = _whole(path)
+        for size in (1, 2, 5, 13):
+            assert _split(path, size) == whole, (data, size)
+    assert accepted > 150  # enough of them were compared
+
+
+def test_a_batch_of_no_rows_asked_for_still_gives_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "extract.csv"
+    path.write_bytes(b"a,b,c\n1,2,3\n4,5,6\n7,8,9\n")
+    [split] = csv_splits(path)
+    for rows in (0, -1):
+        batches = list(split_batches(path, NAMES, split, 1, rows))
+        assert [b.rows.to_pylist() for b in batches] == [[1], [2], [3]]
+        assert [b.table.column("a").to_pylist() for b in batches] == [["1"], ["4"], ["7"]]
