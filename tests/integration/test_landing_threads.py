@@ -11,7 +11,7 @@ import pytest
 from conftest import key_environment
 from factories import landing_fails_leaving_nothing, parquet_extract, rows_for
 from governance.settings import Settings
-from linkage.landing import batches, land
+from linkage.landing import batches, land, reader
 from linkage.landing.land import LandingContext, land_file
 from pipeline.context import Context as Haven
 
@@ -63,8 +63,12 @@ def test_threads_land_what_one_batch_at_a_time_lands(tmp_path, monkeypatch):
     keys = key_environment()
     monkeypatch.setattr(land, "pool_size", lambda _batches: 1)
 
-    def plain(source, job, workers):
+    def plain(where, names, parquet, batch_rows, stats, job):
+        """The file read and each batch prepared in turn, on this thread alone (what an
+        engine that reads the file itself puts in `LandingContext.file_preparer`)."""
         memo = batches.HashMemo()
+        source = (reader.parquet_batches(where, batch_rows, stats) if parquet
+                  else reader.csv_batches(where, names, batch_rows, stats))
         for batch in source:
             yield batches.prepare_batch(batch, job, memo)
 
@@ -74,7 +78,7 @@ def test_threads_land_what_one_batch_at_a_time_lands(tmp_path, monkeypatch):
         haven = Haven(settings)
         try:
             receipt = land_file(LandingContext(settings, haven.engine, haven.keys,
-                                               preparer=preparer), path)
+                                               file_preparer=preparer), path)
             assert receipt.status == "landed", receipt.reason
             tables.append(pq.read_table(settings.layout.rows(receipt.extract_id))
                           .drop(["extract_id"]))
