@@ -319,7 +319,7 @@ def prepare_throughput(spark: Any, env: dict[str, str], inbound: Path, batch_row
     from linkage.landing.reader import read_header
     from linkage.landing.splits import count_split, csv_splits, numbered
     from pipeline.context import Context
-    from pipeline.engines.spark_land import ToRead, executor_job
+    from pipeline.engines.spark_land import Seen, ToRead, executor_job
 
     keys = Context(Settings.from_environ(env)).keys
     shared_keys = {p: keys.current(p) for p in ("pseudonym", "linkage", "vault")}
@@ -337,10 +337,13 @@ def prepare_throughput(spark: Any, env: dict[str, str], inbound: Path, batch_row
         job = executor_job(Job(source, "bench-throughput", sender, shared_keys))
         names = read_header(path)
         splits = csv_splits(path)[:max_batches]
-        plan = numbered([count_split(path, names, split) for split in splits])
-        shipped = [(split.index, pickle.dumps(ToRead(str(path), names, split, first,
-                                                     batch_rows)))
-                   for split, first in zip(splits, plan.firsts, strict=True)]
+        seen = Seen.of(path.resolve())
+        counts = [count_split(path, names, split) for split in splits]
+        plan = numbered(counts)
+        shipped = [(split.index, pickle.dumps(ToRead(
+            str(path.resolve()), names, split, first, batch_rows, seen,
+            count.rows - len(count.unsplittable))))
+            for split, first, count in zip(splits, plan.firsts, counts, strict=True)]
         shared = spark.sparkContext.broadcast(job)
 
         def run(chunks: Iterator[pa.RecordBatch], shared: Any = shared) -> Iterator[

@@ -40,6 +40,7 @@ from linkage.landing.contracts import CONTRACTS, Contract
 from linkage.landing.manifest import Manifest, ManifestError, read_manifest
 from linkage.landing.pseudonymise import MEMO_LIMIT, Pseudonymised
 from linkage.landing.reader import (
+    NOT_UTF8,
     Batch,
     Checksum,
     FileRefused,
@@ -176,6 +177,11 @@ def _land_locked(ctx: LandingContext, path: Path, manifest: Manifest, name: str)
         checksum.hexdigest()  # the pool forks: no other thread may be running then
     try:
         return _land_checksummed(ctx, path, manifest, name, checksum, workers)
+    except FileRefused as refused:
+        _verify(checksum, manifest)
+        if NOT_UTF8 not in str(refused):  # a binary file: say so, not what its "lines" are
+            _whole(checksum)
+        raise
     except Exception:
         _verify(checksum, manifest)
         raise
@@ -185,11 +191,19 @@ def _land_locked(ctx: LandingContext, path: Path, manifest: Manifest, name: str)
 
 
 def _verify(checksum: Checksum, manifest: Manifest) -> None:
-    """Refuse the file unless its SHA-256 is the manifest's and a CSV's lines are whole
-    (`reader.LineCheck`: else its rows would depend on how the file is cut): those before
-    any other reason, so either engine refuses a file for the same one."""
+    """Refuse the file unless its SHA-256 is the manifest's."""
     if checksum.hexdigest() != manifest.sha256:
         raise FileRefused("sha256 does not match the manifest: the file differs from what was sent")
+
+
+def _whole(checksum: Checksum) -> None:
+    """Refuse the file if it changed while it landed (what was read, here or by Spark's
+    tasks, may not be what was hashed), or if a CSV's lines are not whole
+    (`reader.LineCheck`: else its rows would depend on how the file is cut). Checked after
+    the digest and before any other reason but a file that is not UTF-8, so either engine
+    refuses a file for the same one."""
+    if checksum.changed():
+        raise FileRefused("the file changed while it was landing")
     why = checksum.line_refusal()
     if why is not None:
         raise FileRefused(why)
@@ -381,14 +395,16 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
             if worker is not None:
                 worker.finish()
     finally:
-        prepared.close()
-        if read is not None:
-            read.close()  # its thread stops now, not when a failure's traceback is let go
-        for worker in (output, sealing):
-            if worker is not None:
-                worker.finish_quietly()
-        if writer:
-            writer[0].close()
+        try:
+            prepared.close()  # an engine's clean-up may raise: the rest is still done
+        finally:
+            if read is not None:
+                read.close()  # its thread stops now, not when a failure's traceback is let go
+            for worker in (output, sealing):
+                if worker is not None:
+                    worker.finish_quietly()
+            if writer:
+                writer[0].close()
     for row in stats.unsplittable:
         reasons.append((row, "row could not be split into the header's columns"))
     received = stats.rows_seen
@@ -416,6 +432,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
         counts_out["ignored_columns"] = len(ignored)
     retain = retention_date(contract.source, manifest.period_end, ctx.engine)
     _verify(checksum, manifest)
+    _whole(checksum)
     digest = manifest.sha256
     store.publish(ctx.settings, extract_id)
     try:

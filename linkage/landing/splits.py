@@ -29,7 +29,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from linkage.landing.reader import Batch, FileRefused, as_text, csv_options
+from linkage.landing.reader import (
+    MAX_LINE_BYTES,
+    NOT_UTF8,
+    Batch,
+    FileRefused,
+    as_text,
+    csv_options,
+)
 
 # A CSV split is about this many bytes (the reader's own block), some 20,000 rows of apc.
 SPLIT_BYTES = 1 << 22
@@ -92,7 +99,8 @@ def csv_splits(path: Path, size: int = SPLIT_BYTES) -> list[Split]:
 
 def _line_start_from(handle: object, position: int, total: int) -> int:
     """The first line start at or after `position`: just after the line feed at or after
-    `position - 1` (or `total`)."""
+    `position - 1` (or `total`). FileRefused past `MAX_LINE_BYTES` without a line feed (the
+    landing names the line: `reader.LineCheck`), rather than a split read whole."""
     handle.seek(position - 1)  # type: ignore[attr-defined]
     offset = position - 1
     while offset < total:
@@ -103,6 +111,8 @@ def _line_start_from(handle: object, position: int, total: int) -> int:
         if found >= 0:
             return offset + found + 1
         offset += len(chunk)
+        if offset - position > MAX_LINE_BYTES:
+            raise FileRefused(f"a line runs over {MAX_LINE_BYTES >> 20} MiB without a line feed")
     return total
 
 
@@ -176,7 +186,7 @@ def _refusal(kind: str, counts: list[SplitCount]) -> FileRefused:
     if kind != "utf8" and not bad:
         return FileRefused("the file could not be parsed as CSV")
     where = f" (line {line + 1})" if bad and line else ""
-    return FileRefused(f"the file is not valid UTF-8{where}")
+    return FileRefused(f"the file is {NOT_UTF8}{where}")
 
 
 def split_batches(path: Path, names: list[str], split: Split, first: int,

@@ -132,6 +132,7 @@ class ToRead:
     first: int
     slice_rows: int
     seen: Seen
+    rows: int  # the rows the split was counted to hold (those the parser could split)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class Seen:
     @classmethod
     def of(cls, path: Path) -> Seen:
         found = path.stat()
-        return cls(found.st_size, int(found.st_mtime))
+        return cls(found.st_size, found.st_mtime_ns // 10**9)
 
     def check(self, path: Path) -> None:
         """FileRefused unless `path` is still the file seen."""
@@ -161,8 +162,11 @@ def read_and_prepare(number: int, blob: bytes, job: Job,
     `slice_rows`, each prepared: slices numbered on from `number`."""
     to_read: ToRead = pickle.loads(blob)  # noqa: S301 - made by this landing's driver
     to_read.seen.check(Path(to_read.path))
-    batches = split_batches(Path(to_read.path), to_read.names, to_read.split, to_read.first,
-                            to_read.slice_rows)
+    batches = list(split_batches(Path(to_read.path), to_read.names, to_read.split,
+                                 to_read.first, to_read.slice_rows))
+    if sum(batch.table.num_rows for batch in batches) != to_read.rows:
+        # not the split that was counted: its slices' numbers would run into the next's
+        raise FileRefused("the file changed while it was landing")
     for offset, batch in enumerate(batches):
         yield number + offset, prepare_batch(batch, job, memo)
 
@@ -241,10 +245,11 @@ def spark_file_prepared(spark: SparkSession, path: Path, names: list[str], parqu
         expected: list[int] = []
         number = 0
         for split, first, count in zip(splits, plan.firsts, counts, strict=True):
-            slices = -(-(count.rows - len(count.unsplittable)) // max(slice_rows, 1))
+            kept = count.rows - len(count.unsplittable)
+            slices = -(-kept // max(slice_rows, 1))
             if not slices:
                 continue
-            to_read = ToRead(str(path), names, split, first, slice_rows, seen)
+            to_read = ToRead(str(path), names, split, first, slice_rows, seen, kept)
             pending.append((number, pickle.dumps(to_read)))
             expected.extend(range(number, number + slices))
             number += slices

@@ -111,6 +111,8 @@ def test_social_care_without_consent_is_dropped_and_counted(haven, landing, inbo
     ("not_utf8", "the file is not valid UTF-8 (line 4)"),
     ("quote_over_line", "line 3: a quoted value runs over the line's end"),
     ("long_line", "line 2 runs over 1 MiB without a line feed"),
+    ("compressed", "not valid UTF-8"),
+    ("compressed_body", "the file is not valid UTF-8"),
     ("checksum", "sha256 does not match the manifest"),
     ("row_count", "row count 12 does not match the manifest's 13"),
     ("unknown_source", "manifest field source: unknown source 'xyz'"),
@@ -139,6 +141,15 @@ def test_bad_files_are_refused_whole(case, expected, haven, landing, inbox):
         lines = path.read_bytes().split(b"\n")
         lines[1] = lines[1].replace(b"RR8", b"R" * (1 << 20), 1)
         raw = b"\n".join(lines)
+    elif case == "compressed":  # gzip's bytes: said to be not UTF-8, not quoted values
+        import gzip
+
+        path = write_extract(inbox, "apc", rows * 50)
+        raw = gzip.compress(path.read_bytes())
+    elif case == "compressed_body":  # a text header, then gzip's bytes
+        path = write_extract(inbox, "apc", rows)
+        header = path.read_bytes().split(b"\n")[0]
+        raw = header + b"\n" + _binary_lines_with_open_quotes()
     elif case == "not_utf8":
         path = write_extract(inbox, "apc", rows)
         lines = path.read_bytes().split(b"\n")
@@ -231,3 +242,9 @@ def test_folder_lands_each_file_and_remove_deletes_inbound(haven, landing, inbox
     receipts = land_path(landing, inbox, remove=True)
     assert sorted(r.status for r in receipts) == ["landed", "landed"]
     assert list(inbox.iterdir()) == []
+
+
+def _binary_lines_with_open_quotes() -> bytes:
+    """Bytes that are not text, whose "lines" a line check would find quotes open in first:
+    the refusal must still say the file is not UTF-8."""
+    return b'"\xff\xfe,1\n' * 5

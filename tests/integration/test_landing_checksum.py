@@ -77,3 +77,23 @@ def test_the_hashing_thread_is_waited_for_before_a_pool_forks(haven, landing, in
     receipt = land_file(landing, path)
     assert receipt.status == "landed" and receipt.counts["landed"] == 30
     assert seen == [0]
+
+
+def test_a_file_touched_while_it_lands_is_refused_though_its_bytes_still_match(
+        haven, landing, inbox, monkeypatch):
+    """Its size or modification time moved after hashing began: what was read (here, or by
+    Spark's tasks) may not be what was hashed, so it is refused, and nothing lands."""
+    path = write_extract(inbox, "op", rows_for("op", 30))
+    real = land.prepared_batches
+
+    def touching(batches, job, workers):
+        import os
+
+        os.utime(path, (0, 10**9))  # the same bytes, another time
+        return real(batches, job, workers)
+
+    monkeypatch.setattr(land, "prepared_batches", touching)
+    receipt = land_file(landing, path)
+    assert receipt.status == "refused"
+    assert receipt.reason == "the file changed while it was landing"
+    assert store.landed_folders(haven.settings) == []

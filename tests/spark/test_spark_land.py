@@ -393,8 +393,11 @@ def test_a_file_changed_while_it_lands_is_refused(spark: Any, tmp_path: Path) ->
                                  split_bytes=3_000, work=touching))
     seen = Seen.of(path)
     [split] = csv_splits(path)
-    blob = pickle.dumps(ToRead(str(path), names, split, 1, 50, seen))
+    blob = pickle.dumps(ToRead(str(path), names, split, 1, 50, seen, 270))
     assert len(list(read_and_prepare(0, blob, executor_job(job), HashMemo()))) == 6
+    miscounted = pickle.dumps(ToRead(str(path), names, split, 1, 50, seen, 269))
+    with pytest.raises(FileRefused, match="changed"):  # not the split that was counted
+        list(read_and_prepare(0, miscounted, executor_job(job), HashMemo()))
     path.write_bytes(path.read_bytes() + b"\n")
     with pytest.raises(FileRefused, match="changed"):
         list(read_and_prepare(0, blob, executor_job(job), HashMemo()))

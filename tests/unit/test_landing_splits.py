@@ -255,3 +255,29 @@ def test_a_batch_of_no_rows_asked_for_still_gives_every_row(tmp_path: Path) -> N
         batches = list(split_batches(path, NAMES, split, 1, rows))
         assert [b.rows.to_pylist() for b in batches] == [[1], [2], [3]]
         assert [b.table.column("a").to_pylist() for b in batches] == [["1"], ["4"], ["7"]]
+
+
+def test_no_split_is_cut_from_a_file_with_a_line_over_the_limit(tmp_path: Path) -> None:
+    """A file without a line feed for over 1 MiB past a cut is refused as it is cut (the
+    landing then names the line: `LineCheck`), not read whole into one split."""
+    path = tmp_path / "extract.csv"
+    path.write_bytes(b"a,b,c\n" + b"x" * (3 * MAX_LINE_BYTES) + b"\n1,2,3\n")
+    with pytest.raises(FileRefused, match="runs over 1 MiB without a line feed"):
+        csv_splits(path, 1000)
+
+
+def test_the_first_byte_that_is_not_utf8_is_found_across_chunks(tmp_path: Path) -> None:
+    """Read in 1 MiB chunks (a file without line feeds is not read whole), the line of the
+    first bad byte, also when its sequence begins in one chunk and breaks in the next."""
+    from linkage.landing.reader import first_bad_utf8_row
+
+    path = tmp_path / "extract.csv"
+    lines = [b"a,b,c"] + [b"1,2,3"] * 200_000  # about 1.2 MB
+    at = (1 << 20) // 6  # the line holding byte 1 MiB
+    lines[at] = b"1,2,\xe2\x82"  # a sequence cut short by its line's end
+    for shift in range(6):
+        data = b"\n".join([b"x" * shift + lines[0], *lines[1:]]) + b"\n"
+        path.write_bytes(data)
+        assert first_bad_utf8_row(path) == at
+    path.write_bytes(b"a,b\n1,\xc3")  # cut short by the file's end: not counted
+    assert first_bad_utf8_row(path) is None
