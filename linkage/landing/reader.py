@@ -147,8 +147,12 @@ class Checksum:
 
     def changed(self) -> bool:
         """Whether the file's size or modification time is not what they were when its
-        hashing began (what was read, here or by Spark's tasks, may not be what was hashed)."""
-        return _seen(self._path) != self.seen
+        hashing began (what was read, here or by Spark's tasks, may not be what was hashed),
+        or it is gone."""
+        try:
+            return _seen(self._path) != self.seen
+        except OSError:
+            return True
 
     def _run(self, path: Path) -> None:
         try:
