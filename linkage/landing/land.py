@@ -40,10 +40,10 @@ from linkage.landing.contracts import CONTRACTS, Contract
 from linkage.landing.manifest import Manifest, ManifestError, read_manifest
 from linkage.landing.pseudonymise import MEMO_LIMIT, Pseudonymised
 from linkage.landing.reader import (
-    NOT_UTF8,
     Batch,
     Checksum,
     FileRefused,
+    NotText,
     ReadStats,
     csv_batches,
     is_parquet,
@@ -179,7 +179,7 @@ def _land_locked(ctx: LandingContext, path: Path, manifest: Manifest, name: str)
         return _land_checksummed(ctx, path, manifest, name, checksum, workers)
     except FileRefused as refused:
         _verify(checksum, manifest)
-        if NOT_UTF8 not in str(refused):  # a binary file: say so, not what its "lines" are
+        if not isinstance(refused, NotText):  # bytes that are not text: say so, not their "lines"
             _whole(checksum)
         raise
     except Exception:

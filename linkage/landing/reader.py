@@ -24,7 +24,9 @@ class FileRefused(ValueError):
     """The whole file is refused; the message says why and where, never what a value was."""
 
 
-NOT_UTF8 = "not valid UTF-8"
+class NotText(FileRefused):
+    """The file (or its header) is not UTF-8 text: said before anything its "lines" would
+    say, since bytes that are not text have none (`land._land_locked`)."""
 
 
 @dataclass
@@ -211,7 +213,7 @@ def read_header(path: Path) -> list[str]:
     try:
         text = first.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise FileRefused(f"the header row is {NOT_UTF8}") from exc
+        raise NotText("the header row is not valid UTF-8") from exc
     names = [n.strip().strip('"').strip().lower() for n in text.rstrip("\r\n").split(",")]
     if len(set(names)) != len(names):
         raise FileRefused("the header row names a column twice")
@@ -289,7 +291,7 @@ def _refusal(path: Path, exc: Exception) -> FileRefused:
     row = first_bad_utf8_row(path)
     if row is not None or "UTF8" in message or "utf8" in message.lower():
         where = f" (line {row + 1})" if row else ""
-        return FileRefused(f"the file is {NOT_UTF8}{where}")
+        return NotText(f"the file is not valid UTF-8{where}")
     return FileRefused("the file could not be parsed as CSV")
 
 

@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 
 from linkage.landing.reader import (
     MAX_LINE_BYTES,
-    NOT_UTF8,
     Batch,
     FileRefused,
+    NotText,
     as_text,
     csv_options,
 )
@@ -186,7 +186,7 @@ def _refusal(kind: str, counts: list[SplitCount]) -> FileRefused:
     if kind != "utf8" and not bad:
         return FileRefused("the file could not be parsed as CSV")
     where = f" (line {line + 1})" if bad and line else ""
-    return FileRefused(f"the file is {NOT_UTF8}{where}")
+    return NotText(f"the file is not valid UTF-8{where}")
 
 
 def split_batches(path: Path, names: list[str], split: Split, first: int,
