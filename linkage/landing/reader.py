@@ -10,7 +10,7 @@ import codecs
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,19 +188,25 @@ def is_parquet(path: Path) -> bool:
 
 def first_bad_utf8_row(path: Path) -> int | None:
     """The 0-based line (the header is line 0) holding the first byte that is not UTF-8, or
-    None if all is (a sequence cut short by the file's end is not counted). Read in 1 MiB
-    chunks: a file without line feeds is not read whole."""
+    None if all is. Read in 1 MiB chunks: a file without line feeds is not read whole."""
+    with path.open("rb") as handle:
+        return first_bad_utf8_line(iter(lambda: handle.read(1 << 20), b""))
+
+
+def first_bad_utf8_line(chunks: Iterable[bytes]) -> int | None:
+    """The 0-based line of the first byte that is not UTF-8 in `chunks` (a file's bytes in
+    order, or a split's), or None if all is (a sequence cut short by the end is not
+    counted: the decoder is never told the end has come)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     line = 0
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                # the bad sequence may have begun in the previous chunk: at worst 3 bytes
-                # before this one, never across a line feed (which is never part of one)
-                return line + chunk.count(b"\n", 0, max(exc.start, 0))
-            line += chunk.count(b"\n")
+    for chunk in chunks:
+        try:
+            decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            # the bad sequence may have begun in the previous chunk: at worst 3 bytes
+            # before this one, never across a line feed (which is never part of one)
+            return line + chunk.count(b"\n", 0, max(exc.start, 0))
+        line += chunk.count(b"\n")
     return None
 
 

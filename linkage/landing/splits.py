@@ -36,6 +36,7 @@ from linkage.landing.reader import (
     NotText,
     as_text,
     csv_options,
+    first_bad_utf8_line,
 )
 
 # A CSV split is about this many bytes (the reader's own block), some 20,000 rows of apc.
@@ -137,7 +138,7 @@ def count_split(path: Path, names: list[str], split: Split) -> SplitCount:
     """A CSV split read once to count its rows (the parser's own count) and find what
     would refuse the file."""
     data = read_split(path, split)
-    count = SplitCount(0, lines=data.count(b"\n"), bad_line=_first_bad_utf8_line(data))
+    count = SplitCount(0, lines=data.count(b"\n"), bad_line=first_bad_utf8_line([data]))
     try:
         for record_batch in _parsed(data, names, split, count.unsplittable):
             count.rows += record_batch.num_rows
@@ -146,17 +147,6 @@ def count_split(path: Path, names: list[str], split: Split) -> SplitCount:
         count.refusal = "utf8" if "UTF8" in message or "utf8" in message.lower() else "csv"
     count.rows += len(count.unsplittable)
     return count
-
-
-def _first_bad_utf8_line(data: bytes) -> int | None:
-    """As `reader.first_bad_utf8_row` decodes a file (line by line, never final: a sequence
-    cut short by the file's end is not an error), the 0-based line of this split's first
-    byte that is not UTF-8."""
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(data)
-    except UnicodeDecodeError as exc:
-        return data.count(b"\n", 0, exc.start)
-    return None
 
 
 def numbered(counts: list[SplitCount]) -> Numbered:

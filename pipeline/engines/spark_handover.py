@@ -127,12 +127,14 @@ def _read_plain(path: Path, what: str) -> bytes:
         return file.read()
 
 
-def remove(folder: Path, what: str) -> None:
-    """The hand-over folder removed, or RuntimeError: a file a late task attempt wrote while
-    it was removed would otherwise stay in the data directory until the next `what`."""
+def remove(folder: Path, what: str,
+           why: str = "hand-over folder could not be removed: a Spark task may still be "
+                      "writing to it") -> None:
+    """The folder removed, or RuntimeError (`what`'s folder `why`): a file a late task
+    attempt wrote while it was removed would otherwise stay in the data directory until the
+    next `what`."""
     for _ in range(3):
         shutil.rmtree(folder, ignore_errors=True)
         if not folder.exists():
             return
-    raise RuntimeError(f"the {what}'s hand-over folder could not be removed: a Spark task "
-                       f"may still be writing to it (the next {what} clears it)")
+    raise RuntimeError(f"the {what}'s {why} (the next {what} clears it)")

@@ -392,10 +392,4 @@ def _from_copy(folder: Path, path: Path,
             shutil.copyfileobj(source, target, 1 << 20)
         yield from prepared(copy)
     finally:
-        for _ in range(3):
-            shutil.rmtree(folder, ignore_errors=True)
-            if not folder.exists():
-                break
-        else:
-            raise RuntimeError("the landing's copy of the file could not be removed from the "
-                               "staging folder (the next landing clears it)")
+        remove(folder, "landing", "copy of the file could not be removed from the staging folder")
