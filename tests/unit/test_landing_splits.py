@@ -18,6 +18,7 @@ from linkage.landing.reader import (
     ReadStats,
     csv_batches,
     parquet_batches,
+    quoted_whole,
     sha256_of,
 )
 from linkage.landing.splits import (
@@ -202,6 +203,28 @@ def test_a_quoted_value_over_a_line_end_or_a_long_line_is_found(chunk: int) -> N
         why = _line_refusal(data, chunk)
         assert why is not None and why.startswith(f"line {line}: a quoted value runs over"), (
             data, why)
+
+
+def test_the_array_check_accepts_only_lines_the_line_pattern_accepts() -> None:
+    """`quoted_whole`, the fast check, may send a line to the pattern (`_WHOLE_LINES`) but
+    never accepts one the pattern refuses (a property over 100,000 random lines of quotes,
+    commas and line ends), and accepts the common forms on its own."""
+    import random
+
+    from linkage.landing.reader import _WHOLE_LINES
+
+    rng = random.Random(11)
+    accepted = 0
+    for _ in range(100_000):
+        data = bytes(rng.choice(b'a,""" \n\r,') for _ in range(rng.randint(0, 16))) + b"\n"
+        if quoted_whole(data):
+            accepted += 1
+            assert _WHOLE_LINES.fullmatch(data), data
+    assert accepted > 10_000
+    for common in (b'"a","b",""\n"c",d,"e"\r\n', b"a,b\n", b'"a,b","c d"\n'):
+        assert quoted_whole(common), common
+    for odd in (b'a",",b\n', b'"a\n"\n', b'"a"b"\n', b'x"y",1\n'):
+        assert not quoted_whole(odd), odd
 
 
 def test_a_line_over_the_limit_is_found_wherever_the_chunks_fall() -> None:
