@@ -11,7 +11,10 @@ about 5 batches never fills the pipeline and peaks lower, so the 1M/500k ratio s
 even when the bound holds: `--bound-rows N` lands an N-row extract too, to compare the peak
 at 1M with a larger extract's). `land s` and `read s` time the work itself; `start s` is
 the landing process's imports and set-up, and `ratio+st` the ratio with each side's start-up
-included. Each measurement runs `--repeat` times and the median is shown.
+included. `write s` writes the landed rows again as landing writes them (zstd Parquet, a
+batch at a time) and nothing else, and `w ratio` is that to the read: a floor under the
+landing's ratio that no checking or hashing can go below. Each measurement runs `--repeat`
+times and the median is shown.
 
     .venv/bin/python bench/landing.py [--apc-rows N] [--social-rows N] [--keep DIR] [--repeat N]
         [--bound-rows N]
@@ -150,6 +153,18 @@ if mode == "read":
     table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
         column_types={n: pa.string() for n in names}))
     rows = table.num_rows
+elif mode == "write":  # the landed rows written again, as landing writes them: its floor
+    import pyarrow as pa, pyarrow.parquet as pq
+    from linkage.landing.land import _parquet_options
+    landed = pq.read_table(next(Path(home).glob("extracts/*/rows.parquet")))
+    ready = time.perf_counter()
+    out = Path(home) / "rewritten.parquet"
+    with pq.ParquetWriter(out, landed.schema, compression="zstd",
+                          **_parquet_options(landed)) as writer:
+        for batch in landed.to_batches(max_chunksize=200_000):
+            writer.write_table(pa.Table.from_batches([batch]))
+    rows = landed.num_rows
+    out.unlink()
 else:
     import os
     from pipeline.context import Context as Haven
@@ -174,7 +189,8 @@ print(json.dumps({"rows": rows, "seconds": end - ready, "startup": ready - start
 
 
 def measure(mode: str, path: Path, home: Path, env: dict[str, str]) -> dict:
-    shutil.rmtree(home, ignore_errors=True)  # every landing is a first landing
+    if mode != "write":
+        shutil.rmtree(home, ignore_errors=True)  # every landing is a first landing
     result = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), str(home)],
                             env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -213,7 +229,7 @@ def main() -> None:
         if not path.exists():
             maker(path, rows)
     print(f"{'extract':<14}{'rows':>10}{'land s':>9}{'rows/s':>11}{'read s':>9}"
-          f"{'ratio':>8}{'start s':>9}{'ratio+st':>9}{'peak MB':>9}")
+          f"{'ratio':>8}{'start s':>9}{'ratio+st':>9}{'peak MB':>9}{'write s':>9}{'w ratio':>9}")
     results = {}
     for name, (path, _maker, _rows) in files.items():
         reads = [measure("read", path, work / f"home-{name}", env) for _ in range(args.repeat)]
@@ -221,13 +237,17 @@ def main() -> None:
                  for i in range(args.repeat)]
         read = _median(reads)
         land = _median(lands)
+        writes = [measure("write", path, work / f"home-{name}-{args.repeat - 1}", env)
+                  for _ in range(args.repeat)]
+        written = _median(writes)["seconds"]
         ratio = land["seconds"] / read["seconds"]
         with_start = ((land["seconds"] + land["startup"])
                       / (read["seconds"] + read["startup"]))
         results[name] = {"land": land, "read": read, "ratio": ratio}
         print(f"{name:<14}{land['rows']:>10,}{land['seconds']:>9.2f}"
               f"{land['rows'] / land['seconds']:>11,.0f}{read['seconds']:>9.2f}{ratio:>8.1f}"
-              f"{land['startup']:>9.2f}{with_start:>9.1f}{land['peak_mb']:>9.0f}")
+              f"{land['startup']:>9.2f}{with_start:>9.1f}{land['peak_mb']:>9.0f}"
+              f"{written:>9.2f}{written / read['seconds']:>9.1f}")
     half, full = results["apc_half"]["land"], results["apc"]["land"]
     print(f"peak memory {args.apc_rows:,} rows / {args.apc_rows // 2:,} rows: "
           f"{full['peak_mb'] / half['peak_mb']:.2f} (about 1 means bounded by a batch)")
@@ -237,6 +257,8 @@ def main() -> None:
               f"{bound['peak_mb'] / full['peak_mb']:.2f}")
     social = results["social_care"]["land"]
     print(f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])} (2 cores)")
+    print("write s: the landed rows written again as landing writes them (zstd Parquet, "
+          "batch by batch), alone; w ratio: that to the read (a floor of the landing's ratio)")
     print(f"targets: apc ratio <= 5 ({results['apc']['ratio']:.1f}); social_care >= 50,000 "
           f"rows/s ({social['rows'] / social['seconds']:,.0f})")
 
