@@ -74,11 +74,18 @@ class PseudonymTable:
                 fits = np.char.str_len(distinct) <= width
             wanted = _padded(distinct, width)
             hashes = _hashed(wanted)
+            # In the hashes' order, searched and confirmed walking the table forwards: in
+            # random order each lookup misses the caches once the table outgrows them
+            # (`linkage.sorted_search`; the survey of a 3M register grew 4.6 times from 1M).
+            order = np.argsort(hashes, kind="stable")
+            hashes, wanted, fits = hashes[order], wanted[order], fits[order]
             first = np.searchsorted(self.hashes, hashes)
+            hits = np.full(len(order), -1, dtype=np.int64)
             for step in range(self.longest_run):  # past pseudonyms sharing the hash, if any
                 at = np.minimum(first + step, len(self.ids) - 1)
-                hit = fits & (found < 0) & (self.hashes[at] == hashes) & (self.ids[at] == wanted)
-                found[hit] = at[hit]
+                hit = fits & (hits < 0) & (self.hashes[at] == hashes) & (self.ids[at] == wanted)
+                hits[hit] = at[hit]
+            found[order] = hits
         indices = encoded.indices
         if not len(found):  # every pseudonym asked is null
             return np.full(len(indices), -1, dtype=np.int64)

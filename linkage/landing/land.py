@@ -51,6 +51,7 @@ from linkage.landing.reader import (
     parquet_columns,
     read_header,
 )
+from linkage.sorted_search import search_sorted
 
 # More rejected rows than this share means the file itself is wrong (e.g. columns shifted).
 MAX_REJECTED_FRACTION = 0.5
@@ -550,7 +551,7 @@ class SealedPersons:
         """Per number: not sealed yet."""
         if not len(self._numbers):
             return np.ones(len(numbers), dtype=bool)
-        at = np.minimum(np.searchsorted(self._numbers, numbers), len(self._numbers) - 1)
+        at = np.minimum(search_sorted(self._numbers, numbers), len(self._numbers) - 1)
         return self._numbers[at] != numbers
 
     def add(self, numbers: np.ndarray) -> None:

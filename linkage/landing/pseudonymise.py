@@ -32,6 +32,7 @@ from governance.keys import Key
 from linkage.landing import contracts as c
 from linkage.landing.contracts import Contract
 from linkage.landing.validate import Checked
+from linkage.sorted_search import search_sorted
 
 ENCODED_SOURCES = frozenset({"gp_patients", "social_care"})
 POSTCODE_RE = r"^[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}$"
@@ -67,7 +68,7 @@ class HashMemo:
         digests = np.zeros(len(numbers), dtype=f"S{width}")
         if not len(self._numbers) or self._digests.dtype != digests.dtype:
             return digests, np.ones(len(numbers), dtype=bool)
-        at = np.minimum(np.searchsorted(self._numbers, numbers), len(self._numbers) - 1)
+        at = np.minimum(search_sorted(self._numbers, numbers), len(self._numbers) - 1)
         found = self._numbers[at] == numbers
         digests[found] = self._digests[at[found]]
         return digests, ~found

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from linkage.probabilistic.encoded import Encoded, compared_fields, pass_columns
+from linkage.sorted_search import search_sorted
 
 # Blocking passes: columns (without the `lk_` prefix) that must all agree.
 # An element `a|b` is the unordered pair of two columns (forename/surname swapped still agree).
@@ -205,7 +206,7 @@ def _counts_in(keys: np.ndarray, groups: Groups) -> np.ndarray:
     _, unique, _, counts = groups
     if len(unique) == 0:
         return np.zeros(len(keys), dtype=np.int64)
-    at = np.minimum(np.searchsorted(unique, keys), len(unique) - 1)
+    at = np.minimum(search_sorted(unique, keys), len(unique) - 1)
     return np.where((keys != 0) & (unique[at] == keys), counts[at], 0)
 
 
