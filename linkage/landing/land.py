@@ -51,6 +51,7 @@ from linkage.landing.reader import (
     parquet_columns,
     read_header,
 )
+from linkage.landing.seen_ids import SeenIds
 from linkage.sorted_search import search_sorted
 
 # More rejected rows than this share means the file itself is wrong (e.g. columns shifted).
@@ -318,7 +319,7 @@ def _land_batches(ctx: LandingContext, connection: Connection, path: Path, parqu
     staging = ctx.settings.layout.staged(extract_id)
     counts: Counter[str] = Counter()
     reasons: list[tuple[int, str]] = []
-    seen_ids: list[np.ndarray] = []
+    seen_ids = SeenIds()
     sealed = 0
     persons_sealed = SealedPersons()  # each person is sealed once, when first seen
     writer: list[pq.ParquetWriter] = []
@@ -493,28 +494,24 @@ def _parquet_options(table: pa.Table) -> dict[str, Any]:
             "write_statistics": plain, "column_encoding": encoded}
 
 
-def _duplicate_ids(fingerprints: np.ndarray, good: np.ndarray, seen: list[np.ndarray],
+def _duplicate_ids(fingerprints: np.ndarray, good: np.ndarray, seen: SeenIds,
                    rows: np.ndarray, id_name: str, reasons: list[tuple[int, str]]) -> np.ndarray:
     """Rows whose record id appeared earlier in the file (the first is kept), as a mask.
 
-    Ids are compared by their 64-bit keyed fingerprint (see `record_keys`) held in a sorted
-    array: 8 bytes a row, never the id.
+    Ids are compared by their 64-bit keyed fingerprint (see `record_keys`), those kept so far
+    held in `seen` (`linkage.landing.seen_ids`): 8 bytes a row, never the id.
     """
     candidates = np.flatnonzero(good)
     order = np.argsort(fingerprints[candidates], kind="stable")  # first occurrence first
     ordered = fingerprints[candidates][order]
     repeated = np.zeros(len(ordered), dtype=bool)
     repeated[1:] = ordered[1:] == ordered[:-1]
-    known = seen[0] if seen else np.zeros(0, dtype=fingerprints.dtype)
-    if len(known):
-        at = np.minimum(np.searchsorted(known, ordered), len(known) - 1)
-        repeated |= known[at] == ordered
+    repeated |= seen.seen(ordered)
     duplicate = np.zeros(len(fingerprints), dtype=bool)
     duplicate[candidates[order[repeated]]] = True
     for row in rows[duplicate].tolist():
         reasons.append((row, f"{id_name}: duplicate of an earlier row"))
-    fresh = ordered[~repeated]
-    seen[:] = [np.insert(known, np.searchsorted(known, fresh), fresh)]
+    seen.add(ordered[~repeated])
     return duplicate
 
 

@@ -1,0 +1,27 @@
+"""A landing's memory of the record ids kept so far (`SeenIds`): exact, and in few runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from linkage.landing.seen_ids import SeenIds
+
+
+def test_what_was_added_is_seen_and_nothing_else_in_few_runs() -> None:
+    """Against a set, over 300 batches of repeated and fresh fingerprints: every lookup is
+    exact, and the runs stay about log2 of what is held (merged as they fill, whatever the
+    batches' sizes), each sorted."""
+    rng = np.random.default_rng(3)
+    seen, reference = SeenIds(), set()
+    for batch in range(300):
+        asked = np.sort(rng.integers(0, 20_000, int(rng.integers(0, 400))).astype(np.uint64))
+        found = seen.seen(asked)
+        assert found.tolist() == [int(x) in reference for x in asked], batch
+        fresh = np.unique(asked[~found])
+        seen.add(fresh)
+        reference.update(int(x) for x in fresh)
+        assert len(seen) == len(reference)
+        assert len(seen.runs) <= math.log2(len(seen) + 1) + 1
+        assert all((np.diff(run.astype(np.int64)) > 0).all() for run in seen.runs)
