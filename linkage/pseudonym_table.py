@@ -74,9 +74,9 @@ class PseudonymTable:
                 fits = np.char.str_len(distinct) <= width
             wanted = _padded(distinct, width)
             hashes = _hashed(wanted)
-            # In the hashes' order, searched and confirmed walking the table forwards: in
-            # random order each lookup misses the caches once the table outgrows them
-            # (`linkage.sorted_search`; the survey of a 3M register grew 4.6 times from 1M).
+            # In the hashes' order, searched and confirmed moving forwards through the table
+            # (`linkage.sorted_search`'s idea, here with the confirmation in the same order):
+            # in random order each lookup misses the caches once the table outgrows them.
             order = np.argsort(hashes, kind="stable")
             hashes, wanted, fits = hashes[order], wanted[order], fits[order]
             first = np.searchsorted(self.hashes, hashes)

@@ -25,7 +25,8 @@ class SeenIds:
         return sum(len(run) for run in self.runs)
 
     def seen(self, ordered: np.ndarray) -> np.ndarray:
-        """Per fingerprint of `ordered` (sorted): whether it was added before."""
+        """Per fingerprint of `ordered` (of the runs' type; sorted, which only makes it
+        faster): whether it was added before."""
         found = np.zeros(len(ordered), dtype=bool)
         for run in self.runs:
             at = np.minimum(np.searchsorted(run, ordered), len(run) - 1)
@@ -33,9 +34,12 @@ class SeenIds:
         return found
 
     def add(self, fresh: np.ndarray) -> None:
-        """Remember `fresh` (sorted, none seen before)."""
+        """Remember `fresh` (sorted, none seen before, all of one integer type: merging
+        int64 with uint64 would make floats that compare wrongly)."""
         if not len(fresh):
             return
+        if self.runs and fresh.dtype != self.runs[0].dtype:
+            raise TypeError(f"fingerprints of type {fresh.dtype} among {self.runs[0].dtype}")
         self.runs.append(fresh)
         while len(self.runs) > 1 and (len(self.runs[-2]).bit_length()
                                       <= len(self.runs[-1]).bit_length()):

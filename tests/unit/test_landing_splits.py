@@ -223,7 +223,7 @@ def test_the_array_check_accepts_only_lines_the_line_pattern_accepts() -> None:
     assert accepted > 10_000
     for common in (b'"a","b",""\n"c",d,"e"\r\n', b"a,b\n", b'"a,b","c d"\n'):
         assert quoted_whole(common), common
-    for odd in (b'a",",b\n', b'"a\n"\n', b'"a"b"\n', b'x"y",1\n'):
+    for odd in (b'a",",b\n', b'"a\n"\n', b'"a"b"\n', b'x"y",1\n', b'"a"'):
         assert not quoted_whole(odd), odd
 
 

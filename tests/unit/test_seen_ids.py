@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from linkage.landing.seen_ids import SeenIds
 
@@ -25,3 +26,11 @@ def test_what_was_added_is_seen_and_nothing_else_in_few_runs() -> None:
         assert len(seen) == len(reference)
         assert len(seen.runs) <= math.log2(len(seen) + 1) + 1
         assert all((np.diff(run.astype(np.int64)) > 0).all() for run in seen.runs)
+
+
+def test_fingerprints_of_another_type_are_refused() -> None:
+    """int64 merged with uint64 would become floats, which compare wrongly: refused."""
+    seen = SeenIds()
+    seen.add(np.array([1, 2], dtype=np.uint64))
+    with pytest.raises(TypeError, match="fingerprints of type int64"):
+        seen.add(np.array([3], dtype=np.int64))
