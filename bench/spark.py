@@ -341,8 +341,7 @@ def prepare_throughput(spark: Any, env: dict[str, str], inbound: Path, batch_row
         counts = [count_split(path, names, split) for split in splits]
         plan = numbered(counts)
         shipped = [(split.index, pickle.dumps(ToRead(
-            str(path.resolve()), names, split, first, batch_rows, seen,
-            count.rows - len(count.unsplittable))))
+            str(path.resolve()), names, split, first, batch_rows, seen, count.split_rows)))
             for split, first, count in zip(splits, plan.firsts, counts, strict=True)]
         shared = spark.sparkContext.broadcast(job)
 

@@ -92,8 +92,9 @@ def quoted_whole(lines: bytes) -> bool:
     if not len(quotes):
         return True
     opens, closes = quotes[0::2], quotes[1::2]
-    before = data[opens - 1]  # the first quote's is the last byte when it starts the lines
-    before[0] = before[0] if opens[0] else ord(",")
+    before = data[opens - 1]
+    if opens[0] == 0:  # a quote starting the lines follows a line's start, as after a comma
+        before[0] = ord(",")
     if not _FIELD_EDGE[before].all() or not _FIELD_EDGE[data[closes + 1]].all():
         return False  # (`lines` ends in a line end, so no quote is its last byte)
     line_ends = np.flatnonzero((data == ord("\n")) | (data == ord("\r")))

@@ -72,6 +72,11 @@ class SplitCount:
     refusal: str | None = None  # "utf8" or "csv": the reader's refusal met in this split
     bad_line: int | None = None  # 0-based line (in the split) of its first byte not UTF-8
 
+    @property
+    def split_rows(self) -> int:
+        """The rows the parser could split: those reading the split gives."""
+        return self.rows - len(self.unsplittable)
+
 
 @dataclass
 class Numbered:

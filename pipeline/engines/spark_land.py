@@ -132,7 +132,7 @@ class ToRead:
     first: int
     slice_rows: int
     seen: Seen
-    rows: int  # the rows the split was counted to hold (those the parser could split)
+    rows: int  # the rows the split was counted to hold (`SplitCount.split_rows`)
 
 
 @dataclass(frozen=True)
@@ -245,11 +245,11 @@ def spark_file_prepared(spark: SparkSession, path: Path, names: list[str], parqu
         expected: list[int] = []
         number = 0
         for split, first, count in zip(splits, plan.firsts, counts, strict=True):
-            kept = count.rows - len(count.unsplittable)
-            slices = -(-kept // max(slice_rows, 1))
+            slices = -(-count.split_rows // max(slice_rows, 1))
             if not slices:
                 continue
-            to_read = ToRead(str(path), names, split, first, slice_rows, seen, kept)
+            to_read = ToRead(str(path), names, split, first, slice_rows, seen,
+                             count.split_rows)
             pending.append((number, pickle.dumps(to_read)))
             expected.extend(range(number, number + slices))
             number += slices
