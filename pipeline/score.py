@@ -187,7 +187,7 @@ def score(ctx: Context, at: dt.date, *, seed: int = 0, purpose: str = "commissio
         if before is not None:
             previous = ctx.settings.layout.run(before.run_id).scores
         run = scorer(copy, at, seed=seed, previous=previous, model=model, bundle=bundle,
-                     out=copy.folder)
+                     out=copy.folder, progress=progress)
         return _record(ctx, run, at, purpose, progress, bundle, bundle_id, applied)
 
 

@@ -32,6 +32,7 @@ from stratify.features import (
     feature_table,
     fetch_features,
 )
+from stratify.progress import Progress, quiet
 from stratify.sources import extract_ids
 from stratify.tiers import assign, thresholds
 from stratify.train import ModelBundle, train
@@ -78,7 +79,7 @@ def score(sources: Sources, at: dt.date, seed: int = 0,
           previous: pd.DataFrame | Path | None = None, bundle: ModelBundle | None = None,
           max_train_persons: int | None = 400_000,
           threads: int | None = None, model: str | None = None,
-          out: Path | None = None) -> ScoreRun:
+          out: Path | None = None, progress: Progress = quiet) -> ScoreRun:
     """Score everyone alive and registered at `at`; see the module docstring.
 
     `previous`: an earlier run's scores (`person_key`, `probability`, `tier`) to report change,
@@ -88,17 +89,19 @@ def score(sources: Sources, at: dt.date, seed: int = 0,
     this function reads only what it is given. `model`: score with
     this candidate instead of the one chosen on validation (a super user's choice, recorded in
     the run's metrics and part of its id). `out`: write the scores there a batch at a time
-    instead of returning them in memory (`score_connected`).
+    instead of returning them in memory (`score_connected`). `progress` is told each step.
     """
     return score_connected(connect(sources, threads), extract_ids(sources), at, seed,
-                           previous, bundle, max_train_persons, model, out=out)
+                           previous, bundle, max_train_persons, model, out=out,
+                           progress=progress)
 
 
 def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int = 0,
                     previous: pd.DataFrame | Path | None = None, bundle: ModelBundle | None = None,
                     max_train_persons: int | None = 400_000,
                     model: str | None = None, batch: int | None = None,
-                    out: Path | None = None) -> ScoreRun:
+                    out: Path | None = None, progress: Progress = quiet
+                    ) -> ScoreRun:
     """`score` on a connection holding the typed sources (`features.connect`, or
     `features.connect_on_disk` for a population larger than memory), which it closes once the
     features are read; `ids`: the extract ids each source's rows came from.
@@ -114,7 +117,8 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
     there (`ScoreRun.written`) and not in memory, which keeps only the chosen model's
     probability of each person (8 bytes a person: the tier thresholds and the mean are
     numpy's own on the whole column). The files read back equal the frames returned without
-    `out`."""
+    `out`. `progress` is told each step: training's, the features, and the batches predicted
+    and explained (about a tenth of the persons at a time)."""
     size = SCORE_BATCH if batch is None else batch
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -134,15 +138,19 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
         # fitted (stratify.train), and without it the process kept their pages.
         con.execute("SET allocator_background_threads = true")
         if bundle is None:
-            bundle = train(con, at, seed, max_train_persons=max_train_persons)
+            bundle = train(con, at, seed, max_train_persons=max_train_persons,
+                           progress=progress)
             lap("train")
+            progress(f"model trained in {seconds['train']:,.0f} s")
         bundle = choose_model(bundle, model)
         feature_table(con, at, bundle.lookback_months)
         persons = _order_persons(con)
         score_batch.attribute_tables(con, at)
         lap("features")
+        progress(f"features at {at.isoformat()} of {persons:,} persons worked out")
         spans = [(start, min(start + size, persons))
                  for start in range(0, persons, size)] or [(0, 0)]
+        tell = _Tenths(spans, persons, progress)
         chosen_parts = []
         for a, b in spans:
             keys = _batch_keys(con, a, b)
@@ -150,6 +158,7 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
             chosen_parts.append(probability[bundle.chosen])
             sink.candidates(pd.DataFrame({"person_key": keys,
                                           **{name: p for name, p in probability.items()}}))
+            tell(b, "predicted")
         chosen = np.concatenate(chosen_parts)
         del chosen_parts
         cut = thresholds(chosen)
@@ -166,6 +175,7 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
                                            score_batch.explained(X, contributions),
                                            score_batch.batch_attributes(con, X.index),
                                            earlier))
+            tell(b, "tiered and explained")
         lap("reasons")
     finally:
         con.close()
@@ -189,6 +199,23 @@ def score_connected(con: Any, ids: dict[str, list[str]], at: dt.date, seed: int 
                           "features": bundle.features,
                           "codelists_digest": bundle.codelists_digest,
                           "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+
+
+class _Tenths:
+    """Tells `progress` how many of `persons` a loop over `spans` has done, at the spans
+    ending about each tenth of the way and at the last: a few lines, however many batches."""
+
+    def __init__(self, spans: list[tuple[int, int]], persons: int,
+                 progress: Progress) -> None:
+        every = max(1, -(-len(spans) // 10))  # at most ten lines, the last included
+        self.marks = {b for i, (_, b) in enumerate(spans)
+                      if (i + 1) % every == 0 or i == len(spans) - 1}
+        self.persons = persons
+        self.progress = progress
+
+    def __call__(self, done: int, what: str) -> None:
+        if done in self.marks and self.persons:
+            self.progress(f"{what} {done:,} of {self.persons:,} persons")
 
 
 def _order_persons(con: Any) -> int:

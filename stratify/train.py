@@ -54,6 +54,7 @@ from stratify.features import (
 )
 from stratify.models import CANDIDATES, Blend, Calibrator, Model, make
 from stratify.outcomes import outcomes_from
+from stratify.progress import Progress, quiet
 from stratify.sources import add_months
 from stratify.tiers import thresholds
 
@@ -180,6 +181,11 @@ def _digest() -> str:
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def _sampled_note(taken: int, population: int) -> str:
+    """", a sample of N" when training took fewer persons than the date has."""
+    return f", a sample of {taken:,}" if taken < population else ""
 
 
 def _has_history(con: duckdb.DuckDBPyConnection, at: dt.date) -> bool:
@@ -340,13 +346,15 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
           calibration: str = "platt", max_train_persons: int | None = 400_000,
           history_gain_check: bool = True, features: list[str] | None = None,
           history_gain_learner: str = HISTORY_GAIN_LEARNER,
-          sample_persons: int | None = None) -> ModelBundle:
+          sample_persons: int | None = None, progress: Progress = quiet
+          ) -> ModelBundle:
     """Fit, choose and calibrate the candidates for a run at `at` (see the module docstring);
     `history_gain_check` False skips the reference-date-only refit (`history_gain`, with
     `history_gain_learner`: a candidate's name, or "chosen").
     `features`: learn from these catalogue features only (default all; benches compare).
     `sample_persons`: learn from at most this many persons of each training date (None:
-    `SAMPLE_PERSONS`), drawn as `_training_rows` draws them."""
+    `SAMPLE_PERSONS`), drawn as `_training_rows` draws them. `progress` is told each step
+    (features of a date, the candidates' fits), with counts."""
     names = list(features) if features is not None else list(NAMES)
     unknown = sorted(set(names) - set(NAMES))
     if unknown:
@@ -361,11 +369,15 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
     if sample < 1:
         raise ValueError(f"sample_persons must be 1 or more, not {sample}")
     X1, y1, population = _training_rows(con, t1, lookback, names, sample, seed, 4)
+    progress(f"training: features at {t1.isoformat()} of {population:,} persons"
+             f"{_sampled_note(len(X1), population)}")
     _learnable(y1, t1, at)
     held = draw(len(X1), CALIBRATION_SHARE, seed, 1)
     selection: dict[str, Any] = {}
     if _has_history(con, t0):
-        X0, y0, _ = _training_rows(con, t0, lookback, names, sample, seed, 5)
+        X0, y0, earlier = _training_rows(con, t0, lookback, names, sample, seed, 5)
+        progress(f"training: features at {t0.isoformat()} of {earlier:,} persons"
+                 f"{_sampled_note(len(X0), earlier)}")
         _learnable(y0, t0, t1)
         Xs, ys = _subsample(X0, y0, max_train_persons, seed, 2)
         selection["method"] = "backtest"
@@ -375,6 +387,8 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
         Xs, ys = _subsample(X1[~held], y1[~held], max_train_persons, seed, 2)
         selection["method"] = "holdout"
         Xv, yv = X1[held], y1[held]
+    progress(f"training: choosing among {', '.join(candidates)} ({selection['method']}, "
+             f"fitted on {len(Xs):,} persons)")
     for name, model in _fit_all(candidates, Xs, ys, seed).items():
         selection[name] = _auc(yv, model.decision(Xv))
     scored = {n: selection[n] for n in candidates if not np.isnan(selection[n])}
@@ -390,6 +404,8 @@ def train(con: duckdb.DuckDBPyConnection, at: dt.date, seed: int = 0,
                                             "population": population,
                                             "sample_persons": sample,
                                             "sampled": population > sample}}
+    progress(f"training: {chosen} chosen; fitting the candidates on {len(Xf):,} persons and "
+             f"calibrating them on {int(held.sum()):,}")
     for name, model in _fit_all(candidates, Xf, yf, seed).items():
         decision = model.decision(X1[held])
         calibrator = Calibrator(calibration).fit(decision, y1[held])

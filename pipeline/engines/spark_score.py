@@ -56,6 +56,7 @@ from stratify.features import (
     fetch_features,
     person_ranges,
 )
+from stratify.progress import Progress, quiet
 from stratify.score_partition import tier_thresholds
 from stratify.scoring import (
     SCORE_BATCH,
@@ -244,11 +245,12 @@ def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
                    bundle: ModelBundle | None = None,
                    max_train_persons: int | None = 400_000, threads: int | None = None,
                    model: str | None = None, persons_per_task: int = PERSONS_PER_TASK,
-                   out: Path | None = None) -> ScoreRun:
+                   out: Path | None = None, progress: Progress = quiet) -> ScoreRun:
     """`stratify.scoring.score` with features, prediction, tiers and reasons on Spark (same
     arguments; `persons_per_task`: the size of a task's range of persons). `out`: the
     run's files are written there (the scratch workspace of the linked copy) and the run
-    holds them (`ScoreRun.written`), as the embedded engine's; else they are read back."""
+    holds them (`ScoreRun.written`), as the embedded engine's; else they are read back.
+    `progress` is told training's steps."""
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -270,10 +272,12 @@ def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
         if bundle is None:
             con = connect(disk, threads)
             try:
-                bundle = train(con, at, seed, max_train_persons=max_train_persons)
+                bundle = train(con, at, seed, max_train_persons=max_train_persons,
+                               progress=progress)
             finally:
                 con.close()
             lap("train")
+            progress(f"model trained in {seconds['train']:,.0f} s")
         bundle = choose_model(bundle, model)
         if isinstance(previous, pd.DataFrame):  # the tasks read a file, a range each
             previous.to_parquet(work / "spark-previous.parquet", index=False)
@@ -291,8 +295,10 @@ def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
         first = chosen.groupBy("part").agg({"persons": "max", "seconds": "max"}).collect()
         lap("predict")
         found = {row["part"]: row["max(persons)"] for row in first}
+        progress(f"predicted {sum(found.values()):,} persons in {len(found):,} tasks")
         second = sorted(second_pass(ranges, job, shared, cut, found).collect())
         lap("reasons")
+        progress(f"tiered and explained {sum(found.values()):,} persons")
         parts = sorted(found)
         if not parts:
             raise NoOneToScore(f"no one in the linked data is alive and registered on "
