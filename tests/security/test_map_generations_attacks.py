@@ -436,7 +436,7 @@ def test_a_pinned_read_meeting_a_swap_while_opening_opens_the_new_generation(
     is pinned as it is."""
     settings = Settings(home=tmp_path / "home")
     with map_store.Pinned(settings) as pinned:
-        assert pinned.files() == [] and pinned.extract("e1") is None
+        assert list(pinned.files()) == [] and pinned.extract("e1") is None
     _first_generation(settings)
     real = map_store.current
     calls: list[int] = []
