@@ -168,15 +168,26 @@ def _bare_pairs(pinned: map_store.Pinned, batch_rows: int) -> pd.DataFrame:
     if not keys:
         return empty
     wanted = pa.array(sorted(keys), pa.string())
-    found = []
+    del keys
+    found: list[pa.Table] = []
+    held = 0
     for batch in pinned.batches(["person_key", "person_id"], batch_rows):
         table = pa.Table.from_batches([batch])
         table = table.filter(pc.and_(pc.is_in(table.column("person_key"), value_set=wanted),
                                      pc.is_valid(table.column("person_id"))))
-        found.append(table.group_by(["person_key", "person_id"]).aggregate([]))
-    pairs = (pa.concat_tables(found).group_by(["person_key", "person_id"]).aggregate([])
-             .sort_by([("person_key", "ascending"), ("person_id", "ascending")]))
+        found.append(_distinct_pairs([table]))
+        held += found[-1].num_rows
+        if held > batch_rows:  # the pairs met so far folded into one: what is held is the
+            found = [_distinct_pairs(found)]  # distinct pairs and a batch's, not every row's
+            held = found[0].num_rows
+    pairs = _distinct_pairs(found).sort_by([("person_key", "ascending"),
+                                            ("person_id", "ascending")])
     return pairs.to_pandas() if pairs.num_rows else empty
+
+
+def _distinct_pairs(tables: list[pa.Table]) -> pa.Table:
+    """The distinct (person_key, person_id) rows of `tables`."""
+    return pa.concat_tables(tables).group_by(["person_key", "person_id"]).aggregate([])
 
 
 def person_keys(person_ids: pa.Array, key: Key, memo: dict[str, str] | None = None
