@@ -69,7 +69,7 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
     applied = optouts_applied(ctx.engine)  # in force today, as use_filter's defaults
     progress(f"reading linked, pseudonymised data for {serving.purpose} (the opt-outs in force "
              "today)")
-    with linked_copy(ctx, purpose_rows(ctx, serving.purpose, applied)) as sources:  # on disk
+    with linked_copy(ctx, purpose_rows(ctx, serving.purpose, applied), progress) as sources:
         # The run's rows are read once the copy is made: making it (a batch of rows and
         # DuckDB's memory) and a whole population's scores are not held at once.
         run, _ = _run_rows(files, withheld)
@@ -78,7 +78,7 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
         if status.complete:
             progress(f"judging the run's {len(run.scores):,} persons on the year after "
                      f"{run.at.isoformat()}")
-            evaluation = evaluate(run, sources)
+            evaluation = evaluate(run, sources, progress=progress)
         else:
             # The back-test reads only the run's date, seed, model and id: the run's rows are
             # let go while it trains and scores everyone a year earlier, and read again after.
@@ -87,7 +87,7 @@ def model_report(ctx: Context, run_id: str | None = None, out: Path | None = Non
             meta = replace(run, scores=run.scores.iloc[:0], candidates=run.candidates.iloc[:0])
             del run
             try:
-                evaluation = backtest(sources, meta, leave_out=withheld)
+                evaluation = backtest(sources, meta, leave_out=withheld, progress=progress)
             except NoBacktest:
                 evaluation = None
             run, _ = _run_rows(files, withheld)

@@ -31,6 +31,7 @@ from stratify.bootstrap import RESAMPLES
 from stratify.evaluate import Evaluation, evaluate
 from stratify.features import OnDisk, Sources, connect
 from stratify.outcomes import OUTCOME_MONTHS
+from stratify.progress import Progress, quiet
 from stratify.scoring import ScoreRun, score
 from stratify.sources import EMERGENCY_METHODS, add_months
 from stratify.train import train
@@ -47,10 +48,11 @@ def backtest_dates(at: dt.date, months: int = OUTCOME_MONTHS) -> tuple[dt.date, 
 
 def backtest(sources: Sources, run: ScoreRun, months: int = OUTCOME_MONTHS,
              resamples: int = RESAMPLES, max_train_persons: int | None = 400_000,
-             leave_out: set[str] | None = None) -> Evaluation:
+             leave_out: set[str] | None = None, progress: Progress = quiet) -> Evaluation:
     """The back-test evaluation of `run` (see the module docstring); NoBacktest when the data
     hold no emergency admission in either year the back-test needs. Persons of `leave_out`
-    (person keys a release must hold back now) are in none of its figures."""
+    (person keys a release must hold back now) are in none of its figures. `progress` is
+    told the training's, scoring's and evaluation's steps."""
     fit_at, judged_at = backtest_dates(run.at, months)
     con = connect(sources)
     try:
@@ -64,18 +66,20 @@ def backtest(sources: Sources, run: ScoreRun, months: int = OUTCOME_MONTHS,
         if not counts or not counts[0] or not counts[1]:
             raise NoBacktest(f"no back-test: hospital records hold no emergency admission in "
                              f"{fit_at} to {judged_at} or in {judged_at} to {run.at}")
-        bundle = train(con, judged_at, run.seed, max_train_persons=max_train_persons)
+        bundle = train(con, judged_at, run.seed, max_train_persons=max_train_persons,
+                       progress=progress)
     finally:
         con.close()
     model = run.model if run.model in bundle.models else None
     out = sources.folder if isinstance(sources, OnDisk) else None
     past: ScoreRun = score(sources, judged_at, seed=run.seed, bundle=bundle, model=model,
-                           out=out)
+                           out=out, progress=progress)
     if out is not None:
         past = _read_back(past, RunFiles(out))
     kept = ~past.scores["person_key"].isin(leave_out or set())
     past = dataclasses.replace(past, run_id=run.run_id, scores=past.scores[kept])
-    ev = evaluate(past, sources, months=months, resamples=resamples, seed=run.seed)
+    ev = evaluate(past, sources, months=months, resamples=resamples, seed=run.seed,
+                  progress=progress)
     return dataclasses.replace(ev, at=run.at, kind="backtest", judged_at=judged_at)
 
 

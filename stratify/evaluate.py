@@ -30,6 +30,7 @@ from stratify.bootstrap import RESAMPLES, bootstrap_intervals
 from stratify.features import Sources, connect
 from stratify.models import equal_to_earlier, expit, logit
 from stratify.outcomes import OUTCOME_MONTHS, build_outcome_flags, follow_up_complete
+from stratify.progress import Progress, quiet
 from stratify.scoring import ScoreRun
 from stratify.sources import add_months
 from stratify.tiers import TIERS
@@ -229,14 +230,15 @@ def evaluate(run: ScoreRun, sources: Sources | None = None,
              outcomes: pd.Series | None = None, outcome: str = "emergency",
              extra_scores: dict[str, pd.Series] | None = None,
              months: int = OUTCOME_MONTHS, resamples: int = RESAMPLES,
-             seed: int | None = None) -> Evaluation:
+             seed: int | None = None, progress: Progress = quiet) -> Evaluation:
     """Judge `run` on what happened in the `months` after its date.
 
     Outcomes come from `outcomes` (0/1 by person_key) or are read from `sources`, which must
     then reach past `run.at + months` (`follow_up` tells). `extra_scores` (by person_key) are
     compared alongside the candidate models, e.g. a reference risk known only in synthetic
     data. `resamples` bootstrap resamples (0: none), drawn with `seed` (default the run's) over
-    persons in person-key order, give the spread of the headline figures.
+    persons in person-key order, give the spread of the headline figures. `progress` is told
+    each step (outcomes, figures, subgroups, the bootstrap), with counts.
     """
     # The run's own columns, not a copy of them indexed by person key: a frame of the whole
     # population's scores was copied here, and its outcomes reindexed by key through a hash
@@ -251,6 +253,8 @@ def evaluate(run: ScoreRun, sources: Sources | None = None,
         raise ValueError("give outcomes or sources to read them from")
     else:
         y = build_outcome_flags(sources, persons, run.at, months)[outcome].astype(int)
+    progress(f"  outcomes of {len(y):,} persons read: {int(np.sum(y)):,} with an {outcome} "
+             f"admission in the {months} months after {run.at.isoformat()}")
     models = _candidate_probabilities(run.candidates, persons)
     models["chosen"] = scores["probability"].to_numpy()
     for name, values in (extra_scores or {}).items():
@@ -262,6 +266,7 @@ def evaluate(run: ScoreRun, sources: Sources | None = None,
     for name, p in models.items():
         found[name] = found[same[name]] if name in same else metrics(y, p)
     overall = pd.DataFrame([{"model": name, **found[name]} for name in models])
+    progress(f"  figures of {len(models)} models worked out; now by subgroup")
     rows = []
     for column in groups.columns:
         for value in sorted(groups[column].unique()):
@@ -278,6 +283,8 @@ def evaluate(run: ScoreRun, sources: Sources | None = None,
                          index=persons, copy=False)  # the arrays above, not copies
     notes = [f"Outcome: {outcome} in the {months} months from {run.at.isoformat()}; "
              f"{int(y.sum()):,} events among {len(y):,} persons."]
+    if resamples:
+        progress(f"  subgroups and calibration done; bootstrap of {resamples:,} resamples")
     spread, differences = (bootstrap_intervals(y, models, resamples,
                                                run.seed if seed is None else seed)
                            if resamples else (pd.DataFrame(), pd.DataFrame()))

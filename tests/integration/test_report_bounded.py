@@ -85,8 +85,15 @@ def test_the_report_of_a_run_without_its_outcome_year_is_the_in_memory_one(
     end = dt.date(at.year + 1, at.month, at.day)  # the data end before this run's year
     monkeypatch.setattr(scoring_module, "SCORE_BATCH", 113)
     run_id = score_stage(haven, end).run_id
-    batched = model_report(haven, run_id, tmp_path / "batched")
+    said: list[str] = []
+    batched = model_report(haven, run_id, tmp_path / "batched", progress=said.append)
     assert "## Back-test evaluation" in batched.read_text()
+    # it tells each step of the back-test as it goes: its training, scoring and judging
+    steps = ["is not complete: back-testing", "training: features at", "chosen; fitting",
+             "predicted", "tiered and explained", "  outcomes of", "  figures of",
+             "bootstrap of", "writing the report"]
+    at = [next(i for i, line in enumerate(said) if step in line) for step in steps]
+    assert at == sorted(at)
     monkeypatch.setattr(backtest_module, "OnDisk", _NotACopy)
     kept = model_report(haven, run_id, tmp_path / "kept")
     assert batched.read_text() == kept.read_text()

@@ -97,8 +97,13 @@ def test_a_run_whose_year_has_passed_is_judged_on_it(
     at, run = JUDGED, judged
     status = follow_up(sources, at)
     assert status.complete and status.months_observed >= 11
-    ev = evaluate(run, sources, resamples=30)
+    said: list[str] = []
+    ev = evaluate(run, sources, resamples=30, progress=said.append)
     assert ev.kind == "prospective" and ev.judged_at == at
+    y = ev.frame["outcome"].to_numpy()
+    assert said[0] == (f"  outcomes of {len(y):,} persons read: {int(y.sum()):,} with an "
+                       f"emergency admission in the 12 months after {at.isoformat()}")
+    assert said[-1] == "  subgroups and calibration done; bootstrap of 30 resamples"
     # the report's intervals follow the run's seed: the same run, the same intervals
     pd.testing.assert_frame_equal(ev.bootstrap, evaluate(run, sources, resamples=30).bootstrap)
     other = evaluate(run, sources, resamples=30, seed=run.seed + 1).bootstrap
