@@ -170,16 +170,18 @@ def _bare_pairs(pinned: map_store.Pinned, batch_rows: int) -> pd.DataFrame:
     wanted = pa.array(sorted(keys), pa.string())
     del keys
     found: list[pa.Table] = []
-    held = 0
+    held, fold_at = 0, batch_rows
     for batch in pinned.batches(["person_key", "person_id"], batch_rows):
         table = pa.Table.from_batches([batch])
         table = table.filter(pc.and_(pc.is_in(table.column("person_key"), value_set=wanted),
                                      pc.is_valid(table.column("person_id"))))
         found.append(_distinct_pairs([table]))
         held += found[-1].num_rows
-        if held > batch_rows:  # the pairs met so far folded into one: what is held is the
-            found = [_distinct_pairs(found)]  # distinct pairs and a batch's, not every row's
+        if held > fold_at:  # the pairs met so far folded into distinct pairs: what is held
+            found = [_distinct_pairs(found)]  # is about twice those, not every batch's
             held = found[0].num_rows
+            # the next fold waits for at least as many new pairs as it keeps: linear work
+            fold_at = max(batch_rows, 2 * held)
     pairs = _distinct_pairs(found).sort_by([("person_key", "ascending"),
                                             ("person_id", "ascending")])
     return pairs.to_pandas() if pairs.num_rows else empty

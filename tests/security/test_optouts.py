@@ -304,9 +304,9 @@ def test_scoring_applies_the_optouts_in_force_now_not_on_its_date(
     assert not set(pd.read_csv(exported)["person_key"]) & late_keys
     seen: dict[str, object] = {}
     real = report_module.evaluate
-    monkeypatch.setattr(report_module, "evaluate", lambda run, sources: seen.update(
+    monkeypatch.setattr(report_module, "evaluate", lambda run, sources, **options: seen.update(
         run=run, medicated=_person_keys_in(sources, ("gp_medications",)))
-        or real(run, sources))
+        or real(run, sources, **options))
     model_report(haven, run_id, tmp_path / "report")
     assert not set(seen["run"].scores["person_key"]) & late_keys
     assert "did not apply): 2\n" in (tmp_path / "report" / "report.md").read_text()  # counted
