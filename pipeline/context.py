@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable
 
 from sqlalchemy import Engine
 
@@ -12,12 +11,11 @@ from governance.db import open_database
 from governance.keys import KeyProvider
 from governance.settings import Settings
 
-# A stage's progress: one line of what it is doing or has done (counts, where results went).
-Progress = Callable[[str], None]
+# A stage's progress: one line of what it is doing or has done (counts, where results went);
+# the stages' own type, so a pipeline step hands its progress on to them unchanged.
+from stratify.progress import Progress, quiet
 
-
-def quiet(_line: str) -> None:
-    """Progress that goes nowhere (the default)."""
+__all__ = ["Context", "Progress", "operator", "quiet"]
 
 
 def operator() -> Actor:
