@@ -441,14 +441,24 @@ def purpose_filter(engine: Engine, purpose: str, at: dt.date,
     register extracts to apply (what a run records it applied); default: as they are now."""
     _check_purpose(purpose)
     rules = coverage(engine) if rules is None else rules
-    live = active_optouts(engine, at, rules, register)
-    care_senders = _social_care_senders(engine)
+    return PurposeFilter(purpose, active_optouts(engine, at, rules, register), tuple(rules),
+                         frozenset(_social_care_senders(engine)))
 
-    def keep(frame: pd.DataFrame, source: str) -> pd.Series:
-        return pd.Series(~excluded_rows(frame, source, purpose, live, rules, care_senders),
+
+@dataclass(frozen=True, eq=False)
+class PurposeFilter:
+    """`purpose_filter`'s verdicts, from what it read of governance: a value, not a closure,
+    so a process that cannot reach the database (a Spark executor) is sent it whole."""
+
+    purpose: str
+    live: pd.DataFrame
+    rules: tuple[Coverage, ...]
+    care_senders: frozenset[str]
+
+    def __call__(self, frame: pd.DataFrame, source: str) -> pd.Series:
+        return pd.Series(~excluded_rows(frame, source, self.purpose, self.live,
+                                        list(self.rules), set(self.care_senders)),
                          index=frame.index)
-
-    return keep
 
 
 def filter_digest(engine: Engine, purpose: str, at: dt.date,

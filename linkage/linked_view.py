@@ -7,6 +7,7 @@ opt-out rules for a purpose, from governance) drops what that purpose may not us
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -134,21 +135,85 @@ def _linked(settings: Settings, engine: Engine, sources: list[str] | None, batch
             if sources is not None and source not in sources:
                 continue
             path = settings.layout.rows(item.extract_id)
-            present = [n for n in pq.read_schema(path).names if not n.startswith("lk_")]
-            if columns is not None and source in columns:
-                keep = {"extract_id", "row", "person_id", *columns[source]}
-                present = [n for n in present if n in keep]
-            window = _Window(pinned.extract(str(item.extract_id)), str(item.extract_id),
-                             window_rows)
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows,
-                                                           columns=present):
-                table = pa.Table.from_batches([batch])
-                wanted = table.column("row").to_numpy()
-                found, person_keys = window.keys_of(wanted)
-                table = table.filter(pa.array(found)).append_column("person_key", person_keys)
-                table = table.append_column("sender", pa.repeat(
-                    pa.scalar(item.sender, pa.string()), table.num_rows))
-                yield source, str(item.extract_id), table
+            piece = Piece(source, str(item.extract_id), item.sender, path,
+                          _present(path, source, columns), None)
+            for table in _piece_batches(piece, pinned.extract(piece.extract_id),
+                                        batch_rows, window_rows):
+                yield source, piece.extract_id, table
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Row groups of one landed extract's rows (all when `row_groups` is None) and the
+    landed columns to read: a part of the linked rows one process reads
+    (`piece_tables`), anywhere the data directory is mounted (a Spark executor)."""
+
+    source: str
+    extract_id: str
+    sender: str | None
+    rows_path: Path
+    columns: tuple[str, ...]
+    row_groups: tuple[int, ...] | None
+
+
+def _present(path: Path, source: str, columns: dict[str, list[str]] | None
+             ) -> tuple[str, ...]:
+    """The landed columns of `path` to read: all but the linkage encodings, or `columns`'
+    for the source (and what the filter and the key need)."""
+    present = [n for n in pq.read_schema(path).names if not n.startswith("lk_")]
+    if columns is not None and source in columns:
+        keep = {"extract_id", "row", "person_id", *columns[source]}
+        present = [n for n in present if n in keep]
+    return tuple(present)
+
+
+def pieces(settings: Settings, engine: Engine, columns: dict[str, list[str]] | None = None,
+           rows_per_piece: int = 2_000_000) -> list[Piece]:
+    """The landed extracts' rows cut into pieces of whole row groups, about `rows_per_piece`
+    rows each, in the order `linked_tables` reads them."""
+    out = []
+    landed = landed_extracts(engine)
+    for item in landed.sort_values(["source", "extract_id"]).itertuples():
+        path = settings.layout.rows(item.extract_id)
+        present = _present(path, str(item.source), columns)
+        meta = pq.ParquetFile(path).metadata
+        group: list[int] = []
+        held = 0
+        for number in range(meta.num_row_groups):
+            group.append(number)
+            held += meta.row_group(number).num_rows
+            if held >= rows_per_piece or number == meta.num_row_groups - 1:
+                out.append(Piece(str(item.source), str(item.extract_id), item.sender,
+                                 path, present, tuple(group)))
+                group, held = [], 0
+    return out
+
+
+def piece_tables(piece: Piece, link_path: Path | None, row_filter: RowFilter | None = None,
+                 batch_rows: int = 250_000, window_rows: int = 1_000_000
+                 ) -> Iterator[pa.Table]:
+    """`linked_tables`' batches of one piece, its person keys from `link_path` (the map's
+    file of the extract, `map_store.hard_linked`)."""
+    for table in _piece_batches(piece, link_path, batch_rows, window_rows):
+        if row_filter is not None and table.num_rows:
+            table = table.filter(pa.array(_verdicts(table, row_filter, piece.source)))
+        if table.num_rows:
+            yield table
+
+
+def _piece_batches(piece: Piece, link: Path | BinaryIO | None, batch_rows: int,
+                   window_rows: int) -> Iterator[pa.Table]:
+    """A piece's rows that the map holds, a batch at a time, with `person_key` and `sender`,
+    unfiltered."""
+    window = _Window(link, piece.extract_id, window_rows)
+    for batch in pq.ParquetFile(piece.rows_path).iter_batches(
+            batch_size=batch_rows, columns=list(piece.columns), row_groups=piece.row_groups):
+        table = pa.Table.from_batches([batch])
+        wanted = table.column("row").to_numpy()
+        found, person_keys = window.keys_of(wanted)
+        table = table.filter(pa.array(found)).append_column("person_key", person_keys)
+        yield table.append_column("sender", pa.repeat(
+            pa.scalar(piece.sender, pa.string()), table.num_rows))
 
 
 class _Window:

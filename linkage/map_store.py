@@ -162,6 +162,36 @@ def batches(settings: Settings, columns: Sequence[str] | None = None,
         yield from pinned.batches(columns, batch_rows)
 
 
+def hard_linked(settings: Settings, into: Path) -> dict[str, Path] | Path | None:
+    """The current generation's files hard-linked into `into` (made here, on the data
+    directory's filesystem), for processes that cannot share this one's open files (Spark's
+    executors): they read one generation whole though an update swaps in another and removes
+    it meanwhile, as `Pinned` does for this process (a hard link outlives the name it was
+    made from, and a generation's files never change in place). Extract id -> file; the
+    legacy single file; None when nothing is indexed."""
+    for attempt in range(3):
+        shutil.rmtree(into, ignore_errors=True)
+        into.mkdir(parents=True)
+        try:
+            generation = current(settings)
+            if generation is None:
+                legacy = settings.layout.legacy_link_map
+                if not legacy.exists():
+                    return None
+                os.link(legacy, into / "legacy.parquet")
+                return into / "legacy.parquet"
+            linked = {}
+            for entry in generation.entries:
+                target = into / f"{safe_extract_id(entry.extract_id)}.parquet"
+                os.link(generation.path(entry.extract_id), target)
+                linked[entry.extract_id] = target
+            return linked
+        except FileNotFoundError:  # an update swapped generations while this linked
+            if attempt == 2:
+                raise
+    return None  # not reached
+
+
 class Pinned:
     """One generation's files, every one opened at once and held open: a read of several
     passes (or of one extract, then another) sees that generation whole, though an update

@@ -94,20 +94,29 @@ def use_filter(ctx: Context, purpose: str, on: dt.date,
     # Arrow's allocator keeps the pages reading the map freed (0.7 GB of a million persons'
     # map, kept under the linked copy the stage makes next): handed back to the system.
     pa.default_memory_pool().release_unused()
+    return UseFilter(judge, pairs)
 
-    def keep(frame: pd.DataFrame, source: str) -> pd.Series:
-        mask = judge(frame, source)
+
+@dataclass(frozen=True, eq=False)
+class UseFilter:
+    """`use_filter`'s verdicts: governance's filter `judge`, and the pseudonyms (`pairs`:
+    person_key, person_id) behind the rows without one. A value, not a closure, so a Spark
+    executor making its part of the linked copy is sent it whole."""
+
+    judge: RowFilter
+    pairs: pd.DataFrame
+
+    def __call__(self, frame: pd.DataFrame, source: str) -> pd.Series:
+        mask = self.judge(frame, source)
         bare = frame["person_id"].isna() if "person_id" in frame else None
         if bare is None or "person_key" not in frame or not bare.any():
             return mask
         columns = ["person_key"] + (["sender"] if "sender" in frame else [])
         probe = frame.loc[bare, columns].rename_axis("at").reset_index().merge(
-            pairs, on="person_key")
-        refused = probe.loc[~judge(probe, source).to_numpy(), "at"].unique()
+            self.pairs, on="person_key")
+        refused = probe.loc[~self.judge(probe, source).to_numpy(), "at"].unique()
         mask.loc[refused] = False
         return mask
-
-    return keep
 
 
 def purpose_filter(ctx: Context, purpose: str, applied: dict[str, Any] | None = None
