@@ -37,6 +37,9 @@ from governance import store
 from linkage.linked_view import RowFilter, linked_tables
 from pipeline import linked_cache
 from pipeline.context import Context, Progress, quiet
+from pipeline.engines.spark_copy import copy_on_spark
+from pipeline.engines.spark_score import PERSONS_PER_TASK
+from pipeline.engines.spark_session import session
 from stratify.features import OnDisk, append_table, cluster_by_person, connect_on_disk
 from stratify.sources import COLUMNS, PERSON_FIELDS
 
@@ -67,7 +70,9 @@ def linked_copy(ctx: Context, rows: RowFilter | PurposeRows | None,
         if not isinstance(rows, PurposeRows):
             yield _made(ctx, folder, rows, progress)
             return
-        key = linked_cache.cache_key(ctx, rows.purpose, rows.applied, WANTED)
+        # Spark's copy is Parquet in ranges of persons, not the cache's DuckDB file
+        key = (linked_cache.cache_key(ctx, rows.purpose, rows.applied, WANTED)
+               if ctx.settings.engine != "spark" else None)
         kept = linked_cache.take(ctx, key, folder) if key is not None else None
         if kept is not None:
             progress(f"  {kept['rows']:,} linked rows: the copy the last stage made of the "
@@ -85,7 +90,13 @@ def linked_copy(ctx: Context, rows: RowFilter | PurposeRows | None,
 
 def _made(ctx: Context, folder: Path, row_filter: RowFilter | None, progress: Progress
           ) -> OnDisk:
-    """Read the linked rows `row_filter` keeps a batch at a time into `folder`'s DuckDB file."""
+    """Read the linked rows `row_filter` keeps a batch at a time into `folder`'s DuckDB file
+    (on Spark: Parquet in ranges of persons, made by the executors: `spark_copy`)."""
+    if ctx.settings.engine == "spark":
+        with session(ctx.settings, "haven-linked-copy") as spark:
+            return copy_on_spark(spark, ctx.settings, ctx.engine, row_filter, folder,
+                                 ctx.settings.duckdb_memory, WANTED, PERSONS_PER_TASK,
+                                 progress)
     con = connect_on_disk(folder, ctx.settings.duckdb_memory)
     ids: dict[str, set[str]] = {}
     rows = since = 0

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from stratify import codelists
 from stratify.catalogue import DAYS_CAP, FEATURES, NAMES, YEARS_CAP, history_years
@@ -63,6 +64,8 @@ def _in(values: tuple[str, ...]) -> str:
 def connect(sources: Sources, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with one typed view per source (`v_apc`, ...); absent ones empty.
     Given an `OnDisk` copy, a connection to its file (the tables are there already)."""
+    if isinstance(sources, OnDisk) and sources.ranges is not None:
+        return _connect_parquet(sources, threads or sources.threads)
     if isinstance(sources, OnDisk):
         con = connect_on_disk(sources.folder, sources.memory_limit, threads or sources.threads,
                               create=False, read_only=sources.read_only)
@@ -97,6 +100,59 @@ def _person_range_views(con: duckdb.DuckDBPyConnection, low: str | None,
                     f'"{catalog}".main.v_{name} WHERE {within}')
     con.execute(f'CREATE OR REPLACE TEMP VIEW {WHOLE_GP} AS SELECT * FROM '
                 f'"{catalog}".main.v_gp_patients')
+
+
+def _connect_parquet(sources: OnDisk, threads: int | None) -> duckdb.DuckDBPyConnection:
+    """`connect` for a copy in Parquet (`OnDisk.ranges`, made by Spark): an in-memory
+    database whose typed views read the copy's files, spilling to a folder of its own. A
+    stage seeing one of the copy's own ranges reads that range's files only (and every GP
+    registration, as `_person_range_views` gives any range); any other range reads every file
+    and keeps its persons' rows."""
+    con = duckdb.connect()
+    spill = sources.folder / "spill" / f"reader-{secrets.token_hex(8)}"
+    spill.mkdir(parents=True)
+    con.execute(f"SET memory_limit = '{sources.memory_limit}'")
+    con.execute(f"SET temp_directory = '{_sql_path(spill)}'")
+    con.execute("SET preserve_insertion_order = false")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    assert sources.ranges is not None
+    own = (sources.ranges.index(sources.persons)
+           if sources.persons is not None and sources.persons in sources.ranges else None)
+    for name in COLUMNS:
+        _parquet_view(con, f"v_{name}", name, parquet_files(sources.folder, name, own))
+    if sources.persons is not None:
+        _person_range_views(con, *sources.persons)
+        if own is not None:
+            con.execute(f"DROP VIEW {WHOLE_GP}")
+            _parquet_view(con, WHOLE_GP, "gp_patients",
+                          parquet_files(sources.folder, "gp_patients", None), temp=True)
+    return con
+
+
+PARQUET_COPY = "parquet"  # a Parquet copy's folder in its workspace: <source>/range=<i>/
+
+
+def parquet_files(folder: Path, name: str, part: int | None) -> list[Path]:
+    """The Parquet files of source `name` in the copy in `folder` (`OnDisk.ranges`): of its
+    range `part` only, or of every range (None), in name order."""
+    where = folder / PARQUET_COPY / name
+    return sorted(where.glob(f"range={part}/*.parquet" if part is not None
+                             else "range=*/*.parquet"))
+
+
+def _parquet_view(con: duckdb.DuckDBPyConnection, view: str, name: str, paths: list[Path],
+                  temp: bool = False) -> None:
+    """A view `view` of source `name`'s rows in `paths`, typed as `connect` types them (an
+    empty table when there is none)."""
+    kind = "TEMP VIEW" if temp else "VIEW"
+    if not paths:
+        con.execute(f"CREATE {'TEMP ' if temp else ''}TABLE {view} ({_ddl(name)})")
+        return
+    listed = ", ".join(f"'{_sql_path(path)}'" for path in paths)
+    present = pq.read_schema(paths[0]).names  # every file of a source has its schema
+    con.execute(f"CREATE {kind} {view} AS {_typed_select(name, present)} "
+                f"FROM read_parquet([{listed}], hive_partitioning = false)")
 
 
 def key_range_sql(low: str | None, high: str | None) -> str:
@@ -159,7 +215,11 @@ class OnDisk:
     `persons`: when set, the range of person keys `[low, high)` (None: unbounded) a stage sees
     (`person_ranges`): every view holds those persons' rows only. `read_only`: opened by
     several processes at once (Spark's tasks, `shared`). `threads`: DuckDB's threads when
-    the caller names none (a Spark task's CPUs; None: every core)."""
+    the caller names none (a Spark task's CPUs; None: every core). `ranges`: set when the
+    rows are Parquet files, not a DuckDB file (the Spark engine's copy,
+    `pipeline.engines.spark_copy`): `folder/parquet/<source>/range=<i>/` holds the rows of
+    the persons whose keys are in `ranges[i]` (`person_ranges`' form), each file in key
+    order."""
 
     folder: Path
     memory_limit: str
@@ -168,6 +228,7 @@ class OnDisk:
     persons: tuple[str | None, str | None] | None = None
     read_only: bool = False
     threads: int | None = None
+    ranges: tuple[tuple[str | None, str | None], ...] | None = None
 
     def part(self, low: str | None, high: str | None) -> OnDisk:
         """The same copy seen as the persons whose keys are in `[low, high)` only."""
@@ -271,6 +332,39 @@ def append_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> 
         return append_rows(con, name, table.to_pandas())
     _insert(con, name, typed, typed.column_names)
     return typed.num_rows
+
+
+_ARROW_TYPES = {"TIMESTAMP": pa.timestamp("us"), "DOUBLE": pa.float64(),
+                "BOOLEAN": pa.bool_(), "VARCHAR": pa.string()}
+
+
+def copy_schema(name: str) -> pa.Schema:
+    """The Arrow types of source `name`'s columns in the copy (`typed_table`'s result)."""
+    return pa.schema([(column, _ARROW_TYPES[kind]) for column, kind in _types(name).items()])
+
+
+def typed_table(name: str, table: pa.Table) -> pa.Table | None:
+    """A batch of source `name`'s linked rows (as `linkage.linked_view.linked_tables` gives)
+    as `append_table` would put it into the copy: `_types(name)`'s columns, cast by DuckDB
+    as the copy casts them (None when no row is left). For a copy written elsewhere than a
+    DuckDB file (the Spark engine's Parquet copy), with the same values."""
+    if name not in COLUMNS or table.num_rows == 0:
+        return None
+    if "person_key" not in table.column_names:
+        raise ValueError(f"source {name} has no person_key column")
+    rows: pd.DataFrame | pa.Table | None = _arrow_prepared(name, table)
+    if rows is None:
+        rows = prepare({name: table.to_pandas()}).get(name)
+        if rows is None or not len(rows):
+            return None
+    con = duckdb.connect()
+    try:
+        con.register("batch_rows", rows)
+        columns = list(rows.columns) if isinstance(rows, pd.DataFrame) else rows.column_names
+        typed = con.sql(f"{_typed_select(name, columns)} FROM batch_rows").to_arrow_table()
+        return typed.cast(copy_schema(name))
+    finally:
+        con.close()
 
 
 # pandas' nanosecond datetimes: `prepare` makes dates outside these bounds NaT (null)

@@ -285,7 +285,9 @@ def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
             stack.callback(previous.unlink, missing_ok=True)
         job = RangeJob(disk.shared(), at, bundle.lookback_months, work, previous,
                        bundle.chosen)
-        ranges = _ranges_table(spark, person_ranges(disk, persons_per_task))
+        # a Parquet copy made on Spark is in ranges already: a task reads its range's files
+        ranges = _ranges_table(spark, list(disk.ranges) if disk.ranges is not None
+                               else person_ranges(disk, persons_per_task))
         lap("ranges")
         shared = broadcast(spark, bundle)  # once; destroyed when scored
         stack.callback(shared.destroy)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 from spark_fixtures import (
     comparable_links,
     spark_fixture,  # noqa: F401 - the shared `spark` session
@@ -20,6 +21,7 @@ from cli.main import main
 from conftest import key_environment
 from governance.schema import extracts as extract_table
 from governance.settings import Settings
+from pipeline import linked_copy
 from pipeline.context import Context
 from synth import generate
 
@@ -46,14 +48,20 @@ def _pipeline(home: Path, extracts: Path, keys: dict[str, str], engine: str,
             select(extract_table.c.source, extract_table.c.sender, extract_table.c.status,
                    extract_table.c.rows_landed, extract_table.c.counts)))
     haven.engine.dispose()
-    return {"run": run.name, "receipts": receipts,
+    tasks = json.loads((run / "run.json").read_text())["metrics"].get("tasks")
+    return {"run": run.name, "receipts": receipts, "tasks": tasks,
             "scores": pd.read_parquet(run / "scores.parquet").assign(
                 person_key=lambda f: f["person_key"].map(lambda k: own.get(k, k))).sort_values(
                 "person_key").reset_index(drop=True),
             "links": links}
 
 
-def test_the_commands_on_spark_equal_the_embedded_engine(spark: Any, tmp_path: Path) -> None:
+def test_the_commands_on_spark_equal_the_embedded_engine(spark: Any, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    # the linked copy made on Spark in ranges of 80 persons: the score's tasks read a range
+    # of the copy's files each (pipeline/engines/spark_copy.py)
+    monkeypatch.setattr(linked_copy, "PERSONS_PER_TASK", 80)
     extracts = tmp_path / "extracts"
     meta = generate(300, 4, extracts, progress=False)
     at = dt.date.fromisoformat(meta["period_end"]) + dt.timedelta(days=1)
@@ -72,3 +80,4 @@ def test_the_commands_on_spark_equal_the_embedded_engine(spark: Any, tmp_path: P
     assert (abs(a["probability"].to_numpy() - b["probability"].to_numpy()) <= 1e-9).all()
     assert a["tier"].tolist() == b["tier"].tolist()
     assert a["reasons"].tolist() == b["reasons"].tolist()
+    assert embedded["tasks"] is None and on_spark["tasks"]["ranges"] >= 3
