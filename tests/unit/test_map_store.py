@@ -145,3 +145,39 @@ def test_a_pinned_read_lets_each_file_go_once_it_moves_on(tmp_path: Path):
         gc.collect()
         assert first() is None and second.metadata.num_rows == 5
         assert [b.num_rows for b in pinned.batches(["row"])] == [8, 5, 3]
+
+
+def test_hard_links_of_a_generation_outlive_its_swap_and_removal(tmp_path: Path):
+    # what Spark's tasks read the map through (pipeline/engines/spark_copy.py): processes
+    # that cannot share this one's open files still read one generation whole
+    settings = Settings(home=tmp_path / "home")
+    old = _generation(settings, {"e1": _rows("e1", 5, key="Pold"),
+                                 "e2": _rows("e2", 3, key="Pold")})
+    linked = map_store.hard_linked(settings, tmp_path / "home" / "scratch" / "map")
+    assert isinstance(linked, dict) and sorted(linked) == ["e1", "e2"]
+    _generation(settings, {"e1": _rows("e1", 5, key="Pnew"), "e2": _rows("e2", 3, key="Pnew")})
+    assert not old.folder.exists()  # the update removed the generation the links were made of
+    keys = [k for path in linked.values()
+            for k in pd.read_parquet(path, columns=["person_key"])["person_key"]]
+    assert len(keys) == 8 and set(keys) - {"Pu0", "Pu4"} == {"Pold"}
+
+
+def test_hard_links_are_made_again_when_a_swap_removes_a_file_half_way(tmp_path: Path,
+                                                                      monkeypatch):
+    settings = Settings(home=tmp_path / "home")
+    _generation(settings, {"e1": _rows("e1", 4, key="Pold"), "e2": _rows("e2", 2, key="Pold")})
+    real = map_store.os.link
+    calls = []
+
+    def link(source, target, *args, **kwargs):
+        calls.append(source)
+        if len(calls) == 2:  # an update swaps a generation in between two files' links
+            _generation(settings, {"e1": _rows("e1", 4, key="Pnew"),
+                                   "e2": _rows("e2", 2, key="Pnew")})
+        return real(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(map_store.os, "link", link)
+    linked = map_store.hard_linked(settings, tmp_path / "home" / "scratch" / "map")
+    keys = {k for path in linked.values()
+            for k in pd.read_parquet(path, columns=["person_key"])["person_key"]}
+    assert keys - {"Pu0"} == {"Pnew"} and len(calls) == 4  # never a file of each generation
