@@ -131,6 +131,7 @@ def _connect_parquet(sources: OnDisk, threads: int | None) -> duckdb.DuckDBPyCon
 
 
 PARQUET_COPY = "parquet"  # a Parquet copy's folder in its workspace: <source>/range=<i>/
+GLOB_MARKS = ("*", "?", "[")
 
 
 def parquet_files(folder: Path, name: str, part: int | None) -> list[Path]:
@@ -146,6 +147,11 @@ def _parquet_view(con: duckdb.DuckDBPyConnection, view: str, name: str, paths: l
     """A view `view` of source `name`'s rows in `paths`, typed as `connect` types them (an
     empty table when there is none)."""
     kind = "TEMP VIEW" if temp else "VIEW"
+    if any(mark in str(path) for path in paths for mark in GLOB_MARKS):
+        # DuckDB reads every path given as a pattern: another folder's files could match
+        raise ValueError("the linked copy's folder (in HAVEN_HOME) has a '*', '?' or '[' in "
+                         "its path: DuckDB would read it as a pattern; move the data "
+                         "directory to a path without them")
     if not paths:
         con.execute(f"CREATE {'TEMP ' if temp else ''}TABLE {view} ({_ddl(name)})")
         return

@@ -29,6 +29,7 @@ made of, as the embedded copy gives them.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,8 +83,8 @@ def copy_on_spark(spark: SparkSession, settings: Settings, engine: Engine,
              f"{len(ranges):,} ranges of persons")
     shared = broadcast(spark, (row_filter, starts))
     kept = folder / KEPT
-    kept.mkdir()
     try:
+        kept.mkdir()
         for source in sorted({piece.source for piece in cut}):
             numbered = [(number, piece, _map_file(maps, piece.extract_id))
                         for number, piece in enumerate(cut) if piece.source == source]
@@ -95,6 +96,10 @@ def copy_on_spark(spark: SparkSession, settings: Settings, engine: Engine,
             progress(f"  {source}: {len(numbered):,} pieces copied")
     finally:
         shared.destroy()
+        # the map's files (every pseudonym and key of every extract, rows the purpose may
+        # not use too) are let go once the copy is made, as the embedded engine's pin is:
+        # a destruction meanwhile is not kept alive here until the stage ends
+        shutil.rmtree(folder / "map", ignore_errors=True)
     ids, total = _kept(kept)
     progress(f"  {total:,} linked rows copied, in ranges of persons in key order")
     return OnDisk(folder=folder, memory_limit=memory_limit, ids=ids, rows=total,

@@ -247,7 +247,8 @@ def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
                    model: str | None = None, persons_per_task: int = PERSONS_PER_TASK,
                    out: Path | None = None, progress: Progress = quiet) -> ScoreRun:
     """`stratify.scoring.score` with features, prediction, tiers and reasons on Spark (same
-    arguments; `persons_per_task`: the size of a task's range of persons). `out`: the
+    arguments; `persons_per_task`: the size of a task's range of persons, for a DuckDB copy
+    or frames; a Parquet copy made on Spark is read in its own ranges). `out`: the
     run's files are written there (the scratch workspace of the linked copy) and the run
     holds them (`ScoreRun.written`), as the embedded engine's; else they are read back.
     `progress` is told training's steps."""
@@ -297,14 +298,14 @@ def score_on_spark(spark: SparkSession, sources: Sources, at: dt.date,
         first = chosen.groupBy("part").agg({"persons": "max", "seconds": "max"}).collect()
         lap("predict")
         found = {row["part"]: row["max(persons)"] for row in first}
+        if not found:
+            raise NoOneToScore(f"no one in the linked data is alive and registered on "
+                               f"{at.isoformat()}")
         progress(f"predicted {sum(found.values()):,} persons in {len(found):,} tasks")
         second = sorted(second_pass(ranges, job, shared, cut, found).collect())
         lap("reasons")
         progress(f"tiered and explained {sum(found.values()):,} persons")
         parts = sorted(found)
-        if not parts:
-            raise NoOneToScore(f"no one in the linked data is alive and registered on "
-                               f"{at.isoformat()}")
         files = RunFiles(work)
         for kind, target in (("candidates", files.candidates), ("scores", files.scores)):
             score_batch.join_parts([files.part(kind, part) for part in parts], target)
