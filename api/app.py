@@ -48,7 +48,7 @@ from api.routes import (
 )
 from api.scored_run import NoRun
 from api.trail import AuditMiddleware, AuditWriter
-from governance import arrow_pool, core_dumps
+from governance import core_dumps
 from governance.db import open_database
 from governance.keys import KeyProvider
 from governance.settings import Settings
@@ -198,6 +198,5 @@ def create_app_from_environ() -> FastAPI:  # pragma: no cover - used by uvicorn 
     environment, read once here, at the process's entry point. No core dumps (it holds the
     release key and serves identifiable rows)."""
     core_dumps.forbid(hard=True)
-    arrow_pool.choose(os.environ)  # freed pages go back to the system (issue #12)
     return create_app(Settings.from_environ(os.environ),
                       config=ApiConfig.from_environ(os.environ))

@@ -26,7 +26,7 @@ from cli import (
 from cli.land_cmd import land_command
 from cli.link_files_cmd import link_files_command
 from cli.synth_cmd import synth_command
-from governance import arrow_pool, core_dumps
+from governance import core_dumps
 from governance.settings import Settings
 from pipeline.context import Context
 from pipeline.engines.spark_protections import SparkUnavailable
@@ -55,9 +55,7 @@ def build_app(environ: Mapping[str, str]) -> typer.Typer:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run `haven` with explicit arguments and environment; returns the exit status."""
     core_dumps.forbid()  # this process and all it starts hold raw rows and keys in memory
-    given = dict(os.environ if environ is None else environ)
-    arrow_pool.choose(given)  # freed pages go back to the system (issue #12)
-    app = build_app(given)
+    app = build_app(dict(os.environ if environ is None else environ))
     try:
         app(args=list(sys.argv[1:] if argv is None else argv), prog_name="haven",
             standalone_mode=True)
