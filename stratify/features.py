@@ -9,6 +9,7 @@ bucket) at a time; persons never span partitions when partitioned by `person_key
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import os
 import re
@@ -105,9 +106,9 @@ def _person_range_views(con: duckdb.DuckDBPyConnection, low: str | None,
 def _connect_parquet(sources: OnDisk, threads: int | None) -> duckdb.DuckDBPyConnection:
     """`connect` for a copy in Parquet (`OnDisk.ranges`, made by Spark): an in-memory
     database whose typed views read the copy's files, spilling to a folder of its own. A
-    stage seeing one of the copy's own ranges reads that range's files only (and every GP
-    registration, as `_person_range_views` gives any range); any other range reads every file
-    and keeps its persons' rows."""
+    stage seeing one of the copy's own ranges, or a run of them (`person_ranges` gives runs),
+    reads those ranges' files only (and every GP registration, as `_person_range_views` gives
+    any range); any other range reads every file and keeps its persons' rows."""
     con = duckdb.connect()
     spill = sources.folder / "spill" / f"reader-{secrets.token_hex(8)}"
     spill.mkdir(parents=True)
@@ -117,10 +118,10 @@ def _connect_parquet(sources: OnDisk, threads: int | None) -> duckdb.DuckDBPyCon
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     assert sources.ranges is not None
-    own = (sources.ranges.index(sources.persons)
-           if sources.persons is not None and sources.persons in sources.ranges else None)
+    own = _own_ranges(sources.ranges, sources.persons)
     for name in COLUMNS:
-        _parquet_view(con, f"v_{name}", name, parquet_files(sources.folder, name, own))
+        _parquet_view(con, f"v_{name}", name, [
+            path for part in own or [None] for path in parquet_files(sources.folder, name, part)])
     if sources.persons is not None:
         _person_range_views(con, *sources.persons)
         if own is not None:
@@ -128,6 +129,20 @@ def _connect_parquet(sources: OnDisk, threads: int | None) -> duckdb.DuckDBPyCon
             _parquet_view(con, WHOLE_GP, "gp_patients",
                           parquet_files(sources.folder, "gp_patients", None), temp=True)
     return con
+
+
+def _own_ranges(ranges: tuple[tuple[str | None, str | None], ...],
+                persons: tuple[str | None, str | None] | None) -> list[int] | None:
+    """The numbers of the copy's consecutive ranges whose union is `persons` exactly (None:
+    the whole copy, or a range that is not such a union)."""
+    if persons is None:
+        return None
+    low, high = persons
+    first = next((i for i, (start, _) in enumerate(ranges) if start == low), None)
+    last = next((i for i, (_, end) in enumerate(ranges) if end == high), None)
+    if first is None or last is None or first > last:
+        return None
+    return list(range(first, last + 1))
 
 
 PARQUET_COPY = "parquet"  # a Parquet copy's folder in its workspace: <source>/range=<i>/
@@ -176,7 +191,9 @@ def person_ranges(sources: Sources, persons_per_part: int
     """Ranges of person keys `[low, high)` (None: unbounded) of about `persons_per_part`
     persons each, in key order, covering every key: a stage run a range at a time holds one
     range's persons, and its results put one after another are in person-key order. One
-    range, `(None, None)`, for frames or a population of at most `persons_per_part`."""
+    range, `(None, None)`, for frames or a population of at most `persons_per_part`. Over a
+    Parquet copy (`OnDisk.ranges`) every range is a run of the copy's own (`_snapped`), so a
+    task reads only those ranges' files."""
     if not isinstance(sources, OnDisk) or persons_per_part < 1:
         return [(None, None)]
     union = " UNION ".join(f"SELECT person_key FROM v_{name} WHERE person_key IS NOT NULL"
@@ -191,8 +208,20 @@ def person_ranges(sources: Sources, persons_per_part: int
         """).fetchall()]
     finally:
         con.close()
+    if sources.ranges is not None:
+        starts = _snapped(starts, [low for low, _ in sources.ranges[1:] if low is not None])
     edges: list[str | None] = [None, *starts, None]
     return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def _snapped(starts: list[str], own: list[str]) -> list[str]:
+    """`starts` moved each to the first of a Parquet copy's range starts `own` at or after
+    it (the last when none is), once each: every range is then a run of the copy's ranges,
+    whose task reads only their files. Sizes stay about right (within a copy's range)."""
+    if not own:
+        return []
+    moved = [own[min(bisect.bisect_left(own, start), len(own) - 1)] for start in starts]
+    return sorted(set(moved))
 
 
 def _types(name: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from cli.main import main
 from conftest import key_environment
 from factories import approve_candidates
 from governance.settings import Settings
-from pipeline import analyses, analysis_ranges
+from pipeline import analyses, analysis_ranges, linked_copy
 from pipeline.context import Context
 from stratify.features import OnDisk
 from synth import generate
@@ -54,6 +54,9 @@ def test_the_analyses_on_spark_equal_the_embedded_engine(spark: Any, tmp_path: P
     shutil.copytree(tmp_path / "embedded", tmp_path / "spark")
     on_spark = {**env, "HAVEN_HOME": str(tmp_path / "spark"), "HAVEN_ENGINE": "spark"}
     monkeypatch.setattr(analyses, "PART_PERSONS", 90)  # several ranges, so several tasks
+    # the linked copy made on Spark in ranges of 40 persons: each analysis range is a run of
+    # them (`person_ranges` over a Parquet copy), its task reading only their files
+    monkeypatch.setattr(linked_copy, "PERSONS_PER_TASK", 40)
     tracker = spark.sparkContext.statusTracker()
     for kind in analyses.KINDS:
         jobs = len(tracker.getJobIdsForGroup())
