@@ -6,6 +6,10 @@ purpose may use into a DuckDB file of their own (`pipeline.linked_copy`): at a m
 48M rows, about 40 s a stage, the same rows five times over when they run one after another.
 A copy is kept under `Layout.linked_cache(key)` and given to a stage whose key is the same;
 the stage gets a copy of the file in its own workspace (stages write working tables into it).
+On Spark the copy is Parquet files in ranges of persons (`pipeline.engines.spark_copy`), which
+no stage writes into: they are hard-linked into the entry and back into a stage's workspace,
+with the ranges in the entry's meta; the form is in the key, so one engine's copy is never
+given to the other.
 
 The key digests everything the copy's rows depend on, read when the copy is taken and again
 when it is kept (kept only if nothing changed meanwhile):
@@ -48,16 +52,18 @@ from governance import optouts, store
 from linkage import map_store
 from linkage.person_index import landed_extracts
 from pipeline.context import Context
+from stratify.features import PARQUET_COPY
 
-VERSION = 3  # 3: copies kept in person-key order (features.cluster_by_person)
+VERSION = 4  # 3: copies kept in person-key order (features.cluster_by_person); 4: a form
 FILE = "sources.duckdb"
 META = "meta.json"
 
 
 def cache_key(ctx: Context, purpose: str, applied: dict[str, Any],
-              columns: dict[str, list[str]]) -> str | None:
+              columns: dict[str, list[str]], form: str = "duckdb") -> str | None:
     """The key of the copy of `purpose`'s linked rows under `applied` (what
-    `pipeline.serving.optouts_applied` recorded); None when the map has no generation yet."""
+    `pipeline.serving.optouts_applied` recorded) made in `form` (`duckdb`: the embedded
+    engine's file; `parquet`: Spark's ranges); None when the map has no generation yet."""
     generation = map_store.current(ctx.settings)
     if generation is None:
         return None
@@ -75,7 +81,8 @@ def cache_key(ctx: Context, purpose: str, applied: dict[str, Any],
                                     dt.date.fromisoformat(applied["in_force_on"]), rules,
                                     applied["register"])
     payload = json.dumps({"version": VERSION, "generation": generation.folder.name,
-                          "landed": landed, "filter": allowed, "columns": columns},
+                          "landed": landed, "filter": allowed, "columns": columns,
+                          "form": form},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:40]
 
@@ -88,14 +95,35 @@ def take(ctx: Context, key: str, folder: Path) -> dict[str, Any] | None:
         if not ctx.settings.layout.linked_cache_dir.exists():
             return None
         store.own_folder(ctx.settings, entry.parent, create=False)
-        if entry.is_symlink() or any((entry / name).is_symlink() for name in (META, FILE)):
+        if entry.is_symlink() or any((entry / name).is_symlink()
+                                     for name in (META, FILE, PARQUET_COPY)):
             return None  # planted: never followed (the next keep or clear removes it)
         try:
             meta = json.loads((entry / META).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        shutil.copyfile(entry / FILE, folder / FILE)
+        if "ranges" in meta:  # Spark's copy: its files, never changed in place, linked
+            files = _parquet_files(entry / PARQUET_COPY)
+            if files is None:
+                return None
+            for name in files:
+                (folder / PARQUET_COPY / name).parent.mkdir(parents=True, exist_ok=True)
+                os.link(entry / PARQUET_COPY / name, folder / PARQUET_COPY / name)
+        else:
+            shutil.copyfile(entry / FILE, folder / FILE)
     return meta
+
+
+def _parquet_files(root: Path) -> list[Path] | None:
+    """The Parquet files under a kept Parquet copy, relative to it (None when anything
+    there is a symlink or not a folder or file: planted, never followed)."""
+    found = []
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink() or not (path.is_dir() or path.is_file()):
+            return None
+        if path.is_file() and path.suffix == ".parquet":
+            found.append(path.relative_to(root))
+    return found
 
 
 def keep(ctx: Context, key: str, key_now: Callable[[], str | None], folder: Path,
@@ -115,9 +143,17 @@ def keep(ctx: Context, key: str, key_now: Callable[[], str | None], folder: Path
             store.remove_tree(old)
         partial.mkdir()
         try:
-            shutil.copyfile(folder / FILE, partial / FILE)
+            if "ranges" in meta:  # Spark's copy: its files linked (they never change)
+                kept = []
+                for name in _parquet_files(folder / PARQUET_COPY) or []:
+                    (partial / PARQUET_COPY / name).parent.mkdir(parents=True, exist_ok=True)
+                    os.link(folder / PARQUET_COPY / name, partial / PARQUET_COPY / name)
+                    kept.append(partial / PARQUET_COPY / name)
+            else:
+                shutil.copyfile(folder / FILE, partial / FILE)
+                kept = [partial / FILE]
             (partial / META).write_text(json.dumps(meta), encoding="utf-8")
-            for path in (partial / FILE, partial / META):
+            for path in (*kept, partial / META):
                 with path.open("rb") as handle:
                     os.fsync(handle.fileno())
             os.replace(partial, entry)

@@ -70,21 +70,27 @@ def linked_copy(ctx: Context, rows: RowFilter | PurposeRows | None,
         if not isinstance(rows, PurposeRows):
             yield _made(ctx, folder, rows, progress)
             return
-        # Spark's copy is Parquet in ranges of persons, not the cache's DuckDB file
-        key = (linked_cache.cache_key(ctx, rows.purpose, rows.applied, WANTED)
-               if ctx.settings.engine != "spark" else None)
+        form = "parquet" if ctx.settings.engine == "spark" else "duckdb"
+        key = linked_cache.cache_key(ctx, rows.purpose, rows.applied, WANTED, form)
         kept = linked_cache.take(ctx, key, folder) if key is not None else None
         if kept is not None:
             progress(f"  {kept['rows']:,} linked rows: the copy the last stage made of the "
                      "same rows (nothing they depend on changed since)")
+            ranges = kept.get("ranges")
             yield OnDisk(folder=folder, memory_limit=ctx.settings.duckdb_memory,
-                         ids=kept["ids"], rows=kept["rows"])
+                         ids=kept["ids"], rows=kept["rows"],
+                         ranges=None if ranges is None else tuple(
+                             (low, high) for low, high in ranges))
             return
         copy = _made(ctx, folder, rows.make_filter(), progress)
         if key is not None:
+            meta: dict[str, Any] = {"ids": copy.ids, "rows": copy.rows}
+            if copy.ranges is not None:
+                meta["ranges"] = [list(pair) for pair in copy.ranges]
             linked_cache.keep(
-                ctx, key, lambda: linked_cache.cache_key(ctx, rows.purpose, rows.applied, WANTED),
-                folder, {"ids": copy.ids, "rows": copy.rows})
+                ctx, key, lambda: linked_cache.cache_key(ctx, rows.purpose, rows.applied,
+                                                         WANTED, form),
+                folder, meta)
         yield copy
 
 

@@ -246,3 +246,24 @@ def _apc(haven: Any) -> str:
     with haven.engine.connect() as connection:
         return connection.execute(select(extracts_table.c.extract_id).where(
             extracts_table.c.source == "apc")).scalars().first()
+
+
+def test_a_symlink_inside_a_kept_parquet_copy_is_never_taken(haven, tmp_path):
+    """Promise: a Spark copy's entry (Parquet files in ranges, hard-linked into a stage's
+    workspace) with a symlink anywhere inside it is not taken, and nothing is linked."""
+    outside = tmp_path / "outside.parquet"
+    outside.write_bytes(b"not the data directory's")
+    key = "k" * 40
+    entry = haven.settings.layout.linked_cache(key)
+    files = entry / "parquet" / "deaths" / "range=0"
+    files.mkdir(parents=True)
+    (entry / "meta.json").write_text('{"ids": {}, "rows": 0, "ranges": [[null, null]]}')
+    (files / "part-00000.parquet").symlink_to(outside)
+    with store.scratch_workspace(haven.settings) as folder:
+        assert cache_module.take(haven, key, folder) is None
+        assert not (folder / "parquet").exists()
+        (files / "part-00000.parquet").unlink()
+        (files / "part-00000.parquet").write_bytes(b"a plain file")
+        assert cache_module.take(haven, key, folder) is not None  # the control
+        linked = folder / "parquet" / "deaths" / "range=0" / "part-00000.parquet"
+        assert linked.read_bytes() == b"a plain file" and linked.stat().st_nlink == 2

@@ -6,6 +6,7 @@ its persons, in key order; and a task's view of a range still sees every GP regi
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,12 @@ from spark_fixtures import spark_fixture  # noqa: F401 - the shared `spark` sess
 from factories import rows_for, write_extract
 from governance import store
 from linkage.landing.land import LandingContext, land_file
+from pipeline.context import Context
 from pipeline.engines.spark_copy import copy_on_spark
 from pipeline.land import land
 from pipeline.link import link
 from pipeline.linked_copy import WANTED, linked_copy
-from pipeline.score import purpose_filter
+from pipeline.score import purpose_filter, purpose_rows
 from pipeline.serving import optouts_applied
 from stratify.features import WHOLE_GP, OnDisk, connect, parquet_files
 from stratify.sources import COLUMNS
@@ -100,3 +102,39 @@ def test_the_copy_on_spark_holds_the_embedded_copys_rows_range_by_range(
         assert not (folder / "map").exists() and not (folder / "map").is_symlink()
     assert not folder.exists()
 
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_copy_made_on_spark_is_kept_and_given_to_the_next_stage_on_spark_only(
+        spark: Any, haven: Any, tmp_path: Path) -> None:
+    generate(200, 12, tmp_path / "extracts", progress=False)
+    land(haven, tmp_path / "extracts")
+    link(haven)
+    on_spark = Context(replace(haven.settings, engine="spark"), engine=haven.engine,
+                       keys=haven.keys, actor=haven.actor)
+    applied = optouts_applied(haven.engine)
+    tracker = spark.sparkContext.statusTracker()
+    jobs = len(tracker.getJobIdsForGroup())
+    with linked_copy(on_spark, purpose_rows(on_spark, "commissioning", applied)) as made:
+        assert made.ranges is not None
+        made_tables, made_ranges = _tables(made), made.ranges
+    assert len(tracker.getJobIdsForGroup()) > jobs  # made on Spark
+    assert store.linked_cache_entries(haven.settings) == 1
+    jobs = len(tracker.getJobIdsForGroup())
+    with linked_copy(on_spark, purpose_rows(on_spark, "commissioning", applied)) as taken:
+        assert (taken.ranges, taken.rows, taken.ids) == (made_ranges, made.rows, made.ids)
+        taken_tables = _tables(taken)
+        assert all(path.stat().st_nlink == 2  # the entry's files, linked, not copied
+                   for path in (taken.folder / "parquet").rglob("*.parquet"))
+    assert len(tracker.getJobIdsForGroup()) == jobs  # taken from the cache: no Spark job
+    for name in COLUMNS:
+        pd.testing.assert_frame_equal(taken_tables[name], made_tables[name], obj=name)
+    # the embedded engine is never given Spark's entry (the form is in the key)
+    with linked_copy(haven, purpose_rows(haven, "commissioning", applied)) as embedded:
+        assert embedded.ranges is None
+        embedded_tables = _tables(embedded)
+    for name in COLUMNS:
+        pd.testing.assert_frame_equal(embedded_tables[name], made_tables[name], obj=name)
+    # a destruction's clearing of the cache takes Spark's entries too
+    assert store.clear_linked_cache(haven.settings) == 1
+    assert store.linked_cache_entries(haven.settings) == 0
