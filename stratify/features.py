@@ -112,11 +112,7 @@ def _connect_parquet(sources: OnDisk, threads: int | None) -> duckdb.DuckDBPyCon
     con = duckdb.connect()
     spill = sources.folder / "spill" / f"reader-{secrets.token_hex(8)}"
     spill.mkdir(parents=True)
-    con.execute(f"SET memory_limit = '{sources.memory_limit}'")
-    con.execute(f"SET temp_directory = '{_sql_path(spill)}'")
-    con.execute("SET preserve_insertion_order = false")
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
+    _bounded(con, sources.memory_limit, spill, threads)
     assert sources.ranges is not None
     own = _own_ranges(sources.ranges, sources.persons)
     for name in COLUMNS:
@@ -291,15 +287,22 @@ def connect_on_disk(folder: Path, memory_limit: str = "1GB", threads: int | None
     if read_only:
         spill = spill / f"reader-{secrets.token_hex(8)}"
         spill.mkdir(parents=True)
-    con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute(f"SET temp_directory = '{spill}'")
-    con.execute("SET preserve_insertion_order = false")
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
+    _bounded(con, memory_limit, spill, threads)
     if create:
         for name in COLUMNS:
             con.execute(f"CREATE TABLE v_{name} ({_ddl(name)})")
     return con
+
+
+def _bounded(con: duckdb.DuckDBPyConnection, memory_limit: str, spill: Path,
+             threads: int | None) -> None:
+    """A copy's connection held to `memory_limit`, spilling past it into `spill`, on
+    `threads` threads (None: every core); rows in no particular order (less memory)."""
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute(f"SET temp_directory = '{_sql_path(spill)}'")
+    con.execute("SET preserve_insertion_order = false")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
 
 
 def cluster_by_person(folder: Path, memory_limit: str = "1GB") -> None:
