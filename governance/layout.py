@@ -14,8 +14,9 @@
                                     ends; one whose process is gone is removed by the next
                                     stage or destruction
       cache/linked/<key>/           the last working copy of linked rows a stage made
-                                    (sources.duckdb, meta.json), copied into the next stage's
-                                    workspace when nothing it depends on changed (the map's
+                                    (sources.duckdb, meta.json; on Spark parquet/<source>/
+                                    range=<i>/, hard-linked), copied (linked) into the next
+                                    stage's workspace when nothing it depends on changed (the map's
                                     generation, the landed extracts, the opt-outs in force for
                                     the purpose: the key digests them); one entry at a time;
                                     removed by destruction, a purge and a key rotation

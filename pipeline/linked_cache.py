@@ -7,9 +7,12 @@ purpose may use into a DuckDB file of their own (`pipeline.linked_copy`): at a m
 A copy is kept under `Layout.linked_cache(key)` and given to a stage whose key is the same;
 the stage gets a copy of the file in its own workspace (stages write working tables into it).
 On Spark the copy is Parquet files in ranges of persons (`pipeline.engines.spark_copy`), which
-no stage writes into: they are hard-linked into the entry and back into a stage's workspace,
-with the ranges in the entry's meta; the form is in the key, so one engine's copy is never
-given to the other.
+no stage writes into: they are hard-linked into the entry and back into a stage's workspace
+(the cache, the workspaces and the index on one filesystem, the data directory's; a link that
+cannot be made leaves the stage to make its own copy), with the ranges and every file's name
+and size in the entry's meta: an entry whose files are not exactly those (half removed by a
+killed removal) is not taken. The form is in the key, so one engine's copy is never given to
+the other.
 
 The key digests everything the copy's rows depend on, read when the copy is taken and again
 when it is kept (kept only if nothing changed meanwhile):
@@ -29,9 +32,11 @@ whatever its key (`governance.store.clear_linked_cache`), and destruction counts
 lock, which those removals take after changing the rows, so an entry either sees their change
 (another key: not kept) or is removed by them.
 
-The cache folder and its entries are refused when they are symlinks (`store.own_folder`): a
-planted link never leads a copy of linked rows out of the data directory, or a removal out of
-it. An entry is not authenticated: whoever can write the data directory can also rewrite the
+The cache folder and its entries are refused when they are symlinks, or hold one
+(`store.own_folder`): a planted symlink never leads a copy of linked rows out of the data
+directory, or a removal out of it. (A planted hard link is a file of the data directory's, as
+the landed rows are: whoever can make one can rewrite those too.) An entry is not
+authenticated: whoever can write the data directory can also rewrite the
 landed rows it was copied from (docs/threat-model.md: the data directory is protected by the
 operating system's permissions, on an encrypted volume).
 """
@@ -102,28 +107,46 @@ def take(ctx: Context, key: str, folder: Path) -> dict[str, Any] | None:
             meta = json.loads((entry / META).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if "ranges" in meta:  # Spark's copy: its files, never changed in place, linked
-            files = _parquet_files(entry / PARQUET_COPY)
-            if files is None:
-                return None
-            for name in files:
-                (folder / PARQUET_COPY / name).parent.mkdir(parents=True, exist_ok=True)
-                os.link(entry / PARQUET_COPY / name, folder / PARQUET_COPY / name)
-        else:
+        if "ranges" not in meta:
             shutil.copyfile(entry / FILE, folder / FILE)
+        elif not _linked_whole(entry / PARQUET_COPY, folder / PARQUET_COPY,
+                               meta.get("files")):
+            return None  # not the copy kept whole: the stage makes its own
     return meta
 
 
-def _parquet_files(root: Path) -> list[Path] | None:
-    """The Parquet files under a kept Parquet copy, relative to it (None when anything
-    there is a symlink or not a folder or file: planted, never followed)."""
-    found = []
+def _parquet_files(root: Path) -> dict[str, int] | None:
+    """The Parquet files under a Parquet copy, relative to it, with their sizes (None when
+    anything there is a symlink or not a folder or file: planted, never followed)."""
+    if not root.exists():
+        return {}
+    if root.is_symlink() or not root.is_dir():
+        return None
+    found = {}
     for path in sorted(root.rglob("*")):
         if path.is_symlink() or not (path.is_dir() or path.is_file()):
             return None
         if path.is_file() and path.suffix == ".parquet":
-            found.append(path.relative_to(root))
+            found[str(path.relative_to(root))] = path.stat().st_size
     return found
+
+
+def _linked_whole(source: Path, target: Path, wanted: dict[str, int] | None) -> bool:
+    """Hard-link the Parquet copy in `source` into `target` when its files are exactly
+    `wanted` (names and sizes, as kept): an entry half removed (a removal killed part-way)
+    or added to is never given as the copy. False, with nothing left in `target`, when
+    they are not, or a link cannot be made (another filesystem: the cache, the workspace
+    and the index must share the data directory's)."""
+    if wanted is None or _parquet_files(source) != wanted:
+        return False
+    try:
+        for name in wanted:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            os.link(source / name, target / name)
+    except OSError:
+        store.remove_tree(target)
+        return False
+    return True
 
 
 def keep(ctx: Context, key: str, key_now: Callable[[], str | None], folder: Path,
@@ -135,6 +158,9 @@ def keep(ctx: Context, key: str, key_now: Callable[[], str | None], folder: Path
     cache = ctx.settings.layout.linked_cache_dir
     entry = ctx.settings.layout.linked_cache(key)
     partial = cache / f".{key}.{secrets.token_hex(4)}.tmp"
+    files = _parquet_files(folder / PARQUET_COPY) if "ranges" in meta else {}
+    if files is None:  # not a copy this engine made: not kept
+        return False
     with store.data_lock(ctx.settings, "linked-cache"):
         if key_now() != key:
             return False
@@ -144,11 +170,11 @@ def keep(ctx: Context, key: str, key_now: Callable[[], str | None], folder: Path
         partial.mkdir()
         try:
             if "ranges" in meta:  # Spark's copy: its files linked (they never change)
-                kept = []
-                for name in _parquet_files(folder / PARQUET_COPY) or []:
-                    (partial / PARQUET_COPY / name).parent.mkdir(parents=True, exist_ok=True)
-                    os.link(folder / PARQUET_COPY / name, partial / PARQUET_COPY / name)
-                    kept.append(partial / PARQUET_COPY / name)
+                meta = {**meta, "files": files}
+                if not _linked_whole(folder / PARQUET_COPY, partial / PARQUET_COPY, files):
+                    store.remove_tree(partial)
+                    return False
+                kept = [partial / PARQUET_COPY / name for name in files]
             else:
                 shutil.copyfile(folder / FILE, partial / FILE)
                 kept = [partial / FILE]

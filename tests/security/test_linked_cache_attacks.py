@@ -8,6 +8,7 @@ put back; a purge racing a stage's keep."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -248,22 +249,81 @@ def _apc(haven: Any) -> str:
             extracts_table.c.source == "apc")).scalars().first()
 
 
+
+def _parquet_entry(haven, key: str, parts: dict[str, bytes]) -> Path:
+    """A kept Spark copy (Parquet in ranges) of `parts` (name -> bytes), as `keep` leaves it."""
+    entry = haven.settings.layout.linked_cache(key)
+    for name, data in parts.items():
+        (entry / "parquet" / name).parent.mkdir(parents=True, exist_ok=True)
+        (entry / "parquet" / name).write_bytes(data)
+    (entry / "meta.json").write_text(json.dumps({
+        "ids": {}, "rows": 0, "ranges": [[None, None]],
+        "files": {name: len(data) for name, data in parts.items()}}))
+    return entry
+
+
 def test_a_symlink_inside_a_kept_parquet_copy_is_never_taken(haven, tmp_path):
     """Promise: a Spark copy's entry (Parquet files in ranges, hard-linked into a stage's
     workspace) with a symlink anywhere inside it is not taken, and nothing is linked."""
     outside = tmp_path / "outside.parquet"
     outside.write_bytes(b"not the data directory's")
-    key = "k" * 40
-    entry = haven.settings.layout.linked_cache(key)
-    files = entry / "parquet" / "deaths" / "range=0"
-    files.mkdir(parents=True)
-    (entry / "meta.json").write_text('{"ids": {}, "rows": 0, "ranges": [[null, null]]}')
-    (files / "part-00000.parquet").symlink_to(outside)
+    name = "deaths/range=0/part-00000.parquet"
+    entry = _parquet_entry(haven, "k" * 40, {name: b"a plain file"})
+    (entry / "parquet" / name).unlink()
+    (entry / "parquet" / name).symlink_to(outside)
     with store.scratch_workspace(haven.settings) as folder:
-        assert cache_module.take(haven, key, folder) is None
+        assert cache_module.take(haven, "k" * 40, folder) is None
         assert not (folder / "parquet").exists()
-        (files / "part-00000.parquet").unlink()
-        (files / "part-00000.parquet").write_bytes(b"a plain file")
-        assert cache_module.take(haven, key, folder) is not None  # the control
-        linked = folder / "parquet" / "deaths" / "range=0" / "part-00000.parquet"
+        (entry / "parquet" / name).unlink()
+        (entry / "parquet" / name).write_bytes(b"a plain file")
+        assert cache_module.take(haven, "k" * 40, folder) is not None  # the control
+        linked = folder / "parquet" / name
         assert linked.read_bytes() == b"a plain file" and linked.stat().st_nlink == 2
+
+
+def test_a_kept_parquet_copy_missing_or_gaining_a_file_is_never_taken(haven):
+    """Promise (a reviewer's find): an entry half removed (a removal killed part-way, its
+    meta left) or added to is not given as the copy: the stage makes its own."""
+    parts = {"apc/range=0/a.parquet": b"rows of range 0", "apc/range=1/b.parquet": b"range 1"}
+    entry = _parquet_entry(haven, "m" * 40, parts)
+    with store.scratch_workspace(haven.settings) as folder:
+        assert cache_module.take(haven, "m" * 40, folder) is not None  # the control
+    (entry / "parquet" / "apc/range=1/b.parquet").unlink()
+    with store.scratch_workspace(haven.settings) as folder:
+        assert cache_module.take(haven, "m" * 40, folder) is None
+        assert not (folder / "parquet").exists()
+    (entry / "parquet" / "apc/range=1/b.parquet").write_bytes(b"range 1")
+    (entry / "parquet" / "apc/range=1/c.parquet").write_bytes(b"more")
+    with store.scratch_workspace(haven.settings) as folder:
+        assert cache_module.take(haven, "m" * 40, folder) is None
+
+
+def test_a_parquet_copy_that_cannot_be_linked_is_made_afresh_not_failed(haven, monkeypatch):
+    """Promise: a cache on another filesystem than the workspace (no hard link) costs a fresh
+    copy, never the stage; and a workspace copy with a symlink inside is never kept."""
+    _parquet_entry(haven, "x" * 40, {"apc/range=0/a.parquet": b"rows"})
+
+    def no_link(*args, **kwargs):
+        raise OSError(18, "Invalid cross-device link")
+
+    with store.scratch_workspace(haven.settings) as folder:
+        (folder / "parquet" / "apc" / "range=0").mkdir(parents=True)
+        (folder / "parquet" / "apc" / "range=0" / "a.parquet").write_bytes(b"rows")
+        with monkeypatch.context() as patched:
+            patched.setattr(cache_module.os, "link", no_link)
+            with store.scratch_workspace(haven.settings) as other:
+                assert cache_module.take(haven, "x" * 40, other) is None
+                assert not (other / "parquet").exists()
+            assert not cache_module.keep(haven, "y" * 40, lambda: "y" * 40, folder,
+                                         {"ids": {}, "rows": 1, "ranges": [[None, None]]})
+        assert store.linked_cache_entries(haven.settings) == 0
+        (folder / "parquet" / "apc" / "range=0" / "b.parquet").symlink_to(
+            folder / "parquet" / "apc" / "range=0" / "a.parquet")
+        assert not cache_module.keep(haven, "y" * 40, lambda: "y" * 40, folder,
+                                     {"ids": {}, "rows": 1, "ranges": [[None, None]]})
+        (folder / "parquet" / "apc" / "range=0" / "b.parquet").unlink()
+        assert cache_module.keep(haven, "y" * 40, lambda: "y" * 40, folder,  # the control
+                                 {"ids": {}, "rows": 1, "ranges": [[None, None]]})
+    with store.scratch_workspace(haven.settings) as folder:
+        assert cache_module.take(haven, "y" * 40, folder)["rows"] == 1
+        assert (folder / "parquet" / "apc" / "range=0" / "a.parquet").read_bytes() == b"rows"
