@@ -361,15 +361,29 @@ def append_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> 
     """`append_rows` for an Arrow table (as `linkage.linked_view.linked_tables` gives):
     DuckDB reads its columns as they are, with what `prepare` does to a frame done in Arrow,
     when every column has a type whose cast is `prepare`'s (else the frame's way)."""
-    if name not in COLUMNS or table.num_rows == 0:
+    rows = _prepared(name, table)
+    if rows is None:
         return 0
+    _insert(con, name, rows, _column_names(rows))
+    return len(rows)
+
+
+def _prepared(name: str, table: pa.Table) -> pd.DataFrame | pa.Table | None:
+    """A batch of source `name`'s linked rows as `prepare` leaves them for DuckDB's casts:
+    in Arrow when every column's type allows (`_arrow_prepared`), else as a frame; None when
+    no row is left."""
+    if name not in COLUMNS or table.num_rows == 0:
+        return None
     if "person_key" not in table.column_names:
         raise ValueError(f"source {name} has no person_key column")
-    typed = _arrow_prepared(name, table)
-    if typed is None:
-        return append_rows(con, name, table.to_pandas())
-    _insert(con, name, typed, typed.column_names)
-    return typed.num_rows
+    rows: pd.DataFrame | pa.Table | None = _arrow_prepared(name, table)
+    if rows is None:
+        rows = prepare({name: table.to_pandas()}).get(name)
+    return rows if rows is not None and len(rows) else None
+
+
+def _column_names(rows: pd.DataFrame | pa.Table) -> list[str]:
+    return list(rows.columns) if isinstance(rows, pd.DataFrame) else rows.column_names
 
 
 _ARROW_TYPES = {"TIMESTAMP": pa.timestamp("us"), "DOUBLE": pa.float64(),
@@ -386,20 +400,14 @@ def typed_table(name: str, table: pa.Table) -> pa.Table | None:
     as `append_table` would put it into the copy: `_types(name)`'s columns, cast by DuckDB
     as the copy casts them (None when no row is left). For a copy written elsewhere than a
     DuckDB file (the Spark engine's Parquet copy), with the same values."""
-    if name not in COLUMNS or table.num_rows == 0:
-        return None
-    if "person_key" not in table.column_names:
-        raise ValueError(f"source {name} has no person_key column")
-    rows: pd.DataFrame | pa.Table | None = _arrow_prepared(name, table)
+    rows = _prepared(name, table)
     if rows is None:
-        rows = prepare({name: table.to_pandas()}).get(name)
-        if rows is None or not len(rows):
-            return None
+        return None
     con = duckdb.connect()
     try:
         con.register("batch_rows", rows)
-        columns = list(rows.columns) if isinstance(rows, pd.DataFrame) else rows.column_names
-        typed = con.sql(f"{_typed_select(name, columns)} FROM batch_rows").to_arrow_table()
+        typed = con.sql(f"{_typed_select(name, _column_names(rows))} FROM batch_rows"
+                        ).to_arrow_table()
         return typed.cast(copy_schema(name))
     finally:
         con.close()
