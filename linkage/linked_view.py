@@ -7,7 +7,7 @@ opt-out rules for a purpose, from governance) drops what that purpose may not us
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -67,12 +67,9 @@ def linked_tables(settings: Settings, engine: Engine, row_filter: RowFilter | No
     with only the columns it decides by (`extract_id`, `person_id`, `person_key`, `sender`:
     the batch's extract and sender are one), and its verdict is spread to the rest: at a
     million persons the filter saw 48M rows of Python strings, for about a million persons."""
-    for source, extract_id, table in _linked(settings, engine, sources, batch_rows, columns,
-                                             window_rows):
-        if row_filter is not None and table.num_rows:
-            table = table.filter(pa.array(_verdicts(table, row_filter, source)))
-        if table.num_rows:
-            yield source, extract_id, table
+    for piece, link in _pinned_extracts(settings, engine, sources, columns):
+        for table in piece_tables(piece, link, row_filter, batch_rows, window_rows):
+            yield piece.source, piece.extract_id, table
 
 
 def _verdicts(table: pa.Table, row_filter: RowFilter, source: str) -> np.ndarray:
@@ -109,37 +106,40 @@ def linked_batches(settings: Settings, engine: Engine, row_filter: RowFilter | N
     from the batch's first row, read with filters on extract id and row, so Parquet's row
     group statistics skip the rest) searched by row number.
     """
-    for source, extract_id, table in _linked(settings, engine, sources, batch_rows, columns,
-                                             window_rows):
-        frame = table.to_pandas()
-        del table
-        if row_filter is not None and len(frame):
-            frame = frame[row_filter(frame, source).to_numpy()]
-        if len(frame):
-            yield source, extract_id, frame.reset_index(drop=True)
+    for piece, link in _pinned_extracts(settings, engine, sources, columns):
+        for table in _piece_batches(piece, link, batch_rows, window_rows):
+            frame = table.to_pandas()
+            del table
+            if row_filter is not None and len(frame):
+                frame = frame[row_filter(frame, piece.source).to_numpy()]
+            if len(frame):
+                yield piece.source, piece.extract_id, frame.reset_index(drop=True)
 
 
-def _linked(settings: Settings, engine: Engine, sources: list[str] | None, batch_rows: int,
-            columns: dict[str, list[str]] | None, window_rows: int
-            ) -> Iterator[tuple[str, str, pa.Table]]:
-    """Every landed extract's rows that the map holds, a batch at a time, with `person_key`
-    and `sender`, unfiltered (`linked_batches`, `linked_tables`)."""
+def _pinned_extracts(settings: Settings, engine: Engine, sources: list[str] | None,
+                     columns: dict[str, list[str]] | None
+                     ) -> Iterator[tuple[Piece, BinaryIO | None]]:
+    """Every landed extract whole (`linked_batches`, `linked_tables`), with its file of the
+    map, from one generation of the map from the first extract to the last, though a link
+    swaps in another meanwhile (its files held open)."""
     if not map_store.exists(settings):
         raise FileNotFoundError("no person index yet: run `haven link` first")
-    landed = landed_extracts(engine)
-    # one generation of the map from the first extract to the last, though a link swaps in
-    # another meanwhile (its files held open)
     with map_store.Pinned(settings) as pinned:
-        for item in landed.sort_values(["source", "extract_id"]).itertuples():
-            source = str(item.source)
-            if sources is not None and source not in sources:
-                continue
-            path = settings.layout.rows(item.extract_id)
-            piece = Piece(source, str(item.extract_id), item.sender, path,
-                          _present(path, source, columns), None)
-            for table in _piece_batches(piece, pinned.extract(piece.extract_id),
-                                        batch_rows, window_rows):
-                yield source, piece.extract_id, table
+        for piece in _whole_extracts(settings, engine, sources, columns):
+            yield piece, pinned.extract(piece.extract_id)
+
+
+def _whole_extracts(settings: Settings, engine: Engine, sources: list[str] | None,
+                    columns: dict[str, list[str]] | None) -> Iterator[Piece]:
+    """Every landed extract of `sources` (None: all) as one piece, in source and id order."""
+    landed = landed_extracts(engine)
+    for item in landed.sort_values(["source", "extract_id"]).itertuples():
+        source = str(item.source)
+        if sources is not None and source not in sources:
+            continue
+        path = settings.layout.rows(item.extract_id)
+        yield Piece(source, str(item.extract_id), item.sender, path,
+                    _present(path, source, columns), None)
 
 
 @dataclass(frozen=True)
@@ -172,28 +172,25 @@ def pieces(settings: Settings, engine: Engine, columns: dict[str, list[str]] | N
     """The landed extracts' rows cut into pieces of whole row groups, about `rows_per_piece`
     rows each, in the order `linked_tables` reads them."""
     out = []
-    landed = landed_extracts(engine)
-    for item in landed.sort_values(["source", "extract_id"]).itertuples():
-        path = settings.layout.rows(item.extract_id)
-        present = _present(path, str(item.source), columns)
-        meta = pq.ParquetFile(path).metadata
+    for whole in _whole_extracts(settings, engine, None, columns):
+        meta = pq.ParquetFile(whole.rows_path).metadata
         group: list[int] = []
         held = 0
         for number in range(meta.num_row_groups):
             group.append(number)
             held += meta.row_group(number).num_rows
             if held >= rows_per_piece or number == meta.num_row_groups - 1:
-                out.append(Piece(str(item.source), str(item.extract_id), item.sender,
-                                 path, present, tuple(group)))
+                out.append(replace(whole, row_groups=tuple(group)))
                 group, held = [], 0
     return out
 
 
-def piece_tables(piece: Piece, link_path: Path | None, row_filter: RowFilter | None = None,
+def piece_tables(piece: Piece, link_path: Path | BinaryIO | None,
+                 row_filter: RowFilter | None = None,
                  batch_rows: int = 250_000, window_rows: int = 1_000_000
                  ) -> Iterator[pa.Table]:
     """`linked_tables`' batches of one piece, its person keys from `link_path` (the map's
-    file of the extract, `map_store.hard_linked`)."""
+    file of the extract: held open by `map_store.Pinned`, or `map_store.hard_linked`)."""
     for table in _piece_batches(piece, link_path, batch_rows, window_rows):
         if row_filter is not None and table.num_rows:
             table = table.filter(pa.array(_verdicts(table, row_filter, piece.source)))
